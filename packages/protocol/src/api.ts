@@ -1,0 +1,148 @@
+/**
+ * The engine API: what the SDK asks of the engine, in the daemon's HTTP+JSON form and in the
+ * embedded transport alike. Both sides validate with these schemas.
+ */
+import { z } from "zod";
+import { ERROR_CODES, type ErrorCode } from "./errors.js";
+import { Argv, Env, FileInfo, KillSignal, ProcessInfo, SandboxPath } from "./messages.js";
+
+export const API_VERSION = "v1";
+
+/** `sbx_` + 20 lowercase base32 characters. */
+export const SandboxIdSchema = z.string().regex(/^sbx_[a-z2-7]{20}$/);
+export type SandboxId = string & { readonly __brand: "SandboxId" };
+
+export const Sha256DigestSchema = z.string().regex(/^sha256:[0-9a-f]{64}$/);
+export type Sha256Digest = string & { readonly __brand: "Sha256Digest" };
+
+/** Image reference: `debian:<suite>[+pkg[+pkg...]]`, `sha256:<hex>`, or a local name. */
+export const ImageRefSchema = z
+  .string()
+  .min(1)
+  .max(512)
+  .regex(/^[a-z0-9][a-z0-9._:+\-/]*$/, { message: "lowercase letters, digits and . _ : + - / only" });
+
+export const BackendName = z.enum(["namespace", "vm"]);
+export type BackendName = z.infer<typeof BackendName>;
+
+/** What a backend protects. `container`: shared host kernel. `vm-*`: own guest kernel. */
+export const Tier = z.enum(["container", "vm-hardware", "vm-emulated"]);
+export type Tier = z.infer<typeof Tier>;
+
+export const Resources = z.strictObject({
+  /** Memory limit in MiB (RAM + tmpfs pages written by the sandbox). */
+  memoryMiB: z.number().int().min(16).max(1024 * 1024).optional(),
+  /** Maximum number of processes and threads. */
+  pids: z.number().int().min(8).max(1_000_000).optional(),
+  /** CPU quota in cores (may be fractional, e.g. 0.5). */
+  cpus: z.number().min(0.01).max(1024).optional(),
+});
+export type Resources = z.infer<typeof Resources>;
+
+export const CreateSandboxRequest = z.strictObject({
+  image: ImageRefSchema.optional(),
+  backend: BackendName.optional(),
+  ttlSeconds: z.number().int().min(1).max(7 * 24 * 3600).optional(),
+  resources: Resources.optional(),
+  /** Size cap of the writable /work, in MiB. */
+  workMiB: z.number().int().min(1).max(1024 * 1024).optional(),
+  env: Env.optional(),
+  labels: z.record(z.string().max(64), z.string().max(256)).optional(),
+});
+export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;
+
+export const SandboxState = z.enum(["starting", "running", "stopped"]);
+export type SandboxState = z.infer<typeof SandboxState>;
+
+export const EndReason = z.enum(["killed", "expired", "crashed", "engine-exit"]);
+export type EndReason = z.infer<typeof EndReason>;
+
+export const SandboxInfo = z.strictObject({
+  id: SandboxIdSchema,
+  state: SandboxState,
+  backend: BackendName,
+  tier: Tier,
+  image: z.strictObject({ ref: z.string().max(512), digest: Sha256DigestSchema }),
+  createdAt: z.string().max(64),
+  expiresAt: z.string().max(64),
+  /** Limits actually enforced; a field is absent when not limited. */
+  resources: Resources,
+  workMiB: z.number().int(),
+  labels: z.record(z.string().max(64), z.string().max(256)),
+  endReason: EndReason.optional(),
+});
+export type SandboxInfo = z.infer<typeof SandboxInfo>;
+
+export const ExecApiRequest = z.strictObject({
+  argv: Argv,
+  env: Env.optional(),
+  cwd: SandboxPath.optional(),
+  /** Bytes for stdin, base64. Absent: stdin is empty unless `openStdin`. */
+  stdinBase64: z.string().max(16 * 1024 * 1024).optional(),
+  /** Keep stdin open for later writes through the processes API. */
+  openStdin: z.boolean().optional(),
+  timeoutMs: z.number().int().min(0).max(7 * 24 * 3600 * 1000).optional(),
+  killGraceMs: z.number().int().min(0).max(60_000).optional(),
+  /** Per-stream cap on output kept and forwarded. */
+  maxOutputBytes: z.number().int().min(0).max(1024 * 1024 * 1024).optional(),
+  /** When true the process outlives the HTTP stream that started it. */
+  background: z.boolean().optional(),
+});
+export type ExecApiRequest = z.infer<typeof ExecApiRequest>;
+
+export const Receipt = z.strictObject({
+  sandboxId: SandboxIdSchema,
+  proc: z.number().int().min(0),
+  imageDigest: Sha256DigestSchema,
+  backend: BackendName,
+  startedAt: z.string().max(64),
+  finishedAt: z.string().max(64),
+});
+export type Receipt = z.infer<typeof Receipt>;
+
+/** How a process ended, as the engine reports it. Output is not included (it was streamed). */
+export const ExitInfo = z.strictObject({
+  exitCode: z.number().int().nullable(),
+  signal: z.string().max(16).nullable(),
+  timedOut: z.boolean(),
+  /** The sandbox's memory limit was hit and the kernel killed a process while this one ran. */
+  oomKilled: z.boolean(),
+  durationMs: z.number().min(0),
+  stdoutBytes: z.number().int().min(0),
+  stderrBytes: z.number().int().min(0),
+  stdoutTruncated: z.boolean(),
+  stderrTruncated: z.boolean(),
+  receipt: Receipt,
+});
+export type ExitInfo = z.infer<typeof ExitInfo>;
+
+/** One line of the NDJSON stream answering an exec. */
+export const ExecEvent = z.discriminatedUnion("type", [
+  z.strictObject({ type: z.literal("started"), proc: z.number().int().min(0), pid: z.number().int().min(1) }),
+  z.strictObject({ type: z.literal("stdout"), data: z.string().max(512 * 1024) }),
+  z.strictObject({ type: z.literal("stderr"), data: z.string().max(512 * 1024) }),
+  z.strictObject({ type: z.literal("exit"), exit: ExitInfo }),
+  z.strictObject({
+    type: z.literal("error"),
+    error: z.strictObject({ code: z.enum(ERROR_CODES as [ErrorCode, ...ErrorCode[]]), message: z.string().max(4096) }),
+  }),
+]);
+export type ExecEvent = z.infer<typeof ExecEvent>;
+
+export const SignalApiRequest = z.strictObject({ signal: KillSignal });
+export const ProcessList = z.strictObject({ processes: z.array(ProcessInfo).max(4096) });
+export const DirListing = z.strictObject({ entries: z.array(FileInfo), truncated: z.boolean() });
+export const MkdirApiRequest = z.strictObject({ path: SandboxPath, recursive: z.boolean().optional() });
+export const RenameApiRequest = z.strictObject({ from: SandboxPath, to: SandboxPath });
+
+export const ApiErrorBody = z.strictObject({
+  error: z.strictObject({
+    code: z.enum(ERROR_CODES as [ErrorCode, ...ErrorCode[]]),
+    message: z.string().max(8192),
+    hint: z.string().max(4096).optional(),
+    details: z.unknown().optional(),
+  }),
+});
+
+/** Largest JSON body either side of the daemon API buffers, in bytes. */
+export const MAX_API_JSON_BYTES = 32 * 1024 * 1024;

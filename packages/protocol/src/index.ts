@@ -1,0 +1,22 @@
+export {
+  FRAME_VERSION,
+  FRAME_HEADER_BYTES,
+  FrameKind,
+  MAX_CONTROL_PAYLOAD,
+  MAX_DATA_PAYLOAD,
+  MAX_FRAME_BYTES,
+  INITIAL_STREAM_WINDOW,
+  MAX_STREAM_ID,
+  CONTROL_STREAM,
+  FrameError,
+  FrameDecoder,
+  checkHeader,
+  encodeFrame,
+  encodeCredit,
+  decodeCredit,
+} from "./frame.js";
+export type { Frame } from "./frame.js";
+export * from "./errors.js";
+export * from "./messages.js";
+export { canonicalJson } from "./canonical.js";
+export * from "./api.js";

@@ -1,0 +1,240 @@
+/**
+ * Control messages of protocol v1 (JSON payloads of Control frames on stream 0).
+ * Every schema is strict: unknown fields are rejected. Every string and array is bounded.
+ */
+import { z } from "zod";
+import { ERROR_CODES, type ErrorCode } from "./errors.js";
+import { MAX_STREAM_ID } from "./frame.js";
+
+export const PROTOCOL_VERSION = 1;
+
+const u32 = z.number().int().min(0).max(0xffff_ffff);
+export const StreamId = z.number().int().min(1).max(MAX_STREAM_ID);
+export const RequestId = u32;
+
+/** Longest path accepted anywhere in the protocol, in UTF-16 code units. */
+export const MAX_PATH_LENGTH = 4096;
+
+/** An absolute, normalized path inside the sandbox: no `.`/`..` segments, no empty segments, no NUL. */
+export const SandboxPath = z
+  .string()
+  .min(1)
+  .max(MAX_PATH_LENGTH)
+  .refine((p) => isSandboxPath(p), { message: "must be an absolute normalized path without '..' or NUL" });
+
+export function isSandboxPath(p: string): boolean {
+  if (!p.startsWith("/") || p.includes("\0")) return false;
+  if (p === "/") return true;
+  if (p.endsWith("/")) return false;
+  return p
+    .slice(1)
+    .split("/")
+    .every((seg) => seg !== "" && seg !== "." && seg !== "..");
+}
+
+export const EnvName = z
+  .string()
+  .min(1)
+  .max(256)
+  .regex(/^[A-Za-z_][A-Za-z0-9_]*$/);
+const EnvValue = z
+  .string()
+  .max(128 * 1024)
+  .refine((v) => !v.includes("\0"), { message: "must not contain NUL" });
+export const Env = z.record(EnvName, EnvValue).refine((e) => Object.keys(e).length <= 1024, {
+  message: "at most 1024 variables",
+});
+
+export const Argv = z
+  .array(
+    z
+      .string()
+      .max(128 * 1024)
+      .refine((a) => !a.includes("\0"), { message: "must not contain NUL" }),
+  )
+  .min(1)
+  .max(4096)
+  .refine((a) => a[0] !== "", { message: "argv[0] must not be empty" });
+
+export const SIGNALS = ["SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGSTOP", "SIGCONT"] as const;
+export const KillSignal = z.enum(SIGNALS);
+export type KillSignal = z.infer<typeof KillSignal>;
+
+// ---- handshake ----
+
+/** First frame the agent sends. */
+export const AgentHello = z.strictObject({
+  t: z.literal("hello"),
+  versions: z.array(u32).min(1).max(8),
+  agent: z.string().max(64),
+});
+export type AgentHello = z.infer<typeof AgentHello>;
+
+/** The host's answer: the version it chose. */
+export const HostHello = z.strictObject({
+  t: z.literal("hello"),
+  version: z.literal(PROTOCOL_VERSION),
+});
+export type HostHello = z.infer<typeof HostHello>;
+
+// ---- requests (host -> agent) ----
+
+const req = <Op extends string, S extends z.ZodRawShape>(op: Op, shape: S) =>
+  z.strictObject({ t: z.literal("req"), id: RequestId, op: z.literal(op), ...shape });
+
+export const ExecRequest = req("exec", {
+  argv: Argv,
+  env: Env,
+  cwd: SandboxPath,
+  /** Stream the host writes stdin on; null means /dev/null. */
+  stdin: StreamId.nullable(),
+  stdout: StreamId,
+  stderr: StreamId,
+  /** 0 means no per-call timeout (the sandbox TTL still applies). */
+  timeoutMs: z.number().int().min(0).max(7 * 24 * 3600 * 1000),
+  /** Time between SIGTERM and SIGKILL when the call times out or is killed. */
+  killGraceMs: z.number().int().min(0).max(60_000),
+  /** Per-stream cap on forwarded output; bytes past it are drained and dropped. */
+  maxOutputBytes: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+});
+export const SignalRequest = req("signal", { proc: RequestId, signal: KillSignal });
+export const ListProcessesRequest = req("listProcesses", {});
+export const ReadFileRequest = req("readFile", {
+  path: SandboxPath,
+  stream: StreamId,
+});
+export const WriteFileRequest = req("writeFile", {
+  path: SandboxPath,
+  stream: StreamId,
+  mode: z.number().int().min(0).max(0o777),
+  createParents: z.boolean(),
+});
+export const ListDirRequest = req("listDir", { path: SandboxPath });
+export const StatRequest = req("stat", { path: SandboxPath });
+export const MkdirRequest = req("mkdir", { path: SandboxPath, recursive: z.boolean() });
+export const RemoveRequest = req("remove", { path: SandboxPath, recursive: z.boolean() });
+export const RenameRequest = req("rename", { from: SandboxPath, to: SandboxPath });
+export const PingRequest = req("ping", {});
+export const ShutdownRequest = req("shutdown", {});
+
+export const Request = z.discriminatedUnion("op", [
+  ExecRequest,
+  SignalRequest,
+  ListProcessesRequest,
+  ReadFileRequest,
+  WriteFileRequest,
+  ListDirRequest,
+  StatRequest,
+  MkdirRequest,
+  RemoveRequest,
+  RenameRequest,
+  PingRequest,
+  ShutdownRequest,
+]);
+export type Request = z.infer<typeof Request>;
+export type Op = Request["op"];
+export type RequestOf<O extends Op> = Extract<Request, { op: O }>;
+
+// ---- results (agent -> host), one schema per op ----
+
+export const FileType = z.enum(["file", "dir", "symlink", "other"]);
+export type FileType = z.infer<typeof FileType>;
+
+export const FileInfo = z.strictObject({
+  name: z.string().max(4096),
+  type: FileType,
+  size: z.number().int().min(0),
+  mode: z.number().int().min(0).max(0o7777),
+  mtimeMs: z.number().finite(),
+});
+export type FileInfo = z.infer<typeof FileInfo>;
+
+export const MAX_DIR_ENTRIES = 10_000;
+
+export const ProcessInfo = z.strictObject({
+  proc: RequestId,
+  pid: z.number().int().min(1),
+  argv: z.array(z.string().max(4096)).max(64),
+  startedAtMs: z.number().finite(),
+});
+export type ProcessInfo = z.infer<typeof ProcessInfo>;
+
+const empty = z.strictObject({});
+export const Results = {
+  exec: z.strictObject({ pid: z.number().int().min(1) }),
+  signal: empty,
+  listProcesses: z.strictObject({ processes: z.array(ProcessInfo).max(4096) }),
+  readFile: z.strictObject({ size: z.number().int().min(0) }),
+  writeFile: z.strictObject({ bytes: z.number().int().min(0) }),
+  listDir: z.strictObject({ entries: z.array(FileInfo).max(MAX_DIR_ENTRIES), truncated: z.boolean() }),
+  stat: FileInfo,
+  mkdir: empty,
+  remove: empty,
+  rename: empty,
+  ping: empty,
+  shutdown: empty,
+} satisfies Record<Op, z.ZodType>;
+export type ResultOf<O extends Op> = z.infer<(typeof Results)[O]>;
+
+export const AgentErrorBody = z.strictObject({
+  code: z.enum(ERROR_CODES as [ErrorCode, ...ErrorCode[]]),
+  message: z.string().max(4096),
+});
+
+export const Response = z.discriminatedUnion("ok", [
+  z.strictObject({ t: z.literal("res"), id: RequestId, ok: z.literal(true), result: z.unknown() }),
+  z.strictObject({ t: z.literal("res"), id: RequestId, ok: z.literal(false), error: AgentErrorBody }),
+]);
+export type Response = z.infer<typeof Response>;
+
+/** A process started by `exec` ended and its output streams are closed. */
+export const ExitEvent = z.strictObject({
+  t: z.literal("exit"),
+  proc: RequestId,
+  exitCode: z.number().int().min(0).max(255).nullable(),
+  signal: z.string().max(16).nullable(),
+  timedOut: z.boolean(),
+  durationMs: z.number().finite().min(0),
+  stdoutBytes: z.number().int().min(0),
+  stderrBytes: z.number().int().min(0),
+  stdoutTruncated: z.boolean(),
+  stderrTruncated: z.boolean(),
+});
+export type ExitEvent = z.infer<typeof ExitEvent>;
+
+/** Ends a data stream with an error (either direction). */
+export const StreamAbort = z.strictObject({
+  t: z.literal("abort"),
+  stream: StreamId,
+  error: AgentErrorBody,
+});
+export type StreamAbort = z.infer<typeof StreamAbort>;
+
+/** Every control message the host may receive after the handshake. */
+export const AgentToHost = z.union([Response, ExitEvent, StreamAbort]);
+export type AgentToHost = z.infer<typeof AgentToHost>;
+
+/** Every control message the agent may receive after the handshake. */
+export const HostToAgent = z.union([Request, StreamAbort]);
+export type HostToAgent = z.infer<typeof HostToAgent>;
+
+/** Parses a control payload (UTF-8 JSON) against a schema; throws a plain Error with a bounded message. */
+export function parseControl<S extends z.ZodType>(schema: S, payload: Uint8Array): z.infer<S> {
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(payload));
+  } catch {
+    throw new Error("Bad control message: not UTF-8 JSON");
+  }
+  const r = schema.safeParse(value);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const where = issue ? issue.path.join(".") : "";
+    throw new Error(`Bad control message: ${where ? `${where}: ` : ""}${issue?.message ?? "invalid"}`.slice(0, 512));
+  }
+  return r.data;
+}
+
+export function encodeControl(message: object): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(message));
+}
