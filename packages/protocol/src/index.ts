@@ -20,3 +20,4 @@ export * from "./errors.js";
 export * from "./messages.js";
 export { canonicalJson } from "./canonical.js";
 export * from "./api.js";
+export type * from "./engine-api.js";

@@ -1,0 +1,78 @@
+/**
+ * The backend interface: how the engine starts an isolated agent and tears it down.
+ * Every backend passes the same conformance suite.
+ */
+import type { Duplex } from "node:stream";
+import type { BackendName, Resources, Tier } from "@mvm/protocol";
+
+export interface ProbeCheck {
+  /** Short id, e.g. "bwrap", "userns", "cgroup", "seccomp", "kvm". */
+  readonly name: string;
+  readonly ok: boolean;
+  /** What was found, e.g. "bubblewrap 0.8.0 at /usr/bin/bwrap". */
+  readonly detail: string;
+  /** What to do when not ok. */
+  readonly hint?: string;
+}
+
+export interface ProbeResult {
+  readonly backend: BackendName;
+  readonly tier: Tier;
+  /** True when the backend can start sandboxes on this host. */
+  readonly usable: boolean;
+  readonly checks: readonly ProbeCheck[];
+  /** Resource kinds this host can enforce for this backend. */
+  readonly enforceable: { readonly memory: boolean; readonly pids: boolean; readonly cpu: boolean };
+}
+
+export interface LaunchSpec {
+  readonly sandboxId: string;
+  /** Host directory holding the image's root filesystem; mounted read-only as /. */
+  readonly rootfsDir: string;
+  /** Host directory holding the agent runtime (node, libs, agent.js); mounted read-only at /.mvm. */
+  readonly agentDir: string;
+  /** Per-sandbox host directory owned by the engine (0700). The backend may keep files here. */
+  readonly stateDir: string;
+  /** Size cap of the writable /work, MiB. */
+  readonly workMiB: number;
+  /** Size cap of the writable /tmp, MiB. */
+  readonly tmpMiB: number;
+  /** Limits to enforce. Each present field must be enforced or launch throws UnsupportedCapabilityError. */
+  readonly resources: Resources;
+  /** Where the backend writes the agent's own stderr (diagnostics), size-capped by the backend. */
+  readonly agentLogPath: string;
+}
+
+/** What the engine records (in the sandbox's state file) so a later engine can reap it after a crash. */
+export interface ReapRecord {
+  readonly backend: BackendName;
+  /** Host pid of the backend's top process and its start time (from /proc/PID/stat), to avoid pid reuse. */
+  readonly pid: number;
+  readonly pidStartTime: string;
+  /** cgroup directories created for the sandbox (absolute paths). */
+  readonly cgroups: readonly string[];
+  /** Anything else the backend needs to find its resources. */
+  readonly extra: Readonly<Record<string, string>>;
+}
+
+export interface LaunchedSandbox {
+  /** The byte channel to the agent (protocol v1 frames both ways). */
+  readonly channel: Duplex;
+  readonly reapRecord: ReapRecord;
+  /** Settles when the sandbox's top process has exited (for any reason). */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Number of OOM kills in the sandbox so far (0 when memory is not limited). */
+  oomKills(): Promise<number>;
+  /** Kills every process of the sandbox and releases every resource. Idempotent. */
+  destroy(): Promise<void>;
+}
+
+export interface Backend {
+  readonly name: BackendName;
+  /** Checks the host; cheap enough to call at every engine start. */
+  probe(): Promise<ProbeResult>;
+  /** Starts a sandbox whose agent is about to say hello on `channel`. */
+  launch(spec: LaunchSpec, signal?: AbortSignal): Promise<LaunchedSandbox>;
+  /** Releases whatever a crashed engine left behind for this record. Idempotent, never throws for "already gone". */
+  reap(record: ReapRecord): Promise<void>;
+}

@@ -1,0 +1,125 @@
+/**
+ * The engine's programmatic surface. The in-process engine implements it; so does the SDK's
+ * daemon client (HTTP+JSON over a Unix socket), so the SDK speaks to either the same way.
+ * Types only: no I/O here.
+ */
+import type {
+  CreateSandboxRequest,
+  ExecApiRequest,
+  ExitInfo,
+  SandboxInfo,
+  BackendName,
+  Tier,
+  Sha256Digest,
+} from "./api.js";
+import type { FileInfo, KillSignal, ProcessInfo } from "./messages.js";
+
+export interface CallOptions {
+  /** Cancels the call. Aborting an exec that is not `background` kills the process. */
+  signal?: AbortSignal;
+  /** Deadline for the call itself, in milliseconds. */
+  timeoutMs?: number;
+}
+
+export interface ProgressEvent {
+  /** e.g. "resolve", "download", "unpack", "hash", "boot". */
+  phase: string;
+  message: string;
+  /** 0..1 when known. */
+  fraction?: number;
+}
+
+export interface ExecHandlers {
+  onStdout?(chunk: Uint8Array): void;
+  onStderr?(chunk: Uint8Array): void;
+}
+
+export interface ExecStarted {
+  /** The agent's handle for the process (stable for the sandbox's life). */
+  proc: number;
+  /** pid inside the sandbox. */
+  pid: number;
+  /** Settles when the process has ended and its output has been delivered. */
+  exit: Promise<ExitInfo>;
+}
+
+export interface FileReadStream {
+  size: number;
+  /** The file's bytes; iterate exactly once. */
+  body: AsyncIterable<Uint8Array>;
+}
+
+export interface WriteFileOptions extends CallOptions {
+  /** Permission bits of a new file. @default 0o644 */
+  mode?: number;
+  /** Create missing parent directories. @default true */
+  createParents?: boolean;
+}
+
+export interface DirListingResult {
+  entries: FileInfo[];
+  truncated: boolean;
+}
+
+export interface ImageInfo {
+  digest: Sha256Digest;
+  refs: string[];
+  sizeBytes: number;
+  createdAt: string;
+}
+
+export interface BackendReport {
+  backend: BackendName;
+  tier: Tier;
+  usable: boolean;
+  checks: { name: string; ok: boolean; detail: string; hint?: string }[];
+  enforceable: { memory: boolean; pids: boolean; cpu: boolean };
+}
+
+export interface HealthInfo {
+  version: string;
+  /** The backend a create without `backend` would use, or null when none works. */
+  defaultBackend: BackendName | null;
+  backends: BackendReport[];
+}
+
+export interface EngineApi {
+  health(options?: CallOptions): Promise<HealthInfo>;
+
+  createSandbox(
+    request: CreateSandboxRequest,
+    options?: CallOptions & { onProgress?: (event: ProgressEvent) => void },
+  ): Promise<SandboxInfo>;
+  getSandbox(id: string, options?: CallOptions): Promise<SandboxInfo>;
+  listSandboxes(options?: CallOptions): Promise<SandboxInfo[]>;
+  killSandbox(id: string, options?: CallOptions): Promise<SandboxInfo>;
+
+  exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted>;
+  signalProcess(id: string, proc: number, signal: KillSignal, options?: CallOptions): Promise<void>;
+  /** Writes to a process's stdin (it must have been started with `openStdin`); `null` closes stdin. */
+  writeStdin(id: string, proc: number, data: Uint8Array | null, options?: CallOptions): Promise<void>;
+  listProcesses(id: string, options?: CallOptions): Promise<ProcessInfo[]>;
+
+  readFile(id: string, path: string, options?: CallOptions): Promise<FileReadStream>;
+  writeFile(
+    id: string,
+    path: string,
+    data: Uint8Array | AsyncIterable<Uint8Array>,
+    options?: WriteFileOptions,
+  ): Promise<{ bytes: number }>;
+  listDir(id: string, path: string, options?: CallOptions): Promise<DirListingResult>;
+  stat(id: string, path: string, options?: CallOptions): Promise<FileInfo>;
+  mkdir(id: string, path: string, recursive: boolean, options?: CallOptions): Promise<void>;
+  remove(id: string, path: string, recursive: boolean, options?: CallOptions): Promise<void>;
+  rename(id: string, from: string, to: string, options?: CallOptions): Promise<void>;
+
+  listImages(options?: CallOptions): Promise<ImageInfo[]>;
+  buildImage(
+    ref: string,
+    options?: CallOptions & { force?: boolean; onProgress?: (event: ProgressEvent) => void },
+  ): Promise<ImageInfo>;
+  removeImage(ref: string, options?: CallOptions): Promise<void>;
+
+  /** Releases the client (SDK) or stops the engine and kills its sandboxes (embedded). */
+  close(): Promise<void>;
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env node
+// Runs every compiled test file (packages/*/dist/**/*.test.js) with Node's test runner.
+// Usage: node scripts/run-tests.mjs [substring-filter ...]
+import { readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+
+const root = new URL("..", import.meta.url).pathname;
+const filters = process.argv.slice(2);
+const files = [];
+function walk(dir) {
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) walk(p);
+    else if (name.endsWith(".test.js") && (filters.length === 0 || filters.some((f) => p.includes(f)))) files.push(p);
+  }
+}
+for (const pkg of readdirSync(join(root, "packages"))) {
+  const dist = join(root, "packages", pkg, "dist");
+  try {
+    if (statSync(dist).isDirectory()) walk(dist);
+  } catch {}
+}
+if (files.length === 0) {
+  console.error("no test files found; run npm run build first");
+  process.exit(1);
+}
+files.sort();
+const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", ...files], { stdio: "inherit" });
+process.exit(r.status ?? 1);
