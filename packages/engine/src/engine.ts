@@ -1,0 +1,372 @@
+/**
+ * The engine: sandbox lifecycle (create → running → stopped), TTL expiry, backend selection,
+ * images, and reaping what a crashed engine left behind. Implements EngineApi, so the daemon
+ * serves it and the SDK embeds it the same way.
+ */
+import { chmod, mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  CreateSandboxRequest,
+  ExecApiRequest,
+  InvalidArgumentError,
+  NotFoundError,
+  TransportError,
+  UnsupportedCapabilityError,
+  toMvmError,
+  type BackendName,
+  type CallOptions,
+  type DirListingResult,
+  type EngineApi,
+  type ExecHandlers,
+  type ExecStarted,
+  type ExitInfo,
+  type FileInfo,
+  type FileReadStream,
+  type HealthInfo,
+  type ImageInfo,
+  type KillSignal,
+  type MvmError,
+  type ProcessInfo,
+  type ProgressEvent,
+  type Resources,
+  type SandboxInfo,
+  type WriteFileOptions,
+} from "@mvm/protocol";
+import { z } from "zod";
+import type { Backend, ProbeResult } from "./backends/types.js";
+import { LiveSandbox } from "./live-sandbox.js";
+import { newSandboxId } from "./ids.js";
+import { callSignal } from "./_internal/signals.js";
+import { SandboxRecords, defaultStateDir, isAlive, processStartTime } from "./state.js";
+import type { ImageStore } from "./images/store.js";
+
+export const ENGINE_VERSION = "0.1.0";
+export const DEFAULT_IMAGE = "debian:bookworm+python3";
+
+export interface EngineOptions {
+  /** @default defaultStateDir() */
+  stateDir?: string;
+  /** Backends in order of preference, strongest first. */
+  backends: Backend[];
+  images: ImageStore;
+  /** Host directory of the assembled agent runtime (node, libs, agent.mjs). */
+  agentDir: string;
+  /** @default "debian:bookworm+python3" */
+  defaultImage?: string;
+  /** @default 600 */
+  defaultTtlSeconds?: number;
+  /** Limits applied when a create names none and the backend can enforce them. */
+  defaultResources?: Resources;
+  /** @default 1024 */
+  defaultWorkMiB?: number;
+  /** @default 256 */
+  tmpMiB?: number;
+  /** Time allowed from launch to the agent's hello, ms. @default 20000 */
+  helloTimeoutMs?: number;
+}
+
+const STOPPED_KEPT = 1000;
+
+export class Engine implements EngineApi {
+  readonly stateDir: string;
+  readonly #options: EngineOptions;
+  readonly #records: SandboxRecords;
+  readonly #live = new Map<string, LiveSandbox>();
+  readonly #stopped = new Map<string, SandboxInfo>();
+  #probes: ProbeResult[] = [];
+  #owner!: { pid: number; startTime: string };
+  #closing: Promise<void> | undefined;
+
+  private constructor(options: EngineOptions) {
+    this.#options = options;
+    this.stateDir = options.stateDir ?? defaultStateDir();
+    this.#records = new SandboxRecords(this.stateDir);
+  }
+
+  /** Opens the state directory, reaps sandboxes of dead engines, probes the backends. */
+  static async open(options: EngineOptions): Promise<Engine> {
+    const engine = new Engine(options);
+    await mkdir(engine.stateDir, { recursive: true, mode: 0o711 });
+    await chmod(engine.stateDir, 0o711);
+    await engine.#records.init();
+    const startTime = await processStartTime(process.pid);
+    engine.#owner = { pid: process.pid, startTime: startTime ?? "0" };
+    await engine.reapOrphans();
+    engine.#probes = await Promise.all(options.backends.map((b) => b.probe()));
+    return engine;
+  }
+
+  /** Releases everything left by engines that are no longer running. Returns the ids reaped. */
+  async reapOrphans(): Promise<string[]> {
+    const reaped: string[] = [];
+    for (const { id, record } of await this.#records.scan()) {
+      if (this.#live.has(id)) continue;
+      if (record && record.owner.pid !== process.pid && (await isAlive(record.owner))) continue;
+      if (record?.reap) {
+        const backend = this.#options.backends.find((b) => b.name === record.reap!.backend);
+        await backend?.reap(record.reap);
+      }
+      await this.#records.remove(id);
+      reaped.push(id);
+    }
+    return reaped;
+  }
+
+  async health(): Promise<HealthInfo> {
+    this.#probes = await Promise.all(this.#options.backends.map((b) => b.probe()));
+    const def = this.#probes.find((p) => p.usable);
+    return {
+      version: ENGINE_VERSION,
+      defaultBackend: def ? def.backend : null,
+      backends: this.#probes.map((p) => ({
+        backend: p.backend,
+        tier: p.tier,
+        usable: p.usable,
+        checks: p.checks.map((c) => ({ name: c.name, ok: c.ok, detail: c.detail, ...(c.hint ? { hint: c.hint } : {}) })),
+        enforceable: { ...p.enforceable },
+      })),
+    };
+  }
+
+  #chooseBackend(requested: BackendName | undefined): { backend: Backend; probe: ProbeResult } {
+    const pairs = this.#options.backends.map((backend, i) => ({ backend, probe: this.#probes[i]! }));
+    if (requested) {
+      const pair = pairs.find((p) => p.backend.name === requested);
+      if (!pair) throw new UnsupportedCapabilityError(`Backend "${requested}" is not available in this engine`, { hint: "run `mvmctl doctor`" });
+      if (!pair.probe.usable) {
+        const failed = pair.probe.checks.filter((c) => !c.ok).map((c) => `${c.name}: ${c.detail}`);
+        throw new UnsupportedCapabilityError(`Backend "${requested}" is not usable on this host: ${failed.join("; ")}`, {
+          hint: "run `mvmctl doctor` for fixes",
+        });
+      }
+      return pair;
+    }
+    const pair = pairs.find((p) => p.probe.usable);
+    if (!pair) throw new UnsupportedCapabilityError("No sandbox backend is usable on this host", { hint: "run `mvmctl doctor` for fixes" });
+    return pair;
+  }
+
+  #effectiveResources(requested: Resources | undefined, probe: ProbeResult): Resources {
+    if (requested) {
+      const missing: string[] = [];
+      if (requested.memoryMiB !== undefined && !probe.enforceable.memory) missing.push("memoryMiB");
+      if (requested.pids !== undefined && !probe.enforceable.pids) missing.push("pids");
+      if (requested.cpus !== undefined && !probe.enforceable.cpu) missing.push("cpus");
+      if (missing.length > 0) {
+        throw new UnsupportedCapabilityError(
+          `Backend "${probe.backend}" cannot enforce ${missing.map((m) => `"${m}"`).join(", ")} on this host`,
+          { hint: "run `mvmctl doctor` to see which cgroup controllers are available, or drop the limit" },
+        );
+      }
+      return { ...requested };
+    }
+    const d = this.#options.defaultResources ?? { memoryMiB: 1024, pids: 1024 };
+    const out: Resources = {};
+    if (d.memoryMiB !== undefined && probe.enforceable.memory) out.memoryMiB = d.memoryMiB;
+    if (d.pids !== undefined && probe.enforceable.pids) out.pids = d.pids;
+    if (d.cpus !== undefined && probe.enforceable.cpu) out.cpus = d.cpus;
+    return out;
+  }
+
+  async createSandbox(
+    request: CreateSandboxRequest,
+    options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {},
+  ): Promise<SandboxInfo> {
+    this.#assertOpen();
+    const req = parse(CreateSandboxRequest, request, "sandbox options");
+    const signal = callSignal(options);
+    const { backend, probe } = this.#chooseBackend(req.backend);
+    const resources = this.#effectiveResources(req.resources, probe);
+    const imageRef = req.image ?? this.#options.defaultImage ?? DEFAULT_IMAGE;
+    const image = await this.#options.images.ensure(imageRef, {
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      ...(signal ? { signal } : {}),
+    });
+    signal?.throwIfAborted();
+    const id = newSandboxId();
+    const now = Date.now();
+    const ttlSeconds = req.ttlSeconds ?? this.#options.defaultTtlSeconds ?? 600;
+    const info: SandboxInfo = {
+      id,
+      state: "starting",
+      backend: backend.name,
+      tier: probe.tier,
+      image: { ref: imageRef, digest: image.digest },
+      createdAt: new Date(now).toISOString(),
+      expiresAt: new Date(now + ttlSeconds * 1000).toISOString(),
+      resources,
+      workMiB: req.workMiB ?? this.#options.defaultWorkMiB ?? 1024,
+      labels: req.labels ?? {},
+    };
+    const dir = await this.#records.create(id);
+    await this.#records.write({ version: 1, owner: this.#owner, info });
+    options.onProgress?.({ phase: "boot", message: `starting ${backend.name} sandbox ${id}` });
+    let sandbox: LiveSandbox | undefined;
+    try {
+      sandbox = await LiveSandbox.start({
+        info,
+        backend,
+        env: req.env ?? {},
+        spec: {
+          sandboxId: id,
+          rootfsDir: image.rootfsDir,
+          agentDir: this.#options.agentDir,
+          stateDir: dir,
+          workMiB: info.workMiB,
+          tmpMiB: this.#options.tmpMiB ?? 256,
+          resources,
+          agentLogPath: join(dir, "agent.log"),
+        },
+        helloTimeoutMs: this.#options.helloTimeoutMs ?? 20_000,
+        onRecord: (reap) =>
+          this.#records.write({
+            version: 1,
+            owner: this.#owner,
+            info,
+            reap: { ...reap, cgroups: [...reap.cgroups], extra: { ...reap.extra } },
+          }),
+        onEnded: (ended) => this.#onEnded(ended),
+        ...(signal ? { signal } : {}),
+      });
+    } catch (err) {
+      await this.#records.remove(id);
+      throw toMvmError(err);
+    }
+    this.#live.set(id, sandbox);
+    return sandbox.info;
+  }
+
+  #onEnded(sandbox: LiveSandbox): void {
+    this.#live.delete(sandbox.info.id);
+    this.#stopped.set(sandbox.info.id, sandbox.info);
+    if (this.#stopped.size > STOPPED_KEPT) this.#stopped.delete(this.#stopped.keys().next().value!);
+    void this.#records.remove(sandbox.info.id);
+  }
+
+  #get(id: string): LiveSandbox {
+    const s = this.#live.get(id);
+    if (s) return s;
+    if (this.#stopped.has(id)) throw new NotFoundError(`Sandbox "${id}" is not running (it ${this.#stopped.get(id)!.endReason ?? "stopped"})`);
+    throw new NotFoundError(`Sandbox "${id}" not found`);
+  }
+
+  async getSandbox(id: string): Promise<SandboxInfo> {
+    const live = this.#live.get(id);
+    if (live) return live.info;
+    const stopped = this.#stopped.get(id);
+    if (stopped) return stopped;
+    throw new NotFoundError(`Sandbox "${id}" not found`);
+  }
+
+  async listSandboxes(): Promise<SandboxInfo[]> {
+    return [...this.#live.values()].map((s) => s.info);
+  }
+
+  async killSandbox(id: string): Promise<SandboxInfo> {
+    const s = this.#live.get(id);
+    if (!s) return this.getSandbox(id);
+    await s.stop("killed");
+    return s.info;
+  }
+
+  async exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options: CallOptions = {}): Promise<ExecStarted> {
+    const req = parse(ExecApiRequest, request, "exec request");
+    return this.#get(id).exec(req, handlers, options);
+  }
+
+  async signalProcess(id: string, proc: number, signal: KillSignal, options: CallOptions = {}): Promise<void> {
+    await this.#get(id).call("signal", { proc, signal }, options);
+  }
+
+  async writeStdin(id: string, proc: number, data: Uint8Array | null): Promise<void> {
+    await this.#get(id).writeStdin(proc, data);
+  }
+
+  async listProcesses(id: string, options: CallOptions = {}): Promise<ProcessInfo[]> {
+    return (await this.#get(id).call("listProcesses", {}, options)).processes;
+  }
+
+  async readFile(id: string, path: string): Promise<FileReadStream> {
+    return this.#get(id).readFile(checkPath(path));
+  }
+
+  async writeFile(id: string, path: string, data: Uint8Array | AsyncIterable<Uint8Array>, options: WriteFileOptions = {}): Promise<{ bytes: number }> {
+    const mode = options.mode ?? 0o644;
+    if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) throw new InvalidArgumentError(`Invalid file mode: ${JSON.stringify(mode)}`);
+    return this.#get(id).writeFile(checkPath(path), data, { ...options, mode, createParents: options.createParents ?? true });
+  }
+
+  async listDir(id: string, path: string, options: CallOptions = {}): Promise<DirListingResult> {
+    return this.#get(id).call("listDir", { path: checkPath(path) }, options);
+  }
+  async stat(id: string, path: string, options: CallOptions = {}): Promise<FileInfo> {
+    return this.#get(id).call("stat", { path: checkPath(path) }, options);
+  }
+  async mkdir(id: string, path: string, recursive: boolean, options: CallOptions = {}): Promise<void> {
+    await this.#get(id).call("mkdir", { path: checkPath(path), recursive }, options);
+  }
+  async remove(id: string, path: string, recursive: boolean, options: CallOptions = {}): Promise<void> {
+    await this.#get(id).call("remove", { path: checkPath(path), recursive }, options);
+  }
+  async rename(id: string, from: string, to: string, options: CallOptions = {}): Promise<void> {
+    await this.#get(id).call("rename", { from: checkPath(from), to: checkPath(to) }, options);
+  }
+
+  async listImages(): Promise<ImageInfo[]> {
+    const list = await this.#options.images.list();
+    return list.map(toImageInfo);
+  }
+
+  async buildImage(ref: string, options: CallOptions & { force?: boolean; onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+    const signal = callSignal(options);
+    const rec = await this.#options.images.buildDebian(ref, {
+      ...(options.force !== undefined ? { force: options.force } : {}),
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      ...(signal ? { signal } : {}),
+    });
+    return toImageInfo(rec);
+  }
+
+  async removeImage(ref: string): Promise<void> {
+    await this.#options.images.remove(ref);
+  }
+
+  /** Kills every sandbox of this engine and releases their resources. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      const errors: MvmError[] = [];
+      await Promise.all(
+        [...this.#live.values()].map((s) => s.stop("engine-exit").catch((err: unknown) => errors.push(toMvmError(err)))),
+      );
+      if (errors.length > 0) throw errors[0];
+    })();
+    return this.#closing;
+  }
+
+  #assertOpen(): void {
+    if (this.#closing) throw new TransportError("Engine is closed");
+  }
+}
+
+function toImageInfo(rec: { digest: string; refs: string[]; sizeBytes: number; createdAt: string }): ImageInfo {
+  return { digest: rec.digest as ImageInfo["digest"], refs: rec.refs, sizeBytes: rec.sizeBytes, createdAt: rec.createdAt };
+}
+
+function parse<S extends z.ZodType>(schema: S, value: unknown, what: string): z.infer<S> {
+  const r = schema.safeParse(value);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
+    throw new InvalidArgumentError(`Invalid ${what}: ${where}${issue?.message ?? "invalid"}`);
+  }
+  return r.data;
+}
+
+function checkPath(path: string): string {
+  if (typeof path !== "string" || !path.startsWith("/") || path.includes("\0") || path.length > 4096) {
+    throw new InvalidArgumentError(`Invalid sandbox path: ${JSON.stringify(String(path).slice(0, 200))}`);
+  }
+  const parts = path.split("/").filter((p) => p !== "" && p !== ".");
+  if (parts.includes("..")) throw new InvalidArgumentError(`Invalid sandbox path: "${path.slice(0, 200)}" contains ".."`);
+  return "/" + parts.join("/");
+}

@@ -1,0 +1,209 @@
+/**
+ * One running sandbox: its backend launch, its agent session, its TTL, its processes.
+ * `stop` is single-flight and releases everything whatever state the sandbox is in.
+ */
+import {
+  CleanupError,
+  NotFoundError,
+  toMvmError,
+  TransportError,
+  type CallOptions,
+  type EndReason,
+  type ExecApiRequest,
+  type ExecHandlers,
+  type ExecStarted,
+  type ExitInfo,
+  type FileReadStream,
+  type Op,
+  type ResultOf,
+  type SandboxInfo,
+  type Env,
+} from "@mvm/protocol";
+import type { z } from "zod";
+import { AgentClient, type AgentProcess, type RequestParams } from "./agent/client.js";
+import type { Backend, LaunchedSandbox, LaunchSpec, ReapRecord } from "./backends/types.js";
+import { abortError, callSignal } from "./_internal/signals.js";
+
+/** Default per-stream output cap for exec, bytes. */
+export const DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
+const DEFAULT_KILL_GRACE_MS = 2000;
+
+export interface StartOptions {
+  info: SandboxInfo;
+  backend: Backend;
+  spec: LaunchSpec;
+  env: z.infer<typeof Env>;
+  helloTimeoutMs: number;
+  signal?: AbortSignal;
+  onRecord(reap: ReapRecord): Promise<void>;
+  onEnded(sandbox: LiveSandbox): void;
+}
+
+export class LiveSandbox {
+  info: SandboxInfo;
+  readonly #launched: LaunchedSandbox;
+  readonly #client: AgentClient;
+  readonly #env: z.infer<typeof Env>;
+  readonly #procs = new Map<number, AgentProcess>();
+  readonly #ttl: NodeJS.Timeout;
+  readonly #onEnded: (s: LiveSandbox) => void;
+  #stopping: Promise<void> | undefined;
+
+  private constructor(info: SandboxInfo, launched: LaunchedSandbox, client: AgentClient, opts: StartOptions) {
+    this.info = { ...info, state: "running" };
+    this.#launched = launched;
+    this.#client = client;
+    this.#env = opts.env;
+    this.#onEnded = opts.onEnded;
+    const ttlMs = Math.max(0, Date.parse(info.expiresAt) - Date.now());
+    this.#ttl = setTimeout(() => void this.stop("expired").catch(() => {}), ttlMs);
+    this.#ttl.unref();
+    launched.exited.then(() => void this.stop("crashed").catch(() => {}));
+    client.closed.then(() => void this.stop("crashed").catch(() => {}));
+  }
+
+  static async start(opts: StartOptions): Promise<LiveSandbox> {
+    const launched = await opts.backend.launch(opts.spec, opts.signal);
+    try {
+      await opts.onRecord(launched.reapRecord);
+      const client = await AgentClient.connect(launched.channel, {
+        helloTimeoutMs: opts.helloTimeoutMs,
+        label: opts.info.id,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+      return new LiveSandbox(opts.info, launched, client, opts);
+    } catch (err) {
+      await launched.destroy().catch(() => {});
+      throw err;
+    }
+  }
+
+  /** Kills the sandbox and releases everything. Safe to call repeatedly and concurrently. */
+  stop(reason: EndReason): Promise<void> {
+    this.#stopping ??= (async () => {
+      clearTimeout(this.#ttl);
+      this.info = { ...this.info, state: "stopped", endReason: reason };
+      this.#client.destroy(new TransportError(`Sandbox "${this.info.id}" ${reason}`));
+      try {
+        await this.#launched.destroy();
+      } catch (err) {
+        throw new CleanupError(`Could not release sandbox "${this.info.id}": ${toMvmError(err).message}`, { cause: err });
+      } finally {
+        this.#onEnded(this);
+      }
+    })();
+    return this.#stopping;
+  }
+
+  async call<O extends Op>(op: O, params: RequestParams<O>, options: CallOptions = {}): Promise<ResultOf<O>> {
+    const signal = callSignal(options);
+    if (!signal) return this.#client.request(op, params);
+    signal.throwIfAborted();
+    return withSignal(this.#client.request(op, params), signal, `${op} in "${this.info.id}"`);
+  }
+
+  async exec(req: ExecApiRequest, handlers: ExecHandlers, options: CallOptions): Promise<ExecStarted> {
+    const signal = callSignal(options);
+    signal?.throwIfAborted();
+    const stdinBytes = req.stdinBase64 !== undefined ? Buffer.from(req.stdinBase64, "base64") : undefined;
+    const oomBefore = await this.#launched.oomKills();
+    const startedAt = new Date();
+    const proc = await this.#client.exec(
+      {
+        argv: req.argv,
+        env: { ...this.#env, ...(req.env ?? {}) },
+        cwd: req.cwd ?? "/work",
+        timeoutMs: req.timeoutMs ?? 0,
+        killGraceMs: req.killGraceMs ?? DEFAULT_KILL_GRACE_MS,
+        maxOutputBytes: req.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES,
+      },
+      {
+        openStdin: stdinBytes !== undefined || req.openStdin === true,
+        output: {
+          onStdout: (c) => handlers.onStdout?.(c),
+          onStderr: (c) => handlers.onStderr?.(c),
+        },
+      },
+    );
+    this.#procs.set(proc.proc, proc);
+    if (stdinBytes !== undefined && proc.stdin) {
+      const stdin = proc.stdin;
+      void (async () => {
+        await stdin.write(stdinBytes);
+        if (!req.openStdin) await stdin.end();
+      })().catch(() => {});
+    }
+    const onAbort = () => {
+      if (!req.background) void this.#client.request("signal", { proc: proc.proc, signal: "SIGKILL" }).catch(() => {});
+    };
+    if (signal && !req.background) signal.addEventListener("abort", onAbort, { once: true });
+    const exit = proc.exit
+      .then(async (e): Promise<ExitInfo> => {
+        const oomAfter = await this.#launched.oomKills().catch(() => oomBefore);
+        return {
+          exitCode: e.exitCode,
+          signal: e.signal,
+          timedOut: e.timedOut,
+          oomKilled: oomAfter > oomBefore,
+          durationMs: e.durationMs,
+          stdoutBytes: e.stdoutBytes,
+          stderrBytes: e.stderrBytes,
+          stdoutTruncated: e.stdoutTruncated,
+          stderrTruncated: e.stderrTruncated,
+          receipt: {
+            sandboxId: this.info.id,
+            proc: proc.proc,
+            imageDigest: this.info.image.digest,
+            backend: this.info.backend,
+            startedAt: startedAt.toISOString(),
+            finishedAt: new Date().toISOString(),
+          },
+        };
+      })
+      .finally(() => {
+        signal?.removeEventListener("abort", onAbort);
+        this.#procs.delete(proc.proc);
+      });
+    exit.catch(() => {});
+    return { proc: proc.proc, pid: proc.pid, exit };
+  }
+
+  async writeStdin(procId: number, data: Uint8Array | null): Promise<void> {
+    const proc = this.#procs.get(procId);
+    if (!proc) throw new NotFoundError(`Process ${procId} not found in sandbox "${this.info.id}"`);
+    if (!proc.stdin) throw new NotFoundError(`Process ${procId} in sandbox "${this.info.id}" has no open stdin`);
+    if (data === null) await proc.stdin.end();
+    else await proc.stdin.write(data);
+  }
+
+  readFile(path: string): Promise<FileReadStream> {
+    return this.#client.readFile(path);
+  }
+
+  async writeFile(
+    path: string,
+    data: Uint8Array | AsyncIterable<Uint8Array>,
+    options: CallOptions & { mode: number; createParents: boolean },
+  ): Promise<{ bytes: number }> {
+    const signal = callSignal(options);
+    const body: AsyncIterable<Uint8Array> = data instanceof Uint8Array ? once(data) : data;
+    const bytes = await this.#client.writeFile(path, body, {
+      mode: options.mode,
+      createParents: options.createParents,
+      ...(signal ? { signal } : {}),
+    });
+    return { bytes };
+  }
+}
+
+async function* once(data: Uint8Array): AsyncGenerator<Uint8Array> {
+  yield data;
+}
+
+function withSignal<T>(p: Promise<T>, signal: AbortSignal, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortError(signal, what));
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
