@@ -1,0 +1,185 @@
+#!/usr/bin/env node
+// mvm benchmarks. Prints one JSON document on stdout (progress on stderr) and writes it to
+// bench/results/latest.json. Every figure sits beside a baseline measured in the same run.
+//
+//   npm run bench                  # all
+//   node bench/run.mjs create exec # some
+//   BENCH_RUNS=50 BENCH_SANDBOXES=200 node bench/run.mjs
+import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { tmpdir, cpus, totalmem } from "node:os";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { openEngine } from "@mvm/engine";
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 30);
+const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
+const IMAGE = process.env.BENCH_IMAGE ?? "debian:bookworm+python3";
+const only = new Set(process.argv.slice(2));
+const want = (name) => only.size === 0 || only.has(name);
+const log = (...a) => console.error("[bench]", ...a);
+
+function pct(xs, p) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
+}
+function summary(xs) {
+  const r = (v) => Math.round(v * 100) / 100;
+  return { n: xs.length, p50: r(pct(xs, 50)), p95: r(pct(xs, 95)), p99: r(pct(xs, 99)), min: r(Math.min(...xs)), max: r(Math.max(...xs)) };
+}
+const ratio = (a, b) => Math.round((a / b) * 1000) / 1000;
+
+function spawnTimed(cmd, args, opts = {}) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    let first;
+    const c = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], ...opts });
+    c.stdout.once("data", () => (first ??= performance.now() - t0));
+    c.on("error", reject);
+    c.on("exit", (code) => (code === 0 ? resolve({ totalMs: performance.now() - t0, firstMs: first }) : reject(new Error(`${cmd} exited ${code}`))));
+  });
+}
+
+async function memAvailableKiB() {
+  const m = (await readFile("/proc/meminfo", "utf8")).match(/MemAvailable:\s+(\d+)/);
+  return Number(m[1]);
+}
+
+async function execOnce(engine, id, argv) {
+  let first;
+  const t0 = performance.now();
+  const started = await engine.exec(id, { argv }, { onStdout: () => (first ??= performance.now() - t0) });
+  const exit = await started.exit;
+  return { totalMs: performance.now() - t0, firstMs: first, exit };
+}
+
+async function main() {
+  const stateDir = await mkdtemp(join(tmpdir(), "mvm-bench-"));
+  const imagesDir = process.env.MVM_TEST_IMAGES_DIR ?? "/var/lib/mvm/images";
+  const engine = await openEngine({ stateDir, imagesDir, defaultTtlSeconds: 3600 });
+  const health = await engine.health();
+  const result = {
+    when: new Date().toISOString(),
+    host: { cpus: cpus().length, memGiB: Math.round(totalmem() / 2 ** 30), kernel: (await readFile("/proc/sys/kernel/osrelease", "utf8")).trim(), node: process.version },
+    backend: health.defaultBackend,
+    runs: RUNS,
+    figures: {},
+  };
+  try {
+    const info = await engine.createSandbox({ image: IMAGE });
+    const rootfs = (await engine.listImages()).find((i) => i.digest === info.image.digest);
+    await engine.killSandbox(info.id);
+    log("image", info.image.digest, rootfs?.refs);
+
+    if (want("create")) {
+      // Baseline: bubblewrap with every namespace, starting node, same machine, same run.
+      const node = process.execPath;
+      const base = [];
+      for (let i = 0; i < RUNS; i++) {
+        const r = await spawnTimed("bwrap", ["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", node, "-e", "process.stdout.write('x')"]);
+        base.push(r.firstMs ?? r.totalMs);
+      }
+      const ours = [];
+      for (let i = 0; i < RUNS; i++) {
+        const t0 = performance.now();
+        const sb = await engine.createSandbox({ image: IMAGE });
+        let first;
+        const st = await engine.exec(sb.id, { argv: ["/bin/echo", "hi"] }, { onStdout: () => (first ??= performance.now() - t0) });
+        await st.exit;
+        ours.push(first);
+        await engine.killSandbox(sb.id);
+      }
+      const b = summary(base);
+      const o = summary(ours);
+      result.figures.createToFirstOutput = { unit: "ms", mvm: o, baselineBwrapNode: b, ratioP50: ratio(o.p50, b.p50), ratioP95: ratio(o.p95, b.p95), target: "ratioP50 <= 1.5" };
+      log("create", JSON.stringify(result.figures.createToFirstOutput));
+    }
+
+    if (want("exec")) {
+      const sb = await engine.createSandbox({ image: IMAGE });
+      for (let i = 0; i < 20; i++) await execOnce(engine, sb.id, ["/bin/true"]);
+      const host = [];
+      const ours = [];
+      const n = Math.max(RUNS * 5, 200);
+      for (let i = 0; i < n; i++) {
+        host.push((await spawnTimed("/bin/true", [])).totalMs);
+        ours.push((await execOnce(engine, sb.id, ["/bin/true"])).totalMs);
+      }
+      await engine.killSandbox(sb.id);
+      const h = summary(host);
+      const o = summary(ours);
+      result.figures.execRoundTrip = { unit: "ms", mvm: o, baselineHostSpawn: h, ratioP50: ratio(o.p50, h.p50), ratioP99: ratio(o.p99, h.p99), target: "ratioP50 <= 1.3" };
+      log("exec", JSON.stringify(result.figures.execRoundTrip));
+    }
+
+    if (want("density")) {
+      const before = await memAvailableKiB();
+      const ids = [];
+      let failures = 0;
+      const t0 = performance.now();
+      for (let i = 0; i < SANDBOXES; i++) {
+        try {
+          ids.push((await engine.createSandbox({ image: IMAGE, resources: { memoryMiB: 256, pids: 64 } })).id);
+        } catch (err) {
+          failures++;
+          log("create failed", err.message);
+        }
+        if (i % 25 === 24) log(`density: ${i + 1} sandboxes`);
+      }
+      const createSeconds = (performance.now() - t0) / 1000;
+      const execResults = await Promise.allSettled(ids.map((id) => execOnce(engine, id, ["/bin/echo", "ok"])));
+      const execFailures = execResults.filter((r) => r.status === "rejected" || r.value.exit.exitCode !== 0).length;
+      await new Promise((r) => setTimeout(r, 2000));
+      const after = await memAvailableKiB();
+      const perSandboxMiB = (before - after) / 1024 / Math.max(1, ids.length);
+      const alive = (await engine.listSandboxes()).length;
+      for (const id of ids) await engine.killSandbox(id);
+      result.figures.density = {
+        sandboxes: SANDBOXES,
+        alive,
+        createFailures: failures,
+        execFailures,
+        createSeconds: Math.round(createSeconds * 10) / 10,
+        idleHostMemoryPerSandboxMiB: Math.round(perSandboxMiB * 10) / 10,
+        method: "drop of MemAvailable from before the first create to after every sandbox was exec'd once and idled 2 s, divided by the count",
+        target: "<= 48 MiB per sandbox, zero failures",
+      };
+      log("density", JSON.stringify(result.figures.density));
+    }
+
+    if (want("srt")) {
+      const srt = await findSrt();
+      if (!srt) {
+        result.figures.srt = { skipped: "@anthropic-ai/sandbox-runtime is not installed (npm i -g @anthropic-ai/sandbox-runtime to compare)" };
+      } else {
+        const theirs = [];
+        for (let i = 0; i < RUNS; i++) theirs.push((await spawnTimed(srt, ["echo", "hi"])).totalMs);
+        const t = summary(theirs);
+        const ours = result.figures.createToFirstOutput?.mvm;
+        result.figures.srt = { unit: "ms", srtEcho: t, mvmCreateToFirstOutput: ours ?? null, ratioP50: ours ? ratio(ours.p50, t.p50) : null };
+      }
+      log("srt", JSON.stringify(result.figures.srt));
+    }
+  } finally {
+    await engine.close();
+    await rm(stateDir, { recursive: true, force: true });
+  }
+  const out = JSON.stringify(result, null, 2);
+  console.log(out);
+  await mkdir(new URL("./results/", import.meta.url), { recursive: true });
+  await writeFile(new URL("./results/latest.json", import.meta.url), out + "\n");
+}
+
+async function findSrt() {
+  for (const dir of (process.env.PATH ?? "").split(":")) {
+    if (dir && existsSync(join(dir, "srt"))) return join(dir, "srt");
+  }
+  const local = new URL("../node_modules/.bin/srt", import.meta.url).pathname;
+  return existsSync(local) ? local : undefined;
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,118 @@
+/**
+ * Shared pieces of the backend conformance suite: an engine on a throwaway state directory
+ * (sharing the host's image store), and small helpers to run commands and collect output.
+ */
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { BackendName, EngineApi, ExecApiRequest, ExitInfo, Resources, SandboxInfo } from "@mvm/protocol";
+import { openEngine } from "../open.js";
+import { defaultStateDir } from "../state.js";
+import { DEFAULT_IMAGE } from "../engine.js";
+
+export interface Ran {
+  exit: ExitInfo;
+  stdout: string;
+  stderr: string;
+}
+
+export interface TestEngine {
+  engine: EngineApi;
+  stateDir: string;
+  close(): Promise<void>;
+}
+
+/** The image store the setup command filled (the default image lives there). */
+export function sharedImagesDir(): string {
+  return process.env["MVM_TEST_IMAGES_DIR"] ?? join(defaultStateDir(), "images");
+}
+
+/** Why the suite cannot run here, or undefined when it can. */
+export function unavailableReason(): string | undefined {
+  if (!existsSync(sharedImagesDir())) {
+    return `no image store at ${sharedImagesDir()}: run scripts/setup.sh first (it builds ${DEFAULT_IMAGE})`;
+  }
+  return undefined;
+}
+
+export async function testEngine(): Promise<TestEngine> {
+  const stateDir = await mkdtemp(join(tmpdir(), "mvm-conf-"));
+  const engine = await openEngine({ stateDir, imagesDir: sharedImagesDir() });
+  return {
+    engine,
+    stateDir,
+    async close() {
+      await engine.close();
+      await rm(stateDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function run(engine: EngineApi, id: string, argv: string[], req: Partial<ExecApiRequest> = {}): Promise<Ran> {
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  const started = await engine.exec(id, { argv, ...req }, { onStdout: (c) => out.push(Buffer.from(c)), onStderr: (c) => err.push(Buffer.from(c)) });
+  const exit = await started.exit;
+  return { exit, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") };
+}
+
+export async function sh(engine: EngineApi, id: string, script: string, req: Partial<ExecApiRequest> = {}): Promise<Ran> {
+  return run(engine, id, ["/bin/sh", "-c", script], req);
+}
+
+export async function create(
+  engine: EngineApi,
+  backend: BackendName,
+  extra: { resources?: Resources; ttlSeconds?: number; workMiB?: number } = {},
+): Promise<SandboxInfo> {
+  return engine.createSandbox({ backend, image: DEFAULT_IMAGE, ...extra });
+}
+
+const PROBE_SOURCE = new URL("../../src/conformance/fixtures/probe.py", import.meta.url);
+
+export interface ProbeOutcome {
+  probe: string;
+  allowed: boolean;
+  detail: string;
+}
+
+/** Installs the escape-probe script in the sandbox (once) and runs one probe. */
+export async function probe(engine: EngineApi, id: string, name: string, arg = ""): Promise<ProbeOutcome> {
+  await engine.writeFile(id, "/work/.probe.py", await readFile(PROBE_SOURCE), { mode: 0o555 });
+  const r = await run(engine, id, ["python3", "/work/.probe.py", name, arg], { env: { MVM_IN_SANDBOX: "1" }, timeoutMs: 30_000 });
+  if (r.exit.exitCode !== 0) throw new Error(`probe ${name} failed to run (exit ${r.exit.exitCode}): ${r.stderr}`);
+  return JSON.parse(r.stdout.trim()) as ProbeOutcome;
+}
+
+/** Host-side view of what a sandbox holds, from its record, for leak checks. */
+export async function hostFootprint(stateDir: string, id: string): Promise<{ pid: number; cgroups: string[] }> {
+  const raw = JSON.parse(await readFile(join(stateDir, "sandboxes", id, "record.json"), "utf8")) as {
+    reap?: { pid: number; cgroups: string[] };
+  };
+  return { pid: raw.reap?.pid ?? 0, cgroups: raw.reap?.cgroups ?? [] };
+}
+
+/** Processes on the host whose cgroup path names the sandbox. */
+export async function processesInSandboxCgroups(id: string): Promise<number[]> {
+  const { readdir } = await import("node:fs/promises");
+  const pids: number[] = [];
+  for (const name of await readdir("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if ((await readFile(`/proc/${name}/cgroup`, "utf8")).includes(id)) pids.push(Number(name));
+    } catch {
+      // raced with exit
+    }
+  }
+  return pids;
+}
+
+export async function waitFor(cond: () => Promise<boolean> | boolean, timeoutMs = 10_000): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await cond()) return true;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return cond();
+}

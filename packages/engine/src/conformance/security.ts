@@ -1,0 +1,186 @@
+/**
+ * Conformance suite, part 2: escape attempts. Each runs inside a real sandbox and must be denied.
+ * Each test names the claim of docs/SECURITY.md it enforces.
+ */
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { connect, createServer, type Server } from "node:net";
+import { networkInterfaces } from "node:os";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { NotFoundError, type BackendName } from "@mvm/protocol";
+import { create, probe, run, sh, testEngine, unavailableReason, type TestEngine } from "./harness.js";
+
+export function securitySuite(backend: BackendName): void {
+  const skip = unavailableReason();
+  describe(`${backend} backend: escape attempts are denied`, { skip }, () => {
+    let t: TestEngine;
+    let id: string;
+    let hostDir: string;
+    let secretPath: string;
+    let hostSleeper: ChildProcess;
+    let server: Server;
+    let serverPort: number;
+    const marker = `mvm-marker-${randomBytes(6).toString("hex")}`;
+
+    before(async () => {
+      t = await testEngine();
+      id = (await create(t.engine, backend, { resources: { memoryMiB: 256, pids: 96 } })).id;
+      hostDir = await mkdtemp("/var/tmp/mvm-host-secret-");
+      secretPath = join(hostDir, "secret.txt");
+      await writeFile(secretPath, marker, { mode: 0o644 });
+      hostSleeper = spawn("sleep", ["3600"], { stdio: "ignore", argv0: marker });
+      server = createServer((s) => s.end("host-service\n"));
+      await new Promise<void>((r) => server.listen(0, "0.0.0.0", r));
+      serverPort = (server.address() as { port: number }).port;
+    });
+    after(async () => {
+      hostSleeper?.kill("SIGKILL");
+      server?.close();
+      await rm(hostDir, { recursive: true, force: true });
+      await t?.close();
+    });
+
+    test("claim 1: host files are not visible (a host file, /etc/shadow content, the state directory)", async () => {
+      assert.equal((await probe(t.engine, id, "exists", secretPath)).allowed, false);
+      assert.equal((await probe(t.engine, id, "exists", `/proc/1/root${secretPath}`)).allowed, false);
+      assert.equal((await probe(t.engine, id, "exists", t.stateDir)).allowed, false);
+      assert.equal((await probe(t.engine, id, "read", "/etc/shadow")).allowed, false);
+      const grep = await sh(t.engine, id, `grep -rs ${marker} /etc /work /tmp /proc/1/root/etc 2>/dev/null | head -1`);
+      assert.equal(grep.stdout, "");
+    });
+
+    test("claim 1: nothing outside /work and /tmp is writable", async () => {
+      for (const p of ["/etc/mvm-evil", "/mvm-evil", "/usr/bin/mvm-evil", "/.mvm/agent.mjs", "/.mvm/mvm-evil"]) {
+        assert.equal((await probe(t.engine, id, "write", p)).allowed, false, p);
+      }
+      assert.equal((await probe(t.engine, id, "write", "/work/ok")).allowed, true, "control: /work is writable");
+    });
+
+    test("claim 1: host-global /proc/sys knobs and cgroup limits cannot be opened for writing", async () => {
+      for (const p of [
+        "/proc/sys/kernel/core_pattern",
+        "/proc/sys/kernel/modprobe",
+        "/proc/sys/vm/drop_caches",
+        "/proc/sysrq-trigger",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        "/sys/fs/cgroup/pids/pids.max",
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/pids.max",
+      ]) {
+        assert.equal((await probe(t.engine, id, "open-write", p)).allowed, false, p);
+      }
+    });
+
+    test("claim 2: no way to uid 0 (setuid, unshare -r, setuid binaries)", async () => {
+      assert.equal((await probe(t.engine, id, "setuid0")).allowed, false);
+      assert.equal((await probe(t.engine, id, "unshare-user")).allowed, false);
+      const r = await sh(t.engine, id, "id -u; unshare -r id -u 2>&1; grep -E '^(NoNewPrivs|CapEff|CapBnd|Seccomp):' /proc/self/status");
+      const lines = r.stdout.trim().split("\n");
+      assert.notEqual(lines[0], "0");
+      assert.doesNotMatch(lines[1] ?? "", /^0$/);
+      assert.match(r.stdout, /NoNewPrivs:\s+1/);
+      assert.match(r.stdout, /CapEff:\s+0+$/m);
+      assert.match(r.stdout, /Seccomp:\s+2/);
+      const suid = await sh(t.engine, id, "find / -xdev -perm /6000 -type f 2>/dev/null | head -5");
+      assert.equal(suid.stdout, "", "setuid/setgid bits must be dropped from images");
+    });
+
+    test("mount, pivot_root and the new mount API are denied", async () => {
+      for (const p of ["mount", "umount", "pivot_root", "fsopen"]) assert.equal((await probe(t.engine, id, p)).allowed, false, p);
+      const r = await sh(t.engine, id, "mount -t tmpfs none /work 2>&1; echo rc=$?");
+      assert.match(r.stdout, /rc=[1-9]/);
+    });
+
+    test("ptrace and cross-process memory access are denied, and the agent is not dumpable", async () => {
+      assert.equal((await probe(t.engine, id, "ptrace-attach", "1")).allowed, false);
+      assert.equal((await probe(t.engine, id, "process_vm_readv", "1")).allowed, false);
+      const agentPid = (await sh(t.engine, id, "for p in /proc/[0-9]*; do grep -qs agent.mjs $p/cmdline && basename $p; done | head -1")).stdout.trim();
+      assert.match(agentPid, /^\d+$/, "agent process visible to find its pid");
+      assert.equal((await probe(t.engine, id, "open-read", `/proc/${agentPid}/mem`)).allowed, false);
+    });
+
+    test("kernel modules, kexec, bpf, keyrings, perf, userfaultfd, io_uring, open_by_handle_at, personality are denied", async () => {
+      for (const p of [
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "kexec_load",
+        "bpf",
+        "keyctl",
+        "add_key",
+        "perf_event_open",
+        "userfaultfd",
+        "io_uring_setup",
+        "open_by_handle_at",
+        "personality",
+      ]) {
+        assert.equal((await probe(t.engine, id, p)).allowed, false, p);
+      }
+    });
+
+    test("raw and packet sockets are denied", async () => {
+      assert.equal((await probe(t.engine, id, "raw-socket")).allowed, false);
+      assert.equal((await probe(t.engine, id, "packet-socket")).allowed, false);
+    });
+
+    test("no network: only loopback exists, and the host's services are unreachable", async () => {
+      const links = await sh(t.engine, id, "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '");
+      assert.deepEqual(links.stdout.trim().split("\n"), ["lo"]);
+      // Control: the host itself reaches its own service, so the test can fail.
+      const hostReach = await new Promise<boolean>((resolve) => {
+        const c = connect(serverPort, "127.0.0.1", () => (c.destroy(), resolve(true)));
+        c.on("error", () => resolve(false));
+      });
+      assert.equal(hostReach, true);
+      assert.equal((await probe(t.engine, id, "connect", `127.0.0.1:${serverPort}`)).allowed, false);
+      for (const addr of hostAddresses()) {
+        assert.equal((await probe(t.engine, id, "connect", `${addr}:${serverPort}`)).allowed, false, addr);
+      }
+    });
+
+    test("host processes are invisible", async () => {
+      const r = await sh(t.engine, id, "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '; ls /proc | grep -c '^[0-9]'");
+      assert.doesNotMatch(r.stdout, new RegExp(marker));
+      const count = Number(r.stdout.trim().split("\n").pop());
+      assert.ok(count < 20, `sandbox sees ${count} processes`);
+    });
+
+    test("the files API cannot escape through symlinks or /proc/*/root", async () => {
+      await sh(t.engine, id, `ln -sf ${secretPath} /work/link-out; ln -sf /proc/1/root${hostDir} /work/link-proc`);
+      await assert.rejects(t.engine.readFile(id, "/work/link-out"), NotFoundError);
+      await assert.rejects(t.engine.listDir(id, "/work/link-proc"), NotFoundError);
+      await assert.rejects(t.engine.readFile(id, `/proc/1/root${secretPath}`), NotFoundError);
+      await assert.rejects(t.engine.writeFile(id, `/proc/1/root${hostDir}/planted`, Buffer.from("x")));
+    });
+
+    test("a fork bomb is stopped by the pids limit and the host is unaffected", async () => {
+      const r = await run(t.engine, id, ["python3", "-c", "import os\nn=0\ntry:\n  while True:\n    if os.fork()==0:\n      import time; time.sleep(30); os._exit(0)\n    n+=1\nexcept OSError as e:\n  print('stopped', n, e.errno)\n"], { timeoutMs: 60_000, killGraceMs: 500 });
+      assert.match(r.stdout, /^stopped \d+ 11$/m);
+      const n = Number(r.stdout.split(" ")[1]);
+      assert.ok(n < 96, `forked ${n} processes under a pids limit of 96`);
+      const host = spawn("true");
+      assert.equal(await new Promise((res) => host.on("exit", res)), 0);
+      await sh(t.engine, id, "true", { timeoutMs: 30_000 }).catch(() => {});
+    });
+
+    test("a memory bomb is OOM-killed under the memory limit and the result says so", async () => {
+      const r = await run(t.engine, id, ["python3", "-c", "b=[]\nwhile True: b.append(bytearray(16*1024*1024))"], { timeoutMs: 60_000 });
+      assert.equal(r.exit.signal, "SIGKILL");
+      assert.equal(r.exit.oomKilled, true);
+      const again = await sh(t.engine, id, "echo alive");
+      assert.equal(again.stdout, "alive\n");
+    });
+  });
+}
+
+
+function hostAddresses(): string[] {
+  const out: string[] = [];
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) out.push(a.address);
+  }
+  return out;
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Sets up mvm on a fresh Debian/Ubuntu host: system packages, npm dependencies, build,
+# the default image, then runs one real sandbox. Run as root (or through sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: run this as root, e.g. sudo scripts/setup.sh" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+PACKAGES=(bubblewrap mmdebstrap debian-archive-keyring util-linux uidmap busybox-static iproute2 python3 ca-certificates)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing system packages: ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  echo "==> installing Node.js from the distribution"
+  apt-get install -y -qq nodejs npm >/dev/null || true
+  if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+    echo "error: mvm needs Node.js >= 20 (found: $(node --version 2>/dev/null || echo none))" >&2
+    echo "hint: install Node.js 20 or newer from your distribution or nodejs.org, then run this again" >&2
+    exit 1
+  fi
+fi
+
+echo "==> installing npm dependencies"
+npm ci --no-audit --no-fund --loglevel=error
+echo "==> building"
+npm run build --silent
+
+mvmctl() { node packages/cli/dist/main.js "$@"; }
+ln -sf "$PWD/packages/cli/dist/main.js" /usr/local/bin/mvmctl
+chmod +x packages/cli/dist/main.js
+
+echo "==> checking the host"
+mvmctl doctor || true
+echo "==> building the default image (debian:bookworm+python3)"
+mvmctl image build debian:bookworm+python3
+echo "==> running a sandbox"
+MVM_ACK_CONTAINER_TIER=1 mvmctl run -- python3 -c 'import os, platform; print("hello from sandbox, uid", os.getuid(), "kernel", platform.release())'
+echo "==> ready: try 'mvmctl run -- sh -c \"id; ls /\"'"
