@@ -41,9 +41,11 @@ const EnvValue = z
   .string()
   .max(128 * 1024)
   .refine((v) => !v.includes("\0"), { message: "must not contain NUL" });
-export const Env = z.record(EnvName, EnvValue).refine((e) => Object.keys(e).length <= 1024, {
-  message: "at most 1024 variables",
-});
+// zod's record silently skips an own "__proto__" key; map it to a name the EnvName rule rejects.
+export const Env = z.preprocess(
+  (v) => (v !== null && typeof v === "object" && Object.hasOwn(v, "__proto__") ? { "__proto__!": "" } : v),
+  z.record(EnvName, EnvValue).refine((e) => Object.keys(e).length <= 1024, { message: "at most 1024 variables" }),
+);
 
 export const Argv = z
   .array(
@@ -96,6 +98,8 @@ export const ExecRequest = req("exec", {
   killGraceMs: z.number().int().min(0).max(60_000),
   /** Per-stream cap on forwarded output; bytes past it are drained and dropped. */
   maxOutputBytes: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+}).refine((r) => r.stdout !== r.stderr && r.stdin !== r.stdout && r.stdin !== r.stderr, {
+  message: "stdin, stdout and stderr need distinct stream ids",
 });
 export const SignalRequest = req("signal", { proc: RequestId, signal: KillSignal });
 export const ListProcessesRequest = req("listProcesses", {});
