@@ -1,0 +1,379 @@
+/**
+ * The content-addressed image store: resolve references, build `debian:` images, import tars and
+ * directories, list, remove and verify. The layout on disk is described in layout.ts.
+ *
+ * An import writes a tree into a work dir, hashes it, then (under the store lock) renames the work
+ * dir to its blob dir, or drops it when that digest is already stored, and updates refs.json.
+ * Every blob has at least one ref; a blob is detached (renamed into tmp) under the lock when its
+ * last ref goes, and deleted after.
+ */
+import { chmod, mkdir, rename } from "node:fs/promises";
+import { join, resolve as resolvePath } from "node:path";
+import {
+  AbortedError,
+  InternalError,
+  InvalidArgumentError,
+  MvmError,
+  NotFoundError,
+  type ProgressEvent,
+  type Sha256Digest,
+} from "@mvm/protocol";
+import { DEBIAN_SOURCE_DATE_EPOCH, mirrorLinesFor, readHostAptSources, runMmdebstrap } from "./debian.js";
+import { hashTree, InvalidTreeError } from "./digest.js";
+import { copyDir, extractTar, type SourceOptions } from "./extract.js";
+import { fsyncDir, removeTree, writeFileAtomic } from "./fs-util.js";
+import { exists, StoreLayout, type ImageMeta } from "./layout.js";
+import { FileLock } from "./lock.js";
+import { isSha256Digest, parseImageRef, parseLocalName, quote } from "./ref.js";
+import { readRefs, writeRefs, type RefsMap } from "./refs-index.js";
+import { TreeWriter, type TreeWriterLimits } from "./tree-writer.js";
+
+export type ImageSourceKind = "debian" | "tar" | "dir";
+
+export interface ImageRecord {
+  /** `sha256:<hex>` of the image's canonical manifest. */
+  digest: Sha256Digest;
+  /** References (canonical `debian:` refs and local names) that point at this image, sorted. */
+  refs: string[];
+  /** Absolute path of the image's root directory on the host. Read-only by convention. */
+  rootfsDir: string;
+  /** Sum of the sizes of the image's regular files, in bytes. */
+  sizeBytes: number;
+  /** ISO 8601 time the image was first stored. */
+  createdAt: string;
+  source: { kind: ImageSourceKind; detail: string };
+}
+
+export interface ImageStoreOptions extends TreeWriterLimits {
+  /** Directory holding the host's apt sources. @default "/etc/apt" */
+  aptDir?: string;
+  /** Time between SIGTERM and SIGKILL when an mmdebstrap build is aborted. @default 10000 */
+  buildKillGraceMs?: number;
+}
+
+export interface ProgressOptions {
+  onProgress?: (event: ProgressEvent) => void;
+  signal?: AbortSignal;
+}
+
+export interface BuildOptions extends ProgressOptions {
+  /** Build again even when the reference is already stored. @default false */
+  force?: boolean;
+}
+
+export class ImageStore {
+  /** Absolute path of the store's root directory. */
+  readonly root: string;
+  readonly #layout: StoreLayout;
+  readonly #options: ImageStoreOptions;
+
+  private constructor(root: string, options: ImageStoreOptions) {
+    this.root = root;
+    this.#layout = new StoreLayout(root);
+    this.#options = options;
+  }
+
+  /**
+   * Opens (creating if needed) the store at `root`, and removes what crashed processes left:
+   * work dirs, temp files, blobs no ref points at, refs whose blob is gone.
+   * @example const images = await ImageStore.open(join(stateDir, "images"));
+   */
+  static async open(root: string, options: ImageStoreOptions = {}): Promise<ImageStore> {
+    const store = new ImageStore(resolvePath(root), options);
+    await store.#layout.create();
+    await store.#layout.recover();
+    return store;
+  }
+
+  /**
+   * Resolves a reference to a stored image: a digest, a canonical `debian:` reference or a local name.
+   * @returns undefined when nothing is stored under it.
+   * @throws InvalidArgumentError when `ref` is malformed.
+   */
+  async resolve(ref: string): Promise<ImageRecord | undefined> {
+    const parsed = parseImageRef(ref);
+    const refs = await this.#readRefs();
+    const digest = parsed.kind === "digest" ? parsed.digest : refs.get(parsed.ref);
+    return digest === undefined ? undefined : this.#record(digest, refs);
+  }
+
+  /**
+   * Resolves `ref`, building it first when it is a `debian:` reference not yet stored.
+   * @throws NotFoundError for a digest or local name that is not stored.
+   */
+  async ensure(ref: string, options: ProgressOptions = {}): Promise<ImageRecord> {
+    const found = await this.resolve(ref);
+    if (found) return found;
+    const parsed = parseImageRef(ref);
+    if (parsed.kind === "debian") return this.buildDebian(parsed.ref, options);
+    throw new NotFoundError(`Image ${quote(ref)} not found`, {
+      hint:
+        parsed.kind === "digest"
+          ? "build or import the image with this digest (mvmctl image build REF, mvmctl image import PATH NAME)"
+          : `import it first: mvmctl image import PATH ${ref}`,
+    });
+  }
+
+  /**
+   * Builds `debian:<suite>[+pkg…]` with mmdebstrap (variant minbase, the host's apt mirror,
+   * SOURCE_DATE_EPOCH fixed) and stores it. A reference already stored is returned as is unless
+   * `force`. Concurrent builds of one reference, in any process, run once.
+   * @throws InvalidArgumentError for a reference that is not `debian:`; AdmissionError when the
+   *   build fails; AbortedError when `signal` fires (mmdebstrap is killed, temp files removed).
+   */
+  async buildDebian(ref: string, options: BuildOptions = {}): Promise<ImageRecord> {
+    const parsed = parseImageRef(ref);
+    if (parsed.kind !== "debian") {
+      throw new InvalidArgumentError(`Cannot build image ${quote(ref)}: only "debian:<suite>[+pkg…]" references can be built`);
+    }
+    const { signal, onProgress } = options;
+    if (!options.force) {
+      const found = await this.resolve(parsed.ref);
+      if (found) return found;
+    }
+    onProgress?.({ phase: "resolve", message: `taking the build lock of ${parsed.ref}`, fraction: 0 });
+    const lock = await FileLock.acquire(this.#layout.buildLockPath(parsed.ref), signal ? { signal } : {});
+    try {
+      if (!options.force) {
+        const found = await this.resolve(parsed.ref);
+        if (found) return found;
+      }
+      const mirrors = mirrorLinesFor(parsed.suite, await readHostAptSources(this.#options.aptDir));
+      const work = await this.#layout.newWorkDir();
+      let failed = true;
+      try {
+        const mmWork = join(work, "mmdebstrap");
+        await mkdir(mmWork, { mode: 0o711 });
+        const outputTar = join(work, "rootfs.tar");
+        const asRoot = process.getuid?.() === 0;
+        await runMmdebstrap(
+          { suite: parsed.suite, packages: parsed.packages, outputTar, mirrors, asRoot },
+          {
+            ref: parsed.ref,
+            workDir: mmWork,
+            ...(signal ? { signal } : {}),
+            ...(onProgress ? { onProgress: scaled(onProgress, 0, 0.8) } : {}),
+            ...(this.#options.buildKillGraceMs !== undefined ? { killGraceMs: this.#options.buildKillGraceMs } : {}),
+          },
+        );
+        const detail = `mmdebstrap --variant=minbase ${parsed.suite}${parsed.packages.length ? ` +${parsed.packages.join(",")}` : ""}; SOURCE_DATE_EPOCH=${DEBIAN_SOURCE_DATE_EPOCH}; ${mirrors.join("; ")}`;
+        const record = await this.#import(parsed.ref, { kind: "debian", detail }, (w, o) => extractTar(outputTar, w, o), {
+          ...options,
+          ...(onProgress ? { onProgress: scaled(onProgress, 0.8, 1) } : {}),
+        }, `image ${quote(parsed.ref)}`);
+        failed = false;
+        return record;
+      } finally {
+        await cleanup(work, failed);
+      }
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /**
+   * Imports a tar archive (plain or gzip) as image `name`, extracting it safely (see
+   * tree-writer.ts). `name` then points at the new digest; an image it pointed at before is removed
+   * when no other ref points at it.
+   * @throws InvalidArgumentError for a reserved or malformed name or a hostile/malformed archive;
+   *   NotFoundError when `path` does not exist.
+   */
+  async importTar(path: string, name: string, options: ProgressOptions = {}): Promise<ImageRecord> {
+    const ref = parseLocalName(name);
+    const abs = resolvePath(path);
+    await this.#mustExist(abs);
+    return this.#import(ref, { kind: "tar", detail: abs }, (w, o) => extractTar(abs, w, o), options, `${quote(abs)} as ${quote(ref)}`);
+  }
+
+  /** Imports a host directory as image `name`, by the same rules as {@link importTar}. */
+  async importDir(path: string, name: string, options: ProgressOptions = {}): Promise<ImageRecord> {
+    const ref = parseLocalName(name);
+    const abs = resolvePath(path);
+    await this.#mustExist(abs);
+    return this.#import(ref, { kind: "dir", detail: abs }, (w, o) => copyDir(abs, w, o), options, `${quote(abs)} as ${quote(ref)}`);
+  }
+
+  /** Every stored image, oldest first. */
+  async list(): Promise<ImageRecord[]> {
+    const refs = await this.#readRefs();
+    const out: ImageRecord[] = [];
+    for (const digest of await this.#layout.blobDigests()) {
+      const record = await this.#record(digest, refs);
+      if (record) out.push(record);
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.digest.localeCompare(b.digest));
+  }
+
+  /**
+   * Removes a reference, and the image when no reference points at it any more. Given a digest,
+   * removes the image and every reference to it.
+   * @throws NotFoundError when nothing is stored under `refOrDigest`.
+   */
+  async remove(refOrDigest: string): Promise<void> {
+    const parsed = parseImageRef(refOrDigest);
+    let trash: string | undefined;
+    await this.#layout.locked(async () => {
+      const refs = await readRefs(this.#layout.refsPath);
+      let digest: Sha256Digest;
+      if (parsed.kind === "digest") {
+        digest = parsed.digest;
+        const named = [...refs].filter(([, d]) => d === digest);
+        if (named.length === 0 && !(await exists(this.#layout.blobDir(digest)))) throw notFound(refOrDigest);
+        for (const [r] of named) refs.delete(r);
+      } else {
+        const found = refs.get(parsed.ref);
+        if (found === undefined) throw notFound(refOrDigest);
+        digest = found;
+        refs.delete(parsed.ref);
+      }
+      await writeRefs(this.#layout.refsPath, refs);
+      if (![...refs.values()].includes(digest)) trash = await this.#layout.detach(digest);
+    });
+    if (trash) await removeTree(trash);
+  }
+
+  /**
+   * Recomputes the digest of a stored image from its tree.
+   * @returns false when the tree no longer matches `digest` (tampered or damaged).
+   * @throws InvalidArgumentError for a malformed digest; NotFoundError when it is not stored.
+   */
+  async verify(digest: string): Promise<boolean> {
+    if (!isSha256Digest(digest)) throw new InvalidArgumentError(`Invalid image digest ${quote(digest)}: expected "sha256:" and 64 lowercase hex digits`);
+    if (!(await exists(this.#layout.blobDir(digest)))) throw notFound(digest);
+    try {
+      const tree = await hashTree(join(this.#layout.blobDir(digest), "rootfs"));
+      return tree.digest === digest;
+    } catch (err) {
+      if (err instanceof InvalidTreeError) return false;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ENOENT" || code === "ENOTDIR" || code === "ELOOP") return false;
+      throw err;
+    }
+  }
+
+  async #readRefs(): Promise<RefsMap> {
+    return readRefs(this.#layout.refsPath);
+  }
+
+  async #record(digest: Sha256Digest, refs: RefsMap): Promise<ImageRecord | undefined> {
+    const meta = await this.#layout.readMeta(digest);
+    if (meta === undefined) return undefined;
+    const names = [...refs].filter(([, d]) => d === digest).map(([r]) => r).sort();
+    const rootfsDir = join(this.#layout.blobDir(digest), "rootfs");
+    return { digest, refs: names, rootfsDir, sizeBytes: meta.sizeBytes, createdAt: meta.createdAt, source: meta.source };
+  }
+
+  async #import(
+    ref: string,
+    source: ImageMeta["source"],
+    fill: (writer: TreeWriter, options: SourceOptions) => Promise<void>,
+    options: ProgressOptions,
+    what: string,
+  ): Promise<ImageRecord> {
+    const { signal, onProgress } = options;
+    const work = await this.#layout.newWorkDir();
+    let failed = true;
+    try {
+      const rootfs = join(work, "rootfs");
+      await mkdir(rootfs, { mode: 0o755 });
+      const limits: TreeWriterLimits = {};
+      if (this.#options.maxEntries !== undefined) limits.maxEntries = this.#options.maxEntries;
+      if (this.#options.maxBytes !== undefined) limits.maxBytes = this.#options.maxBytes;
+      const writer = new TreeWriter(rootfs, limits, signal);
+      onProgress?.({ phase: "unpack", message: `unpacking ${source.kind === "dir" ? "directory" : "archive"}`, fraction: 0 });
+      let lastPercent = 0;
+      await fill(writer, {
+        ...(signal ? { signal } : {}),
+        onBytes: (read, total) => {
+          const percent = total > 0 ? Math.floor((read / total) * 100) : 0;
+          if (percent > lastPercent) {
+            lastPercent = percent;
+            onProgress?.({ phase: "unpack", message: `unpacked ${percent}%`, fraction: (0.85 * percent) / 100 });
+          }
+        },
+      });
+      await writer.finish();
+      if (writer.dropped > 0) onProgress?.({ phase: "unpack", message: `dropped ${writer.dropped} device node(s), FIFO(s) or socket(s)` });
+      onProgress?.({ phase: "hash", message: "computing the image digest", fraction: 0.85 });
+      const tree = await hashTree(rootfs, signal);
+      const meta: ImageMeta = { version: 1, createdAt: new Date().toISOString(), sizeBytes: tree.sizeBytes, source };
+      await writeFileAtomic(join(work, "manifest.json"), tree.manifestBytes);
+      await writeFileAtomic(join(work, "image.json"), `${JSON.stringify(meta, null, 2)}\n`);
+      await chmod(work, 0o755);
+      if (signal?.aborted) throw new AbortedError(`Import of ${what} aborted`, { cause: signal.reason });
+      onProgress?.({ phase: "store", message: `storing ${tree.digest}`, fraction: 0.97 });
+      await this.#commit(work, tree.digest, ref);
+      const refs = await this.#readRefs();
+      const record = await this.#record(tree.digest, refs);
+      if (!record) throw new InternalError(`Image ${tree.digest} vanished right after it was stored`);
+      onProgress?.({ phase: "done", message: `stored ${tree.digest}`, fraction: 1 });
+      failed = false;
+      return record;
+    } catch (err) {
+      throw importError(err, what, signal);
+    } finally {
+      await cleanup(work, failed);
+    }
+  }
+
+  /** Moves a finished work dir into place (or drops it as a duplicate) and points `ref` at it. */
+  async #commit(work: string, digest: Sha256Digest, ref: string): Promise<void> {
+    let trash: string | undefined;
+    await this.#layout.locked(async () => {
+      const blob = this.#layout.blobDir(digest);
+      if (!(await exists(blob))) {
+        await rename(work, blob);
+        await fsyncDir(this.#layout.blobsDir);
+      }
+      const refs = await readRefs(this.#layout.refsPath);
+      const previous = refs.get(ref);
+      refs.set(ref, digest);
+      await writeRefs(this.#layout.refsPath, refs);
+      if (previous !== undefined && previous !== digest && ![...refs.values()].includes(previous)) {
+        trash = await this.#layout.detach(previous);
+      }
+    });
+    if (trash) await removeTree(trash);
+  }
+
+  async #mustExist(abs: string): Promise<void> {
+    if (!(await exists(abs))) throw new NotFoundError(`Cannot import ${quote(abs)}: no such file or directory`);
+  }
+}
+
+/** Maps a sub-operation's progress (fraction 0..1) onto [from, to] of the whole operation. */
+function scaled(onProgress: (event: ProgressEvent) => void, from: number, to: number): (event: ProgressEvent) => void {
+  return (event) => {
+    const { fraction, ...rest } = event;
+    onProgress(fraction === undefined ? rest : { ...rest, fraction: from + (to - from) * fraction });
+  };
+}
+
+/**
+ * Removes a work dir. After a failure, a removal error is dropped so the first error is the one
+ * reported; the dir is then left for an `open` after this process has exited.
+ */
+async function cleanup(work: string, failed: boolean): Promise<void> {
+  try {
+    await removeTree(work);
+  } catch (err) {
+    if (!failed) throw err;
+  }
+}
+
+function notFound(ref: string): NotFoundError {
+  return new NotFoundError(`Image ${quote(ref)} not found`, { hint: "list stored images with: mvmctl image ls" });
+}
+
+const INPUT_ERRNOS = new Set(["ENOENT", "ENOTDIR", "EISDIR", "ENAMETOOLONG", "ELOOP", "EEXIST", "EINVAL", "EMLINK"]);
+
+/** Gives an import failure a typed error: bad input is InvalidArgumentError, the rest InternalError. */
+function importError(err: unknown, what: string, signal: AbortSignal | undefined): MvmError {
+  if (err instanceof MvmError) return err;
+  if (signal?.aborted) return new AbortedError(`Import of ${what} aborted`, { cause: err });
+  const message = err instanceof Error ? err.message : String(err);
+  if (err instanceof InvalidTreeError || INPUT_ERRNOS.has((err as NodeJS.ErrnoException).code ?? "")) {
+    return new InvalidArgumentError(`Cannot import ${what}: ${message}`, { cause: err });
+  }
+  return new InternalError(`Cannot import ${what}: ${message}`, { cause: err });
+}
