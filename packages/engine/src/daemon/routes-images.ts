@@ -1,0 +1,47 @@
+/** Routes for the image store. */
+import { ImageRefSchema, type ProgressEvent } from "@mvm/protocol";
+import { z } from "zod";
+import { check, readJson, requiredParam, sendJson, sendNoContent, wireErrorOf } from "./http-io.js";
+import { NdjsonWriter, wantsNdjson } from "./ndjson.js";
+import type { Route, RouteContext } from "./router.js";
+
+/** Body of POST /v1/images/build. */
+export const BuildImageApiRequest = z.strictObject({ ref: ImageRefSchema, force: z.boolean().optional() });
+
+export const imageRoutes: readonly Route[] = [
+  {
+    method: "GET",
+    pattern: "/v1/images",
+    handler: async (ctx) => sendJson(ctx.res, 200, { images: await ctx.engine.listImages({ signal: ctx.signal }) }),
+  },
+  { method: "POST", pattern: "/v1/images/build", handler: buildImage },
+  {
+    method: "DELETE",
+    pattern: "/v1/images",
+    handler: async (ctx) => {
+      const ref = check(ImageRefSchema, requiredParam(ctx.query, "ref"), 'Query parameter "ref"');
+      await ctx.engine.removeImage(ref, { signal: ctx.signal });
+      sendNoContent(ctx.res);
+    },
+  },
+];
+
+/** Builds (or resolves) an image; with `Accept: application/x-ndjson` streams progress lines first. */
+async function buildImage(ctx: RouteContext): Promise<void> {
+  const { ref, force } = await readJson(ctx.req, BuildImageApiRequest);
+  const base = { signal: ctx.signal, ...(force === undefined ? {} : { force }) };
+  if (!wantsNdjson(ctx.req.headers.accept)) {
+    sendJson(ctx.res, 200, await ctx.engine.buildImage(ref, base));
+    return;
+  }
+  const out = new NdjsonWriter(ctx.res);
+  out.start();
+  try {
+    const onProgress = (event: ProgressEvent): void => out.line({ type: "progress", event });
+    const image = await ctx.engine.buildImage(ref, { ...base, onProgress });
+    out.line({ type: "result", image });
+  } catch (err) {
+    out.line({ type: "error", error: wireErrorOf(err) });
+  }
+  out.end();
+}

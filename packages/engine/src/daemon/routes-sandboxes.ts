@@ -1,0 +1,155 @@
+/** Routes for health, sandbox lifecycle, exec and processes. */
+import {
+  CreateSandboxRequest,
+  ExecApiRequest,
+  SignalApiRequest,
+  type ExecEvent,
+  type ExecStarted,
+  type ProgressEvent,
+} from "@mvm/protocol";
+import { readJson, readRawBody, sendJson, sendNoContent, booleanParam, wireErrorOf } from "./http-io.js";
+import { NdjsonWriter, wantsNdjson } from "./ndjson.js";
+import { procParam, sandboxIdParam, type Route, type RouteContext } from "./router.js";
+
+/** Largest stdin write the daemon buffers per request, in bytes. Clients split larger writes. */
+export const MAX_STDIN_REQUEST_BYTES = 16 * 1024 * 1024;
+
+/** Largest raw chunk put in one stdout/stderr event; its base64 stays under the 512 KiB schema cap. */
+const MAX_EVENT_CHUNK_BYTES = 256 * 1024;
+
+export const sandboxRoutes: readonly Route[] = [
+  { method: "GET", pattern: "/v1/health", handler: async (ctx) => sendJson(ctx.res, 200, await ctx.engine.health({ signal: ctx.signal })) },
+  { method: "POST", pattern: "/v1/sandboxes", handler: createSandbox },
+  {
+    method: "GET",
+    pattern: "/v1/sandboxes",
+    handler: async (ctx) => sendJson(ctx.res, 200, { sandboxes: await ctx.engine.listSandboxes({ signal: ctx.signal }) }),
+  },
+  {
+    method: "GET",
+    pattern: "/v1/sandboxes/:id",
+    handler: async (ctx) => sendJson(ctx.res, 200, await ctx.engine.getSandbox(sandboxIdParam(ctx), { signal: ctx.signal })),
+  },
+  {
+    method: "DELETE",
+    pattern: "/v1/sandboxes/:id",
+    handler: async (ctx) => sendJson(ctx.res, 200, await ctx.engine.killSandbox(sandboxIdParam(ctx), { signal: ctx.signal })),
+  },
+  { method: "POST", pattern: "/v1/sandboxes/:id/exec", handler: exec },
+  {
+    method: "GET",
+    pattern: "/v1/sandboxes/:id/processes",
+    handler: async (ctx) =>
+      sendJson(ctx.res, 200, { processes: await ctx.engine.listProcesses(sandboxIdParam(ctx), { signal: ctx.signal }) }),
+  },
+  { method: "POST", pattern: "/v1/sandboxes/:id/processes/:proc/signal", handler: signalProcess },
+  { method: "POST", pattern: "/v1/sandboxes/:id/processes/:proc/stdin", handler: writeStdin },
+];
+
+async function createSandbox(ctx: RouteContext): Promise<void> {
+  const request = await readJson(ctx.req, CreateSandboxRequest);
+  if (!wantsNdjson(ctx.req.headers.accept)) {
+    sendJson(ctx.res, 201, await ctx.engine.createSandbox(request, { signal: ctx.signal }));
+    return;
+  }
+  const out = new NdjsonWriter(ctx.res);
+  out.start();
+  try {
+    const onProgress = (event: ProgressEvent): void => out.line({ type: "progress", event });
+    const sandbox = await ctx.engine.createSandbox(request, { signal: ctx.signal, onProgress });
+    out.line({ type: "result", sandbox });
+  } catch (err) {
+    out.line({ type: "error", error: wireErrorOf(err) });
+  }
+  out.end();
+}
+
+/**
+ * Streams an exec as NDJSON: `started`, then `stdout`/`stderr` (base64), then `exit` or `error`.
+ * A client that leaves before `exit` takes a non-background process with it (SIGKILL).
+ */
+async function exec(ctx: RouteContext): Promise<void> {
+  const id = sandboxIdParam(ctx);
+  const request = await readJson(ctx.req, ExecApiRequest);
+  const background = request.background === true;
+
+  // The engine sees an abort on disconnect: always before the start, and after it only when the
+  // process must not outlive the stream.
+  const engineAbort = new AbortController();
+  let started: ExecStarted | undefined;
+  const onGone = (): void => {
+    if (started === undefined || !background) engineAbort.abort(ctx.signal.reason);
+  };
+  if (ctx.signal.aborted) onGone();
+  else ctx.signal.addEventListener("abort", onGone, { once: true });
+
+  const out = new NdjsonWriter(ctx.res);
+  const early: ExecEvent[] = [];
+  const emit = (event: ExecEvent): void => {
+    if (started === undefined) early.push(event);
+    else out.line(event);
+  };
+  const forward = (type: "stdout" | "stderr") => (chunk: Uint8Array) => {
+    for (let at = 0; at < chunk.byteLength; at += MAX_EVENT_CHUNK_BYTES) {
+      const piece = chunk.subarray(at, at + MAX_EVENT_CHUNK_BYTES);
+      emit({ type, data: Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength).toString("base64") });
+    }
+  };
+
+  try {
+    started = await ctx.engine.exec(id, request, { onStdout: forward("stdout"), onStderr: forward("stderr") }, {
+      signal: engineAbort.signal,
+    });
+  } finally {
+    if (started === undefined) ctx.signal.removeEventListener("abort", onGone);
+  }
+  const { proc, pid, exit } = started;
+  exit.catch(() => {});
+  out.start();
+  out.line({ type: "started", proc, pid });
+  for (const event of early.splice(0)) out.line(event);
+
+  // Once the client is gone the handler stops waiting: a background process runs on, any other
+  // gets SIGKILL (the process may have ended meanwhile; then there is nothing to kill).
+  let ended = false;
+  let leave!: () => void;
+  const gone = new Promise<"gone">((resolve) => (leave = () => resolve("gone")));
+  const onDisconnect = (): void => {
+    if (!ended && !background) ctx.engine.signalProcess(id, proc, "SIGKILL").catch(() => {});
+    leave();
+  };
+  if (ctx.signal.aborted) onDisconnect();
+  else ctx.signal.addEventListener("abort", onDisconnect, { once: true });
+  try {
+    const outcome = await Promise.race([exit, gone]);
+    ended = true;
+    if (outcome !== "gone") out.line({ type: "exit", exit: outcome });
+  } catch (err) {
+    ended = true;
+    const wire = wireErrorOf(err);
+    out.line({ type: "error", error: { code: wire.code, message: wire.message } });
+  } finally {
+    ctx.signal.removeEventListener("abort", onDisconnect);
+    ctx.signal.removeEventListener("abort", onGone);
+  }
+  out.end();
+}
+
+async function signalProcess(ctx: RouteContext): Promise<void> {
+  const id = sandboxIdParam(ctx);
+  const proc = procParam(ctx);
+  const { signal } = await readJson(ctx.req, SignalApiRequest);
+  await ctx.engine.signalProcess(id, proc, signal, { signal: ctx.signal });
+  sendNoContent(ctx.res);
+}
+
+/** Writes the raw body to the process's stdin; `?close=1` closes stdin afterwards. */
+async function writeStdin(ctx: RouteContext): Promise<void> {
+  const id = sandboxIdParam(ctx);
+  const proc = procParam(ctx);
+  const close = booleanParam(ctx.query, "close", false);
+  const data = await readRawBody(ctx.req, MAX_STDIN_REQUEST_BYTES);
+  if (data.byteLength > 0) await ctx.engine.writeStdin(id, proc, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), { signal: ctx.signal });
+  if (close) await ctx.engine.writeStdin(id, proc, null, { signal: ctx.signal });
+  sendNoContent(ctx.res);
+}

@@ -1,0 +1,215 @@
+/**
+ * `sandbox.commands`: run a command to completion, or start one and hold a handle to it.
+ */
+import {
+  AbortedError,
+  InvalidArgumentError,
+  type CallOptions,
+  type EngineApi,
+  type ExecApiRequest,
+  type ProcessInfo,
+} from "@mvm/protocol";
+import { CallScope } from "./_internal/call-scope.js";
+import { callOptions } from "./_internal/call-options.js";
+import { OutputBuffer } from "./_internal/output.js";
+import { CommandHandle, describeArgv, toBytes, toResult, type CommandResult } from "./command-handle.js";
+
+export { CommandHandle, commandFailed } from "./command-handle.js";
+export type { CommandResult } from "./command-handle.js";
+
+/** Default cap on the output kept per stream, in bytes (16 MiB). */
+export const DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
+/** Default per-command timeout, in seconds. */
+export const DEFAULT_COMMAND_TIMEOUT_SECONDS = 60;
+/** Stdin up to this size travels inside the exec request; larger stdin is streamed after the start. */
+const INLINE_STDIN_BYTES = 8 * 1024 * 1024;
+
+/** Options of {@link Commands.run}. `signal` and `timeoutMs` bound the whole call; ending it early kills the process. */
+export interface RunOptions extends CallOptions {
+  /** Environment variables added to the sandbox's baseline. */
+  env?: Record<string, string>;
+  /** Working directory (absolute path in the sandbox). @default "/work" (the engine's default) */
+  cwd?: string;
+  /** Bytes fed to stdin, then stdin is closed. @default empty stdin */
+  stdin?: string | Uint8Array;
+  /**
+   * The process's own time limit, in seconds: past it the process group gets SIGTERM, then
+   * SIGKILL after `killGraceMs`, and the result says `timedOut`. 0 means none (the sandbox TTL still applies).
+   * Without `timeoutMs`, the call itself gives up (TimeoutError) when no exit arrives within
+   * this limit plus `killGraceMs` plus 30 s, so an engine that never answers cannot hang the caller.
+   * @default 60
+   */
+  timeoutSeconds?: number;
+  /** Time between SIGTERM and SIGKILL when the process times out, in milliseconds. @default the engine's */
+  killGraceMs?: number;
+  /** Output kept per stream, in bytes; the rest is dropped and the result says `…Truncated`. @default 16777216 (16 MiB) */
+  maxOutputBytes?: number;
+  /** Called with each piece of stdout, decoded as UTF-8. What it throws ends the command and the call. */
+  onStdout?: (chunk: string) => void;
+  /** Called with each piece of stderr, decoded as UTF-8. What it throws ends the command and the call. */
+  onStderr?: (chunk: string) => void;
+  /**
+   * Throw CommandExitError (which carries the result) when the command exits non-zero, is killed
+   * by a signal, or times out. With `false` the result is returned whatever happened.
+   * @default true
+   */
+  check?: boolean;
+}
+
+/** Options of {@link Commands.start}. */
+export interface StartOptions extends RunOptions {
+  /** Keep stdin open for {@link CommandHandle.sendStdin}. @default false */
+  openStdin?: boolean;
+  /** Let the process outlive this client's connection to a daemon. @default false */
+  background?: boolean;
+}
+
+/** Commands of one sandbox. */
+export class Commands {
+  readonly #engine: EngineApi;
+  readonly #sandboxId: string;
+
+  /** @internal Built by Sandbox. */
+  constructor(engine: EngineApi, sandboxId: string) {
+    this.#engine = engine;
+    this.#sandboxId = sandboxId;
+  }
+
+  /**
+   * Runs a command to completion. An array is argv (no shell); a string runs under `/bin/sh -c`.
+   * @throws CommandExitError on a non-zero exit, a signal or a timeout, unless `check: false`
+   * @throws TimeoutError / AbortedError when the call's `timeoutMs` / `signal` ends it (the process is killed)
+   * @example
+   * const r = await sb.commands.run(["python3", "-c", "print(2+2)"], { timeoutSeconds: 30 });
+   * r.stdout; // "4\n"
+   * const s = await sb.commands.run("ls /work | wc -l", { check: false });
+   */
+  async run(command: string | readonly string[], options: RunOptions = {}): Promise<CommandResult> {
+    const handle = await this.start(command, options);
+    return handle.wait();
+  }
+
+  /**
+   * Starts a command and returns once it runs. Unless `background`, the process ends when the
+   * call's `signal` aborts or its `timeoutMs` passes.
+   * @example
+   * const p = await sb.commands.start(["sleep", "100"]);
+   * await p.kill();
+   */
+  async start(command: string | readonly string[], options: StartOptions = {}): Promise<CommandHandle> {
+    const argv = typeof command === "string" ? ["/bin/sh", "-c", command] : [...command];
+    const maxOutputBytes = options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
+    const timeoutSeconds = options.timeoutSeconds ?? DEFAULT_COMMAND_TIMEOUT_SECONDS;
+    if (!(Number.isFinite(timeoutSeconds) && timeoutSeconds >= 0)) {
+      throw new InvalidArgumentError(`Invalid timeoutSeconds "${timeoutSeconds}"`);
+    }
+    const stdin = options.stdin === undefined ? undefined : toBytes(options.stdin);
+    const streamStdin = stdin !== undefined && stdin.byteLength > INLINE_STDIN_BYTES;
+
+    const request: ExecApiRequest = { argv, timeoutMs: Math.round(timeoutSeconds * 1000), maxOutputBytes };
+    if (options.env !== undefined) request.env = options.env;
+    if (options.cwd !== undefined) request.cwd = options.cwd;
+    if (options.killGraceMs !== undefined) request.killGraceMs = options.killGraceMs;
+    if (options.background !== undefined) request.background = options.background;
+    if (options.openStdin === true || streamStdin) request.openStdin = true;
+    if (stdin !== undefined && !streamStdin) request.stdinBase64 = Buffer.from(stdin).toString("base64");
+
+    // The scope covers the process's whole run: when it ends early (the caller's signal, the
+    // call's deadline, a callback that throws) the engine kills the process, and the caller
+    // sees the scope's reason (or what the callback threw), whatever the engine reports.
+    const scope = new CallScope(`Command "${describeArgv(argv)}"`, callOptions(options), backstopMs(timeoutSeconds, options.killGraceMs));
+    let callbackError: { error: unknown } | undefined;
+    const guard = (fn: ((chunk: string) => void) | undefined) =>
+      fn &&
+      ((text: string): void => {
+        if (callbackError !== undefined) return;
+        try {
+          fn(text);
+        } catch (error) {
+          callbackError = { error };
+          scope.abort(new AbortedError(`${scope.describe} was ended by its output callback`, { cause: error }));
+        }
+      });
+    const stdout = new OutputBuffer(maxOutputBytes, guard(options.onStdout));
+    const stderr = new OutputBuffer(maxOutputBytes, guard(options.onStderr));
+    const failure = (err: unknown): unknown => {
+      if (callbackError !== undefined) return callbackError.error;
+      return scope.signal.aborted ? scope.signal.reason : err;
+    };
+    const call: CallOptions = { signal: scope.signal };
+
+    let started;
+    try {
+      started = await this.#engine.exec(
+        this.#sandboxId,
+        request,
+        { onStdout: (c) => stdout.push(c), onStderr: (c) => stderr.push(c) },
+        call,
+      );
+    } catch (err) {
+      scope.dispose();
+      throw failure(err);
+    }
+    const result = started.exit.then(
+      (exit) => {
+        stdout.end();
+        stderr.end();
+        scope.dispose();
+        if (callbackError !== undefined || scope.signal.aborted) throw failure(undefined);
+        return toResult(exit, stdout, stderr);
+      },
+      (err: unknown) => {
+        stdout.end();
+        stderr.end();
+        scope.dispose();
+        throw failure(err);
+      },
+    );
+    const handle = new CommandHandle({
+      engine: this.#engine,
+      sandboxId: this.#sandboxId,
+      argv,
+      proc: started.proc,
+      pid: started.pid,
+      stdout,
+      stderr,
+      result,
+      check: options.check ?? true,
+      stdinOpen: request.openStdin === true,
+    });
+    if (streamStdin) await this.#feed(handle, stdin, options.openStdin === true, call);
+    return handle;
+  }
+
+  /**
+   * Lists the sandbox's running processes.
+   * @example
+   * for (const p of await sb.commands.list()) console.log(p.pid, p.argv.join(" "));
+   */
+  list(options?: CallOptions): Promise<ProcessInfo[]> {
+    return this.#engine.listProcesses(this.#sandboxId, options);
+  }
+
+  /** Streams large stdin after the start; a process that ends early simply stops reading. */
+  async #feed(handle: CommandHandle, data: Uint8Array, keepOpen: boolean, call: CallOptions): Promise<void> {
+    try {
+      await handle.sendStdin(data, call);
+      if (!keepOpen) await handle.closeStdin(call);
+    } catch (err) {
+      if (handle.exited) return;
+      await handle.kill("SIGKILL").catch(() => false);
+      throw err;
+    }
+  }
+}
+
+/** Slack the call deadline leaves the engine past the process's own limit and kill grace, in ms. */
+const BACKSTOP_SLACK_MS = 30_000;
+/** Kill grace assumed for the backstop when the caller sets none, in ms (the protocol's maximum is 60 s). */
+const ASSUMED_KILL_GRACE_MS = 60_000;
+
+/** The call deadline implied by a process time limit, or undefined when the process has none. */
+function backstopMs(timeoutSeconds: number, killGraceMs: number | undefined): number | undefined {
+  if (timeoutSeconds === 0) return undefined;
+  return Math.round(timeoutSeconds * 1000) + (killGraceMs ?? ASSUMED_KILL_GRACE_MS) + BACKSTOP_SLACK_MS;
+}

@@ -1,0 +1,337 @@
+/**
+ * `DaemonClient`: the EngineApi spoken over the daemon's HTTP+JSON API on a Unix socket. Every
+ * answer is size-bounded and schema-checked; error bodies become the typed error classes,
+ * connection failures TransportError, deadlines TimeoutError, aborts AbortedError.
+ */
+import { Agent } from "node:http";
+import {
+  AbortedError,
+  ExecEvent,
+  MAX_API_JSON_BYTES,
+  TransportError,
+  fromWire,
+  type CallOptions,
+  type CreateSandboxRequest,
+  type DirListingResult,
+  type EngineApi,
+  type ExecApiRequest,
+  type ExecHandlers,
+  type ExecStarted,
+  type FileInfo,
+  type FileReadStream,
+  type HealthInfo,
+  type ImageInfo,
+  type KillSignal,
+  type ProcessInfo,
+  type ProgressEvent,
+  type SandboxInfo,
+  type WriteFileOptions,
+} from "@mvm/protocol";
+import type { z } from "zod";
+import { CallScope } from "./_internal/call-scope.js";
+import { errorFrom, expectEmpty, expectJson, isSuccess, ndjsonValues, validate } from "./_internal/body.js";
+import { release, send, type Exchange, type HttpCall, type HttpTarget } from "./_internal/http.js";
+import { followExec, readProgressStream } from "./_internal/streams.js";
+import { filesPath, jsonBody, processPath, sandboxPath } from "./_internal/paths.js";
+import * as wire from "./_internal/wire.js";
+
+export interface DaemonClientOptions {
+  /** Absolute path of the daemon's Unix socket. */
+  socketPath: string;
+  /**
+   * Deadline of calls that answer promptly (all but createSandbox, buildImage, exec, readFile and
+   * writeFile, which run as long as their work does), in milliseconds. A call's own `timeoutMs` wins.
+   * @default 60000
+   */
+  requestTimeoutMs?: number;
+  /** Time allowed between sending a request and receiving the answer's headers, in milliseconds. @default 60000 */
+  headersTimeoutMs?: number;
+  /** Largest JSON answer buffered, in bytes. @default MAX_API_JSON_BYTES (32 MiB) */
+  maxJsonBytes?: number;
+  /** Longest NDJSON line accepted, in bytes. @default 1048576 (1 MiB) */
+  maxLineBytes?: number;
+}
+
+/** Largest stdin write sent in one request, in bytes; longer writes are split. */
+const STDIN_REQUEST_BYTES = 4 * 1024 * 1024;
+
+/**
+ * An EngineApi backed by a running daemon (`mvmctl daemon`).
+ *
+ * @example
+ * const engine = new DaemonClient({ socketPath: "/run/mvm/mvmd.sock" });
+ * console.log((await engine.health()).defaultBackend);
+ * await engine.close();
+ */
+export class DaemonClient implements EngineApi {
+  readonly transport = "daemon" as const;
+  readonly socketPath: string;
+  readonly #target: HttpTarget;
+  readonly #requestTimeoutMs: number;
+  readonly #maxJsonBytes: number;
+  readonly #maxLineBytes: number;
+  readonly #inFlight = new Set<CallScope>();
+  #closed = false;
+
+  constructor(options: DaemonClientOptions) {
+    this.socketPath = options.socketPath;
+    this.#requestTimeoutMs = options.requestTimeoutMs ?? 60_000;
+    this.#maxJsonBytes = options.maxJsonBytes ?? MAX_API_JSON_BYTES;
+    this.#maxLineBytes = options.maxLineBytes ?? 1024 * 1024;
+    this.#target = {
+      socketPath: options.socketPath,
+      agent: new Agent({ keepAlive: false }),
+      headersTimeoutMs: options.headersTimeoutMs ?? 60_000,
+    };
+  }
+
+  health(options?: CallOptions): Promise<HealthInfo> {
+    return this.#json("health", options, { method: "GET", path: "/v1/health" }, wire.HealthInfoSchema);
+  }
+
+  createSandbox(
+    request: CreateSandboxRequest,
+    options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {},
+  ): Promise<SandboxInfo> {
+    const call = { method: "POST", path: "/v1/sandboxes", ...jsonBody(request) } as const;
+    return this.#progressStream("createSandbox", options, call, wire.CreateStreamLine, (line) => (line as { sandbox: SandboxInfo }).sandbox);
+  }
+
+  getSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#json("getSandbox", options, { method: "GET", path: sandboxPath(id) }, wire.SandboxInfo);
+  }
+
+  async listSandboxes(options?: CallOptions): Promise<SandboxInfo[]> {
+    const r = await this.#json<{ sandboxes: SandboxInfo[] }>("listSandboxes", options, { method: "GET", path: "/v1/sandboxes" }, wire.SandboxListSchema);
+    return r.sandboxes;
+  }
+
+  killSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#json("killSandbox", options, { method: "DELETE", path: sandboxPath(id) }, wire.SandboxInfo);
+  }
+
+  /**
+   * Starts a process and resolves once it runs; output reaches `handlers` until `exit` settles.
+   * The call's `signal` and `timeoutMs` cover the whole run: ending the call early drops the stream,
+   * which kills a process that is not `background`. A handler that throws ends the call the same way,
+   * and `exit` rejects with what it threw.
+   */
+  async exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
+    const scope = this.#open("exec", options, false);
+    let following = false;
+    let events: AsyncGenerator<unknown, void, undefined> | undefined;
+    try {
+      const ex = await this.#send(scope, { method: "POST", path: `${sandboxPath(id)}/exec`, ...jsonBody(request) });
+      if (!isSuccess(ex)) throw await errorFrom(ex, scope, this.#maxJsonBytes);
+      events = ndjsonValues(ex, scope, this.#maxLineBytes);
+      const first = await events.next();
+      if (first.done === true) throw new TransportError(`${scope.describe} ended its stream before the process started`);
+      const event = validate<ExecEvent>(ExecEvent, first.value, scope);
+      if (event.type === "error") throw fromWire(event.error);
+      if (event.type !== "started") throw new TransportError(`${scope.describe} sent "${event.type}" before "started"`);
+      following = true;
+      const exit = followExec(events, handlers, scope).finally(() => this.#done(scope));
+      exit.catch(() => {});
+      return { proc: event.proc, pid: event.pid, exit };
+    } catch (err) {
+      throw scope.fail(err);
+    } finally {
+      if (!following) {
+        await events?.return();
+        this.#done(scope);
+      }
+    }
+  }
+
+  signalProcess(id: string, proc: number, signal: KillSignal, options?: CallOptions): Promise<void> {
+    return this.#empty("signalProcess", options, { method: "POST", path: `${processPath(id, proc)}/signal`, ...jsonBody({ signal }) });
+  }
+
+  /** Writes to stdin in requests of at most 4 MiB each; `null` closes stdin. */
+  async writeStdin(id: string, proc: number, data: Uint8Array | null, options?: CallOptions): Promise<void> {
+    const path = `${processPath(id, proc)}/stdin`;
+    const headers = { "Content-Type": "application/octet-stream" };
+    if (data === null) return this.#empty("writeStdin", options, { method: "POST", path: `${path}?close=1`, headers });
+    let at = 0;
+    do {
+      const body = data.subarray(at, at + STDIN_REQUEST_BYTES);
+      await this.#empty("writeStdin", options, { method: "POST", path, headers, body });
+      at += STDIN_REQUEST_BYTES;
+    } while (at < data.byteLength);
+  }
+
+  async listProcesses(id: string, options?: CallOptions): Promise<ProcessInfo[]> {
+    const r = await this.#json<{ processes: ProcessInfo[] }>("listProcesses", options, { method: "GET", path: `${sandboxPath(id)}/processes` }, wire.ProcessList);
+    return r.processes;
+  }
+
+  /**
+   * Opens a file for reading. `body` streams as fast as it is consumed; it must be iterated (or
+   * returned early) to release the connection. Its length must equal `size` or it throws TransportError.
+   */
+  async readFile(id: string, path: string, options?: CallOptions): Promise<FileReadStream> {
+    const scope = this.#open("readFile", options, false);
+    let handedOver = false;
+    try {
+      const ex = await this.#send(scope, { method: "GET", path: filesPath(id, "content", { path }) });
+      if (!isSuccess(ex)) throw await errorFrom(ex, scope, this.#maxJsonBytes);
+      const declared = ex.res.headers["content-length"];
+      const size = declared !== undefined && /^[0-9]{1,16}$/.test(declared) ? Number(declared) : Number.NaN;
+      if (!Number.isSafeInteger(size)) {
+        release(ex);
+        ex.req.destroy();
+        throw new TransportError(`${scope.describe} answered without a valid Content-Length`);
+      }
+      handedOver = true;
+      return { size, body: this.#fileBody(ex, scope, size) };
+    } catch (err) {
+      throw scope.fail(err);
+    } finally {
+      if (!handedOver) this.#done(scope);
+    }
+  }
+
+  async *#fileBody(ex: Exchange, scope: CallScope, size: number): AsyncGenerator<Uint8Array, void, undefined> {
+    let received = 0;
+    try {
+      for await (const chunk of ex.res as AsyncIterable<Buffer>) {
+        received += chunk.byteLength;
+        if (received > size) throw new TransportError(`${scope.describe} sent more than the ${size} bytes announced`);
+        yield chunk;
+      }
+      if (received !== size) throw new TransportError(`${scope.describe} sent ${received} of the ${size} bytes announced`);
+    } catch (err) {
+      throw scope.fail(err);
+    } finally {
+      release(ex);
+      this.#done(scope);
+    }
+  }
+
+  /** Streams `data` to the file, reading the next chunk only when the socket has drained. */
+  async writeFile(
+    id: string,
+    path: string,
+    data: Uint8Array | AsyncIterable<Uint8Array>,
+    options: WriteFileOptions = {},
+  ): Promise<{ bytes: number }> {
+    const query: Record<string, string> = { path };
+    if (options.mode !== undefined) query.mode = options.mode.toString(8);
+    if (options.createParents !== undefined) query.createParents = options.createParents ? "1" : "0";
+    const headers: Record<string, string> = { "Content-Type": "application/octet-stream" };
+    if (data instanceof Uint8Array) headers["Content-Length"] = String(data.byteLength);
+    const call = { method: "PUT", path: filesPath(id, "content", query), headers, body: data } as const;
+    const r = await this.#json<{ bytes: number }>("writeFile", options, call, wire.WriteResultSchema, false);
+    return { bytes: r.bytes };
+  }
+
+  listDir(id: string, path: string, options?: CallOptions): Promise<DirListingResult> {
+    return this.#json("listDir", options, { method: "GET", path: filesPath(id, "list", { path }) }, wire.DirListing);
+  }
+
+  stat(id: string, path: string, options?: CallOptions): Promise<FileInfo> {
+    return this.#json("stat", options, { method: "GET", path: filesPath(id, "stat", { path }) }, wire.FileInfo);
+  }
+
+  mkdir(id: string, path: string, recursive: boolean, options?: CallOptions): Promise<void> {
+    return this.#empty("mkdir", options, { method: "POST", path: filesPath(id, "mkdir"), ...jsonBody({ path, recursive }) });
+  }
+
+  remove(id: string, path: string, recursive: boolean, options?: CallOptions): Promise<void> {
+    const query = { path, recursive: recursive ? "1" : "0" };
+    return this.#empty("remove", options, { method: "DELETE", path: `${sandboxPath(id)}/files?${new URLSearchParams(query)}` });
+  }
+
+  rename(id: string, from: string, to: string, options?: CallOptions): Promise<void> {
+    return this.#empty("rename", options, { method: "POST", path: filesPath(id, "rename"), ...jsonBody({ from, to }) });
+  }
+
+  async listImages(options?: CallOptions): Promise<ImageInfo[]> {
+    const r = await this.#json<{ images: ImageInfo[] }>("listImages", options, { method: "GET", path: "/v1/images" }, wire.ImageListSchema);
+    return r.images;
+  }
+
+  buildImage(
+    ref: string,
+    options: CallOptions & { force?: boolean; onProgress?: (event: ProgressEvent) => void } = {},
+  ): Promise<ImageInfo> {
+    const body = options.force === undefined ? { ref } : { ref, force: options.force };
+    const call = { method: "POST", path: "/v1/images/build", ...jsonBody(body) } as const;
+    return this.#progressStream("buildImage", options, call, wire.BuildStreamLine, (line) => (line as { image: ImageInfo }).image);
+  }
+
+  removeImage(ref: string, options?: CallOptions): Promise<void> {
+    return this.#empty("removeImage", options, { method: "DELETE", path: `/v1/images?${new URLSearchParams({ ref })}` });
+  }
+
+  /**
+   * Aborts every call in flight (AbortedError) and makes new calls fail (TransportError).
+   * The daemon and its sandboxes keep running.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const scope of [...this.#inFlight]) scope.abort(new AbortedError(`The client for "${this.socketPath}" was closed`));
+    this.#target.agent.destroy();
+  }
+
+  #open(op: string, options: CallOptions | undefined, prompt: boolean): CallScope {
+    const scope = new CallScope(`Call "${op}" to the daemon at "${this.socketPath}"`, options, prompt ? this.#requestTimeoutMs : undefined);
+    if (this.#closed) {
+      scope.abort(new TransportError(`The client for "${this.socketPath}" is closed`));
+    }
+    this.#inFlight.add(scope);
+    return scope;
+  }
+
+  #done(scope: CallScope): void {
+    scope.dispose();
+    this.#inFlight.delete(scope);
+  }
+
+  #send(scope: CallScope, call: Omit<HttpCall, "scope">): Promise<Exchange> {
+    return send(this.#target, { ...call, scope });
+  }
+
+  async #json<T>(op: string, options: CallOptions | undefined, call: Omit<HttpCall, "scope">, schema: z.ZodType, prompt = true): Promise<T> {
+    const scope = this.#open(op, options, prompt);
+    try {
+      return await expectJson<T>(await this.#send(scope, call), scope, schema, this.#maxJsonBytes);
+    } catch (err) {
+      throw scope.fail(err);
+    } finally {
+      this.#done(scope);
+    }
+  }
+
+  async #empty(op: string, options: CallOptions | undefined, call: Omit<HttpCall, "scope">): Promise<void> {
+    const scope = this.#open(op, options, true);
+    try {
+      await expectEmpty(await this.#send(scope, call), scope, this.#maxJsonBytes);
+    } catch (err) {
+      throw scope.fail(err);
+    } finally {
+      this.#done(scope);
+    }
+  }
+
+  /** An NDJSON answer of `progress` lines ending in one `result` (or `error`) line. */
+  async #progressStream<T>(
+    op: string,
+    options: CallOptions & { onProgress?: (event: ProgressEvent) => void },
+    call: Omit<HttpCall, "scope">,
+    schema: z.ZodType,
+    pick: (line: unknown) => T,
+  ): Promise<T> {
+    const scope = this.#open(op, options, false);
+    try {
+      const ex = await this.#send(scope, { ...call, headers: { ...call.headers, Accept: "application/x-ndjson" } });
+      if (!isSuccess(ex)) throw await errorFrom(ex, scope, this.#maxJsonBytes);
+      return await readProgressStream(ndjsonValues(ex, scope, this.#maxLineBytes), scope, schema, options.onProgress, pick);
+    } catch (err) {
+      throw scope.fail(err);
+    } finally {
+      this.#done(scope);
+    }
+  }
+}

@@ -1,0 +1,217 @@
+/**
+ * `sandbox.files`: read, write and manage files inside the sandbox. Contents stream both ways;
+ * whole-file reads into memory are capped.
+ */
+import { ReadableStream } from "node:stream/web";
+import {
+  InvalidArgumentError,
+  NotFoundError,
+  type CallOptions,
+  type DirListingResult,
+  type EngineApi,
+  type FileInfo,
+} from "@mvm/protocol";
+import { callOptions } from "./_internal/call-options.js";
+
+/** Default cap of a read into memory (`text` or `bytes`), in bytes (64 MiB). */
+export const DEFAULT_MAX_READ_BYTES = 64 * 1024 * 1024;
+
+export interface ReadOptions extends CallOptions {
+  /**
+   * `text`: a string decoded as UTF-8. `bytes`: a Uint8Array. `stream`: a ReadableStream that
+   * pulls from the sandbox only as fast as it is read.
+   * @default "text"
+   */
+  format?: "text" | "bytes" | "stream";
+  /** Largest file read into memory (`text`, `bytes`), in bytes; larger files throw before any byte is read. @default 67108864 (64 MiB) */
+  maxBytes?: number;
+}
+
+export interface WriteOptions extends CallOptions {
+  /** Permission bits of a new file. @default 0o644 */
+  mode?: number;
+  /** Create missing parent directories. @default true */
+  createParents?: boolean;
+}
+
+/** What {@link Files.write} accepts: text (written as UTF-8), bytes, or a stream of byte chunks. */
+export type WriteData = string | Uint8Array | AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>;
+
+export interface WriteResult {
+  path: string;
+  /** Bytes written. */
+  bytes: number;
+}
+
+/** Files of one sandbox. Paths are absolute and normalized (no `..`). */
+export class Files {
+  readonly #engine: EngineApi;
+  readonly #sandboxId: string;
+
+  /** @internal Built by Sandbox. */
+  constructor(engine: EngineApi, sandboxId: string) {
+    this.#engine = engine;
+    this.#sandboxId = sandboxId;
+  }
+
+  /**
+   * Reads a file.
+   * @throws NotFoundError when it does not exist
+   * @throws InvalidArgumentError when a `text`/`bytes` read is over `maxBytes`
+   * @example
+   * const text = await sb.files.read("/work/a.txt");
+   * const bytes = await sb.files.read("/work/a.bin", { format: "bytes" });
+   * const stream = await sb.files.read("/work/big.tar", { format: "stream" });
+   */
+  read(path: string, options?: ReadOptions & { format?: "text" }): Promise<string>;
+  read(path: string, options: ReadOptions & { format: "bytes" }): Promise<Uint8Array>;
+  read(path: string, options: ReadOptions & { format: "stream" }): Promise<ReadableStream<Uint8Array>>;
+  async read(path: string, options: ReadOptions = {}): Promise<string | Uint8Array | ReadableStream<Uint8Array>> {
+    const format = options.format ?? "text";
+    const maxBytes = options.maxBytes ?? DEFAULT_MAX_READ_BYTES;
+    const file = await this.#engine.readFile(this.#sandboxId, path, callOptions(options));
+    const iterator = file.body[Symbol.asyncIterator]();
+    if (format === "stream") return toReadableStream(iterator);
+    if (file.size > maxBytes) {
+      await iterator.return?.();
+      throw new InvalidArgumentError(`File "${path}" is ${file.size} bytes, over the read limit of ${maxBytes}`, {
+        hint: 'Read it with { format: "stream" }, or raise maxBytes',
+      });
+    }
+    const bytes = new Uint8Array(file.size);
+    let at = 0;
+    for (;;) {
+      const next = await iterator.next();
+      if (next.done === true) break;
+      if (at + next.value.byteLength > file.size) {
+        await iterator.return?.();
+        throw new InvalidArgumentError(`File "${path}" grew past its announced ${file.size} bytes while being read`);
+      }
+      bytes.set(next.value, at);
+      at += next.value.byteLength;
+    }
+    const data = at === file.size ? bytes : bytes.subarray(0, at);
+    return format === "bytes" ? data : new TextDecoder("utf-8").decode(data);
+  }
+
+  /**
+   * Writes a file, replacing it when it exists. Streams are read only as fast as the sandbox
+   * takes them.
+   * @example
+   * await sb.files.write("/work/a.txt", "hi");
+   * await sb.files.write("/work/big.bin", createReadStream("big.bin"));
+   */
+  async write(path: string, data: WriteData, options: WriteOptions = {}): Promise<WriteResult> {
+    const opts: WriteOptions = callOptions(options);
+    if (options.mode !== undefined) opts.mode = options.mode;
+    if (options.createParents !== undefined) opts.createParents = options.createParents;
+    const { bytes } = await this.#engine.writeFile(this.#sandboxId, path, toSource(data), opts);
+    return { path, bytes };
+  }
+
+  /**
+   * Lists a directory. `truncated` is true when it holds more entries than the engine returns.
+   * @example
+   * const { entries } = await sb.files.list("/work");
+   */
+  list(path: string, options?: CallOptions): Promise<DirListingResult> {
+    return this.#engine.listDir(this.#sandboxId, path, options);
+  }
+
+  /**
+   * Describes a file or directory (symlinks are not followed); `size` in bytes, `mtimeMs` in ms since the epoch.
+   * @throws NotFoundError
+   * @example
+   * const { size, type } = await sb.files.stat("/work/a.txt");
+   */
+  stat(path: string, options?: CallOptions): Promise<FileInfo> {
+    return this.#engine.stat(this.#sandboxId, path, options);
+  }
+
+  /**
+   * True when something exists at `path`.
+   * @example
+   * if (!(await sb.files.exists("/work/out"))) await sb.files.mkdir("/work/out");
+   */
+  async exists(path: string, options?: CallOptions): Promise<boolean> {
+    try {
+      await this.#engine.stat(this.#sandboxId, path, options);
+      return true;
+    } catch (err) {
+      if (err instanceof NotFoundError) return false;
+      throw err;
+    }
+  }
+
+  /**
+   * Creates a directory.
+   * @param options.recursive create missing parents, and succeed when it exists. @default true
+   * @example
+   * await sb.files.mkdir("/work/a/b/c");
+   */
+  mkdir(path: string, options: CallOptions & { recursive?: boolean } = {}): Promise<void> {
+    return this.#engine.mkdir(this.#sandboxId, path, options.recursive ?? true, callOptions(options));
+  }
+
+  /**
+   * Removes a file, or a directory (`recursive` for a non-empty one).
+   * @param options.recursive @default false
+   * @example
+   * await sb.files.remove("/work/build", { recursive: true });
+   */
+  remove(path: string, options: CallOptions & { recursive?: boolean } = {}): Promise<void> {
+    return this.#engine.remove(this.#sandboxId, path, options.recursive ?? false, callOptions(options));
+  }
+
+  /**
+   * Renames (moves) a file or directory inside the sandbox.
+   * @example
+   * await sb.files.rename("/work/out.tmp", "/work/out.json");
+   */
+  rename(from: string, to: string, options?: CallOptions): Promise<void> {
+    return this.#engine.rename(this.#sandboxId, from, to, options);
+  }
+}
+
+/** A pull-based stream: the next chunk is fetched only when the reader asks for it. */
+function toReadableStream(iterator: AsyncIterator<Uint8Array>): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        const next = await iterator.next();
+        if (next.done === true) controller.close();
+        else controller.enqueue(next.value);
+      },
+      async cancel() {
+        await iterator.return?.();
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
+function toSource(data: WriteData): Uint8Array | AsyncIterable<Uint8Array> {
+  if (typeof data === "string") return new TextEncoder().encode(data);
+  if (data instanceof Uint8Array) return data;
+  if (data instanceof ReadableStream) return fromReadableStream(data);
+  if (data !== null && typeof data === "object" && Symbol.asyncIterator in data) return data;
+  throw new InvalidArgumentError(`File data must be a string, Uint8Array, async iterable or ReadableStream, not "${typeof data}"`);
+}
+
+async function* fromReadableStream(stream: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const reader = stream.getReader();
+  let finished = false;
+  try {
+    for (;;) {
+      const next = await reader.read();
+      if (next.done) {
+        finished = true;
+        return;
+      }
+      yield next.value;
+    }
+  } finally {
+    if (!finished) await reader.cancel().catch(() => {});
+    reader.releaseLock();
+  }
+}

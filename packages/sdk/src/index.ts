@@ -1,0 +1,68 @@
+/**
+ * @mvm/sdk: run untrusted code in isolated sandboxes, through a daemon or an engine embedded in
+ * this process.
+ */
+export { Sandbox } from "./sandbox.js";
+export type { SandboxCreateOptions, SandboxConnectOptions } from "./sandbox.js";
+export { Commands, CommandHandle, commandFailed, DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_MAX_OUTPUT_BYTES } from "./commands.js";
+export type { CommandResult, RunOptions, StartOptions } from "./commands.js";
+export { Files, DEFAULT_MAX_READ_BYTES } from "./files.js";
+export type { ReadOptions, WriteData, WriteOptions, WriteResult } from "./files.js";
+
+export { connectEngine } from "./connect.js";
+export type { ConnectEngineOptions, ConnectionOptions, EngineConnection, EngineMode } from "./connect.js";
+export { DaemonClient } from "./daemon-client.js";
+export type { DaemonClientOptions } from "./daemon-client.js";
+export { EmbeddedEngine } from "./embedded.js";
+export { DAEMON_SOCKET_ENV, defaultSocketPath, resolveSocketPath } from "./socket-path.js";
+
+export {
+  AbortedError,
+  AdmissionError,
+  AlreadyExistsError,
+  CleanupError,
+  CommandExitError,
+  ErrorCode,
+  InternalError,
+  InvalidArgumentError,
+  MvmError,
+  NotFoundError,
+  PermissionDeniedError,
+  PolicyDeniedError,
+  SnapshotMismatchError,
+  TimeoutError,
+  TransportError,
+  UnsupportedCapabilityError,
+  isErrorCode,
+} from "@mvm/protocol";
+export type {
+  BackendName,
+  BackendReport,
+  CallOptions,
+  CreateSandboxRequest,
+  DirListingResult,
+  EndReason,
+  EngineApi,
+  ExecApiRequest,
+  ExecHandlers,
+  ExecStarted,
+  ExitInfo,
+  FileInfo,
+  FileReadStream,
+  FileType,
+  HealthInfo,
+  ImageInfo,
+  KillSignal,
+  MvmErrorOptions,
+  ProcessInfo,
+  ProgressEvent,
+  Receipt,
+  Resources,
+  SandboxId,
+  SandboxInfo,
+  SandboxState,
+  Sha256Digest,
+  Tier,
+  WireError,
+  WriteFileOptions,
+} from "@mvm/protocol";

@@ -1,0 +1,142 @@
+/**
+ * `Sandbox`: the SDK's entry point. One object per sandbox, with its commands and files.
+ */
+import {
+  CreateSandboxRequest,
+  InvalidArgumentError,
+  NotFoundError,
+  type CallOptions,
+  type EngineApi,
+  type ProgressEvent,
+  type SandboxId,
+  type SandboxInfo,
+} from "@mvm/protocol";
+import { callOptions } from "./_internal/call-options.js";
+import { Commands } from "./commands.js";
+import { sharedEngine, type ConnectionOptions } from "./connect.js";
+import { Files } from "./files.js";
+
+/** Options of {@link Sandbox.create}: what to create, where, and how long to wait for it. */
+export interface SandboxCreateOptions extends CreateSandboxRequest, ConnectionOptions, CallOptions {
+  /** Called as the image is resolved and the sandbox boots. */
+  onProgress?: (event: ProgressEvent) => void;
+}
+
+/** Connection settings and cancellation of the other static calls. */
+export type SandboxConnectOptions = ConnectionOptions & CallOptions;
+
+const REQUEST_FIELDS = ["image", "backend", "ttlSeconds", "resources", "workMiB", "env", "labels"] as const;
+
+/**
+ * A running (or stopped) sandbox.
+ *
+ * @example
+ * await using sb = await Sandbox.create({ image: "debian:bookworm+python3", ttlSeconds: 600 });
+ * const r = await sb.commands.run(["python3", "-c", "print(2+2)"], { timeoutSeconds: 30 });
+ * console.log(r.stdout); // "4\n"
+ */
+export class Sandbox implements AsyncDisposable {
+  readonly id: SandboxId;
+  /** Run and manage processes. */
+  readonly commands: Commands;
+  /** Read and write files. */
+  readonly files: Files;
+  readonly #engine: EngineApi;
+  #info: SandboxInfo;
+
+  private constructor(engine: EngineApi, info: SandboxInfo) {
+    this.#engine = engine;
+    this.#info = info;
+    this.id = info.id as SandboxId;
+    this.commands = new Commands(engine, info.id);
+    this.files = new Files(engine, info.id);
+  }
+
+  /** What the engine last said about this sandbox (see {@link refresh}). */
+  get info(): SandboxInfo {
+    return this.#info;
+  }
+
+  /** The engine this sandbox is reached through. */
+  get engine(): EngineApi {
+    return this.#engine;
+  }
+
+  /**
+   * Creates a sandbox and waits until it runs. Without `engine`, the engine is chosen by `mode`
+   * (a daemon when one answers, else embedded in this process) and shared with other calls.
+   * @throws InvalidArgumentError for a bad request, AdmissionError / UnsupportedCapabilityError /
+   *   PolicyDeniedError when the engine refuses it, TimeoutError / AbortedError
+   * @example
+   * await using sb = await Sandbox.create({
+   *   image: "debian:bookworm+python3",
+   *   ttlSeconds: 600,
+   *   resources: { memoryMiB: 512, pids: 256, cpus: 1 },
+   * });
+   */
+  static async create(options: SandboxCreateOptions = {}): Promise<Sandbox> {
+    const request: Record<string, unknown> = {};
+    for (const k of REQUEST_FIELDS) if (options[k] !== undefined) request[k] = options[k];
+    const parsed = CreateSandboxRequest.safeParse(request);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      const where = issue && issue.path.length > 0 ? issue.path.join(".") : "request";
+      throw new InvalidArgumentError(`Invalid sandbox option "${where}": ${issue?.message ?? "invalid"}`, { cause: parsed.error });
+    }
+    const engine = await sharedEngine(options);
+    const call: CallOptions & { onProgress?: (event: ProgressEvent) => void } = callOptions(options);
+    if (options.onProgress !== undefined) call.onProgress = options.onProgress;
+    const info = await engine.createSandbox(request as CreateSandboxRequest, call);
+    return new Sandbox(engine, info);
+  }
+
+  /**
+   * Attaches to an existing sandbox by id.
+   * @throws NotFoundError when the engine does not know it
+   * @example
+   * const again = await Sandbox.connect(sb.id);
+   */
+  static async connect(id: string, options: SandboxConnectOptions = {}): Promise<Sandbox> {
+    const engine = await sharedEngine(options);
+    return new Sandbox(engine, await engine.getSandbox(id, callOptions(options)));
+  }
+
+  /**
+   * Lists the sandboxes the engine knows (running and recently stopped).
+   * @example
+   * const running = (await Sandbox.list()).filter((s) => s.state === "running");
+   */
+  static async list(options: SandboxConnectOptions = {}): Promise<SandboxInfo[]> {
+    const engine = await sharedEngine(options);
+    return engine.listSandboxes(callOptions(options));
+  }
+
+  /**
+   * Fetches the sandbox's current state into {@link info}.
+   * @example
+   * if ((await sb.refresh()).state === "stopped") console.log(sb.info.endReason);
+   */
+  async refresh(options?: CallOptions): Promise<SandboxInfo> {
+    this.#info = await this.#engine.getSandbox(this.id, options);
+    return this.#info;
+  }
+
+  /**
+   * Stops the sandbox and everything in it. Idempotent: killing a stopped or forgotten sandbox
+   * is not an error.
+   * @example
+   * await sb.kill();
+   */
+  async kill(options?: CallOptions): Promise<void> {
+    try {
+      this.#info = await this.#engine.killSandbox(this.id, options);
+    } catch (err) {
+      if (!(err instanceof NotFoundError)) throw err;
+    }
+  }
+
+  /** Kills the sandbox at the end of an `await using` block. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.kill();
+  }
+}
