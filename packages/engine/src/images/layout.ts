@@ -168,3 +168,6 @@ export async function exists(path: string): Promise<boolean> {
     throw err;
   }
 }
+
+/** Top-level directories every stored image has (created empty when missing): backends mount over them. */
+export const IMAGE_MOUNT_POINTS = ["proc", "dev", "sys", "work", "tmp", ".mvm"] as const;

@@ -22,7 +22,7 @@ import { DEBIAN_SOURCE_DATE_EPOCH, mirrorLinesFor, readHostAptSources, runMmdebs
 import { hashTree, InvalidTreeError } from "./digest.js";
 import { copyDir, extractTar, type SourceOptions } from "./extract.js";
 import { fsyncDir, removeTree, writeFileAtomic } from "./fs-util.js";
-import { exists, StoreLayout, type ImageMeta } from "./layout.js";
+import { exists, IMAGE_MOUNT_POINTS, StoreLayout, type ImageMeta } from "./layout.js";
 import { FileLock } from "./lock.js";
 import { isSha256Digest, parseImageRef, parseLocalName, quote } from "./ref.js";
 import { readRefs, writeRefs, type RefsMap } from "./refs-index.js";
@@ -292,6 +292,7 @@ export class ImageStore {
           }
         },
       });
+      for (const name of IMAGE_MOUNT_POINTS) await writer.mountPoint(name);
       await writer.finish();
       if (writer.dropped > 0) onProgress?.({ phase: "unpack", message: `dropped ${writer.dropped} device node(s), FIFO(s) or socket(s)` });
       onProgress?.({ phase: "hash", message: "computing the image digest", fraction: 0.85 });

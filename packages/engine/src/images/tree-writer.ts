@@ -153,6 +153,17 @@ export class TreeWriter {
     this.dropped += 1;
   }
 
+  /** Makes a top-level entry a real directory (keeping an existing one): backends mount over these. */
+  async mountPoint(name: string): Promise<void> {
+    const [part] = splitEntryPath(name, name, "path");
+    const abs = posix.join(this.#root, part!);
+    const st = await lstatOrUndefined(abs);
+    if (st?.isDirectory()) return;
+    if (st) await rm(abs, { recursive: true, force: true });
+    await mkdir(abs, 0o755);
+    this.#dirs.add(part!);
+  }
+
   /** Applies directory modes and mtimes (deepest first, never through a symlink) and the root's 0755. */
   async finish(): Promise<void> {
     const dirs = [...this.#pending.entries()].sort((a, b) => depth(b[0]) - depth(a[0]));
