@@ -1,0 +1,248 @@
+/**
+ * An in-memory EngineApi for testing the CLI's own logic (parsing, output, exit codes, stdin and
+ * signal forwarding). It isolates nothing; the end-to-end tests use the real engine.
+ */
+import {
+  NotFoundError,
+  type BackendName,
+  type CallOptions,
+  type CreateSandboxRequest,
+  type DirListingResult,
+  type EngineApi,
+  type ExecApiRequest,
+  type ExecHandlers,
+  type ExecStarted,
+  type ExitInfo,
+  type FileInfo,
+  type FileReadStream,
+  type HealthInfo,
+  type ImageInfo,
+  type KillSignal,
+  type ProcessInfo,
+  type ProgressEvent,
+  type SandboxInfo,
+  type Sha256Digest,
+  type Tier,
+  type WriteFileOptions,
+} from "@mvm/protocol";
+
+export const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
+
+/** A process started by the fake engine; the test's script drives it. */
+export class FakeProcess {
+  readonly stdin: Uint8Array[] = [];
+  readonly signals: KillSignal[] = [];
+  stdinClosed = false;
+  readonly #waiters: (() => void)[] = [];
+
+  constructor(
+    readonly request: ExecApiRequest,
+    readonly handlers: ExecHandlers,
+    readonly abortSignal: AbortSignal | undefined,
+  ) {}
+
+  /** Resolves at the next stdin write, stdin close or signal. */
+  nextEvent(): Promise<void> {
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+  /** Resolves once stdin has been closed by the host. */
+  async stdinEnd(): Promise<void> {
+    while (!this.stdinClosed) await this.nextEvent();
+  }
+  /** Resolves once a signal arrived; returns it. */
+  async nextSignal(): Promise<KillSignal> {
+    const seen = this.signals.length;
+    while (this.signals.length === seen) await this.nextEvent();
+    return this.signals[seen] as KillSignal;
+  }
+  notify(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+}
+
+export type ExecScript = (p: FakeProcess) => Promise<Partial<ExitInfo>>;
+
+export function exitInfo(sandboxId: string, partial: Partial<ExitInfo> = {}): ExitInfo {
+  return {
+    exitCode: 0,
+    signal: null,
+    timedOut: false,
+    oomKilled: false,
+    durationMs: 5,
+    stdoutBytes: 0,
+    stderrBytes: 0,
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    receipt: {
+      sandboxId,
+      proc: 1,
+      imageDigest: DIGEST,
+      backend: "namespace",
+      startedAt: "2025-01-01T00:00:00.000Z",
+      finishedAt: "2025-01-01T00:00:01.000Z",
+    },
+    ...partial,
+  };
+}
+
+export class FakeEngine implements EngineApi {
+  readonly calls: string[] = [];
+  readonly sandboxes = new Map<string, SandboxInfo>();
+  readonly files = new Map<string, Uint8Array>();
+  readonly processes: FakeProcess[] = [];
+  tier: Tier = "container";
+  backend: BackendName = "namespace";
+  images: ImageInfo[] = [{ digest: DIGEST, refs: ["debian:bookworm+python3"], sizeBytes: 123456, createdAt: "2025-01-01T00:00:00.000Z" }];
+  progress: ProgressEvent[] = [];
+  health_: HealthInfo = {
+    version: "0.1.0",
+    defaultBackend: "namespace",
+    backends: [
+      {
+        backend: "namespace",
+        tier: "container",
+        usable: true,
+        checks: [
+          { name: "bwrap", ok: true, detail: "bubblewrap 0.8.0" },
+          { name: "cgroup", ok: false, detail: "no memory controller", hint: "enable cgroup v2 delegation" },
+        ],
+        enforceable: { memory: true, pids: true, cpu: false },
+      },
+    ],
+  };
+  script: ExecScript = async () => ({});
+  /** Byte count `readFile` announces; defaults to the stored size. */
+  announcedSize: number | undefined;
+  /** Byte count `writeFile` reports; defaults to the received size. */
+  reportedWriteBytes: number | undefined;
+  killError: Error | undefined;
+  closed = false;
+  #counter = 0;
+
+  newSandbox(request: CreateSandboxRequest = {}): SandboxInfo {
+    const n = this.#counter++;
+    const id = `sbx_${"a".repeat(19)}${"abcdefghijklmnopqrstuvwxyz234567"[n % 32]}`;
+    const info: SandboxInfo = {
+      id,
+      state: "running",
+      backend: this.backend,
+      tier: this.tier,
+      image: { ref: request.image ?? "debian:bookworm+python3", digest: DIGEST },
+      createdAt: "2025-01-01T00:00:00.000Z",
+      expiresAt: "2025-01-01T00:30:00.000Z",
+      resources: request.resources ?? {},
+      workMiB: 512,
+      labels: request.labels ?? {},
+    };
+    this.sandboxes.set(id, info);
+    return info;
+  }
+
+  #get(id: string): SandboxInfo {
+    const s = this.sandboxes.get(id);
+    if (s === undefined) throw new NotFoundError(`Sandbox "${id}" not found`);
+    return s;
+  }
+
+  async health(): Promise<HealthInfo> {
+    this.calls.push("health");
+    return this.health_;
+  }
+  async createSandbox(request: CreateSandboxRequest, options?: CallOptions & { onProgress?: (e: ProgressEvent) => void }): Promise<SandboxInfo> {
+    this.calls.push("createSandbox");
+    for (const e of this.progress) options?.onProgress?.(e);
+    return this.newSandbox(request);
+  }
+  async getSandbox(id: string): Promise<SandboxInfo> {
+    this.calls.push("getSandbox");
+    return this.#get(id);
+  }
+  async listSandboxes(): Promise<SandboxInfo[]> {
+    this.calls.push("listSandboxes");
+    return [...this.sandboxes.values()];
+  }
+  async killSandbox(id: string): Promise<SandboxInfo> {
+    this.calls.push(`killSandbox ${id}`);
+    if (this.killError !== undefined) throw this.killError;
+    const s = this.#get(id);
+    const killed: SandboxInfo = { ...s, state: "stopped", endReason: "killed" };
+    this.sandboxes.set(id, killed);
+    return killed;
+  }
+  async exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
+    this.calls.push("exec");
+    this.#get(id);
+    const p = new FakeProcess(request, handlers, options?.signal);
+    this.processes.push(p);
+    const aborted = new Promise<never>((_, reject) => {
+      options?.signal?.addEventListener("abort", () => reject(options.signal?.reason), { once: true });
+    });
+    const exit = Promise.race([this.script(p).then((partial) => exitInfo(id, partial)), aborted]);
+    return { proc: 1, pid: 42, exit };
+  }
+  async signalProcess(_id: string, _proc: number, signal: KillSignal): Promise<void> {
+    this.calls.push(`signalProcess ${signal}`);
+    const p = this.processes.at(-1);
+    p?.signals.push(signal);
+    p?.notify();
+  }
+  async writeStdin(_id: string, _proc: number, data: Uint8Array | null): Promise<void> {
+    const p = this.processes.at(-1);
+    if (p === undefined) throw new NotFoundError("No process");
+    if (data === null) p.stdinClosed = true;
+    else p.stdin.push(Uint8Array.from(data));
+    p.notify();
+  }
+  async listProcesses(): Promise<ProcessInfo[]> {
+    return [];
+  }
+  async readFile(id: string, path: string): Promise<FileReadStream> {
+    this.calls.push("readFile");
+    const data = this.files.get(`${id}:${path}`);
+    if (data === undefined) throw new NotFoundError(`File "${path}" not found`);
+    const size = this.announcedSize ?? data.byteLength;
+    async function* body(): AsyncGenerator<Uint8Array> {
+      for (let off = 0; off < data!.byteLength; off += 1000) yield data!.subarray(off, off + 1000);
+    }
+    return { size, body: body() };
+  }
+  async writeFile(id: string, path: string, data: Uint8Array | AsyncIterable<Uint8Array>, _options?: WriteFileOptions): Promise<{ bytes: number }> {
+    this.calls.push("writeFile");
+    this.#get(id);
+    const chunks: Uint8Array[] = [];
+    if (data instanceof Uint8Array) chunks.push(data);
+    else for await (const c of data) chunks.push(Uint8Array.from(c));
+    const all = Buffer.concat(chunks);
+    this.files.set(`${id}:${path}`, all);
+    return { bytes: this.reportedWriteBytes ?? all.byteLength };
+  }
+  async listDir(): Promise<DirListingResult> {
+    return { entries: [], truncated: false };
+  }
+  async stat(id: string, path: string): Promise<FileInfo> {
+    this.calls.push("stat");
+    if (path === "/work") return { name: "work", type: "dir", size: 0, mode: 0o755, mtimeMs: 0 };
+    const data = this.files.get(`${id}:${path}`);
+    if (data === undefined) throw new NotFoundError(`File "${path}" not found`);
+    return { name: path.split("/").at(-1) ?? "", type: "file", size: data.byteLength, mode: 0o644, mtimeMs: 0 };
+  }
+  async mkdir(): Promise<void> {}
+  async remove(): Promise<void> {}
+  async rename(): Promise<void> {}
+  async listImages(): Promise<ImageInfo[]> {
+    this.calls.push("listImages");
+    return this.images;
+  }
+  async buildImage(ref: string, options?: CallOptions & { force?: boolean; onProgress?: (e: ProgressEvent) => void }): Promise<ImageInfo> {
+    this.calls.push(`buildImage ${ref}${options?.force ? " force" : ""}`);
+    for (const e of this.progress) options?.onProgress?.(e);
+    return { digest: DIGEST, refs: [ref], sizeBytes: 1, createdAt: "2025-01-01T00:00:00.000Z" };
+  }
+  async removeImage(ref: string): Promise<void> {
+    this.calls.push(`removeImage ${ref}`);
+  }
+  async close(): Promise<void> {
+    this.closed = true;
+    this.calls.push("close");
+  }
+}

@@ -1,0 +1,155 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { parseCommandLine } from "./args.js";
+import { COMMANDS } from "./commands/index.js";
+import { UsageError } from "./usage-error.js";
+import { cli } from "./_test/test-io.js";
+
+const ID = "sbx_abcdefghijklmnopqrst";
+
+type Good = { argv: string[]; name: string; options?: unknown; json?: boolean; embedded?: boolean; socketPath?: string };
+
+const GOOD: Good[] = [
+  { argv: ["doctor"], name: "doctor", options: {} },
+  { argv: ["--json", "doctor"], name: "doctor", json: true },
+  { argv: ["doctor", "--json"], name: "doctor", json: true },
+  { argv: ["--socket", "/run/x.sock", "ls"], name: "ls", socketPath: "/run/x.sock" },
+  { argv: ["ls", "--socket=/run/y.sock"], name: "ls", socketPath: "/run/y.sock" },
+  { argv: ["run", "--embedded", "--", "/bin/echo", "hi"], name: "run", embedded: true },
+  {
+    argv: ["run", "--image", "debian:bookworm", "--memory", "256", "--pids", "64", "--cpus", "0.5", "--ttl", "60", "--backend", "namespace", "--", "/bin/echo", "hi"],
+    name: "run",
+    options: {
+      create: { image: "debian:bookworm", backend: "namespace", ttlSeconds: 60, resources: { memoryMiB: 256, pids: 64, cpus: 0.5 } },
+      exec: { argv: ["/bin/echo", "hi"] },
+    },
+  },
+  {
+    argv: ["run", "--env", "A=1", "--env=B=x=y", "--cwd", "/work", "--timeout", "1.5", "--", "sh", "-c", "exit 7"],
+    name: "run",
+    options: { create: {}, exec: { argv: ["sh", "-c", "exit 7"], env: { A: "1", B: "x=y" }, cwd: "/work", timeoutMs: 1500 } },
+  },
+  // Options after "--" belong to the command, not to mvmctl.
+  { argv: ["run", "--", "ls", "--json", "--help"], name: "run", json: false, options: { create: {}, exec: { argv: ["ls", "--json", "--help"] } } },
+  // Without "--" the positionals are the command.
+  { argv: ["run", "/bin/echo", "hi"], name: "run", options: { create: {}, exec: { argv: ["/bin/echo", "hi"] } } },
+  { argv: ["create", "--label", "team=ci", "--label", "job=7", "--ttl", "600"], name: "create", options: { ttlSeconds: 600, labels: { team: "ci", job: "7" } } },
+  { argv: ["exec", ID, "--", "cat", "/etc/os-release"], name: "exec", options: { sandboxId: ID, exec: { argv: ["cat", "/etc/os-release"] } } },
+  { argv: ["exec", "--timeout", "3", ID, "--", "true"], name: "exec", options: { sandboxId: ID, exec: { argv: ["true"], timeoutMs: 3000 } } },
+  { argv: ["exec", ID, "true"], name: "exec", options: { sandboxId: ID, exec: { argv: ["true"] } } },
+  { argv: ["cp", "./a.txt", `${ID}:/work/a.txt`], name: "cp", options: { from: { kind: "local", path: "./a.txt" }, to: { kind: "sandbox", sandboxId: ID, path: "/work/a.txt" } } },
+  { argv: ["cp", `${ID}:/etc/hostname`, "-"], name: "cp", options: { from: { kind: "sandbox", sandboxId: ID, path: "/etc/hostname" }, to: { kind: "local", path: "-" } } },
+  { argv: ["kill", ID, ID], name: "kill", options: { ids: [ID] } },
+  { argv: ["image", "build", "debian:bookworm+python3", "--force"], name: "image build", options: { ref: "debian:bookworm+python3", force: true } },
+  { argv: ["image", "build", "debian:bookworm"], name: "image build", options: { ref: "debian:bookworm", force: false } },
+  { argv: ["image", "ls"], name: "image ls", options: {} },
+  { argv: ["image", "rm", "debian:bookworm"], name: "image rm", options: { ref: "debian:bookworm" } },
+  { argv: ["daemon", "--socket", "/tmp/d.sock"], name: "daemon", socketPath: "/tmp/d.sock" },
+];
+
+for (const g of GOOD) {
+  test(`parses: mvmctl ${g.argv.join(" ")}`, () => {
+    const parsed = parseCommandLine(g.argv, COMMANDS);
+    assert.equal(parsed.kind, "command");
+    if (parsed.kind !== "command") return;
+    assert.equal(parsed.command.name, g.name);
+    if (g.options !== undefined) assert.deepEqual(parsed.options, g.options);
+    assert.equal(parsed.global.json, g.json ?? false);
+    assert.equal(parsed.global.embedded, g.embedded ?? false);
+    assert.equal(parsed.global.socketPath, g.socketPath);
+  });
+}
+
+type Bad = { argv: string[]; message: RegExp };
+
+const BAD: Bad[] = [
+  { argv: ["frobnicate"], message: /^Unknown command "frobnicate"$/ },
+  { argv: ["image", "push", "x"], message: /^Unknown command "image push"$/ },
+  { argv: ["--bogus", "ls"], message: /^Unknown option "--bogus"$/ },
+  { argv: ["ls", "--bogus"], message: /^Unknown option "--bogus" for "mvmctl ls"$/ },
+  { argv: ["ls", "extra"], message: /^Unexpected argument "extra"$/ },
+  { argv: ["run", "sh", "-c", "exit 7"], message: /^Unknown option "-c" for "mvmctl run"$/ },
+  { argv: ["run"], message: /^Missing the command to run$/ },
+  { argv: ["run", "--"], message: /^Missing the command to run$/ },
+  { argv: ["run", "--memory", "lots", "--", "true"], message: /^Invalid value "lots" for --memory: expected a whole number$/ },
+  { argv: ["run", "--memory=-5", "--", "true"], message: /^Invalid value "-5" for --memory/ },
+  { argv: ["run", "--memory", "8", "--", "true"], message: /^Invalid value "8" for --memory: / },
+  { argv: ["run", "--cpus", "1e3", "--", "true"], message: /^Invalid value "1e3" for --cpus/ },
+  { argv: ["run", "--ttl", "0", "--", "true"], message: /^Invalid value "0" for --ttl: / },
+  { argv: ["run", "--backend", "chroot", "--", "true"], message: /^Invalid value "chroot" for --backend: / },
+  { argv: ["run", "--image", "Debian:Bookworm", "--", "true"], message: /^Invalid value "Debian:Bookworm" for --image: / },
+  { argv: ["run", "--env", "NOEQUALS", "--", "true"], message: /^Invalid value "NOEQUALS" for --env: expected KEY=VALUE$/ },
+  { argv: ["run", "--env", "1BAD=x", "--", "true"], message: /for --env/ },
+  { argv: ["run", "--cwd", "relative/dir", "--", "true"], message: /^Invalid value "relative\/dir" for --cwd/ },
+  { argv: ["run", "--cwd", "/work/../etc", "--", "true"], message: /for --cwd/ },
+  { argv: ["run", "--timeout", "0", "--", "true"], message: /^Invalid value "0" for --timeout: expected more than zero seconds$/ },
+  { argv: ["run", "--timeout", "9999999", "--", "true"], message: /^Invalid value "9999999" for --timeout: expected at most 604800 seconds$/ },
+  { argv: ["run", "--image", "a", "--image", "b", "--", "true"], message: /^Option "--image" is given more than once$/ },
+  { argv: ["run", "--memory"], message: /^Option "--memory" needs a value$/ },
+  { argv: ["ls", "--json=yes"], message: /^Option "--json" takes no value$/ },
+  { argv: ["--socket"], message: /^Option "--socket" needs a value$/ },
+  { argv: ["ls", "--embedded", "--socket", "/x"], message: /exclude each other/ },
+  { argv: ["exec"], message: /^Missing arguments for "mvmctl exec"/ },
+  { argv: ["exec", "not-an-id", "--", "true"], message: /^Invalid sandbox id "not-an-id"$/ },
+  { argv: ["exec", ID, "--"], message: /^Missing the command to run$/ },
+  { argv: ["kill"], message: /^Missing arguments for "mvmctl kill"/ },
+  { argv: ["kill", "sbx_UPPERCASE0000000000"], message: /^Invalid sandbox id/ },
+  { argv: ["cp", "a", "b"], message: /^Neither side of mvmctl cp is in a sandbox$/ },
+  { argv: ["cp", `${ID}:/a`, `${ID}:/b`], message: /^Both sides of mvmctl cp are in sandboxes$/ },
+  { argv: ["cp", `${ID}:relative`, "b"], message: /^Invalid sandbox path/ },
+  { argv: ["cp", `${ID}:/work/../etc/shadow`, "b"], message: /^Invalid sandbox path/ },
+  { argv: ["cp", "a"], message: /^Missing arguments for "mvmctl cp"/ },
+  { argv: ["image", "build"], message: /^Missing arguments for "mvmctl image build"/ },
+  { argv: ["image", "build", "BAD REF"], message: /^Invalid image reference "BAD REF"/ },
+  { argv: ["image", "rm", "a", "b"], message: /^Unexpected argument "b"$/ },
+];
+
+for (const b of BAD) {
+  test(`usage error: mvmctl ${b.argv.join(" ")}`, async () => {
+    assert.throws(
+      () => parseCommandLine(b.argv, COMMANDS),
+      (err: unknown) => err instanceof UsageError && b.message.test(err.message),
+    );
+    const r = await cli(b.argv);
+    assert.equal(r.code, 2);
+    assert.equal(r.stdout, "");
+    assert.match(r.stderr, /^error: .+\nhint: .+\n$/);
+  });
+}
+
+test("help and version", async () => {
+  for (const argv of [["--help"], ["-h"], ["help"]]) {
+    const r = await cli(argv);
+    assert.equal(r.code, 0);
+    assert.match(r.stdout, /^mvmctl: run untrusted code/);
+    for (const c of COMMANDS) assert.ok(r.stdout.includes(`  ${c.name} `), `top help lists ${c.name}`);
+  }
+  for (const c of COMMANDS) {
+    for (const argv of [[...c.name.split(" "), "--help"], ["help", ...c.name.split(" ")]]) {
+      const r = await cli(argv);
+      assert.equal(r.code, 0, argv.join(" "));
+      assert.ok(r.stdout.includes(`Usage: mvmctl ${c.name}`), argv.join(" "));
+      for (const flag of Object.keys(c.flags)) assert.ok(r.stdout.includes(`--${flag}`), `${c.name} help shows --${flag}`);
+    }
+  }
+  const none = await cli([]);
+  assert.equal(none.code, 2);
+  assert.equal(none.stdout, "");
+  assert.match(none.stderr, /^mvmctl: run untrusted code/);
+  const group = await cli(["image"]);
+  assert.equal(group.code, 2);
+  assert.match(group.stderr, /Subcommands:\n  image build/);
+  const version = await cli(["--version"]);
+  assert.equal(version.code, 0);
+  assert.match(version.stdout, /^mvmctl \d+\.\d+\.\d+\n$/);
+  const jsonVersion = await cli(["--json", "-V"]);
+  assert.deepEqual(Object.keys(JSON.parse(jsonVersion.stdout)), ["version"]);
+});
+
+test("a usage error in --json mode also prints a JSON error on stdout", async () => {
+  const r = await cli(["ls", "--json", "--bogus"]);
+  assert.equal(r.code, 2);
+  assert.deepEqual(JSON.parse(r.stdout), {
+    error: { code: "USAGE", message: 'Unknown option "--bogus" for "mvmctl ls"', hint: 'Run "mvmctl ls --help" for its usage' },
+  });
+});

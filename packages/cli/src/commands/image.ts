@@ -1,0 +1,84 @@
+/**
+ * `mvmctl image build|ls|rm`: the engine's image store.
+ */
+import { ImageRefSchema, type ImageInfo } from "@mvm/protocol";
+import { defineCommand } from "../command.js";
+import { booleanFlag } from "../flags.js";
+import { formatBytes, formatTable } from "../text.js";
+import { UsageError } from "../usage-error.js";
+import { withEngine } from "./_lifetime.js";
+
+function imageRefArg(value: string): string {
+  const r = ImageRefSchema.safeParse(value);
+  if (!r.success) {
+    throw new UsageError(`Invalid image reference "${value}": ${r.error.issues[0]?.message ?? "invalid"}`, {
+      cause: r.error,
+      hint: 'Use e.g. "debian:bookworm", "debian:bookworm+python3" or "sha256:<hex>"',
+    });
+  }
+  return r.data;
+}
+
+export const imageBuildCommand = defineCommand<{ ref: string; force: boolean }>({
+  name: "image build",
+  summary: "Build (or fetch) an image and print its digest",
+  usage: "[--force] REF",
+  details: "With --json the image record is printed.",
+  flags: { force: { type: "boolean", description: "Build again even when the image is present" } },
+  positionals: { min: 1, max: 1 },
+  connection: "auto",
+  parse: (raw) => ({ ref: imageRefArg(raw.positionals[0] ?? ""), force: booleanFlag(raw, "force") }),
+  async run(ctx, { ref, force }) {
+    return withEngine(ctx, async (engine) => {
+      const progress = ctx.out.progress();
+      let image: ImageInfo;
+      try {
+        image = await engine.buildImage(ref, { force, signal: ctx.signal, onProgress: (e) => progress.update(e) });
+      } finally {
+        progress.done();
+      }
+      ctx.out.human(`${image.digest}\n`);
+      ctx.out.jsonResult(image);
+      return 0;
+    });
+  },
+});
+
+export const imageLsCommand = defineCommand<Record<string, never>>({
+  name: "image ls",
+  summary: "List images",
+  usage: "",
+  details: "With --json an array of image records is printed.",
+  flags: {},
+  positionals: { min: 0, max: 0 },
+  connection: "auto",
+  parse: () => ({}),
+  async run(ctx) {
+    return withEngine(ctx, async (engine) => {
+      const images = await engine.listImages({ signal: ctx.signal });
+      ctx.out.jsonResult(images);
+      const rows = images.map((i) => [i.digest.slice(0, "sha256:".length + 12), i.refs.join(","), formatBytes(i.sizeBytes), i.createdAt]);
+      ctx.out.human(formatTable(["DIGEST", "REFS", "SIZE", "CREATED"], rows));
+      return 0;
+    });
+  },
+});
+
+export const imageRmCommand = defineCommand<{ ref: string }>({
+  name: "image rm",
+  summary: "Remove an image",
+  usage: "REF",
+  details: 'With --json {"removed": REF} is printed.',
+  flags: {},
+  positionals: { min: 1, max: 1 },
+  connection: "auto",
+  parse: (raw) => ({ ref: imageRefArg(raw.positionals[0] ?? "") }),
+  async run(ctx, { ref }) {
+    return withEngine(ctx, async (engine) => {
+      await engine.removeImage(ref, { signal: ctx.signal });
+      ctx.out.human(`${ref}\n`);
+      ctx.out.jsonResult({ removed: ref });
+      return 0;
+    });
+  },
+});

@@ -1,0 +1,27 @@
+/**
+ * The command table, in the order `mvmctl --help` lists it.
+ */
+import type { Command } from "../command.js";
+import { cpCommand } from "./cp.js";
+import { createCommand } from "./create.js";
+import { daemonCommand } from "./daemon.js";
+import { doctorCommand } from "./doctor.js";
+import { execCommand } from "./exec.js";
+import { imageBuildCommand, imageLsCommand, imageRmCommand } from "./image.js";
+import { killCommand } from "./kill.js";
+import { lsCommand } from "./ls.js";
+import { runCommand } from "./run.js";
+
+export const COMMANDS: readonly Command[] = [
+  doctorCommand,
+  runCommand,
+  createCommand,
+  lsCommand,
+  execCommand,
+  cpCommand,
+  killCommand,
+  imageBuildCommand,
+  imageLsCommand,
+  imageRmCommand,
+  daemonCommand,
+];
