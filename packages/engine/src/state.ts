@@ -7,6 +7,9 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
 import { SandboxInfo } from "@mvm/protocol";
+import { isSameLiveProcess } from "./_internal/proc.js";
+
+export { readProcStartTime as processStartTime } from "./_internal/proc.js";
 
 /** Root of the engine's state: images, agent runtimes, sandbox records. */
 export function defaultStateDir(): string {
@@ -33,20 +36,8 @@ export const SandboxRecordSchema = z.strictObject({
 });
 export type SandboxRecord = z.infer<typeof SandboxRecordSchema>;
 
-/** Start time of a process (clock ticks since boot, field 22 of /proc/PID/stat), or undefined if it is gone. */
-export async function processStartTime(pid: number): Promise<string | undefined> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-    // comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return rest[19];
-  } catch {
-    return undefined;
-  }
-}
-
-export async function isAlive(owner: { pid: number; startTime: string }): Promise<boolean> {
-  return (await processStartTime(owner.pid)) === owner.startTime;
+export function isAlive(owner: { pid: number; startTime: string }): Promise<boolean> {
+  return isSameLiveProcess(owner.pid, owner.startTime);
 }
 
 /** Writes a file atomically: temp file, fsync, rename. */
