@@ -1,0 +1,77 @@
+/**
+ * Per-call hygiene for exec: the environment baseline and the fresh TMPDIR.
+ */
+import { chmodSync, lstatSync, readdirSync, rmSync } from "node:fs";
+import { chmod, mkdtemp, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { logError } from "./errors.js";
+
+/** Variables every command starts with; nothing from the agent's own environment is added. */
+export const BASELINE_ENV: Readonly<Record<string, string>> = {
+  PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+  HOME: "/work",
+  LANG: "C.UTF-8",
+};
+
+/** Where fresh per-call temporary directories are created. */
+export const TMP_ROOT = "/tmp";
+
+/**
+ * The environment of one command: the baseline, overlaid with the request's variables, with
+ * TMPDIR always set to the call's own directory.
+ */
+export function buildEnv(requestEnv: Readonly<Record<string, string>>, tmpDir: string): Record<string, string> {
+  const env: Record<string, string> = Object.create(null) as Record<string, string>;
+  for (const [k, v] of Object.entries(BASELINE_ENV)) env[k] = v;
+  for (const [k, v] of Object.entries(requestEnv)) env[k] = v;
+  env["TMPDIR"] = tmpDir;
+  return env;
+}
+
+/** Creates a fresh directory (mode 0700) for one call's TMPDIR. */
+export async function makeTmpDir(): Promise<string> {
+  const dir = await mkdtemp(join(TMP_ROOT, "mvm-exec-"));
+  await chmod(dir, 0o700);
+  return dir;
+}
+
+/**
+ * Removes a call's TMPDIR and everything in it. A workload may have left directories without
+ * write or search permission; those are opened up and the removal retried once. Never throws.
+ */
+export async function removeTmpDir(dir: string): Promise<void> {
+  try {
+    await rm(dir, { recursive: true, force: true, maxRetries: 2 });
+    return;
+  } catch {
+    // Fall through to the permission repair below.
+  }
+  try {
+    openUp(dir);
+    await rm(dir, { recursive: true, force: true, maxRetries: 2 });
+  } catch (err) {
+    logError(`cannot remove TMPDIR "${dir}"`, err);
+  }
+}
+
+/** Synchronous variant of removeTmpDir for the exit path. Never throws. */
+export function removeTmpDirSync(dir: string): void {
+  try {
+    rmSync(dir, { recursive: true, force: true, maxRetries: 2 });
+  } catch {
+    try {
+      openUp(dir);
+      rmSync(dir, { recursive: true, force: true, maxRetries: 2 });
+    } catch (err) {
+      logError(`cannot remove TMPDIR "${dir}"`, err);
+    }
+  }
+}
+
+/** Gives the owner rwx on every directory under `dir` (symlinks are not followed). */
+function openUp(dir: string): void {
+  const st = lstatSync(dir, { throwIfNoEntry: false });
+  if (!st?.isDirectory()) return;
+  chmodSync(dir, 0o700);
+  for (const name of readdirSync(dir)) openUp(join(dir, name));
+}

@@ -1,0 +1,48 @@
+/**
+ * Entry point of the guest agent: `node agent.mjs --channel stdio|<device path>`.
+ *
+ * Order matters for startup latency: the hello goes out before the protocol schemas are
+ * imported, so the host's half of the handshake overlaps with loading them.
+ */
+import { USAGE, openChannel, parseArgs, type Channel } from "./channel.js";
+import { helloFrame } from "./hello.js";
+import { closeInheritedFds, routeConsoleToStderr } from "./hygiene.js";
+
+interface Ender {
+  end(code: number, reason: string, err?: unknown): void;
+}
+
+let session: Ender | undefined;
+
+function fail(code: number, reason: string, err?: unknown): void {
+  if (session) {
+    session.end(code, reason, err);
+    return;
+  }
+  const detail = err instanceof Error ? `: ${err.message}` : "";
+  process.stderr.write(`mvm-agent: ${reason}${detail}\n`);
+  process.exit(code);
+}
+
+routeConsoleToStderr();
+process.on("uncaughtException", (err) => fail(2, "uncaught exception", err));
+process.on("unhandledRejection", (err) => fail(2, "unhandled rejection", err));
+for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+  process.on(signal, () => fail(0, `received ${signal}`));
+}
+
+let channel: Channel | undefined;
+try {
+  const args = parseArgs(process.argv.slice(2));
+  closeInheritedFds();
+  channel = openChannel(args.channel);
+} catch (err) {
+  fail(2, `cannot start (${USAGE})`, err);
+}
+if (channel) {
+  channel.output.write(helloFrame());
+  const { Session } = await import("./session.js");
+  const s = new Session(channel);
+  session = s;
+  s.start();
+}
