@@ -3,7 +3,7 @@
  * images, and reaping what a crashed engine left behind. Implements EngineApi, so the daemon
  * serves it and the SDK embeds it the same way.
  */
-import { chmod, mkdir } from "node:fs/promises";
+import { chmod, mkdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import {
   CreateSandboxRequest,
@@ -101,7 +101,8 @@ export class Engine implements EngineApi {
     const reaped: string[] = [];
     for (const { id, record } of await this.#records.scan()) {
       if (this.#live.has(id)) continue;
-      if (record && record.owner.pid !== process.pid && (await isAlive(record.owner))) continue;
+      if (record && (await isAlive(record.owner))) continue;
+      if (!record && (await recentlyCreated(this.#records.sandboxDir(id)))) continue;
       if (record?.reap) {
         const backend = this.#options.backends.find((b) => b.name === record.reap!.backend);
         await backend?.reap(record.reap);
@@ -345,6 +346,15 @@ export class Engine implements EngineApi {
 
   #assertOpen(): void {
     if (this.#closing) throw new TransportError("Engine is closed");
+  }
+}
+
+/** A directory without a record may belong to a create in progress (record not yet written). */
+async function recentlyCreated(dir: string): Promise<boolean> {
+  try {
+    return Date.now() - (await stat(dir)).mtimeMs < 60_000;
+  } catch {
+    return false;
   }
 }
 

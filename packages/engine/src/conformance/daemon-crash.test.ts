@@ -55,7 +55,7 @@ test("kill -9 of the daemon mid-exec leaves nothing behind after restart", { ski
   const daemon = await startDaemon(stateDir, sock);
   try {
     const created = await call(sock, "POST", "/v1/sandboxes", { image: DEFAULT_IMAGE, resources: { memoryMiB: 256, pids: 64 } });
-    assert.equal(created.status, 200, created.text);
+    assert.ok(created.status >= 200 && created.status < 300, created.text);
     const id = (JSON.parse(created.text) as { id: string }).id;
     let sawStart!: () => void;
     const started = new Promise<void>((r) => (sawStart = r));
@@ -76,7 +76,7 @@ test("kill -9 of the daemon mid-exec leaves nothing behind after restart", { ski
       assert.deepEqual(await readdir(join(stateDir, "sandboxes")), []);
       for (const cg of fp.cgroups) assert.equal(existsSync(cg), false, `cgroup left behind: ${cg}`);
       const list = await call(sock, "GET", "/v1/sandboxes");
-      assert.equal(list.status, 200);
+      assert.ok(list.status >= 200 && list.status < 300);
     } finally {
       again.kill("SIGTERM");
       await new Promise((r) => again.once("exit", r));

@@ -1,0 +1,201 @@
+/**
+ * Engine logic (backend choice, limits, records, reaping, crash handling) with a fake backend
+ * that runs the real agent as a plain host process. It isolates nothing: it exists only to test
+ * the engine's own decisions quickly. Isolation is tested by the conformance suite on real backends.
+ */
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Duplex } from "node:stream";
+import { InvalidArgumentError, NotFoundError, UnsupportedCapabilityError, type BackendName, type Tier } from "@mvm/protocol";
+import { Engine } from "./engine.js";
+import { ImageStore } from "./images/store.js";
+import { defaultAgentBundlePath } from "./open.js";
+import { readProcStartTime } from "./_internal/proc.js";
+import type { Backend, LaunchSpec, LaunchedSandbox, ProbeResult, ReapRecord } from "./backends/types.js";
+
+class HostProcessBackend implements Backend {
+  readonly reaped: ReapRecord[] = [];
+  readonly children: ChildProcess[] = [];
+  constructor(
+    readonly name: BackendName,
+    private readonly probeResult: Omit<ProbeResult, "backend">,
+  ) {}
+  async probe(): Promise<ProbeResult> {
+    return { backend: this.name, ...this.probeResult };
+  }
+  async launch(spec: LaunchSpec): Promise<LaunchedSandbox> {
+    await mkdir(join(spec.stateDir, "work"), { recursive: true });
+    const child = spawn(process.execPath, [defaultAgentBundlePath(), "--channel", "stdio"], { stdio: ["pipe", "pipe", "ignore"] });
+    this.children.push(child);
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once("exit", (code, signal) => resolve({ code, signal })),
+    );
+    const startTime = (await readProcStartTime(child.pid!)) ?? "0";
+    return {
+      channel: Duplex.from({ readable: child.stdout!, writable: child.stdin! }),
+      reapRecord: { backend: this.name, pid: child.pid!, pidStartTime: startTime, cgroups: [], extra: {} },
+      exited,
+      oomKills: async () => 0,
+      destroy: async () => {
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+        await exited;
+      },
+    };
+  }
+  async reap(record: ReapRecord): Promise<void> {
+    this.reaped.push(record);
+  }
+}
+
+const usable = (tier: Tier, enforce = true): Omit<ProbeResult, "backend"> => ({
+  tier,
+  usable: true,
+  checks: [{ name: "fake", ok: true, detail: "host process" }],
+  enforceable: { memory: enforce, pids: enforce, cpu: enforce },
+});
+const unusable: Omit<ProbeResult, "backend"> = {
+  tier: "vm-emulated",
+  usable: false,
+  checks: [{ name: "qemu", ok: false, detail: "not installed", hint: "apt-get install qemu-system-x86" }],
+  enforceable: { memory: false, pids: false, cpu: false },
+};
+
+let root: string;
+let images: ImageStore;
+
+before(async () => {
+  root = await mkdtemp(join(tmpdir(), "mvm-engine-test-"));
+  const tree = join(root, "tree");
+  await mkdir(join(tree, "bin"), { recursive: true });
+  await writeFile(join(tree, "bin", "hello"), "hi\n");
+  images = await ImageStore.open(join(root, "images"));
+  await images.importDir(tree, "tiny");
+});
+after(async () => rm(root, { recursive: true, force: true }));
+
+async function engineWith(backends: Backend[], extra: { defaultTtlSeconds?: number } = {}): Promise<Engine> {
+  const stateDir = await mkdtemp(join(root, "state-"));
+  return Engine.open({ stateDir, backends, images, agentDir: "/nonexistent", defaultImage: "tiny", ...extra });
+}
+
+test("an explicitly requested backend that is not usable is refused, never replaced", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const vm = new HostProcessBackend("vm", unusable);
+  const engine = await engineWith([vm, ns]);
+  await assert.rejects(engine.createSandbox({ backend: "vm" }), (err: unknown) => {
+    assert.ok(err instanceof UnsupportedCapabilityError);
+    assert.match(err.message, /qemu: not installed/);
+    return true;
+  });
+  assert.equal(ns.children.length, 0);
+  const info = await engine.createSandbox({});
+  assert.equal(info.backend, "namespace", "the default is the strongest usable backend");
+  await engine.close();
+});
+
+test("a limit the backend cannot enforce is an UnsupportedCapabilityError at create", async () => {
+  const engine = await engineWith([new HostProcessBackend("namespace", usable("container", false))]);
+  for (const resources of [{ memoryMiB: 256 }, { pids: 64 }, { cpus: 1 }]) {
+    await assert.rejects(engine.createSandbox({ resources }), UnsupportedCapabilityError);
+  }
+  const info = await engine.createSandbox({});
+  assert.deepEqual(info.resources, {}, "no defaults are claimed when they cannot be enforced");
+  await engine.close();
+});
+
+test("default limits are applied and reported when enforceable", async () => {
+  const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
+  const info = await engine.createSandbox({});
+  assert.equal(info.resources.memoryMiB, 1024);
+  assert.equal(info.resources.pids, 1024);
+  await engine.close();
+});
+
+test("bad requests are InvalidArgumentError; unknown ids NotFoundError", async () => {
+  const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
+  await assert.rejects(engine.createSandbox({ ttlSeconds: -1 }), InvalidArgumentError);
+  await assert.rejects(engine.createSandbox({ bogus: 1 } as never), InvalidArgumentError);
+  await assert.rejects(engine.createSandbox({ image: "nope:missing" }), NotFoundError);
+  await assert.rejects(engine.exec("sbx_aaaaaaaaaaaaaaaaaaaa", { argv: ["true"] }, {}), NotFoundError);
+  const { id } = await engine.createSandbox({});
+  await assert.rejects(engine.exec(id, { argv: [] }, {}), InvalidArgumentError);
+  await assert.rejects(engine.readFile(id, "../etc/passwd"), InvalidArgumentError);
+  await engine.close();
+});
+
+test("an agent that dies marks the sandbox crashed and releases it", async () => {
+  const backend = new HostProcessBackend("namespace", usable("container"));
+  const engine = await engineWith([backend]);
+  const { id } = await engine.createSandbox({});
+  backend.children[0]!.kill("SIGKILL");
+  for (let i = 0; i < 200 && (await engine.getSandbox(id)).state !== "stopped"; i++) await new Promise((r) => setTimeout(r, 10));
+  const info = await engine.getSandbox(id);
+  assert.equal(info.state, "stopped");
+  assert.equal(info.endReason, "crashed");
+  assert.equal((await engine.listSandboxes()).length, 0);
+  await engine.close();
+});
+
+test("TTL expiry stops the sandbox with reason expired", async () => {
+  const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
+  const { id } = await engine.createSandbox({ ttlSeconds: 1 });
+  for (let i = 0; i < 300 && (await engine.getSandbox(id)).state !== "stopped"; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal((await engine.getSandbox(id)).endReason, "expired");
+  await engine.close();
+});
+
+test("open reaps records of dead engines and leaves live owners alone", async () => {
+  const backend = new HostProcessBackend("namespace", usable("container"));
+  const stateDir = await mkdtemp(join(root, "state-"));
+  const dead = spawn("true");
+  await new Promise((r) => dead.once("exit", r));
+  const info = (id: string) => ({
+    id,
+    state: "running",
+    backend: "namespace",
+    tier: "container",
+    image: { ref: "tiny", digest: `sha256:${"0".repeat(64)}` },
+    createdAt: new Date().toISOString(),
+    expiresAt: new Date().toISOString(),
+    resources: {},
+    workMiB: 1,
+    labels: {},
+  });
+  const reap = { backend: "namespace", pid: 1, pidStartTime: "1", cgroups: ["/sys/fs/cgroup/pids/mvm/x"], extra: {} };
+  const orphan = "sbx_orphanorphanorphanaa";
+  const owned = "sbx_ownedownedownedowned";
+  for (const [id, owner] of [
+    [orphan, { pid: dead.pid!, startTime: "1" }],
+    [owned, { pid: process.pid, startTime: (await readProcStartTime(process.pid))! }],
+  ] as const) {
+    await mkdir(join(stateDir, "sandboxes", id), { recursive: true });
+    await writeFile(join(stateDir, "sandboxes", id, "record.json"), JSON.stringify({ version: 1, owner, info: info(id), reap }));
+  }
+  const stale = join(stateDir, "sandboxes", "sbx_norecordnorecordnor");
+  await mkdir(stale);
+  const old = new Date(Date.now() - 3600_000);
+  await (await import("node:fs/promises")).utimes(stale, old, old);
+  // Owned by this very process: a second engine in the same process treats it as alive.
+  const engine = await Engine.open({ stateDir, backends: [backend], images, agentDir: "/nonexistent" });
+  const left = await readdir(join(stateDir, "sandboxes"));
+  assert.deepEqual(left.sort(), [owned]);
+  assert.deepEqual(backend.reaped.map((r) => r.cgroups), [reap.cgroups]);
+  assert.equal(existsSync(join(stateDir, "sandboxes", orphan)), false);
+  await engine.close();
+});
+
+test("close stops every sandbox with reason engine-exit and refuses new work", async () => {
+  const backend = new HostProcessBackend("namespace", usable("container"));
+  const engine = await engineWith([backend]);
+  const a = await engine.createSandbox({});
+  const b = await engine.createSandbox({});
+  await engine.close();
+  for (const id of [a.id, b.id]) assert.equal((await engine.getSandbox(id)).endReason, "engine-exit");
+  assert.ok(backend.children.every((c) => c.exitCode !== null || c.signalCode !== null));
+  await assert.rejects(engine.createSandbox({}), { code: "TRANSPORT" });
+});
