@@ -46,7 +46,7 @@ export const CreateSandboxRequest = z.strictObject({
   resources: Resources.optional(),
   /** Size cap of the writable /work, in MiB. */
   workMiB: z.number().int().min(1).max(1024 * 1024).optional(),
-  env: Env.optional(),
+  env: z.optional(Env),
   labels: z.record(z.string().max(64), z.string().max(256)).optional(),
 });
 export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;
@@ -75,8 +75,8 @@ export type SandboxInfo = z.infer<typeof SandboxInfo>;
 
 export const ExecApiRequest = z.strictObject({
   argv: Argv,
-  env: Env.optional(),
-  cwd: SandboxPath.optional(),
+  env: z.optional(Env),
+  cwd: z.optional(SandboxPath),
   /** Bytes for stdin, base64. Absent: stdin is empty unless `openStdin`. */
   stdinBase64: z.string().max(16 * 1024 * 1024).optional(),
   /** Keep stdin open for later writes through the processes API. */

@@ -7,7 +7,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { z } from "zod";
+import * as z from "zod/mini";
 import * as protocol from "./index.js";
 import { FRAME_HEADER_BYTES, FrameDecoder, FrameError, FrameKind, MAX_STREAM_ID, encodeFrame } from "./frame.js";
 import { ERROR_CODES, fromWire } from "./errors.js";
@@ -269,11 +269,16 @@ describe("docs/PROTOCOL.md constants", () => {
 // ---- message fields ----
 
 /** Resolves a dotted name such as `Results.exec` or `Response.options.0` against the package's exports. */
-function resolve(path: string): z.ZodType {
+function resolve(path: string): z.ZodMiniType {
   let v: unknown = protocol;
-  for (const part of path.split(".")) v = (v as Record<string, unknown> | undefined)?.[part];
-  assert.ok(v instanceof z.ZodObject, `${path} is not an object schema`);
-  return v;
+  for (const part of path.split(".")) {
+    const here = v as (Record<string, unknown> & { def?: Record<string, unknown> }) | undefined;
+    v = part === "options" && here?.[part] === undefined ? here?.def?.[part] : here?.[part];
+  }
+  // Message schemas use zod's mini API, engine-API schemas the classic one: both have a shape.
+  const shape = (v as { shape?: unknown } | undefined)?.shape;
+  assert.ok(shape !== null && typeof shape === "object", `${path} is not an object schema`);
+  return v as z.ZodMiniType;
 }
 
 function fieldMarkers(): { name: string; omit: string[] }[] {
@@ -285,11 +290,11 @@ function fieldMarkers(): { name: string; omit: string[] }[] {
 
 describe("docs/PROTOCOL.md message fields", () => {
   const markers = fieldMarkers();
-  const documented = new Set<z.ZodType>();
+  const documented = new Set<z.ZodMiniType>();
 
   for (const { name, omit } of markers) {
     it(`lists exactly the fields of ${name}`, () => {
-      const schema = resolve(name) as z.ZodObject;
+      const schema = resolve(name) as z.ZodMiniObject;
       const keys = Object.keys(schema.shape);
       for (const k of omit) assert.ok(keys.includes(k), `${name} has no field ${k} to omit`);
       const { header, rows } = tableAfter(`fields: ${name}${omit.length ? ` omit=${omit.join(",")}` : ""}`);
@@ -303,9 +308,9 @@ describe("docs/PROTOCOL.md message fields", () => {
   }
 
   it("documents every request op", () => {
-    for (const option of Request.options) {
-      const shape = option.shape as Record<string, z.ZodType>;
-      const op = (shape["op"] as z.ZodLiteral<string>).value;
+    for (const option of Request.def.options) {
+      const shape = option.shape as Record<string, z.ZodMiniType>;
+      const op = (shape["op"] as z.ZodMiniLiteral<string>).def.values[0];
       assert.ok(doc.includes(`\`${op}\` —`), `no section for op ${op}`);
       const own = Object.keys(shape).filter((k) => !["t", "id", "op"].includes(k));
       if (own.length > 0) {

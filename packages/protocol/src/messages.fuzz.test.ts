@@ -7,7 +7,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import type { z } from "zod";
+import type * as z from "zod/mini";
 import { ERROR_CODES } from "./errors.js";
 import { AgentHello, AgentToHost, HostHello, HostToAgent, Results, SIGNALS, encodeControl, parseControl, type Op } from "./messages.js";
 
@@ -120,7 +120,7 @@ const hostHello = fc.constant({ t: "hello", version: 1 });
 
 interface Case {
   name: string;
-  schema: z.ZodType;
+  schema: z.ZodMiniType;
   valid: fc.Arbitrary<object>;
 }
 const cases: Case[] = [
@@ -134,7 +134,7 @@ const cases: Case[] = [
 const encode = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
 
 /** parseControl either accepts (and the value still validates after a JSON round trip) or throws the bounded error. */
-function acceptOrReject(schema: z.ZodType, payload: Uint8Array): "accepted" | "rejected" {
+function acceptOrReject(schema: z.ZodMiniType, payload: Uint8Array): "accepted" | "rejected" {
   let value: unknown;
   try {
     value = parseControl(schema, payload);

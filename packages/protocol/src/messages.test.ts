@@ -1,6 +1,6 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import type { z } from "zod";
+import type * as z from "zod/mini";
 import {
   AgentErrorBody,
   AgentHello,
@@ -25,7 +25,7 @@ import {
 } from "./messages.js";
 import { ERROR_CODES } from "./errors.js";
 
-const ok = (schema: z.ZodType, value: unknown): boolean => schema.safeParse(value).success;
+const ok = (schema: z.ZodMiniType, value: unknown): boolean => schema.safeParse(value).success;
 
 const exec = {
   t: "req",

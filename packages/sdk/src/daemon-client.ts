@@ -293,7 +293,7 @@ export class DaemonClient implements EngineApi {
     return send(this.#target, { ...call, scope });
   }
 
-  async #json<T>(op: string, options: CallOptions | undefined, call: Omit<HttpCall, "scope">, schema: z.ZodType, prompt = true): Promise<T> {
+  async #json<T>(op: string, options: CallOptions | undefined, call: Omit<HttpCall, "scope">, schema: z.core.$ZodType, prompt = true): Promise<T> {
     const scope = this.#open(op, options, prompt);
     try {
       return await expectJson<T>(await this.#send(scope, call), scope, schema, this.#maxJsonBytes);
@@ -320,7 +320,7 @@ export class DaemonClient implements EngineApi {
     op: string,
     options: CallOptions & { onProgress?: (event: ProgressEvent) => void },
     call: Omit<HttpCall, "scope">,
-    schema: z.ZodType,
+    schema: z.core.$ZodType,
     pick: (line: unknown) => T,
   ): Promise<T> {
     const scope = this.#open(op, options, false);

@@ -3,7 +3,7 @@
  * JSON answers, and typed errors mapped to HTTP statuses.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { z } from "zod";
+import { z } from "zod";
 import {
   InvalidArgumentError,
   MAX_API_JSON_BYTES,
@@ -106,8 +106,8 @@ export async function readJson<S extends z.ZodType>(req: IncomingMessage, schema
 }
 
 /** Validates `value`, throwing InvalidArgumentError naming the first offending field. */
-export function check<S extends z.ZodType>(schema: S, value: unknown, what: string): z.infer<S> {
-  const r = schema.safeParse(value);
+export function check<S extends z.core.$ZodType>(schema: S, value: unknown, what: string): z.infer<S> {
+  const r = z.safeParse(schema, value);
   if (r.success) return r.data;
   const issue = r.error.issues[0];
   const where = issue && issue.path.length > 0 ? ` field "${issue.path.join(".")}"` : "";

@@ -2,7 +2,7 @@
  * Reading daemon answers: whole bodies with a byte cap, NDJSON lines with a line cap, JSON that
  * must be UTF-8 and match a strict schema, and error bodies rebuilt into typed errors.
  */
-import type { z } from "zod";
+import { z } from "zod";
 import { ApiErrorBody, TransportError, fromWire, type MvmError, type WireError } from "@mvm/protocol";
 import type { CallScope } from "./call-scope.js";
 import { release, type Exchange } from "./http.js";
@@ -49,8 +49,8 @@ export function parseJson(bytes: Uint8Array, scope: CallScope): unknown {
  * Validates a value from the daemon. The parsed value is returned as `T`: JSON never holds
  * `undefined`, so zod's `field?: X | undefined` and the API's `field?: X` describe the same data.
  */
-export function validate<T>(schema: z.ZodType, value: unknown, scope: CallScope): T {
-  const r = schema.safeParse(value);
+export function validate<T>(schema: z.core.$ZodType, value: unknown, scope: CallScope): T {
+  const r = z.safeParse(schema, value);
   if (r.success) return r.data as T;
   const issue = r.error.issues[0];
   const where = issue && issue.path.length > 0 ? ` at "${issue.path.join(".").slice(0, 128)}"` : "";
@@ -74,7 +74,7 @@ export async function errorFrom(ex: Exchange, scope: CallScope, maxBytes: number
 }
 
 /** Reads, parses and validates a JSON answer, or throws the error it carries. */
-export async function expectJson<T>(ex: Exchange, scope: CallScope, schema: z.ZodType, maxBytes: number): Promise<T> {
+export async function expectJson<T>(ex: Exchange, scope: CallScope, schema: z.core.$ZodType, maxBytes: number): Promise<T> {
   if (!isSuccess(ex)) throw await errorFrom(ex, scope, maxBytes);
   return validate<T>(schema, parseJson(await readBody(ex, scope, maxBytes), scope), scope);
 }

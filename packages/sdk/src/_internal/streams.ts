@@ -58,7 +58,7 @@ export async function followExec(
 export async function readProgressStream<T>(
   lines: AsyncGenerator<unknown, void, undefined>,
   scope: CallScope,
-  schema: z.ZodType,
+  schema: z.core.$ZodType,
   onProgress: ((event: ProgressEvent) => void) | undefined,
   pick: (line: unknown) => T,
 ): Promise<T> {
