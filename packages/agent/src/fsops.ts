@@ -47,38 +47,52 @@ async function guard<T>(work: Promise<T>, action: string, path: string): Promise
 export async function listDir(req: RequestOf<"listDir">): Promise<ResultOf<"listDir">> {
   assertSandboxPath(req.path);
   const dir = await guard(opendir(req.path, { bufferSize: STAT_BATCH }), "Cannot list", req.path);
-  const entries: FileInfo[] = [];
-  let budget = MAX_CONTROL_PAYLOAD - LIST_OVERHEAD_BYTES;
-  let truncated = false;
+  const after = req.after === undefined ? undefined : Buffer.from(req.after);
+  const names: Buffer[] = [];
   try {
     for (;;) {
-      const batch: Dirent[] = [];
-      while (batch.length < STAT_BATCH) {
-        const d = await dir.read();
-        if (!d) break;
-        batch.push(d);
-      }
-      if (batch.length === 0) break;
-      const infos = await Promise.all(batch.map((d) => statEntry(req.path, d.name)));
-      for (const info of infos) {
-        if (!info) continue;
-        const size = Buffer.byteLength(JSON.stringify(info)) + 1;
-        if (entries.length >= MAX_DIR_ENTRIES || size > budget) {
-          truncated = true;
-          break;
-        }
-        budget -= size;
-        entries.push(info);
-      }
-      if (truncated) break;
+      const d = await dir.read();
+      if (!d) break;
+      const name = Buffer.from(d.name);
+      if (after && Buffer.compare(name, after) <= 0) continue;
+      if (names.length >= MAX_NAMES_SCANNED) throw tooManyEntries(req.path);
+      names.push(name);
     }
   } catch (err) {
     throw err instanceof MvmError ? err : fsError(err, "Cannot list", req.path);
   } finally {
     await dir.close().catch(() => undefined);
   }
-  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  return { entries, truncated };
+  names.sort(Buffer.compare);
+  const entries: FileInfo[] = [];
+  let budget = MAX_CONTROL_PAYLOAD - LIST_OVERHEAD_BYTES;
+  let next = 0;
+  while (next < names.length) {
+    const batch = names.slice(next, next + STAT_BATCH).map((n) => n.toString());
+    const infos = await Promise.all(batch.map((name) => statEntry(req.path, name)));
+    let full = false;
+    for (const info of infos) {
+      if (info) {
+        const size = Buffer.byteLength(JSON.stringify(info)) + 1;
+        if (entries.length >= MAX_DIR_ENTRIES || size > budget) {
+          full = true;
+          break;
+        }
+        budget -= size;
+        entries.push(info);
+      }
+      next += 1;
+    }
+    if (full) break;
+  }
+  return { entries, truncated: next < names.length };
+}
+
+/** Most names one listDir scans; past it the directory is refused rather than held in memory. */
+const MAX_NAMES_SCANNED = 1_000_000;
+
+function tooManyEntries(path: string): MvmError {
+  return new InvalidArgumentError(`Cannot list "${path}": more than ${MAX_NAMES_SCANNED} entries`);
 }
 
 /** lstat of one directory entry; undefined if it vanished meanwhile. */

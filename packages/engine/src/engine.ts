@@ -9,6 +9,7 @@ import {
   CreateSandboxRequest,
   ExecApiRequest,
   InvalidArgumentError,
+  MAX_DIR_ENTRIES,
   NotFoundError,
   TransportError,
   UnsupportedCapabilityError,
@@ -297,8 +298,21 @@ export class Engine implements EngineApi {
     return this.#get(id).writeFile(checkPath(path), data, { ...options, mode, createParents: options.createParents ?? true });
   }
 
+  /** Pages through the directory (the agent answers in pages that fit one control message). */
   async listDir(id: string, path: string, options: CallOptions = {}): Promise<DirListingResult> {
-    return this.#get(id).call("listDir", { path: checkPath(path) }, options);
+    const sandbox = this.#get(id);
+    const dir = checkPath(path);
+    const entries: FileInfo[] = [];
+    for (;;) {
+      const last = entries.at(-1);
+      const page = await sandbox.call("listDir", last ? { path: dir, after: last.name } : { path: dir }, options);
+      if (last && page.entries.some((e) => Buffer.compare(Buffer.from(e.name), Buffer.from(last.name)) <= 0)) {
+        throw new TransportError(`Agent of "${id}" answered listDir out of order`);
+      }
+      entries.push(...page.entries);
+      if (!page.truncated || page.entries.length === 0) return { entries, truncated: page.truncated };
+      if (entries.length >= MAX_DIR_ENTRIES) return { entries: entries.slice(0, MAX_DIR_ENTRIES), truncated: true };
+    }
   }
   async stat(id: string, path: string, options: CallOptions = {}): Promise<FileInfo> {
     return this.#get(id).call("stat", { path: checkPath(path) }, options);

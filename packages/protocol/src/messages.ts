@@ -107,7 +107,11 @@ export const WriteFileRequest = req("writeFile", {
   mode: z.int().check(z.minimum(0), z.maximum(0o777)),
   createParents: z.boolean(),
 });
-export const ListDirRequest = req("listDir", { path: SandboxPath });
+export const ListDirRequest = req("listDir", {
+  path: SandboxPath,
+  /** Cursor: only entries whose name sorts after this one (UTF-8 byte order). */
+  after: z.optional(z.string().check(z.maxLength(4096))),
+});
 export const StatRequest = req("stat", { path: SandboxPath });
 export const MkdirRequest = req("mkdir", { path: SandboxPath, recursive: z.boolean() });
 export const RemoveRequest = req("remove", { path: SandboxPath, recursive: z.boolean() });

@@ -142,6 +142,16 @@ export function lifecycleSuite(backend: BackendName): void {
       await assert.rejects(t.engine.stat(id, "/work/dir"), NotFoundError);
     });
 
+    test("files: a directory larger than one answer is listed whole, sorted", async () => {
+      await run(t.engine, id, ["python3", "-c", "import os\nos.makedirs('/work/many')\nfor i in range(3000): open('/work/many/entry-%05d-with-a-longish-name' % i, 'w').close()"]);
+      const list = await t.engine.listDir(id, "/work/many");
+      assert.equal(list.truncated, false);
+      assert.equal(list.entries.length, 3000);
+      assert.equal(list.entries[0]!.name, "entry-00000-with-a-longish-name");
+      assert.equal(list.entries[2999]!.name, "entry-02999-with-a-longish-name");
+      await t.engine.remove(id, "/work/many", true);
+    });
+
     test("files: a 64 MiB file round-trips intact", async () => {
       const size = 64 * 1024 * 1024;
       const hashIn = createHash("sha256");
