@@ -1,0 +1,112 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { agentRuntimeCommand } from "../../runtime/agent-runtime.js";
+import { bwrapArgs, launchArgv } from "./bwrap-args.js";
+
+const isRoot = process.getuid?.() === 0;
+
+const base = { rootfsDir: "/images/abc", agentDir: "/runtime/def", workMiB: 64, tmpMiB: 8, seccompFd: 3 };
+
+/** The value following `flag` (first occurrence after `from`). */
+function after(args: string[], flag: string, from = 0): string | undefined {
+  const i = args.indexOf(flag, from);
+  return i < 0 ? undefined : args[i + 1];
+}
+
+test("bwrapArgs isolates every namespace, drops capabilities and disables nested user namespaces", () => {
+  const args = bwrapArgs(base);
+  for (const flag of ["--unshare-all", "--unshare-user", "--unshare-cgroup", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv"]) {
+    assert.ok(args.includes(flag), flag);
+  }
+  assert.equal(after(args, "--cap-drop"), "ALL");
+  assert.equal(after(args, "--hostname"), "sandbox");
+  assert.equal(after(args, "--uid"), "1000");
+  assert.equal(after(args, "--gid"), "1000");
+  assert.equal(after(args, "--chdir"), "/work");
+  assert.equal(after(args, "--seccomp"), "3");
+  assert.equal(args.includes("--json-status-fd"), false);
+  assert.equal(after(bwrapArgs({ ...base, statusFd: 4 }), "--json-status-fd"), "4");
+});
+
+test("bwrapArgs mounts the image read-only as /, then /proc, /dev, capped tmpfs and the runtime", () => {
+  const args = bwrapArgs(base);
+  const root = args.indexOf("--ro-bind");
+  assert.deepEqual(args.slice(root, root + 3), ["--ro-bind", "/images/abc", "/"]);
+  assert.ok(args.indexOf("--proc") > root && args.indexOf("--dev") > root, "root first");
+  assert.equal(after(args, "--proc"), "/proc");
+  assert.equal(after(args, "--dev"), "/dev");
+  const work = args.indexOf("/work", args.indexOf("--tmpfs"));
+  assert.deepEqual(args.slice(work - 3, work + 1), ["--size", String(64 * 1024 * 1024), "--tmpfs", "/work"]);
+  const tmp = args.lastIndexOf("/tmp");
+  assert.deepEqual(args.slice(tmp - 3, tmp + 1), ["--size", String(8 * 1024 * 1024), "--tmpfs", "/tmp"]);
+  const runtime = args.indexOf("--ro-bind", root + 1);
+  assert.deepEqual(args.slice(runtime, runtime + 3), ["--ro-bind", "/runtime/def", "/.mvm"]);
+  assert.equal(args.filter((a) => a === "--bind" || a === "--dev-bind").length, 0, "no writable host mounts");
+});
+
+test("bwrapArgs ends with -- and the agent command (or the given one)", () => {
+  const args = bwrapArgs(base);
+  const sep = args.indexOf("--");
+  assert.deepEqual(args.slice(sep + 1), [...agentRuntimeCommand()]);
+  const custom = bwrapArgs({ ...base, command: ["/bin/sh", "-c", "--uid 0"] });
+  assert.deepEqual(custom.slice(custom.indexOf("--") + 1), ["/bin/sh", "-c", "--uid 0"]);
+});
+
+test("launchArgv puts setpriv before bwrap only when a user switch is asked for", () => {
+  const plain = launchArgv({ procsFiles: ["/cg/a/cgroup.procs"], bwrapPath: "/usr/bin/bwrap", bwrapArgs: ["--x"] });
+  assert.deepEqual(plain.slice(0, 2), ["/bin/sh", "-c"]);
+  assert.deepEqual(plain.slice(3), ["mvm-prelude", "1", "/cg/a/cgroup.procs", "/usr/bin/bwrap", "--x"]);
+  const switched = launchArgv({
+    procsFiles: [],
+    bwrapPath: "/usr/bin/bwrap",
+    bwrapArgs: ["--x"],
+    switchUser: { uid: 0x7000_0001, setprivPath: "/usr/bin/setpriv" },
+  });
+  assert.deepEqual(switched.slice(3), [
+    "mvm-prelude", "0",
+    "/usr/bin/setpriv", "--reuid=1879048193", "--regid=1879048193", "--clear-groups", "--inh-caps=-all",
+    "/usr/bin/bwrap", "--x",
+  ]);
+});
+
+async function runPrelude(argv: string[]): Promise<{ code: number | null; pid: number; out: string }> {
+  const child = spawn(argv[0] ?? "", argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout.setEncoding("utf8").on("data", (s: string) => (out += s));
+  child.stderr.setEncoding("utf8").on("data", (s: string) => (out += s));
+  const [code] = (await once(child, "close")) as [number | null];
+  return { code, pid: child.pid ?? 0, out };
+}
+
+test("the prelude sets a hard core limit of 0, joins each cgroup.procs file with its own pid, then execs", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "mvm-prelude-"));
+  try {
+    const files = [join(dir, "a.procs"), join(dir, "b.procs")];
+    for (const f of files) await writeFile(f, "");
+    const probe = 'echo "pid $$ hard $(ulimit -H -c) soft $(ulimit -S -c) uid $(id -u)"';
+    const r = await runPrelude(launchArgv({ procsFiles: files, bwrapPath: "/bin/sh", bwrapArgs: ["-c", probe] }));
+    assert.equal(r.code, 0, r.out);
+    assert.equal(r.out.trim(), `pid ${r.pid} hard 0 soft 0 uid ${process.getuid?.()}`);
+    for (const f of files) assert.equal(await readFile(f, "utf8"), `${r.pid}\n`);
+
+    const failing = await runPrelude(launchArgv({ procsFiles: [join(dir, "missing", "cgroup.procs")], bwrapPath: "/bin/echo", bwrapArgs: ["ran"] }));
+    assert.notEqual(failing.code, 0);
+    assert.doesNotMatch(failing.out, /ran/, "a failed cgroup join must stop the launch");
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("the prelude switches to the sandbox uid through setpriv", { skip: !isRoot && "needs root" }, async () => {
+  const uid = 0x6f20_0000 + (process.pid % 1000);
+  const r = await runPrelude(
+    launchArgv({ procsFiles: [], bwrapPath: "/bin/sh", bwrapArgs: ["-c", "id -u; id -g; id -G; grep CapEff /proc/self/status"], switchUser: { uid, setprivPath: "/usr/bin/setpriv" } }),
+  );
+  assert.equal(r.code, 0, r.out);
+  assert.deepEqual(r.out.trim().split("\n"), [String(uid), String(uid), String(uid), "CapEff:\t0000000000000000"]);
+});

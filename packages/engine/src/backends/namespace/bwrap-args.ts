@@ -1,0 +1,109 @@
+/**
+ * The command lines that start a namespace sandbox: bubblewrap's arguments, and the /bin/sh
+ * prelude that runs before it (still as the engine's user) to set the core-dump limit, put itself
+ * into the sandbox's cgroups and, as root, switch to the sandbox's own host uid.
+ */
+import { AGENT_MOUNT_POINT, agentRuntimeCommand } from "../../runtime/agent-runtime.js";
+
+/** uid and gid of the sandbox user inside the sandbox. */
+export const SANDBOX_UID = 1000;
+export const SANDBOX_GID = 1000;
+export const SANDBOX_HOSTNAME = "sandbox";
+/** Mount points the image's root filesystem must provide (bwrap cannot create them in a read-only root). */
+export const REQUIRED_MOUNT_POINTS = ["proc", "dev", "work", "tmp", AGENT_MOUNT_POINT.slice(1)] as const;
+
+export interface BwrapArgsOptions {
+  /** Host directory mounted read-only as /. */
+  readonly rootfsDir: string;
+  /** Host directory of the agent runtime, mounted read-only at /.mvm. */
+  readonly agentDir: string;
+  /** Size cap of the /work tmpfs, MiB. */
+  readonly workMiB: number;
+  /** Size cap of the /tmp tmpfs, MiB. */
+  readonly tmpMiB: number;
+  /** The fd (in bwrap) from which it reads the seccomp program. */
+  readonly seccompFd: number;
+  /** The fd (in bwrap) to which it writes its JSON status ({"child-pid": N, ...}). */
+  readonly statusFd?: number;
+  /** What runs inside. @default agentRuntimeCommand() */
+  readonly command?: readonly string[];
+}
+
+const MiB = 1024 * 1024;
+
+/**
+ * bubblewrap's argv (without the program name): new user, mount, pid, ipc, uts, net (loopback
+ * only) and cgroup namespaces, no nested user namespaces, no capabilities, a read-only root,
+ * private /proc and /dev, size-capped tmpfs /work and /tmp, the agent runtime at /.mvm, uid and
+ * gid 1000, an empty environment, a new session, and the seccomp filter.
+ */
+export function bwrapArgs(options: BwrapArgsOptions): string[] {
+  const args = [
+    "--unshare-all",
+    "--unshare-user",
+    "--unshare-cgroup",
+    "--disable-userns",
+    "--cap-drop", "ALL",
+    "--die-with-parent",
+    "--new-session",
+    "--clearenv",
+    "--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "--hostname", SANDBOX_HOSTNAME,
+    "--ro-bind", options.rootfsDir, "/",
+    "--proc", "/proc",
+    "--dev", "/dev",
+    "--size", String(options.workMiB * MiB), "--tmpfs", "/work",
+    "--size", String(options.tmpMiB * MiB), "--tmpfs", "/tmp",
+    "--ro-bind", options.agentDir, AGENT_MOUNT_POINT,
+    "--chdir", "/work",
+    "--uid", String(SANDBOX_UID),
+    "--gid", String(SANDBOX_GID),
+  ];
+  if (options.statusFd !== undefined) args.push("--json-status-fd", String(options.statusFd));
+  args.push("--seccomp", String(options.seccompFd), "--", ...(options.command ?? agentRuntimeCommand()));
+  return args;
+}
+
+/**
+ * The prelude: sets a hard RLIMIT_CORE of 0, writes its own pid into each cgroup.procs file (so
+ * bwrap and everything it starts are inside the sandbox's cgroups from the first instruction),
+ * then execs the rest of its arguments.
+ */
+export const PRELUDE_SCRIPT = [
+  "set -eu",
+  "ulimit -S -c 0",
+  "ulimit -H -c 0",
+  'n="$1"',
+  "shift",
+  'while [ "$n" -gt 0 ]; do echo "$$" > "$1"; shift; n=$((n - 1)); done',
+  'exec "$@"',
+].join("\n");
+
+export interface PreludeOptions {
+  readonly shell?: string;
+  /** cgroup.procs files to join. */
+  readonly procsFiles: readonly string[];
+  readonly bwrapPath: string;
+  readonly bwrapArgs: readonly string[];
+  /** When set (engine runs as root), bwrap runs as this host uid and gid through setpriv. */
+  readonly switchUser?: { readonly uid: number; readonly setprivPath: string };
+}
+
+/** The full argv (program first) that starts a sandbox. */
+export function launchArgv(options: PreludeOptions): string[] {
+  const user = options.switchUser;
+  const privilegeDrop = user
+    ? [user.setprivPath, `--reuid=${user.uid}`, `--regid=${user.uid}`, "--clear-groups", "--inh-caps=-all"]
+    : [];
+  return [
+    options.shell ?? "/bin/sh",
+    "-c",
+    PRELUDE_SCRIPT,
+    "mvm-prelude",
+    String(options.procsFiles.length),
+    ...options.procsFiles,
+    ...privilegeDrop,
+    options.bwrapPath,
+    ...options.bwrapArgs,
+  ];
+}

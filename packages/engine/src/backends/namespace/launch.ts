@@ -1,0 +1,261 @@
+/**
+ * Starting one namespace sandbox: checks, cgroups, uid, the prelude and bubblewrap, and the wait
+ * for bubblewrap to report its child. Every failure releases what was set up so far.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { lstat, open, stat, writeFile } from "node:fs/promises";
+import { dirname, isAbsolute, join } from "node:path";
+import type { Readable } from "node:stream";
+import { z } from "zod";
+import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, Resources, SandboxIdSchema, UnsupportedCapabilityError } from "@mvm/protocol";
+import { readProcStartTime, readProcStartTimeSync } from "../../_internal/proc.js";
+import { LOADER_NAME } from "../../runtime/shared-libs.js";
+import type { LaunchSpec } from "../types.js";
+import { CappedLog } from "./agent-log.js";
+import { REQUIRED_MOUNT_POINTS, bwrapArgs, launchArgv } from "./bwrap-args.js";
+import type { CgroupSupport } from "./cgroups.js";
+import { type ExitStatus, NamespaceSandbox, TEARDOWN_STEP_MS, settlesWithin, stopSandbox } from "./launched-sandbox.js";
+import { ReapExtra } from "./reap.js";
+import { SandboxCgroups } from "./sandbox-cgroups.js";
+import { sandboxSeccompProgram } from "./seccomp.js";
+import type { SandboxUidAllocator } from "./uid.js";
+
+/** What the backend found on the host, resolved once. */
+export interface HostSetup {
+  readonly isRoot: boolean;
+  readonly bwrapPath: string | undefined;
+  readonly setprivPath: string | undefined;
+  readonly cgroups: CgroupSupport;
+}
+
+/** fds of the extra pipes in the prelude (and bwrap). */
+const SECCOMP_FD = 3;
+const STATUS_FD = 4;
+const MAX_STATUS_LINE = 4096;
+const MAX_CAP_MIB = 1024 * 1024;
+
+const BwrapStatus = z.object({ "child-pid": z.number().int().min(1) });
+
+function aborted(spec: LaunchSpec, signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new AbortedError(`Launch of sandbox "${spec.sandboxId}" was aborted`, { cause: signal.reason });
+}
+
+function validateSpec(spec: LaunchSpec): void {
+  if (!SandboxIdSchema.safeParse(spec.sandboxId).success) throw new InvalidArgumentError(`Invalid sandbox id "${spec.sandboxId}"`);
+  for (const key of ["rootfsDir", "agentDir", "stateDir", "agentLogPath"] as const) {
+    if (!isAbsolute(spec[key])) throw new InvalidArgumentError(`Invalid ${key} "${spec[key]}": must be an absolute path`);
+  }
+  for (const key of ["workMiB", "tmpMiB"] as const) {
+    if (!Number.isInteger(spec[key]) || spec[key] < 1 || spec[key] > MAX_CAP_MIB) {
+      throw new InvalidArgumentError(`Invalid ${key} ${spec[key]}: must be an integer from 1 to ${MAX_CAP_MIB}`);
+    }
+  }
+  const resources = Resources.safeParse(spec.resources);
+  if (!resources.success) throw new InvalidArgumentError(`Invalid resources ${JSON.stringify(spec.resources)}`, { cause: resources.error });
+}
+
+/** Every directory from `path` up to / must let other users through: bwrap runs as a sandbox uid. */
+async function checkReachable(spec: LaunchSpec, path: string): Promise<void> {
+  for (let dir = path; ; dir = dirname(dir)) {
+    const mode = (await stat(dir)).mode;
+    if ((mode & 0o001) === 0) {
+      throw new AdmissionError(
+        `Cannot start sandbox "${spec.sandboxId}": "${dir}" (mode ${(mode & 0o777).toString(8)}) is not searchable by the sandbox's uid`,
+        { hint: `make "${dir}" searchable by other users (chmod o+x), or keep images and the agent runtime elsewhere` },
+      );
+    }
+    if (dir === "/") return;
+  }
+}
+
+async function checkImage(spec: LaunchSpec, isRoot: boolean): Promise<void> {
+  for (const name of REQUIRED_MOUNT_POINTS) {
+    const path = join(spec.rootfsDir, name);
+    const st = await lstat(path).catch(() => undefined);
+    if (st === undefined || !st.isDirectory()) {
+      throw new AdmissionError(`Cannot start sandbox "${spec.sandboxId}": the image has no directory "/${name}"`, {
+        hint: "the image's root filesystem must provide /proc, /dev, /work, /tmp and /.mvm as directories",
+      });
+    }
+  }
+  const loader = await lstat(join(spec.agentDir, "bin", LOADER_NAME)).catch(() => undefined);
+  if (loader === undefined || !loader.isFile()) {
+    throw new AdmissionError(`Cannot start sandbox "${spec.sandboxId}": "${spec.agentDir}" is not an agent runtime`);
+  }
+  if (isRoot) {
+    await checkReachable(spec, spec.rootfsDir);
+    await checkReachable(spec, spec.agentDir);
+  }
+}
+
+function parseStatusLine(line: string): number | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+  const parsed = BwrapStatus.safeParse(value);
+  return parsed.success ? parsed.data["child-pid"] : undefined;
+}
+
+/** Resolves with the pid bubblewrap reports for its child; rejects when the status pipe closes first. */
+function readInitPid(stream: Readable, signal: AbortSignal | undefined): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let buffered = "";
+    let settled = false;
+    const finish = (action: () => void): void => {
+      if (settled) return;
+      settled = true;
+      stream.off("data", onData);
+      stream.off("end", onEnd);
+      stream.off("close", onEnd);
+      stream.off("error", onEnd);
+      signal?.removeEventListener("abort", onAbort);
+      stream.resume(); // later status lines are not needed
+      action();
+    };
+    const onData = (chunk: Buffer): void => {
+      buffered += chunk.toString("utf8");
+      const newline = buffered.indexOf("\n");
+      if (newline < 0) {
+        if (buffered.length > MAX_STATUS_LINE) finish(() => reject(new Error("bubblewrap's status line is too long")));
+        return;
+      }
+      const pid = parseStatusLine(buffered.slice(0, newline));
+      finish(() => (pid !== undefined ? resolve(pid) : reject(new Error(`unexpected bubblewrap status ${JSON.stringify(buffered.slice(0, 200))}`))));
+    };
+    const onEnd = (): void => finish(() => reject(new Error("bubblewrap exited before starting the sandbox")));
+    const onAbort = (): void => finish(() => reject(signal?.reason ?? new Error("aborted")));
+    if (signal?.aborted) {
+      onAbort();
+      return;
+    }
+    stream.on("data", onData);
+    stream.once("end", onEnd);
+    stream.once("close", onEnd);
+    stream.once("error", onEnd);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+function whenSpawned(child: ChildProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    child.once("spawn", resolve);
+    child.once("error", reject);
+  });
+}
+
+/** Starts the sandbox described by `spec`; see NamespaceBackend.launch. */
+export async function launchNamespaceSandbox(
+  spec: LaunchSpec,
+  host: HostSetup,
+  uids: SandboxUidAllocator,
+  signal: AbortSignal | undefined,
+): Promise<NamespaceSandbox> {
+  aborted(spec, signal);
+  validateSpec(spec);
+  const bwrapPath = host.bwrapPath;
+  if (bwrapPath === undefined) {
+    throw new UnsupportedCapabilityError("The namespace backend needs bubblewrap, which was not found", { hint: "install bubblewrap 0.8 or newer" });
+  }
+  if (host.isRoot && host.setprivPath === undefined) {
+    throw new UnsupportedCapabilityError("The namespace backend needs setpriv when the engine runs as root, which was not found", { hint: "install util-linux" });
+  }
+  await checkImage(spec, host.isRoot);
+  aborted(spec, signal);
+
+  const cgroups = await SandboxCgroups.create(host.cgroups, spec.sandboxId, spec.resources);
+  let uid: number | undefined;
+  let log: CappedLog | undefined;
+  let child: ChildProcess | undefined;
+  let exited: Promise<ExitStatus> | undefined;
+  let spawned: Promise<void> = Promise.resolve();
+  let initPidReport: Promise<number> = Promise.reject(new Error("bubblewrap was not started"));
+  initPidReport.catch(() => undefined);
+  let pidStartTime = "";
+  try {
+    uid = host.isRoot ? await uids.allocate() : undefined;
+    aborted(spec, signal);
+    log = await CappedLog.open(spec.agentLogPath);
+    const seccompPath = join(spec.stateDir, "seccomp.bpf");
+    await writeFile(seccompPath, sandboxSeccompProgram(), { mode: 0o600 });
+    const seccompFile = await open(seccompPath, "r");
+    try {
+      const argv = launchArgv({
+        procsFiles: cgroups.procsFiles,
+        bwrapPath,
+        bwrapArgs: bwrapArgs({ ...spec, seccompFd: SECCOMP_FD, statusFd: STATUS_FD }),
+        ...(uid !== undefined && host.setprivPath !== undefined ? { switchUser: { uid, setprivPath: host.setprivPath } } : {}),
+      });
+      child = spawn(argv[0] ?? "/bin/sh", argv.slice(1), {
+        stdio: ["pipe", "pipe", "pipe", seccompFile.fd, "pipe"],
+        detached: true,
+        env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
+      });
+      // Everything that listens to the child starts before the first await: "spawn" fires on
+      // the next tick, and a short-lived child can exit and close its pipes soon after.
+      const proc = child;
+      spawned = whenSpawned(proc);
+      exited = new Promise((resolve) => proc.once("exit", (code, sig) => resolve({ code, signal: sig })));
+      if (proc.stderr) log.follow(proc.stderr);
+      initPidReport = readInitPid(proc.stdio[STATUS_FD] as Readable, signal);
+      initPidReport.catch(() => undefined);
+      pidStartTime = readProcStartTimeSync(proc.pid ?? 0) ?? "";
+    } finally {
+      await seccompFile.close();
+    }
+    const proc = child;
+    await spawned;
+    const pid = proc.pid ?? 0;
+
+    let initPid: number;
+    try {
+      initPid = await initPidReport;
+    } catch (err) {
+      aborted(spec, signal);
+      const code = (await settlesWithin(exited, TEARDOWN_STEP_MS)) ? String((await exited).code) : "unknown";
+      await log.close(1_000);
+      const said = log.headText().trim().slice(0, 600);
+      throw new AdmissionError(
+        `Cannot start sandbox "${spec.sandboxId}": bubblewrap exited (code ${code})${said ? `: ${JSON.stringify(said)}` : ""}`,
+        { cause: err, hint: "run `mvmctl doctor` to check the host" },
+      );
+    }
+    const initStartTime = (await readProcStartTime(initPid)) ?? "";
+    const sandboxUid = uid;
+    return new NamespaceSandbox({
+      sandboxId: spec.sandboxId,
+      child: proc,
+      exited,
+      cgroups,
+      log,
+      init: initStartTime === "" ? undefined : { pid: initPid, startTime: initStartTime },
+      reapRecord: {
+        backend: "namespace",
+        pid,
+        pidStartTime,
+        cgroups: cgroups.dirs,
+        extra: {
+          ...(sandboxUid !== undefined ? { [ReapExtra.hostUid]: String(sandboxUid) } : {}),
+          [ReapExtra.initPid]: String(initPid),
+          [ReapExtra.initStartTime]: initStartTime,
+        },
+      },
+      release: () => {
+        if (sandboxUid !== undefined) uids.release(sandboxUid);
+      },
+    });
+  } catch (err) {
+    if (child !== undefined && exited !== undefined) {
+      await stopSandbox({ sandboxId: spec.sandboxId, child, exited, cgroups, init: undefined }).catch(() => undefined);
+    } else {
+      await cgroups.remove(2_000).catch(() => undefined);
+    }
+    await log?.close(1_000);
+    if (uid !== undefined) uids.release(uid);
+    if (err instanceof MvmError) throw err;
+    if (signal?.aborted) throw new AbortedError(`Launch of sandbox "${spec.sandboxId}" was aborted`, { cause: signal.reason });
+    throw new AdmissionError(`Cannot start sandbox "${spec.sandboxId}": ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+}

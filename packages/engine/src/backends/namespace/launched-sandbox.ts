@@ -1,0 +1,131 @@
+/**
+ * A running namespace sandbox as the engine sees it: the agent channel, the exit of bubblewrap,
+ * the OOM counter, and teardown.
+ */
+import type { ChildProcess } from "node:child_process";
+import { Duplex } from "node:stream";
+import { CleanupError } from "@mvm/protocol";
+import { isSameLiveProcess, sendSignal } from "../../_internal/proc.js";
+import type { LaunchedSandbox, ReapRecord } from "../types.js";
+import type { CappedLog } from "./agent-log.js";
+import type { SandboxCgroups } from "./sandbox-cgroups.js";
+
+export type ExitStatus = { code: number | null; signal: NodeJS.Signals | null };
+
+/** How long each teardown step may take before destroy reports a cleanup failure, ms. */
+export const TEARDOWN_STEP_MS = 5_000;
+
+export interface SandboxParts {
+  readonly sandboxId: string;
+  /** The prelude process: /bin/sh, then setpriv, then the outer bubblewrap (same pid, own process group). */
+  readonly child: ChildProcess;
+  readonly exited: Promise<ExitStatus>;
+  readonly cgroups: SandboxCgroups;
+  readonly log: CappedLog;
+  readonly reapRecord: ReapRecord;
+  /** bubblewrap's child: pid 1 of the sandbox's pid namespace. */
+  readonly init: { readonly pid: number; readonly startTime: string } | undefined;
+  /** Called once after teardown (returns the sandbox uid to the pool). */
+  readonly release: () => void;
+}
+
+/** True until node has reaped the child (after that its pid and process group id may be reused). */
+function notReaped(child: ChildProcess): boolean {
+  return child.exitCode === null && child.signalCode === null;
+}
+
+/** True when `promise` settles within `ms` milliseconds. */
+export async function settlesWithin<T>(promise: Promise<T>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true as const), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Stops everything of a sandbox the engine spawned. First SIGKILL to the sandbox's pid 1: the
+ * kernel kills and reaps the rest of the pid namespace before bubblewrap sees its child exit, so
+ * once bubblewrap has exited (and the engine has reaped it) nothing of the sandbox runs and no
+ * zombie is left to the host's init. Then SIGKILL through the cgroups for anything else, and to
+ * the prelude's process group if bubblewrap does not exit. Resolves once the cgroups are empty
+ * and removed; throws CleanupError listing what failed.
+ */
+export async function stopSandbox(parts: Omit<SandboxParts, "log" | "release" | "reapRecord">): Promise<void> {
+  const failures: unknown[] = [];
+  const attempt = async (step: () => Promise<unknown>): Promise<void> => {
+    try {
+      await step();
+    } catch (err) {
+      failures.push(err);
+    }
+  };
+  const { child, cgroups, init } = parts;
+  // No pid: the spawn itself failed, so there is no process to stop.
+  if (notReaped(child) && child.pid !== undefined) {
+    const initAlive = init !== undefined && (await isSameLiveProcess(init.pid, init.startTime));
+    if (initAlive) sendSignal(init.pid, "SIGKILL");
+    if (!initAlive || !(await settlesWithin(parts.exited, TEARDOWN_STEP_MS))) {
+      if (cgroups.groups.length > 0) await attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
+      if (notReaped(child)) sendSignal(-child.pid, "SIGKILL");
+      if (!(await settlesWithin(parts.exited, TEARDOWN_STEP_MS))) {
+        failures.push(new CleanupError(`Cannot stop sandbox "${parts.sandboxId}": bubblewrap (pid ${child.pid}) did not exit`));
+      }
+    }
+  }
+  if (cgroups.groups.length > 0) {
+    await attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
+    await attempt(() => cgroups.remove(TEARDOWN_STEP_MS));
+  }
+  if (failures.length > 0) {
+    const messages = failures.map((f) => (f instanceof Error ? f.message : String(f))).join("; ");
+    throw new CleanupError(`Cannot release sandbox "${parts.sandboxId}": ${messages}`, { cause: failures[0] });
+  }
+}
+
+export class NamespaceSandbox implements LaunchedSandbox {
+  readonly channel: Duplex;
+  readonly reapRecord: ReapRecord;
+  readonly exited: Promise<ExitStatus>;
+  private destroying: Promise<void> | undefined;
+
+  constructor(private readonly parts: SandboxParts) {
+    const { stdin, stdout } = parts.child;
+    if (stdin === null || stdout === null) throw new TypeError("the sandbox process needs piped stdin and stdout");
+    // Errors (EPIPE when the sandbox is gone) surface to the channel's user as error/close events.
+    stdin.on("error", () => undefined);
+    stdout.on("error", () => undefined);
+    this.channel = Duplex.from({ readable: stdout, writable: stdin });
+    this.channel.on("error", () => undefined);
+    this.reapRecord = parts.reapRecord;
+    this.exited = parts.exited;
+  }
+
+  oomKills(): Promise<number> {
+    return this.parts.cgroups.oomKills();
+  }
+
+  /** Single-flight; after a failed teardown the next call tries again. */
+  destroy(): Promise<void> {
+    if (this.destroying === undefined) {
+      const run = this.teardown();
+      this.destroying = run;
+      run.catch(() => {
+        if (this.destroying === run) this.destroying = undefined;
+      });
+    }
+    return this.destroying;
+  }
+
+  private async teardown(): Promise<void> {
+    try {
+      await stopSandbox(this.parts);
+    } finally {
+      this.channel.destroy();
+      await this.parts.log.close(1_000);
+      this.parts.release();
+    }
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * The namespace backend: sandboxes are bubblewrap containers on the host kernel (container tier).
+ *
+ * Each sandbox gets new user, mount, pid, ipc, uts, network (loopback only) and cgroup
+ * namespaces, no capabilities, no nested user namespaces, a seccomp filter, a read-only image
+ * root with size-capped tmpfs /work and /tmp, and its own cgroups for the requested limits. When
+ * the engine runs as root, each sandbox runs as its own unprivileged host uid, so the uid inside
+ * never maps to host root.
+ */
+import { mkdtemp, open, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Backend, LaunchSpec, LaunchedSandbox, ProbeResult, ReapRecord } from "../types.js";
+import { detectCgroups } from "./cgroups.js";
+import { type HostSetup, launchNamespaceSandbox } from "./launch.js";
+import { findExecutable, probeNamespaceHost, runBounded } from "./probe.js";
+import { reapNamespaceSandbox } from "./reap.js";
+import { sandboxSeccompProgram } from "./seccomp.js";
+import { SandboxUidAllocator } from "./uid.js";
+
+export interface NamespaceBackendOptions {
+  /** The bubblewrap binary. @default `bwrap` found on PATH or in the system directories */
+  readonly bwrapPath?: string;
+  /** The setpriv binary, used when the engine runs as root. @default `setpriv` found like bwrap */
+  readonly setprivPath?: string;
+  /** Name of the parent cgroup created when the engine runs as root. @default "mvm" */
+  readonly cgroupParentName?: string;
+}
+
+/**
+ * @example
+ * const backend = new NamespaceBackend();
+ * const report = await backend.probe();
+ * if (report.usable) {
+ *   const sandbox = await backend.launch(spec);
+ *   // ... speak to the agent over sandbox.channel ...
+ *   await sandbox.destroy();
+ * }
+ */
+export class NamespaceBackend implements Backend {
+  readonly name = "namespace" as const;
+  private readonly uids = new SandboxUidAllocator();
+  private setup: Promise<HostSetup> | undefined;
+
+  constructor(private readonly options: NamespaceBackendOptions = {}) {}
+
+  private async discover(): Promise<HostSetup> {
+    const isRoot = process.geteuid?.() === 0;
+    const [bwrapPath, setprivPath, cgroups] = await Promise.all([
+      findExecutable("bwrap", this.options.bwrapPath),
+      isRoot ? findExecutable("setpriv", this.options.setprivPath) : Promise.resolve(undefined),
+      detectCgroups({ isRoot, ...(this.options.cgroupParentName !== undefined ? { parentName: this.options.cgroupParentName } : {}) }),
+    ]);
+    return { isRoot, bwrapPath, setprivPath, cgroups };
+  }
+
+  /** The host setup, found once (single-flight; a failed discovery is retried next time). */
+  private host(): Promise<HostSetup> {
+    if (this.setup === undefined) {
+      const pending = this.discover();
+      this.setup = pending;
+      pending.catch(() => {
+        if (this.setup === pending) this.setup = undefined;
+      });
+    }
+    return this.setup;
+  }
+
+  async probe(): Promise<ProbeResult> {
+    const fresh = this.discover();
+    this.setup = fresh;
+    const host = await fresh;
+    return probeNamespaceHost({
+      isRoot: host.isRoot,
+      bwrapPath: host.bwrapPath,
+      setprivPath: host.setprivPath,
+      cgroups: host.cgroups,
+      trySandbox: () => this.trySandbox(host),
+    });
+  }
+
+  /** Starts a throwaway sandbox the way launch does (uid switch, user namespace, seccomp) and runs `exit 0`. */
+  private async trySandbox(host: HostSetup): Promise<{ code: number | null; output: string }> {
+    if (host.bwrapPath === undefined) return { code: null, output: "bubblewrap not found" };
+    const dir = await mkdtemp(join(tmpdir(), "mvm-probe-"));
+    const uid = host.isRoot ? await this.uids.allocate() : undefined;
+    try {
+      await writeFile(join(dir, "seccomp.bpf"), sandboxSeccompProgram(), { mode: 0o600 });
+      const file = await open(join(dir, "seccomp.bpf"), "r");
+      try {
+        const prefix = uid !== undefined && host.setprivPath !== undefined
+          ? [host.setprivPath, `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--inh-caps=-all"]
+          : [];
+        const argv = [
+          ...prefix, host.bwrapPath,
+          "--unshare-all", "--unshare-user", "--unshare-cgroup", "--disable-userns", "--cap-drop", "ALL", "--die-with-parent",
+          "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--seccomp", "3", "--", "/bin/sh", "-c", "exit 0",
+        ];
+        return await runBounded(argv, 10_000, file.fd);
+      } finally {
+        await file.close();
+      }
+    } finally {
+      if (uid !== undefined) this.uids.release(uid);
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Starts bubblewrap with the agent runtime command. Resolves once bubblewrap has created the
+   * sandbox's first process; the agent's hello follows on `channel`. Throws
+   * UnsupportedCapabilityError for a limit the host cannot enforce, AdmissionError when the
+   * image or host is not fit, AbortedError when `signal` fires; nothing is left behind.
+   */
+  async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<LaunchedSandbox> {
+    return launchNamespaceSandbox(spec, await this.host(), this.uids, signal);
+  }
+
+  reap(record: ReapRecord): Promise<void> {
+    return reapNamespaceSandbox(record);
+  }
+}

@@ -1,0 +1,220 @@
+/**
+ * The cgroups of one sandbox: one group per hierarchy used, named by the sandbox id, with the
+ * requested limits written before any sandbox process joins. Also counts OOM kills, kills every
+ * member, and removes the groups.
+ */
+import { access, mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
+import { CleanupError, InternalError, UnsupportedCapabilityError, type Resources } from "@mvm/protocol";
+import { sendSignal } from "../../_internal/proc.js";
+import type { CgroupController, CgroupHierarchy, CgroupSupport } from "./cgroups.js";
+
+/** One group of a sandbox. */
+export interface CgroupGroup {
+  readonly dir: string;
+  readonly version: 1 | 2;
+  /** Controllers whose files this group has (empty when unknown, e.g. when reopened for reaping). */
+  readonly controllers: readonly CgroupController[];
+}
+
+/** One file write that applies a limit. */
+export interface LimitWrite {
+  readonly file: string;
+  readonly value: string;
+  /** Skip the write when the kernel does not offer the file (e.g. swap accounting is off). */
+  readonly optional: boolean;
+}
+
+/** The CFS period used for cpu quotas, in microseconds. */
+export const CPU_PERIOD_US = 100_000;
+/** The smallest quota the kernel accepts, in microseconds. */
+const CPU_MIN_QUOTA_US = 1_000;
+
+const LIMIT_FIELD: Record<CgroupController, keyof Resources> = { memory: "memoryMiB", pids: "pids", cpu: "cpus" };
+
+/** The file writes that enforce `resources` for `controller` in a group of cgroup `version`. */
+export function limitWrites(version: 1 | 2, controller: CgroupController, resources: Resources): LimitWrite[] {
+  const w = (file: string, value: number | string, optional = false): LimitWrite => ({ file, value: String(value), optional });
+  switch (controller) {
+    case "memory": {
+      if (resources.memoryMiB === undefined) return [];
+      const bytes = resources.memoryMiB * 1024 * 1024;
+      return version === 2
+        ? [w("memory.max", bytes), w("memory.swap.max", 0, true)]
+        : [w("memory.limit_in_bytes", bytes), w("memory.memsw.limit_in_bytes", bytes, true)];
+    }
+    case "pids":
+      return resources.pids === undefined ? [] : [w("pids.max", resources.pids)];
+    case "cpu": {
+      if (resources.cpus === undefined) return [];
+      const quota = Math.max(CPU_MIN_QUOTA_US, Math.round(resources.cpus * CPU_PERIOD_US));
+      return version === 2
+        ? [w("cpu.max", `${quota} ${CPU_PERIOD_US}`)]
+        : [w("cpu.cfs_period_us", CPU_PERIOD_US), w("cpu.cfs_quota_us", quota)];
+    }
+  }
+}
+
+/**
+ * The hierarchies a sandbox needs: one per requested limit, plus the first usable hierarchy so
+ * every sandbox has a group to find its processes by. Throws UnsupportedCapabilityError for a
+ * requested limit the host cannot enforce.
+ */
+export function planHierarchies(support: CgroupSupport, resources: Resources): CgroupHierarchy[] {
+  const needed = new Set<CgroupHierarchy>();
+  for (const controller of ["memory", "pids", "cpu"] as const) {
+    const value = resources[LIMIT_FIELD[controller]];
+    if (value === undefined) continue;
+    const status = support.controllers[controller];
+    if (!status.enforceable) {
+      throw new UnsupportedCapabilityError(
+        `Cannot enforce resources.${LIMIT_FIELD[controller]} = ${value} on the namespace backend: ${status.reason}`,
+        { hint: status.hint },
+      );
+    }
+    needed.add(status.hierarchy);
+  }
+  const first = support.hierarchies[0];
+  if (needed.size === 0 && first !== undefined) needed.add(first);
+  return [...needed];
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+export class SandboxCgroups {
+  private lastOomKills = 0;
+
+  private constructor(readonly groups: readonly CgroupGroup[]) {}
+
+  /** Creates the sandbox's groups and writes its limits; removes what it made if anything fails. */
+  static async create(support: CgroupSupport, sandboxId: string, resources: Resources): Promise<SandboxCgroups> {
+    const plan = planHierarchies(support, resources);
+    const created: CgroupGroup[] = [];
+    try {
+      for (const hierarchy of plan) {
+        const dir = join(hierarchy.parentDir, sandboxId);
+        await mkdir(dir, { mode: 0o755 });
+        const group: CgroupGroup = { dir, version: hierarchy.version, controllers: hierarchy.controllers };
+        created.push(group);
+        for (const controller of hierarchy.controllers) {
+          for (const write of limitWrites(hierarchy.version, controller, resources)) {
+            const file = join(dir, write.file);
+            if (write.optional && !(await exists(file))) continue;
+            await writeFile(file, write.value, { flag: "w" }).catch((err: unknown) => {
+              throw new InternalError(`Cannot write "${write.value}" to "${file}"`, { cause: err });
+            });
+          }
+        }
+      }
+    } catch (err) {
+      await new SandboxCgroups(created).remove(2_000).catch(() => undefined);
+      if (err instanceof InternalError || err instanceof UnsupportedCapabilityError) throw err;
+      throw new InternalError(`Cannot create the cgroups of sandbox "${sandboxId}"`, { cause: err });
+    }
+    return new SandboxCgroups(created);
+  }
+
+  /** Reopens groups from their directories (for reaping after an engine crash). */
+  static async open(dirs: readonly string[]): Promise<SandboxCgroups> {
+    const groups = await Promise.all(
+      dirs.map(async (dir): Promise<CgroupGroup> => ({ dir, version: (await exists(join(dir, "cgroup.controllers"))) ? 2 : 1, controllers: [] })),
+    );
+    return new SandboxCgroups(groups);
+  }
+
+  get dirs(): string[] {
+    return this.groups.map((g) => g.dir);
+  }
+
+  /** The cgroup.procs files a process writes its pid to so that it and its children join. */
+  get procsFiles(): string[] {
+    return this.groups.map((g) => join(g.dir, "cgroup.procs"));
+  }
+
+  /** OOM kills counted by the memory controller so far (0 when memory is not controlled). */
+  async oomKills(): Promise<number> {
+    const group = this.groups.find((g) => g.controllers.includes("memory"));
+    if (group === undefined) return 0;
+    const file = join(group.dir, group.version === 2 ? "memory.events" : "memory.oom_control");
+    try {
+      const match = /^oom_kill (\d+)$/m.exec(await readFile(file, "utf8"));
+      if (match?.[1] !== undefined) this.lastOomKills = Number(match[1]);
+    } catch {
+      // The group is gone (destroyed): the last count read stands.
+    }
+    return this.lastOomKills;
+  }
+
+  /** Pids in a group; empty when the group is gone. */
+  private async members(group: CgroupGroup): Promise<number[]> {
+    try {
+      return (await readFile(join(group.dir, "cgroup.procs"), "utf8")).split("\n").filter(Boolean).map(Number);
+    } catch {
+      return [];
+    }
+  }
+
+  private async isEmpty(group: CgroupGroup): Promise<boolean> {
+    if (group.version === 2) {
+      try {
+        return /^populated 0$/m.test(await readFile(join(group.dir, "cgroup.events"), "utf8"));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT" && !(await exists(group.dir))) return true;
+      }
+    }
+    return (await this.members(group)).length === 0;
+  }
+
+  /**
+   * SIGKILLs every process in every group until the groups are empty. v2 uses cgroup.kill when
+   * the kernel has it; otherwise (and on v1, which has no kill file or empty notification) it
+   * signals each listed pid and reads the list again, bounded by `timeoutMs`.
+   */
+  async killAll(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (const group of this.groups) {
+      const killFile = join(group.dir, "cgroup.kill");
+      const useKillFile = group.version === 2 && (await exists(killFile));
+      for (;;) {
+        if (useKillFile) {
+          await writeFile(killFile, "1", { flag: "w" }).catch((err: unknown) => {
+            if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+          });
+        } else {
+          for (const pid of await this.members(group)) sendSignal(pid, "SIGKILL");
+        }
+        if (await this.isEmpty(group)) break;
+        if (Date.now() >= deadline) {
+          throw new CleanupError(`Cannot empty cgroup "${group.dir}": processes ${JSON.stringify(await this.members(group))} remain`);
+        }
+        await delay(10);
+      }
+    }
+  }
+
+  /** Removes every group, retrying while exiting processes still hold it, bounded by `timeoutMs`. */
+  async remove(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (const group of this.groups) {
+      for (;;) {
+        try {
+          await rmdir(group.dir);
+          break;
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code;
+          if (code === "ENOENT") break;
+          if (code !== "EBUSY" || Date.now() >= deadline) {
+            throw new CleanupError(`Cannot remove cgroup "${group.dir}"`, { cause: err });
+          }
+          await delay(10);
+        }
+      }
+    }
+  }
+}
