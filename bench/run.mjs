@@ -132,6 +132,7 @@ async function main() {
       const execFailures = execResults.filter((r) => r.status === "rejected" || r.value.exit.exitCode !== 0).length;
       await new Promise((r) => setTimeout(r, 2000));
       const after = await memAvailableKiB();
+      const pssKiB = await sandboxPssKiB(ids);
       const perSandboxMiB = (before - after) / 1024 / Math.max(1, ids.length);
       const alive = (await engine.listSandboxes()).length;
       for (const id of ids) await engine.killSandbox(id);
@@ -143,6 +144,8 @@ async function main() {
         createSeconds: Math.round(createSeconds * 10) / 10,
         idleHostMemoryPerSandboxMiB: Math.round(perSandboxMiB * 10) / 10,
         method: "drop of MemAvailable from before the first create to after every sandbox was exec'd once and idled 2 s, divided by the count",
+        pssPerSandboxMiB: Math.round((pssKiB / 1024 / Math.max(1, ids.length)) * 10) / 10,
+        pssMethod: "sum of Pss (smaps_rollup) of every host process in the sandboxes' cgroups (bubblewrap, its init, the agent), divided by the count; shared pages split among sharers",
         target: "<= 48 MiB per sandbox, zero failures",
       };
       log("density", JSON.stringify(result.figures.density));
@@ -151,7 +154,7 @@ async function main() {
     if (want("srt")) {
       const srt = await findSrt();
       if (!srt) {
-        result.figures.srt = { skipped: "@anthropic-ai/sandbox-runtime is not installed (npm i -g @anthropic-ai/sandbox-runtime to compare)" };
+        result.figures.srt = { skipped: "@anthropic-ai/sandbox-runtime is not installed (npm i -g @anthropic-ai/sandbox-runtime, or set SRT_BIN)" };
       } else {
         const theirs = [];
         for (let i = 0; i < RUNS; i++) theirs.push((await spawnTimed(srt, ["echo", "hi"])).totalMs);
@@ -171,7 +174,27 @@ async function main() {
   await writeFile(new URL("./results/latest.json", import.meta.url), out + "\n");
 }
 
+async function sandboxPssKiB(ids) {
+  const { readdir } = await import("node:fs/promises");
+  const wanted = new Set(ids);
+  let total = 0;
+  for (const pid of await readdir("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const cg = await readFile(`/proc/${pid}/cgroup`, "utf8");
+      const m = cg.match(/sbx_[a-z2-7]{20}/);
+      if (!m || !wanted.has(m[0])) continue;
+      const roll = await readFile(`/proc/${pid}/smaps_rollup`, "utf8");
+      total += Number(roll.match(/^Pss:\s+(\d+)/m)?.[1] ?? 0);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return total;
+}
+
 async function findSrt() {
+  if (process.env.SRT_BIN && existsSync(process.env.SRT_BIN)) return process.env.SRT_BIN;
   for (const dir of (process.env.PATH ?? "").split(":")) {
     if (dir && existsSync(join(dir, "srt"))) return join(dir, "srt");
   }

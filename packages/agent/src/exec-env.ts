@@ -30,9 +30,8 @@ export function buildEnv(requestEnv: Readonly<Record<string, string>>, tmpDir: s
 
 /** Creates a fresh directory (mode 0700) for one call's TMPDIR. */
 export async function makeTmpDir(): Promise<string> {
-  const dir = await mkdtemp(join(TMP_ROOT, "mvm-exec-"));
-  await chmod(dir, 0o700);
-  return dir;
+  // mkdtemp creates the directory with mode 0700.
+  return mkdtemp(join(TMP_ROOT, "mvm-exec-"));
 }
 
 /**

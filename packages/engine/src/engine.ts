@@ -93,6 +93,7 @@ export class Engine implements EngineApi {
     const startTime = await processStartTime(process.pid);
     engine.#owner = { pid: process.pid, startTime: startTime ?? "0" };
     await engine.reapOrphans();
+    for (const b of options.backends) await b.sweep?.();
     engine.#probes = await Promise.all(options.backends.map((b) => b.probe()));
     return engine;
   }

@@ -106,7 +106,9 @@ export class LiveSandbox {
     const signal = callSignal(options);
     signal?.throwIfAborted();
     const stdinBytes = req.stdinBase64 !== undefined ? Buffer.from(req.stdinBase64, "base64") : undefined;
-    const oomBefore = await this.#launched.oomKills();
+    // Read concurrently with the start: it only has to precede the process's exit.
+    const oomBeforeRead = this.#launched.oomKills();
+    oomBeforeRead.catch(() => {});
     const startedAt = new Date();
     const proc = await this.#client.exec(
       {
@@ -125,6 +127,7 @@ export class LiveSandbox {
         },
       },
     );
+    const oomBefore = await oomBeforeRead.catch(() => 0);
     this.#procs.set(proc.proc, proc);
     if (stdinBytes !== undefined && proc.stdin) {
       const stdin = proc.stdin;

@@ -14,7 +14,7 @@ import { assembleAgentRuntime } from "./runtime/agent-runtime.js";
 
 export interface OpenEngineOptions
   extends Partial<Omit<EngineOptions, "backends" | "images" | "agentDir">> {
-  /** Image store root. @default `<stateDir>/images` */
+  /** Image store root. @default `$MVM_IMAGES_DIR` or `<stateDir>/images` */
   imagesDir?: string;
   /** The bundled agent (agent.mjs). @default the one shipped in @mvm/agent */
   agentBundlePath?: string;
@@ -28,7 +28,7 @@ export function defaultAgentBundlePath(): string {
 export async function openEngine(options: OpenEngineOptions = {}): Promise<Engine> {
   const stateDir = options.stateDir ?? defaultStateDir();
   await mkdir(stateDir, { recursive: true, mode: 0o711 });
-  const images = await ImageStore.open(options.imagesDir ?? join(stateDir, "images"));
+  const images = await ImageStore.open(options.imagesDir ?? process.env["MVM_IMAGES_DIR"] ?? join(stateDir, "images"));
   const runtime = await assembleAgentRuntime({
     agentBundlePath: options.agentBundlePath ?? defaultAgentBundlePath(),
     outRoot: join(stateDir, "runtime"),

@@ -75,4 +75,9 @@ export interface Backend {
   launch(spec: LaunchSpec, signal?: AbortSignal): Promise<LaunchedSandbox>;
   /** Releases whatever a crashed engine left behind for this record. Idempotent, never throws for "already gone". */
   reap(record: ReapRecord): Promise<void>;
+  /**
+   * Releases resources that no record names (an engine that died between creating them and
+   * writing its record). Must only touch resources that are idle and older than a launch takes.
+   */
+  sweep?(): Promise<string[]>;
 }

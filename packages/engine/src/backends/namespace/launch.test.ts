@@ -5,10 +5,11 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { chmod, mkdir, readFile, readdir, watch, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readFile, readdir, rmdir, utimes, watch, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { AbortedError, AdmissionError, InvalidArgumentError } from "@mvm/protocol";
 import { NamespaceBackend } from "./namespace-backend.js";
+import { detectCgroups } from "./cgroups.js";
 import { buildBusyboxRootfs, buildStandInRuntime, footprint, makeSpec, makeTestRoot, removeTestRoot, type SpecInput } from "./_fixtures.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -124,4 +125,28 @@ test("an aborted signal stops the launch and releases what it had set up", { ski
   await assert.rejects(launching, (err: unknown) => err instanceof AbortedError && /Launch of sandbox "sbx_[a-z2-7]+" was aborted/.test(err.message));
   assert.equal(existsSync(`/proc/${pid}`) && !(await readFile(`/proc/${pid}/stat`, "utf8")).includes(") Z "), false, "the hanging process was killed");
   assert.deepEqual(await traces(spec.sandboxId), []);
+});
+
+test("sweep removes an idle sandbox cgroup that no record names, and nothing younger or busy", async (ctx) => {
+  const support = await detectCgroups();
+  const h = support.hierarchies[0];
+  if (!h) {
+    ctx.skip("no writable cgroup hierarchy on this host");
+    return;
+  }
+  const old = `${h.parentDir}/sbx_sweepsweepsweepsweep`;
+  const young = `${h.parentDir}/sbx_youngyoungyoungyoung`;
+  await mkdir(old, { recursive: true });
+  await mkdir(young, { recursive: true });
+  const past = new Date(Date.now() - 3600_000);
+  await utimes(old, past, past);
+  try {
+    const removed = await new NamespaceBackend().sweep();
+    assert.ok(removed.includes(old));
+    assert.equal(existsSync(old), false);
+    assert.equal(existsSync(young), true);
+  } finally {
+    await rmdir(old).catch(() => {});
+    await rmdir(young).catch(() => {});
+  }
 });

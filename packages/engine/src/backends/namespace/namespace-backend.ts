@@ -7,7 +7,7 @@
  * the engine runs as root, each sandbox runs as its own unprivileged host uid, so the uid inside
  * never maps to host root.
  */
-import { mkdtemp, open, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, open, readdir, readFile, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Backend, LaunchSpec, LaunchedSandbox, ProbeResult, ReapRecord } from "../types.js";
@@ -64,6 +64,33 @@ export class NamespaceBackend implements Backend {
       });
     }
     return this.setup;
+  }
+
+  /** Removes empty `sbx_*` cgroups older than a minute: left when an engine died mid-launch. */
+  async sweep(): Promise<string[]> {
+    const host = await this.host();
+    const removed: string[] = [];
+    for (const h of host.cgroups.hierarchies) {
+      let names: string[];
+      try {
+        names = await readdir(h.parentDir);
+      } catch {
+        continue;
+      }
+      for (const name of names) {
+        if (!/^sbx_[a-z2-7]{20}$/.test(name)) continue;
+        const dir = join(h.parentDir, name);
+        try {
+          const [st, procs] = await Promise.all([stat(dir), readFile(join(dir, "cgroup.procs"), "utf8")]);
+          if (procs.trim() !== "" || Date.now() - st.mtimeMs < 60_000) continue;
+          await rmdir(dir);
+          removed.push(dir);
+        } catch {
+          // raced with another engine, or not empty after all
+        }
+      }
+    }
+    return removed;
   }
 
   async probe(): Promise<ProbeResult> {
