@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Bundles the compiled agent into one ESM file, dist/agent.mjs, with @mvm/protocol and zod inlined.
+// Bundles the compiled agent into one CommonJS file, dist/agent.cjs, with @mvm/protocol and zod inlined.
+// CommonJS because Node starts a CommonJS entry point ~15 ms sooner than an ES module.
 // Usage: node packages/agent/scripts/bundle.mjs [--outfile <path>]
 //
 // Layout of the output, chosen for startup latency: the prelude (dist/main.js: arguments, fd
@@ -15,7 +16,7 @@ const pkgDir = fileURLToPath(new URL("..", import.meta.url));
 const mainEntry = `${pkgDir}dist/main.js`;
 const sessionEntry = `${pkgDir}dist/session.js`;
 const args = process.argv.slice(2);
-let outfile = `${pkgDir}dist/agent.mjs`;
+let outfile = `${pkgDir}dist/agent.cjs`;
 for (let i = 0; i < args.length; i++) {
   if (args[i] === "--outfile" && args[i + 1]) outfile = args[++i];
   else {
@@ -56,12 +57,11 @@ const session = await build({ ...common, format: "cjs", entryPoints: [sessionEnt
 const sessionCode = session.outputFiles[0].text;
 
 // The module main.js gets for `import("./session.js")`: compiles the stored session code.
-const sessionLoader = `import { createRequire } from "node:module";
-import { runInThisContext } from "node:vm";
+const sessionLoader = `const { runInThisContext } = require("node:vm");
 const code = ${JSON.stringify(`(function (require, module, exports) {${sessionCode}\n})`)};
 const m = { exports: {} };
-runInThisContext(code, { filename: "mvm-agent-session.cjs" })(createRequire(import.meta.url), m, m.exports);
-export const Session = m.exports.Session;
+runInThisContext(code, { filename: "mvm-agent-session.cjs" })(require, m, m.exports);
+module.exports.Session = m.exports.Session;
 `;
 
 const embedSession = {
@@ -74,5 +74,5 @@ const embedSession = {
   },
 };
 
-await build({ ...common, format: "esm", entryPoints: [mainEntry], outfile, plugins: [englishOnly, embedSession] });
+await build({ ...common, format: "cjs", entryPoints: [mainEntry], outfile, plugins: [englishOnly, embedSession] });
 console.error(`bundle.mjs: wrote ${outfile} (${statSync(outfile).size} bytes)`);

@@ -14,7 +14,7 @@ const BUNDLE_SCRIPT = fileURLToPath(new URL("../scripts/bundle.mjs", import.meta
 describe("bundled agent", () => {
   it("builds into one file that serves the protocol on its own", { timeout: 60_000 }, async () => {
     using dir = tempDir();
-    const outfile = join(dir.path, "agent.mjs");
+    const outfile = join(dir.path, "agent.cjs");
     const build = spawnSync(process.execPath, [BUNDLE_SCRIPT, "--outfile", outfile], { encoding: "utf8" });
     assert.equal(build.status, 0, build.stderr);
     assert.ok(statSync(outfile).size > 0);
@@ -27,7 +27,7 @@ describe("bundled agent", () => {
     assert.equal(r.stdout, "from the bundle\n");
     assert.equal(r.exit.exitCode, 0);
     const listing = await d.call("listDir", { path: dir.path });
-    assert.deepEqual(listing.entries.map((e) => e.name), ["agent.mjs"]);
+    assert.deepEqual(listing.entries.map((e) => e.name), ["agent.cjs"]);
     assert.deepEqual(d.violations, []);
     assert.deepEqual(await d.close(), { code: 0, signal: null });
   });

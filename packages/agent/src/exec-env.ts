@@ -1,8 +1,8 @@
 /**
  * Per-call hygiene for exec: the environment baseline and the fresh TMPDIR.
  */
-import { chmodSync, lstatSync, readdirSync, rmSync } from "node:fs";
-import { chmod, mkdtemp, rm } from "node:fs/promises";
+import { chmodSync, lstatSync, mkdtempSync, readdirSync, rmdirSync, rmSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { logError } from "./errors.js";
 
@@ -30,8 +30,9 @@ export function buildEnv(requestEnv: Readonly<Record<string, string>>, tmpDir: s
 
 /** Creates a fresh directory (mode 0700) for one call's TMPDIR. */
 export async function makeTmpDir(): Promise<string> {
-  // mkdtemp creates the directory with mode 0700.
-  return mkdtemp(join(TMP_ROOT, "mvm-exec-"));
+  // mkdtemp creates the directory with mode 0700. Synchronous: one local syscall costs less
+  // than a round trip through the thread pool, and it sits on every exec's critical path.
+  return mkdtempSync(join(TMP_ROOT, "mvm-exec-"));
 }
 
 /**
@@ -39,6 +40,12 @@ export async function makeTmpDir(): Promise<string> {
  * write or search permission; those are opened up and the removal retried once. Never throws.
  */
 export async function removeTmpDir(dir: string): Promise<void> {
+  try {
+    rmdirSync(dir); // the common case: the call left its TMPDIR empty
+    return;
+  } catch {
+    // Not empty (or already gone): the recursive removal below.
+  }
   try {
     await rm(dir, { recursive: true, force: true, maxRetries: 2 });
     return;

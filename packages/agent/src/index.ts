@@ -1,5 +1,5 @@
 /**
- * @mvm/agent: the guest agent. The runnable artifact is `dist/agent.mjs` (one bundled file);
+ * @mvm/agent: the guest agent. The runnable artifact is `dist/agent.cjs` (one bundled file);
  * this module exposes what the host side may want to know about it.
  */
 import { fileURLToPath } from "node:url";
@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 export { AGENT_NAME, AGENT_VERSIONS } from "./hello.js";
 export { BASELINE_ENV } from "./exec-env.js";
 
-/** Absolute path of the bundled agent (`dist/agent.mjs`), built by `scripts/bundle.mjs`. */
+/** Absolute path of the bundled agent (`dist/agent.cjs`), built by `scripts/bundle.mjs`. */
 export function agentBundlePath(): string {
-  return fileURLToPath(new URL("./agent.mjs", import.meta.url));
+  return fileURLToPath(new URL("./agent.cjs", import.meta.url));
 }

@@ -1,5 +1,5 @@
 /**
- * Entry point of the guest agent: `node agent.mjs --channel stdio|<device path>`.
+ * Entry point of the guest agent: `node agent.cjs --channel stdio|<device path>`.
  *
  * Order matters for startup latency: the hello goes out before the protocol schemas are
  * imported, so the host's half of the handshake overlaps with loading them.
@@ -40,9 +40,15 @@ try {
   fail(2, `cannot start (${USAGE})`, err);
 }
 if (channel) {
-  channel.output.write(helloFrame());
-  const { Session } = await import("./session.js");
-  const s = new Session(channel);
-  session = s;
-  s.start();
+  const open = channel;
+  open.output.write(helloFrame());
+  // No top-level await: the bundle is CommonJS.
+  void import("./session.js").then(
+    ({ Session }) => {
+      const s = new Session(open);
+      session = s;
+      s.start();
+    },
+    (err: unknown) => fail(2, "cannot load the session", err),
+  );
 }

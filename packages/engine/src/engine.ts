@@ -50,7 +50,7 @@ export interface EngineOptions {
   /** Backends in order of preference, strongest first. */
   backends: Backend[];
   images: ImageStore;
-  /** Host directory of the assembled agent runtime (node, libs, agent.mjs). */
+  /** Host directory of the assembled agent runtime (node, libs, agent.cjs). */
   agentDir: string;
   /** @default "debian:bookworm+python3" */
   defaultImage?: string;
@@ -262,7 +262,7 @@ export class Engine implements EngineApi {
   }
 
   async listSandboxes(): Promise<SandboxInfo[]> {
-    return [...this.#live.values()].map((s) => s.info);
+    return [...this.#live.values()].map((s) => s.info).filter((i) => i.state !== "stopped");
   }
 
   async killSandbox(id: string): Promise<SandboxInfo> {

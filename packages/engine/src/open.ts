@@ -16,13 +16,13 @@ export interface OpenEngineOptions
   extends Partial<Omit<EngineOptions, "backends" | "images" | "agentDir">> {
   /** Image store root. @default `$MVM_IMAGES_DIR` or `<stateDir>/images` */
   imagesDir?: string;
-  /** The bundled agent (agent.mjs). @default the one shipped in @mvm/agent */
+  /** The bundled agent (agent.cjs). @default the one shipped in @mvm/agent */
   agentBundlePath?: string;
 }
 
 /** Path of the bundled agent shipped with @mvm/agent. */
 export function defaultAgentBundlePath(): string {
-  return createRequire(import.meta.url).resolve("@mvm/agent/agent.mjs");
+  return createRequire(import.meta.url).resolve("@mvm/agent/agent.cjs");
 }
 
 export async function openEngine(options: OpenEngineOptions = {}): Promise<Engine> {

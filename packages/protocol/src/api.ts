@@ -30,8 +30,11 @@ export const Tier = z.enum(["container", "vm-hardware", "vm-emulated"]);
 export type Tier = z.infer<typeof Tier>;
 
 export const Resources = z.strictObject({
-  /** Memory limit in MiB (RAM + tmpfs pages written by the sandbox). */
-  memoryMiB: z.number().int().min(16).max(1024 * 1024).optional(),
+  /**
+   * Memory limit in MiB: every process of the sandbox, the agent included (~50 MiB), plus what
+   * it writes to /work and /tmp. At least 128.
+   */
+  memoryMiB: z.number().int().min(128).max(1024 * 1024).optional(),
   /** Maximum number of processes and threads. */
   pids: z.number().int().min(8).max(1_000_000).optional(),
   /** CPU quota in cores (may be fractional, e.g. 0.5). */

@@ -33,7 +33,13 @@ export const runCommand = defineCommand<RunOptions>({
   connection: "auto",
   parse(raw) {
     const argv = raw.trailing ?? raw.positionals;
-    return { create: createRequestFrom(raw), exec: execRequestFrom(raw, argv) };
+    const create = createRequestFrom(raw);
+    const exec = execRequestFrom(raw, argv);
+    // A one-shot sandbox lives as long as its command may run (plus a minute), unless --ttl says otherwise.
+    if (create.ttlSeconds === undefined && exec.timeoutMs !== undefined) {
+      create.ttlSeconds = Math.min(7 * 24 * 3600, Math.max(600, Math.ceil(exec.timeoutMs / 1000) + 60));
+    }
+    return { create, exec };
   },
   async run(ctx, options) {
     const warning = await ctx.tierWarning();

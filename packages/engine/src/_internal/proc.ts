@@ -2,7 +2,7 @@
  * Small helpers over /proc for processes the engine did not spawn itself (or no longer holds a
  * handle to): start-time checks against pid reuse, signalling, and bounded waits.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, readdirSync } from "node:fs";
 import { readFile, readdir } from "node:fs/promises";
 import { setTimeout as delay } from "node:timers/promises";
 
@@ -118,12 +118,14 @@ export async function readProcUid(pid: number): Promise<number | undefined> {
 
 /** Pids of every process whose real, effective, saved or filesystem uid or gid equals `id`. */
 export async function listProcessesWithId(id: number): Promise<number[]> {
+  // Synchronous reads: /proc is in memory, and a few hundred thread-pool round trips cost far
+  // more (tens of ms) than blocking the event loop for the scan (a few ms).
   const found: number[] = [];
-  for (const name of await readdir("/proc")) {
+  for (const name of readdirSync("/proc")) {
     if (!/^[0-9]+$/.test(name)) continue;
     let status: string;
     try {
-      status = await readFile(`/proc/${name}/status`, "utf8");
+      status = readFileSync(`/proc/${name}/status`, "utf8");
     } catch {
       continue;
     }

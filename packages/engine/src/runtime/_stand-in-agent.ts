@@ -11,8 +11,8 @@
  * production launch path; it is never shipped.
  */
 export const STAND_IN_AGENT_SOURCE = String.raw`
-import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
+const { spawn } = require("node:child_process");
+const { createInterface } = require("node:readline");
 
 const LIMIT = 1024 * 1024;
 const send = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");

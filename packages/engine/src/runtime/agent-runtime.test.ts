@@ -19,7 +19,7 @@ let agentPath = "";
 before(async () => {
   root = await mkdtemp(join(tmpdir(), "mvm-runtime-"));
   await chmod(root, 0o755);
-  agentPath = join(root, "agent.mjs");
+  agentPath = join(root, "agent.cjs");
   await writeFile(agentPath, STAND_IN_AGENT_SOURCE, { mode: 0o644 });
 });
 after(async () => {
@@ -34,7 +34,7 @@ function hostCommand(dir: string): string[] {
 
 test("agentRuntimeCommand starts node through the shipped loader", () => {
   assert.deepEqual(agentRuntimeCommand(), [
-    "/.mvm/bin/ld-linux-x86-64.so.2", "--library-path", "/.mvm/lib", "/.mvm/bin/node", "/.mvm/agent.mjs", "--channel", "stdio",
+    "/.mvm/bin/ld-linux-x86-64.so.2", "--library-path", "/.mvm/lib", "/.mvm/bin/node", "/.mvm/agent.cjs", "--channel", "stdio",
   ]);
 });
 
@@ -49,13 +49,13 @@ test("the runtime holds the loader (0111), node (0555), every library (0444) and
   const mode = async (p: string): Promise<number> => (await lstat(join(runtime.dir, p))).mode & 0o7777;
   assert.equal(await mode("bin/ld-linux-x86-64.so.2"), 0o111);
   assert.equal(await mode("bin/node"), 0o555);
-  assert.equal(await mode("agent.mjs"), 0o444);
+  assert.equal(await mode("agent.cjs"), 0o444);
   assert.equal(await mode("manifest.txt"), 0o444);
   for (const dir of [".", "bin", "lib"]) assert.equal(await mode(dir), 0o555, dir);
   const libs = await listSharedLibraries(process.execPath);
   assert.deepEqual((await readdir(join(runtime.dir, "lib"))).sort(), libs.libraries.map((l) => l.name).sort());
   for (const lib of libs.libraries) assert.equal(await mode(`lib/${lib.name}`), 0o444, lib.name);
-  assert.equal(await readFile(join(runtime.dir, "agent.mjs"), "utf8"), STAND_IN_AGENT_SOURCE);
+  assert.equal(await readFile(join(runtime.dir, "agent.cjs"), "utf8"), STAND_IN_AGENT_SOURCE);
   if (isRoot) assert.equal((await stat(join(runtime.dir, "bin/node"))).uid, 0);
   assert.ok(manifest.toString().startsWith("mvm-agent-runtime v1\n"));
   assert.match(manifest.toString(), /^0111 \d+ sha256:[0-9a-f]{64} bin\/ld-linux-x86-64\.so\.2$/m);
@@ -90,7 +90,7 @@ test("concurrent assemblies agree on one directory", async () => {
 });
 
 test("relative paths are rejected", async () => {
-  await assert.rejects(assembleAgentRuntime({ agentBundlePath: "agent.mjs", outRoot: root }), /Invalid agentBundlePath "agent.mjs"/);
+  await assert.rejects(assembleAgentRuntime({ agentBundlePath: "agent.cjs", outRoot: root }), /Invalid agentBundlePath "agent.cjs"/);
 });
 
 /** Runs `argv` (as TEST_UID when root) and returns its stdout. */

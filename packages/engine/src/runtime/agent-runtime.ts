@@ -5,7 +5,7 @@
  *   bin/ld-linux-x86-64.so.2  0111  the host's dynamic loader (execute-only, see below)
  *   bin/node                  0555  the host's Node.js binary
  *   lib/<soname>              0444  every shared library `ldd node` lists
- *   agent.mjs                 0444  the bundled agent
+ *   agent.cjs                 0444  the bundled agent
  *   manifest.txt              0444  one line per file above: mode, size, sha256, path
  *
  * The directory is named by the sha256 of its manifest, built in a temporary directory and
@@ -67,7 +67,7 @@ export function agentRuntimeCommand(): readonly string[] {
     "--library-path",
     `${AGENT_MOUNT_POINT}/lib`,
     `${AGENT_MOUNT_POINT}/bin/node`,
-    `${AGENT_MOUNT_POINT}/agent.mjs`,
+    `${AGENT_MOUNT_POINT}/agent.cjs`,
     "--channel",
     "stdio",
   ];
@@ -75,7 +75,7 @@ export function agentRuntimeCommand(): readonly string[] {
 
 /**
  * Builds (or reuses) the agent runtime directory for `agentBundlePath` and `nodeBinary`.
- * @example const { dir } = await assembleAgentRuntime({ agentBundlePath: "dist/agent.mjs", outRoot: "/var/lib/mvm/runtime" });
+ * @example const { dir } = await assembleAgentRuntime({ agentBundlePath: "dist/agent.cjs", outRoot: "/var/lib/mvm/runtime" });
  */
 export async function assembleAgentRuntime(options: AssembleAgentRuntimeOptions): Promise<AgentRuntime> {
   const nodeBinary = options.nodeBinary ?? process.execPath;
@@ -87,7 +87,7 @@ export async function assembleAgentRuntime(options: AssembleAgentRuntimeOptions)
     { path: `bin/${LOADER_NAME}`, source: libs.loader, mode: 0o111 },
     { path: "bin/node", source: nodeBinary, mode: 0o555 },
     ...libs.libraries.map((lib) => ({ path: `lib/${lib.name}`, source: lib.path, mode: 0o444 })),
-    { path: "agent.mjs", source: options.agentBundlePath, mode: 0o444 },
+    { path: "agent.cjs", source: options.agentBundlePath, mode: 0o444 },
   ];
   const hashed = await Promise.all(plan.map(async (file) => ({ ...file, ...(await hashFile(file.source)) })));
   const manifest = renderManifest(hashed);

@@ -45,7 +45,7 @@ export async function buildBusyboxRootfs(dir: string): Promise<string> {
 
 /** The agent runtime with the stand-in agent, under `root/runtime`. */
 export async function buildStandInRuntime(root: string): Promise<AgentRuntime> {
-  const source = join(root, "stand-in-agent.mjs");
+  const source = join(root, "stand-in-agent.cjs");
   await writeFile(source, STAND_IN_AGENT_SOURCE, { mode: 0o644 });
   return assembleAgentRuntime({ agentBundlePath: source, outRoot: join(root, "runtime") });
 }

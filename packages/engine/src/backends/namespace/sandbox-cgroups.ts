@@ -3,6 +3,7 @@
  * requested limits written before any sandbox process joins. Also counts OOM kills, kills every
  * member, and removes the groups.
  */
+import { readFileSync } from "node:fs";
 import { access, mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
@@ -143,7 +144,8 @@ export class SandboxCgroups {
     if (group === undefined) return 0;
     const file = join(group.dir, group.version === 2 ? "memory.events" : "memory.oom_control");
     try {
-      const match = /^oom_kill (\d+)$/m.exec(await readFile(file, "utf8"));
+      // Synchronous on purpose: a cgroup file is in memory, and this runs on every exec's exit.
+      const match = /^oom_kill (\d+)$/m.exec(readFileSync(file, "utf8"));
       if (match?.[1] !== undefined) this.lastOomKills = Number(match[1]);
     } catch {
       // The group is gone (destroyed): the last count read stands.

@@ -126,6 +126,10 @@ export function sandboxFilterSource(): Insn[] {
 }
 
 /** The sandbox filter as the raw `struct sock_filter[]` bytes bwrap reads from `--seccomp FD`. */
+let program: Buffer | undefined;
+
+/** The sandbox filter, assembled once per process (it never changes at run time). */
 export function sandboxSeccompProgram(): Buffer {
-  return encode(assemble(sandboxFilterSource()));
+  program ??= encode(assemble(sandboxFilterSource()));
+  return Buffer.from(program);
 }
