@@ -27,7 +27,8 @@ const GOOD: Good[] = [
   {
     argv: ["run", "--env", "A=1", "--env=B=x=y", "--cwd", "/work", "--timeout", "1.5", "--", "sh", "-c", "exit 7"],
     name: "run",
-    options: { create: {}, exec: { argv: ["sh", "-c", "exit 7"], env: { A: "1", B: "x=y" }, cwd: "/work", timeoutMs: 1500 } },
+    // With --timeout and no --ttl, the one-shot sandbox lives at least as long as the command may.
+    options: { create: { ttlSeconds: 600 }, exec: { argv: ["sh", "-c", "exit 7"], env: { A: "1", B: "x=y" }, cwd: "/work", timeoutMs: 1500 } },
   },
   // Options after "--" belong to the command, not to mvmctl.
   { argv: ["run", "--", "ls", "--json", "--help"], name: "run", json: false, options: { create: {}, exec: { argv: ["ls", "--json", "--help"] } } },

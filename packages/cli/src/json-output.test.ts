@@ -23,10 +23,10 @@ test("create --json prints the SandboxInfo; without --json the id", async () => 
   const engine = new FakeEngine();
   const human = await cli(["create", "--label", "a=b"], { engine, env: quiet });
   assert.match(human.stdout, /^sbx_[a-z2-7]{20}\n$/);
-  const json = await cli(["create", "--json", "--memory", "64"], { engine, env: quiet });
+  const json = await cli(["create", "--json", "--memory", "256"], { engine, env: quiet });
   assert.equal(json.code, 0);
   const info = SandboxInfo.parse(JSON.parse(json.stdout));
-  assert.deepEqual(info.resources, { memoryMiB: 64 });
+  assert.deepEqual(info.resources, { memoryMiB: 256 });
   assert.equal(json.stderr, "");
 });
 

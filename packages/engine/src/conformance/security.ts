@@ -32,7 +32,10 @@ export function securitySuite(backend: BackendName): void {
       secretPath = join(hostDir, "secret.txt");
       await writeFile(secretPath, marker, { mode: 0o644 });
       hostSleeper = spawn("sleep", ["3600"], { stdio: "ignore", argv0: marker });
-      server = createServer((s) => s.end("host-service\n"));
+      server = createServer((s) => {
+        s.on("error", () => {});
+        s.end("host-service\n");
+      });
       await new Promise<void>((r) => server.listen(0, "0.0.0.0", r));
       serverPort = (server.address() as { port: number }).port;
     });

@@ -36,7 +36,7 @@ async function scenario(inputPath: string): Promise<void> {
 
   let unsupported: string | undefined;
   try {
-    const sandbox = await backend.launch(await makeSpec({ ...input, resources: { memoryMiB: 64 } }));
+    const sandbox = await backend.launch(await makeSpec({ ...input, resources: { memoryMiB: 256 } }));
     await sandbox.destroy();
   } catch (err) {
     unsupported = (err as { code?: string }).code;
