@@ -75,13 +75,12 @@ async function main() {
     if (want("create")) {
       // Baseline: bubblewrap with every namespace, starting node, same machine, same run.
       const node = process.execPath;
+      // Interleaved, so that drift in the machine's load affects both series alike.
       const base = [];
+      const ours = [];
       for (let i = 0; i < RUNS; i++) {
         const r = await spawnTimed("bwrap", ["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", node, "-e", "process.stdout.write('x')"]);
         base.push(r.firstMs ?? r.totalMs);
-      }
-      const ours = [];
-      for (let i = 0; i < RUNS; i++) {
         const t0 = performance.now();
         const sb = await engine.createSandbox({ image: IMAGE });
         let first;
