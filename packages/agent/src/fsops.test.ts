@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { AgentDriver, AgentError } from "./_test/driver.js";
 import { tempDir } from "./_test/util.js";
+import { agentBundlePath } from "./index.js";
 
 after(() => AgentDriver.killAll());
 
@@ -120,7 +121,14 @@ describe("file-system operations as an unprivileged user", () => {
     chmodSync(dir.path, 0o755);
     writeFileSync(join(dir.path, "secret"), "s");
     chmodSync(join(dir.path, "secret"), 0o600);
-    const d = await AgentDriver.start({ wrap: ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--"] });
+    // The checkout may sit in a directory that uid 65534 cannot enter: run a world-readable copy
+    // of the bundled agent (it is self-contained).
+    using runDir = tempDir();
+    chmodSync(runDir.path, 0o755);
+    const entry = join(runDir.path, "agent.cjs");
+    copyFileSync(agentBundlePath(), entry);
+    chmodSync(entry, 0o644);
+    const d = await AgentDriver.start({ entry, wrap: ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--"] });
     await assert.rejects(d.call("mkdir", { path: join(dir.path, "new"), recursive: false }), code("PERMISSION_DENIED"));
     await assert.rejects(d.call("remove", { path: join(dir.path, "secret"), recursive: false }), code("PERMISSION_DENIED"));
     const stream = d.collect(d.newStreamId());

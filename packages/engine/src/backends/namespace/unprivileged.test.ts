@@ -8,8 +8,9 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
-import { chown, mkdir, readdir, rmdir, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdir, readdir, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { build } from "esbuild";
 import { listProcessesWithId, readProcStat } from "../../_internal/proc.js";
 import { buildBusyboxRootfs, buildStandInRuntime, makeTestRoot, removeTestRoot } from "./_fixtures.js";
 
@@ -18,7 +19,9 @@ const hasPidsV1 = existsSync("/sys/fs/cgroup/pids/cgroup.procs");
 const skip =
   (!existsSync("/usr/bin/bwrap") || !existsSync("/bin/busybox")) ? "needs bubblewrap and busybox-static" : !isRoot ? "needs root to start a process as another uid" : false;
 const TIMEOUT = { timeout: 120_000 };
-const LAUNCHER = new URL("./_launcher.js", import.meta.url).pathname;
+const LAUNCHER_SOURCE = new URL("./_launcher.js", import.meta.url).pathname;
+/** The launcher bundled into the (world-readable) test root: the checkout may not be readable by USER. */
+let LAUNCHER = "";
 const USER = 0x6f30_0000 + (process.pid % 1000);
 const DELEGATED = `/sys/fs/cgroup/pids/mvm-delegated-${process.pid}`;
 
@@ -28,6 +31,17 @@ let input: { root: string; rootfsDir: string; agentDir: string };
 before(async () => {
   if (skip) return;
   root = await makeTestRoot();
+  LAUNCHER = join(root, "launcher.mjs");
+  await build({
+    entryPoints: [LAUNCHER_SOURCE],
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    outfile: LAUNCHER,
+    logLevel: "error",
+  });
+  await chmod(LAUNCHER, 0o644);
   await mkdir(join(root, "rootfs"), { mode: 0o755 });
   input = { root, rootfsDir: await buildBusyboxRootfs(join(root, "rootfs")), agentDir: (await buildStandInRuntime(root)).dir };
   await mkdir(join(root, "state"), { mode: 0o700 });
