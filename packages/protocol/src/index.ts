@@ -20,4 +20,5 @@ export * from "./errors.js";
 export * from "./messages.js";
 export { canonicalJson } from "./canonical.js";
 export * from "./api.js";
+export * from "./api-responses.js";
 export type * from "./engine-api.js";
