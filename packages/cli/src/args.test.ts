@@ -30,6 +30,7 @@ const GOOD: Good[] = [
     // With --timeout and no --ttl, the one-shot sandbox lives at least as long as the command may.
     options: { create: { ttlSeconds: 600 }, exec: { argv: ["sh", "-c", "exit 7"], env: { A: "1", B: "x=y" }, cwd: "/work", timeoutMs: 1500 } },
   },
+  { argv: ["image", "import", "/srv/rootfs.tar.gz", "local/tools"], name: "image import", options: { path: "/srv/rootfs.tar.gz", name: "local/tools" } },
   // Options after "--" belong to the command, not to mvmctl.
   { argv: ["run", "--", "ls", "--json", "--help"], name: "run", json: false, options: { create: {}, exec: { argv: ["ls", "--json", "--help"] } } },
   // Without "--" the positionals are the command.

@@ -189,6 +189,26 @@ test("open reaps records of dead engines and leaves live owners alone", async ()
   await engine.close();
 });
 
+test("importImage stores a host directory or tarball under a name; bad paths are typed errors", async () => {
+  const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
+  const tree = join(root, "import-tree");
+  await mkdir(join(tree, "etc"), { recursive: true });
+  await writeFile(join(tree, "etc", "motd"), "imported\n");
+  const fromDir = await engine.importImage(tree, "local/imported");
+  assert.match(fromDir.digest, /^sha256:[0-9a-f]{64}$/);
+  assert.ok(fromDir.refs.includes("local/imported"));
+  const tarPath = join(root, "import.tar");
+  const { execFileSync } = await import("node:child_process");
+  execFileSync("tar", ["-cf", tarPath, "-C", tree, "."]);
+  const fromTar = await engine.importImage(tarPath, "local/imported-tar");
+  assert.equal(fromTar.digest, fromDir.digest, "same tree, same digest, whatever the source");
+  const info = await engine.createSandbox({ image: "local/imported" });
+  assert.equal(info.image.digest, fromDir.digest);
+  await assert.rejects(engine.importImage("relative/path", "local/x"), InvalidArgumentError);
+  await assert.rejects(engine.importImage(join(root, "missing"), "local/x"), NotFoundError);
+  await engine.close();
+});
+
 test("close stops every sandbox with reason engine-exit and refuses new work", async () => {
   const backend = new HostProcessBackend("namespace", usable("container"));
   const engine = await engineWith([backend]);

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import {
   CreateSandboxRequest,
   ExecApiRequest,
+  ImportImageApiRequest,
   InvalidArgumentError,
   MAX_DIR_ENTRIES,
   NotFoundError,
@@ -340,6 +341,21 @@ export class Engine implements EngineApi {
       ...(options.onProgress ? { onProgress: options.onProgress } : {}),
       ...(signal ? { signal } : {}),
     });
+    return toImageInfo(rec);
+  }
+
+  async importImage(
+    path: string,
+    name: string,
+    options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {},
+  ): Promise<ImageInfo> {
+    const req = parse(ImportImageApiRequest, { path, name }, "image import");
+    const signal = callSignal(options);
+    const opts = { ...(options.onProgress ? { onProgress: options.onProgress } : {}), ...(signal ? { signal } : {}) };
+    const st = await stat(req.path).catch((err: unknown) => {
+      throw new NotFoundError(`Cannot import "${req.path}": it does not exist`, { cause: err });
+    });
+    const rec = st.isDirectory() ? await this.#options.images.importDir(req.path, req.name, opts) : await this.#options.images.importTar(req.path, req.name, opts);
     return toImageInfo(rec);
   }
 

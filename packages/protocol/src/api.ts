@@ -147,5 +147,11 @@ export const ApiErrorBody = z.strictObject({
   }),
 });
 
+/** Body of POST /v1/images/import: a host path (absolute) and the name to give the image. */
+export const ImportImageApiRequest = z.strictObject({
+  path: z.string().min(1).max(4096).regex(/^\//, { message: "must be an absolute path" }),
+  name: ImageRefSchema,
+});
+
 /** Largest JSON body either side of the daemon API buffers, in bytes. */
 export const MAX_API_JSON_BYTES = 32 * 1024 * 1024;

@@ -118,6 +118,16 @@ export interface EngineApi {
     ref: string,
     options?: CallOptions & { force?: boolean; onProgress?: (event: ProgressEvent) => void },
   ): Promise<ImageInfo>;
+  /**
+   * Imports a directory or a tar archive (plain or gzip) on the engine's host as an image named
+   * `name`. Extraction is path-safe: absolute paths, `..` and escaping links are refused, device
+   * nodes dropped, setuid/setgid bits cleared. The path is read with the engine's privileges.
+   */
+  importImage(
+    path: string,
+    name: string,
+    options?: CallOptions & { onProgress?: (event: ProgressEvent) => void },
+  ): Promise<ImageInfo>;
   removeImage(ref: string, options?: CallOptions): Promise<void>;
 
   /** Releases the client (SDK) or stops the engine and kills its sandboxes (embedded). */

@@ -260,6 +260,15 @@ export class DaemonClient implements EngineApi {
     return this.#progressStream("buildImage", options, call, wire.BuildStreamLine, (line) => (line as { image: ImageInfo }).image);
   }
 
+  importImage(
+    path: string,
+    name: string,
+    options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {},
+  ): Promise<ImageInfo> {
+    const call = { method: "POST", path: "/v1/images/import", ...jsonBody({ path, name }) } as const;
+    return this.#progressStream("importImage", options, call, wire.BuildStreamLine, (line) => (line as { image: ImageInfo }).image);
+  }
+
   removeImage(ref: string, options?: CallOptions): Promise<void> {
     return this.#empty("removeImage", options, { method: "DELETE", path: `/v1/images?${new URLSearchParams({ ref })}` });
   }

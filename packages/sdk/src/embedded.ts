@@ -171,6 +171,13 @@ export class EmbeddedEngine implements EngineApi {
   buildImage(ref: string, options?: CallOptions & { force?: boolean; onProgress?: (event: ProgressEvent) => void }): Promise<ImageInfo> {
     return this.#engine.buildImage(ref, options);
   }
+  importImage(
+    path: string,
+    name: string,
+    options?: CallOptions & { onProgress?: (event: ProgressEvent) => void },
+  ): Promise<ImageInfo> {
+    return this.#engine.importImage(path, name, options);
+  }
   removeImage(ref: string, options?: CallOptions): Promise<void> {
     return this.#engine.removeImage(ref, options);
   }

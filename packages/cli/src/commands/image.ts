@@ -1,6 +1,7 @@
 /**
  * `mvmctl image build|ls|rm`: the engine's image store.
  */
+import { resolve as resolvePath } from "node:path";
 import { ImageRefSchema, type ImageInfo } from "@mvm/protocol";
 import { defineCommand } from "../command.js";
 import { booleanFlag } from "../flags.js";
@@ -34,6 +35,32 @@ export const imageBuildCommand = defineCommand<{ ref: string; force: boolean }>(
       let image: ImageInfo;
       try {
         image = await engine.buildImage(ref, { force, signal: ctx.signal, onProgress: (e) => progress.update(e) });
+      } finally {
+        progress.done();
+      }
+      ctx.out.human(`${image.digest}\n`);
+      ctx.out.jsonResult(image);
+      return 0;
+    });
+  },
+});
+
+export const imageImportCommand = defineCommand<{ path: string; name: string }>({
+  name: "image import",
+  summary: "Import a directory or a tar archive (plain or gzip) as an image",
+  usage: "PATH NAME",
+  details:
+    "Extraction is path-safe: absolute paths, '..' and links leaving the tree are refused, device nodes are dropped and setuid/setgid bits cleared. PATH is read by the engine (the daemon, or this process). With --json the image record is printed.",
+  flags: {},
+  positionals: { min: 2, max: 2 },
+  connection: "auto",
+  parse: (raw) => ({ path: resolvePath(raw.positionals[0] ?? ""), name: imageRefArg(raw.positionals[1] ?? "") }),
+  async run(ctx, { path, name }) {
+    return withEngine(ctx, async (engine) => {
+      const progress = ctx.out.progress();
+      let image: ImageInfo;
+      try {
+        image = await engine.importImage(path, name, { signal: ctx.signal, onProgress: (e) => progress.update(e) });
       } finally {
         progress.done();
       }

@@ -7,7 +7,7 @@ import { createCommand } from "./create.js";
 import { daemonCommand } from "./daemon.js";
 import { doctorCommand } from "./doctor.js";
 import { execCommand } from "./exec.js";
-import { imageBuildCommand, imageLsCommand, imageRmCommand } from "./image.js";
+import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
 import { killCommand } from "./kill.js";
 import { lsCommand } from "./ls.js";
 import { runCommand } from "./run.js";
@@ -21,6 +21,7 @@ export const COMMANDS: readonly Command[] = [
   cpCommand,
   killCommand,
   imageBuildCommand,
+  imageImportCommand,
   imageLsCommand,
   imageRmCommand,
   daemonCommand,

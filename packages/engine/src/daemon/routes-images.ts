@@ -1,5 +1,5 @@
 /** Routes for the image store. */
-import { ImageRefSchema, type ProgressEvent } from "@mvm/protocol";
+import { ImageRefSchema, ImportImageApiRequest, type ProgressEvent } from "@mvm/protocol";
 import { z } from "zod";
 import { check, readJson, requiredParam, sendJson, sendNoContent, wireErrorOf } from "./http-io.js";
 import { NdjsonWriter, wantsNdjson } from "./ndjson.js";
@@ -15,6 +15,7 @@ export const imageRoutes: readonly Route[] = [
     handler: async (ctx) => sendJson(ctx.res, 200, { images: await ctx.engine.listImages({ signal: ctx.signal }) }),
   },
   { method: "POST", pattern: "/v1/images/build", handler: buildImage },
+  { method: "POST", pattern: "/v1/images/import", handler: importImage },
   {
     method: "DELETE",
     pattern: "/v1/images",
@@ -25,6 +26,24 @@ export const imageRoutes: readonly Route[] = [
     },
   },
 ];
+
+/** Imports a host directory or tarball; streams progress like a build. */
+async function importImage(ctx: RouteContext): Promise<void> {
+  const { path, name } = await readJson(ctx.req, ImportImageApiRequest);
+  if (!wantsNdjson(ctx.req.headers.accept)) {
+    sendJson(ctx.res, 200, await ctx.engine.importImage(path, name, { signal: ctx.signal }));
+    return;
+  }
+  const out = new NdjsonWriter(ctx.res);
+  out.start();
+  try {
+    const onProgress = (event: ProgressEvent): void => out.line({ type: "progress", event });
+    out.line({ type: "result", image: await ctx.engine.importImage(path, name, { signal: ctx.signal, onProgress }) });
+  } catch (err) {
+    out.line({ type: "error", error: wireErrorOf(err) });
+  }
+  out.end();
+}
 
 /** Builds (or resolves) an image; with `Accept: application/x-ndjson` streams progress lines first. */
 async function buildImage(ctx: RouteContext): Promise<void> {

@@ -29,7 +29,7 @@ function stubEngine(overrides: Partial<EngineApi> = {}): EngineApi {
   for (const m of [
     "health", "createSandbox", "getSandbox", "listSandboxes", "killSandbox", "exec", "signalProcess", "writeStdin",
     "listProcesses", "readFile", "writeFile", "listDir", "stat", "mkdir", "remove", "rename", "listImages",
-    "buildImage", "removeImage", "close",
+    "buildImage", "importImage", "removeImage", "close",
   ]) base[m] = unused;
   return { ...(base as unknown as EngineApi), ...overrides };
 }

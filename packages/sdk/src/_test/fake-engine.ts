@@ -269,6 +269,12 @@ export class FakeEngine implements EngineApi {
     return { digest: DIGEST, refs: [ref], sizeBytes: 4321, createdAt: new Date(0).toISOString() };
   }
 
+  async importImage(path: string, name: string, options: CallOptions & { onProgress?: (e: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+    if (!path.startsWith("/")) throw new InvalidArgumentError(`Import path "${path}" is not absolute`);
+    options.onProgress?.({ phase: "unpack", message: `unpacking ${path}`, fraction: 0.5 });
+    return { digest: DIGEST, refs: [name], sizeBytes: 99, createdAt: new Date(0).toISOString() };
+  }
+
   async removeImage(ref: string): Promise<void> {
     if (ref !== "debian:bookworm+python3") throw new NotFoundError(`No image "${ref}"`);
   }
