@@ -1,0 +1,38 @@
+/** Admission: workload IR, signed execution plans, the replay store and the operator policy. */
+export {
+  IR_VERSION,
+  IntentSchema,
+  WorkloadCommand,
+  NetworkPolicy,
+  SecretBinding,
+  IrResources,
+  PortSpec,
+  WorkloadIR,
+  envSha256,
+  irFromCreateRequest,
+  parseWorkloadIR,
+} from "./ir.js";
+export type { Intent, IrFromCreateOptions } from "./ir.js";
+export {
+  PLAN_VERSION,
+  PLAN_SIGNATURE_DOMAIN,
+  MAX_SIGNED_PLAN_BYTES,
+  AdmissionProfile,
+  ExecutionPlan,
+  SignedPlan,
+  PlanSignature,
+  computePlanId,
+  keyIdOf,
+  createPlan,
+  signPlan,
+  verifyPlanSignature,
+  encodeSignedPlan,
+  decodeSignedPlan,
+} from "./plan.js";
+export type { CreatePlanInput, UnsignedPlan } from "./plan.js";
+export { ReplayStore } from "./replay.js";
+export type { ReplayStoreOptions, CompactResult } from "./replay.js";
+export { POLICY_VERSION, OperatorPolicy, evaluatePolicy, parsePolicy, loadPolicy } from "./policy.js";
+export type { PolicyRule, PolicyDecision } from "./policy.js";
+export { admit, PolicyRuleDeniedError } from "./admit.js";
+export type { AdmitOptions, AdmittedPlan } from "./admit.js";

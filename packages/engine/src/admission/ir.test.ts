@@ -1,0 +1,76 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { InvalidArgumentError } from "@mvm/protocol";
+import { envSha256, irFromCreateRequest, parseWorkloadIR, WorkloadIR } from "./ir.js";
+import { DIGEST_A, arbIR, sampleIR } from "./_testing.js";
+
+describe("workload IR", () => {
+  it("maps a create request: env names only, values bound by digest, defaults filled in", () => {
+    const ir = irFromCreateRequest(
+      { image: "debian:bookworm", ttlSeconds: 120, resources: { memoryMiB: 256, cpus: 0.5 }, workMiB: 64, env: { ZED: "1", ALPHA: "secret-ish" } },
+      { imageDigest: DIGEST_A },
+    );
+    assert.deepEqual(ir, {
+      version: 1,
+      imageDigest: DIGEST_A,
+      command: { kind: "session" },
+      envNames: ["ALPHA", "ZED"],
+      envSha256: envSha256({ ALPHA: "secret-ish", ZED: "1" }),
+      resources: { memoryMiB: 256, cpus: 0.5, workMiB: 64 },
+      network: { mode: "deny-all" },
+      secrets: [],
+      ttlSeconds: 120,
+      ports: [],
+      requiredTier: "container",
+      intent: "code:execute",
+    });
+    assert.ok(!JSON.stringify(ir).includes("secret-ish"));
+    assert.notEqual(envSha256({ ALPHA: "other", ZED: "1" }), ir.envSha256);
+  });
+
+  it("requires a VM tier when the request asks for the vm backend", () => {
+    assert.equal(irFromCreateRequest({ backend: "vm" }, { imageDigest: DIGEST_A }).requiredTier, "vm-emulated");
+    assert.equal(irFromCreateRequest({ backend: "namespace" }, { imageDigest: DIGEST_A }).requiredTier, "container");
+  });
+
+  it("uses the default TTL when the request has none", () => {
+    assert.equal(irFromCreateRequest({}, { imageDigest: DIGEST_A, defaultTtlSeconds: 99 }).ttlSeconds, 99);
+  });
+
+  it("refuses a bad image digest, naming the field", () => {
+    assert.throws(() => irFromCreateRequest({}, { imageDigest: "sha256:xyz" }), (err: unknown) => {
+      assert.ok(err instanceof InvalidArgumentError);
+      assert.match(err.message, /field "imageDigest"/);
+      return true;
+    });
+  });
+
+  it("refuses unknown fields and unknown network modes (closed union)", () => {
+    assert.throws(() => parseWorkloadIR({ ...sampleIR(), extra: 1 }), InvalidArgumentError);
+    assert.throws(() => parseWorkloadIR({ ...sampleIR(), network: { mode: "allow-all" } }), /field "network/);
+    assert.throws(() => parseWorkloadIR({ ...sampleIR(), network: { mode: "deny-all", allow: [] } }), InvalidArgumentError);
+    assert.throws(() => parseWorkloadIR({ ...sampleIR(), version: 2 }), /field "version"/);
+  });
+
+  it("refuses unsorted env names, duplicate secrets, a secret shadowing an env name and duplicate ports", () => {
+    assert.throws(() => parseWorkloadIR(sampleIR({ envNames: ["B", "A"] })), /field "envNames"/);
+    const s = { name: "K", ref: "store:k", posture: "mediated" as const };
+    assert.throws(() => parseWorkloadIR(sampleIR({ secrets: [s, s] })), /field "secrets"/);
+    assert.throws(() => parseWorkloadIR(sampleIR({ envNames: ["K"], secrets: [s] })), /field "secrets"/);
+    const p = { port: 80, protocol: "tcp" as const };
+    assert.throws(() => parseWorkloadIR(sampleIR({ ports: [p, p] })), /field "ports"/);
+  });
+
+  it("refuses a malformed intent", () => {
+    assert.throws(() => parseWorkloadIR(sampleIR({ intent: "Execute" })), /field "intent"/);
+  });
+
+  it("accepts every generated IR unchanged", () => {
+    fc.assert(
+      fc.property(arbIR, (ir) => {
+        assert.deepEqual(WorkloadIR.parse(ir), ir);
+      }),
+    );
+  });
+});

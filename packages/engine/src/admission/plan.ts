@@ -1,0 +1,202 @@
+/**
+ * ExecutionPlan v1: a WorkloadIR plus the admission profile it runs under, a validity window and a
+ * one-time nonce, signed with the host's Ed25519 key. `planId` is the sha256 of the canonical JSON
+ * of the plan without `planId`; the signature covers the canonical JSON of the whole plan, prefixed
+ * by a domain string so the signature cannot be replayed as any other kind of signed object.
+ */
+import { createHash, createPublicKey, randomBytes, sign, verify, type KeyObject } from "node:crypto";
+import { z } from "zod";
+import { AdmissionError, InvalidArgumentError, Sha256DigestSchema, canonicalJson, type Sha256Digest } from "@mvm/protocol";
+import { IntentSchema, WorkloadIR, describeIssue } from "./ir.js";
+
+export const PLAN_VERSION = 1;
+/** Bytes signed = this prefix + canonical JSON of the plan. */
+export const PLAN_SIGNATURE_DOMAIN = "mvm.execution-plan.v1\n";
+/** Largest encoded signed plan `decodeSignedPlan` reads, in bytes. */
+export const MAX_SIGNED_PLAN_BYTES = 1024 * 1024;
+
+/** A named policy, optionally pinned to the digest of its content: `egress-default@sha256:…`. */
+export const PolicyRef = z
+  .string()
+  .max(200)
+  .regex(/^[a-z0-9][a-z0-9._-]{0,63}(@sha256:[0-9a-f]{64})?$/, { message: "must be a policy name, optionally @sha256:<hex>" });
+
+/**
+ * Under which rules the IR runs. `secretRelease` is the ceiling for the IR's secret postures:
+ * `none` allows no secrets, `mediated` only mediated ones, `env` both.
+ */
+export const AdmissionProfile = z.strictObject({
+  intent: IntentSchema,
+  seccompTier: z.enum(["default", "strict"]),
+  networkPolicyRef: PolicyRef.optional(),
+  filesystemPolicyRef: PolicyRef.optional(),
+  egressPolicyRef: PolicyRef.optional(),
+  toolPolicyRef: PolicyRef.optional(),
+  secretRelease: z.enum(["none", "mediated", "env"]),
+  auditLabels: z
+    .record(z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9._/-]*$/), z.string().max(256))
+    .check(z.refine((l) => Object.keys(l).length <= 32, { message: "at most 32 labels" })),
+});
+export type AdmissionProfile = z.infer<typeof AdmissionProfile>;
+
+export const NonceSchema = z.string().regex(/^[0-9a-f]{32}$/, { message: "must be 128 bits as 32 lowercase hex digits" });
+
+const UnsignedPlanFields = {
+  version: z.literal(PLAN_VERSION),
+  ir: WorkloadIR,
+  profile: AdmissionProfile,
+  /** Start of validity, milliseconds since the Unix epoch. */
+  notBeforeMs: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  /** End of validity (inclusive), milliseconds since the Unix epoch. */
+  notAfterMs: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  nonce: NonceSchema,
+};
+
+type PlanRules = { notBeforeMs: number; notAfterMs: number; ir: WorkloadIR; profile: AdmissionProfile };
+const planRules = [
+  z.refine<PlanRules>((p) => p.notAfterMs > p.notBeforeMs, { message: "notAfterMs must be after notBeforeMs", path: ["notAfterMs"] }),
+  z.refine<PlanRules>((p) => p.profile.intent === p.ir.intent, { message: "profile intent must equal the IR intent", path: ["profile", "intent"] }),
+  z.refine<PlanRules>((p) => secretsWithin(p.ir.secrets, p.profile.secretRelease), {
+    message: "a secret posture exceeds the profile's secretRelease",
+    path: ["profile", "secretRelease"],
+  }),
+];
+
+const UnsignedPlanSchema = z.strictObject(UnsignedPlanFields).check(...planRules);
+export const ExecutionPlan = z.strictObject({ ...UnsignedPlanFields, planId: Sha256DigestSchema }).check(...planRules);
+export type ExecutionPlan = z.infer<typeof ExecutionPlan>;
+export type UnsignedPlan = Omit<ExecutionPlan, "planId">;
+
+export const PlanSignature = z.strictObject({
+  alg: z.literal("ed25519"),
+  /** `sha256:` of the signer's public key in SPKI DER form. */
+  keyId: Sha256DigestSchema,
+  /** 64 bytes, lowercase hex. */
+  value: z.string().regex(/^[0-9a-f]{128}$/),
+});
+export const SignedPlan = z.strictObject({ plan: ExecutionPlan, signature: PlanSignature });
+export type SignedPlan = z.infer<typeof SignedPlan>;
+
+function secretsWithin(secrets: readonly { posture: "mediated" | "env" }[], release: "none" | "mediated" | "env"): boolean {
+  if (release === "env") return true;
+  if (release === "none") return secrets.length === 0;
+  return secrets.every((s) => s.posture === "mediated");
+}
+
+/** `sha256:` of the canonical JSON of the plan without its planId. */
+export function computePlanId(plan: UnsignedPlan | ExecutionPlan): Sha256Digest {
+  const { planId: _ignored, ...unsigned } = plan as ExecutionPlan;
+  return `sha256:${createHash("sha256").update(canonicalJson(unsigned)).digest("hex")}` as Sha256Digest;
+}
+
+/** `sha256:` of a public key's SPKI DER encoding. */
+export function keyIdOf(key: KeyObject): Sha256Digest {
+  const pub = key.type === "private" ? createPublicKey(key) : key;
+  return `sha256:${createHash("sha256").update(pub.export({ type: "spki", format: "der" })).digest("hex")}` as Sha256Digest;
+}
+
+export interface CreatePlanInput {
+  ir: WorkloadIR;
+  profile: AdmissionProfile;
+  notBeforeMs: number;
+  notAfterMs: number;
+  /** 32 lowercase hex digits. @default 128 fresh random bits */
+  nonce?: string;
+}
+
+/** Builds and validates a plan: fills in the nonce and planId. Throws InvalidArgumentError naming the field. */
+export function createPlan(input: CreatePlanInput): ExecutionPlan {
+  const unsigned = {
+    version: PLAN_VERSION,
+    ir: input.ir,
+    profile: input.profile,
+    notBeforeMs: input.notBeforeMs,
+    notAfterMs: input.notAfterMs,
+    nonce: input.nonce ?? randomBytes(16).toString("hex"),
+  };
+  const parsed = UnsignedPlanSchema.safeParse(unsigned);
+  if (!parsed.success) throw new InvalidArgumentError(`Invalid execution plan: ${describeIssue(parsed.error)}`, { cause: parsed.error });
+  return { ...parsed.data, planId: computePlanId(parsed.data) };
+}
+
+function signedBytes(plan: ExecutionPlan): Buffer {
+  return Buffer.from(PLAN_SIGNATURE_DOMAIN + canonicalJson(plan), "utf8");
+}
+
+/**
+ * Signs a plan with an Ed25519 private key. The plan is validated and its planId checked first.
+ *
+ * @example
+ * const signed = signPlan(createPlan({ ir, profile, notBeforeMs, notAfterMs }), hostPrivateKey);
+ */
+export function signPlan(plan: ExecutionPlan, privateKey: KeyObject): SignedPlan {
+  if (privateKey.type !== "private" || privateKey.asymmetricKeyType !== "ed25519") {
+    throw new InvalidArgumentError(`Cannot sign plan: key must be an Ed25519 private key, got "${privateKey.asymmetricKeyType ?? privateKey.type}"`);
+  }
+  const parsed = ExecutionPlan.safeParse(plan);
+  if (!parsed.success) throw new InvalidArgumentError(`Invalid execution plan: ${describeIssue(parsed.error)}`, { cause: parsed.error });
+  const expectedId = computePlanId(parsed.data);
+  if (parsed.data.planId !== expectedId) {
+    throw new InvalidArgumentError(`Cannot sign plan: planId "${parsed.data.planId}" does not match its content "${expectedId}"`);
+  }
+  const value = sign(null, signedBytes(parsed.data), privateKey).toString("hex");
+  return { plan: parsed.data, signature: { alg: "ed25519", keyId: keyIdOf(privateKey), value } };
+}
+
+/**
+ * Checks an untrusted signed plan: schema, planId, key id and Ed25519 signature. Returns the
+ * validated plan. Does not look at the validity window or the nonce (`admit` does).
+ * Throws AdmissionError on any failure.
+ */
+export function verifyPlanSignature(signed: unknown, publicKey: KeyObject): SignedPlan {
+  if (publicKey.type !== "public" || publicKey.asymmetricKeyType !== "ed25519") {
+    throw new InvalidArgumentError(`Cannot verify plan: key must be an Ed25519 public key, got "${publicKey.asymmetricKeyType ?? publicKey.type}"`);
+  }
+  const parsed = SignedPlan.safeParse(signed);
+  if (!parsed.success) throw new AdmissionError(`Malformed signed plan: ${describeIssue(parsed.error)}`, { cause: parsed.error });
+  const { plan, signature } = parsed.data;
+  const expectedId = computePlanId(plan);
+  if (plan.planId !== expectedId) throw new AdmissionError(`Plan "${plan.planId}" refused: planId does not match its content`);
+  const keyId = keyIdOf(publicKey);
+  if (signature.keyId !== keyId) {
+    throw new AdmissionError(`Plan "${plan.planId}" refused: signed by key "${signature.keyId}", expected "${keyId}"`);
+  }
+  if (!verify(null, signedBytes(plan), publicKey, Buffer.from(signature.value, "hex"))) {
+    throw new AdmissionError(`Plan "${plan.planId}" refused: bad signature`);
+  }
+  return parsed.data;
+}
+
+/** The wire form of a signed plan: its canonical JSON, UTF-8. */
+export function encodeSignedPlan(signed: SignedPlan): Buffer {
+  return Buffer.from(canonicalJson(signed), "utf8");
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Parses the wire form of a signed plan without trusting it: size-bounded, strict UTF-8, JSON,
+ * and byte-for-byte canonical (so no two encodings of one plan are both accepted). The result is
+ * still unverified: pass it to `verifyPlanSignature` or `admit`. Throws AdmissionError.
+ */
+export function decodeSignedPlan(bytes: Uint8Array): unknown {
+  if (bytes.byteLength > MAX_SIGNED_PLAN_BYTES) {
+    throw new AdmissionError(`Malformed signed plan: ${bytes.byteLength} bytes exceeds the limit of ${MAX_SIGNED_PLAN_BYTES}`);
+  }
+  let value: unknown;
+  let text: string;
+  try {
+    text = strictUtf8.decode(bytes);
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new AdmissionError(`Malformed signed plan: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+  let canonical: string;
+  try {
+    canonical = canonicalJson(value);
+  } catch (err) {
+    throw new AdmissionError(`Malformed signed plan: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+  if (canonical !== text) throw new AdmissionError("Malformed signed plan: encoding is not canonical JSON");
+  return value;
+}

@@ -1,0 +1,146 @@
+/**
+ * Operator policy v1: limits the operator sets for every workload, enforced at admission.
+ * A field that is absent imposes nothing; a resource the IR leaves unlimited exceeds any maximum.
+ */
+import { open } from "node:fs/promises";
+import { z } from "zod";
+import { InvalidArgumentError, Sha256DigestSchema, Tier } from "@mvm/protocol";
+import { IntentSchema, describeIssue, type WorkloadIR } from "./ir.js";
+
+export const POLICY_VERSION = 1;
+/** Largest policy file `loadPolicy` reads, in bytes. */
+export const MAX_POLICY_FILE_BYTES = 1024 * 1024;
+
+export const OperatorPolicy = z.strictObject({
+  version: z.literal(POLICY_VERSION),
+  /** Longest TTL a workload may ask for, in seconds. */
+  maxTtlSeconds: z.number().int().min(1).optional(),
+  /** Only these images may run. */
+  allowedImageDigests: z.array(Sha256DigestSchema).max(10_000).optional(),
+  /** The weakest tier a workload may run on (container < vm-emulated = vm-hardware). */
+  requiredTier: Tier.optional(),
+  maxResources: z
+    .strictObject({
+      memoryMiB: z.number().int().min(1).optional(),
+      pids: z.number().int().min(1).optional(),
+      cpus: z.number().min(0.01).optional(),
+      workMiB: z.number().int().min(1).optional(),
+    })
+    .optional(),
+  /** When true, the network policy must be `deny-all`. */
+  forbidEgress: z.boolean().optional(),
+  /** When true, no secret may have posture `env` (the value would be handed to the guest). */
+  forbidEnvSecrets: z.boolean().optional(),
+  /** Only these intents may be admitted. */
+  allowedIntents: z.array(IntentSchema).max(1000).optional(),
+});
+export type OperatorPolicy = z.infer<typeof OperatorPolicy>;
+
+/** Names of the rules `evaluatePolicy` can report. */
+export type PolicyRule =
+  | "maxTtlSeconds"
+  | "allowedImageDigests"
+  | "requiredTier"
+  | "maxResources.memoryMiB"
+  | "maxResources.pids"
+  | "maxResources.cpus"
+  | "maxResources.workMiB"
+  | "forbidEgress"
+  | "forbidEnvSecrets"
+  | "allowedIntents";
+
+export type PolicyDecision = { ok: true } | { ok: false; rule: PolicyRule; message: string };
+
+/** Isolation strength of a tier: both VM tiers put a guest kernel between workload and host. */
+const TIER_RANK: Record<Tier, number> = { container: 0, "vm-emulated": 1, "vm-hardware": 1 };
+
+const RESOURCE_KEYS = ["memoryMiB", "pids", "cpus", "workMiB"] as const;
+
+/**
+ * Checks an IR against the operator policy. Rules are checked in a fixed order and the first one
+ * broken is reported; the result is a value, not a throw (`admit` turns it into PolicyDeniedError).
+ */
+export function evaluatePolicy(ir: WorkloadIR, policy: OperatorPolicy): PolicyDecision {
+  if (policy.maxTtlSeconds !== undefined && ir.ttlSeconds > policy.maxTtlSeconds) {
+    return deny("maxTtlSeconds", `ttlSeconds "${ir.ttlSeconds}" exceeds the maximum of ${policy.maxTtlSeconds}`);
+  }
+  if (policy.allowedImageDigests !== undefined && !policy.allowedImageDigests.includes(ir.imageDigest)) {
+    return deny("allowedImageDigests", `image "${ir.imageDigest}" is not in the allowed list`);
+  }
+  if (policy.requiredTier !== undefined && TIER_RANK[ir.requiredTier] < TIER_RANK[policy.requiredTier]) {
+    return deny("requiredTier", `tier "${ir.requiredTier}" is weaker than the required "${policy.requiredTier}"`);
+  }
+  for (const key of RESOURCE_KEYS) {
+    const max = policy.maxResources?.[key];
+    if (max === undefined) continue;
+    const asked = ir.resources[key];
+    if (asked === undefined) return deny(`maxResources.${key}`, `${key} is unlimited; the maximum is ${max}`);
+    if (asked > max) return deny(`maxResources.${key}`, `${key} "${asked}" exceeds the maximum of ${max}`);
+  }
+  if (policy.forbidEgress === true && ir.network.mode !== "deny-all") {
+    return deny("forbidEgress", `network mode "${ir.network.mode}" allows egress, which the policy forbids`);
+  }
+  if (policy.forbidEnvSecrets === true) {
+    const exposed = ir.secrets.find((s) => s.posture === "env");
+    if (exposed !== undefined) return deny("forbidEnvSecrets", `secret "${exposed.name}" has posture "env", which the policy forbids`);
+  }
+  if (policy.allowedIntents !== undefined && !policy.allowedIntents.includes(ir.intent)) {
+    return deny("allowedIntents", `intent "${ir.intent}" is not in the allowed list`);
+  }
+  return { ok: true };
+}
+
+function deny(rule: PolicyRule, message: string): PolicyDecision {
+  return { ok: false, rule, message };
+}
+
+/** Validates an unknown value as an operator policy; InvalidArgumentError names the first bad field. */
+export function parsePolicy(value: unknown, source = "policy"): OperatorPolicy {
+  const parsed = OperatorPolicy.safeParse(value);
+  if (!parsed.success) throw new InvalidArgumentError(`Invalid ${source}: ${describeIssue(parsed.error)}`, { cause: parsed.error });
+  return parsed.data;
+}
+
+/**
+ * Reads and validates an operator policy file (JSON, at most 1 MiB).
+ * Throws InvalidArgumentError naming the file and the bad field; a file that cannot be read is an
+ * InvalidArgumentError too, with the system error as cause.
+ *
+ * @example
+ * const policy = await loadPolicy("/etc/mvm/policy.json");
+ */
+export async function loadPolicy(path: string): Promise<OperatorPolicy> {
+  let bytes: Buffer;
+  try {
+    bytes = await readBounded(path, MAX_POLICY_FILE_BYTES + 1);
+  } catch (err) {
+    throw new InvalidArgumentError(`Cannot read policy file "${path}": ${(err as Error).message}`, { cause: err });
+  }
+  if (bytes.byteLength > MAX_POLICY_FILE_BYTES) {
+    throw new InvalidArgumentError(`Policy file "${path}" is ${bytes.byteLength} bytes, over the limit of ${MAX_POLICY_FILE_BYTES}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(bytes.toString("utf8"));
+  } catch (err) {
+    throw new InvalidArgumentError(`Policy file "${path}" is not valid JSON: ${(err as Error).message}`, { cause: err });
+  }
+  return parsePolicy(value, `policy file "${path}"`);
+}
+
+/** Reads at most `limit` bytes of a file. */
+async function readBounded(path: string, limit: number): Promise<Buffer> {
+  const handle = await open(path, "r");
+  try {
+    const buffer = Buffer.alloc(limit);
+    let length = 0;
+    while (length < limit) {
+      const { bytesRead } = await handle.read(buffer, length, limit - length, null);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+    }
+    return buffer.subarray(0, length);
+  } finally {
+    await handle.close();
+  }
+}
