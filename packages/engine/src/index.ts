@@ -5,3 +5,4 @@ export type { OpenEngineOptions } from "./open.js";
 export { defaultStateDir } from "./state.js";
 export { startDaemonServer } from "./daemon/server.js";
 export type { Backend, LaunchSpec, LaunchedSandbox, ProbeCheck, ProbeResult, ReapRecord } from "./backends/types.js";
+export * from "./audit/index.js";

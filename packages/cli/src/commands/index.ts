@@ -2,6 +2,7 @@
  * The command table, in the order `mvmctl --help` lists it.
  */
 import type { Command } from "../command.js";
+import { auditPubkeyCommand, auditShowCommand, auditTailCommand, auditVerifyCommand } from "./audit.js";
 import { cpCommand } from "./cp.js";
 import { createCommand } from "./create.js";
 import { daemonCommand } from "./daemon.js";
@@ -24,5 +25,9 @@ export const COMMANDS: readonly Command[] = [
   imageImportCommand,
   imageLsCommand,
   imageRmCommand,
+  auditVerifyCommand,
+  auditTailCommand,
+  auditShowCommand,
+  auditPubkeyCommand,
   daemonCommand,
 ];

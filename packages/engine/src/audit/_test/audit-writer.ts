@@ -1,0 +1,38 @@
+/**
+ * Test fixture run as a child process: `node audit-writer.js <stateDir> burst|hold`.
+ * burst: appends events forever, 32 in flight, printing each acknowledged seq on its own line.
+ * hold: opens the log, appends one event, prints "ready" and waits to be killed.
+ * On a failure it prints "error <code> <message>" and exits 3.
+ */
+import { argvDigest } from "../entry.js";
+import { openStateAuditLog } from "../log.js";
+
+const [stateDir, mode] = process.argv.slice(2);
+if (stateDir === undefined || (mode !== "burst" && mode !== "hold")) {
+  process.stderr.write("usage: audit-writer.js STATE_DIR burst|hold\n");
+  process.exit(2);
+}
+
+try {
+  const log = await openStateAuditLog(stateDir);
+  const sandboxId = "sbx_abcdefghijklmnopqrst";
+  if (mode === "hold") {
+    await log.append({ type: "policy.changed", policyId: "p1", previousDigest: null, policyDigest: "0".repeat(64) });
+    process.stdout.write("ready\n");
+    setInterval(() => undefined, 1 << 30);
+  } else {
+    let n = 0;
+    const worker = async (): Promise<never> => {
+      for (;;) {
+        const i = n++;
+        const r = await log.append({ type: "exec.started", sandboxId, execId: `ex_${i}`, argvDigest: argvDigest(["echo", String(i)]), argc: 2 });
+        process.stdout.write(`${r.seq}\n`);
+      }
+    };
+    await Promise.all(Array.from({ length: 32 }, worker));
+  }
+} catch (err) {
+  const e = err as { code?: string; message?: string };
+  process.stdout.write(`error ${e.code ?? "?"} ${e.message ?? String(err)}\n`);
+  process.exit(3);
+}

@@ -1,0 +1,340 @@
+/**
+ * The append-only audit log of a state directory.
+ *
+ * Format of `<dir>/audit.log` (UTF-8, one entry per line, each line ending in "\n"):
+ *
+ *   {"event":{...},"hash":"<64 hex>","prev":"<64 hex>","seq":1,"sig":"<88 base64>","ts":"…Z","v":1}\n
+ *   {"event":{...},"hash":"…","prev":"sha256(line 1 without \n)","seq":2,"sig":"…","ts":"…","v":1}\n
+ *
+ * - every line is `canonicalJson(entry)` (keys sorted, no whitespace) and at most 8192 bytes;
+ * - `seq` starts at 1 and grows by one per line;
+ * - `prev` is the sha256 hex of the previous line's bytes (without its newline), 64 zeros on line 1;
+ * - `hash` = sha256 hex of canonicalJson({ v, seq, ts, prev, event });
+ * - `sig` = base64 of Ed25519(private host key, the 32 bytes of `hash`).
+ * Nothing is ever rewritten: entries are only appended. Entry schema: entry.ts.
+ *
+ * Durability: `append` resolves after the line is written and fdatasync'ed. Appends that arrive
+ * while a sync is in flight form the next batch (group commit): one write and one sync per batch.
+ * One writer at a time: `<dir>/audit.log.lock` (writer-lock.ts). On open the last line is read
+ * and checked (newline, JSON, schema, hash, signature with this key); a bad or torn tail is
+ * reported as AuditLogCorruptError with its byte offset and never extended or cut silently.
+ * `AuditLog.repairTornTail` is the operator's explicit way out: it moves the bad bytes to a side
+ * file and cuts the log back to its last good line.
+ */
+import { createHash } from "node:crypto";
+import { mkdir, open, type FileHandle } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { ErrorCode, InternalError, InvalidArgumentError, MvmError, type MvmErrorOptions } from "@mvm/protocol";
+import { AuditEventSchema, GENESIS_PREV, MAX_ENTRY_BYTES, entryLine, signEntry, signatureValid, type AuditEvent } from "./entry.js";
+import { loadOrCreateHostKey, type HostKey } from "./keys.js";
+import { checkLine, sigCanonical } from "./line.js";
+import { AuditWriterLock } from "./writer-lock.js";
+
+export const AUDIT_FILE = "audit.log";
+
+/** The audit directory of a state directory: `<stateDir>/audit`. */
+export function auditDir(stateDir: string): string {
+  return join(stateDir, "audit");
+}
+
+/** The audit file of a state directory: `<stateDir>/audit/audit.log`. */
+export function auditFilePath(stateDir: string): string {
+  return join(auditDir(stateDir), AUDIT_FILE);
+}
+
+/**
+ * Opens the audit log of a state directory with the host key (created on first use): what an
+ * engine calls at start.
+ */
+export async function openStateAuditLog(stateDir: string, options: Omit<AuditLogOptions, "key"> = {}): Promise<AuditLog> {
+  const key = await loadOrCreateHostKey(stateDir);
+  return AuditLog.open(auditDir(stateDir), { ...options, key });
+}
+
+/** What an acknowledged append returns: the receipt's audit part. */
+export interface AuditReceipt {
+  /** `aud_<seq>_<first 16 hex of hash>`. */
+  readonly id: string;
+  readonly seq: number;
+  readonly hash: string;
+}
+
+export interface AuditLogOptions {
+  key: Pick<HostKey, "privateKey" | "publicKey">;
+  /** Clock for entry timestamps. @default () => new Date() */
+  now?: () => Date;
+}
+
+/** Group-commit figures since open. */
+export interface AuditLogStats {
+  readonly entries: number;
+  readonly batches: number;
+  readonly maxBatch: number;
+}
+
+/** The log's tail is torn or fails its checks; `offset` is where the bad bytes start. Code INTERNAL. */
+export class AuditLogCorruptError extends MvmError {
+  override readonly name = "AuditLogCorruptError";
+  readonly code = ErrorCode.Internal;
+  readonly path: string;
+  readonly offset: number;
+  constructor(message: string, path: string, offset: number, options: MvmErrorOptions = {}) {
+    super(message, options);
+    this.path = path;
+    this.offset = offset;
+  }
+}
+
+interface Pending {
+  line: Buffer;
+  receipt: AuditReceipt;
+  resolve(receipt: AuditReceipt): void;
+  reject(err: unknown): void;
+}
+
+interface TailState {
+  nextSeq: number;
+  prev: string;
+  size: number;
+}
+
+export class AuditLog {
+  readonly path: string;
+  readonly #fh: FileHandle;
+  readonly #lock: AuditWriterLock;
+  readonly #key: AuditLogOptions["key"];
+  readonly #now: () => Date;
+  #nextSeq: number;
+  #prev: string;
+  #queue: Pending[] = [];
+  #flushing: Promise<void> | undefined;
+  #failed: unknown;
+  #closed = false;
+  #stats = { entries: 0, batches: 0, maxBatch: 0 };
+
+  private constructor(path: string, fh: FileHandle, lock: AuditWriterLock, options: AuditLogOptions, tail: TailState) {
+    this.path = path;
+    this.#fh = fh;
+    this.#lock = lock;
+    this.#key = options.key;
+    this.#now = options.now ?? (() => new Date());
+    this.#nextSeq = tail.nextSeq;
+    this.#prev = tail.prev;
+  }
+
+  /**
+   * Opens (creating when absent) the log in `dir` for writing.
+   * @throws AlreadyExistsError when another live process holds the log.
+   * @throws AuditLogCorruptError when the last line is torn or fails its checks.
+   */
+  static async open(dir: string, options: AuditLogOptions): Promise<AuditLog> {
+    await mkdirPrivate(dir);
+    const path = join(dir, AUDIT_FILE);
+    const lock = await AuditWriterLock.take(`${path}.lock`);
+    let fh: FileHandle | undefined;
+    try {
+      fh = await open(path, "a+", 0o600);
+      const tail = await readTail(fh, path, options.key);
+      if (tail.size === 0) await syncDir(dir);
+      return new AuditLog(path, fh, lock, options, tail);
+    } catch (err) {
+      await fh?.close().catch(() => undefined);
+      await lock.release();
+      throw err;
+    }
+  }
+
+  /**
+   * Moves a torn or bad last line of the log in `dir` to `audit.log.torn-<offset>-<ms>` and cuts
+   * the log back to its last good line. Takes the writer lock for the duration.
+   * @returns the side file and the number of bytes moved, or undefined when the tail was sound.
+   */
+  static async repairTornTail(dir: string, options: Pick<AuditLogOptions, "key">): Promise<{ sidePath: string; movedBytes: number } | undefined> {
+    const path = join(dir, AUDIT_FILE);
+    const lock = await AuditWriterLock.take(`${path}.lock`);
+    try {
+      const fh = await open(path, "r+");
+      try {
+        let offset: number;
+        try {
+          await readTail(fh, path, options.key);
+          return undefined;
+        } catch (err) {
+          if (!(err instanceof AuditLogCorruptError)) throw err;
+          offset = err.offset;
+        }
+        const { size } = await fh.stat();
+        const torn = Buffer.alloc(size - offset);
+        await fh.read(torn, 0, torn.length, offset);
+        const sidePath = `${path}.torn-${offset}-${Date.now()}`;
+        const side = await open(sidePath, "wx", 0o600);
+        try {
+          await side.writeFile(torn);
+          await side.sync();
+        } finally {
+          await side.close();
+        }
+        await fh.truncate(offset);
+        await fh.sync();
+        await syncDir(dir);
+        return { sidePath, movedBytes: torn.length };
+      } finally {
+        await fh.close();
+      }
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** The seq the next append will get. */
+  get nextSeq(): number {
+    return this.#nextSeq;
+  }
+
+  stats(): AuditLogStats {
+    return { ...this.#stats };
+  }
+
+  /**
+   * Appends one event. Resolves once the entry is on disk (written and fdatasync'ed).
+   * @throws InvalidArgumentError when the event does not match its schema.
+   * @throws InternalError when the log is closed or an earlier write failed (the log then takes
+   *   no more entries: its on-disk state is unknown until it is opened again).
+   */
+  append(event: AuditEvent): Promise<AuditReceipt> {
+    if (this.#closed) return Promise.reject(new InternalError(`Audit log "${this.path}" is closed`));
+    if (this.#failed !== undefined) {
+      return Promise.reject(new InternalError(`Audit log "${this.path}" failed an earlier write and takes no more entries`, { cause: this.#failed }));
+    }
+    const parsed = AuditEventSchema.safeParse(event);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      return Promise.reject(
+        new InvalidArgumentError(`Invalid audit event "${String((event as { type?: unknown }).type)}": ${issue?.path.join(".") ?? ""} ${issue?.message ?? ""}`.trim(), {
+          cause: parsed.error,
+        }),
+      );
+    }
+    const entry = signEntry({ v: 1, seq: this.#nextSeq, ts: this.#now().toISOString(), prev: this.#prev, event: parsed.data }, this.#key.privateKey);
+    const text = entryLine(entry);
+    const line = Buffer.from(`${text}\n`, "utf8");
+    if (line.length - 1 > MAX_ENTRY_BYTES) {
+      return Promise.reject(new InvalidArgumentError(`Audit entry ${entry.seq} is ${line.length - 1} bytes: more than ${MAX_ENTRY_BYTES}`));
+    }
+    this.#nextSeq++;
+    this.#prev = createHash("sha256").update(line.subarray(0, line.length - 1)).digest("hex");
+    const receipt: AuditReceipt = { id: `aud_${entry.seq}_${entry.hash.slice(0, 16)}`, seq: entry.seq, hash: entry.hash };
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ line, receipt, resolve, reject });
+      this.#flushing ??= this.#flushLoop();
+    });
+  }
+
+  async #flushLoop(): Promise<void> {
+    // Let appends made in the same tick join the first batch.
+    await Promise.resolve();
+    while (this.#queue.length > 0) {
+      const batch = this.#queue;
+      this.#queue = [];
+      try {
+        if (this.#failed !== undefined) throw this.#failed;
+        const data = batch.length === 1 ? batch[0]!.line : Buffer.concat(batch.map((p) => p.line));
+        let written = 0;
+        while (written < data.length) {
+          const { bytesWritten } = await this.#fh.write(data, written, data.length - written);
+          written += bytesWritten;
+        }
+        await this.#fh.datasync();
+      } catch (cause) {
+        this.#failed ??= cause;
+        const err = new InternalError(`Cannot append to audit log "${this.path}": write or sync failed`, { cause });
+        for (const p of batch) p.reject(err);
+        continue;
+      }
+      this.#stats.entries += batch.length;
+      this.#stats.batches++;
+      this.#stats.maxBatch = Math.max(this.#stats.maxBatch, batch.length);
+      for (const p of batch) p.resolve(p.receipt);
+    }
+    this.#flushing = undefined;
+  }
+
+  /** Waits for appends in flight, closes the file and releases the writer lock. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#flushing;
+    try {
+      await this.#fh.close();
+    } finally {
+      await this.#lock.release();
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/** Reads and checks the last line; returns where the chain continues. */
+async function readTail(fh: FileHandle, path: string, key: AuditLogOptions["key"]): Promise<TailState> {
+  const { size } = await fh.stat();
+  if (size === 0) return { nextSeq: 1, prev: GENESIS_PREV, size };
+  const window = Math.min(size, MAX_ENTRY_BYTES + 2);
+  const buf = Buffer.alloc(window);
+  await fh.read(buf, 0, window, size - window);
+  const corrupt = (offset: number, why: string, cause?: unknown): AuditLogCorruptError =>
+    new AuditLogCorruptError(`Audit log "${path}" has a bad last entry at byte ${offset}: ${why}`, path, offset, {
+      ...(cause === undefined ? {} : { cause }),
+      hint: "Run `mvmctl audit verify` to check the whole chain; AuditLog.repairTornTail moves the bad bytes to a side file",
+    });
+  if (buf[window - 1] !== 0x0a) {
+    const nl = buf.lastIndexOf(0x0a);
+    const offset = nl >= 0 ? size - window + nl + 1 : await lineStartBefore(fh, size - window);
+    return Promise.reject(corrupt(offset, `${size - offset} bytes without a final newline (torn write)`));
+  }
+  const nl = buf.lastIndexOf(0x0a, window - 2);
+  if (nl < 0 && window < size) return Promise.reject(corrupt(await lineStartBefore(fh, size - window), "last line is too long"));
+  const start = nl + 1;
+  const offset = size - window + start;
+  const checked = checkLine(buf.subarray(start, window - 1));
+  if (!checked.ok) throw corrupt(offset, checked.detail);
+  if (!sigCanonical(checked.entry.sig) || !signatureValid(checked.entry, key.publicKey)) {
+    throw corrupt(offset, `entry ${checked.entry.seq} is not signed by this host's key`);
+  }
+  const prev = createHash("sha256").update(buf.subarray(start, window - 1)).digest("hex");
+  return { nextSeq: checked.entry.seq + 1, prev, size };
+}
+
+/** Offset just after the last newline before `end`, or 0: scans backwards in 64 KiB steps. */
+async function lineStartBefore(fh: FileHandle, end: number): Promise<number> {
+  const step = 64 * 1024;
+  const buf = Buffer.alloc(step);
+  while (end > 0) {
+    const from = Math.max(0, end - step);
+    const { bytesRead } = await fh.read(buf, 0, end - from, from);
+    const nl = buf.subarray(0, bytesRead).lastIndexOf(0x0a);
+    if (nl >= 0) return from + nl + 1;
+    end = from;
+  }
+  return 0;
+}
+
+/** Creates `dir` with mode 0700; parents it creates get the default mode. */
+async function mkdirPrivate(dir: string): Promise<void> {
+  await mkdir(dirname(dir), { recursive: true });
+  try {
+    await mkdir(dir, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
