@@ -1,0 +1,81 @@
+/**
+ * The guest initramfs: a gzip'd newc cpio with a static busybox, the kernel modules and /init
+ * (see init-script.ts). Stored as `outRoot/<sha256 of the file>.cpio.gz` and reused when present.
+ */
+import { createHash } from "node:crypto";
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { gzipSync } from "node:zlib";
+import { InternalError, InvalidArgumentError } from "@mvm/protocol";
+import { type CpioEntry, writeNewc } from "./cpio.js";
+import { renderInitScript } from "./init-script.js";
+import type { GuestKernel } from "./kernel.js";
+
+export interface BuildInitramfsOptions {
+  readonly kernel: Pick<GuestKernel, "modulesDir" | "moduleOrder">;
+  /** A statically linked busybox. @default "/bin/busybox" */
+  readonly busyboxPath?: string;
+  /** Directory holding built initramfs files. Created 0755 if missing. */
+  readonly outRoot: string;
+}
+
+export interface Initramfs {
+  readonly path: string;
+  /** `sha256:<hex>` of the file. */
+  readonly digest: string;
+}
+
+/** The cpio entries of the initramfs, in archive order. */
+export async function initramfsEntries(kernel: BuildInitramfsOptions["kernel"], busyboxPath: string): Promise<CpioEntry[]> {
+  const busybox = await readFile(busyboxPath);
+  // A dynamically linked busybox would need a loader the initramfs does not have.
+  if (busybox.includes(Buffer.from("/lib64/ld-linux-x86-64.so.2"))) {
+    throw new InvalidArgumentError(`Busybox "${busyboxPath}" is not statically linked`);
+  }
+  const entries: CpioEntry[] = [
+    { type: "dir", path: "bin", mode: 0o755 },
+    { type: "file", path: "bin/busybox", mode: 0o755, data: busybox },
+    { type: "symlink", path: "bin/sh", target: "busybox" },
+    { type: "dir", path: "dev", mode: 0o755 },
+    { type: "chardev", path: "dev/console", mode: 0o600, major: 5, minor: 1 },
+    { type: "dir", path: "proc", mode: 0o555 },
+    { type: "dir", path: "sys", mode: 0o555 },
+    { type: "dir", path: "newroot", mode: 0o755 },
+    { type: "dir", path: "modules", mode: 0o755 },
+  ];
+  for (const name of kernel.moduleOrder) {
+    entries.push({ type: "file", path: `modules/${name}.ko`, mode: 0o444, data: await readFile(join(kernel.modulesDir, `${name}.ko`)) });
+  }
+  entries.push({ type: "file", path: "init", mode: 0o755, data: Buffer.from(renderInitScript(kernel.moduleOrder), "utf8") });
+  return entries;
+}
+
+/**
+ * Builds the initramfs for `kernel` (or finds the identical one already stored).
+ * @example const { path } = await buildInitramfs({ kernel, outRoot: "/var/lib/mvm/initramfs" });
+ */
+export async function buildInitramfs(options: BuildInitramfsOptions): Promise<Initramfs> {
+  if (!options.outRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid outRoot "${options.outRoot}": must be an absolute path`);
+  const busyboxPath = options.busyboxPath ?? "/bin/busybox";
+  let archive: Buffer;
+  try {
+    archive = gzipSync(writeNewc(await initramfsEntries(options.kernel, busyboxPath)), { level: 6 });
+  } catch (err) {
+    if (err instanceof InvalidArgumentError) throw err;
+    throw new InternalError(`Cannot build the initramfs from "${options.kernel.modulesDir}"`, { cause: err });
+  }
+  const hex = createHash("sha256").update(archive).digest("hex");
+  const path = join(options.outRoot, `${hex}.cpio.gz`);
+  const result = { path, digest: `sha256:${hex}` };
+  try {
+    const existing = await readFile(path);
+    if (createHash("sha256").update(existing).digest("hex") === hex) return result;
+  } catch {
+    // not built yet
+  }
+  await mkdir(options.outRoot, { recursive: true, mode: 0o755 });
+  const tmp = join(options.outRoot, `.${hex}.${process.pid}.tmp`);
+  await writeFile(tmp, archive, { mode: 0o444 });
+  await rename(tmp, path);
+  return result;
+}
