@@ -3,9 +3,10 @@
  * the OOM counter, and teardown.
  */
 import type { ChildProcess } from "node:child_process";
-import { Duplex } from "node:stream";
+import type { Duplex } from "node:stream";
 import { CleanupError } from "@mvm/protocol";
 import { isSameLiveProcess, sendSignal } from "../../_internal/proc.js";
+import { CleanupFailures, childChannel, settlesWithin, singleFlight } from "../_teardown.js";
 import type { LaunchedSandbox, ReapRecord } from "../types.js";
 import type { CappedLog } from "./agent-log.js";
 import type { SandboxCgroups } from "./sandbox-cgroups.js";
@@ -34,17 +35,6 @@ function notReaped(child: ChildProcess): boolean {
   return child.exitCode === null && child.signalCode === null;
 }
 
-/** True when `promise` settles within `ms` milliseconds. */
-export async function settlesWithin<T>(promise: Promise<T>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  try {
-    return await Promise.race([promise.then(() => true as const), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /**
  * Stops everything of a sandbox the engine spawned. First SIGKILL to the sandbox's pid 1: the
  * kernel kills and reaps the rest of the pid namespace before bubblewrap sees its child exit, so
@@ -54,69 +44,43 @@ export async function settlesWithin<T>(promise: Promise<T>, ms: number): Promise
  * and removed; throws CleanupError listing what failed.
  */
 export async function stopSandbox(parts: Omit<SandboxParts, "log" | "release" | "reapRecord">): Promise<void> {
-  const failures: unknown[] = [];
-  const attempt = async (step: () => Promise<unknown>): Promise<void> => {
-    try {
-      await step();
-    } catch (err) {
-      failures.push(err);
-    }
-  };
+  const failures = new CleanupFailures();
   const { child, cgroups, init } = parts;
   // No pid: the spawn itself failed, so there is no process to stop.
   if (notReaped(child) && child.pid !== undefined) {
     const initAlive = init !== undefined && (await isSameLiveProcess(init.pid, init.startTime));
     if (initAlive) sendSignal(init.pid, "SIGKILL");
     if (!initAlive || !(await settlesWithin(parts.exited, TEARDOWN_STEP_MS))) {
-      if (cgroups.groups.length > 0) await attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
+      if (cgroups.groups.length > 0) await failures.attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
       if (notReaped(child)) sendSignal(-child.pid, "SIGKILL");
       if (!(await settlesWithin(parts.exited, TEARDOWN_STEP_MS))) {
-        failures.push(new CleanupError(`Cannot stop sandbox "${parts.sandboxId}": bubblewrap (pid ${child.pid}) did not exit`));
+        failures.add(new CleanupError(`Cannot stop sandbox "${parts.sandboxId}": bubblewrap (pid ${child.pid}) did not exit`));
       }
     }
   }
   if (cgroups.groups.length > 0) {
-    await attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
-    await attempt(() => cgroups.remove(TEARDOWN_STEP_MS));
+    await failures.attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
+    await failures.attempt(() => cgroups.remove(TEARDOWN_STEP_MS));
   }
-  if (failures.length > 0) {
-    const messages = failures.map((f) => (f instanceof Error ? f.message : String(f))).join("; ");
-    throw new CleanupError(`Cannot release sandbox "${parts.sandboxId}": ${messages}`, { cause: failures[0] });
-  }
+  failures.throwIfAny(`Cannot release sandbox "${parts.sandboxId}"`);
 }
 
 export class NamespaceSandbox implements LaunchedSandbox {
   readonly channel: Duplex;
   readonly reapRecord: ReapRecord;
   readonly exited: Promise<ExitStatus>;
-  private destroying: Promise<void> | undefined;
+  /** Single-flight; after a failed teardown the next call tries again. */
+  readonly destroy: () => Promise<void>;
 
   constructor(private readonly parts: SandboxParts) {
-    const { stdin, stdout } = parts.child;
-    if (stdin === null || stdout === null) throw new TypeError("the sandbox process needs piped stdin and stdout");
-    // Errors (EPIPE when the sandbox is gone) surface to the channel's user as error/close events.
-    stdin.on("error", () => undefined);
-    stdout.on("error", () => undefined);
-    this.channel = Duplex.from({ readable: stdout, writable: stdin });
-    this.channel.on("error", () => undefined);
+    this.channel = childChannel(parts.child, "the sandbox process");
+    this.destroy = singleFlight(() => this.teardown());
     this.reapRecord = parts.reapRecord;
     this.exited = parts.exited;
   }
 
   oomKills(): Promise<number> {
     return this.parts.cgroups.oomKills();
-  }
-
-  /** Single-flight; after a failed teardown the next call tries again. */
-  destroy(): Promise<void> {
-    if (this.destroying === undefined) {
-      const run = this.teardown();
-      this.destroying = run;
-      run.catch(() => {
-        if (this.destroying === run) this.destroying = undefined;
-      });
-    }
-    return this.destroying;
   }
 
   private async teardown(): Promise<void> {

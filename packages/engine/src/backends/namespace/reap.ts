@@ -12,6 +12,7 @@ import type { ReapRecord } from "../types.js";
 import { parseCgroupMounts } from "./cgroups.js";
 import { TEARDOWN_STEP_MS } from "./launched-sandbox.js";
 import { SandboxCgroups } from "./sandbox-cgroups.js";
+import { CleanupFailures } from "../_teardown.js";
 import { SANDBOX_UID_BASE, SANDBOX_UID_SPAN } from "./uid.js";
 
 /** Keys of `ReapRecord.extra` the namespace backend writes. */
@@ -54,21 +55,14 @@ export async function reapNamespaceSandbox(record: ReapRecord): Promise<void> {
   const initPid = Number(record.extra[ReapExtra.initPid] ?? 0);
   const initStart = record.extra[ReapExtra.initStartTime] ?? "";
 
-  const failures: unknown[] = [];
-  const attempt = async (step: () => Promise<unknown>): Promise<void> => {
-    try {
-      await step();
-    } catch (err) {
-      failures.push(err);
-    }
-  };
+  const failures = new CleanupFailures();
 
   // pid 1 of the sandbox first: the kernel then kills and reaps the rest of its pid namespace.
   if (initPid > 0 && (await isSameLiveProcess(initPid, initStart))) {
     sendSignal(initPid, "SIGKILL");
     await waitForExit(initPid, initStart, TEARDOWN_STEP_MS);
   }
-  await attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
+  await failures.attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
   if (await isSameLiveProcess(record.pid, record.pidStartTime)) {
     sendSignal(-record.pid, "SIGKILL"); // the prelude leads its own process group
     sendSignal(record.pid, "SIGKILL");
@@ -76,15 +70,12 @@ export async function reapNamespaceSandbox(record: ReapRecord): Promise<void> {
   if (uid !== undefined && process.geteuid?.() === 0) {
     for (const pid of await listProcessesWithId(uid)) sendSignal(pid, "SIGKILL");
   }
-  await attempt(async () => {
+  await failures.attempt(async () => {
     const gone = await waitForExit(record.pid, record.pidStartTime, TEARDOWN_STEP_MS);
     const initGone = initPid <= 0 || (await waitForExit(initPid, initStart, TEARDOWN_STEP_MS));
     if (!gone || !initGone) throw new CleanupError(`Cannot reap sandbox process ${gone ? initPid : record.pid}: it did not exit`);
   });
-  await attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
-  await attempt(() => cgroups.remove(TEARDOWN_STEP_MS));
-  if (failures.length > 0) {
-    const messages = failures.map((f) => (f instanceof Error ? f.message : String(f))).join("; ");
-    throw new CleanupError(`Cannot reap sandbox: ${messages}`, { cause: failures[0] });
-  }
+  await failures.attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
+  await failures.attempt(() => cgroups.remove(TEARDOWN_STEP_MS));
+  failures.throwIfAny("Cannot reap sandbox");
 }

@@ -3,11 +3,11 @@
  * the guest's virtio-serial port), QEMU's exit, and teardown.
  */
 import type { ChildProcess } from "node:child_process";
-import { Duplex } from "node:stream";
+import type { Duplex } from "node:stream";
 import { CleanupError } from "@mvm/protocol";
 import { sendSignal } from "../../_internal/proc.js";
 import type { CappedLog } from "../namespace/agent-log.js";
-import { settlesWithin } from "../namespace/launched-sandbox.js";
+import { childChannel, settlesWithin, singleFlight } from "../_teardown.js";
 import type { LaunchedSandbox, ReapRecord } from "../types.js";
 
 export type ExitStatus = { code: number | null; signal: NodeJS.Signals | null };
@@ -31,15 +31,12 @@ export class VmSandbox implements LaunchedSandbox {
   readonly channel: Duplex;
   readonly reapRecord: ReapRecord;
   readonly exited: Promise<ExitStatus>;
-  private destroying: Promise<void> | undefined;
+  /** Single-flight; after a failed teardown the next call tries again. */
+  readonly destroy: () => Promise<void>;
 
   constructor(private readonly parts: VmSandboxParts) {
-    const { stdin, stdout } = parts.child;
-    if (stdin === null || stdout === null) throw new TypeError("the QEMU process needs piped stdin and stdout");
-    stdin.on("error", () => undefined);
-    stdout.on("error", () => undefined);
-    this.channel = Duplex.from({ readable: stdout, writable: stdin });
-    this.channel.on("error", () => undefined);
+    this.channel = childChannel(parts.child, "the QEMU process");
+    this.destroy = singleFlight(() => this.teardown());
     this.reapRecord = parts.reapRecord;
     this.exited = parts.exited;
   }
@@ -52,18 +49,6 @@ export class VmSandbox implements LaunchedSandbox {
   /** What QEMU printed on stderr (its own errors), at most 4 KiB. */
   qemuStderr(): string {
     return this.parts.qemuStderr();
-  }
-
-  /** Single-flight; after a failed teardown the next call tries again. */
-  destroy(): Promise<void> {
-    if (this.destroying === undefined) {
-      const run = this.teardown();
-      this.destroying = run;
-      run.catch(() => {
-        if (this.destroying === run) this.destroying = undefined;
-      });
-    }
-    return this.destroying;
   }
 
   private async teardown(): Promise<void> {
