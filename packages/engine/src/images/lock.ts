@@ -9,6 +9,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { link, readFile, rename, unlink, writeFile } from "node:fs/promises";
+import { isSameLiveProcess, readProcStartTime } from "../_internal/proc.js";
 import { setTimeout as sleep } from "node:timers/promises";
 import { AbortedError } from "@mvm/protocol";
 
@@ -20,15 +21,7 @@ export interface ProcessIdentity {
 
 /** Reads a process's identity, or undefined when no such process exists. */
 export async function processIdentity(pid: number): Promise<ProcessIdentity | undefined> {
-  let stat: string;
-  try {
-    stat = await readFile(`/proc/${pid}/stat`, "utf8");
-  } catch {
-    return undefined;
-  }
-  // The command name (field 2) may hold spaces and parentheses; fields after it are plain.
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  const startTime = fields[19];
+  const startTime = await readProcStartTime(pid);
   return startTime === undefined ? undefined : { pid, startTime };
 }
 
@@ -40,9 +33,8 @@ export function selfIdentity(): Promise<ProcessIdentity> {
 }
 
 /** True when the process that `owner` describes is still running. */
-export async function isAlive(owner: ProcessIdentity): Promise<boolean> {
-  const now = await processIdentity(owner.pid);
-  return now !== undefined && now.startTime === owner.startTime;
+export function isAlive(owner: ProcessIdentity): Promise<boolean> {
+  return isSameLiveProcess(owner.pid, owner.startTime);
 }
 
 /** Parses `<pid>-<startTime>` as found at the start of the store's temp names and in lock files. */
