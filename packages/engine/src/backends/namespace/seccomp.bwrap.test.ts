@@ -205,7 +205,7 @@ test("a 32-bit system call kills the process", { skip }, async (t) => {
   const argv = [PYTHON, join(dir, "i386.py")];
   const control = await inSandbox(argv, false);
   if (!control.stdout.startsWith("pid ")) {
-    t.skip(`int 0x80 is unavailable on this kernel (ia32 emulation off; control exited ${control.code})`);
+    t.skip(`int 0x80 is unavailable on this kernel (ia32 emulation off; control exited ${control.code}); runs on kernels with ia32 emulation enabled`);
     return;
   }
   const r = await inSandbox(argv, true);
