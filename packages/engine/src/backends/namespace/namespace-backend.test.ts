@@ -146,7 +146,7 @@ test("no privileges: NoNewPrivs 1, no capabilities, seccomp filter on, nested na
 });
 
 test("the memory limit OOM-kills a memory hog and oomKills() counts it; the agent survives", { skip, ...TIMEOUT }, async (t) => {
-  if (!limits.memory) return t.skip("memory is not enforceable on this host");
+  if (!limits.memory) return t.skip("memory is not enforceable on this host; runs where that cgroup controller is available to the engine (v1, or v2 with delegation), as on CI");
   await withSandbox({ resources: { memoryMiB: 128 } }, async ({ client, sandbox }) => {
     assert.equal(await sandbox.oomKills(), 0);
     const hog = await client.sh("awk 'BEGIN { s = \"x\"; while (1) s = s s }'");
@@ -157,7 +157,7 @@ test("the memory limit OOM-kills a memory hog and oomKills() counts it; the agen
 });
 
 test("the pids limit stops a fork bomb", { skip, ...TIMEOUT }, async (t) => {
-  if (!limits.pids) return t.skip("pids is not enforceable on this host");
+  if (!limits.pids) return t.skip("pids is not enforceable on this host; runs where that cgroup controller is available to the engine (v1, or v2 with delegation), as on CI");
   await withSandbox({ resources: { pids: 64 } }, async ({ client, sandbox }) => {
     const bomb = await client.sh("i=0; while [ $i -lt 300 ]; do sleep 60 >/dev/null 2>&1 & i=$((i + 1)); done; echo done");
     assert.match(bomb.stderr, /fork|Resource temporarily unavailable/i);
@@ -199,7 +199,7 @@ test("destroy is idempotent and kills a busy sandbox", { skip, ...TIMEOUT }, asy
 });
 
 test("cpu quota is written for the sandbox", { skip, ...TIMEOUT }, async (t) => {
-  if (!limits.cpu) return t.skip("cpu is not enforceable on this host");
+  if (!limits.cpu) return t.skip("cpu is not enforceable on this host; runs where that cgroup controller is available to the engine (v1, or v2 with delegation), as on CI");
   await withSandbox({ resources: { cpus: 0.5 } }, async ({ sandbox }) => {
     const dir = sandbox.reapRecord.cgroups.find((d) => existsSync(join(d, "cpu.max")) || existsSync(join(d, "cpu.cfs_quota_us"))) ?? "";
     const quota = existsSync(join(dir, "cpu.max"))
