@@ -4,7 +4,8 @@ import { createHash, randomBytes } from "node:crypto";
 import { after, describe, it } from "node:test";
 import { AgentDriver } from "./_test/driver.js";
 import { waitDead } from "./_test/util.js";
-import { parseArgs } from "./channel.js";
+import { PassThrough } from "node:stream";
+import { START_LINE, awaitStartLine, parseArgs } from "./channel.js";
 
 after(() => AgentDriver.killAll());
 
@@ -37,12 +38,33 @@ const hasPython = spawnSync("python3", ["-c", "import pty"]).status === 0;
 
 describe("channel", () => {
   it("parses the command line", () => {
-    assert.deepEqual(parseArgs(["--channel", "stdio"]), { channel: "stdio" });
-    assert.deepEqual(parseArgs(["--channel=/dev/vport0p1"]), { channel: "/dev/vport0p1" });
+    assert.deepEqual(parseArgs(["--channel", "stdio"]), { channel: "stdio", awaitStart: false });
+    assert.deepEqual(parseArgs(["--channel=/dev/vport0p1"]), { channel: "/dev/vport0p1", awaitStart: false });
+    assert.deepEqual(parseArgs(["--channel", "/dev/vport0p1", "--await-start"]), { channel: "/dev/vport0p1", awaitStart: true });
     assert.throws(() => parseArgs([]), /Missing --channel/);
     assert.throws(() => parseArgs(["--channel"]), /Missing value/);
     assert.throws(() => parseArgs(["--channel", "vport"]), /must be "stdio" or an absolute path/);
     assert.throws(() => parseArgs(["--channel", "stdio", "--verbose"]), /Unknown argument "--verbose"/);
+  });
+
+  it("waits for the start line, split anywhere, and hands back what follows it", async () => {
+    const input = new PassThrough();
+    const started = awaitStartLine(input);
+    const bytes = Buffer.from(`${START_LINE}rest`);
+    for (const b of bytes) input.write(Buffer.from([b]));
+    await started;
+    assert.equal(input.read()?.toString(), "rest");
+  });
+
+  it("refuses other bytes or an early end before the start line", async () => {
+    const wrong = new PassThrough();
+    const a = awaitStartLine(wrong);
+    wrong.write("mvm-agent stop\n");
+    await assert.rejects(a, /unexpected bytes/);
+    const ended = new PassThrough();
+    const b = awaitStartLine(ended);
+    ended.end("mvm-agent");
+    await assert.rejects(b, /closed before the start line/);
   });
 
   it(

@@ -20,14 +20,25 @@ export interface Channel {
 const READ_CHUNK_BYTES = 64 * 1024;
 
 /** The usage line printed for bad arguments. */
-export const USAGE = "usage: agent --channel stdio|<device path>";
+export const USAGE = "usage: agent --channel stdio|<device path> [--await-start]";
 
-/** Parses the command line: `--channel stdio`, `--channel=<path>` or `--channel <path>`. */
-export function parseArgs(args: readonly string[]): { channel: string } {
+/** The line the agent writes once loaded when started with --await-start. */
+export const READY_LINE = "mvm-agent ready\n";
+/** The line the host writes to let an --await-start agent say hello. */
+export const START_LINE = "mvm-agent start\n";
+
+/**
+ * Parses the command line: `--channel stdio`, `--channel=<path>` or `--channel <path>`, and
+ * `--await-start` (load everything, write READY_LINE, wait for START_LINE, then say hello: how
+ * the VM tier boots an agent once and saves it, ready, for later sandboxes).
+ */
+export function parseArgs(args: readonly string[]): { channel: string; awaitStart: boolean } {
   let channel: string | undefined;
+  let awaitStart = false;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
-    if (arg === "--channel") {
+    if (arg === "--await-start") awaitStart = true;
+    else if (arg === "--channel") {
       if (i + 1 >= args.length) throw new Error(`Missing value for --channel; ${USAGE}`);
       channel = args[++i];
     }
@@ -38,7 +49,40 @@ export function parseArgs(args: readonly string[]): { channel: string } {
   if (channel !== "stdio" && !channel.startsWith("/")) {
     throw new Error(`Channel ${JSON.stringify(channel)} must be "stdio" or an absolute path`);
   }
-  return { channel };
+  return { channel, awaitStart };
+}
+
+/**
+ * Resolves once `input` has delivered exactly START_LINE; anything else (other bytes, end of
+ * input) rejects. Bytes after the line are put back for the protocol reader.
+ */
+export function awaitStartLine(input: Readable): Promise<void> {
+  const want = Buffer.from(START_LINE);
+  return new Promise((resolve, reject) => {
+    let got = Buffer.alloc(0);
+    const finish = (err?: Error): void => {
+      input.off("data", onData);
+      input.off("end", onEnd);
+      input.off("error", onError);
+      input.pause();
+      if (err) reject(err);
+      else resolve();
+    };
+    const onData = (chunk: Buffer): void => {
+      got = Buffer.concat([got, chunk]);
+      const n = Math.min(got.length, want.length);
+      if (!got.subarray(0, n).equals(want.subarray(0, n))) return finish(new Error("unexpected bytes before the start line"));
+      if (got.length < want.length) return;
+      const rest = got.subarray(want.length);
+      finish();
+      if (rest.length > 0) input.unshift(rest);
+    };
+    const onEnd = (): void => finish(new Error("the channel closed before the start line"));
+    const onError = (err: Error): void => finish(err);
+    input.on("data", onData);
+    input.once("end", onEnd);
+    input.once("error", onError);
+  });
 }
 
 /**

@@ -4,7 +4,7 @@
  * Order matters for startup latency: the hello goes out before the protocol schemas are
  * imported, so the host's half of the handshake overlaps with loading them.
  */
-import { USAGE, openChannel, parseArgs, type Channel } from "./channel.js";
+import { READY_LINE, USAGE, awaitStartLine, openChannel, parseArgs, type Channel } from "./channel.js";
 import { helloFrame } from "./hello.js";
 import { closeInheritedFds, routeConsoleToStderr } from "./hygiene.js";
 
@@ -32,14 +32,16 @@ for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
 }
 
 let channel: Channel | undefined;
+let awaitStart = false;
 try {
   const args = parseArgs(process.argv.slice(2));
+  awaitStart = args.awaitStart;
   closeInheritedFds();
   channel = openChannel(args.channel);
 } catch (err) {
   fail(2, `cannot start (${USAGE})`, err);
 }
-if (channel) {
+if (channel && !awaitStart) {
   const open = channel;
   open.output.write(helloFrame());
   // No top-level await: the bundle is CommonJS.
@@ -51,4 +53,19 @@ if (channel) {
     },
     (err: unknown) => fail(2, "cannot load the session", err),
   );
+} else if (channel) {
+  // Load first, then wait: the host may save the VM at this point and start it many times.
+  const open = channel;
+  void import("./session.js")
+    .then(async ({ Session }) => {
+      open.output.write(READY_LINE);
+      await awaitStartLine(open.input);
+      open.output.write(helloFrame());
+      const s = new Session(open);
+      session = s;
+      s.start();
+      // awaitStartLine left the input paused; a new "data" listener does not undo an explicit pause.
+      open.input.resume();
+    })
+    .catch((err: unknown) => fail(2, "cannot start the session", err));
 }

@@ -9,10 +9,11 @@
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { lstat, mkdir, readdir, readlink, rename, rm, stat } from "node:fs/promises";
+import { lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { InternalError, InvalidArgumentError } from "@mvm/protocol";
+import { AdmissionError, InternalError, InvalidArgumentError, MvmError } from "@mvm/protocol";
+import { formatVerity, verifyVerity, type VerityInfo } from "./verity/index.js";
 
 const run = promisify(execFile);
 const BLOCK = 4096;
@@ -75,13 +76,32 @@ export interface BuildDiskOptions {
   readonly mountPoints?: readonly string[];
   /** Volume label (at most 16 bytes). @default "mvm" */
   readonly label?: string;
+  /**
+   * Append a dm-verity hash tree to the image and record its parameters beside it in
+   * `<key>.verity.json`. @default false
+   */
+  readonly verity?: boolean;
 }
 
 export interface DiskImage {
   readonly path: string;
   /** The tree key the image is named by. */
   readonly key: string;
+  /** Size of the filesystem (without a hash tree), MiB. */
   readonly sizeMiB: number;
+  /** The hash tree's parameters and root hash, when built with `verity`. */
+  readonly verity?: VerityInfo;
+}
+
+/** Reads a stored verity record; undefined when missing or not for `path`. */
+async function readVerityRecord(recordPath: string, path: string): Promise<VerityInfo | undefined> {
+  try {
+    const info = JSON.parse(await readFile(recordPath, "utf8")) as VerityInfo;
+    if (info.dataPath !== path || info.hashPath !== path || !/^[0-9a-f]{64}$/.test(info.rootHashHex)) return undefined;
+    return info;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -108,13 +128,19 @@ export async function buildExt4Image(options: BuildDiskOptions): Promise<DiskIma
     if (err instanceof InvalidArgumentError) throw err;
     throw new InvalidArgumentError(`Cannot read source directory "${sourceDir}"`, { cause: err });
   }
-  const key = createHash("sha256").update(`mvm-ext4 v1 ${label} ${mountPoints.join(",")}\n${summary.key}`).digest("hex");
+  const verity = options.verity ?? false;
+  const key = createHash("sha256").update(`mvm-ext4 v1 ${label} ${mountPoints.join(",")}${verity ? " verity" : ""}\n${summary.key}`).digest("hex");
   const inodes = summary.entries + mountPoints.length + 128;
   const sizeMiB = ext4SizeMiB(summary, inodes);
   const path = join(outRoot, `${key}.ext4`);
+  const recordPath = join(outRoot, `${key}.verity.json`);
   const result = { path, key, sizeMiB };
   try {
-    if ((await stat(path)).isFile()) return result;
+    if ((await stat(path)).isFile()) {
+      if (!verity) return result;
+      const info = await readVerityRecord(recordPath, path);
+      if (info !== undefined) return { ...result, verity: info };
+    }
   } catch {
     // not built yet
   }
@@ -143,11 +169,60 @@ export async function buildExt4Image(options: BuildDiskOptions): Promise<DiskIma
     for (const mp of missing) {
       await run("debugfs", ["-w", "-R", `mkdir /${mp}`, tmp], { env: { ...process.env, E2FSPROGS_FAKE_TIME: "1" } });
     }
+    if (!verity) {
+      await rename(tmp, path);
+      return result;
+    }
+    const built = await formatVerity({ dataPath: tmp, label });
+    const info: VerityInfo = { ...built, dataPath: path, hashPath: path };
+    await writeFile(`${recordPath}.${process.pid}.tmp`, JSON.stringify(info), { mode: 0o644 });
     await rename(tmp, path);
+    await rename(`${recordPath}.${process.pid}.tmp`, recordPath);
+    return { ...result, verity: info };
   } catch (err) {
     await rm(tmp, { force: true });
-    if (err instanceof InvalidArgumentError) throw err;
+    await rm(`${recordPath}.${process.pid}.tmp`, { force: true });
+    if (err instanceof MvmError) throw err;
     throw new InternalError(`Cannot build an ext4 image of "${sourceDir}"`, { cause: err });
   }
-  return result;
+}
+
+/** Files whose hash tree this process has checked, by identity; a changed file is checked again. */
+const verified = new Map<string, string>();
+
+/**
+ * Checks every block of a verity disk against its recorded root hash (once per file identity per
+ * process: any write changes its mtime or ctime and forces a new check). Throws AdmissionError
+ * when the disk was modified after it was built. The guest checks every block it reads as well.
+ */
+export async function verifyDiskOnce(info: VerityInfo): Promise<void> {
+  const st = await stat(info.dataPath, { bigint: true });
+  const identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${info.rootHashHex}`;
+  if (verified.get(info.dataPath) === identity) return;
+  await verifyVerity(info);
+  verified.set(info.dataPath, identity);
+}
+
+/**
+ * Makes the writable per-sandbox disk: a sparse file of `sizeMiB` holding an empty ext4 (no
+ * journal, no lost+found) labelled `label` whose root directory belongs to `ownerUid`.
+ * The size is the cap on what the sandbox can write there.
+ */
+export async function createWorkDisk(path: string, sizeMiB: number, ownerUid: number, label: string): Promise<void> {
+  if (!path.startsWith("/")) throw new InvalidArgumentError(`Invalid work disk path "${path}": must be an absolute path`);
+  if (!Number.isInteger(sizeMiB) || sizeMiB < 8 || sizeMiB > 1024 * 1024) throw new InvalidArgumentError(`Invalid work disk size "${sizeMiB}": must be 8 to 1048576 MiB`);
+  try {
+    await writeFile(path, "", { mode: 0o600, flag: "wx" });
+    await truncate(path, sizeMiB * MiB);
+    await run(
+      "mkfs.ext4",
+      ["-q", "-F", "-t", "ext4", "-b", String(BLOCK), "-m", "0", "-O", "^has_journal,^resize_inode", "-L", label,
+        "-E", `root_owner=${ownerUid}:${ownerUid},lazy_itable_init=0,nodiscard`, path],
+      { env: { ...process.env, MKE2FS_CONFIG: "/etc/mke2fs.conf" }, maxBuffer: 1 << 20 },
+    );
+    await run("debugfs", ["-w", "-R", "rmdir /lost+found", path], { maxBuffer: 1 << 20 });
+  } catch (err) {
+    await rm(path, { force: true });
+    throw new AdmissionError(`Cannot make the work disk "${path}"`, { cause: err });
+  }
 }

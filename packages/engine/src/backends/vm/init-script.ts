@@ -1,15 +1,28 @@
 /**
  * The guest's /init: a busybox shell script that stays pid 1 for the life of the VM.
  *
- * It mounts /proc, /sys and /dev, loads the kernel modules in order, mounts the image disk
- * (found by its label) read-only at /newroot and the agent runtime disk (by label) read-only at
- * /newroot/.mvm, adds size-capped tmpfs /work and /tmp, a /proc and a small /dev holding only
- * the harmless character devices and the agent's port (found by its virtio port name), then starts the agent as an unprivileged
- * uid with no_new_privs, chrooted into /newroot. Every mount of the new root is nosuid and nodev.
- * When the agent exits (or any step fails) the VM reboots, which QEMU (-no-reboot) turns into an
- * exit.
+ * Boot, in order:
+ * 1. mounts /proc, /sys and /dev, loads the kernel modules, and finds the three disks by volume
+ *    label and the two virtio-serial ports by name;
+ * 2. opens the image disk and the agent runtime disk through dm-verity (`dmsetup`, table built
+ *    from the root hashes on the kernel command line, `panic_on_corruption`: one bad block read
+ *    and the kernel panics, which QEMU turns into an exit) and mounts them read-only at /newroot
+ *    and /newroot/.mvm; mounts the writable per-sandbox disk at /newroot/work, a size-capped
+ *    tmpfs at /newroot/tmp, a /proc and a /dev holding only harmless devices and the agent port;
+ *    every mount of the new root is nosuid and nodev;
+ * 3. hardens kernel-wide knobs (no module loading from here on, no kexec, no unprivileged bpf,
+ *    perf or userfaultfd, no user namespaces), and makes a cgroup for the sandbox;
+ * 4. starts the agent in that cgroup under the seccomp filter of the namespace tier, with
+ *    no_new_privs, chrooted into /newroot, as an unprivileged uid; the agent loads, says
+ *    "ready" and waits for the host's start line before its hello;
+ * 5. serves the control port (root only, never visible in the new root): the host sends a fresh
+ *    RNG seed (after a restore from a saved VM every sandbox must get its own), the limits, and
+ *    asks for OOM-kill counts.
+ * When the agent exits, or any step fails, the VM reboots, which QEMU (-no-reboot) turns into an
+ * exit. Failures print one "mvm-init: ..." line on the console first.
  *
- * Kernel command line parameters read: mvm.work_mib, mvm.tmp_mib, mvm.uid (all decimal).
+ * Kernel command line parameters read (values checked by pattern before use): mvm.uid,
+ * mvm.verity_root and mvm.verity_agent (`<data blocks>:<hash start block>:<root hash>:<salt>`).
  */
 
 import { agentRuntimeCommand } from "../../runtime/agent-runtime.js";
@@ -17,21 +30,46 @@ import { agentRuntimeCommand } from "../../runtime/agent-runtime.js";
 /** Where the agent finds its virtio-serial port in the new root. */
 export const GUEST_AGENT_PORT = "/dev/vport0p1";
 
-/** Name of the agent's virtio-serial port, as QEMU's `virtserialport,name=` sets it. */
+/** Names of the virtio-serial ports, as QEMU's `virtserialport,name=` sets them. */
 export const AGENT_PORT_NAME = "mvm.agent";
+export const CONTROL_PORT_NAME = "mvm.ctl";
 
-/** Volume labels the init looks the two disks up by. */
+/** Volume labels the init looks the disks up by. */
 export const ROOT_DISK_LABEL = "mvm-root";
 export const AGENT_DISK_LABEL = "mvm-agent";
+export const WORK_DISK_LABEL = "mvm-work";
+
+/** Paths inside the initramfs. */
+export const GUEST_HELPER_PATH = "/bin/mvm-guest";
+export const GUEST_SECCOMP_PATH = "/etc/seccomp.bpf";
+export const GUEST_DMSETUP_PATH = "/sbin/dmsetup";
+
+/** Lines the agent and the init write, and the line the host writes to start the agent. */
+export const AGENT_READY_LINE = "mvm-agent ready\n";
+export const AGENT_START_LINE = "mvm-agent start\n";
 
 /** The agent runtime's command with the channel switched from stdio to the virtio port. */
 function agentArgv(): string[] {
-  const argv = agentRuntimeCommand().map((arg) => (arg === "stdio" ? GUEST_AGENT_PORT : arg));
+  const argv = [...agentRuntimeCommand().map((arg) => (arg === "stdio" ? GUEST_AGENT_PORT : arg)), "--await-start"];
   for (const arg of argv) {
     if (!/^[A-Za-z0-9_./-]+$/.test(arg)) throw new TypeError(`agent argument ${JSON.stringify(arg)} needs shell quoting`);
   }
   return argv;
 }
+
+/** Kernel-wide knobs set before the agent starts. */
+const GUEST_SYSCTLS: ReadonlyArray<readonly [string, string]> = [
+  ["kernel.kexec_load_disabled", "1"],
+  ["kernel.dmesg_restrict", "1"],
+  ["kernel.kptr_restrict", "2"],
+  ["kernel.perf_event_paranoid", "3"],
+  ["kernel.unprivileged_bpf_disabled", "1"],
+  ["kernel.sysrq", "0"],
+  ["vm.unprivileged_userfaultfd", "0"],
+  ["user.max_user_namespaces", "0"],
+  // Last: irreversible until the VM ends.
+  ["kernel.modules_disabled", "1"],
+];
 
 /** Renders /init for modules loaded from /modules/<name>.ko in `moduleOrder`. */
 export function renderInitScript(moduleOrder: readonly string[]): string {
@@ -52,17 +90,15 @@ $bb mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || fail "cannot mount /sys"
 $bb mount -t devtmpfs -o nosuid,noexec devtmpfs /dev || fail "cannot mount /dev"
 exec </dev/null >/dev/console 2>&1
 
-work_mib=16; tmp_mib=16; uid=1000
+uid=1000; verity_root=; verity_agent=
 for arg in $($bb cat /proc/cmdline); do
   case "$arg" in
-    mvm.work_mib=*) work_mib="\${arg#*=}" ;;
-    mvm.tmp_mib=*) tmp_mib="\${arg#*=}" ;;
     mvm.uid=*) uid="\${arg#*=}" ;;
+    mvm.verity_root=*) verity_root="\${arg#*=}" ;;
+    mvm.verity_agent=*) verity_agent="\${arg#*=}" ;;
   esac
 done
-for v in "$work_mib" "$tmp_mib" "$uid"; do
-  case "$v" in ''|*[!0-9]*) fail "bad kernel parameter value $v" ;; esac
-done
+case "$uid" in ''|*[!0-9]*) fail "bad mvm.uid $uid" ;; esac
 [ "$uid" -gt 0 ] || fail "refusing to run the agent as uid $uid"
 
 for m in ${moduleOrder.join(" ")}; do
@@ -78,33 +114,105 @@ wait_until() {
     $bb usleep 10000
   done
 }
+# Sets the variable named $1 to the /dev node of the virtio port named $2.
 find_port() {
   for p in /sys/class/virtio-ports/*; do
-    [ -r "$p/name" ] && [ "$($bb cat "$p/name")" = "${AGENT_PORT_NAME}" ] && port="/dev/\${p##*/}" && [ -e "$port" ] && return 0
+    if [ -r "$p/name" ] && [ "$($bb cat "$p/name")" = "$2" ] && [ -e "/dev/\${p##*/}" ]; then
+      eval "$1=/dev/\${p##*/}"
+      return 0
+    fi
   done
   return 1
 }
 find_disks() {
-  root_disk=$($bb findfs LABEL=${ROOT_DISK_LABEL} 2>/dev/null) && agent_disk=$($bb findfs LABEL=${AGENT_DISK_LABEL} 2>/dev/null)
+  root_disk=$($bb findfs LABEL=${ROOT_DISK_LABEL} 2>/dev/null) &&
+  agent_disk=$($bb findfs LABEL=${AGENT_DISK_LABEL} 2>/dev/null) &&
+  work_disk=$($bb findfs LABEL=${WORK_DISK_LABEL} 2>/dev/null)
 }
-wait_until find_disks || fail "no disks labelled ${ROOT_DISK_LABEL} and ${AGENT_DISK_LABEL}"
-wait_until find_port || fail "no virtio port named ${AGENT_PORT_NAME}"
+wait_until find_disks || fail "no disks labelled ${ROOT_DISK_LABEL}, ${AGENT_DISK_LABEL} and ${WORK_DISK_LABEL}"
+wait_until find_port port ${AGENT_PORT_NAME} || fail "no virtio port named ${AGENT_PORT_NAME}"
+wait_until find_port ctl ${CONTROL_PORT_NAME} || fail "no virtio port named ${CONTROL_PORT_NAME}"
 
-$bb mkdir -p /newroot
-$bb mount -t ext4 -o ro,nosuid,nodev "$root_disk" /newroot || fail "cannot mount the image disk"
-$bb mount -t ext4 -o ro,nosuid,nodev "$agent_disk" /newroot/.mvm || fail "cannot mount the agent runtime disk"
-$bb mount -t tmpfs -o nosuid,nodev,size=\${work_mib}m,mode=0755,uid=$uid,gid=$uid tmpfs /newroot/work || fail "cannot mount /work"
-$bb mount -t tmpfs -o nosuid,nodev,size=\${tmp_mib}m,mode=1777 tmpfs /newroot/tmp || fail "cannot mount /tmp"
-$bb mount -t proc -o nosuid,nodev,noexec proc /newroot/proc || fail "cannot mount the new /proc"
+# open_verity NAME DEVICE PARAMS: a read-only dm-verity device /dev/mapper/NAME over DEVICE,
+# whose hash tree follows the data on the same device.
+open_verity() {
+  case "$3" in
+    [0-9]*:[0-9]*:[0-9a-f]*:[0-9a-f]*) ;;
+    *) fail "bad verity parameters for $1" ;;
+  esac
+  old_ifs=$IFS; IFS=:
+  set -- "$1" "$2" $3
+  IFS=$old_ifs
+  case "$3$4" in *[!0-9]*) fail "bad verity block counts for $1" ;; esac
+  case "$5$6" in *[!0-9a-f]*) fail "bad verity hash for $1" ;; esac
+  [ \${#5} -eq 64 ] || fail "bad verity root hash length for $1"
+  DM_DISABLE_UDEV=1 ${GUEST_DMSETUP_PATH} create "$1" --readonly --noudevsync \\
+    --table "0 $(($3 * 8)) verity 1 $2 $2 4096 4096 $3 $4 sha256 $5 $6 1 panic_on_corruption" ||
+    fail "cannot open $1 through dm-verity"
+  [ -b /dev/mapper/$1 ] || DM_DISABLE_UDEV=1 ${GUEST_DMSETUP_PATH} mknodes "$1" || fail "no device node for $1"
+}
+open_verity root "$root_disk" "$verity_root"
+open_verity agent "$agent_disk" "$verity_agent"
+
+$bb mount -t ext4 -o ro,nosuid,nodev,noload /dev/mapper/root /newroot || fail "cannot mount the image disk"
+$bb mount -t ext4 -o ro,nosuid,nodev,noload /dev/mapper/agent /newroot/.mvm || fail "cannot mount the agent runtime disk"
+$bb mount -t ext4 -o nosuid,nodev "$work_disk" /newroot/work || fail "cannot mount the work disk"
+$bb mount -t tmpfs -o nosuid,nodev,size=16m,mode=1777 tmpfs /newroot/tmp || fail "cannot mount /tmp"
+$bb mount -t proc -o nosuid,nodev,noexec,hidepid=2 proc /newroot/proc || fail "cannot mount the new /proc"
 $bb mount -t tmpfs -o nosuid,noexec,size=64k,mode=0755 tmpfs /newroot/dev || fail "cannot mount the new /dev"
 $bb cp -a /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty /newroot/dev/ || fail "cannot populate /dev"
 $bb cp -a "$port" /newroot${GUEST_AGENT_PORT} || fail "cannot add the agent port to /dev"
 $bb chown $uid:$uid /newroot${GUEST_AGENT_PORT} && $bb chmod 0600 /newroot${GUEST_AGENT_PORT} || fail "cannot hand the port to the agent"
 $bb ln -s /proc/self/fd /newroot/dev/fd
 
-$bb env -i HOME=/work PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin \\
+${GUEST_SYSCTLS.map(([k, v]) => `$bb sysctl -q -w ${k}=${v} >/dev/null || fail "cannot set ${k}"`).join("\n")}
+
+cg=/sys/fs/cgroup
+$bb mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 $cg || fail "cannot mount cgroup2"
+echo "+memory +pids +cpu" > $cg/cgroup.subtree_control || fail "cannot enable cgroup controllers"
+$bb mkdir $cg/sandbox || fail "cannot make the sandbox cgroup"
+
+$bb sh -c 'echo $$ > /sys/fs/cgroup/sandbox/cgroup.procs && exec "$@"' agent \\
+  $bb env -i HOME=/work PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin \\
+  ${GUEST_HELPER_PATH} seccomp ${GUEST_SECCOMP_PATH} -- \\
   $bb setpriv --nnp -- $bb nsenter -F -t 1 -r/newroot -w/newroot/work -S $uid -G $uid -- \\
-  ${agentArgv().join(" ")}
+  ${agentArgv().join(" ")} &
+agent_pid=$!
+
+# The control port: one request a line, one answer a line ("ok ..." or "err ...").
+limit() {
+  case "$2" in max|[0-9]*) ;; *) return 1 ;; esac
+  case "$2" in max) ;; *[!0-9]*) return 1 ;; esac
+  echo "$2" > $cg/sandbox/$1
+}
+serve_control() {
+  set -f
+  exec 3<>"$ctl"
+  while IFS= read -r line <&3; do
+    set -- $line
+    case "$1 $#" in
+      "seed 2")
+        case "$2" in *[!0-9a-f]*) echo "err seed" >&3; continue ;; esac
+        if ${GUEST_HELPER_PATH} reseed "$2"; then echo "ok seed" >&3; else echo "err seed" >&3; fi ;;
+      "limits 5")
+        case "$5" in ''|*[!0-9]*) echo "err limits" >&3; continue ;; esac
+        case "$4" in max) cpu="max 100000" ;; ''|*[!0-9]*) echo "err limits" >&3; continue ;; *) cpu="$4 100000" ;; esac
+        if limit memory.max "$2" && limit pids.max "$3" && echo "$cpu" > $cg/sandbox/cpu.max &&
+          $bb mount -o remount,nosuid,nodev,size=$5m /newroot/tmp; then
+          echo "ok limits" >&3
+        else
+          echo "err limits" >&3
+        fi ;;
+      "stats 1")
+        n=$($bb sed -n 's/^oom_kill //p' $cg/sandbox/memory.events)
+        echo "ok stats oom_kill=\${n:-0}" >&3 ;;
+      *) echo "err unknown" >&3 ;;
+    esac
+  done
+}
+serve_control &
+
+wait $agent_pid
 $bb echo "mvm-init: agent exited with status $?"
 $bb sync
 $bb reboot -f

@@ -1,6 +1,8 @@
 /**
- * The guest initramfs: a gzip'd newc cpio with a static busybox, the kernel modules and /init
- * (see init-script.ts). Stored as `outRoot/<sha256 of the file>.cpio.gz` and reused when present.
+ * The guest initramfs: a gzip'd newc cpio with a static busybox, the kernel modules, /init (see
+ * init-script.ts), the static guest helper (RNG reseed, seccomp), the seccomp program, and
+ * `dmsetup` with the shared libraries it loads. Stored as `outRoot/<sha256 of the file>.cpio.gz`
+ * and reused when present.
  */
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
@@ -8,7 +10,8 @@ import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { InternalError, InvalidArgumentError } from "@mvm/protocol";
 import { type CpioEntry, writeNewc } from "./cpio.js";
-import { renderInitScript } from "./init-script.js";
+import { listSharedLibraries } from "../../runtime/shared-libs.js";
+import { GUEST_DMSETUP_PATH, GUEST_HELPER_PATH, GUEST_SECCOMP_PATH, renderInitScript } from "./init-script.js";
 import type { GuestKernel } from "./kernel.js";
 
 export interface BuildInitramfsOptions {
@@ -17,6 +20,19 @@ export interface BuildInitramfsOptions {
   readonly busyboxPath?: string;
   /** Directory holding built initramfs files. Created 0755 if missing. */
   readonly outRoot: string;
+  /** The statically linked guest helper (see guest-helper.ts). */
+  readonly guestHelperPath: string;
+  /** The seccomp program (raw `struct sock_filter` array) the agent and workload run under. */
+  readonly seccompProgram: Uint8Array;
+  /** dmsetup, copied with its libraries. @default "/sbin/dmsetup" */
+  readonly dmsetupPath?: string;
+}
+
+/** Where the guest's dynamic loader looks for libraries without an ld.so.cache (Debian multiarch). */
+const GUEST_LIB_DIR = "lib/x86_64-linux-gnu";
+
+function isStatic(binary: Buffer): boolean {
+  return !binary.includes(Buffer.from("/lib64/ld-linux-x86-64.so.2"));
 }
 
 export interface Initramfs {
@@ -26,12 +42,18 @@ export interface Initramfs {
 }
 
 /** The cpio entries of the initramfs, in archive order. */
-export async function initramfsEntries(kernel: BuildInitramfsOptions["kernel"], busyboxPath: string): Promise<CpioEntry[]> {
+export async function initramfsEntries(options: BuildInitramfsOptions): Promise<CpioEntry[]> {
+  const { kernel } = options;
+  const busyboxPath = options.busyboxPath ?? "/bin/busybox";
   const busybox = await readFile(busyboxPath);
-  // A dynamically linked busybox would need a loader the initramfs does not have.
-  if (busybox.includes(Buffer.from("/lib64/ld-linux-x86-64.so.2"))) {
-    throw new InvalidArgumentError(`Busybox "${busyboxPath}" is not statically linked`);
+  if (!isStatic(busybox)) throw new InvalidArgumentError(`Busybox "${busyboxPath}" is not statically linked`);
+  const helper = await readFile(options.guestHelperPath);
+  if (!isStatic(helper)) throw new InvalidArgumentError(`Guest helper "${options.guestHelperPath}" is not statically linked`);
+  if (options.seccompProgram.byteLength === 0 || options.seccompProgram.byteLength % 8 !== 0) {
+    throw new InvalidArgumentError(`Seccomp program of ${options.seccompProgram.byteLength} bytes is not a whole number of instructions`);
   }
+  const dmsetupPath = options.dmsetupPath ?? "/sbin/dmsetup";
+  const dmsetupLibs = await listSharedLibraries(dmsetupPath);
   const entries: CpioEntry[] = [
     { type: "dir", path: "bin", mode: 0o755 },
     { type: "file", path: "bin/busybox", mode: 0o755, data: busybox },
@@ -42,7 +64,19 @@ export async function initramfsEntries(kernel: BuildInitramfsOptions["kernel"], 
     { type: "dir", path: "sys", mode: 0o555 },
     { type: "dir", path: "newroot", mode: 0o755 },
     { type: "dir", path: "modules", mode: 0o755 },
+    { type: "file", path: GUEST_HELPER_PATH.slice(1), mode: 0o755, data: helper },
+    { type: "dir", path: "etc", mode: 0o755 },
+    { type: "file", path: GUEST_SECCOMP_PATH.slice(1), mode: 0o444, data: Buffer.from(options.seccompProgram) },
+    { type: "dir", path: "sbin", mode: 0o755 },
+    { type: "file", path: GUEST_DMSETUP_PATH.slice(1), mode: 0o755, data: await readFile(dmsetupPath) },
+    { type: "dir", path: "lib64", mode: 0o755 },
+    { type: "file", path: "lib64/ld-linux-x86-64.so.2", mode: 0o755, data: await readFile(dmsetupLibs.loader) },
+    { type: "dir", path: "lib", mode: 0o755 },
+    { type: "dir", path: GUEST_LIB_DIR, mode: 0o755 },
   ];
+  for (const lib of dmsetupLibs.libraries) {
+    entries.push({ type: "file", path: `${GUEST_LIB_DIR}/${lib.name}`, mode: 0o444, data: await readFile(lib.path) });
+  }
   for (const name of kernel.moduleOrder) {
     entries.push({ type: "file", path: `modules/${name}.ko`, mode: 0o444, data: await readFile(join(kernel.modulesDir, `${name}.ko`)) });
   }
@@ -56,10 +90,9 @@ export async function initramfsEntries(kernel: BuildInitramfsOptions["kernel"], 
  */
 export async function buildInitramfs(options: BuildInitramfsOptions): Promise<Initramfs> {
   if (!options.outRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid outRoot "${options.outRoot}": must be an absolute path`);
-  const busyboxPath = options.busyboxPath ?? "/bin/busybox";
   let archive: Buffer;
   try {
-    archive = gzipSync(writeNewc(await initramfsEntries(options.kernel, busyboxPath)), { level: 6 });
+    archive = gzipSync(writeNewc(await initramfsEntries(options)), { level: 6 });
   } catch (err) {
     if (err instanceof InvalidArgumentError) throw err;
     throw new InternalError(`Cannot build the initramfs from "${options.kernel.modulesDir}"`, { cause: err });

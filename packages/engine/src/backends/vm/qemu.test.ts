@@ -3,9 +3,11 @@ import { describe, it } from "node:test";
 import { InvalidArgumentError } from "@mvm/protocol";
 import { kernelCommandLine, parseTscKhz, qemuArgs, type QemuVmConfig } from "./qemu.js";
 
+const verity = { dataBlocks: 100, hashStartBlock: 100, rootHashHex: "ab".repeat(32), saltHex: "cd".repeat(32) };
 const base: QemuVmConfig = {
   accel: "tcg", kernelPath: "/k/vmlinuz", initrdPath: "/k/initrd", rootDiskPath: "/d/root.ext4", agentDiskPath: "/d/agent.ext4",
-  memoryMiB: 256, cpus: 1, workMiB: 32, tmpMiB: 8, guestUid: 1000,
+  workDiskPath: "/d/work.img", rootVerity: verity, agentVerity: { ...verity, rootHashHex: "ef".repeat(32) },
+  memoryMiB: 256, cpus: 1, guestUid: 1000,
 };
 
 describe("parseTscKhz", () => {
@@ -32,7 +34,14 @@ describe("qemuArgs", () => {
     assert.deepEqual(after("-drive"), [
       "id=root,file=/d/root.ext4,format=raw,if=none,readonly=on",
       "id=agent,file=/d/agent.ext4,format=raw,if=none,readonly=on",
+      "id=work,file=/d/work.img,format=raw,if=none,discard=unmap",
     ]);
+    assert.ok(after("-device").includes("virtserialport,chardev=ctl,name=mvm.ctl"));
+    assert.ok(after("-chardev").includes("socket,id=qmp,fd=5"));
+    assert.ok(!args.includes("-incoming") && !args.includes("-object"));
+    const restoring = qemuArgs({ ...base, incoming: true, ramFile: { path: "/s/ram", shared: false } });
+    assert.deepEqual(restoring.filter((_, i) => restoring[i - 1] === "-incoming"), ["defer"]);
+    assert.deepEqual(restoring.filter((_, i) => restoring[i - 1] === "-object"), ["memory-backend-file,id=ram,size=256M,mem-path=/s/ram,share=off"]);
     assert.ok(after("-chardev").includes("stdio,id=agentch,signal=off"));
     assert.ok(after("-device").includes("virtserialport,chardev=agentch,name=mvm.agent"));
     assert.deepEqual(after("-sandbox"), ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
@@ -41,10 +50,11 @@ describe("qemuArgs", () => {
     assert.deepEqual(qemuArgs({ ...base, accel: "kvm" }).filter((_, i, a) => a[i - 1] === "-cpu"), ["host"]);
   });
 
-  it("passes the tmpfs sizes and uid on the kernel command line", () => {
-    assert.match(kernelCommandLine(base), /(^| )mvm\.work_mib=32( |$)/);
-    assert.match(kernelCommandLine(base), /(^| )mvm\.tmp_mib=8( |$)/);
+  it("passes the uid and both disks' verity parameters on the kernel command line", () => {
     assert.match(kernelCommandLine(base), /(^| )mvm\.uid=1000( |$)/);
+    assert.match(kernelCommandLine(base), new RegExp(`(^| )mvm\\.verity_root=100:100:${"ab".repeat(32)}:${"cd".repeat(32)}( |$)`));
+    assert.match(kernelCommandLine(base), new RegExp(`(^| )mvm\\.verity_agent=100:100:${"ef".repeat(32)}:`));
+    assert.throws(() => kernelCommandLine({ ...base, rootVerity: { ...verity, rootHashHex: "x y" } }), InvalidArgumentError);
     assert.doesNotMatch(kernelCommandLine(base), /tsc_early_khz/);
     assert.match(kernelCommandLine({ ...base, tscKhz: 2_096_000 }), /(^| )tsc_early_khz=2096000( |$)/);
   });

@@ -1,29 +1,47 @@
 /**
  * The QEMU command line for a sandbox VM: a `microvm` machine with no default devices, the
- * kernel and initramfs, two read-only virtio-blk disks (image root, agent runtime), one
- * virtio-serial port carrying the agent channel on QEMU's stdin/stdout, the serial console
- * written to the connected socket QEMU inherits as fd 3 (node's "pipe" stdio is a socketpair),
- * and QEMU's seccomp sandbox.
+ * kernel and initramfs, two read-only verity-protected virtio-blk disks (image root, agent
+ * runtime) and the writable work disk, two virtio-serial ports (the agent channel on QEMU's
+ * stdin/stdout, the init's control port on an inherited socket), the serial console and the QMP
+ * monitor on inherited sockets, and QEMU's seccomp sandbox. The disks and files are named by
+ * their paths inside QEMU's jail, so every sandbox of one image has the same command line, which
+ * restoring a saved VM needs.
  */
 import { InvalidArgumentError } from "@mvm/protocol";
-import { AGENT_PORT_NAME } from "./init-script.js";
+import { AGENT_PORT_NAME, CONTROL_PORT_NAME } from "./init-script.js";
 
 
-/** The fd (a connected stream socket) of the QEMU process the serial console is written to. */
+/** Inherited fds of the QEMU process (node "pipe" stdio entries are connected stream sockets). */
 export const CONSOLE_FD = 3;
+/** The guest init's control port. */
+export const CONTROL_FD = 4;
+/** The QMP monitor. */
+export const QMP_FD = 5;
+/** The saved-state file: written by a save, read by `-incoming`. */
+export const STATE_FD = 6;
+
+/** dm-verity parameters of a read-only disk whose hash tree follows the data. */
+export interface VerityParams {
+  readonly dataBlocks: number;
+  readonly hashStartBlock: number;
+  readonly rootHashHex: string;
+  readonly saltHex: string;
+}
 
 export interface QemuVmConfig {
   readonly accel: "kvm" | "tcg";
   readonly kernelPath: string;
   readonly initrdPath: string;
-  /** Image root filesystem disk (guest /dev/vda). */
+  /** Image root filesystem disk with its hash tree appended. */
   readonly rootDiskPath: string;
-  /** Agent runtime disk (guest /dev/vdb). */
+  readonly rootVerity: VerityParams;
+  /** Agent runtime disk with its hash tree appended. */
   readonly agentDiskPath: string;
+  readonly agentVerity: VerityParams;
+  /** The writable per-sandbox disk mounted at /work. */
+  readonly workDiskPath: string;
   readonly memoryMiB: number;
   readonly cpus: number;
-  readonly workMiB: number;
-  readonly tmpMiB: number;
   /** The uid (and gid) the agent runs as in the guest; never 0. */
   readonly guestUid: number;
   /**
@@ -32,6 +50,13 @@ export interface QemuVmConfig {
    * boot; passing the rate skips that calibration.
    */
   readonly tscKhz?: number;
+  /**
+   * Guest RAM backed by this file (`memory-backend-file`): `shared` for the VM whose state is
+   * saved (its RAM then lives in the file), private copy-on-write for restored VMs.
+   */
+  readonly ramFile?: { readonly path: string; readonly shared: boolean };
+  /** Start paused, loading state from STATE_FD once QMP says so (`-incoming defer`). */
+  readonly incoming?: boolean;
 }
 
 /**
@@ -60,17 +85,25 @@ function checkInt(label: string, value: number, min: number, max: number): void 
   }
 }
 
+function verityWord(label: string, v: VerityParams): string {
+  checkInt(`${label} data blocks`, v.dataBlocks, 1, 2 ** 40);
+  checkInt(`${label} hash start block`, v.hashStartBlock, 1, 2 ** 40);
+  if (!/^[0-9a-f]{64}$/.test(v.rootHashHex)) throw new InvalidArgumentError(`Invalid ${label} root hash "${v.rootHashHex}"`);
+  if (!/^(?:[0-9a-f]{2}){1,256}$/.test(v.saltHex)) throw new InvalidArgumentError(`Invalid ${label} salt "${v.saltHex}"`);
+  return `${v.dataBlocks}:${v.hashStartBlock}:${v.rootHashHex}:${v.saltHex}`;
+}
+
 /** The kernel command line. */
-export function kernelCommandLine(config: Pick<QemuVmConfig, "workMiB" | "tmpMiB" | "guestUid" | "tscKhz">): string {
+export function kernelCommandLine(config: Pick<QemuVmConfig, "guestUid" | "tscKhz" | "rootVerity" | "agentVerity">): string {
   return [
     "console=ttyS0",
     ...(config.tscKhz !== undefined ? [`tsc_early_khz=${config.tscKhz}`] : []),
     "quiet",
     "panic=-1",
     "reboot=t",
-    `mvm.work_mib=${config.workMiB}`,
-    `mvm.tmp_mib=${config.tmpMiB}`,
     `mvm.uid=${config.guestUid}`,
+    `mvm.verity_root=${verityWord("root disk", config.rootVerity)}`,
+    `mvm.verity_agent=${verityWord("agent disk", config.agentVerity)}`,
   ].join(" ");
 }
 
@@ -80,19 +113,23 @@ export function qemuArgs(config: QemuVmConfig): string[] {
   checkPath("initrdPath", config.initrdPath);
   checkPath("rootDiskPath", config.rootDiskPath);
   checkPath("agentDiskPath", config.agentDiskPath);
+  checkPath("workDiskPath", config.workDiskPath);
+  if (config.ramFile) checkPath("ramFile", config.ramFile.path);
   checkInt("memoryMiB", config.memoryMiB, 128, 1024 * 1024);
   checkInt("cpus", config.cpus, 1, 256);
-  checkInt("workMiB", config.workMiB, 1, 1024 * 1024);
-  checkInt("tmpMiB", config.tmpMiB, 1, 1024 * 1024);
   checkInt("guestUid", config.guestUid, 1, 65_534);
   if (config.tscKhz !== undefined) checkInt("tscKhz", config.tscKhz, 100_000, 20_000_000);
+  const memory = config.ramFile
+    ? ["-object", `memory-backend-file,id=ram,size=${config.memoryMiB}M,mem-path=${config.ramFile.path},share=${config.ramFile.shared ? "on" : "off"}`]
+    : [];
   return [
-    "-M", "microvm,x-option-roms=off",
+    "-M", `microvm,x-option-roms=off${config.ramFile ? ",memory-backend=ram" : ""}`,
     "-accel", config.accel,
     // Under TCG the default CPU model: with "max" the guest kernel can hang calibrating its TSC.
     ...(config.accel === "kvm" ? ["-cpu", "host"] : []),
     "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
     "-m", String(config.memoryMiB),
+    ...memory,
     "-smp", String(config.cpus),
     "-kernel", config.kernelPath,
     "-initrd", config.initrdPath,
@@ -101,11 +138,18 @@ export function qemuArgs(config: QemuVmConfig): string[] {
     "-device", "virtio-blk-device,drive=root",
     "-drive", `id=agent,file=${config.agentDiskPath},format=raw,if=none,readonly=on`,
     "-device", "virtio-blk-device,drive=agent",
-    "-device", "virtio-serial-device,max_ports=2",
+    "-drive", `id=work,file=${config.workDiskPath},format=raw,if=none,discard=unmap`,
+    "-device", "virtio-blk-device,drive=work",
+    "-device", "virtio-serial-device,max_ports=3",
     "-chardev", "stdio,id=agentch,signal=off",
     "-device", `virtserialport,chardev=agentch,name=${AGENT_PORT_NAME}`,
+    "-chardev", `socket,id=ctl,fd=${CONTROL_FD}`,
+    "-device", `virtserialport,chardev=ctl,name=${CONTROL_PORT_NAME}`,
     "-chardev", `socket,id=con,fd=${CONSOLE_FD}`,
     "-serial", "chardev:con",
+    "-chardev", `socket,id=qmp,fd=${QMP_FD}`,
+    "-mon", "chardev=qmp,mode=control",
+    ...(config.incoming ? ["-incoming", "defer"] : []),
     "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
   ];
 }

@@ -1,33 +1,43 @@
 /**
  * The VM backend: each sandbox is a QEMU `microvm` guest with its own Linux kernel (Debian's
- * cloud kernel), booted from a busybox initramfs that mounts the image and the agent runtime as
- * read-only ext4 disks and starts the agent as an unprivileged uid. The agent channel is a
+ * cloud kernel), booted from a busybox initramfs that opens the image and the agent runtime as
+ * dm-verity-protected read-only disks, mounts a writable per-sandbox work disk, and starts the
+ * agent as an unprivileged uid under the namespace tier's seccomp filter. The agent channel is a
  * virtio-serial port that QEMU connects to its stdin/stdout, so protocol v1 runs unchanged.
+ * QEMU runs jailed (jail.ts): bubblewrap namespaces, its own unprivileged host uid, no_new_privs,
+ * its seccomp sandbox, and no host path but its own program files.
  *
  * Tier "vm-hardware" when /dev/kvm is usable, else "vm-emulated" (TCG).
- *
- * Not yet: dm-verity on the disks, dropping QEMU's privileges (uid, mount namespace), cgroups
- * around QEMU, snapshots.
  */
-import { spawn } from "node:child_process";
 import { constants } from "node:fs";
-import { access, open, readFile } from "node:fs/promises";
+import { chown, open, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import type { Readable } from "node:stream";
-import { AbortedError, AdmissionError, InvalidArgumentError, UnsupportedCapabilityError } from "@mvm/protocol";
-import { killIfSame, readProcStat, readProcStartTimeSync, waitForExit } from "../../_internal/proc.js";
-import { CappedLog } from "../namespace/agent-log.js";
+import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, UnsupportedCapabilityError } from "@mvm/protocol";
+import { killIfSame, listProcessesWithId, readProcStat, sendSignal, waitForExit } from "../../_internal/proc.js";
 import { findExecutable } from "../namespace/probe.js";
+import { SANDBOX_UID_BASE, SANDBOX_UID_SPAN, SandboxUidAllocator } from "../namespace/uid.js";
 import type { Backend, LaunchSpec, ProbeCheck, ProbeResult, ReapRecord } from "../types.js";
-import { buildExt4Image } from "./disk.js";
-import { AGENT_DISK_LABEL, ROOT_DISK_LABEL } from "./init-script.js";
+import type { GuestLimits } from "./control.js";
+import { buildExt4Image, createWorkDisk, verifyDiskOnce } from "./disk.js";
+import { AGENT_DISK_LABEL, AGENT_START_LINE, ROOT_DISK_LABEL, WORK_DISK_LABEL } from "./init-script.js";
 import { buildInitramfs } from "./initramfs.js";
+import { qemuJailFiles } from "./jail.js";
+import type { VerityInfo } from "./verity/index.js";
+import { VmProcess } from "./vm-process.js";
+import { buildGuestHelper } from "./guest-helper.js";
+import { sandboxSeccompProgram } from "../namespace/seccomp.js";
 import { type GuestKernel, ensureGuestKernel, openGuestKernel } from "./kernel.js";
-import { CONSOLE_FD, parseTscKhz, qemuArgs } from "./qemu.js";
+import { parseTscKhz, type VerityParams } from "./qemu.js";
 import { VmSandbox } from "./vm-sandbox.js";
 
-/** Guest memory when the sandbox sets no memory limit, MiB. */
+/** Memory for the sandbox's processes when it sets no limit, MiB. */
 export const DEFAULT_VM_MEMORY_MIB = 512;
+/** Guest RAM on top of the sandbox's memory: kernel, init, page cache of the disks, MiB. */
+export const GUEST_OVERHEAD_MIB = 96;
+/** How long a cold boot may take to reach a ready agent, ms (TCG on a busy host is slow). */
+export const DEFAULT_BOOT_TIMEOUT_MS = 90_000;
+/** How long the guest init may take to answer on its control port, ms. */
+const CONTROL_TIMEOUT_MS = 15_000;
 
 /** Mount points the init script needs in the image root. */
 const ROOT_MOUNT_POINTS = ["proc", "dev", "work", "tmp", ".mvm"] as const;
@@ -45,6 +55,27 @@ export interface VmBackendOptions {
   readonly diskRoot?: string;
   /** A statically linked busybox for the initramfs. @default "/bin/busybox" */
   readonly busyboxPath?: string;
+  /** bubblewrap, which jails QEMU. @default `bwrap` found on PATH or in the system directories */
+  readonly bwrapPath?: string;
+  /** Deadline for a cold boot to reach a ready agent, ms. @default DEFAULT_BOOT_TIMEOUT_MS */
+  readonly bootTimeoutMs?: number;
+}
+
+/** The verity parameters the guest needs for a disk whose hash tree follows its data. */
+function verityParams(info: VerityInfo): VerityParams {
+  return {
+    dataBlocks: info.dataBlocks,
+    hashStartBlock: info.hashOffsetBytes / info.hashBlockSizeBytes,
+    rootHashHex: info.rootHashHex,
+    saltHex: info.saltHex,
+  };
+}
+
+/** The group of /dev/kvm, kept by QEMU after it drops to its own uid. */
+async function kvmGroups(): Promise<number[]> {
+  const { stat } = await import("node:fs/promises");
+  const gid = (await stat("/dev/kvm")).gid;
+  return gid === 0 ? [] : [gid];
 }
 
 interface BootArtifacts {
@@ -71,6 +102,7 @@ async function kvmUsable(): Promise<boolean> {
 export class VmBackend implements Backend {
   readonly name = "vm" as const;
   private artifacts: Promise<BootArtifacts> | undefined;
+  private readonly uids = new SandboxUidAllocator();
 
   constructor(private readonly options: VmBackendOptions) {
     if (!options.cacheRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid cacheRoot "${options.cacheRoot}": must be an absolute path`);
@@ -83,8 +115,11 @@ export class VmBackend implements Backend {
     if (this.artifacts === undefined) {
       const pending = (async () => {
         const kernel = await ensureGuestKernel(join(this.options.cacheRoot, "kernel"));
+        const helper = await buildGuestHelper({ outRoot: join(this.options.cacheRoot, "guest-helper") });
         const initrd = await buildInitramfs({
           kernel,
+          guestHelperPath: helper.path,
+          seccompProgram: sandboxSeccompProgram(),
           outRoot: join(this.options.cacheRoot, "initramfs"),
           ...(this.options.busyboxPath !== undefined ? { busyboxPath: this.options.busyboxPath } : {}),
         });
@@ -130,7 +165,7 @@ export class VmBackend implements Backend {
       tier: kvm && this.options.accel !== "tcg" ? "vm-hardware" : "vm-emulated",
       usable: qemu !== undefined && mkfs !== undefined,
       checks,
-      enforceable: { memory: true, pids: false, cpu: false },
+      enforceable: { memory: true, pids: true, cpu: true },
     };
   }
 
@@ -143,90 +178,143 @@ export class VmBackend implements Backend {
     }
   }
 
+    /** Host pieces the launch needs; missing ones are UnsupportedCapabilityError. */
+  private async host(): Promise<{ qemuPath: string; bwrapPath: string; setprivPath?: string; isRoot: boolean }> {
+    const isRoot = process.geteuid?.() === 0;
+    const [qemuPath, bwrapPath, setprivPath] = await Promise.all([
+      findExecutable("qemu-system-x86_64", this.options.qemuPath),
+      findExecutable("bwrap", this.options.bwrapPath),
+      isRoot ? findExecutable("setpriv") : Promise.resolve(undefined),
+    ]);
+    if (qemuPath === undefined) throw new UnsupportedCapabilityError("The vm backend needs qemu-system-x86_64, which was not found", { hint: "Install the qemu-system-x86 package" });
+    if (bwrapPath === undefined) throw new UnsupportedCapabilityError("The vm backend jails QEMU with bubblewrap, which was not found", { hint: "Install the bubblewrap package" });
+    if (isRoot && setprivPath === undefined) throw new UnsupportedCapabilityError("The vm backend needs setpriv when the engine runs as root", { hint: "Install util-linux" });
+    return { qemuPath, bwrapPath, isRoot, ...(setprivPath !== undefined ? { setprivPath } : {}) };
+  }
+
+  /** The guest's shape for `spec`: RAM, vCPUs and the limits its init applies. */
+  private shape(spec: LaunchSpec): { memoryMiB: number; cpus: number; limits: GuestLimits } {
+    const { memoryMiB, pids, cpus } = spec.resources;
+    const sandboxMiB = memoryMiB ?? DEFAULT_VM_MEMORY_MIB;
+    return {
+      memoryMiB: sandboxMiB + GUEST_OVERHEAD_MIB,
+      cpus: Math.max(1, Math.ceil(cpus ?? 1)),
+      limits: {
+        ...(memoryMiB !== undefined ? { memoryBytes: memoryMiB * 1024 * 1024 } : {}),
+        ...(pids !== undefined ? { pids } : {}),
+        ...(cpus !== undefined ? { cpuQuotaUs: Math.max(1000, Math.round(cpus * 100_000)) } : {}),
+        tmpMiB: spec.tmpMiB,
+      },
+    };
+  }
+
   /**
-   * Builds (or reuses) the disks and starts QEMU. Resolves once QEMU runs; the agent's hello
-   * follows on `channel` when the guest has booted (seconds under TCG). Throws
-   * UnsupportedCapabilityError for a pids or cpus limit, AdmissionError when QEMU is missing,
-   * AbortedError when `signal` fires; nothing is left running.
+   * Builds (or reuses) the verity-protected disks, makes the sandbox's work disk and starts the
+   * jailed QEMU; resolves once the guest's agent is ready, has a fresh RNG seed and its limits,
+   * and was told to start (its hello follows on `channel`). Throws AdmissionError when a disk
+   * fails its hash check or the VM dies while booting (with the reason the console gives),
+   * AbortedError when `signal` fires; nothing is left running or on disk.
    */
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<VmSandbox> {
-    if (spec.resources.pids !== undefined) throw new UnsupportedCapabilityError(`The vm backend cannot limit pids yet (asked "${spec.resources.pids}")`);
-    if (spec.resources.cpus !== undefined) throw new UnsupportedCapabilityError(`The vm backend cannot limit cpus yet (asked "${spec.resources.cpus}")`);
-    const qemuPath = await findExecutable("qemu-system-x86_64", this.options.qemuPath);
-    if (qemuPath === undefined) throw new AdmissionError("Cannot start a VM sandbox: qemu-system-x86_64 not found");
+    const host = await this.host();
     const checkAbort = () => {
       if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
     };
     checkAbort();
+    const shape = this.shape(spec);
     const disks = this.options.diskRoot ?? join(this.options.cacheRoot, "disks");
-    const [boot, rootDisk, agentDisk] = await Promise.all([
+    const [boot, rootDisk, agentDisk, qemuFiles] = await Promise.all([
       this.boot(),
-      buildExt4Image({ sourceDir: spec.rootfsDir, outRoot: disks, mountPoints: ROOT_MOUNT_POINTS, label: ROOT_DISK_LABEL }),
-      buildExt4Image({ sourceDir: spec.agentDir, outRoot: disks, label: AGENT_DISK_LABEL }),
+      buildExt4Image({ sourceDir: spec.rootfsDir, outRoot: disks, mountPoints: ROOT_MOUNT_POINTS, label: ROOT_DISK_LABEL, verity: true }),
+      buildExt4Image({ sourceDir: spec.agentDir, outRoot: disks, label: AGENT_DISK_LABEL, verity: true }),
+      qemuJailFiles(host.qemuPath),
     ]);
+    await Promise.all([verifyDiskOnce(rootDisk.verity!), verifyDiskOnce(agentDisk.verity!)]);
     checkAbort();
     const accel = await this.accel();
     const tscKhz = accel === "tcg" ? parseTscKhz(await readFile("/proc/cpuinfo", "utf8").catch(() => "")) : undefined;
-    const args = qemuArgs({
-      accel,
-      ...(tscKhz !== undefined ? { tscKhz } : {}),
-      kernelPath: boot.kernel.kernelPath,
-      initrdPath: boot.initrdPath,
-      rootDiskPath: rootDisk.path,
-      agentDiskPath: agentDisk.path,
-      memoryMiB: spec.resources.memoryMiB ?? DEFAULT_VM_MEMORY_MIB,
-      cpus: 1,
-      workMiB: spec.workMiB,
-      tmpMiB: spec.tmpMiB,
-      guestUid: this.options.guestUid ?? 1000,
-    });
-    let log: CappedLog;
+    const uid = host.isRoot ? await this.uids.allocate() : undefined;
+    const workDisk = join(spec.stateDir, "work.img");
+    let vm: VmProcess | undefined;
     try {
-      await access(spec.stateDir, constants.W_OK);
-      log = await CappedLog.open(spec.agentLogPath);
-    } catch (err) {
-      throw new InvalidArgumentError(`Cannot write the console log "${spec.agentLogPath}" of "${spec.sandboxId}"`, { cause: err });
-    }
-    const child = spawn(qemuPath, args, {
-      stdio: ["pipe", "pipe", "pipe", "pipe"],
-      detached: true,
-      env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
-    });
-    const startTime = child.pid !== undefined ? readProcStartTimeSync(child.pid) : undefined;
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-      child.once("exit", (code, sig) => resolve({ code, signal: sig }));
-      child.once("error", () => resolve({ code: null, signal: null }));
-    });
-    log.follow(child.stdio[CONSOLE_FD] as Readable);
-    let stderr = "";
-    child.stderr?.setEncoding("utf8");
-    child.stderr?.on("data", (chunk: string) => {
-      if (stderr.length < 4096) stderr += chunk.slice(0, 4096 - stderr.length);
-    });
-    const sandbox = new VmSandbox({
-      sandboxId: spec.sandboxId,
-      child,
-      exited,
-      log,
-      qemuStderr: () => stderr,
-      reapRecord: { backend: "vm", pid: child.pid ?? 0, pidStartTime: startTime ?? "", cgroups: [], extra: { kind: "qemu" } },
-    });
-    if (child.pid === undefined || startTime === undefined || signal?.aborted) {
-      await sandbox.destroy();
+      await createWorkDisk(workDisk, spec.workMiB, this.options.guestUid ?? 1000, WORK_DISK_LABEL);
+      if (uid !== undefined) await chown(workDisk, uid, uid);
+      vm = await VmProcess.spawn({
+        label: spec.sandboxId,
+        qemuPath: host.qemuPath,
+        bwrapPath: host.bwrapPath,
+        ...(host.setprivPath !== undefined ? { setprivPath: host.setprivPath } : {}),
+        ...(uid !== undefined ? { uid } : {}),
+        ...(accel === "kvm" ? { devices: ["/dev/kvm"], ...(uid !== undefined ? { groups: await kvmGroups() } : {}) } : {}),
+        qemuFiles,
+        config: {
+          accel,
+          ...(tscKhz !== undefined ? { tscKhz } : {}),
+          rootVerity: verityParams(rootDisk.verity!),
+          agentVerity: verityParams(agentDisk.verity!),
+          memoryMiB: shape.memoryMiB,
+          cpus: shape.cpus,
+          guestUid: this.options.guestUid ?? 1000,
+        },
+        files: { kernelPath: boot.kernel.kernelPath, initrdPath: boot.initrdPath, rootDiskPath: rootDisk.path, agentDiskPath: agentDisk.path, workDiskPath: workDisk },
+        consoleLogPath: spec.agentLogPath,
+      });
+      await vm.waitAgentReady(this.options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS, signal);
+      await this.startAgent(vm, shape.limits);
       checkAbort();
-      throw new AdmissionError(`Cannot start QEMU for "${spec.sandboxId}"`);
+      const sandboxUid = uid;
+      return new VmSandbox({
+        sandboxId: spec.sandboxId,
+        vm,
+        ownFiles: [workDisk],
+        reapRecord: {
+          backend: "vm",
+          pid: vm.pid,
+          pidStartTime: vm.pidStartTime,
+          cgroups: [],
+          extra: { kind: "qemu", ...(sandboxUid !== undefined ? { hostUid: String(sandboxUid) } : {}) },
+        },
+        release: () => {
+          if (sandboxUid !== undefined) this.uids.release(sandboxUid);
+        },
+      });
+    } catch (err) {
+      const stopped = vm === undefined ? true : await vm.kill();
+      await vm?.closeChannels().catch(() => undefined);
+      await rm(workDisk, { force: true }).catch(() => undefined);
+      if (uid !== undefined && stopped) this.uids.release(uid);
+      if (err instanceof MvmError) throw err;
+      if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
+      throw new AdmissionError(`Cannot start VM sandbox "${spec.sandboxId}": ${err instanceof Error ? err.message : String(err)}`, { cause: err });
     }
-    return sandbox;
   }
 
-  /** Kills the recorded QEMU process when it is still the same process (same start time). */
+  /** Reseeds the guest RNG, applies the limits, then lets the agent say hello. */
+  private async startAgent(vm: VmProcess, limits: GuestLimits): Promise<void> {
+    await vm.control.reseed(CONTROL_TIMEOUT_MS);
+    await vm.control.setLimits(limits, CONTROL_TIMEOUT_MS);
+    vm.child.stdin!.write(AGENT_START_LINE);
+  }
+
+  /**
+   * Kills what a lost engine left of a VM sandbox: the jail's process group when its top process
+   * is still the recorded one (same start time), and any process still running as the sandbox's
+   * own host uid (QEMU, in its pid namespace).
+   */
   async reap(record: ReapRecord): Promise<void> {
     if (record.backend !== "vm" || !Number.isInteger(record.pid) || record.pid <= 0) return;
     const stat = await readProcStat(record.pid);
-    if (stat === undefined || stat.startTime !== record.pidStartTime) return;
-    const comm = await readFile(`/proc/${record.pid}/comm`, "utf8").catch(() => "");
-    if (!comm.startsWith("qemu-system")) return;
-    await killIfSame(record.pid, record.pidStartTime);
-    await waitForExit(record.pid, record.pidStartTime, 5_000);
+    if (stat !== undefined && stat.startTime === record.pidStartTime) {
+      const comm = await readFile(`/proc/${record.pid}/comm`, "utf8").catch(() => "");
+      if (/^(bwrap|sh|setpriv|qemu-system)/.test(comm)) {
+        sendSignal(-record.pid, "SIGKILL");
+        await killIfSame(record.pid, record.pidStartTime);
+        await waitForExit(record.pid, record.pidStartTime, 5_000);
+      }
+    }
+    const uid = Number(record.extra["hostUid"]);
+    if (Number.isInteger(uid) && uid >= SANDBOX_UID_BASE && uid < SANDBOX_UID_BASE + SANDBOX_UID_SPAN) {
+      for (const pid of await listProcessesWithId(uid)) sendSignal(pid, "SIGKILL");
+    }
   }
 }

@@ -1,30 +1,25 @@
 /**
- * A running VM sandbox as the engine sees it: the agent channel (QEMU's stdin/stdout, joined to
- * the guest's virtio-serial port), QEMU's exit, and teardown.
+ * A running VM sandbox as the engine sees it: the agent channel, the guest's OOM-kill count (from
+ * the init's control port), why the VM died, and teardown.
  */
-import type { ChildProcess } from "node:child_process";
+import { rm } from "node:fs/promises";
 import type { Duplex } from "node:stream";
 import { CleanupError } from "@mvm/protocol";
-import { sendSignal } from "../../_internal/proc.js";
-import type { CappedLog } from "../namespace/agent-log.js";
-import { childChannel, settlesWithin, singleFlight } from "../_teardown.js";
+import { childChannel, CleanupFailures, singleFlight } from "../_teardown.js";
 import type { LaunchedSandbox, ReapRecord } from "../types.js";
+import type { ExitStatus, VmProcess } from "./vm-process.js";
 
-export type ExitStatus = { code: number | null; signal: NodeJS.Signals | null };
-
-/** How long QEMU may take to exit after SIGKILL before destroy reports a cleanup failure, ms. */
-export const QEMU_EXIT_MS = 5_000;
+/** How long the guest may take to report its OOM-kill count, ms. */
+const STATS_TIMEOUT_MS = 10_000;
 
 export interface VmSandboxParts {
   readonly sandboxId: string;
-  /** The QEMU process, leader of its own process group. */
-  readonly child: ChildProcess;
-  readonly exited: Promise<ExitStatus>;
-  /** The guest's serial console (kernel messages, init and agent stderr). */
-  readonly log: CappedLog;
-  /** The first bytes QEMU wrote to its stderr. */
-  readonly qemuStderr: () => string;
+  readonly vm: VmProcess;
+  /** Files of this sandbox only (the work disk), removed at teardown. */
+  readonly ownFiles: readonly string[];
   readonly reapRecord: ReapRecord;
+  /** Gives back the host uid QEMU ran as. */
+  readonly release: () => void;
 }
 
 export class VmSandbox implements LaunchedSandbox {
@@ -33,38 +28,47 @@ export class VmSandbox implements LaunchedSandbox {
   readonly exited: Promise<ExitStatus>;
   /** Single-flight; after a failed teardown the next call tries again. */
   readonly destroy: () => Promise<void>;
+  #released = false;
 
   constructor(private readonly parts: VmSandboxParts) {
-    this.channel = childChannel(parts.child, "the QEMU process");
+    this.channel = childChannel(parts.vm.child, "the QEMU process");
     this.destroy = singleFlight(() => this.teardown());
     this.reapRecord = parts.reapRecord;
-    this.exited = parts.exited;
+    this.exited = parts.vm.exited;
   }
 
-  /** The guest kernel reports OOM kills only on its console; not counted yet. */
-  oomKills(): Promise<number> {
-    return Promise.resolve(0);
+  /** OOM kills in the guest's sandbox cgroup; 0 once the guest is gone. */
+  async oomKills(): Promise<number> {
+    if (!this.parts.vm.running()) return 0;
+    return this.parts.vm.control.oomKills(STATS_TIMEOUT_MS);
+  }
+
+  /** Why the VM died (kernel panic, tampered disk, init failure, QEMU error), when known. */
+  failure(): string | undefined {
+    return this.parts.vm.deathReason();
   }
 
   /** What QEMU printed on stderr (its own errors), at most 4 KiB. */
   qemuStderr(): string {
-    return this.parts.qemuStderr();
+    return this.parts.vm.stderr();
+  }
+
+  /** pid of the jail's top process (the prelude, then setpriv, then bubblewrap). */
+  get pid(): number {
+    return this.parts.vm.pid;
   }
 
   private async teardown(): Promise<void> {
-    const { child } = this.parts;
-    try {
-      // Until node reaps QEMU, its pid (and process group id) cannot be reused.
-      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-        sendSignal(-child.pid, "SIGKILL");
-        if (!(await settlesWithin(this.parts.exited, QEMU_EXIT_MS))) {
-          throw new CleanupError(`Cannot stop sandbox "${this.parts.sandboxId}": QEMU (pid ${child.pid}) did not exit`);
-        }
-      }
-    } finally {
-      this.channel.destroy();
-      child.stdio[3]?.destroy();
-      await this.parts.log.close(1_000);
+    const failures = new CleanupFailures();
+    const { vm } = this.parts;
+    if (!(await vm.kill())) failures.add(new CleanupError(`QEMU of "${this.parts.sandboxId}" (pid ${vm.pid}) did not exit`));
+    this.channel.destroy();
+    await failures.attempt(() => vm.closeChannels());
+    for (const file of this.parts.ownFiles) await failures.attempt(() => rm(file, { force: true }));
+    if (!this.#released && !vm.running()) {
+      this.#released = true;
+      this.parts.release();
     }
+    failures.throwIfAny(`Cannot stop sandbox "${this.parts.sandboxId}"`);
   }
 }

@@ -1,0 +1,109 @@
+/**
+ * The host's end of the guest init's control port (a virtio-serial port only pid 1 holds; see
+ * init-script.ts): one request a line, one answer a line, one request at a time. The guest may be
+ * hostile by the time it answers, so answers are bounded (a line of at most 256 bytes), matched
+ * against a fixed grammar, and waited for with a deadline.
+ */
+import { randomBytes } from "node:crypto";
+import type { Duplex } from "node:stream";
+import { TimeoutError, TransportError } from "@mvm/protocol";
+
+const MAX_LINE_BYTES = 256;
+
+/** Limits the guest applies to the sandbox's cgroup; undefined fields are unlimited. */
+export interface GuestLimits {
+  readonly memoryBytes?: number;
+  readonly pids?: number;
+  /** CPU time per 100 ms period, µs (cpus × 100 000). */
+  readonly cpuQuotaUs?: number;
+  readonly tmpMiB: number;
+}
+
+export class ControlPort {
+  #buffer = "";
+  #waiter: { resolve: (line: string) => void; reject: (err: Error) => void } | undefined;
+  #failed: Error | undefined;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly socket: Duplex, private readonly label: string) {
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk: string) => this.#onData(chunk));
+    socket.on("error", (err) => this.#fail(new TransportError(`Control port of "${label}" failed`, { cause: err })));
+    socket.on("close", () => this.#fail(new TransportError(`Control port of "${label}" closed`)));
+  }
+
+  #fail(err: Error): void {
+    this.#failed ??= err;
+    this.#waiter?.reject(this.#failed);
+    this.#waiter = undefined;
+  }
+
+  #onData(chunk: string): void {
+    this.#buffer += chunk;
+    let nl: number;
+    while ((nl = this.#buffer.indexOf("\n")) >= 0) {
+      const line = this.#buffer.slice(0, nl);
+      this.#buffer = this.#buffer.slice(nl + 1);
+      const waiter = this.#waiter;
+      this.#waiter = undefined;
+      if (waiter === undefined) return this.#fail(new TransportError(`Control port of "${this.label}" sent an unasked line`));
+      waiter.resolve(line);
+    }
+    if (this.#buffer.length > MAX_LINE_BYTES) this.#fail(new TransportError(`Control port of "${this.label}" sent a line over ${MAX_LINE_BYTES} bytes`));
+  }
+
+  /** Sends one request line and returns the answer line. */
+  request(line: string, timeoutMs: number): Promise<string> {
+    const run = async (): Promise<string> => {
+      if (this.#failed) throw this.#failed;
+      const answer = new Promise<string>((resolve, reject) => {
+        this.#waiter = { resolve, reject };
+      });
+      this.socket.write(`${line}\n`);
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new TimeoutError(`Guest of "${this.label}" did not answer "${line.split(" ")[0]}" within ${timeoutMs} ms`)), timeoutMs);
+      });
+      try {
+        return await Promise.race([answer, deadline]);
+      } catch (err) {
+        this.#fail(err as Error);
+        throw err;
+      } finally {
+        clearTimeout(timer);
+      }
+    };
+    const next = this.#queue.then(run, run);
+    this.#queue = next.catch(() => undefined);
+    return next;
+  }
+
+  async #expectOk(line: string, what: string, timeoutMs: number): Promise<void> {
+    const answer = await this.request(line, timeoutMs);
+    if (answer !== `ok ${what}`) throw new TransportError(`Guest of "${this.label}" refused "${what}": ${JSON.stringify(answer.slice(0, 80))}`);
+  }
+
+  /** Mixes 64 fresh random bytes into the guest kernel's RNG and makes it reseed. */
+  reseed(timeoutMs: number): Promise<void> {
+    return this.#expectOk(`seed ${randomBytes(64).toString("hex")}`, "seed", timeoutMs);
+  }
+
+  /** Applies the sandbox's limits in the guest. */
+  setLimits(limits: GuestLimits, timeoutMs: number): Promise<void> {
+    const value = (n: number | undefined) => (n === undefined ? "max" : String(Math.round(n)));
+    return this.#expectOk(`limits ${value(limits.memoryBytes)} ${value(limits.pids)} ${value(limits.cpuQuotaUs)} ${limits.tmpMiB}`, "limits", timeoutMs);
+  }
+
+  /** OOM kills in the sandbox's cgroup so far. */
+  async oomKills(timeoutMs: number): Promise<number> {
+    const answer = await this.request("stats", timeoutMs);
+    const m = /^ok stats oom_kill=([0-9]{1,9})$/.exec(answer);
+    if (!m) throw new TransportError(`Guest of "${this.label}" sent bad stats: ${JSON.stringify(answer.slice(0, 80))}`);
+    return Number(m[1]);
+  }
+
+  close(): void {
+    this.#fail(new TransportError(`Control port of "${this.label}" closed`));
+    this.socket.destroy();
+  }
+}
