@@ -15,7 +15,8 @@ const MAIN = fileURLToPath(new URL("./main.js", import.meta.url));
 const configDir = scratchDir("e2e");
 const EMPTY_CONFIG = join(configDir, "config.json");
 writeFileSync(EMPTY_CONFIG, "{}");
-const BASE_ENV = { ...process.env, MVM_CONFIG: EMPTY_CONFIG, MVM_ACK_CONTAINER_TIER: "" };
+// The namespace backend is the default here: these tests are about mvmctl, and a VM boots slowly.
+const BASE_ENV = { ...process.env, MVM_CONFIG: EMPTY_CONFIG, MVM_ACK_CONTAINER_TIER: "", MVM_DEFAULT_BACKEND: "namespace" };
 
 interface Ran {
   code: number | null;
@@ -67,6 +68,14 @@ test("mvmctl doctor reports the namespace backend and its checks", async () => {
   const human = await mvmctl(["doctor", "--embedded"]);
   assert.equal(human.code, r.code);
   assert.match(human.stdout, /^namespace: tier container \(shared host kernel\), (usable|NOT usable)$/m);
+  assert.match(human.stdout, /^vm +vm-(hardware|emulated) +(hardware VM isolation \(KVM\)|VM isolation, emulated \(TCG\): slow) +(yes|no)/m);
+});
+
+test("a bad MVM_DEFAULT_BACKEND is an error naming it, before any engine work", async () => {
+  const r = await mvmctl(["doctor", "--embedded"], { env: { MVM_DEFAULT_BACKEND: "kvm" } });
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, "");
+  assert.match(r.stderr, /^error: Invalid MVM_DEFAULT_BACKEND "kvm": expected one of "namespace", "vm"\nhint: /);
 });
 
 test("mvmctl daemon serves ls and doctor on its socket and shuts down cleanly on SIGTERM", async () => {
@@ -90,7 +99,9 @@ test("mvmctl daemon serves ls and doctor on its socket and shuts down cleanly on
     assert.equal(ls.code, 0, ls.stderr);
     assert.ok(Array.isArray(JSON.parse(ls.stdout)));
     const doctor = await mvmctl(["doctor", "--socket", socketPath, "--json"]);
-    assert.equal(JSON.parse(doctor.stdout).backends[0].backend, "namespace");
+    const health = JSON.parse(doctor.stdout) as { defaultBackend: string | null; defaultReason: string; backends: { backend: string }[] };
+    assert.deepEqual(health.backends.map((b) => b.backend), ["vm", "namespace"]);
+    if (health.defaultBackend !== null) assert.equal(health.defaultReason, "set by MVM_DEFAULT_BACKEND");
   } finally {
     daemon.kill("SIGTERM");
   }
@@ -151,6 +162,7 @@ test("run warns once about the container tier unless acknowledged", { skip }, as
   const warned = await mvmctl(["run", "--embedded", "--", "true"]);
   assert.equal(warned.code, 0, warned.stderr);
   assert.equal(warned.stderr.match(/^warning: backend "namespace" is container tier/gm)?.length, 1);
+  assert.match(warned.stderr, /^sandbox sbx_[a-z2-7]{20} on container \(shared host kernel\)$/m, "the engine's choice is named");
   const acked = await mvmctl(["run", "--embedded", "--", "true"], { env: { MVM_ACK_CONTAINER_TIER: "1" } });
   assert.doesNotMatch(acked.stderr, /container tier/);
 });

@@ -22,7 +22,7 @@ export const SANDBOX_FLAGS = {
   pids: { type: "string", valueName: "N", description: "Maximum number of processes and threads" },
   cpus: { type: "string", valueName: "N", description: "CPU quota in cores, may be fractional (0.5)" },
   ttl: { type: "string", valueName: "SECONDS", description: "Lifetime; the engine kills the sandbox after it" },
-  backend: { type: "string", valueName: "NAME", description: "Backend: namespace or vm (default: the engine's choice)" },
+  backend: { type: "string", valueName: "NAME", description: "Backend: namespace or vm (default: the engine's MVM_DEFAULT_BACKEND, else its strongest usable tier)" },
 } as const satisfies Record<string, FlagSpec>;
 
 /** Flags of a command run inside a sandbox. */

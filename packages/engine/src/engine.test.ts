@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex } from "node:stream";
 import { InvalidArgumentError, NotFoundError, UnsupportedCapabilityError, type BackendName, type Tier } from "@mvm/protocol";
-import { Engine } from "./engine.js";
+import { Engine, type EngineOptions } from "./engine.js";
 import { ImageStore } from "./images/store.js";
 import { defaultAgentBundlePath } from "./open.js";
 import { readProcStartTime } from "./_internal/proc.js";
@@ -78,7 +78,10 @@ before(async () => {
 });
 after(async () => rm(root, { recursive: true, force: true }));
 
-async function engineWith(backends: Backend[], extra: { defaultTtlSeconds?: number } = {}): Promise<Engine> {
+async function engineWith(
+  backends: Backend[],
+  extra: Pick<EngineOptions, "defaultTtlSeconds" | "defaultBackend"> = {},
+): Promise<Engine> {
   const stateDir = await mkdtemp(join(root, "state-"));
   return Engine.open({ stateDir, backends, images, agentDir: "/nonexistent", defaultImage: "tiny", ...extra });
 }
@@ -95,6 +98,91 @@ test("an explicitly requested backend that is not usable is refused, never repla
   assert.equal(ns.children.length, 0);
   const info = await engine.createSandbox({});
   assert.equal(info.backend, "namespace", "the default is the strongest usable backend");
+  await engine.close();
+});
+
+test("the default is the strongest usable tier, and SandboxInfo and health say which and why", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const emu = new HostProcessBackend("vm", usable("vm-emulated"));
+  const engine = await engineWith([ns, emu]);
+  const info = await engine.createSandbox({});
+  assert.deepEqual([info.backend, info.tier], ["vm", "vm-emulated"], "vm-emulated beats namespace");
+  assert.equal(emu.children.length, 1);
+  assert.equal(ns.children.length, 0);
+  const health = await engine.health();
+  assert.equal(health.defaultBackend, "vm");
+  assert.equal(health.defaultReason, "strongest usable tier: vm-emulated");
+  await engine.close();
+
+  const hw = new HostProcessBackend("vm", usable("vm-hardware"));
+  const second = await engineWith([new HostProcessBackend("namespace", usable("container")), hw]);
+  assert.equal((await second.createSandbox({})).tier, "vm-hardware");
+  await second.close();
+});
+
+test("an unusable vm falls to namespace only for the default; asked for by name it is refused", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const vm = new HostProcessBackend("vm", unusable);
+  const engine = await engineWith([vm, ns]);
+  const info = await engine.createSandbox({});
+  assert.deepEqual([info.backend, info.tier], ["namespace", "container"]);
+  const health = await engine.health();
+  assert.equal(health.defaultBackend, "namespace");
+  assert.equal(health.defaultReason, 'strongest usable tier: container; "vm" is not usable: qemu: not installed');
+  await assert.rejects(engine.createSandbox({ backend: "vm" }), (err: unknown) => {
+    assert.ok(err instanceof UnsupportedCapabilityError);
+    assert.equal(err.message, 'Backend "vm" is not usable on this host: qemu: not installed');
+    return true;
+  });
+  assert.equal(vm.children.length, 0);
+  assert.equal(ns.children.length, 1, "the refused create started nothing");
+  await engine.close();
+});
+
+test("a configured default backend is honoured, and while unusable it fails instead of falling back", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const vm = new HostProcessBackend("vm", usable("vm-emulated"));
+  const engine = await engineWith([vm, ns], { defaultBackend: { backend: "namespace", setting: "MVM_DEFAULT_BACKEND" } });
+  assert.equal((await engine.createSandbox({})).backend, "namespace");
+  assert.equal((await engine.createSandbox({ backend: "vm" })).backend, "vm");
+  const health = await engine.health();
+  assert.deepEqual([health.defaultBackend, health.defaultReason], ["namespace", "set by MVM_DEFAULT_BACKEND"]);
+  await engine.close();
+
+  const broken = new HostProcessBackend("namespace", usable("container"));
+  const pinned = await engineWith([new HostProcessBackend("vm", unusable), broken], { defaultBackend: "vm" });
+  await assert.rejects(pinned.createSandbox({}), (err: unknown) => {
+    assert.ok(err instanceof UnsupportedCapabilityError);
+    assert.match(err.message, /^No default backend can start sandboxes: defaultBackend names "vm", which is not usable here: qemu: not installed$/);
+    return true;
+  });
+  assert.equal(broken.children.length, 0);
+  assert.equal((await pinned.health()).defaultBackend, null);
+  await pinned.close();
+});
+
+test("a default backend the engine does not offer, or no backend name at all, is InvalidArgumentError at open", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  await assert.rejects(engineWith([ns], { defaultBackend: "vm" }), (err: unknown) => {
+    assert.ok(err instanceof InvalidArgumentError);
+    assert.equal(err.message, 'Invalid defaultBackend "vm": this engine offers only "namespace"');
+    return true;
+  });
+  await assert.rejects(engineWith([ns], { defaultBackend: "chroot" as never }), InvalidArgumentError);
+});
+
+test("a default that cannot enforce a requested limit is refused, and the hint names a backend that can", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const vm = new HostProcessBackend("vm", { ...usable("vm-emulated"), enforceable: { memory: true, pids: false, cpu: false } });
+  const engine = await engineWith([vm, ns]);
+  await assert.rejects(engine.createSandbox({ resources: { pids: 64 } }), (err: unknown) => {
+    assert.ok(err instanceof UnsupportedCapabilityError);
+    assert.equal(err.message, 'Backend "vm" cannot enforce "pids" on this host');
+    assert.equal(err.hint, 'drop the limit, or name a backend that can enforce it: "namespace" (container)');
+    return true;
+  });
+  assert.equal(ns.children.length + vm.children.length, 0);
+  assert.equal((await engine.createSandbox({ resources: { memoryMiB: 256 } })).backend, "vm");
   await engine.close();
 });
 

@@ -36,6 +36,7 @@ import {
 } from "@mvm/protocol";
 import { z } from "zod";
 import type { Backend, ProbeResult } from "./backends/types.js";
+import { chooseBackend, chooseDefault, resolveConfiguredDefault, type ConfiguredDefault } from "./backend-choice.js";
 import { LiveSandbox } from "./live-sandbox.js";
 import { newSandboxId } from "./ids.js";
 import { callSignal } from "./_internal/signals.js";
@@ -48,8 +49,18 @@ export const DEFAULT_IMAGE = "debian:bookworm+python3";
 export interface EngineOptions {
   /** @default defaultStateDir() */
   stateDir?: string;
-  /** Backends in order of preference, strongest first. */
+  /**
+   * The backends this engine offers. A create that names none runs on `defaultBackend`, or else
+   * on the strongest usable tier (vm-hardware, vm-emulated, container); equal tiers go by this order.
+   */
   backends: Backend[];
+  /**
+   * The backend of creates that name none, instead of the strongest usable one. It never falls
+   * back: while it is unusable, such creates fail with UnsupportedCapabilityError. A plain name
+   * is reported as set by "defaultBackend".
+   * @default the strongest usable backend
+   */
+  defaultBackend?: BackendName | ConfiguredDefault;
   images: ImageStore;
   /** Host directory of the assembled agent runtime (node, libs, agent.cjs). */
   agentDir: string;
@@ -63,15 +74,22 @@ export interface EngineOptions {
   defaultWorkMiB?: number;
   /** @default 256 */
   tmpMiB?: number;
-  /** Time allowed from launch to the agent's hello, ms. @default 20000 */
+  /**
+   * Time allowed from launch to the agent's hello, ms.
+   * @default by tier: 20000 (container), 60000 (vm-hardware), 180000 (vm-emulated)
+   */
   helloTimeoutMs?: number;
 }
 
 const STOPPED_KEPT = 1000;
 
+/** Default time from launch to hello by tier, ms: an emulated guest boots its kernel slowly. */
+const HELLO_TIMEOUT_MS: Record<ProbeResult["tier"], number> = { container: 20_000, "vm-hardware": 60_000, "vm-emulated": 180_000 };
+
 export class Engine implements EngineApi {
   readonly stateDir: string;
   readonly #options: EngineOptions;
+  readonly #configuredDefault: ConfiguredDefault | undefined;
   readonly #records: SandboxRecords;
   readonly #live = new Map<string, LiveSandbox>();
   readonly #stopped = new Map<string, SandboxInfo>();
@@ -81,11 +99,15 @@ export class Engine implements EngineApi {
 
   private constructor(options: EngineOptions) {
     this.#options = options;
+    this.#configuredDefault = resolveConfiguredDefault(options.defaultBackend, options.backends.map((b) => b.name));
     this.stateDir = options.stateDir ?? defaultStateDir();
     this.#records = new SandboxRecords(this.stateDir);
   }
 
-  /** Opens the state directory, reaps sandboxes of dead engines, probes the backends. */
+  /**
+   * Opens the state directory, reaps sandboxes of dead engines, probes the backends.
+   * @throws InvalidArgumentError when `defaultBackend` is not one of `backends`
+   */
   static async open(options: EngineOptions): Promise<Engine> {
     const engine = new Engine(options);
     await mkdir(engine.stateDir, { recursive: true, mode: 0o711 });
@@ -118,10 +140,11 @@ export class Engine implements EngineApi {
 
   async health(): Promise<HealthInfo> {
     this.#probes = await Promise.all(this.#options.backends.map((b) => b.probe()));
-    const def = this.#probes.find((p) => p.usable);
+    const def = chooseDefault(this.#probes, this.#configuredDefault);
     return {
       version: ENGINE_VERSION,
-      defaultBackend: def ? def.backend : null,
+      defaultBackend: this.#probes[def.index]?.backend ?? null,
+      defaultReason: def.reason,
       backends: this.#probes.map((p) => ({
         backend: p.backend,
         tier: p.tier,
@@ -132,34 +155,35 @@ export class Engine implements EngineApi {
     };
   }
 
-  #chooseBackend(requested: BackendName | undefined): { backend: Backend; probe: ProbeResult } {
-    const pairs = this.#options.backends.map((backend, i) => ({ backend, probe: this.#probes[i]! }));
-    if (requested) {
-      const pair = pairs.find((p) => p.backend.name === requested);
-      if (!pair) throw new UnsupportedCapabilityError(`Backend "${requested}" is not available in this engine`, { hint: "run `mvmctl doctor`" });
-      if (!pair.probe.usable) {
-        const failed = pair.probe.checks.filter((c) => !c.ok).map((c) => `${c.name}: ${c.detail}`);
-        throw new UnsupportedCapabilityError(`Backend "${requested}" is not usable on this host: ${failed.join("; ")}`, {
-          hint: "run `mvmctl doctor` for fixes",
-        });
-      }
-      return pair;
-    }
-    const pair = pairs.find((p) => p.probe.usable);
-    if (!pair) throw new UnsupportedCapabilityError("No sandbox backend is usable on this host", { hint: "run `mvmctl doctor` for fixes" });
-    return pair;
+  /** The requested backend, or the default; never a substitute for a requested one. */
+  #chooseBackend(requested: BackendName | undefined): { backend: Backend; probe: ProbeResult; defaulted: boolean } {
+    const { index, defaulted } = chooseBackend(this.#probes, requested, this.#configuredDefault);
+    return { backend: this.#options.backends[index]!, probe: this.#probes[index]!, defaulted };
   }
 
-  #effectiveResources(requested: Resources | undefined, probe: ProbeResult): Resources {
+  /** Names the usable backends that could enforce `missing`, for the hint of a refused default. */
+  #enforcersOf(missing: readonly (keyof Resources)[], except: BackendName): string[] {
+    const kind = { memoryMiB: "memory", pids: "pids", cpus: "cpu" } as const satisfies Record<keyof Resources, keyof ProbeResult["enforceable"]>;
+    return this.#probes
+      .filter((p) => p.usable && p.backend !== except && missing.every((m) => p.enforceable[kind[m]]))
+      .map((p) => `"${p.backend}" (${p.tier})`);
+  }
+
+  #effectiveResources(requested: Resources | undefined, probe: ProbeResult, defaulted: boolean): Resources {
     if (requested) {
-      const missing: string[] = [];
+      const missing: (keyof Resources)[] = [];
       if (requested.memoryMiB !== undefined && !probe.enforceable.memory) missing.push("memoryMiB");
       if (requested.pids !== undefined && !probe.enforceable.pids) missing.push("pids");
       if (requested.cpus !== undefined && !probe.enforceable.cpu) missing.push("cpus");
       if (missing.length > 0) {
+        const others = defaulted ? this.#enforcersOf(missing, probe.backend) : [];
+        const hint =
+          others.length > 0
+            ? `drop the limit, or name a backend that can enforce it: ${others.join(", ")}`
+            : "run `mvmctl doctor` to see which cgroup controllers are available, or drop the limit";
         throw new UnsupportedCapabilityError(
           `Backend "${probe.backend}" cannot enforce ${missing.map((m) => `"${m}"`).join(", ")} on this host`,
-          { hint: "run `mvmctl doctor` to see which cgroup controllers are available, or drop the limit" },
+          { hint },
         );
       }
       return { ...requested };
@@ -179,8 +203,8 @@ export class Engine implements EngineApi {
     this.#assertOpen();
     const req = parse(CreateSandboxRequest, request, "sandbox options");
     const signal = callSignal(options);
-    const { backend, probe } = this.#chooseBackend(req.backend);
-    const resources = this.#effectiveResources(req.resources, probe);
+    const { backend, probe, defaulted } = this.#chooseBackend(req.backend);
+    const resources = this.#effectiveResources(req.resources, probe, defaulted);
     const imageRef = req.image ?? this.#options.defaultImage ?? DEFAULT_IMAGE;
     const image = await this.#options.images.ensure(imageRef, {
       ...(options.onProgress ? { onProgress: options.onProgress } : {}),
@@ -221,7 +245,7 @@ export class Engine implements EngineApi {
           resources,
           agentLogPath: join(dir, "agent.log"),
         },
-        helloTimeoutMs: this.#options.helloTimeoutMs ?? 20_000,
+        helloTimeoutMs: this.#options.helloTimeoutMs ?? HELLO_TIMEOUT_MS[probe.tier],
         onRecord: (reap) =>
           this.#records.write({
             version: 1,

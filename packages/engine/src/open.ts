@@ -1,23 +1,44 @@
 /**
- * `openEngine`: the engine with its standard parts (namespace backend, image store on disk,
- * the agent runtime assembled from the bundled agent). The daemon and the SDK's embedded mode
- * both start here.
+ * `openEngine`: the engine with its standard parts (the vm and namespace backends, image store on
+ * disk, the agent runtime assembled from the bundled agent). The daemon and the SDK's embedded
+ * mode both start here.
  */
 import { mkdir } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { join } from "node:path";
+import { BackendName, InvalidArgumentError } from "@mvm/protocol";
 import { Engine, type EngineOptions } from "./engine.js";
 import { defaultStateDir } from "./state.js";
 import { ImageStore } from "./images/store.js";
+import { DEFAULT_BACKEND_ENV, parseBackendName, resolveConfiguredDefault, type ConfiguredDefault } from "./backend-choice.js";
+import type { Backend } from "./backends/types.js";
 import { NamespaceBackend } from "./backends/namespace/namespace-backend.js";
+import { VmBackend } from "./backends/vm/vm-backend.js";
 import { assembleAgentRuntime } from "./runtime/agent-runtime.js";
 
+/** The standard backends, strongest isolation first. */
+export const STANDARD_BACKENDS: readonly BackendName[] = ["vm", "namespace"];
+
 export interface OpenEngineOptions
-  extends Partial<Omit<EngineOptions, "backends" | "images" | "agentDir">> {
+  extends Partial<Omit<EngineOptions, "backends" | "images" | "agentDir" | "defaultBackend">> {
   /** Image store root. @default `$MVM_IMAGES_DIR` or `<stateDir>/images` */
   imagesDir?: string;
   /** The bundled agent (agent.cjs). @default the one shipped in @mvm/agent */
   agentBundlePath?: string;
+  /**
+   * Which standard backends the engine offers. The vm backend keeps its kernel, initramfs and
+   * disk caches in `<stateDir>/vm`.
+   * @default ["vm", "namespace"]
+   * @example
+   * await openEngine({ backends: ["namespace"] }); // no VMs: every sandbox is container tier
+   */
+  backends?: readonly BackendName[];
+  /**
+   * The backend of creates that name none. Never a fallback: while it is unusable such creates
+   * fail with UnsupportedCapabilityError.
+   * @default `$MVM_DEFAULT_BACKEND` ("namespace" or "vm"), or else the strongest usable backend
+   */
+  defaultBackend?: BackendName;
 }
 
 /** Path of the bundled agent shipped with @mvm/agent. */
@@ -25,14 +46,59 @@ export function defaultAgentBundlePath(): string {
   return createRequire(import.meta.url).resolve("@mvm/agent/agent.cjs");
 }
 
+/**
+ * The configured default backend: the option, else `MVM_DEFAULT_BACKEND` (empty counts as unset).
+ * @throws InvalidArgumentError when the value is not a backend name
+ */
+export function configuredDefaultBackend(
+  option: unknown,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): ConfiguredDefault | undefined {
+  if (option !== undefined) return { backend: parseBackendName(option, "defaultBackend"), setting: "defaultBackend" };
+  const fromEnv = env[DEFAULT_BACKEND_ENV];
+  if (fromEnv === undefined || fromEnv === "") return undefined;
+  return { backend: parseBackendName(fromEnv, DEFAULT_BACKEND_ENV), setting: DEFAULT_BACKEND_ENV };
+}
+
+function standardBackends(names: readonly BackendName[], stateDir: string): Backend[] {
+  if (names.length === 0) throw new InvalidArgumentError("Invalid backends []: name at least one backend");
+  const seen = new Set<BackendName>();
+  return names.map((name) => {
+    const backend = parseBackendName(name, "backends entry");
+    if (seen.has(backend)) throw new InvalidArgumentError(`Invalid backends: "${backend}" is named twice`);
+    seen.add(backend);
+    return backend === "vm" ? new VmBackend({ cacheRoot: join(stateDir, "vm") }) : new NamespaceBackend();
+  });
+}
+
+/**
+ * Opens the engine with the standard backends.
+ * @throws InvalidArgumentError for a bad `backends` list or default backend (`MVM_DEFAULT_BACKEND`
+ *   included), before anything is created on disk
+ * @example
+ * const engine = await openEngine(); // default backend: MVM_DEFAULT_BACKEND, else the strongest usable
+ * console.log((await engine.health()).defaultReason);
+ */
 export async function openEngine(options: OpenEngineOptions = {}): Promise<Engine> {
   const stateDir = options.stateDir ?? defaultStateDir();
+  const backends = standardBackends(options.backends ?? STANDARD_BACKENDS, stateDir);
+  const defaultBackend = resolveConfiguredDefault(
+    configuredDefaultBackend(options.defaultBackend),
+    backends.map((b) => b.name),
+  );
   await mkdir(stateDir, { recursive: true, mode: 0o711 });
   const images = await ImageStore.open(options.imagesDir ?? process.env["MVM_IMAGES_DIR"] ?? join(stateDir, "images"));
   const runtime = await assembleAgentRuntime({
     agentBundlePath: options.agentBundlePath ?? defaultAgentBundlePath(),
     outRoot: join(stateDir, "runtime"),
   });
-  const { imagesDir: _i, agentBundlePath: _a, ...rest } = options;
-  return Engine.open({ ...rest, stateDir, images, agentDir: runtime.dir, backends: [new NamespaceBackend()] });
+  const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, ...rest } = options;
+  return Engine.open({
+    ...rest,
+    stateDir,
+    images,
+    agentDir: runtime.dir,
+    backends,
+    ...(defaultBackend !== undefined ? { defaultBackend } : {}),
+  });
 }

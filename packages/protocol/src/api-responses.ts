@@ -32,6 +32,7 @@ const BackendReportSchema = z.strictObject({
 export const HealthInfoSchema = z.strictObject({
   version: z.string().max(64),
   defaultBackend: BackendName.nullable(),
+  defaultReason: z.string().max(4096).optional(),
   backends: z.array(BackendReportSchema).max(16),
 });
 

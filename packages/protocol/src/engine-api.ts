@@ -80,6 +80,8 @@ export interface HealthInfo {
   version: string;
   /** The backend a create without `backend` would use, or null when none works. */
   defaultBackend: BackendName | null;
+  /** Why that backend is the default (or why there is none), in plain words. */
+  defaultReason?: string;
   backends: BackendReport[];
 }
 

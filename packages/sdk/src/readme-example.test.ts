@@ -7,6 +7,11 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { Sandbox } from "./index.js";
 
+// The README's create names no backend and asks for pids and cpus limits, which only the
+// namespace backend enforces; on a host where the vm backend works it would be the default.
+// This process's embedded engine therefore defaults to namespace (an outside daemon is not affected).
+process.env["MVM_DEFAULT_BACKEND"] = "namespace";
+
 function defaultImagePresent(): boolean {
   const refs = "/var/lib/mvm/images/refs.json";
   return existsSync(refs) && readFileSync(refs, "utf8").includes('"debian:bookworm+python3"');

@@ -3,6 +3,7 @@
  */
 import type { CreateSandboxRequest } from "@mvm/protocol";
 import { defineCommand } from "../command.js";
+import { noticeChosenTier } from "../tier.js";
 import { isImageWork } from "../progress.js";
 import { SANDBOX_FLAGS, createRequestFrom, keyValueFlag } from "../flags.js";
 import { withEngine } from "./_lifetime.js";
@@ -29,6 +30,7 @@ export const createCommand = defineCommand<CreateSandboxRequest>({
       try {
         const sandbox = await engine.createSandbox(request, { signal: ctx.signal, onProgress: (e) => progress.update(e) });
         progress.done();
+        noticeChosenTier(ctx.out, request, sandbox);
         warning.notice(sandbox.tier, sandbox.backend);
         ctx.out.human(`${sandbox.id}\n`);
         ctx.out.jsonResult(sandbox);

@@ -4,6 +4,7 @@
  */
 import type { CreateSandboxRequest, ExecApiRequest, SandboxInfo } from "@mvm/protocol";
 import { defineCommand } from "../command.js";
+import { noticeChosenTier } from "../tier.js";
 import { isImageWork } from "../progress.js";
 import { EXEC_FLAGS, SANDBOX_FLAGS, createRequestFrom, execRequestFrom } from "../flags.js";
 import { streamExec, type ExecJsonResult } from "../streaming.js";
@@ -51,6 +52,7 @@ export const runCommand = defineCommand<RunOptions>({
       } finally {
         progress.done();
       }
+      noticeChosenTier(ctx.out, options.create, sandbox);
       warning.notice(sandbox.tier, sandbox.backend);
       const result = await withRelease(
         ctx,

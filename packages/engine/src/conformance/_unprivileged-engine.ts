@@ -11,13 +11,13 @@ async function main(): Promise<void> {
   const out: Record<string, unknown> = { uid: process.getuid?.() };
   try {
     const health = await engine.health();
-    out["enforceable"] = health.backends[0]?.enforceable;
+    out["enforceable"] = health.backends.find((b) => b.backend === "namespace")?.enforceable;
     await engine.importImage(rootfs, "local/busybox");
-    out["limitRefused"] = await engine.createSandbox({ resources: { memoryMiB: 256 } }).then(
+    out["limitRefused"] = await engine.createSandbox({ backend: "namespace", resources: { memoryMiB: 256 } }).then(
       () => "created",
       (err: { code?: string }) => err.code,
     );
-    const sb = await engine.createSandbox({});
+    const sb = await engine.createSandbox({ backend: "namespace" });
     const run = async (script: string) => {
       const chunks: Buffer[] = [];
       const st = await engine.exec(sb.id, { argv: ["/bin/sh", "-c", script] }, { onStdout: (c) => chunks.push(Buffer.from(c)), onStderr: (c) => chunks.push(Buffer.from(c)) });

@@ -54,7 +54,7 @@ test("kill -9 of the daemon mid-exec leaves nothing behind after restart", { ski
   const sock = join(stateDir, "run", "mvmd.sock");
   const daemon = await startDaemon(stateDir, sock);
   try {
-    const created = await call(sock, "POST", "/v1/sandboxes", { image: DEFAULT_IMAGE, resources: { memoryMiB: 256, pids: 64 } });
+    const created = await call(sock, "POST", "/v1/sandboxes", { backend: "namespace", image: DEFAULT_IMAGE, resources: { memoryMiB: 256, pids: 64 } });
     assert.ok(created.status >= 200 && created.status < 300, created.text);
     const id = (JSON.parse(created.text) as { id: string }).id;
     let sawStart!: () => void;
