@@ -79,9 +79,18 @@ export interface EngineOptions {
    * @default by tier: 20000 (container), 60000 (vm-hardware), 180000 (vm-emulated)
    */
   helloTimeoutMs?: number;
+  /**
+   * How often the engine pings each sandbox's agent, and how long an answer may take before the
+   * sandbox counts as hung: it is then torn down and its calls fail with SandboxCrashedError.
+   * @default by tier: every 10 s, answer within 30 s (container, vm-hardware) or 60 s (vm-emulated)
+   */
+  heartbeat?: { intervalMs: number; timeoutMs: number };
 }
 
 const STOPPED_KEPT = 1000;
+
+/** Default heartbeat deadline by tier, ms. */
+const HEARTBEAT_TIMEOUT_MS: Record<ProbeResult["tier"], number> = { container: 30_000, "vm-hardware": 30_000, "vm-emulated": 60_000 };
 
 /** Default time from launch to hello by tier, ms: an emulated guest boots its kernel slowly. */
 const HELLO_TIMEOUT_MS: Record<ProbeResult["tier"], number> = { container: 20_000, "vm-hardware": 60_000, "vm-emulated": 180_000 };
@@ -246,6 +255,7 @@ export class Engine implements EngineApi {
           agentLogPath: join(dir, "agent.log"),
         },
         helloTimeoutMs: this.#options.helloTimeoutMs ?? HELLO_TIMEOUT_MS[probe.tier],
+        heartbeat: this.#options.heartbeat ?? { intervalMs: 10_000, timeoutMs: HEARTBEAT_TIMEOUT_MS[probe.tier] },
         onRecord: (reap) =>
           this.#records.write({
             version: 1,

@@ -4,6 +4,7 @@
  */
 import {
   CleanupError,
+  SandboxCrashedError,
   NotFoundError,
   toMvmError,
   TransportError,
@@ -34,6 +35,11 @@ export interface StartOptions {
   spec: LaunchSpec;
   env: z.infer<typeof Env>;
   helloTimeoutMs: number;
+  /**
+   * The engine pings the agent every `intervalMs`; no answer within `timeoutMs` and the sandbox
+   * is declared crashed (a hung guest or agent) and torn down.
+   */
+  heartbeat?: { intervalMs: number; timeoutMs: number };
   signal?: AbortSignal;
   onRecord(reap: ReapRecord): Promise<void>;
   onEnded(sandbox: LiveSandbox): void;
@@ -48,6 +54,8 @@ export class LiveSandbox {
   readonly #ttl: NodeJS.Timeout;
   readonly #onEnded: (s: LiveSandbox) => void;
   #stopping: Promise<void> | undefined;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #crashReason: string | undefined;
 
   private constructor(info: SandboxInfo, launched: LaunchedSandbox, client: AgentClient, opts: StartOptions) {
     this.info = { ...info, state: "running" };
@@ -60,6 +68,28 @@ export class LiveSandbox {
     this.#ttl.unref();
     launched.exited.then(() => void this.stop("crashed").catch(() => {}));
     client.closed.then(() => void this.stop("crashed").catch(() => {}));
+    if (opts.heartbeat) this.#startHeartbeat(opts.heartbeat);
+  }
+
+  #startHeartbeat({ intervalMs, timeoutMs }: { intervalMs: number; timeoutMs: number }): void {
+    const beat = async (): Promise<void> => {
+      if (this.#stopping) return;
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), timeoutMs)));
+      const answer = await Promise.race([this.#client.request("ping", {}).then(() => "ok" as const, () => "failed" as const), late]);
+      clearTimeout(timer);
+      if (answer === "late") {
+        this.#crashReason = `its agent did not answer a ping within ${timeoutMs} ms (hung guest or agent)`;
+        void this.stop("crashed").catch(() => {});
+        return;
+      }
+      if (!this.#stopping) {
+        this.#heartbeat = setTimeout(() => void beat(), intervalMs);
+        this.#heartbeat.unref();
+      }
+    };
+    this.#heartbeat = setTimeout(() => void beat(), intervalMs);
+    this.#heartbeat.unref();
   }
 
   static async start(opts: StartOptions): Promise<LiveSandbox> {
@@ -82,8 +112,16 @@ export class LiveSandbox {
   stop(reason: EndReason): Promise<void> {
     this.#stopping ??= (async () => {
       clearTimeout(this.#ttl);
+      clearTimeout(this.#heartbeat);
       this.info = { ...this.info, state: "stopped", endReason: reason };
-      this.#client.destroy(new TransportError(`Sandbox "${this.info.id}" ${reason}`));
+      if (reason === "crashed") {
+        // Give the backend a moment to see the exit and read why (console, QEMU's stderr).
+        await Promise.race([this.#launched.exited, new Promise((r) => setTimeout(r, 200))]);
+        const why = this.#crashReason ?? this.#launched.failure?.();
+        this.#client.destroy(new SandboxCrashedError(`Sandbox "${this.info.id}" crashed${why ? `: ${why}` : ""}`));
+      } else {
+        this.#client.destroy(new TransportError(`Sandbox "${this.info.id}" ${reason}`));
+      }
       try {
         await this.#launched.destroy();
       } catch (err) {

@@ -39,6 +39,11 @@ export interface OpenEngineOptions
    * @default `$MVM_DEFAULT_BACKEND` ("namespace" or "vm"), or else the strongest usable backend
    */
   defaultBackend?: BackendName;
+  /**
+   * Where the vm backend keeps its guest kernel, initramfs, disk images and saved VMs; engines may
+   * share one. @default `$MVM_VM_CACHE_DIR` or `<stateDir>/vm`
+   */
+  vmCacheDir?: string;
 }
 
 /** Path of the bundled agent shipped with @mvm/agent. */
@@ -60,14 +65,14 @@ export function configuredDefaultBackend(
   return { backend: parseBackendName(fromEnv, DEFAULT_BACKEND_ENV), setting: DEFAULT_BACKEND_ENV };
 }
 
-function standardBackends(names: readonly BackendName[], stateDir: string): Backend[] {
+function standardBackends(names: readonly BackendName[], vmCacheDir: string): Backend[] {
   if (names.length === 0) throw new InvalidArgumentError("Invalid backends []: name at least one backend");
   const seen = new Set<BackendName>();
   return names.map((name) => {
     const backend = parseBackendName(name, "backends entry");
     if (seen.has(backend)) throw new InvalidArgumentError(`Invalid backends: "${backend}" is named twice`);
     seen.add(backend);
-    return backend === "vm" ? new VmBackend({ cacheRoot: join(stateDir, "vm") }) : new NamespaceBackend();
+    return backend === "vm" ? new VmBackend({ cacheRoot: vmCacheDir }) : new NamespaceBackend();
   });
 }
 
@@ -81,7 +86,8 @@ function standardBackends(names: readonly BackendName[], stateDir: string): Back
  */
 export async function openEngine(options: OpenEngineOptions = {}): Promise<Engine> {
   const stateDir = options.stateDir ?? defaultStateDir();
-  const backends = standardBackends(options.backends ?? STANDARD_BACKENDS, stateDir);
+  const vmCacheDir = options.vmCacheDir ?? process.env["MVM_VM_CACHE_DIR"] ?? join(stateDir, "vm");
+  const backends = standardBackends(options.backends ?? STANDARD_BACKENDS, vmCacheDir);
   const defaultBackend = resolveConfiguredDefault(
     configuredDefaultBackend(options.defaultBackend),
     backends.map((b) => b.name),
@@ -92,7 +98,7 @@ export async function openEngine(options: OpenEngineOptions = {}): Promise<Engin
     agentBundlePath: options.agentBundlePath ?? defaultAgentBundlePath(),
     outRoot: join(stateDir, "runtime"),
   });
-  const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, ...rest } = options;
+  const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, vmCacheDir: _v, ...rest } = options;
   return Engine.open({
     ...rest,
     stateDir,

@@ -12,6 +12,7 @@ export const ErrorCode = {
   Transport: "TRANSPORT",
   Cleanup: "CLEANUP_FAILED",
   SnapshotMismatch: "SNAPSHOT_MISMATCH",
+  SandboxCrashed: "SANDBOX_CRASHED",
   UnsupportedCapability: "UNSUPPORTED_CAPABILITY",
   NotFound: "NOT_FOUND",
   InvalidArgument: "INVALID_ARGUMENT",
@@ -88,6 +89,14 @@ export class SnapshotMismatchError extends MvmError {
   override readonly name = "SnapshotMismatchError";
   readonly code = ErrorCode.SnapshotMismatch;
 }
+/**
+ * The sandbox died under the call: its VM's kernel panicked (a tampered disk block included), its
+ * VMM or process tree crashed, or its agent stopped answering. The message says which.
+ */
+export class SandboxCrashedError extends MvmError {
+  override readonly name = "SandboxCrashedError";
+  readonly code = ErrorCode.SandboxCrashed;
+}
 /** The host cannot enforce a requested capability or limit. Never downgraded silently. */
 export class UnsupportedCapabilityError extends MvmError {
   override readonly name = "UnsupportedCapabilityError";
@@ -144,6 +153,7 @@ const CLASSES: Record<Exclude<ErrorCode, "COMMAND_EXIT">, PlainErrorClass> = {
   TRANSPORT: TransportError,
   CLEANUP_FAILED: CleanupError,
   SNAPSHOT_MISMATCH: SnapshotMismatchError,
+  SANDBOX_CRASHED: SandboxCrashedError,
   UNSUPPORTED_CAPABILITY: UnsupportedCapabilityError,
   NOT_FOUND: NotFoundError,
   INVALID_ARGUMENT: InvalidArgumentError,

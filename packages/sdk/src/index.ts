@@ -30,6 +30,7 @@ export {
   PermissionDeniedError,
   PolicyDeniedError,
   SnapshotMismatchError,
+  SandboxCrashedError,
   TimeoutError,
   TransportError,
   UnsupportedCapabilityError,

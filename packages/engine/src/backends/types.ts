@@ -65,6 +65,8 @@ export interface LaunchedSandbox {
   oomKills(): Promise<number>;
   /** Kills every process of the sandbox and releases every resource. Idempotent. */
   destroy(): Promise<void>;
+  /** Why the sandbox died (e.g. "the guest kernel panicked: ..."), when the backend can tell. */
+  failure?(): string | undefined;
 }
 
 export interface Backend {

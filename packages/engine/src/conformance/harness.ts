@@ -36,9 +36,14 @@ export function unavailableReason(): string | undefined {
   return undefined;
 }
 
+/** The vm backend's caches (kernel, initramfs, disks, saved VMs), shared by test engines. */
+export function sharedVmCacheDir(): string {
+  return process.env["MVM_TEST_VM_CACHE_DIR"] ?? join(defaultStateDir(), "vm");
+}
+
 export async function testEngine(): Promise<TestEngine> {
   const stateDir = await mkdtemp(join(tmpdir(), "mvm-conf-"));
-  const engine = await openEngine({ stateDir, imagesDir: sharedImagesDir() });
+  const engine = await openEngine({ stateDir, imagesDir: sharedImagesDir(), vmCacheDir: sharedVmCacheDir() });
   return {
     engine,
     stateDir,

@@ -88,6 +88,11 @@ export class ControlPort {
     return this.#expectOk(`seed ${randomBytes(64).toString("hex")}`, "seed", timeoutMs);
   }
 
+  /** Sets the guest's wall clock to the host's (to the second). */
+  setClock(timeoutMs: number): Promise<void> {
+    return this.#expectOk(`clock ${Math.floor(Date.now() / 1000)}`, "clock", timeoutMs);
+  }
+
   /** Applies the sandbox's limits in the guest. */
   setLimits(limits: GuestLimits, timeoutMs: number): Promise<void> {
     const value = (n: number | undefined) => (n === undefined ? "max" : String(Math.round(n)));

@@ -16,8 +16,9 @@
  *    no_new_privs, chrooted into /newroot, as an unprivileged uid; the agent loads, says
  *    "ready" and waits for the host's start line before its hello;
  * 5. serves the control port (root only, never visible in the new root): the host sends a fresh
- *    RNG seed (after a restore from a saved VM every sandbox must get its own), the limits, and
- *    asks for OOM-kill counts.
+ *    RNG seed (after a restore from a saved VM every sandbox must get its own), the wall clock
+ *    (a restored guest wakes up at the time it was saved), the limits, and asks for OOM-kill
+ *    counts.
  * When the agent exits, or any step fails, the VM reboots, which QEMU (-no-reboot) turns into an
  * exit. Failures print one "mvm-init: ..." line on the console first.
  *
@@ -158,7 +159,7 @@ $bb mount -t ext4 -o ro,nosuid,nodev,noload /dev/mapper/root /newroot || fail "c
 $bb mount -t ext4 -o ro,nosuid,nodev,noload /dev/mapper/agent /newroot/.mvm || fail "cannot mount the agent runtime disk"
 $bb mount -t ext4 -o nosuid,nodev "$work_disk" /newroot/work || fail "cannot mount the work disk"
 $bb mount -t tmpfs -o nosuid,nodev,size=16m,mode=1777 tmpfs /newroot/tmp || fail "cannot mount /tmp"
-$bb mount -t proc -o nosuid,nodev,noexec,hidepid=2 proc /newroot/proc || fail "cannot mount the new /proc"
+$bb mount -t proc -o nosuid,nodev,noexec proc /newroot/proc || fail "cannot mount the new /proc"
 $bb mount -t tmpfs -o nosuid,noexec,size=64k,mode=0755 tmpfs /newroot/dev || fail "cannot mount the new /dev"
 $bb cp -a /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty /newroot/dev/ || fail "cannot populate /dev"
 $bb cp -a "$port" /newroot${GUEST_AGENT_PORT} || fail "cannot add the agent port to /dev"
@@ -167,12 +168,15 @@ $bb ln -s /proc/self/fd /newroot/dev/fd
 
 ${GUEST_SYSCTLS.map(([k, v]) => `$bb sysctl -q -w ${k}=${v} >/dev/null || fail "cannot set ${k}"`).join("\n")}
 
+$bb hostname sandbox || fail "cannot set the hostname"
+$bb ip link set lo up 2>/dev/null
+
 cg=/sys/fs/cgroup
 $bb mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 $cg || fail "cannot mount cgroup2"
 echo "+memory +pids +cpu" > $cg/cgroup.subtree_control || fail "cannot enable cgroup controllers"
 $bb mkdir $cg/sandbox || fail "cannot make the sandbox cgroup"
 
-$bb sh -c 'echo $$ > /sys/fs/cgroup/sandbox/cgroup.procs && exec "$@"' agent \\
+$bb sh -c 'ulimit -S -c 0 && ulimit -H -c 0 && echo $$ > /sys/fs/cgroup/sandbox/cgroup.procs && exec "$@"' agent \\
   $bb env -i HOME=/work PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin \\
   ${GUEST_HELPER_PATH} seccomp ${GUEST_SECCOMP_PATH} -- \\
   $bb setpriv --nnp -- $bb nsenter -F -t 1 -r/newroot -w/newroot/work -S $uid -G $uid -- \\
@@ -203,6 +207,9 @@ serve_control() {
         else
           echo "err limits" >&3
         fi ;;
+      "clock 2")
+        case "$2" in ''|*[!0-9]*) echo "err clock" >&3; continue ;; esac
+        if $bb date -u -s "@$2" >/dev/null; then echo "ok clock" >&3; else echo "err clock" >&3; fi ;;
       "stats 1")
         n=$($bb sed -n 's/^oom_kill //p' $cg/sandbox/memory.events)
         echo "ok stats oom_kill=\${n:-0}" >&3 ;;

@@ -43,8 +43,16 @@ export const JAIL_VM_DIR = "/vm";
 
 /** A host file or directory made visible in the jail. */
 export interface JailFile {
-  /** Absolute host path; bound as is (a symlink is followed by the mount). */
+  /**
+   * Absolute host path; bound as is (a symlink is followed by the mount). Ignored when `fd` is
+   * set, but still names the file in error messages.
+   */
   readonly hostPath: string;
+  /**
+   * A descriptor (in bubblewrap) of the file or directory to bind instead of the path, so the
+   * jail's uid needs no search permission on the directories above it (--bind-fd).
+   */
+  readonly fd?: number;
   /** Absolute, normalized path in the jail. */
   readonly jailPath: string;
   /** Bound read-write when true. @default false */
@@ -251,6 +259,9 @@ function checkOptions(options: JailArgvOptions): void {
   const seen = new Set<string>();
   for (const file of options.files) {
     checkPath("hostPath", file.hostPath);
+    if (file.fd !== undefined && (!Number.isInteger(file.fd) || file.fd < 3 || file.fd > 1023)) {
+      throw new InvalidArgumentError(`Invalid fd "${file.fd}" for "${file.hostPath}": must be an integer from 3 to 1023`);
+    }
     checkPath("jailPath", file.jailPath);
     if (file.jailPath === "/" || file.jailPath === "/dev" || file.jailPath.startsWith("/dev/")) {
       throw new InvalidArgumentError(`Invalid jailPath "${file.jailPath}": / and /dev belong to the jail`);
@@ -280,7 +291,10 @@ export function jailBwrapArgs(options: JailArgvOptions): string[] {
     "--dev", "/dev",
   ];
   for (const device of options.devices ?? []) args.push("--dev-bind", device, device);
-  for (const file of options.files) args.push(file.writable === true ? "--bind" : "--ro-bind", file.hostPath, file.jailPath);
+  for (const file of options.files) {
+    if (file.fd !== undefined) args.push(file.writable === true ? "--bind-fd" : "--ro-bind-fd", String(file.fd), file.jailPath);
+    else args.push(file.writable === true ? "--bind" : "--ro-bind", file.hostPath, file.jailPath);
+  }
   args.push("--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/", "--", options.qemuPath, ...options.qemuArgs);
   return args;
 }

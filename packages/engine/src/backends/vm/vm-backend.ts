@@ -10,9 +10,9 @@
  * Tier "vm-hardware" when /dev/kvm is usable, else "vm-emulated" (TCG).
  */
 import { constants } from "node:fs";
-import { chown, open, readFile, rm } from "node:fs/promises";
+import { chown, mkdir, open, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, UnsupportedCapabilityError } from "@mvm/protocol";
+import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { killIfSame, listProcessesWithId, readProcStat, sendSignal, waitForExit } from "../../_internal/proc.js";
 import { findExecutable } from "../namespace/probe.js";
 import { SANDBOX_UID_BASE, SANDBOX_UID_SPAN, SandboxUidAllocator } from "../namespace/uid.js";
@@ -21,9 +21,12 @@ import type { GuestLimits } from "./control.js";
 import { buildExt4Image, createWorkDisk, verifyDiskOnce } from "./disk.js";
 import { AGENT_DISK_LABEL, AGENT_START_LINE, ROOT_DISK_LABEL, WORK_DISK_LABEL } from "./init-script.js";
 import { buildInitramfs } from "./initramfs.js";
-import { qemuJailFiles } from "./jail.js";
+import { qemuJailFiles, type JailFile } from "./jail.js";
+import { STATE_FD } from "./qemu.js";
+import { restoreVmState, saveVmState } from "./snapshot-io.js";
+import { SavedVmStore, copyWorkDisk, qemuIdentity, type SavedVm, type VmShape } from "./snapshots.js";
 import type { VerityInfo } from "./verity/index.js";
-import { VmProcess } from "./vm-process.js";
+import { SAVE_SOCKET_DIR, VmProcess, type SpawnVmOptions, type VmHostFiles } from "./vm-process.js";
 import { buildGuestHelper } from "./guest-helper.js";
 import { sandboxSeccompProgram } from "../namespace/seccomp.js";
 import { type GuestKernel, ensureGuestKernel, openGuestKernel } from "./kernel.js";
@@ -38,6 +41,10 @@ export const GUEST_OVERHEAD_MIB = 96;
 export const DEFAULT_BOOT_TIMEOUT_MS = 90_000;
 /** How long the guest init may take to answer on its control port, ms. */
 const CONTROL_TIMEOUT_MS = 15_000;
+/** Deadlines for QMP's greeting, saving a VM and restoring one, ms. */
+const QMP_TIMEOUT_MS = 15_000;
+const SAVE_TIMEOUT_MS = 120_000;
+const RESTORE_TIMEOUT_MS = 60_000;
 
 /** Mount points the init script needs in the image root. */
 const ROOT_MOUNT_POINTS = ["proc", "dev", "work", "tmp", ".mvm"] as const;
@@ -59,6 +66,11 @@ export interface VmBackendOptions {
   readonly bwrapPath?: string;
   /** Deadline for a cold boot to reach a ready agent, ms. @default DEFAULT_BOOT_TIMEOUT_MS */
   readonly bootTimeoutMs?: number;
+  /**
+   * Start sandboxes by restoring a saved VM of their shape (saved on first use) instead of
+   * booting each. @default true
+   */
+  readonly savedVms?: boolean;
 }
 
 /** The verity parameters the guest needs for a disk whose hash tree follows its data. */
@@ -76,6 +88,23 @@ async function kvmGroups(): Promise<number[]> {
   const { stat } = await import("node:fs/promises");
   const gid = (await stat("/dev/kvm")).gid;
   return gid === 0 ? [] : [gid];
+}
+
+interface Host {
+  readonly qemuPath: string;
+  readonly bwrapPath: string;
+  readonly setprivPath?: string;
+  readonly isRoot: boolean;
+}
+
+/** A sandbox's VM, ready to spawn: host tools, files, QEMU config, guest limits and shape. */
+interface Prepared {
+  readonly host: Host;
+  readonly qemuFiles: readonly JailFile[];
+  readonly files: Omit<VmHostFiles, "workDiskPath" | "state">;
+  readonly config: SpawnVmOptions["config"];
+  readonly limits: GuestLimits;
+  readonly shape: VmShape;
 }
 
 interface BootArtifacts {
@@ -103,11 +132,13 @@ export class VmBackend implements Backend {
   readonly name = "vm" as const;
   private artifacts: Promise<BootArtifacts> | undefined;
   private readonly uids = new SandboxUidAllocator();
+  private readonly saved: SavedVmStore;
 
   constructor(private readonly options: VmBackendOptions) {
     if (!options.cacheRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid cacheRoot "${options.cacheRoot}": must be an absolute path`);
     const uid = options.guestUid ?? 1000;
     if (!Number.isInteger(uid) || uid < 1 || uid > 65_534) throw new InvalidArgumentError(`Invalid guestUid "${uid}": must be from 1 to 65534`);
+    this.saved = new SavedVmStore(join(options.cacheRoot, "saved"));
   }
 
   /** Kernel (fetched on first use) and initramfs, found once; a failure is retried next time. */
@@ -179,7 +210,7 @@ export class VmBackend implements Backend {
   }
 
     /** Host pieces the launch needs; missing ones are UnsupportedCapabilityError. */
-  private async host(): Promise<{ qemuPath: string; bwrapPath: string; setprivPath?: string; isRoot: boolean }> {
+  private async host(): Promise<Host> {
     const isRoot = process.geteuid?.() === 0;
     const [qemuPath, bwrapPath, setprivPath] = await Promise.all([
       findExecutable("qemu-system-x86_64", this.options.qemuPath),
@@ -208,12 +239,110 @@ export class VmBackend implements Backend {
     };
   }
 
+  /** Everything a VM of `spec` needs that is shared between sandboxes: kernel, initramfs, disks. */
+  private async prepare(spec: LaunchSpec, host: Host): Promise<Prepared> {
+    const disks = this.options.diskRoot ?? join(this.options.cacheRoot, "disks");
+    const [boot, rootDisk, agentDisk, qemuFiles, qemu] = await Promise.all([
+      this.boot(),
+      buildExt4Image({ sourceDir: spec.rootfsDir, outRoot: disks, mountPoints: ROOT_MOUNT_POINTS, label: ROOT_DISK_LABEL, verity: true }),
+      buildExt4Image({ sourceDir: spec.agentDir, outRoot: disks, label: AGENT_DISK_LABEL, verity: true }),
+      qemuJailFiles(host.qemuPath),
+      qemuIdentity(host.qemuPath),
+    ]);
+    // Fails closed on a disk modified since it was built; the guest checks every block it reads too.
+    await Promise.all([verifyDiskOnce(rootDisk.verity!), verifyDiskOnce(agentDisk.verity!)]);
+    const accel = await this.accel();
+    const tscKhz = accel === "tcg" ? parseTscKhz(await readFile("/proc/cpuinfo", "utf8").catch(() => "")) : undefined;
+    const { memoryMiB, cpus, limits } = this.shape(spec);
+    const guestUid = this.options.guestUid ?? 1000;
+    return {
+      host,
+      qemuFiles,
+      files: { kernelPath: boot.kernel.kernelPath, initrdPath: boot.initrdPath, rootDiskPath: rootDisk.path, agentDiskPath: agentDisk.path },
+      config: {
+        accel,
+        ...(tscKhz !== undefined ? { tscKhz } : {}),
+        rootVerity: verityParams(rootDisk.verity!),
+        agentVerity: verityParams(agentDisk.verity!),
+        memoryMiB,
+        cpus,
+        guestUid,
+      },
+      limits,
+      shape: {
+        kernelDigest: boot.kernel.digest,
+        initrdPath: boot.initrdPath,
+        rootDiskKey: rootDisk.key,
+        agentDiskKey: agentDisk.key,
+        memoryMiB,
+        cpus,
+        workMiB: spec.workMiB,
+        accel,
+        ...(tscKhz !== undefined ? { tscKhz } : {}),
+        guestUid,
+        qemu,
+      },
+    };
+  }
+
+  private spawnVm(p: Prepared, label: string, uid: number | undefined, workDiskPath: string, consoleLogPath: string, state?: VmHostFiles["state"]): Promise<VmProcess> {
+    return (async () =>
+      VmProcess.spawn({
+        label,
+        qemuPath: p.host.qemuPath,
+        bwrapPath: p.host.bwrapPath,
+        ...(p.host.setprivPath !== undefined ? { setprivPath: p.host.setprivPath } : {}),
+        ...(uid !== undefined ? { uid } : {}),
+        ...(p.config.accel === "kvm" ? { devices: ["/dev/kvm"], ...(uid !== undefined ? { groups: await kvmGroups() } : {}) } : {}),
+        qemuFiles: p.qemuFiles,
+        config: p.config,
+        files: { ...p.files, workDiskPath, ...(state !== undefined ? { state } : {}) },
+        consoleLogPath,
+      }))();
+  }
+
   /**
-   * Builds (or reuses) the verity-protected disks, makes the sandbox's work disk and starts the
-   * jailed QEMU; resolves once the guest's agent is ready, has a fresh RNG seed and its limits,
-   * and was told to start (its hello follows on `channel`). Throws AdmissionError when a disk
-   * fails its hash check or the VM dies while booting (with the reason the console gives),
-   * AbortedError when `signal` fires; nothing is left running or on disk.
+   * Boots a VM of `p`'s shape to a ready agent and saves it into `dir` (its state and its work
+   * disk); the VM is then stopped.
+   */
+  private async saveVm(p: Prepared, dir: string): Promise<void> {
+    const uid = p.host.isRoot ? await this.uids.allocate() : undefined;
+    const work = join(dir, "work.img");
+    const socketDir = join(dir, "save");
+    let vm: VmProcess | undefined;
+    try {
+      await createWorkDisk(work, p.shape.workMiB, p.config.guestUid, WORK_DISK_LABEL);
+      await mkdir(socketDir, { mode: 0o700 });
+      if (uid !== undefined) {
+        await chown(work, uid, uid);
+        await chown(socketDir, uid, uid);
+      }
+      vm = await this.spawnVm(p, "saved-vm", uid, work, join(dir, "console.log"), { mode: "save", socketDir });
+      await vm.waitAgentReady(this.options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS);
+      const qmp = await vm.qmp(QMP_TIMEOUT_MS);
+      await saveVmState(qmp, {
+        path: join(dir, "state"),
+        timeoutMs: SAVE_TIMEOUT_MS,
+        socketParentDir: socketDir,
+        qemuSocketParentDir: SAVE_SOCKET_DIR,
+        ...(uid !== undefined ? { socketOwner: { uid, gid: uid } } : {}),
+      });
+    } finally {
+      const stopped = vm === undefined || (await vm.kill());
+      await vm?.closeChannels().catch(() => undefined);
+      if (uid !== undefined && stopped) this.uids.release(uid);
+      await chown(work, 0, 0).catch(() => undefined);
+      await rm(socketDir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Starts a VM sandbox: restores the saved VM of its shape (saving one first, by a cold boot, when
+   * there is none and saved VMs are on), or boots it cold. Either way the work disk is the
+   * sandbox's own, and the guest gets a fresh RNG seed, the host's clock and the sandbox's limits
+   * before its agent says hello on `channel`. Throws AdmissionError when a disk fails its hash
+   * check or the VM dies while starting (with the reason its console gives), AbortedError when
+   * `signal` fires; nothing is left running or on disk.
    */
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<VmSandbox> {
     const host = await this.host();
@@ -221,46 +350,27 @@ export class VmBackend implements Backend {
       if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
     };
     checkAbort();
-    const shape = this.shape(spec);
-    const disks = this.options.diskRoot ?? join(this.options.cacheRoot, "disks");
-    const [boot, rootDisk, agentDisk, qemuFiles] = await Promise.all([
-      this.boot(),
-      buildExt4Image({ sourceDir: spec.rootfsDir, outRoot: disks, mountPoints: ROOT_MOUNT_POINTS, label: ROOT_DISK_LABEL, verity: true }),
-      buildExt4Image({ sourceDir: spec.agentDir, outRoot: disks, label: AGENT_DISK_LABEL, verity: true }),
-      qemuJailFiles(host.qemuPath),
-    ]);
-    await Promise.all([verifyDiskOnce(rootDisk.verity!), verifyDiskOnce(agentDisk.verity!)]);
+    const p = await this.prepare(spec, host);
     checkAbort();
-    const accel = await this.accel();
-    const tscKhz = accel === "tcg" ? parseTscKhz(await readFile("/proc/cpuinfo", "utf8").catch(() => "")) : undefined;
+    let saved: SavedVm | undefined;
+    if (this.options.savedVms !== false) saved = await this.saved.ensure(p.shape, (dir) => this.saveVm(p, dir));
+    checkAbort();
     const uid = host.isRoot ? await this.uids.allocate() : undefined;
     const workDisk = join(spec.stateDir, "work.img");
     let vm: VmProcess | undefined;
     try {
-      await createWorkDisk(workDisk, spec.workMiB, this.options.guestUid ?? 1000, WORK_DISK_LABEL);
-      if (uid !== undefined) await chown(workDisk, uid, uid);
-      vm = await VmProcess.spawn({
-        label: spec.sandboxId,
-        qemuPath: host.qemuPath,
-        bwrapPath: host.bwrapPath,
-        ...(host.setprivPath !== undefined ? { setprivPath: host.setprivPath } : {}),
-        ...(uid !== undefined ? { uid } : {}),
-        ...(accel === "kvm" ? { devices: ["/dev/kvm"], ...(uid !== undefined ? { groups: await kvmGroups() } : {}) } : {}),
-        qemuFiles,
-        config: {
-          accel,
-          ...(tscKhz !== undefined ? { tscKhz } : {}),
-          rootVerity: verityParams(rootDisk.verity!),
-          agentVerity: verityParams(agentDisk.verity!),
-          memoryMiB: shape.memoryMiB,
-          cpus: shape.cpus,
-          guestUid: this.options.guestUid ?? 1000,
-        },
-        files: { kernelPath: boot.kernel.kernelPath, initrdPath: boot.initrdPath, rootDiskPath: rootDisk.path, agentDiskPath: agentDisk.path, workDiskPath: workDisk },
-        consoleLogPath: spec.agentLogPath,
-      });
-      await vm.waitAgentReady(this.options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS, signal);
-      await this.startAgent(vm, shape.limits);
+      if (saved !== undefined) {
+        await copyWorkDisk(saved.workTemplatePath, workDisk);
+        if (uid !== undefined) await chown(workDisk, uid, uid);
+        vm = await this.spawnVm(p, spec.sandboxId, uid, workDisk, spec.agentLogPath, { mode: "load", path: saved.statePath });
+        await restoreVmState(await vm.qmp(QMP_TIMEOUT_MS), { fdNumber: STATE_FD, timeoutMs: RESTORE_TIMEOUT_MS, ...(signal ? { signal } : {}) });
+      } else {
+        await createWorkDisk(workDisk, spec.workMiB, p.config.guestUid, WORK_DISK_LABEL);
+        if (uid !== undefined) await chown(workDisk, uid, uid);
+        vm = await this.spawnVm(p, spec.sandboxId, uid, workDisk, spec.agentLogPath);
+        await vm.waitAgentReady(this.options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS, signal);
+      }
+      await this.startAgent(vm, p.limits);
       checkAbort();
       const sandboxUid = uid;
       return new VmSandbox({
@@ -272,7 +382,7 @@ export class VmBackend implements Backend {
           pid: vm.pid,
           pidStartTime: vm.pidStartTime,
           cgroups: [],
-          extra: { kind: "qemu", ...(sandboxUid !== undefined ? { hostUid: String(sandboxUid) } : {}) },
+          extra: { kind: "qemu", start: saved !== undefined ? "restore" : "boot", ...(sandboxUid !== undefined ? { hostUid: String(sandboxUid) } : {}) },
         },
         release: () => {
           if (sandboxUid !== undefined) this.uids.release(sandboxUid);
@@ -280,18 +390,22 @@ export class VmBackend implements Backend {
       });
     } catch (err) {
       const stopped = vm === undefined ? true : await vm.kill();
+      const reason = vm?.deathReason();
       await vm?.closeChannels().catch(() => undefined);
       await rm(workDisk, { force: true }).catch(() => undefined);
       if (uid !== undefined && stopped) this.uids.release(uid);
+      if (err instanceof SnapshotMismatchError && saved !== undefined) await rm(saved.dir, { recursive: true, force: true }).catch(() => undefined);
       if (err instanceof MvmError) throw err;
       if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
-      throw new AdmissionError(`Cannot start VM sandbox "${spec.sandboxId}": ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      const message = err instanceof Error ? err.message : String(err);
+      throw new AdmissionError(`Cannot start VM sandbox "${spec.sandboxId}": ${message}${reason !== undefined ? ` (${reason})` : ""}`, { cause: err });
     }
   }
 
   /** Reseeds the guest RNG, applies the limits, then lets the agent say hello. */
   private async startAgent(vm: VmProcess, limits: GuestLimits): Promise<void> {
     await vm.control.reseed(CONTROL_TIMEOUT_MS);
+    await vm.control.setClock(CONTROL_TIMEOUT_MS);
     await vm.control.setLimits(limits, CONTROL_TIMEOUT_MS);
     vm.child.stdin!.write(AGENT_START_LINE);
   }

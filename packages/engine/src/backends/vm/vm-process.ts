@@ -29,6 +29,10 @@ const INITRD_FD = 8;
 const DISK_FDS = { root: 9, agent: 10, work: 11 } as const;
 /** The work disk opened read-only as well: QEMU opens a writable drive read-only first to probe it. */
 const WORK_RO_FD = 12;
+/** The directory of the save socket (save mode). */
+const SAVE_DIR_FD = 13;
+/** Where the save socket's directory appears in the jail. */
+export const SAVE_SOCKET_DIR = "/vm/save";
 /** How long QEMU may take to exit after SIGKILL, ms. */
 export const QEMU_EXIT_MS = 5_000;
 /** Console bytes kept from the end, for error messages. */
@@ -40,8 +44,12 @@ export interface VmHostFiles {
   readonly rootDiskPath: string;
   readonly agentDiskPath: string;
   readonly workDiskPath: string;
-  /** Saved state to load (restore) or the open file to save into (snapshot). */
-  readonly state?: { readonly mode: "load"; readonly path: string } | { readonly mode: "save"; readonly handle: FileHandle };
+  /**
+   * "load": restore the saved state at `path` (QEMU reads it from a descriptor); "save": bind the
+   * directory `socketDir` into the jail at SAVE_SOCKET_DIR, where QEMU connects to the engine's
+   * socket to stream its state (QEMU 7.2 can only save to a socket or a process).
+   */
+  readonly state?: { readonly mode: "load"; readonly path: string } | { readonly mode: "save"; readonly socketDir: string };
 }
 
 export interface SpawnVmOptions {
@@ -106,8 +114,9 @@ export class VmProcess {
       const workFd = await openFile(files.workDiskPath, constants.O_RDWR);
       const workReadFd = await openFile(files.workDiskPath, constants.O_RDONLY);
       let stateFd: number | "ignore" = "ignore";
+      let saveDirFd: number | "ignore" = "ignore";
       if (files.state?.mode === "load") stateFd = await openFile(files.state.path, constants.O_RDONLY);
-      if (files.state?.mode === "save") stateFd = files.state.handle.fd;
+      if (files.state?.mode === "save") saveDirFd = await openFile(files.state.socketDir, constants.O_RDONLY | constants.O_DIRECTORY);
       const args = [
         ...Object.entries(DISK_FDS).flatMap(([name, fd], i) => ["-add-fd", `fd=${fd},set=${i + 1},opaque=${name}`]),
         "-add-fd", `fd=${WORK_RO_FD},set=3,opaque=work-ro`,
@@ -131,13 +140,14 @@ export class VmProcess {
         qemuArgs: args,
         files: [
           ...options.qemuFiles,
-          { hostPath: `/proc/self/fd/${KERNEL_FD}`, jailPath: "/vm/vmlinuz" },
-          { hostPath: `/proc/self/fd/${INITRD_FD}`, jailPath: "/vm/initrd" },
+          { hostPath: files.kernelPath, fd: KERNEL_FD, jailPath: "/vm/vmlinuz" },
+          { hostPath: files.initrdPath, fd: INITRD_FD, jailPath: "/vm/initrd" },
+          ...(files.state?.mode === "save" ? [{ hostPath: files.state.socketDir, fd: SAVE_DIR_FD, jailPath: SAVE_SOCKET_DIR, writable: true }] : []),
         ],
       });
       log = await CappedLog.open(options.consoleLogPath);
       const child = spawn(argv[0]!, argv.slice(1), {
-        stdio: ["pipe", "pipe", "pipe", "pipe", "pipe", "pipe", stateFd, kernelFd, initrdFd, rootFd, agentFd, workFd, workReadFd],
+        stdio: ["pipe", "pipe", "pipe", "pipe", "pipe", "pipe", stateFd, kernelFd, initrdFd, rootFd, agentFd, workFd, workReadFd, saveDirFd],
         detached: true,
         env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
       });
