@@ -44,6 +44,8 @@ echo "==> checking the host"
 mvmctl doctor || true
 echo "==> building the default image (debian:bookworm+python3)"
 mvmctl image build debian:bookworm+python3
-echo "==> running a sandbox"
+echo "==> running a sandbox on the container tier"
+MVM_ACK_CONTAINER_TIER=1 mvmctl run --backend namespace -- python3 -c 'import os, platform; print("hello from sandbox, uid", os.getuid(), "kernel", platform.release())'
+echo "==> running a sandbox on the default tier (the first VM sandbox fetches the guest kernel and saves a booted VM)"
 MVM_ACK_CONTAINER_TIER=1 mvmctl run -- python3 -c 'import os, platform; print("hello from sandbox, uid", os.getuid(), "kernel", platform.release())'
 echo "==> ready: try 'mvmctl run -- sh -c \"id; ls /\"'"

@@ -247,6 +247,7 @@ export class Engine implements EngineApi {
         spec: {
           sandboxId: id,
           rootfsDir: image.rootfsDir,
+          rootfsDigest: image.digest,
           agentDir: this.#options.agentDir,
           stateDir: dir,
           workMiB: info.workMiB,

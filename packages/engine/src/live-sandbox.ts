@@ -56,6 +56,7 @@ export class LiveSandbox {
   #stopping: Promise<void> | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
   #crashReason: string | undefined;
+  #crashError: SandboxCrashedError | undefined;
 
   private constructor(info: SandboxInfo, launched: LaunchedSandbox, client: AgentClient, opts: StartOptions) {
     this.info = { ...info, state: "running" };
@@ -118,7 +119,8 @@ export class LiveSandbox {
         // Give the backend a moment to see the exit and read why (console, QEMU's stderr).
         await Promise.race([this.#launched.exited, new Promise((r) => setTimeout(r, 200))]);
         const why = this.#crashReason ?? this.#launched.failure?.();
-        this.#client.destroy(new SandboxCrashedError(`Sandbox "${this.info.id}" crashed${why ? `: ${why}` : ""}`));
+        this.#crashError = new SandboxCrashedError(`Sandbox "${this.info.id}" crashed${why ? `: ${why}` : ""}`);
+        this.#client.destroy(this.#crashError);
       } else {
         this.#client.destroy(new TransportError(`Sandbox "${this.info.id}" ${reason}`));
       }
@@ -133,11 +135,26 @@ export class LiveSandbox {
     return this.#stopping;
   }
 
+  /**
+   * A call that failed because the channel broke is reported as the crash when the sandbox turns
+   * out to have crashed (the channel usually closes a moment before the exit is seen).
+   */
+  async #crashAware<T>(p: Promise<T>): Promise<T> {
+    try {
+      return await p;
+    } catch (err) {
+      if (!(err instanceof TransportError)) throw err;
+      await Promise.race([this.#launched.exited, new Promise((r) => setTimeout(r, 1_000))]);
+      if (this.#stopping) await this.#stopping.catch(() => undefined);
+      throw this.#crashError ?? err;
+    }
+  }
+
   async call<O extends Op>(op: O, params: RequestParams<O>, options: CallOptions = {}): Promise<ResultOf<O>> {
     const signal = callSignal(options);
-    if (!signal) return this.#client.request(op, params);
+    if (!signal) return this.#crashAware(this.#client.request(op, params));
     signal.throwIfAborted();
-    return withSignal(this.#client.request(op, params), signal, `${op} in "${this.info.id}"`);
+    return withSignal(this.#crashAware(this.#client.request(op, params)), signal, `${op} in "${this.info.id}"`);
   }
 
   async exec(req: ExecApiRequest, handlers: ExecHandlers, options: CallOptions): Promise<ExecStarted> {
@@ -148,7 +165,7 @@ export class LiveSandbox {
     const oomBeforeRead = this.#launched.oomKills();
     oomBeforeRead.catch(() => {});
     const startedAt = new Date();
-    const proc = await this.#client.exec(
+    const proc = await this.#crashAware(this.#client.exec(
       {
         argv: req.argv,
         env: { ...this.#env, ...(req.env ?? {}) },
@@ -164,7 +181,7 @@ export class LiveSandbox {
           onStderr: (c) => handlers.onStderr?.(c),
         },
       },
-    );
+    ));
     const oomBefore = await oomBeforeRead.catch(() => 0);
     this.#procs.set(proc.proc, proc);
     if (stdinBytes !== undefined && proc.stdin) {
@@ -178,7 +195,7 @@ export class LiveSandbox {
       if (!req.background) void this.#client.request("signal", { proc: proc.proc, signal: "SIGKILL" }).catch(() => {});
     };
     if (signal && !req.background) signal.addEventListener("abort", onAbort, { once: true });
-    const exit = proc.exit
+    const exit = this.#crashAware(proc.exit)
       .then(async (e): Promise<ExitInfo> => {
         const oomAfter = await this.#launched.oomKills().catch(() => oomBefore);
         return {
@@ -218,7 +235,7 @@ export class LiveSandbox {
   }
 
   readFile(path: string): Promise<FileReadStream> {
-    return this.#client.readFile(path);
+    return this.#crashAware(this.#client.readFile(path));
   }
 
   async writeFile(
@@ -228,11 +245,11 @@ export class LiveSandbox {
   ): Promise<{ bytes: number }> {
     const signal = callSignal(options);
     const body: AsyncIterable<Uint8Array> = data instanceof Uint8Array ? once(data) : data;
-    const bytes = await this.#client.writeFile(path, body, {
+    const bytes = await this.#crashAware(this.#client.writeFile(path, body, {
       mode: options.mode,
       createParents: options.createParents,
       ...(signal ? { signal } : {}),
-    });
+    }));
     return { bytes };
   }
 }

@@ -44,6 +44,22 @@ export interface OpenEngineOptions
    * share one. @default `$MVM_VM_CACHE_DIR` or `<stateDir>/vm`
    */
   vmCacheDir?: string;
+  /**
+   * The guest kernel of VM sandboxes, when not Debian's cloud kernel: its image and module tree.
+   * @default `$MVM_VM_KERNEL` and `$MVM_VM_KERNEL_MODULES` (default `/lib/modules/<release>`,
+   *   the release taken from a `vmlinuz-<release>` file name), else Debian's cloud kernel
+   */
+  vmKernel?: { path: string; modulesDir: string };
+}
+
+/** The user-named guest kernel from the environment, if any. */
+function kernelFromEnv(env: Readonly<Record<string, string | undefined>> = process.env): { path: string; modulesDir: string } | undefined {
+  const path = env["MVM_VM_KERNEL"];
+  if (path === undefined || path === "") return undefined;
+  const release = /vmlinuz-(.+)$/.exec(path)?.[1];
+  const modulesDir = env["MVM_VM_KERNEL_MODULES"] || (release !== undefined ? `/lib/modules/${release}` : undefined);
+  if (modulesDir === undefined) throw new InvalidArgumentError(`MVM_VM_KERNEL "${path}" is not named vmlinuz-<release>: set MVM_VM_KERNEL_MODULES to its module tree`);
+  return { path, modulesDir };
 }
 
 /** Path of the bundled agent shipped with @mvm/agent. */
@@ -65,14 +81,14 @@ export function configuredDefaultBackend(
   return { backend: parseBackendName(fromEnv, DEFAULT_BACKEND_ENV), setting: DEFAULT_BACKEND_ENV };
 }
 
-function standardBackends(names: readonly BackendName[], vmCacheDir: string): Backend[] {
+function standardBackends(names: readonly BackendName[], vmCacheDir: string, vmKernel: { path: string; modulesDir: string } | undefined): Backend[] {
   if (names.length === 0) throw new InvalidArgumentError("Invalid backends []: name at least one backend");
   const seen = new Set<BackendName>();
   return names.map((name) => {
     const backend = parseBackendName(name, "backends entry");
     if (seen.has(backend)) throw new InvalidArgumentError(`Invalid backends: "${backend}" is named twice`);
     seen.add(backend);
-    return backend === "vm" ? new VmBackend({ cacheRoot: vmCacheDir }) : new NamespaceBackend();
+    return backend === "vm" ? new VmBackend({ cacheRoot: vmCacheDir, ...(vmKernel ? { kernel: vmKernel } : {}) }) : new NamespaceBackend();
   });
 }
 
@@ -87,7 +103,7 @@ function standardBackends(names: readonly BackendName[], vmCacheDir: string): Ba
 export async function openEngine(options: OpenEngineOptions = {}): Promise<Engine> {
   const stateDir = options.stateDir ?? defaultStateDir();
   const vmCacheDir = options.vmCacheDir ?? process.env["MVM_VM_CACHE_DIR"] ?? join(stateDir, "vm");
-  const backends = standardBackends(options.backends ?? STANDARD_BACKENDS, vmCacheDir);
+  const backends = standardBackends(options.backends ?? STANDARD_BACKENDS, vmCacheDir, options.vmKernel ?? kernelFromEnv());
   const defaultBackend = resolveConfiguredDefault(
     configuredDefaultBackend(options.defaultBackend),
     backends.map((b) => b.name),
@@ -98,7 +114,7 @@ export async function openEngine(options: OpenEngineOptions = {}): Promise<Engin
     agentBundlePath: options.agentBundlePath ?? defaultAgentBundlePath(),
     outRoot: join(stateDir, "runtime"),
   });
-  const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, vmCacheDir: _v, ...rest } = options;
+  const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, vmCacheDir: _v, vmKernel: _k, ...rest } = options;
   return Engine.open({
     ...rest,
     stateDir,

@@ -29,6 +29,8 @@ export interface LaunchSpec {
   readonly sandboxId: string;
   /** Host directory holding the image's root filesystem; mounted read-only as /. */
   readonly rootfsDir: string;
+  /** The image's digest when the directory is an image-store tree (immutable, content-addressed). */
+  readonly rootfsDigest?: string;
   /** Host directory holding the agent runtime (node, libs, agent.js); mounted read-only at /.mvm. */
   readonly agentDir: string;
   /** Per-sandbox host directory owned by the engine (0700). The backend may keep files here. */

@@ -110,8 +110,9 @@ describe("vm tier", { skip, timeout: 900_000 }, () => {
     const pid = await qemuPid(hostUid!);
     process.kill(pid, "SIGSEGV");
     await assert.rejects(run(t.engine, info.id, ["/bin/sleep", "30"]), (err: unknown) => {
-      // The exec may start before the engine sees the crash, or be refused after it.
-      return err instanceof SandboxCrashedError || (err instanceof Error && /crashed/.test(err.message));
+      assert.ok(err instanceof SandboxCrashedError, String(err));
+      assert.match(err.message, /QEMU died of signal 11|killed by SIGSEGV/);
+      return true;
     });
     await noneLeft(t.stateDir, info.id, hostUid);
     assert.equal((await t.engine.getSandbox(info.id)).endReason, "crashed");

@@ -99,6 +99,29 @@ export class ControlPort {
     return this.#expectOk(`limits ${value(limits.memoryBytes)} ${value(limits.pids)} ${value(limits.cpuQuotaUs)} ${limits.tmpMiB}`, "limits", timeoutMs);
   }
 
+  /**
+   * Everything a sandbox needs before its agent says hello, in one round trip: a fresh RNG seed
+   * (as `reseed`), the host's clock (as `setClock`) and its limits (as `setLimits`).
+   */
+  start(limits: GuestLimits, timeoutMs: number): Promise<void> {
+    const value = (n: number | undefined) => (n === undefined ? "max" : String(Math.round(n)));
+    const line = [
+      "start",
+      randomBytes(64).toString("hex"),
+      String(Math.floor(Date.now() / 1000)),
+      value(limits.memoryBytes),
+      value(limits.pids),
+      value(limits.cpuQuotaUs),
+      String(limits.tmpMiB),
+    ].join(" ");
+    return this.#expectOk(line, "start", timeoutMs);
+  }
+
+  /** Makes the guest drop its clean page cache (before it is saved: less state to save and load). */
+  dropCaches(timeoutMs: number): Promise<void> {
+    return this.#expectOk("drop_caches", "drop_caches", timeoutMs);
+  }
+
   /** OOM kills in the sandbox's cgroup so far. */
   async oomKills(timeoutMs: number): Promise<number> {
     const answer = await this.request("stats", timeoutMs);

@@ -81,6 +81,11 @@ export interface BuildDiskOptions {
    * `<key>.verity.json`. @default false
    */
   readonly verity?: boolean;
+  /**
+   * The identity of an immutable source tree (e.g. an image digest) when the caller knows one:
+   * the disk is then named by it and the tree is only walked to build it.
+   */
+  readonly contentKey?: string;
 }
 
 export interface DiskImage {
@@ -120,30 +125,38 @@ export async function buildExt4Image(options: BuildDiskOptions): Promise<DiskIma
   }
   if (!/^[A-Za-z0-9_.-]{1,16}$/.test(label)) throw new InvalidArgumentError(`Invalid volume label "${label}"`);
 
-  let summary: TreeSummary;
-  try {
-    if (!(await stat(sourceDir)).isDirectory()) throw new InvalidArgumentError(`Source "${sourceDir}" is not a directory`);
-    summary = await summarizeTree(sourceDir);
-  } catch (err) {
-    if (err instanceof InvalidArgumentError) throw err;
-    throw new InvalidArgumentError(`Cannot read source directory "${sourceDir}"`, { cause: err });
+  const summarize = async (): Promise<TreeSummary> => {
+    try {
+      if (!(await stat(sourceDir)).isDirectory()) throw new InvalidArgumentError(`Source "${sourceDir}" is not a directory`);
+      return await summarizeTree(sourceDir);
+    } catch (err) {
+      if (err instanceof InvalidArgumentError) throw err;
+      throw new InvalidArgumentError(`Cannot read source directory "${sourceDir}"`, { cause: err });
+    }
+  };
+  if (options.contentKey !== undefined && !/^[A-Za-z0-9:_.-]{1,200}$/.test(options.contentKey)) {
+    throw new InvalidArgumentError(`Invalid content key "${options.contentKey}"`);
   }
+  let summary = options.contentKey === undefined ? await summarize() : undefined;
   const verity = options.verity ?? false;
-  const key = createHash("sha256").update(`mvm-ext4 v1 ${label} ${mountPoints.join(",")}${verity ? " verity" : ""}\n${summary.key}`).digest("hex");
-  const inodes = summary.entries + mountPoints.length + 128;
-  const sizeMiB = ext4SizeMiB(summary, inodes);
+  const treeKey = options.contentKey !== undefined ? `content ${options.contentKey}` : summary!.key;
+  const key = createHash("sha256").update(`mvm-ext4 v1 ${label} ${mountPoints.join(",")}${verity ? " verity" : ""}\n${treeKey}`).digest("hex");
   const path = join(outRoot, `${key}.ext4`);
   const recordPath = join(outRoot, `${key}.verity.json`);
-  const result = { path, key, sizeMiB };
   try {
     if ((await stat(path)).isFile()) {
-      if (!verity) return result;
+      const sizeMiB = Math.ceil((await stat(path)).size / MiB);
+      if (!verity) return { path, key, sizeMiB };
       const info = await readVerityRecord(recordPath, path);
-      if (info !== undefined) return { ...result, verity: info };
+      if (info !== undefined) return { path, key, sizeMiB: Math.ceil((info.dataBlocks * BLOCK) / MiB), verity: info };
     }
   } catch {
     // not built yet
   }
+  summary ??= await summarize();
+  const inodes = summary.entries + mountPoints.length + 128;
+  const sizeMiB = ext4SizeMiB(summary, inodes);
+  const result = { path, key, sizeMiB };
 
   await mkdir(outRoot, { recursive: true, mode: 0o755 });
   const tmp = join(outRoot, `.${key}.${process.pid}.${Date.now()}.tmp`);
@@ -187,20 +200,22 @@ export async function buildExt4Image(options: BuildDiskOptions): Promise<DiskIma
   }
 }
 
-/** Files whose hash tree this process has checked, by identity; a changed file is checked again. */
-const verified = new Map<string, string>();
-
 /**
- * Checks every block of a verity disk against its recorded root hash (once per file identity per
- * process: any write changes its mtime or ctime and forces a new check). Throws AdmissionError
- * when the disk was modified after it was built. The guest checks every block it reads as well.
+ * Checks every block of a verity disk against its recorded root hash, once per file identity
+ * (device, inode, size, mtime, ctime, root hash): the identity of a checked disk is kept in
+ * `<disk>.verified` beside it, and any write to the disk changes its mtime and ctime and forces a
+ * new check. Throws AdmissionError when the disk was modified after it was built. The guest checks
+ * every block it reads as well.
  */
 export async function verifyDiskOnce(info: VerityInfo): Promise<void> {
   const st = await stat(info.dataPath, { bigint: true });
   const identity = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}:${info.rootHashHex}`;
-  if (verified.get(info.dataPath) === identity) return;
+  const stampPath = `${info.dataPath}.verified`;
+  if ((await readFile(stampPath, "utf8").catch(() => "")) === identity) return;
   await verifyVerity(info);
-  verified.set(info.dataPath, identity);
+  const tmp = `${stampPath}.${process.pid}.tmp`;
+  await writeFile(tmp, identity, { mode: 0o600 });
+  await rename(tmp, stampPath);
 }
 
 /**

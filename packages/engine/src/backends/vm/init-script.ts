@@ -45,6 +45,9 @@ export const GUEST_HELPER_PATH = "/bin/mvm-guest";
 export const GUEST_SECCOMP_PATH = "/etc/seccomp.bpf";
 export const GUEST_DMSETUP_PATH = "/sbin/dmsetup";
 
+/** What /init prints and then powers off, when the kernel command line has mvm.bench_stop=init. */
+export const BENCH_INIT_MARKER = "mvm-init: reached";
+
 /** Lines the agent and the init write, and the line the host writes to start the agent. */
 export const AGENT_READY_LINE = "mvm-agent ready\n";
 export const AGENT_START_LINE = "mvm-agent start\n";
@@ -87,6 +90,10 @@ fail() {
   while :; do $bb sleep 1; done
 }
 $bb mount -t proc -o nosuid,nodev,noexec proc /proc || fail "cannot mount /proc"
+# Benchmarks boot the same kernel and initramfs only as far as here (mvm.bench_stop=init).
+case " $($bb cat /proc/cmdline) " in
+  *" mvm.bench_stop=init "*) $bb echo "${BENCH_INIT_MARKER}" >/dev/console; $bb reboot -f ;;
+esac
 $bb mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || fail "cannot mount /sys"
 $bb mount -t devtmpfs -o nosuid,noexec devtmpfs /dev || fail "cannot mount /dev"
 exec </dev/null >/dev/console 2>&1
@@ -183,11 +190,35 @@ $bb sh -c 'ulimit -S -c 0 && ulimit -H -c 0 && echo $$ > /sys/fs/cgroup/sandbox/
   ${agentArgv().join(" ")} &
 agent_pid=$!
 
-# The control port: one request a line, one answer a line ("ok ..." or "err ...").
+# The control port: one request a line, one answer a line ("ok <request>" or "err <request>").
 limit() {
-  case "$2" in max|[0-9]*) ;; *) return 1 ;; esac
-  case "$2" in max) ;; *[!0-9]*) return 1 ;; esac
+  case "$2" in max) ;; ''|*[!0-9]*) return 1 ;; esac
   echo "$2" > $cg/sandbox/$1
+}
+do_seed() {
+  case "$1" in ''|*[!0-9a-f]*) return 1 ;; esac
+  ${GUEST_HELPER_PATH} reseed "$1"
+}
+do_clock() {
+  case "$1" in ''|*[!0-9]*) return 1 ;; esac
+  $bb date -u -s "@$1" >/dev/null
+}
+do_limits() {
+  case "$4" in ''|*[!0-9]*) return 1 ;; esac
+  case "$3" in max) cpu="max 100000" ;; ''|*[!0-9]*) return 1 ;; *) cpu="$3 100000" ;; esac
+  limit memory.max "$1" && limit pids.max "$2" && echo "$cpu" > $cg/sandbox/cpu.max &&
+    $bb mount -o remount,nosuid,nodev,size=$4m /newroot/tmp
+}
+do_start() {
+  do_seed "$1" && do_clock "$2" && do_limits "$3" "$4" "$5" "$6"
+}
+do_drop_caches() {
+  $bb sync && echo 3 > /proc/sys/vm/drop_caches
+}
+# answer NAME COMMAND...: runs the command and answers "ok NAME" or "err NAME".
+answer() {
+  name=$1; shift
+  if "$@"; then echo "ok $name" >&3; else echo "err $name" >&3; fi
 }
 serve_control() {
   set -f
@@ -195,21 +226,11 @@ serve_control() {
   while IFS= read -r line <&3; do
     set -- $line
     case "$1 $#" in
-      "seed 2")
-        case "$2" in *[!0-9a-f]*) echo "err seed" >&3; continue ;; esac
-        if ${GUEST_HELPER_PATH} reseed "$2"; then echo "ok seed" >&3; else echo "err seed" >&3; fi ;;
-      "limits 5")
-        case "$5" in ''|*[!0-9]*) echo "err limits" >&3; continue ;; esac
-        case "$4" in max) cpu="max 100000" ;; ''|*[!0-9]*) echo "err limits" >&3; continue ;; *) cpu="$4 100000" ;; esac
-        if limit memory.max "$2" && limit pids.max "$3" && echo "$cpu" > $cg/sandbox/cpu.max &&
-          $bb mount -o remount,nosuid,nodev,size=$5m /newroot/tmp; then
-          echo "ok limits" >&3
-        else
-          echo "err limits" >&3
-        fi ;;
-      "clock 2")
-        case "$2" in ''|*[!0-9]*) echo "err clock" >&3; continue ;; esac
-        if $bb date -u -s "@$2" >/dev/null; then echo "ok clock" >&3; else echo "err clock" >&3; fi ;;
+      "seed 2") answer seed do_seed "$2" ;;
+      "clock 2") answer clock do_clock "$2" ;;
+      "limits 5") answer limits do_limits "$2" "$3" "$4" "$5" ;;
+      "start 7") shift; answer start do_start "$@" ;;
+      "drop_caches 1") answer drop_caches do_drop_caches ;;
       "stats 1")
         n=$($bb sed -n 's/^oom_kill //p' $cg/sandbox/memory.events)
         echo "ok stats oom_kill=\${n:-0}" >&3 ;;

@@ -1,11 +1,11 @@
 /**
  * The guest initramfs: a gzip'd newc cpio with a static busybox, the kernel modules, /init (see
  * init-script.ts), the static guest helper (RNG reseed, seccomp), the seccomp program, and
- * `dmsetup` with the shared libraries it loads. Stored as `outRoot/<sha256 of the file>.cpio.gz`
- * and reused when present.
+ * `dmsetup` with the shared libraries it loads. Stored as `outRoot/<sha256 of the uncompressed
+ * archive>.cpio.gz` and reused when present.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { InternalError, InvalidArgumentError } from "@mvm/protocol";
@@ -90,25 +90,26 @@ export async function initramfsEntries(options: BuildInitramfsOptions): Promise<
  */
 export async function buildInitramfs(options: BuildInitramfsOptions): Promise<Initramfs> {
   if (!options.outRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid outRoot "${options.outRoot}": must be an absolute path`);
-  let archive: Buffer;
+  let newc: Buffer;
   try {
-    archive = gzipSync(writeNewc(await initramfsEntries(options)), { level: 6 });
+    newc = writeNewc(await initramfsEntries(options));
   } catch (err) {
     if (err instanceof InvalidArgumentError) throw err;
     throw new InternalError(`Cannot build the initramfs from "${options.kernel.modulesDir}"`, { cause: err });
   }
-  const hex = createHash("sha256").update(archive).digest("hex");
+  // Named by the uncompressed archive: hashing it is cheap, compressing it is not, so an
+  // unchanged initramfs is found without gzip.
+  const hex = createHash("sha256").update(newc).digest("hex");
   const path = join(options.outRoot, `${hex}.cpio.gz`);
   const result = { path, digest: `sha256:${hex}` };
   try {
-    const existing = await readFile(path);
-    if (createHash("sha256").update(existing).digest("hex") === hex) return result;
+    if ((await stat(path)).size > 0) return result;
   } catch {
     // not built yet
   }
   await mkdir(options.outRoot, { recursive: true, mode: 0o755 });
   const tmp = join(options.outRoot, `.${hex}.${process.pid}.tmp`);
-  await writeFile(tmp, archive, { mode: 0o444 });
+  await writeFile(tmp, gzipSync(newc, { level: 6 }), { mode: 0o444 });
   await rename(tmp, path);
   return result;
 }

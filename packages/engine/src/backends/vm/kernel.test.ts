@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InternalError, InvalidArgumentError, NotFoundError } from "@mvm/protocol";
-import { fetchGuestKernel, moduleLoadOrder, openGuestKernel, parseKernelPackage, parseModuleDepends } from "./kernel.js";
+import { fetchGuestKernel, importGuestKernel, moduleLoadOrder, openGuestKernel, parseKernelPackage, parseModuleDepends } from "./kernel.js";
 
 /** A fake module file: some bytes, then a .modinfo-like run of NUL-separated key=value strings. */
 function fakeKo(fields: readonly string[]): Buffer {
@@ -80,6 +80,29 @@ describe("fetchGuestKernel (network: Debian mirror)", { skip: process.env["MVM_S
       assert.deepEqual(again, kernel);
       await writeFile(join(kernel.modulesDir, "virtio.ko"), "tampered");
       await assert.rejects(openGuestKernel(root, kernel.digest), InternalError);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("importGuestKernel (a kernel the user names)", { skip: process.env["MVM_SKIP_NETWORK_TESTS"] === "1" }, () => {
+  it("stores a named kernel with the modules the guest needs, and refuses a tree without them", async () => {
+    const root = await mkdtemp(join(tmpdir(), "mvm-kernel-named-"));
+    try {
+      // A stand-in for /boot + /lib/modules: the Debian kernel fetched into a first store.
+      const fetched = await fetchGuestKernel(join(root, "fetched"));
+      const tree = join(root, "lib", "modules", fetched.version, "kernel");
+      await mkdir(tree, { recursive: true });
+      for (const name of fetched.moduleOrder) await copyFile(join(fetched.modulesDir, `${name}.ko`), join(tree, `${name}.ko`));
+      const named = await importGuestKernel(join(root, "store"), fetched.kernelPath, join(root, "lib", "modules", fetched.version));
+      assert.equal(named.digest, fetched.digest);
+      assert.equal(named.version, fetched.version);
+      assert.deepEqual(named.moduleOrder, fetched.moduleOrder);
+      await rm(join(tree, "dm_verity.ko"));
+      await assert.rejects(importGuestKernel(join(root, "store2"), fetched.kernelPath, join(root, "lib", "modules", fetched.version)), /has no module "dm_verity"/);
+      await assert.rejects(importGuestKernel(join(root, "store3"), join(root, "missing"), join(root, "lib", "modules", fetched.version)), NotFoundError);
+      await assert.rejects(importGuestKernel(join(root, "store4"), "relative", "/lib/modules/x"), InvalidArgumentError);
     } finally {
       await rm(root, { recursive: true, force: true });
     }

@@ -13,8 +13,9 @@
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { constants } from "node:fs";
+import { access, chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { promisify } from "node:util";
 import { InternalError, InvalidArgumentError, NotFoundError } from "@mvm/protocol";
 
@@ -142,6 +143,93 @@ export async function openGuestKernel(root: string, digest: string): Promise<Gue
   return { kernelPath: join(dir, "vmlinuz"), modulesDir: join(dir, "modules"), moduleOrder, digest, version };
 }
 
+interface KernelSource {
+  /** The kernel image (bzImage). */
+  readonly kernelSource: string;
+  /** The kernel's module tree (`/lib/modules/<release>`), searched recursively for `.ko` files. */
+  readonly modulesRoot: string;
+  readonly version: string;
+  /** Names the source in error messages. */
+  readonly what: string;
+}
+
+/**
+ * Copies a kernel and the modules in `GUEST_MODULES` (with their dependencies, in load order)
+ * into the store under `root/<sha256 of the kernel>/` and returns it.
+ */
+async function storeGuestKernel(root: string, source: KernelSource): Promise<GuestKernel> {
+  const { kernelSource, version } = source;
+  await access(kernelSource, constants.R_OK);
+  const modules = await indexModules(source.modulesRoot);
+  const depsCache = new Map<string, readonly string[]>();
+  const dependsOf = (name: string): readonly string[] => {
+    const deps = depsCache.get(name);
+    if (deps === undefined) throw new InternalError(`Module "${name}" was not read`);
+    return deps;
+  };
+  // Read dependencies breadth-first, then order them.
+  const queue = [...GUEST_MODULES];
+  while (queue.length > 0) {
+    const name = normalizeModuleName(queue.shift() as string);
+    if (depsCache.has(name)) continue;
+    const file = modules.get(name);
+    if (file === undefined) throw new InvalidArgumentError(`${source.what} has no module "${name}" (the guest needs ${GUEST_MODULES.join(", ")})`);
+    const deps = parseModuleDepends(await readFile(file));
+    depsCache.set(name, deps);
+    queue.push(...deps);
+  }
+  const order = moduleLoadOrder(GUEST_MODULES, dependsOf);
+
+  const hex = await sha256File(kernelSource);
+  const staging = await mkdtemp(join(root, ".store-"));
+  try {
+    await mkdir(join(staging, "modules"), { recursive: true, mode: 0o755 });
+    await copyFile(kernelSource, join(staging, "vmlinuz"));
+    const files = [{ path: "vmlinuz", sha256: hex }];
+    for (const name of order) {
+      await copyFile(modules.get(name) as string, join(staging, "modules", `${name}.ko`));
+      files.push({ path: `modules/${name}.ko`, sha256: await sha256File(join(staging, "modules", `${name}.ko`)) });
+    }
+    await writeFile(join(staging, "modules", "order"), `${order.join("\n")}\n`);
+    await writeFile(join(staging, "manifest.txt"), renderManifest(version, files));
+    await chmod(staging, 0o755);
+    try {
+      await rename(staging, join(root, hex));
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
+      await rm(join(root, hex), { recursive: true, force: true });
+      await rename(staging, join(root, hex));
+    }
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+  return openGuestKernel(root, `sha256:${hex}`);
+}
+
+/**
+ * Stores a kernel the user names (its image and its module tree, e.g. `/boot/vmlinuz-6.1.0-x` and
+ * `/lib/modules/6.1.0-x`) for use as the guest kernel. It must be an x86_64 kernel with virtio-mmio,
+ * virtio-blk, virtio-console and dm-verity available as modules in that tree. The store is keyed by
+ * the image's sha256, so a changed kernel file is a new kernel.
+ * @example const kernel = await importGuestKernel("/var/lib/mvm/vm/kernel", "/boot/vmlinuz-6.1.0-28-cloud-amd64", "/lib/modules/6.1.0-28-cloud-amd64");
+ */
+export async function importGuestKernel(root: string, kernelPath: string, modulesRoot: string): Promise<GuestKernel> {
+  for (const [label, path] of [["root", root], ["kernel path", kernelPath], ["modules directory", modulesRoot]] as const) {
+    if (!path.startsWith("/")) throw new InvalidArgumentError(`Invalid ${label} "${path}": must be an absolute path`);
+  }
+  const version = basename(modulesRoot);
+  if (!/^[A-Za-z0-9._+-]{1,64}$/.test(version)) throw new InvalidArgumentError(`Invalid modules directory "${modulesRoot}": its name must be the kernel release`);
+  await mkdir(root, { recursive: true, mode: 0o755 });
+  try {
+    return await storeGuestKernel(root, { kernelSource: kernelPath, modulesRoot, version, what: `Kernel "${kernelPath}"` });
+  } catch (err) {
+    if (err instanceof InternalError || err instanceof InvalidArgumentError) throw err;
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new NotFoundError(`Kernel "${kernelPath}" or its modules "${modulesRoot}" not found`, { cause: err });
+    throw new InternalError(`Cannot store the kernel "${kernelPath}"`, { cause: err });
+  }
+}
+
 /**
  * Downloads the current cloud kernel package with apt, extracts it, and stores the kernel and
  * the modules in `GUEST_MODULES` (with their dependencies) under `root`. Needs network access to
@@ -166,50 +254,10 @@ export async function fetchGuestKernel(root: string): Promise<GuestKernel> {
     await run("dpkg-deb", ["-x", join(tmp, deb), tree]);
 
     const version = pkg.slice("linux-image-".length);
-    const kernelSource = join(tree, "boot", `vmlinuz-${version}`);
-    const modules = await indexModules(join(tree, "lib", "modules", version));
-    const depsCache = new Map<string, readonly string[]>();
-    const dependsOf = (name: string): readonly string[] => {
-      const deps = depsCache.get(name);
-      if (deps === undefined) throw new InternalError(`Module "${name}" was not read`);
-      return deps;
-    };
-    // Read dependencies breadth-first, then order them.
-    const queue = [...GUEST_MODULES];
-    while (queue.length > 0) {
-      const name = normalizeModuleName(queue.shift() as string);
-      if (depsCache.has(name)) continue;
-      const file = modules.get(name);
-      if (file === undefined) throw new InternalError(`Kernel package "${pkg}" has no module "${name}"`);
-      const deps = parseModuleDepends(await readFile(file));
-      depsCache.set(name, deps);
-      queue.push(...deps);
-    }
-    const order = moduleLoadOrder(GUEST_MODULES, dependsOf);
-
-    const hex = await sha256File(kernelSource);
-    const staging = join(tmp, "store");
-    await mkdir(join(staging, "modules"), { recursive: true, mode: 0o755 });
-    await copyFile(kernelSource, join(staging, "vmlinuz"));
-    const files = [{ path: "vmlinuz", sha256: hex }];
-    for (const name of order) {
-      await copyFile(modules.get(name) as string, join(staging, "modules", `${name}.ko`));
-      files.push({ path: `modules/${name}.ko`, sha256: await sha256File(join(staging, "modules", `${name}.ko`)) });
-    }
-    await writeFile(join(staging, "modules", "order"), `${order.join("\n")}\n`);
-    await writeFile(join(staging, "manifest.txt"), renderManifest(version, files));
-    const digest = `sha256:${hex}`;
-    try {
-      await rename(staging, join(root, hex));
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
-      await rm(join(root, hex), { recursive: true, force: true });
-      await rename(staging, join(root, hex));
-    }
-    await writeFile(join(root, ".current.tmp"), `${digest}\n`);
+    const kernel = await storeGuestKernel(root, { kernelSource: join(tree, "boot", `vmlinuz-${version}`), modulesRoot: join(tree, "lib", "modules", version), version, what: `Kernel package "${pkg}"` });
+    await writeFile(join(root, ".current.tmp"), `${kernel.digest}\n`);
     await rename(join(root, ".current.tmp"), join(root, "current"));
-    return openGuestKernel(root, digest);
+    return kernel;
   } catch (err) {
     if (err instanceof InternalError || err instanceof InvalidArgumentError) throw err;
     throw new InternalError(`Cannot fetch the guest kernel into "${root}"`, { cause: err });

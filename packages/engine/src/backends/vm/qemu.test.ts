@@ -32,9 +32,9 @@ describe("qemuArgs", () => {
     assert.deepEqual(after("-m"), ["256"]);
     assert.ok(args.includes("-nodefaults") && args.includes("-no-user-config") && args.includes("-no-reboot"));
     assert.deepEqual(after("-drive"), [
-      "id=root,file=/d/root.ext4,format=raw,if=none,readonly=on",
-      "id=agent,file=/d/agent.ext4,format=raw,if=none,readonly=on",
-      "id=work,file=/d/work.img,format=raw,if=none,discard=unmap",
+      "id=root,file=/d/root.ext4,format=raw,if=none,readonly=on,file.locking=off",
+      "id=agent,file=/d/agent.ext4,format=raw,if=none,readonly=on,file.locking=off",
+      "id=work,file=/d/work.img,format=raw,if=none,discard=unmap,file.locking=off",
     ]);
     assert.ok(after("-device").includes("virtserialport,chardev=ctl,name=mvm.ctl"));
     assert.ok(after("-chardev").includes("socket,id=qmp,fd=5"));

@@ -16,7 +16,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { execFile } from "node:child_process";
-import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { InternalError } from "@mvm/protocol";
@@ -37,6 +37,8 @@ export interface VmShape {
   readonly guestUid: number;
   /** The QEMU binary's identity (size and mtime): a new QEMU may not load an old stream. */
   readonly qemu: string;
+  /** sha256 of QEMU's arguments (machine, devices, kernel command line). */
+  readonly argsDigest: string;
 }
 
 export interface SavedVm {
@@ -114,14 +116,25 @@ export class SavedVmStore {
     }
   }
 
-  /** Removes build directories an engine left when it died mid-build. */
-  async sweep(olderThanMs: number): Promise<string[]> {
+  /** Marks a saved VM as used now (sweep keeps recently used ones). */
+  async touch(saved: SavedVm): Promise<void> {
+    const now = new Date();
+    await utimes(saved.dir, now, now).catch(() => undefined);
+  }
+
+  /**
+   * Removes build directories an engine left when it died mid-build (older than `buildAgeMs`) and
+   * saved VMs nobody restored for `unusedMs` (a new kernel, image or agent makes a new shape).
+   */
+  async sweep(buildAgeMs: number, unusedMs: number): Promise<string[]> {
     const removed: string[] = [];
     const names = await readdir(this.root).catch(() => [] as string[]);
-    for (const name of names.filter((n) => n.startsWith(".build-"))) {
+    for (const name of names) {
       const dir = join(this.root, name);
       const st = await stat(dir).catch(() => undefined);
-      if (st && Date.now() - st.mtimeMs > olderThanMs) {
+      if (st === undefined) continue;
+      const age = Date.now() - st.mtimeMs;
+      if ((name.startsWith(".build-") && age > buildAgeMs) || (/^[0-9a-f]{64}$/.test(name) && age > unusedMs)) {
         await rm(dir, { recursive: true, force: true });
         removed.push(dir);
       }

@@ -9,9 +9,10 @@
  *
  * Tier "vm-hardware" when /dev/kvm is usable, else "vm-emulated" (TCG).
  */
+import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import { chown, mkdir, open, readFile, rm } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { killIfSame, listProcessesWithId, readProcStat, sendSignal, waitForExit } from "../../_internal/proc.js";
 import { findExecutable } from "../namespace/probe.js";
@@ -26,10 +27,10 @@ import { STATE_FD } from "./qemu.js";
 import { restoreVmState, saveVmState } from "./snapshot-io.js";
 import { SavedVmStore, copyWorkDisk, qemuIdentity, type SavedVm, type VmShape } from "./snapshots.js";
 import type { VerityInfo } from "./verity/index.js";
-import { SAVE_SOCKET_DIR, VmProcess, type SpawnVmOptions, type VmHostFiles } from "./vm-process.js";
+import { SAVE_SOCKET_DIR, VmProcess, vmQemuArgs, type SpawnVmOptions, type VmHostFiles } from "./vm-process.js";
 import { buildGuestHelper } from "./guest-helper.js";
 import { sandboxSeccompProgram } from "../namespace/seccomp.js";
-import { type GuestKernel, ensureGuestKernel, openGuestKernel } from "./kernel.js";
+import { type GuestKernel, ensureGuestKernel, importGuestKernel, openGuestKernel } from "./kernel.js";
 import { parseTscKhz, type VerityParams } from "./qemu.js";
 import { VmSandbox } from "./vm-sandbox.js";
 
@@ -62,6 +63,11 @@ export interface VmBackendOptions {
   readonly diskRoot?: string;
   /** A statically linked busybox for the initramfs. @default "/bin/busybox" */
   readonly busyboxPath?: string;
+  /**
+   * A guest kernel the user names instead of Debian's cloud kernel: its image and its module tree
+   * (which must hold virtio-mmio, virtio-blk, virtio-console and dm-verity as modules).
+   */
+  readonly kernel?: { readonly path: string; readonly modulesDir: string };
   /** bubblewrap, which jails QEMU. @default `bwrap` found on PATH or in the system directories */
   readonly bwrapPath?: string;
   /** Deadline for a cold boot to reach a ready agent, ms. @default DEFAULT_BOOT_TIMEOUT_MS */
@@ -145,7 +151,9 @@ export class VmBackend implements Backend {
   private boot(): Promise<BootArtifacts> {
     if (this.artifacts === undefined) {
       const pending = (async () => {
-        const kernel = await ensureGuestKernel(join(this.options.cacheRoot, "kernel"));
+        const store = join(this.options.cacheRoot, "kernel");
+        const named = this.options.kernel;
+        const kernel = named ? await importGuestKernel(store, named.path, named.modulesDir) : await ensureGuestKernel(store);
         const helper = await buildGuestHelper({ outRoot: join(this.options.cacheRoot, "guest-helper") });
         const initrd = await buildInitramfs({
           kernel,
@@ -244,8 +252,15 @@ export class VmBackend implements Backend {
     const disks = this.options.diskRoot ?? join(this.options.cacheRoot, "disks");
     const [boot, rootDisk, agentDisk, qemuFiles, qemu] = await Promise.all([
       this.boot(),
-      buildExt4Image({ sourceDir: spec.rootfsDir, outRoot: disks, mountPoints: ROOT_MOUNT_POINTS, label: ROOT_DISK_LABEL, verity: true }),
-      buildExt4Image({ sourceDir: spec.agentDir, outRoot: disks, label: AGENT_DISK_LABEL, verity: true }),
+      buildExt4Image({
+        sourceDir: spec.rootfsDir, outRoot: disks, mountPoints: ROOT_MOUNT_POINTS, label: ROOT_DISK_LABEL, verity: true,
+        ...(spec.rootfsDigest !== undefined ? { contentKey: `image:${spec.rootfsDigest}` } : {}),
+      }),
+      buildExt4Image({
+        sourceDir: spec.agentDir, outRoot: disks, label: AGENT_DISK_LABEL, verity: true,
+        // The runtime directory is named by the sha256 of its manifest (runtime/agent-runtime.ts).
+        ...(/^[0-9a-f]{64}$/.test(basename(spec.agentDir)) ? { contentKey: `runtime:${basename(spec.agentDir)}` } : {}),
+      }),
       qemuJailFiles(host.qemuPath),
       qemuIdentity(host.qemuPath),
     ]);
@@ -255,19 +270,20 @@ export class VmBackend implements Backend {
     const tscKhz = accel === "tcg" ? parseTscKhz(await readFile("/proc/cpuinfo", "utf8").catch(() => "")) : undefined;
     const { memoryMiB, cpus, limits } = this.shape(spec);
     const guestUid = this.options.guestUid ?? 1000;
+    const config: SpawnVmOptions["config"] = {
+      accel,
+      ...(tscKhz !== undefined ? { tscKhz } : {}),
+      rootVerity: verityParams(rootDisk.verity!),
+      agentVerity: verityParams(agentDisk.verity!),
+      memoryMiB,
+      cpus,
+      guestUid,
+    };
     return {
       host,
       qemuFiles,
       files: { kernelPath: boot.kernel.kernelPath, initrdPath: boot.initrdPath, rootDiskPath: rootDisk.path, agentDiskPath: agentDisk.path },
-      config: {
-        accel,
-        ...(tscKhz !== undefined ? { tscKhz } : {}),
-        rootVerity: verityParams(rootDisk.verity!),
-        agentVerity: verityParams(agentDisk.verity!),
-        memoryMiB,
-        cpus,
-        guestUid,
-      },
+      config,
       limits,
       shape: {
         kernelDigest: boot.kernel.digest,
@@ -281,6 +297,7 @@ export class VmBackend implements Backend {
         ...(tscKhz !== undefined ? { tscKhz } : {}),
         guestUid,
         qemu,
+        argsDigest: createHash("sha256").update(vmQemuArgs(config, false).join("\0")).digest("hex"),
       },
     };
   }
@@ -319,6 +336,7 @@ export class VmBackend implements Backend {
       }
       vm = await this.spawnVm(p, "saved-vm", uid, work, join(dir, "console.log"), { mode: "save", socketDir });
       await vm.waitAgentReady(this.options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS);
+      await vm.control.dropCaches(CONTROL_TIMEOUT_MS);
       const qmp = await vm.qmp(QMP_TIMEOUT_MS);
       await saveVmState(qmp, {
         path: join(dir, "state"),
@@ -372,6 +390,7 @@ export class VmBackend implements Backend {
       }
       await this.startAgent(vm, p.limits);
       checkAbort();
+      if (saved !== undefined) await this.saved.touch(saved);
       const sandboxUid = uid;
       return new VmSandbox({
         sandboxId: spec.sandboxId,
@@ -404,10 +423,13 @@ export class VmBackend implements Backend {
 
   /** Reseeds the guest RNG, applies the limits, then lets the agent say hello. */
   private async startAgent(vm: VmProcess, limits: GuestLimits): Promise<void> {
-    await vm.control.reseed(CONTROL_TIMEOUT_MS);
-    await vm.control.setClock(CONTROL_TIMEOUT_MS);
-    await vm.control.setLimits(limits, CONTROL_TIMEOUT_MS);
+    await vm.control.start(limits, CONTROL_TIMEOUT_MS);
     vm.child.stdin!.write(AGENT_START_LINE);
+  }
+
+  /** Drops saved VMs unused for a week and half-built ones older than an hour. */
+  async sweep(): Promise<string[]> {
+    return this.saved.sweep(60 * 60 * 1000, 7 * 24 * 60 * 60 * 1000);
   }
 
   /**

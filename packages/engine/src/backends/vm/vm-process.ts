@@ -67,6 +67,26 @@ export interface SpawnVmOptions {
   readonly consoleLogPath: string;
 }
 
+/**
+ * QEMU's arguments for a VM of `config`: every file named by its jail path or fd set, so they are
+ * the same for every sandbox of one shape (saving and restoring need that).
+ */
+export function vmQemuArgs(config: SpawnVmOptions["config"], incoming: boolean): string[] {
+  return [
+    ...Object.entries(DISK_FDS).flatMap(([name, fd], i) => ["-add-fd", `fd=${fd},set=${i + 1},opaque=${name}`]),
+    "-add-fd", `fd=${WORK_RO_FD},set=3,opaque=work-ro`,
+    ...qemuArgs({
+      ...config,
+      kernelPath: "/vm/vmlinuz",
+      initrdPath: "/vm/initrd",
+      rootDiskPath: "/dev/fdset/1",
+      agentDiskPath: "/dev/fdset/2",
+      workDiskPath: "/dev/fdset/3",
+      incoming,
+    }),
+  ];
+}
+
 export class VmProcess {
   readonly exited: Promise<ExitStatus>;
   #consoleTail = Buffer.alloc(0);
@@ -117,19 +137,7 @@ export class VmProcess {
       let saveDirFd: number | "ignore" = "ignore";
       if (files.state?.mode === "load") stateFd = await openFile(files.state.path, constants.O_RDONLY);
       if (files.state?.mode === "save") saveDirFd = await openFile(files.state.socketDir, constants.O_RDONLY | constants.O_DIRECTORY);
-      const args = [
-        ...Object.entries(DISK_FDS).flatMap(([name, fd], i) => ["-add-fd", `fd=${fd},set=${i + 1},opaque=${name}`]),
-        "-add-fd", `fd=${WORK_RO_FD},set=3,opaque=work-ro`,
-        ...qemuArgs({
-          ...options.config,
-          kernelPath: "/vm/vmlinuz",
-          initrdPath: "/vm/initrd",
-          rootDiskPath: "/dev/fdset/1",
-          agentDiskPath: "/dev/fdset/2",
-          workDiskPath: "/dev/fdset/3",
-          incoming: files.state?.mode === "load",
-        }),
-      ];
+      const args = vmQemuArgs(options.config, files.state?.mode === "load");
       const argv = jailArgv({
         bwrapPath: options.bwrapPath,
         ...(options.setprivPath !== undefined ? { setprivPath: options.setprivPath } : {}),
@@ -211,8 +219,14 @@ export class VmProcess {
     if (panic !== undefined) return `the guest kernel panicked: ${panic.trim()}`;
     const init = [...tail.matchAll(/mvm-init: [^\n]*/g)].pop()?.[0];
     if (init !== undefined) return init.trim();
+    const { exitCode, signalCode } = this.child;
+    if (signalCode !== null) return `QEMU's jail was killed by ${signalCode}`;
+    // bubblewrap exits with its child's status, 128 + N when the child died of signal N.
+    if (exitCode !== null && exitCode > 128) return `QEMU died of signal ${exitCode - 128}`;
     const qemu = this.#stderr.trim().split("\n").pop();
-    return qemu ? `QEMU: ${qemu}` : undefined;
+    if (qemu) return `QEMU: ${qemu}`;
+    if (exitCode !== null) return `QEMU exited with status ${exitCode}`;
+    return undefined;
   }
 
   /**

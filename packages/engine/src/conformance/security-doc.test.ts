@@ -1,0 +1,51 @@
+/**
+ * docs/SECURITY.md names, for every claim, the tests that enforce it. This checks the names are
+ * real: each backticked test title in the claims table (a trailing "…" means "starts with") must
+ * be the title of a test in the source tree, and each named file must exist.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+
+const ROOT = new URL("../../../../", import.meta.url).pathname;
+
+async function sourceFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (entry.name === "node_modules" || entry.name === "dist") continue;
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...(await sourceFiles(path)));
+    else if (entry.name.endsWith(".ts")) out.push(path);
+  }
+  return out;
+}
+
+test("every test and file the SECURITY.md claims table names exists", async () => {
+  const doc = await readFile(join(ROOT, "docs/SECURITY.md"), "utf8");
+  const table = doc.slice(doc.indexOf("## Claims"), doc.indexOf("\n## ", doc.indexOf("## Claims") + 1));
+  const rows = table.split("\n").filter((l) => l.startsWith("| ") && !l.startsWith("| #") && !l.startsWith("| ---"));
+  assert.ok(rows.length >= 20, `only ${rows.length} claim rows found`);
+  const sources = await Promise.all((await sourceFiles(join(ROOT, "packages"))).map((f) => readFile(f, "utf8")));
+  const titles = sources.join("\n");
+  const files = (await sourceFiles(join(ROOT, "packages"))).map((f) => f.slice(ROOT.length));
+  const missing: string[] = [];
+  for (const row of rows) {
+    const enforcedBy = row.split(" | ").pop() ?? "";
+    for (const [, name] of enforcedBy.matchAll(/`([^`]+)`/g)) {
+      // Absolute paths are examples of what a test touches; "npm ci" is the CI command.
+      if (name === undefined || name.startsWith("/") || name.startsWith("npm ")) continue;
+      if (/^[\w.*/-]+$/.test(name) && (name.includes("/") || name.endsWith(".ts"))) {
+        const base = name.replace(/\*.*$/, "").replace(/\/$/, "");
+        const found = files.some((f) => f.endsWith(base) || f.includes(`${base}/`) || f.startsWith(base)) || existsSync(join(ROOT, base));
+        if (!found) missing.push(`file ${name}`);
+        continue;
+      }
+      // "…" stands for the rest of the title; only the part before it is checked.
+      const title = name.split("…")[0]!.trim();
+      if (!titles.includes(`"${title}`) && !titles.includes(`\`${title}`)) missing.push(`test "${name}"`);
+    }
+  }
+  assert.deepEqual(missing, []);
+});
