@@ -4,6 +4,7 @@
 //
 //   npm run bench                  # all
 //   node bench/run.mjs create exec # some
+//   node bench/run.mjs vm          # VM tier (bench/vm.mjs); BENCH_VM_COLD_RUNS, BENCH_VM_RESTORE_RUNS, BENCH_VM_IDLE
 //   BENCH_RUNS=50 BENCH_SANDBOXES=200 node bench/run.mjs
 import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -12,6 +13,7 @@ import { tmpdir, cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { openEngine } from "@mvm/engine";
+import { benchVm } from "./vm.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
@@ -57,20 +59,24 @@ async function execOnce(engine, id, argv) {
 async function main() {
   const stateDir = await mkdtemp(join(tmpdir(), "mvm-bench-"));
   const imagesDir = process.env.MVM_TEST_IMAGES_DIR ?? "/var/lib/mvm/images";
-  const engine = await openEngine({ stateDir, imagesDir, defaultTtlSeconds: 3600 });
-  const health = await engine.health();
+  // The figures below "vm" share one engine; the vm figures open their own.
+  const engineWanted = ["create", "exec", "density", "srt"].some(want);
+  const engine = engineWanted ? await openEngine({ stateDir, imagesDir, defaultTtlSeconds: 3600 }) : undefined;
+  const health = engine ? await engine.health() : undefined;
   const result = {
     when: new Date().toISOString(),
     host: { cpus: cpus().length, memGiB: Math.round(totalmem() / 2 ** 30), kernel: (await readFile("/proc/sys/kernel/osrelease", "utf8")).trim(), node: process.version },
-    backend: health.defaultBackend,
+    backend: health?.defaultBackend ?? null,
     runs: RUNS,
     figures: {},
   };
   try {
-    const info = await engine.createSandbox({ image: IMAGE });
-    const rootfs = (await engine.listImages()).find((i) => i.digest === info.image.digest);
-    await engine.killSandbox(info.id);
-    log("image", info.image.digest, rootfs?.refs);
+    if (engine) {
+      const info = await engine.createSandbox({ image: IMAGE });
+      const rootfs = (await engine.listImages()).find((i) => i.digest === info.image.digest);
+      await engine.killSandbox(info.id);
+      log("image", info.image.digest, rootfs?.refs);
+    }
 
     if (want("create")) {
       // Baseline: bubblewrap with every namespace, starting node, same machine, same run.
@@ -163,8 +169,13 @@ async function main() {
       }
       log("srt", JSON.stringify(result.figures.srt));
     }
+
+    if (want("vm")) {
+      result.figures.vm = await benchVm({ log, summary, ratio });
+      if (result.figures.vm.skipped) log("vm skipped:", result.figures.vm.skipped);
+    }
   } finally {
-    await engine.close();
+    await engine?.close();
     await rm(stateDir, { recursive: true, force: true });
   }
   const out = JSON.stringify(result, null, 2);
