@@ -34,14 +34,18 @@ export class ControlPort {
 
   #fail(err: Error): void {
     this.#failed ??= err;
+    this.#buffer = "";
     this.#waiter?.reject(this.#failed);
     this.#waiter = undefined;
   }
 
   #onData(chunk: string): void {
+    // A dead port keeps nothing the guest sends.
+    if (this.#failed) return;
     this.#buffer += chunk;
     let nl: number;
     while ((nl = this.#buffer.indexOf("\n")) >= 0) {
+      if (nl > MAX_LINE_BYTES) return this.#fail(new TransportError(`Control port of "${this.label}" sent a line over ${MAX_LINE_BYTES} bytes`));
       const line = this.#buffer.slice(0, nl);
       this.#buffer = this.#buffer.slice(nl + 1);
       const waiter = this.#waiter;
@@ -80,7 +84,13 @@ export class ControlPort {
 
   async #expectOk(line: string, what: string, timeoutMs: number): Promise<void> {
     const answer = await this.request(line, timeoutMs);
-    if (answer !== `ok ${what}`) throw new TransportError(`Guest of "${this.label}" refused "${what}": ${JSON.stringify(answer.slice(0, 80))}`);
+    if (answer !== `ok ${what}`) this.#failWith(new TransportError(`Guest of "${this.label}" refused "${what}": ${JSON.stringify(answer.slice(0, 80))}`));
+  }
+
+  /** Marks the port dead with `err` (a guest that answers out of grammar is not asked again) and throws it. */
+  #failWith(err: Error): never {
+    this.#fail(err);
+    throw err;
   }
 
   /** Mixes 64 fresh random bytes into the guest kernel's RNG and makes it reseed. */
@@ -96,7 +106,7 @@ export class ControlPort {
   /** Applies the sandbox's limits in the guest. */
   setLimits(limits: GuestLimits, timeoutMs: number): Promise<void> {
     const value = (n: number | undefined) => (n === undefined ? "max" : String(Math.round(n)));
-    return this.#expectOk(`limits ${value(limits.memoryBytes)} ${value(limits.pids)} ${value(limits.cpuQuotaUs)} ${limits.tmpMiB}`, "limits", timeoutMs);
+    return this.#expectOk(`limits ${value(limits.memoryBytes)} ${value(limits.pids)} ${value(limits.cpuQuotaUs)} ${Math.round(limits.tmpMiB)}`, "limits", timeoutMs);
   }
 
   /**
@@ -126,7 +136,7 @@ export class ControlPort {
   async oomKills(timeoutMs: number): Promise<number> {
     const answer = await this.request("stats", timeoutMs);
     const m = /^ok stats oom_kill=([0-9]{1,9})$/.exec(answer);
-    if (!m) throw new TransportError(`Guest of "${this.label}" sent bad stats: ${JSON.stringify(answer.slice(0, 80))}`);
+    if (!m) this.#failWith(new TransportError(`Guest of "${this.label}" sent bad stats: ${JSON.stringify(answer.slice(0, 80))}`));
     return Number(m[1]);
   }
 

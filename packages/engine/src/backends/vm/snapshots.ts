@@ -105,9 +105,15 @@ export class SavedVmStore {
       try {
         await rename(tmp, final);
       } catch (err) {
-        // Another engine saved the same shape first: keep theirs.
         if ((err as NodeJS.ErrnoException).code !== "ENOTEMPTY" && (err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-        await rm(tmp, { recursive: true, force: true });
+        if ((await this.find(shape)) === undefined) {
+          // A damaged saved VM (state or work.img missing) is in the way: replace it with this one.
+          await rm(final, { recursive: true, force: true });
+          await rename(tmp, final);
+        } else {
+          // Another engine saved the same shape first: keep theirs.
+          await rm(tmp, { recursive: true, force: true });
+        }
       }
       return this.#paths(final);
     } catch (err) {

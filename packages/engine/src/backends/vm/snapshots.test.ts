@@ -1,0 +1,302 @@
+/**
+ * SavedVmStore on a real directory tree (builds are scripted: no QEMU), and copyWorkDisk on real
+ * sparse files.
+ */
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { InternalError } from "@mvm/protocol";
+import { SavedVmStore, type VmShape, copyWorkDisk, shapeKey } from "./snapshots.js";
+
+const MiB = 1024 * 1024;
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+const SHAPE: VmShape = {
+  kernelDigest: "a".repeat(64),
+  initrdPath: "/var/cache/mvm/initrd.img",
+  rootDiskKey: "root-1",
+  agentDiskKey: "agent-1",
+  memoryMiB: 512,
+  cpus: 1,
+  workMiB: 1024,
+  accel: "tcg",
+  tscKhz: 2_000_000,
+  guestUid: 1000,
+  qemu: "/usr/bin/qemu-system-x86_64:123:456",
+  argsDigest: "b".repeat(64),
+};
+
+let root: string;
+let stores = 0;
+
+before(async () => {
+  root = await mkdtemp(join(tmpdir(), "mvm-snapshots-test-"));
+});
+after(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+/** A store under a fresh directory of its own. */
+function newStore(): SavedVmStore {
+  return new SavedVmStore(join(root, `store${stores++}`));
+}
+
+/** A build that writes both files the store needs. */
+async function goodBuild(dir: string): Promise<void> {
+  await writeFile(join(dir, "state"), "migration stream");
+  await writeFile(join(dir, "work.img"), "work disk");
+}
+
+/** Sets a path's times to `ageMs` ago. */
+async function age(path: string, ageMs: number): Promise<void> {
+  const then = new Date(Date.now() - ageMs);
+  await utimes(path, then, then);
+}
+
+describe("shapeKey", () => {
+  it("is a sha256 hex digest that ignores key order", () => {
+    const reversed = Object.fromEntries(Object.entries(SHAPE).reverse()) as unknown as VmShape;
+    assert.notDeepEqual(Object.keys(reversed), Object.keys(SHAPE));
+    assert.match(shapeKey(SHAPE), /^[0-9a-f]{64}$/);
+    assert.equal(shapeKey(reversed), shapeKey(SHAPE));
+    assert.equal(shapeKey({ ...SHAPE }), shapeKey(SHAPE));
+  });
+
+  it("changes when any field changes", () => {
+    const base = shapeKey(SHAPE);
+    const seen = new Set([base]);
+    for (const [field, value] of Object.entries(SHAPE)) {
+      const changed = typeof value === "number" ? value + 1 : field === "accel" ? "kvm" : `${String(value)}x`;
+      const key = shapeKey({ ...SHAPE, [field]: changed } as VmShape);
+      assert.notEqual(key, base, `field ${field}`);
+      seen.add(key);
+    }
+    const { tscKhz: _, ...withoutTsc } = SHAPE;
+    seen.add(shapeKey(withoutTsc));
+    assert.equal(seen.size, Object.keys(SHAPE).length + 2);
+  });
+});
+
+describe("SavedVmStore.find", () => {
+  it("finds a directory only when it holds both state and work.img", async () => {
+    const store = newStore();
+    const dir = join(store.root, shapeKey(SHAPE));
+    assert.equal(await store.find(SHAPE), undefined);
+    await mkdir(dir, { recursive: true });
+    assert.equal(await store.find(SHAPE), undefined);
+    await writeFile(join(dir, "state"), "s");
+    assert.equal(await store.find(SHAPE), undefined);
+    await rm(join(dir, "state"));
+    await writeFile(join(dir, "work.img"), "w");
+    assert.equal(await store.find(SHAPE), undefined);
+    await writeFile(join(dir, "state"), "s");
+    assert.deepEqual(await store.find(SHAPE), { dir, statePath: join(dir, "state"), workTemplatePath: join(dir, "work.img") });
+    assert.equal(await store.find({ ...SHAPE, cpus: 2 }), undefined);
+  });
+});
+
+describe("SavedVmStore.ensure", () => {
+  it("builds once for concurrent callers of one shape and renames the result into place", async () => {
+    const store = newStore();
+    let builds = 0;
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let started!: () => void;
+    const building = new Promise<void>((resolve) => (started = resolve));
+    const buildDirs: string[] = [];
+    const build = async (dir: string) => {
+      builds++;
+      buildDirs.push(dir);
+      started();
+      await gate;
+      await goodBuild(dir);
+    };
+    const callers = Array.from({ length: 5 }, () => store.ensure(SHAPE, build));
+    await building;
+    // While the build runs, the only entry is its temporary directory.
+    assert.deepEqual(await readdir(store.root), [buildDirs[0]!.slice(store.root.length + 1)]);
+    assert.match(buildDirs[0]!, /\/\.build-[0-9a-f]+$/);
+    release();
+    const results = await Promise.all(callers);
+    assert.equal(builds, 1);
+    const dir = join(store.root, shapeKey(SHAPE));
+    for (const saved of results) assert.deepEqual(saved, { dir, statePath: join(dir, "state"), workTemplatePath: join(dir, "work.img") });
+    assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
+    assert.deepEqual((await readdir(dir)).sort(), ["shape.json", "state", "work.img"]);
+    assert.deepEqual(JSON.parse(await readFile(join(dir, "shape.json"), "utf8")), SHAPE);
+    assert.equal((await stat(join(dir, "shape.json"))).mode & 0o777, 0o600);
+    assert.equal((await stat(dir)).mode & 0o777, 0o711);
+    assert.equal(await readFile(join(dir, "state"), "utf8"), "migration stream");
+
+    // Stored now: later callers get it without building.
+    assert.deepEqual(await store.ensure(SHAPE, build), results[0]);
+    assert.equal(builds, 1);
+  });
+
+  it("builds each shape separately", async () => {
+    const store = newStore();
+    let builds = 0;
+    const build = async (dir: string) => {
+      builds++;
+      await goodBuild(dir);
+    };
+    const [one, two] = await Promise.all([store.ensure(SHAPE, build), store.ensure({ ...SHAPE, memoryMiB: 256 }, build)]);
+    assert.equal(builds, 2);
+    assert.notEqual(one.dir, two.dir);
+    assert.deepEqual((await readdir(store.root)).sort(), [shapeKey(SHAPE), shapeKey({ ...SHAPE, memoryMiB: 256 })].sort());
+  });
+
+  it("rejects every caller of a failing build, leaves nothing behind, and retries on the next call", async () => {
+    const store = newStore();
+    const failure = new Error("build failed");
+    let builds = 0;
+    const failing = async (dir: string) => {
+      builds++;
+      await writeFile(join(dir, "state"), "half a stream");
+      throw failure;
+    };
+    const callers = Array.from({ length: 3 }, () => store.ensure(SHAPE, failing));
+    for (const caller of callers) await assert.rejects(caller, (err) => err === failure);
+    assert.equal(builds, 1);
+    assert.deepEqual(await readdir(store.root), []);
+    assert.equal(await store.find(SHAPE), undefined);
+
+    const saved = await store.ensure(SHAPE, async (dir) => {
+      builds++;
+      await goodBuild(dir);
+    });
+    assert.equal(builds, 2);
+    assert.equal(saved.dir, join(store.root, shapeKey(SHAPE)));
+    assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
+  });
+
+  it("keeps the saved VM another engine renamed into place first", async () => {
+    const store = newStore();
+    const dir = join(store.root, shapeKey(SHAPE));
+    const saved = await store.ensure(SHAPE, async (tmp) => {
+      await goodBuild(tmp);
+      // Another engine finishes the same shape while this build runs.
+      await mkdir(dir);
+      await writeFile(join(dir, "state"), "theirs");
+      await writeFile(join(dir, "work.img"), "theirs");
+    });
+    assert.equal(saved.dir, dir);
+    assert.equal(await readFile(saved.statePath, "utf8"), "theirs");
+    assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
+  });
+
+  it("replaces a damaged saved VM directory that is in the way", async () => {
+    const store = newStore();
+    const dir = join(store.root, shapeKey(SHAPE));
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, "state"), "left over");
+    assert.equal(await store.find(SHAPE), undefined);
+    const saved = await store.ensure(SHAPE, goodBuild);
+    assert.equal(saved.dir, dir);
+    assert.deepEqual(await store.find(SHAPE), saved);
+    assert.equal(await readFile(saved.statePath, "utf8"), "migration stream");
+    assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
+  });
+});
+
+describe("SavedVmStore.touch and sweep", () => {
+  it("removes stale builds and unused saved VMs and keeps fresh and touched ones", async () => {
+    const store = newStore();
+    const hex = (c: string) => c.repeat(64);
+    const names = {
+      oldSaved: hex("1"),
+      freshSaved: hex("2"),
+      touchedSaved: hex("3"),
+      oldBuild: ".build-0000aa",
+      freshBuild: ".build-0000bb",
+      otherOld: "notes",
+    };
+    for (const name of Object.values(names)) {
+      await mkdir(join(store.root, name), { recursive: true });
+      await writeFile(join(store.root, name, "state"), "s");
+    }
+    await age(join(store.root, names.oldSaved), 8 * DAY_MS);
+    await age(join(store.root, names.touchedSaved), 8 * DAY_MS);
+    await age(join(store.root, names.oldBuild), 2 * 60 * 60 * 1000);
+    await age(join(store.root, names.otherOld), 30 * DAY_MS);
+    const touched = join(store.root, names.touchedSaved);
+    await store.touch({ dir: touched, statePath: join(touched, "state"), workTemplatePath: join(touched, "work.img") });
+
+    const removed = await store.sweep(60 * 60 * 1000, 7 * DAY_MS);
+    assert.deepEqual(removed.sort(), [join(store.root, names.oldBuild), join(store.root, names.oldSaved)].sort());
+    assert.deepEqual((await readdir(store.root)).sort(), [names.freshBuild, names.freshSaved, names.otherOld, names.touchedSaved].sort());
+  });
+
+  it("sweeps a store whose root does not exist yet", async () => {
+    assert.deepEqual(await newStore().sweep(0, 0), []);
+  });
+
+  it("touch ignores a saved VM that is gone", async () => {
+    const store = newStore();
+    const dir = join(store.root, "gone");
+    await store.touch({ dir, statePath: join(dir, "state"), workTemplatePath: join(dir, "work.img") });
+  });
+});
+
+describe("copyWorkDisk", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(root, "disks-"));
+  });
+
+  /** A 64 MiB file with three 4 KiB blocks of data; `sparse` leaves the rest as holes. */
+  async function makeDisk(path: string, sparse: boolean): Promise<void> {
+    const file = await open(path, "w");
+    try {
+      if (!sparse) await file.write(Buffer.alloc(64 * MiB));
+      for (const [i, offset] of [0, 10 * MiB, 63 * MiB].entries()) await file.write(Buffer.alloc(4096, i + 1), 0, 4096, offset);
+      await file.truncate(64 * MiB);
+    } finally {
+      await file.close();
+    }
+  }
+
+  it("keeps a sparse disk sparse and its contents equal", async () => {
+    const template = join(dir, "sparse.img");
+    const target = join(dir, "sparse-copy.img");
+    await makeDisk(template, true);
+    await copyWorkDisk(template, target);
+    const [src, copy] = await Promise.all([stat(template), stat(target)]);
+    assert.equal(copy.size, 64 * MiB);
+    assert.ok(src.blocks * 512 < 1 * MiB, `template uses ${src.blocks} blocks`);
+    assert.ok(copy.blocks <= src.blocks, `copy uses ${copy.blocks} blocks, template ${src.blocks}`);
+    assert.ok((await readFile(template)).equals(await readFile(target)));
+  });
+
+  it("makes holes of a template's zero blocks", async () => {
+    const template = join(dir, "dense.img");
+    const target = join(dir, "dense-copy.img");
+    await makeDisk(template, false);
+    await copyWorkDisk(template, target);
+    const [src, copy] = await Promise.all([stat(template), stat(target)]);
+    assert.ok(src.blocks * 512 >= 64 * MiB, `template uses ${src.blocks} blocks`);
+    assert.ok(copy.blocks * 512 < 1 * MiB, `copy uses ${copy.blocks} blocks`);
+    assert.ok((await readFile(template)).equals(await readFile(target)));
+  });
+
+  it("throws InternalError and leaves no target when the template is missing", async () => {
+    const target = join(dir, "missing-copy.img");
+    await assert.rejects(copyWorkDisk(join(dir, "no-such.img"), target), (err) => {
+      assert.ok(err instanceof InternalError, `got ${String(err)}`);
+      assert.ok(err.message.includes(target));
+      assert.ok(err.cause instanceof Error);
+      return true;
+    });
+    await assert.rejects(stat(target), { code: "ENOENT" });
+  });
+
+  it("throws InternalError when the target's directory is missing", async () => {
+    const template = join(dir, "small.img");
+    await writeFile(template, "x");
+    const target = join(dir, "no-such-dir", "copy.img");
+    await assert.rejects(copyWorkDisk(template, target), InternalError);
+    await assert.rejects(stat(target), { code: "ENOENT" });
+  });
+});
