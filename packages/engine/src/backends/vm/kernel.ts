@@ -21,8 +21,11 @@ import { InternalError, InvalidArgumentError, NotFoundError } from "@mvm/protoco
 
 const run = promisify(execFile);
 
-/** The modules the guest needs: virtio transport, console and block devices, device mapper verity. */
-export const GUEST_MODULES: readonly string[] = ["virtio_mmio", "virtio_console", "virtio_blk", "dm_verity"];
+/**
+ * The modules the guest needs: virtio transport, console and block devices, device mapper verity,
+ * and the balloon (free page reporting: memory the guest frees goes back to the host).
+ */
+export const GUEST_MODULES: readonly string[] = ["virtio_mmio", "virtio_console", "virtio_blk", "dm_verity", "virtio_balloon"];
 
 /** The meta package that depends on the current versioned cloud kernel package. */
 export const KERNEL_META_PACKAGE = "linux-image-cloud-amd64";
@@ -266,12 +269,15 @@ export async function fetchGuestKernel(root: string): Promise<GuestKernel> {
   }
 }
 
-/** The kernel named by `root/current` when it is intact, else a freshly fetched one. */
+/** The kernel named by `root/current` when it is intact and has every module the guest needs, else a freshly fetched one. */
 export async function ensureGuestKernel(root: string): Promise<GuestKernel> {
+  let stored: GuestKernel | undefined;
   try {
-    const digest = (await readFile(join(root, "current"), "utf8")).trim();
-    return await openGuestKernel(root, digest);
+    stored = await openGuestKernel(root, (await readFile(join(root, "current"), "utf8")).trim());
   } catch {
-    return fetchGuestKernel(root);
+    stored = undefined;
   }
+  // A kernel stored before the guest needed another module is fetched (extracted) again.
+  if (stored !== undefined && GUEST_MODULES.every((m) => stored.moduleOrder.includes(normalizeModuleName(m)))) return stored;
+  return fetchGuestKernel(root);
 }

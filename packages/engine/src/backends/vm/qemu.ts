@@ -100,8 +100,6 @@ export function kernelCommandLine(config: Pick<QemuVmConfig, "guestUid" | "tscKh
     ...(config.tscKhz !== undefined ? [`tsc_early_khz=${config.tscKhz}`] : []),
     "quiet",
     "panic=-1",
-    // Freed pages are zeroed: a saved VM's migration stream skips them, and no stale data lingers.
-    "init_on_free=1",
     "reboot=t",
     `mvm.uid=${config.guestUid}`,
     `mvm.verity_root=${verityWord("root disk", config.rootVerity)}`,
@@ -142,6 +140,9 @@ export function qemuArgs(config: QemuVmConfig): string[] {
     "-device", "virtio-blk-device,drive=agent",
     "-drive", `id=work,file=${config.workDiskPath},format=raw,if=none,discard=unmap,file.locking=off`,
     "-device", "virtio-blk-device,drive=work",
+    // Free page reporting: pages the guest frees are handed back to the host, so an idle VM holds
+    // about what its guest uses, and a saved VM's stream skips them. No inflation: deflate-on-oom.
+    "-device", "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on",
     "-device", "virtio-serial-device,max_ports=3",
     "-chardev", "stdio,id=agentch,signal=off",
     "-device", `virtserialport,chardev=agentch,name=${AGENT_PORT_NAME}`,

@@ -94,7 +94,7 @@ describe("VmBackend", { timeout: 600_000 }, () => {
     assert.equal(exit.signal, "SIGKILL");
     assert.equal(await isSameLiveProcess(sandbox.reapRecord.pid, sandbox.reapRecord.pidStartTime), false);
     assert.deepEqual(await readdir(spec.stateDir), ["agent.log"]);
-    assert.ok((await readdir(join(root, "disks"))).every((name) => /^[0-9a-f]{64}\.(ext4|verity\.json)$/.test(name)));
+    assert.ok((await readdir(join(root, "disks"))).every((name) => /^[0-9a-f]{64}\.(ext4|ext4\.verified|verity\.json)$/.test(name)));
     await sandbox.destroy();
   });
 

@@ -46,6 +46,8 @@ const CONTROL_TIMEOUT_MS = 15_000;
 const QMP_TIMEOUT_MS = 15_000;
 const SAVE_TIMEOUT_MS = 120_000;
 const RESTORE_TIMEOUT_MS = 60_000;
+/** How long a VM about to be saved waits for its guest to report the memory it freed, ms. */
+const FREE_PAGE_REPORT_WAIT_MS = 3_000;
 
 /** Mount points the init script needs in the image root. */
 const ROOT_MOUNT_POINTS = ["proc", "dev", "work", "tmp", ".mvm"] as const;
@@ -337,6 +339,9 @@ export class VmBackend implements Backend {
       vm = await this.spawnVm(p, "saved-vm", uid, work, join(dir, "console.log"), { mode: "save", socketDir });
       await vm.waitAgentReady(this.options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS);
       await vm.control.dropCaches(CONTROL_TIMEOUT_MS);
+      // The guest reports freed memory to the host (free page reporting) about every 2 s; what it
+      // has reported is discarded on the host and then saved as zero pages, i.e. not at all.
+      await new Promise((r) => setTimeout(r, FREE_PAGE_REPORT_WAIT_MS));
       const qmp = await vm.qmp(QMP_TIMEOUT_MS);
       await saveVmState(qmp, {
         path: join(dir, "state"),
