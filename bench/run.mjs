@@ -61,7 +61,7 @@ async function main() {
   const imagesDir = process.env.MVM_TEST_IMAGES_DIR ?? "/var/lib/mvm/images";
   // The figures below "vm" share one engine; the vm figures open their own.
   const engineWanted = ["create", "exec", "density", "srt"].some(want);
-  const engine = engineWanted ? await openEngine({ stateDir, imagesDir, defaultTtlSeconds: 3600 }) : undefined;
+  const engine = engineWanted ? await openEngine({ stateDir, imagesDir, defaultTtlSeconds: 3600, backends: ["namespace"] }) : undefined;
   const health = engine ? await engine.health() : undefined;
   const result = {
     when: new Date().toISOString(),
