@@ -28,26 +28,26 @@ const SAFE_NAME = /^[A-Za-z0-9._+-]+$/;
  * Parses `ldd` output. Throws when a library is missing, the binary is not dynamic, or a name
  * would not be a plain file name.
  */
-export function parseLddOutput(output: string, binary: string): SharedLibraryList {
+export function parseLddOutput(output: string, binary: string, purpose = "assemble the agent runtime"): SharedLibraryList {
   let loader: string | undefined;
   const libraries: SharedLibrary[] = [];
   for (const raw of output.split("\n")) {
     const line = raw.trim();
     if (line === "") continue;
     if (/not a dynamic executable|statically linked/.test(line)) {
-      throw new UnsupportedCapabilityError(`Cannot assemble the agent runtime: "${binary}" is not dynamically linked`);
+      throw new UnsupportedCapabilityError(`Cannot ${purpose}: "${binary}" is not dynamically linked`);
     }
     const arrow = /^(\S+) => (.*)$/.exec(line);
     if (arrow) {
       const name = arrow[1] ?? "";
       const target = (arrow[2] ?? "").trim();
       if (target.startsWith("not found")) {
-        throw new InternalError(`Cannot assemble the agent runtime: library "${name}" of "${binary}" not found`);
+        throw new InternalError(`Cannot ${purpose}: library "${name}" of "${binary}" not found`);
       }
       const path = /^(\/\S+)/.exec(target)?.[1];
       if (path === undefined) continue; // e.g. "linux-vdso.so.1 =>  (0x...)" on older glibc
       if (!SAFE_NAME.test(name) || name === "." || name === "..") {
-        throw new InternalError(`Cannot assemble the agent runtime: unexpected library name "${name}"`);
+        throw new InternalError(`Cannot ${purpose}: unexpected library name "${name}"`);
       }
       libraries.push({ name, path });
       continue;
@@ -60,18 +60,18 @@ export function parseLddOutput(output: string, binary: string): SharedLibraryLis
     // Entries without a path (the vDSO) need no file.
   }
   if (loader === undefined) {
-    throw new InternalError(`Cannot assemble the agent runtime: ldd named no dynamic loader for "${binary}"`);
+    throw new InternalError(`Cannot ${purpose}: ldd named no dynamic loader for "${binary}"`);
   }
   if (!loader.endsWith(`/${LOADER_NAME}`)) {
     throw new UnsupportedCapabilityError(
-      `Cannot assemble the agent runtime: loader "${loader}" is not "${LOADER_NAME}" (only x86_64 glibc hosts are supported)`,
+      `Cannot ${purpose}: loader "${loader}" is not "${LOADER_NAME}" (only x86_64 glibc hosts are supported)`,
     );
   }
   return { loader, libraries: libraries.filter((lib) => lib.name !== LOADER_NAME) };
 }
 
 /** Runs `ldd` on `binary` and parses its answer. */
-export async function listSharedLibraries(binary: string): Promise<SharedLibraryList> {
+export async function listSharedLibraries(binary: string, purpose = "assemble the agent runtime"): Promise<SharedLibraryList> {
   let stdout: string;
   try {
     ({ stdout } = await execFileAsync("ldd", [binary], {
@@ -80,7 +80,7 @@ export async function listSharedLibraries(binary: string): Promise<SharedLibrary
       maxBuffer: 1024 * 1024,
     }));
   } catch (err) {
-    throw new InternalError(`Cannot assemble the agent runtime: "ldd ${binary}" failed`, { cause: err });
+    throw new InternalError(`Cannot ${purpose}: "ldd ${binary}" failed`, { cause: err });
   }
-  return parseLddOutput(stdout, binary);
+  return parseLddOutput(stdout, binary, purpose);
 }

@@ -32,6 +32,22 @@ export interface BwrapArgsOptions {
 const MiB = 1024 * 1024;
 
 /**
+ * The isolation every bubblewrap the engine starts gets (sandboxes and QEMU's jail): new user,
+ * mount, pid, ipc, uts, net and cgroup namespaces, no nested user namespaces, no capabilities,
+ * death with its parent, a new session, an empty environment.
+ */
+export const BWRAP_ISOLATION_ARGS: readonly string[] = [
+  "--unshare-all",
+  "--unshare-user",
+  "--unshare-cgroup",
+  "--disable-userns",
+  "--cap-drop", "ALL",
+  "--die-with-parent",
+  "--new-session",
+  "--clearenv",
+];
+
+/**
  * bubblewrap's argv (without the program name): new user, mount, pid, ipc, uts, net (loopback
  * only) and cgroup namespaces, no nested user namespaces, no capabilities, a read-only root,
  * private /proc and /dev, size-capped tmpfs /work and /tmp, the agent runtime at /.mvm, uid and
@@ -39,14 +55,7 @@ const MiB = 1024 * 1024;
  */
 export function bwrapArgs(options: BwrapArgsOptions): string[] {
   const args = [
-    "--unshare-all",
-    "--unshare-user",
-    "--unshare-cgroup",
-    "--disable-userns",
-    "--cap-drop", "ALL",
-    "--die-with-parent",
-    "--new-session",
-    "--clearenv",
+    ...BWRAP_ISOLATION_ARGS,
     "--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "--hostname", SANDBOX_HOSTNAME,
     "--ro-bind", options.rootfsDir, "/",

@@ -11,7 +11,7 @@ import { AdmissionError, InvalidArgumentError } from "@mvm/protocol";
 import { listProcessesWithId, readProcStartTime, readProcStat, waitForExit } from "../../_internal/proc.js";
 import { PRELUDE_SCRIPT } from "../namespace/bwrap-args.js";
 import { SandboxUidAllocator } from "../namespace/uid.js";
-import { JAIL_VM_DIR, type JailFile, jailArgv, jailDeviceGroups, jailPathFor, parseLddPaths, qemuJailFiles } from "./jail.js";
+import { JAIL_VM_DIR, type JailFile, jailArgv, jailDeviceGroups, jailPathFor, qemuJailFiles } from "./jail.js";
 
 const QEMU = "/usr/bin/qemu-system-x86_64";
 const BWRAP = "/usr/bin/bwrap";
@@ -22,14 +22,6 @@ const missing = [QEMU, BWRAP, SETPRIV, BUSYBOX].filter((path) => !existsSync(pat
 const hostSkip: string | false =
   !isRoot ? "needs root: QEMU is jailed as an unprivileged host uid through setpriv" : missing.length > 0 ? `not installed: ${missing.join(", ")}` : false;
 
-const LDD_SAMPLE = [
-  "\tlinux-vdso.so.1 (0x00007ffd5a1f2000)",
-  "\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f1b9f459000)",
-  "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f1b9cf66000)",
-  "\t/lib64/ld-linux-x86-64.so.2 (0x00007f1b9f56f000)",
-  "\tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x00007f1b9d168000)",
-  "",
-].join("\n");
 
 /** The value following the first `flag`. */
 function after(args: readonly string[], flag: string): string | undefined {
@@ -44,26 +36,6 @@ function pairs(args: readonly string[], flag: string): Array<[string, string]> {
   return found;
 }
 
-describe("parseLddPaths", () => {
-  it("returns the interpreter and each library path, skipping the vDSO", () => {
-    assert.deepEqual(parseLddPaths(LDD_SAMPLE, "/bin/x"), {
-      interpreter: "/lib64/ld-linux-x86-64.so.2",
-      libraries: ["/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libm.so.6"],
-    });
-  });
-
-  it("lists the interpreter once when it also appears as a library", () => {
-    const text = `${LDD_SAMPLE}\tld-linux-x86-64.so.2 => /lib64/ld-linux-x86-64.so.2 (0x00007f1b9f56f000)\n`;
-    assert.equal(parseLddPaths(text, "/bin/x").libraries.filter((p) => p.includes("ld-linux")).length, 0);
-  });
-
-  it("rejects a missing library, a static binary and output without an interpreter", () => {
-    assert.throws(() => parseLddPaths(`${LDD_SAMPLE}\tlibgone.so.3 => not found\n`, "/bin/x"), (err: unknown) => err instanceof AdmissionError && /"libgone\.so\.3"/.test(err.message));
-    assert.throws(() => parseLddPaths("\tnot a dynamic executable\n", "/bin/x"), AdmissionError);
-    assert.throws(() => parseLddPaths("\tstatically linked\n", "/bin/x"), AdmissionError);
-    assert.throws(() => parseLddPaths("\tlibz.so.1 => /lib/libz.so.1 (0x1)\n", "/bin/x"), /no ELF interpreter/);
-  });
-});
 
 describe("jailPathFor", () => {
   it("puts plain names under JAIL_VM_DIR and rejects anything else", () => {

@@ -29,14 +29,12 @@
  * Inherited fds stay open across bubblewrap and reach QEMU: 0-2, the console socket (3) and any
  * further descriptor the caller passes without FD_CLOEXEC.
  */
-import { execFile } from "node:child_process";
 import { readdir, realpath, stat } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
-import { promisify } from "node:util";
 import { AdmissionError, InvalidArgumentError } from "@mvm/protocol";
-import { PRELUDE_SCRIPT } from "../namespace/bwrap-args.js";
+import { BWRAP_ISOLATION_ARGS, PRELUDE_SCRIPT } from "../namespace/bwrap-args.js";
+import { listSharedLibraries } from "../../runtime/shared-libs.js";
 
-const execFileAsync = promisify(execFile);
 
 /** The directory in the jail holding the sandbox's own files (kernel, initrd, disks). */
 export const JAIL_VM_DIR = "/vm";
@@ -59,15 +57,8 @@ export interface JailFile {
   readonly writable?: boolean;
 }
 
-/** What `ldd` names for a binary: its ELF interpreter and the libraries the loader opens. */
-export interface LddPaths {
-  readonly interpreter: string;
-  readonly libraries: readonly string[];
-}
-
 const SAFE_NAME = /^[A-Za-z0-9._+-]+$/;
 /** An absolute path, optionally followed by the load address `ldd` prints. */
-const LDD_PATH = /^(\/\S+)(?:\s+\(0x[0-9a-f]+\))?$/;
 
 /**
  * The jail path of a sandbox file named `name` (a plain file name), under JAIL_VM_DIR.
@@ -79,48 +70,6 @@ export function jailPathFor(name: string): string {
     throw new InvalidArgumentError(`Invalid jail file name "${name}": must be a plain file name of letters, digits and ._+-`);
   }
   return `${JAIL_VM_DIR}/${name}`;
-}
-
-/**
- * Parses `ldd` output into absolute paths. Throws AdmissionError when a library is not found or
- * the binary is not dynamically linked; entries without a path (the vDSO) are skipped.
- */
-export function parseLddPaths(output: string, binary: string): LddPaths {
-  let interpreter: string | undefined;
-  const libraries: string[] = [];
-  for (const raw of output.split("\n")) {
-    const line = raw.trim();
-    if (line === "") continue;
-    if (/not a dynamic executable|statically linked/.test(line)) {
-      throw new AdmissionError(`Cannot jail "${binary}": it is not dynamically linked`);
-    }
-    const arrow = /^(\S+) => (.*)$/.exec(line);
-    if (arrow !== null) {
-      const target = (arrow[2] ?? "").trim();
-      if (target.startsWith("not found")) throw new AdmissionError(`Cannot jail "${binary}": library "${arrow[1]}" not found`);
-      const path = LDD_PATH.exec(target)?.[1];
-      if (path !== undefined) libraries.push(path);
-      continue;
-    }
-    const bare = LDD_PATH.exec(line)?.[1];
-    if (bare !== undefined) interpreter = bare;
-  }
-  if (interpreter === undefined) throw new AdmissionError(`Cannot jail "${binary}": ldd named no ELF interpreter`);
-  return { interpreter, libraries: libraries.filter((path) => path !== interpreter) };
-}
-
-async function lddPaths(binary: string): Promise<LddPaths> {
-  let stdout: string;
-  try {
-    ({ stdout } = await execFileAsync("ldd", [binary], {
-      env: { PATH: "/usr/bin:/bin", LC_ALL: "C" },
-      timeout: 30_000,
-      maxBuffer: 1024 * 1024,
-    }));
-  } catch (err) {
-    throw new AdmissionError(`Cannot jail "${binary}": "ldd ${binary}" failed`, { cause: err });
-  }
-  return parseLddPaths(stdout, binary);
 }
 
 async function isFile(path: string): Promise<boolean> {
@@ -157,7 +106,8 @@ async function resolveQemuJailFiles(qemuPath: string): Promise<JailFile[]> {
   add(await realpath(firmware), firmware); // Debian's bios-microvm.bin is a symlink to qboot.rom
   for (const binary of [qemuPath, ...modules]) {
     if (binary !== qemuPath) add(await realpath(binary), binary);
-    const { interpreter, libraries } = await lddPaths(binary);
+    const { loader: interpreter, libraries: libs } = await listSharedLibraries(binary, "jail QEMU");
+    const libraries = libs.map((lib) => lib.path);
     for (const path of [interpreter, ...libraries]) {
       if (files.has(path)) continue;
       try {
@@ -280,14 +230,7 @@ function checkOptions(options: JailArgvOptions): void {
 /** bubblewrap's arguments (without the program), ending with `--`, QEMU and its arguments. */
 export function jailBwrapArgs(options: JailArgvOptions): string[] {
   const args = [
-    "--unshare-all",
-    "--unshare-user",
-    "--unshare-cgroup",
-    "--disable-userns",
-    "--cap-drop", "ALL",
-    "--die-with-parent",
-    "--new-session",
-    "--clearenv",
+    ...BWRAP_ISOLATION_ARGS,
     "--dev", "/dev",
   ];
   for (const device of options.devices ?? []) args.push("--dev-bind", device, device);

@@ -22,7 +22,7 @@ import type { GuestLimits } from "./control.js";
 import { buildExt4Image, createWorkDisk, verifyDiskOnce } from "./disk.js";
 import { AGENT_DISK_LABEL, AGENT_START_LINE, ROOT_DISK_LABEL, WORK_DISK_LABEL } from "./init-script.js";
 import { buildInitramfs } from "./initramfs.js";
-import { qemuJailFiles, type JailFile } from "./jail.js";
+import { jailDeviceGroups, qemuJailFiles, type JailFile } from "./jail.js";
 import { STATE_FD } from "./qemu.js";
 import { restoreVmState, saveVmState } from "./snapshot-io.js";
 import { SavedVmStore, copyWorkDisk, qemuIdentity, type SavedVm, type VmShape } from "./snapshots.js";
@@ -91,12 +91,6 @@ function verityParams(info: VerityInfo): VerityParams {
   };
 }
 
-/** The group of /dev/kvm, kept by QEMU after it drops to its own uid. */
-async function kvmGroups(): Promise<number[]> {
-  const { stat } = await import("node:fs/promises");
-  const gid = (await stat("/dev/kvm")).gid;
-  return gid === 0 ? [] : [gid];
-}
 
 interface Host {
   readonly qemuPath: string;
@@ -312,7 +306,7 @@ export class VmBackend implements Backend {
         bwrapPath: p.host.bwrapPath,
         ...(p.host.setprivPath !== undefined ? { setprivPath: p.host.setprivPath } : {}),
         ...(uid !== undefined ? { uid } : {}),
-        ...(p.config.accel === "kvm" ? { devices: ["/dev/kvm"], ...(uid !== undefined ? { groups: await kvmGroups() } : {}) } : {}),
+        ...(p.config.accel === "kvm" ? { devices: ["/dev/kvm"], ...(uid !== undefined ? { groups: await jailDeviceGroups(["/dev/kvm"]) } : {}) } : {}),
         qemuFiles: p.qemuFiles,
         config: p.config,
         files: { ...p.files, workDiskPath, ...(state !== undefined ? { state } : {}) },
