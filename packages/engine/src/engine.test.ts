@@ -11,7 +11,7 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex } from "node:stream";
-import { InvalidArgumentError, NotFoundError, UnsupportedCapabilityError, type BackendName, type Tier } from "@mvm/protocol";
+import { InvalidArgumentError, NotFoundError, SandboxCrashedError, UnsupportedCapabilityError, type BackendName, type Tier } from "@mvm/protocol";
 import { Engine, type EngineOptions } from "./engine.js";
 import { ImageStore } from "./images/store.js";
 import { defaultAgentBundlePath } from "./open.js";
@@ -80,7 +80,7 @@ after(async () => rm(root, { recursive: true, force: true }));
 
 async function engineWith(
   backends: Backend[],
-  extra: Pick<EngineOptions, "defaultTtlSeconds" | "defaultBackend"> = {},
+  extra: Pick<EngineOptions, "defaultTtlSeconds" | "defaultBackend" | "heartbeat"> = {},
 ): Promise<Engine> {
   const stateDir = await mkdtemp(join(root, "state-"));
   return Engine.open({ stateDir, backends, images, agentDir: "/nonexistent", defaultImage: "tiny", ...extra });
@@ -226,6 +226,29 @@ test("an agent that dies marks the sandbox crashed and releases it", async () =>
   assert.equal(info.state, "stopped");
   assert.equal(info.endReason, "crashed");
   assert.equal((await engine.listSandboxes()).length, 0);
+  await engine.close();
+});
+
+test("a call cut off by the crash fails with SandboxCrashedError, and a silent agent is found by the heartbeat", async () => {
+  const backend = new HostProcessBackend("namespace", usable("container"));
+  const engine = await engineWith([backend], { heartbeat: { intervalMs: 100, timeoutMs: 500 } });
+  const crashed = await engine.createSandbox({});
+  const started = await engine.exec(crashed.id, { argv: ["/bin/sleep", "30"] }, {});
+  backend.children[0]!.kill("SIGKILL");
+  await assert.rejects(started.exit, SandboxCrashedError);
+  await assert.rejects(engine.exec(crashed.id, { argv: ["/bin/true"] }, {}), NotFoundError);
+  const hung = await engine.createSandbox({});
+  backend.children[1]!.kill("SIGSTOP");
+  await assert.rejects(
+    (async () => {
+      for (;;) {
+        await engine.exec(hung.id, { argv: ["/bin/true"] }, {}).then((e) => e.exit);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })(),
+    (err: unknown) => err instanceof SandboxCrashedError && /did not answer a ping/.test(err.message),
+  );
+  assert.equal((await engine.getSandbox(hung.id)).endReason, "crashed");
   await engine.close();
 });
 

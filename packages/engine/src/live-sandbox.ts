@@ -57,6 +57,8 @@ export class LiveSandbox {
   #heartbeat: NodeJS.Timeout | undefined;
   #crashReason: string | undefined;
   #crashError: SandboxCrashedError | undefined;
+  /** Why the agent session ended on its own (a protocol violation, the channel closing). */
+  #closeError: Error | undefined;
 
   private constructor(info: SandboxInfo, launched: LaunchedSandbox, client: AgentClient, opts: StartOptions) {
     this.info = { ...info, state: "running" };
@@ -68,7 +70,10 @@ export class LiveSandbox {
     this.#ttl = setTimeout(() => void this.stop("expired").catch(() => {}), ttlMs);
     this.#ttl.unref();
     launched.exited.then(() => void this.stop("crashed").catch(() => {}));
-    client.closed.then(() => void this.stop("crashed").catch(() => {}));
+    client.closed.then((err) => {
+      this.#closeError ??= err;
+      void this.stop("crashed").catch(() => {});
+    });
     if (opts.heartbeat) this.#startHeartbeat(opts.heartbeat);
   }
 
@@ -118,7 +123,7 @@ export class LiveSandbox {
       if (reason === "crashed") {
         // Give the backend a moment to see the exit and read why (console, QEMU's stderr).
         await Promise.race([this.#launched.exited, new Promise((r) => setTimeout(r, 200))]);
-        const why = this.#crashReason ?? this.#launched.failure?.();
+        const why = this.#crashReason ?? this.#launched.failure?.() ?? this.#closeError?.message;
         this.#crashError = new SandboxCrashedError(`Sandbox "${this.info.id}" crashed${why ? `: ${why}` : ""}`);
         this.#client.destroy(this.#crashError);
       } else {
