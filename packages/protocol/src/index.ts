@@ -22,3 +22,4 @@ export { canonicalJson } from "./canonical.js";
 export * from "./api.js";
 export * from "./api-responses.js";
 export type * from "./engine-api.js";
+export * from "./network-policy.js";
