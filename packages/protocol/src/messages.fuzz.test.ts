@@ -65,17 +65,19 @@ const abort = fc.record({ t: fc.constant("abort"), stream: streamId, error: erro
 const hostToAgent = fc.oneof(
   req(
     "exec",
-    fc.record({
-      argv,
-      env,
-      cwd: path,
-      stdin: fc.option(streamId, { nil: null }),
-      stdout: streamId,
-      stderr: streamId,
-      timeoutMs: fc.integer({ min: 0, max: 7 * 24 * 3600 * 1000 }),
-      killGraceMs: fc.integer({ min: 0, max: 60_000 }),
-      maxOutputBytes: size,
-    }),
+    fc
+      .record({
+        argv,
+        env,
+        cwd: path,
+        // A valid exec names three distinct streams.
+        streams: fc.uniqueArray(streamId, { minLength: 3, maxLength: 3 }),
+        withStdin: fc.boolean(),
+        timeoutMs: fc.integer({ min: 0, max: 7 * 24 * 3600 * 1000 }),
+        killGraceMs: fc.integer({ min: 0, max: 60_000 }),
+        maxOutputBytes: size,
+      })
+      .map(({ streams: [a, b, c], withStdin, ...rest }) => ({ ...rest, stdin: withStdin ? a! : null, stdout: b!, stderr: c! })),
   ),
   req("signal", fc.record({ proc: u32, signal: fc.constantFrom(...SIGNALS) })),
   req("listProcesses", empty),
