@@ -19,6 +19,15 @@ export interface GuestLimits {
   readonly tmpMiB: number;
 }
 
+/** The words of a limits request: memory bytes, pids, cpu µs per 100 ms ("max" when unset), /tmp MiB. */
+function limitWords(limits: GuestLimits): string {
+  const value = (n: number | undefined) => (n === undefined ? "max" : String(Math.round(n)));
+  return `${value(limits.memoryBytes)} ${value(limits.pids)} ${value(limits.cpuQuotaUs)} ${Math.round(limits.tmpMiB)}`;
+}
+
+const seedWord = (): string => randomBytes(64).toString("hex");
+const clockWord = (): string => String(Math.floor(Date.now() / 1000));
+
 export class ControlPort {
   #buffer = "";
   #waiter: { resolve: (line: string) => void; reject: (err: Error) => void } | undefined;
@@ -95,18 +104,17 @@ export class ControlPort {
 
   /** Mixes 64 fresh random bytes into the guest kernel's RNG and makes it reseed. */
   reseed(timeoutMs: number): Promise<void> {
-    return this.#expectOk(`seed ${randomBytes(64).toString("hex")}`, "seed", timeoutMs);
+    return this.#expectOk(`seed ${seedWord()}`, "seed", timeoutMs);
   }
 
   /** Sets the guest's wall clock to the host's (to the second). */
   setClock(timeoutMs: number): Promise<void> {
-    return this.#expectOk(`clock ${Math.floor(Date.now() / 1000)}`, "clock", timeoutMs);
+    return this.#expectOk(`clock ${clockWord()}`, "clock", timeoutMs);
   }
 
   /** Applies the sandbox's limits in the guest. */
   setLimits(limits: GuestLimits, timeoutMs: number): Promise<void> {
-    const value = (n: number | undefined) => (n === undefined ? "max" : String(Math.round(n)));
-    return this.#expectOk(`limits ${value(limits.memoryBytes)} ${value(limits.pids)} ${value(limits.cpuQuotaUs)} ${Math.round(limits.tmpMiB)}`, "limits", timeoutMs);
+    return this.#expectOk(`limits ${limitWords(limits)}`, "limits", timeoutMs);
   }
 
   /**
@@ -114,17 +122,7 @@ export class ControlPort {
    * (as `reseed`), the host's clock (as `setClock`) and its limits (as `setLimits`).
    */
   start(limits: GuestLimits, timeoutMs: number): Promise<void> {
-    const value = (n: number | undefined) => (n === undefined ? "max" : String(Math.round(n)));
-    const line = [
-      "start",
-      randomBytes(64).toString("hex"),
-      String(Math.floor(Date.now() / 1000)),
-      value(limits.memoryBytes),
-      value(limits.pids),
-      value(limits.cpuQuotaUs),
-      String(limits.tmpMiB),
-    ].join(" ");
-    return this.#expectOk(line, "start", timeoutMs);
+    return this.#expectOk(`start ${seedWord()} ${clockWord()} ${limitWords(limits)}`, "start", timeoutMs);
   }
 
   /** Makes the guest drop its clean page cache (before it is saved: less state to save and load). */
