@@ -20,7 +20,7 @@ export interface Channel {
 const READ_CHUNK_BYTES = 64 * 1024;
 
 /** The usage line printed for bad arguments. */
-export const USAGE = "usage: agent --channel stdio|<device path> [--await-start]";
+export const USAGE = "usage: agent --channel stdio|<device path> [--await-start] [--relay <path>]";
 
 /** The line the agent writes once loaded when started with --await-start. */
 export const READY_LINE = "mvm-agent ready\n";
@@ -28,28 +28,35 @@ export const READY_LINE = "mvm-agent ready\n";
 export const START_LINE = "mvm-agent start\n";
 
 /**
- * Parses the command line: `--channel stdio`, `--channel=<path>` or `--channel <path>`, and
+ * Parses the command line: `--channel stdio`, `--channel=<path>` or `--channel <path>`,
  * `--await-start` (load everything, write READY_LINE, wait for START_LINE, then say hello: how
- * the VM tier boots an agent once and saves it, ready, for later sandboxes).
+ * the VM tier boots an agent once and saves it, ready, for later sandboxes), and
+ * `--relay <path>` / `--relay=<path>` (the egress relay channel, see relay.ts).
  */
-export function parseArgs(args: readonly string[]): { channel: string; awaitStart: boolean } {
+export function parseArgs(args: readonly string[]): { channel: string; awaitStart: boolean; relay?: string } {
   let channel: string | undefined;
+  let relay: string | undefined;
   let awaitStart = false;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
     if (arg === "--await-start") awaitStart = true;
-    else if (arg === "--channel") {
-      if (i + 1 >= args.length) throw new Error(`Missing value for --channel; ${USAGE}`);
-      channel = args[++i];
+    else if (arg === "--channel" || arg === "--relay") {
+      if (i + 1 >= args.length) throw new Error(`Missing value for ${arg}; ${USAGE}`);
+      if (arg === "--channel") channel = args[++i];
+      else relay = args[++i];
     }
     else if (arg.startsWith("--channel=")) channel = arg.slice("--channel=".length);
+    else if (arg.startsWith("--relay=")) relay = arg.slice("--relay=".length);
     else throw new Error(`Unknown argument ${JSON.stringify(arg)}; ${USAGE}`);
   }
   if (channel === undefined || channel === "") throw new Error(`Missing --channel; ${USAGE}`);
   if (channel !== "stdio" && !channel.startsWith("/")) {
     throw new Error(`Channel ${JSON.stringify(channel)} must be "stdio" or an absolute path`);
   }
-  return { channel, awaitStart };
+  if (relay !== undefined && !relay.startsWith("/")) {
+    throw new Error(`Relay channel ${JSON.stringify(relay)} must be an absolute path`);
+  }
+  return relay === undefined ? { channel, awaitStart } : { channel, awaitStart, relay };
 }
 
 /**

@@ -7,6 +7,9 @@
 import { READY_LINE, USAGE, awaitStartLine, openChannel, parseArgs, type Channel } from "./channel.js";
 import { helloFrame } from "./hello.js";
 import { closeInheritedFds, routeConsoleToStderr } from "./hygiene.js";
+// Static on purpose: the bundler tree-shakes a static import down to the relay codec (a few KiB,
+// no schemas), while a dynamic one would pull all of @mvm/protocol and zod into the prelude.
+import { startRelay } from "./relay.js";
 
 interface Ender {
   end(code: number, reason: string, err?: unknown): void;
@@ -31,11 +34,23 @@ for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
   process.on(signal, () => fail(0, `received ${signal}`));
 }
 
+/** Starts the egress relay if asked to; its failure is reported and the agent carries on. */
+function startRelayIfAsked(channelPath: string | undefined): void {
+  if (channelPath === undefined) return;
+  const report = (what: string) => (err: unknown): void => {
+    const detail = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`mvm-agent: ${what}: ${detail}\n`);
+  };
+  startRelay({ channelPath, onError: report("the egress relay failed") }).catch(report("cannot start the egress relay"));
+}
+
 let channel: Channel | undefined;
 let awaitStart = false;
+let relayPath: string | undefined;
 try {
   const args = parseArgs(process.argv.slice(2));
   awaitStart = args.awaitStart;
+  relayPath = args.relay;
   closeInheritedFds();
   channel = openChannel(args.channel);
 } catch (err) {
@@ -50,6 +65,7 @@ if (channel && !awaitStart) {
       const s = new Session(open);
       session = s;
       s.start();
+      startRelayIfAsked(relayPath);
     },
     (err: unknown) => fail(2, "cannot load the session", err),
   );
@@ -66,6 +82,7 @@ if (channel && !awaitStart) {
       s.start();
       // awaitStartLine left the input paused; a new "data" listener does not undo an explicit pause.
       open.input.resume();
+      startRelayIfAsked(relayPath);
     })
     .catch((err: unknown) => fail(2, "cannot start the session", err));
 }
