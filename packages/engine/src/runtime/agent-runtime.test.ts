@@ -36,6 +36,7 @@ test("agentRuntimeCommand starts node through the shipped loader", () => {
   assert.deepEqual(agentRuntimeCommand(), [
     "/.mvm/bin/ld-linux-x86-64.so.2", "--library-path", "/.mvm/lib", "/.mvm/bin/node", "/.mvm/agent.cjs", "--channel", "stdio",
   ]);
+  assert.deepEqual(agentRuntimeCommand({ relayPath: "/dev/mvm-relay" }).slice(-4), ["--channel", "stdio", "--relay", "/dev/mvm-relay"]);
 });
 
 test("the runtime holds the loader (0111), node (0555), every library (0444) and the agent (0444), named by its manifest digest", async () => {

@@ -57,11 +57,17 @@ interface HashedFile extends RuntimeFile {
   readonly size: number;
 }
 
+export interface AgentCommandOptions {
+  /** Path (inside the sandbox) of the Unix socket the agent connects for the egress relay. */
+  readonly relayPath?: string;
+}
+
 /**
- * The argv that starts the agent inside a sandbox, reading frames on fd 0 and writing on fd 1.
+ * The argv that starts the agent inside a sandbox, reading frames on fd 0 and writing on fd 1,
+ * and with `relayPath`, connecting its egress relay there (`--relay <path>`).
  * @example spawn(agentRuntimeCommand()[0], agentRuntimeCommand().slice(1))
  */
-export function agentRuntimeCommand(): readonly string[] {
+export function agentRuntimeCommand(options: AgentCommandOptions = {}): readonly string[] {
   return [
     `${AGENT_MOUNT_POINT}/bin/${LOADER_NAME}`,
     "--library-path",
@@ -70,6 +76,7 @@ export function agentRuntimeCommand(): readonly string[] {
     `${AGENT_MOUNT_POINT}/agent.cjs`,
     "--channel",
     "stdio",
+    ...(options.relayPath !== undefined ? ["--relay", options.relayPath] : []),
   ];
 }
 

@@ -10,7 +10,7 @@ import { bwrapArgs, launchArgv } from "./bwrap-args.js";
 
 const isRoot = process.getuid?.() === 0;
 
-const base = { rootfsDir: "/images/abc", agentDir: "/runtime/def", workMiB: 64, tmpMiB: 8, seccompFd: 3 };
+const base = { rootfsDir: "/images/abc", agentDir: "/runtime/def", workMiB: 64, tmpMiB: 8, seccompFd: 3, relaySocketPath: "/tmp/mvm-relay-abc123/relay.sock" };
 
 /** The value following `flag` (first occurrence after `from`). */
 function after(args: string[], flag: string, from = 0): string | undefined {
@@ -49,10 +49,40 @@ test("bwrapArgs mounts the image read-only as /, then /proc, /dev, capped tmpfs 
   assert.equal(args.filter((a) => a === "--bind" || a === "--dev-bind").length, 0, "no writable host mounts");
 });
 
-test("bwrapArgs ends with -- and the agent command (or the given one)", () => {
+test("bwrapArgs binds the relay socket read-only at /dev/mvm-relay, after /dev", () => {
+  const args = bwrapArgs(base);
+  const at = args.indexOf("/dev/mvm-relay");
+  assert.deepEqual(args.slice(at - 2, at + 1), ["--ro-bind", "/tmp/mvm-relay-abc123/relay.sock", "/dev/mvm-relay"]);
+  assert.ok(at > args.indexOf("--dev"), "the bind must come after the /dev tmpfs");
+  assert.ok(at < args.indexOf("--"), "a bwrap option, not part of the command");
+});
+
+test("bwrapArgs adds no trust bundle mounts unless asked, and the /run tmpfs before the bundle when asked", () => {
+  const plain = bwrapArgs(base);
+  assert.equal(plain.includes("--ro-bind-data"), false);
+  assert.equal(plain.includes("/run"), false);
+
+  const both = bwrapArgs({ ...base, trustBundle: { fd: 5, systemFd: 6 } });
+  const run = both.indexOf("/run");
+  assert.deepEqual(both.slice(run - 3, run + 1), ["--size", String(1024 * 1024), "--tmpfs", "/run"]);
+  const own = both.indexOf("/run/mvm/ca-certificates.crt");
+  assert.deepEqual(both.slice(own - 4, own + 1), ["--perms", "0444", "--ro-bind-data", "5", "/run/mvm/ca-certificates.crt"]);
+  assert.ok(own > run, "the bundle's mount point is created on the /run tmpfs");
+  const system = both.indexOf("/etc/ssl/certs/ca-certificates.crt");
+  assert.deepEqual(both.slice(system - 4, system + 1), ["--perms", "0444", "--ro-bind-data", "6", "/etc/ssl/certs/ca-certificates.crt"]);
+  assert.ok(system > both.indexOf("/"), "over the image root");
+
+  const ownOnly = bwrapArgs({ ...base, trustBundle: { fd: 5 } });
+  assert.ok(ownOnly.includes("/run/mvm/ca-certificates.crt"));
+  assert.equal(ownOnly.includes("/etc/ssl/certs/ca-certificates.crt"), false);
+  assert.equal(ownOnly.filter((a) => a === "--ro-bind-data").length, 1);
+});
+
+test("bwrapArgs ends with -- and the agent command with its relay (or the given one)", () => {
   const args = bwrapArgs(base);
   const sep = args.indexOf("--");
-  assert.deepEqual(args.slice(sep + 1), [...agentRuntimeCommand()]);
+  assert.deepEqual(args.slice(sep + 1), [...agentRuntimeCommand({ relayPath: "/dev/mvm-relay" })]);
+  assert.deepEqual(args.slice(-2), ["--relay", "/dev/mvm-relay"]);
   const custom = bwrapArgs({ ...base, command: ["/bin/sh", "-c", "--uid 0"] });
   assert.deepEqual(custom.slice(custom.indexOf("--") + 1), ["/bin/sh", "-c", "--uid 0"]);
 });

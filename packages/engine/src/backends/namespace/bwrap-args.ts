@@ -3,6 +3,7 @@
  * prelude that runs before it (still as the engine's user) to set the core-dump limit, put itself
  * into the sandbox's cgroups and, as root, switch to the sandbox's own host uid.
  */
+import { NAMESPACE_RELAY_PATH, SYSTEM_TRUST_BUNDLE_PATH, TRUST_BUNDLE_PATH } from "@mvm/protocol";
 import { AGENT_MOUNT_POINT, agentRuntimeCommand } from "../../runtime/agent-runtime.js";
 
 /** uid and gid of the sandbox user inside the sandbox. */
@@ -25,9 +26,23 @@ export interface BwrapArgsOptions {
   readonly seccompFd: number;
   /** The fd (in bwrap) to which it writes its JSON status ({"child-pid": N, ...}). */
   readonly statusFd?: number;
-  /** What runs inside. @default agentRuntimeCommand() */
+  /** Host path of the relay's Unix socket, bound read-only at NAMESPACE_RELAY_PATH. */
+  readonly relaySocketPath: string;
+  /** fds (in bwrap) from which it copies the trust bundle; present when the sandbox has one. */
+  readonly trustBundle?: TrustBundleFds;
+  /** What runs inside. @default agentRuntimeCommand({ relayPath: NAMESPACE_RELAY_PATH }) */
   readonly command?: readonly string[];
 }
+
+export interface TrustBundleFds {
+  /** Copied to TRUST_BUNDLE_PATH, on a tmpfs mounted at /run (the image must have /run). */
+  readonly fd: number;
+  /** Copied over SYSTEM_TRUST_BUNDLE_PATH; only when the image has that file. */
+  readonly systemFd?: number;
+}
+
+/** Size cap of the /run tmpfs that holds the trust bundle's mount point, bytes. */
+export const RUN_TMPFS_BYTES = 1024 * 1024;
 
 const MiB = 1024 * 1024;
 
@@ -50,8 +65,9 @@ export const BWRAP_ISOLATION_ARGS: readonly string[] = [
 /**
  * bubblewrap's argv (without the program name): new user, mount, pid, ipc, uts, net (loopback
  * only) and cgroup namespaces, no nested user namespaces, no capabilities, a read-only root,
- * private /proc and /dev, size-capped tmpfs /work and /tmp, the agent runtime at /.mvm, uid and
- * gid 1000, an empty environment, a new session, and the seccomp filter.
+ * private /proc and /dev, size-capped tmpfs /work and /tmp, the agent runtime at /.mvm, the relay
+ * socket at /dev/mvm-relay, the trust bundle when given, uid and gid 1000, an empty environment,
+ * a new session, and the seccomp filter.
  */
 export function bwrapArgs(options: BwrapArgsOptions): string[] {
   const args = [
@@ -64,12 +80,26 @@ export function bwrapArgs(options: BwrapArgsOptions): string[] {
     "--size", String(options.workMiB * MiB), "--tmpfs", "/work",
     "--size", String(options.tmpMiB * MiB), "--tmpfs", "/tmp",
     "--ro-bind", options.agentDir, AGENT_MOUNT_POINT,
+    // connect() needs no write access to the mount: a read-only bind of the socket is enough.
+    "--ro-bind", options.relaySocketPath, NAMESPACE_RELAY_PATH,
+    ...trustBundleArgs(options.trustBundle),
     "--chdir", "/work",
     "--uid", String(SANDBOX_UID),
     "--gid", String(SANDBOX_GID),
   ];
   if (options.statusFd !== undefined) args.push("--json-status-fd", String(options.statusFd));
-  args.push("--seccomp", String(options.seccompFd), "--", ...(options.command ?? agentRuntimeCommand()));
+  args.push("--seccomp", String(options.seccompFd), "--", ...(options.command ?? agentRuntimeCommand({ relayPath: NAMESPACE_RELAY_PATH })));
+  return args;
+}
+
+/**
+ * A small tmpfs over the image's /run (bwrap creates missing mount points only on writable
+ * parents), the bundle copied read-only to TRUST_BUNDLE_PATH, and over the system bundle.
+ */
+function trustBundleArgs(fds: TrustBundleFds | undefined): string[] {
+  if (fds === undefined) return [];
+  const args = ["--size", String(RUN_TMPFS_BYTES), "--tmpfs", "/run", "--perms", "0444", "--ro-bind-data", String(fds.fd), TRUST_BUNDLE_PATH];
+  if (fds.systemFd !== undefined) args.push("--perms", "0444", "--ro-bind-data", String(fds.systemFd), SYSTEM_TRUST_BUNDLE_PATH);
   return args;
 }
 

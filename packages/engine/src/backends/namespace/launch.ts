@@ -1,13 +1,25 @@
 /**
- * Starting one namespace sandbox: checks, cgroups, uid, the prelude and bubblewrap, and the wait
- * for bubblewrap to report its child. Every failure releases what was set up so far.
+ * Starting one namespace sandbox: checks, cgroups, uid, the egress relay's socket, the trust
+ * bundle, the prelude and bubblewrap, and the wait for bubblewrap to report its child. Every
+ * failure releases what was set up so far.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { lstat, open, stat, writeFile } from "node:fs/promises";
+import { type FileHandle, lstat, open, stat, unlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import type { Readable } from "node:stream";
 import { z } from "zod";
-import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, Resources, SandboxIdSchema, UnsupportedCapabilityError } from "@mvm/protocol";
+import {
+  AbortedError,
+  AdmissionError,
+  InvalidArgumentError,
+  MvmError,
+  Resources,
+  SYSTEM_TRUST_BUNDLE_PATH,
+  SandboxIdSchema,
+  TransportError,
+  UnsupportedCapabilityError,
+} from "@mvm/protocol";
 import { readProcStartTime, readProcStartTimeSync } from "../../_internal/proc.js";
 import { LOADER_NAME } from "../../runtime/shared-libs.js";
 import type { LaunchSpec } from "../types.js";
@@ -17,6 +29,7 @@ import type { CgroupSupport } from "./cgroups.js";
 import { type ExitStatus, NamespaceSandbox, TEARDOWN_STEP_MS, stopSandbox } from "./launched-sandbox.js";
 import { settlesWithin } from "../_teardown.js";
 import { ReapExtra } from "./reap.js";
+import { RelayListener } from "./relay-listener.js";
 import { SandboxCgroups } from "./sandbox-cgroups.js";
 import { sandboxSeccompProgram } from "./seccomp.js";
 import type { SandboxUidAllocator } from "./uid.js";
@@ -32,6 +45,10 @@ export interface HostSetup {
 /** fds of the extra pipes in the prelude (and bwrap). */
 const SECCOMP_FD = 3;
 const STATUS_FD = 4;
+const TRUST_BUNDLE_FD = 5;
+const SYSTEM_TRUST_BUNDLE_FD = 6;
+/** Largest trust bundle accepted, bytes (a full system bundle is about 200 KiB). */
+const MAX_TRUST_BUNDLE_BYTES = 4 * 1024 * 1024;
 const MAX_STATUS_LINE = 4096;
 const MAX_CAP_MIB = 1024 * 1024;
 
@@ -53,6 +70,9 @@ function validateSpec(spec: LaunchSpec): void {
   }
   const resources = Resources.safeParse(spec.resources);
   if (!resources.success) throw new InvalidArgumentError(`Invalid resources ${JSON.stringify(spec.resources)}`, { cause: resources.error });
+  if (spec.trustBundlePem !== undefined && Buffer.byteLength(spec.trustBundlePem) > MAX_TRUST_BUNDLE_BYTES) {
+    throw new InvalidArgumentError(`Invalid trustBundlePem: more than ${MAX_TRUST_BUNDLE_BYTES} bytes`);
+  }
 }
 
 /** Every directory from `path` up to / must let other users through: bwrap runs as a sandbox uid. */
@@ -69,7 +89,13 @@ async function checkReachable(spec: LaunchSpec, path: string): Promise<void> {
   }
 }
 
-async function checkImage(spec: LaunchSpec, isRoot: boolean): Promise<void> {
+/** What launch needs to know about the image. */
+interface ImageFacts {
+  /** The image has a regular file at SYSTEM_TRUST_BUNDLE_PATH. */
+  readonly systemTrustBundle: boolean;
+}
+
+async function checkImage(spec: LaunchSpec, isRoot: boolean, relayParent: string): Promise<ImageFacts> {
   for (const name of REQUIRED_MOUNT_POINTS) {
     const path = join(spec.rootfsDir, name);
     const st = await lstat(path).catch(() => undefined);
@@ -86,7 +112,37 @@ async function checkImage(spec: LaunchSpec, isRoot: boolean): Promise<void> {
   if (isRoot) {
     await checkReachable(spec, spec.rootfsDir);
     await checkReachable(spec, spec.agentDir);
+    await checkReachable(spec, relayParent);
   }
+  if (spec.trustBundlePem === undefined) return { systemTrustBundle: false };
+  const run = await lstat(join(spec.rootfsDir, "run")).catch(() => undefined);
+  if (run === undefined || !run.isDirectory()) {
+    throw new AdmissionError(`Cannot start sandbox "${spec.sandboxId}": the image has no /run directory for the trust bundle`, {
+      hint: "add an empty /run directory to the image",
+    });
+  }
+  const system = await lstat(join(spec.rootfsDir, SYSTEM_TRUST_BUNDLE_PATH)).catch(() => undefined);
+  return { systemTrustBundle: system?.isFile() ?? false };
+}
+
+/**
+ * The trust bundle as files bubblewrap copies from: one handle per destination (each is read to
+ * its end), of a 0600 file in stateDir that is unlinked once open.
+ */
+async function openTrustBundle(spec: LaunchSpec, copies: number): Promise<FileHandle[]> {
+  const handles: FileHandle[] = [];
+  if (spec.trustBundlePem === undefined) return handles;
+  const path = join(spec.stateDir, "trust-bundle.pem");
+  try {
+    await writeFile(path, spec.trustBundlePem, { mode: 0o600, flag: "w" });
+    for (let i = 0; i < copies; i++) handles.push(await open(path, "r"));
+  } catch (err) {
+    await Promise.all(handles.map((h) => h.close()));
+    throw err;
+  } finally {
+    await unlink(path).catch(() => undefined);
+  }
+  return handles;
 }
 
 function parseStatusLine(line: string): number | undefined {
@@ -163,11 +219,13 @@ export async function launchNamespaceSandbox(
   if (host.isRoot && host.setprivPath === undefined) {
     throw new UnsupportedCapabilityError("The namespace backend needs setpriv when the engine runs as root, which was not found", { hint: "install util-linux" });
   }
-  await checkImage(spec, host.isRoot);
+  const relayParent = tmpdir();
+  const image = await checkImage(spec, host.isRoot, relayParent);
   aborted(spec, signal);
 
   const cgroups = await SandboxCgroups.create(host.cgroups, spec.sandboxId, spec.resources);
   let uid: number | undefined;
+  let relay: RelayListener | undefined;
   let log: CappedLog | undefined;
   let child: ChildProcess | undefined;
   let exited: Promise<ExitStatus> | undefined;
@@ -178,19 +236,33 @@ export async function launchNamespaceSandbox(
   try {
     uid = host.isRoot ? await uids.allocate() : undefined;
     aborted(spec, signal);
+    relay = await RelayListener.open({ sandboxId: spec.sandboxId, parentDir: relayParent, ...(uid !== undefined ? { hostUid: uid } : {}) });
     log = await CappedLog.open(spec.agentLogPath);
     const seccompPath = join(spec.stateDir, "seccomp.bpf");
     await writeFile(seccompPath, sandboxSeccompProgram(), { mode: 0o600 });
-    const seccompFile = await open(seccompPath, "r");
+    const trustFiles = await openTrustBundle(spec, image.systemTrustBundle ? 2 : 1);
+    const seccompFile = await open(seccompPath, "r").catch(async (err: unknown) => {
+      await Promise.all(trustFiles.map((h) => h.close()));
+      throw err;
+    });
     try {
+      const [trustFile, systemTrustFile] = trustFiles;
       const argv = launchArgv({
         procsFiles: cgroups.procsFiles,
         bwrapPath,
-        bwrapArgs: bwrapArgs({ ...spec, seccompFd: SECCOMP_FD, statusFd: STATUS_FD }),
+        bwrapArgs: bwrapArgs({
+          ...spec,
+          seccompFd: SECCOMP_FD,
+          statusFd: STATUS_FD,
+          relaySocketPath: relay.path,
+          ...(trustFile !== undefined
+            ? { trustBundle: { fd: TRUST_BUNDLE_FD, ...(systemTrustFile !== undefined ? { systemFd: SYSTEM_TRUST_BUNDLE_FD } : {}) } }
+            : {}),
+        }),
         ...(uid !== undefined && host.setprivPath !== undefined ? { switchUser: { uid, setprivPath: host.setprivPath } } : {}),
       });
       child = spawn(argv[0] ?? "/bin/sh", argv.slice(1), {
-        stdio: ["pipe", "pipe", "pipe", seccompFile.fd, "pipe"],
+        stdio: ["pipe", "pipe", "pipe", seccompFile.fd, "pipe", ...trustFiles.map((h) => h.fd)],
         detached: true,
         env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
       });
@@ -199,12 +271,17 @@ export async function launchNamespaceSandbox(
       const proc = child;
       spawned = whenSpawned(proc);
       exited = new Promise((resolve) => proc.once("exit", (code, sig) => resolve({ code, signal: sig })));
+      const relayListener = relay;
+      void exited.then(() =>
+        relayListener.abandon(new TransportError(`Sandbox "${spec.sandboxId}" exited before its agent connected the egress relay`)),
+      );
       if (proc.stderr) log.follow(proc.stderr);
       initPidReport = readInitPid(proc.stdio[STATUS_FD] as Readable, signal);
       initPidReport.catch(() => undefined);
       pidStartTime = readProcStartTimeSync(proc.pid ?? 0) ?? "";
     } finally {
       await seccompFile.close();
+      await Promise.all(trustFiles.map((h) => h.close()));
     }
     const proc = child;
     await spawned;
@@ -231,6 +308,7 @@ export async function launchNamespaceSandbox(
       exited,
       cgroups,
       log,
+      relay,
       init: initStartTime === "" ? undefined : { pid: initPid, startTime: initStartTime },
       reapRecord: {
         backend: "namespace",
@@ -241,6 +319,7 @@ export async function launchNamespaceSandbox(
           ...(sandboxUid !== undefined ? { [ReapExtra.hostUid]: String(sandboxUid) } : {}),
           [ReapExtra.initPid]: String(initPid),
           [ReapExtra.initStartTime]: initStartTime,
+          [ReapExtra.relayDir]: relay.dir,
         },
       },
       release: () => {
@@ -254,6 +333,7 @@ export async function launchNamespaceSandbox(
       await cgroups.remove(2_000).catch(() => undefined);
     }
     await log?.close(1_000);
+    await relay?.close().catch(() => undefined);
     if (uid !== undefined) uids.release(uid);
     if (err instanceof MvmError) throw err;
     if (signal?.aborted) throw new AbortedError(`Launch of sandbox "${spec.sandboxId}" was aborted`, { cause: signal.reason });

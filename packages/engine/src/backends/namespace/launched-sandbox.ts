@@ -1,6 +1,6 @@
 /**
- * A running namespace sandbox as the engine sees it: the agent channel, the exit of bubblewrap,
- * the OOM counter, and teardown.
+ * A running namespace sandbox as the engine sees it: the agent channel, the egress relay, the exit
+ * of bubblewrap, the OOM counter, and teardown.
  */
 import type { ChildProcess } from "node:child_process";
 import type { Duplex } from "node:stream";
@@ -9,6 +9,7 @@ import { isSameLiveProcess, sendSignal } from "../../_internal/proc.js";
 import { CleanupFailures, childChannel, settlesWithin, singleFlight } from "../_teardown.js";
 import type { LaunchedSandbox, ReapRecord } from "../types.js";
 import type { CappedLog } from "./agent-log.js";
+import type { RelayListener } from "./relay-listener.js";
 import type { SandboxCgroups } from "./sandbox-cgroups.js";
 
 export type ExitStatus = { code: number | null; signal: NodeJS.Signals | null };
@@ -23,6 +24,8 @@ export interface SandboxParts {
   readonly exited: Promise<ExitStatus>;
   readonly cgroups: SandboxCgroups;
   readonly log: CappedLog;
+  /** The host end of the egress relay; closed (socket file and directory removed) at teardown. */
+  readonly relay: RelayListener;
   readonly reapRecord: ReapRecord;
   /** bubblewrap's child: pid 1 of the sandbox's pid namespace. */
   readonly init: { readonly pid: number; readonly startTime: string } | undefined;
@@ -43,7 +46,7 @@ function notReaped(child: ChildProcess): boolean {
  * the prelude's process group if bubblewrap does not exit. Resolves once the cgroups are empty
  * and removed; throws CleanupError listing what failed.
  */
-export async function stopSandbox(parts: Omit<SandboxParts, "log" | "release" | "reapRecord">): Promise<void> {
+export async function stopSandbox(parts: Omit<SandboxParts, "log" | "relay" | "release" | "reapRecord">): Promise<void> {
   const failures = new CleanupFailures();
   const { child, cgroups, init } = parts;
   // No pid: the spawn itself failed, so there is no process to stop.
@@ -67,6 +70,7 @@ export async function stopSandbox(parts: Omit<SandboxParts, "log" | "release" | 
 
 export class NamespaceSandbox implements LaunchedSandbox {
   readonly channel: Duplex;
+  readonly relay: Promise<Duplex>;
   readonly reapRecord: ReapRecord;
   readonly exited: Promise<ExitStatus>;
   /** Single-flight; after a failed teardown the next call tries again. */
@@ -74,6 +78,7 @@ export class NamespaceSandbox implements LaunchedSandbox {
 
   constructor(private readonly parts: SandboxParts) {
     this.channel = childChannel(parts.child, "the sandbox process");
+    this.relay = parts.relay.connection;
     this.destroy = singleFlight(() => this.teardown());
     this.reapRecord = parts.reapRecord;
     this.exited = parts.exited;
@@ -88,6 +93,7 @@ export class NamespaceSandbox implements LaunchedSandbox {
       await stopSandbox(this.parts);
     } finally {
       this.channel.destroy();
+      await this.parts.relay.close();
       await this.parts.log.close(1_000);
       this.parts.release();
     }

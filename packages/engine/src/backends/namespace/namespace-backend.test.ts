@@ -59,7 +59,7 @@ test("the sandbox starts and the channel carries bytes both ways", { skip, ...TI
   await withSandbox({}, async ({ client, sandbox }) => {
     const hello = await client.hello;
     assert.equal(hello.uid, 1000);
-    assert.deepEqual(hello.argv, ["--channel", "stdio"]);
+    assert.deepEqual(hello.argv, ["--channel", "stdio", "--relay", "/dev/mvm-relay"]);
     const big = "é\u0001x".repeat(100_000);
     assert.equal(await client.echo(big), big);
     assert.equal(await sandbox.oomKills(), 0);

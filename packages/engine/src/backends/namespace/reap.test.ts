@@ -56,12 +56,15 @@ test("reap after the launching process was SIGKILLed leaves nothing", { skip, ..
   const running = await footprint(reapRecord, spec.sandboxId);
   assert.ok(running.processes.length >= 3, "the sandbox is running before the crash");
   assert.deepEqual(running.cgroups.sort(), [...reapRecord.cgroups].sort());
+  const relayDir = reapRecord.extra["relayDir"] ?? "";
+  assert.ok(existsSync(join(relayDir, "relay.sock")), "the stand-in agent never connects: the relay socket waits");
 
   const died = once(launcher, "exit");
   launcher.kill("SIGKILL");
   await died;
   await backend.reap(reapRecord);
   assert.deepEqual(await footprint(reapRecord, spec.sandboxId), { processes: [], cgroups: [] });
+  assert.equal(existsSync(relayDir), false, "the relay socket and its directory are removed");
   await backend.reap(reapRecord); // idempotent
 });
 
@@ -95,4 +98,6 @@ test("reap refuses records that point outside sandbox resources", { skip, ...TIM
   await assert.rejects(backend.reap(record({ cgroups: ["/sys/fs/cgroup/pids/user.slice"] })), InvalidArgumentError);
   await assert.rejects(backend.reap(record({ extra: { hostUid: "0" } })), /host uid "0" is not a sandbox uid/);
   await assert.rejects(backend.reap(record({ backend: "vm" })), /backend "vm"/);
+  await assert.rejects(backend.reap(record({ extra: { relayDir: "/etc" } })), /"\/etc" is not a relay directory/);
+  await assert.rejects(backend.reap(record({ extra: { relayDir: "/tmp/../etc/mvm-relay-abcdef" } })), InvalidArgumentError);
 });

@@ -13,6 +13,7 @@ import { parseCgroupMounts } from "./cgroups.js";
 import { TEARDOWN_STEP_MS } from "./launched-sandbox.js";
 import { SandboxCgroups } from "./sandbox-cgroups.js";
 import { CleanupFailures } from "../_teardown.js";
+import { isRelayDir, removeRelayDir } from "./relay-listener.js";
 import { SANDBOX_UID_BASE, SANDBOX_UID_SPAN } from "./uid.js";
 
 /** Keys of `ReapRecord.extra` the namespace backend writes. */
@@ -22,6 +23,8 @@ export const ReapExtra = {
   /** pid and start time of the sandbox's pid 1 (bubblewrap's child). */
   initPid: "initPid",
   initStartTime: "initStartTime",
+  /** The directory of the egress relay's socket (see relay-listener.ts). */
+  relayDir: "relayDir",
 } as const;
 
 async function checkCgroupDirs(dirs: readonly string[]): Promise<void> {
@@ -32,6 +35,14 @@ async function checkCgroupDirs(dirs: readonly string[]): Promise<void> {
       throw new InvalidArgumentError(`Invalid reap record: "${dir}" is not a sandbox cgroup`);
     }
   }
+}
+
+/** The record's relay directory, when it names one; only a directory RelayListener could have made. */
+function relayDir(record: ReapRecord): string | undefined {
+  const dir = record.extra[ReapExtra.relayDir];
+  if (dir === undefined) return undefined;
+  if (!isRelayDir(dir)) throw new InvalidArgumentError(`Invalid reap record: "${dir}" is not a relay directory`);
+  return dir;
 }
 
 function sandboxUid(record: ReapRecord): number | undefined {
@@ -51,6 +62,7 @@ export async function reapNamespaceSandbox(record: ReapRecord): Promise<void> {
   }
   await checkCgroupDirs(record.cgroups);
   const uid = sandboxUid(record);
+  const relay = relayDir(record);
   const cgroups = await SandboxCgroups.open(record.cgroups);
   const initPid = Number(record.extra[ReapExtra.initPid] ?? 0);
   const initStart = record.extra[ReapExtra.initStartTime] ?? "";
@@ -77,5 +89,6 @@ export async function reapNamespaceSandbox(record: ReapRecord): Promise<void> {
   });
   await failures.attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
   await failures.attempt(() => cgroups.remove(TEARDOWN_STEP_MS));
+  if (relay !== undefined) await failures.attempt(() => removeRelayDir(relay));
   failures.throwIfAny("Cannot reap sandbox");
 }
