@@ -6,6 +6,7 @@ import { CreateSandboxRequest, ExecApiRequest, SandboxIdSchema, isSandboxPath } 
 import type { z } from "zod";
 import type { FlagSpec, RawArgs } from "./command.js";
 import { UsageError } from "./usage-error.js";
+import { NETWORK_FLAGS, policyFrom, portsFrom, secretsFrom } from "./network-flags.js";
 
 /** Flags of every command. */
 export const GLOBAL_FLAGS = {
@@ -23,6 +24,7 @@ export const SANDBOX_FLAGS = {
   cpus: { type: "string", valueName: "N", description: "CPU quota in cores, may be fractional (0.5)" },
   ttl: { type: "string", valueName: "SECONDS", description: "Lifetime; the engine kills the sandbox after it" },
   backend: { type: "string", valueName: "NAME", description: "Backend: namespace or vm (default: the engine's MVM_DEFAULT_BACKEND, else its strongest usable tier)" },
+  ...NETWORK_FLAGS,
 } as const satisfies Record<string, FlagSpec>;
 
 /** Flags of a command run inside a sandbox. */
@@ -112,6 +114,9 @@ const CREATE_FLAG_OF: Record<string, string> = {
   cpus: "--cpus",
   env: "--env",
   labels: "--label",
+  network: "--allow-host/--allow-cidr",
+  secrets: "--secret",
+  ports: "--publish",
 };
 
 /** The create request described by the sandbox flags (and `--label`/`--env` when the command has them). */
@@ -132,6 +137,12 @@ export function createRequestFrom(raw: RawArgs, extra: { labels?: Record<string,
   if (ttlSeconds !== undefined) request["ttlSeconds"] = ttlSeconds;
   if (Object.keys(resources).length > 0) request["resources"] = resources;
   if (extra.labels !== undefined) request["labels"] = extra.labels;
+  const network = policyFrom(raw);
+  const secrets = secretsFrom(raw);
+  const ports = portsFrom(raw);
+  if (network !== undefined) request["network"] = network;
+  if (secrets !== undefined) request["secrets"] = secrets;
+  if (ports !== undefined) request["ports"] = ports;
   const r = CreateSandboxRequest.safeParse(request);
   if (!r.success) {
     const flagOf = (path: readonly PropertyKey[]): string =>

@@ -160,4 +160,5 @@ function reportExitNotes(ctx: CommandContext, exit: ExitInfo): void {
   if (exit.stderrTruncated) ctx.out.note(`warning: stderr was cut after ${formatBytes(exit.stderrBytes)} by the engine's output cap`);
   if (exit.oomKilled) ctx.out.note("warning: the sandbox hit its memory limit and the kernel killed a process (raise --memory)");
   if (exit.timedOut) ctx.out.note("mvmctl: the command ran past --timeout and was killed");
+  for (const w of exit.warnings ?? []) ctx.out.note(`warning: ${w}`);
 }

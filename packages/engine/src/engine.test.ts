@@ -36,8 +36,11 @@ class HostProcessBackend implements Backend {
       child.once("exit", (code, signal) => resolve({ code, signal })),
     );
     const startTime = (await readProcStartTime(child.pid!)) ?? "0";
+    const relay = Promise.reject(new Error("this test backend has no egress relay"));
+    relay.catch(() => {});
     return {
       channel: Duplex.from({ readable: child.stdout!, writable: child.stdin! }),
+      relay,
       reapRecord: { backend: this.name, pid: child.pid!, pidStartTime: startTime, cgroups: [], extra: {} },
       exited,
       oomKills: async () => 0,

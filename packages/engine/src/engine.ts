@@ -3,7 +3,8 @@
  * images, and reaping what a crashed engine left behind. Implements EngineApi, so the daemon
  * serves it and the SDK embeds it the same way.
  */
-import { chmod, mkdir, stat } from "node:fs/promises";
+import { constants } from "node:fs";
+import { chmod, lstat, mkdir, open as openFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import {
   CreateSandboxRequest,
@@ -14,7 +15,13 @@ import {
   NotFoundError,
   TransportError,
   UnsupportedCapabilityError,
+  NetworkPolicySchema,
+  SYSTEM_TRUST_BUNDLE_PATH,
+  egressEnvironment,
   toMvmError,
+  type NetworkEventsPage,
+  type NetworkPolicyJson,
+  type SecretMeta,
   type BackendName,
   type CallOptions,
   type DirListingResult,
@@ -42,6 +49,14 @@ import { newSandboxId } from "./ids.js";
 import { callSignal } from "./_internal/signals.js";
 import { SandboxRecords, defaultStateDir, isAlive, processStartTime } from "./state.js";
 import type { ImageStore } from "./images/store.js";
+import { EgressGateway, type MediatedSecret } from "./egress/gateway.js";
+import { EgressResolver } from "./egress/resolver.js";
+import { SandboxCa } from "./egress/sandbox-ca.js";
+import { SandboxNetwork } from "./egress/sandbox-network.js";
+import { SecretStore } from "./secrets/store.js";
+import { resolveSecrets, type ResolvedSecret } from "./secrets/resolve.js";
+import { Redactor } from "./secrets/redact.js";
+import { checkSecretHygiene } from "./secrets/warnings.js";
 
 export const ENGINE_VERSION = "0.1.0";
 export const DEFAULT_IMAGE = "debian:bookworm+python3";
@@ -85,7 +100,25 @@ export interface EngineOptions {
    * @default by tier: every 10 s, answer within 30 s (container, vm-hardware) or 60 s (vm-emulated)
    */
   heartbeat?: { intervalMs: number; timeoutMs: number };
+  /** The egress gateway's settings. */
+  egress?: EgressOptions;
 }
+
+export interface EgressOptions {
+  /**
+   * DNS servers the gateway asks ("ip" or "ip:port"); never the sandbox's own resolver.
+   * @default the servers in MVM_EGRESS_DNS (comma-separated), else the host's /etc/resolv.conf
+   */
+  dnsServers?: readonly string[];
+  /** Extra CA certificates (PEM) trusted for upstream TLS when the gateway intercepts to substitute secrets. */
+  upstreamCa?: readonly string[];
+}
+
+/** Largest image CA bundle copied into a sandbox's trust bundle, bytes. */
+const MAX_IMAGE_CA_BUNDLE_BYTES = 4 * 1024 * 1024;
+/** Stopped sandboxes whose network events stay readable. */
+const STOPPED_NETWORKS_KEPT = 64;
+const DENY_ALL: NetworkPolicyJson = { version: 1, default: "deny", rules: [] };
 
 const STOPPED_KEPT = 1000;
 
@@ -102,6 +135,9 @@ export class Engine implements EngineApi {
   readonly #records: SandboxRecords;
   readonly #live = new Map<string, LiveSandbox>();
   readonly #stopped = new Map<string, SandboxInfo>();
+  readonly #stoppedNetworks = new Map<string, SandboxNetwork>();
+  readonly #gateway: EgressGateway;
+  readonly secrets: SecretStore;
   #probes: ProbeResult[] = [];
   #owner!: { pid: number; startTime: string };
   #closing: Promise<void> | undefined;
@@ -111,6 +147,12 @@ export class Engine implements EngineApi {
     this.#configuredDefault = resolveConfiguredDefault(options.defaultBackend, options.backends.map((b) => b.name));
     this.stateDir = options.stateDir ?? defaultStateDir();
     this.#records = new SandboxRecords(this.stateDir);
+    this.secrets = new SecretStore(join(this.stateDir, "secrets"));
+    const dnsServers = options.egress?.dnsServers ?? envList(process.env.MVM_EGRESS_DNS);
+    this.#gateway = new EgressGateway({
+      resolver: new EgressResolver(dnsServers ? { servers: dnsServers } : {}),
+      ...(options.egress?.upstreamCa ? { upstreamCa: options.egress.upstreamCa } : {}),
+    });
   }
 
   /**
@@ -212,6 +254,9 @@ export class Engine implements EngineApi {
     this.#assertOpen();
     const req = parse(CreateSandboxRequest, request, "sandbox options");
     const signal = callSignal(options);
+    const secrets = await resolveSecrets(req.secrets ?? {}, { store: this.secrets });
+    const secretEnv = Object.fromEntries(secrets.map((s) => [s.envName, s.ref.posture === "env" ? s.value : s.placeholder]));
+    const warnings = checkSecretHygiene({ env: req.env ?? {}, exemptEnv: new Set(Object.keys(secretEnv)) }).map((w) => w.message);
     const { backend, probe, defaulted } = this.#chooseBackend(req.backend);
     const resources = this.#effectiveResources(req.resources, probe, defaulted);
     const imageRef = req.image ?? this.#options.defaultImage ?? DEFAULT_IMAGE;
@@ -234,8 +279,26 @@ export class Engine implements EngineApi {
       resources,
       workMiB: req.workMiB ?? this.#options.defaultWorkMiB ?? 1024,
       labels: req.labels ?? {},
+      secrets: secrets.map((s) => ({ env: s.envName, source: s.ref.source, name: s.ref.name, posture: s.ref.posture, hosts: [...s.hosts] })),
+      ...(warnings.length > 0 ? { warnings } : {}),
     };
-    const dir = await this.#records.create(id);
+    const mediated = secrets.filter((s) => s.ref.posture === "mediated");
+    const ca = mediated.length > 0 ? await SandboxCa.create({ sandboxId: id }) : undefined;
+    const trustBundlePem = ca ? (await imageCaBundle(image.rootfsDir)) + ca.certPem : undefined;
+    const network = await SandboxNetwork.open({
+      sandboxId: id,
+      policy: req.network ?? DENY_ALL,
+      gateway: this.#gateway,
+      secrets: mediated.map((s): MediatedSecret => ({ name: s.ref.name, placeholder: s.placeholder, value: s.value, hosts: s.hosts })),
+      ...(ca ? { ca } : {}),
+      ports: req.ports ?? [],
+    });
+    info.network = network.summary();
+    info.ports = network.publishedPorts();
+    const dir = await this.#records.create(id).catch(async (err: unknown) => {
+      await network.close();
+      throw err;
+    });
     await this.#records.write({ version: 1, owner: this.#owner, info });
     options.onProgress?.({ phase: "boot", message: `starting ${backend.name} sandbox ${id}` });
     let sandbox: LiveSandbox | undefined;
@@ -243,7 +306,9 @@ export class Engine implements EngineApi {
       sandbox = await LiveSandbox.start({
         info,
         backend,
-        env: req.env ?? {},
+        env: { ...egressEnvironment({ trustBundle: ca !== undefined }), ...(req.env ?? {}), ...secretEnv },
+        network,
+        redactor: redactorFor(secrets),
         spec: {
           sandboxId: id,
           rootfsDir: image.rootfsDir,
@@ -254,6 +319,7 @@ export class Engine implements EngineApi {
           tmpMiB: this.#options.tmpMiB ?? 256,
           resources,
           agentLogPath: join(dir, "agent.log"),
+          ...(trustBundlePem !== undefined ? { trustBundlePem } : {}),
         },
         helloTimeoutMs: this.#options.helloTimeoutMs ?? HELLO_TIMEOUT_MS[probe.tier],
         heartbeat: this.#options.heartbeat ?? { intervalMs: 10_000, timeoutMs: HEARTBEAT_TIMEOUT_MS[probe.tier] },
@@ -268,6 +334,7 @@ export class Engine implements EngineApi {
         ...(signal ? { signal } : {}),
       });
     } catch (err) {
+      await network.close();
       await this.#records.remove(id);
       throw toMvmError(err);
     }
@@ -277,6 +344,8 @@ export class Engine implements EngineApi {
 
   #onEnded(sandbox: LiveSandbox): void {
     this.#live.delete(sandbox.info.id);
+    this.#stoppedNetworks.set(sandbox.info.id, sandbox.network);
+    if (this.#stoppedNetworks.size > STOPPED_NETWORKS_KEPT) this.#stoppedNetworks.delete(this.#stoppedNetworks.keys().next().value!);
     this.#stopped.set(sandbox.info.id, sandbox.info);
     if (this.#stopped.size > STOPPED_KEPT) this.#stopped.delete(this.#stopped.keys().next().value!);
     void this.#records.remove(sandbox.info.id);
@@ -310,7 +379,42 @@ export class Engine implements EngineApi {
 
   async exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options: CallOptions = {}): Promise<ExecStarted> {
     const req = parse(ExecApiRequest, request, "exec request");
-    return this.#get(id).exec(req, handlers, options);
+    const sandbox = this.#get(id);
+    const exempt = new Set((sandbox.info.secrets ?? []).map((s) => s.env));
+    const warnings = checkSecretHygiene({ argv: req.argv, env: req.env ?? {}, exemptEnv: exempt }).map((w) => w.message);
+    const started = await sandbox.exec(req, handlers, options);
+    if (warnings.length === 0) return started;
+    const exit = started.exit.then((e) => ({ ...e, warnings }));
+    exit.catch(() => {});
+    return { ...started, exit };
+  }
+
+  async setNetworkPolicy(id: string, policy: NetworkPolicyJson): Promise<SandboxInfo> {
+    const parsed = parse(NetworkPolicySchema, policy, "network policy");
+    const sandbox = this.#get(id);
+    sandbox.network.setPolicy(parsed);
+    sandbox.info = { ...sandbox.info, network: sandbox.network.summary() };
+    return sandbox.info;
+  }
+
+  async networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
+    const network = this.#live.get(id)?.network ?? this.#stoppedNetworks.get(id);
+    if (!network) throw new NotFoundError(`Sandbox "${id}" not found`);
+    return network.events(options.after ?? 0, options.limit);
+  }
+
+  listSecrets(): Promise<SecretMeta[]> {
+    return this.secrets.list();
+  }
+
+  setSecret(name: string, value: string, options: CallOptions & { hosts?: readonly string[] } = {}): Promise<SecretMeta> {
+    return this.secrets.set(name, value, options.hosts ? { hosts: options.hosts } : {});
+  }
+
+  async removeSecret(name: string): Promise<void> {
+    if (!(await this.secrets.remove(name))) {
+      throw new NotFoundError(`Secret "${name}" not found`, { hint: "`mvmctl secret ls` lists the stored secrets" });
+    }
   }
 
   async signalProcess(id: string, proc: number, signal: KillSignal, options: CallOptions = {}): Promise<void> {
@@ -405,6 +509,7 @@ export class Engine implements EngineApi {
       await Promise.all(
         [...this.#live.values()].map((s) => s.stop("engine-exit").catch((err: unknown) => errors.push(toMvmError(err)))),
       );
+      await this.#gateway.close().catch(() => {});
       if (errors.length > 0) throw errors[0];
     })();
     return this.#closing;
@@ -412,6 +517,42 @@ export class Engine implements EngineApi {
 
   #assertOpen(): void {
     if (this.#closing) throw new TransportError("Engine is closed");
+  }
+}
+
+function envList(value: string | undefined): string[] | undefined {
+  const list = value?.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  return list && list.length > 0 ? list : undefined;
+}
+
+function redactorFor(secrets: readonly ResolvedSecret[]): Redactor {
+  return new Redactor(secrets.map((s) => ({ secret: s.value, replacement: s.placeholder })));
+}
+
+/**
+ * The image's own CA bundle (may be empty), to which the sandbox's CA is appended. No component
+ * of the path may be a symbolic link: the image's links must never lead the engine to host files.
+ */
+async function imageCaBundle(rootfsDir: string): Promise<string> {
+  let path = rootfsDir;
+  for (const part of SYSTEM_TRUST_BUNDLE_PATH.split("/").filter((p) => p !== "")) {
+    path = join(path, part);
+    const st = await lstat(path).catch(() => undefined);
+    if (st === undefined || st.isSymbolicLink()) return "";
+  }
+  let file;
+  try {
+    file = await openFile(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch {
+    return "";
+  }
+  try {
+    const st = await file.stat();
+    if (!st.isFile() || st.size > MAX_IMAGE_CA_BUNDLE_BYTES) return "";
+    const text = (await file.readFile()).toString("utf8");
+    return text.endsWith("\n") || text === "" ? text : `${text}\n`;
+  } finally {
+    await file.close();
   }
 }
 

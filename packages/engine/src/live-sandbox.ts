@@ -24,6 +24,8 @@ import type { z } from "zod";
 import { AgentClient, type AgentProcess, type RequestParams } from "./agent/client.js";
 import type { Backend, LaunchedSandbox, LaunchSpec, ReapRecord } from "./backends/types.js";
 import { abortError, callSignal } from "./_internal/signals.js";
+import type { SandboxNetwork } from "./egress/sandbox-network.js";
+import type { Redactor } from "./secrets/redact.js";
 
 /** Default per-stream output cap for exec, bytes. */
 export const DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
@@ -41,6 +43,10 @@ export interface StartOptions {
    */
   heartbeat?: { intervalMs: number; timeoutMs: number };
   signal?: AbortSignal;
+  /** The sandbox's egress policy, relay and published ports; attached to the backend's relay. */
+  network: SandboxNetwork;
+  /** Replaces secret values in everything returned to callers (output, error messages). */
+  redactor: Redactor;
   onRecord(reap: ReapRecord): Promise<void>;
   onEnded(sandbox: LiveSandbox): void;
 }
@@ -53,6 +59,8 @@ export class LiveSandbox {
   readonly #procs = new Map<number, AgentProcess>();
   readonly #ttl: NodeJS.Timeout;
   readonly #onEnded: (s: LiveSandbox) => void;
+  readonly network: SandboxNetwork;
+  readonly #redactor: Redactor;
   #stopping: Promise<void> | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
   #crashReason: string | undefined;
@@ -66,6 +74,8 @@ export class LiveSandbox {
     this.#client = client;
     this.#env = opts.env;
     this.#onEnded = opts.onEnded;
+    this.network = opts.network;
+    this.#redactor = opts.redactor;
     const ttlMs = Math.max(0, Date.parse(info.expiresAt) - Date.now());
     this.#ttl = setTimeout(() => void this.stop("expired").catch(() => {}), ttlMs);
     this.#ttl.unref();
@@ -100,6 +110,7 @@ export class LiveSandbox {
 
   static async start(opts: StartOptions): Promise<LiveSandbox> {
     const launched = await opts.backend.launch(opts.spec, opts.signal);
+    opts.network.attach(launched.relay);
     try {
       await opts.onRecord(launched.reapRecord);
       const client = await AgentClient.connect(launched.channel, {
@@ -129,6 +140,7 @@ export class LiveSandbox {
       } else {
         this.#client.destroy(new TransportError(`Sandbox "${this.info.id}" ${reason}`));
       }
+      await this.network.close().catch(() => {});
       try {
         await this.#launched.destroy();
       } catch (err) {
@@ -148,11 +160,19 @@ export class LiveSandbox {
     try {
       return await p;
     } catch (err) {
-      if (!(err instanceof TransportError)) throw err;
+      if (!(err instanceof TransportError)) throw this.#redacted(err);
       await Promise.race([this.#launched.exited, new Promise((r) => setTimeout(r, 1_000))]);
       if (this.#stopping) await this.#stopping.catch(() => undefined);
       throw this.#crashError ?? err;
     }
+  }
+
+  /** The same error with every secret value in its message replaced by a placeholder. */
+  #redacted(err: unknown): unknown {
+    if (this.#redactor.empty || !(err instanceof Error)) return err;
+    const message = this.#redactor.redactString(err.message);
+    if (message !== err.message) err.message = message;
+    return err;
   }
 
   async call<O extends Op>(op: O, params: RequestParams<O>, options: CallOptions = {}): Promise<ResultOf<O>> {
@@ -170,6 +190,8 @@ export class LiveSandbox {
     const oomBeforeRead = this.#launched.oomKills();
     oomBeforeRead.catch(() => {});
     const startedAt = new Date();
+    const stdout = redactedOutput(this.#redactor, (c) => handlers.onStdout?.(c));
+    const stderr = redactedOutput(this.#redactor, (c) => handlers.onStderr?.(c));
     const proc = await this.#crashAware(this.#client.exec(
       {
         argv: req.argv,
@@ -181,10 +203,7 @@ export class LiveSandbox {
       },
       {
         openStdin: stdinBytes !== undefined || req.openStdin === true,
-        output: {
-          onStdout: (c) => handlers.onStdout?.(c),
-          onStderr: (c) => handlers.onStderr?.(c),
-        },
+        output: { onStdout: stdout.write, onStderr: stderr.write },
       },
     ));
     const oomBefore = await oomBeforeRead.catch(() => 0);
@@ -202,6 +221,7 @@ export class LiveSandbox {
     if (signal && !req.background) signal.addEventListener("abort", onAbort, { once: true });
     const exit = this.#crashAware(proc.exit)
       .then(async (e): Promise<ExitInfo> => {
+        await Promise.all([stdout.flush(), stderr.flush()]);
         const oomAfter = await this.#launched.oomKills().catch(() => oomBefore);
         return {
           exitCode: e.exitCode,
@@ -257,6 +277,27 @@ export class LiveSandbox {
     }));
     return { bytes };
   }
+}
+
+/**
+ * Output handler that replaces secret values, even when one spans two chunks: up to the longest
+ * secret's length minus one byte is held back until the next chunk or the flush at exit.
+ */
+function redactedOutput(redactor: Redactor, deliver: (chunk: Uint8Array) => void): { write: (chunk: Uint8Array) => void; flush: () => Promise<void> } {
+  if (redactor.empty) return { write: deliver, flush: async () => {} };
+  const transform = redactor.transform();
+  transform.on("data", (chunk: Buffer) => deliver(chunk));
+  const ended = new Promise<void>((resolve) => {
+    transform.once("end", resolve);
+    transform.once("error", () => resolve());
+  });
+  return {
+    write: (chunk) => void transform.write(chunk),
+    flush: () => {
+      transform.end();
+      return ended;
+    },
+  };
 }
 
 async function* once(data: Uint8Array): AsyncGenerator<Uint8Array> {

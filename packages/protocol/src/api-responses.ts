@@ -5,6 +5,7 @@
  */
 import { z } from "zod";
 import { ApiErrorBody, BackendName, SandboxInfo, Sha256DigestSchema, Tier } from "./api.js";
+import { NetworkEventSchema } from "./network-event.js";
 
 export const ProgressEventSchema = z.strictObject({
   phase: z.string().max(64),
@@ -63,3 +64,32 @@ export const BuildStreamLine = z.discriminatedUnion("type", [
   z.strictObject({ type: z.literal("result"), image: ImageInfoSchema }),
   StreamError,
 ]);
+
+/** Most network events one page carries. */
+export const MAX_NETWORK_EVENTS_PAGE = 1000;
+
+/** GET /v1/sandboxes/:id/network/events: events numbered from 1; `next` is the `after` of the next page. */
+export const NetworkEventsPageSchema = z.strictObject({
+  events: z.array(z.strictObject({ seq: z.number().int().min(1), event: NetworkEventSchema })).max(MAX_NETWORK_EVENTS_PAGE),
+  next: z.number().int().min(0),
+  /** Events dropped from the front of the sandbox's bounded event buffer so far. */
+  dropped: z.number().int().min(0),
+});
+export type NetworkEventsPage = z.infer<typeof NetworkEventsPageSchema>;
+
+/** What the engine says about a stored secret: never its value. */
+export const SecretMetaSchema = z.strictObject({
+  name: z.string().max(128),
+  hosts: z.array(z.string().max(253)).max(32),
+  bytes: z.number().int().min(0),
+  createdAt: z.string().max(64),
+  updatedAt: z.string().max(64),
+});
+export type SecretMeta = z.infer<typeof SecretMetaSchema>;
+export const SecretListSchema = z.strictObject({ secrets: z.array(SecretMetaSchema).max(100_000) });
+
+/** Body of PUT /v1/secrets/:name. */
+export const SetSecretApiRequest = z.strictObject({
+  value: z.string().min(1).max(64 * 1024),
+  hosts: z.array(z.string().max(253)).max(32).optional(),
+});

@@ -5,6 +5,8 @@
 import { z } from "zod";
 import { ERROR_CODES, type ErrorCode } from "./errors.js";
 import { Argv, Env, FileInfo, KillSignal, ProcessInfo, SandboxPath } from "./messages.js";
+import { NetworkPolicySchema, PortSchema } from "./network-policy.js";
+import { SecretPosture, SecretsSpecSchema } from "./secret-ref.js";
 
 export const API_VERSION = "v1";
 
@@ -42,6 +44,16 @@ export const Resources = z.strictObject({
 });
 export type Resources = z.infer<typeof Resources>;
 
+/** Most guest ports one sandbox may publish. */
+export const MAX_PUBLISHED_PORTS = 16;
+
+/** A guest port published on a host loopback port (`host` absent: any free port). */
+export const PortSpec = z.strictObject({ guest: PortSchema, host: PortSchema.optional() });
+export type PortSpec = z.infer<typeof PortSpec>;
+
+/** Warnings about a request (e.g. an argument that looks like a secret); never contain values. */
+export const Warnings = z.array(z.string().max(512)).max(32);
+
 export const CreateSandboxRequest = z.strictObject({
   image: ImageRefSchema.optional(),
   backend: BackendName.optional(),
@@ -51,6 +63,12 @@ export const CreateSandboxRequest = z.strictObject({
   workMiB: z.number().int().min(1).max(1024 * 1024).optional(),
   env: z.optional(Env),
   labels: z.record(z.string().max(64), z.string().max(256)).optional(),
+  /** Egress policy. @default deny everything */
+  network: NetworkPolicySchema.optional(),
+  /** Environment variables filled from secrets on the host (see SecretRef). */
+  secrets: SecretsSpecSchema.optional(),
+  /** Guest ports to publish on host loopback ports; nothing else is reachable from outside. */
+  ports: z.array(PortSpec).max(MAX_PUBLISHED_PORTS).optional(),
 });
 export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;
 
@@ -73,6 +91,26 @@ export const SandboxInfo = z.strictObject({
   workMiB: z.number().int(),
   labels: z.record(z.string().max(64), z.string().max(256)),
   endReason: EndReason.optional(),
+  /** The egress policy in force, how many times it was replaced, and when last. */
+  network: z
+    .strictObject({ policy: NetworkPolicySchema, revision: z.number().int().min(0), changedAt: z.string().max(64).optional() })
+    .optional(),
+  /** Which environment variables come from which secret, and how (never the values). */
+  secrets: z
+    .array(
+      z.strictObject({
+        env: z.string().max(128),
+        source: z.enum(["store", "env", "file"]),
+        name: z.string().max(4096),
+        posture: SecretPosture,
+        hosts: z.array(z.string().max(253)).max(32),
+      }),
+    )
+    .max(64)
+    .optional(),
+  /** Published ports: connect to `127.0.0.1:host` on the engine's host to reach `guest`. */
+  ports: z.array(z.strictObject({ guest: PortSchema, host: PortSchema })).max(MAX_PUBLISHED_PORTS).optional(),
+  warnings: Warnings.optional(),
 });
 export type SandboxInfo = z.infer<typeof SandboxInfo>;
 
@@ -116,6 +154,7 @@ export const ExitInfo = z.strictObject({
   stdoutTruncated: z.boolean(),
   stderrTruncated: z.boolean(),
   receipt: Receipt,
+  warnings: Warnings.optional(),
 });
 export type ExitInfo = z.infer<typeof ExitInfo>;
 

@@ -13,6 +13,8 @@ import type {
   Sha256Digest,
 } from "./api.js";
 import type { FileInfo, KillSignal, ProcessInfo } from "./messages.js";
+import type { NetworkEventsPage, SecretMeta } from "./api-responses.js";
+import type { NetworkPolicyJson } from "./network-policy.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -101,6 +103,21 @@ export interface EngineApi {
   /** Writes to a process's stdin (it must have been started with `openStdin`); `null` closes stdin. */
   writeStdin(id: string, proc: number, data: Uint8Array | null, options?: CallOptions): Promise<void>;
   listProcesses(id: string, options?: CallOptions): Promise<ProcessInfo[]>;
+
+  /**
+   * Replaces the egress policy of a running sandbox. Open connections the new policy does not allow
+   * are closed; the change is recorded as a network event.
+   */
+  setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo>;
+  /** Network events after sequence number `after` (default 0), at most `limit` (default and max 1000). */
+  networkEvents(id: string, options?: CallOptions & { after?: number; limit?: number }): Promise<NetworkEventsPage>;
+
+  /** The host's stored secrets (names and bindings, never values). */
+  listSecrets(options?: CallOptions): Promise<SecretMeta[]>;
+  /** Stores (or replaces) a secret on the host, bound to `hosts` (patterns like api.example.com, *.example.com). */
+  setSecret(name: string, value: string, options?: CallOptions & { hosts?: readonly string[] }): Promise<SecretMeta>;
+  /** Deletes a stored secret; NotFoundError when there is none of that name. */
+  removeSecret(name: string, options?: CallOptions): Promise<void>;
 
   readFile(id: string, path: string, options?: CallOptions): Promise<FileReadStream>;
   writeFile(

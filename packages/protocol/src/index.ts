@@ -23,3 +23,7 @@ export * from "./api.js";
 export * from "./api-responses.js";
 export type * from "./engine-api.js";
 export * from "./network-policy.js";
+export * from "./network-event.js";
+export * from "./egress.js";
+export * from "./relay-mux.js";
+export * from "./secret-ref.js";

@@ -22,7 +22,10 @@ import {
   type HealthInfo,
   type ImageInfo,
   type KillSignal,
+  type NetworkEventsPage,
+  type NetworkPolicyJson,
   type ProcessInfo,
+  type SecretMeta,
   type ProgressEvent,
   type SandboxInfo,
   type WriteFileOptions,
@@ -244,6 +247,32 @@ export class DaemonClient implements EngineApi {
 
   rename(id: string, from: string, to: string, options?: CallOptions): Promise<void> {
     return this.#empty("rename", options, { method: "POST", path: filesPath(id, "rename"), ...jsonBody({ from, to }) });
+  }
+
+  setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#json("setNetworkPolicy", options, { method: "PUT", path: `${sandboxPath(id)}/network/policy`, ...jsonBody(policy) }, wire.SandboxInfo);
+  }
+
+  networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
+    const query = new URLSearchParams();
+    if (options.after !== undefined) query.set("after", String(options.after));
+    if (options.limit !== undefined) query.set("limit", String(options.limit));
+    const qs = query.size > 0 ? `?${query}` : "";
+    return this.#json("networkEvents", options, { method: "GET", path: `${sandboxPath(id)}/network/events${qs}` }, wire.NetworkEventsPageSchema);
+  }
+
+  async listSecrets(options?: CallOptions): Promise<SecretMeta[]> {
+    const r = await this.#json<{ secrets: SecretMeta[] }>("listSecrets", options, { method: "GET", path: "/v1/secrets" }, wire.SecretListSchema);
+    return r.secrets;
+  }
+
+  setSecret(name: string, value: string, options: CallOptions & { hosts?: readonly string[] } = {}): Promise<SecretMeta> {
+    const body = options.hosts ? { value, hosts: [...options.hosts] } : { value };
+    return this.#json("setSecret", options, { method: "PUT", path: `/v1/secrets/${encodeURIComponent(name)}`, ...jsonBody(body) }, wire.SecretMetaSchema);
+  }
+
+  removeSecret(name: string, options?: CallOptions): Promise<void> {
+    return this.#empty("removeSecret", options, { method: "DELETE", path: `/v1/secrets/${encodeURIComponent(name)}` });
   }
 
   async listImages(options?: CallOptions): Promise<ImageInfo[]> {

@@ -11,6 +11,9 @@ import {
   type CreateSandboxRequest,
   type DirListingResult,
   type EngineApi,
+  type NetworkEventsPage,
+  type NetworkPolicyJson,
+  type SecretMeta,
   type ExecApiRequest,
   type ExecHandlers,
   type ExecStarted,
@@ -164,6 +167,21 @@ export class EmbeddedEngine implements EngineApi {
   }
   rename(id: string, from: string, to: string, options?: CallOptions): Promise<void> {
     return this.#engine.rename(id, from, to, options);
+  }
+  setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#engine.setNetworkPolicy(id, policy, options);
+  }
+  networkEvents(id: string, options?: CallOptions & { after?: number; limit?: number }): Promise<NetworkEventsPage> {
+    return this.#engine.networkEvents(id, options);
+  }
+  listSecrets(options?: CallOptions): Promise<SecretMeta[]> {
+    return this.#engine.listSecrets(options);
+  }
+  setSecret(name: string, value: string, options?: CallOptions & { hosts?: readonly string[] }): Promise<SecretMeta> {
+    return this.#engine.setSecret(name, value, options);
+  }
+  removeSecret(name: string, options?: CallOptions): Promise<void> {
+    return this.#engine.removeSecret(name, options);
   }
   listImages(options?: CallOptions): Promise<ImageInfo[]> {
     return this.#engine.listImages(options);

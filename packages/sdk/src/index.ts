@@ -7,6 +7,21 @@ export type { SandboxCreateOptions, SandboxConnectOptions } from "./sandbox.js";
 export { Commands, CommandHandle, commandFailed, DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_MAX_OUTPUT_BYTES } from "./commands.js";
 export type { CommandResult, RunOptions, StartOptions } from "./commands.js";
 export { Files, DEFAULT_MAX_READ_BYTES } from "./files.js";
+export { SandboxNetworkApi } from "./network.js";
+export type { NetworkEventsOptions } from "./network.js";
+export { NetworkPolicy, SecretRef } from "@mvm/protocol";
+export type {
+  ConnectionEvent,
+  NetworkEvent,
+  NetworkEventsPage,
+  NetworkPolicyJson,
+  NetworkRule,
+  PolicyChangedEvent,
+  PortSpec,
+  SecretMeta,
+  SecretPosture,
+  SecretRefJson,
+} from "@mvm/protocol";
 export type { ReadOptions, WriteData, WriteOptions, WriteResult } from "./files.js";
 
 export { connectEngine } from "./connect.js";

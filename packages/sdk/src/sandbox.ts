@@ -4,7 +4,11 @@
 import {
   CreateSandboxRequest,
   InvalidArgumentError,
+  NetworkPolicy,
   NotFoundError,
+  SecretRef,
+  type NetworkPolicyJson,
+  type SecretRefJson,
   type CallOptions,
   type EngineApi,
   type ProgressEvent,
@@ -15,9 +19,22 @@ import { callOptions } from "./_internal/call-options.js";
 import { Commands } from "./commands.js";
 import { sharedEngine, type ConnectionOptions } from "./connect.js";
 import { Files } from "./files.js";
+import { SandboxNetworkApi } from "./network.js";
 
 /** Options of {@link Sandbox.create}: what to create, where, and how long to wait for it. */
-export interface SandboxCreateOptions extends CreateSandboxRequest, ConnectionOptions, CallOptions {
+export interface SandboxCreateOptions extends Omit<CreateSandboxRequest, "network" | "secrets">, ConnectionOptions, CallOptions {
+  /**
+   * Egress policy: nothing is reachable unless a rule allows it, and then only through the host's
+   * gateway. @default NetworkPolicy.denyByDefault()
+   */
+  network?: NetworkPolicy | NetworkPolicyJson;
+  /**
+   * Environment variables filled from secrets on the host. A "mediated" secret (the default) is
+   * only a placeholder inside the sandbox; the gateway puts the real value into request headers
+   * sent over TLS to the hosts the secret is bound to.
+   * @example { OPENAI_API_KEY: SecretRef.from("openai-api-key") }
+   */
+  secrets?: Record<string, SecretRef | SecretRefJson>;
   /** Called as the image is resolved and the sandbox boots. */
   onProgress?: (event: ProgressEvent) => void;
 }
@@ -25,7 +42,7 @@ export interface SandboxCreateOptions extends CreateSandboxRequest, ConnectionOp
 /** Connection settings and cancellation of the other static calls. */
 export type SandboxConnectOptions = ConnectionOptions & CallOptions;
 
-const REQUEST_FIELDS = ["image", "backend", "ttlSeconds", "resources", "workMiB", "env", "labels"] as const;
+const REQUEST_FIELDS = ["image", "backend", "ttlSeconds", "resources", "workMiB", "env", "labels", "ports"] as const;
 
 /**
  * A running (or stopped) sandbox.
@@ -41,6 +58,8 @@ export class Sandbox implements AsyncDisposable {
   readonly commands: Commands;
   /** Read and write files. */
   readonly files: Files;
+  /** Egress policy and network events. */
+  readonly network: SandboxNetworkApi;
   readonly #engine: EngineApi;
   #info: SandboxInfo;
 
@@ -50,6 +69,7 @@ export class Sandbox implements AsyncDisposable {
     this.id = info.id as SandboxId;
     this.commands = new Commands(engine, info.id);
     this.files = new Files(engine, info.id);
+    this.network = new SandboxNetworkApi(engine, info.id, (next) => (this.#info = next));
   }
 
   /** What the engine last said about this sandbox (see {@link refresh}). */
@@ -77,6 +97,12 @@ export class Sandbox implements AsyncDisposable {
   static async create(options: SandboxCreateOptions = {}): Promise<Sandbox> {
     const request: Record<string, unknown> = {};
     for (const k of REQUEST_FIELDS) if (options[k] !== undefined) request[k] = options[k];
+    if (options.network !== undefined) request.network = options.network instanceof NetworkPolicy ? options.network.toJSON() : options.network;
+    if (options.secrets !== undefined) {
+      request.secrets = Object.fromEntries(
+        Object.entries(options.secrets).map(([env, ref]) => [env, ref instanceof SecretRef ? ref.toJSON() : ref]),
+      );
+    }
     const parsed = CreateSandboxRequest.safeParse(request);
     if (!parsed.success) {
       const issue = parsed.error.issues[0];

@@ -32,6 +32,8 @@ export const createCommand = defineCommand<CreateSandboxRequest>({
         progress.done();
         noticeChosenTier(ctx.out, request, sandbox);
         warning.notice(sandbox.tier, sandbox.backend);
+        for (const w of sandbox.warnings ?? []) ctx.out.note(`warning: ${w}`);
+        for (const p of sandbox.ports ?? []) ctx.out.note(`port ${p.guest} published on 127.0.0.1:${p.host}`);
         ctx.out.human(`${sandbox.id}\n`);
         ctx.out.jsonResult(sandbox);
         return 0;

@@ -11,6 +11,8 @@ import { execCommand } from "./exec.js";
 import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
 import { killCommand } from "./kill.js";
 import { lsCommand } from "./ls.js";
+import { logsCommand, networkSetCommand, networkShowCommand } from "./network.js";
+import { secretLsCommand, secretRmCommand, secretSetCommand } from "./secret.js";
 import { runCommand } from "./run.js";
 
 export const COMMANDS: readonly Command[] = [
@@ -21,6 +23,12 @@ export const COMMANDS: readonly Command[] = [
   execCommand,
   cpCommand,
   killCommand,
+  logsCommand,
+  networkSetCommand,
+  networkShowCommand,
+  secretSetCommand,
+  secretLsCommand,
+  secretRmCommand,
   imageBuildCommand,
   imageImportCommand,
   imageLsCommand,

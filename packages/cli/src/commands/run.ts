@@ -53,6 +53,8 @@ export const runCommand = defineCommand<RunOptions>({
         progress.done();
       }
       noticeChosenTier(ctx.out, options.create, sandbox);
+      for (const w of sandbox.warnings ?? []) ctx.out.note(`warning: ${w}`);
+      for (const p of sandbox.ports ?? []) ctx.out.note(`port ${p.guest} published on 127.0.0.1:${p.host}`);
       warning.notice(sandbox.tier, sandbox.backend);
       const result = await withRelease(
         ctx,

@@ -43,6 +43,12 @@ export interface LaunchSpec {
   readonly resources: Resources;
   /** Where the backend writes the agent's own stderr (diagnostics), size-capped by the backend. */
   readonly agentLogPath: string;
+  /**
+   * PEM certificates the workload's TLS clients must trust (the image's system bundle plus the
+   * sandbox's own CA), present when the sandbox has mediated secrets. The backend makes it readable
+   * at TRUST_BUNDLE_PATH, and over SYSTEM_TRUST_BUNDLE_PATH when the image has that file.
+   */
+  readonly trustBundlePem?: string;
 }
 
 /** What the engine records (in the sandbox's state file) so a later engine can reap it after a crash. */
@@ -60,6 +66,11 @@ export interface ReapRecord {
 export interface LaunchedSandbox {
   /** The byte channel to the agent (protocol v1 frames both ways). */
   readonly channel: Duplex;
+  /**
+   * The egress relay channel to the agent (RelayMux frames both ways, see @mvm/protocol's
+   * relay-mux): resolves once the agent is connected, rejects when it never connects.
+   */
+  readonly relay: Promise<Duplex>;
   readonly reapRecord: ReapRecord;
   /** Settles when the sandbox's top process has exited (for any reason). */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;

@@ -11,6 +11,7 @@ import { matchRoute, type Route } from "./router.js";
 import { clearStaleSocket, ensurePrivateDir } from "./runtime-dir.js";
 import { fileRoutes } from "./routes-files.js";
 import { imageRoutes } from "./routes-images.js";
+import { networkRoutes } from "./routes-network.js";
 import { sandboxRoutes } from "./routes-sandboxes.js";
 
 export interface DaemonServerOptions {
@@ -34,7 +35,7 @@ export interface DaemonServer {
   close(): Promise<void>;
 }
 
-const ROUTES: readonly Route[] = [...sandboxRoutes, ...fileRoutes, ...imageRoutes];
+const ROUTES: readonly Route[] = [...sandboxRoutes, ...networkRoutes, ...fileRoutes, ...imageRoutes];
 
 /** Longest socket path Linux accepts (sun_path is 108 bytes with the terminating NUL). */
 const MAX_SOCKET_PATH_BYTES = 107;

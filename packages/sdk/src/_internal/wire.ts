@@ -13,4 +13,7 @@ export {
   FileInfo,
   ProcessList,
   SandboxInfo,
+  NetworkEventsPageSchema,
+  SecretListSchema,
+  SecretMetaSchema,
 } from "@mvm/protocol";

@@ -19,6 +19,10 @@ import {
   PolicyDeniedError,
   UnsupportedCapabilityError,
   type CallOptions,
+  type NetworkEvent,
+  type NetworkEventsPage,
+  type NetworkPolicyJson,
+  type SecretMeta,
   type CreateSandboxRequest,
   type DirListingResult,
   type EngineApi,
@@ -273,6 +277,36 @@ export class FakeEngine implements EngineApi {
     if (!path.startsWith("/")) throw new InvalidArgumentError(`Import path "${path}" is not absolute`);
     options.onProgress?.({ phase: "unpack", message: `unpacking ${path}`, fraction: 0.5 });
     return { digest: DIGEST, refs: [name], sizeBytes: 99, createdAt: new Date(0).toISOString() };
+  }
+
+  readonly secretValues = new Map<string, { value: string; hosts: string[] }>();
+  readonly policies = new Map<string, NetworkPolicyJson>();
+  readonly networkLog = new Map<string, NetworkEvent[]>();
+
+  async setNetworkPolicy(id: string, policy: NetworkPolicyJson): Promise<SandboxInfo> {
+    const info = await this.getSandbox(id);
+    this.policies.set(id, policy);
+    const log = this.networkLog.get(id) ?? [];
+    log.push({ type: "policy-changed", time: new Date(0).toISOString(), rulesBefore: 0, rulesAfter: policy.rules.length, policy, closedConnections: 0 });
+    this.networkLog.set(id, log);
+    return { ...info, network: { policy, revision: log.filter((e) => e.type === "policy-changed").length } };
+  }
+  async networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
+    await this.getSandbox(id);
+    const after = options.after ?? 0;
+    const all = (this.networkLog.get(id) ?? []).map((event, i) => ({ seq: i + 1, event }));
+    const events = all.filter((e) => e.seq > after).slice(0, options.limit ?? 1000);
+    return { events, next: events.at(-1)?.seq ?? after, dropped: 0 };
+  }
+  async listSecrets(): Promise<SecretMeta[]> {
+    return [...this.secretValues].map(([name, s]) => ({ name, hosts: s.hosts, bytes: Buffer.byteLength(s.value), createdAt: new Date(0).toISOString(), updatedAt: new Date(0).toISOString() }));
+  }
+  async setSecret(name: string, value: string, options: CallOptions & { hosts?: readonly string[] } = {}): Promise<SecretMeta> {
+    this.secretValues.set(name, { value, hosts: [...(options.hosts ?? [])] });
+    return (await this.listSecrets()).find((s) => s.name === name)!;
+  }
+  async removeSecret(name: string): Promise<void> {
+    if (!this.secretValues.delete(name)) throw new NotFoundError(`Secret "${name}" not found`);
   }
 
   async removeImage(ref: string): Promise<void> {

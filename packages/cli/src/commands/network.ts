@@ -1,0 +1,132 @@
+/**
+ * `mvmctl network set|show ID`: the egress policy of a running sandbox, and
+ * `mvmctl logs --network ID`: what the gateway allowed and denied for it.
+ */
+import { NetworkPolicy, type NetworkEvent, type NetworkPolicyJson } from "@mvm/protocol";
+import { defineCommand } from "../command.js";
+import { booleanFlag, sandboxIdArg } from "../flags.js";
+import { POLICY_FLAGS, policyFrom } from "../network-flags.js";
+import { printable } from "../text.js";
+import { UsageError } from "../usage-error.js";
+import { withEngine } from "./_lifetime.js";
+
+/** How often `logs --follow` asks for new events, ms. */
+const FOLLOW_INTERVAL_MS = 500;
+
+/** One rule per line, in the words of the CLI flags. */
+export function describePolicy(policy: NetworkPolicyJson): string {
+  if (policy.rules.length === 0) return "deny all egress\n";
+  const lines = policy.rules.map((r, i) => {
+    switch (r.kind) {
+      case "https":
+        return `${i}: allow https ${r.host}:443`;
+      case "http":
+        return `${i}: allow http ${r.host}:80`;
+      case "tcp":
+        return `${i}: allow tcp ${r.host}:${r.port}`;
+      case "cidr":
+        return `${i}: allow cidr ${r.cidr} ports ${r.ports === "any" ? "any" : r.ports.join(",")}`;
+    }
+  });
+  return `${lines.join("\n")}\ndeny everything else\n`;
+}
+
+export const networkSetCommand = defineCommand<{ id: string; policy: NetworkPolicyJson }>({
+  name: "network set",
+  summary: "Replace the egress policy of a running sandbox",
+  usage: "ID [--allow-host HOST[:PORT]...] [--allow-cidr CIDR:PORTS...] [--deny-all]",
+  details:
+    "The new policy replaces the old one entirely; open connections it does not allow are closed.\n" +
+    "The change is recorded in the sandbox's network events.",
+  flags: { ...POLICY_FLAGS, "deny-all": { type: "boolean", description: "Allow nothing (the default policy)" } },
+  positionals: { min: 1, max: 1 },
+  connection: "daemon",
+  parse: (raw) => {
+    const policy = policyFrom(raw);
+    const denyAll = booleanFlag(raw, "deny-all");
+    if (policy === undefined && !denyAll) throw new UsageError("Give the new policy's rules (--allow-host, --allow-cidr) or --deny-all");
+    if (policy !== undefined && denyAll) throw new UsageError("--deny-all cannot be combined with --allow-host or --allow-cidr");
+    return { id: sandboxIdArg(raw.positionals[0] ?? ""), policy: policy ?? NetworkPolicy.denyByDefault().toJSON() };
+  },
+  async run(ctx, { id, policy }) {
+    return withEngine(ctx, async (engine) => {
+      const info = await engine.setNetworkPolicy(id, policy, { signal: ctx.signal });
+      ctx.out.human(describePolicy(info.network?.policy ?? policy));
+      ctx.out.jsonResult(info);
+      return 0;
+    });
+  },
+});
+
+export const networkShowCommand = defineCommand<{ id: string }>({
+  name: "network show",
+  summary: "Show the egress policy and published ports of a sandbox",
+  usage: "ID",
+  flags: {},
+  positionals: { min: 1, max: 1 },
+  connection: "daemon",
+  parse: (raw) => ({ id: sandboxIdArg(raw.positionals[0] ?? "") }),
+  async run(ctx, { id }) {
+    return withEngine(ctx, async (engine) => {
+      const info = await engine.getSandbox(id, { signal: ctx.signal });
+      const policy = info.network?.policy ?? NetworkPolicy.denyByDefault().toJSON();
+      let text = describePolicy(policy);
+      if (info.network && info.network.revision > 0) text += `(replaced ${info.network.revision} time(s), last at ${info.network.changedAt ?? "?"})\n`;
+      for (const p of info.ports ?? []) text += `port ${p.guest} -> 127.0.0.1:${p.host}\n`;
+      for (const s of info.secrets ?? []) text += `secret ${s.env} <- ${s.source}:${s.name} (${s.posture}; hosts ${s.hosts.join(",") || "-"})\n`;
+      ctx.out.human(text);
+      ctx.out.jsonResult({ network: info.network ?? null, ports: info.ports ?? [], secrets: info.secrets ?? [] });
+      return 0;
+    });
+  },
+});
+
+/** One human line per event. */
+export function formatNetworkEvent(event: NetworkEvent): string {
+  if (event.type === "policy-changed") {
+    return `${event.time} POLICY   ${event.rulesBefore} -> ${event.rulesAfter} rules, ${event.closedConnections} connection(s) closed`;
+  }
+  const target = `${event.host ?? event.ip ?? "?"}:${event.port}${event.host && event.ip ? ` (${event.ip})` : ""}`;
+  const head = `${event.time} ${event.decision === "allowed" ? "ALLOWED" : "DENIED "}  ${event.protocol.padEnd(5)} ${printable(target, 300)}`;
+  const tail =
+    event.decision === "allowed"
+      ? ` via ${event.via}, rule ${event.rule ?? "?"}, out ${event.bytesOut} B, in ${event.bytesIn} B, ${event.durationMs} ms` +
+        (event.intercepted ? `, intercepted${event.secrets && event.secrets.length > 0 ? ` (secrets: ${event.secrets.join(",")})` : ""}` : "")
+      : ` via ${event.via}`;
+  return `${head}${tail}${event.reason ? `: ${printable(event.reason, 600)}` : ""}`;
+}
+
+export const logsCommand = defineCommand<{ id: string; follow: boolean }>({
+  name: "logs",
+  summary: "Show a sandbox's network events (what the egress gateway allowed and denied)",
+  usage: "--network ID [--follow]",
+  details: "With --json one JSON object {seq, event} is printed per line.",
+  flags: {
+    network: { type: "boolean", description: "Network events (required: the only log kind so far)" },
+    follow: { type: "boolean", short: "f", description: "Keep printing new events until the sandbox stops or mvmctl is interrupted" },
+  },
+  positionals: { min: 1, max: 1 },
+  connection: "daemon",
+  parse: (raw) => {
+    if (!booleanFlag(raw, "network")) throw new UsageError("Say which log: --network", { hint: "mvmctl logs --network ID" });
+    return { id: sandboxIdArg(raw.positionals[0] ?? ""), follow: booleanFlag(raw, "follow") };
+  },
+  async run(ctx, { id, follow }) {
+    return withEngine(ctx, async (engine) => {
+      let after = 0;
+      for (;;) {
+        const page = await engine.networkEvents(id, { after, signal: ctx.signal });
+        for (const { seq, event } of page.events) {
+          if (ctx.global.json) ctx.io.stdout.write(`${JSON.stringify({ seq, event })}\n`);
+          else ctx.out.human(`${formatNetworkEvent(event)}\n`);
+        }
+        after = page.next;
+        if (page.events.length > 0) continue;
+        if (!follow || ctx.signal.aborted) return 0;
+        const info = await engine.getSandbox(id, { signal: ctx.signal }).catch(() => undefined);
+        if (info === undefined || info.state === "stopped") return 0;
+        await new Promise((resolve) => setTimeout(resolve, FOLLOW_INTERVAL_MS));
+      }
+    });
+  },
+});

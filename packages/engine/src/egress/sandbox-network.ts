@@ -1,0 +1,218 @@
+/**
+ * The host side of one sandbox's network: its policy (replaceable while it runs), its relay
+ * channel to the agent, its published ports, and its bounded log of network events.
+ *
+ * Nothing here gives the sandbox a route: every byte goes through the relay, and every stream the
+ * agent opens is handed to the egress gateway, which decides.
+ */
+import { createServer, type Server, type Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import {
+  InvalidArgumentError,
+  MAX_NETWORK_EVENTS_PAGE,
+  NetworkPolicySchema,
+  RelayMux,
+  type NetworkEvent,
+  type NetworkEventsPage,
+  type NetworkPolicyJson,
+  type PortSpec,
+} from "@mvm/protocol";
+import type { EgressGateway, EgressSandbox, MediatedSecret } from "./gateway.js";
+import type { SandboxCa } from "./sandbox-ca.js";
+
+/** Network events kept per sandbox; older ones are dropped (and counted). */
+export const MAX_NETWORK_EVENTS = 10_000;
+
+export interface SandboxNetworkOptions {
+  readonly sandboxId: string;
+  readonly policy: NetworkPolicyJson;
+  readonly gateway: EgressGateway;
+  /** Mediated secrets, substituted by the gateway on requests to their hosts. */
+  readonly secrets: readonly MediatedSecret[];
+  readonly ca?: SandboxCa;
+  readonly ports: readonly PortSpec[];
+  /** @default MAX_NETWORK_EVENTS */
+  readonly maxEvents?: number;
+}
+
+export class SandboxNetwork {
+  readonly sandboxId: string;
+  #policy: NetworkPolicyJson;
+  #revision = 0;
+  #changedAt: string | undefined;
+  readonly #gateway: EgressGateway;
+  readonly #egress: EgressSandbox;
+  readonly #events: NetworkEvent[] = [];
+  readonly #maxEvents: number;
+  #dropped = 0;
+  #mux: RelayMux | undefined;
+  readonly #servers: { guest: number; host: number; server: Server }[] = [];
+  readonly #portSockets = new Set<Socket>();
+  #closed = false;
+
+  private constructor(options: SandboxNetworkOptions) {
+    this.sandboxId = options.sandboxId;
+    this.#policy = options.policy;
+    this.#gateway = options.gateway;
+    this.#maxEvents = options.maxEvents ?? MAX_NETWORK_EVENTS;
+    this.#egress = {
+      id: options.sandboxId,
+      policy: () => this.#policy,
+      secrets: options.secrets,
+      ...(options.ca ? { ca: options.ca } : {}),
+      event: (e) => this.#record(e),
+    };
+  }
+
+  /** Binds the published ports on host loopback first, so a taken port fails the create early. */
+  static async open(options: SandboxNetworkOptions): Promise<SandboxNetwork> {
+    const net = new SandboxNetwork(options);
+    try {
+      for (const port of options.ports) await net.#publish(port);
+    } catch (err) {
+      await net.close();
+      throw err;
+    }
+    return net;
+  }
+
+  /** Starts serving the relay once the backend has it; the sandbox has no network until then. */
+  attach(relay: Promise<Duplex>): void {
+    relay.then(
+      (channel) => {
+        if (this.#closed) {
+          channel.destroy();
+          return;
+        }
+        const mux = new RelayMux(channel, channel, { role: "host" });
+        this.#mux = mux;
+        mux.on("stream", (stream: Duplex) => this.#gateway.handle(stream, this.#egress));
+        mux.on("error", () => {
+          // A relay protocol violation ends the relay; the sandbox loses its network, nothing else.
+          mux.close();
+        });
+        channel.on("error", () => mux.close());
+      },
+      () => {
+        // The agent never connected its relay: the sandbox simply has no network.
+      },
+    );
+  }
+
+  get policy(): NetworkPolicyJson {
+    return this.#policy;
+  }
+
+  /** What SandboxInfo.network says. */
+  summary(): { policy: NetworkPolicyJson; revision: number; changedAt?: string } {
+    return { policy: this.#policy, revision: this.#revision, ...(this.#changedAt ? { changedAt: this.#changedAt } : {}) };
+  }
+
+  /** Replaces the policy, closes the connections it no longer allows, and records the change. */
+  setPolicy(policy: NetworkPolicyJson): { closedConnections: number } {
+    const parsed = NetworkPolicySchema.safeParse(policy);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new InvalidArgumentError(`Invalid network policy: ${issue?.path.join(".") ?? ""}${issue ? ": " : ""}${issue?.message ?? "invalid"}`);
+    }
+    const before = this.#policy;
+    this.#policy = parsed.data;
+    this.#revision += 1;
+    this.#changedAt = new Date().toISOString();
+    const closedConnections = this.#gateway.enforce(this.sandboxId);
+    this.#record({
+      type: "policy-changed",
+      time: this.#changedAt,
+      rulesBefore: before.rules.length,
+      rulesAfter: parsed.data.rules.length,
+      policy: parsed.data,
+      closedConnections,
+    });
+    return { closedConnections };
+  }
+
+  publishedPorts(): { guest: number; host: number }[] {
+    return this.#servers.map(({ guest, host }) => ({ guest, host }));
+  }
+
+  /** Events with sequence numbers above `after`, oldest first. */
+  events(after = 0, limit = MAX_NETWORK_EVENTS_PAGE): NetworkEventsPage {
+    if (!Number.isInteger(after) || after < 0) throw new InvalidArgumentError(`Invalid "after" ${JSON.stringify(after)}: must be an integer >= 0`);
+    if (!Number.isInteger(limit) || limit < 1) throw new InvalidArgumentError(`Invalid "limit" ${JSON.stringify(limit)}: must be an integer >= 1`);
+    const max = Math.min(limit, MAX_NETWORK_EVENTS_PAGE);
+    const firstSeq = this.#dropped + 1;
+    const start = Math.max(after + 1, firstSeq);
+    const slice = this.#events.slice(start - firstSeq, start - firstSeq + max);
+    const events = slice.map((event, i) => ({ seq: start + i, event }));
+    return { events, next: events.at(-1)?.seq ?? Math.max(after, firstSeq - 1), dropped: this.#dropped };
+  }
+
+  #record(event: NetworkEvent): void {
+    this.#events.push(event);
+    if (this.#events.length > this.#maxEvents) {
+      this.#events.shift();
+      this.#dropped += 1;
+    }
+  }
+
+  async #publish(port: PortSpec): Promise<void> {
+    const server = createServer({ pauseOnConnect: false }, (socket) => this.#onPortConnection(port.guest, socket));
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => {
+        reject(
+          new InvalidArgumentError(
+            `Cannot publish guest port ${port.guest} of sandbox "${this.sandboxId}": host port ${port.host ?? "(any)"} on 127.0.0.1: ${err.code ?? err.message}`,
+            { cause: err },
+          ),
+        );
+      };
+      server.once("error", onError);
+      server.listen({ host: "127.0.0.1", port: port.host ?? 0, exclusive: true }, () => {
+        server.off("error", onError);
+        resolve();
+      });
+    });
+    const address = server.address();
+    const host = typeof address === "object" && address !== null ? address.port : 0;
+    this.#servers.push({ guest: port.guest, host, server });
+  }
+
+  #onPortConnection(guest: number, socket: Socket): void {
+    const mux = this.#mux;
+    if (!mux || this.#closed) {
+      socket.destroy();
+      return;
+    }
+    this.#portSockets.add(socket);
+    let stream: Duplex;
+    try {
+      stream = mux.open(guest);
+    } catch {
+      this.#portSockets.delete(socket);
+      socket.destroy();
+      return;
+    }
+    const done = (): void => {
+      this.#portSockets.delete(socket);
+      socket.destroy();
+      stream.destroy();
+    };
+    socket.once("error", done);
+    stream.once("error", done);
+    socket.once("close", done);
+    stream.once("close", done);
+    socket.pipe(stream);
+    stream.pipe(socket);
+  }
+
+  /** Closes the ports, the relay and every connection of the sandbox. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const socket of this.#portSockets) socket.destroy();
+    this.#portSockets.clear();
+    this.#gateway.closeSandbox(this.sandboxId);
+    this.#mux?.close("sandbox stopped");
+    await Promise.all(this.#servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))));
+  }
+}
