@@ -4,6 +4,7 @@
 //
 //   npm run bench                  # all
 //   node bench/run.mjs create exec # some
+//   node bench/run.mjs egress      # egress gateway (bench/egress.mjs); BENCH_EGRESS_MIB, BENCH_EGRESS_CONNECTS, BENCH_EGRESS_TUNNELS
 //   node bench/run.mjs vm          # VM tier (bench/vm.mjs); BENCH_VM_COLD_RUNS, BENCH_VM_RESTORE_RUNS, BENCH_VM_IDLE
 //   BENCH_RUNS=50 BENCH_SANDBOXES=200 node bench/run.mjs
 import { spawn } from "node:child_process";
@@ -14,6 +15,7 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { openEngine } from "@mvm/engine";
 import { benchVm } from "./vm.mjs";
+import { benchEgress, benchEgressSandbox } from "./egress.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
@@ -168,6 +170,13 @@ async function main() {
         result.figures.srt = { unit: "ms", srtEcho: t, mvmCreateToFirstOutput: ours ?? null, ratioP50: ours ? ratio(ours.p50, t.p50) : null };
       }
       log("srt", JSON.stringify(result.figures.srt));
+    }
+
+    if (want("egress")) {
+      result.figures.egress = await benchEgress({ log, summary, ratio });
+      if (!result.figures.egress.skipped) {
+        result.figures.egress.fromSandbox = await benchEgressSandbox({ log, summary, ratio, openEngine, imagesDir });
+      }
     }
 
     if (want("vm")) {

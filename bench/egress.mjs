@@ -1,0 +1,225 @@
+// Egress gateway figures (`node bench/run.mjs egress`). A sink and an echo server run on a test
+// host (a network namespace joined by a veth pair); the same client reaches them directly and
+// through the gateway (CONNECT, the leg a sandbox's relay stream takes), in one run:
+//   - throughput: bytes/s pushed to the sink, gateway vs direct (target >= 80 %)
+//   - connect latency: time to a usable connection (gateway: CONNECT answered 200, which includes
+//     the gateway's DNS lookup and its own connect), p50 added over direct (target <= 1 ms)
+//   - memory: gateway process heap+external growth per 100 idle concurrent tunnels
+// Plus the whole path from inside a namespace sandbox (agent relay + mux + gateway) for context.
+import { connect } from "node:net";
+import { performance } from "node:perf_hooks";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createServer } from "node:net";
+
+const ENGINE_DIST = new URL("../packages/engine/dist/", import.meta.url);
+const MiB = 1024 * 1024;
+const THROUGHPUT_MIB = Number(process.env.BENCH_EGRESS_MIB ?? 256);
+const CONNECT_RUNS = Number(process.env.BENCH_EGRESS_CONNECTS ?? 200);
+const TUNNELS = Number(process.env.BENCH_EGRESS_TUNNELS ?? 500);
+
+function once(emitter, event) {
+  return new Promise((resolve, reject) => {
+    emitter.once(event, resolve);
+    emitter.once("error", reject);
+  });
+}
+
+/** Opens a TCP connection; for the gateway, sends CONNECT and waits for the 200 line. */
+async function open(target, viaGateway) {
+  const t0 = performance.now();
+  if (!viaGateway) {
+    const s = connect(target.port, target.ip);
+    await once(s, "connect");
+    s.setNoDelay(true);
+    return { socket: s, ms: performance.now() - t0 };
+  }
+  const s = connect(viaGateway.port, "127.0.0.1");
+  await once(s, "connect");
+  s.setNoDelay(true);
+  s.write(`CONNECT ${target.name}:${target.port} HTTP/1.1\r\nHost: ${target.name}:${target.port}\r\n\r\n`);
+  let head = "";
+  await new Promise((resolve, reject) => {
+    const onData = (c) => {
+      head += c.toString("latin1");
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      s.off("data", onData);
+      if (!/^HTTP\/1\.1 200/.test(head)) return reject(new Error(`gateway said ${head.split("\r\n")[0]}`));
+      const rest = Buffer.from(head.slice(end + 4), "latin1");
+      if (rest.length > 0) s.unshift(rest);
+      resolve();
+    };
+    s.on("data", onData);
+    s.once("error", reject);
+  });
+  return { socket: s, ms: performance.now() - t0 };
+}
+
+/** Pushes `bytes` to the sink and waits until the sink has acknowledged all of them. */
+async function push(target, viaGateway, bytes) {
+  const { socket } = await open(target, viaGateway);
+  const chunk = Buffer.alloc(256 * 1024, 0x61);
+  const t0 = performance.now();
+  let sent = 0;
+  const acked = new Promise((resolve) => {
+    let got = "";
+    socket.on("data", (c) => {
+      got += c.toString();
+      if (got.includes("\n")) resolve();
+    });
+  });
+  while (sent < bytes) {
+    if (!socket.write(chunk)) await once(socket, "drain");
+    sent += chunk.length;
+  }
+  socket.end();
+  await acked;
+  const ms = performance.now() - t0;
+  socket.destroy();
+  return (sent / MiB) / (ms / 1000);
+}
+
+export async function benchEgress({ log, summary, ratio }) {
+  const { testNetworkSupport, startTestNetwork } = await import(new URL("egress/_test-hosts.js", ENGINE_DIST).href);
+  const support = testNetworkSupport();
+  if (!support.ok) return { skipped: support.reason };
+  const { EgressGateway } = await import(new URL("egress/gateway.js", ENGINE_DIST).href);
+  const { EgressResolver } = await import(new URL("egress/resolver.js", ENGINE_DIST).href);
+  const { NetworkPolicy } = await import("@mvm/protocol");
+
+  const net = await startTestNetwork({ hosts: 1 });
+  const servers = [];
+  let gateway;
+  try {
+    const host = net.hosts[0];
+    const sink = await net.startServer(0, "sink", { port: 9000 });
+    const echo = await net.startServer(0, "tcp-echo", { port: 9001 });
+    await net.setDns("sink.bench.test", { A: [host.ip] });
+    await net.setDns("echo.bench.test", { A: [host.ip] });
+    const policy = NetworkPolicy.denyByDefault().allowTcp("sink.bench.test", 9000).allowTcp("echo.bench.test", 9001).toJSON();
+    gateway = new EgressGateway({ resolver: new EgressResolver({ servers: [net.dnsServer] }), maxConnectionsPerSandbox: TUNNELS + 10 });
+    let events = 0;
+    const sandbox = { id: "sbx_benchbenchbenchbench", policy: () => policy, secrets: [], event: () => void events++ };
+    const front = createServer((s) => gateway.handle(s, sandbox));
+    front.listen(0, "127.0.0.1");
+    await once(front, "listening");
+    servers.push(front);
+    const via = { port: front.address().port };
+    const sinkTarget = { name: "sink.bench.test", ip: host.ip, port: sink.port };
+    const echoTarget = { name: "echo.bench.test", ip: host.ip, port: echo.port };
+
+    // Throughput: alternate direct and gateway runs so drift hits both alike.
+    const direct = [];
+    const through = [];
+    for (let i = 0; i < 5; i++) {
+      direct.push(await push(sinkTarget, undefined, THROUGHPUT_MIB * MiB));
+      through.push(await push(sinkTarget, via, THROUGHPUT_MIB * MiB));
+    }
+    const throughput = {
+      unit: "MiB/s",
+      mibPerRun: THROUGHPUT_MIB,
+      direct: summary(direct),
+      gateway: summary(through),
+      ratioP50: ratio(summary(through).p50, summary(direct).p50),
+      target: "ratioP50 >= 0.8",
+    };
+    log("egress throughput", JSON.stringify(throughput));
+
+    // Connect latency.
+    const dConnect = [];
+    const gConnect = [];
+    for (let i = 0; i < CONNECT_RUNS; i++) {
+      const d = await open(echoTarget, undefined);
+      d.socket.destroy();
+      dConnect.push(d.ms);
+      const g = await open(echoTarget, via);
+      g.socket.destroy();
+      gConnect.push(g.ms);
+    }
+    const connectLatency = {
+      unit: "ms",
+      direct: summary(dConnect),
+      gateway: summary(gConnect),
+      addedP50: Math.round((summary(gConnect).p50 - summary(dConnect).p50) * 1000) / 1000,
+      target: "addedP50 <= 1",
+      note: "the gateway's figure includes its DNS lookup of the name (a UDP round trip to the test host) and its own connect",
+    };
+    log("egress connect", JSON.stringify(connectLatency));
+
+    // Memory per 100 idle tunnels.
+    global.gc?.();
+    await new Promise((r) => setTimeout(r, 200));
+    const before = process.memoryUsage();
+    const open_ = [];
+    for (let i = 0; i < TUNNELS; i++) open_.push((await open(echoTarget, via)).socket);
+    global.gc?.();
+    await new Promise((r) => setTimeout(r, 200));
+    const afterMem = process.memoryUsage();
+    for (const s of open_) s.destroy();
+    const per100 = (k) => Math.round(((afterMem[k] - before[k]) / TUNNELS) * 100 / 1024);
+    const memory = {
+      unit: "KiB per 100 tunnels",
+      tunnels: TUNNELS,
+      heapUsed: per100("heapUsed"),
+      external: per100("external"),
+      rss: per100("rss"),
+      gcExposed: typeof global.gc === "function",
+      note: "measured in the bench process, which also holds the client ends of the tunnels (their sockets count too)",
+    };
+    log("egress memory", JSON.stringify(memory));
+    return { throughput, connectLatency, memory, events };
+  } finally {
+    for (const s of servers) s.close();
+    await gateway?.close();
+    await net.close();
+  }
+}
+
+/** The whole path from a namespace sandbox: python pushes bytes through HTTPS_PROXY-style CONNECT. */
+export async function benchEgressSandbox({ log, summary, ratio, openEngine, imagesDir }) {
+  const { testNetworkSupport, startTestNetwork } = await import(new URL("egress/_test-hosts.js", ENGINE_DIST).href);
+  const support = testNetworkSupport();
+  if (!support.ok) return { skipped: support.reason };
+  const { NetworkPolicy } = await import("@mvm/protocol");
+  const net = await startTestNetwork({ hosts: 1 });
+  const stateDir = await mkdtemp(join(tmpdir(), "mvm-bench-egress-"));
+  const engine = await openEngine({ stateDir, imagesDir, backends: ["namespace"], egress: { dnsServers: [net.dnsServer] } });
+  try {
+    const host = net.hosts[0];
+    const sink = await net.startServer(0, "sink", { port: 9000 });
+    await net.setDns("sink.bench.test", { A: [host.ip] });
+    const sb = await engine.createSandbox({ network: NetworkPolicy.denyByDefault().allowTcp("sink.bench.test", 9000).toJSON() });
+    const script = [
+      "import socket, sys, time",
+      "n = int(sys.argv[1]) * 1048576",
+      's = socket.create_connection(("127.0.0.1", 3128))',
+      's.sendall(b"CONNECT sink.bench.test:9000 HTTP/1.1\\r\\nHost: sink.bench.test:9000\\r\\n\\r\\n")',
+      "h = b''",
+      "while b'\\r\\n\\r\\n' not in h: h += s.recv(4096)",
+      "buf = b'a' * 262144; t = time.time(); sent = 0",
+      "while sent < n: s.sendall(buf); sent += len(buf)",
+      "s.shutdown(socket.SHUT_WR); s.recv(100)",
+      "print(sent / 1048576 / (time.time() - t))",
+    ].join("\n");
+    const rates = [];
+    for (let i = 0; i < 3; i++) {
+      let out = "";
+      const started = await engine.exec(sb.id, { argv: ["python3", "-c", script, String(THROUGHPUT_MIB)] }, { onStdout: (c) => (out += Buffer.from(c).toString()) });
+      const exit = await started.exit;
+      if (exit.exitCode !== 0) throw new Error(`sandbox push failed: ${out}`);
+      rates.push(Number(out.trim()));
+    }
+    const hostDirect = [];
+    for (let i = 0; i < 3; i++) hostDirect.push(await push({ name: "sink.bench.test", ip: host.ip, port: sink.port }, undefined, THROUGHPUT_MIB * MiB));
+    const r = { unit: "MiB/s", sandboxThroughRelay: summary(rates), hostDirect: summary(hostDirect), ratioP50: ratio(summary(rates).p50, summary(hostDirect).p50) };
+    log("egress from a sandbox", JSON.stringify(r));
+    await engine.killSandbox(sb.id);
+    return r;
+  } finally {
+    await engine.close();
+    await net.close();
+    await rm(stateDir, { recursive: true, force: true });
+  }
+}
