@@ -239,6 +239,22 @@ describe("intercept", () => {
     assert.equal(reply.status, 501);
   });
 
+  it("answers CONNECT inside the tunnel with 501", async () => {
+    const upstream = await startUpstream(testCa, HOST, echo);
+    const mitm = await startInterceptor(sandboxCa, upstream.port, [testCa.certPem]);
+    cleanups.push(() => upstream.server.close(), mitm.close);
+    const socket = tls.connect({ host: "127.0.0.1", port: mitm.port, servername: HOST, ca: [sandboxCa.certPem] });
+    socket.on("error", () => undefined);
+    await once(socket, "secureConnect");
+    socket.write(`CONNECT elsewhere.test:443 HTTP/1.1\r\nhost: elsewhere.test:443\r\n\r\n`);
+    const chunks: Buffer[] = [];
+    socket.on("data", (c: Buffer) => chunks.push(c));
+    if (!socket.destroyed) await new Promise((resolve) => socket.once("close", resolve));
+    const [result] = await Promise.all(mitm.results);
+    assert.match(Buffer.concat(chunks).toString(), /^HTTP\/1\.1 501 /);
+    assert.equal(result?.reason, "upgrade or CONNECT refused");
+  });
+
   it("refuses an upstream that answers a secret-carrying request with an encoded body", async () => {
     const upstream = await startUpstream(testCa, HOST, (_req, res) => {
       res.writeHead(200, { "content-encoding": "gzip" });

@@ -9,9 +9,11 @@ import { type Socket, connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { TimeoutError, TransportError } from "@mvm/protocol";
+import { createHash } from "node:crypto";
+import { InvalidArgumentError, TimeoutError, TransportError } from "@mvm/protocol";
 import fc from "fast-check";
-import { ControlPort } from "./control.js";
+import { ControlPort, trustRequest } from "./control.js";
+import { MAX_TRUST_BUNDLE_BYTES, MAX_TRUST_PAYLOAD_BYTES } from "./init-script.js";
 
 /** A deadline no passing test comes near; tests that expect a timeout pass their own. */
 const T = 20_000;
@@ -368,4 +370,97 @@ describe("ControlPort against a hostile guest", () => {
       { numRuns: 60 },
     );
   });
+});
+
+/** Resolves once the guest has received at least `bytes` bytes in all. */
+async function receivedAtLeast(guest: FakeGuest, bytes: number): Promise<void> {
+  while (guest.received.length < bytes) await once(guest.socket, "data");
+}
+
+describe("trust bundle requests", () => {
+  const pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+  it("encodes a request line with the base64 length and the PEM's sha256, then the base64", () => {
+    const { line, payload } = trustRequest(pem, "sbx_1");
+    assert.equal(payload, Buffer.from(pem).toString("base64"));
+    assert.equal(line, `trust ${payload.length} ${createHash("sha256").update(pem).digest("hex")}`);
+  });
+
+  it("round-trips any bundle: the guest decodes the payload to the PEM's bytes and checks the hash", () => {
+    fc.assert(
+      fc.property(fc.string({ unit: "binary", minLength: 1, maxLength: 2000 }), (text) => {
+        const { line, payload } = trustRequest(text, "sbx_1");
+        const m = /^trust ([0-9]+) ([0-9a-f]{64})$/.exec(line);
+        assert.ok(m, line);
+        assert.equal(Number(m[1]), payload.length);
+        assert.ok(payload.length <= MAX_TRUST_PAYLOAD_BYTES);
+        assert.match(payload, /^[A-Za-z0-9+/]*={0,2}$/);
+        const decoded = Buffer.from(payload, "base64");
+        assert.deepEqual(decoded, Buffer.from(text, "utf8"));
+        assert.equal(createHash("sha256").update(decoded).digest("hex"), m[2]);
+      }),
+    );
+  });
+
+  it("refuses an empty bundle and one over the limit, and accepts one at the limit", () => {
+    assert.throws(() => trustRequest("", "sbx_1"), (err: unknown) => err instanceof InvalidArgumentError && /"sbx_1": the trust bundle has 0 bytes/.test(err.message));
+    assert.throws(() => trustRequest("a".repeat(MAX_TRUST_BUNDLE_BYTES + 1), "sbx_1"), InvalidArgumentError);
+    // Counted in UTF-8 bytes, not characters.
+    assert.throws(() => trustRequest("é".repeat(MAX_TRUST_BUNDLE_BYTES / 2 + 1), "sbx_1"), InvalidArgumentError);
+    const { line, payload } = trustRequest("a".repeat(MAX_TRUST_BUNDLE_BYTES), "sbx_1");
+    assert.equal(payload.length, MAX_TRUST_PAYLOAD_BYTES);
+    assert.match(line, new RegExp(`^trust ${MAX_TRUST_PAYLOAD_BYTES} `));
+  });
+
+  it("sends exactly the line and the payload, waits for ok trust, then goes on", async () => {
+    const { port, guest } = await open();
+    const { line, payload } = trustRequest(pem, "vm-test");
+    const done = port.installTrustBundle(pem, T);
+    assert.equal(await guest.nextLine(), line);
+    await receivedAtLeast(guest, line.length + 1 + payload.length);
+    guest.send("ok trust\n");
+    await done;
+    const stats = port.oomKills(T);
+    await receivedAtLeast(guest, line.length + 1 + payload.length + "stats\n".length);
+    guest.send("ok stats oom_kill=0\n");
+    assert.equal(await stats, 0);
+    port.close();
+    await guest.ended;
+    assert.equal(guest.received, `${line}\n${payload}stats\n`);
+  });
+
+  it("sends a bundle near the limit whole", async () => {
+    const { port, guest } = await open();
+    const big = "x".repeat(MAX_TRUST_BUNDLE_BYTES - 3);
+    const { line, payload } = trustRequest(big, "vm-test");
+    const done = port.installTrustBundle(big, T);
+    await receivedAtLeast(guest, line.length + 1 + payload.length);
+    guest.send("ok trust\n");
+    await done;
+    port.close();
+    await guest.ended;
+    assert.equal(guest.received.length, line.length + 1 + payload.length);
+  });
+
+  it("rejects a too large bundle without sending anything", async () => {
+    const { port, guest } = await open();
+    await assert.rejects(port.installTrustBundle("a".repeat(MAX_TRUST_BUNDLE_BYTES + 1), T), InvalidArgumentError);
+    port.close();
+    await guest.ended;
+    assert.equal(guest.received, "");
+  });
+
+  for (const answer of ["err trust", "ok trust ", "ok start", "err unknown", "ok trus"]) {
+    it(`fails on the answer ${JSON.stringify(answer)} and stays dead`, async () => {
+      const { port, guest } = await open();
+      const done = port.installTrustBundle(pem, T);
+      await guest.nextLine();
+      guest.send(`${answer}\n`);
+      const err = await done.then(() => assert.fail("resolved"), (e: unknown) => e);
+      assert.ok(isTransport(err), `got ${String(err)}`);
+      assert.match((err as Error).message, /refused "trust"/);
+      await assert.rejects(port.reseed(T), (later) => later === err);
+      port.close();
+    });
+  }
 });

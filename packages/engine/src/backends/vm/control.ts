@@ -4,9 +4,10 @@
  * hostile by the time it answers, so answers are bounded (a line of at most 256 bytes), matched
  * against a fixed grammar, and waited for with a deadline.
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import type { Duplex } from "node:stream";
-import { TimeoutError, TransportError } from "@mvm/protocol";
+import { InvalidArgumentError, TimeoutError, TransportError } from "@mvm/protocol";
+import { MAX_TRUST_BUNDLE_BYTES, TRUST_REQUEST } from "./init-script.js";
 
 const MAX_LINE_BYTES = 256;
 
@@ -23,6 +24,20 @@ export interface GuestLimits {
 function limitWords(limits: GuestLimits): string {
   const value = (n: number | undefined) => (n === undefined ? "max" : String(Math.round(n)));
   return `${value(limits.memoryBytes)} ${value(limits.pids)} ${value(limits.cpuQuotaUs)} ${Math.round(limits.tmpMiB)}`;
+}
+
+/**
+ * The bytes of a trust request (see TRUST_REQUEST in init-script.ts): the request line, then the
+ * PEM as base64 with no line breaks. Throws InvalidArgumentError for an empty bundle or one over
+ * MAX_TRUST_BUNDLE_BYTES.
+ */
+export function trustRequest(pem: string, label: string): { line: string; payload: string } {
+  const bytes = Buffer.from(pem, "utf8");
+  if (bytes.length === 0 || bytes.length > MAX_TRUST_BUNDLE_BYTES) {
+    throw new InvalidArgumentError(`Cannot start sandbox "${label}": the trust bundle has ${bytes.length} bytes, allowed are 1 to ${MAX_TRUST_BUNDLE_BYTES}`);
+  }
+  const payload = bytes.toString("base64");
+  return { line: `${TRUST_REQUEST} ${payload.length} ${createHash("sha256").update(bytes).digest("hex")}`, payload };
 }
 
 const seedWord = (): string => randomBytes(64).toString("hex");
@@ -65,14 +80,14 @@ export class ControlPort {
     if (this.#buffer.length > MAX_LINE_BYTES) this.#fail(new TransportError(`Control port of "${this.label}" sent a line over ${MAX_LINE_BYTES} bytes`));
   }
 
-  /** Sends one request line and returns the answer line. */
-  request(line: string, timeoutMs: number): Promise<string> {
+  /** Sends one request line (and the raw bytes of `payload` after it) and returns the answer line. */
+  request(line: string, timeoutMs: number, payload?: string): Promise<string> {
     const run = async (): Promise<string> => {
       if (this.#failed) throw this.#failed;
       const answer = new Promise<string>((resolve, reject) => {
         this.#waiter = { resolve, reject };
       });
-      this.socket.write(`${line}\n`);
+      this.socket.write(payload === undefined ? `${line}\n` : `${line}\n${payload}`, "latin1");
       let timer: NodeJS.Timeout | undefined;
       const deadline = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new TimeoutError(`Guest of "${this.label}" did not answer "${line.split(" ")[0]}" within ${timeoutMs} ms`)), timeoutMs);
@@ -91,8 +106,8 @@ export class ControlPort {
     return next;
   }
 
-  async #expectOk(line: string, what: string, timeoutMs: number): Promise<void> {
-    const answer = await this.request(line, timeoutMs);
+  async #expectOk(line: string, what: string, timeoutMs: number, payload?: string): Promise<void> {
+    const answer = await this.request(line, timeoutMs, payload);
     if (answer !== `ok ${what}`) this.#failWith(new TransportError(`Guest of "${this.label}" refused "${what}": ${JSON.stringify(answer.slice(0, 80))}`));
   }
 
@@ -123,6 +138,16 @@ export class ControlPort {
    */
   start(limits: GuestLimits, timeoutMs: number): Promise<void> {
     return this.#expectOk(`start ${seedWord()} ${clockWord()} ${limitWords(limits)}`, "start", timeoutMs);
+  }
+
+  /**
+   * Installs the sandbox's trust bundle in the guest: at TRUST_BUNDLE_PATH on a read-only tmpfs
+   * over the image's /run, and over SYSTEM_TRUST_BUNDLE_PATH when the image has that file. The
+   * guest checks the length and sha256 of what it received. Once per sandbox, before its hello.
+   */
+  async installTrustBundle(pem: string, timeoutMs: number): Promise<void> {
+    const { line, payload } = trustRequest(pem, this.label);
+    await this.#expectOk(line, TRUST_REQUEST, timeoutMs, payload);
   }
 
   /** Makes the guest drop its clean page cache (before it is saved: less state to save and load). */

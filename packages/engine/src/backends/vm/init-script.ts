@@ -3,22 +3,24 @@
  *
  * Boot, in order:
  * 1. mounts /proc, /sys and /dev, loads the kernel modules, and finds the three disks by volume
- *    label and the two virtio-serial ports by name;
+ *    label and the three virtio-serial ports by name (agent channel, control port, egress relay);
  * 2. opens the image disk and the agent runtime disk through dm-verity (`dmsetup`, table built
  *    from the root hashes on the kernel command line, `panic_on_corruption`: one bad block read
  *    and the kernel panics, which QEMU turns into an exit) and mounts them read-only at /newroot
  *    and /newroot/.mvm; mounts the writable per-sandbox disk at /newroot/work, a size-capped
- *    tmpfs at /newroot/tmp, a /proc and a /dev holding only harmless devices and the agent port;
- *    every mount of the new root is nosuid and nodev;
+ *    tmpfs at /newroot/tmp, a /proc and a /dev holding only harmless devices and the agent's two
+ *    ports (channel and relay, both owned by the agent's uid, mode 0600); every mount of the new
+ *    root is nosuid and nodev;
  * 3. hardens kernel-wide knobs (no module loading from here on, no kexec, no unprivileged bpf,
- *    perf or userfaultfd, no user namespaces), and makes a cgroup for the sandbox;
+ *    perf or userfaultfd, no user namespaces), brings up the loopback interface (the only one:
+ *    egress goes through the relay port), and makes a cgroup for the sandbox;
  * 4. starts the agent in that cgroup under the seccomp filter of the namespace tier, with
  *    no_new_privs, chrooted into /newroot, as an unprivileged uid; the agent loads, says
  *    "ready" and waits for the host's start line before its hello;
  * 5. serves the control port (root only, never visible in the new root): the host sends a fresh
  *    RNG seed (after a restore from a saved VM every sandbox must get its own), the wall clock
- *    (a restored guest wakes up at the time it was saved), the limits, and asks for OOM-kill
- *    counts.
+ *    (a restored guest wakes up at the time it was saved), the limits, the trust bundle of a
+ *    sandbox with mediated secrets (see TRUST_REQUEST below), and asks for OOM-kill counts.
  * When the agent exits, or any step fails, the VM reboots, which QEMU (-no-reboot) turns into an
  * exit. Failures print one "mvm-init: ..." line on the console first.
  *
@@ -26,14 +28,29 @@
  * mvm.verity_root and mvm.verity_agent (`<data blocks>:<hash start block>:<root hash>:<salt>`).
  */
 
+import { SYSTEM_TRUST_BUNDLE_PATH, TRUST_BUNDLE_PATH } from "@mvm/protocol";
 import { agentRuntimeCommand } from "../../runtime/agent-runtime.js";
 
 /** Where the agent finds its virtio-serial port in the new root. */
 export const GUEST_AGENT_PORT = "/dev/vport0p1";
+/** Where the agent finds its egress relay port in the new root (its `--relay` argument). */
+export const GUEST_RELAY_PORT = "/dev/vport0p3";
 
 /** Names of the virtio-serial ports, as QEMU's `virtserialport,name=` sets them. */
 export const AGENT_PORT_NAME = "mvm.agent";
 export const CONTROL_PORT_NAME = "mvm.ctl";
+export const RELAY_PORT_NAME = "mvm.relay";
+
+/**
+ * The trust bundle request on the control port: the line `trust <base64 bytes> <sha256 hex of the
+ * PEM>`, then exactly that many bytes of base64 (no newline), answered `ok trust` or `err trust`.
+ * The init reads the payload with `head -c`, so its content never reaches the line parser.
+ */
+export const TRUST_REQUEST = "trust";
+/** Largest trust bundle the init accepts, bytes of PEM (a full system bundle is about 220 KiB). */
+export const MAX_TRUST_BUNDLE_BYTES = 1024 * 1024;
+/** Largest base64 payload of a trust request: MAX_TRUST_BUNDLE_BYTES encoded. */
+export const MAX_TRUST_PAYLOAD_BYTES = Math.ceil(MAX_TRUST_BUNDLE_BYTES / 3) * 4;
 
 /** Volume labels the init looks the disks up by. */
 export const ROOT_DISK_LABEL = "mvm-root";
@@ -52,13 +69,27 @@ export const BENCH_INIT_MARKER = "mvm-init: reached";
 export const AGENT_READY_LINE = "mvm-agent ready\n";
 export const AGENT_START_LINE = "mvm-agent start\n";
 
-/** The agent runtime's command with the channel switched from stdio to the virtio port. */
+/** The agent runtime's command with the channel switched from stdio to the virtio port, and the relay port. */
 function agentArgv(): string[] {
-  const argv = [...agentRuntimeCommand().map((arg) => (arg === "stdio" ? GUEST_AGENT_PORT : arg)), "--await-start"];
+  const command = agentRuntimeCommand({ relayPath: GUEST_RELAY_PORT });
+  const argv = [...command.map((arg) => (arg === "stdio" ? GUEST_AGENT_PORT : arg)), "--await-start"];
   for (const arg of argv) {
     if (!/^[A-Za-z0-9_./-]+$/.test(arg)) throw new TypeError(`agent argument ${JSON.stringify(arg)} needs shell quoting`);
   }
   return argv;
+}
+
+/** The trust bundle's directory; the init mounts the bundle's tmpfs on its parent, /run. */
+const TRUST_DIR = TRUST_BUNDLE_PATH.slice(0, TRUST_BUNDLE_PATH.lastIndexOf("/"));
+
+/**
+ * A shell condition: the image has the system bundle as a regular file, and neither it nor a
+ * directory above it is a symlink.
+ */
+function systemBundleChecks(): string {
+  const parts = SYSTEM_TRUST_BUNDLE_PATH.split("/").slice(1);
+  const paths = parts.map((_, i) => `/newroot/${parts.slice(0, i + 1).join("/")}`);
+  return [...paths.map((path) => `[ ! -L ${path} ]`), `[ -f ${paths.at(-1)!} ]`].join(" && ");
 }
 
 /** Kernel-wide knobs set before the agent starts. */
@@ -77,6 +108,10 @@ const GUEST_SYSCTLS: ReadonlyArray<readonly [string, string]> = [
 
 /** Renders /init for modules loaded from /modules/<name>.ko in `moduleOrder`. */
 export function renderInitScript(moduleOrder: readonly string[]): string {
+  for (const path of [TRUST_BUNDLE_PATH, SYSTEM_TRUST_BUNDLE_PATH]) {
+    if (!/^(\/[a-z0-9._-]+)+$/.test(path)) throw new TypeError(`path ${JSON.stringify(path)} needs shell quoting`);
+  }
+  if (!/^\/run\/[a-z0-9._-]+$/.test(TRUST_DIR)) throw new TypeError(`trust bundle directory ${JSON.stringify(TRUST_DIR)} is not one level under /run`);
   for (const name of moduleOrder) {
     if (!/^[a-z0-9_]+$/.test(name)) throw new TypeError(`module name ${JSON.stringify(name)} is not a plain name`);
   }
@@ -140,6 +175,7 @@ find_disks() {
 wait_until find_disks || fail "no disks labelled ${ROOT_DISK_LABEL}, ${AGENT_DISK_LABEL} and ${WORK_DISK_LABEL}"
 wait_until find_port port ${AGENT_PORT_NAME} || fail "no virtio port named ${AGENT_PORT_NAME}"
 wait_until find_port ctl ${CONTROL_PORT_NAME} || fail "no virtio port named ${CONTROL_PORT_NAME}"
+wait_until find_port relay ${RELAY_PORT_NAME} || fail "no virtio port named ${RELAY_PORT_NAME}"
 
 # open_verity NAME DEVICE PARAMS: a read-only dm-verity device /dev/mapper/NAME over DEVICE,
 # whose hash tree follows the data on the same device.
@@ -171,12 +207,14 @@ $bb mount -t tmpfs -o nosuid,noexec,size=64k,mode=0755 tmpfs /newroot/dev || fai
 $bb cp -a /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty /newroot/dev/ || fail "cannot populate /dev"
 $bb cp -a "$port" /newroot${GUEST_AGENT_PORT} || fail "cannot add the agent port to /dev"
 $bb chown $uid:$uid /newroot${GUEST_AGENT_PORT} && $bb chmod 0600 /newroot${GUEST_AGENT_PORT} || fail "cannot hand the port to the agent"
+$bb cp -a "$relay" /newroot${GUEST_RELAY_PORT} || fail "cannot add the relay port to /dev"
+$bb chown $uid:$uid /newroot${GUEST_RELAY_PORT} && $bb chmod 0600 /newroot${GUEST_RELAY_PORT} || fail "cannot hand the relay port to the agent"
 $bb ln -s /proc/self/fd /newroot/dev/fd
 
 ${GUEST_SYSCTLS.map(([k, v]) => `$bb sysctl -q -w ${k}=${v} >/dev/null || fail "cannot set ${k}"`).join("\n")}
 
 $bb hostname sandbox || fail "cannot set the hostname"
-$bb ip link set lo up 2>/dev/null
+$bb ip link set lo up || fail "cannot bring up the loopback interface"
 
 cg=/sys/fs/cgroup
 $bb mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 $cg || fail "cannot mount cgroup2"
@@ -212,6 +250,32 @@ do_limits() {
 do_start() {
   do_seed "$1" && do_clock "$2" && do_limits "$3" "$4" "$5" "$6"
 }
+# do_trust LENGTH SHA256: reads LENGTH bytes of base64 from the port (always, so the payload is
+# never parsed as requests), then puts the decoded bundle on a read-only tmpfs over the image's
+# /run and bind-mounts it over the system bundle when the image has that as a regular file (no
+# symlink on the way: a link would resolve in the initramfs, not in the new root).
+trust_done=
+do_trust() {
+  case "$1" in ''|*[!0-9]*) return 1 ;; esac
+  [ "$1" -ge 4 ] && [ "$1" -le ${MAX_TRUST_PAYLOAD_BYTES} ] || return 1
+  $bb head -c "$1" <&3 > /trust.b64 || return 1
+  [ -z "$trust_done" ] && [ "$($bb wc -c < /trust.b64)" -eq "$1" ] || return 1
+  case "$2" in *[!0-9a-f]*) return 1 ;; esac
+  [ \${#2} -eq 64 ] || return 1
+  [ -d /newroot/run ] && [ ! -L /newroot/run ] || return 1
+  $bb mount -t tmpfs -o nosuid,nodev,noexec,size=${Math.ceil((MAX_TRUST_BUNDLE_BYTES * 2) / 1024)}k,mode=0755 tmpfs /newroot/run || return 1
+  $bb mkdir -m 0755 /newroot${TRUST_DIR} &&
+    $bb base64 -d < /trust.b64 > /newroot${TRUST_BUNDLE_PATH} &&
+    $bb rm -f /trust.b64 &&
+    [ "$($bb sha256sum < /newroot${TRUST_BUNDLE_PATH})" = "$2  -" ] &&
+    $bb chmod 0444 /newroot${TRUST_BUNDLE_PATH} &&
+    $bb mount -o remount,ro,nosuid,nodev,noexec /newroot/run || return 1
+  sys=/newroot${SYSTEM_TRUST_BUNDLE_PATH}
+  if ${systemBundleChecks()}; then
+    $bb mount -o bind /newroot${TRUST_BUNDLE_PATH} $sys && $bb mount -o remount,bind,ro,nosuid,nodev,noexec $sys || return 1
+  fi
+  trust_done=1
+}
 do_drop_caches() {
   $bb sync && echo 3 > /proc/sys/vm/drop_caches
 }
@@ -231,6 +295,7 @@ serve_control() {
       "limits 5") answer limits do_limits "$2" "$3" "$4" "$5" ;;
       "start 7") shift; answer start do_start "$@" ;;
       "drop_caches 1") answer drop_caches do_drop_caches ;;
+      "${TRUST_REQUEST} 3") answer ${TRUST_REQUEST} do_trust "$2" "$3" ;;
       "stats 1")
         n=$($bb sed -n 's/^oom_kill //p' $cg/sandbox/memory.events)
         echo "ok stats oom_kill=\${n:-0}" >&3 ;;

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { InvalidArgumentError } from "@mvm/protocol";
-import { kernelCommandLine, parseTscKhz, qemuArgs, type QemuVmConfig } from "./qemu.js";
+import { CONSOLE_FD, CONTROL_FD, QMP_FD, RELAY_FD, STATE_FD, kernelCommandLine, parseTscKhz, qemuArgs, type QemuVmConfig } from "./qemu.js";
 
 const verity = { dataBlocks: 100, hashStartBlock: 100, rootHashHex: "ab".repeat(32), saltHex: "cd".repeat(32) };
 const base: QemuVmConfig = {
@@ -48,6 +48,17 @@ describe("qemuArgs", () => {
     assert.equal(after("-append")[0], kernelCommandLine(base));
     assert.ok(!args.includes("-cpu"));
     assert.deepEqual(qemuArgs({ ...base, accel: "kvm" }).filter((_, i, a) => a[i - 1] === "-cpu"), ["host"]);
+  });
+
+  it("adds the relay port on its own inherited socket and no network device", () => {
+    const args = qemuArgs(base);
+    const after = (flag: string) => args.filter((_, i) => args[i - 1] === flag);
+    assert.ok(after("-chardev").includes(`socket,id=relay,fd=${RELAY_FD}`));
+    assert.ok(after("-device").includes("virtserialport,chardev=relay,name=mvm.relay"));
+    assert.ok(after("-device").includes("virtio-serial-device,max_ports=4"));
+    assert.equal(after("-device").filter((d) => d.startsWith("virtserialport,")).length, 3);
+    assert.ok(!args.some((a) => /netdev|virtio-net|-nic/.test(a)));
+    assert.ok(![CONSOLE_FD, CONTROL_FD, QMP_FD, STATE_FD].includes(RELAY_FD));
   });
 
   it("passes the uid and both disks' verity parameters on the kernel command line", () => {

@@ -1,17 +1,26 @@
 /**
  * The QEMU command line for a sandbox VM: a `microvm` machine with no default devices, the
  * kernel and initramfs, two read-only verity-protected virtio-blk disks (image root, agent
- * runtime) and the writable work disk, two virtio-serial ports (the agent channel on QEMU's
- * stdin/stdout, the init's control port on an inherited socket), the serial console and the QMP
- * monitor on inherited sockets, and QEMU's seccomp sandbox. The disks and files are named by
+ * runtime) and the writable work disk, three virtio-serial ports (the agent channel on QEMU's
+ * stdin/stdout, the init's control port and the agent's egress relay on inherited sockets), the
+ * serial console and the QMP monitor on inherited sockets, and QEMU's seccomp sandbox. There is
+ * no network device. The disks and files are named by
  * their paths inside QEMU's jail, so every sandbox of one image has the same command line, which
  * restoring a saved VM needs.
  */
 import { InvalidArgumentError } from "@mvm/protocol";
-import { AGENT_PORT_NAME, CONTROL_PORT_NAME } from "./init-script.js";
+import { AGENT_PORT_NAME, CONTROL_PORT_NAME, RELAY_PORT_NAME } from "./init-script.js";
 
-
-/** Inherited fds of the QEMU process (node "pipe" stdio entries are connected stream sockets). */
+/**
+ * Inherited fds of the QEMU process (node "pipe" stdio entries are connected stream sockets):
+ *
+ *   0, 1  the agent channel (stdin, stdout)     7-13  files opened by vm-process.ts (kernel,
+ *   2     QEMU's stderr                               initrd, disks, save directory)
+ *   3     serial console                        14    the egress relay port
+ *   4     control port
+ *   5     QMP monitor
+ *   6     saved state (restores only)
+ */
 export const CONSOLE_FD = 3;
 /** The guest init's control port. */
 export const CONTROL_FD = 4;
@@ -19,6 +28,8 @@ export const CONTROL_FD = 4;
 export const QMP_FD = 5;
 /** The saved-state file: written by a save, read by `-incoming`. */
 export const STATE_FD = 6;
+/** The agent's egress relay port (RelayMux frames). */
+export const RELAY_FD = 14;
 
 /** dm-verity parameters of a read-only disk whose hash tree follows the data. */
 export interface VerityParams {
@@ -143,11 +154,14 @@ export function qemuArgs(config: QemuVmConfig): string[] {
     // Free page reporting: pages the guest frees are handed back to the host, so an idle VM holds
     // about what its guest uses, and a saved VM's stream skips them. No inflation: deflate-on-oom.
     "-device", "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on",
-    "-device", "virtio-serial-device,max_ports=3",
+    // Port 0 is reserved for a console; the three named ports are 1 to 3.
+    "-device", "virtio-serial-device,max_ports=4",
     "-chardev", "stdio,id=agentch,signal=off",
     "-device", `virtserialport,chardev=agentch,name=${AGENT_PORT_NAME}`,
     "-chardev", `socket,id=ctl,fd=${CONTROL_FD}`,
     "-device", `virtserialport,chardev=ctl,name=${CONTROL_PORT_NAME}`,
+    "-chardev", `socket,id=relay,fd=${RELAY_FD}`,
+    "-device", `virtserialport,chardev=relay,name=${RELAY_PORT_NAME}`,
     "-chardev", `socket,id=con,fd=${CONSOLE_FD}`,
     "-serial", "chardev:con",
     "-chardev", `socket,id=qmp,fd=${QMP_FD}`,

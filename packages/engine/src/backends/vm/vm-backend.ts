@@ -3,7 +3,10 @@
  * cloud kernel), booted from a busybox initramfs that opens the image and the agent runtime as
  * dm-verity-protected read-only disks, mounts a writable per-sandbox work disk, and starts the
  * agent as an unprivileged uid under the namespace tier's seccomp filter. The agent channel is a
- * virtio-serial port that QEMU connects to its stdin/stdout, so protocol v1 runs unchanged.
+ * virtio-serial port that QEMU connects to its stdin/stdout, so protocol v1 runs unchanged. The
+ * guest has no network device: the agent's egress relay is a second virtio-serial port on an
+ * inherited socket (`relay`), and a sandbox's trust bundle reaches the guest on the init's control
+ * port before the agent's hello.
  * QEMU runs jailed (jail.ts): bubblewrap namespaces, its own unprivileged host uid, no_new_privs,
  * its seccomp sandbox, and no host path but its own program files.
  *
@@ -11,14 +14,14 @@
  */
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
-import { chown, mkdir, open, readFile, rm } from "node:fs/promises";
+import { chown, lstat, mkdir, open, readFile, rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { killIfSame, listProcessesWithId, readProcStat, sendSignal, waitForExit } from "../../_internal/proc.js";
 import { findExecutable } from "../namespace/probe.js";
 import { SANDBOX_UID_BASE, SANDBOX_UID_SPAN, SandboxUidAllocator } from "../namespace/uid.js";
 import type { Backend, LaunchSpec, ProbeCheck, ProbeResult, ReapRecord } from "../types.js";
-import type { GuestLimits } from "./control.js";
+import { trustRequest, type GuestLimits } from "./control.js";
 import { buildExt4Image, createWorkDisk, verifyDiskOnce } from "./disk.js";
 import { AGENT_DISK_LABEL, AGENT_START_LINE, ROOT_DISK_LABEL, WORK_DISK_LABEL } from "./init-script.js";
 import { buildInitramfs } from "./initramfs.js";
@@ -91,6 +94,20 @@ function verityParams(info: VerityInfo): VerityParams {
   };
 }
 
+
+/**
+ * Throws before anything starts when the trust bundle cannot be installed: InvalidArgumentError
+ * for its size, AdmissionError when the image has no /run directory to mount it under.
+ */
+async function checkTrustBundle(spec: LaunchSpec, pem: string): Promise<void> {
+  trustRequest(pem, spec.sandboxId);
+  const run = await lstat(join(spec.rootfsDir, "run")).catch(() => undefined);
+  if (run === undefined || !run.isDirectory()) {
+    throw new AdmissionError(`Cannot start sandbox "${spec.sandboxId}": the image has no /run directory for the trust bundle`, {
+      hint: "add an empty /run directory to the image",
+    });
+  }
+}
 
 interface Host {
   readonly qemuPath: string;
@@ -367,6 +384,7 @@ export class VmBackend implements Backend {
       if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
     };
     checkAbort();
+    if (spec.trustBundlePem !== undefined) await checkTrustBundle(spec, spec.trustBundlePem);
     const p = await this.prepare(spec, host);
     checkAbort();
     let saved: SavedVm | undefined;
@@ -387,7 +405,7 @@ export class VmBackend implements Backend {
         vm = await this.spawnVm(p, spec.sandboxId, uid, workDisk, spec.agentLogPath);
         await vm.waitAgentReady(this.options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS, signal);
       }
-      await this.startAgent(vm, p.limits);
+      await this.startAgent(vm, p.limits, spec.trustBundlePem);
       checkAbort();
       if (saved !== undefined) await this.saved.touch(saved);
       const sandboxUid = uid;
@@ -420,8 +438,9 @@ export class VmBackend implements Backend {
     }
   }
 
-  /** Reseeds the guest RNG, applies the limits, then lets the agent say hello. */
-  private async startAgent(vm: VmProcess, limits: GuestLimits): Promise<void> {
+  /** Installs the trust bundle (when given), reseeds the guest RNG, applies the limits, then lets the agent say hello. */
+  private async startAgent(vm: VmProcess, limits: GuestLimits, trustBundlePem: string | undefined): Promise<void> {
+    if (trustBundlePem !== undefined) await vm.control.installTrustBundle(trustBundlePem, CONTROL_TIMEOUT_MS);
     await vm.control.start(limits, CONTROL_TIMEOUT_MS);
     vm.child.stdin!.write(AGENT_START_LINE);
   }

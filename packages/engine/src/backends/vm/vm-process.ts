@@ -1,6 +1,7 @@
 /**
  * One QEMU process in its jail, and the host's ends of its channels: the agent channel (QEMU's
- * stdin/stdout), the guest init's control port, the QMP monitor and the serial console.
+ * stdin/stdout), the guest init's control port, the agent's egress relay port, the QMP monitor and
+ * the serial console.
  *
  * Every file QEMU reads or writes is opened here, by the engine, and handed down as a descriptor:
  * the kernel and initramfs are bound into the jail from their descriptors (so the jail needs no
@@ -18,12 +19,12 @@ import { settlesWithin } from "../_teardown.js";
 import { ControlPort } from "./control.js";
 import { AGENT_READY_LINE } from "./init-script.js";
 import { jailArgv, type JailFile } from "./jail.js";
-import { CONSOLE_FD, CONTROL_FD, QMP_FD, STATE_FD, qemuArgs, type QemuVmConfig } from "./qemu.js";
+import { CONSOLE_FD, CONTROL_FD, QMP_FD, RELAY_FD, STATE_FD, qemuArgs, type QemuVmConfig } from "./qemu.js";
 import { QmpClient } from "./qmp.js";
 
 export type ExitStatus = { code: number | null; signal: NodeJS.Signals | null };
 
-/** Descriptor numbers, in QEMU, of the files it gets. */
+/** Descriptor numbers, in QEMU, of the files it gets (the table of every fd is in qemu.ts). */
 const KERNEL_FD = 7;
 const INITRD_FD = 8;
 const DISK_FDS = { root: 9, agent: 10, work: 11 } as const;
@@ -155,7 +156,7 @@ export class VmProcess {
       });
       log = await CappedLog.open(options.consoleLogPath);
       const child = spawn(argv[0]!, argv.slice(1), {
-        stdio: ["pipe", "pipe", "pipe", "pipe", "pipe", "pipe", stateFd, kernelFd, initrdFd, rootFd, agentFd, workFd, workReadFd, saveDirFd],
+        stdio: ["pipe", "pipe", "pipe", "pipe", "pipe", "pipe", stateFd, kernelFd, initrdFd, rootFd, agentFd, workFd, workReadFd, saveDirFd, "pipe"],
         detached: true,
         env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
       });
@@ -187,6 +188,15 @@ export class VmProcess {
   get control(): ControlPort {
     this.#control ??= new ControlPort(this.stdio(CONTROL_FD), this.label);
     return this.#control;
+  }
+
+  /**
+   * The host's end of the agent's egress relay port. A VM restored from a saved one has a new
+   * socket here; the guest's agent opens the port only after its start line, so nothing it sent
+   * is lost with the saved VM's socket.
+   */
+  get relay(): Duplex {
+    return this.stdio(RELAY_FD);
   }
 
   qmp(timeoutMs: number): Promise<QmpClient> {

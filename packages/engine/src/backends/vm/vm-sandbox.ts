@@ -1,6 +1,6 @@
 /**
- * A running VM sandbox as the engine sees it: the agent channel, the guest's OOM-kill count (from
- * the init's control port), why the VM died, and teardown.
+ * A running VM sandbox as the engine sees it: the agent channel, the egress relay channel, the
+ * guest's OOM-kill count (from the init's control port), why the VM died, and teardown.
  */
 import { rm } from "node:fs/promises";
 import type { Duplex } from "node:stream";
@@ -24,6 +24,11 @@ export interface VmSandboxParts {
 
 export class VmSandbox implements LaunchedSandbox {
   readonly channel: Duplex;
+  /**
+   * The host's end of the relay port, at once: the port exists from boot, and the guest's agent
+   * opens its end after its hello. Destroyed with the sandbox.
+   */
+  readonly relay: Promise<Duplex>;
   readonly reapRecord: ReapRecord;
   readonly exited: Promise<ExitStatus>;
   /** Single-flight; after a failed teardown the next call tries again. */
@@ -32,6 +37,7 @@ export class VmSandbox implements LaunchedSandbox {
 
   constructor(private readonly parts: VmSandboxParts) {
     this.channel = childChannel(parts.vm.child, "the QEMU process");
+    this.relay = Promise.resolve(parts.vm.relay);
     this.destroy = singleFlight(() => this.teardown());
     this.reapRecord = parts.reapRecord;
     this.exited = parts.vm.exited;
