@@ -102,7 +102,7 @@ export async function benchEgress({ log, summary, ratio }) {
     gateway = new EgressGateway({ resolver: new EgressResolver({ servers: [net.dnsServer] }), maxConnectionsPerSandbox: TUNNELS + 10 });
     let events = 0;
     const sandbox = { id: "sbx_benchbenchbenchbench", policy: () => policy, secrets: [], event: () => void events++ };
-    const front = createServer((s) => gateway.handle(s, sandbox));
+    const front = createServer({ allowHalfOpen: true }, (s) => gateway.handle(s, sandbox));
     front.listen(0, "127.0.0.1");
     await once(front, "listening");
     servers.push(front);
