@@ -4,12 +4,11 @@
  * server, a byte sink and a DNS server answering from a table. Commands arrive as JSON lines on
  * stdin; each answer is one JSON line `{ id, ok, ... }` on stdout.
  */
-import { createSocket } from "node:dgram";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import { createServer as createTcpServer } from "node:net";
 import type { TLSSocket } from "node:tls";
-import dnsPacket from "dns-packet";
+import { TestDnsServer } from "./_dns-fixture.js";
 
 interface Recorded {
   method: string;
@@ -22,7 +21,7 @@ interface Recorded {
 const MAX_LINE = 1024 * 1024;
 const MAX_BODY = 64 * 1024;
 const recorded = new Map<number, Recorded[]>();
-const dnsTable = new Map<string, { A?: string[]; AAAA?: string[] }>();
+const dns = new TestDnsServer();
 let nextServer = 1;
 
 function reply(value: object): void {
@@ -54,60 +53,17 @@ function recorder(serverId: number) {
   };
 }
 
-/** IPv6 text with all eight groups written out (dns-packet mis-encodes some compressed forms). */
-function fullIpv6(ip: string): string {
-  const [head = "", tail = ""] = ip.includes("::") ? ip.split("::") : [ip, undefined as unknown as string];
-  const parse = (s: string): string[] => (s === "" ? [] : s.split(":")).flatMap((g) => {
-    if (!g.includes(".")) return [g];
-    const b = g.split(".").map(Number);
-    return [((b[0]! << 8) | b[1]!).toString(16), ((b[2]! << 8) | b[3]!).toString(16)];
-  });
-  const h = parse(head);
-  const t = ip.includes("::") ? parse(tail) : [];
-  const fill = ip.includes("::") ? Array(8 - h.length - t.length).fill("0") : [];
-  return [...h, ...fill, ...t].join(":");
-}
-
-function startDns(host: string, port: number): Promise<void> {
-  const sock = createSocket("udp4");
-  sock.on("message", (msg, from) => {
-    let query;
-    try {
-      query = dnsPacket.decode(msg);
-    } catch {
-      return;
-    }
-    const q = query.questions?.[0];
-    if (!q) return;
-    const name = q.name.toLowerCase().replace(/\.$/, "");
-    const entry = dnsTable.get(name);
-    const answers: dnsPacket.Answer[] = [];
-    if (entry && q.type === "A") for (const a of entry.A ?? []) answers.push({ type: "A", name: q.name, ttl: 1, class: "IN", data: a });
-    if (entry && q.type === "AAAA") for (const a of entry.AAAA ?? []) answers.push({ type: "AAAA", name: q.name, ttl: 1, class: "IN", data: fullIpv6(a) });
-    const out = dnsPacket.encode({
-      type: "response",
-      id: query.id ?? 0,
-      flags: dnsPacket.AUTHORITATIVE_ANSWER | (entry ? 0 : 3), // rcode 3: NXDOMAIN
-      questions: [q],
-      answers,
-    });
-    sock.send(out, from.port, from.address);
-  });
-  return new Promise((resolve, reject) => {
-    sock.once("error", reject);
-    sock.bind(port, host, () => resolve());
-  });
-}
-
 async function handle(cmd: Record<string, unknown>): Promise<object> {
   switch (cmd["op"]) {
     case "dns":
-      await startDns(String(cmd["host"]), Number(cmd["port"]));
+      dns.silent.clear();
+      dns.failing.clear();
+      await dns.start(String(cmd["host"]), Number(cmd["port"]));
       return {};
     case "set-dns": {
       const name = String(cmd["name"]).toLowerCase();
-      if (cmd["records"] === null) dnsTable.delete(name);
-      else dnsTable.set(name, cmd["records"] as { A?: string[]; AAAA?: string[] });
+      if (cmd["records"] === null) dns.records.delete(name);
+      else dns.records.set(name, cmd["records"] as { A?: string[]; AAAA?: string[] });
       return {};
     }
     case "serve": {

@@ -3,40 +3,20 @@
  * resolver, a recording sandbox, echo upstreams and raw proxy clients. Used by gateway.test.ts only.
  */
 import { once } from "node:events";
-import dgram from "node:dgram";
 import net from "node:net";
-import dnsPacket from "dns-packet";
+import { TestDnsServer } from "./_dns-fixture.js";
 import { ConnectionEventSchema, type ConnectionEvent, type NetworkPolicy, type NetworkPolicyJson } from "@mvm/protocol";
 import type { EgressSandbox, MediatedSecret } from "./gateway.js";
 import type { SandboxCa } from "./sandbox-ca.js";
 
-/** A UDP DNS server on 127.0.0.1 answering A queries from `records`; NXDOMAIN otherwise. */
+/** A DNS server on 127.0.0.1 answering A queries from `records`; NXDOMAIN otherwise. */
 export async function startDns(records: ReadonlyMap<string, readonly string[]>): Promise<{ port: number; queries: string[]; close(): void }> {
-  const socket = dgram.createSocket("udp4");
+  const server = new TestDnsServer();
+  for (const [name, a] of records) server.records.set(name, { A: a });
   const queries: string[] = [];
-  socket.on("message", (msg, peer) => {
-    let query: dnsPacket.Packet;
-    try {
-      query = dnsPacket.decode(msg);
-    } catch {
-      return;
-    }
-    const question = query.questions?.[0];
-    if (question === undefined) return;
-    queries.push(question.name);
-    const addresses = records.get(question.name.toLowerCase());
-    const answer = dnsPacket.encode({
-      type: "response",
-      id: query.id ?? 0,
-      flags: dnsPacket.AUTHORITATIVE_ANSWER | (addresses === undefined ? 3 : 0),
-      questions: [question],
-      answers: question.type === "A" ? (addresses ?? []).map((data) => ({ type: "A" as const, name: question.name, ttl: 60, data })) : [],
-    });
-    socket.send(answer, peer.port, peer.address);
-  });
-  socket.bind(0, "127.0.0.1");
-  await once(socket, "listening");
-  return { port: socket.address().port, queries, close: () => socket.close() };
+  server.on("query", (name: string) => queries.push(name));
+  await server.start();
+  return { port: server.socket.address().port, queries, close: () => void server.close() };
 }
 
 /** A sandbox whose policy the test replaces and whose events are validated and queued. */
@@ -135,7 +115,7 @@ export async function startEcho(host = "127.0.0.1", port = 0): Promise<net.Serve
   return server;
 }
 
-export function portOf(server: net.Server | dgram.Socket): number {
+export function portOf(server: net.Server): number {
   const address = server.address();
   if (address === null || typeof address === "string") throw new Error("server is not listening on TCP");
   return address.port;

@@ -1,73 +1,11 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import dgram from "node:dgram";
-import { EventEmitter, once } from "node:events";
-import dnsPacket from "dns-packet";
+import { once } from "node:events";
 import fc from "fast-check";
 import { AbortedError, InvalidArgumentError, ipAddressBytes } from "@mvm/protocol";
 import { normalizeIp } from "./address-floor.js";
+import { TestDnsServer } from "./_dns-fixture.js";
 import { EgressResolver, MAX_RESOLVED_ADDRESSES, ResolveError, dnsServerProblem } from "./resolver.js";
-
-interface Records {
-  A?: string[];
-  AAAA?: string[];
-}
-
-/** A real DNS server on 127.0.0.1: answers configured names, NXDOMAIN otherwise; some names never answer or fail. */
-class TestDnsServer extends EventEmitter {
-  readonly records = new Map<string, Records>();
-  /** Names whose queries are dropped without an answer. */
-  readonly silent = new Set<string>(["silent.test"]);
-  /** Names answered with SERVFAIL. */
-  readonly failing = new Set<string>(["servfail.test"]);
-  readonly socket = dgram.createSocket("udp4");
-
-  async start(): Promise<string> {
-    this.socket.on("message", (msg, rinfo) => this.#answer(msg, rinfo));
-    this.socket.bind(0, "127.0.0.1");
-    await once(this.socket, "listening");
-    return `127.0.0.1:${this.socket.address().port}`;
-  }
-
-  #answer(msg: Buffer, rinfo: dgram.RemoteInfo): void {
-    let query: dnsPacket.DecodedPacket;
-    try {
-      query = dnsPacket.decode(msg);
-    } catch {
-      return;
-    }
-    const question = query.questions?.[0];
-    if (question === undefined) return;
-    const name = question.name.toLowerCase();
-    this.emit("query", name, question.type);
-    if (this.silent.has(name)) return;
-    const records = this.records.get(name);
-    const rcode = this.failing.has(name) ? 2 : records === undefined ? 3 : 0;
-    const data = question.type === "A" ? records?.A ?? [] : question.type === "AAAA" ? records?.AAAA ?? [] : [];
-    const answers = rcode === 0 ? data.map((ip) => ({ type: question.type as "A", name: question.name, ttl: 60, data: fullForm(ip) })) : [];
-    const reply = dnsPacket.encode({
-      type: "response",
-      id: query.id ?? 0,
-      flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | rcode,
-      questions: [question],
-      answers,
-    });
-    this.socket.send(reply, rinfo.port, rinfo.address);
-  }
-
-  close(): Promise<void> {
-    return new Promise((resolve) => this.socket.close(() => resolve()));
-  }
-}
-
-/** IPv6 as eight hex groups: dns-packet's encoder mis-reads some compressed and dotted forms. */
-function fullForm(ip: string): string {
-  const parsed = ipAddressBytes(ip);
-  if (parsed?.family !== 6) return ip;
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push((((parsed.bytes[i] ?? 0) << 8) | (parsed.bytes[i + 1] ?? 0)).toString(16));
-  return groups.join(":");
-}
 
 let dns: TestDnsServer;
 let server = "";
