@@ -47,6 +47,8 @@ export interface DecideInput {
   readonly addressCheck: (ip: string) => string | undefined;
   readonly normalizeIp: (ip: string) => string | undefined;
   readonly signal: AbortSignal;
+  /** Partitions the resolver's cache (the sandbox id). */
+  readonly cacheScope?: string;
 }
 
 /** A hostile string, quoted and escaped for a reason, cut to a bounded length. */
@@ -89,7 +91,7 @@ export async function decide(input: DecideInput): Promise<Decision> {
 
   let addresses: readonly string[];
   try {
-    addresses = (await input.resolver.resolve(host, input.signal)).addresses;
+    addresses = (await input.resolver.resolve(host, input.signal, input.cacheScope === undefined ? {} : { cacheScope: input.cacheScope })).addresses;
   } catch (err) {
     if (byHost === undefined) return deny(first, host, undefined, port, policyReason(), SocksReply.notAllowed, 403);
     const code = (err as { code?: unknown } | null)?.code;

@@ -184,7 +184,7 @@ export class EgressGateway {
   }
 
   #decide(sandbox: EgressSandbox, target: string, port: number, mode: "tunnel" | "http", signal: AbortSignal): Promise<Decision> {
-    return decide({ policy: sandbox.policy(), target, port, mode, resolver: this.#resolver, addressCheck: this.#addressCheck, normalizeIp, signal });
+    return decide({ policy: sandbox.policy(), target, port, mode, resolver: this.#resolver, addressCheck: this.#addressCheck, normalizeIp, signal, cacheScope: sandbox.id });
   }
 
   #open(sandbox: EgressSandbox, via: EgressVia, decision: Allowed): Flow | undefined {

@@ -184,3 +184,28 @@ test("property: any record set resolves to its deduplicated, normalized addresse
     { numRuns: 60 },
   );
 });
+
+test("answers are reused for their TTL within one cache scope only, and never when the cache is off", async () => {
+  dns.records.set("cached.test", { A: ["192.0.2.44"] });
+  const asked: string[] = [];
+  const onQuery = (name: string, type: string): void => {
+    if (name === "cached.test" && type === "A") asked.push(name);
+  };
+  dns.on("query", onQuery);
+  try {
+    const resolver = new EgressResolver({ servers: [server] });
+    assert.deepEqual((await resolver.resolve("cached.test", undefined, { cacheScope: "sbx_a" })).addresses, ["192.0.2.44"]);
+    await resolver.resolve("cached.test", undefined, { cacheScope: "sbx_a" });
+    assert.equal(asked.length, 1, "the second lookup in one scope came from the cache");
+    await resolver.resolve("cached.test", undefined, { cacheScope: "sbx_b" });
+    assert.equal(asked.length, 2, "another scope asks the server itself");
+    await resolver.resolve("cached.test");
+    assert.equal(asked.length, 3, "no scope: no cache");
+    const off = new EgressResolver({ servers: [server], maxCacheSeconds: 0 });
+    await off.resolve("cached.test", undefined, { cacheScope: "sbx_a" });
+    await off.resolve("cached.test", undefined, { cacheScope: "sbx_a" });
+    assert.equal(asked.length, 5);
+  } finally {
+    dns.off("query", onQuery);
+  }
+});

@@ -4,6 +4,7 @@
  * /etc/hosts, no nsswitch, no search domains.
  */
 import { Resolver } from "node:dns/promises";
+import type { RecordWithTtl } from "node:dns";
 import { isIP } from "node:net";
 import { AbortedError, InvalidArgumentError, dnsNameProblem } from "@mvm/protocol";
 import { normalizeIp } from "./address-floor.js";
@@ -24,6 +25,14 @@ export interface ResolverOptions {
    * @default the system's servers (read from /etc/resolv.conf by c-ares on each resolution)
    */
   readonly servers?: readonly string[];
+  /**
+   * Longest time a positive answer is reused, in seconds (the records' TTL when shorter); 0 turns
+   * the cache off. Answers are only reused within the `cacheScope` a caller names (the gateway uses
+   * the sandbox id, so one sandbox cannot time another's lookups). @default 30
+   */
+  readonly maxCacheSeconds?: number;
+  /** Most cached answers. @default 4096 */
+  readonly cacheEntries?: number;
   /** Deadline of one whole resolution (both queries, every try), in milliseconds. @default 5000 */
   readonly timeoutMs?: number;
   /** Attempts per server before a query gives up. @default 2 */
@@ -83,9 +92,18 @@ export class EgressResolver {
   readonly #tries: number;
   /** One c-ares channel per resolution in flight, so one abort cancels only its own queries. */
   readonly #active = new Set<Resolver>();
+  /** Positive answers by scope and name, kept for their TTL (at most maxCacheSeconds). */
+  readonly #cache = new Map<string, { addresses: readonly string[]; expiresAt: number }>();
+  readonly #maxCacheMs: number;
+  readonly #cacheEntries: number;
 
   constructor(options: ResolverOptions = {}) {
-    const { servers, timeoutMs = DEFAULT_TIMEOUT_MS, tries = DEFAULT_TRIES } = options;
+    const { servers, timeoutMs = DEFAULT_TIMEOUT_MS, tries = DEFAULT_TRIES, maxCacheSeconds = 30, cacheEntries = 4096 } = options;
+    if (!Number.isInteger(maxCacheSeconds) || maxCacheSeconds < 0 || !Number.isInteger(cacheEntries) || cacheEntries < 1) {
+      throw new InvalidArgumentError(`Invalid DNS cache settings: maxCacheSeconds ${maxCacheSeconds}, cacheEntries ${cacheEntries}`);
+    }
+    this.#maxCacheMs = maxCacheSeconds * 1000;
+    this.#cacheEntries = cacheEntries;
     if (servers !== undefined) {
       if (servers.length < 1 || servers.length > MAX_SERVERS) {
         throw new InvalidArgumentError(`Invalid DNS servers: need 1 to ${MAX_SERVERS}, got ${servers.length}`);
@@ -115,12 +133,18 @@ export class EgressResolver {
    *   invalid name, {@link cancel}).
    * @throws {AbortedError} when `signal` aborts.
    */
-  async resolve(name: string, signal?: AbortSignal): Promise<Resolved> {
+  async resolve(name: string, signal?: AbortSignal, options: { cacheScope?: string } = {}): Promise<Resolved> {
     if (isIP(name) !== 0) return { addresses: [name] };
     const host = (name.endsWith(".") ? name.slice(0, -1) : name).toLowerCase();
     const problem = dnsNameProblem(host);
     if (problem !== undefined) throw new ResolveError("failed", host, `Cannot resolve ${quote(name)}: not a valid host name (${problem})`);
     throwIfAborted(host, signal);
+    const cacheKey = options.cacheScope === undefined || this.#maxCacheMs === 0 ? undefined : `${options.cacheScope}\0${host}`;
+    if (cacheKey !== undefined) {
+      const hit = this.#cache.get(cacheKey);
+      if (hit !== undefined && hit.expiresAt > Date.now()) return { addresses: hit.addresses };
+      this.#cache.delete(cacheKey);
+    }
 
     const resolver = new Resolver({ timeout: Math.max(1, Math.floor(this.#timeoutMs / this.#tries)), tries: this.#tries });
     if (this.#servers !== undefined) resolver.setServers(this.#servers);
@@ -132,9 +156,9 @@ export class EgressResolver {
     }, this.#timeoutMs);
     signal?.addEventListener("abort", onAbort, { once: true });
     this.#active.add(resolver);
-    let results: [PromiseSettledResult<string[]>, PromiseSettledResult<string[]>];
+    let results: [PromiseSettledResult<RecordWithTtl[]>, PromiseSettledResult<RecordWithTtl[]>];
     try {
-      results = await Promise.allSettled([resolver.resolve4(host), resolver.resolve6(host)]);
+      results = await Promise.allSettled([resolver.resolve4(host, { ttl: true }), resolver.resolve6(host, { ttl: true })]);
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
@@ -144,15 +168,23 @@ export class EgressResolver {
     if (timedOut) throw new ResolveError("timeout", host, `Cannot resolve "${host}": no answer within ${this.#timeoutMs} ms`);
 
     const addresses = new Set<string>();
+    let ttlSeconds = Number.POSITIVE_INFINITY;
     for (const result of results) {
       if (result.status !== "fulfilled") continue;
-      for (const raw of result.value) {
-        const ip = normalizeIp(raw);
+      for (const record of result.value) {
+        const ip = normalizeIp(record.address);
         if (ip !== undefined && addresses.size < MAX_RESOLVED_ADDRESSES) addresses.add(ip);
+        ttlSeconds = Math.min(ttlSeconds, record.ttl);
       }
     }
-    if (addresses.size > 0) return { addresses: [...addresses] };
-    throw classify(host, results);
+    if (addresses.size === 0) throw classify(host, results);
+    const answer = [...addresses];
+    const keepMs = Math.min(this.#maxCacheMs, ttlSeconds * 1000);
+    if (cacheKey !== undefined && keepMs > 0) {
+      if (this.#cache.size >= this.#cacheEntries) this.#cache.delete(this.#cache.keys().next().value!);
+      this.#cache.set(cacheKey, { addresses: answer, expiresAt: Date.now() + keepMs });
+    }
+    return { addresses: answer };
   }
 
   /** Cancels every resolution in flight; each rejects with a `failed` {@link ResolveError}. */
@@ -166,7 +198,7 @@ function throwIfAborted(host: string, signal: AbortSignal | undefined): void {
 }
 
 /** The error for a resolution that produced no address. */
-function classify(host: string, results: readonly PromiseSettledResult<string[]>[]): ResolveError {
+function classify(host: string, results: readonly PromiseSettledResult<unknown>[]): ResolveError {
   const failures = results.flatMap((r) => (r.status === "rejected" ? [r.reason as unknown] : []));
   const codes = failures.map((e) => (e as { code?: unknown } | null)?.code);
   const cause = failures[0];
