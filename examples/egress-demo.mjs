@@ -24,8 +24,9 @@ try {
   const key = `sk-demo-${crypto.randomUUID().replaceAll("-", "")}`;
   await engine.setSecret("openai-api-key", key, { hosts: ["api.openai.com"] });
 
-  // The example from the design, as a caller writes it (plus the engine and backend of this demo).
-  await using sb = await Sandbox.create({
+  // The example from the design, as a caller writes it (plus the engine and backend of this demo;
+  // plain JavaScript on Node 20 has no `await using`, so the sandbox is killed at the end).
+  const sb = await Sandbox.create({
     engine,
     ...(backend ? { backend } : {}),
     image: "debian:bookworm+python3",
@@ -56,6 +57,7 @@ try {
     if (event.type !== "connection") continue;
     console.log(`${event.decision.padEnd(7)} ${event.protocol} ${event.host}:${event.port}${event.intercepted ? ` (secrets: ${event.secrets?.join(",")})` : ""}${event.reason ? ` ${event.reason}` : ""}`);
   }
+  await sb.kill();
 } finally {
   await engine.removeSecret("openai-api-key").catch(() => {});
   await engine.close();

@@ -295,7 +295,9 @@ export class EgressGateway {
         current.counts.bytesOut = result.bytesOut;
         current.counts.bytesIn = result.bytesIn;
         current.secrets = result.secretsUsed;
-        if (result.reason !== undefined) current.note(result.reason);
+        // The workload closing its end is how an intercepted tunnel normally ends, not a failure.
+        const clientLeft = result.reason === "aborted" && signal.aborted;
+        if (result.reason !== undefined && !clientLeft) current.note(result.reason);
         return;
       }
       if (buffered !== undefined) {
