@@ -3,6 +3,7 @@ import { generateKeyPairSync, type KeyObject } from "node:crypto";
 import fc from "fast-check";
 import { envSha256, type WorkloadIR } from "./ir.js";
 import type { AdmissionProfile } from "./plan.js";
+import type { SecretRefJson } from "@mvm/protocol";
 import type { OperatorPolicy, PolicyRule } from "./policy.js";
 
 export interface TestKeys {
@@ -13,6 +14,11 @@ export interface TestKeys {
 /** A fresh in-memory Ed25519 key pair (never written to disk). */
 export function generateTestKeys(): TestKeys {
   return generateKeyPairSync("ed25519");
+}
+
+/** A SecretRef to the host's secret store, as JSON. */
+export function storeRef(name: string, posture: "mediated" | "env"): SecretRefJson {
+  return { kind: "secret-ref", source: "store", name, posture };
 }
 
 export const DIGEST_A = `sha256:${"a".repeat(64)}`;
@@ -26,10 +32,10 @@ export function sampleIR(overrides: Partial<WorkloadIR> = {}): WorkloadIR {
     envNames: ["LANG"],
     envSha256: envSha256({ LANG: "C.UTF-8" }),
     resources: { memoryMiB: 512, pids: 256, cpus: 1, workMiB: 1024 },
-    network: { mode: "deny-all" },
-    secrets: [{ name: "OPENAI_API_KEY", ref: "store:openai-api-key", posture: "mediated" }],
+    network: { version: 1, default: "deny", rules: [] },
+    secrets: [{ name: "OPENAI_API_KEY", ref: storeRef("openai-api-key", "mediated") }],
     ttlSeconds: 600,
-    ports: [{ port: 8080, protocol: "tcp" }],
+    ports: [{ guest: 8080 }],
     requiredTier: "container",
     intent: "code:execute",
     ...overrides,
@@ -64,12 +70,13 @@ export const arbIR: fc.Arbitrary<WorkloadIR> = fc
     posture: fc.constantFrom("mediated" as const, "env" as const),
     memoryMiB: fc.option(fc.integer({ min: 128, max: 65536 }), { nil: undefined }),
     cpus: fc.option(fc.double({ min: 0.01, max: 64, noNaN: true }), { nil: undefined }),
-    network: fc.oneof(
-      fc.constant({ mode: "deny-all" as const }),
-      fc.record({
-        mode: fc.constant("allow-list" as const),
-        allow: fc.array(fc.record({ host: fc.stringMatching(/^[a-z]{1,10}\.com$/), ports: fc.array(fc.integer({ min: 1, max: 65535 }), { minLength: 1, maxLength: 3 }) }), { minLength: 1, maxLength: 3 }),
-      }),
+    network: fc.array(
+      fc.oneof(
+        fc.record({ kind: fc.constant("https" as const), host: fc.stringMatching(/^[a-z]{1,10}\.example\.com$/) }),
+        fc.record({ kind: fc.constant("tcp" as const), host: fc.stringMatching(/^[a-z]{1,10}\.example\.com$/), port: fc.integer({ min: 1, max: 65535 }) }),
+        fc.record({ kind: fc.constant("cidr" as const), cidr: fc.constantFrom("203.0.113.0/24", "2001:db8::/32"), ports: fc.constant("any" as const) }),
+      ),
+      { maxLength: 3 },
     ),
     ttlSeconds: fc.integer({ min: 1, max: 7 * 24 * 3600 }),
     ports: fc.uniqueArray(fc.integer({ min: 1, max: 65535 }), { maxLength: 4 }),
@@ -87,10 +94,10 @@ export const arbIR: fc.Arbitrary<WorkloadIR> = fc
       envNames: Object.keys(r.env).sort(),
       envSha256: envSha256(r.env),
       resources,
-      network: r.network,
-      secrets: r.secretNames.map((name) => ({ name, ref: `store:${name.toLowerCase()}`, posture: r.posture })),
+      network: { version: 1, default: "deny", rules: r.network },
+      secrets: r.secretNames.map((name) => ({ name, ref: storeRef(name.toLowerCase().replaceAll("_", "-"), r.posture) })),
       ttlSeconds: r.ttlSeconds,
-      ports: r.ports.map((port) => ({ port, protocol: "tcp" as const })),
+      ports: r.ports.map((guest) => ({ guest })),
       requiredTier: r.tier,
       intent: r.intent,
     };
@@ -111,13 +118,13 @@ export const RULE_CASES: { rule: PolicyRule; policy: OperatorPolicy; breaks: Wor
   {
     rule: "forbidEgress",
     policy: { version: 1, forbidEgress: true },
-    breaks: sampleIR({ network: { mode: "allow-list", allow: [{ host: "api.example.com", ports: [443] }] } }),
+    breaks: sampleIR({ network: { version: 1, default: "deny", rules: [{ kind: "https", host: "api.example.com" }] } }),
     keeps: sampleIR(),
   },
   {
     rule: "forbidEnvSecrets",
     policy: { version: 1, forbidEnvSecrets: true },
-    breaks: sampleIR({ secrets: [{ name: "TOKEN", ref: "store:token", posture: "env" }] }),
+    breaks: sampleIR({ secrets: [{ name: "TOKEN", ref: storeRef("token", "env") }] }),
     keeps: sampleIR(),
   },
   { rule: "allowedIntents", policy: { version: 1, allowedIntents: ["tool:call"] }, breaks: sampleIR(), keeps: sampleIR({ intent: "tool:call" }) },

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { InvalidArgumentError } from "@mvm/protocol";
 import { envSha256, irFromCreateRequest, parseWorkloadIR, WorkloadIR } from "./ir.js";
-import { DIGEST_A, arbIR, sampleIR } from "./_testing.js";
+import { DIGEST_A, arbIR, sampleIR, storeRef } from "./_testing.js";
 
 describe("workload IR", () => {
   it("maps a create request: env names only, values bound by digest, defaults filled in", () => {
@@ -18,7 +18,7 @@ describe("workload IR", () => {
       envNames: ["ALPHA", "ZED"],
       envSha256: envSha256({ ALPHA: "secret-ish", ZED: "1" }),
       resources: { memoryMiB: 256, cpus: 0.5, workMiB: 64 },
-      network: { mode: "deny-all" },
+      network: { version: 1, default: "deny", rules: [] },
       secrets: [],
       ttlSeconds: 120,
       ports: [],
@@ -32,6 +32,21 @@ describe("workload IR", () => {
   it("requires a VM tier when the request asks for the vm backend", () => {
     assert.equal(irFromCreateRequest({ backend: "vm" }, { imageDigest: DIGEST_A }).requiredTier, "vm-emulated");
     assert.equal(irFromCreateRequest({ backend: "namespace" }, { imageDigest: DIGEST_A }).requiredTier, "container");
+  });
+
+  it("carries the request's network policy, secret refs (sorted, never values) and published ports", () => {
+    const ir = irFromCreateRequest(
+      {
+        network: { version: 1, default: "deny", rules: [{ kind: "https", host: "api.example.com" }] },
+        secrets: { ZED_KEY: storeRef("zed", "env"), API_KEY: storeRef("api", "mediated") },
+        ports: [{ guest: 8080 }],
+      },
+      { imageDigest: DIGEST_A },
+    );
+    assert.deepEqual(ir.network.rules, [{ kind: "https", host: "api.example.com" }]);
+    assert.deepEqual(ir.secrets.map((s) => [s.name, s.ref.name, s.ref.posture]), [["API_KEY", "api", "mediated"], ["ZED_KEY", "zed", "env"]]);
+    assert.deepEqual(ir.ports, [{ guest: 8080 }]);
+    assert.deepEqual(irFromCreateRequest({}, { imageDigest: DIGEST_A }).network, { version: 1, default: "deny", rules: [] });
   });
 
   it("uses the default TTL when the request has none", () => {
@@ -48,17 +63,17 @@ describe("workload IR", () => {
 
   it("refuses unknown fields and unknown network modes (closed union)", () => {
     assert.throws(() => parseWorkloadIR({ ...sampleIR(), extra: 1 }), InvalidArgumentError);
-    assert.throws(() => parseWorkloadIR({ ...sampleIR(), network: { mode: "allow-all" } }), /field "network/);
-    assert.throws(() => parseWorkloadIR({ ...sampleIR(), network: { mode: "deny-all", allow: [] } }), InvalidArgumentError);
+    assert.throws(() => parseWorkloadIR({ ...sampleIR(), network: { version: 1, default: "allow", rules: [] } }), /field "network/);
+    assert.throws(() => parseWorkloadIR({ ...sampleIR(), network: { version: 1, default: "deny", rules: [{ kind: "udp", host: "a.example" }] } }), InvalidArgumentError);
     assert.throws(() => parseWorkloadIR({ ...sampleIR(), version: 2 }), /field "version"/);
   });
 
   it("refuses unsorted env names, duplicate secrets, a secret shadowing an env name and duplicate ports", () => {
     assert.throws(() => parseWorkloadIR(sampleIR({ envNames: ["B", "A"] })), /field "envNames"/);
-    const s = { name: "K", ref: "store:k", posture: "mediated" as const };
+    const s = { name: "K", ref: storeRef("k", "mediated") };
     assert.throws(() => parseWorkloadIR(sampleIR({ secrets: [s, s] })), /field "secrets"/);
     assert.throws(() => parseWorkloadIR(sampleIR({ envNames: ["K"], secrets: [s] })), /field "secrets"/);
-    const p = { port: 80, protocol: "tcp" as const };
+    const p = { guest: 80 };
     assert.throws(() => parseWorkloadIR(sampleIR({ ports: [p, p] })), /field "ports"/);
   });
 

@@ -10,6 +10,10 @@ import {
   Argv,
   EnvName,
   InvalidArgumentError,
+  MAX_PUBLISHED_PORTS,
+  NetworkPolicySchema,
+  PortSpec,
+  SecretRefSchema,
   Sha256DigestSchema,
   Tier,
   canonicalJson,
@@ -38,45 +42,12 @@ export const WorkloadCommand = z.discriminatedUnion("kind", [
 ]);
 export type WorkloadCommand = z.infer<typeof WorkloadCommand>;
 
-/** DNS name or IP literal an egress rule names. */
-const EgressHost = z
-  .string()
-  .min(1)
-  .max(253)
-  .regex(/^[a-z0-9*]([a-z0-9.*:-]*[a-z0-9])?$/, { message: "must be a lowercase host name or IP literal" });
-
 /**
- * Network policy as data. A closed union: a policy mode the admission code does not know is
- * refused, never ignored. `allow-list` is the shape the egress gateway work extends.
+ * A secret the workload may use: the environment variable it fills and where its value comes from
+ * (a SecretRef: store, host environment or file; never the value). `ref.posture` "mediated": the
+ * guest sees a placeholder and the gateway substitutes the value; "env": the value is handed over.
  */
-export const NetworkPolicy = z.discriminatedUnion("mode", [
-  z.strictObject({ mode: z.literal("deny-all") }),
-  z.strictObject({
-    mode: z.literal("allow-list"),
-    allow: z
-      .array(z.strictObject({ host: EgressHost, ports: z.array(z.number().int().min(1).max(65535)).min(1).max(64) }))
-      .min(1)
-      .max(256),
-  }),
-]);
-export type NetworkPolicy = z.infer<typeof NetworkPolicy>;
-
-/** Where a secret comes from (`store:name`, `env:NAME`, `file:/path`...): an opaque reference, never the value. */
-export const SecretRefString = z
-  .string()
-  .min(1)
-  .max(512)
-  .regex(/^[a-z][a-z0-9-]*:[^\0\n]+$/, { message: "must look like \"scheme:reference\"" });
-
-/**
- * A secret the workload may use. `mediated`: the host injects it at the egress gateway and the
- * guest never sees the value. `env`: the value is handed to the guest as environment variable `name`.
- */
-export const SecretBinding = z.strictObject({
-  name: EnvName,
-  ref: SecretRefString,
-  posture: z.enum(["mediated", "env"]),
-});
+export const SecretBinding = z.strictObject({ name: EnvName, ref: SecretRefSchema });
 export type SecretBinding = z.infer<typeof SecretBinding>;
 
 export const IrResources = z.strictObject({
@@ -88,8 +59,6 @@ export const IrResources = z.strictObject({
 });
 export type IrResources = z.infer<typeof IrResources>;
 
-export const PortSpec = z.strictObject({ port: z.number().int().min(1).max(65535), protocol: z.literal("tcp") });
-export type PortSpec = z.infer<typeof PortSpec>;
 
 function unique<T>(items: readonly T[], key: (item: T) => string): boolean {
   return new Set(items.map(key)).size === items.length;
@@ -105,10 +74,11 @@ export const WorkloadIR = z
     /** `sha256:` of the canonical JSON of the whole environment map (names and values). */
     envSha256: Sha256DigestSchema,
     resources: IrResources,
-    network: NetworkPolicy,
+    /** The egress policy, exactly as a create request carries it. */
+    network: NetworkPolicySchema,
     secrets: z.array(SecretBinding).max(256),
     ttlSeconds: z.number().int().min(1).max(7 * 24 * 3600),
-    ports: z.array(PortSpec).max(64),
+    ports: z.array(PortSpec).max(MAX_PUBLISHED_PORTS),
     requiredTier: Tier,
     intent: IntentSchema,
   })
@@ -122,7 +92,7 @@ export const WorkloadIR = z
       message: "a secret name must not also be an environment variable name",
       path: ["secrets"],
     }),
-    z.refine((ir) => unique(ir.ports, (p) => `${p.protocol}/${p.port}`), { message: "ports must be unique", path: ["ports"] }),
+    z.refine((ir) => unique(ir.ports, (p) => String(p.guest)), { message: "ports must be unique", path: ["ports"] }),
   );
 export type WorkloadIR = z.infer<typeof WorkloadIR>;
 
@@ -141,12 +111,6 @@ export interface IrFromCreateOptions {
   intent?: string;
   /** @default { kind: "session" } */
   command?: WorkloadCommand;
-  /** @default { mode: "deny-all" } */
-  network?: NetworkPolicy;
-  /** @default [] */
-  secrets?: SecretBinding[];
-  /** @default [] */
-  ports?: PortSpec[];
   /** Used when the request has no ttlSeconds. @default 3600 */
   defaultTtlSeconds?: number;
 }
@@ -169,10 +133,12 @@ export function irFromCreateRequest(request: CreateSandboxRequest, options: IrFr
     envNames: Object.keys(env).sort(),
     envSha256: envSha256(env),
     resources,
-    network: options.network ?? { mode: "deny-all" },
-    secrets: options.secrets ?? [],
+    network: request.network ?? { version: 1, default: "deny", rules: [] },
+    secrets: Object.entries(request.secrets ?? {})
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([name, ref]) => ({ name, ref })),
     ttlSeconds: request.ttlSeconds ?? options.defaultTtlSeconds ?? 3600,
-    ports: options.ports ?? [],
+    ports: request.ports ?? [],
     requiredTier: options.requiredTier ?? (request.backend === "vm" ? "vm-emulated" : "container"),
     intent: options.intent ?? "code:execute",
   });

@@ -14,7 +14,7 @@ import {
   verifyPlanSignature,
   type ExecutionPlan,
 } from "./plan.js";
-import { arbIR, generateTestKeys, sampleIR, sampleProfile } from "./_testing.js";
+import { arbIR, generateTestKeys, sampleIR, sampleProfile, storeRef } from "./_testing.js";
 
 const keys = generateTestKeys();
 const T0 = 1_800_000_000_000;
@@ -114,7 +114,7 @@ describe("execution plans", () => {
       () => createPlan({ ir: sampleIR(), profile: sampleProfile({ secretRelease: "none" }), notBeforeMs: T0, notAfterMs: T0 + 1 }),
       /field "profile.secretRelease"/,
     );
-    const envSecret = sampleIR({ secrets: [{ name: "TOKEN", ref: "store:t", posture: "env" }] });
+    const envSecret = sampleIR({ secrets: [{ name: "TOKEN", ref: storeRef("t", "env") }] });
     assert.throws(() => createPlan({ ir: envSecret, profile: sampleProfile(), notBeforeMs: T0, notAfterMs: T0 + 1 }), InvalidArgumentError);
     assert.ok(createPlan({ ir: envSecret, profile: sampleProfile({ secretRelease: "env" }), notBeforeMs: T0, notAfterMs: T0 + 1 }));
     assert.throws(() => createPlan({ ir: sampleIR(), profile: sampleProfile(), notBeforeMs: T0, notAfterMs: T0 }), /field "notAfterMs"/);

@@ -77,10 +77,10 @@ export const PlanSignature = z.strictObject({
 export const SignedPlan = z.strictObject({ plan: ExecutionPlan, signature: PlanSignature });
 export type SignedPlan = z.infer<typeof SignedPlan>;
 
-function secretsWithin(secrets: readonly { posture: "mediated" | "env" }[], release: "none" | "mediated" | "env"): boolean {
+function secretsWithin(secrets: readonly { ref: { posture: "mediated" | "env" } }[], release: "none" | "mediated" | "env"): boolean {
   if (release === "env") return true;
   if (release === "none") return secrets.length === 0;
-  return secrets.every((s) => s.posture === "mediated");
+  return secrets.every((s) => s.ref.posture === "mediated");
 }
 
 /** `sha256:` of the canonical JSON of the plan without its planId. */

@@ -27,7 +27,7 @@ export const OperatorPolicy = z.strictObject({
       workMiB: z.number().int().min(1).optional(),
     })
     .optional(),
-  /** When true, the network policy must be `deny-all`. */
+  /** When true, the network policy must allow nothing (no rules). */
   forbidEgress: z.boolean().optional(),
   /** When true, no secret may have posture `env` (the value would be handed to the guest). */
   forbidEnvSecrets: z.boolean().optional(),
@@ -77,11 +77,11 @@ export function evaluatePolicy(ir: WorkloadIR, policy: OperatorPolicy): PolicyDe
     if (asked === undefined) return deny(`maxResources.${key}`, `${key} is unlimited; the maximum is ${max}`);
     if (asked > max) return deny(`maxResources.${key}`, `${key} "${asked}" exceeds the maximum of ${max}`);
   }
-  if (policy.forbidEgress === true && ir.network.mode !== "deny-all") {
-    return deny("forbidEgress", `network mode "${ir.network.mode}" allows egress, which the policy forbids`);
+  if (policy.forbidEgress === true && ir.network.rules.length > 0) {
+    return deny("forbidEgress", `the network policy has ${ir.network.rules.length} allow rule(s), and the policy forbids egress`);
   }
   if (policy.forbidEnvSecrets === true) {
-    const exposed = ir.secrets.find((s) => s.posture === "env");
+    const exposed = ir.secrets.find((s) => s.ref.posture === "env");
     if (exposed !== undefined) return deny("forbidEnvSecrets", `secret "${exposed.name}" has posture "env", which the policy forbids`);
   }
   if (policy.allowedIntents !== undefined && !policy.allowedIntents.includes(ir.intent)) {
