@@ -100,6 +100,9 @@ export interface ByteCounts {
  * Pipes `client` and `upstream` both ways, counting into `counts`, and resolves once both are
  * closed. Any error or close on one side destroys the other; half-close is passed through.
  */
+/** How long a tunnel's surviving side may take to flush after the other side closed, ms. */
+const FLUSH_AFTER_CLOSE_MS = 30_000;
+
 export async function splice(client: Duplex, upstream: Duplex, counts: ByteCounts): Promise<void> {
   const onClientData = (chunk: Buffer): void => {
     counts.bytesOut += chunk.length;
@@ -107,16 +110,32 @@ export async function splice(client: Duplex, upstream: Duplex, counts: ByteCount
   const onUpstreamData = (chunk: Buffer): void => {
     counts.bytesIn += chunk.length;
   };
-  // A half-closed tunnel stays open; an error or a close on one side takes the other with it.
+  // A half-closed tunnel stays open; an error or an abrupt close on one side takes the other with
+  // it. A side that ended cleanly lets the other finish writing what it already has (a relay
+  // stream may still hold the last bytes of a response, waiting for credit).
   const teardown = (): void => {
     client.destroy();
     upstream.destroy();
+  };
+  // Destroying it instead would throw away bytes still queued (and, on a relay stream, reset it
+  // so the guest drops what it has not yet delivered); it closes by itself once both directions
+  // have ended, or is torn down after FLUSH_AFTER_CLOSE_MS.
+  const onClose = (from: Duplex, to: Duplex) => (): void => {
+    if (!from.readableEnded || from.errored) return teardown();
+    if (to.destroyed) return;
+    const timer = setTimeout(teardown, FLUSH_AFTER_CLOSE_MS);
+    timer.unref();
+    to.once("close", () => clearTimeout(timer));
+    to.end();
   };
   client.on("data", onClientData);
   upstream.on("data", onUpstreamData);
   client.on("error", teardown);
   upstream.on("error", teardown);
-  const closed = Promise.all([whenClosed(client).then(teardown), whenClosed(upstream).then(teardown)]);
+  const closed = Promise.all([
+    whenClosed(client).then(onClose(client, upstream)).then(() => whenClosed(upstream)),
+    whenClosed(upstream).then(onClose(upstream, client)).then(() => whenClosed(client)),
+  ]);
   client.pipe(upstream);
   upstream.pipe(client);
   if (client.destroyed || upstream.destroyed) teardown();
