@@ -16,6 +16,8 @@ export type { InterceptSecret } from "./mitm-headers.js";
 
 /** Largest request head (request line + headers) accepted from the workload, in bytes. */
 export const MAX_REQUEST_HEAD_BYTES = 16 * 1024;
+/** How long the workload's stream may take to flush after the TLS side closed, ms. */
+const FLUSH_AFTER_CLOSE_MS = 30_000;
 /** A workload connection with no traffic for this long is closed. */
 const CLIENT_IDLE_TIMEOUT_MS = 120_000;
 /** An upstream exchange with no traffic for this long is abandoned. */
@@ -109,7 +111,14 @@ class CountedTunnel extends Duplex {
     this.#inner.off("end", this.#onEnd);
     this.#inner.off("error", this.#onError);
     this.#inner.off("close", this.#onClose);
-    this.#inner.destroy();
+    if (err === null && this.writableFinished && !this.#inner.destroyed) {
+      // Ended cleanly (node:tls destroys its transport once done): the workload's stream keeps
+      // flushing what was written to it and closes by itself; what it still sends is dropped.
+      this.#inner.on("error", () => {});
+      this.#inner.resume();
+    } else {
+      this.#inner.destroy();
+    }
     callback(err);
   }
 }
@@ -230,10 +239,25 @@ export async function intercept(options: InterceptOptions): Promise<InterceptRes
       secure.off("secure", onSecure);
       secure.off("error", onError);
       tunnel.off("close", onTunnelClose);
-      tunnel.destroy();
       if (requests === 0) note("client closed the connection before any request");
       agent.destroy();
-      resolve(result());
+      const done = (): void => {
+        tunnel.destroy();
+        resolve(result());
+      };
+      // The TLS side ended cleanly: the workload's stream may still be flushing the last response
+      // bytes (a relay stream waits for credit), so it is left to close by itself: its unread
+      // input is drained, and it is torn down after FLUSH_AFTER_CLOSE_MS at the latest.
+      const client = options.client;
+      if (client.destroyed || client.closed || signal.aborted) return done();
+      const timer = setTimeout(done, FLUSH_AFTER_CLOSE_MS);
+      timer.unref();
+      client.once("close", () => {
+        clearTimeout(timer);
+        done();
+      });
+      tunnel.end();
+      tunnel.resume();
     };
     secure.once("secure", onSecure);
     secure.on("error", onError);
