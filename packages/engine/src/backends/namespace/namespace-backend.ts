@@ -15,6 +15,7 @@ import { detectCgroups } from "./cgroups.js";
 import { type HostSetup, launchNamespaceSandbox } from "./launch.js";
 import { findExecutable, probeNamespaceHost, runBounded } from "./probe.js";
 import { reapNamespaceSandbox } from "./reap.js";
+import { sweepRelayDirs } from "./relay-listener.js";
 import { sandboxSeccompProgram } from "./seccomp.js";
 import { SandboxUidAllocator } from "./uid.js";
 
@@ -66,10 +67,13 @@ export class NamespaceBackend implements Backend {
     return this.setup;
   }
 
-  /** Removes empty `sbx_*` cgroups older than a minute: left when an engine died mid-launch. */
+  /**
+   * Removes empty `sbx_*` cgroups older than a minute and stale relay directories: left when an
+   * engine died mid-launch.
+   */
   async sweep(): Promise<string[]> {
     const host = await this.host();
-    const removed: string[] = [];
+    const removed: string[] = await sweepRelayDirs();
     for (const h of host.cgroups.hierarchies) {
       let names: string[];
       try {

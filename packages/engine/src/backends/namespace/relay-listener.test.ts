@@ -7,13 +7,13 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
-import { link, lstat, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { link, lstat, mkdir, mkdtemp, rm, utimes } from "node:fs/promises";
 import { type Socket, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import fc from "fast-check";
 import { AdmissionError, TransportError } from "@mvm/protocol";
-import { MAX_SOCKET_PATH_BYTES, RELAY_SOCKET_NAME, RelayListener, isRelayDir, removeRelayDir } from "./relay-listener.js";
+import { MAX_SOCKET_PATH_BYTES, RELAY_SOCKET_NAME, RelayListener, isRelayDir, removeRelayDir, sweepRelayDirs } from "./relay-listener.js";
 
 const isRoot = process.getuid?.() === 0;
 const SANDBOX = "sbx_relayrelayrelayrelay";
@@ -178,4 +178,26 @@ test("removeRelayDir removes a socket and its directory and ignores what is gone
   assert.equal(existsSync(relay.dir), false);
   await removeRelayDir(relay.dir);
   await relay.close();
+});
+
+test("sweep removes stale relay directories (socket and all), and leaves young ones and other names alone", async () => {
+  const parent = await mkdtemp(join(tmpdir(), "mvm-relay-sweep-"));
+  try {
+    const stale = await RelayListener.open({ sandboxId: "sbx_sweepsweepsweepswee", parentDir: parent });
+    stale.connection.catch(() => {});
+    const young = await RelayListener.open({ sandboxId: "sbx_youngyoungyoungyoun", parentDir: parent });
+    young.connection.catch(() => {});
+    await mkdir(join(parent, "mvm-relay-notours-x"));
+    const old = new Date(Date.now() - 10 * 60_000);
+    await utimes(stale.dir, old, old);
+    const removed = await sweepRelayDirs(parent);
+    assert.deepEqual(removed, [stale.dir]);
+    assert.equal(existsSync(stale.dir), false);
+    assert.equal(existsSync(join(young.dir, RELAY_SOCKET_NAME)), true);
+    assert.equal(existsSync(join(parent, "mvm-relay-notours-x")), true);
+    await stale.close();
+    await young.close();
+  } finally {
+    await rm(parent, { recursive: true, force: true });
+  }
 });

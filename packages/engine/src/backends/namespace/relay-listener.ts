@@ -11,7 +11,7 @@
  * (others may pass through, not list) and 0700 otherwise; the socket is 0600 and owned by the
  * sandbox's host uid, so only the agent's uid (and root) can connect.
  */
-import { chmod, chown, mkdtemp, rmdir, unlink } from "node:fs/promises";
+import { chmod, chown, lstat, mkdtemp, readdir, rmdir, unlink } from "node:fs/promises";
 import { type Server, type Socket, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, isAbsolute, join, normalize } from "node:path";
@@ -47,6 +47,37 @@ export function isRelayDir(dir: string): boolean {
 export async function removeRelayDir(dir: string): Promise<void> {
   await unlink(join(dir, RELAY_SOCKET_NAME)).catch(ignoreMissing);
   await rmdir(dir).catch(ignoreMissing);
+}
+
+/**
+ * Removes relay directories under `parentDir` that this uid made more than `olderThanMs` ago (by
+ * default twice the agent's connect timeout): left when an engine died between opening a
+ * listener and writing the sandbox's record. A live sandbox loses nothing: its socket was
+ * unlinked when its agent connected (the bind mount holds the inode, not the path), and a
+ * listener still waiting is never that old.
+ */
+export async function sweepRelayDirs(parentDir: string = tmpdir(), olderThanMs = 2 * RELAY_CONNECT_TIMEOUT_MS): Promise<string[]> {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = await readdir(parentDir);
+  } catch {
+    return removed;
+  }
+  const uid = process.getuid?.();
+  for (const name of names) {
+    const dir = join(parentDir, name);
+    if (!isRelayDir(dir)) continue;
+    try {
+      const st = await lstat(dir);
+      if (!st.isDirectory() || (uid !== undefined && st.uid !== uid) || Date.now() - st.mtimeMs < olderThanMs) continue;
+      await removeRelayDir(dir);
+      removed.push(dir);
+    } catch {
+      // raced with its owner, or not ours to remove
+    }
+  }
+  return removed;
 }
 
 function ignoreMissing(err: unknown): void {
