@@ -101,7 +101,7 @@ export interface ByteCounts {
  * closed. Any error or close on one side destroys the other; half-close is passed through.
  */
 /** How long a tunnel's surviving side may take to flush after the other side closed, ms. */
-const FLUSH_AFTER_CLOSE_MS = 30_000;
+const FLUSH_AFTER_CLOSE_MS = 5_000;
 
 export async function splice(client: Duplex, upstream: Duplex, counts: ByteCounts): Promise<void> {
   const onClientData = (chunk: Buffer): void => {

@@ -17,7 +17,7 @@ export type { InterceptSecret } from "./mitm-headers.js";
 /** Largest request head (request line + headers) accepted from the workload, in bytes. */
 export const MAX_REQUEST_HEAD_BYTES = 16 * 1024;
 /** How long the workload's stream may take to flush after the TLS side closed, ms. */
-const FLUSH_AFTER_CLOSE_MS = 30_000;
+const FLUSH_AFTER_CLOSE_MS = 5_000;
 /** A workload connection with no traffic for this long is closed. */
 const CLIENT_IDLE_TIMEOUT_MS = 120_000;
 /** An upstream exchange with no traffic for this long is abandoned. */
