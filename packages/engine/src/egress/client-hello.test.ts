@@ -3,18 +3,15 @@
  * fast-check mutations; readClientHello against in-process streams and real loopback sockets.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { PassThrough, duplexPair } from "node:stream";
 import tls from "node:tls";
 import { domainToASCII } from "node:url";
 import { describe, it } from "node:test";
 import { AbortedError, InvalidArgumentError, TimeoutError, TransportError } from "@mvm/protocol";
 import fc from "fast-check";
+import { SandboxCa } from "./sandbox-ca.js";
 import {
   type ClientHelloParse,
   ClientHelloRejectedError,
@@ -469,18 +466,10 @@ describe("readClientHello on loopback sockets", { timeout: 60_000 }, () => {
     }
   });
 
-  it("forwards the buffered hello and the rest unchanged so the upstream handshake completes", async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), "mvm-client-hello-"));
-    t.after(() => rmSync(dir, { recursive: true, force: true }));
-    try {
-      execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-        "-subj", "/CN=api.example.com", "-addext", "subjectAltName=DNS:api.example.com", "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")], { stdio: "ignore" });
-    } catch (err) {
-      t.skip(`openssl could not make a test certificate: ${String(err)}`);
-      return;
-    }
-    const cert = readFileSync(join(dir, "cert.pem"));
-    const upstream = tls.createServer({ key: readFileSync(join(dir, "key.pem")), cert, ALPNProtocols: ["h2"] }, (s) => s.pipe(s));
+  it("forwards the buffered hello and the rest unchanged so the upstream handshake completes", async () => {
+    const testCa = await SandboxCa.create({ sandboxId: "client-hello-test" });
+    const leaf = await testCa.leaf("api.example.com");
+    const upstream = tls.createServer({ key: leaf.keyPem, cert: leaf.certPem, ALPNProtocols: ["h2"] }, (s) => s.pipe(s));
     const gateway = net.createServer();
     const seen: string[] = [];
     gateway.on("connection", (inbound) => {
@@ -499,7 +488,7 @@ describe("readClientHello on loopback sockets", { timeout: 60_000 }, () => {
     await Promise.all([once(upstream, "listening"), once(gateway, "listening")]);
     try {
       const { port } = gateway.address() as net.AddressInfo;
-      const client = tls.connect({ host: "127.0.0.1", port, servername: "api.example.com", ca: cert, ALPNProtocols: ["h2"] });
+      const client = tls.connect({ host: "127.0.0.1", port, servername: "api.example.com", ca: testCa.certPem, ALPNProtocols: ["h2"] });
       await once(client, "secureConnect");
       assert.equal(client.alpnProtocol, "h2");
       client.write("ping");

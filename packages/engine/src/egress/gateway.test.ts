@@ -5,9 +5,7 @@
  * Loopback is allowed through `addressCheckForTests`; 127.0.0.9 plays a blocked address.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import net from "node:net";
@@ -40,9 +38,8 @@ describe("EgressGateway", () => {
   let tlsServer: tls.Server | undefined;
   let httpsServer: https.Server | undefined;
   const seenBySecret: (string | undefined)[] = [];
-  let cert: Buffer | undefined;
-  let secretCert: Buffer | undefined;
-  let certDir: string | undefined;
+  /** The CA (PEM) that signed both TLS upstreams' certificates. */
+  let caPem = "";
   const cleanups: (() => void)[] = [];
 
   before(async () => {
@@ -67,30 +64,26 @@ describe("EgressGateway", () => {
         ["secret.test", [SECRET_IP]],
       ]),
     );
-    try {
-      certDir = mkdtempSync(join(tmpdir(), "mvm-gw-"));
-      execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-        "-subj", "/CN=api.test", "-addext", "subjectAltName=DNS:api.test", "-keyout", join(certDir, "key.pem"), "-out", join(certDir, "cert.pem")], { stdio: "ignore" });
-      cert = readFileSync(join(certDir, "cert.pem"));
-      const server = tls.createServer({ key: readFileSync(join(certDir, "key.pem")), cert }, (s) => {
+    // Port 443 (what an https rule covers) can only be bound as root; CI runs as root.
+    if (process.getuid?.() === 0) {
+      const testCa = await SandboxCa.create({ sandboxId: "gateway-test-upstreams" });
+      caPem = testCa.certPem;
+      const api = await testCa.leaf("api.test");
+      const server = tls.createServer({ key: api.keyPem, cert: api.certPem }, (s) => {
         s.on("error", () => undefined);
         s.pipe(s);
       });
       server.listen(443, TLS_IP);
       await once(server, "listening");
       tlsServer = server;
-      execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-        "-subj", "/CN=secret.test", "-addext", "subjectAltName=DNS:secret.test", "-keyout", join(certDir, "skey.pem"), "-out", join(certDir, "scert.pem")], { stdio: "ignore" });
-      secretCert = readFileSync(join(certDir, "scert.pem"));
-      const secure = https.createServer({ key: readFileSync(join(certDir, "skey.pem")), cert: secretCert }, (req, res) => {
+      const secretLeaf = await testCa.leaf("secret.test");
+      const secure = https.createServer({ key: secretLeaf.keyPem, cert: secretLeaf.certPem }, (req, res) => {
         seenBySecret.push(req.headers.authorization);
         res.end("secured");
       });
       secure.listen(443, SECRET_IP);
       await once(secure, "listening");
       httpsServer = secure;
-    } catch {
-      tlsServer = undefined;
     }
   });
 
@@ -100,7 +93,6 @@ describe("EgressGateway", () => {
     dns.close();
     tlsServer?.close();
     httpsServer?.close();
-    if (certDir !== undefined) rmSync(certDir, { recursive: true, force: true });
     for (const c of cleanups) c();
   });
 
@@ -228,7 +220,7 @@ describe("EgressGateway", () => {
     const tlsVia = async (port: number, servername: string | undefined): Promise<{ ok: boolean; echoed?: string }> => {
       const { socket, status } = await connectVia(port, "api.test:443");
       assert.equal(status, 200);
-      const client = tls.connect({ socket, host: "127.0.0.1", ca: cert, ...(servername === undefined ? {} : { servername }), checkServerIdentity: () => undefined });
+      const client = tls.connect({ socket, host: "127.0.0.1", ca: caPem, ...(servername === undefined ? {} : { servername }), checkServerIdentity: () => undefined });
       try {
         await once(client, "secureConnect");
       } catch {
@@ -241,7 +233,7 @@ describe("EgressGateway", () => {
     };
 
     it("SNI equal to the CONNECT host is spliced to the upstream; the event is https", async (t) => {
-      if (tlsServer === undefined) return t.skip("needs openssl and a bindable 127.0.44.1:443 (root)");
+      if (tlsServer === undefined) return t.skip("needs root to bind port 443 (CI runs as root)");
       const { sandbox, port } = await harness(NetworkPolicy.denyByDefault().allowHttps("api.test"));
       assert.deepEqual(await tlsVia(port, "api.test"), { ok: true, echoed: "secret-free" });
       const e = await sandbox.next();
@@ -250,7 +242,7 @@ describe("EgressGateway", () => {
     });
 
     it("an SNI other than the CONNECT host, or none, is denied (no domain fronting)", async (t) => {
-      if (tlsServer === undefined) return t.skip("needs openssl and a bindable 127.0.44.1:443 (root)");
+      if (tlsServer === undefined) return t.skip("needs root to bind port 443 (CI runs as root)");
       const { sandbox, port } = await harness(NetworkPolicy.denyByDefault().allowHttps("api.test"));
       assert.equal((await tlsVia(port, "other.test")).ok, false);
       const e = await sandbox.next();
@@ -273,11 +265,11 @@ describe("EgressGateway", () => {
   });
 
   it("TLS to a host with a mediated secret is intercepted: the upstream gets the value, the event only the name", async (t) => {
-    if (httpsServer === undefined || secretCert === undefined) return t.skip("needs openssl and a bindable 127.0.44.2:443 (root)");
+    if (httpsServer === undefined) return t.skip("needs root to bind port 443 (CI runs as root)");
     const ca = await SandboxCa.create({ sandboxId: "sbx_test" });
     const policy = NetworkPolicy.denyByDefault().allowHttps("secret.test");
     const secrets = [{ name: "API_TOKEN", placeholder: PLACEHOLDER, value: SECRET_VALUE, hosts: ["secret.test"] }];
-    const { sandbox, port } = await harness(policy, { upstreamCa: [secretCert.toString()] }, new RecordingSandbox("sbx_test", policy, secrets, ca));
+    const { sandbox, port } = await harness(policy, { upstreamCa: [caPem] }, new RecordingSandbox("sbx_test", policy, secrets, ca));
     const { socket, status } = await connectVia(port, "secret.test:443");
     assert.equal(status, 200);
     const client = tls.connect({ socket, servername: "secret.test", ca: ca.certPem });
