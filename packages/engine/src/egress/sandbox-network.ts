@@ -10,7 +10,6 @@ import type { Duplex } from "node:stream";
 import {
   InvalidArgumentError,
   MAX_NETWORK_EVENTS_PAGE,
-  NetworkPolicySchema,
   RelayMux,
   type NetworkEvent,
   type NetworkEventsPage,
@@ -18,6 +17,7 @@ import {
   type PortSpec,
 } from "@mvm/protocol";
 import type { EgressGateway, EgressSandbox, MediatedSecret } from "./gateway.js";
+import { splice } from "./gateway-io.js";
 import type { SandboxCa } from "./sandbox-ca.js";
 
 /** Network events kept per sandbox; older ones are dropped (and counted). */
@@ -108,15 +108,13 @@ export class SandboxNetwork {
     return { policy: this.#policy, revision: this.#revision, ...(this.#changedAt ? { changedAt: this.#changedAt } : {}) };
   }
 
-  /** Replaces the policy, closes the connections it no longer allows, and records the change. */
+  /**
+   * Replaces the policy (already validated by the caller), closes the connections it no longer
+   * allows, and records the change.
+   */
   setPolicy(policy: NetworkPolicyJson): { closedConnections: number } {
-    const parsed = NetworkPolicySchema.safeParse(policy);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new InvalidArgumentError(`Invalid network policy: ${issue?.path.join(".") ?? ""}${issue ? ": " : ""}${issue?.message ?? "invalid"}`);
-    }
     const before = this.#policy;
-    this.#policy = parsed.data;
+    this.#policy = policy;
     this.#revision += 1;
     this.#changedAt = new Date().toISOString();
     const closedConnections = this.#gateway.enforce(this.sandboxId);
@@ -124,8 +122,8 @@ export class SandboxNetwork {
       type: "policy-changed",
       time: this.#changedAt,
       rulesBefore: before.rules.length,
-      rulesAfter: parsed.data.rules.length,
-      policy: parsed.data,
+      rulesAfter: policy.rules.length,
+      policy,
       closedConnections,
     });
     return { closedConnections };
@@ -156,7 +154,7 @@ export class SandboxNetwork {
   }
 
   async #publish(port: PortSpec): Promise<void> {
-    const server = createServer({ pauseOnConnect: false }, (socket) => this.#onPortConnection(port.guest, socket));
+    const server = createServer({ allowHalfOpen: true }, (socket) => this.#onPortConnection(port.guest, socket));
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
         reject(
@@ -183,26 +181,17 @@ export class SandboxNetwork {
       socket.destroy();
       return;
     }
-    this.#portSockets.add(socket);
     let stream: Duplex;
     try {
       stream = mux.open(guest);
     } catch {
-      this.#portSockets.delete(socket);
       socket.destroy();
       return;
     }
-    const done = (): void => {
-      this.#portSockets.delete(socket);
-      socket.destroy();
-      stream.destroy();
-    };
-    socket.once("error", done);
-    stream.once("error", done);
-    socket.once("close", done);
-    stream.once("close", done);
-    socket.pipe(stream);
-    stream.pipe(socket);
+    this.#portSockets.add(socket);
+    // The gateway's splice: a side that ends cleanly lets the other flush (a relay stream that is
+    // destroyed instead resets the guest's end, which drops bytes not yet delivered).
+    void splice(socket, stream, { bytesOut: 0, bytesIn: 0 }).finally(() => this.#portSockets.delete(socket));
   }
 
   /** Closes the ports, the relay and every connection of the sandbox. Idempotent. */
