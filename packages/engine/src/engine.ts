@@ -3,6 +3,7 @@
  * images, and reaping what a crashed engine left behind. Implements EngineApi, so the daemon
  * serves it and the SDK embeds it the same way.
  */
+import { createHash, randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { chmod, lstat, mkdir, open as openFile, stat } from "node:fs/promises";
 import { join } from "node:path";
@@ -18,7 +19,13 @@ import {
   NetworkPolicySchema,
   SYSTEM_TRUST_BUNDLE_PATH,
   egressEnvironment,
+  canonicalJson,
   toMvmError,
+  AdmissionError,
+  PolicyDeniedError,
+  SignedPlan,
+  backendForTier,
+  type AuditReceiptRef,
   type NetworkEventsPage,
   type NetworkPolicyJson,
   type SecretMeta,
@@ -57,6 +64,10 @@ import { SecretStore } from "./secrets/store.js";
 import { resolveSecrets, type ResolvedSecret } from "./secrets/resolve.js";
 import { Redactor } from "./secrets/redact.js";
 import { checkSecretHygiene } from "./secrets/warnings.js";
+import { AdmissionGate, DEFAULT_PLAN_VALIDITY_MS } from "./admission/gate.js";
+import { irFromCreateRequest } from "./admission/ir.js";
+import { AuditEventSchema, argvDigest, sha256Hex, type AuditEvent } from "./audit/entry.js";
+import type { AuditReceipt } from "./audit/log.js";
 
 export const ENGINE_VERSION = "0.1.0";
 export const DEFAULT_IMAGE = "debian:bookworm+python3";
@@ -102,6 +113,18 @@ export interface EngineOptions {
   heartbeat?: { intervalMs: number; timeoutMs: number };
   /** The egress gateway's settings. */
   egress?: EgressOptions;
+  /**
+   * The operator policy file, enforced when a plan is admitted; re-read when it changes.
+   * @default $MVM_POLICY_FILE, else `<stateDir>/policy.json` (absent: no policy)
+   */
+  policyFile?: string;
+}
+
+/** Options of {@link Engine.planSandbox}. */
+export interface PlanOptions extends CallOptions {
+  /** How long the plan may be admitted, from now, in seconds (1 s .. 24 h). @default 3600 */
+  validForSeconds?: number;
+  onProgress?: (event: ProgressEvent) => void;
 }
 
 export interface EgressOptions {
@@ -139,6 +162,11 @@ export class Engine implements EngineApi {
   readonly #gateway: EgressGateway;
   readonly secrets: SecretStore;
   #probes: ProbeResult[] = [];
+  #gate!: AdmissionGate;
+  /** The one command a sandbox may run, when its plan declares one. */
+  readonly #commands = new Map<string, readonly string[]>();
+  /** Settles when a stopped sandbox's end is in the audit log. */
+  readonly #endRecorded = new Map<string, Promise<void>>();
   #owner!: { pid: number; startTime: string };
   #closing: Promise<void> | undefined;
 
@@ -164,6 +192,7 @@ export class Engine implements EngineApi {
     await mkdir(engine.stateDir, { recursive: true, mode: 0o711 });
     await chmod(engine.stateDir, 0o711);
     await engine.#records.init();
+    engine.#gate = await AdmissionGate.open(engine.stateDir, options.policyFile !== undefined ? { policyFile: options.policyFile } : {});
     const startTime = await processStartTime(process.pid);
     engine.#owner = { pid: process.pid, startTime: startTime ?? "0" };
     await engine.reapOrphans();
@@ -247,27 +276,59 @@ export class Engine implements EngineApi {
     return out;
   }
 
+  /**
+   * Resolves what a create would run and returns the workload's IR, the backend and the image,
+   * without admitting or booting anything.
+   */
+  async #prepare(
+    req: CreateSandboxRequest,
+    options: { signal?: AbortSignal | undefined; onProgress?: ((event: ProgressEvent) => void) | undefined },
+  ) {
+    const requested = req.backend ?? (req.plan ? backendForTier(req.plan.plan.ir.requiredTier) : undefined);
+    const { backend, probe, defaulted } = this.#chooseBackend(requested);
+    const resources = this.#effectiveResources(req.resources, probe, defaulted);
+    const imageRef = req.image ?? this.#options.defaultImage ?? DEFAULT_IMAGE;
+    const image = await this.#options.images.ensure(imageRef, {
+      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    options.signal?.throwIfAborted();
+    const ttlSeconds = req.ttlSeconds ?? this.#options.defaultTtlSeconds ?? 600;
+    const workMiB = req.workMiB ?? this.#options.defaultWorkMiB ?? 1024;
+    // The IR records what is enforced: limits and sizes after defaults, the tier of the backend chosen.
+    const ir = irFromCreateRequest({ ...req, resources, workMiB, ttlSeconds }, { imageDigest: image.digest, requiredTier: probe.tier });
+    return { backend, probe, resources, imageRef, image, ttlSeconds, workMiB, ir };
+  }
+
+  /**
+   * Plan mode: the signed plan a create with this request would be admitted through, for review.
+   * Boots nothing and consumes nothing; the image is resolved (built when missing) for its digest.
+   */
+  async planSandbox(request: CreateSandboxRequest, options: PlanOptions = {}): Promise<SignedPlan> {
+    this.#assertOpen();
+    const req = parse(CreateSandboxRequest, request, "sandbox options");
+    if (req.plan !== undefined) throw new InvalidArgumentError("Cannot plan a request that already carries a plan");
+    const seconds = options.validForSeconds ?? DEFAULT_PLAN_VALIDITY_MS / 1000;
+    const { ir } = await this.#prepare(req, { signal: callSignal(options), onProgress: options.onProgress });
+    return this.#gate.issue(ir, { validityMs: Math.round(seconds * 1000), labels: { "mvm/mode": "plan" } });
+  }
+
   async createSandbox(
     request: CreateSandboxRequest,
     options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {},
   ): Promise<SandboxInfo> {
     this.#assertOpen();
-    const req = parse(CreateSandboxRequest, request, "sandbox options");
+    const req = await this.#parseCreate(request);
     const signal = callSignal(options);
+    const { backend, probe, resources, imageRef, image, ttlSeconds, workMiB, ir } = await this.#prepare(req, { signal, onProgress: options.onProgress });
+    // Nothing boots before the plan is admitted and its admission is in the audit log.
+    const admitted = req.plan ? await this.#gate.admit(req.plan, ir) : await this.#gate.admitLive(ir);
+    signal?.throwIfAborted();
     const secrets = await resolveSecrets(req.secrets ?? {}, { store: this.secrets });
     const secretEnv = Object.fromEntries(secrets.map((s) => [s.envName, s.ref.posture === "env" ? s.value : s.placeholder]));
     const warnings = checkSecretHygiene({ env: req.env ?? {}, exemptEnv: new Set(Object.keys(secretEnv)) }).map((w) => w.message);
-    const { backend, probe, defaulted } = this.#chooseBackend(req.backend);
-    const resources = this.#effectiveResources(req.resources, probe, defaulted);
-    const imageRef = req.image ?? this.#options.defaultImage ?? DEFAULT_IMAGE;
-    const image = await this.#options.images.ensure(imageRef, {
-      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
-      ...(signal ? { signal } : {}),
-    });
-    signal?.throwIfAborted();
     const id = newSandboxId();
     const now = Date.now();
-    const ttlSeconds = req.ttlSeconds ?? this.#options.defaultTtlSeconds ?? 600;
     const info: SandboxInfo = {
       id,
       state: "starting",
@@ -277,10 +338,11 @@ export class Engine implements EngineApi {
       createdAt: new Date(now).toISOString(),
       expiresAt: new Date(now + ttlSeconds * 1000).toISOString(),
       resources,
-      workMiB: req.workMiB ?? this.#options.defaultWorkMiB ?? 1024,
+      workMiB,
       labels: req.labels ?? {},
       secrets: secrets.map((s) => ({ env: s.envName, source: s.ref.source, name: s.ref.name, posture: s.ref.posture, hosts: [...s.hosts] })),
       ...(warnings.length > 0 ? { warnings } : {}),
+      receipt: { planId: admitted.planId, auditEntryId: admitted.receipt.id },
     };
     const mediated = secrets.filter((s) => s.ref.posture === "mediated");
     const ca = mediated.length > 0 ? await SandboxCa.create({ sandboxId: id }) : undefined;
@@ -339,16 +401,83 @@ export class Engine implements EngineApi {
       throw toMvmError(err);
     }
     this.#live.set(id, sandbox);
+    if (admitted.plan.ir.command.kind === "argv") this.#commands.set(id, admitted.plan.ir.command.argv);
+    try {
+      const created = await this.#gate.record({ type: "sandbox.created", sandboxId: id, planId: admitted.planId, imageDigest: image.digest, backend: backend.name });
+      sandbox.info = { ...sandbox.info, receipt: { planId: admitted.planId, auditEntryId: created.id } };
+    } catch (err) {
+      await sandbox.stop("killed").catch(() => {});
+      throw toMvmError(err);
+    }
     return sandbox.info;
+  }
+
+  /** Parses a create request; a plan that fails its schema is recorded as denied. */
+  async #parseCreate(request: CreateSandboxRequest): Promise<CreateSandboxRequest> {
+    const plan = (request as { plan?: unknown } | null)?.plan;
+    if (plan !== undefined && !SignedPlan.safeParse(plan).success) {
+      let planDigest = sha256Hex("");
+      try {
+        planDigest = sha256Hex(canonicalJson(plan));
+      } catch {
+        // not JSON: the digest of nothing stands for it
+      }
+      await this.#gate.record({ type: "plan.denied", planDigest, reason: "malformed" });
+    }
+    return parse(CreateSandboxRequest, request, "sandbox options");
+  }
+
+  /** The receipt naming `entry` for a sandbox admitted under `info`'s plan. */
+  #receipt(info: SandboxInfo, entry: AuditReceipt): AuditReceiptRef | undefined {
+    return info.receipt ? { planId: info.receipt.planId, auditEntryId: entry.id } : undefined;
   }
 
   #onEnded(sandbox: LiveSandbox): void {
     this.#live.delete(sandbox.info.id);
+    this.#commands.delete(sandbox.info.id);
+    const recorded = this.#recordEnd(sandbox);
+    this.#endRecorded.set(sandbox.info.id, recorded);
+    void recorded.finally(() => this.#endRecorded.delete(sandbox.info.id));
     this.#stoppedNetworks.set(sandbox.info.id, sandbox.network);
     if (this.#stoppedNetworks.size > STOPPED_NETWORKS_KEPT) this.#stoppedNetworks.delete(this.#stoppedNetworks.keys().next().value!);
     this.#stopped.set(sandbox.info.id, sandbox.info);
     if (this.#stopped.size > STOPPED_KEPT) this.#stopped.delete(this.#stopped.keys().next().value!);
     void this.#records.remove(sandbox.info.id);
+  }
+
+  /**
+   * Records how a sandbox ended: a summary of its network decisions, then `sandbox.killed` or
+   * `sandbox.expired`. The stopped sandbox's receipt then names the last of them.
+   */
+  async #recordEnd(sandbox: LiveSandbox): Promise<void> {
+    const info = sandbox.info;
+    if (!info.receipt) return; // never admitted: a create that failed before its plan
+    const id = info.id;
+    try {
+      const tally = sandbox.network.tally();
+      const summary: AuditEvent = {
+        type: "network.summary",
+        sandboxId: id,
+        fromTs: tally.since,
+        toTs: new Date().toISOString(),
+        allowedConnections: tally.allowed,
+        deniedConnections: tally.denied,
+        deniedHosts: tally.deniedHosts,
+      };
+      await this.#gate.record(AuditEventSchema.safeParse(summary).success ? summary : { ...summary, deniedHosts: [] });
+      const ttlSeconds = Math.round((Date.parse(info.expiresAt) - Date.parse(info.createdAt)) / 1000);
+      const by = { killed: "caller", crashed: "crash", "engine-exit": "engine" } as const;
+      const end: AuditEvent =
+        info.endReason === "expired"
+          ? { type: "sandbox.expired", sandboxId: id, ttlSeconds }
+          : { type: "sandbox.killed", sandboxId: id, by: by[info.endReason ?? "killed"] };
+      const entry = await this.#gate.record(end);
+      const stopped = this.#stopped.get(id);
+      const receipt = this.#receipt(info, entry);
+      if (stopped && receipt) this.#stopped.set(id, { ...stopped, receipt });
+    } catch {
+      // The log refuses entries after a failed write; the failure surfaces on the next admission.
+    }
   }
 
   #get(id: string): LiveSandbox {
@@ -372,19 +501,60 @@ export class Engine implements EngineApi {
 
   async killSandbox(id: string): Promise<SandboxInfo> {
     const s = this.#live.get(id);
-    if (!s) return this.getSandbox(id);
+    if (!s) {
+      await this.#endRecorded.get(id);
+      return this.getSandbox(id);
+    }
     await s.stop("killed");
-    return s.info;
+    await this.#endRecorded.get(id);
+    return this.#stopped.get(id) ?? s.info;
   }
 
   async exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options: CallOptions = {}): Promise<ExecStarted> {
     const req = parse(ExecApiRequest, request, "exec request");
     const sandbox = this.#get(id);
+    const command = this.#commands.get(id);
+    if (command !== undefined && canonicalJson(command) !== canonicalJson(req.argv)) {
+      throw new PolicyDeniedError(`Sandbox "${id}" may only run the command its plan declares`, {
+        hint: "Its plan was made for one command; plan a session (no command) to run others",
+      });
+    }
     const exempt = new Set((sandbox.info.secrets ?? []).map((s) => s.env));
     const warnings = checkSecretHygiene({ argv: req.argv, env: req.env ?? {}, exemptEnv: exempt }).map((w) => w.message);
-    const started = await sandbox.exec(req, handlers, options);
-    if (warnings.length === 0) return started;
-    const exit = started.exit.then((e) => ({ ...e, warnings }));
+    // Write-ahead: the exec is in the audit log before the process starts.
+    const execId = `exe_${randomBytes(10).toString("hex")}`;
+    await this.#gate.record({ type: "exec.started", sandboxId: id, execId, argvDigest: argvDigest(req.argv), argc: req.argv.length });
+    const t0 = Date.now();
+    let started: ExecStarted;
+    try {
+      started = await sandbox.exec(req, handlers, options);
+    } catch (err) {
+      const failed = this.#gate.record({ type: "exec.finished", sandboxId: id, execId, exitCode: null, signal: null, timedOut: false, durationMs: Date.now() - t0 });
+      await failed.catch(() => {});
+      throw err;
+    }
+    const exit = started.exit.then(
+      async (e) => {
+        const entry = await this.#gate.record({
+          type: "exec.finished",
+          sandboxId: id,
+          execId,
+          exitCode: e.exitCode !== null && e.exitCode >= 0 && e.exitCode <= 255 ? e.exitCode : null,
+          signal: e.signal !== null && /^SIG[A-Z0-9]{1,10}$/.test(e.signal) ? e.signal : null,
+          timedOut: e.timedOut,
+          durationMs: Math.max(0, Math.round(e.durationMs)),
+        });
+        const planId = sandbox.info.receipt?.planId;
+        const receipt = { ...e.receipt, ...(planId ? { planId } : {}), auditEntryId: entry.id };
+        return { ...e, receipt, ...(warnings.length > 0 ? { warnings } : {}) };
+      },
+      async (err: unknown) => {
+        await this.#gate
+          .record({ type: "exec.finished", sandboxId: id, execId, exitCode: null, signal: null, timedOut: false, durationMs: Date.now() - t0 })
+          .catch(() => {});
+        throw err;
+      },
+    );
     exit.catch(() => {});
     return { ...started, exit };
   }
@@ -392,8 +562,16 @@ export class Engine implements EngineApi {
   async setNetworkPolicy(id: string, policy: NetworkPolicyJson): Promise<SandboxInfo> {
     const parsed = parse(NetworkPolicySchema, policy, "network policy");
     const sandbox = this.#get(id);
+    const previousDigest = sha256Hex(canonicalJson(sandbox.network.policy));
     sandbox.network.setPolicy(parsed);
-    sandbox.info = { ...sandbox.info, network: sandbox.network.summary() };
+    const entry = await this.#gate.record({
+      type: "policy.changed",
+      policyId: `network:${id}`,
+      previousDigest,
+      policyDigest: sha256Hex(canonicalJson(parsed)),
+    });
+    const receipt = this.#receipt(sandbox.info, entry);
+    sandbox.info = { ...sandbox.info, network: sandbox.network.summary(), ...(receipt ? { receipt } : {}) };
     return sandbox.info;
   }
 
@@ -433,10 +611,28 @@ export class Engine implements EngineApi {
     return this.#get(id).readFile(checkPath(path));
   }
 
-  async writeFile(id: string, path: string, data: Uint8Array | AsyncIterable<Uint8Array>, options: WriteFileOptions = {}): Promise<{ bytes: number }> {
+  async writeFile(
+    id: string,
+    path: string,
+    data: Uint8Array | AsyncIterable<Uint8Array>,
+    options: WriteFileOptions = {},
+  ): Promise<{ bytes: number; receipt?: AuditReceiptRef }> {
     const mode = options.mode ?? 0o644;
     if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) throw new InvalidArgumentError(`Invalid file mode: ${JSON.stringify(mode)}`);
-    return this.#get(id).writeFile(checkPath(path), data, { ...options, mode, createParents: options.createParents ?? true });
+    const sandbox = this.#get(id);
+    const target = checkPath(path);
+    const hash = createHash("sha256");
+    const hashed = data instanceof Uint8Array ? (hash.update(data), data) : hashing(data, hash);
+    const { bytes } = await sandbox.writeFile(target, hashed, { ...options, mode, createParents: options.createParents ?? true });
+    const entry = await this.#gate.record({
+      type: "file.written",
+      sandboxId: id,
+      pathDigest: sha256Hex(target),
+      sizeBytes: bytes,
+      contentSha256: hash.digest("hex"),
+    });
+    const receipt = this.#receipt(sandbox.info, entry);
+    return { bytes, ...(receipt ? { receipt } : {}) };
   }
 
   /** Pages through the directory (the agent answers in pages that fit one control message). */
@@ -510,6 +706,8 @@ export class Engine implements EngineApi {
         [...this.#live.values()].map((s) => s.stop("engine-exit").catch((err: unknown) => errors.push(toMvmError(err)))),
       );
       await this.#gateway.close().catch(() => {});
+      await Promise.allSettled([...this.#endRecorded.values()]);
+      await this.#gate.close();
       if (errors.length > 0) throw errors[0];
     })();
     return this.#closing;
@@ -517,6 +715,14 @@ export class Engine implements EngineApi {
 
   #assertOpen(): void {
     if (this.#closing) throw new TransportError("Engine is closed");
+  }
+}
+
+/** Passes chunks through while feeding them to `hash`. */
+async function* hashing(source: AsyncIterable<Uint8Array>, hash: ReturnType<typeof createHash>): AsyncIterable<Uint8Array> {
+  for await (const chunk of source) {
+    hash.update(chunk);
+    yield chunk;
   }
 }
 

@@ -4,7 +4,7 @@
  * validates every answer with them.
  */
 import { z } from "zod";
-import { ApiErrorBody, BackendName, SandboxInfo, Sha256DigestSchema, Tier } from "./api.js";
+import { ApiErrorBody, AuditReceiptRef, BackendName, SandboxInfo, Sha256DigestSchema, Tier } from "./api.js";
 import { NetworkEventSchema } from "./network-event.js";
 
 export const ProgressEventSchema = z.strictObject({
@@ -46,7 +46,7 @@ export const ImageInfoSchema = z.strictObject({
 
 export const SandboxListSchema = z.strictObject({ sandboxes: z.array(SandboxInfo).max(100_000) });
 export const ImageListSchema = z.strictObject({ images: z.array(ImageInfoSchema).max(100_000) });
-export const WriteResultSchema = z.strictObject({ bytes: z.number().int().min(0) });
+export const WriteResultSchema = z.strictObject({ bytes: z.number().int().min(0), receipt: AuditReceiptRef.optional() });
 
 const StreamError = z.strictObject({ type: z.literal("error"), error: ApiErrorBody.shape.error });
 const StreamProgress = z.strictObject({ type: z.literal("progress"), event: ProgressEventSchema });

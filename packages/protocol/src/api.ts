@@ -7,6 +7,11 @@ import { ERROR_CODES, type ErrorCode } from "./errors.js";
 import { Argv, Env, FileInfo, KillSignal, ProcessInfo, SandboxPath } from "./messages.js";
 import { NetworkPolicySchema, PortSchema } from "./network-policy.js";
 import { SecretPosture, SecretsSpecSchema } from "./secret-ref.js";
+import { BackendName, MAX_PUBLISHED_PORTS, PortSpec, Sha256DigestSchema, Tier } from "./api-base.js";
+import { IntentSchema, SignedPlan } from "./plan.js";
+
+export { BackendName, MAX_PUBLISHED_PORTS, PortSpec, Sha256DigestSchema, Tier } from "./api-base.js";
+export type { Sha256Digest } from "./api-base.js";
 
 export const API_VERSION = "v1";
 
@@ -14,8 +19,6 @@ export const API_VERSION = "v1";
 export const SandboxIdSchema = z.string().regex(/^sbx_[a-z2-7]{20}$/);
 export type SandboxId = string & { readonly __brand: "SandboxId" };
 
-export const Sha256DigestSchema = z.string().regex(/^sha256:[0-9a-f]{64}$/);
-export type Sha256Digest = string & { readonly __brand: "Sha256Digest" };
 
 /** Image reference: `debian:<suite>[+pkg[+pkg...]]`, `sha256:<hex>`, or a local name. */
 export const ImageRefSchema = z
@@ -24,12 +27,7 @@ export const ImageRefSchema = z
   .max(512)
   .regex(/^[a-z0-9][a-z0-9._:+\-/]*$/, { message: "lowercase letters, digits and . _ : + - / only" });
 
-export const BackendName = z.enum(["namespace", "vm"]);
-export type BackendName = z.infer<typeof BackendName>;
 
-/** What a backend protects. `container`: shared host kernel. `vm-*`: own guest kernel. */
-export const Tier = z.enum(["container", "vm-hardware", "vm-emulated"]);
-export type Tier = z.infer<typeof Tier>;
 
 export const Resources = z.strictObject({
   /**
@@ -44,12 +42,6 @@ export const Resources = z.strictObject({
 });
 export type Resources = z.infer<typeof Resources>;
 
-/** Most guest ports one sandbox may publish. */
-export const MAX_PUBLISHED_PORTS = 16;
-
-/** A guest port published on a host loopback port (`host` absent: any free port). */
-export const PortSpec = z.strictObject({ guest: PortSchema, host: PortSchema.optional() });
-export type PortSpec = z.infer<typeof PortSpec>;
 
 /** Warnings about a request (e.g. an argument that looks like a secret); never contain values. */
 export const Warnings = z.array(z.string().max(512)).max(32);
@@ -69,14 +61,38 @@ export const CreateSandboxRequest = z.strictObject({
   secrets: SecretsSpecSchema.optional(),
   /** Guest ports to publish on host loopback ports; nothing else is reachable from outside. */
   ports: z.array(PortSpec).max(MAX_PUBLISHED_PORTS).optional(),
+  /** What the workload is for, `domain:verb`. @default "code:execute" */
+  intent: IntentSchema.optional(),
+  /** The only command this sandbox may execute. Absent: any command (a session). */
+  command: z.optional(Argv),
+  /**
+   * A signed execution plan (from `planSandbox`) to admit instead of one the engine signs itself.
+   * The rest of the request must describe exactly the plan's workload (see `requestFromPlan`).
+   */
+  plan: SignedPlan.optional(),
 });
 export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;
+
+/** Body of POST /v1/plans: the create request to plan, and how long the plan may be admitted. */
+export const PlanApiRequest = z.strictObject({
+  request: CreateSandboxRequest,
+  /** Seconds from now, 1 .. 86400. @default 3600 */
+  validForSeconds: z.number().int().min(1).max(24 * 3600).optional(),
+});
+export type PlanApiRequest = z.infer<typeof PlanApiRequest>;
 
 export const SandboxState = z.enum(["starting", "running", "stopped"]);
 export type SandboxState = z.infer<typeof SandboxState>;
 
 export const EndReason = z.enum(["killed", "expired", "crashed", "engine-exit"]);
 export type EndReason = z.infer<typeof EndReason>;
+
+/** `aud_<seq>_<first 16 hex digits of the entry hash>`: names one entry of the host's audit log. */
+export const AuditEntryIdSchema = z.string().regex(/^aud_[1-9][0-9]{0,15}_[0-9a-f]{16}$/);
+
+/** Where an action is recorded: the plan that admitted its sandbox and its audit log entry. */
+export const AuditReceiptRef = z.strictObject({ planId: Sha256DigestSchema, auditEntryId: AuditEntryIdSchema });
+export type AuditReceiptRef = z.infer<typeof AuditReceiptRef>;
 
 export const SandboxInfo = z.strictObject({
   id: SandboxIdSchema,
@@ -111,6 +127,8 @@ export const SandboxInfo = z.strictObject({
   /** Published ports: connect to `127.0.0.1:host` on the engine's host to reach `guest`. */
   ports: z.array(z.strictObject({ guest: PortSchema, host: PortSchema })).max(MAX_PUBLISHED_PORTS).optional(),
   warnings: Warnings.optional(),
+  /** The plan this sandbox was admitted through, and the audit entry of its latest lifecycle event. */
+  receipt: AuditReceiptRef.optional(),
 });
 export type SandboxInfo = z.infer<typeof SandboxInfo>;
 
@@ -132,6 +150,10 @@ export const ExecApiRequest = z.strictObject({
 export type ExecApiRequest = z.infer<typeof ExecApiRequest>;
 
 export const Receipt = z.strictObject({
+  /** The plan that admitted the sandbox. */
+  planId: Sha256DigestSchema.optional(),
+  /** The audit entry recording how the process finished. */
+  auditEntryId: AuditEntryIdSchema.optional(),
   sandboxId: SandboxIdSchema,
   proc: z.number().int().min(0),
   imageDigest: Sha256DigestSchema,

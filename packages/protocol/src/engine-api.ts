@@ -4,6 +4,7 @@
  * Types only: no I/O here.
  */
 import type {
+  AuditReceiptRef,
   CreateSandboxRequest,
   ExecApiRequest,
   ExitInfo,
@@ -15,6 +16,7 @@ import type {
 import type { FileInfo, KillSignal, ProcessInfo } from "./messages.js";
 import type { NetworkEventsPage, SecretMeta } from "./api-responses.js";
 import type { NetworkPolicyJson } from "./network-policy.js";
+import type { SignedPlan } from "./plan.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -94,6 +96,14 @@ export interface EngineApi {
     request: CreateSandboxRequest,
     options?: CallOptions & { onProgress?: (event: ProgressEvent) => void },
   ): Promise<SandboxInfo>;
+  /**
+   * Plan mode: the signed execution plan a create with this request would be admitted through,
+   * for review. Boots nothing; the plan can later be passed as `request.plan` (once).
+   */
+  planSandbox(
+    request: CreateSandboxRequest,
+    options?: CallOptions & { validForSeconds?: number; onProgress?: (event: ProgressEvent) => void },
+  ): Promise<SignedPlan>;
   getSandbox(id: string, options?: CallOptions): Promise<SandboxInfo>;
   listSandboxes(options?: CallOptions): Promise<SandboxInfo[]>;
   killSandbox(id: string, options?: CallOptions): Promise<SandboxInfo>;
@@ -125,7 +135,7 @@ export interface EngineApi {
     path: string,
     data: Uint8Array | AsyncIterable<Uint8Array>,
     options?: WriteFileOptions,
-  ): Promise<{ bytes: number }>;
+  ): Promise<{ bytes: number; receipt?: AuditReceiptRef }>;
   listDir(id: string, path: string, options?: CallOptions): Promise<DirListingResult>;
   stat(id: string, path: string, options?: CallOptions): Promise<FileInfo>;
   mkdir(id: string, path: string, recursive: boolean, options?: CallOptions): Promise<void>;

@@ -27,3 +27,4 @@ export * from "./network-event.js";
 export * from "./egress.js";
 export * from "./relay-mux.js";
 export * from "./secret-ref.js";
+export * from "./plan.js";

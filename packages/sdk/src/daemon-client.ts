@@ -29,6 +29,8 @@ import {
   type ProgressEvent,
   type SandboxInfo,
   type WriteFileOptions,
+  type SignedPlan,
+  type AuditReceiptRef,
 } from "@mvm/protocol";
 import type { z } from "zod";
 import { CallScope } from "./_internal/call-scope.js";
@@ -98,6 +100,11 @@ export class DaemonClient implements EngineApi {
   ): Promise<SandboxInfo> {
     const call = { method: "POST", path: "/v1/sandboxes", ...jsonBody(request) } as const;
     return this.#progressStream("createSandbox", options, call, wire.CreateStreamLine, (line) => (line as { sandbox: SandboxInfo }).sandbox);
+  }
+
+  planSandbox(request: CreateSandboxRequest, options: CallOptions & { validForSeconds?: number } = {}): Promise<SignedPlan> {
+    const body = { request, ...(options.validForSeconds !== undefined ? { validForSeconds: options.validForSeconds } : {}) };
+    return this.#json("planSandbox", options, { method: "POST", path: "/v1/plans", ...jsonBody(body) }, wire.SignedPlan);
   }
 
   getSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
@@ -217,15 +224,15 @@ export class DaemonClient implements EngineApi {
     path: string,
     data: Uint8Array | AsyncIterable<Uint8Array>,
     options: WriteFileOptions = {},
-  ): Promise<{ bytes: number }> {
+  ): Promise<{ bytes: number; receipt?: AuditReceiptRef }> {
     const query: Record<string, string> = { path };
     if (options.mode !== undefined) query.mode = options.mode.toString(8);
     if (options.createParents !== undefined) query.createParents = options.createParents ? "1" : "0";
     const headers: Record<string, string> = { "Content-Type": "application/octet-stream" };
     if (data instanceof Uint8Array) headers["Content-Length"] = String(data.byteLength);
     const call = { method: "PUT", path: filesPath(id, "content", query), headers, body: data } as const;
-    const r = await this.#json<{ bytes: number }>("writeFile", options, call, wire.WriteResultSchema, false);
-    return { bytes: r.bytes };
+    const r = await this.#json<{ bytes: number; receipt?: AuditReceiptRef }>("writeFile", options, call, wire.WriteResultSchema, false);
+    return r.receipt ? { bytes: r.bytes, receipt: r.receipt } : { bytes: r.bytes };
   }
 
   listDir(id: string, path: string, options?: CallOptions): Promise<DirListingResult> {

@@ -26,6 +26,8 @@ import {
   type ProgressEvent,
   type SandboxInfo,
   type WriteFileOptions,
+  type SignedPlan,
+  type AuditReceiptRef,
 } from "@mvm/protocol";
 
 /** Loads the engine module; replaceable in tests. */
@@ -126,6 +128,12 @@ export class EmbeddedEngine implements EngineApi {
   createSandbox(request: CreateSandboxRequest, options?: CallOptions & { onProgress?: (event: ProgressEvent) => void }): Promise<SandboxInfo> {
     return this.#engine.createSandbox(request, options);
   }
+  planSandbox(
+    request: CreateSandboxRequest,
+    options?: CallOptions & { validForSeconds?: number; onProgress?: (event: ProgressEvent) => void },
+  ): Promise<SignedPlan> {
+    return this.#engine.planSandbox(request, options);
+  }
   getSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.getSandbox(id, options);
   }
@@ -150,7 +158,7 @@ export class EmbeddedEngine implements EngineApi {
   readFile(id: string, path: string, options?: CallOptions): Promise<FileReadStream> {
     return this.#engine.readFile(id, path, options);
   }
-  writeFile(id: string, path: string, data: Uint8Array | AsyncIterable<Uint8Array>, options?: WriteFileOptions): Promise<{ bytes: number }> {
+  writeFile(id: string, path: string, data: Uint8Array | AsyncIterable<Uint8Array>, options?: WriteFileOptions): Promise<{ bytes: number; receipt?: AuditReceiptRef }> {
     return this.#engine.writeFile(id, path, data, options);
   }
   listDir(id: string, path: string, options?: CallOptions): Promise<DirListingResult> {

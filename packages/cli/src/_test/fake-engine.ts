@@ -28,6 +28,8 @@ import {
   type Sha256Digest,
   type Tier,
   type WriteFileOptions,
+  UnsupportedCapabilityError,
+  type SignedPlan,
 } from "@mvm/protocol";
 
 export const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
@@ -160,6 +162,10 @@ export class FakeEngine implements EngineApi {
     for (const e of this.progress) options?.onProgress?.(e);
     return this.newSandbox(request);
   }
+  async planSandbox(): Promise<SignedPlan> {
+    throw new UnsupportedCapabilityError("The fake engine signs no plans");
+  }
+
   async getSandbox(id: string): Promise<SandboxInfo> {
     this.calls.push("getSandbox");
     return this.#get(id);

@@ -31,6 +31,18 @@ export interface AdmittedPlan {
   plan: ExecutionPlan;
 }
 
+/** Why admission refused a plan: the codes the audit log records. */
+export type RefusalReason = "signature_invalid" | "plan_expired" | "plan_not_yet_valid" | "nonce_replayed" | "malformed" | "request_mismatch";
+
+/** A plan admission refused before the policy was consulted; `reason` says why, as a stable code. */
+export class PlanRefusedError extends AdmissionError {
+  readonly reason: RefusalReason;
+  constructor(reason: RefusalReason, message: string, options: { cause?: unknown } = {}) {
+    super(message, options);
+    this.reason = reason;
+  }
+}
+
 /** A refusal by the operator policy, naming the rule. */
 export class PolicyRuleDeniedError extends PolicyDeniedError {
   readonly rule: PolicyRule;
@@ -54,16 +66,23 @@ export async function admit(signed: unknown, options: AdmitOptions): Promise<Adm
   if (!Number.isSafeInteger(options.nowMs) || options.nowMs < 0) throw new InvalidArgumentError(`Invalid nowMs "${options.nowMs}"`);
   if (!Number.isSafeInteger(clockSkewMs) || clockSkewMs < 0) throw new InvalidArgumentError(`Invalid clockSkewMs "${clockSkewMs}"`);
 
-  const { plan } = verifyPlanSignature(signed, options.publicKey);
+  let plan: ExecutionPlan;
+  try {
+    plan = verifyPlanSignature(signed, options.publicKey).plan;
+  } catch (err) {
+    if (!(err instanceof AdmissionError)) throw err;
+    const reason = /^Malformed/.test(err.message) ? "malformed" : "signature_invalid";
+    throw new PlanRefusedError(reason, err.message, { cause: err });
+  }
   const id = plan.planId;
   if (plan.notAfterMs - plan.notBeforeMs > maxValidityMs) {
-    throw new AdmissionError(`Plan "${id}" refused: validity window of ${plan.notAfterMs - plan.notBeforeMs} ms exceeds the maximum of ${maxValidityMs} ms`);
+    throw new PlanRefusedError("malformed", `Plan "${id}" refused: validity window of ${plan.notAfterMs - plan.notBeforeMs} ms exceeds the maximum of ${maxValidityMs} ms`);
   }
   if (options.nowMs + clockSkewMs < plan.notBeforeMs) {
-    throw new AdmissionError(`Plan "${id}" refused: not valid before ${new Date(plan.notBeforeMs).toISOString()}`);
+    throw new PlanRefusedError("plan_not_yet_valid", `Plan "${id}" refused: not valid before ${new Date(plan.notBeforeMs).toISOString()}`);
   }
   if (options.nowMs - clockSkewMs > plan.notAfterMs) {
-    throw new AdmissionError(`Plan "${id}" refused: expired at ${new Date(plan.notAfterMs).toISOString()}`);
+    throw new PlanRefusedError("plan_expired", `Plan "${id}" refused: expired at ${new Date(plan.notAfterMs).toISOString()}`);
   }
 
   const decision = evaluatePolicy(plan.ir, options.policy);
@@ -73,6 +92,6 @@ export async function admit(signed: unknown, options: AdmitOptions): Promise<Adm
   const fresh = await options.replayStore.consume(plan.nonce, plan.notAfterMs + clockSkewMs).catch((err: unknown) => {
     throw new AdmissionError(`Plan "${id}" refused: the replay store failed: ${(err as Error).message}`, { cause: err });
   });
-  if (!fresh) throw new AdmissionError(`Plan "${id}" refused: nonce "${plan.nonce}" was already used (replay)`);
+  if (!fresh) throw new PlanRefusedError("nonce_replayed", `Plan "${id}" refused: nonce "${plan.nonce}" was already used (replay)`);
   return { planId: id as Sha256Digest, plan };
 }

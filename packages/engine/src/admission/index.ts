@@ -32,5 +32,5 @@ export { ReplayStore } from "./replay.js";
 export type { ReplayStoreOptions, CompactResult } from "./replay.js";
 export { POLICY_VERSION, OperatorPolicy, evaluatePolicy, parsePolicy, loadPolicy } from "./policy.js";
 export type { PolicyRule, PolicyDecision } from "./policy.js";
-export { admit, PolicyRuleDeniedError } from "./admit.js";
-export type { AdmitOptions, AdmittedPlan } from "./admit.js";
+export { admit, PlanRefusedError, PolicyRuleDeniedError } from "./admit.js";
+export type { AdmitOptions, AdmittedPlan, RefusalReason } from "./admit.js";

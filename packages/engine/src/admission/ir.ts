@@ -7,94 +7,20 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import {
-  Argv,
-  EnvName,
+  DEFAULT_INTENT,
+  IR_VERSION,
   InvalidArgumentError,
-  MAX_PUBLISHED_PORTS,
-  NetworkPolicySchema,
-  PortSpec,
-  SecretRefSchema,
-  Sha256DigestSchema,
-  Tier,
+  WorkloadIR,
   canonicalJson,
   type CreateSandboxRequest,
+  type IrResources,
   type Sha256Digest,
+  type Tier,
+  type WorkloadCommand,
 } from "@mvm/protocol";
 
-export const IR_VERSION = 1;
-
-/** `domain:verb`, e.g. `code:execute`. Lowercase letters, digits and `-`. */
-export const IntentSchema = z
-  .string()
-  .max(64)
-  .regex(/^[a-z][a-z0-9-]*:[a-z][a-z0-9-]*$/, { message: "must look like \"domain:verb\", e.g. \"code:execute\"" });
-export type Intent = z.infer<typeof IntentSchema>;
-
-/**
- * What the sandbox runs. `argv`: this command is the workload. `entrypoint`: the image's entrypoint
- * with these arguments. `session`: only the guest agent boots; commands arrive later over exec,
- * under the plan's intent (what a `createSandbox` call asks for today).
- */
-export const WorkloadCommand = z.discriminatedUnion("kind", [
-  z.strictObject({ kind: z.literal("argv"), argv: Argv }),
-  z.strictObject({ kind: z.literal("entrypoint"), args: z.array(z.string().max(128 * 1024)).max(4096) }),
-  z.strictObject({ kind: z.literal("session") }),
-]);
-export type WorkloadCommand = z.infer<typeof WorkloadCommand>;
-
-/**
- * A secret the workload may use: the environment variable it fills and where its value comes from
- * (a SecretRef: store, host environment or file; never the value). `ref.posture` "mediated": the
- * guest sees a placeholder and the gateway substitutes the value; "env": the value is handed over.
- */
-export const SecretBinding = z.strictObject({ name: EnvName, ref: SecretRefSchema });
-export type SecretBinding = z.infer<typeof SecretBinding>;
-
-export const IrResources = z.strictObject({
-  memoryMiB: z.number().int().min(128).max(1024 * 1024).optional(),
-  pids: z.number().int().min(8).max(1_000_000).optional(),
-  cpus: z.number().min(0.01).max(1024).optional(),
-  /** Size cap of the writable /work, in MiB. */
-  workMiB: z.number().int().min(1).max(1024 * 1024).optional(),
-});
-export type IrResources = z.infer<typeof IrResources>;
-
-
-function unique<T>(items: readonly T[], key: (item: T) => string): boolean {
-  return new Set(items.map(key)).size === items.length;
-}
-
-export const WorkloadIR = z
-  .strictObject({
-    version: z.literal(IR_VERSION),
-    imageDigest: Sha256DigestSchema,
-    command: WorkloadCommand,
-    /** Names of the environment variables the workload gets, sorted, without duplicates. */
-    envNames: z.array(EnvName).max(1024),
-    /** `sha256:` of the canonical JSON of the whole environment map (names and values). */
-    envSha256: Sha256DigestSchema,
-    resources: IrResources,
-    /** The egress policy, exactly as a create request carries it. */
-    network: NetworkPolicySchema,
-    secrets: z.array(SecretBinding).max(256),
-    ttlSeconds: z.number().int().min(1).max(7 * 24 * 3600),
-    ports: z.array(PortSpec).max(MAX_PUBLISHED_PORTS),
-    requiredTier: Tier,
-    intent: IntentSchema,
-  })
-  .check(
-    z.refine((ir) => ir.envNames.every((n, i) => i === 0 || ir.envNames[i - 1]! < n), {
-      message: "envNames must be sorted and unique",
-      path: ["envNames"],
-    }),
-    z.refine((ir) => unique(ir.secrets, (s) => s.name), { message: "secret names must be unique", path: ["secrets"] }),
-    z.refine((ir) => !ir.secrets.some((s) => ir.envNames.includes(s.name)), {
-      message: "a secret name must not also be an environment variable name",
-      path: ["secrets"],
-    }),
-    z.refine((ir) => unique(ir.ports, (p) => String(p.guest)), { message: "ports must be unique", path: ["ports"] }),
-  );
-export type WorkloadIR = z.infer<typeof WorkloadIR>;
+export { IR_VERSION, IntentSchema, WorkloadCommand, SecretBinding, IrResources, WorkloadIR } from "@mvm/protocol";
+export type { Intent } from "@mvm/protocol";
 
 /** `sha256:` of the canonical JSON of an environment map; the digest of `{}` for no environment. */
 export function envSha256(env: Readonly<Record<string, string>> | undefined): Sha256Digest {
@@ -107,9 +33,9 @@ export interface IrFromCreateOptions {
   imageDigest: string;
   /** The tier the workload requires. @default "vm-emulated" when `request.backend` is "vm", else "container" */
   requiredTier?: Tier;
-  /** @default "code:execute" */
+  /** @default request.intent, else "code:execute" */
   intent?: string;
-  /** @default { kind: "session" } */
+  /** @default request.command as `argv`, else { kind: "session" } */
   command?: WorkloadCommand;
   /** Used when the request has no ttlSeconds. @default 3600 */
   defaultTtlSeconds?: number;
@@ -129,7 +55,7 @@ export function irFromCreateRequest(request: CreateSandboxRequest, options: IrFr
   return parseWorkloadIR({
     version: IR_VERSION,
     imageDigest: options.imageDigest,
-    command: options.command ?? { kind: "session" },
+    command: options.command ?? (request.command !== undefined ? { kind: "argv", argv: request.command } : { kind: "session" }),
     envNames: Object.keys(env).sort(),
     envSha256: envSha256(env),
     resources,
@@ -140,7 +66,7 @@ export function irFromCreateRequest(request: CreateSandboxRequest, options: IrFr
     ttlSeconds: request.ttlSeconds ?? options.defaultTtlSeconds ?? 3600,
     ports: request.ports ?? [],
     requiredTier: options.requiredTier ?? (request.backend === "vm" ? "vm-emulated" : "container"),
-    intent: options.intent ?? "code:execute",
+    intent: options.intent ?? request.intent ?? DEFAULT_INTENT,
   });
 }
 

@@ -6,82 +6,31 @@
  */
 import { createHash, createPublicKey, randomBytes, sign, verify, type KeyObject } from "node:crypto";
 import { z } from "zod";
-import { AdmissionError, InvalidArgumentError, Sha256DigestSchema, canonicalJson, type Sha256Digest } from "@mvm/protocol";
-import { IntentSchema, WorkloadIR, describeIssue } from "./ir.js";
+import {
+  AdmissionError,
+  ExecutionPlan,
+  InvalidArgumentError,
+  PLAN_RULES,
+  PLAN_VERSION,
+  SignedPlan,
+  UnsignedPlanFields,
+  canonicalJson,
+  type AdmissionProfile,
+  type Sha256Digest,
+  type UnsignedPlan,
+  type WorkloadIR,
+} from "@mvm/protocol";
+import { describeIssue } from "./ir.js";
 
-export const PLAN_VERSION = 1;
 /** Bytes signed = this prefix + canonical JSON of the plan. */
 export const PLAN_SIGNATURE_DOMAIN = "mvm.execution-plan.v1\n";
 /** Largest encoded signed plan `decodeSignedPlan` reads, in bytes. */
 export const MAX_SIGNED_PLAN_BYTES = 1024 * 1024;
 
-/** A named policy, optionally pinned to the digest of its content: `egress-default@sha256:…`. */
-export const PolicyRef = z
-  .string()
-  .max(200)
-  .regex(/^[a-z0-9][a-z0-9._-]{0,63}(@sha256:[0-9a-f]{64})?$/, { message: "must be a policy name, optionally @sha256:<hex>" });
+export { PLAN_VERSION, PolicyRef, AdmissionProfile, NonceSchema, ExecutionPlan, PlanSignature, SignedPlan } from "@mvm/protocol";
+export type { UnsignedPlan } from "@mvm/protocol";
 
-/**
- * Under which rules the IR runs. `secretRelease` is the ceiling for the IR's secret postures:
- * `none` allows no secrets, `mediated` only mediated ones, `env` both.
- */
-export const AdmissionProfile = z.strictObject({
-  intent: IntentSchema,
-  seccompTier: z.enum(["default", "strict"]),
-  networkPolicyRef: PolicyRef.optional(),
-  filesystemPolicyRef: PolicyRef.optional(),
-  egressPolicyRef: PolicyRef.optional(),
-  toolPolicyRef: PolicyRef.optional(),
-  secretRelease: z.enum(["none", "mediated", "env"]),
-  auditLabels: z
-    .record(z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9._/-]*$/), z.string().max(256))
-    .check(z.refine((l) => Object.keys(l).length <= 32, { message: "at most 32 labels" })),
-});
-export type AdmissionProfile = z.infer<typeof AdmissionProfile>;
-
-export const NonceSchema = z.string().regex(/^[0-9a-f]{32}$/, { message: "must be 128 bits as 32 lowercase hex digits" });
-
-const UnsignedPlanFields = {
-  version: z.literal(PLAN_VERSION),
-  ir: WorkloadIR,
-  profile: AdmissionProfile,
-  /** Start of validity, milliseconds since the Unix epoch. */
-  notBeforeMs: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-  /** End of validity (inclusive), milliseconds since the Unix epoch. */
-  notAfterMs: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-  nonce: NonceSchema,
-};
-
-type PlanRules = { notBeforeMs: number; notAfterMs: number; ir: WorkloadIR; profile: AdmissionProfile };
-const planRules = [
-  z.refine<PlanRules>((p) => p.notAfterMs > p.notBeforeMs, { message: "notAfterMs must be after notBeforeMs", path: ["notAfterMs"] }),
-  z.refine<PlanRules>((p) => p.profile.intent === p.ir.intent, { message: "profile intent must equal the IR intent", path: ["profile", "intent"] }),
-  z.refine<PlanRules>((p) => secretsWithin(p.ir.secrets, p.profile.secretRelease), {
-    message: "a secret posture exceeds the profile's secretRelease",
-    path: ["profile", "secretRelease"],
-  }),
-];
-
-const UnsignedPlanSchema = z.strictObject(UnsignedPlanFields).check(...planRules);
-export const ExecutionPlan = z.strictObject({ ...UnsignedPlanFields, planId: Sha256DigestSchema }).check(...planRules);
-export type ExecutionPlan = z.infer<typeof ExecutionPlan>;
-export type UnsignedPlan = Omit<ExecutionPlan, "planId">;
-
-export const PlanSignature = z.strictObject({
-  alg: z.literal("ed25519"),
-  /** `sha256:` of the signer's public key in SPKI DER form. */
-  keyId: Sha256DigestSchema,
-  /** 64 bytes, lowercase hex. */
-  value: z.string().regex(/^[0-9a-f]{128}$/),
-});
-export const SignedPlan = z.strictObject({ plan: ExecutionPlan, signature: PlanSignature });
-export type SignedPlan = z.infer<typeof SignedPlan>;
-
-function secretsWithin(secrets: readonly { ref: { posture: "mediated" | "env" } }[], release: "none" | "mediated" | "env"): boolean {
-  if (release === "env") return true;
-  if (release === "none") return secrets.length === 0;
-  return secrets.every((s) => s.ref.posture === "mediated");
-}
+const UnsignedPlanSchema = z.strictObject(UnsignedPlanFields).check(...PLAN_RULES);
 
 /** `sha256:` of the canonical JSON of the plan without its planId. */
 export function computePlanId(plan: UnsignedPlan | ExecutionPlan): Sha256Digest {

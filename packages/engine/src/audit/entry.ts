@@ -37,6 +37,8 @@ export const DenialReason = z.enum([
   "policy_violation",
   "capability_unsupported",
   "malformed",
+  /** The create request did not describe the plan's workload. */
+  "request_mismatch",
 ]);
 
 export const AuditEventSchema = z.discriminatedUnion("type", [

@@ -1,6 +1,7 @@
 /** Routes for health, sandbox lifecycle, exec and processes. */
 import {
   CreateSandboxRequest,
+  PlanApiRequest,
   ExecApiRequest,
   SignalApiRequest,
   type ExecEvent,
@@ -20,6 +21,15 @@ const MAX_EVENT_CHUNK_BYTES = 256 * 1024;
 export const sandboxRoutes: readonly Route[] = [
   { method: "GET", pattern: "/v1/health", handler: async (ctx) => sendJson(ctx.res, 200, await ctx.engine.health({ signal: ctx.signal })) },
   { method: "POST", pattern: "/v1/sandboxes", handler: createSandbox },
+  {
+    method: "POST",
+    pattern: "/v1/plans",
+    handler: async (ctx) => {
+      const body = await readJson(ctx.req, PlanApiRequest);
+      const options = { signal: ctx.signal, ...(body.validForSeconds !== undefined ? { validForSeconds: body.validForSeconds } : {}) };
+      sendJson(ctx.res, 200, await ctx.engine.planSandbox(body.request, options));
+    },
+  },
   {
     method: "GET",
     pattern: "/v1/sandboxes",

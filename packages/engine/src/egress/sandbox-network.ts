@@ -45,6 +45,7 @@ export class SandboxNetwork {
   readonly #events: NetworkEvent[] = [];
   readonly #maxEvents: number;
   #dropped = 0;
+  readonly #tally = { allowed: 0, denied: 0, deniedHosts: new Set<string>(), since: new Date().toISOString() };
   #mux: RelayMux | undefined;
   readonly #servers: { guest: number; host: number; server: Server }[] = [];
   readonly #portSockets = new Set<Socket>();
@@ -145,7 +146,23 @@ export class SandboxNetwork {
     return { events, next: events.at(-1)?.seq ?? Math.max(after, firstSeq - 1), dropped: this.#dropped };
   }
 
+  /**
+   * Counts of every decision since the network opened (not only the events still kept), and up to
+   * 16 of the host names that were denied: what the audit log's `network.summary` records.
+   */
+  tally(): { since: string; allowed: number; denied: number; deniedHosts: string[] } {
+    return { since: this.#tally.since, allowed: this.#tally.allowed, denied: this.#tally.denied, deniedHosts: [...this.#tally.deniedHosts] };
+  }
+
   #record(event: NetworkEvent): void {
+    if (event.type === "connection") {
+      if (event.decision === "allowed") this.#tally.allowed++;
+      else {
+        this.#tally.denied++;
+        const host = event.host?.toLowerCase();
+        if (host !== undefined && this.#tally.deniedHosts.size < 16 && /^[a-z0-9.-]{1,253}$/.test(host)) this.#tally.deniedHosts.add(host);
+      }
+    }
     this.#events.push(event);
     if (this.#events.length > this.#maxEvents) {
       this.#events.shift();

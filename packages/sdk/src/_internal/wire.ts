@@ -16,4 +16,5 @@ export {
   NetworkEventsPageSchema,
   SecretListSchema,
   SecretMetaSchema,
+  SignedPlan,
 } from "@mvm/protocol";

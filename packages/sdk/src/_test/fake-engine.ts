@@ -39,6 +39,7 @@ import {
   type SandboxInfo,
   type Sha256Digest,
   type WriteFileOptions,
+  type SignedPlan,
 } from "@mvm/protocol";
 import { CHUNK, FakeProc, runProgram, type Entry, type FakeSandbox } from "./fake-process.js";
 
@@ -101,6 +102,10 @@ export class FakeEngine implements EngineApi {
     ]);
     this.sandboxes.set(info.id, { info, files, procs: new Map(), nextProc: 1 });
     return info;
+  }
+
+  async planSandbox(): Promise<SignedPlan> {
+    throw new UnsupportedCapabilityError("The fake engine signs no plans");
   }
 
   async getSandbox(id: string): Promise<SandboxInfo> {
