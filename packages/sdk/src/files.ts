@@ -10,6 +10,7 @@ import {
   type DirListingResult,
   type EngineApi,
   type FileInfo,
+  type AuditReceiptRef,
 } from "@mvm/protocol";
 import { callOptions } from "./_internal/call-options.js";
 
@@ -41,6 +42,8 @@ export interface WriteResult {
   path: string;
   /** Bytes written. */
   bytes: number;
+  /** The plan of the sandbox and the audit entry recording this write. */
+  receipt?: AuditReceiptRef;
 }
 
 /** Files of one sandbox. Paths are absolute and normalized (no `..`). */
@@ -105,8 +108,8 @@ export class Files {
     const opts: WriteOptions = callOptions(options);
     if (options.mode !== undefined) opts.mode = options.mode;
     if (options.createParents !== undefined) opts.createParents = options.createParents;
-    const { bytes } = await this.#engine.writeFile(this.#sandboxId, path, toSource(data), opts);
-    return { path, bytes };
+    const { bytes, receipt } = await this.#engine.writeFile(this.#sandboxId, path, toSource(data), opts);
+    return receipt ? { path, bytes, receipt } : { path, bytes };
   }
 
   /**

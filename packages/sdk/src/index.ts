@@ -3,13 +3,13 @@
  * this process.
  */
 export { Sandbox } from "./sandbox.js";
-export type { SandboxCreateOptions, SandboxConnectOptions } from "./sandbox.js";
+export type { SandboxCreateOptions, SandboxConnectOptions, SandboxPlanOptions } from "./sandbox.js";
 export { Commands, CommandHandle, commandFailed, DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_MAX_OUTPUT_BYTES } from "./commands.js";
 export type { CommandResult, RunOptions, StartOptions } from "./commands.js";
 export { Files, DEFAULT_MAX_READ_BYTES } from "./files.js";
 export { SandboxNetworkApi } from "./network.js";
 export type { NetworkEventsOptions } from "./network.js";
-export { NetworkPolicy, SecretRef } from "@mvm/protocol";
+export { NetworkPolicy, SecretRef, requestFromPlan } from "@mvm/protocol";
 export type {
   ConnectionEvent,
   NetworkEvent,
@@ -52,6 +52,12 @@ export {
   isErrorCode,
 } from "@mvm/protocol";
 export type {
+  AdmissionProfile,
+  AuditReceiptRef,
+  ExecutionPlan,
+  SignedPlan,
+  WorkloadCommand,
+  WorkloadIR,
   BackendName,
   BackendReport,
   CallOptions,

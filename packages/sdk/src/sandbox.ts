@@ -7,7 +7,10 @@ import {
   NetworkPolicy,
   NotFoundError,
   SecretRef,
+  requestFromPlan,
+  type AuditReceiptRef,
   type NetworkPolicyJson,
+  type SignedPlan,
   type SecretRefJson,
   type CallOptions,
   type EngineApi,
@@ -42,7 +45,32 @@ export interface SandboxCreateOptions extends Omit<CreateSandboxRequest, "networ
 /** Connection settings and cancellation of the other static calls. */
 export type SandboxConnectOptions = ConnectionOptions & CallOptions;
 
-const REQUEST_FIELDS = ["image", "backend", "ttlSeconds", "resources", "workMiB", "env", "labels", "ports"] as const;
+const REQUEST_FIELDS = ["image", "backend", "ttlSeconds", "resources", "workMiB", "env", "labels", "ports", "intent", "command"] as const;
+
+/** Options of {@link Sandbox.plan}. */
+export interface SandboxPlanOptions extends Omit<SandboxCreateOptions, "plan"> {
+  /** How long the plan may be admitted, in seconds from now (1 .. 86400). @default 3600 */
+  validForSeconds?: number;
+}
+
+/** The create request `options` describe, validated. With a plan, fields not given are the plan's. */
+function requestOf(options: SandboxCreateOptions): CreateSandboxRequest {
+  const request: Record<string, unknown> = options.plan ? { ...requestFromPlan(options.plan) } : {};
+  for (const k of REQUEST_FIELDS) if (options[k] !== undefined) request[k] = options[k];
+  if (options.network !== undefined) request.network = options.network instanceof NetworkPolicy ? options.network.toJSON() : options.network;
+  if (options.secrets !== undefined) {
+    request.secrets = Object.fromEntries(
+      Object.entries(options.secrets).map(([env, ref]) => [env, ref instanceof SecretRef ? ref.toJSON() : ref]),
+    );
+  }
+  const parsed = CreateSandboxRequest.safeParse(request);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue && issue.path.length > 0 ? issue.path.join(".") : "request";
+    throw new InvalidArgumentError(`Invalid sandbox option "${where}": ${issue?.message ?? "invalid"}`, { cause: parsed.error });
+  }
+  return parsed.data;
+}
 
 /**
  * A running (or stopped) sandbox.
@@ -77,6 +105,14 @@ export class Sandbox implements AsyncDisposable {
     return this.#info;
   }
 
+  /**
+   * The plan that admitted this sandbox and the audit entry of its latest lifecycle event (created,
+   * policy changed, killed, expired): `mvmctl audit show <auditEntryId>` prints it.
+   */
+  get receipt(): AuditReceiptRef | undefined {
+    return this.#info.receipt;
+  }
+
   /** The engine this sandbox is reached through. */
   get engine(): EngineApi {
     return this.#engine;
@@ -95,25 +131,30 @@ export class Sandbox implements AsyncDisposable {
    * });
    */
   static async create(options: SandboxCreateOptions = {}): Promise<Sandbox> {
-    const request: Record<string, unknown> = {};
-    for (const k of REQUEST_FIELDS) if (options[k] !== undefined) request[k] = options[k];
-    if (options.network !== undefined) request.network = options.network instanceof NetworkPolicy ? options.network.toJSON() : options.network;
-    if (options.secrets !== undefined) {
-      request.secrets = Object.fromEntries(
-        Object.entries(options.secrets).map(([env, ref]) => [env, ref instanceof SecretRef ? ref.toJSON() : ref]),
-      );
-    }
-    const parsed = CreateSandboxRequest.safeParse(request);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      const where = issue && issue.path.length > 0 ? issue.path.join(".") : "request";
-      throw new InvalidArgumentError(`Invalid sandbox option "${where}": ${issue?.message ?? "invalid"}`, { cause: parsed.error });
-    }
+    const request = requestOf(options);
     const engine = await sharedEngine(options);
     const call: CallOptions & { onProgress?: (event: ProgressEvent) => void } = callOptions(options);
     if (options.onProgress !== undefined) call.onProgress = options.onProgress;
-    const info = await engine.createSandbox(request as CreateSandboxRequest, call);
+    const info = await engine.createSandbox(request, call);
     return new Sandbox(engine, info);
+  }
+
+  /**
+   * Plan mode: the signed execution plan `Sandbox.create(options)` would be admitted through, for
+   * review. Boots nothing. Pass it back as `Sandbox.create({ plan })` (with `env` when it has
+   * environment variables: a plan holds only their digest) to run it, once, within its validity.
+   * @example
+   * const plan = await Sandbox.plan({ image: "debian:bookworm+python3", command: ["python3", "job.py"] });
+   * console.log(plan.plan.planId, plan.plan.ir);
+   * await using sb = await Sandbox.create({ plan });
+   */
+  static async plan(options: SandboxPlanOptions = {}): Promise<SignedPlan> {
+    const request = requestOf(options);
+    const engine = await sharedEngine(options);
+    const call: CallOptions & { validForSeconds?: number; onProgress?: (event: ProgressEvent) => void } = callOptions(options);
+    if (options.validForSeconds !== undefined) call.validForSeconds = options.validForSeconds;
+    if (options.onProgress !== undefined) call.onProgress = options.onProgress;
+    return engine.planSandbox(request, call);
   }
 
   /**

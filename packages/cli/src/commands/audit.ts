@@ -145,18 +145,24 @@ export const auditTailCommand = defineCommand<Location & { count: number }>({
   },
 });
 
-export const auditShowCommand = defineCommand<Location & { seq: number }>({
+export const auditShowCommand = defineCommand<Location & { seq: number; hashPrefix: string | undefined }>({
   name: "audit show",
   summary: "Print one audit entry in full",
-  usage: "[--file PATH] SEQ",
-  details: "With --json the stored entry is printed.",
+  usage: "[--file PATH] SEQ|AUDIT-ENTRY-ID",
+  details:
+    "AUDIT-ENTRY-ID is what receipts carry (aud_<seq>_<first 16 hex of the entry hash>); the entry\n" +
+    "found must also have that hash. With --json the stored entry is printed.",
   flags: { ...LOCATION_FLAGS },
   positionals: { min: 1, max: 1 },
   connection: "none",
   parse: (raw) => {
     const text = raw.positionals[0] ?? "";
-    if (!/^[1-9][0-9]{0,14}$/.test(text)) throw new UsageError(`Invalid entry number "${text}": expected a whole number from 1`);
-    return { ...location(raw), seq: Number(text) };
+    const id = /^aud_([1-9][0-9]{0,14})_([0-9a-f]{16})$/.exec(text);
+    if (id) return { ...location(raw), seq: Number(id[1]), hashPrefix: id[2] };
+    if (!/^[1-9][0-9]{0,14}$/.test(text)) {
+      throw new UsageError(`Invalid entry "${text}": expected a whole number from 1 or an audit entry id (aud_<seq>_<16 hex>)`);
+    }
+    return { ...location(raw), seq: Number(text), hashPrefix: undefined };
   },
   async run(ctx, flags) {
     const options = { ...flags, ...(await resolve(flags)) };
@@ -165,6 +171,11 @@ export const auditShowCommand = defineCommand<Location & { seq: number }>({
     const stored = await findAuditEntry(options.file, options.seq, ctx.signal);
     if (stored === undefined || stored.entry === null) {
       throw new NotFoundError(`No audit entry ${options.seq} in "${options.file}"`, { hint: "Run `mvmctl audit tail` to see the latest entries" });
+    }
+    if (options.hashPrefix !== undefined && !stored.entry.hash.startsWith(options.hashPrefix)) {
+      throw new NotFoundError(`Audit entry ${options.seq} in "${options.file}" has hash ${stored.entry.hash.slice(0, 16)}…, not ${options.hashPrefix}…`, {
+        hint: "The receipt names an entry of another log, or the log was rewritten: run `mvmctl audit verify`",
+      });
     }
     ctx.out.jsonResult(stored);
     ctx.out.human(`${JSON.stringify(stored.entry, null, 2)}\n`);

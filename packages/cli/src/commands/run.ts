@@ -2,17 +2,46 @@
  * `mvmctl run`: create a sandbox, run one command in it with live output, kill the sandbox,
  * exit with the command's exit code.
  */
-import type { CreateSandboxRequest, ExecApiRequest, SandboxInfo } from "@mvm/protocol";
-import { defineCommand } from "../command.js";
+import { requestFromPlan, type CreateSandboxRequest, type ExecApiRequest, type SandboxInfo } from "@mvm/protocol";
+import { defineCommand, type FlagSpec, type RawArgs } from "../command.js";
+import { describePlan, planText, readPlanFile } from "../plan-file.js";
+import { UsageError } from "../usage-error.js";
 import { noticeChosenTier } from "../tier.js";
 import { isImageWork } from "../progress.js";
-import { EXEC_FLAGS, SANDBOX_FLAGS, createRequestFrom, execRequestFrom } from "../flags.js";
+import { EXEC_FLAGS, SANDBOX_FLAGS, createRequestFrom, execRequestFrom, integerFlag, stringFlag } from "../flags.js";
 import { streamExec, type ExecJsonResult } from "../streaming.js";
 import { killCreated, withEngine, withRelease } from "./_lifetime.js";
 
 export interface RunOptions {
-  create: CreateSandboxRequest;
-  exec: ExecApiRequest;
+  /** `plan`: print the signed plan of this run and boot nothing. */
+  mode: "live" | "plan";
+  /** The workload; absent when it comes from `planFile`. */
+  create: CreateSandboxRequest | undefined;
+  /** The command; absent with a plan file whose plan names it. */
+  exec: ExecApiRequest | undefined;
+  planFile: string | undefined;
+  planIndex: number | undefined;
+  validForSeconds: number | undefined;
+  raw: RawArgs;
+}
+
+/** Flags of the commands that plan or admit plans. */
+export const PLAN_FLAGS = {
+  mode: { type: "string", valueName: "live|plan", description: "live (default): run it; plan: print its signed execution plan and boot nothing" },
+  plan: { type: "string", valueName: "FILE", description: "Run under this reviewed plan (from --mode plan or mvmctl plan); the workload flags come from it" },
+  "plan-index": { type: "string", valueName: "N", description: "Which plan of a bundle file (from 0)" },
+  "valid-for": { type: "string", valueName: "SECONDS", description: "With --mode plan: how long the plan may be used (default 3600, at most 86400)" },
+  intent: { type: "string", valueName: "DOMAIN:VERB", description: 'What the workload is for, recorded in its plan (default "code:execute")' },
+} as const satisfies Record<string, FlagSpec>;
+
+/** Refuses workload flags next to --plan: the plan alone says what runs. */
+export function refuseWorkloadFlagsWithPlan(raw: RawArgs): void {
+  const given = [...Object.keys(SANDBOX_FLAGS), "intent"].filter((k) => raw.values[k] !== undefined);
+  if (given.length > 0) {
+    throw new UsageError(`--plan cannot be combined with ${given.map((g) => `--${g}`).join(", ")}`, {
+      hint: "The plan fixes the workload; make a new plan to change it",
+    });
+  }
 }
 
 /** `run --json` output. */
@@ -28,37 +57,85 @@ export const runCommand = defineCommand<RunOptions>({
     "Output is streamed live. Stdin is forwarded when it is not a terminal. mvmctl exits with the\n" +
     "command's exit code: 124 when it ran past --timeout, 128+N when signal N killed it.\n" +
     "An interrupt (Ctrl-C) is passed to the command; a second one kills it.",
-  flags: { ...SANDBOX_FLAGS, ...EXEC_FLAGS },
+  flags: { ...SANDBOX_FLAGS, ...EXEC_FLAGS, ...PLAN_FLAGS },
   positionals: { min: 0, max: 0 },
   trailingCommand: true,
   connection: "auto",
   parse(raw) {
     const argv = raw.trailing ?? raw.positionals;
+    const modeFlag = stringFlag(raw, "mode") ?? "live";
+    if (modeFlag !== "live" && modeFlag !== "plan") throw new UsageError(`Invalid value "${modeFlag}" for --mode: expected live or plan`);
+    const mode: RunOptions["mode"] = modeFlag;
+    const planFile = stringFlag(raw, "plan");
+    const planIndex = integerFlag(raw, "plan-index");
+    const validForSeconds = integerFlag(raw, "valid-for");
+    if (validForSeconds !== undefined && mode !== "plan") throw new UsageError("--valid-for only applies with --mode plan");
+    if (validForSeconds !== undefined && (validForSeconds < 1 || validForSeconds > 86400)) {
+      throw new UsageError(`Invalid value "${validForSeconds}" for --valid-for: expected 1 to 86400 seconds`);
+    }
+    if (planFile !== undefined) {
+      if (mode === "plan") throw new UsageError("--plan runs a plan; --mode plan makes one: use one of them");
+      refuseWorkloadFlagsWithPlan(raw);
+      return { mode, create: undefined, exec: argv.length > 0 ? execRequestFrom(raw, argv) : undefined, planFile, planIndex, validForSeconds, raw };
+    }
+    if (planIndex !== undefined) throw new UsageError("--plan-index only applies with --plan");
     const create = createRequestFrom(raw);
     const exec = execRequestFrom(raw, argv);
+    // The plan of a one-shot run names its command: the sandbox may run nothing else.
+    create.command = [...exec.argv];
+    const intent = stringFlag(raw, "intent");
+    if (intent !== undefined) create.intent = intent;
     // A one-shot sandbox lives as long as its command may run (plus a minute), unless --ttl says otherwise.
     if (create.ttlSeconds === undefined && exec.timeoutMs !== undefined) {
       create.ttlSeconds = Math.min(7 * 24 * 3600, Math.max(600, Math.ceil(exec.timeoutMs / 1000) + 60));
     }
-    return { create, exec };
+    return { mode, create, exec, planFile, planIndex, validForSeconds, raw };
   },
   async run(ctx, options) {
+    if (options.mode === "plan") {
+      return withEngine(ctx, async (engine) => {
+        const progress = ctx.out.progress(isImageWork);
+        let signed;
+        try {
+          const call = { signal: ctx.signal, onProgress: (e: Parameters<typeof progress.update>[0]) => progress.update(e) };
+          signed = await engine.planSandbox(options.create!, options.validForSeconds !== undefined ? { ...call, validForSeconds: options.validForSeconds } : call);
+        } finally {
+          progress.done();
+        }
+        ctx.out.note(describePlan(signed));
+        ctx.io.stdout.write(planText(signed));
+        return 0;
+      });
+    }
+    let create = options.create;
+    let exec = options.exec;
+    if (options.planFile !== undefined) {
+      const signed = await readPlanFile(options.planFile, options.planIndex);
+      create = requestFromPlan(signed);
+      const planned = signed.plan.ir.command;
+      if (exec === undefined) {
+        if (planned.kind !== "argv") throw new UsageError("The plan admits a session: name the command after --");
+        exec = execRequestFrom(options.raw, planned.argv);
+      }
+    }
+    const request = create!;
+    const command = exec!;
     const warning = await ctx.tierWarning();
     return withEngine(ctx, async (engine) => {
       const progress = ctx.out.progress(isImageWork);
       let sandbox: SandboxInfo;
       try {
-        sandbox = await engine.createSandbox(options.create, { signal: ctx.signal, onProgress: (e) => progress.update(e) });
+        sandbox = await engine.createSandbox(request, { signal: ctx.signal, onProgress: (e) => progress.update(e) });
       } finally {
         progress.done();
       }
-      noticeChosenTier(ctx.out, options.create, sandbox);
+      noticeChosenTier(ctx.out, request, sandbox);
       for (const w of sandbox.warnings ?? []) ctx.out.note(`warning: ${w}`);
       for (const p of sandbox.ports ?? []) ctx.out.note(`port ${p.guest} published on 127.0.0.1:${p.host}`);
       warning.notice(sandbox.tier, sandbox.backend);
       const result = await withRelease(
         ctx,
-        () => streamExec(ctx, engine, sandbox.id, options.exec),
+        () => streamExec(ctx, engine, sandbox.id, command),
         () => killCreated(engine, sandbox.id),
       );
       if (result.json !== undefined) {
