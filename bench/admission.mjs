@@ -1,134 +1,105 @@
-#!/usr/bin/env node
-// Admission overhead micro-benchmark: per admission, decode the wire form, verify the Ed25519
-// signature, check the window and the operator policy, and consume the nonce (file create + fsync
-// of file and directory). Plans are signed before timing starts. Prints one JSON object.
-// The replay store lives in os.tmpdir() (disk: the figure that counts); when /dev/shm exists the
-// admissions are repeated there (tmpfs: fsync is free) to show the cost without the disk flush.
-// Run after building: node packages/engine/src/admission/bench/admission.mjs [count]
-import { generateKeyPairSync } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+// Admission overhead of a sandbox create. Every create now passes the admission gate: the engine
+// signs a plan for the request, verifies it (signature, window, operator policy), consumes its
+// nonce (file create + fsync) and appends `plan.admitted` to the audit log (fsync) before the
+// backend boots, then appends `sandbox.created` (fsync) before create returns.
+//
+// Measured in one process, on one disk:
+// - createNamespace: the whole createSandbox on the namespace backend (gate included), p50/p95;
+// - gate: exactly the gate's work for one create (admitLive + the sandbox.created append), on an
+//   AdmissionGate of its own state directory, with the IR of a real planned request;
+// - its parts: sign+verify+policy in memory, the nonce consume, one audit append;
+// - baselineFsync: writing 300 bytes and fdatasync in the same directory, the floor of any
+//   durable record on this disk.
+// The figure the issue targets is gate.p50 (added to a create; target <= 2 ms).
+import { closeSync, fdatasyncSync, openSync, writeSync } from "node:fs";
+import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import {
-  ReplayStore,
-  admit,
-  createPlan,
-  decodeSignedPlan,
-  encodeSignedPlan,
-  envSha256,
-  evaluatePolicy,
-  signPlan,
-  verifyPlanSignature,
-} from "../packages/engine/dist/admission/index.js";
+import { AdmissionGate, ReplayStore, admit, createPlan, signPlan, profileFor } from "@mvm/engine";
 
-const count = Number(process.argv[2] ?? 1000);
-const warmup = 50;
-const { publicKey, privateKey } = generateKeyPairSync("ed25519");
-const digest = `sha256:${"a".repeat(64)}`;
-const ir = {
-  version: 1,
-  imageDigest: digest,
-  command: { kind: "argv", argv: ["python3", "-c", "print(1)"] },
-  envNames: ["LANG"],
-  envSha256: envSha256({ LANG: "C.UTF-8" }),
-  resources: { memoryMiB: 512, pids: 256, cpus: 1, workMiB: 1024 },
-  network: { mode: "deny-all" },
-  secrets: [{ name: "OPENAI_API_KEY", ref: "store:openai-api-key", posture: "mediated" }],
-  ttlSeconds: 600,
-  ports: [],
-  requiredTier: "container",
-  intent: "code:execute",
-};
-const profile = { intent: "code:execute", seccompTier: "default", secretRelease: "mediated", auditLabels: { team: "bench" } };
-const policy = {
-  version: 1,
-  maxTtlSeconds: 3600,
-  allowedImageDigests: [digest],
-  requiredTier: "container",
-  maxResources: { memoryMiB: 4096, pids: 1024, cpus: 2, workMiB: 4096 },
-  forbidEgress: true,
-  forbidEnvSecrets: true,
-  allowedIntents: ["code:execute"],
-};
+export async function benchAdmission({ log, summary, ratio, openEngine, imagesDir, image, runs }) {
+  const root = await mkdtemp(join(tmpdir(), "mvm-bench-admission-"));
+  await chmod(root, 0o711);
+  const engine = await openEngine({ stateDir: join(root, "engine"), imagesDir, backends: ["namespace"] });
+  try {
+    const request = { image, backend: "namespace", ttlSeconds: 600 };
+    const signed = await engine.planSandbox(request);
+    const ir = signed.plan.ir;
 
-const now = Date.now();
-const signWires = () =>
-  Array.from({ length: count + warmup }, () =>
-    encodeSignedPlan(signPlan(createPlan({ ir, profile, notBeforeMs: now - 1000, notAfterMs: now + 3600_000 }), privateKey)),
-  );
-const wires = signWires();
-const dir = mkdtempSync(join(tmpdir(), "mvm-admission-bench-"));
-const replayStore = new ReplayStore({ dir: join(dir, "nonces") });
-
-/** Times `admit` over freshly signed plans with the given replay store. */
-async function timeAdmissions(plans, store) {
-  const samples = [];
-  for (let i = 0; i < plans.length; i++) {
-    const t0 = performance.now();
-    await admit(decodeSignedPlan(plans[i]), { publicKey, nowMs: Date.now(), replayStore: store, policy });
-    const t1 = performance.now();
-    if (i >= warmup) samples.push(t1 - t0);
-  }
-  return samples;
-}
-
-function stats(samples) {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-  const round = (ms) => Math.round(ms * 1000) / 1000;
-  return { p50Ms: round(at(0.5)), p95Ms: round(at(0.95)), p99Ms: round(at(0.99)), maxMs: round(sorted.at(-1)) };
-}
-
-try {
-  const total = [];
-  const verifyOnly = [];
-  const policyOnly = [];
-  for (let i = 0; i < wires.length; i++) {
-    const bytes = wires[i];
-    const t0 = performance.now();
-    const decoded = decodeSignedPlan(bytes);
-    const { plan } = verifyPlanSignature(decoded, publicKey);
-    const t1 = performance.now();
-    evaluatePolicy(plan.ir, policy);
-    const t2 = performance.now();
-    if (i >= warmup) {
-      verifyOnly.push(t1 - t0);
-      policyOnly.push(t2 - t1);
+    // The whole create, admission included.
+    const creates = [];
+    for (let i = 0; i < runs + 2; i++) {
+      const t0 = performance.now();
+      const info = await engine.createSandbox(request);
+      const ms = performance.now() - t0;
+      await engine.killSandbox(info.id);
+      if (i >= 2) creates.push(ms);
     }
-  }
-  total.push(...(await timeAdmissions(wires, replayStore)));
-  let tmpfs;
-  if (existsSync("/dev/shm")) {
-    const shmDir = mkdtempSync(join("/dev/shm", "mvm-admission-bench-"));
-    try {
-      const shmStore = new ReplayStore({ dir: join(shmDir, "nonces") });
-      tmpfs = stats(await timeAdmissions(signWires(), shmStore));
-      await shmStore.close();
-    } finally {
-      rmSync(shmDir, { recursive: true, force: true });
+    log("admission: create", JSON.stringify(summary(creates)));
+
+    // The gate's work for one create, alone.
+    const gate = await AdmissionGate.open(join(root, "gate"));
+    const gateMs = [];
+    const appendMs = [];
+    const n = Math.max(200, runs * 10);
+    for (let i = 0; i < n + 20; i++) {
+      const t0 = performance.now();
+      const admitted = await gate.admitLive(ir);
+      const t1 = performance.now();
+      await gate.record({ type: "sandbox.created", sandboxId: "sbx_aaaaaaaaaaaaaaaaaaaa", planId: admitted.planId, imageDigest: ir.imageDigest, backend: "namespace" });
+      const t2 = performance.now();
+      if (i >= 20) {
+        gateMs.push(t2 - t0);
+        appendMs.push(t2 - t1);
+      }
     }
+    await gate.close();
+
+    // In-memory part: sign, verify, window, policy (a replay store on tmpfs when there is one, else the same disk).
+    const { privateKey, publicKey } = await import("node:crypto").then((c) => c.generateKeyPairSync("ed25519"));
+    const memDir = await mkdtemp(join(process.platform === "linux" ? "/dev/shm" : tmpdir(), "mvm-bench-nonces-"));
+    const store = new ReplayStore({ dir: memDir });
+    const cryptoMs = [];
+    for (let i = 0; i < n + 20; i++) {
+      const t0 = performance.now();
+      const now = Date.now();
+      const plan = signPlan(createPlan({ ir, profile: profileFor(ir, {}), notBeforeMs: now, notAfterMs: now + 60_000 }), privateKey);
+      await admit(plan, { publicKey, nowMs: now, replayStore: store, policy: { version: 1, maxTtlSeconds: 3600 } });
+      if (i >= 20) cryptoMs.push(performance.now() - t0);
+    }
+    await store.close();
+    await rm(memDir, { recursive: true, force: true });
+
+    // The disk's floor for one durable record.
+    const fd = openSync(join(root, "fsync-probe"), "a");
+    const fsyncMs = [];
+    const line = Buffer.alloc(300, 0x61);
+    for (let i = 0; i < n + 20; i++) {
+      const t0 = performance.now();
+      writeSync(fd, line);
+      fdatasyncSync(fd);
+      if (i >= 20) fsyncMs.push(performance.now() - t0);
+    }
+    closeSync(fd);
+
+    const create = summary(creates);
+    const gateSummary = summary(gateMs);
+    const figures = {
+      unit: "ms",
+      createNamespace: create,
+      gate: gateSummary,
+      gateParts: { signVerifyPolicyInMemory: summary(cryptoMs), auditAppend: summary(appendMs) },
+      baselineFsync: summary(fsyncMs),
+      gateShareOfCreateP50: ratio(gateSummary.p50, create.p50),
+      gateInFsyncsP50: ratio(gateSummary.p50, summary(fsyncMs).p50),
+      target: "gate.p50 <= 2",
+      met: gateSummary.p50 <= 2,
+    };
+    log("admission", JSON.stringify(figures));
+    return figures;
+  } finally {
+    await engine.close();
+    await rm(root, { recursive: true, force: true });
   }
-  const admission = stats(total);
-  console.log(
-    JSON.stringify(
-      {
-        benchmark: "admission overhead per sandbox create (decode + verify + window + policy + nonce consume with fsync)",
-        admissions: count,
-        admission,
-        decodeAndVerify: stats(verifyOnly),
-        policy: stats(policyOnly),
-        admissionWithReplayStoreOnTmpfs: tmpfs ?? null,
-        target: { p50Ms: 2 },
-        meetsTarget: admission.p50Ms <= 2,
-        node: process.version,
-        replayDir: tmpdir(),
-      },
-      null,
-      2,
-    ),
-  );
-} finally {
-  await replayStore.close();
-  rmSync(dir, { recursive: true, force: true });
 }

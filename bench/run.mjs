@@ -5,6 +5,7 @@
 //   npm run bench                  # all
 //   node bench/run.mjs create exec # some
 //   node bench/run.mjs egress      # egress gateway (bench/egress.mjs); BENCH_EGRESS_MIB, BENCH_EGRESS_CONNECTS, BENCH_EGRESS_TUNNELS
+//   node bench/run.mjs admission   # admission overhead added to a create (bench/admission.mjs)
 //   node bench/run.mjs vm          # VM tier (bench/vm.mjs); BENCH_VM_COLD_RUNS, BENCH_VM_RESTORE_RUNS, BENCH_VM_IDLE
 //   BENCH_RUNS=50 BENCH_SANDBOXES=200 node bench/run.mjs
 import { spawn } from "node:child_process";
@@ -16,6 +17,7 @@ import { performance } from "node:perf_hooks";
 import { openEngine } from "@mvm/engine";
 import { benchVm } from "./vm.mjs";
 import { benchEgress, benchEgressSandbox } from "./egress.mjs";
+import { benchAdmission } from "./admission.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
@@ -179,6 +181,9 @@ async function main() {
       }
     }
 
+    if (want("admission")) {
+      result.figures.admission = await benchAdmission({ log, summary, ratio, openEngine, imagesDir, image: IMAGE, runs: RUNS });
+    }
     if (want("vm")) {
       result.figures.vm = await benchVm({ log, summary, ratio });
       if (result.figures.vm.skipped) log("vm skipped:", result.figures.vm.skipped);

@@ -6,3 +6,4 @@ export { defaultStateDir } from "./state.js";
 export { startDaemonServer } from "./daemon/server.js";
 export type { Backend, LaunchSpec, LaunchedSandbox, ProbeCheck, ProbeResult, ReapRecord } from "./backends/types.js";
 export * from "./audit/index.js";
+export * from "./admission/index.js";

@@ -24,6 +24,12 @@ export interface AdmitOptions {
   clockSkewMs?: number;
   /** Longest validity window accepted, in ms; bounds how long the replay store keeps a nonce. @default 86_400_000 (24 h) */
   maxValidityMs?: number;
+  /**
+   * Reserve the nonce but leave making it durable to the caller (`replayStore.commit()`), so the
+   * caller can overlap that disk flush with its own; nothing may boot before both are done.
+   * @default false
+   */
+  deferCommit?: boolean;
 }
 
 export interface AdmittedPlan {
@@ -89,7 +95,9 @@ export async function admit(signed: unknown, options: AdmitOptions): Promise<Adm
   if (!decision.ok) throw new PolicyRuleDeniedError(decision.rule, `Plan "${id}" denied by policy rule "${decision.rule}": ${decision.message}`);
 
   // Kept until the window (with skew) is over: after that the window check refuses the plan anyway.
-  const fresh = await options.replayStore.consume(plan.nonce, plan.notAfterMs + clockSkewMs).catch((err: unknown) => {
+  const store = options.replayStore;
+  const retainUntil = plan.notAfterMs + clockSkewMs;
+  const fresh = await (options.deferCommit ? store.reserve(plan.nonce, retainUntil) : store.consume(plan.nonce, retainUntil)).catch((err: unknown) => {
     throw new AdmissionError(`Plan "${id}" refused: the replay store failed: ${(err as Error).message}`, { cause: err });
   });
   if (!fresh) throw new PlanRefusedError("nonce_replayed", `Plan "${id}" refused: nonce "${plan.nonce}" was already used (replay)`);

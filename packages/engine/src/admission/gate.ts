@@ -178,12 +178,20 @@ export class AdmissionGate {
         replayStore: this.#replay,
         policy,
         maxValidityMs: MAX_PLAN_VALIDITY_MS,
+        deferCommit: true,
       });
     } catch (err) {
       await this.audit.append(deniedEvent(signed, err));
       throw err;
     }
-    const receipt = await this.audit.append({ type: "plan.admitted", planId: admitted.planId, planDigest: admitted.planId.slice("sha256:".length) });
+    // The nonce is reserved (no one else can use it); its entry and the admission record reach the
+    // disk together, and nothing boots before both have.
+    const [receipt] = await Promise.all([
+      this.audit.append({ type: "plan.admitted", planId: admitted.planId, planDigest: admitted.planId.slice("sha256:".length) }),
+      this.#replay.commit().catch((err: unknown) => {
+        throw new AdmissionError(`Plan "${admitted.planId}" refused: the replay store failed: ${(err as Error).message}`, { cause: err });
+      }),
+    ]);
     return { ...admitted, receipt };
   }
 

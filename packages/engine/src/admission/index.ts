@@ -34,3 +34,5 @@ export { POLICY_VERSION, OperatorPolicy, evaluatePolicy, parsePolicy, loadPolicy
 export type { PolicyRule, PolicyDecision } from "./policy.js";
 export { admit, PlanRefusedError, PolicyRuleDeniedError } from "./admit.js";
 export type { AdmitOptions, AdmittedPlan, RefusalReason } from "./admit.js";
+export { AdmissionGate, DEFAULT_PLAN_VALIDITY_MS, MAX_PLAN_VALIDITY_MS, profileFor } from "./gate.js";
+export type { AdmissionGateOptions, AdmittedRecord } from "./gate.js";

@@ -40,9 +40,16 @@ export function computePlanId(plan: UnsignedPlan | ExecutionPlan): Sha256Digest 
 
 /** `sha256:` of a public key's SPKI DER encoding. */
 export function keyIdOf(key: KeyObject): Sha256Digest {
-  const pub = key.type === "private" ? createPublicKey(key) : key;
-  return `sha256:${createHash("sha256").update(pub.export({ type: "spki", format: "der" })).digest("hex")}` as Sha256Digest;
+  let id = keyIds.get(key);
+  if (id === undefined) {
+    const pub = key.type === "private" ? createPublicKey(key) : key;
+    id = `sha256:${createHash("sha256").update(pub.export({ type: "spki", format: "der" })).digest("hex")}` as Sha256Digest;
+    keyIds.set(key, id);
+  }
+  return id;
 }
+/** Key ids by key object: a KeyObject is immutable, and deriving the id exports and hashes the key. */
+const keyIds = new WeakMap<KeyObject, Sha256Digest>();
 
 export interface CreatePlanInput {
   ir: WorkloadIR;

@@ -14,7 +14,7 @@
  * Entries are bounded by time: `compact(nowMs)` removes those whose retention has passed; a plan
  * that old is refused by its validity window before its nonce is looked at.
  */
-import { constants, type Dirent } from "node:fs";
+import { closeSync, constants, openSync, writeSync, type Dirent } from "node:fs";
 import { mkdir, open, readdir, readFile, stat, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { InvalidArgumentError } from "@mvm/protocol";
@@ -51,6 +51,9 @@ export class ReplayStore {
   readonly dir: string;
   readonly #maxRetentionMs: number;
   #dirHandle: Promise<FileHandle> | undefined;
+  #syncRequested = 0;
+  #syncedUpTo = 0;
+  #syncing: Promise<void> | undefined;
   #closed = false;
 
   constructor(options: ReplayStoreOptions) {
@@ -91,25 +94,61 @@ export class ReplayStore {
    * Any other failure (disk full, permissions) rejects: the caller must refuse the plan.
    */
   async consume(nonce: string, retainUntilMs: number): Promise<boolean> {
+    if (!(await this.reserve(nonce, retainUntilMs))) return false;
+    await this.commit();
+    return true;
+  }
+
+  /**
+   * The first half of `consume`: creates the nonce's entry (exclusive against every other caller,
+   * in this process or another) without waiting for the disk. `true`: this call has it; `false`:
+   * it was used before. The entry survives a crash only once `commit` has resolved.
+   */
+  async reserve(nonce: string, retainUntilMs: number): Promise<boolean> {
     if (!NONCE_RE.test(nonce)) throw new InvalidArgumentError(`Invalid nonce "${nonce.slice(0, 64)}": must be 32 lowercase hex digits`);
     if (!Number.isSafeInteger(retainUntilMs) || retainUntilMs < 0) {
       throw new InvalidArgumentError(`Invalid retainUntilMs "${retainUntilMs}": must be a non-negative integer`);
     }
-    const dirHandle = await this.#openDir();
-    let handle;
+    await this.#openDir();
+    // Small metadata calls, done synchronously: a thread-pool hop costs more than the call.
+    let fd: number;
     try {
-      handle = await open(join(this.dir, nonce), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+      fd = openSync(join(this.dir, nonce), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
       throw err;
     }
     try {
-      await handle.write(`${retainUntilMs}\n`);
+      writeSync(fd, `${retainUntilMs}\n`);
     } finally {
-      await handle.close();
+      closeSync(fd);
     }
-    await dirHandle.sync();
     return true;
+  }
+
+  /**
+   * Makes every entry reserved so far durable (one fsync of the directory; calls that arrive while
+   * one runs share the next). An entry's content is not synced: an entry whose content a crash
+   * lost is still a used nonce, and `compact` drops it by its age.
+   */
+  commit(): Promise<void> {
+    const requested = ++this.#syncRequested;
+    this.#syncing ??= this.#syncLoop();
+    return this.#syncing.then(() => {
+      if (this.#syncedUpTo < requested) return this.commit();
+    });
+  }
+
+  async #syncLoop(): Promise<void> {
+    try {
+      while (this.#syncedUpTo < this.#syncRequested) {
+        const upTo = this.#syncRequested;
+        await (await this.#openDir()).sync();
+        this.#syncedUpTo = upTo;
+      }
+    } finally {
+      this.#syncing = undefined;
+    }
   }
 
   /** Whether `nonce` has been consumed (and not yet compacted away). */
