@@ -6,6 +6,7 @@
 //   node bench/run.mjs create exec # some
 //   node bench/run.mjs egress      # egress gateway (bench/egress.mjs); BENCH_EGRESS_MIB, BENCH_EGRESS_CONNECTS, BENCH_EGRESS_TUNNELS
 //   node bench/run.mjs admission   # admission overhead added to a create (bench/admission.mjs)
+//   node bench/run.mjs audit       # audit log append (durable) and verify rates (bench/audit.mjs); AUDIT_ENTRIES, AUDIT_CONCURRENCY
 //   node bench/run.mjs vm          # VM tier (bench/vm.mjs); BENCH_VM_COLD_RUNS, BENCH_VM_RESTORE_RUNS, BENCH_VM_IDLE
 //   BENCH_RUNS=50 BENCH_SANDBOXES=200 node bench/run.mjs
 import { spawn } from "node:child_process";
@@ -18,6 +19,7 @@ import { openEngine } from "@mvm/engine";
 import { benchVm } from "./vm.mjs";
 import { benchEgress, benchEgressSandbox } from "./egress.mjs";
 import { benchAdmission } from "./admission.mjs";
+import { benchAudit } from "./audit.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
@@ -183,6 +185,10 @@ async function main() {
 
     if (want("admission")) {
       result.figures.admission = await benchAdmission({ log, summary, ratio, openEngine, imagesDir, image: IMAGE, runs: RUNS });
+    }
+    if (want("audit")) {
+      result.figures.audit = await benchAudit();
+      log("audit", JSON.stringify(result.figures.audit));
     }
     if (want("vm")) {
       result.figures.vm = await benchVm({ log, summary, ratio });

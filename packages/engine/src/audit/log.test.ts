@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { appendFile, mkdtemp, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { appendFile, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { once } from "node:events";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -9,6 +9,9 @@ import assert from "node:assert/strict";
 import { loadOrCreateHostKey } from "./keys.js";
 import { AUDIT_FILE, AuditLog, AuditLogCorruptError } from "./log.js";
 import { verifyAuditFile } from "./verify.js";
+import { selfIdentity } from "../images/lock.js";
+
+const selfStartTime = async (): Promise<string> => (await selfIdentity()).startTime;
 import { buildChain, fileOf, sampleEvents } from "./_test/chain.js";
 
 const key = generateKeyPairSync("ed25519");
@@ -28,7 +31,7 @@ after(async () => {
 });
 
 /** Spawns the writer fixture; `lines` collects its stdout lines as they arrive. */
-function startWriter(stateDir: string, mode: "burst" | "hold"): { child: ChildProcess; lines: string[]; exited: Promise<unknown> } {
+function startWriter(stateDir: string, mode: "burst" | "hold" | `${number}`): { child: ChildProcess; lines: string[]; exited: Promise<unknown> } {
   const child = spawn(process.execPath, [WRITER, stateDir, mode], { stdio: ["ignore", "pipe", "inherit"] });
   const lines: string[] = [];
   let partial = "";
@@ -138,25 +141,46 @@ describe("AuditLog", () => {
     await assert.rejects(AuditLog.open(dir, { key }), (e: unknown) => e instanceof AuditLogCorruptError && /hash does not match/.test(e.message));
   });
 
-  it("allows one writer at a time: a second one is refused while the first lives, and takes over once it is dead", async () => {
+  it("lets several writers share one log, one batch at a time: every acknowledged entry is there once and the chain verifies", async () => {
     const stateDir = freshDir();
-    const holder = startWriter(stateDir, "hold");
-    await waitForLines(holder.child, holder.lines, (l) => l.includes("ready"));
     const hostKey = await loadOrCreateHostKey(stateDir);
     const auditDir = join(stateDir, "audit");
-    await assert.rejects(AuditLog.open(auditDir, { key: hostKey }), (e: unknown) => {
-      assert.equal((e as { code?: string }).code, "ALREADY_EXISTS");
-      assert.match((e as Error).message, new RegExp(`pid ${holder.child.pid}`));
-      return true;
-    });
-    holder.child.kill("SIGKILL");
-    await holder.exited;
+    const a = startWriter(stateDir, "400");
+    const b = startWriter(stateDir, "400");
+    const here = await AuditLog.open(auditDir, { key: hostKey });
+    const mine = await Promise.all(Array.from({ length: 400 }, () => here.append(killed)));
+    await Promise.all([a.exited, b.exited]);
+    const seqs = [...a.lines, ...b.lines].filter((l) => l !== "").map(Number).concat(mine.map((r) => r.seq));
+    assert.equal(seqs.length, 1200, [...a.lines, ...b.lines].find((l) => l.startsWith("error")));
+    assert.equal(new Set(seqs).size, 1200, "no seq was acknowledged twice");
+    // The log stays usable for this writer after the others appended behind its back.
+    const last = await here.append(killed);
+    assert.equal(last.seq, 1201);
+    await here.close();
+    const result = await verifyAuditFile(join(auditDir, AUDIT_FILE), hostKey.publicKey, { signatures: "all" });
+    assert.deepEqual(result, { ok: true, entries: 1201, lastSeq: 1201, lastHash: last.hash });
+    // Each writer's lock file is gone; nothing holds the lock.
+    assert.deepEqual((await readdir(auditDir)).filter((n) => n.includes(".lock")), []);
+  });
+
+  it("waits for a writer that holds the lock, and breaks the lock of a writer that died holding it", async () => {
+    const stateDir = freshDir();
+    const hostKey = await loadOrCreateHostKey(stateDir);
+    const auditDir = join(stateDir, "audit");
+    const lockPath = join(auditDir, `${AUDIT_FILE}.lock`);
     const log = await AuditLog.open(auditDir, { key: hostKey });
+    // A live holder (this process, as another writer would): the append waits until it lets go.
+    await writeFile(lockPath, `${process.pid}-${await selfStartTime()}-abcdef\n`);
+    let done = false;
+    const pending = log.append(killed).then((r) => ((done = true), r));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(done, false, "the append waited for the holder");
+    await rm(lockPath);
+    assert.equal((await pending).seq, 1);
+    // A dead holder: its lock is stale and broken.
+    await writeFile(lockPath, "999999999-1-abcdef\n");
     assert.equal((await log.append(killed)).seq, 2);
-    // The same process cannot open it twice either.
-    await assert.rejects(AuditLog.open(auditDir, { key: hostKey }), { code: "ALREADY_EXISTS" });
     await log.close();
-    await (await AuditLog.open(auditDir, { key: hostKey })).close();
   });
 
   it("keeps every acknowledged entry through kill -9 during a burst of appends", async () => {
@@ -183,9 +207,23 @@ describe("AuditLog", () => {
       await AuditLog.repairTornTail(join(stateDir, "audit"), { key: hostKey });
     }
     const log = await AuditLog.open(join(stateDir, "audit"), { key: hostKey });
+    // The killed writer may have died holding the lock: its owner is gone, so the lock is broken.
     await log.append(killed);
     await log.close();
     assert.equal((await verifyAuditFile(path, hostKey.publicKey)).ok, true);
+  });
+
+  it("refuses to extend a tail another writer tore, and continues once it is repaired", async () => {
+    const dir = freshDir();
+    const log = await AuditLog.open(dir, { key });
+    await log.append(killed);
+    const path = join(dir, AUDIT_FILE);
+    await appendFile(path, '{"event":{"type":"sandbox.kil');
+    await assert.rejects(log.append(killed), AuditLogCorruptError);
+    await AuditLog.repairTornTail(dir, { key });
+    assert.equal((await log.append(killed)).seq, 2);
+    await log.close();
+    assert.equal((await verifyAuditFile(path, key.publicKey, { signatures: "all" })).ok, true);
   });
 
   it("reports a torn tail that a crash left mid-line, found by truncating a real log", async () => {

@@ -15,16 +15,21 @@
  *
  * Durability: `append` resolves after the line is written and fdatasync'ed. Appends that arrive
  * while a sync is in flight form the next batch (group commit): one write and one sync per batch.
- * One writer at a time: `<dir>/audit.log.lock` (writer-lock.ts). On open the last line is read
- * and checked (newline, JSON, schema, hash, signature with this key); a bad or torn tail is
- * reported as AuditLogCorruptError with its byte offset and never extended or cut silently.
+ * One writer at a time, several writers per log: each batch is written under the writer lock
+ * `<dir>/audit.log.lock` (writer-lock.ts), so engines sharing a state directory take turns. A
+ * writer that finds the file changed since its own last write re-reads the tail and continues
+ * the chain from there; seq, prev, hash and signature are fixed only then. The last line is
+ * checked (newline, JSON, schema, hash, signature with this key) on open and whenever another
+ * writer moved the tail; a bad or torn tail is reported as AuditLogCorruptError with its byte
+ * offset and never extended or cut silently.
  * `AuditLog.repairTornTail` is the operator's explicit way out: it moves the bad bytes to a side
  * file and cuts the log back to its last good line.
  */
 import { createHash } from "node:crypto";
+import { fstatSync, writeSync } from "node:fs";
 import { mkdir, open, type FileHandle } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { ErrorCode, InternalError, InvalidArgumentError, MvmError, type MvmErrorOptions } from "@mvm/protocol";
+import { ErrorCode, InternalError, InvalidArgumentError, MvmError, canonicalJson, type MvmErrorOptions } from "@mvm/protocol";
 import { AuditEventSchema, GENESIS_PREV, MAX_ENTRY_BYTES, entryLine, signEntry, signatureValid, type AuditEvent } from "./entry.js";
 import { loadOrCreateHostKey, type HostKey } from "./keys.js";
 import { checkLine, sigCanonical } from "./line.js";
@@ -86,8 +91,7 @@ export class AuditLogCorruptError extends MvmError {
 }
 
 interface Pending {
-  line: Buffer;
-  receipt: AuditReceipt;
+  event: AuditEvent;
   resolve(receipt: AuditReceipt): void;
   reject(err: unknown): void;
 }
@@ -98,14 +102,18 @@ interface TailState {
   size: number;
 }
 
+/** Bytes an entry adds around its event's JSON (keys, hash, prev, seq, sig, ts, v), rounded up. */
+const ENTRY_OVERHEAD_BYTES = 340;
+
 export class AuditLog {
   readonly path: string;
+  readonly #dir: string;
   readonly #fh: FileHandle;
   readonly #lock: AuditWriterLock;
   readonly #key: AuditLogOptions["key"];
   readonly #now: () => Date;
-  #nextSeq: number;
-  #prev: string;
+  /** Where the chain continues, as of this writer's last read or write of the file. */
+  #tail: TailState;
   #queue: Pending[] = [];
   #flushing: Promise<void> | undefined;
   #failed: unknown;
@@ -114,32 +122,38 @@ export class AuditLog {
 
   private constructor(path: string, fh: FileHandle, lock: AuditWriterLock, options: AuditLogOptions, tail: TailState) {
     this.path = path;
+    this.#dir = dirname(path);
     this.#fh = fh;
     this.#lock = lock;
     this.#key = options.key;
     this.#now = options.now ?? (() => new Date());
-    this.#nextSeq = tail.nextSeq;
-    this.#prev = tail.prev;
+    this.#tail = tail;
   }
 
   /**
-   * Opens (creating when absent) the log in `dir` for writing.
-   * @throws AlreadyExistsError when another live process holds the log.
+   * Opens (creating when absent) the log in `dir` for writing. Other writers (engines on the same
+   * state directory) may have it open too: each batch of appends takes the writer lock.
    * @throws AuditLogCorruptError when the last line is torn or fails its checks.
    */
   static async open(dir: string, options: AuditLogOptions): Promise<AuditLog> {
     await mkdirPrivate(dir);
     const path = join(dir, AUDIT_FILE);
-    const lock = await AuditWriterLock.take(`${path}.lock`);
+    const lock = await AuditWriterLock.create(`${path}.lock`);
     let fh: FileHandle | undefined;
     try {
       fh = await open(path, "a+", 0o600);
-      const tail = await readTail(fh, path, options.key);
-      if (tail.size === 0) await syncDir(dir);
+      await lock.acquire();
+      let tail: TailState;
+      try {
+        tail = await readTail(fh, path, options.key);
+        if (tail.size === 0) await syncDir(dir);
+      } finally {
+        lock.release();
+      }
       return new AuditLog(path, fh, lock, options, tail);
     } catch (err) {
       await fh?.close().catch(() => undefined);
-      await lock.release();
+      await lock.dispose();
       throw err;
     }
   }
@@ -151,8 +165,9 @@ export class AuditLog {
    */
   static async repairTornTail(dir: string, options: Pick<AuditLogOptions, "key">): Promise<{ sidePath: string; movedBytes: number } | undefined> {
     const path = join(dir, AUDIT_FILE);
-    const lock = await AuditWriterLock.take(`${path}.lock`);
+    const lock = await AuditWriterLock.create(`${path}.lock`);
     try {
+      await lock.acquire();
       const fh = await open(path, "r+");
       try {
         let offset: number;
@@ -182,13 +197,13 @@ export class AuditLog {
         await fh.close();
       }
     } finally {
-      await lock.release();
+      await lock.dispose();
     }
   }
 
-  /** The seq the next append will get. */
+  /** The seq the next append would get, as far as this writer knows (another writer may append first). */
   get nextSeq(): number {
-    return this.#nextSeq;
+    return this.#tail.nextSeq;
   }
 
   stats(): AuditLogStats {
@@ -196,8 +211,10 @@ export class AuditLog {
   }
 
   /**
-   * Appends one event. Resolves once the entry is on disk (written and fdatasync'ed).
-   * @throws InvalidArgumentError when the event does not match its schema.
+   * Appends one event. Resolves once the entry is on disk (written and fdatasync'ed); its seq,
+   * hash and signature are fixed when its batch is written, under the writer lock.
+   * @throws InvalidArgumentError when the event does not match its schema or is too large.
+   * @throws AuditLogCorruptError when the log's tail (written by another writer) is torn or bad.
    * @throws InternalError when the log is closed or an earlier write failed (the log then takes
    *   no more entries: its on-disk state is unknown until it is opened again).
    */
@@ -215,17 +232,12 @@ export class AuditLog {
         }),
       );
     }
-    const entry = signEntry({ v: 1, seq: this.#nextSeq, ts: this.#now().toISOString(), prev: this.#prev, event: parsed.data }, this.#key.privateKey);
-    const text = entryLine(entry);
-    const line = Buffer.from(`${text}\n`, "utf8");
-    if (line.length - 1 > MAX_ENTRY_BYTES) {
-      return Promise.reject(new InvalidArgumentError(`Audit entry ${entry.seq} is ${line.length - 1} bytes: more than ${MAX_ENTRY_BYTES}`));
+    const eventBytes = canonicalJson(parsed.data).length;
+    if (eventBytes + ENTRY_OVERHEAD_BYTES > MAX_ENTRY_BYTES) {
+      return Promise.reject(new InvalidArgumentError(`Audit event "${parsed.data.type}" is ${eventBytes} bytes: an entry holds at most ${MAX_ENTRY_BYTES - ENTRY_OVERHEAD_BYTES}`));
     }
-    this.#nextSeq++;
-    this.#prev = createHash("sha256").update(line.subarray(0, line.length - 1)).digest("hex");
-    const receipt: AuditReceipt = { id: `aud_${entry.seq}_${entry.hash.slice(0, 16)}`, seq: entry.seq, hash: entry.hash };
     return new Promise((resolve, reject) => {
-      this.#queue.push({ line, receipt, resolve, reject });
+      this.#queue.push({ event: parsed.data, resolve, reject });
       this.#flushing ??= this.#flushLoop();
     });
   }
@@ -236,30 +248,59 @@ export class AuditLog {
     while (this.#queue.length > 0) {
       const batch = this.#queue;
       this.#queue = [];
+      let receipts: AuditReceipt[];
       try {
-        if (this.#failed !== undefined) throw this.#failed;
-        const data = batch.length === 1 ? batch[0]!.line : Buffer.concat(batch.map((p) => p.line));
-        let written = 0;
-        while (written < data.length) {
-          const { bytesWritten } = await this.#fh.write(data, written, data.length - written);
-          written += bytesWritten;
-        }
-        await this.#fh.datasync();
-      } catch (cause) {
-        this.#failed ??= cause;
-        const err = new InternalError(`Cannot append to audit log "${this.path}": write or sync failed`, { cause });
+        receipts = await this.#writeBatch(batch);
+      } catch (err) {
         for (const p of batch) p.reject(err);
         continue;
       }
       this.#stats.entries += batch.length;
       this.#stats.batches++;
       this.#stats.maxBatch = Math.max(this.#stats.maxBatch, batch.length);
-      for (const p of batch) p.resolve(p.receipt);
+      batch.forEach((p, i) => p.resolve(receipts[i]!));
     }
     this.#flushing = undefined;
   }
 
-  /** Waits for appends in flight, closes the file and releases the writer lock. Idempotent. */
+  /** Under the writer lock: catch up with other writers, sign the batch onto the chain, write, sync. */
+  async #writeBatch(batch: readonly Pending[]): Promise<AuditReceipt[]> {
+    if (this.#failed !== undefined) throw new InternalError(`Audit log "${this.path}" failed an earlier write and takes no more entries`, { cause: this.#failed });
+    await this.#lock.acquire();
+    try {
+      const size = fstatSync(this.#fh.fd).size;
+      // Another writer appended (or the operator repaired the tail): continue from the file's end.
+      if (size !== this.#tail.size) this.#tail = await readTail(this.#fh, this.path, this.#key);
+      let { nextSeq, prev } = this.#tail;
+      const ts = this.#now().toISOString();
+      const lines: Buffer[] = [];
+      const receipts: AuditReceipt[] = [];
+      for (const p of batch) {
+        const entry = signEntry({ v: 1, seq: nextSeq, ts, prev, event: p.event }, this.#key.privateKey);
+        const text = entryLine(entry);
+        lines.push(Buffer.from(`${text}\n`, "utf8"));
+        receipts.push({ id: `aud_${entry.seq}_${entry.hash.slice(0, 16)}`, seq: entry.seq, hash: entry.hash });
+        prev = createHash("sha256").update(text).digest("hex");
+        nextSeq++;
+      }
+      const data = lines.length === 1 ? lines[0]! : Buffer.concat(lines);
+      try {
+        let written = 0;
+        // The page-cache write is synchronous (cheaper than a thread-pool hop); the flush is not.
+        while (written < data.length) written += writeSync(this.#fh.fd, data, written, data.length - written);
+        await this.#fh.datasync();
+      } catch (cause) {
+        this.#failed ??= cause;
+        throw new InternalError(`Cannot append to audit log "${this.path}": write or sync failed`, { cause });
+      }
+      this.#tail = { nextSeq, prev, size: size + data.length };
+      return receipts;
+    } finally {
+      this.#lock.release();
+    }
+  }
+
+  /** Waits for appends in flight, closes the file and removes this writer's lock file. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -267,7 +308,7 @@ export class AuditLog {
     try {
       await this.#fh.close();
     } finally {
-      await this.#lock.release();
+      await this.#lock.dispose();
     }
   }
 

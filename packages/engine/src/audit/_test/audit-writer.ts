@@ -1,6 +1,7 @@
 /**
- * Test fixture run as a child process: `node audit-writer.js <stateDir> burst|hold`.
+ * Test fixture run as a child process: `node audit-writer.js <stateDir> burst|hold|<count>`.
  * burst: appends events forever, 32 in flight, printing each acknowledged seq on its own line.
+ * <count>: appends that many events, 8 in flight, printing each acknowledged seq, then exits 0.
  * hold: opens the log, appends one event, prints "ready" and waits to be killed.
  * On a failure it prints "error <code> <message>" and exits 3.
  */
@@ -8,8 +9,9 @@ import { argvDigest } from "../entry.js";
 import { openStateAuditLog } from "../log.js";
 
 const [stateDir, mode] = process.argv.slice(2);
-if (stateDir === undefined || (mode !== "burst" && mode !== "hold")) {
-  process.stderr.write("usage: audit-writer.js STATE_DIR burst|hold\n");
+const count = mode !== undefined && /^[0-9]+$/.test(mode) ? Number(mode) : undefined;
+if (stateDir === undefined || (mode !== "burst" && mode !== "hold" && count === undefined)) {
+  process.stderr.write("usage: audit-writer.js STATE_DIR burst|hold|COUNT\n");
   process.exit(2);
 }
 
@@ -20,6 +22,17 @@ try {
     await log.append({ type: "policy.changed", policyId: "p1", previousDigest: null, policyDigest: "0".repeat(64) });
     process.stdout.write("ready\n");
     setInterval(() => undefined, 1 << 30);
+  } else if (count !== undefined) {
+    let n = 0;
+    const worker = async (): Promise<void> => {
+      while (n < count) {
+        const i = n++;
+        const r = await log.append({ type: "exec.started", sandboxId, execId: `ex_${process.pid}_${i}`, argvDigest: argvDigest(["echo", String(i)]), argc: 2 });
+        process.stdout.write(`${r.seq}\n`);
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, worker));
+    await log.close();
   } else {
     let n = 0;
     const worker = async (): Promise<never> => {
