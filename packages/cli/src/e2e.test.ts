@@ -175,3 +175,30 @@ test("run --json prints the result with the output", { skip }, async () => {
   assert.equal(out.stdout, "hi\n");
   assert.equal(out.sandbox.tier, "container");
 });
+
+test("run --mode plan prints a signed plan and boots nothing; run --plan admits it once; the audit log records both and verifies", { skip }, async () => {
+  const planned = await mvmctl(["run", "--embedded", "--mode", "plan", "--valid-for", "600", "--", "/bin/echo", "planned"]);
+  assert.equal(planned.code, 0, planned.stderr);
+  const signed = JSON.parse(planned.stdout) as { plan: { planId: string; ir: { command: unknown } } };
+  assert.deepEqual(signed.plan.ir.command, { kind: "argv", argv: ["/bin/echo", "planned"] });
+  assert.match(planned.stderr, new RegExp(`^plan ${signed.plan.planId}$`, "m"));
+  assert.doesNotMatch(planned.stderr, /^sandbox sbx_/m, "nothing booted");
+
+  const file = join(scratchDir("e2e-plan"), "plan.json");
+  writeFileSync(file, planned.stdout);
+  const ran = await mvmctl(["run", "--embedded", "--plan", file]);
+  assert.equal(ran.code, 0, ran.stderr);
+  assert.equal(ran.stdout, "planned\n");
+  const again = await mvmctl(["run", "--embedded", "--plan", file]);
+  assert.notEqual(again.code, 0);
+  assert.match(again.stderr, /already used \(replay\)/);
+
+  const tail = await mvmctl(["audit", "tail", "-n", "200", "--json"]);
+  assert.equal(tail.code, 0, tail.stderr);
+  const events = (JSON.parse(tail.stdout) as { entry: { event: { type: string; planId?: string; reason?: string } } | null }[]).map((s) => s.entry?.event);
+  assert.ok(events.some((e) => e?.type === "plan.admitted" && e.planId === signed.plan.planId));
+  assert.ok(events.some((e) => e?.type === "plan.denied" && e.planId === signed.plan.planId && e.reason === "nonce_replayed"));
+  const verified = await mvmctl(["audit", "verify"]);
+  assert.equal(verified.code, 0, verified.stderr + verified.stdout);
+  assert.match(verified.stdout, /^ok: \d+ entries/);
+});
