@@ -96,7 +96,7 @@ async function readContent(ctx: RouteContext): Promise<void> {
   ctx.res.end();
 }
 
-/** Receives the raw body and hands it to the engine as a stream; answers `{ bytes }`. */
+/** Receives the raw body and hands it to the engine as a stream; answers `{ bytes, receipt }`. */
 async function writeContent(ctx: RouteContext): Promise<void> {
   const id = sandboxIdParam(ctx);
   const path = pathParam(ctx);
@@ -107,7 +107,7 @@ async function writeContent(ctx: RouteContext): Promise<void> {
   const mode = ctx.query.get("mode");
   if (mode !== null) options.mode = parseMode(mode);
   const result = await ctx.engine.writeFile(id, path, bodyChunks(ctx.req), options);
-  sendJson(ctx.res, 200, { bytes: result.bytes });
+  sendJson(ctx.res, 200, result.receipt ? { bytes: result.bytes, receipt: result.receipt } : { bytes: result.bytes });
 }
 
 /** Permission bits written in octal, e.g. `644` or `0755`. */
