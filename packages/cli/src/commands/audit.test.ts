@@ -10,12 +10,13 @@ import { cli } from "../_test/test-io.js";
 const sandboxId = "sbx_abcdefghijklmnopqrst";
 let stateDir: string;
 let logPath: string;
+const receipts: { id: string; hash: string }[] = [];
 
 before(async () => {
   stateDir = await mkdtemp(join(tmpdir(), "mvm-cli-audit-"));
   const key = await loadOrCreateHostKey(stateDir);
   const log = await AuditLog.open(join(stateDir, "audit"), { key });
-  for (let i = 0; i < 5; i++) await log.append({ type: "sandbox.expired", sandboxId, ttlSeconds: i });
+  for (let i = 0; i < 5; i++) receipts.push(await log.append({ type: "sandbox.expired", sandboxId, ttlSeconds: i }));
   await log.close();
   logPath = join(stateDir, "audit", "audit.log");
 });
@@ -65,6 +66,23 @@ describe("mvmctl audit", () => {
     assert.match(missing.stderr, /No audit entry 9/);
     const usage = await cli(["audit", "show", "--state-dir", stateDir, "x"]);
     assert.equal(usage.code, 2);
+    // A receipt's audit entry id finds its entry, and only when the hash matches.
+    const byId = await cli(["audit", "show", "--json", "--state-dir", stateDir, receipts[1]!.id]);
+    assert.equal(byId.code, 0, byId.stderr);
+    assert.equal((JSON.parse(byId.stdout) as { entry: { hash: string } }).entry.hash, receipts[1]!.hash);
+    const wrongHash = await cli(["audit", "show", "--state-dir", stateDir, receipts[1]!.id.replace(/_[0-9a-f]{16}$/, "_0000000000000000")]);
+    assert.equal(wrongHash.code, 1);
+    assert.match(wrongHash.stderr, /has hash/);
+  });
+
+  it("verify --expect-last-seq detects a log cut back at a line boundary", async () => {
+    const cut = join(stateDir, "cut.log");
+    const lines = (await readFile(logPath, "utf8")).split("\n");
+    await writeFile(cut, `${lines.slice(0, 3).join("\n")}\n`);
+    assert.equal((await cli(["audit", "verify", "--state-dir", stateDir, "--file", cut])).code, 0, "a clean cut verifies on its own");
+    const r = await cli(["audit", "verify", "--json", "--state-dir", stateDir, "--file", cut, "--expect-last-seq", "5"]);
+    assert.equal(r.code, 1);
+    assert.equal((JSON.parse(r.stdout) as { firstBad: { code: string } }).firstBad.code, "truncated");
   });
 
   it("reports a missing log as not found", async () => {

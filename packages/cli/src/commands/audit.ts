@@ -86,28 +86,40 @@ function formatStored(stored: StoredEntry): string {
   return stored.entry !== null ? formatEntry(stored.entry) : `?\tline ${stored.line}\tunreadable: ${printable(stored.problem ?? "", 256)}\n`;
 }
 
-export const auditVerifyCommand = defineCommand<Location & { pubkey: string | undefined; allSignatures: boolean }>({
+export const auditVerifyCommand = defineCommand<Location & { pubkey: string | undefined; allSignatures: boolean; expectLastSeq: number | undefined }>({
   name: "audit verify",
   summary: "Check the whole audit chain offline; exit 1 naming the first bad entry",
-  usage: "[--pubkey FILE] [--file PATH] [--all-signatures]",
+  usage: "[--pubkey FILE] [--file PATH] [--all-signatures] [--expect-last-seq N]",
   details:
     "Without --pubkey the public half of this host's key is used. By default every link of the chain and the last\n" +
     "signature are checked (the chain fixes every earlier byte); --all-signatures checks each entry's signature.\n" +
+    "A log cut back at a line boundary still verifies: keep the last seq somewhere else and pass it as\n" +
+    "--expect-last-seq to detect that (code \"truncated\").\n" +
     "With --json the result is printed: {ok, entries, lastSeq} or {ok: false, firstBad: {seq, line, offset, code, reason}}.",
   flags: {
     ...LOCATION_FLAGS,
     pubkey: { type: "string", valueName: "FILE", description: "Ed25519 public key (PEM, or raw key in hex or base64)" },
     "all-signatures": { type: "boolean", description: "Verify every entry's signature (slower)" },
+    "expect-last-seq": { type: "string", valueName: "N", description: "Fail unless the log reaches at least entry N (detects a cut tail)" },
   },
   positionals: { min: 0, max: 0 },
   connection: "none",
-  parse: (raw) => ({ ...location(raw), pubkey: stringFlag(raw, "pubkey"), allSignatures: booleanFlag(raw, "all-signatures") }),
+  parse: (raw) => ({
+    ...location(raw),
+    pubkey: stringFlag(raw, "pubkey"),
+    allSignatures: booleanFlag(raw, "all-signatures"),
+    expectLastSeq: integerFlag(raw, "expect-last-seq"),
+  }),
   async run(ctx, flags) {
     const options = { ...flags, ...(await resolve(flags)) };
     const key = await publicKeyFor(options, options.pubkey);
     await ensureFile(options.file);
     const { verifyAuditFile } = await engineModule();
-    const result = await verifyAuditFile(options.file, key, { signatures: options.allSignatures ? "all" : "tail", signal: ctx.signal });
+    const result = await verifyAuditFile(options.file, key, {
+      signatures: options.allSignatures ? "all" : "tail",
+      signal: ctx.signal,
+      ...(options.expectLastSeq !== undefined ? { expectLastSeq: options.expectLastSeq } : {}),
+    });
     ctx.out.jsonResult({ file: options.file, ...result });
     if (result.ok) {
       ctx.out.human(`ok: ${result.entries} entries, chain and signatures verified (last seq ${result.lastSeq})\n`);
