@@ -8,7 +8,7 @@
  * - records the sandbox's later events in the same log.
  *
  * Layout in the state directory:
- *   host-ed25519.pem          the host key (0600), shared with the audit log
+ *   keys/host-ed25519.pem     the host key (0600), shared with the audit log
  *   admission/nonces/         the replay store
  *   admission/policy.sha256   digest of the operator policy last recorded as `policy.changed`
  *   policy.json               the operator policy (optional; MVM_POLICY_FILE names another file)
