@@ -202,3 +202,43 @@ test("run --mode plan prints a signed plan and boots nothing; run --plan admits 
   assert.equal(verified.code, 0, verified.stderr + verified.stdout);
   assert.match(verified.stdout, /^ok: \d+ entries/);
 });
+
+test("mvmctl plan reads a script's declarations without running it (static), or runs it against a recording transport (record); the bundle runs with --plan", { skip }, async () => {
+  const dir = scratchDir("e2e-plan-script");
+  const marker = join(dir, "ran");
+  const sdk = fileURLToPath(new URL("../../sdk/dist/index.js", import.meta.url));
+  const body = [
+    `import { writeFileSync } from "node:fs";`,
+    `writeFileSync(${JSON.stringify(marker)}, "ran");`,
+    `const sb = await Sandbox.create({ image: ${JSON.stringify(DEFAULT_IMAGE)}, ttlSeconds: 120, resources: { memoryMiB: 256 } });`,
+    `await sb.commands.run(["python3", "-c", "print(6*7)"]);`,
+  ];
+  writeFileSync(join(dir, "app.ts"), [`import { Sandbox } from "@mvm/sdk";`, ...body].join("\n"));
+  writeFileSync(join(dir, "app.mjs"), [`import { Sandbox } from ${JSON.stringify(sdk)};`, ...body].join("\n"));
+
+  const bundleFile = join(dir, "plans.json");
+  const stat = await mvmctl(["plan", "--embedded", join(dir, "app.ts"), "-o", bundleFile, "--json"]);
+  assert.equal(stat.code, 0, stat.stderr);
+  assert.equal(existsSync(marker), false, "static mode ran nothing of the script");
+  const bundle = JSON.parse(stat.stdout) as { mode: string; workloads: { commands: string[][]; plan: { plan: { ir: { ttlSeconds: number; resources: { memoryMiB?: number } } } } }[] };
+  assert.equal(bundle.mode, "static");
+  assert.equal(bundle.workloads.length, 1);
+  assert.deepEqual(bundle.workloads[0]!.commands, [["python3", "-c", "print(6*7)"]]);
+  assert.equal(bundle.workloads[0]!.plan.plan.ir.ttlSeconds, 120);
+  assert.equal(bundle.workloads[0]!.plan.plan.ir.resources.memoryMiB, 256);
+  const ran = await mvmctl(["run", "--embedded", "--plan", bundleFile, "--", "python3", "-c", "print(6*7)"]);
+  assert.equal(ran.code, 0, ran.stderr);
+  assert.equal(ran.stdout, "42\n");
+
+  const rec = await mvmctl(["plan", "--embedded", "--mode", "record", join(dir, "app.mjs"), "--json"]);
+  assert.equal(rec.code, 0, rec.stderr);
+  assert.equal(existsSync(marker), true, "record mode runs the script");
+  const recorded = JSON.parse(rec.stdout) as typeof bundle;
+  assert.equal(recorded.mode, "record");
+  assert.deepEqual(recorded.workloads[0]!.commands, [["python3", "-c", "print(6*7)"]]);
+  assert.equal(recorded.workloads[0]!.plan.plan.ir.ttlSeconds, 120);
+
+  const refused = await mvmctl(["plan", "--mode", "record", join(dir, "app.ts")]);
+  assert.equal(refused.code, 2);
+  assert.match(refused.stderr, /--mode record runs JavaScript/);
+});

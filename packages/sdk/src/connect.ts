@@ -6,18 +6,24 @@ import { TransportError, type CallOptions, type EngineApi } from "@mvm/protocol"
 import { DaemonClient, type DaemonClientOptions } from "./daemon-client.js";
 import { openEmbeddedEngine, type EmbeddedEngine, type EngineImporter } from "./embedded.js";
 import { resolveSocketPath } from "./socket-path.js";
+import { RecordingEngine, recorderFromEnv } from "./recording.js";
+
+/** The RecordingEngine of `mode: "record"` in this process. */
+let sharedRecorder: RecordingEngine | undefined;
 
 /**
  * `daemon`: use the daemon, fail when it does not answer. `embedded`: run the engine in this
  * process. `auto`: a daemon when one was named ({@link ConnectEngineOptions.socketPath} or
  * $MVM_DAEMON_SOCKET, then it must answer) or listens on the default socket; embedded when
  * nothing listens there (no socket file, or a stale one). A daemon on the default socket that
- * answers too slowly or wrongly is an error, never a silent switch to embedded.
+ * answers too slowly or wrongly is an error, never a silent switch to embedded. `record`: a
+ * RecordingEngine that boots nothing (record mode; see recording.ts). When MVM_RECORD_FILE is set
+ * every mode gives the process's one RecordingEngine, whose recording is written there at exit.
  */
-export type EngineMode = "auto" | "daemon" | "embedded";
+export type EngineMode = "auto" | "daemon" | "embedded" | "record";
 
 /** An engine handle as the SDK hands it out; `transport` says which kind it is. */
-export type EngineConnection = DaemonClient | EmbeddedEngine;
+export type EngineConnection = DaemonClient | EmbeddedEngine | RecordingEngine;
 
 export interface ConnectEngineOptions extends CallOptions {
   /** @default "auto" */
@@ -59,6 +65,9 @@ export function connectEngine(options: ConnectEngineOptions = {}): Promise<Engin
 /** {@link connectEngine} with its dependencies injectable. */
 export async function selectEngine(options: ConnectEngineOptions, deps: ConnectDeps): Promise<EngineConnection> {
   const mode = options.mode ?? "auto";
+  const recorder = recorderFromEnv(deps.env ?? process.env);
+  if (recorder !== undefined) return recorder;
+  if (mode === "record") return (sharedRecorder ??= new RecordingEngine());
   const embedded = (): Promise<EmbeddedEngine> =>
     openEmbeddedEngine({
       ...(options.engineOptions === undefined ? {} : { engineOptions: options.engineOptions }),
@@ -105,7 +114,7 @@ export interface ConnectionOptions {
   engineOptions?: object;
 }
 
-const decisions = new Map<string, Promise<"embedded" | DaemonClient>>();
+const decisions = new Map<string, Promise<"embedded" | DaemonClient | RecordingEngine>>();
 
 /**
  * The engine for `options`, shared across calls: a given engine as is, one daemon client per
@@ -113,6 +122,8 @@ const decisions = new Map<string, Promise<"embedded" | DaemonClient>>();
  */
 export async function sharedEngine(options: ConnectionOptions & CallOptions, deps: ConnectDeps = {}): Promise<EngineApi> {
   if (options.engine !== undefined) return options.engine;
+  const recorder = recorderFromEnv(deps.env ?? process.env);
+  if (recorder !== undefined) return recorder;
   const key = `${options.mode ?? "auto"}\0${options.socketPath ?? ""}`;
   let decision = decisions.get(key);
   if (decision === undefined) {

@@ -24,6 +24,10 @@ export type {
 } from "@mvm/protocol";
 export type { ReadOptions, WriteData, WriteOptions, WriteResult } from "./files.js";
 
+export { analyzeSource, analyzeSourceText, MAX_SOURCE_BYTES } from "./static-analysis.js";
+export type { SourceLocation, StaticAnalysis, StaticDiagnostic, StaticWorkload } from "./static-analysis.js";
+export { RecordingEngine, RecordingSchema, RECORD_FILE_ENV, readRecording } from "./recording.js";
+export type { RecordedCommand, RecordedWorkload, Recording } from "./recording.js";
 export { connectEngine } from "./connect.js";
 export type { ConnectEngineOptions, ConnectionOptions, EngineConnection, EngineMode } from "./connect.js";
 export { DaemonClient } from "./daemon-client.js";

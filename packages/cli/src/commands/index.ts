@@ -14,10 +14,12 @@ import { lsCommand } from "./ls.js";
 import { logsCommand, networkSetCommand, networkShowCommand } from "./network.js";
 import { secretLsCommand, secretRmCommand, secretSetCommand } from "./secret.js";
 import { runCommand } from "./run.js";
+import { planCommand } from "./plan.js";
 
 export const COMMANDS: readonly Command[] = [
   doctorCommand,
   runCommand,
+  planCommand,
   createCommand,
   lsCommand,
   execCommand,

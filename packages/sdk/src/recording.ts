@@ -1,0 +1,332 @@
+/**
+ * Record mode: an engine transport that boots nothing. Every call a script makes is checked as
+ * the real engine would check it, recorded, and answered with an empty success (an exec exits 0
+ * with no output, a read returns no bytes), so the script runs to its end and the recording says
+ * which sandboxes it would create and what it would run in them. Nothing on the host changes.
+ *
+ * `mvmctl plan --mode record app.mjs` runs the script with `MVM_RECORD_FILE` set: every SDK entry
+ * point then uses one process-wide RecordingEngine, whose recording is written to that file when
+ * the process exits. `Sandbox.create({ mode: "record" })` asks for one explicitly.
+ */
+import { randomBytes } from "node:crypto";
+import { renameSync, writeFileSync } from "node:fs";
+import { open } from "node:fs/promises";
+import { dirname, isAbsolute, join } from "node:path";
+import { z } from "zod";
+import {
+  CreateSandboxRequest,
+  ExecApiRequest,
+  InvalidArgumentError,
+  NetworkPolicySchema,
+  NotFoundError,
+  UnsupportedCapabilityError,
+  type CallOptions,
+  type DirListingResult,
+  type EngineApi,
+  type ExecHandlers,
+  type ExecStarted,
+  type ExitInfo,
+  type FileInfo,
+  type FileReadStream,
+  type HealthInfo,
+  type ImageInfo,
+  type NetworkEventsPage,
+  type NetworkPolicyJson,
+  type ProcessInfo,
+  type SandboxInfo,
+  type SecretMeta,
+  type SignedPlan,
+} from "@mvm/protocol";
+
+/** The environment variable naming the file a recording is written to at exit. */
+export const RECORD_FILE_ENV = "MVM_RECORD_FILE";
+/** Largest recording `readRecording` reads, in bytes. */
+export const MAX_RECORDING_BYTES = 16 * 1024 * 1024;
+
+export const RecordedCommandSchema = z.strictObject({
+  argv: z.array(z.string().max(128 * 1024)).min(1).max(4096),
+  cwd: z.string().max(4096).optional(),
+  /** Names of the variables the command was given; never their values. */
+  envNames: z.array(z.string().max(128)).max(1024),
+});
+export type RecordedCommand = z.infer<typeof RecordedCommandSchema>;
+
+export const RecordedWorkloadSchema = z.strictObject({
+  sandboxId: z.string().regex(/^sbx_[a-z2-7]{20}$/),
+  request: CreateSandboxRequest,
+  commands: z.array(RecordedCommandSchema).max(100_000),
+  files: z.array(z.strictObject({ path: z.string().max(4096), bytes: z.number().int().min(0) })).max(100_000),
+  networkPolicies: z.array(NetworkPolicySchema).max(10_000),
+  killed: z.boolean(),
+});
+export type RecordedWorkload = z.infer<typeof RecordedWorkloadSchema>;
+
+export const RecordingSchema = z.strictObject({ version: z.literal(1), workloads: z.array(RecordedWorkloadSchema).max(10_000) });
+export type Recording = z.infer<typeof RecordingSchema>;
+
+const ZERO_DIGEST = `sha256:${"0".repeat(64)}` as const;
+const ALPHABET = "abcdefghijklmnopqrstuvwxyz234567";
+const REFUSED = "Record mode changes nothing on the host";
+
+function recordedId(): string {
+  let id = "sbx_";
+  for (const b of randomBytes(20)) id += ALPHABET[b & 31];
+  return id;
+}
+
+function check<S extends z.ZodType>(schema: S, value: unknown, what: string): z.infer<S> {
+  const r = schema.safeParse(value);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new InvalidArgumentError(`Invalid ${what}: ${issue?.path.length ? `${issue.path.join(".")}: ` : ""}${issue?.message ?? "invalid"}`);
+  }
+  return r.data;
+}
+
+interface Entry {
+  workload: RecordedWorkload;
+  info: SandboxInfo;
+  procs: number;
+}
+
+/**
+ * An EngineApi that records and boots nothing.
+ *
+ * @example
+ * const rec = new RecordingEngine();
+ * const sb = await Sandbox.create({ engine: rec, image: "debian:bookworm" });
+ * await sb.commands.run(["make", "test"]);   // exit 0, no output
+ * console.log(rec.recording().workloads[0].commands);
+ */
+export class RecordingEngine implements EngineApi {
+  readonly transport = "record" as const;
+  readonly #sandboxes = new Map<string, Entry>();
+
+  /** What was recorded so far, in creation order. */
+  recording(): Recording {
+    return { version: 1, workloads: [...this.#sandboxes.values()].map((e) => structuredClone(e.workload)) };
+  }
+
+  #get(id: string): Entry {
+    const entry = this.#sandboxes.get(id);
+    if (!entry) throw new NotFoundError(`Sandbox "${id}" not found`);
+    return entry;
+  }
+
+  async health(): Promise<HealthInfo> {
+    return { version: "record", defaultBackend: null, defaultReason: "record mode boots nothing", backends: [] };
+  }
+
+  async createSandbox(request: CreateSandboxRequest): Promise<SandboxInfo> {
+    const req = check(CreateSandboxRequest, request, "sandbox options");
+    const id = recordedId();
+    const now = Date.now();
+    const backend = req.backend ?? "namespace";
+    const info: SandboxInfo = {
+      id,
+      state: "running",
+      backend,
+      tier: backend === "vm" ? "vm-emulated" : "container",
+      image: { ref: req.image ?? "default", digest: ZERO_DIGEST },
+      createdAt: new Date(now).toISOString(),
+      expiresAt: new Date(now + (req.ttlSeconds ?? 600) * 1000).toISOString(),
+      resources: { ...req.resources },
+      workMiB: req.workMiB ?? 1024,
+      labels: { ...req.labels },
+    };
+    const { plan: _plan, ...recorded } = req;
+    this.#sandboxes.set(id, {
+      workload: { sandboxId: id, request: recorded, commands: [], files: [], networkPolicies: [], killed: false },
+      info,
+      procs: 0,
+    });
+    return info;
+  }
+
+  async planSandbox(): Promise<SignedPlan> {
+    throw new UnsupportedCapabilityError("Record mode signs no plans", { hint: "Run `mvmctl plan --mode record FILE` to plan what a script records" });
+  }
+
+  async getSandbox(id: string): Promise<SandboxInfo> {
+    return this.#get(id).info;
+  }
+
+  async listSandboxes(): Promise<SandboxInfo[]> {
+    return [...this.#sandboxes.values()].filter((e) => e.info.state !== "stopped").map((e) => e.info);
+  }
+
+  async killSandbox(id: string): Promise<SandboxInfo> {
+    const entry = this.#get(id);
+    entry.workload.killed = true;
+    entry.info = { ...entry.info, state: "stopped", endReason: "killed" };
+    return entry.info;
+  }
+
+  async exec(id: string, request: ExecApiRequest, _handlers: ExecHandlers, _options?: CallOptions): Promise<ExecStarted> {
+    const entry = this.#get(id);
+    const req = check(ExecApiRequest, request, "exec request");
+    entry.workload.commands.push({ argv: [...req.argv], ...(req.cwd !== undefined ? { cwd: req.cwd } : {}), envNames: Object.keys(req.env ?? {}).sort() });
+    const proc = ++entry.procs;
+    const at = new Date().toISOString();
+    const exit: ExitInfo = {
+      exitCode: 0,
+      signal: null,
+      timedOut: false,
+      oomKilled: false,
+      durationMs: 0,
+      stdoutBytes: 0,
+      stderrBytes: 0,
+      stdoutTruncated: false,
+      stderrTruncated: false,
+      receipt: { sandboxId: id, proc, imageDigest: ZERO_DIGEST, backend: entry.info.backend, startedAt: at, finishedAt: at },
+    };
+    return { proc, pid: 1, exit: Promise.resolve(exit) };
+  }
+
+  async signalProcess(id: string): Promise<void> {
+    this.#get(id);
+  }
+
+  async writeStdin(id: string): Promise<void> {
+    this.#get(id);
+  }
+
+  async listProcesses(id: string): Promise<ProcessInfo[]> {
+    this.#get(id);
+    return [];
+  }
+
+  async setNetworkPolicy(id: string, policy: NetworkPolicyJson): Promise<SandboxInfo> {
+    const entry = this.#get(id);
+    entry.workload.networkPolicies.push(check(NetworkPolicySchema, policy, "network policy"));
+    return entry.info;
+  }
+
+  async networkEvents(id: string): Promise<NetworkEventsPage> {
+    this.#get(id);
+    return { events: [], next: 0, dropped: 0 };
+  }
+
+  async listSecrets(): Promise<SecretMeta[]> {
+    return [];
+  }
+
+  async setSecret(): Promise<SecretMeta> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no secret is stored`);
+  }
+
+  async removeSecret(): Promise<void> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no secret is removed`);
+  }
+
+  async readFile(id: string): Promise<FileReadStream> {
+    this.#get(id);
+    return { size: 0, body: (async function* () {})() };
+  }
+
+  async writeFile(id: string, path: string, data: Uint8Array | AsyncIterable<Uint8Array>): Promise<{ bytes: number }> {
+    const entry = this.#get(id);
+    let bytes = 0;
+    if (data instanceof Uint8Array) bytes = data.byteLength;
+    else for await (const chunk of data) bytes += chunk.byteLength;
+    entry.workload.files.push({ path, bytes });
+    return { bytes };
+  }
+
+  async listDir(id: string): Promise<DirListingResult> {
+    this.#get(id);
+    return { entries: [], truncated: false };
+  }
+
+  async stat(id: string, path: string): Promise<FileInfo> {
+    this.#get(id);
+    throw new NotFoundError(`"${path}" does not exist (record mode: the sandbox holds nothing)`);
+  }
+
+  async mkdir(id: string): Promise<void> {
+    this.#get(id);
+  }
+
+  async remove(id: string): Promise<void> {
+    this.#get(id);
+  }
+
+  async rename(id: string): Promise<void> {
+    this.#get(id);
+  }
+
+  async listImages(): Promise<ImageInfo[]> {
+    return [];
+  }
+
+  async buildImage(): Promise<ImageInfo> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no image is built`);
+  }
+
+  async importImage(): Promise<ImageInfo> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no image is imported`);
+  }
+
+  async removeImage(): Promise<void> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no image is removed`);
+  }
+
+  async close(): Promise<void> {}
+}
+
+let processRecorder: RecordingEngine | undefined;
+
+/**
+ * The process-wide RecordingEngine when `MVM_RECORD_FILE` is set (its recording is written there
+ * when the process exits), else undefined.
+ * @throws InvalidArgumentError when MVM_RECORD_FILE is not an absolute path
+ */
+export function recorderFromEnv(env: NodeJS.ProcessEnv = process.env): RecordingEngine | undefined {
+  const file = env[RECORD_FILE_ENV];
+  if (file === undefined || file === "") return undefined;
+  if (!isAbsolute(file)) throw new InvalidArgumentError(`Invalid ${RECORD_FILE_ENV} "${file}": must be an absolute path`);
+  if (processRecorder === undefined) {
+    const recorder = new RecordingEngine();
+    processRecorder = recorder;
+    process.once("exit", () => writeRecordingSync(file, recorder.recording()));
+  }
+  return processRecorder;
+}
+
+/** Writes a recording atomically: a private temp file in the same directory, renamed over `path`. */
+export function writeRecordingSync(path: string, recording: Recording): void {
+  const temp = join(dirname(path), `.recording-${process.pid}-${randomBytes(6).toString("hex")}`);
+  writeFileSync(temp, `${JSON.stringify(recording)}\n`, { mode: 0o600, flag: "wx" });
+  renameSync(temp, path);
+}
+
+/**
+ * Reads a recording another process wrote, as untrusted input: size-bounded, JSON, schema-checked.
+ * @throws NotFoundError when the file is missing; InvalidArgumentError for anything else wrong
+ */
+export async function readRecording(path: string): Promise<Recording> {
+  let handle;
+  try {
+    handle = await open(path, "r");
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code === "ENOENT") throw new NotFoundError(`Recording "${path}" does not exist`, { cause });
+    throw new InvalidArgumentError(`Cannot read recording "${path}": ${(cause as Error).message}`, { cause });
+  }
+  let text: string;
+  try {
+    const { size } = await handle.stat();
+    if (size > MAX_RECORDING_BYTES) throw new InvalidArgumentError(`Recording "${path}" is ${size} bytes, over the limit of ${MAX_RECORDING_BYTES}`);
+    const buffer = Buffer.alloc(size);
+    const { bytesRead } = await handle.read(buffer, 0, size, 0);
+    text = buffer.subarray(0, bytesRead).toString("utf8");
+  } finally {
+    await handle.close();
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (cause) {
+    throw new InvalidArgumentError(`Recording "${path}" is not JSON: ${(cause as Error).message}`, { cause });
+  }
+  return check(RecordingSchema, value, `recording "${path}"`);
+}

@@ -1,0 +1,370 @@
+/**
+ * Static mode: the sandboxes a TypeScript or JavaScript file declares, read from its source with
+ * the TypeScript compiler API. The file is parsed, never imported, required or evaluated: what is
+ * read is what the source spells out as literal values (strings, numbers, arrays, objects, `const`
+ * names bound to such values) and the SDK's pure data builders (`NetworkPolicy…`, `SecretRef…`),
+ * which are applied to their literal arguments. Anything else is reported, not guessed.
+ */
+import { open } from "node:fs/promises";
+import { extname } from "node:path";
+import type * as TS from "typescript";
+import { CreateSandboxRequest, InvalidArgumentError, NetworkPolicy, NotFoundError, SecretRef } from "@mvm/protocol";
+
+export interface SourceLocation {
+  /** 1-based. */
+  line: number;
+  /** 1-based. */
+  column: number;
+}
+export interface StaticDiagnostic extends SourceLocation {
+  message: string;
+}
+/** One `Sandbox.create(...)` call and what can be known of it without running anything. */
+export interface StaticWorkload {
+  location: SourceLocation;
+  /** The create request its options spell out (connection options left out), schema-checked. */
+  request: CreateSandboxRequest;
+  /** Commands run on the sandbox it returns (`sb.commands.run|start`), in source order. */
+  commands: string[][];
+  /** False when some option or command could not be read as a literal (see the diagnostics). */
+  complete: boolean;
+}
+export interface StaticAnalysis {
+  file: string;
+  workloads: StaticWorkload[];
+  diagnostics: StaticDiagnostic[];
+}
+
+/** Default largest source file read, in bytes. */
+export const MAX_SOURCE_BYTES = 1024 * 1024;
+
+/** Options the SDK takes beside the request: how to connect, not what to run. */
+const CONNECTION_OPTIONS = new Set(["engine", "mode", "socketPath", "daemon", "engineOptions", "signal", "timeoutMs", "onProgress", "plan"]);
+const SDK_MODULES = new Set(["@mvm/sdk", "@mvm/protocol"]);
+const POLICY_METHODS = new Set(["allowHttps", "allowHttp", "allowTcp", "allowCidr"]);
+const SECRET_FACTORIES = new Set(["from", "fromEnv", "fromFile"]);
+
+/** What an expression evaluates to when it is not a literal. */
+const NOT_STATIC: unique symbol = Symbol("not static");
+type Value = unknown;
+
+/**
+ * Reads the sandbox declarations of a source file without running it.
+ * @throws NotFoundError when the file does not exist; InvalidArgumentError when it is too large
+ * @example
+ * const { workloads, diagnostics } = await analyzeSource("agent.ts");
+ */
+export async function analyzeSource(path: string, options: { maxBytes?: number } = {}): Promise<StaticAnalysis> {
+  const maxBytes = options.maxBytes ?? MAX_SOURCE_BYTES;
+  let handle;
+  try {
+    handle = await open(path, "r");
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code === "ENOENT") throw new NotFoundError(`Source file "${path}" does not exist`, { cause });
+    throw new InvalidArgumentError(`Cannot read source file "${path}": ${(cause as Error).message}`, { cause });
+  }
+  let text: string;
+  try {
+    const { size } = await handle.stat();
+    if (size > maxBytes) throw new InvalidArgumentError(`Source file "${path}" is ${size} bytes, over the limit of ${maxBytes}`);
+    const buffer = Buffer.alloc(size);
+    let length = 0;
+    while (length < size) {
+      const { bytesRead } = await handle.read(buffer, length, size - length, length);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+    }
+    text = buffer.subarray(0, length).toString("utf8");
+  } finally {
+    await handle.close();
+  }
+  return analyzeSourceText(text, path);
+}
+
+/** {@link analyzeSource} on text in memory; `fileName`'s extension picks the syntax (TS, TSX, JS). */
+export async function analyzeSourceText(text: string, fileName: string): Promise<StaticAnalysis> {
+  const ts = ((await import("typescript")) as unknown as { default: typeof TS }).default;
+  return new Analyzer(ts, text, fileName).run();
+}
+
+function scriptKind(ts: typeof TS, fileName: string): TS.ScriptKind {
+  switch (extname(fileName)) {
+    case ".tsx":
+      return ts.ScriptKind.TSX;
+    case ".jsx":
+      return ts.ScriptKind.JSX;
+    case ".js":
+    case ".mjs":
+    case ".cjs":
+      return ts.ScriptKind.JS;
+    default:
+      return ts.ScriptKind.TS;
+  }
+}
+
+interface Found {
+  location: SourceLocation;
+  request: Record<string, unknown>;
+  commands: string[][];
+  complete: boolean;
+}
+
+class Analyzer {
+  readonly #ts: typeof TS;
+  readonly #sf: TS.SourceFile;
+  readonly #diagnostics: StaticDiagnostic[] = [];
+  /** Local names of the SDK's exports: `Sandbox`, `NetworkPolicy`, `SecretRef`. */
+  readonly #names = new Map<string, string>();
+  /** Local names of namespace imports of the SDK (`import * as mvm`). */
+  readonly #namespaces = new Set<string>();
+  /** `const` names and their initializers; a name declared twice is left out. */
+  readonly #consts = new Map<string, TS.Expression | null>();
+  /** Variables holding a created sandbox → its workload. */
+  readonly #sandboxVars = new Map<string, Found>();
+  readonly #found: Found[] = [];
+
+  constructor(ts: typeof TS, text: string, fileName: string) {
+    this.#ts = ts;
+    this.#sf = ts.createSourceFile(fileName, text, ts.ScriptTarget.Latest, true, scriptKind(ts, fileName));
+  }
+
+  run(): StaticAnalysis {
+    const ts = this.#ts;
+    const parseDiagnostics = (this.#sf as unknown as { parseDiagnostics?: TS.DiagnosticWithLocation[] }).parseDiagnostics ?? [];
+    for (const d of parseDiagnostics) {
+      this.#diagnostics.push({ ...this.#at(d.start), message: `syntax: ${ts.flattenDiagnosticMessageText(d.messageText, " ")}` });
+    }
+    this.#visit(this.#sf, (node) => this.#collectBindings(node));
+    this.#visit(this.#sf, (node) => this.#collectCreates(node));
+    this.#visit(this.#sf, (node) => this.#collectCommands(node));
+    const workloads = this.#found.map((f) => this.#finish(f));
+    return { file: this.#sf.fileName, workloads, diagnostics: this.#diagnostics };
+  }
+
+  #visit(node: TS.Node, fn: (node: TS.Node) => void): void {
+    fn(node);
+    this.#ts.forEachChild(node, (child) => this.#visit(child, fn));
+  }
+
+  #at(pos: number): SourceLocation {
+    const { line, character } = this.#sf.getLineAndCharacterOfPosition(pos);
+    return { line: line + 1, column: character + 1 };
+  }
+
+  #report(node: TS.Node, message: string): void {
+    this.#diagnostics.push({ ...this.#at(node.getStart(this.#sf)), message });
+  }
+
+  /** Imports (ESM and `require`) of the SDK, and `const` declarations. */
+  #collectBindings(node: TS.Node): void {
+    const ts = this.#ts;
+    if (ts.isImportDeclaration(node) && ts.isStringLiteral(node.moduleSpecifier) && SDK_MODULES.has(node.moduleSpecifier.text)) {
+      const bindings = node.importClause?.namedBindings;
+      if (bindings && ts.isNamedImports(bindings)) {
+        for (const el of bindings.elements) this.#names.set(el.name.text, (el.propertyName ?? el.name).text);
+      } else if (bindings && ts.isNamespaceImport(bindings)) {
+        this.#namespaces.add(bindings.name.text);
+      }
+      return;
+    }
+    if (!ts.isVariableDeclaration(node)) return;
+    const init = node.initializer;
+    if (init && ts.isCallExpression(init) && ts.isIdentifier(init.expression) && init.expression.text === "require") {
+      const spec = init.arguments[0];
+      if (spec && ts.isStringLiteral(spec) && SDK_MODULES.has(spec.text)) {
+        if (ts.isIdentifier(node.name)) this.#namespaces.add(node.name.text);
+        else if (ts.isObjectBindingPattern(node.name)) {
+          for (const el of node.name.elements) {
+            if (!ts.isIdentifier(el.name)) continue;
+            const imported = el.propertyName && ts.isIdentifier(el.propertyName) ? el.propertyName.text : el.name.text;
+            this.#names.set(el.name.text, imported);
+          }
+        }
+        return;
+      }
+    }
+    const list = node.parent;
+    if (!ts.isIdentifier(node.name) || !ts.isVariableDeclarationList(list) || (list.flags & ts.NodeFlags.Const) === 0) return;
+    const name = node.name.text;
+    this.#consts.set(name, this.#consts.has(name) ? null : (node.initializer ?? null));
+  }
+
+  /** Is `expr` the SDK export `exported` (`Sandbox`, or `mvm.Sandbox` for a namespace import)? */
+  #isExport(expr: TS.Expression, exported: string): boolean {
+    const ts = this.#ts;
+    if (ts.isIdentifier(expr)) return this.#names.get(expr.text) === exported;
+    return ts.isPropertyAccessExpression(expr) && expr.name.text === exported && ts.isIdentifier(expr.expression) && this.#namespaces.has(expr.expression.text);
+  }
+
+  #collectCreates(node: TS.Node): void {
+    const ts = this.#ts;
+    if (!ts.isCallExpression(node) || !ts.isPropertyAccessExpression(node.expression) || node.expression.name.text !== "create") return;
+    if (!this.#isExport(node.expression.expression, "Sandbox")) return;
+    const found: Found = { location: this.#at(node.getStart(this.#sf)), request: {}, commands: [], complete: true };
+    const arg = node.arguments[0];
+    if (arg !== undefined) {
+      const options = unwrap(ts, arg);
+      if (!ts.isObjectLiteralExpression(options)) {
+        this.#report(arg, "Sandbox.create options are not an object literal: not read");
+        found.complete = false;
+      } else {
+        found.request = this.#object(options, "", found, CONNECTION_OPTIONS);
+      }
+    }
+    this.#found.push(found);
+    // `const sb = await Sandbox.create(...)`, `await using sb = …`: later calls on sb are its commands.
+    let parent: TS.Node = node.parent;
+    while (ts.isAwaitExpression(parent) || ts.isParenthesizedExpression(parent)) parent = parent.parent;
+    if (ts.isVariableDeclaration(parent) && ts.isIdentifier(parent.name)) this.#sandboxVars.set(parent.name.text, found);
+  }
+
+  #collectCommands(node: TS.Node): void {
+    const ts = this.#ts;
+    if (!ts.isCallExpression(node) || !ts.isPropertyAccessExpression(node.expression)) return;
+    const method = node.expression.name.text;
+    if (method !== "run" && method !== "start") return;
+    const commands = node.expression.expression;
+    if (!ts.isPropertyAccessExpression(commands) || commands.name.text !== "commands" || !ts.isIdentifier(commands.expression)) return;
+    const found = this.#sandboxVars.get(commands.expression.text);
+    if (found === undefined) return;
+    const arg = node.arguments[0];
+    const value = arg === undefined ? NOT_STATIC : this.#value(arg, "command", found);
+    if (typeof value === "string") found.commands.push(["/bin/sh", "-c", value]);
+    else if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === "string")) found.commands.push(value as string[]);
+    else {
+      if (value !== NOT_STATIC) this.#report(arg ?? node, `commands.${method}: the command is not a string or an array of strings`);
+      found.complete = false;
+    }
+  }
+
+  /** An object literal's static properties; others are reported and left out. */
+  #object(node: TS.ObjectLiteralExpression, path: string, found: Found, skip?: ReadonlySet<string>): Record<string, unknown> {
+    const ts = this.#ts;
+    const out: Record<string, unknown> = {};
+    for (const prop of node.properties) {
+      let key: string | undefined;
+      let valueNode: TS.Expression | undefined;
+      if (ts.isPropertyAssignment(prop)) {
+        if (ts.isIdentifier(prop.name) || ts.isStringLiteral(prop.name) || ts.isNumericLiteral(prop.name)) key = prop.name.text;
+        valueNode = prop.initializer;
+      } else if (ts.isShorthandPropertyAssignment(prop)) {
+        key = prop.name.text;
+        valueNode = prop.name;
+      }
+      if (key === undefined || valueNode === undefined) {
+        this.#report(prop, `${path || "options"}: a spread, computed key or method is not static: not read`);
+        found.complete = false;
+        continue;
+      }
+      if (skip?.has(key)) continue;
+      const value = this.#value(valueNode, path ? `${path}.${key}` : key, found);
+      if (value !== NOT_STATIC) out[key] = value;
+    }
+    return out;
+  }
+
+  /** The literal value of `expr`, or NOT_STATIC (reported, and the workload marked incomplete). */
+  #value(expr: TS.Expression, path: string, found: Found, depth = 0, at: TS.Node = expr): Value | typeof NOT_STATIC {
+    const ts = this.#ts;
+    const node = unwrap(ts, expr);
+    const fail = (why: string): typeof NOT_STATIC => {
+      this.#report(at, `${path}: ${why}: not read`);
+      found.complete = false;
+      return NOT_STATIC;
+    };
+    if (depth > 32) return fail("too deeply nested");
+    if (ts.isStringLiteral(node) || ts.isNoSubstitutionTemplateLiteral(node)) return node.text;
+    if (ts.isNumericLiteral(node)) return Number(node.text);
+    if (ts.isPrefixUnaryExpression(node) && node.operator === ts.SyntaxKind.MinusToken && ts.isNumericLiteral(node.operand)) return -Number(node.operand.text);
+    if (node.kind === ts.SyntaxKind.TrueKeyword) return true;
+    if (node.kind === ts.SyntaxKind.FalseKeyword) return false;
+    if (node.kind === ts.SyntaxKind.NullKeyword) return null;
+    if (ts.isArrayLiteralExpression(node)) {
+      const out: Value[] = [];
+      for (const [i, el] of node.elements.entries()) {
+        if (ts.isSpreadElement(el) || ts.isOmittedExpression(el)) return fail("a spread or hole in an array is not static");
+        const v = this.#value(el, `${path}.${i}`, found, depth + 1, at === expr ? el : at);
+        if (v === NOT_STATIC) return NOT_STATIC;
+        out.push(v);
+      }
+      return out;
+    }
+    if (ts.isObjectLiteralExpression(node)) return this.#object(node, path, found);
+    if (ts.isIdentifier(node)) {
+      if (node.text === "undefined") return undefined;
+      const init = this.#consts.get(node.text);
+      if (init === undefined || init === null) return fail(`"${node.text}" is not a const bound to a literal in this file`);
+      // Problems inside a const are reported where it is used.
+      return this.#value(init, path, found, depth + 1, at);
+    }
+    if (ts.isCallExpression(node)) return this.#builder(node, path, fail);
+    return fail(`${ts.SyntaxKind[node.kind]} is not a literal`);
+  }
+
+  /** `NetworkPolicy.denyByDefault().allow…(…)…` and `SecretRef.from…(…)`, applied for real to literal arguments. */
+  #builder(call: TS.CallExpression, path: string, fail: (why: string) => typeof NOT_STATIC): Value | typeof NOT_STATIC {
+    const ts = this.#ts;
+    const chain: { name: string; args: TS.NodeArray<TS.Expression> }[] = [];
+    let cursor: TS.Expression = call;
+    while (ts.isCallExpression(cursor) && ts.isPropertyAccessExpression(cursor.expression)) {
+      chain.unshift({ name: cursor.expression.name.text, args: cursor.arguments });
+      cursor = cursor.expression.expression;
+    }
+    const scratch: Found = { location: { line: 0, column: 0 }, request: {}, commands: [], complete: true };
+    const args = (list: TS.NodeArray<TS.Expression>): Value[] | undefined => {
+      const out = list.map((a, i) => this.#value(a, `${path}(argument ${i + 1})`, scratch));
+      return out.includes(NOT_STATIC) ? undefined : out;
+    };
+    try {
+      if (this.#isExport(cursor, "NetworkPolicy") && chain[0]?.name === "denyByDefault" && chain[0].args.length === 0) {
+        let policy = NetworkPolicy.denyByDefault();
+        for (const step of chain.slice(1)) {
+          if (!POLICY_METHODS.has(step.name)) return fail(`NetworkPolicy.${step.name} is not a builder method`);
+          const a = args(step.args);
+          if (a === undefined) return fail(`the arguments of NetworkPolicy.${step.name} are not literals`);
+          policy = (policy[step.name as "allowHttps"] as (...x: unknown[]) => NetworkPolicy).apply(policy, a);
+        }
+        return policy.toJSON();
+      }
+      if (this.#isExport(cursor, "SecretRef") && chain.length === 1 && SECRET_FACTORIES.has(chain[0]!.name)) {
+        const a = args(chain[0]!.args);
+        if (a === undefined) return fail(`the arguments of SecretRef.${chain[0]!.name} are not literals`);
+        return (SecretRef[chain[0]!.name as "from"] as (...x: unknown[]) => SecretRef)(...a).toJSON();
+      }
+    } catch (err) {
+      return fail(`the builder refused its arguments (${(err as Error).message})`);
+    }
+    return fail("a function call is not static");
+  }
+
+  /** Schema-checks the request; a field the schema refuses is reported and left out. */
+  #finish(found: Found): StaticWorkload {
+    const request = { ...found.request };
+    for (let i = 0; i < 32; i++) {
+      const parsed = CreateSandboxRequest.safeParse(request);
+      if (parsed.success) return { location: found.location, request: parsed.data, commands: found.commands, complete: found.complete };
+      const issue = parsed.error.issues[0]!;
+      const field = issue.path[0];
+      const unknownKeys = issue.code === "unrecognized_keys" ? (issue as { keys?: string[] }).keys ?? [] : [];
+      for (const key of field === undefined ? unknownKeys : [String(field)]) {
+        this.#diagnostics.push({ ...found.location, message: `Sandbox.create option "${key}": ${issue.message}: left out` });
+        delete request[key];
+      }
+      found.complete = false;
+      if (field === undefined && unknownKeys.length === 0) break;
+    }
+    return { location: found.location, request: {}, commands: found.commands, complete: false };
+  }
+}
+
+/** Strips parentheses, `as`, `satisfies`, `<T>x` and `x!`. */
+function unwrap(ts: typeof TS, expr: TS.Expression): TS.Expression {
+  let node = expr;
+  for (;;) {
+    if (ts.isParenthesizedExpression(node) || ts.isAsExpression(node) || ts.isSatisfiesExpression(node) || ts.isTypeAssertionExpression(node) || ts.isNonNullExpression(node)) {
+      node = node.expression;
+    } else {
+      return node;
+    }
+  }
+}
