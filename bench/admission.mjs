@@ -10,7 +10,8 @@
 // - its parts: sign+verify+policy in memory, the nonce consume, one audit append;
 // - baselineFsync: writing 300 bytes and fdatasync in the same directory, the floor of any
 //   durable record on this disk.
-// The figure the issue targets is gate.p50 (added to a create; target <= 2 ms).
+// The figure the issue targets is gate.p50 (everything the gate adds to a create; target <= 2 ms);
+// gateParts.admission is the admission alone (sign, verify, policy, nonce, plan.admitted record).
 import { closeSync, fdatasyncSync, openSync, writeSync } from "node:fs";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -41,6 +42,7 @@ export async function benchAdmission({ log, summary, ratio, openEngine, imagesDi
     // The gate's work for one create, alone.
     const gate = await AdmissionGate.open(join(root, "gate"));
     const gateMs = [];
+    const admitMs = [];
     const appendMs = [];
     const n = Math.max(200, runs * 10);
     for (let i = 0; i < n + 20; i++) {
@@ -51,6 +53,7 @@ export async function benchAdmission({ log, summary, ratio, openEngine, imagesDi
       const t2 = performance.now();
       if (i >= 20) {
         gateMs.push(t2 - t0);
+        admitMs.push(t1 - t0);
         appendMs.push(t2 - t1);
       }
     }
@@ -89,7 +92,11 @@ export async function benchAdmission({ log, summary, ratio, openEngine, imagesDi
       unit: "ms",
       createNamespace: create,
       gate: gateSummary,
-      gateParts: { signVerifyPolicyInMemory: summary(cryptoMs), auditAppend: summary(appendMs) },
+      gateParts: {
+        admission: summary(admitMs),
+        sandboxCreatedRecord: summary(appendMs),
+        signVerifyPolicyInMemory: summary(cryptoMs),
+      },
       baselineFsync: summary(fsyncMs),
       gateShareOfCreateP50: ratio(gateSummary.p50, create.p50),
       gateInFsyncsP50: ratio(gateSummary.p50, summary(fsyncMs).p50),
