@@ -213,6 +213,8 @@ export class Engine implements EngineApi {
         await backend?.reap(record.reap);
       }
       await this.#records.remove(id);
+      // The engine that ran it died without recording its end: this engine records it.
+      if (record?.info.receipt) await this.#gate.record({ type: "sandbox.killed", sandboxId: id, by: "engine" }).catch(() => {});
       reaped.push(id);
     }
     return reaped;

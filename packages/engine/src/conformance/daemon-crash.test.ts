@@ -2,6 +2,10 @@
  * kill -9 of the daemon in the middle of an exec: the sandbox dies with it (die-with-parent), and
  * the next daemon start reaps every record, cgroup and directory the dead one left.
  */
+import { loadOrCreateHostKey } from "../audit/keys.js";
+import { auditFilePath } from "../audit/log.js";
+import { tailAuditEntries } from "../audit/read.js";
+import { verifyAuditFile } from "../audit/verify.js";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -77,6 +81,16 @@ test("kill -9 of the daemon mid-exec leaves nothing behind after restart", { ski
       for (const cg of fp.cgroups) assert.equal(existsSync(cg), false, `cgroup left behind: ${cg}`);
       const list = await call(sock, "GET", "/v1/sandboxes");
       assert.ok(list.status >= 200 && list.status < 300);
+      // What was acknowledged before the kill is in the log, the restart recorded the reaped
+      // sandbox's end, and the chain verifies.
+      const key = await loadOrCreateHostKey(stateDir);
+      const verified = await verifyAuditFile(auditFilePath(stateDir), key.publicKey, { signatures: "all" });
+      assert.ok(verified.ok, JSON.stringify(verified));
+      const types = (await tailAuditEntries(auditFilePath(stateDir), 1000))
+        .map((e) => e.entry?.event)
+        .filter((e) => e !== undefined && "sandboxId" in e && e.sandboxId === id)
+        .map((e) => (e!.type === "sandbox.killed" ? `${e!.type}:${e!.by}` : e!.type));
+      assert.deepEqual(types, ["sandbox.created", "exec.started", "sandbox.killed:engine"]);
     } finally {
       again.kill("SIGTERM");
       await new Promise((r) => again.once("exit", r));
