@@ -10,7 +10,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { renameSync, writeFileSync } from "node:fs";
-import { open } from "node:fs/promises";
+import { readBoundedText } from "./_internal/bounded-file.js";
 import { dirname, isAbsolute, join } from "node:path";
 import { z } from "zod";
 import {
@@ -305,23 +305,7 @@ export function writeRecordingSync(path: string, recording: Recording): void {
  * @throws NotFoundError when the file is missing; InvalidArgumentError for anything else wrong
  */
 export async function readRecording(path: string): Promise<Recording> {
-  let handle;
-  try {
-    handle = await open(path, "r");
-  } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code === "ENOENT") throw new NotFoundError(`Recording "${path}" does not exist`, { cause });
-    throw new InvalidArgumentError(`Cannot read recording "${path}": ${(cause as Error).message}`, { cause });
-  }
-  let text: string;
-  try {
-    const { size } = await handle.stat();
-    if (size > MAX_RECORDING_BYTES) throw new InvalidArgumentError(`Recording "${path}" is ${size} bytes, over the limit of ${MAX_RECORDING_BYTES}`);
-    const buffer = Buffer.alloc(size);
-    const { bytesRead } = await handle.read(buffer, 0, size, 0);
-    text = buffer.subarray(0, bytesRead).toString("utf8");
-  } finally {
-    await handle.close();
-  }
+  const text = await readBoundedText(path, MAX_RECORDING_BYTES, "Recording");
   let value: unknown;
   try {
     value = JSON.parse(text);

@@ -5,10 +5,10 @@
  * names bound to such values) and the SDK's pure data builders (`NetworkPolicy…`, `SecretRef…`),
  * which are applied to their literal arguments. Anything else is reported, not guessed.
  */
-import { open } from "node:fs/promises";
 import { extname } from "node:path";
 import type * as TS from "typescript";
-import { CreateSandboxRequest, InvalidArgumentError, NetworkPolicy, NotFoundError, SecretRef } from "@mvm/protocol";
+import { CreateSandboxRequest, NetworkPolicy, SecretRef } from "@mvm/protocol";
+import { readBoundedText } from "./_internal/bounded-file.js";
 
 export interface SourceLocation {
   /** 1-based. */
@@ -55,29 +55,7 @@ type Value = unknown;
  * const { workloads, diagnostics } = await analyzeSource("agent.ts");
  */
 export async function analyzeSource(path: string, options: { maxBytes?: number } = {}): Promise<StaticAnalysis> {
-  const maxBytes = options.maxBytes ?? MAX_SOURCE_BYTES;
-  let handle;
-  try {
-    handle = await open(path, "r");
-  } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code === "ENOENT") throw new NotFoundError(`Source file "${path}" does not exist`, { cause });
-    throw new InvalidArgumentError(`Cannot read source file "${path}": ${(cause as Error).message}`, { cause });
-  }
-  let text: string;
-  try {
-    const { size } = await handle.stat();
-    if (size > maxBytes) throw new InvalidArgumentError(`Source file "${path}" is ${size} bytes, over the limit of ${maxBytes}`);
-    const buffer = Buffer.alloc(size);
-    let length = 0;
-    while (length < size) {
-      const { bytesRead } = await handle.read(buffer, length, size - length, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-    }
-    text = buffer.subarray(0, length).toString("utf8");
-  } finally {
-    await handle.close();
-  }
+  const text = await readBoundedText(path, options.maxBytes ?? MAX_SOURCE_BYTES, "Source file");
   return analyzeSourceText(text, path);
 }
 
