@@ -20,6 +20,7 @@ import { join } from "node:path";
 import {
   AdmissionError,
   InvalidArgumentError,
+  UnsupportedCapabilityError,
   canonicalJson,
   type AdmissionProfile,
   type SignedPlan,
@@ -168,6 +169,10 @@ export class AdmissionGate {
       const policy = await this.policy().catch((err: unknown) => {
         throw new AdmissionError(`Admission refused: the operator policy cannot be used: ${(err as Error).message}`, { cause: err });
       });
+      const seccompTier = (signed as { plan?: { profile?: { seccompTier?: unknown } } } | null)?.plan?.profile?.seccompTier;
+      if (seccompTier !== undefined && seccompTier !== "default") {
+        throw new UnsupportedCapabilityError(`Plan refused: seccomp tier "${String(seccompTier)}" is not one this engine enforces (only "default")`);
+      }
       const ir = (signed as { plan?: { ir?: unknown } } | null)?.plan?.ir;
       if (ir !== undefined && canonicalJson(ir) !== canonicalJson(requestIr)) {
         throw new PlanRefusedError("request_mismatch", `Plan refused: the request does not describe the plan's workload (${firstDifference(ir, requestIr)})`);
@@ -233,7 +238,14 @@ function deniedEvent(signed: unknown, err: unknown): AuditEvent {
     planDigest = sha256Hex("");
   }
   const planId = (signed as { plan?: { planId?: unknown } } | null)?.plan?.planId;
-  const reason = err instanceof PlanRefusedError ? err.reason : err instanceof PolicyRuleDeniedError ? "policy_violation" : "malformed";
+  const reason =
+    err instanceof PlanRefusedError
+      ? err.reason
+      : err instanceof PolicyRuleDeniedError
+        ? "policy_violation"
+        : err instanceof UnsupportedCapabilityError
+          ? "capability_unsupported"
+          : "malformed";
   return {
     type: "plan.denied",
     ...(typeof planId === "string" && /^sha256:[0-9a-f]{64}$/.test(planId) ? { planId } : {}),

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import {
   AdmissionError,
   PolicyDeniedError,
+  UnsupportedCapabilityError,
   canonicalJson,
   requestFromPlan,
   type BackendName,
@@ -145,7 +146,7 @@ export function admissionSuite(backend: BackendName, options: { full: boolean; s
       assert.deepEqual(last, { type: "plan.denied", planId: signed.plan.planId, planDigest: sha256Hex(canonicalJson(signed)), reason: "nonce_replayed" });
     });
 
-    test("a tampered, foreign, expired or not-yet-valid plan is refused before anything boots, and each refusal is recorded", async () => {
+    test("a tampered, foreign, expired or not-yet-valid plan, or one the engine cannot enforce, is refused before anything boots, and each refusal is recorded", async () => {
       const host = await loadOrCreateHostKey(t.stateDir);
       const base = await t.engine.planSandbox(request());
       const now = Date.now();
@@ -173,6 +174,11 @@ export function admissionSuite(backend: BackendName, options: { full: boolean; s
         const last = (await auditEntries(t.stateDir)).at(-1)!.event;
         assert.ok(last.type === "plan.denied" && last.reason === c.reason, `${c.name}: recorded as ${c.reason}, got ${JSON.stringify(last)}`);
       }
+      // A profile the engine cannot enforce is refused, never run under a weaker one.
+      const strict = resign((p) => ({ ...p, profile: { ...p.profile, seccompTier: "strict" } }));
+      await assert.rejects(t.engine.createSandbox(requestFromPlan(strict)), UnsupportedCapabilityError);
+      const last = (await auditEntries(t.stateDir)).at(-1)!.event;
+      assert.ok(last.type === "plan.denied" && last.reason === "capability_unsupported");
       await noNewSandbox(t.stateDir, dirs, "a refused plan boots nothing");
       assert.equal((await t.engine.listSandboxes()).length, 0);
     });
