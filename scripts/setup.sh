@@ -40,6 +40,15 @@ mvmctl() { node packages/cli/dist/main.js "$@"; }
 ln -sf "$PWD/packages/cli/dist/main.js" /usr/local/bin/mvmctl
 chmod +x packages/cli/dist/main.js
 
+# QEMU runs as an unprivileged uid: hardware KVM is used only when that uid can open /dev/kvm.
+# udev gives it to group kvm (0660) on most hosts; a host without udev leaves it root-only.
+if [ -c /dev/kvm ] && { [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; } && [ "$(stat -c %a /dev/kvm)" = 600 ]; then
+  echo "==> giving /dev/kvm to group kvm (0660), as udev does"
+  getent group kvm >/dev/null || groupadd --system kvm
+  chgrp kvm /dev/kvm
+  chmod 0660 /dev/kvm
+fi
+
 echo "==> checking the host"
 mvmctl doctor || true
 echo "==> building the default image (debian:bookworm+python3)"

@@ -14,7 +14,7 @@
  */
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
-import { chown, lstat, mkdir, open, readFile, rm } from "node:fs/promises";
+import { chown, lstat, mkdir, open, readFile, readdir, rm, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { killIfSame, listProcessesWithId, readProcStat, sendSignal, waitForExit } from "../../_internal/proc.js";
@@ -131,14 +131,54 @@ interface BootArtifacts {
   readonly initrdPath: string;
 }
 
-async function kvmUsable(): Promise<boolean> {
+/** Whether KVM can run this backend's guests, and why not when it cannot. */
+export interface KvmStatus {
+  readonly usable: boolean;
+  readonly detail: string;
+  readonly hint?: string;
+}
+
+/**
+ * KVM is used only when all of these hold:
+ * - /dev/kvm opens read-write for the engine;
+ * - it is hardware virtualization: the kvm_intel or kvm_amd module is loaded. Other KVM providers
+ *   (a paravirtual one such as kvm_pvm inside a cloud VM) run only guest kernels built for them,
+ *   and Debian's kernel is not; a guest booted there crashes;
+ * - when the engine runs as root, QEMU runs as an unprivileged uid, which must be able to open
+ *   the device too: through "other" permissions or a non-root group (0660 root:kvm, as udev sets it).
+ */
+export async function kvmStatus(sysModuleDir = "/sys/module", device = "/dev/kvm"): Promise<KvmStatus> {
   try {
-    const handle = await open("/dev/kvm", constants.O_RDWR);
+    const handle = await open(device, constants.O_RDWR);
     await handle.close();
-    return true;
-  } catch {
-    return false;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === "ENOENT"
+      ? { usable: false, detail: `${device} does not exist: guests run emulated (TCG), slowly`, hint: "Enable hardware virtualization (VT-x/AMD-V) and load kvm_intel or kvm_amd" }
+      : { usable: false, detail: `${device} cannot be opened (${code ?? String(err)}): guests run emulated (TCG), slowly`, hint: `Give the engine read-write access to ${device}` };
   }
+  const vendor = (await Promise.all(["kvm_intel", "kvm_amd"].map((m) => stat(join(sysModuleDir, m)).then(() => m, () => undefined)))).find((m) => m !== undefined);
+  if (vendor === undefined) {
+    const providers = (await readdir(sysModuleDir).catch(() => [] as string[])).filter((m) => /^kvm_/.test(m));
+    return {
+      usable: false,
+      detail: `${device} is not hardware virtualization (no kvm_intel or kvm_amd${providers.length > 0 ? `; provider: ${providers.join(", ")}` : ""}): it cannot run the stock guest kernel, so guests run emulated (TCG), slowly`,
+      hint: "Run on a host (or a VM with nested virtualization) that exposes VT-x or AMD-V",
+    };
+  }
+  if (process.geteuid?.() === 0) {
+    const info = await stat(device);
+    const otherRw = (info.mode & 0o006) === 0o006;
+    const groupRw = (info.mode & 0o060) === 0o060 && info.gid !== 0;
+    if (!otherRw && !groupRw) {
+      return {
+        usable: false,
+        detail: `${device} (${vendor}) opens only for root (mode ${(info.mode & 0o777).toString(8)}, gid ${info.gid}), and QEMU runs as an unprivileged uid: guests run emulated (TCG), slowly`,
+        hint: `Give ${device} to group kvm as udev does: groupadd --system kvm; chgrp kvm ${device}; chmod 0660 ${device} (scripts/setup.sh does this)`,
+      };
+    }
+  }
+  return { usable: true, detail: `${device} is usable (${vendor}): hardware virtualization` };
 }
 
 /**
@@ -188,14 +228,14 @@ export class VmBackend implements Backend {
   private async accel(): Promise<"kvm" | "tcg"> {
     const wanted = this.options.accel ?? "auto";
     if (wanted !== "auto") return wanted;
-    return (await kvmUsable()) ? "kvm" : "tcg";
+    return (await kvmStatus()).usable ? "kvm" : "tcg";
   }
 
   async probe(): Promise<ProbeResult> {
     const [qemu, mkfs, kvm, kernel] = await Promise.all([
       findExecutable("qemu-system-x86_64", this.options.qemuPath),
       findExecutable("mkfs.ext4"),
-      kvmUsable(),
+      kvmStatus(),
       this.storedKernel(),
     ]);
     const checks: ProbeCheck[] = [
@@ -205,16 +245,14 @@ export class VmBackend implements Backend {
       mkfs !== undefined
         ? { name: "mkfs.ext4", ok: true, detail: `mkfs.ext4 at ${mkfs}` }
         : { name: "mkfs.ext4", ok: false, detail: "mkfs.ext4 not found", hint: "Install the e2fsprogs package" },
-      kvm
-        ? { name: "kvm", ok: true, detail: "/dev/kvm is usable: hardware virtualization" }
-        : { name: "kvm", ok: false, detail: "/dev/kvm is not usable: guests run emulated (TCG), slowly", hint: "Enable virtualization and give the engine access to /dev/kvm" },
+      { name: "kvm", ok: kvm.usable, detail: kvm.detail, ...(kvm.hint !== undefined ? { hint: kvm.hint } : {}) },
       kernel !== undefined
         ? { name: "kernel", ok: true, detail: `guest kernel ${kernel.version} (${kernel.digest})` }
         : { name: "kernel", ok: false, detail: "no guest kernel stored yet", hint: "The first launch fetches it with apt-get (needs the Debian mirror)" },
     ];
     return {
       backend: "vm",
-      tier: kvm && this.options.accel !== "tcg" ? "vm-hardware" : "vm-emulated",
+      tier: kvm.usable && this.options.accel !== "tcg" ? "vm-hardware" : "vm-emulated",
       usable: qemu !== undefined && mkfs !== undefined,
       checks,
       enforceable: { memory: true, pids: true, cpu: true },
