@@ -15,7 +15,8 @@
  *   audit/audit.log           the audit log
  */
 import { createHash, randomBytes } from "node:crypto";
-import { lstat, mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { lstatSync, type Stats } from "node:fs";
+import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
   AdmissionError,
@@ -30,7 +31,7 @@ import { loadOrCreateHostKey, type HostKey } from "../audit/keys.js";
 import { AuditLog, auditDir, type AuditReceipt } from "../audit/log.js";
 import type { AuditEvent } from "../audit/entry.js";
 import { admit, PlanRefusedError, PolicyRuleDeniedError, type AdmittedPlan } from "./admit.js";
-import { createPlan, signPlan } from "./plan.js";
+import { issuePlan } from "./plan.js";
 import { loadPolicy, type OperatorPolicy } from "./policy.js";
 import { ReplayStore } from "./replay.js";
 
@@ -113,10 +114,14 @@ export class AdmissionGate {
   }
 
   async #loadPolicy(): Promise<OperatorPolicy> {
-    const st = await lstat(this.policyFile).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === "ENOENT") return undefined;
-      throw new InvalidArgumentError(`Cannot read policy file "${this.policyFile}": ${err.message}`, { cause: err });
-    });
+    // Checked on every admission: one synchronous lstat, no thread-pool hop and no error object
+    // when the file is absent.
+    let st: Stats | undefined;
+    try {
+      st = lstatSync(this.policyFile, { throwIfNoEntry: false });
+    } catch (err) {
+      throw new InvalidArgumentError(`Cannot read policy file "${this.policyFile}": ${(err as Error).message}`, { cause: err });
+    }
     const stamp = st ? `${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}` : "absent";
     if (stamp === this.#policyStamp) return this.#policy;
     if (st && !st.isFile()) throw new InvalidArgumentError(`Policy file "${this.policyFile}" is not a regular file`);
@@ -154,7 +159,7 @@ export class AdmissionGate {
       throw new InvalidArgumentError(`Invalid plan validity "${validityMs}" ms: must be from 1 s to 24 h`);
     }
     const now = options.nowMs ?? Date.now();
-    return signPlan(createPlan({ ir, profile: profileFor(ir, options.labels ?? {}), notBeforeMs: now, notAfterMs: now + validityMs }), this.#key.privateKey);
+    return issuePlan({ ir, profile: profileFor(ir, options.labels ?? {}), notBeforeMs: now, notAfterMs: now + validityMs }, this.#key.privateKey);
   }
 
   /**
@@ -163,7 +168,12 @@ export class AdmissionGate {
    * `plan.denied` with the reason's code.
    * @throws PlanRefusedError (AdmissionError) with a reason code; PolicyRuleDeniedError naming the rule
    */
-  async admit(signed: unknown, requestIr: WorkloadIR): Promise<AdmittedRecord> {
+  admit(signed: unknown, requestIr: WorkloadIR): Promise<AdmittedRecord> {
+    return this.#admit(signed, requestIr);
+  }
+
+  /** `requestIr` undefined: the plan was issued for this request by the gate itself (same IR object). */
+  async #admit(signed: unknown, requestIr: WorkloadIR | undefined): Promise<AdmittedRecord> {
     let admitted: AdmittedPlan;
     try {
       const policy = await this.policy().catch((err: unknown) => {
@@ -174,7 +184,7 @@ export class AdmissionGate {
         throw new UnsupportedCapabilityError(`Plan refused: seccomp tier "${String(seccompTier)}" is not one this engine enforces (only "default")`);
       }
       const ir = (signed as { plan?: { ir?: unknown } } | null)?.plan?.ir;
-      if (ir !== undefined && canonicalJson(ir) !== canonicalJson(requestIr)) {
+      if (requestIr !== undefined && ir !== undefined && canonicalJson(ir) !== canonicalJson(requestIr)) {
         throw new PlanRefusedError("request_mismatch", `Plan refused: the request does not describe the plan's workload (${firstDifference(ir, requestIr)})`);
       }
       admitted = await admit(signed, {
@@ -202,7 +212,7 @@ export class AdmissionGate {
 
   /** Signs and admits the engine's own plan for a live create. */
   admitLive(ir: WorkloadIR): Promise<AdmittedRecord> {
-    return this.admit(this.issue(ir, { validityMs: LIVE_PLAN_VALIDITY_MS, labels: { "mvm/mode": "live" } }), ir);
+    return this.#admit(this.issue(ir, { validityMs: LIVE_PLAN_VALIDITY_MS, labels: { "mvm/mode": "live" } }), undefined);
   }
 
   /** Appends an event; resolves once it is durable. */

@@ -23,6 +23,7 @@ export {
   keyIdOf,
   createPlan,
   signPlan,
+  issuePlan,
   verifyPlanSignature,
   encodeSignedPlan,
   decodeSignedPlan,

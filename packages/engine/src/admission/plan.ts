@@ -86,17 +86,34 @@ function signedBytes(plan: ExecutionPlan): Buffer {
  * const signed = signPlan(createPlan({ ir, profile, notBeforeMs, notAfterMs }), hostPrivateKey);
  */
 export function signPlan(plan: ExecutionPlan, privateKey: KeyObject): SignedPlan {
-  if (privateKey.type !== "private" || privateKey.asymmetricKeyType !== "ed25519") {
-    throw new InvalidArgumentError(`Cannot sign plan: key must be an Ed25519 private key, got "${privateKey.asymmetricKeyType ?? privateKey.type}"`);
-  }
+  checkSigningKey(privateKey);
   const parsed = ExecutionPlan.safeParse(plan);
   if (!parsed.success) throw new InvalidArgumentError(`Invalid execution plan: ${describeIssue(parsed.error)}`, { cause: parsed.error });
   const expectedId = computePlanId(parsed.data);
   if (parsed.data.planId !== expectedId) {
     throw new InvalidArgumentError(`Cannot sign plan: planId "${parsed.data.planId}" does not match its content "${expectedId}"`);
   }
-  const value = sign(null, signedBytes(parsed.data), privateKey).toString("hex");
-  return { plan: parsed.data, signature: { alg: "ed25519", keyId: keyIdOf(privateKey), value } };
+  return signValidated(parsed.data, privateKey);
+}
+
+/**
+ * `createPlan` and `signPlan` in one step, validating the plan once: what an engine uses to sign
+ * plans it builds itself.
+ */
+export function issuePlan(input: CreatePlanInput, privateKey: KeyObject): SignedPlan {
+  checkSigningKey(privateKey);
+  return signValidated(createPlan(input), privateKey);
+}
+
+function checkSigningKey(privateKey: KeyObject): void {
+  if (privateKey.type !== "private" || privateKey.asymmetricKeyType !== "ed25519") {
+    throw new InvalidArgumentError(`Cannot sign plan: key must be an Ed25519 private key, got "${privateKey.asymmetricKeyType ?? privateKey.type}"`);
+  }
+}
+
+function signValidated(plan: ExecutionPlan, privateKey: KeyObject): SignedPlan {
+  const value = sign(null, signedBytes(plan), privateKey).toString("hex");
+  return { plan, signature: { alg: "ed25519", keyId: keyIdOf(privateKey), value } };
 }
 
 /**
