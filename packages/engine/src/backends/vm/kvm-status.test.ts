@@ -9,7 +9,9 @@ import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { kvmStatus } from "./vm-backend.js";
+import { UnsupportedCapabilityError } from "@mvm/protocol";
+import type { LaunchSpec } from "../types.js";
+import { VmBackend, kvmStatus } from "./vm-backend.js";
 
 const isRoot = process.geteuid?.() === 0;
 
@@ -78,6 +80,27 @@ describe("kvmStatus", () => {
     } finally {
       await rm(device, { force: true });
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("a vm backend configured for KVM on a host that cannot give it", () => {
+  it("probes as unusable and refuses a launch before building anything; auto runs emulated", async (t) => {
+    const status = await kvmStatus();
+    if (status.usable) return t.skip("this host has usable hardware KVM");
+    const root = await mkdtemp(join(tmpdir(), "mvm-kvm-backend-"));
+    try {
+      const forced = new VmBackend({ cacheRoot: root, accel: "kvm" });
+      const probe = await forced.probe();
+      assert.equal(probe.usable, false);
+      assert.equal(probe.tier, "vm-emulated");
+      assert.equal(probe.checks.find((c) => c.name === "kvm")?.detail, status.detail);
+      const spec = { sandboxId: "sbx_aaaaaaaaaaaaaaaaaaaa" } as unknown as LaunchSpec;
+      await assert.rejects(forced.launch(spec), (err: unknown) => err instanceof UnsupportedCapabilityError && /configured for KVM/.test(err.message));
+      const auto = await new VmBackend({ cacheRoot: root }).probe();
+      assert.equal(auto.tier, "vm-emulated");
+    } finally {
+      await rm(root, { recursive: true, force: true });
     }
   });
 });

@@ -227,8 +227,12 @@ export class VmBackend implements Backend {
 
   private async accel(): Promise<"kvm" | "tcg"> {
     const wanted = this.options.accel ?? "auto";
-    if (wanted !== "auto") return wanted;
-    return (await kvmStatus()).usable ? "kvm" : "tcg";
+    if (wanted === "tcg") return "tcg";
+    const kvm = await kvmStatus();
+    if (wanted === "kvm" && !kvm.usable) {
+      throw new UnsupportedCapabilityError(`The vm backend was configured for KVM, which this host cannot give it: ${kvm.detail}`, kvm.hint !== undefined ? { hint: kvm.hint } : {});
+    }
+    return kvm.usable ? "kvm" : "tcg";
   }
 
   async probe(): Promise<ProbeResult> {
@@ -253,7 +257,8 @@ export class VmBackend implements Backend {
     return {
       backend: "vm",
       tier: kvm.usable && this.options.accel !== "tcg" ? "vm-hardware" : "vm-emulated",
-      usable: qemu !== undefined && mkfs !== undefined,
+      // Configured for KVM on a host that cannot give it: refused, never run emulated instead.
+      usable: qemu !== undefined && mkfs !== undefined && (this.options.accel !== "kvm" || kvm.usable),
       checks,
       enforceable: { memory: true, pids: true, cpu: true },
     };
@@ -301,6 +306,7 @@ export class VmBackend implements Backend {
   /** Everything a VM of `spec` needs that is shared between sandboxes: kernel, initramfs, disks. */
   private async prepare(spec: LaunchSpec, host: Host): Promise<Prepared> {
     const disks = this.options.diskRoot ?? join(this.options.cacheRoot, "disks");
+    const accel = await this.accel();
     const [boot, rootDisk, agentDisk, qemuFiles, qemu] = await Promise.all([
       this.boot(),
       buildExt4Image({
@@ -317,7 +323,6 @@ export class VmBackend implements Backend {
     ]);
     // Fails closed on a disk modified since it was built; the guest checks every block it reads too.
     await Promise.all([verifyDiskOnce(rootDisk.verity!), verifyDiskOnce(agentDisk.verity!)]);
-    const accel = await this.accel();
     const tscKhz = accel === "tcg" ? parseTscKhz(await readFile("/proc/cpuinfo", "utf8").catch(() => "")) : undefined;
     const { memoryMiB, cpus, limits } = this.shape(spec);
     const guestUid = this.options.guestUid ?? 1000;
