@@ -7,7 +7,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex } from "node:stream";
@@ -232,11 +232,23 @@ test("an agent that dies marks the sandbox crashed and releases it", async () =>
   await engine.close();
 });
 
-test("a call cut off by the crash fails with SandboxCrashedError, and a silent agent is found by the heartbeat", async () => {
+test("a call cut off by the crash fails with SandboxCrashedError, and a silent agent is found by the heartbeat", async (t) => {
   const backend = new HostProcessBackend("namespace", usable("container"));
   const engine = await engineWith([backend], { heartbeat: { intervalMs: 100, timeoutMs: 500 } });
   const crashed = await engine.createSandbox({});
   const started = await engine.exec(crashed.id, { argv: ["/bin/sleep", "30"] }, {});
+  // This test backend runs the agent on the host, unsandboxed: what the killed agent leaves behind
+  // (the sleep, in its own process group, and its TMPDIR under the host's /tmp) is cleaned up here.
+  const environ = await readFile(`/proc/${started.pid}/environ`, "utf8");
+  const tmpDir = environ.split("\0").find((v) => v.startsWith("TMPDIR="))?.slice("TMPDIR=".length);
+  t.after(async () => {
+    try {
+      process.kill(-started.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+    if (tmpDir?.startsWith("/tmp/mvm-exec-")) await rm(tmpDir, { recursive: true, force: true });
+  });
   backend.children[0]!.kill("SIGKILL");
   await assert.rejects(started.exit, SandboxCrashedError);
   await assert.rejects(engine.exec(crashed.id, { argv: ["/bin/true"] }, {}), NotFoundError);
