@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_IMAGE } from "@mvm/engine";
@@ -238,7 +238,29 @@ test("mvmctl plan reads a script's declarations without running it (static), or 
   assert.deepEqual(recorded.workloads[0]!.commands, [["python3", "-c", "print(6*7)"]]);
   assert.equal(recorded.workloads[0]!.plan.plan.ir.ttlSeconds, 120);
 
-  const refused = await mvmctl(["plan", "--mode", "record", join(dir, "app.ts")]);
+  // A TypeScript script runs too (types erased on load), with a sibling module imported as "./x.js".
+  rmSync(marker);
+  writeFileSync(join(dir, "settings.ts"), `export interface Settings { ttl: number }\nexport const settings: Settings = { ttl: 150 };\n`);
+  writeFileSync(
+    join(dir, "job.ts"),
+    [
+      `import { Sandbox } from ${JSON.stringify(sdk)};`,
+      `import { settings, type Settings } from "./settings.js";`,
+      `import { writeFileSync } from "node:fs";`,
+      `writeFileSync(${JSON.stringify(marker)}, "ran");`,
+      `const s: Settings = settings;`,
+      `const sb = await Sandbox.create({ image: ${JSON.stringify(DEFAULT_IMAGE)}, ttlSeconds: s.ttl });`,
+      `await sb.commands.run(["make", "test"] as string[]);`,
+    ].join("\n"),
+  );
+  const recTs = await mvmctl(["plan", "--embedded", "--mode", "record", join(dir, "job.ts"), "--json"]);
+  assert.equal(recTs.code, 0, recTs.stderr);
+  assert.equal(existsSync(marker), true, "record mode runs the TypeScript script");
+  const recordedTs = JSON.parse(recTs.stdout) as typeof bundle;
+  assert.deepEqual(recordedTs.workloads[0]!.commands, [["make", "test"]]);
+  assert.equal(recordedTs.workloads[0]!.plan.plan.ir.ttlSeconds, 150);
+
+  const refused = await mvmctl(["plan", "--mode", "record", join(dir, "app.cts")]);
   assert.equal(refused.code, 2);
-  assert.match(refused.stderr, /--mode record runs JavaScript/);
+  assert.match(refused.stderr, /--mode record runs JavaScript or TypeScript/);
 });

@@ -5,6 +5,7 @@
  *   `Sandbox.create({...})` declarations are read; the script is never imported or run.
  * - record: the script runs under node with a recording transport (the SDK boots nothing and
  *   answers every call with an empty success); its create calls are what it would have asked for.
+ *   A TypeScript script (.ts, .mts) runs with @mvm/sdk/ts-register: types erased on load.
  * Each workload is then planned by the engine (image resolved to its digest, limits after
  * defaults) and signed with the host key.
  */
@@ -33,7 +34,8 @@ interface Found {
   commands: string[][];
 }
 
-const RECORDABLE = new Set([".js", ".mjs", ".cjs"]);
+const RECORDABLE = new Set([".js", ".mjs", ".cjs", ".ts", ".mts"]);
+const TYPESCRIPT = new Set([".ts", ".mts"]);
 
 export const planCommand = defineCommand<PlanCommandOptions>({
   name: "plan",
@@ -42,7 +44,7 @@ export const planCommand = defineCommand<PlanCommandOptions>({
   details:
     "--mode static (default) reads Sandbox.create({...}) declarations from TS/JS source without\n" +
     "running it; a declaration whose options are not literal values is reported and not planned.\n" +
-    "--mode record runs the script (JavaScript) with a recording SDK transport that boots nothing.\n" +
+    "--mode record runs the script (JavaScript, or TypeScript with types erased) with a recording SDK transport that boots nothing.\n" +
     "The plans are printed for review and, with --out, written as a bundle that\n" +
     "`mvmctl create|run --plan FILE [--plan-index N]` admits (each plan once, within its validity).",
   flags: {
@@ -64,8 +66,8 @@ export const planCommand = defineCommand<PlanCommandOptions>({
     if (recordTimeoutSeconds < 1) throw new UsageError("--record-timeout must be at least 1 second");
     const file = raw.positionals[0]!;
     if (mode === "record" && !RECORDABLE.has(extname(file))) {
-      throw new UsageError(`--mode record runs JavaScript (.js, .mjs, .cjs), not "${extname(file) || file}"`, {
-        hint: "Compile the script first, or use --mode static, which reads TypeScript without running it",
+      throw new UsageError(`--mode record runs JavaScript or TypeScript (.js, .mjs, .cjs, .ts, .mts), not "${extname(file) || file}"`, {
+        hint: "Compile the script to one of those first, or use --mode static, which reads the source without running it",
       });
     }
     return { file, mode, out: stringFlag(raw, "out"), validForSeconds, recordTimeoutSeconds };
@@ -128,7 +130,9 @@ async function recordWorkloads(options: PlanCommandOptions, note: (line: string)
   const dir = await mkdtemp(join(tmpdir(), "mvm-record-"));
   try {
     const recordFile = join(dir, "recording.json");
-    const child = spawn(process.execPath, [resolve(options.file)], {
+    // TypeScript runs through the SDK's loader hooks (types erased on load, not checked).
+    const loader = TYPESCRIPT.has(extname(options.file)) ? ["--import", import.meta.resolve("@mvm/sdk/ts-register")] : [];
+    const child = spawn(process.execPath, [...loader, resolve(options.file)], {
       env: { ...process.env, MVM_RECORD_FILE: recordFile },
       stdio: ["ignore", "pipe", "pipe"],
     });
