@@ -59,7 +59,7 @@ import type { ImageStore } from "./images/store.js";
 import { EgressGateway, type MediatedSecret } from "./egress/gateway.js";
 import { EgressResolver } from "./egress/resolver.js";
 import { SandboxCa } from "./egress/sandbox-ca.js";
-import { SandboxNetwork } from "./egress/sandbox-network.js";
+import { SandboxNetwork, type NetworkTally } from "./egress/sandbox-network.js";
 import { SecretStore } from "./secrets/store.js";
 import { resolveSecrets, type ResolvedSecret } from "./secrets/resolve.js";
 import { Redactor } from "./secrets/redact.js";
@@ -118,6 +118,12 @@ export interface EngineOptions {
    * @default $MVM_POLICY_FILE, else `<stateDir>/policy.json` (absent: no policy)
    */
   policyFile?: string;
+  /**
+   * How often a running sandbox's network decisions are summarized in the audit log (only when
+   * there were any since the last summary); its last summary is written when it ends, ms.
+   * @default 60000
+   */
+  networkSummaryIntervalMs?: number;
 }
 
 /** Options of {@link Engine.planSandbox}. */
@@ -169,6 +175,8 @@ export class Engine implements EngineApi {
   readonly #endRecorded = new Map<string, Promise<void>>();
   #owner!: { pid: number; startTime: string };
   #closing: Promise<void> | undefined;
+  #summaryTimer: NodeJS.Timeout | undefined;
+  #summarizing = false;
 
   private constructor(options: EngineOptions) {
     this.#options = options;
@@ -188,6 +196,10 @@ export class Engine implements EngineApi {
    * @throws InvalidArgumentError when `defaultBackend` is not one of `backends`
    */
   static async open(options: EngineOptions): Promise<Engine> {
+    const summaryMs = options.networkSummaryIntervalMs ?? 60_000;
+    if (!Number.isSafeInteger(summaryMs) || summaryMs < 10) {
+      throw new InvalidArgumentError(`Invalid networkSummaryIntervalMs "${summaryMs}": must be an integer of at least 10`);
+    }
     const engine = new Engine(options);
     await mkdir(engine.stateDir, { recursive: true, mode: 0o711 });
     await chmod(engine.stateDir, 0o711);
@@ -198,7 +210,24 @@ export class Engine implements EngineApi {
     await engine.reapOrphans();
     for (const b of options.backends) await b.sweep?.();
     engine.#probes = await Promise.all(options.backends.map((b) => b.probe()));
+    engine.#summaryTimer = setInterval(() => void engine.#summarizeNetworks(), summaryMs).unref();
     return engine;
+  }
+
+  /** Appends a `network.summary` for each running sandbox whose network decided anything since its last one. */
+  async #summarizeNetworks(): Promise<void> {
+    if (this.#summarizing || this.#closing) return;
+    this.#summarizing = true;
+    try {
+      for (const sandbox of this.#live.values()) {
+        if (!sandbox.info.receipt || !sandbox.network.tallyPending) continue;
+        await this.#gate.record(networkSummary(sandbox.info.id, sandbox.network.takeTally())).catch(() => {
+          // The log refuses entries after a failed write; the failure surfaces on the next admission.
+        });
+      }
+    } finally {
+      this.#summarizing = false;
+    }
   }
 
   /** Releases everything left by engines that are no longer running. Returns the ids reaped. */
@@ -456,17 +485,7 @@ export class Engine implements EngineApi {
     if (!info.receipt) return; // never admitted: a create that failed before its plan
     const id = info.id;
     try {
-      const tally = sandbox.network.tally();
-      const summary: AuditEvent = {
-        type: "network.summary",
-        sandboxId: id,
-        fromTs: tally.since,
-        toTs: new Date().toISOString(),
-        allowedConnections: tally.allowed,
-        deniedConnections: tally.denied,
-        deniedHosts: tally.deniedHosts,
-      };
-      await this.#gate.record(AuditEventSchema.safeParse(summary).success ? summary : { ...summary, deniedHosts: [] });
+      await this.#gate.record(networkSummary(id, sandbox.network.takeTally()));
       const ttlSeconds = Math.round((Date.parse(info.expiresAt) - Date.parse(info.createdAt)) / 1000);
       const by = { killed: "caller", crashed: "crash", "engine-exit": "engine" } as const;
       const end: AuditEvent =
@@ -703,6 +722,7 @@ export class Engine implements EngineApi {
   /** Kills every sandbox of this engine and releases their resources. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      clearInterval(this.#summaryTimer);
       const errors: MvmError[] = [];
       await Promise.all(
         [...this.#live.values()].map((s) => s.stop("engine-exit").catch((err: unknown) => errors.push(toMvmError(err)))),
@@ -718,6 +738,20 @@ export class Engine implements EngineApi {
   #assertOpen(): void {
     if (this.#closing) throw new TransportError("Engine is closed");
   }
+}
+
+/** The audit event for one window of a sandbox's network decisions. */
+function networkSummary(sandboxId: string, tally: NetworkTally): AuditEvent {
+  const summary: AuditEvent = {
+    type: "network.summary",
+    sandboxId,
+    fromTs: tally.since,
+    toTs: tally.until,
+    allowedConnections: tally.allowed,
+    deniedConnections: tally.denied,
+    deniedHosts: tally.deniedHosts,
+  };
+  return AuditEventSchema.safeParse(summary).success ? summary : { ...summary, deniedHosts: [] };
 }
 
 /** Passes chunks through while feeding them to `hash`. */

@@ -247,6 +247,41 @@ export function admissionSuite(backend: BackendName, options: { full: boolean; s
       assert.deepEqual(eventsFor(entries, sb.id), ["sandbox.created", "network.summary", "sandbox.expired"]);
     });
 
+    test("network decisions are summarized while the sandbox runs, in windows that add up to every decision", async () => {
+      const own = await testEngine({ networkSummaryIntervalMs: 200 });
+      try {
+        const sb = await own.engine.createSandbox(request({ ttlSeconds: 120 }));
+        // Denied by the default deny-all policy: the gateway answers 403 and records the decision.
+        const fetch = (host: string) =>
+          run(own.engine, sb.id, ["python3", "-c", `import urllib.request\ntry:\n  urllib.request.urlopen("http://${host}/", timeout=20)\nexcept Exception as e:\n  print(e)`]);
+        assert.match((await fetch("denied-one.example")).stdout, /403/);
+        const deadline = Date.now() + 30_000;
+        const running = () => auditEntries(own.stateDir).then((entries) => entries.filter((e) => e.event.type === "network.summary" && e.event.sandboxId === sb.id));
+        let summaries = await running();
+        while (summaries.length === 0 && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 100));
+          summaries = await running();
+        }
+        assert.equal(summaries.length, 1, "a summary is written while the sandbox runs");
+        assert.equal((await own.engine.getSandbox(sb.id)).state, "running");
+        assert.equal((await fetch("denied-two.example")).exit.exitCode, 0);
+        await own.engine.killSandbox(sb.id);
+
+        const entries = await auditEntries(own.stateDir);
+        const windows = entries.flatMap((e) => (e.event.type === "network.summary" && e.event.sandboxId === sb.id ? [e.event] : []));
+        assert.ok(windows.length >= 2, "the last window is written when the sandbox ends");
+        const denied = windows.reduce((n, w) => n + w.deniedConnections, 0);
+        const decisions = (await own.engine.networkEvents(sb.id, { limit: 1000 })).events.filter((e) => e.event.type === "connection");
+        assert.equal(denied, decisions.length);
+        assert.equal(denied, 2);
+        assert.deepEqual(windows.flatMap((w) => w.deniedHosts).sort(), ["denied-one.example", "denied-two.example"]);
+        for (let i = 1; i < windows.length; i++) assert.equal(windows[i]!.fromTs, windows[i - 1]!.toTs, "windows follow each other without a gap");
+        assert.deepEqual(eventsFor(entries, sb.id).at(-1), "sandbox.killed");
+      } finally {
+        await own.close();
+      }
+    });
+
     test("an audit log with a torn tail stops admissions (nothing boots) until the operator repairs it", async () => {
       const path = auditFilePath(t.stateDir);
       const good = await readFile(path);

@@ -7,7 +7,7 @@ import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BackendName, EngineApi, ExecApiRequest, ExitInfo, Resources, SandboxInfo } from "@mvm/protocol";
-import { openEngine } from "../open.js";
+import { openEngine, type OpenEngineOptions } from "../open.js";
 import { defaultStateDir } from "../state.js";
 import { DEFAULT_IMAGE } from "../engine.js";
 
@@ -41,9 +41,9 @@ export function sharedVmCacheDir(): string {
   return process.env["MVM_TEST_VM_CACHE_DIR"] ?? join(defaultStateDir(), "vm");
 }
 
-export async function testEngine(): Promise<TestEngine> {
+export async function testEngine(options: Pick<OpenEngineOptions, "networkSummaryIntervalMs"> = {}): Promise<TestEngine> {
   const stateDir = await mkdtemp(join(tmpdir(), "mvm-conf-"));
-  const engine = await openEngine({ stateDir, imagesDir: sharedImagesDir(), vmCacheDir: sharedVmCacheDir() });
+  const engine = await openEngine({ ...options, stateDir, imagesDir: sharedImagesDir(), vmCacheDir: sharedVmCacheDir() });
   return {
     engine,
     stateDir,

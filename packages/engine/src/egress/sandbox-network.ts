@@ -35,6 +35,15 @@ export interface SandboxNetworkOptions {
   readonly maxEvents?: number;
 }
 
+/** A window of network decisions: see {@link SandboxNetwork.takeTally}. */
+export interface NetworkTally {
+  since: string;
+  until: string;
+  allowed: number;
+  denied: number;
+  deniedHosts: string[];
+}
+
 export class SandboxNetwork {
   readonly sandboxId: string;
   #policy: NetworkPolicyJson;
@@ -45,7 +54,7 @@ export class SandboxNetwork {
   readonly #events: NetworkEvent[] = [];
   readonly #maxEvents: number;
   #dropped = 0;
-  readonly #tally = { allowed: 0, denied: 0, deniedHosts: new Set<string>(), since: new Date().toISOString() };
+  #tally = { allowed: 0, denied: 0, deniedHosts: new Set<string>(), since: new Date().toISOString() };
   #mux: RelayMux | undefined;
   readonly #servers: { guest: number; host: number; server: Server }[] = [];
   readonly #portSockets = new Set<Socket>();
@@ -147,11 +156,21 @@ export class SandboxNetwork {
   }
 
   /**
-   * Counts of every decision since the network opened (not only the events still kept), and up to
-   * 16 of the host names that were denied: what the audit log's `network.summary` records.
+   * Counts of every decision since the last call (or since the network opened), not only of the
+   * events still kept, and up to 16 of the host names that were denied in that window; the next
+   * window starts now. What the audit log's `network.summary` entries record: their windows do
+   * not overlap, so their counts add up to every decision the sandbox's network made.
    */
-  tally(): { since: string; allowed: number; denied: number; deniedHosts: string[] } {
-    return { since: this.#tally.since, allowed: this.#tally.allowed, denied: this.#tally.denied, deniedHosts: [...this.#tally.deniedHosts] };
+  takeTally(): NetworkTally {
+    const now = new Date().toISOString();
+    const { since, allowed, denied, deniedHosts } = this.#tally;
+    this.#tally = { allowed: 0, denied: 0, deniedHosts: new Set<string>(), since: now };
+    return { since, until: now, allowed, denied, deniedHosts: [...deniedHosts] };
+  }
+
+  /** Whether any decision was made since the last `takeTally`. */
+  get tallyPending(): boolean {
+    return this.#tally.allowed + this.#tally.denied > 0;
   }
 
   #record(event: NetworkEvent): void {
