@@ -34,8 +34,8 @@ interface Found {
   commands: string[][];
 }
 
-const RECORDABLE = new Set([".js", ".mjs", ".cjs", ".ts", ".mts"]);
 const TYPESCRIPT = new Set([".ts", ".mts"]);
+const RECORDABLE = new Set([".js", ".mjs", ".cjs", ...TYPESCRIPT]);
 
 export const planCommand = defineCommand<PlanCommandOptions>({
   name: "plan",

@@ -25,7 +25,7 @@ import { auditFilePath } from "../audit/log.js";
 import { argvDigest, sha256Hex, type AuditEntry } from "../audit/entry.js";
 import { verifyAuditFile } from "../audit/verify.js";
 import { tailAuditEntries } from "../audit/read.js";
-import { run, testEngine, unavailableReason, type TestEngine } from "./harness.js";
+import { run, testEngine, unavailableReason, waitFor, type TestEngine } from "./harness.js";
 
 /** Every entry of a state directory's audit log, after checking the whole chain and every signature. */
 export async function auditEntries(stateDir: string): Promise<AuditEntry[]> {
@@ -255,14 +255,9 @@ export function admissionSuite(backend: BackendName, options: { full: boolean; s
         const fetch = (host: string) =>
           run(own.engine, sb.id, ["python3", "-c", `import urllib.request\ntry:\n  urllib.request.urlopen("http://${host}/", timeout=20)\nexcept Exception as e:\n  print(e)`]);
         assert.match((await fetch("denied-one.example")).stdout, /403/);
-        const deadline = Date.now() + 30_000;
-        const running = () => auditEntries(own.stateDir).then((entries) => entries.filter((e) => e.event.type === "network.summary" && e.event.sandboxId === sb.id));
-        let summaries = await running();
-        while (summaries.length === 0 && Date.now() < deadline) {
-          await new Promise((r) => setTimeout(r, 100));
-          summaries = await running();
-        }
-        assert.equal(summaries.length, 1, "a summary is written while the sandbox runs");
+        const summaries = async () => (await auditEntries(own.stateDir)).filter((e) => e.event.type === "network.summary" && e.event.sandboxId === sb.id).length;
+        assert.ok(await waitFor(async () => (await summaries()) > 0, 30_000));
+        assert.equal(await summaries(), 1, "a summary is written while the sandbox runs");
         assert.equal((await own.engine.getSandbox(sb.id)).state, "running");
         assert.equal((await fetch("denied-two.example")).exit.exitCode, 0);
         await own.engine.killSandbox(sb.id);

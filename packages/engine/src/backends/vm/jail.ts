@@ -156,11 +156,20 @@ export async function jailDeviceGroups(devices: readonly string[]): Promise<numb
       throw new AdmissionError(`Cannot jail QEMU: device "${device}" not found`, { cause: err });
     });
     if (!info.isCharacterDevice()) throw new AdmissionError(`Cannot jail QEMU: "${device}" is not a character device`);
-    const otherRw = (info.mode & 0o006) === 0o006;
-    const groupRw = (info.mode & 0o060) === 0o060;
-    if (!otherRw && groupRw && info.gid !== 0) groups.add(info.gid);
+    const access = jailedDeviceAccess(info);
+    if (access !== undefined && access !== "other") groups.add(access.group);
   }
   return [...groups].sort((a, b) => a - b);
+}
+
+/**
+ * How a jailed (unprivileged, non-root-group) uid can open a device read-write: through its
+ * "other" permissions, through its non-root group, or not at all (undefined).
+ */
+export function jailedDeviceAccess(info: { mode: number; gid: number }): "other" | { group: number } | undefined {
+  if ((info.mode & 0o006) === 0o006) return "other";
+  if ((info.mode & 0o060) === 0o060 && info.gid !== 0) return { group: info.gid };
+  return undefined;
 }
 
 export interface JailArgvOptions {

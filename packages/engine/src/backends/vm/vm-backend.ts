@@ -25,7 +25,7 @@ import { trustRequest, type GuestLimits } from "./control.js";
 import { buildExt4Image, createWorkDisk, verifyDiskOnce } from "./disk.js";
 import { AGENT_DISK_LABEL, AGENT_START_LINE, ROOT_DISK_LABEL, WORK_DISK_LABEL } from "./init-script.js";
 import { buildInitramfs } from "./initramfs.js";
-import { jailDeviceGroups, qemuJailFiles, type JailFile } from "./jail.js";
+import { jailDeviceGroups, jailedDeviceAccess, qemuJailFiles, type JailFile } from "./jail.js";
 import { STATE_FD } from "./qemu.js";
 import { restoreVmState, saveVmState } from "./snapshot-io.js";
 import { SavedVmStore, copyWorkDisk, qemuIdentity, type SavedVm, type VmShape } from "./snapshots.js";
@@ -168,9 +168,7 @@ export async function kvmStatus(sysModuleDir = "/sys/module", device = "/dev/kvm
   }
   if (process.geteuid?.() === 0) {
     const info = await stat(device);
-    const otherRw = (info.mode & 0o006) === 0o006;
-    const groupRw = (info.mode & 0o060) === 0o060 && info.gid !== 0;
-    if (!otherRw && !groupRw) {
+    if (jailedDeviceAccess(info) === undefined) {
       return {
         usable: false,
         detail: `${device} (${vendor}) opens only for root (mode ${(info.mode & 0o777).toString(8)}, gid ${info.gid}), and QEMU runs as an unprivileged uid: guests run emulated (TCG), slowly`,
