@@ -123,7 +123,7 @@ export function egressSuite(backend: BackendName, options: { full: boolean; skip
         imagesDir: sharedImagesDir(),
         vmCacheDir: sharedVmCacheDir(),
         backends: [backend],
-        egress: { dnsServers: [net.dnsServer], upstreamCa: [net.caPem] },
+        egress: { dnsServers: [net.dnsServer], upstreamCa: [net.caPem], testAllowance: net.testAllowance },
       });
       await engine.setSecret("test-api-key", SECRET_VALUE, { hosts: ["api.egress.test"] });
       sb = await engine.createSandbox({
