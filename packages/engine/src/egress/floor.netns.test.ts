@@ -169,6 +169,13 @@ describe("address floor through a real resolver", { skip: support.ok ? undefined
     });
   }
 
+  test("a name resolving to 198.19.55.173 is refused with 403, never 200 Connection Established", async () => {
+    const status = await connectThrough(gw.port, "benchmarking.floor.test");
+    assert.equal(status, "HTTP/1.1 403 Forbidden");
+    const reasons = gw.events.filter((e) => e.host === "benchmarking.floor.test").map((e) => e.reason);
+    assert.ok(reasons.length > 0 && reasons.every((r) => r?.includes('"198.19.55.173" is a benchmarking address (198.18.0.0/15, RFC 2544)')), JSON.stringify(reasons));
+  });
+
   test("floor: the host's own address is refused even inside the test range", async () => {
     assert.match(await connectThrough(gw.port, "host-self.floor.test"), / 403 /);
     assert.match(gw.events.find((x) => x.host === "host-self.floor.test")?.reason ?? "", /an address of this host/);
