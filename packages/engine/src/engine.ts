@@ -56,6 +56,7 @@ import { newSandboxId } from "./ids.js";
 import { callSignal } from "./_internal/signals.js";
 import { SandboxRecords, defaultStateDir, isAlive, processStartTime } from "./state.js";
 import type { ImageStore } from "./images/store.js";
+import type { TestAllowance } from "./egress/address-floor.js";
 import { EgressGateway, type MediatedSecret } from "./egress/gateway.js";
 import { EgressResolver } from "./egress/resolver.js";
 import { SandboxCa } from "./egress/sandbox-ca.js";
@@ -141,6 +142,12 @@ export interface EgressOptions {
   dnsServers?: readonly string[];
   /** Extra CA certificates (PEM) trusted for upstream TLS when the gateway intercepts to substitute secrets. */
   upstreamCa?: readonly string[];
+  /**
+   * Test-only: blocks inside 198.18.0.0/15 or 2001:2::/48 the address floor lets through, so the
+   * egress suite reaches test hosts in network namespaces it made. Only code sets it; no network
+   * policy, request, file or environment variable can.
+   */
+  testAllowance?: TestAllowance;
 }
 
 /** Largest image CA bundle copied into a sandbox's trust bundle, bytes. */
@@ -188,6 +195,7 @@ export class Engine implements EngineApi {
     this.#gateway = new EgressGateway({
       resolver: new EgressResolver(dnsServers ? { servers: dnsServers } : {}),
       ...(options.egress?.upstreamCa ? { upstreamCa: options.egress.upstreamCa } : {}),
+      ...(options.egress?.testAllowance ? { testAllowance: options.egress.testAllowance } : {}),
     });
   }
 
