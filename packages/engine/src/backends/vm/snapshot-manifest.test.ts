@@ -1,5 +1,6 @@
 /** The saved VM manifest's codec: round trip, and a strict decoder (fast-check). */
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { type Sha256Digest, SnapshotMismatchError } from "@mvm/protocol";
@@ -25,11 +26,13 @@ function rejects(text: string, message?: RegExp): void {
 }
 
 describe("saved VM manifest", () => {
-  it("has the documented layout", () => {
-    assert.equal(
-      encodeSavedVmManifest(EXAMPLE),
-      `{"version":1,"shapeKey":"${"a".repeat(64)}","state":{"bytes":150796875,"digest":"sha256:${"b".repeat(64)}"}}\n`,
-    );
+  it("has the layout docs/STORAGE.md shows", async () => {
+    const doc = await readFile(new URL("../../../../../docs/STORAGE.md", import.meta.url), "utf8");
+    const shown = doc.split("\n").find((line) => line.startsWith('{"version":1,"shapeKey":'));
+    assert.ok(shown !== undefined, "docs/STORAGE.md shows no manifest");
+    const filled = shown.replace("<hex: the directory's name>", "a".repeat(64)).replace("sha256:<hex>", `sha256:${"b".repeat(64)}`);
+    assert.equal(encodeSavedVmManifest(EXAMPLE), `${filled}\n`);
+    assert.deepEqual(decodeSavedVmManifest(filled), EXAMPLE);
   });
 
   it("decodes what it encodes (property)", () => {

@@ -513,7 +513,7 @@ export class VmBackend implements Backend {
     vm.child.stdin!.write(AGENT_START_LINE);
   }
 
-  /** Drops saved VMs unused for a week and half-built ones older than an hour. */
+  /** Drops saved VMs unused for a week, and half-built and quarantined ones older than an hour. */
   async sweep(): Promise<string[]> {
     return this.saved.sweep(60 * 60 * 1000, 7 * 24 * 60 * 60 * 1000);
   }
