@@ -443,7 +443,7 @@ export class VmBackend implements Backend {
       checkAbort();
       // Checked before anything is made for the sandbox; QEMU gets the very descriptor checked.
       const state = await this.saved.openVerifiedState(saved, signal).catch(async (err: unknown) => {
-        if (err instanceof SnapshotMismatchError) await this.saved.quarantine(saved);
+        if (err instanceof SnapshotMismatchError) await this.saved.quarantine(saved).catch(() => undefined);
         throw err;
       });
       restore = { saved, state };
