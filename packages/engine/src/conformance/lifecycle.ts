@@ -214,6 +214,27 @@ export function lifecycleSuite(backend: BackendName): void {
     });
   });
 
+  describe(`${backend} backend: a full /work`, { skip }, () => {
+    let t: TestEngine;
+    before(async () => {
+      t = await testEngine();
+    });
+    after(async () => t?.close());
+
+    test("filling /work with default resources fails the writer with ENOSPC and the sandbox stays usable", async () => {
+      const info = await create(t.engine, backend);
+      const bytes = (info.workMiB + 64) * 1024 * 1024;
+      const r = await sh(t.engine, info.id, `head -c ${bytes} /dev/zero > /work/big`, { timeoutMs: 600_000 });
+      assert.notEqual(r.exit.exitCode, 0);
+      assert.match(r.stderr, /No space left on device/);
+      assert.equal(r.exit.oomKilled, false);
+      const again = await sh(t.engine, info.id, "echo alive; rm /work/big");
+      assert.equal(again.stdout, "alive\n");
+      assert.equal(again.exit.exitCode, 0);
+      assert.equal((await t.engine.getSandbox(info.id)).state, "running");
+    });
+  });
+
   describe(`${backend} backend: end of life`, { skip }, () => {
     let t: TestEngine;
     before(async () => {

@@ -6,7 +6,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { agentRuntimeCommand } from "../../runtime/agent-runtime.js";
-import { bwrapArgs, launchArgv } from "./bwrap-args.js";
+import { RUN_TMPFS_BYTES, bwrapArgs, bwrapArgsThroughFd, launchArgv, tmpfsCapBytes } from "./bwrap-args.js";
 
 const isRoot = process.getuid?.() === 0;
 
@@ -139,4 +139,21 @@ test("the prelude switches to the sandbox uid through setpriv", { skip: !isRoot 
   );
   assert.equal(r.code, 0, r.out);
   assert.deepEqual(r.out.trim().split("\n"), [String(uid), String(uid), String(uid), "CapEff:\t0000000000000000"]);
+});
+
+test("tmpfsCapBytes sums the /work, /tmp and (with a trust bundle) /run caps", () => {
+  assert.equal(tmpfsCapBytes({ workMiB: 64, tmpMiB: 8, trustBundle: false }), 72 * 1024 * 1024);
+  assert.equal(tmpfsCapBytes({ workMiB: 64, tmpMiB: 8, trustBundle: true }), 72 * 1024 * 1024 + RUN_TMPFS_BYTES);
+});
+
+test("bwrapArgsThroughFd moves every option into NUL-terminated data and keeps only --args FD and the command", () => {
+  const full = bwrapArgs(base);
+  const split = bwrapArgsThroughFd(base, 5);
+  const separator = full.indexOf("--");
+  assert.deepEqual(split.argv, ["--args", "5", ...full.slice(separator)]);
+  assert.equal(split.data.toString("utf8"), full.slice(0, separator).map((a) => `${a}\0`).join(""));
+  for (const hostPath of [base.rootfsDir, base.agentDir, base.relaySocketPath]) {
+    assert.ok(!split.argv.some((a) => a.includes(hostPath)), `${hostPath} left on the command line`);
+  }
+  assert.throws(() => bwrapArgsThroughFd({ ...base, rootfsDir: "/images/a\0b" }, 5), { code: "INVALID_ARGUMENT" });
 });

@@ -10,8 +10,13 @@
  * sits under the engine's 0700 sandboxes directory. The directory is 0711 for a root engine
  * (others may pass through, not list) and 0700 otherwise; the socket is 0600 and owned by the
  * sandbox's host uid, so only the agent's uid (and root) can connect.
+ *
+ * The socket is bound through /proc/self/fd/N/relay.sock, N an open handle of the directory: the
+ * address a socket is bound with is copied to every connection it accepts, and the agent's end of
+ * that connection lives in the sandbox's network namespace, where /proc/net/unix shows it. That
+ * address then names no host directory.
  */
-import { chmod, chown, lstat, mkdtemp, readdir, rmdir, unlink } from "node:fs/promises";
+import { chmod, chown, lstat, mkdtemp, open, readdir, rmdir, unlink } from "node:fs/promises";
 import { type Server, type Socket, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, isAbsolute, join, normalize } from "node:path";
@@ -141,7 +146,12 @@ export class RelayListener {
     const server = createServer();
     const listener = new RelayListener(dir, server, options.sandboxId);
     try {
-      await listen(server, listener.path);
+      const handle = await open(dir, "r");
+      try {
+        await listen(server, `/proc/self/fd/${handle.fd}/${RELAY_SOCKET_NAME}`);
+      } finally {
+        await handle.close();
+      }
       if (options.hostUid !== undefined) await chown(listener.path, options.hostUid, options.hostUid);
       await chmod(listener.path, 0o600);
       // Opened to other uids only once the socket is theirs alone.
