@@ -56,7 +56,7 @@ export function securitySuite(backend: BackendName): void {
     });
 
     test("claim 1: nothing outside /work and /tmp is writable", async () => {
-      for (const p of ["/etc/mvm-evil", "/mvm-evil", "/usr/bin/mvm-evil", "/.mvm/agent.cjs", "/.mvm/mvm-evil"]) {
+      for (const p of ["/etc/mvm-evil", "/mvm-evil", "/usr/bin/mvm-evil", "/.mvm/agent.cjs", "/.mvm/mvm-evil", "/dev/mvm-evil"]) {
         assert.equal((await probe(t.engine, id, "write", p)).allowed, false, p);
       }
       assert.equal((await probe(t.engine, id, "write", "/work/ok")).allowed, true, "control: /work is writable");

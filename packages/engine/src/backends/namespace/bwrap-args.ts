@@ -43,16 +43,18 @@ export interface TrustBundleFds {
 
 /** Size cap of the /run tmpfs that holds the trust bundle's mount point, bytes. */
 export const RUN_TMPFS_BYTES = 1024 * 1024;
+/** Size cap of the /dev/shm tmpfs (POSIX shared memory and semaphores), bytes. */
+export const DEV_SHM_BYTES = 64 * 1024 * 1024;
 
 const MiB = 1024 * 1024;
 
 /**
- * The summed size caps of a sandbox's tmpfs mounts (/work, /tmp and, with a trust bundle, /run),
- * bytes. tmpfs pages are charged to the memory cgroup of the process that writes them, so the
+ * The summed size caps of a sandbox's tmpfs mounts (/work, /tmp, /dev/shm and, with a trust
+ * bundle, /run), bytes. tmpfs pages are charged to the memory cgroup of the process that writes them, so the
  * sandbox's memory limit adds this sum to `memoryMiB` (see limitWrites in sandbox-cgroups.ts).
  */
 export function tmpfsCapBytes(options: { readonly workMiB: number; readonly tmpMiB: number; readonly trustBundle: boolean }): number {
-  return (options.workMiB + options.tmpMiB) * MiB + (options.trustBundle ? RUN_TMPFS_BYTES : 0);
+  return (options.workMiB + options.tmpMiB) * MiB + DEV_SHM_BYTES + (options.trustBundle ? RUN_TMPFS_BYTES : 0);
 }
 
 /**
@@ -74,8 +76,8 @@ export const BWRAP_ISOLATION_ARGS: readonly string[] = [
 /**
  * bubblewrap's argv (without the program name): new user, mount, pid, ipc, uts, net (loopback
  * only) and cgroup namespaces, no nested user namespaces, no capabilities, a read-only root,
- * private /proc and /dev, size-capped tmpfs /work and /tmp, the agent runtime at /.mvm, the relay
- * socket at /dev/mvm-relay, the trust bundle when given, uid and gid 1000, an empty environment,
+ * private /proc and a read-only /dev, size-capped tmpfs /work, /tmp and /dev/shm, the agent
+ * runtime at /.mvm, the relay socket at /dev/mvm-relay, the trust bundle when given, uid and gid 1000, an empty environment,
  * a new session, and the seccomp filter.
  */
 export function bwrapArgs(options: BwrapArgsOptions): string[] {
@@ -118,11 +120,15 @@ function bwrapOptions(options: BwrapArgsOptions): string[] {
     "--ro-bind", options.rootfsDir, "/",
     "--proc", "/proc",
     "--dev", "/dev",
+    "--size", String(DEV_SHM_BYTES), "--tmpfs", "/dev/shm",
     "--size", String(options.workMiB * MiB), "--tmpfs", "/work",
     "--size", String(options.tmpMiB * MiB), "--tmpfs", "/tmp",
     "--ro-bind", options.agentDir, AGENT_MOUNT_POINT,
     // connect() needs no write access to the mount: a read-only bind of the socket is enough.
     "--ro-bind", options.relaySocketPath, NAMESPACE_RELAY_PATH,
+    // bwrap's /dev is a tmpfs without a size cap owned by the sandbox user: read-only once its
+    // last mount point is made (device nodes stay usable; /dev/shm is a mount of its own).
+    "--remount-ro", "/dev",
     ...trustBundleArgs(options.trustBundle),
     "--chdir", "/work",
     "--uid", String(SANDBOX_UID),
