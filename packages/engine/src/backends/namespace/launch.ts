@@ -277,8 +277,8 @@ export async function launchNamespaceSandbox(
         bwrapArgs: bwrap.argv,
         ...(uid !== undefined && host.setprivPath !== undefined ? { switchUser: { uid, setprivPath: host.setprivPath } } : {}),
       });
-      // bubblewrap's outermost process becomes the sandbox's pid 1, whose environment and
-      // working directory the workload can read: it gets no variables and /.
+      // bubblewrap forks the sandbox's pid 1, which keeps bubblewrap's command line and
+      // environment for the workload to read: it starts with no variables, in /.
       child = spawn(argv[0] ?? "/bin/sh", argv.slice(1), {
         stdio: ["pipe", "pipe", "pipe", seccompFd, "pipe", argsFd, ...trustFds],
         detached: true,
