@@ -183,10 +183,12 @@ export function lifecycleSuite(backend: BackendName): void {
     test("a 1 GiB file round-trips with bounded memory on both sides", async () => {
       const t = await testEngine();
       try {
-        // 256 MiB for the sandbox's processes (on the namespace backend the limit adds the tmpfs
-        // caps, which the file fills): an agent that buffered the stream would be OOM-killed, and
-        // the transfer would fail.
-        const { id } = await create(t.engine, backend, { workMiB: 1100, resources: { memoryMiB: 256 } });
+        // namespace: 256 MiB for the sandbox's processes, and the memory limit adds the tmpfs
+        // caps, which the file fills: an agent that buffered the stream would be OOM-killed, and
+        // the transfer would fail. vm: /work is a disk, and the guest keeps 1184 MiB: with 256 MiB
+        // the transfer outlasted the sandbox's 600 s TTL under TCG.
+        const memoryMiB = backend === "namespace" ? 256 : 1024 + 160;
+        const { id } = await create(t.engine, backend, { workMiB: 1100, resources: { memoryMiB } });
         const size = 1024 * 1024 * 1024;
         const chunk = randomBytes(1 << 20);
         const rssBefore = process.memoryUsage().rss;
