@@ -31,8 +31,10 @@ export const ImageRefSchema = z
 
 export const Resources = z.strictObject({
   /**
-   * Memory limit in MiB: every process of the sandbox, the agent included (~50 MiB), plus what
-   * it writes to /work and /tmp. At least 128.
+   * Memory limit in MiB for every process of the sandbox, the agent included (~50 MiB). A full
+   * /work is ENOSPC for its writer, never an OOM kill: on the namespace backend /work, /tmp and
+   * /dev/shm are tmpfs mounts charged to the sandbox's memory cgroup, whose limit is this plus
+   * their size caps; on the vm backend /work is a disk. At least 128.
    */
   memoryMiB: z.number().int().min(128).max(1024 * 1024).optional(),
   /** Maximum number of processes and threads. */
