@@ -3,6 +3,7 @@ import {
   CreateSandboxRequest,
   PlanApiRequest,
   ExecApiRequest,
+  MAX_EXEC_REQUEST_JSON_BYTES,
   SignalApiRequest,
   type ExecEvent,
   type ExecStarted,
@@ -80,7 +81,7 @@ async function createSandbox(ctx: RouteContext): Promise<void> {
  */
 async function exec(ctx: RouteContext): Promise<void> {
   const id = sandboxIdParam(ctx);
-  const request = await readJson(ctx.req, ExecApiRequest);
+  const request = await readJson(ctx.req, ExecApiRequest, MAX_EXEC_REQUEST_JSON_BYTES);
   const background = request.background === true;
 
   // The engine sees an abort on disconnect: always before the start, and after it only when the
