@@ -10,6 +10,7 @@ import {
   type ProgressEvent,
 } from "@mvm/protocol";
 import { readJson, readRawBody, sendJson, sendNoContent, booleanParam, wireErrorOf } from "./http-io.js";
+import { assertSecretSourcesAllowed } from "./host-read.js";
 import { NdjsonWriter, wantsNdjson } from "./ndjson.js";
 import { procParam, sandboxIdParam, type Route, type RouteContext } from "./router.js";
 
@@ -59,6 +60,7 @@ export const sandboxRoutes: readonly Route[] = [
 
 async function createSandbox(ctx: RouteContext): Promise<void> {
   const request = await readJson(ctx.req, CreateSandboxRequest);
+  assertSecretSourcesAllowed(request, ctx.peer, ctx.peerPrivileged);
   if (!wantsNdjson(ctx.req.headers.accept)) {
     sendJson(ctx.res, 201, await ctx.engine.createSandbox(request, { signal: ctx.signal }));
     return;
