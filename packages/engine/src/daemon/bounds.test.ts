@@ -10,7 +10,15 @@ import { connect, type Socket } from "node:net";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { InternalError, MAX_EXEC_COMMAND_BYTES, MAX_LABELS, type EngineApi, type HealthInfo } from "@mvm/protocol";
+import {
+  InternalError,
+  MAX_API_REQUEST_JSON_BYTES,
+  MAX_EXEC_COMMAND_BYTES,
+  MAX_LABELS,
+  NotFoundError,
+  type EngineApi,
+  type HealthInfo,
+} from "@mvm/protocol";
 import { buildPeerCredHelper } from "./peer-cred.js";
 import { startDaemonServer, type DaemonLimits, type DaemonServer } from "./server.js";
 
@@ -159,4 +167,16 @@ test("a connection past the cap is refused with a 503 and a typed error, the oth
   assert.match(text, /"code":"TRANSPORT"/);
   assert.match(text, /maximum of 2 connections/);
   assert.doesNotMatch(text, /"version":"test"/);
+});
+
+test("a create body over MAX_API_REQUEST_JSON_BYTES is 413 before it is read; an exec may carry more (its stdin)", async (t) => {
+  const server = await serve(t, stubEngine({ exec: async () => Promise.reject(new NotFoundError("stub: reached the engine")) }));
+  const socket = await rawConnect(server.socketPath);
+  const answer = collect(socket);
+  socket.write(`POST /v1/sandboxes HTTP/1.1\r\nHost: mvmd\r\nContent-Length: ${MAX_API_REQUEST_JSON_BYTES + 1}\r\n\r\n{`);
+  assert.match(await answer, /^HTTP\/1\.1 413 /);
+  const stdinBase64 = Buffer.alloc(MAX_API_REQUEST_JSON_BYTES).toString("base64");
+  const exec = await call(server.socketPath, "POST", `/v1/sandboxes/${ID}/exec`, { argv: ["cat"], stdinBase64 });
+  assert.equal(exec.status, 404);
+  assert.match(exec.body, /reached the engine/);
 });
