@@ -10,6 +10,7 @@ import { CreateSandboxRequest, DEFAULT_EXEC_CWD, ExecApiRequest, ImportImageApiR
 import { FrameKind, MAX_CONTROL_PAYLOAD, encodeFrame } from "./frame.js";
 import {
   EXEC_FRAME_RESERVE_BYTES,
+  MAX_API_REQUEST_JSON_BYTES,
   MAX_ARGV_ITEMS,
   MAX_CIDR_PORTS,
   MAX_ENV_VARS,
@@ -120,6 +121,69 @@ describe("request collection bounds", () => {
   it("import paths: length and NUL", () => {
     assert.match(firstIssue(ImportImageApiRequest, { path: `/${rep("a", 4096)}`, name: "x" }), /^path: /);
     assert.match(firstIssue(ImportImageApiRequest, { path: "/a\0b", name: "x" }), /^path: must not contain NUL/);
+  });
+});
+
+describe("the request body limit holds the largest valid request", () => {
+  it("a create with every collection at its count and byte bound, carrying a plan as large, fits MAX_API_REQUEST_JSON_BYTES", () => {
+    // DNS names of 251 characters: four 61-character labels and "com".
+    const hosts = Array.from({ length: MAX_SECRET_REF_HOSTS }, (_, i) => `${rep("h", 59)}${String(i).padStart(2, "0")}.${[1, 2, 3].map(() => rep("h", 61)).join(".")}.com`);
+    const secretNames = Array.from({ length: MAX_SECRETS_PER_SPEC }, (_, i) => `S_${rep("X", 120)}${String(i).padStart(3, "0")}`);
+    const ref = (i: number) => ({ kind: "secret-ref" as const, source: "file" as const, name: `/${rep("\u0001", 4094)}${String(i).padStart(1, "0")}`.slice(0, 4096), posture: "env" as const, hosts });
+    const secrets = Object.fromEntries(secretNames.map((n, i) => [n, ref(i)]));
+    const v6 = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:0/112";
+    const rules = Array.from({ length: MAX_POLICY_RULES }, () => ({ kind: "cidr" as const, cidr: v6.replace(/0\/112$/, "0/112"), ports: Array.from({ length: MAX_CIDR_PORTS }, (_, i) => 65535 - i) }));
+    const network = { version: 1 as const, default: "deny" as const, rules };
+    const command = ["run", rep("c", MAX_EXEC_COMMAND_BYTES - 64)];
+    const envNames = Array.from({ length: MAX_ENV_VARS }, (_, i) => `E${String(i).padStart(4, "0")}${rep("N", 250)}`).sort();
+    const labels = Object.fromEntries(Array.from({ length: MAX_LABELS }, (_, i) => [`k${String(i).padStart(2, "0")}${rep("k", 61)}`, rep("v", 180)]));
+    const digest = `sha256:${"a".repeat(64)}`;
+    const plan = {
+      plan: {
+        version: 1,
+        ir: {
+          version: 1,
+          imageDigest: digest,
+          command: { kind: "argv", argv: command },
+          envNames,
+          envSha256: digest,
+          resources: {},
+          network,
+          secrets: secretNames.map((name, i) => ({ name, ref: ref(i) })),
+          ttlSeconds: 600,
+          ports: Array.from({ length: MAX_PUBLISHED_PORTS }, (_, i) => ({ guest: 60000 + i, host: 50000 + i })),
+          requiredTier: "container",
+          intent: "code:execute",
+        },
+        profile: {
+          intent: "code:execute",
+          seccompTier: "default",
+          secretRelease: "env",
+          auditLabels: Object.fromEntries(Array.from({ length: 32 }, (_, i) => [`a${i}${rep("a", 60)}`, rep("\u0001", 256)])),
+        },
+        notBeforeMs: 0,
+        notAfterMs: Number.MAX_SAFE_INTEGER,
+        nonce: "0".repeat(32),
+        planId: digest,
+      },
+      signature: { alg: "ed25519", keyId: digest, value: "0".repeat(128) },
+    };
+    const request = {
+      image: rep("a", 512),
+      env: { FILL: rep("e", MAX_SANDBOX_ENV_BYTES - 16) },
+      labels,
+      network,
+      secrets,
+      ports: plan.plan.ir.ports,
+      command,
+      intent: "code:execute",
+      plan,
+    };
+    const r = CreateSandboxRequest.safeParse(request);
+    assert.ok(r.success, JSON.stringify(r.error?.issues[0]));
+    const bytes = jsonBytes(request);
+    assert.ok(bytes > 4 * 1024 * 1024, `the worst case takes ${bytes} bytes`);
+    assert.ok(bytes <= MAX_API_REQUEST_JSON_BYTES, `the worst case takes ${bytes} bytes`);
   });
 });
 

@@ -66,8 +66,8 @@ export const MAX_PATH_LENGTH = 4096;
 /** Largest stdin carried inline by an exec request, base64 characters. */
 export const MAX_EXEC_STDIN_BASE64_CHARS = 16 * 1024 * 1024;
 
-/** Largest JSON body of any request but an exec, in bytes: the largest valid create is ~1.5 MiB. */
-export const MAX_API_REQUEST_JSON_BYTES = 4 * 1024 * 1024;
+/** Largest JSON body of any request but an exec, in bytes: the largest valid create (every bound reached, a plan carried) is under 5 MiB. */
+export const MAX_API_REQUEST_JSON_BYTES = 8 * 1024 * 1024;
 /** Largest JSON body of an exec request (its inline stdin plus the command), in bytes. */
 export const MAX_EXEC_REQUEST_JSON_BYTES = MAX_EXEC_STDIN_BASE64_CHARS + 1024 * 1024;
 
