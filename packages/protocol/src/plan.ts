@@ -29,13 +29,15 @@ export type Intent = z.infer<typeof IntentSchema>;
 /** The intent of a workload that names none. */
 export const DEFAULT_INTENT = "code:execute";
 
+/** A command fits an exec: its argv takes at most MAX_EXEC_COMMAND_BYTES as JSON. */
+const fits = (args: readonly string[]): boolean => jsonBytes(args) <= MAX_EXEC_COMMAND_BYTES;
+const fitsMessage = `must take at most ${MAX_EXEC_COMMAND_BYTES} bytes as JSON`;
+
 /**
  * What the sandbox runs. `argv`: this command, and no other, may be executed in it. `entrypoint`:
  * the image's entrypoint with these arguments. `session`: only the guest agent boots; commands
  * arrive later over exec, under the plan's intent.
  */
-const fits = (args: readonly string[]): boolean => jsonBytes(args) <= MAX_EXEC_COMMAND_BYTES;
-const fitsMessage = `must take at most ${MAX_EXEC_COMMAND_BYTES} bytes as JSON`;
 export const WorkloadCommand = z.discriminatedUnion("kind", [
   z.strictObject({ kind: z.literal("argv"), argv: Argv }).refine((c) => fits(c.argv), { message: fitsMessage, path: ["argv"] }),
   z
