@@ -36,6 +36,11 @@ export const EXEC_FRAME_RESERVE_BYTES = MAX_CONTROL_PAYLOAD - MAX_EXEC_COMMAND_B
 export const MAX_ENV_VARS = 1024;
 /** Most argv items. */
 export const MAX_ARGV_ITEMS = 4096;
+/**
+ * Longest single argument or environment value the agent accepts, in UTF-16 code units. The
+ * API's byte budgets above are tighter; this is the agent's own bound.
+ */
+export const MAX_ARGUMENT_CHARS = 128 * 1024;
 
 /** Most labels on one sandbox. */
 export const MAX_LABELS = 64;

@@ -7,7 +7,7 @@
 import * as z from "zod/mini";
 import { ERROR_CODES, type ErrorCode } from "./errors.js";
 import { MAX_STREAM_ID } from "./frame.js";
-import { MAX_ARGV_ITEMS, MAX_ENV_VARS, MAX_PATH_LENGTH } from "./limits.js";
+import { MAX_ARGUMENT_CHARS, MAX_ARGV_ITEMS, MAX_ENV_VARS, MAX_PATH_LENGTH } from "./limits.js";
 
 export { MAX_PATH_LENGTH } from "./limits.js";
 
@@ -39,7 +39,7 @@ export function isSandboxPath(p: string): boolean {
 export const EnvName = z.string().check(z.minLength(1), z.maxLength(256), z.regex(/^[A-Za-z_][A-Za-z0-9_]*$/));
 const EnvValue = z
   .string()
-  .check(z.maxLength(128 * 1024), z.refine((v) => !v.includes("\0"), { message: "must not contain NUL" }));
+  .check(z.maxLength(MAX_ARGUMENT_CHARS), z.refine((v) => !v.includes("\0"), { message: "must not contain NUL" }));
 // zod's record silently skips an own "__proto__" key; map it to a name the EnvName rule rejects.
 export const Env = z.pipe(
   z.transform((v: unknown) => (v !== null && typeof v === "object" && Object.hasOwn(v, "__proto__") ? { "__proto__!": "" } : v)),
@@ -47,7 +47,7 @@ export const Env = z.pipe(
 );
 
 export const Argv = z
-  .array(z.string().check(z.maxLength(128 * 1024), z.refine((a) => !a.includes("\0"), { message: "must not contain NUL" })))
+  .array(z.string().check(z.maxLength(MAX_ARGUMENT_CHARS), z.refine((a) => !a.includes("\0"), { message: "must not contain NUL" })))
   .check(z.minLength(1), z.maxLength(MAX_ARGV_ITEMS), z.refine((a) => a[0] !== "", { message: "argv[0] must not be empty" }));
 
 export const SIGNALS = ["SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGSTOP", "SIGCONT"] as const;

@@ -11,7 +11,7 @@
 import { z } from "zod";
 import { MAX_PUBLISHED_PORTS, PortSpec, Sha256DigestSchema, Tier, type BackendName } from "./api-base.js";
 import type { CreateSandboxRequest } from "./api.js";
-import { MAX_ARGV_ITEMS, MAX_ENV_VARS, MAX_EXEC_COMMAND_BYTES, MAX_SECRETS_PER_SPEC, jsonBytes } from "./limits.js";
+import { MAX_ARGUMENT_CHARS, MAX_ARGV_ITEMS, MAX_ENV_VARS, MAX_EXEC_COMMAND_BYTES, MAX_SECRETS_PER_SPEC, jsonBytes } from "./limits.js";
 import { Argv, EnvName } from "./messages.js";
 import { NetworkPolicySchema } from "./network-policy.js";
 import { SecretRefSchema } from "./secret-ref.js";
@@ -41,7 +41,7 @@ const fitsMessage = `must take at most ${MAX_EXEC_COMMAND_BYTES} bytes as JSON`;
 export const WorkloadCommand = z.discriminatedUnion("kind", [
   z.strictObject({ kind: z.literal("argv"), argv: Argv }).refine((c) => fits(c.argv), { message: fitsMessage, path: ["argv"] }),
   z
-    .strictObject({ kind: z.literal("entrypoint"), args: z.array(z.string().max(128 * 1024)).max(MAX_ARGV_ITEMS) })
+    .strictObject({ kind: z.literal("entrypoint"), args: z.array(z.string().max(MAX_ARGUMENT_CHARS)).max(MAX_ARGV_ITEMS) })
     .refine((c) => fits(c.args), { message: fitsMessage, path: ["args"] }),
   z.strictObject({ kind: z.literal("session") }),
 ]);
