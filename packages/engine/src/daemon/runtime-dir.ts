@@ -52,8 +52,23 @@ export async function ensurePrivateDir(dir: string, options: { groupGid?: number
     );
   }
   if (groupGid !== undefined) {
-    await chown(dir, st.uid, groupGid);
+    await giveToGroup(dir, st.uid, groupGid);
     await chmod(dir, 0o710);
+  }
+}
+
+/**
+ * Makes `path` owned by group `gid` (its owner unchanged).
+ * @throws PermissionDeniedError when this process may not (it is neither root nor a member)
+ */
+export async function giveToGroup(path: string, uid: number, gid: number): Promise<void> {
+  try {
+    await chown(path, uid, gid);
+  } catch (err) {
+    throw new PermissionDeniedError(`Cannot give "${path}" to group ${gid}: ${(err as Error).message}`, {
+      cause: err,
+      hint: "Run the daemon as root, or as a member of that group",
+    });
   }
 }
 

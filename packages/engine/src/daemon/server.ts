@@ -9,7 +9,7 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
-import { chmod, chown, stat, unlink } from "node:fs/promises";
+import { chmod, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import {
   AbortedError,
@@ -34,7 +34,7 @@ import {
   type PeerPolicy,
 } from "./peer-cred.js";
 import { matchRoute, type Route } from "./router.js";
-import { clearStaleSocket, ensurePrivateDir } from "./runtime-dir.js";
+import { clearStaleSocket, ensurePrivateDir, giveToGroup } from "./runtime-dir.js";
 import { fileRoutes } from "./routes-files.js";
 import { imageRoutes } from "./routes-images.js";
 import { networkRoutes } from "./routes-network.js";
@@ -170,7 +170,7 @@ export async function startDaemonServer(options: DaemonServerOptions): Promise<D
     if (operatorGid === undefined) {
       await chmod(socketPath, 0o600);
     } else {
-      await chown(socketPath, policy.daemonUid, operatorGid);
+      await giveToGroup(socketPath, policy.daemonUid, operatorGid);
       await chmod(socketPath, 0o660);
     }
     socketIno = (await stat(socketPath)).ino;
