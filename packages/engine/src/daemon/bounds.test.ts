@@ -140,6 +140,9 @@ test("headers that never finish time out", async (t) => {
   const answer = collect(socket);
   socket.write("GET /v1/health HTTP/1.1\r\nHost: mvmd\r\n");
   assert.match(await answer, /^HTTP\/1\.1 408 /);
+  // A connection that sends nothing at all is closed the same way.
+  const silent = await rawConnect(server.socketPath);
+  assert.match(await collect(silent), /^HTTP\/1\.1 408 /);
 });
 
 test("a connection past the cap is refused with a 503 and a typed error, the others are served", async (t) => {
