@@ -12,6 +12,7 @@ import {
   ExecApiRequest,
   ImportImageApiRequest,
   InvalidArgumentError,
+  sandboxEnvProblem,
   MAX_DIR_ENTRIES,
   NotFoundError,
   TransportError,
@@ -366,6 +367,14 @@ export class Engine implements EngineApi {
     const secrets = await resolveSecrets(req.secrets ?? {}, { store: this.secrets });
     const secretEnv = Object.fromEntries(secrets.map((s) => [s.envName, s.ref.posture === "env" ? s.value : s.placeholder]));
     const warnings = checkSecretHygiene({ env: req.env ?? {}, exemptEnv: new Set(Object.keys(secretEnv)) }).map((w) => w.message);
+    const mediatedCount = secrets.filter((s) => s.ref.posture === "mediated").length;
+    const sandboxEnv = { ...egressEnvironment({ trustBundle: mediatedCount > 0 }), ...(req.env ?? {}), ...secretEnv };
+    const envProblem = sandboxEnvProblem(sandboxEnv);
+    if (envProblem !== undefined) {
+      throw new InvalidArgumentError(`Sandbox field "env" is invalid: ${envProblem} (env, secrets and egress variables together)`, {
+        hint: "Pass less environment, or use mediated secrets (their placeholders are short)",
+      });
+    }
     const id = newSandboxId();
     const now = Date.now();
     const info: SandboxInfo = {
@@ -407,7 +416,7 @@ export class Engine implements EngineApi {
       sandbox = await LiveSandbox.start({
         info,
         backend,
-        env: { ...egressEnvironment({ trustBundle: ca !== undefined }), ...(req.env ?? {}), ...secretEnv },
+        env: sandboxEnv,
         network,
         redactor: redactorFor(secrets),
         spec: {
