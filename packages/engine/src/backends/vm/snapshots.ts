@@ -27,7 +27,7 @@ import { chmod, lstat, mkdir, open, readdir, rename, rm, stat, utimes, writeFile
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { AbortedError, InternalError, type Sha256Digest, SnapshotMismatchError } from "@mvm/protocol";
-import { readSmallFile, writeFileAtomic } from "../../images/fs-util.js";
+import { readSmallFile, writeFileAtomic } from "../../store/atomic.js";
 import { decodeSavedVmManifest, encodeSavedVmManifest, type SavedVmManifest } from "./snapshot-manifest.js";
 
 const run = promisify(execFile);
