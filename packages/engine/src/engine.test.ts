@@ -81,6 +81,9 @@ before(async () => {
 });
 after(async () => rm(root, { recursive: true, force: true }));
 
+/** Creates here name no backend and test something else than the tier: they accept the container tier. */
+const ACK = { acknowledgeContainerTier: true } as const;
+
 async function engineWith(
   backends: Backend[],
   extra: Pick<EngineOptions, "defaultTtlSeconds" | "defaultBackend" | "heartbeat"> = {},
@@ -99,7 +102,7 @@ test("an explicitly requested backend that is not usable is refused, never repla
     return true;
   });
   assert.equal(ns.children.length, 0);
-  const info = await engine.createSandbox({});
+  const info = await engine.createSandbox(ACK);
   assert.equal(info.backend, "namespace", "the default is the strongest usable backend");
   await engine.close();
 });
@@ -108,7 +111,7 @@ test("the default is the strongest usable tier, and SandboxInfo and health say w
   const ns = new HostProcessBackend("namespace", usable("container"));
   const emu = new HostProcessBackend("vm", usable("vm-emulated"));
   const engine = await engineWith([ns, emu]);
-  const info = await engine.createSandbox({});
+  const info = await engine.createSandbox(ACK);
   assert.deepEqual([info.backend, info.tier], ["vm", "vm-emulated"], "vm-emulated beats namespace");
   assert.equal(emu.children.length, 1);
   assert.equal(ns.children.length, 0);
@@ -119,7 +122,7 @@ test("the default is the strongest usable tier, and SandboxInfo and health say w
 
   const hw = new HostProcessBackend("vm", usable("vm-hardware"));
   const second = await engineWith([new HostProcessBackend("namespace", usable("container")), hw]);
-  assert.equal((await second.createSandbox({})).tier, "vm-hardware");
+  assert.equal((await second.createSandbox(ACK)).tier, "vm-hardware");
   await second.close();
 });
 
@@ -127,7 +130,7 @@ test("an unusable vm falls to namespace only for the default; asked for by name 
   const ns = new HostProcessBackend("namespace", usable("container"));
   const vm = new HostProcessBackend("vm", unusable);
   const engine = await engineWith([vm, ns]);
-  const info = await engine.createSandbox({});
+  const info = await engine.createSandbox(ACK);
   assert.deepEqual([info.backend, info.tier], ["namespace", "container"]);
   const health = await engine.health();
   assert.equal(health.defaultBackend, "namespace");
@@ -146,7 +149,7 @@ test("a configured default backend is honoured, and while unusable it fails inst
   const ns = new HostProcessBackend("namespace", usable("container"));
   const vm = new HostProcessBackend("vm", usable("vm-emulated"));
   const engine = await engineWith([vm, ns], { defaultBackend: { backend: "namespace", setting: "MVM_DEFAULT_BACKEND" } });
-  assert.equal((await engine.createSandbox({})).backend, "namespace");
+  assert.equal((await engine.createSandbox(ACK)).backend, "namespace");
   assert.equal((await engine.createSandbox({ backend: "vm" })).backend, "vm");
   const health = await engine.health();
   assert.deepEqual([health.defaultBackend, health.defaultReason], ["namespace", "set by MVM_DEFAULT_BACKEND"]);
@@ -154,7 +157,7 @@ test("a configured default backend is honoured, and while unusable it fails inst
 
   const broken = new HostProcessBackend("namespace", usable("container"));
   const pinned = await engineWith([new HostProcessBackend("vm", unusable), broken], { defaultBackend: "vm" });
-  await assert.rejects(pinned.createSandbox({}), (err: unknown) => {
+  await assert.rejects(pinned.createSandbox(ACK), (err: unknown) => {
     assert.ok(err instanceof UnsupportedCapabilityError);
     assert.match(err.message, /^No default backend can start sandboxes: defaultBackend names "vm", which is not usable here: qemu: not installed$/);
     return true;
@@ -178,30 +181,30 @@ test("a default that cannot enforce a requested limit is refused, and the hint n
   const ns = new HostProcessBackend("namespace", usable("container"));
   const vm = new HostProcessBackend("vm", { ...usable("vm-emulated"), enforceable: { memory: true, pids: false, cpu: false } });
   const engine = await engineWith([vm, ns]);
-  await assert.rejects(engine.createSandbox({ resources: { pids: 64 } }), (err: unknown) => {
+  await assert.rejects(engine.createSandbox({ ...ACK, resources: { pids: 64 } }), (err: unknown) => {
     assert.ok(err instanceof UnsupportedCapabilityError);
     assert.equal(err.message, 'Backend "vm" cannot enforce "pids" on this host');
     assert.equal(err.hint, 'drop the limit, or name a backend that can enforce it: "namespace" (container)');
     return true;
   });
   assert.equal(ns.children.length + vm.children.length, 0);
-  assert.equal((await engine.createSandbox({ resources: { memoryMiB: 256 } })).backend, "vm");
+  assert.equal((await engine.createSandbox({ ...ACK, resources: { memoryMiB: 256 } })).backend, "vm");
   await engine.close();
 });
 
 test("a limit the backend cannot enforce is an UnsupportedCapabilityError at create", async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container", false))]);
   for (const resources of [{ memoryMiB: 256 }, { pids: 64 }, { cpus: 1 }]) {
-    await assert.rejects(engine.createSandbox({ resources }), UnsupportedCapabilityError);
+    await assert.rejects(engine.createSandbox({ ...ACK, resources }), UnsupportedCapabilityError);
   }
-  const info = await engine.createSandbox({});
+  const info = await engine.createSandbox(ACK);
   assert.deepEqual(info.resources, {}, "no defaults are claimed when they cannot be enforced");
   await engine.close();
 });
 
 test("default limits are applied and reported when enforceable", async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
-  const info = await engine.createSandbox({});
+  const info = await engine.createSandbox(ACK);
   assert.equal(info.resources.memoryMiB, 1024);
   assert.equal(info.resources.pids, 1024);
   await engine.close();
@@ -209,11 +212,11 @@ test("default limits are applied and reported when enforceable", async () => {
 
 test("bad requests are InvalidArgumentError; unknown ids NotFoundError", async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
-  await assert.rejects(engine.createSandbox({ ttlSeconds: -1 }), InvalidArgumentError);
-  await assert.rejects(engine.createSandbox({ bogus: 1 } as never), InvalidArgumentError);
-  await assert.rejects(engine.createSandbox({ image: "nope:missing" }), NotFoundError);
+  await assert.rejects(engine.createSandbox({ ...ACK, ttlSeconds: -1 }), InvalidArgumentError);
+  await assert.rejects(engine.createSandbox({ ...ACK, bogus: 1 } as never), InvalidArgumentError);
+  await assert.rejects(engine.createSandbox({ ...ACK, image: "nope:missing" }), NotFoundError);
   await assert.rejects(engine.exec("sbx_aaaaaaaaaaaaaaaaaaaa", { argv: ["true"] }, {}), NotFoundError);
-  const { id } = await engine.createSandbox({});
+  const { id } = await engine.createSandbox(ACK);
   await assert.rejects(engine.exec(id, { argv: [] }, {}), InvalidArgumentError);
   await assert.rejects(engine.readFile(id, "../etc/passwd"), InvalidArgumentError);
   await engine.close();
@@ -222,7 +225,7 @@ test("bad requests are InvalidArgumentError; unknown ids NotFoundError", async (
 test("an agent that dies marks the sandbox crashed and releases it", async () => {
   const backend = new HostProcessBackend("namespace", usable("container"));
   const engine = await engineWith([backend]);
-  const { id } = await engine.createSandbox({});
+  const { id } = await engine.createSandbox(ACK);
   backend.children[0]!.kill("SIGKILL");
   for (let i = 0; i < 200 && (await engine.getSandbox(id)).state !== "stopped"; i++) await new Promise((r) => setTimeout(r, 10));
   const info = await engine.getSandbox(id);
@@ -235,7 +238,7 @@ test("an agent that dies marks the sandbox crashed and releases it", async () =>
 test("a call cut off by the crash fails with SandboxCrashedError, and a silent agent is found by the heartbeat", async (t) => {
   const backend = new HostProcessBackend("namespace", usable("container"));
   const engine = await engineWith([backend], { heartbeat: { intervalMs: 100, timeoutMs: 500 } });
-  const crashed = await engine.createSandbox({});
+  const crashed = await engine.createSandbox(ACK);
   const started = await engine.exec(crashed.id, { argv: ["/bin/sleep", "30"] }, {});
   // This test backend runs the agent on the host, unsandboxed: what the killed agent leaves behind
   // (the sleep, in its own process group, and its TMPDIR under the host's /tmp) is cleaned up here.
@@ -252,7 +255,7 @@ test("a call cut off by the crash fails with SandboxCrashedError, and a silent a
   backend.children[0]!.kill("SIGKILL");
   await assert.rejects(started.exit, SandboxCrashedError);
   await assert.rejects(engine.exec(crashed.id, { argv: ["/bin/true"] }, {}), NotFoundError);
-  const hung = await engine.createSandbox({});
+  const hung = await engine.createSandbox(ACK);
   backend.children[1]!.kill("SIGSTOP");
   await assert.rejects(
     (async () => {
@@ -269,7 +272,7 @@ test("a call cut off by the crash fails with SandboxCrashedError, and a silent a
 
 test("TTL expiry stops the sandbox with reason expired", async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
-  const { id } = await engine.createSandbox({ ttlSeconds: 1 });
+  const { id } = await engine.createSandbox({ ...ACK, ttlSeconds: 1 });
   for (let i = 0; i < 300 && (await engine.getSandbox(id)).state !== "stopped"; i++) await new Promise((r) => setTimeout(r, 10));
   assert.equal((await engine.getSandbox(id)).endReason, "expired");
   await engine.close();
@@ -328,7 +331,7 @@ test("importImage stores a host directory or tarball under a name; bad paths are
   execFileSync("tar", ["-cf", tarPath, "-C", tree, "."]);
   const fromTar = await engine.importImage(tarPath, "local/imported-tar");
   assert.equal(fromTar.digest, fromDir.digest, "same tree, same digest, whatever the source");
-  const info = await engine.createSandbox({ image: "local/imported" });
+  const info = await engine.createSandbox({ ...ACK, image: "local/imported" });
   assert.equal(info.image.digest, fromDir.digest);
   await assert.rejects(engine.importImage("relative/path", "local/x"), InvalidArgumentError);
   await assert.rejects(engine.importImage(join(root, "missing"), "local/x"), NotFoundError);
@@ -338,10 +341,10 @@ test("importImage stores a host directory or tarball under a name; bad paths are
 test("close stops every sandbox with reason engine-exit and refuses new work", async () => {
   const backend = new HostProcessBackend("namespace", usable("container"));
   const engine = await engineWith([backend]);
-  const a = await engine.createSandbox({});
-  const b = await engine.createSandbox({});
+  const a = await engine.createSandbox(ACK);
+  const b = await engine.createSandbox(ACK);
   await engine.close();
   for (const id of [a.id, b.id]) assert.equal((await engine.getSandbox(id)).endReason, "engine-exit");
   assert.ok(backend.children.every((c) => c.exitCode !== null || c.signalCode !== null));
-  await assert.rejects(engine.createSandbox({}), { code: "TRANSPORT" });
+  await assert.rejects(engine.createSandbox(ACK), { code: "TRANSPORT" });
 });

@@ -11,6 +11,11 @@ import { hostPatternProblem } from "./network-policy.js";
 export const SECRET_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,127}$/;
 /** Valid environment variable names (host env sources and sandbox env names). */
 export const ENV_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
+/**
+ * Smallest secret value, in UTF-8 bytes. A shorter value could not be redacted safely: it turns
+ * up in ordinary output by chance, and is guessed in few tries.
+ */
+export const MIN_SECRET_VALUE_BYTES = 8;
 /** Largest secret value, in UTF-8 bytes. */
 export const MAX_SECRET_VALUE_BYTES = 64 * 1024;
 /** Longest `file` source path, in characters. */
