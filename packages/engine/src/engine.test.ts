@@ -11,7 +11,16 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex } from "node:stream";
-import { InvalidArgumentError, NotFoundError, SandboxCrashedError, UnsupportedCapabilityError, type BackendName, type Tier } from "@mvm/protocol";
+import {
+  CONTAINER_TIER_CAVEATS,
+  InvalidArgumentError,
+  NotFoundError,
+  PolicyDeniedError,
+  SandboxCrashedError,
+  UnsupportedCapabilityError,
+  type BackendName,
+  type Tier,
+} from "@mvm/protocol";
 import { Engine, type EngineOptions } from "./engine.js";
 import { ImageStore } from "./images/store.js";
 import { defaultAgentBundlePath } from "./open.js";
@@ -86,7 +95,7 @@ const ACK = { acknowledgeContainerTier: true } as const;
 
 async function engineWith(
   backends: Backend[],
-  extra: Pick<EngineOptions, "defaultTtlSeconds" | "defaultBackend" | "heartbeat"> = {},
+  extra: Pick<EngineOptions, "defaultTtlSeconds" | "defaultBackend" | "heartbeat" | "minimumTier" | "strictSecrets"> = {},
 ): Promise<Engine> {
   const stateDir = await mkdtemp(join(root, "state-"));
   return Engine.open({ stateDir, backends, images, agentDir: "/nonexistent", defaultImage: "tiny", ...extra });
@@ -347,4 +356,92 @@ test("close stops every sandbox with reason engine-exit and refuses new work", a
   for (const id of [a.id, b.id]) assert.equal((await engine.getSandbox(id)).endReason, "engine-exit");
   assert.ok(backend.children.every((c) => c.exitCode !== null || c.signalCode !== null));
   await assert.rejects(engine.createSandbox(ACK), { code: "TRANSPORT" });
+});
+
+test("a create that names no backend and lands on the container tier is refused unless acknowledged, before anything is resolved or started", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const engine = await engineWith([new HostProcessBackend("vm", unusable), ns]);
+  const refused = (err: unknown): boolean => {
+    assert.ok(err instanceof UnsupportedCapabilityError, String(err));
+    assert.match(err.message, /^Refusing the container tier for a create that names no backend \(backend "namespace", strongest usable tier: container; "vm" is not usable: qemu: not installed\) without acknowledgment: /);
+    for (const caveat of CONTAINER_TIER_CAVEATS) assert.ok(err.message.includes(caveat), caveat);
+    return true;
+  };
+  await assert.rejects(engine.createSandbox({}), refused);
+  await assert.rejects(engine.createSandbox({ acknowledgeContainerTier: false }), refused);
+  // Refused before the image is looked up (a missing image would be NotFoundError) and before planning.
+  await assert.rejects(engine.createSandbox({ image: "nope:missing" }), refused);
+  await assert.rejects(engine.planSandbox({}), refused);
+  assert.equal(ns.children.length, 0, "nothing started");
+  assert.deepEqual(await readdir(join(engine.stateDir, "sandboxes")).catch(() => []), []);
+  // Acknowledged, or the backend named by the caller: it runs.
+  assert.equal((await engine.createSandbox({ acknowledgeContainerTier: true })).tier, "container");
+  assert.equal((await engine.createSandbox({ backend: "namespace" })).tier, "container");
+  await engine.close();
+
+  // A configured default on the container tier is the engine's choice too: the caller must acknowledge it.
+  const pinned = await engineWith([new HostProcessBackend("vm", usable("vm-emulated")), new HostProcessBackend("namespace", usable("container"))], {
+    defaultBackend: { backend: "namespace", setting: "MVM_DEFAULT_BACKEND" },
+  });
+  await assert.rejects(pinned.createSandbox({}), /^UnsupportedCapabilityError: Refusing the container tier .*\(backend "namespace", set by MVM_DEFAULT_BACKEND\)/);
+  await pinned.close();
+});
+
+test("minimumTier refuses a weaker backend, named or chosen, before anything starts; the engine's minimum applies too and the stronger wins", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const emu = new HostProcessBackend("vm", usable("vm-emulated"));
+  const engine = await engineWith([emu, ns]);
+  await assert.rejects(engine.createSandbox({ backend: "namespace", minimumTier: "vm-emulated" }), (err: unknown) => {
+    assert.ok(err instanceof UnsupportedCapabilityError);
+    assert.equal(err.message, 'Backend "namespace" gives the container tier, below the minimum "vm-emulated" set by minimumTier (it was named)');
+    return true;
+  });
+  await assert.rejects(engine.createSandbox({ minimumTier: "vm-hardware" }), /below the minimum "vm-hardware"/);
+  await assert.rejects(engine.planSandbox({ backend: "namespace", minimumTier: "vm-hardware" }), UnsupportedCapabilityError);
+  assert.equal(ns.children.length + emu.children.length, 0, "nothing started");
+  // At the minimum: it runs, and its plan records the tier it got.
+  const plan = await engine.planSandbox({ minimumTier: "vm-emulated" });
+  assert.equal(plan.plan.ir.requiredTier, "vm-emulated");
+  assert.equal((await engine.createSandbox({ minimumTier: "vm-emulated" })).tier, "vm-emulated");
+  await engine.close();
+
+  const strict = await engineWith([new HostProcessBackend("vm", usable("vm-emulated")), new HostProcessBackend("namespace", usable("container"))], {
+    minimumTier: { tier: "vm-emulated", setting: "MVM_MINIMUM_TIER of the engine" },
+  });
+  await assert.rejects(
+    strict.createSandbox({ backend: "namespace", minimumTier: "container" }),
+    /below the minimum "vm-emulated" set by MVM_MINIMUM_TIER of the engine/,
+    "a request cannot lower the engine's minimum",
+  );
+  assert.equal((await strict.createSandbox({})).tier, "vm-emulated");
+  await strict.close();
+});
+
+test("strictSecrets in a request refuses plain-text secrets at create and exec; a request cannot turn the engine's strict mode off", async () => {
+  const saved = process.env["MVM_STRICT_SECRETS"];
+  delete process.env["MVM_STRICT_SECRETS"];
+  try {
+    const ns = new HostProcessBackend("namespace", usable("container"));
+    const engine = await engineWith([ns]);
+    const env = { GH_TOKEN: "ghp_abcdef123456" };
+    await assert.rejects(engine.createSandbox({ backend: "namespace", env, strictSecrets: true }), (err: unknown) => {
+      assert.ok(err instanceof PolicyDeniedError);
+      assert.match(err.message, /^Refusing a plain-text secret in env var "GH_TOKEN": strict secret mode is on$/);
+      return true;
+    });
+    assert.equal(ns.children.length, 0, "refused before anything started");
+    const info = await engine.createSandbox({ backend: "namespace", env });
+    assert.equal(info.warnings?.length, 1, "without strict mode it warns");
+    const argv = ["/bin/echo", "--api-key", "sk-abcdef123456"];
+    await assert.rejects(engine.exec(info.id, { argv, strictSecrets: true }, {}), PolicyDeniedError);
+    const started = await engine.exec(info.id, { argv }, {});
+    assert.equal((await started.exit).warnings?.length, 1);
+    await engine.close();
+
+    const strictEngine = await engineWith([new HostProcessBackend("namespace", usable("container"))], { strictSecrets: true });
+    await assert.rejects(strictEngine.createSandbox({ backend: "namespace", env, strictSecrets: false }), PolicyDeniedError);
+    await strictEngine.close();
+  } finally {
+    if (saved !== undefined) process.env["MVM_STRICT_SECRETS"] = saved;
+  }
 });
