@@ -124,3 +124,10 @@ test("property: with no match, the transform holds back less than the longest se
     }),
   );
 });
+
+test("every value long enough to be a secret (8 UTF-8 bytes) is redacted, however few characters it has", () => {
+  // Three 3-byte characters: 9 bytes, 3 UTF-16 units.
+  const r = new Redactor([{ secret: "\u79d8\u5bc6\u5024", replacement: "[S]" }]);
+  assert.equal(r.empty, false);
+  assert.equal(r.redactString("key=\u79d8\u5bc6\u5024;"), "key=[S];");
+});
