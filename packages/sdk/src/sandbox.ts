@@ -22,7 +22,6 @@ import {
   type Tier,
 } from "@mvm/protocol";
 import { callOptions } from "./_internal/call-options.js";
-
 import { Commands } from "./commands.js";
 import { sharedEngine, type ConnectionOptions } from "./connect.js";
 import { Files } from "./files.js";
