@@ -8,7 +8,7 @@ import { FakeEngine } from "./_test/fake-engine.js";
 import { cli } from "./_test/test-io.js";
 import { scratchDir } from "./_test/scratch.js";
 
-const WARNING = /^warning: backend "namespace" is container tier: the sandbox shares the host kernel, so a kernel exploit inside it reaches the host$/m;
+const WARNING = /^warning: backend "namespace" is container tier, which is not isolation for hostile code:\nwarning: the sandbox shares the host kernel, so claims 1 and 2 /m;
 
 test("TierWarning prints once, and only for the container tier", () => {
   const lines: string[] = [];

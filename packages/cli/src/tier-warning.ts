@@ -25,8 +25,7 @@ export function containerTierAcknowledged(env: Readonly<Record<string, string | 
  */
 export function containerTierWarning(backend: string, configPath: string): string {
   return (
-    `warning: backend "${backend}" is container tier: the sandbox shares the host kernel, ` +
-    `so a kernel exploit inside it reaches the host\n` +
+    `warning: backend "${backend}" is container tier, which is not isolation for hostile code:\n` +
     CONTAINER_TIER_CAVEATS.map((c) => `warning: ${c}\n`).join("") +
     `warning: use the vm backend (--backend vm) for hostile code; ` +
     `silence this with MVM_ACK_CONTAINER_TIER=1 or "ackContainerTier": true in ${configPath}\n`
