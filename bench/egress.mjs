@@ -157,7 +157,7 @@ export async function benchEgressSandbox({ log, summary, ratio, openEngine, imag
     const host = net.hosts[0];
     const sink = await net.startServer(0, "sink", { port: 9000 });
     await net.setDns("sink.bench.test", { A: [host.ip] });
-    const sb = await engine.createSandbox({ network: NetworkPolicy.denyByDefault().allowTcp("sink.bench.test", 9000).toJSON() });
+    const sb = await engine.createSandbox({ acknowledgeContainerTier: true, network: NetworkPolicy.denyByDefault().allowTcp("sink.bench.test", 9000).toJSON() });
     const script = [
       "import socket, sys, time",
       "n = int(sys.argv[1]) * 1048576",

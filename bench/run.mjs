@@ -78,7 +78,7 @@ async function main() {
   };
   try {
     if (engine) {
-      const info = await engine.createSandbox({ image: IMAGE });
+      const info = await engine.createSandbox({ acknowledgeContainerTier: true, image: IMAGE });
       const rootfs = (await engine.listImages()).find((i) => i.digest === info.image.digest);
       await engine.killSandbox(info.id);
       log("image", info.image.digest, rootfs?.refs);
@@ -94,7 +94,7 @@ async function main() {
         const r = await spawnTimed("bwrap", ["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", node, "-e", "process.stdout.write('x')"]);
         base.push(r.firstMs ?? r.totalMs);
         const t0 = performance.now();
-        const sb = await engine.createSandbox({ image: IMAGE });
+        const sb = await engine.createSandbox({ acknowledgeContainerTier: true, image: IMAGE });
         let first;
         const st = await engine.exec(sb.id, { argv: ["/bin/echo", "hi"] }, { onStdout: () => (first ??= performance.now() - t0) });
         await st.exit;
@@ -108,7 +108,7 @@ async function main() {
     }
 
     if (want("exec")) {
-      const sb = await engine.createSandbox({ image: IMAGE });
+      const sb = await engine.createSandbox({ acknowledgeContainerTier: true, image: IMAGE });
       for (let i = 0; i < 20; i++) await execOnce(engine, sb.id, ["/bin/true"]);
       const host = [];
       const ours = [];
@@ -131,7 +131,7 @@ async function main() {
       const t0 = performance.now();
       for (let i = 0; i < SANDBOXES; i++) {
         try {
-          ids.push((await engine.createSandbox({ image: IMAGE, resources: { memoryMiB: 256, pids: 64 } })).id);
+          ids.push((await engine.createSandbox({ acknowledgeContainerTier: true, image: IMAGE, resources: { memoryMiB: 256, pids: 64 } })).id);
         } catch (err) {
           failures++;
           log("create failed", err.message);

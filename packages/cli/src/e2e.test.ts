@@ -264,3 +264,23 @@ test("mvmctl plan reads a script's declarations without running it (static), or 
   assert.equal(refused.code, 2);
   assert.match(refused.stderr, /--mode record runs JavaScript or TypeScript/);
 });
+
+test("secret set refuses a value shorter than 8 bytes with an error saying the minimum and a hint; 8 bytes are stored", async () => {
+  const stateDir = scratchDir("e2e-secret");
+  try {
+    const env = { MVM_STATE_DIR: stateDir, MVM_IMAGES_DIR: join(stateDir, "images") };
+    const short = await mvmctl(["secret", "set", "short-pin", "--embedded"], { input: "1234\n", env });
+    assert.equal(short.code, 1, short.stderr);
+    assert.equal(
+      short.stderr,
+      'error: Cannot set secret "short-pin": value is 4 bytes, shorter than the minimum of 8: a value this short cannot be redacted safely\n' +
+        "hint: store the whole credential (at least 8 bytes); rotate a shorter one to a longer random value, e.g. `openssl rand -hex 16`\n",
+    );
+    assert.equal(existsSync(join(stateDir, "secrets", "short-pin.json")), false);
+    const ok = await mvmctl(["secret", "set", "eight", "--embedded"], { input: "12345678\n", env });
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(ok.stdout, "eight (8 bytes; hosts: none)\n");
+  } finally {
+    rmSync(stateDir, { recursive: true, force: true });
+  }
+});

@@ -24,6 +24,11 @@ export const SANDBOX_FLAGS = {
   cpus: { type: "string", valueName: "N", description: "CPU quota in cores, may be fractional (0.5)" },
   ttl: { type: "string", valueName: "SECONDS", description: "Lifetime; the engine kills the sandbox after it" },
   backend: { type: "string", valueName: "NAME", description: "Backend: namespace or vm (default: the engine's MVM_DEFAULT_BACKEND, else its strongest usable tier)" },
+  "minimum-tier": {
+    type: "string",
+    valueName: "TIER",
+    description: "Refuse a weaker tier: container, vm-emulated or vm-hardware (default: $MVM_MINIMUM_TIER)",
+  },
   ...NETWORK_FLAGS,
 } as const satisfies Record<string, FlagSpec>;
 
@@ -108,6 +113,7 @@ function usageFromIssues(error: z.ZodError, flagOf: (path: readonly PropertyKey[
 const CREATE_FLAG_OF: Record<string, string> = {
   image: "--image",
   backend: "--backend",
+  minimumTier: "--minimum-tier",
   ttlSeconds: "--ttl",
   memoryMiB: "--memory",
   pids: "--pids",
@@ -134,6 +140,8 @@ export function createRequestFrom(raw: RawArgs, extra: { labels?: Record<string,
   const ttlSeconds = integerFlag(raw, "ttl");
   if (image !== undefined) request["image"] = image;
   if (backend !== undefined) request["backend"] = backend;
+  const minimumTier = stringFlag(raw, "minimum-tier");
+  if (minimumTier !== undefined) request["minimumTier"] = minimumTier;
   if (ttlSeconds !== undefined) request["ttlSeconds"] = ttlSeconds;
   if (Object.keys(resources).length > 0) request["resources"] = resources;
   if (extra.labels !== undefined) request["labels"] = extra.labels;

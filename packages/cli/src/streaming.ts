@@ -7,6 +7,7 @@ import type { CommandContext } from "./command.js";
 import type { CliSignal } from "./io.js";
 import { ExitCode, exitCodeOf, signalNumber } from "./exit-code.js";
 import { formatBytes } from "./text.js";
+import { cliExecRequest } from "./tier-warning.js";
 
 /** Largest stdin chunk sent in one write, in bytes. */
 const STDIN_CHUNK_BYTES = 64 * 1024;
@@ -69,7 +70,7 @@ export async function streamExec(ctx: CommandContext, engine: EngineApi, sandbox
   const forwardStdin = io.stdin.isTTY !== true;
   const stdoutCapture = new Capture(JSON_CAPTURE_BYTES);
   const stderrCapture = new Capture(JSON_CAPTURE_BYTES);
-  const fullRequest: ExecApiRequest = { ...request };
+  const fullRequest: ExecApiRequest = cliExecRequest(request, io.env);
   if (forwardStdin) fullRequest.openStdin = true;
   // Streamed output is not kept anywhere, so it may be as large as the API allows.
   fullRequest.maxOutputBytes = json ? JSON_CAPTURE_BYTES : STREAM_OUTPUT_BYTES;

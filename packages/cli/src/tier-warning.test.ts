@@ -2,12 +2,13 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { TierWarning, containerTierAcknowledged } from "./tier-warning.js";
+import { CONTAINER_TIER_CAVEATS, type CreateSandboxRequest } from "@mvm/protocol";
+import { TierWarning, containerTierAcknowledged, containerTierWarning } from "./tier-warning.js";
 import { FakeEngine } from "./_test/fake-engine.js";
 import { cli } from "./_test/test-io.js";
 import { scratchDir } from "./_test/scratch.js";
 
-const WARNING = /^warning: backend "namespace" is container tier: the sandbox shares the host kernel, so a kernel exploit inside it reaches the host$/m;
+const WARNING = /^warning: backend "namespace" is container tier, which is not isolation for hostile code:\nwarning: the sandbox shares the host kernel, so claims 1 and 2 /m;
 
 test("TierWarning prints once, and only for the container tier", () => {
   const lines: string[] = [];
@@ -93,4 +94,48 @@ test("create and exec warn too; ls does not", async () => {
   assert.match(exec.stderr, WARNING);
   const ls = await cli(["ls"], { engine });
   assert.doesNotMatch(ls.stderr, /warning/);
+});
+
+test("the warning names the claims that do not hold on the container tier, the same list the engine's refusal names", () => {
+  const text = containerTierWarning("namespace", "/cfg.json");
+  for (const caveat of CONTAINER_TIER_CAVEATS) assert.ok(text.includes(`warning: ${caveat}\n`), caveat);
+  assert.match(text, /claims 1 and 2 .* hold only while the host kernel has no exploitable bug/);
+  assert.match(text, /claim 3 .* does not hold/);
+});
+
+test("run and create acknowledge the container tier in the request (mvmctl warns itself) and pass on the caller's minimum tier and strict secret mode", async () => {
+  const engine = new FakeEngine();
+  const plain = await cli(["create"], { engine });
+  assert.equal(plain.code, 0, plain.stderr);
+  const last = (): CreateSandboxRequest | undefined => engine.lastCreate;
+  assert.deepEqual(last(), { acknowledgeContainerTier: true });
+  assert.match(plain.stderr, WARNING, "the user is told instead");
+
+  const env = { MVM_MINIMUM_TIER: "container", MVM_STRICT_SECRETS: "1", MVM_ACK_CONTAINER_TIER: "1" };
+  const ran = await cli(["run", "--minimum-tier", "vm-emulated", "--", "true"], { engine, env });
+  assert.equal(ran.code, 0, ran.stderr);
+  assert.equal(last()?.minimumTier, "vm-emulated", "the stronger of --minimum-tier and MVM_MINIMUM_TIER");
+  assert.equal(last()?.strictSecrets, true);
+  assert.equal(engine.processes.at(-1)?.request.strictSecrets, true, "the exec request carries it too");
+
+  const fromEnv = await cli(["create"], { engine, env: { MVM_MINIMUM_TIER: "vm-hardware" } });
+  assert.equal(fromEnv.code, 0, fromEnv.stderr);
+  assert.equal(last()?.minimumTier, "vm-hardware");
+
+  const bad = await cli(["create", "--minimum-tier", "vm"], { engine });
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--minimum-tier/);
+  const badEnv = await cli(["create"], { engine, env: { MVM_MINIMUM_TIER: "fast" } });
+  assert.notEqual(badEnv.code, 0);
+  assert.match(badEnv.stderr, /^error: Invalid MVM_MINIMUM_TIER "fast"/m);
+});
+
+test("exec passes on the caller's MVM_STRICT_SECRETS", async () => {
+  const engine = new FakeEngine();
+  const id = engine.newSandbox().id;
+  const r = await cli(["exec", id, "--", "true"], { engine, env: { MVM_STRICT_SECRETS: "1", MVM_ACK_CONTAINER_TIER: "1" } });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(engine.processes.at(-1)?.request.strictSecrets, true);
+  await cli(["exec", id, "--", "true"], { engine });
+  assert.equal(engine.processes.at(-1)?.request.strictSecrets, undefined);
 });

@@ -3,14 +3,24 @@
  * UnsupportedCapabilityError; a create that names none gets the configured default, or else the
  * strongest usable tier (vm-hardware, then vm-emulated, then container). Pure: decides from probes.
  */
-import { BackendName, InvalidArgumentError, UnsupportedCapabilityError, type Tier } from "@mvm/protocol";
+import {
+  ACK_CONTAINER_TIER_ENV,
+  BackendName,
+  CONTAINER_TIER_CAVEATS,
+  InvalidArgumentError,
+  TIER_ORDER,
+  Tier,
+  UnsupportedCapabilityError,
+  tierAtLeast,
+  tierRank,
+} from "@mvm/protocol";
 import type { ProbeResult } from "./backends/types.js";
 
 /** Isolation strength of each tier; higher is stronger. */
 export const TIER_STRENGTH: Readonly<Record<Tier, number>> = {
-  "vm-hardware": 3,
-  "vm-emulated": 2,
-  container: 1,
+  "vm-hardware": tierRank("vm-hardware"),
+  "vm-emulated": tierRank("vm-emulated"),
+  container: tierRank("container"),
 };
 
 /** The environment variable that sets the default backend of `openEngine`. */
@@ -109,7 +119,7 @@ export function chooseBackend(
   probes: readonly ProbeResult[],
   requested: BackendName | undefined,
   configured: ConfiguredDefault | undefined,
-): { index: number; defaulted: boolean } {
+): { index: number; defaulted: boolean; reason?: string } {
   if (requested !== undefined) {
     const index = probes.findIndex((p) => p.backend === requested);
     const probe = probes[index];
@@ -131,5 +141,78 @@ export function chooseBackend(
         : `fix the failed checks (\`mvmctl doctor\`), or change or unset ${configured.setting}`;
     throw new UnsupportedCapabilityError(`No default backend can start sandboxes: ${choice.reason}`, { hint });
   }
-  return { index: choice.index, defaulted: true };
+  return { index: choice.index, defaulted: true, reason: choice.reason };
+}
+
+/** A minimum tier and the setting it came from (for messages), e.g. "minimumTier" or "MVM_MINIMUM_TIER". */
+export interface TierMinimum {
+  readonly tier: Tier;
+  readonly setting: string;
+}
+
+/**
+ * Checks a tier from configuration.
+ * @throws InvalidArgumentError when `value` is not a tier name
+ */
+export function parseTier(value: unknown, setting: string): Tier {
+  const r = Tier.safeParse(value);
+  if (!r.success) {
+    throw new InvalidArgumentError(
+      `Invalid ${setting} ${JSON.stringify(typeof value === "string" ? value.slice(0, 200) : value)}: expected one of ${TIER_ORDER.map((t) => `"${t}"`).join(", ")}`,
+      { cause: r.error, hint: `Set ${setting} to ${TIER_ORDER.join(", ")} (weakest to strongest), or leave it unset` },
+    );
+  }
+  return r.data;
+}
+
+/** The stronger of several minimums (the first of equals), or undefined when there is none. */
+export function strictestMinimum(...minimums: readonly (TierMinimum | undefined)[]): TierMinimum | undefined {
+  let out: TierMinimum | undefined;
+  for (const m of minimums) if (m !== undefined && (out === undefined || tierRank(m.tier) > tierRank(out.tier))) out = m;
+  return out;
+}
+
+/** What decides whether the tier of a chosen backend may be used. */
+export interface TierCheck {
+  /** The backend was chosen by the engine (the create named none), not by the caller. */
+  readonly defaulted: boolean;
+  /** Why the engine chose it (for messages), when it did. */
+  readonly reason?: string;
+  readonly minimum?: TierMinimum | undefined;
+  /** The caller accepted the container tier for a create that names no backend. */
+  readonly acknowledgedContainer: boolean;
+}
+
+/**
+ * Refuses a backend whose tier is below the minimum, and a container-tier backend the engine
+ * chose by default that the caller did not acknowledge. Runs before anything is built or booted.
+ * @throws UnsupportedCapabilityError naming the tier, the setting and (for the container tier)
+ *   the isolation claims that do not hold there
+ */
+export function checkTier(probes: readonly ProbeResult[], probe: ProbeResult, check: TierCheck): void {
+  const { minimum } = check;
+  if (minimum !== undefined && !tierAtLeast(probe.tier, minimum.tier)) {
+    const stronger = probes.filter((p) => p.usable && tierAtLeast(p.tier, minimum.tier)).map((p) => `"${p.backend}" (${p.tier})`);
+    const how = check.defaulted ? `the engine chose it: ${check.reason ?? "its default"}` : "it was named";
+    throw new UnsupportedCapabilityError(
+      `Backend "${probe.backend}" gives the ${probe.tier} tier, below the minimum "${minimum.tier}" set by ${minimum.setting} (${how})`,
+      {
+        hint:
+          stronger.length > 0
+            ? `name a backend of that tier or stronger: ${stronger.join(", ")}`
+            : `no usable backend here gives "${minimum.tier}" or stronger: run \`mvmctl doctor\`, or lower ${minimum.setting}`,
+      },
+    );
+  }
+  if (check.defaulted && probe.tier === "container" && !check.acknowledgedContainer) {
+    throw new UnsupportedCapabilityError(
+      `Refusing the container tier for a create that names no backend (backend "${probe.backend}", ${check.reason ?? "the engine's default"}) ` +
+        `without acknowledgment: ${CONTAINER_TIER_CAVEATS.join("; ")}`,
+      {
+        hint:
+          `to accept it, pass acknowledgeContainerTier: true (or set ${ACK_CONTAINER_TIER_ENV}=1 where the SDK runs) or name backend "namespace"; ` +
+          "for VM isolation fix the vm backend (`mvmctl doctor`)",
+      },
+    );
+  }
 }

@@ -12,10 +12,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex } from "node:stream";
 import {
+  CONTAINER_TIER_CAVEATS,
   InvalidArgumentError,
   MAX_EXEC_COMMAND_BYTES,
   MAX_SANDBOX_ENV_BYTES,
   NotFoundError,
+  PolicyDeniedError,
   SandboxCrashedError,
   UnsupportedCapabilityError,
   type BackendName,
@@ -90,9 +92,12 @@ before(async () => {
 });
 after(async () => rm(root, { recursive: true, force: true }));
 
+/** Creates here name no backend and test something else than the tier: they accept the container tier. */
+const ACK = { acknowledgeContainerTier: true } as const;
+
 async function engineWith(
   backends: Backend[],
-  extra: Pick<EngineOptions, "defaultTtlSeconds" | "defaultBackend" | "heartbeat"> = {},
+  extra: Pick<EngineOptions, "defaultTtlSeconds" | "defaultBackend" | "heartbeat" | "minimumTier" | "strictSecrets"> = {},
 ): Promise<Engine> {
   const stateDir = await mkdtemp(join(root, "state-"));
   return Engine.open({ stateDir, backends, images, agentDir: "/nonexistent", defaultImage: "tiny", ...extra });
@@ -108,7 +113,7 @@ test("an explicitly requested backend that is not usable is refused, never repla
     return true;
   });
   assert.equal(ns.children.length, 0);
-  const info = await engine.createSandbox({});
+  const info = await engine.createSandbox(ACK);
   assert.equal(info.backend, "namespace", "the default is the strongest usable backend");
   await engine.close();
 });
@@ -117,7 +122,7 @@ test("the default is the strongest usable tier, and SandboxInfo and health say w
   const ns = new HostProcessBackend("namespace", usable("container"));
   const emu = new HostProcessBackend("vm", usable("vm-emulated"));
   const engine = await engineWith([ns, emu]);
-  const info = await engine.createSandbox({});
+  const info = await engine.createSandbox(ACK);
   assert.deepEqual([info.backend, info.tier], ["vm", "vm-emulated"], "vm-emulated beats namespace");
   assert.equal(emu.children.length, 1);
   assert.equal(ns.children.length, 0);
@@ -128,7 +133,7 @@ test("the default is the strongest usable tier, and SandboxInfo and health say w
 
   const hw = new HostProcessBackend("vm", usable("vm-hardware"));
   const second = await engineWith([new HostProcessBackend("namespace", usable("container")), hw]);
-  assert.equal((await second.createSandbox({})).tier, "vm-hardware");
+  assert.equal((await second.createSandbox(ACK)).tier, "vm-hardware");
   await second.close();
 });
 
@@ -136,7 +141,7 @@ test("an unusable vm falls to namespace only for the default; asked for by name 
   const ns = new HostProcessBackend("namespace", usable("container"));
   const vm = new HostProcessBackend("vm", unusable);
   const engine = await engineWith([vm, ns]);
-  const info = await engine.createSandbox({});
+  const info = await engine.createSandbox(ACK);
   assert.deepEqual([info.backend, info.tier], ["namespace", "container"]);
   const health = await engine.health();
   assert.equal(health.defaultBackend, "namespace");
@@ -155,7 +160,7 @@ test("a configured default backend is honoured, and while unusable it fails inst
   const ns = new HostProcessBackend("namespace", usable("container"));
   const vm = new HostProcessBackend("vm", usable("vm-emulated"));
   const engine = await engineWith([vm, ns], { defaultBackend: { backend: "namespace", setting: "MVM_DEFAULT_BACKEND" } });
-  assert.equal((await engine.createSandbox({})).backend, "namespace");
+  assert.equal((await engine.createSandbox(ACK)).backend, "namespace");
   assert.equal((await engine.createSandbox({ backend: "vm" })).backend, "vm");
   const health = await engine.health();
   assert.deepEqual([health.defaultBackend, health.defaultReason], ["namespace", "set by MVM_DEFAULT_BACKEND"]);
@@ -163,7 +168,7 @@ test("a configured default backend is honoured, and while unusable it fails inst
 
   const broken = new HostProcessBackend("namespace", usable("container"));
   const pinned = await engineWith([new HostProcessBackend("vm", unusable), broken], { defaultBackend: "vm" });
-  await assert.rejects(pinned.createSandbox({}), (err: unknown) => {
+  await assert.rejects(pinned.createSandbox(ACK), (err: unknown) => {
     assert.ok(err instanceof UnsupportedCapabilityError);
     assert.match(err.message, /^No default backend can start sandboxes: defaultBackend names "vm", which is not usable here: qemu: not installed$/);
     return true;
@@ -187,30 +192,30 @@ test("a default that cannot enforce a requested limit is refused, and the hint n
   const ns = new HostProcessBackend("namespace", usable("container"));
   const vm = new HostProcessBackend("vm", { ...usable("vm-emulated"), enforceable: { memory: true, pids: false, cpu: false } });
   const engine = await engineWith([vm, ns]);
-  await assert.rejects(engine.createSandbox({ resources: { pids: 64 } }), (err: unknown) => {
+  await assert.rejects(engine.createSandbox({ ...ACK, resources: { pids: 64 } }), (err: unknown) => {
     assert.ok(err instanceof UnsupportedCapabilityError);
     assert.equal(err.message, 'Backend "vm" cannot enforce "pids" on this host');
     assert.equal(err.hint, 'drop the limit, or name a backend that can enforce it: "namespace" (container)');
     return true;
   });
   assert.equal(ns.children.length + vm.children.length, 0);
-  assert.equal((await engine.createSandbox({ resources: { memoryMiB: 256 } })).backend, "vm");
+  assert.equal((await engine.createSandbox({ ...ACK, resources: { memoryMiB: 256 } })).backend, "vm");
   await engine.close();
 });
 
 test("a limit the backend cannot enforce is an UnsupportedCapabilityError at create", async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container", false))]);
   for (const resources of [{ memoryMiB: 256 }, { pids: 64 }, { cpus: 1 }]) {
-    await assert.rejects(engine.createSandbox({ resources }), UnsupportedCapabilityError);
+    await assert.rejects(engine.createSandbox({ ...ACK, resources }), UnsupportedCapabilityError);
   }
-  const info = await engine.createSandbox({});
+  const info = await engine.createSandbox(ACK);
   assert.deepEqual(info.resources, {}, "no defaults are claimed when they cannot be enforced");
   await engine.close();
 });
 
 test("default limits are applied and reported when enforceable", async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
-  const info = await engine.createSandbox({});
+  const info = await engine.createSandbox(ACK);
   assert.equal(info.resources.memoryMiB, 1024);
   assert.equal(info.resources.pids, 1024);
   await engine.close();
@@ -218,11 +223,11 @@ test("default limits are applied and reported when enforceable", async () => {
 
 test("bad requests are InvalidArgumentError; unknown ids NotFoundError", async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
-  await assert.rejects(engine.createSandbox({ ttlSeconds: -1 }), InvalidArgumentError);
-  await assert.rejects(engine.createSandbox({ bogus: 1 } as never), InvalidArgumentError);
-  await assert.rejects(engine.createSandbox({ image: "nope:missing" }), NotFoundError);
+  await assert.rejects(engine.createSandbox({ ...ACK, ttlSeconds: -1 }), InvalidArgumentError);
+  await assert.rejects(engine.createSandbox({ ...ACK, bogus: 1 } as never), InvalidArgumentError);
+  await assert.rejects(engine.createSandbox({ ...ACK, image: "nope:missing" }), NotFoundError);
   await assert.rejects(engine.exec("sbx_aaaaaaaaaaaaaaaaaaaa", { argv: ["true"] }, {}), NotFoundError);
-  const { id } = await engine.createSandbox({});
+  const { id } = await engine.createSandbox(ACK);
   await assert.rejects(engine.exec(id, { argv: [] }, {}), InvalidArgumentError);
   await assert.rejects(engine.readFile(id, "../etc/passwd"), InvalidArgumentError);
   await engine.close();
@@ -231,7 +236,7 @@ test("bad requests are InvalidArgumentError; unknown ids NotFoundError", async (
 test("an agent that dies marks the sandbox crashed and releases it", async () => {
   const backend = new HostProcessBackend("namespace", usable("container"));
   const engine = await engineWith([backend]);
-  const { id } = await engine.createSandbox({});
+  const { id } = await engine.createSandbox(ACK);
   backend.children[0]!.kill("SIGKILL");
   for (let i = 0; i < 200 && (await engine.getSandbox(id)).state !== "stopped"; i++) await new Promise((r) => setTimeout(r, 10));
   const info = await engine.getSandbox(id);
@@ -244,7 +249,7 @@ test("an agent that dies marks the sandbox crashed and releases it", async () =>
 test("a call cut off by the crash fails with SandboxCrashedError, and a silent agent is found by the heartbeat", async (t) => {
   const backend = new HostProcessBackend("namespace", usable("container"));
   const engine = await engineWith([backend], { heartbeat: { intervalMs: 100, timeoutMs: 500 } });
-  const crashed = await engine.createSandbox({});
+  const crashed = await engine.createSandbox(ACK);
   const started = await engine.exec(crashed.id, { argv: ["/bin/sleep", "30"] }, {});
   // This test backend runs the agent on the host, unsandboxed: what the killed agent leaves behind
   // (the sleep, in its own process group, and its TMPDIR under the host's /tmp) is cleaned up here.
@@ -261,7 +266,7 @@ test("a call cut off by the crash fails with SandboxCrashedError, and a silent a
   backend.children[0]!.kill("SIGKILL");
   await assert.rejects(started.exit, SandboxCrashedError);
   await assert.rejects(engine.exec(crashed.id, { argv: ["/bin/true"] }, {}), NotFoundError);
-  const hung = await engine.createSandbox({});
+  const hung = await engine.createSandbox(ACK);
   backend.children[1]!.kill("SIGSTOP");
   await assert.rejects(
     (async () => {
@@ -278,7 +283,7 @@ test("a call cut off by the crash fails with SandboxCrashedError, and a silent a
 
 test("TTL expiry stops the sandbox with reason expired", async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
-  const { id } = await engine.createSandbox({ ttlSeconds: 1 });
+  const { id } = await engine.createSandbox({ ...ACK, ttlSeconds: 1 });
   for (let i = 0; i < 300 && (await engine.getSandbox(id)).state !== "stopped"; i++) await new Promise((r) => setTimeout(r, 10));
   assert.equal((await engine.getSandbox(id)).endReason, "expired");
   await engine.close();
@@ -337,7 +342,7 @@ test("importImage stores a host directory or tarball under a name; bad paths are
   execFileSync("tar", ["-cf", tarPath, "-C", tree, "."]);
   const fromTar = await engine.importImage(tarPath, "local/imported-tar");
   assert.equal(fromTar.digest, fromDir.digest, "same tree, same digest, whatever the source");
-  const info = await engine.createSandbox({ image: "local/imported" });
+  const info = await engine.createSandbox({ ...ACK, image: "local/imported" });
   assert.equal(info.image.digest, fromDir.digest);
   await assert.rejects(engine.importImage("relative/path", "local/x"), InvalidArgumentError);
   await assert.rejects(engine.importImage(join(root, "missing"), "local/x"), NotFoundError);
@@ -347,12 +352,100 @@ test("importImage stores a host directory or tarball under a name; bad paths are
 test("close stops every sandbox with reason engine-exit and refuses new work", async () => {
   const backend = new HostProcessBackend("namespace", usable("container"));
   const engine = await engineWith([backend]);
-  const a = await engine.createSandbox({});
-  const b = await engine.createSandbox({});
+  const a = await engine.createSandbox(ACK);
+  const b = await engine.createSandbox(ACK);
   await engine.close();
   for (const id of [a.id, b.id]) assert.equal((await engine.getSandbox(id)).endReason, "engine-exit");
   assert.ok(backend.children.every((c) => c.exitCode !== null || c.signalCode !== null));
-  await assert.rejects(engine.createSandbox({}), { code: "TRANSPORT" });
+  await assert.rejects(engine.createSandbox(ACK), { code: "TRANSPORT" });
+});
+
+test("a create that names no backend and lands on the container tier is refused unless acknowledged, before anything is resolved or started", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const engine = await engineWith([new HostProcessBackend("vm", unusable), ns]);
+  const refused = (err: unknown): boolean => {
+    assert.ok(err instanceof UnsupportedCapabilityError, String(err));
+    assert.match(err.message, /^Refusing the container tier for a create that names no backend \(backend "namespace", strongest usable tier: container; "vm" is not usable: qemu: not installed\) without acknowledgment: /);
+    for (const caveat of CONTAINER_TIER_CAVEATS) assert.ok(err.message.includes(caveat), caveat);
+    return true;
+  };
+  await assert.rejects(engine.createSandbox({}), refused);
+  await assert.rejects(engine.createSandbox({ acknowledgeContainerTier: false }), refused);
+  // Refused before the image is looked up (a missing image would be NotFoundError) and before planning.
+  await assert.rejects(engine.createSandbox({ image: "nope:missing" }), refused);
+  await assert.rejects(engine.planSandbox({}), refused);
+  assert.equal(ns.children.length, 0, "nothing started");
+  assert.deepEqual(await readdir(join(engine.stateDir, "sandboxes")).catch(() => []), []);
+  // Acknowledged, or the backend named by the caller: it runs.
+  assert.equal((await engine.createSandbox({ acknowledgeContainerTier: true })).tier, "container");
+  assert.equal((await engine.createSandbox({ backend: "namespace" })).tier, "container");
+  await engine.close();
+
+  // A configured default on the container tier is the engine's choice too: the caller must acknowledge it.
+  const pinned = await engineWith([new HostProcessBackend("vm", usable("vm-emulated")), new HostProcessBackend("namespace", usable("container"))], {
+    defaultBackend: { backend: "namespace", setting: "MVM_DEFAULT_BACKEND" },
+  });
+  await assert.rejects(pinned.createSandbox({}), /^UnsupportedCapabilityError: Refusing the container tier .*\(backend "namespace", set by MVM_DEFAULT_BACKEND\)/);
+  await pinned.close();
+});
+
+test("minimumTier refuses a weaker backend, named or chosen, before anything starts; the engine's minimum applies too and the stronger wins", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const emu = new HostProcessBackend("vm", usable("vm-emulated"));
+  const engine = await engineWith([emu, ns]);
+  await assert.rejects(engine.createSandbox({ backend: "namespace", minimumTier: "vm-emulated" }), (err: unknown) => {
+    assert.ok(err instanceof UnsupportedCapabilityError);
+    assert.equal(err.message, 'Backend "namespace" gives the container tier, below the minimum "vm-emulated" set by minimumTier (it was named)');
+    return true;
+  });
+  await assert.rejects(engine.createSandbox({ minimumTier: "vm-hardware" }), /below the minimum "vm-hardware"/);
+  await assert.rejects(engine.planSandbox({ backend: "namespace", minimumTier: "vm-hardware" }), UnsupportedCapabilityError);
+  assert.equal(ns.children.length + emu.children.length, 0, "nothing started");
+  // At the minimum: it runs, and its plan records the tier it got.
+  const plan = await engine.planSandbox({ minimumTier: "vm-emulated" });
+  assert.equal(plan.plan.ir.requiredTier, "vm-emulated");
+  assert.equal((await engine.createSandbox({ minimumTier: "vm-emulated" })).tier, "vm-emulated");
+  await engine.close();
+
+  const strict = await engineWith([new HostProcessBackend("vm", usable("vm-emulated")), new HostProcessBackend("namespace", usable("container"))], {
+    minimumTier: { tier: "vm-emulated", setting: "MVM_MINIMUM_TIER of the engine" },
+  });
+  await assert.rejects(
+    strict.createSandbox({ backend: "namespace", minimumTier: "container" }),
+    /below the minimum "vm-emulated" set by MVM_MINIMUM_TIER of the engine/,
+    "a request cannot lower the engine's minimum",
+  );
+  assert.equal((await strict.createSandbox({})).tier, "vm-emulated");
+  await strict.close();
+});
+
+test("strictSecrets in a request refuses plain-text secrets at create and exec; a request cannot turn the engine's strict mode off", async () => {
+  const saved = process.env["MVM_STRICT_SECRETS"];
+  delete process.env["MVM_STRICT_SECRETS"];
+  try {
+    const ns = new HostProcessBackend("namespace", usable("container"));
+    const engine = await engineWith([ns]);
+    const env = { GH_TOKEN: "ghp_abcdef123456" };
+    await assert.rejects(engine.createSandbox({ backend: "namespace", env, strictSecrets: true }), (err: unknown) => {
+      assert.ok(err instanceof PolicyDeniedError);
+      assert.match(err.message, /^Refusing a plain-text secret in env var "GH_TOKEN": strict secret mode is on$/);
+      return true;
+    });
+    assert.equal(ns.children.length, 0, "refused before anything started");
+    const info = await engine.createSandbox({ backend: "namespace", env });
+    assert.equal(info.warnings?.length, 1, "without strict mode it warns");
+    const argv = ["/bin/echo", "--api-key", "sk-abcdef123456"];
+    await assert.rejects(engine.exec(info.id, { argv, strictSecrets: true }, {}), PolicyDeniedError);
+    const started = await engine.exec(info.id, { argv }, {});
+    assert.equal((await started.exit).warnings?.length, 1);
+    await engine.close();
+
+    const strictEngine = await engineWith([new HostProcessBackend("namespace", usable("container"))], { strictSecrets: true });
+    await assert.rejects(strictEngine.createSandbox({ backend: "namespace", env, strictSecrets: false }), PolicyDeniedError);
+    await strictEngine.close();
+  } finally {
+    if (saved !== undefined) process.env["MVM_STRICT_SECRETS"] = saved;
+  }
 });
 
 test("a sandbox environment that outgrows the agent's frame with its secrets is refused at create; one at the limits runs", async () => {

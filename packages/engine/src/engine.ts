@@ -47,11 +47,23 @@ import {
   type ProgressEvent,
   type Resources,
   type SandboxInfo,
+  type Tier,
   type WriteFileOptions,
+  STRICT_SECRETS_ENV,
+  envFlagOn,
 } from "@mvm/protocol";
 import { z } from "zod";
 import type { Backend, ProbeResult } from "./backends/types.js";
-import { chooseBackend, chooseDefault, resolveConfiguredDefault, type ConfiguredDefault } from "./backend-choice.js";
+import {
+  checkTier,
+  chooseBackend,
+  chooseDefault,
+  parseTier,
+  resolveConfiguredDefault,
+  strictestMinimum,
+  type ConfiguredDefault,
+  type TierMinimum,
+} from "./backend-choice.js";
 import { LiveSandbox } from "./live-sandbox.js";
 import { newSandboxId } from "./ids.js";
 import { callSignal } from "./_internal/signals.js";
@@ -89,6 +101,18 @@ export interface EngineOptions {
    * @default the strongest usable backend
    */
   defaultBackend?: BackendName | ConfiguredDefault;
+  /**
+   * The weakest tier any sandbox of this engine may get; a create may ask for a stronger one
+   * (`minimumTier`), never a weaker one. A plain tier is reported as set by "minimumTier".
+   * @default none (every tier is allowed)
+   */
+  minimumTier?: Tier | TierMinimum;
+  /**
+   * Refuse plain-text secrets in create and exec requests instead of warning, whatever the
+   * request says (a request may turn strict mode on, never off).
+   * @default process.env.MVM_STRICT_SECRETS is "1" or "true", read at each request
+   */
+  strictSecrets?: boolean;
   images: ImageStore;
   /** Host directory of the assembled agent runtime (node, libs, agent.cjs). */
   agentDir: string;
@@ -169,6 +193,7 @@ export class Engine implements EngineApi {
   readonly stateDir: string;
   readonly #options: EngineOptions;
   readonly #configuredDefault: ConfiguredDefault | undefined;
+  readonly #minimumTier: TierMinimum | undefined;
   readonly #records: SandboxRecords;
   readonly #live = new Map<string, LiveSandbox>();
   readonly #stopped = new Map<string, SandboxInfo>();
@@ -189,6 +214,13 @@ export class Engine implements EngineApi {
   private constructor(options: EngineOptions) {
     this.#options = options;
     this.#configuredDefault = resolveConfiguredDefault(options.defaultBackend, options.backends.map((b) => b.name));
+    const minimum = options.minimumTier;
+    this.#minimumTier =
+      minimum === undefined
+        ? undefined
+        : typeof minimum === "string"
+          ? { tier: parseTier(minimum, "minimumTier"), setting: "minimumTier" }
+          : { tier: parseTier(minimum.tier, minimum.setting), setting: minimum.setting };
     this.stateDir = options.stateDir ?? defaultStateDir();
     this.#records = new SandboxRecords(this.stateDir);
     this.secrets = new SecretStore(join(this.stateDir, "secrets"));
@@ -275,10 +307,30 @@ export class Engine implements EngineApi {
     };
   }
 
-  /** The requested backend, or the default; never a substitute for a requested one. */
-  #chooseBackend(requested: BackendName | undefined): { backend: Backend; probe: ProbeResult; defaulted: boolean } {
-    const { index, defaulted } = chooseBackend(this.#probes, requested, this.#configuredDefault);
-    return { backend: this.#options.backends[index]!, probe: this.#probes[index]!, defaulted };
+  /**
+   * The requested backend, or the default; never a substitute for a requested one. Its tier must
+   * meet the stronger of the request's and the engine's minimum, and a container tier the engine
+   * chose must be acknowledged by the request.
+   */
+  #chooseBackend(
+    requested: BackendName | undefined,
+    req: Pick<CreateSandboxRequest, "minimumTier" | "acknowledgeContainerTier">,
+  ): { backend: Backend; probe: ProbeResult; defaulted: boolean } {
+    const { index, defaulted, reason } = chooseBackend(this.#probes, requested, this.#configuredDefault);
+    const probe = this.#probes[index]!;
+    const minimum = strictestMinimum(req.minimumTier !== undefined ? { tier: req.minimumTier, setting: "minimumTier" } : undefined, this.#minimumTier);
+    checkTier(this.#probes, probe, {
+      defaulted,
+      ...(reason !== undefined ? { reason } : {}),
+      minimum,
+      acknowledgedContainer: req.acknowledgeContainerTier === true,
+    });
+    return { backend: this.#options.backends[index]!, probe, defaulted };
+  }
+
+  /** Strict secret mode for a request: on when the request or the engine turns it on. */
+  #strictSecrets(requested: boolean | undefined): boolean {
+    return requested === true || (this.#options.strictSecrets ?? envFlagOn(process.env[STRICT_SECRETS_ENV]));
   }
 
   /** Names the usable backends that could enforce `missing`, for the hint of a refused default. */
@@ -325,7 +377,7 @@ export class Engine implements EngineApi {
     options: { signal?: AbortSignal | undefined; onProgress?: ((event: ProgressEvent) => void) | undefined },
   ) {
     const requested = req.backend ?? (req.plan ? backendForTier(req.plan.plan.ir.requiredTier) : undefined);
-    const { backend, probe, defaulted } = this.#chooseBackend(requested);
+    const { backend, probe, defaulted } = this.#chooseBackend(requested, req);
     const resources = this.#effectiveResources(req.resources, probe, defaulted);
     const imageRef = req.image ?? this.#options.defaultImage ?? DEFAULT_IMAGE;
     const image = await this.#options.images.ensure(imageRef, {
@@ -360,13 +412,17 @@ export class Engine implements EngineApi {
     this.#assertOpen();
     const req = await this.#parseCreate(request);
     const signal = callSignal(options);
+    // Plain-text secrets are judged before anything is resolved, built or admitted.
+    const warnings = checkSecretHygiene(
+      { env: req.env ?? {}, exemptEnv: new Set(Object.keys(req.secrets ?? {})) },
+      { strict: this.#strictSecrets(req.strictSecrets) },
+    ).map((w) => w.message);
     const { backend, probe, resources, imageRef, image, ttlSeconds, workMiB, ir } = await this.#prepare(req, { signal, onProgress: options.onProgress });
     // Nothing boots before the plan is admitted and its admission is in the audit log.
     const admitted = req.plan ? await this.#gate.admit(req.plan, ir) : await this.#gate.admitLive(ir);
     signal?.throwIfAborted();
     const secrets = await resolveSecrets(req.secrets ?? {}, { store: this.secrets });
     const secretEnv = Object.fromEntries(secrets.map((s) => [s.envName, s.ref.posture === "env" ? s.value : s.placeholder]));
-    const warnings = checkSecretHygiene({ env: req.env ?? {}, exemptEnv: new Set(Object.keys(secretEnv)) }).map((w) => w.message);
     const mediatedCount = secrets.filter((s) => s.ref.posture === "mediated").length;
     const sandboxEnv = { ...egressEnvironment({ trustBundle: mediatedCount > 0 }), ...(req.env ?? {}), ...secretEnv };
     const envProblem = sandboxEnvProblem(sandboxEnv);
@@ -558,7 +614,10 @@ export class Engine implements EngineApi {
       });
     }
     const exempt = new Set((sandbox.info.secrets ?? []).map((s) => s.env));
-    const warnings = checkSecretHygiene({ argv: req.argv, env: req.env ?? {}, exemptEnv: exempt }).map((w) => w.message);
+    const warnings = checkSecretHygiene(
+      { argv: req.argv, env: req.env ?? {}, exemptEnv: exempt },
+      { strict: this.#strictSecrets(req.strictSecrets) },
+    ).map((w) => w.message);
     // Write-ahead: the exec is in the audit log before the process starts.
     const execId = `exe_${randomBytes(10).toString("hex")}`;
     await this.#gate.record({ type: "exec.started", sandboxId: id, execId, argvDigest: argvDigest(req.argv), argc: req.argv.length });

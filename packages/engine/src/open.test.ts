@@ -5,7 +5,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InvalidArgumentError } from "@mvm/protocol";
-import { configuredDefaultBackend, openEngine } from "./open.js";
+import { configuredDefaultBackend, configuredMinimumTier, openEngine } from "./open.js";
 
 const root = await mkdtemp(join(tmpdir(), "mvm-open-test-"));
 after(() => rm(root, { recursive: true, force: true }));
@@ -73,4 +73,18 @@ test("openEngine offers the vm and namespace backends, strongest first, and hono
   } finally {
     await only.close();
   }
+});
+
+test("MVM_MINIMUM_TIER is the engine's minimum tier unless the option is given; a bad value is InvalidArgumentError naming it", async () => {
+  assert.deepEqual(configuredMinimumTier(undefined, { MVM_MINIMUM_TIER: "vm-emulated" }), { tier: "vm-emulated", setting: "MVM_MINIMUM_TIER of the engine" });
+  assert.deepEqual(configuredMinimumTier("vm-hardware", { MVM_MINIMUM_TIER: "container" }), { tier: "vm-hardware", setting: "minimumTier" });
+  assert.equal(configuredMinimumTier(undefined, { MVM_MINIMUM_TIER: "" }), undefined);
+  assert.equal(configuredMinimumTier(undefined, {}), undefined);
+  assert.throws(
+    () => configuredMinimumTier(undefined, { MVM_MINIMUM_TIER: "kvm" }),
+    (err: unknown) => err instanceof InvalidArgumentError && err.message === 'Invalid MVM_MINIMUM_TIER "kvm": expected one of "container", "vm-emulated", "vm-hardware"',
+  );
+  const stateDir = join(root, "bad-minimum");
+  await assert.rejects(openEngine({ stateDir, minimumTier: "fast" as never }), InvalidArgumentError);
+  assert.equal(existsSync(stateDir), false, "nothing was created");
 });

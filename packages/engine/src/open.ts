@@ -6,11 +6,18 @@
 import { mkdir } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { join } from "node:path";
-import { BackendName, InvalidArgumentError } from "@mvm/protocol";
+import { BackendName, InvalidArgumentError, MINIMUM_TIER_ENV, type Tier } from "@mvm/protocol";
 import { Engine, type EngineOptions } from "./engine.js";
 import { defaultStateDir } from "./state.js";
 import { ImageStore } from "./images/store.js";
-import { DEFAULT_BACKEND_ENV, parseBackendName, resolveConfiguredDefault, type ConfiguredDefault } from "./backend-choice.js";
+import {
+  DEFAULT_BACKEND_ENV,
+  parseBackendName,
+  parseTier,
+  resolveConfiguredDefault,
+  type ConfiguredDefault,
+  type TierMinimum,
+} from "./backend-choice.js";
 import type { Backend } from "./backends/types.js";
 import { NamespaceBackend } from "./backends/namespace/namespace-backend.js";
 import { VmBackend } from "./backends/vm/vm-backend.js";
@@ -20,7 +27,13 @@ import { assembleAgentRuntime } from "./runtime/agent-runtime.js";
 export const STANDARD_BACKENDS: readonly BackendName[] = ["vm", "namespace"];
 
 export interface OpenEngineOptions
-  extends Partial<Omit<EngineOptions, "backends" | "images" | "agentDir" | "defaultBackend">> {
+  extends Partial<Omit<EngineOptions, "backends" | "images" | "agentDir" | "defaultBackend" | "minimumTier">> {
+  /**
+   * The weakest tier any sandbox of this engine may get (container < vm-emulated < vm-hardware);
+   * a create below it is refused with UnsupportedCapabilityError before anything boots.
+   * @default `$MVM_MINIMUM_TIER`, else none
+   */
+  minimumTier?: Tier;
   /** Image store root. @default `$MVM_IMAGES_DIR` or `<stateDir>/images` */
   imagesDir?: string;
   /** The bundled agent (agent.cjs). @default the one shipped in @mvm/agent */
@@ -81,6 +94,17 @@ export function configuredDefaultBackend(
   return { backend: parseBackendName(fromEnv, DEFAULT_BACKEND_ENV), setting: DEFAULT_BACKEND_ENV };
 }
 
+/**
+ * The engine's minimum tier: the option, else `MVM_MINIMUM_TIER` (empty counts as unset).
+ * @throws InvalidArgumentError when the value is not a tier
+ */
+export function configuredMinimumTier(option: unknown, env: Readonly<Record<string, string | undefined>> = process.env): TierMinimum | undefined {
+  if (option !== undefined) return { tier: parseTier(option, "minimumTier"), setting: "minimumTier" };
+  const fromEnv = env[MINIMUM_TIER_ENV];
+  if (fromEnv === undefined || fromEnv === "") return undefined;
+  return { tier: parseTier(fromEnv, MINIMUM_TIER_ENV), setting: `${MINIMUM_TIER_ENV} of the engine` };
+}
+
 function standardBackends(names: readonly BackendName[], vmCacheDir: string, vmKernel: { path: string; modulesDir: string } | undefined): Backend[] {
   if (names.length === 0) throw new InvalidArgumentError("Invalid backends []: name at least one backend");
   const seen = new Set<BackendName>();
@@ -108,13 +132,14 @@ export async function openEngine(options: OpenEngineOptions = {}): Promise<Engin
     configuredDefaultBackend(options.defaultBackend),
     backends.map((b) => b.name),
   );
+  const minimumTier = configuredMinimumTier(options.minimumTier);
   await mkdir(stateDir, { recursive: true, mode: 0o711 });
   const images = await ImageStore.open(options.imagesDir ?? process.env["MVM_IMAGES_DIR"] ?? join(stateDir, "images"));
   const runtime = await assembleAgentRuntime({
     agentBundlePath: options.agentBundlePath ?? defaultAgentBundlePath(),
     outRoot: join(stateDir, "runtime"),
   });
-  const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, vmCacheDir: _v, vmKernel: _k, ...rest } = options;
+  const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, vmCacheDir: _v, vmKernel: _k, minimumTier: _m, ...rest } = options;
   return Engine.open({
     ...rest,
     stateDir,
@@ -122,5 +147,6 @@ export async function openEngine(options: OpenEngineOptions = {}): Promise<Engin
     agentDir: runtime.dir,
     backends,
     ...(defaultBackend !== undefined ? { defaultBackend } : {}),
+    ...(minimumTier !== undefined ? { minimumTier } : {}),
   });
 }

@@ -114,6 +114,19 @@ export const CreateSandboxRequest = z.strictObject({
    * The rest of the request must describe exactly the plan's workload (see `requestFromPlan`).
    */
   plan: SignedPlan.optional(),
+  /**
+   * The weakest tier the sandbox may get (container < vm-emulated < vm-hardware). A backend that
+   * gives less is refused with UNSUPPORTED_CAPABILITY before anything boots; the engine's own
+   * minimum (MVM_MINIMUM_TIER where it runs) applies too, the stronger of the two wins.
+   */
+  minimumTier: Tier.optional(),
+  /**
+   * The caller accepts the container tier for a create that names no backend. Without it such a
+   * create that would land on the container tier is refused with UNSUPPORTED_CAPABILITY.
+   */
+  acknowledgeContainerTier: z.boolean().optional(),
+  /** Refuse plain-text secrets in env instead of warning; the engine's own setting also applies. */
+  strictSecrets: z.boolean().optional(),
 }).superRefine((req, ctx) => {
   if (req.env !== undefined) {
     const bytes = jsonBytes(req.env);
@@ -201,6 +214,8 @@ export const ExecApiRequest = z.strictObject({
   maxOutputBytes: z.number().int().min(0).max(1024 * 1024 * 1024).optional(),
   /** When true the process outlives the HTTP stream that started it. */
   background: z.boolean().optional(),
+  /** Refuse plain-text secrets in argv or env instead of warning; the engine's own setting also applies. */
+  strictSecrets: z.boolean().optional(),
 }).superRefine((req, ctx) => {
   const bytes = execCommandBytes(req.argv, req.env, req.cwd);
   if (bytes > MAX_EXEC_COMMAND_BYTES) ctx.addIssue({ code: "custom", path: ["argv"], message: execCommandIssue(bytes) });

@@ -29,3 +29,4 @@ export * from "./relay-mux.js";
 export * from "./secret-ref.js";
 export * from "./plan.js";
 export * from "./limits.js";
+export * from "./tier.js";

@@ -12,6 +12,11 @@ import { hostPatternProblem } from "./network-policy.js";
 export const SECRET_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,127}$/;
 /** Valid environment variable names (host env sources and sandbox env names). */
 export const ENV_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
+/**
+ * Smallest secret value, in UTF-8 bytes. A shorter value could not be redacted safely: it turns
+ * up in ordinary output by chance, and is guessed in few tries.
+ */
+export const MIN_SECRET_VALUE_BYTES = 8;
 /** Longest `file` source path, in characters. */
 export const MAX_SECRET_FILE_PATH_CHARS = 4096;
 export { MAX_SECRET_REF_HOSTS, MAX_SECRET_VALUE_BYTES, MAX_SECRETS_PER_SPEC } from "./limits.js";

@@ -4,6 +4,8 @@
 import {
   AbortedError,
   InvalidArgumentError,
+  STRICT_SECRETS_ENV,
+  envFlagOn,
   type CallOptions,
   type EngineApi,
   type ExecApiRequest,
@@ -13,6 +15,7 @@ import { CallScope } from "./_internal/call-scope.js";
 import { callOptions } from "./_internal/call-options.js";
 import { OutputBuffer } from "./_internal/output.js";
 import { CommandHandle, describeArgv, toBytes, toResult, type CommandResult } from "./command-handle.js";
+
 
 export { CommandHandle, commandFailed } from "./command-handle.js";
 export type { CommandResult } from "./command-handle.js";
@@ -54,6 +57,13 @@ export interface RunOptions extends CallOptions {
    * @default true
    */
   check?: boolean;
+  /**
+   * Refuse (PolicyDeniedError, before the process starts) arguments and environment variables
+   * that look like plain-text secrets instead of warning. The engine's own MVM_STRICT_SECRETS
+   * also applies: either one turns it on.
+   * @default true when MVM_STRICT_SECRETS is "1" or "true" in this process, else false
+   */
+  strictSecrets?: boolean;
 }
 
 /** Options of {@link Commands.start}. */
@@ -113,6 +123,7 @@ export class Commands {
     if (options.background !== undefined) request.background = options.background;
     if (options.openStdin === true || streamStdin) request.openStdin = true;
     if (stdin !== undefined && !streamStdin) request.stdinBase64 = Buffer.from(stdin).toString("base64");
+    if (options.strictSecrets === true || envFlagOn(process.env[STRICT_SECRETS_ENV])) request.strictSecrets = true;
 
     // The scope covers the process's whole run: when it ends early (the caller's signal, the
     // call's deadline, a callback that throws) the engine kills the process, and the caller

@@ -9,7 +9,8 @@ export type { CommandResult, RunOptions, StartOptions } from "./commands.js";
 export { Files, DEFAULT_MAX_READ_BYTES } from "./files.js";
 export { SandboxNetworkApi } from "./network.js";
 export type { NetworkEventsOptions } from "./network.js";
-export { NetworkPolicy, SecretRef, requestFromPlan } from "@mvm/protocol";
+export { NetworkPolicy, SecretRef, requestFromPlan, CONTAINER_TIER_CAVEATS, TIER_ORDER, callerSettingsFromEnv, tierAtLeast } from "@mvm/protocol";
+export type { CallerSettings } from "@mvm/protocol";
 export type {
   ConnectionEvent,
   NetworkEvent,

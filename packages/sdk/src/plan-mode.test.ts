@@ -35,7 +35,17 @@ test(
       await rm(root, { recursive: true, force: true });
     });
 
-    const plan = await Sandbox.plan({ engine: client, image: IMAGE, ttlSeconds: 300, command: ["python3", "-c", "print(6*7)"], validForSeconds: 120 });
+    // This engine offers only the container tier: planning without a backend needs the caller's
+    // acknowledgment; the plan then names its tier, so admitting it needs none.
+    const plan = await Sandbox.plan({
+      engine: client,
+      image: IMAGE,
+      ttlSeconds: 300,
+      command: ["python3", "-c", "print(6*7)"],
+      validForSeconds: 120,
+      acknowledgeContainerTier: true,
+    });
+    assert.equal(plan.plan.ir.requiredTier, "container");
     assert.equal(plan.plan.ir.ttlSeconds, 300);
     assert.equal((await client.listSandboxes()).length, 0, "planning booted nothing");
 

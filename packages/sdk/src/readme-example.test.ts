@@ -9,8 +9,10 @@ import { Sandbox } from "./index.js";
 
 // The README's create names no backend and asks for pids and cpus limits, which only the
 // namespace backend enforces; on a host where the vm backend works it would be the default.
-// This process's embedded engine therefore defaults to namespace (an outside daemon is not affected).
+// This process's embedded engine therefore defaults to namespace (an outside daemon is not affected),
+// and this process, as the caller, acknowledges the container tier that default lands on.
 process.env["MVM_DEFAULT_BACKEND"] = "namespace";
+process.env["MVM_ACK_CONTAINER_TIER"] = "1";
 
 function defaultImagePresent(): boolean {
   const refs = "/var/lib/mvm/images/refs.json";

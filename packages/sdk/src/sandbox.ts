@@ -8,6 +8,8 @@ import {
   NotFoundError,
   SecretRef,
   requestFromPlan,
+  callerSettingsFromEnv,
+  strongerTier,
   type AuditReceiptRef,
   type NetworkPolicyJson,
   type SignedPlan,
@@ -17,6 +19,7 @@ import {
   type ProgressEvent,
   type SandboxId,
   type SandboxInfo,
+  type Tier,
 } from "@mvm/protocol";
 import { callOptions } from "./_internal/call-options.js";
 import { Commands } from "./commands.js";
@@ -40,6 +43,31 @@ export interface SandboxCreateOptions extends Omit<CreateSandboxRequest, "networ
   secrets?: Record<string, SecretRef | SecretRefJson>;
   /** Called as the image is resolved and the sandbox boots. */
   onProgress?: (event: ProgressEvent) => void;
+  /**
+   * The weakest isolation tier the sandbox may get: "container" < "vm-emulated" < "vm-hardware".
+   * A backend that gives less (chosen by the engine or named in `backend`) is refused with
+   * UnsupportedCapabilityError before anything boots. The stronger of this, `MVM_MINIMUM_TIER` in
+   * this process and the engine's own minimum applies.
+   * @default $MVM_MINIMUM_TIER, else no minimum
+   * @example { minimumTier: "vm-emulated" }
+   */
+  minimumTier?: Tier;
+  /**
+   * Accept the container tier for a create that names no backend. On the container tier the
+   * sandbox shares the host kernel: claims 1 and 2 of docs/SECURITY.md (no host file access, no
+   * way to uid 0) hold only while the host kernel has no exploitable bug, and claim 3 (a tampered
+   * root filesystem fails closed) does not hold. Without this, such a create is refused with
+   * UnsupportedCapabilityError naming those claims. Naming `backend: "namespace"` chooses the tier
+   * explicitly and needs no acknowledgment.
+   * @default true when MVM_ACK_CONTAINER_TIER is "1" or "true" in this process, else false
+   */
+  acknowledgeContainerTier?: boolean;
+  /**
+   * Refuse (PolicyDeniedError) environment variables that look like plain-text secrets instead of
+   * warning. The engine's own MVM_STRICT_SECRETS also applies: either one turns it on.
+   * @default true when MVM_STRICT_SECRETS is "1" or "true" in this process, else false
+   */
+  strictSecrets?: boolean;
 }
 
 /** Connection settings and cancellation of the other static calls. */
@@ -57,6 +85,12 @@ export interface SandboxPlanOptions extends Omit<SandboxCreateOptions, "plan"> {
 function requestOf(options: SandboxCreateOptions): CreateSandboxRequest {
   const request: Record<string, unknown> = options.plan ? { ...requestFromPlan(options.plan) } : {};
   for (const k of REQUEST_FIELDS) if (options[k] !== undefined) request[k] = options[k];
+  const fromEnv = callerSettingsFromEnv(process.env);
+  const minimumTier = strongerTier(options.minimumTier, fromEnv.minimumTier);
+  if (minimumTier !== undefined) request.minimumTier = minimumTier;
+  const acknowledged = options.acknowledgeContainerTier ?? fromEnv.acknowledgeContainerTier;
+  if (acknowledged !== undefined) request.acknowledgeContainerTier = acknowledged;
+  if (options.strictSecrets === true || fromEnv.strictSecrets === true) request.strictSecrets = true;
   if (options.network !== undefined) request.network = options.network instanceof NetworkPolicy ? options.network.toJSON() : options.network;
   if (options.secrets !== undefined) {
     request.secrets = Object.fromEntries(

@@ -4,6 +4,7 @@
 import { requestFromPlan, type CreateSandboxRequest } from "@mvm/protocol";
 import { defineCommand } from "../command.js";
 import { noticeChosenTier } from "../tier.js";
+import { cliCreateRequest } from "../tier-warning.js";
 import { isImageWork } from "../progress.js";
 import { SANDBOX_FLAGS, createRequestFrom, integerFlag, keyValueFlag, stringFlag } from "../flags.js";
 import { readPlanFile } from "../plan-file.js";
@@ -52,6 +53,7 @@ export const createCommand = defineCommand<CreateOptions>({
     } else {
       request = options.request!;
     }
+    request = cliCreateRequest(request, ctx.io.env);
     const warning = await ctx.tierWarning();
     return withEngine(ctx, async (engine) => {
       const progress = ctx.out.progress(isImageWork);

@@ -68,6 +68,8 @@ export const doctorCommand = defineCommand<Record<string, never>>({
   details:
     "A create that names no backend runs on the default: MVM_DEFAULT_BACKEND (namespace or vm) where\n" +
     "the engine runs, else the strongest usable tier (vm-hardware, vm-emulated, container).\n" +
+    "When that default is the container tier, an SDK create that names no backend must acknowledge it\n" +
+    "(acknowledgeContainerTier, or MVM_ACK_CONTAINER_TIER=1 where the SDK runs); mvmctl warns instead.\n" +
     "Exits 1 when such a create cannot start a sandbox on this host.",
   flags: {},
   positionals: { min: 0, max: 0 },

@@ -19,6 +19,7 @@ import { integerFlag, stringFlag } from "../flags.js";
 import { describePlan, planText, type PlanBundle } from "../plan-file.js";
 import { UsageError } from "../usage-error.js";
 import { withEngine } from "./_lifetime.js";
+import { cliCreateRequest } from "../tier-warning.js";
 
 export interface PlanCommandOptions {
   file: string;
@@ -101,7 +102,7 @@ export const planCommand = defineCommand<PlanCommandOptions>({
     return withEngine(ctx, async (engine) => {
       const bundle: PlanBundle = { version: 1, source: resolve(options.file), mode: options.mode, workloads: [], diagnostics };
       for (const w of found) {
-        const plan = await planOne(engine, w.request, options.validForSeconds, ctx.signal);
+        const plan = await planOne(engine, cliCreateRequest(w.request, ctx.io.env), options.validForSeconds, ctx.signal);
         bundle.workloads.push({ ...(w.location ? { location: w.location } : {}), commands: w.commands, plan });
       }
       for (const [i, w] of bundle.workloads.entries()) {

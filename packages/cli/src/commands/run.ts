@@ -7,6 +7,7 @@ import { defineCommand, type FlagSpec, type RawArgs } from "../command.js";
 import { describePlan, planText, readPlanFile } from "../plan-file.js";
 import { UsageError } from "../usage-error.js";
 import { noticeChosenTier } from "../tier.js";
+import { cliCreateRequest } from "../tier-warning.js";
 import { isImageWork } from "../progress.js";
 import { EXEC_FLAGS, SANDBOX_FLAGS, createRequestFrom, execRequestFrom, integerFlag, stringFlag } from "../flags.js";
 import { streamExec, type ExecJsonResult } from "../streaming.js";
@@ -98,7 +99,7 @@ export const runCommand = defineCommand<RunOptions>({
         let signed;
         try {
           const call = { signal: ctx.signal, onProgress: (e: Parameters<typeof progress.update>[0]) => progress.update(e) };
-          signed = await engine.planSandbox(options.create!, options.validForSeconds !== undefined ? { ...call, validForSeconds: options.validForSeconds } : call);
+          signed = await engine.planSandbox(cliCreateRequest(options.create!, ctx.io.env), options.validForSeconds !== undefined ? { ...call, validForSeconds: options.validForSeconds } : call);
         } finally {
           progress.done();
         }
@@ -118,7 +119,7 @@ export const runCommand = defineCommand<RunOptions>({
         exec = execRequestFrom(options.raw, planned.argv);
       }
     }
-    const request = create!;
+    const request = cliCreateRequest(create!, ctx.io.env);
     const command = exec!;
     const warning = await ctx.tierWarning();
     return withEngine(ctx, async (engine) => {

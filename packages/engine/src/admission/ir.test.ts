@@ -1,11 +1,21 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { InvalidArgumentError } from "@mvm/protocol";
+import { InvalidArgumentError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { envSha256, irFromCreateRequest, parseWorkloadIR, WorkloadIR } from "./ir.js";
 import { DIGEST_A, arbIR, sampleIR, storeRef } from "./_testing.js";
 
 describe("workload IR", () => {
+  it("records the tier the workload gets, and refuses one below the request's minimumTier", () => {
+    const ir = irFromCreateRequest({ minimumTier: "vm-emulated" }, { imageDigest: DIGEST_A, requiredTier: "vm-hardware" });
+    assert.equal(ir.requiredTier, "vm-hardware");
+    assert.equal(irFromCreateRequest({ backend: "vm", minimumTier: "vm-emulated" }, { imageDigest: DIGEST_A }).requiredTier, "vm-emulated");
+    assert.throws(
+      () => irFromCreateRequest({ minimumTier: "vm-emulated" }, { imageDigest: DIGEST_A, requiredTier: "container" }),
+      (err: unknown) => err instanceof UnsupportedCapabilityError && /tier "container" is below the request's minimumTier "vm-emulated"/.test(err.message),
+    );
+  });
+
   it("maps a create request: env names only, values bound by digest, defaults filled in", () => {
     const ir = irFromCreateRequest(
       { image: "debian:bookworm", ttlSeconds: 120, resources: { memoryMiB: 256, cpus: 0.5 }, workMiB: 64, env: { ZED: "1", ALPHA: "secret-ish" } },

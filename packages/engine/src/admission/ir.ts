@@ -10,7 +10,9 @@ import {
   DEFAULT_INTENT,
   IR_VERSION,
   InvalidArgumentError,
+  UnsupportedCapabilityError,
   WorkloadIR,
+  tierAtLeast,
   canonicalJson,
   type CreateSandboxRequest,
   type IrResources,
@@ -43,13 +45,18 @@ export interface IrFromCreateOptions {
 
 /**
  * Maps today's `CreateSandboxRequest` plus the resolved image digest into a validated IR.
- * Throws InvalidArgumentError naming the field when the result is not a valid IR.
+ * Throws InvalidArgumentError naming the field when the result is not a valid IR, and
+ * UnsupportedCapabilityError when its `requiredTier` is below the request's `minimumTier`.
  *
  * @example
  * const ir = irFromCreateRequest({ image: "debian:bookworm", ttlSeconds: 600 }, { imageDigest });
  */
 export function irFromCreateRequest(request: CreateSandboxRequest, options: IrFromCreateOptions): WorkloadIR {
   const env = request.env ?? {};
+  const requiredTier = options.requiredTier ?? (request.backend === "vm" ? "vm-emulated" : "container");
+  if (request.minimumTier !== undefined && !tierAtLeast(requiredTier, request.minimumTier)) {
+    throw new UnsupportedCapabilityError(`Invalid workload IR: tier "${requiredTier}" is below the request's minimumTier "${request.minimumTier}"`);
+  }
   const resources: IrResources = { ...request.resources };
   if (request.workMiB !== undefined) resources.workMiB = request.workMiB;
   return parseWorkloadIR({
@@ -65,7 +72,7 @@ export function irFromCreateRequest(request: CreateSandboxRequest, options: IrFr
       .map(([name, ref]) => ({ name, ref })),
     ttlSeconds: request.ttlSeconds ?? options.defaultTtlSeconds ?? 3600,
     ports: request.ports ?? [],
-    requiredTier: options.requiredTier ?? (request.backend === "vm" ? "vm-emulated" : "container"),
+    requiredTier,
     intent: options.intent ?? request.intent ?? DEFAULT_INTENT,
   });
 }

@@ -8,7 +8,7 @@ import http from "node:http";
 import https from "node:https";
 import { Duplex, pipeline } from "node:stream";
 import tls from "node:tls";
-import { MIN_REDACTED_SECRET_CHARS, Redactor } from "../secrets/redact.js";
+import { MIN_REDACTED_SECRET_BYTES, Redactor } from "../secrets/redact.js";
 import { hostHeaderMatches, type InterceptSecret, isEncoded, rewriteRequestHeaders, rewriteResponseHeaders } from "./mitm-headers.js";
 import type { SandboxCa } from "./sandbox-ca.js";
 
@@ -146,7 +146,7 @@ export async function intercept(options: InterceptOptions): Promise<InterceptRes
   const tunnel = new CountedTunnel(options.client, options.clientHello);
   tunnel.on("error", () => undefined);
   // A secret too short to be redacted from responses is never substituted either.
-  const secrets = options.secrets.filter((s) => s.value.length >= MIN_REDACTED_SECRET_CHARS && s.placeholder.length > 0);
+  const secrets = options.secrets.filter((s) => Buffer.byteLength(s.value, "utf8") >= MIN_REDACTED_SECRET_BYTES && s.placeholder.length > 0);
   const redactor = new Redactor(options.secrets.map((s) => ({ secret: s.value, replacement: s.placeholder })));
   const used = new Set<string>();
   let requests = 0;

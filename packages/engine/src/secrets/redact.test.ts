@@ -103,7 +103,7 @@ test("property: streaming with any chunking equals redactString of the whole and
         }
         const { out } = await streamed(r, chunks);
         assert.equal(out.toString("utf8"), whole);
-        for (const s of secrets) if (s.length >= 4) assert.ok(!whole.includes(s), `${JSON.stringify(s)} left in ${JSON.stringify(whole)}`);
+        for (const s of secrets) if (Buffer.byteLength(s) >= 4) assert.ok(!whole.includes(s), `${JSON.stringify(s)} left in ${JSON.stringify(whole)}`);
       },
     ),
     { numRuns: 300 },
@@ -123,4 +123,11 @@ test("property: with no match, the transform holds back less than the longest se
       assert.equal(out.toString(), text);
     }),
   );
+});
+
+test("every value long enough to be a secret (8 UTF-8 bytes) is redacted, however few characters it has", () => {
+  // Three 3-byte characters: 9 bytes, 3 UTF-16 units.
+  const r = new Redactor([{ secret: "\u79d8\u5bc6\u5024", replacement: "[S]" }]);
+  assert.equal(r.empty, false);
+  assert.equal(r.redactString("key=\u79d8\u5bc6\u5024;"), "key=[S];");
 });

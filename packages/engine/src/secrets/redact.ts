@@ -5,8 +5,12 @@
  */
 import { Transform, type TransformCallback } from "node:stream";
 
-/** Secrets shorter than this many characters are not redacted (they would mangle ordinary text). */
-export const MIN_REDACTED_SECRET_CHARS = 4;
+/**
+ * Secrets shorter than this many UTF-8 bytes are not redacted (they would mangle ordinary text).
+ * No secret this short reaches a sandbox: every way in refuses values under
+ * MIN_SECRET_VALUE_BYTES (8), so every secret a sandbox gets is redacted.
+ */
+export const MIN_REDACTED_SECRET_BYTES = 4;
 
 interface Entry {
   readonly secret: string;
@@ -36,7 +40,7 @@ export class Redactor {
     const seen = new Set<string>();
     const entries: Entry[] = [];
     for (const { secret, replacement } of pairs) {
-      if (secret.length < MIN_REDACTED_SECRET_CHARS || seen.has(secret)) continue;
+      if (Buffer.byteLength(secret, "utf8") < MIN_REDACTED_SECRET_BYTES || seen.has(secret)) continue;
       seen.add(secret);
       entries.push({ secret, secretBytes: Buffer.from(secret, "utf8"), replacement, replacementBytes: Buffer.from(replacement, "utf8") });
     }

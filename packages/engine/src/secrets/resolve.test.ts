@@ -5,7 +5,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
-import { AbortedError, InvalidArgumentError, MAX_SECRET_VALUE_BYTES, NotFoundError, PolicyDeniedError, SecretRef } from "@mvm/protocol";
+import { AbortedError, AdmissionError, InvalidArgumentError, MAX_SECRET_VALUE_BYTES, NotFoundError, PolicyDeniedError, SecretRef } from "@mvm/protocol";
 import { hostPatternCovers, makePlaceholder, resolveSecrets } from "./resolve.js";
 import { SecretStore } from "./store.js";
 
@@ -81,7 +81,7 @@ test("missing store secret, env var and file are NotFoundError with hints", () =
 
 test("env and file sources follow the value rules; files drop one trailing newline", () =>
   withStore(async (store, root) => {
-    const env = { TOKEN_SRC: "env-value-123", EMPTY: "", NEWLINE: "v\n" };
+    const env = { TOKEN_SRC: "env-value-123", EMPTY: "", NEWLINE: "v-long-value\n" };
     const [e] = await resolveSecrets({ T: SecretRef.fromEnv("TOKEN_SRC", { hosts: ["a.example.com"] }).toJSON() }, { store, env });
     assert.equal(e?.value, "env-value-123");
     await assert.rejects(resolveSecrets({ T: SecretRef.fromEnv("EMPTY", { posture: "env" }).toJSON() }, { store, env }), InvalidArgumentError);
@@ -97,6 +97,31 @@ test("env and file sources follow the value rules; files drop one trailing newli
     await assert.rejects(resolveSecrets({ P: SecretRef.fromFile(path, { posture: "env" }).toJSON() }, { store }), InvalidArgumentError);
     await writeFile(path, "has\0nul-value");
     await assert.rejects(resolveSecrets({ P: SecretRef.fromFile(path, { posture: "env" }).toJSON() }, { store }), noValue("has\0nul-value"));
+  }));
+
+test("every source refuses a value shorter than 8 bytes, naming the source and the minimum, never the value", () =>
+  withStore(async (store, root) => {
+    const minimum = /shorter than the minimum of 8: a value this short cannot be redacted safely/;
+    const short = (where: RegExp) => (e: unknown) =>
+      e instanceof InvalidArgumentError && where.test(e.message) && minimum.test(e.message) && noValue("pin-42")(e);
+    const env = { SHORT_PIN: "pin-42" };
+    await assert.rejects(resolveSecrets({ T: SecretRef.fromEnv("SHORT_PIN", { posture: "env" }).toJSON() }, { store, env }), short(/host env var "SHORT_PIN": value is 6 bytes/));
+    await assert.rejects(resolveSecrets({ T: SecretRef.fromEnv("SHORT_PIN", { hosts: ["a.example.com"] }).toJSON() }, { store, env }), short(/host env var "SHORT_PIN"/));
+    const path = join(root, "pin");
+    await writeFile(path, "pin-42\n");
+    await assert.rejects(resolveSecrets({ P: SecretRef.fromFile(path, { posture: "env" }).toJSON() }, { store }), short(/file ".*pin": value is 6 bytes/));
+    // A short value already in the store (written by hand or an older version) is refused too.
+    await store.set("pin", "long-enough-value");
+    const file = join(store.dir, "pin.json");
+    const { readFile } = await import("node:fs/promises");
+    await writeFile(file, (await readFile(file, "utf8")).replace("long-enough-value", "pin-42"), { mode: 0o600 });
+    await assert.rejects(
+      resolveSecrets({ P: SecretRef.from("pin", { posture: "env" }).toJSON() }, { store }),
+      (e: unknown) => e instanceof AdmissionError && /stored value is 6 bytes, shorter than the minimum of 8/.test(e.message) && noValue("pin-42")(e),
+    );
+    // Eight bytes pass from every source.
+    const [ok] = await resolveSecrets({ T: SecretRef.fromEnv("EIGHT", { posture: "env" }).toJSON() }, { store, env: { EIGHT: "12345678" } });
+    assert.equal(ok?.value, "12345678");
   }));
 
 test("a FIFO secret file is refused without blocking", () =>

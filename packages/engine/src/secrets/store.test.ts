@@ -4,7 +4,7 @@ import { chmod, mkdtemp, readFile, readdir, rm, stat, symlink, utimes, writeFile
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
-import { AdmissionError, InvalidArgumentError, MAX_SECRET_VALUE_BYTES } from "@mvm/protocol";
+import { AdmissionError, InvalidArgumentError, MAX_SECRET_VALUE_BYTES, MIN_SECRET_VALUE_BYTES } from "@mvm/protocol";
 import { SecretStore, secretValueProblem, trimOneNewline } from "./store.js";
 
 async function withStore(fn: (store: SecretStore, dir: string) => Promise<void>): Promise<void> {
@@ -90,11 +90,11 @@ test("bad names, values and hosts are refused before anything is written", () =>
       await assert.rejects(store.get(name), InvalidArgumentError, name);
       await assert.rejects(store.remove(name), InvalidArgumentError, name);
     }
-    for (const value of ["", "\n", "a\0b", "\nlead", "two\n\n", "x".repeat(MAX_SECRET_VALUE_BYTES + 1), "bad\ud800"]) {
+    for (const value of ["", "\n", "a-value\0b", "\nleading-value", "two-values\n\n", "x".repeat(MAX_SECRET_VALUE_BYTES + 1), "bad-value\ud800"]) {
       await assert.rejects(store.set("k", value), (e: unknown) => e instanceof InvalidArgumentError && (value.length < 4 || !e.message.includes(value)));
     }
-    await assert.rejects(store.set("k", "value", { hosts: ["1.2.3.4"] }), InvalidArgumentError);
-    await assert.rejects(store.set("k", "value", { hosts: Array.from({ length: 33 }, (_, i) => `h${i}.example.com`) }), InvalidArgumentError);
+    await assert.rejects(store.set("k", "long-enough-value", { hosts: ["1.2.3.4"] }), InvalidArgumentError);
+    await assert.rejects(store.set("k", "long-enough-value", { hosts: Array.from({ length: 33 }, (_, i) => `h${i}.example.com`) }), InvalidArgumentError);
     await assert.rejects(stat(dir), { code: "ENOENT" });
     await store.set("k", "x".repeat(MAX_SECRET_VALUE_BYTES));
     assert.equal((await store.get("k"))?.meta.bytes, MAX_SECRET_VALUE_BYTES);
@@ -109,7 +109,7 @@ test("group/world-readable files and directories are refused, naming the file, n
     }
     await chmod(join(dir, "k.json"), 0o600);
     await chmod(dir, 0o755);
-    await assert.rejects(store.set("k2", "value"), (e: unknown) => e instanceof AdmissionError && e.message.includes("755") && e.hint?.includes("chmod 700") === true);
+    await assert.rejects(store.set("k2", "long-enough-value"), (e: unknown) => e instanceof AdmissionError && e.message.includes("755") && e.hint?.includes("chmod 700") === true);
     await assert.rejects(store.list(), AdmissionError);
     await assert.rejects(store.get("k"), AdmissionError);
   }));
@@ -121,7 +121,7 @@ test("symlinked and corrupt secret files are refused without quoting their conte
     await assert.rejects(store.get("link"), AdmissionError);
     await writeFile(join(dir, "broken.json"), '{"version":1,"value":"leaky-value-123', { mode: 0o600 });
     await assert.rejects(store.get("broken"), (e: unknown) => e instanceof AdmissionError && !e.message.includes("leaky-value-123"));
-    const wrongName = { version: 1, name: "other", value: "v-value", hosts: [], createdAt: new Date().toISOString(), updatedAt: new Date().toISOString() };
+    const wrongName = { version: 1, name: "other", value: "v-value-long", hosts: [], createdAt: new Date().toISOString(), updatedAt: new Date().toISOString() };
     await writeFile(join(dir, "named.json"), JSON.stringify(wrongName), { mode: 0o600 });
     await assert.rejects(store.get("named"), AdmissionError);
     await writeFile(join(dir, "extra.json"), JSON.stringify({ ...wrongName, name: "extra", more: 1 }), { mode: 0o600 });
@@ -132,7 +132,7 @@ test("property: value rules and newline trim", () => {
   fc.assert(
     fc.property(fc.string({ unit: "grapheme", minLength: 1, maxLength: 40 }), (s) => {
       const problem = secretValueProblem(s);
-      const ok = !s.includes("\0") && !/^[\r\n]|[\r\n]$/.test(s);
+      const ok = Buffer.byteLength(s) >= MIN_SECRET_VALUE_BYTES && !s.includes("\0") && !/^[\r\n]|[\r\n]$/.test(s);
       assert.equal(problem === undefined, ok);
       if (problem !== undefined && s.length >= 4) assert.ok(!problem.includes(s));
       assert.equal(trimOneNewline(`${s}\n`), s);
@@ -154,3 +154,34 @@ test("property: set then get returns the trimmed value", async () => {
     );
   });
 });
+
+test("a value shorter than 8 bytes is refused by set, saying the minimum, with a hint", () =>
+  withStore(async (store, dir) => {
+    assert.equal(MIN_SECRET_VALUE_BYTES, 8);
+    for (const value of ["a", "1234", "hunter2", "hunter2\n", "ab\u00e9d\u00e9"]) {
+      await assert.rejects(store.set("short", value), (e: unknown) => {
+        assert.ok(e instanceof InvalidArgumentError, String(e));
+        assert.match(e.message, /^Cannot set secret "short": value is \d bytes, shorter than the minimum of 8: a value this short cannot be redacted safely$/);
+        assert.match(e.hint ?? "", /at least 8 bytes/);
+        return true;
+      });
+    }
+    await assert.rejects(stat(dir), { code: "ENOENT" });
+    // Exactly the minimum, and three 3-byte characters (9 bytes), are accepted.
+    assert.equal((await store.set("eight", "12345678")).bytes, 8);
+    assert.equal((await store.set("cjk", "\u79d8\u5bc6\u5024")).bytes, 9);
+  }));
+
+test("a stored value shorter than 8 bytes (a file written by hand or by an older version) is listed, but never handed out", () =>
+  withStore(async (store, dir) => {
+    await store.set("ok", "long-enough-value");
+    const now = new Date().toISOString();
+    await writeFile(join(dir, "old.json"), JSON.stringify({ version: 1, name: "old", value: "abc", hosts: [], createdAt: now, updatedAt: now }), { mode: 0o600 });
+    assert.deepEqual((await store.list()).map((m) => [m.name, m.bytes]), [["ok", 17], ["old", 3]]);
+    await assert.rejects(store.get("old"), (e: unknown) => {
+      assert.ok(e instanceof AdmissionError, String(e));
+      assert.match(e.message, /^Cannot use secret "old": stored value is 3 bytes, shorter than the minimum of 8/);
+      assert.match(e.hint ?? "", /mvmctl secret set old/);
+      return true;
+    });
+  }));

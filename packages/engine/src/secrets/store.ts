@@ -14,6 +14,7 @@ import {
   InvalidArgumentError,
   MAX_SECRET_REF_HOSTS,
   MAX_SECRET_VALUE_BYTES,
+  MIN_SECRET_VALUE_BYTES,
   SECRET_NAME_PATTERN,
   hostPatternProblem,
   type SecretMeta,
@@ -39,10 +40,23 @@ const SecretFileSchema = z.strictObject({
 });
 type SecretFile = z.infer<typeof SecretFileSchema>;
 
-/** Why `value` is not a usable secret value, or undefined when it is. Never quotes the value. */
+/**
+ * Why `value` is not a usable secret value, or undefined when it is. Never quotes the value.
+ * Every way a value enters (the store, a host env var, a file) applies it, so no value shorter
+ * than MIN_SECRET_VALUE_BYTES is ever handed to a sandbox unredacted.
+ */
 export function secretValueProblem(value: string): string | undefined {
   const bytes = Buffer.byteLength(value, "utf8");
-  if (bytes < 1 || bytes > MAX_SECRET_VALUE_BYTES) return `value must be 1 to ${MAX_SECRET_VALUE_BYTES} bytes (got ${bytes})`;
+  if (bytes < MIN_SECRET_VALUE_BYTES) {
+    return `value is ${bytes} bytes, shorter than the minimum of ${MIN_SECRET_VALUE_BYTES}: a value this short cannot be redacted safely`;
+  }
+  return secretFormatProblem(value);
+}
+
+/** `secretValueProblem` without the minimum length: what a stored file must satisfy to be listed. */
+function secretFormatProblem(value: string): string | undefined {
+  const bytes = Buffer.byteLength(value, "utf8");
+  if (bytes < 1 || bytes > MAX_SECRET_VALUE_BYTES) return `value must be ${MIN_SECRET_VALUE_BYTES} to ${MAX_SECRET_VALUE_BYTES} bytes (got ${bytes})`;
   if (value.includes("\0")) return "value must not contain NUL";
   if (/^[\r\n]|[\r\n]$/.test(value)) return "value must not start or end with a newline";
   if (Buffer.from(value, "utf8").toString("utf8") !== value) return "value must be valid UTF-8 (no lone surrogates)";
@@ -119,7 +133,11 @@ export class SecretStore {
     checkName(name, "set");
     const trimmed = trimOneNewline(value);
     const problem = secretValueProblem(trimmed);
-    if (problem !== undefined) throw new InvalidArgumentError(`Cannot set secret ${JSON.stringify(name)}: ${problem}`);
+    if (problem !== undefined) {
+      throw new InvalidArgumentError(`Cannot set secret ${JSON.stringify(name)}: ${problem}`, {
+        hint: `store the whole credential (at least ${MIN_SECRET_VALUE_BYTES} bytes); rotate a shorter one to a longer random value, e.g. \`openssl rand -hex 16\``,
+      });
+    }
     const hosts = checkHosts(name, options.hosts ?? []);
     await this.#ensureDir();
     await this.#removeStaleTemps();
@@ -140,7 +158,14 @@ export class SecretStore {
       throw err;
     }
     const file = await this.#read(name);
-    return file === undefined ? undefined : { value: file.value, meta: metaOf(file) };
+    if (file === undefined) return undefined;
+    const problem = secretValueProblem(file.value);
+    if (problem !== undefined) {
+      throw new AdmissionError(`Cannot use secret ${JSON.stringify(name)}: stored ${problem}`, {
+        hint: `store a longer value: mvmctl secret set ${name}`,
+      });
+    }
+    return { value: file.value, meta: metaOf(file) };
   }
 
   /** Metadata of every secret, sorted by name. Leftover temp files are skipped (and cleaned). */
@@ -254,7 +279,7 @@ export class SecretStore {
       });
     }
     if (parsed.data.name !== name) throw new AdmissionError(`Cannot use ${what} names secret ${JSON.stringify(parsed.data.name)}`);
-    const problem = secretValueProblem(parsed.data.value);
+    const problem = secretFormatProblem(parsed.data.value);
     if (problem !== undefined) throw new AdmissionError(`Cannot use ${what}: ${problem}`);
     return parsed.data;
   }

@@ -10,7 +10,7 @@
  * word saying the value is a reference (file, path, url, id, name, ...) do not warn:
  * `TOKEN_FILE=/run/x` is the recommended practice, not a leak, and `MAX_TOKENS=4096` is a setting.
  */
-import { PolicyDeniedError } from "@mvm/protocol";
+import { PolicyDeniedError, STRICT_SECRETS_ENV, envFlagOn } from "@mvm/protocol";
 
 /** One plain-text secret suspect. Never holds the value. */
 export interface SecretHygieneWarning {
@@ -132,11 +132,12 @@ export function secretHygieneWarnings(input: SecretHygieneInput): SecretHygieneW
 /**
  * `secretHygieneWarnings`, and in strict mode a PolicyDeniedError when there is any.
  *
- * @param options.strict refuse instead of warning. @default process.env.MVM_STRICT_SECRETS === "1"
+ * @param options.strict refuse instead of warning. @default MVM_STRICT_SECRETS is "1" or "true"
+ *   (the engine passes the stricter of its own setting and the request's)
  */
 export function checkSecretHygiene(input: SecretHygieneInput, options: { strict?: boolean } = {}): SecretHygieneWarning[] {
   const warnings = secretHygieneWarnings(input);
-  const strict = options.strict ?? process.env["MVM_STRICT_SECRETS"] === "1";
+  const strict = options.strict ?? envFlagOn(process.env[STRICT_SECRETS_ENV]);
   const first = warnings[0];
   if (strict && first !== undefined) {
     const where = first.where === "env" ? `env var ${JSON.stringify(first.name)}` : `argv[${first.index ?? 0}] (${JSON.stringify(first.name)})`;
