@@ -456,12 +456,12 @@ test("a sandbox environment that outgrows the agent's frame with its secrets is 
     const secret = (name: string) => ({ kind: "secret-ref" as const, source: "env" as const, name, posture: "env" as const });
     // Each part passes the request schema; together they exceed MAX_SANDBOX_ENV_BYTES.
     await assert.rejects(
-      engine.createSandbox({ env: { SMALL: "x" }, secrets: { A: secret("MVM_TEST_BIG_SECRET_A"), B: secret("MVM_TEST_BIG_SECRET_B") } }),
+      engine.createSandbox({ ...ACK, env: { SMALL: "x" }, secrets: { A: secret("MVM_TEST_BIG_SECRET_A"), B: secret("MVM_TEST_BIG_SECRET_B") } }),
       (err: unknown) => err instanceof InvalidArgumentError && /field "env" is invalid: .*more than the limit of 24576 bytes/.test(err.message),
     );
     assert.deepEqual(await engine.listSandboxes(), []);
     // A sandbox env near its limit and an exec near its own: the agent takes the frame and runs it.
-    const { id } = await engine.createSandbox({ env: { FILL: "f".repeat(MAX_SANDBOX_ENV_BYTES - 2048) } });
+    const { id } = await engine.createSandbox({ ...ACK, env: { FILL: "f".repeat(MAX_SANDBOX_ENV_BYTES - 2048) } });
     const started = await engine.exec(id, { argv: ["true"], env: { MORE: "m".repeat(MAX_EXEC_COMMAND_BYTES - 100) } }, {});
     assert.equal((await started.exit).exitCode, 0);
   } finally {
