@@ -1,4 +1,7 @@
-/** NDJSON answers: one JSON value per line, headers sent at once so progress reaches the client. */
+/**
+ * NDJSON answers: one JSON value per line, headers sent at once so progress reaches the client;
+ * `send` waits while the client is not reading.
+ */
 import type { ServerResponse } from "node:http";
 
 export class NdjsonWriter {
@@ -26,6 +29,27 @@ export class NdjsonWriter {
   /** Writes one line; a no-op once the client is gone. */
   line(value: unknown): void {
     if (this.open) this.#res.write(`${JSON.stringify(value)}\n`);
+  }
+
+  /**
+   * Writes one line and resolves once the response can take more: at once while the socket keeps
+   * up, else on 'drain' (or when the client is gone). A caller that awaits each write holds at
+   * most one line beyond the socket's high-water mark.
+   */
+  async send(value: unknown): Promise<void> {
+    if (!this.open) return;
+    if (this.#res.write(`${JSON.stringify(value)}\n`)) return;
+    const res = this.#res;
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        res.off("drain", done);
+        res.off("close", done);
+        resolve();
+      };
+      res.on("drain", done);
+      res.on("close", done);
+      if (!this.open) done();
+    });
   }
 
   end(): void {
