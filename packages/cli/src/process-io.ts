@@ -42,9 +42,15 @@ function lazyStdin(): InStream {
   };
 }
 
-/** Resolves on the stream's next 'drain', or once it fails or closes (then nothing will drain). */
+/** Bytes mvmctl lets wait in its own stdout or stderr buffer before a writer must wait, 1 MiB. */
+const OUTPUT_BUFFER_BYTES = 1024 * 1024;
+
+/**
+ * Resolves at once while less than OUTPUT_BUFFER_BYTES wait in the stream's buffer, else on its
+ * next 'drain', or once it fails or closes (then nothing will drain).
+ */
 function drained(stream: NodeJS.WriteStream): Promise<void> {
-  if (stream.destroyed || !stream.writableNeedDrain) return Promise.resolve();
+  if (stream.destroyed || !stream.writableNeedDrain || stream.writableLength <= OUTPUT_BUFFER_BYTES) return Promise.resolve();
   return new Promise((resolve) => {
     const done = (): void => {
       stream.off("drain", done);

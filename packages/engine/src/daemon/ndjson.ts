@@ -4,6 +4,9 @@
  */
 import type { ServerResponse } from "node:http";
 
+/** Bytes a `send` may leave in the response's buffer before it waits for the client, 1 MiB. */
+export const SEND_BUFFER_BYTES = 1024 * 1024;
+
 export class NdjsonWriter {
   readonly #res: ServerResponse;
 
@@ -32,14 +35,15 @@ export class NdjsonWriter {
   }
 
   /**
-   * Writes one line and resolves once the response can take more: at once while the socket keeps
-   * up, else on 'drain' (or when the client is gone). A caller that awaits each write holds at
-   * most one line beyond the socket's high-water mark.
+   * Writes one line and resolves once the response can take more: at once while less than
+   * SEND_BUFFER_BYTES wait to go out, else on 'drain' (or when the client is gone). A caller that
+   * awaits each send holds at most that much plus one line.
    */
   async send(value: unknown): Promise<void> {
     if (!this.open) return;
-    if (this.#res.write(`${JSON.stringify(value)}\n`)) return;
+    this.#res.write(`${JSON.stringify(value)}\n`);
     const res = this.#res;
+    if (res.writableLength <= SEND_BUFFER_BYTES) return;
     await new Promise<void>((resolve) => {
       const done = (): void => {
         res.off("drain", done);
