@@ -412,8 +412,8 @@ export class AgentClient implements FrameSink {
           e.stdin.fail(new TransportError(`Process ${msg.proc} has exited`));
           this.#outbound.delete(e.stdin.id);
         }
-        // The exit is reported once the consumer has taken all the output.
-        Promise.all([out.delivered, err.delivered]).then(
+        // The exit is reported once the consumer has taken all the output (or the session ends first).
+        Promise.race([Promise.all([out.delivered, err.delivered]), this.closed.then((closed) => Promise.reject(closed))]).then(
           () => e.resolve(msg),
           (failure: unknown) => e.reject(failure as MvmError),
         );
