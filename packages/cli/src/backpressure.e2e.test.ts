@@ -97,12 +97,17 @@ test("2 GiB of exec output through the daemon to a consumer that pauses: bounded
   // Directly under the temporary directory: the engine's state must be searchable by the sandbox's uid.
   const dir = mkdtempSync(join(tmpdir(), "mvm-backpressure-"));
   chmodSync(dir, 0o711);
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const daemon = await startDaemon(dir);
-  t.after(() => daemon.stop());
+  let daemon: Daemon | undefined;
+  let client: DaemonClient | undefined;
+  t.after(async () => {
+    await client?.close();
+    await daemon?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  daemon = await startDaemon(dir);
   const daemonPid = daemon.child.pid!;
-  const client = new DaemonClient({ socketPath: daemon.socketPath });
-  t.after(() => client.close());
+  const socketPath = daemon.socketPath;
+  client = new DaemonClient({ socketPath });
   const sb = await client.createSandbox({ backend: "namespace", image: DEFAULT_IMAGE });
 
   await t.test("the SDK's daemon client reads only as fast as its handlers take output", async () => {
@@ -115,7 +120,7 @@ test("2 GiB of exec output through the daemon to a consumer that pauses: bounded
       if (holding) await held;
       tally.add(chunk);
     };
-    const started = await client.exec(sb.id, { argv: ["/bin/sh", "-c", SCRIPT], maxOutputBytes: STREAM_BYTES }, { onStdout: take(out), onStderr: take(err) });
+    const started = await client!.exec(sb.id, { argv: ["/bin/sh", "-c", SCRIPT], maxOutputBytes: STREAM_BYTES }, { onStdout: take(out), onStderr: take(err) });
 
     const writers = await findDescendants(daemonPid, WRITER, 2);
     for (const pid of writers) {
@@ -134,13 +139,17 @@ test("2 GiB of exec output through the daemon to a consumer that pauses: bounded
     assert.ok(peakKiB < PEAK_LIMIT_KIB, `daemon peak RSS ${peakKiB} KiB`);
   });
 
-  await t.test("mvmctl exec writes only as fast as its stdout and stderr are read", async () => {
+  await t.test("mvmctl exec writes only as fast as its stdout and stderr are read", async (st) => {
     const peakFile = join(dir, "mvmctl.peak");
-    const cli = spawn(process.execPath, ["--require", peakRecorder(dir), MAIN, "--socket", daemon.socketPath, "exec", sb.id, "--", "/bin/sh", "-c", SCRIPT], {
+    const cli = spawn(process.execPath, ["--require", peakRecorder(dir), MAIN, "--socket", socketPath, "exec", sb.id, "--", "/bin/sh", "-c", SCRIPT], {
       env: { ...envFor(dir), MVM_TEST_PEAK_FILE: peakFile },
       stdio: ["pipe", "pipe", "pipe"],
     });
     const closed = new Promise<number | null>((resolve) => cli.on("close", (code) => resolve(code)));
+    // A failed check leaves nobody reading mvmctl's output: end it rather than leave it waiting.
+    st.after(() => {
+      if (cli.exitCode === null && cli.signalCode === null) cli.kill("SIGKILL");
+    });
     cli.stdin.end();
     // Nobody reads mvmctl's stdout or stderr until both writers are held.
     const writers = await findDescendants(daemonPid, WRITER, 2);
