@@ -6,7 +6,10 @@ import type { EngineApi } from "@mvm/protocol";
 
 /** A writable terminal or pipe. */
 export interface OutStream {
+  /** Writes `chunk`; false when the stream's buffer is full (wait for `drained` before writing more). */
   write(chunk: string | Uint8Array): boolean;
+  /** Resolves once a full buffer has drained, or the stream is gone. Absent: the stream never fills. */
+  drained?(): Promise<void>;
   readonly isTTY?: boolean;
   readonly columns?: number;
 }

@@ -47,9 +47,32 @@ function lazyStdin(): InStream {
   };
 }
 
+/** Bytes mvmctl lets wait in its own stdout or stderr buffer before a writer must wait, 1 MiB. */
+const OUTPUT_BUFFER_BYTES = 1024 * 1024;
+
+/**
+ * Resolves at once while less than OUTPUT_BUFFER_BYTES wait in the stream's buffer, else on its
+ * next 'drain', or once it fails or closes (then nothing will drain).
+ */
+function drained(stream: NodeJS.WriteStream): Promise<void> {
+  if (stream.destroyed || !stream.writableNeedDrain || stream.writableLength <= OUTPUT_BUFFER_BYTES) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      stream.off("drain", done);
+      stream.off("error", done);
+      stream.off("close", done);
+      resolve();
+    };
+    stream.on("drain", done);
+    stream.on("error", done);
+    stream.on("close", done);
+  });
+}
+
 /**
  * stdout that reports its reader going away as a "SIGPIPE" and drops later writes, and stderr
  * whose write errors are ignored: neither may crash mvmctl while a sandbox needs cleaning up.
+ * Both report a full buffer, so a caller can wait for a slow reader instead of buffering.
  */
 function guardedStreams(): { stdout: OutStream; stderr: OutStream; onPipe: Set<() => void> } {
   const onPipe = new Set<() => void>();
@@ -68,8 +91,19 @@ function guardedStreams(): { stdout: OutStream; stderr: OutStream; onPipe: Set<(
       return process.stdout.columns;
     },
     write: (chunk) => (broken ? true : process.stdout.write(chunk)),
+    drained: () => (broken ? Promise.resolve() : drained(process.stdout)),
   };
-  return { stdout, stderr: process.stderr, onPipe };
+  const stderr: OutStream = {
+    get isTTY() {
+      return process.stderr.isTTY;
+    },
+    get columns() {
+      return process.stderr.columns;
+    },
+    write: (chunk) => process.stderr.write(chunk),
+    drained: () => drained(process.stderr),
+  };
+  return { stdout, stderr, onPipe };
 }
 
 export function processIo(): CliIo {

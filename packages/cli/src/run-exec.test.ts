@@ -26,6 +26,28 @@ test("run streams stdout and stderr, exits with the command's code, then kills t
   assert.equal(engine.processes[0]?.request.maxOutputBytes, 1024 * 1024 * 1024);
 });
 
+test("a stdout that is not read holds the command's output until it drains", async () => {
+  const engine = new FakeEngine();
+  const io = new TestIo({ engine, env: quiet });
+  io.stdout.full = true;
+  let first: unknown;
+  let firstSettled = false;
+  engine.script = async (p) => {
+    first = p.handlers.onStdout?.(Buffer.from("a"));
+    void (first as Promise<void>).then(() => (firstSettled = true));
+    await new Promise((r) => setImmediate(r));
+    // mvmctl took the chunk but its reader has not: the engine may hand over nothing more yet.
+    assert.equal(firstSettled, false);
+    io.stdout.drain();
+    await first;
+    assert.equal(p.handlers.onStdout?.(Buffer.from("b")), undefined, "a stream with room takes output at once");
+    return { exitCode: 0 };
+  };
+  assert.equal(await runCli(["run", "--", "x"], io), 0);
+  assert.ok(first instanceof Promise);
+  assert.equal(io.stdout.text(), "ab");
+});
+
 test("run maps a signal death to 128+N and a timeout to 124", async () => {
   const engine = new FakeEngine();
   engine.script = async () => ({ exitCode: null, signal: "SIGKILL" });

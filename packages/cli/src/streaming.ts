@@ -4,7 +4,7 @@
  */
 import { AbortedError, type EngineApi, type ExecApiRequest, type ExitInfo } from "@mvm/protocol";
 import type { CommandContext } from "./command.js";
-import type { CliSignal } from "./io.js";
+import type { CliSignal, OutStream } from "./io.js";
 import { ExitCode, exitCodeOf, signalNumber } from "./exit-code.js";
 import { formatBytes } from "./text.js";
 import { cliExecRequest } from "./tier-warning.js";
@@ -95,8 +95,8 @@ export async function streamExec(ctx: CommandContext, engine: EngineApi, sandbox
       sandboxId,
       fullRequest,
       {
-        onStdout: (chunk) => (json ? stdoutCapture.add(chunk) : io.stdout.write(chunk)),
-        onStderr: (chunk) => (json ? stderrCapture.add(chunk) : io.stderr.write(chunk)),
+        onStdout: (chunk) => (json ? stdoutCapture.add(chunk) : passOn(io.stdout, chunk)),
+        onStderr: (chunk) => (json ? stderrCapture.add(chunk) : passOn(io.stderr, chunk)),
       },
       { signal: abort.signal },
     );
@@ -136,6 +136,15 @@ export async function streamExec(ctx: CommandContext, engine: EngineApi, sandbox
     ended = true;
     restore();
   }
+}
+
+/**
+ * Writes output to mvmctl's own stream; while its reader lags, the returned promise holds the
+ * command's output (the engine takes no more until it settles) instead of mvmctl buffering it.
+ */
+function passOn(stream: OutStream, chunk: Uint8Array): Promise<void> | undefined {
+  if (stream.write(chunk)) return;
+  return stream.drained?.();
 }
 
 /** Copies mvmctl's stdin to the command's stdin, then closes it. Stops quietly when the command has ended. */

@@ -192,6 +192,8 @@ export class LiveSandbox {
     const startedAt = new Date();
     const stdout = redactedOutput(this.#redactor, (c) => handlers.onStdout?.(c));
     const stderr = redactedOutput(this.#redactor, (c) => handlers.onStderr?.(c));
+    let started: AgentProcess | undefined;
+    let handlerFailedEarly = false;
     const proc = await this.#crashAware(this.#client.exec(
       {
         argv: req.argv,
@@ -203,9 +205,20 @@ export class LiveSandbox {
       },
       {
         openStdin: stdinBytes !== undefined || req.openStdin === true,
-        output: { onStdout: stdout.write, onStderr: stderr.write },
+        output: {
+          onStdout: stdout.write,
+          onStderr: stderr.write,
+          // A consumer that failed takes the process with it, as a dropped daemon stream does.
+          onHandlerFailure: () => {
+            if (!req.background && started !== undefined) {
+              void this.#client.request("signal", { proc: started.proc, signal: "SIGKILL" }).catch(() => {});
+            } else handlerFailedEarly = true;
+          },
+        },
       },
     ));
+    started = proc;
+    if (handlerFailedEarly && !req.background) void this.#client.request("signal", { proc: proc.proc, signal: "SIGKILL" }).catch(() => {});
     const oomBefore = await oomBeforeRead.catch(() => 0);
     this.#procs.set(proc.proc, proc);
     if (stdinBytes !== undefined && proc.stdin) {
@@ -279,23 +292,24 @@ export class LiveSandbox {
   }
 }
 
+type Deliver = (chunk: Uint8Array) => unknown;
+
 /**
  * Output handler that replaces secret values, even when one spans two chunks: up to the longest
- * secret's length minus one byte is held back until the next chunk or the flush at exit.
+ * secret's length minus one byte is held back until the next chunk or the flush at exit. What the
+ * consumer returns (its back-pressure) is passed back to the caller.
  */
-function redactedOutput(redactor: Redactor, deliver: (chunk: Uint8Array) => void): { write: (chunk: Uint8Array) => void; flush: () => Promise<void> } {
+function redactedOutput(redactor: Redactor, deliver: Deliver): { write: Deliver; flush: () => Promise<void> } {
   if (redactor.empty) return { write: deliver, flush: async () => {} };
-  const transform = redactor.transform();
-  transform.on("data", (chunk: Buffer) => deliver(chunk));
-  const ended = new Promise<void>((resolve) => {
-    transform.once("end", resolve);
-    transform.once("error", () => resolve());
-  });
+  const cursor = redactor.cursor();
   return {
-    write: (chunk) => void transform.write(chunk),
-    flush: () => {
-      transform.end();
-      return ended;
+    write: (chunk) => {
+      const ready = cursor.push(chunk);
+      return ready === undefined ? undefined : deliver(ready);
+    },
+    flush: async () => {
+      const rest = cursor.end();
+      if (rest !== undefined) await deliver(rest);
     },
   };
 }

@@ -33,9 +33,24 @@ export interface ProgressEvent {
   fraction?: number;
 }
 
+/**
+ * Where an exec's output goes. Each stream's chunks arrive in order, one call at a time. A handler
+ * that returns a promise is the back-pressure: the engine hands over that stream's next chunk only
+ * once the promise settles, and grants the agent no new credit meanwhile, so the workload blocks in
+ * write(2) and at most one credit window per stream waits on the host. A handler that throws (or
+ * rejects) ends the exec: a process that is not `background` is killed and `exit` rejects with
+ * what it threw.
+ *
+ * @example
+ * await engine.exec(id, { argv: ["cat", "/big"] }, {
+ *   onStdout: (chunk) => (file.write(chunk) ? undefined : once(file, "drain").then(() => {})),
+ * });
+ */
 export interface ExecHandlers {
-  onStdout?(chunk: Uint8Array): void;
-  onStderr?(chunk: Uint8Array): void;
+  /** Takes a chunk of stdout; may return a promise (see above). Any other return value is ignored. */
+  onStdout?(chunk: Uint8Array): unknown;
+  /** Takes a chunk of stderr, like `onStdout`. */
+  onStderr?(chunk: Uint8Array): unknown;
 }
 
 export interface ExecStarted {

@@ -22,6 +22,7 @@ export { canonicalJson } from "./canonical.js";
 export * from "./api.js";
 export * from "./api-responses.js";
 export type * from "./engine-api.js";
+export { isPromiseLike } from "./promise-like.js";
 export * from "./network-policy.js";
 export * from "./network-event.js";
 export * from "./egress.js";

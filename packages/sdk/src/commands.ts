@@ -6,6 +6,7 @@ import {
   InvalidArgumentError,
   STRICT_SECRETS_ENV,
   envFlagOn,
+  isPromiseLike,
   type CallOptions,
   type EngineApi,
   type ExecApiRequest,
@@ -47,10 +48,14 @@ export interface RunOptions extends CallOptions {
   killGraceMs?: number;
   /** Output kept per stream, in bytes; the rest is dropped and the result says `…Truncated`. @default 16777216 (16 MiB) */
   maxOutputBytes?: number;
-  /** Called with each piece of stdout, decoded as UTF-8. What it throws ends the command and the call. */
-  onStdout?: (chunk: string) => void;
-  /** Called with each piece of stderr, decoded as UTF-8. What it throws ends the command and the call. */
-  onStderr?: (chunk: string) => void;
+  /**
+   * Called with each piece of stdout, decoded as UTF-8. What it throws (or rejects with) ends the
+   * command and the call. A returned promise holds the stream: the next piece, and the workload's
+   * further output, wait until it settles.
+   */
+  onStdout?: (chunk: string) => unknown;
+  /** Called with each piece of stderr, like `onStdout`. */
+  onStderr?: (chunk: string) => unknown;
   /**
    * Throw CommandExitError (which carries the result) when the command exits non-zero, is killed
    * by a signal, or times out. With `false` the result is returned whatever happened.
@@ -130,15 +135,20 @@ export class Commands {
     // sees the scope's reason (or what the callback threw), whatever the engine reports.
     const scope = new CallScope(`Command "${describeArgv(argv)}"`, callOptions(options), backstopMs(timeoutSeconds, options.killGraceMs));
     let callbackError: { error: unknown } | undefined;
-    const guard = (fn: ((chunk: string) => void) | undefined) =>
+    const fail = (error: unknown): void => {
+      if (callbackError !== undefined) return;
+      callbackError = { error };
+      scope.abort(new AbortedError(`${scope.describe} was ended by its output callback`, { cause: error }));
+    };
+    const guard = (fn: ((chunk: string) => unknown) | undefined) =>
       fn &&
-      ((text: string): void => {
+      ((text: string): unknown => {
         if (callbackError !== undefined) return;
         try {
-          fn(text);
+          const r = fn(text);
+          if (isPromiseLike(r)) return Promise.resolve(r).then(undefined, fail);
         } catch (error) {
-          callbackError = { error };
-          scope.abort(new AbortedError(`${scope.describe} was ended by its output callback`, { cause: error }));
+          fail(error);
         }
       });
     const stdout = new OutputBuffer(maxOutputBytes, guard(options.onStdout));

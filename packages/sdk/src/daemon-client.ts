@@ -122,6 +122,8 @@ export class DaemonClient implements EngineApi {
 
   /**
    * Starts a process and resolves once it runs; output reaches `handlers` until `exit` settles.
+   * The answer is read only as fast as the handlers take it: one that returns a promise holds its
+   * stream (and, through the daemon, the process's output) until the promise settles.
    * The call's `signal` and `timeoutMs` cover the whole run: ending the call early drops the stream,
    * which kills a process that is not `background`. A handler that throws ends the call the same way,
    * and `exit` rejects with what it threw.

@@ -86,6 +86,39 @@ for (const via of VIAS) {
     assert.equal(capped.stdoutTruncated, true);
   });
 
+  test(`[${via}] output: a callback's promise holds the stream until it settles`, async (t) => {
+    const { engine } = await engineVia(t, via);
+    const sb = await Sandbox.create({ engine });
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let entered!: () => void;
+    const firstCall = new Promise<void>((resolve) => (entered = resolve));
+    let calls = 0;
+    let chars = 0;
+    let exited = false;
+    const run = sb.commands.run(["flood", String(1024 * 1024)], {
+      onStdout: async (s) => {
+        calls += 1;
+        chars += s.length;
+        if (calls === 1) {
+          entered();
+          await held;
+        }
+      },
+    });
+    void run.then(() => (exited = true), () => (exited = true));
+    await firstCall;
+    // However long it is held, no second piece is handed over and the command does not end.
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(calls, 1);
+    assert.equal(exited, false);
+    release();
+    const r = await run;
+    assert.equal(r.stdout.length, 1024 * 1024);
+    assert.equal(chars, 1024 * 1024);
+    assert.ok(calls > 1);
+  });
+
   test(`[${via}] stdin: inline, streamed when large, and interactive`, async (t) => {
     const { engine } = await engineVia(t, via);
     const sb = await Sandbox.create({ engine });

@@ -8,13 +8,24 @@ import { scratchDir } from "./scratch.js";
 
 export class CapturedStream implements OutStream {
   readonly chunks: Buffer[] = [];
+  /** While true, writes report a full buffer until the test calls `drain`. */
+  full = false;
+  #drainWaiters: (() => void)[] = [];
   constructor(
     readonly isTTY = false,
     readonly columns = 80,
   ) {}
   write(chunk: string | Uint8Array): boolean {
     this.chunks.push(typeof chunk === "string" ? Buffer.from(chunk) : Buffer.from(chunk));
-    return true;
+    return !this.full;
+  }
+  drained(): Promise<void> {
+    return new Promise((resolve) => this.#drainWaiters.push(resolve));
+  }
+  /** Empties the pretend buffer: writers waiting in `drained` go on. */
+  drain(): void {
+    this.full = false;
+    for (const w of this.#drainWaiters.splice(0)) w();
   }
   text(): string {
     return Buffer.concat(this.chunks).toString("utf8");

@@ -199,3 +199,66 @@ test("writeFile waits for credit and never sends past the window", async () => {
   assert.equal(await done, total);
   client.destroy();
 });
+
+test("exec output credit goes back only once the handler's promise settles, and the exit waits for it", async () => {
+  const { client, agent } = await connected();
+  const chunk = Buffer.alloc(64 * 1024, 1);
+  const releases: (() => void)[] = [];
+  let calls = 0;
+  const started = client.exec(
+    { argv: ["x"], env: {}, cwd: "/work", timeoutMs: 0, killGraceMs: 0, maxOutputBytes: 1 << 30 },
+    {
+      openStdin: false,
+      output: {
+        onStdout: () => {
+          calls += 1;
+          return new Promise<void>((resolve) => releases.push(resolve));
+        },
+        onStderr: () => {},
+      },
+    },
+  );
+  const req = await agent.nextControl();
+  const stdout = req["stdout"] as number;
+  agent.control({ t: "res", id: req["id"], ok: true, result: { pid: 5 } });
+  const proc = await started;
+  let exited = false;
+  void proc.exit.then(() => (exited = true));
+  const credited = () => agent.frames.filter((f) => f.kind === FrameKind.Credit && f.stream === stdout).length;
+  /** A ping both ways: frames the host wrote before it answered have reached the agent. */
+  const roundTrip = async (): Promise<void> => {
+    const p = client.request("ping", {});
+    const ping = await agent.nextControl();
+    agent.control({ t: "res", id: ping["id"], ok: true, result: {} });
+    await p;
+    const again = client.request("ping", {});
+    const ping2 = await agent.nextControl();
+    agent.control({ t: "res", id: ping2["id"], ok: true, result: {} });
+    await again;
+  };
+
+  agent.send(encodeFrame(FrameKind.Data, stdout, chunk));
+  agent.send(encodeFrame(FrameKind.Data, stdout, chunk));
+  await roundTrip();
+  // One chunk handed over and held: the second waits, and no credit went back.
+  assert.equal(calls, 1);
+  assert.equal(credited(), 0);
+
+  releases[0]!();
+  await roundTrip();
+  assert.equal(calls, 2);
+  assert.equal(credited(), 1);
+
+  // The process ends while the second chunk is still held: the exit waits for the consumer.
+  agent.send(encodeFrame(FrameKind.End, stdout));
+  agent.send(encodeFrame(FrameKind.End, req["stderr"] as number));
+  agent.control({
+    t: "exit", proc: proc.proc, exitCode: 0, signal: null, timedOut: false, durationMs: 1,
+    stdoutBytes: 2 * chunk.length, stderrBytes: 0, stdoutTruncated: false, stderrTruncated: false,
+  });
+  await roundTrip();
+  assert.equal(exited, false);
+  releases[1]!();
+  assert.equal((await proc.exit).stdoutBytes, 2 * chunk.length);
+  client.destroy();
+});

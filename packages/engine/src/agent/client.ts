@@ -28,13 +28,19 @@ import {
   type RequestOf,
   type ResultOf,
 } from "@mvm/protocol";
-import { InboundStream, OutboundStream, ProtocolViolation, type FrameSink } from "./streams.js";
+import { InboundStream, OutboundStream, ProtocolViolation, type ChunkHandler, type FrameSink } from "./streams.js";
 
 export type RequestParams<O extends Op> = Omit<RequestOf<O>, "t" | "id" | "op">;
 
+/**
+ * Where a process's output goes. A handler that returns a promise holds that stream: its next
+ * chunk, and the agent's credit for this one, wait until the promise settles.
+ */
 export interface ExecOutput {
-  onStdout(chunk: Uint8Array): void;
-  onStderr(chunk: Uint8Array): void;
+  onStdout: ChunkHandler;
+  onStderr: ChunkHandler;
+  /** Called once when a handler throws or rejects; later output of that stream is dropped. */
+  onHandlerFailure?(error: unknown): void;
 }
 
 export interface AgentProcess {
@@ -164,7 +170,10 @@ export class AgentClient implements FrameSink {
     });
   }
 
-  /** Starts a process. Output goes to `output` as it arrives; `exit` settles after both streams ended. */
+  /**
+   * Starts a process. Output goes to `output` as it arrives; `exit` settles once both streams
+   * ended and their output was handed over (and rejects with what a handler threw, if one did).
+   */
   async exec(
     params: Omit<RequestParams<"exec">, "stdin" | "stdout" | "stderr">,
     options: { openStdin: boolean; output: ExecOutput },
@@ -173,8 +182,9 @@ export class AgentClient implements FrameSink {
     const stderrId = this.allocStream();
     const stdinId = options.openStdin ? this.allocStream() : null;
     const limit = params.maxOutputBytes;
-    const out = new InboundStream(stdoutId, this, { limit, onChunk: (c) => options.output.onStdout(c) });
-    const err = new InboundStream(stderrId, this, { limit, onChunk: (c) => options.output.onStderr(c) });
+    const onHandlerFailure = (error: unknown): void => options.output.onHandlerFailure?.(error);
+    const out = new InboundStream(stdoutId, this, { limit, onChunk: (c) => options.output.onStdout(c), onHandlerFailure });
+    const err = new InboundStream(stderrId, this, { limit, onChunk: (c) => options.output.onStderr(c), onHandlerFailure });
     this.#inbound.set(stdoutId, out);
     this.#inbound.set(stderrId, err);
     const stdin = stdinId === null ? undefined : new OutboundStream(stdinId, this);
@@ -402,7 +412,11 @@ export class AgentClient implements FrameSink {
           e.stdin.fail(new TransportError(`Process ${msg.proc} has exited`));
           this.#outbound.delete(e.stdin.id);
         }
-        e.resolve(msg);
+        // The exit is reported once the consumer has taken all the output (or the session ends first).
+        Promise.race([Promise.all([out.delivered, err.delivered]), this.closed.then((closed) => Promise.reject(closed))]).then(
+          () => e.resolve(msg),
+          (failure: unknown) => e.reject(failure as MvmError),
+        );
         return;
       }
       case "abort": {

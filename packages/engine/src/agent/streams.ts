@@ -3,7 +3,7 @@
  * window the host grants as it consumes, and outbound streams (host → agent) that wait for the
  * agent's credit. Nothing here buffers more than one window per stream.
  */
-import { INITIAL_STREAM_WINDOW, type MvmError } from "@mvm/protocol";
+import { INITIAL_STREAM_WINDOW, isPromiseLike, type MvmError } from "@mvm/protocol";
 
 export const CHUNK_BYTES = 64 * 1024;
 
@@ -19,9 +19,17 @@ export class ProtocolViolation extends Error {
 }
 
 /**
- * An inbound stream. Bytes are either pushed to a callback (credit returned at once, so the
- * agent's pace is the host's) or queued for an async iterator (credit returned as the consumer
- * pulls, which is the back-pressure). `limit` caps the total the agent may send.
+ * Hands a chunk to a consumer; a returned promise means the consumer has not taken it yet.
+ * What it throws or rejects with fails the delivery.
+ */
+export type ChunkHandler = (chunk: Uint8Array) => unknown;
+
+/**
+ * An inbound stream. Bytes are either pushed to a callback or queued for an async iterator; in
+ * both cases a chunk's credit goes back to the agent only once the consumer has taken it (the
+ * callback returned, or its promise settled; the iterator pulled it), which is the back-pressure.
+ * Callback deliveries are serialized, so the queue never holds more than the credit window.
+ * `limit` caps the total the agent may send.
  */
 export class InboundStream {
   readonly id: number;
@@ -29,25 +37,44 @@ export class InboundStream {
   #received = 0;
   readonly #limit: number;
   readonly #sink: FrameSink;
-  readonly #onChunk: ((chunk: Uint8Array) => void) | undefined;
+  readonly #onChunk: ChunkHandler | undefined;
   #queue: Uint8Array[] = [];
   #ended = false;
   #error: MvmError | undefined;
   #wake: (() => void) | undefined;
+  /** A callback delivery is in progress (the callback has not returned or its promise is pending). */
+  #delivering = false;
+  /** What the callback threw; once set, later bytes are credited and dropped. */
+  #handlerFailure: { error: unknown } | undefined;
+  readonly #onHandlerFailure: ((error: unknown) => void) | undefined;
   readonly done: Promise<void>;
   #resolveDone!: () => void;
   #rejectDone!: (err: MvmError) => void;
+  /** Callback streams: settles once the stream ended and every chunk was handed over. */
+  readonly delivered: Promise<void>;
+  #resolveDelivered!: () => void;
+  #rejectDelivered!: (err: unknown) => void;
 
-  constructor(id: number, sink: FrameSink, options: { limit: number; onChunk?: (chunk: Uint8Array) => void }) {
+  constructor(
+    id: number,
+    sink: FrameSink,
+    options: { limit: number; onChunk?: ChunkHandler; onHandlerFailure?: (error: unknown) => void },
+  ) {
     this.id = id;
     this.#sink = sink;
     this.#limit = options.limit;
     this.#onChunk = options.onChunk;
+    this.#onHandlerFailure = options.onHandlerFailure;
     this.done = new Promise<void>((resolve, reject) => {
       this.#resolveDone = resolve;
       this.#rejectDone = reject;
     });
     this.done.catch(() => {});
+    this.delivered = new Promise<void>((resolve, reject) => {
+      this.#resolveDelivered = resolve;
+      this.#rejectDelivered = reject;
+    });
+    this.delivered.catch(() => {});
   }
 
   get bytes(): number {
@@ -67,27 +94,26 @@ export class InboundStream {
     if (this.#received > this.#limit) {
       throw new ProtocolViolation(`Agent sent ${this.#received} bytes on stream ${this.id}, over its limit of ${this.#limit}`);
     }
-    if (this.#onChunk) {
-      this.#onChunk(payload);
-      this.#grant(payload.byteLength);
-    } else {
-      this.#queue.push(payload);
-      this.#wakeUp();
-    }
+    this.#queue.push(payload);
+    if (this.#onChunk) this.#deliver();
+    else this.#wakeUp();
   }
 
   onEnd(): void {
     if (this.ended) return;
     this.#ended = true;
     this.#resolveDone();
+    if (this.#onChunk) this.#deliver();
     this.#wakeUp();
   }
 
   fail(err: MvmError): void {
-    if (this.ended) return;
+    if (this.#error) return;
+    if (this.#ended && !this.#onChunk) return;
     this.#error = err;
     this.#queue = [];
     this.#rejectDone(err);
+    this.#rejectDelivered(this.#handlerFailure?.error ?? err);
     this.#wakeUp();
   }
 
@@ -95,6 +121,63 @@ export class InboundStream {
     if (n <= 0 || this.ended) return;
     this.#window += n;
     this.#sink.sendCredit(this.id, n);
+  }
+
+  /**
+   * Hands queued chunks to the callback one at a time. A chunk's credit is returned once the
+   * callback is done with it; a callback that returns a promise holds the next chunk (and the
+   * credit) until the promise settles.
+   */
+  #deliver(): void {
+    const onChunk = this.#onChunk;
+    if (!onChunk || this.#delivering || this.#error) return;
+    this.#delivering = true;
+    for (;;) {
+      const next = this.#queue.shift();
+      if (next === undefined) break;
+      if (this.#handlerFailure) {
+        this.#grant(next.byteLength);
+        continue;
+      }
+      let pending: PromiseLike<unknown> | undefined;
+      try {
+        const r = onChunk(next);
+        if (isPromiseLike(r)) pending = r;
+      } catch (error) {
+        this.#failHandler(error);
+      }
+      if (pending === undefined) {
+        this.#grant(next.byteLength);
+        continue;
+      }
+      pending.then(
+        () => this.#afterAsync(next.byteLength),
+        (error: unknown) => {
+          this.#failHandler(error);
+          this.#afterAsync(next.byteLength);
+        },
+      );
+      return;
+    }
+    this.#delivering = false;
+    if (this.#ended && !this.#error) {
+      if (this.#handlerFailure) this.#rejectDelivered(this.#handlerFailure.error);
+      else this.#resolveDelivered();
+    }
+  }
+
+  #afterAsync(bytes: number): void {
+    this.#delivering = false;
+    if (this.#error) return;
+    // The stream may have ended meanwhile: its credit no longer matters, but the window does.
+    if (!this.#ended) this.#grant(bytes);
+    this.#deliver();
+  }
+
+  #failHandler(error: unknown): void {
+    if (this.#handlerFailure) return;
+    this.#handlerFailure = { error };
+    this.#onHandlerFailure?.(error);
   }
 
   #wakeUp(): void {

@@ -97,15 +97,15 @@ async function exec(ctx: RouteContext): Promise<void> {
   else ctx.signal.addEventListener("abort", onGone, { once: true });
 
   const out = new NdjsonWriter(ctx.res);
-  const early: ExecEvent[] = [];
-  const emit = (event: ExecEvent): void => {
-    if (started === undefined) early.push(event);
-    else out.line(event);
-  };
-  const forward = (type: "stdout" | "stderr") => (chunk: Uint8Array) => {
+  // Output waits for the `started` line, then for the client to read: the engine takes the next
+  // chunk (and the agent gets credit) only once this one is on its way, so nothing piles up here.
+  let open!: (streaming: boolean) => void;
+  const opened = new Promise<boolean>((resolve) => (open = resolve));
+  const forward = (type: "stdout" | "stderr") => async (chunk: Uint8Array): Promise<void> => {
+    if (!(await opened)) return;
     for (let at = 0; at < chunk.byteLength; at += MAX_EVENT_CHUNK_BYTES) {
       const piece = chunk.subarray(at, at + MAX_EVENT_CHUNK_BYTES);
-      emit({ type, data: Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength).toString("base64") });
+      await out.send({ type, data: Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength).toString("base64") } satisfies ExecEvent);
     }
   };
 
@@ -114,13 +114,16 @@ async function exec(ctx: RouteContext): Promise<void> {
       signal: engineAbort.signal,
     });
   } finally {
-    if (started === undefined) ctx.signal.removeEventListener("abort", onGone);
+    if (started === undefined) {
+      ctx.signal.removeEventListener("abort", onGone);
+      open(false);
+    }
   }
   const { proc, pid, exit } = started;
   exit.catch(() => {});
   out.start();
   out.line({ type: "started", proc, pid });
-  for (const event of early.splice(0)) out.line(event);
+  open(true);
 
   // Once the client is gone the handler stops waiting: a background process runs on, any other
   // gets SIGKILL (the process may have ended meanwhile; then there is nothing to kill).

@@ -85,27 +85,38 @@ export class Redactor {
    * Holds back at most (longest secret - 1) bytes until more data arrives or the stream ends.
    */
   transform(): Transform {
-    let held: Buffer = Buffer.alloc(0);
+    const cursor = this.cursor();
     return new Transform({
       transform: (chunk: Buffer | string, _encoding: BufferEncoding, callback: TransformCallback) => {
-        const data = typeof chunk === "string" ? Buffer.from(chunk, "utf8") : chunk;
-        if (this.empty) {
-          callback(null, data);
-          return;
-        }
+        callback(null, cursor.push(typeof chunk === "string" ? Buffer.from(chunk, "utf8") : chunk));
+      },
+      flush: (callback: TransformCallback) => callback(null, cursor.end()),
+    });
+  }
+
+  /**
+   * The same streamed redaction as {@link transform}, called directly: `push` returns the bytes
+   * that are ready (undefined when none), `end` what was held back.
+   */
+  cursor(): { push(chunk: Uint8Array): Buffer | undefined; end(): Buffer | undefined } {
+    let held: Buffer = Buffer.alloc(0);
+    return {
+      push: (chunk) => {
+        const data = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+        if (this.empty) return data.length > 0 ? data : undefined;
         const buf = held.length === 0 ? data : Buffer.concat([held, data]);
         const { parts, consumed } = this.#scan(buf, false);
         // Copy what is held so the caller's chunk buffer may be reused.
         held = Buffer.from(buf.subarray(consumed));
         const out = parts.length === 1 ? parts[0] : Buffer.concat(parts);
-        callback(null, out !== undefined && out.length > 0 ? out : undefined);
+        return out !== undefined && out.length > 0 ? out : undefined;
       },
-      flush: (callback: TransformCallback) => {
+      end: () => {
         const rest = held;
         held = Buffer.alloc(0);
-        callback(null, rest.length > 0 ? this.redactBuffer(rest) : undefined);
+        return rest.length > 0 ? this.redactBuffer(rest) : undefined;
       },
-    });
+    };
   }
 
   /**

@@ -5,7 +5,7 @@
  */
 export class OutputBuffer {
   readonly #maxBytes: number;
-  readonly #onText: ((text: string) => void) | undefined;
+  readonly #onText: ((text: string) => unknown) | undefined;
   readonly #decoder = new TextDecoder("utf-8");
   readonly #chunks: string[] = [];
   #bytes = 0;
@@ -13,8 +13,11 @@ export class OutputBuffer {
   #ended = false;
   #waiters: (() => void)[] = [];
 
-  /** @param onText called with each decoded chunk; what it throws propagates out of `push` */
-  constructor(maxBytes: number, onText?: (text: string) => void) {
+  /**
+   * @param onText called with each decoded chunk; what it throws propagates out of `push`, and
+   * what it returns is what `push` returns (a promise there holds the stream)
+   */
+  constructor(maxBytes: number, onText?: (text: string) => unknown) {
     this.#maxBytes = maxBytes;
     this.#onText = onText;
   }
@@ -29,7 +32,7 @@ export class OutputBuffer {
     return this.#truncated;
   }
 
-  push(chunk: Uint8Array): void {
+  push(chunk: Uint8Array): unknown {
     if (this.#ended) return;
     const room = this.#maxBytes - this.#bytes;
     let kept = chunk;
@@ -39,7 +42,7 @@ export class OutputBuffer {
     }
     if (kept.byteLength === 0) return;
     this.#bytes += kept.byteLength;
-    this.#add(this.#decoder.decode(kept, { stream: true }));
+    return this.#add(this.#decoder.decode(kept, { stream: true }));
   }
 
   /** Marks the end of the stream; a dangling partial character becomes U+FFFD. */
@@ -47,7 +50,7 @@ export class OutputBuffer {
     if (this.#ended) return;
     this.#ended = true;
     try {
-      this.#add(this.#decoder.decode());
+      void this.#add(this.#decoder.decode());
     } finally {
       this.#wake();
     }
@@ -67,11 +70,11 @@ export class OutputBuffer {
     }
   }
 
-  #add(text: string): void {
+  #add(text: string): unknown {
     if (text === "") return;
     this.#chunks.push(text);
     this.#wake();
-    this.#onText?.(text);
+    return this.#onText?.(text);
   }
 
   #wake(): void {

@@ -19,7 +19,9 @@ const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
 /**
  * Follows an exec stream after its `started` line: output to `handlers`, until `exit` (the result)
- * or `error` (thrown). A handler that throws ends the stream, and what it threw is rethrown.
+ * or `error` (thrown). The body is read only as fast as the handlers take it: a handler's promise
+ * is awaited before the next line is read, so a slow consumer holds the daemon (and the agent).
+ * A handler that throws or rejects ends the stream, and what it threw is rethrown.
  */
 export async function followExec(
   events: AsyncGenerator<unknown, void, undefined>,
@@ -38,8 +40,8 @@ export async function followExec(
       else {
         const bytes = decodeBase64(event.data, scope);
         try {
-          if (event.type === "stdout") handlers.onStdout?.(bytes);
-          else handlers.onStderr?.(bytes);
+          if (event.type === "stdout") await handlers.onStdout?.(bytes);
+          else await handlers.onStderr?.(bytes);
         } catch (err) {
           handlerFailure = { error: err };
           break;

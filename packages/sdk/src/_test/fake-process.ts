@@ -44,18 +44,29 @@ export class FakeProc {
       else this.stderrTruncated = true;
     }
     if (bytes.byteLength === 0) return;
+    const chunk = bytes;
+    // As the engine does: one delivery at a time per stream, a handler's promise holds the next.
     if (stream === "stdout") {
       this.stdoutBytes += bytes.byteLength;
-      this.handlers.onStdout?.(bytes);
+      this.#stdout = this.#stdout.then(() => this.handlers.onStdout?.(chunk)).then(() => {});
     } else {
       this.stderrBytes += bytes.byteLength;
-      this.handlers.onStderr?.(bytes);
+      this.#stderr = this.#stderr.then(() => this.handlers.onStderr?.(chunk)).then(() => {});
     }
   }
+  #stdout: Promise<void> = Promise.resolve();
+  #stderr: Promise<void> = Promise.resolve();
   end(how: { exitCode?: number; signal?: string; timedOut?: boolean }): void {
     if (this.ended) return;
     this.ended = true;
     this.sandbox.procs.delete(this.proc);
+    // The exit is reported once the output has been taken, or fails with what a handler threw.
+    Promise.all([this.#stdout, this.#stderr]).then(
+      () => this.#settle(how),
+      (err: unknown) => this.settle.reject(err),
+    );
+  }
+  #settle(how: { exitCode?: number; signal?: string; timedOut?: boolean }): void {
     const info = this.sandbox.info;
     this.settle.resolve({
       exitCode: how.exitCode ?? null,
