@@ -300,29 +300,27 @@ describe("parseControl properties", () => {
           { numRuns: RUNS },
         );
       });
-    });
-  }
 
-  // Every case but the results that are always {}.
-  for (const c of cases.filter((c) => c.valid !== empty)) {
-    it(`${c.name}: rejects a valid message with a key written twice in any object, at any depth`, () => {
-      // Without "__proto__" keys, which are refused for that reason first.
-      const value = fc.jsonValue({ maxDepth: 1 }).filter((v) => !JSON.stringify(v).includes('"__proto__"'));
-      const other = fc.option(fc.record({ value }), { nil: undefined });
-      fc.assert(
-        fc.property(c.valid, fc.nat(), fc.nat(), fc.nat(), other, (msg, pickObject, pickKey, at, second) => {
-          // A plain repeat (second undefined) is refused as firmly as a second meaning.
-          const edited = withRepeatedKey(msg, pickObject, pickKey, at, second);
-          fc.pre(edited !== undefined);
-          const text = edited.text;
-          assert.throws(
-            () => parseControl(c.schema, new TextEncoder().encode(text)),
-            (err: unknown) => err instanceof Error && err.constructor === Error && err.message.startsWith("Bad control message: duplicate key "),
-            `accepted ${text}`,
-          );
-        }),
-        { numRuns: RUNS },
-      );
+      // Not for the results that are always {}: they have no key to repeat.
+      if (c.valid !== empty) it("rejects a valid message with a key written twice in any object, at any depth", () => {
+        // Without "__proto__" keys, which are refused for that reason first.
+        const value = fc.jsonValue({ maxDepth: 1 }).filter((v) => !JSON.stringify(v).includes('"__proto__"'));
+        const other = fc.option(fc.record({ value }), { nil: undefined });
+        fc.assert(
+          fc.property(c.valid, fc.nat(), fc.nat(), fc.nat(), other, (msg, pickObject, pickKey, at, second) => {
+            // A plain repeat (second undefined) is refused as firmly as a second meaning.
+            const edited = withRepeatedKey(msg, pickObject, pickKey, at, second);
+            fc.pre(edited !== undefined);
+            const text = edited.text;
+            assert.throws(
+              () => parseControl(c.schema, new TextEncoder().encode(text)),
+              (err: unknown) => err instanceof Error && err.constructor === Error && err.message.startsWith("Bad control message: duplicate key "),
+              `accepted ${text}`,
+            );
+          }),
+          { numRuns: RUNS },
+        );
+      });
     });
   }
 
