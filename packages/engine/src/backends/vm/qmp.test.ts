@@ -223,7 +223,8 @@ describe("QmpClient with a hostile peer", () => {
         const err = await pending.then(() => undefined, (e: unknown) => e);
         assert.ok(err instanceof TransportError, `accepted ${edited.text}`);
         // A "__proto__" key (which fc.jsonValue may make) is refused for that reason if it comes first.
-        assert.match(err.message, edited.text.includes('"__proto__":') ? /not strict JSON: (duplicate key |key "__proto__")/ : /not strict JSON: duplicate key /);
+        if (edited.text.includes('"__proto__":')) assert.match(err.message, /not strict JSON: (duplicate key |key "__proto__")/);
+        else assert.ok(err.message.includes(`not strict JSON: duplicate key ${JSON.stringify(edited.key).slice(0, 60)}`), err.message);
         await qmp.closed;
       }),
       { numRuns: 100 },

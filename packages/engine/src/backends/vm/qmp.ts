@@ -7,7 +7,8 @@
  * between replies. QEMU processes guest-influenced state, so every line is size-bounded before it
  * is buffered, decoded as strict JSON (parseJsonStrict: no key twice in one object, no `__proto__`
  * key, at most QMP_MAX_DEPTH deep) and schema-checked before it is used; any breach closes the
- * connection with a TransportError. One command is on the wire at a time; later ones wait in a queue.
+ * connection with a TransportError. One command is on the wire at a time; later ones wait in a
+ * queue.
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
