@@ -2,7 +2,7 @@
  * Property-based tests of parseControl with every control-message schema: valid messages are
  * accepted; random and mutated input is either accepted (and then still valid) or rejected with
  * the bounded "Bad control message" error; an unknown field anywhere in a strict object is
- * always rejected.
+ * always rejected, and so is a key written twice in any object (the JSON is strict).
  */
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -166,6 +166,37 @@ function strictObjects(value: unknown, parentKey = ""): Record<string, unknown>[
   return own;
 }
 
+/** Every plain object in `value` that has a key, at any depth (env maps and results included). */
+function objectsWithKeys(value: unknown): Record<string, unknown>[] {
+  if (typeof value !== "object" || value === null) return [];
+  const nested = Object.values(value).flatMap(objectsWithKeys);
+  return Array.isArray(value) || Object.keys(value).length === 0 ? nested : [value as Record<string, unknown>, ...nested];
+}
+
+const DUP_MARK = "\u0000dup\u0000";
+
+/**
+ * `msg` as JSON text in which one object (picked by index among those with a key) holds one of
+ * its keys twice: a member with that key and `other.value` (or the key's own value, a plain
+ * repeat) is written at position `at`. Undefined when the message has no object with a key.
+ */
+function withRepeatedKey(msg: object, pickObject: number, pickKey: number, at: number, other?: { value: unknown }): { text: string; key: string } | undefined {
+  const copy = JSON.parse(JSON.stringify(msg)) as object;
+  const objects = objectsWithKeys(copy);
+  if (objects.length === 0) return undefined;
+  const target = objects[pickObject % objects.length]!;
+  const entries = Object.entries(target);
+  const [key, own] = entries[pickKey % entries.length]!;
+  entries.splice(at % (entries.length + 1), 0, [DUP_MARK, other === undefined ? own : other.value]);
+  for (const k of Object.keys(target)) delete target[k];
+  for (const [k, v] of entries) withKey(target, k, v);
+  const text = JSON.stringify(copy);
+  const mark = JSON.stringify(DUP_MARK);
+  // The mark is spelled with \u escapes no generated string holds; check it is there once.
+  assert.equal(text.split(mark).length, 2);
+  return { text: text.replace(mark, JSON.stringify(key)), key };
+}
+
 /** Adds an own enumerable key, even "__proto__", so JSON.stringify writes it. */
 function withKey(target: Record<string, unknown>, key: string, value: unknown): void {
   Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
@@ -269,8 +300,37 @@ describe("parseControl properties", () => {
           { numRuns: RUNS },
         );
       });
+
+      // Not for the results that are always {}: they have no key to repeat.
+      if (c.valid !== empty) it("rejects a valid message with a key written twice in any object, at any depth", () => {
+        // Without "__proto__" keys, which are refused for that reason first.
+        const value = fc.jsonValue({ maxDepth: 1 }).filter((v) => !JSON.stringify(v).includes('"__proto__"'));
+        const other = fc.option(fc.record({ value }), { nil: undefined });
+        fc.assert(
+          fc.property(c.valid, fc.nat(), fc.nat(), fc.nat(), other, (msg, pickObject, pickKey, at, second) => {
+            // A plain repeat (second undefined) is refused as firmly as a second meaning.
+            const edited = withRepeatedKey(msg, pickObject, pickKey, at, second);
+            fc.pre(edited !== undefined);
+            const text = edited.text;
+            assert.throws(
+              () => parseControl(c.schema, new TextEncoder().encode(text)),
+              (err: unknown) => err instanceof Error && err.constructor === Error && err.message.startsWith("Bad control message: duplicate key "),
+              `accepted ${text}`,
+            );
+          }),
+          { numRuns: RUNS },
+        );
+      });
     });
   }
+
+  it("the repeated-key writer reaches nested objects and env maps", () => {
+    // Guards the property above: it must also repeat keys below the top level.
+    const msg = { t: "req", env: { A: "1" }, x: [{ y: 1 }] };
+    assert.equal(objectsWithKeys(msg).length, 3);
+    assert.deepEqual(withRepeatedKey(msg, 1, 0, 1, { value: 2 }), { text: '{"t":"req","env":{"A":"1","A":2},"x":[{"y":1}]}', key: "A" });
+    assert.deepEqual(withRepeatedKey(msg, 2, 0, 0), { text: '{"t":"req","env":{"A":"1"},"x":[{"y":1,"y":1}]}', key: "y" });
+  });
 
   it("the strict-object walker reaches nested objects", () => {
     // Guards the property above: it must also try nested objects, not only the top level.

@@ -20,6 +20,7 @@ import {
   StreamAbort,
   encodeControl,
   isSandboxPath,
+  MAX_CONTROL_DEPTH,
   parseControl,
   type Op,
 } from "./messages.js";
@@ -283,16 +284,30 @@ describe("parseControl / encodeControl", () => {
     );
   });
 
-  it("rejects __proto__ as an unknown key", () => {
+  it("rejects a __proto__ key anywhere", () => {
     assert.throws(() => parseControl(HostHello, bytes('{"t":"hello","version":1,"__proto__":{"x":1}}')), /Bad control message/);
     assert.throws(() => parseControl(HostHello, bytes('{"t":"hello","version":1,"__proto__":1}')), /Bad control message/);
+    assert.throws(() => parseControl(AgentToHost, bytes('{"t":"res","id":1,"ok":true,"result":{"__proto__":{}}}')), { message: 'Bad control message: key "__proto__"' });
   });
 
-  it("survives deeply nested JSON", () => {
-    const deep = "[".repeat(30_000) + "]".repeat(30_000);
-    assert.throws(() => parseControl(HostToAgent, bytes(`{"t":"req","id":1,"op":"exec","argv":${deep}}`)), /Bad control message/);
-    // `result` is checked later against the op's schema; here it is only carried.
-    const res = parseControl(AgentToHost, bytes(`{"t":"res","id":1,"ok":true,"result":${deep}}`));
+  it("rejects JSON nested deeper than MAX_CONTROL_DEPTH, even in a result it only carries", () => {
+    const nested = (n: number) => "[".repeat(n) + "]".repeat(n);
+    assert.throws(() => parseControl(HostToAgent, bytes(`{"t":"req","id":1,"op":"exec","argv":${nested(30_000)}}`)), {
+      message: `Bad control message: nested deeper than ${MAX_CONTROL_DEPTH}`,
+    });
+    // `result` is checked later against the op's schema; its depth is bounded here.
+    assert.throws(() => parseControl(AgentToHost, bytes(`{"t":"res","id":1,"ok":true,"result":${nested(MAX_CONTROL_DEPTH)}}`)), /nested deeper/);
+    const res = parseControl(AgentToHost, bytes(`{"t":"res","id":1,"ok":true,"result":${nested(MAX_CONTROL_DEPTH - 1)}}`));
     assert.equal(res.t, "res");
+  });
+
+  it("rejects a key written twice in one object, at any depth, naming it", () => {
+    // Under JSON.parse the last one would win: a stat result of size 2 here.
+    const stat = '{"t":"res","id":1,"ok":true,"result":{"name":"f","type":"file","size":1,"mode":420,"mtimeMs":0,"size":2}}';
+    assert.throws(() => parseControl(AgentToHost, bytes(stat)), { message: 'Bad control message: duplicate key "size"' });
+    assert.throws(() => parseControl(AgentToHost, bytes('{"t":"res","id":1,"id":2,"ok":true,"result":{}}')), { message: 'Bad control message: duplicate key "id"' });
+    const env = `{"t":"req","id":1,"op":"exec","argv":["a"],"env":{"A":"1","\\u0041":"2"},"cwd":"/","stdin":null,"stdout":2,"stderr":3,"timeoutMs":0,"killGraceMs":0,"maxOutputBytes":0}`;
+    assert.throws(() => parseControl(HostToAgent, bytes(env)), { message: 'Bad control message: duplicate key "A"' });
+    assert.throws(() => parseControl(AgentHello, bytes('{"t":"hello","versions":[1],"agent":"a","agent":"b"}')), /duplicate key "agent"/);
   });
 });

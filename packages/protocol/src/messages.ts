@@ -1,12 +1,14 @@
 /**
  * Control messages of protocol v1 (JSON payloads of Control frames on stream 0).
- * Every schema is strict: unknown fields are rejected. Every string and array is bounded.
+ * Every schema is strict: unknown fields are rejected. Every string and array is bounded. The JSON
+ * itself is strict (parseJsonStrict): a key twice in one object is rejected, not resolved.
  * Written with zod's tree-shakable "mini" API: the agent loads these schemas at startup, and the
  * full API would add ~90 ms to every sandbox's first call.
  */
 import * as z from "zod/mini";
 import { ERROR_CODES, type ErrorCode } from "./errors.js";
 import { MAX_STREAM_ID } from "./frame.js";
+import { StrictJsonError, parseJsonStrict } from "./json-strict.js";
 import { MAX_ARGUMENT_CHARS, MAX_ARGV_ITEMS, MAX_ENV_VARS, MAX_PATH_LENGTH } from "./limits.js";
 
 export { MAX_PATH_LENGTH } from "./limits.js";
@@ -220,13 +222,21 @@ export type AgentToHost = z.infer<typeof AgentToHost>;
 export const HostToAgent = z.union([Request, StreamAbort]);
 export type HostToAgent = z.infer<typeof HostToAgent>;
 
-/** Parses a control payload (UTF-8 JSON) against a schema; throws a plain Error with a bounded message. */
+/** Deepest nesting of objects and arrays in a control message (the deepest valid one has 5). */
+export const MAX_CONTROL_DEPTH = 16;
+
+/**
+ * Parses a control payload against a schema. The payload is strict JSON in UTF-8 (see
+ * parseJsonStrict: no key twice in one object, no `__proto__` key, at most MAX_CONTROL_DEPTH deep).
+ * Throws a plain Error with a bounded message starting "Bad control message".
+ */
 export function parseControl<S extends z.ZodMiniType>(schema: S, payload: Uint8Array): z.infer<S> {
   let value: unknown;
   try {
-    value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(payload));
-  } catch {
-    throw new Error("Bad control message: not UTF-8 JSON");
+    value = parseJsonStrict(new TextDecoder("utf-8", { fatal: true }).decode(payload), { maxDepth: MAX_CONTROL_DEPTH });
+  } catch (err) {
+    const detail = err instanceof StrictJsonError && err.fault !== "syntax" ? err.detail : "not UTF-8 JSON";
+    throw new Error(`Bad control message: ${detail}`);
   }
   const r = schema.safeParse(value);
   if (!r.success) {

@@ -41,6 +41,10 @@ class FakeAgent {
   send(buf: Uint8Array): void {
     this.io.write(buf);
   }
+  /** Sends `text` as a control frame verbatim (JSON.stringify cannot write a key twice). */
+  sendText(text: string): void {
+    this.send(encodeFrame(FrameKind.Control, CONTROL_STREAM, new TextEncoder().encode(text)));
+  }
   control(msg: object): void {
     this.send(encodeFrame(FrameKind.Control, CONTROL_STREAM, encodeControl(msg)));
   }
@@ -117,6 +121,8 @@ const violations: [string, (agent: FakeAgent, reqId: unknown) => void][] = [
   ["an exit for an unknown process", (a) =>
     a.control({ t: "exit", proc: 4242, exitCode: 0, signal: null, timedOut: false, durationMs: 1, stdoutBytes: 0, stderrBytes: 0, stdoutTruncated: false, stderrTruncated: false })],
   ["a second hello", (a) => a.hello()],
+  // Under JSON.parse the last key would win: a valid answer to the pending ping.
+  ["a key twice in a control message", (a, id) => a.sendText(`{"t":"res","id":999999,"ok":true,"result":{},"id":${String(id)}}`)],
   ["truncated frame then end of stream", (a) => {
     a.send(Buffer.from([1, 1, 0, 0]));
     a.io.end();
@@ -134,6 +140,24 @@ for (const [name, misbehave] of violations) {
     assert.ok(client.isClosed);
   });
 }
+
+test("a key written twice, at any depth or in the hello, ends the session with a TransportError naming it", async () => {
+  // Each would be a valid message, and the last key would win, under JSON.parse.
+  const { client, agent } = await connected();
+  const stat = client.request("stat", { path: "/f" });
+  const req = await agent.nextControl();
+  agent.sendText(`{"t":"res","id":${String(req["id"])},"ok":true,"result":{"name":"f","type":"file","size":1,"mode":420,"mtimeMs":0,"size":2}}`);
+  await assert.rejects(stat, TransportError);
+  const closed = await client.closed;
+  assert.ok(closed instanceof TransportError);
+  assert.match(closed.message, /broke the protocol: Bad control message: duplicate key "size"/);
+
+  const [host, guest] = duplexPair();
+  new FakeAgent(guest).sendText('{"t":"hello","versions":[2],"versions":[1],"agent":"fake/1"}');
+  await assert.rejects(AgentClient.connect(host, { helloTimeoutMs: 5000, label: "t" }), (err: unknown) => {
+    return err instanceof TransportError && /duplicate key "versions"/.test(err.message);
+  });
+});
 
 test("exec output beyond the agreed cap is a violation, not a buffer", async () => {
   const { client, agent } = await connected();

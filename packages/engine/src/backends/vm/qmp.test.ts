@@ -9,7 +9,7 @@ import { type Duplex, duplexPair } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { AbortedError, InternalError, TimeoutError, TransportError } from "@mvm/protocol";
 import fc from "fast-check";
-import { QmpClient, QmpCommandError } from "./qmp.js";
+import { QMP_MAX_DEPTH, QmpClient, QmpCommandError } from "./qmp.js";
 
 const GREETING = { QMP: { version: { qemu: { major: 7, minor: 2, micro: 22 }, package: "test" }, capabilities: ["oob"] } };
 const T = { timeoutMs: 20_000 };
@@ -56,6 +56,29 @@ class FakePeer {
     this.send({ return: {}, id: caps.id });
     return connecting;
   }
+}
+
+/** Every plain object in `value` that has a key, at any depth. */
+function objectsWithKeys(value: unknown): Record<string, unknown>[] {
+  if (typeof value !== "object" || value === null) return [];
+  const nested = Object.values(value).flatMap(objectsWithKeys);
+  return Array.isArray(value) || Object.keys(value).length === 0 ? nested : [value as Record<string, unknown>, ...nested];
+}
+
+/**
+ * `message` (which has a key) as one JSON line in which one object, picked by index, holds one of
+ * its keys twice: last, with `other` or (when undefined) the key's own value.
+ */
+function withRepeatedKey(message: object, pickObject: number, pickKey: number, other: unknown): { text: string; key: string } {
+  const objects = objectsWithKeys(JSON.parse(JSON.stringify(message)));
+  const target = objects[pickObject % objects.length]!;
+  const keys = Object.keys(target);
+  const key = keys[pickKey % keys.length]!;
+  const mark = "\u0000dup\u0000";
+  Object.defineProperty(target, mark, { value: other === undefined ? target[key] : other, enumerable: true });
+  const text = JSON.stringify(objects[0]);
+  assert.equal(text.split(JSON.stringify(mark)).length, 2);
+  return { text: text.replace(JSON.stringify(mark), JSON.stringify(key)), key };
 }
 
 describe("QmpClient with QEMU", { timeout: 60_000 }, () => {
@@ -165,6 +188,12 @@ describe("QmpClient with a hostile peer", () => {
     ["a bare value", 42],
     ["a reply to another id", { return: {}, id: "mvm-999" }],
     ["a malformed event", { event: "lower case", timestamp: { seconds: 1, microseconds: 1 } }],
+    // Under JSON.parse the last key would win and each of these would be a valid reply.
+    ["a key twice", '{"return":{"status":"running"},"return":{"status":"paused"},"id":"ID"}'],
+    ["a key twice deep in a return value", '{"return":[{"a":{"b":1,"c":[],"b":2}}],"id":"ID"}'],
+    ["an id twice", '{"return":{},"id":"mvm-999","id":"ID"}'],
+    ["a __proto__ key", '{"return":{"__proto__":{"polluted":true}},"id":"ID"}'],
+    ["nesting past the bound", `{"return":${"[".repeat(QMP_MAX_DEPTH)}${"]".repeat(QMP_MAX_DEPTH)},"id":"ID"}`],
   ] as const) {
     it(`fails with TransportError on ${label}`, async () => {
       const fake = new FakePeer();
@@ -172,12 +201,35 @@ describe("QmpClient with a hostile peer", () => {
       const reply = qmp.execute("query-status", undefined, T);
       const cmd = await fake.command();
       if (Buffer.isBuffer(line)) fake.peer.write(Buffer.concat([line, Buffer.from("\n")]));
-      else fake.send(typeof line === "string" ? line : JSON.stringify(line).replace('"ID"', JSON.stringify(cmd.id)));
+      else fake.send((typeof line === "string" ? line : JSON.stringify(line)).replace('"ID"', JSON.stringify(cmd.id)));
       await assert.rejects(reply, TransportError);
       await qmp.closed;
       await assert.rejects(qmp.execute("query-status", undefined, T), TransportError);
     });
   }
+
+  it("fails with a TransportError naming the key when any reply or event holds a key twice", async () => {
+    const reply = (value: unknown, id: string) => ({ return: value, id });
+    const event = (value: unknown) => ({ event: "X", data: { value }, timestamp: { seconds: 1, microseconds: 2 } });
+    await fc.assert(
+      fc.asyncProperty(fc.jsonValue({ maxDepth: 3 }), fc.boolean(), fc.nat(), fc.nat(), fc.option(fc.jsonValue({ maxDepth: 1 }), { nil: undefined }), async (value, asEvent, pickObject, pickKey, other) => {
+        const fake = new FakePeer();
+        const qmp = await fake.connect();
+        const pending = qmp.execute("query-x", undefined, T);
+        const cmd = await fake.command();
+        // A reply's keys and the event's own keys are candidates, as well as any key inside the value.
+        const edited = withRepeatedKey(asEvent ? event(value) : reply(value, cmd.id), pickObject, pickKey, other);
+        fake.send(edited.text);
+        const err = await pending.then(() => undefined, (e: unknown) => e);
+        assert.ok(err instanceof TransportError, `accepted ${edited.text}`);
+        // A "__proto__" key (which fc.jsonValue may make) is refused for that reason if it comes first.
+        if (edited.text.includes('"__proto__":')) assert.match(err.message, /not strict JSON: (duplicate key |key "__proto__")/);
+        else assert.ok(err.message.includes(`not strict JSON: duplicate key ${JSON.stringify(edited.key).slice(0, 60)}`), err.message);
+        await qmp.closed;
+      }),
+      { numRuns: 100 },
+    );
+  });
 
   it("refuses a peer that sends no greeting", async () => {
     const fake = new FakePeer();
@@ -220,8 +272,10 @@ describe("QmpClient with a hostile peer", () => {
   });
 
   it("parses replies however the bytes are split", async () => {
+    // Without "__proto__" keys (fc.jsonValue makes one now and then), which are refused.
+    const values = fc.jsonValue({ maxDepth: 3 }).filter((v) => !JSON.stringify(v).includes('"__proto__":'));
     await fc.assert(
-      fc.asyncProperty(fc.jsonValue({ maxDepth: 3 }), fc.array(fc.nat(), { maxLength: 8 }), async (value, cuts) => {
+      fc.asyncProperty(values, fc.array(fc.nat(), { maxLength: 8 }), async (value, cuts) => {
         const fake = new FakePeer();
         const qmp = await fake.connect();
         const reply = qmp.execute("echo", undefined, T);

@@ -5,16 +5,20 @@
  * each command gets exactly one reply (`{"return": …}` or `{"error": {"class", "desc"}}`) carrying
  * the command's `id`, and asynchronous events (`{"event", "data"?, "timestamp"}`) may arrive
  * between replies. QEMU processes guest-influenced state, so every line is size-bounded before it
- * is buffered and schema-checked before it is used; any breach closes the connection with a
- * TransportError. One command is on the wire at a time; later ones wait in a queue.
+ * is buffered, decoded as strict JSON (parseJsonStrict: no key twice in one object, no `__proto__`
+ * key, at most QMP_MAX_DEPTH deep) and schema-checked before it is used; any breach closes the
+ * connection with a TransportError. One command is on the wire at a time; later ones wait in a
+ * queue.
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
-import { AbortedError, InternalError, type MvmError, TimeoutError, TransportError } from "@mvm/protocol";
+import { AbortedError, InternalError, type MvmError, StrictJsonError, TimeoutError, TransportError, parseJsonStrict } from "@mvm/protocol";
 import { z } from "zod";
 
 /** The longest QMP line accepted, bytes (without the line end). */
 export const DEFAULT_QMP_MAX_LINE_BYTES = 1024 * 1024;
+/** Deepest nesting of objects and arrays accepted in a QMP line. */
+export const QMP_MAX_DEPTH = 64;
 
 const greetingSchema = z.strictObject({
   QMP: z.strictObject({
@@ -151,8 +155,11 @@ export class QmpClient {
     const onLine = (line: Buffer) => {
       let value: unknown;
       try {
-        value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(line));
+        value = parseJsonStrict(new TextDecoder("utf-8", { fatal: true }).decode(line), { maxDepth: QMP_MAX_DEPTH });
       } catch (err) {
+        if (err instanceof StrictJsonError && err.fault !== "syntax") {
+          return fail(new TransportError(`QMP peer "${label}" sent a line that is not strict JSON: ${err.detail}`, { cause: err }));
+        }
         return fail(new TransportError(`QMP peer "${label}" sent a line that is not JSON: ${JSON.stringify(line.subarray(0, 80).toString("latin1"))}`, { cause: err }));
       }
       if (client !== undefined) return client.handle(value);
