@@ -23,6 +23,8 @@ const HOST_ONLY: Record<string, string> = {
   "packages/engine/src/backends/namespace/_launcher.ts": "test fixture: specs the test wrote",
   "packages/engine/src/backends/namespace/_fixtures.ts": "test fixture: the stand-in agent's lines in tests",
   "packages/engine/src/backends/vm/disk.ts": "the verity record the host wrote",
+  "packages/engine/src/backends/vm/snapshot-manifest.ts": "the saved VM's manifest the engine wrote (0600, root)",
+  "packages/engine/src/conformance/security.ts": "test: a probe's report, read only by the test's assertions",
   "packages/engine/src/conformance/harness.ts": "test harness: probe output and records in tests",
   "packages/engine/src/daemon/http-io.ts": "API request bodies from local clients of the daemon socket",
   "packages/engine/src/egress/_test-host-server.ts": "test fixture: commands from the test",

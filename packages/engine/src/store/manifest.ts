@@ -10,7 +10,7 @@
  */
 import { createHash, sign, verify, type KeyObject } from "node:crypto";
 import { z } from "zod";
-import { canonicalJson, InvalidArgumentError, SnapshotMismatchError, Sha256DigestSchema, Tier, type Sha256Digest } from "@mvm/protocol";
+import { canonicalJson, parseJsonStrict, InvalidArgumentError, SnapshotMismatchError, Sha256DigestSchema, Tier, type Sha256Digest } from "@mvm/protocol";
 import { keyIdOf } from "../admission/plan.js";
 import { BlobRefSchema } from "./blobs.js";
 
@@ -95,7 +95,7 @@ export function decodeSignedManifest(bytes: Uint8Array, publicKey: KeyObject): S
   let value: unknown;
   try {
     const text = strictUtf8.decode(bytes);
-    value = JSON.parse(text);
+    value = parseJsonStrict(text, { maxDepth: 8 });
     if (canonicalJson(value) !== text) throw new Error("not in canonical form");
   } catch (err) {
     throw new SnapshotMismatchError(`Snapshot manifest is not canonical JSON: ${(err as Error).message}`, { cause: err });
