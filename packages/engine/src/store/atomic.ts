@@ -4,16 +4,22 @@
  */
 import { constants as fsc } from "node:fs";
 import { open, rename, unlink } from "node:fs/promises";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import { InvalidArgumentError } from "@mvm/protocol";
 import { uniqueOwnedName } from "./lock.js";
 
 /**
  * Replaces `path` with `data` atomically: writes a temp file beside it (O_EXCL), fsyncs it,
  * renames it over `path` and fsyncs the directory. Readers see the old or the new content, never a mix.
+ * `tempDir` puts the temp file in another directory of the same file system (one a sweep owns).
  */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
-  const temp = `${path}.${await uniqueOwnedName()}.tmp`;
+export async function writeFileAtomic(
+  path: string,
+  data: string | Uint8Array,
+  mode = 0o644,
+  options: { tempDir?: string } = {},
+): Promise<void> {
+  const temp = options.tempDir === undefined ? `${path}.${await uniqueOwnedName()}.tmp` : join(options.tempDir, `${await uniqueOwnedName()}.tmp`);
   const handle = await open(temp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode);
   try {
     try {

@@ -2,19 +2,19 @@
  * The chunk store: fixed 2 MiB chunks named by their BLAKE3-256 hash.
  *
  * `<dir>/blake3/<first 2 hex>/<64 hex>` holds one chunk, root-owned 0444. A chunk is hashed
- * before it is written, written to a temp file opened with O_EXCL, fsynced and renamed into
+ * before it is written, written atomically (`writeFileAtomic`: temp file, fsync, rename) into
  * place, so a visible chunk always holds the bytes its name says. Every read for use hashes the
  * bytes again: a chunk that is missing, is not a regular file, is a symlink, is too large or
  * hashes to another name fails closed with `SnapshotMismatchError`. An all-zero chunk is never
  * stored: its id is `null` wherever a list of chunks names it.
  */
 import { constants as fsc } from "node:fs";
-import { mkdir, open, readdir, rename, rm, unlink } from "node:fs/promises";
+import { mkdir, open, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { createBLAKE3, type IHasher } from "hash-wasm";
 import { InvalidArgumentError, SnapshotMismatchError } from "@mvm/protocol";
-import { fsyncDir } from "./atomic.js";
-import { isAlive, parseOwnerTag, uniqueOwnedName } from "./lock.js";
+import { writeFileAtomic } from "./atomic.js";
+import { isAlive, parseOwnerTag } from "./lock.js";
 
 /** Size of every chunk but a blob's last, in bytes. */
 export const CHUNK_SIZE = 2 * 1024 * 1024;
@@ -93,21 +93,7 @@ export class ChunkStore {
     const path = this.pathOf(id);
     if (await this.#verifies(id)) return id;
     await mkdir(join(this.dir, "blake3", id.slice(0, 2)), { recursive: true, mode: 0o700 });
-    const temp = join(this.dir, "tmp", `${await uniqueOwnedName()}.chunk`);
-    const handle = await open(temp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o444);
-    try {
-      try {
-        await handle.writeFile(bytes);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-      await rename(temp, path);
-    } catch (err) {
-      await unlink(temp).catch(() => undefined);
-      throw err;
-    }
-    await fsyncDir(join(this.dir, "blake3", id.slice(0, 2)));
+    await writeFileAtomic(path, bytes, 0o444, { tempDir: join(this.dir, "tmp") });
     return id;
   }
 
