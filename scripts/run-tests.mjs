@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Runs every compiled test file (packages/*/dist/**/*.test.js) with Node's test runner.
+// Runs every compiled test file (packages/*/dist/**/*.test.js), and scripts/*.test.mjs, with Node's test runner.
 // Usage: node scripts/run-tests.mjs [substring-filter ...]
 import { readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -24,6 +24,11 @@ for (const pkg of readdirSync(join(root, "packages"))) {
 if (files.length === 0) {
   console.error("no test files found; run npm run build first");
   process.exit(1);
+}
+// The repository's own scripts (dependency audit, …) have tests beside them too.
+for (const name of readdirSync(join(root, "scripts"))) {
+  const p = join(root, "scripts", name);
+  if (name.endsWith(".test.mjs") && (filters.length === 0 || filters.some((f) => p.includes(f)))) files.push(p);
 }
 files.sort();
 const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", ...files], { stdio: "inherit" });

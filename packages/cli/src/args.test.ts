@@ -55,6 +55,7 @@ const GOOD: Good[] = [
   { argv: ["image", "ls"], name: "image ls", options: {} },
   { argv: ["image", "rm", "debian:bookworm"], name: "image rm", options: { ref: "debian:bookworm" } },
   { argv: ["daemon", "--socket", "/tmp/d.sock"], name: "daemon", socketPath: "/tmp/d.sock" },
+  { argv: ["daemon", "--group", "mvm"], name: "daemon", options: { group: "mvm" } },
 ];
 
 for (const g of GOOD) {

@@ -50,6 +50,7 @@ for (const { value, message } of INVALID) {
 
 test("loadConfig reads and validates a file", async () => {
   assert.deepEqual(await loadConfig({ path: file("ok.json", '{"ackContainerTier": true}'), explicit: true }), { ackContainerTier: true });
+  assert.deepEqual(await loadConfig({ path: file("group.json", '{"daemonGroup": "mvm"}'), explicit: true }), { daemonGroup: "mvm" });
   await assert.rejects(loadConfig({ path: file("bad.json", "{not json"), explicit: false }), /^InvalidArgumentError: Invalid config file ".*bad.json": not JSON$/);
   await assert.rejects(loadConfig({ path: file("extra.json", '{"ackContainerTier": true, "x": 1}'), explicit: false }), InvalidArgumentError);
   await assert.rejects(loadConfig({ path: file("big.json", " ".repeat(MAX_CONFIG_BYTES + 1)), explicit: false }), /larger than 65536 bytes/);

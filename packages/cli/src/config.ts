@@ -12,6 +12,8 @@ import { InvalidArgumentError } from "@mvm/protocol";
 export const CliConfigSchema = z.strictObject({
   /** Silences the warning printed when a sandbox runs on the container tier. */
   ackContainerTier: z.boolean().optional(),
+  /** Operator group (name or gid) whose members may use `mvmctl daemon`'s socket; `--group` wins. */
+  daemonGroup: z.string().min(1).max(64).optional(),
 });
 export type CliConfig = z.infer<typeof CliConfigSchema>;
 
@@ -42,7 +44,7 @@ export function parseConfig(value: unknown, path: string): CliConfig {
   const where = issue && issue.path.length > 0 ? `${issue.path.join(".")}: ` : "";
   throw new InvalidArgumentError(`Invalid config file "${path}": ${where}${issue?.message ?? "invalid"}`, {
     cause: r.error,
-    hint: `The only key is "ackContainerTier" (true or false); fix or remove the file`,
+    hint: `The keys are "ackContainerTier" (true or false) and "daemonGroup" (a group name or gid); fix or remove the file`,
   });
 }
 

@@ -52,6 +52,8 @@ export interface CliIo {
 export interface DaemonOptions {
   /** Unix socket the daemon listens on; the SDK's default when absent. */
   socketPath?: string;
+  /** Operator group (name or gid) whose members may use the daemon. */
+  group?: string;
   /** Stops the server and the engine (closing kills every sandbox). */
   signal: AbortSignal;
   /** Called once the socket accepts connections, with the engine's health. */

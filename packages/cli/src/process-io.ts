@@ -14,7 +14,12 @@ async function serveDaemon(options: DaemonOptions): Promise<void> {
   if (options.signal.aborted) return;
   const engine = await openEngine();
   try {
-    const server = await startDaemonServer({ engine, socketPath, signal: options.signal });
+    const server = await startDaemonServer({
+      engine,
+      socketPath,
+      signal: options.signal,
+      ...(options.group === undefined ? {} : { group: options.group }),
+    });
     try {
       const stopped = new Promise<void>((resolve) => options.signal.addEventListener("abort", () => resolve(), { once: true }));
       if (!options.signal.aborted) await options.onListening({ socketPath, engine });

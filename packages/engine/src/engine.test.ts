@@ -11,7 +11,16 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex } from "node:stream";
-import { InvalidArgumentError, NotFoundError, SandboxCrashedError, UnsupportedCapabilityError, type BackendName, type Tier } from "@mvm/protocol";
+import {
+  InvalidArgumentError,
+  MAX_EXEC_COMMAND_BYTES,
+  MAX_SANDBOX_ENV_BYTES,
+  NotFoundError,
+  SandboxCrashedError,
+  UnsupportedCapabilityError,
+  type BackendName,
+  type Tier,
+} from "@mvm/protocol";
 import { Engine, type EngineOptions } from "./engine.js";
 import { ImageStore } from "./images/store.js";
 import { defaultAgentBundlePath } from "./open.js";
@@ -344,4 +353,27 @@ test("close stops every sandbox with reason engine-exit and refuses new work", a
   for (const id of [a.id, b.id]) assert.equal((await engine.getSandbox(id)).endReason, "engine-exit");
   assert.ok(backend.children.every((c) => c.exitCode !== null || c.signalCode !== null));
   await assert.rejects(engine.createSandbox({}), { code: "TRANSPORT" });
+});
+
+test("a sandbox environment that outgrows the agent's frame with its secrets is refused at create; one at the limits runs", async () => {
+  const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
+  process.env["MVM_TEST_BIG_SECRET_A"] = "a".repeat(14 * 1024);
+  process.env["MVM_TEST_BIG_SECRET_B"] = "b".repeat(14 * 1024);
+  try {
+    const secret = (name: string) => ({ kind: "secret-ref" as const, source: "env" as const, name, posture: "env" as const });
+    // Each part passes the request schema; together they exceed MAX_SANDBOX_ENV_BYTES.
+    await assert.rejects(
+      engine.createSandbox({ env: { SMALL: "x" }, secrets: { A: secret("MVM_TEST_BIG_SECRET_A"), B: secret("MVM_TEST_BIG_SECRET_B") } }),
+      (err: unknown) => err instanceof InvalidArgumentError && /field "env" is invalid: .*more than the limit of 24576 bytes/.test(err.message),
+    );
+    assert.deepEqual(await engine.listSandboxes(), []);
+    // A sandbox env near its limit and an exec near its own: the agent takes the frame and runs it.
+    const { id } = await engine.createSandbox({ env: { FILL: "f".repeat(MAX_SANDBOX_ENV_BYTES - 2048) } });
+    const started = await engine.exec(id, { argv: ["true"], env: { MORE: "m".repeat(MAX_EXEC_COMMAND_BYTES - 100) } }, {});
+    assert.equal((await started.exit).exitCode, 0);
+  } finally {
+    delete process.env["MVM_TEST_BIG_SECRET_A"];
+    delete process.env["MVM_TEST_BIG_SECRET_B"];
+    await engine.close();
+  }
 });

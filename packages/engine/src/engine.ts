@@ -12,6 +12,7 @@ import {
   ExecApiRequest,
   ImportImageApiRequest,
   InvalidArgumentError,
+  sandboxEnvProblem,
   MAX_DIR_ENTRIES,
   NotFoundError,
   TransportError,
@@ -56,6 +57,7 @@ import { newSandboxId } from "./ids.js";
 import { callSignal } from "./_internal/signals.js";
 import { SandboxRecords, defaultStateDir, isAlive, processStartTime } from "./state.js";
 import type { ImageStore } from "./images/store.js";
+import type { TestAllowance } from "./egress/address-floor.js";
 import { EgressGateway, type MediatedSecret } from "./egress/gateway.js";
 import { EgressResolver } from "./egress/resolver.js";
 import { SandboxCa } from "./egress/sandbox-ca.js";
@@ -141,6 +143,12 @@ export interface EgressOptions {
   dnsServers?: readonly string[];
   /** Extra CA certificates (PEM) trusted for upstream TLS when the gateway intercepts to substitute secrets. */
   upstreamCa?: readonly string[];
+  /**
+   * Test-only: blocks inside 198.18.0.0/15 or 2001:2::/48 the address floor lets through, so the
+   * egress suite reaches test hosts in network namespaces it made. Only code sets it; no network
+   * policy, request, file or environment variable can.
+   */
+  testAllowance?: TestAllowance;
 }
 
 /** Largest image CA bundle copied into a sandbox's trust bundle, bytes. */
@@ -188,6 +196,7 @@ export class Engine implements EngineApi {
     this.#gateway = new EgressGateway({
       resolver: new EgressResolver(dnsServers ? { servers: dnsServers } : {}),
       ...(options.egress?.upstreamCa ? { upstreamCa: options.egress.upstreamCa } : {}),
+      ...(options.egress?.testAllowance ? { testAllowance: options.egress.testAllowance } : {}),
     });
   }
 
@@ -358,6 +367,14 @@ export class Engine implements EngineApi {
     const secrets = await resolveSecrets(req.secrets ?? {}, { store: this.secrets });
     const secretEnv = Object.fromEntries(secrets.map((s) => [s.envName, s.ref.posture === "env" ? s.value : s.placeholder]));
     const warnings = checkSecretHygiene({ env: req.env ?? {}, exemptEnv: new Set(Object.keys(secretEnv)) }).map((w) => w.message);
+    const mediatedCount = secrets.filter((s) => s.ref.posture === "mediated").length;
+    const sandboxEnv = { ...egressEnvironment({ trustBundle: mediatedCount > 0 }), ...(req.env ?? {}), ...secretEnv };
+    const envProblem = sandboxEnvProblem(sandboxEnv);
+    if (envProblem !== undefined) {
+      throw new InvalidArgumentError(`Sandbox field "env" is invalid: ${envProblem} (env, secrets and egress variables together)`, {
+        hint: "Pass less environment, or use mediated secrets (their placeholders are short)",
+      });
+    }
     const id = newSandboxId();
     const now = Date.now();
     const info: SandboxInfo = {
@@ -399,7 +416,7 @@ export class Engine implements EngineApi {
       sandbox = await LiveSandbox.start({
         info,
         backend,
-        env: { ...egressEnvironment({ trustBundle: ca !== undefined }), ...(req.env ?? {}), ...secretEnv },
+        env: sandboxEnv,
         network,
         redactor: redactorFor(secrets),
         spec: {

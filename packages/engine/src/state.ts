@@ -2,12 +2,13 @@
  * On-disk state of an engine: where it lives, and the per-sandbox record a later engine uses to
  * reap what a crashed one left behind.
  */
-import { mkdir, readdir, readFile, rename, rm, writeFile, open } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
 import { SandboxInfo } from "@mvm/protocol";
 import { isSameLiveProcess } from "./_internal/proc.js";
+import { writeFileAtomic } from "./store/atomic.js";
 
 export { readProcStartTime as processStartTime } from "./_internal/proc.js";
 
@@ -40,19 +41,6 @@ export function isAlive(owner: { pid: number; startTime: string }): Promise<bool
   return isSameLiveProcess(owner.pid, owner.startTime);
 }
 
-/** Writes a file atomically: temp file, fsync, rename. */
-export async function writeFileAtomic(path: string, data: string, mode = 0o600): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-  const fh = await open(tmp, "wx", mode);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
-}
-
 export class SandboxRecords {
   readonly dir: string;
   constructor(stateDir: string) {
@@ -74,7 +62,7 @@ export class SandboxRecords {
   }
 
   async write(record: SandboxRecord): Promise<void> {
-    await writeFileAtomic(join(this.sandboxDir(record.info.id), "record.json"), JSON.stringify(record));
+    await writeFileAtomic(join(this.sandboxDir(record.info.id), "record.json"), JSON.stringify(record), 0o600);
   }
 
   async remove(id: string): Promise<void> {

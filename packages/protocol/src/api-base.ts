@@ -14,8 +14,7 @@ export type BackendName = z.infer<typeof BackendName>;
 export const Tier = z.enum(["container", "vm-hardware", "vm-emulated"]);
 export type Tier = z.infer<typeof Tier>;
 
-/** Most guest ports one sandbox may publish. */
-export const MAX_PUBLISHED_PORTS = 16;
+export { MAX_PUBLISHED_PORTS } from "./limits.js";
 
 /** A guest port published on a host loopback port (`host` absent: any free port). */
 export const PortSpec = z.strictObject({ guest: PortSchema, host: PortSchema.optional() });

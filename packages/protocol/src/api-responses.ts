@@ -5,6 +5,7 @@
  */
 import { z } from "zod";
 import { ApiErrorBody, AuditReceiptRef, BackendName, SandboxInfo, Sha256DigestSchema, Tier } from "./api.js";
+import { MAX_SECRET_REF_HOSTS, MAX_SECRET_VALUE_BYTES } from "./limits.js";
 import { NetworkEventSchema } from "./network-event.js";
 
 export const ProgressEventSchema = z.strictObject({
@@ -90,6 +91,6 @@ export const SecretListSchema = z.strictObject({ secrets: z.array(SecretMetaSche
 
 /** Body of PUT /v1/secrets/:name. */
 export const SetSecretApiRequest = z.strictObject({
-  value: z.string().min(1).max(64 * 1024),
-  hosts: z.array(z.string().max(253)).max(32).optional(),
+  value: z.string().min(1).max(MAX_SECRET_VALUE_BYTES),
+  hosts: z.array(z.string().max(253)).max(MAX_SECRET_REF_HOSTS).optional(),
 });

@@ -9,6 +9,17 @@ import { NetworkPolicySchema, PortSchema } from "./network-policy.js";
 import { SecretPosture, SecretsSpecSchema } from "./secret-ref.js";
 import { BackendName, MAX_PUBLISHED_PORTS, PortSpec, Sha256DigestSchema, Tier } from "./api-base.js";
 import { IntentSchema, SignedPlan } from "./plan.js";
+import {
+  MAX_EXEC_COMMAND_BYTES,
+  MAX_EXEC_STDIN_BASE64_CHARS,
+  MAX_LABEL_KEY_CHARS,
+  MAX_LABEL_VALUE_CHARS,
+  MAX_LABELS,
+  MAX_LABELS_BYTES,
+  MAX_PATH_LENGTH,
+  MAX_SANDBOX_ENV_BYTES,
+  jsonBytes,
+} from "./limits.js";
 
 export { BackendName, MAX_PUBLISHED_PORTS, PortSpec, Sha256DigestSchema, Tier } from "./api-base.js";
 export type { Sha256Digest } from "./api-base.js";
@@ -31,8 +42,10 @@ export const ImageRefSchema = z
 
 export const Resources = z.strictObject({
   /**
-   * Memory limit in MiB: every process of the sandbox, the agent included (~50 MiB), plus what
-   * it writes to /work and /tmp. At least 128.
+   * Memory limit in MiB for every process of the sandbox, the agent included (~50 MiB). A full
+   * /work is ENOSPC for its writer, never an OOM kill: on the namespace backend /work, /tmp and
+   * /dev/shm are tmpfs mounts charged to the sandbox's memory cgroup, whose limit is this plus
+   * their size caps; on the vm backend /work is a disk. At least 128.
    */
   memoryMiB: z.number().int().min(128).max(1024 * 1024).optional(),
   /** Maximum number of processes and threads. */
@@ -42,6 +55,35 @@ export const Resources = z.strictObject({
 });
 export type Resources = z.infer<typeof Resources>;
 
+
+/** The working directory of an exec that names none. */
+export const DEFAULT_EXEC_CWD = "/work";
+
+/**
+ * UTF-8 bytes of an exec's `{ argv, env, cwd }` as JSON: its share of the agent's control frame
+ * (see limits.ts). `cwd` absent counts as {@link DEFAULT_EXEC_CWD}.
+ */
+export function execCommandBytes(argv: readonly string[], env: Readonly<Record<string, string>> | undefined, cwd: string | undefined): number {
+  return jsonBytes({ argv, env: env ?? {}, cwd: cwd ?? DEFAULT_EXEC_CWD });
+}
+
+function execCommandIssue(bytes: number): string {
+  return `argv, env and cwd take ${bytes} bytes as JSON, more than the limit of ${MAX_EXEC_COMMAND_BYTES} bytes`;
+}
+
+/** Sandbox labels: at most MAX_LABELS, MAX_LABELS_BYTES as JSON (the count is checked before the entries). */
+export const Labels = z
+  .unknown()
+  .superRefine((value, ctx) => {
+    if (value !== null && typeof value === "object" && Object.keys(value).length > MAX_LABELS) {
+      ctx.addIssue({ code: "custom", message: `at most ${MAX_LABELS} labels` });
+    }
+  })
+  .pipe(
+    z
+      .record(z.string().max(MAX_LABEL_KEY_CHARS), z.string().max(MAX_LABEL_VALUE_CHARS))
+      .refine((labels) => jsonBytes(labels) <= MAX_LABELS_BYTES, { message: `at most ${MAX_LABELS_BYTES} bytes as JSON` }),
+  );
 
 /** Warnings about a request (e.g. an argument that looks like a secret); never contain values. */
 export const Warnings = z.array(z.string().max(512)).max(32);
@@ -53,8 +95,10 @@ export const CreateSandboxRequest = z.strictObject({
   resources: Resources.optional(),
   /** Size cap of the writable /work, in MiB. */
   workMiB: z.number().int().min(1).max(1024 * 1024).optional(),
+  /** The sandbox's environment: at most MAX_SANDBOX_ENV_BYTES as JSON (secrets and egress variables included, checked at create). */
   env: z.optional(Env),
-  labels: z.record(z.string().max(64), z.string().max(256)).optional(),
+  /** At most MAX_LABELS labels, MAX_LABELS_BYTES as JSON. */
+  labels: Labels.optional(),
   /** Egress policy. @default deny everything */
   network: NetworkPolicySchema.optional(),
   /** Environment variables filled from secrets on the host (see SecretRef). */
@@ -63,13 +107,24 @@ export const CreateSandboxRequest = z.strictObject({
   ports: z.array(PortSpec).max(MAX_PUBLISHED_PORTS).optional(),
   /** What the workload is for, `domain:verb`. @default "code:execute" */
   intent: IntentSchema.optional(),
-  /** The only command this sandbox may execute. Absent: any command (a session). */
+  /** The only command this sandbox may execute (its exec must fit MAX_EXEC_COMMAND_BYTES). Absent: any command (a session). */
   command: z.optional(Argv),
   /**
    * A signed execution plan (from `planSandbox`) to admit instead of one the engine signs itself.
    * The rest of the request must describe exactly the plan's workload (see `requestFromPlan`).
    */
   plan: SignedPlan.optional(),
+}).superRefine((req, ctx) => {
+  if (req.env !== undefined) {
+    const bytes = jsonBytes(req.env);
+    if (bytes > MAX_SANDBOX_ENV_BYTES) {
+      ctx.addIssue({ code: "custom", path: ["env"], message: `takes ${bytes} bytes as JSON, more than the limit of ${MAX_SANDBOX_ENV_BYTES} bytes` });
+    }
+  }
+  if (req.command !== undefined) {
+    const bytes = execCommandBytes(req.command, undefined, undefined);
+    if (bytes > MAX_EXEC_COMMAND_BYTES) ctx.addIssue({ code: "custom", path: ["command"], message: execCommandIssue(bytes) });
+  }
 });
 export type CreateSandboxRequest = z.infer<typeof CreateSandboxRequest>;
 
@@ -137,7 +192,7 @@ export const ExecApiRequest = z.strictObject({
   env: z.optional(Env),
   cwd: z.optional(SandboxPath),
   /** Bytes for stdin, base64. Absent: stdin is empty unless `openStdin`. */
-  stdinBase64: z.string().max(16 * 1024 * 1024).optional(),
+  stdinBase64: z.string().max(MAX_EXEC_STDIN_BASE64_CHARS).optional(),
   /** Keep stdin open for later writes through the processes API. */
   openStdin: z.boolean().optional(),
   timeoutMs: z.number().int().min(0).max(7 * 24 * 3600 * 1000).optional(),
@@ -146,6 +201,9 @@ export const ExecApiRequest = z.strictObject({
   maxOutputBytes: z.number().int().min(0).max(1024 * 1024 * 1024).optional(),
   /** When true the process outlives the HTTP stream that started it. */
   background: z.boolean().optional(),
+}).superRefine((req, ctx) => {
+  const bytes = execCommandBytes(req.argv, req.env, req.cwd);
+  if (bytes > MAX_EXEC_COMMAND_BYTES) ctx.addIssue({ code: "custom", path: ["argv"], message: execCommandIssue(bytes) });
 });
 export type ExecApiRequest = z.infer<typeof ExecApiRequest>;
 
@@ -210,9 +268,14 @@ export const ApiErrorBody = z.strictObject({
 
 /** Body of POST /v1/images/import: a host path (absolute) and the name to give the image. */
 export const ImportImageApiRequest = z.strictObject({
-  path: z.string().min(1).max(4096).regex(/^\//, { message: "must be an absolute path" }),
+  path: z
+    .string()
+    .min(1)
+    .max(MAX_PATH_LENGTH)
+    .regex(/^\//, { message: "must be an absolute path" })
+    .refine((p) => !p.includes("\0"), { message: "must not contain NUL" }),
   name: ImageRefSchema,
 });
 
-/** Largest JSON body either side of the daemon API buffers, in bytes. */
+/** Largest JSON answer the SDK buffers from the daemon, in bytes (requests: see limits.ts). */
 export const MAX_API_JSON_BYTES = 32 * 1024 * 1024;

@@ -28,3 +28,4 @@ export * from "./egress.js";
 export * from "./relay-mux.js";
 export * from "./secret-ref.js";
 export * from "./plan.js";
+export * from "./limits.js";

@@ -7,15 +7,15 @@
 import * as z from "zod/mini";
 import { ERROR_CODES, type ErrorCode } from "./errors.js";
 import { MAX_STREAM_ID } from "./frame.js";
+import { MAX_ARGUMENT_CHARS, MAX_ARGV_ITEMS, MAX_ENV_VARS, MAX_PATH_LENGTH } from "./limits.js";
+
+export { MAX_PATH_LENGTH } from "./limits.js";
 
 export const PROTOCOL_VERSION = 1;
 
 const u32 = z.int().check(z.minimum(0), z.maximum(0xffff_ffff));
 export const StreamId = z.int().check(z.minimum(1), z.maximum(MAX_STREAM_ID));
 export const RequestId = u32;
-
-/** Longest path accepted anywhere in the protocol, in UTF-16 code units. */
-export const MAX_PATH_LENGTH = 4096;
 
 /** An absolute, normalized path inside the sandbox: no `.`/`..` segments, no empty segments, no NUL. */
 export const SandboxPath = z
@@ -39,16 +39,16 @@ export function isSandboxPath(p: string): boolean {
 export const EnvName = z.string().check(z.minLength(1), z.maxLength(256), z.regex(/^[A-Za-z_][A-Za-z0-9_]*$/));
 const EnvValue = z
   .string()
-  .check(z.maxLength(128 * 1024), z.refine((v) => !v.includes("\0"), { message: "must not contain NUL" }));
+  .check(z.maxLength(MAX_ARGUMENT_CHARS), z.refine((v) => !v.includes("\0"), { message: "must not contain NUL" }));
 // zod's record silently skips an own "__proto__" key; map it to a name the EnvName rule rejects.
 export const Env = z.pipe(
   z.transform((v: unknown) => (v !== null && typeof v === "object" && Object.hasOwn(v, "__proto__") ? { "__proto__!": "" } : v)),
-  z.record(EnvName, EnvValue).check(z.refine((e) => Object.keys(e).length <= 1024, { message: "at most 1024 variables" })),
+  z.record(EnvName, EnvValue).check(z.refine((e) => Object.keys(e).length <= MAX_ENV_VARS, { message: `at most ${MAX_ENV_VARS} variables` })),
 );
 
 export const Argv = z
-  .array(z.string().check(z.maxLength(128 * 1024), z.refine((a) => !a.includes("\0"), { message: "must not contain NUL" })))
-  .check(z.minLength(1), z.maxLength(4096), z.refine((a) => a[0] !== "", { message: "argv[0] must not be empty" }));
+  .array(z.string().check(z.maxLength(MAX_ARGUMENT_CHARS), z.refine((a) => !a.includes("\0"), { message: "must not contain NUL" })))
+  .check(z.minLength(1), z.maxLength(MAX_ARGV_ITEMS), z.refine((a) => a[0] !== "", { message: "argv[0] must not be empty" }));
 
 export const SIGNALS = ["SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGSTOP", "SIGCONT"] as const;
 export const KillSignal = z.enum(SIGNALS);

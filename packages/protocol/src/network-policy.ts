@@ -6,10 +6,9 @@ import { isIP } from "node:net";
 import { z } from "zod";
 import { InvalidArgumentError } from "./errors.js";
 
-/** Most rules one policy may hold. */
-export const MAX_POLICY_RULES = 256;
-/** Most ports one cidr rule may list. */
-export const MAX_CIDR_PORTS = 64;
+import { MAX_CIDR_PORTS, MAX_POLICY_RULES } from "./limits.js";
+
+export { MAX_CIDR_PORTS, MAX_POLICY_RULES } from "./limits.js";
 
 const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 

@@ -11,6 +11,7 @@
 import { z } from "zod";
 import { MAX_PUBLISHED_PORTS, PortSpec, Sha256DigestSchema, Tier, type BackendName } from "./api-base.js";
 import type { CreateSandboxRequest } from "./api.js";
+import { MAX_ARGUMENT_CHARS, MAX_ARGV_ITEMS, MAX_ENV_VARS, MAX_EXEC_COMMAND_BYTES, MAX_SECRETS_PER_SPEC, jsonBytes } from "./limits.js";
 import { Argv, EnvName } from "./messages.js";
 import { NetworkPolicySchema } from "./network-policy.js";
 import { SecretRefSchema } from "./secret-ref.js";
@@ -28,14 +29,20 @@ export type Intent = z.infer<typeof IntentSchema>;
 /** The intent of a workload that names none. */
 export const DEFAULT_INTENT = "code:execute";
 
+/** A command fits an exec: its argv takes at most MAX_EXEC_COMMAND_BYTES as JSON. */
+const fits = (args: readonly string[]): boolean => jsonBytes(args) <= MAX_EXEC_COMMAND_BYTES;
+const fitsMessage = `must take at most ${MAX_EXEC_COMMAND_BYTES} bytes as JSON`;
+
 /**
  * What the sandbox runs. `argv`: this command, and no other, may be executed in it. `entrypoint`:
  * the image's entrypoint with these arguments. `session`: only the guest agent boots; commands
  * arrive later over exec, under the plan's intent.
  */
 export const WorkloadCommand = z.discriminatedUnion("kind", [
-  z.strictObject({ kind: z.literal("argv"), argv: Argv }),
-  z.strictObject({ kind: z.literal("entrypoint"), args: z.array(z.string().max(128 * 1024)).max(4096) }),
+  z.strictObject({ kind: z.literal("argv"), argv: Argv }).refine((c) => fits(c.argv), { message: fitsMessage, path: ["argv"] }),
+  z
+    .strictObject({ kind: z.literal("entrypoint"), args: z.array(z.string().max(MAX_ARGUMENT_CHARS)).max(MAX_ARGV_ITEMS) })
+    .refine((c) => fits(c.args), { message: fitsMessage, path: ["args"] }),
   z.strictObject({ kind: z.literal("session") }),
 ]);
 export type WorkloadCommand = z.infer<typeof WorkloadCommand>;
@@ -67,13 +74,13 @@ export const WorkloadIR = z
     imageDigest: Sha256DigestSchema,
     command: WorkloadCommand,
     /** Names of the environment variables the workload gets, sorted, without duplicates. */
-    envNames: z.array(EnvName).max(1024),
+    envNames: z.array(EnvName).max(MAX_ENV_VARS),
     /** `sha256:` of the canonical JSON of the whole environment map (names and values). */
     envSha256: Sha256DigestSchema,
     resources: IrResources,
     /** The egress policy, exactly as a create request carries it. */
     network: NetworkPolicySchema,
-    secrets: z.array(SecretBinding).max(256),
+    secrets: z.array(SecretBinding).max(MAX_SECRETS_PER_SPEC),
     ttlSeconds: z.number().int().min(1).max(7 * 24 * 3600),
     ports: z.array(PortSpec).max(MAX_PUBLISHED_PORTS),
     requiredTier: Tier,

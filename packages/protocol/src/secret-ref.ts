@@ -5,20 +5,16 @@
  */
 import { z } from "zod";
 import { InvalidArgumentError } from "./errors.js";
+import { MAX_SECRET_REF_HOSTS, MAX_SECRETS_PER_SPEC } from "./limits.js";
 import { hostPatternProblem } from "./network-policy.js";
 
 /** Valid names of secrets in the host secret store. */
 export const SECRET_NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,127}$/;
 /** Valid environment variable names (host env sources and sandbox env names). */
 export const ENV_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
-/** Largest secret value, in UTF-8 bytes. */
-export const MAX_SECRET_VALUE_BYTES = 64 * 1024;
 /** Longest `file` source path, in characters. */
 export const MAX_SECRET_FILE_PATH_CHARS = 4096;
-/** Most host patterns one reference may bind its secret to. */
-export const MAX_SECRET_REF_HOSTS = 32;
-/** Most secrets one sandbox spec may reference. */
-export const MAX_SECRETS_PER_SPEC = 64;
+export { MAX_SECRET_REF_HOSTS, MAX_SECRET_VALUE_BYTES, MAX_SECRETS_PER_SPEC } from "./limits.js";
 
 /**
  * How a sandbox sees a secret:

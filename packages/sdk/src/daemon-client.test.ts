@@ -13,7 +13,10 @@ import {
   type ExitInfo,
   type ProgressEvent,
 } from "@mvm/protocol";
+import { join } from "node:path";
+import { startDaemonServer } from "@mvm/engine";
 import { DaemonClient } from "./daemon-client.js";
+import { FakeEngine } from "./_test/fake-engine.js";
 import { nextEvent, scratchDir, startFakeDaemon } from "./_test/harness.js";
 
 async function collect(body: AsyncIterable<Uint8Array>): Promise<Buffer> {
@@ -284,4 +287,26 @@ test("without Accept: application/x-ndjson, create and build answer plain JSON",
   const denied = await post("/v1/sandboxes", { image: "fake/deny" });
   assert.equal(denied.status, 403);
   assert.equal((denied.body.error as { code: string }).code, "POLICY_DENIED");
+});
+
+test("the daemon's request bounds reach the SDK as typed errors naming the field and the limit", async (t) => {
+  const { client } = await startFakeDaemon(t);
+  const labels = Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`l${i}`, "x"]));
+  await assert.rejects(client.createSandbox({ labels }), (err: unknown) => err instanceof InvalidArgumentError && /field "labels" is invalid: at most 64 labels/.test(err.message));
+  const { id } = await client.createSandbox({});
+  await assert.rejects(
+    client.exec(id, { argv: ["true"], env: { BIG: "x".repeat(128 * 1024) } }, {}),
+    (err: unknown) => err instanceof InvalidArgumentError && /limit of 32768 bytes/.test(err.message),
+  );
+});
+
+test("a connection past the daemon's cap is a TransportError saying so", async (t) => {
+  const dir = await scratchDir(t);
+  const server = await startDaemonServer({ engine: new FakeEngine(), socketPath: join(dir, "run", "mvmd.sock"), limits: { maxConnections: 0 } });
+  const client = new DaemonClient({ socketPath: server.socketPath });
+  t.after(async () => {
+    await client.close();
+    await server.close();
+  });
+  await assert.rejects(client.health(), (err: unknown) => err instanceof TransportError && /maximum of 0 connections/.test(err.message));
 });

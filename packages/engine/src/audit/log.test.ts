@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { loadOrCreateHostKey } from "./keys.js";
 import { AUDIT_FILE, AuditLog, AuditLogCorruptError } from "./log.js";
 import { verifyAuditFile } from "./verify.js";
-import { selfIdentity } from "../images/lock.js";
+import { selfIdentity } from "../store/lock.js";
 
 const selfStartTime = async (): Promise<string> => (await selfIdentity()).startTime;
 import { buildChain, fileOf, sampleEvents } from "./_test/chain.js";

@@ -18,7 +18,7 @@ import { linkSync, readdirSync, readFileSync, statSync, unlinkSync } from "node:
 import { link, readFile, rename, unlink, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { InternalError } from "@mvm/protocol";
-import { isAlive, parseOwnerTag, uniqueOwnedName } from "../images/lock.js";
+import { isAlive, parseOwnerTag, uniqueOwnedName } from "../store/lock.js";
 
 /** How long `acquire` waits for a live holder before giving up, ms. */
 export const LOCK_WAIT_MS = 10_000;

@@ -117,13 +117,15 @@ export function egressSuite(backend: BackendName, options: { full: boolean; skip
       await net.setDns("echo.egress.test", { A: [h1!.ip] });
       await net.setDns("rebind.egress.test", { A: ["10.0.0.7", "127.0.0.1", "169.254.169.254"] });
       await net.setDns("metadata.egress.test", { A: ["169.254.169.254"], AAAA: ["fd00:ec2::254"] });
+      // Special-purpose blocks outside the test allowance: benchmarking (not a test host), documentation.
+      await net.setDns("reserved.egress.test", { A: ["198.19.55.173", "192.0.2.1", "203.0.113.9"], AAAA: ["2001:db8::1"] });
       stateDir = await mkdtemp(join(tmpdir(), `mvm-egress-${backend}-`));
       engine = await openEngine({
         stateDir,
         imagesDir: sharedImagesDir(),
         vmCacheDir: sharedVmCacheDir(),
         backends: [backend],
-        egress: { dnsServers: [net.dnsServer], upstreamCa: [net.caPem] },
+        egress: { dnsServers: [net.dnsServer], upstreamCa: [net.caPem], testAllowance: net.testAllowance },
       });
       await engine.setSecret("test-api-key", SECRET_VALUE, { hosts: ["api.egress.test"] });
       sb = await engine.createSandbox({
@@ -133,6 +135,7 @@ export function egressSuite(backend: BackendName, options: { full: boolean; skip
           .allowHttps("other.egress.test")
           .allowHttps("rebind.egress.test")
           .allowHttps("metadata.egress.test")
+          .allowHttps("reserved.egress.test")
           .allowTcp("echo.egress.test", 7000)
           .toJSON(),
         secrets: { API_KEY: { kind: "secret-ref", source: "store", name: "test-api-key", posture: "mediated" } },
@@ -201,8 +204,8 @@ export function egressSuite(backend: BackendName, options: { full: boolean; skip
       });
     }
 
-    test("a name that resolves only to private, loopback and metadata addresses is denied (rebinding floor)", async () => {
-      for (const name of ["rebind.egress.test", "metadata.egress.test"]) {
+    test("a name that resolves only to private, loopback, metadata, benchmarking or documentation addresses is denied (rebinding floor)", async () => {
+      for (const name of ["rebind.egress.test", "metadata.egress.test", "reserved.egress.test"]) {
         const r = await run(engine, sb.id, ["python3", "/tmp/fetch.py", `https://${name}/`, "/tmp/testca.pem"]);
         assert.notEqual(r.exit.exitCode, 0);
         const event = await eventually(engine, sb.id, (e) => e.host === name && e.decision === "denied");

@@ -95,12 +95,16 @@ export async function probe(engine: EngineApi, id: string, name: string, arg = "
   return JSON.parse((await runProbeScript(engine, id, [name, arg])).trim()) as ProbeOutcome;
 }
 
-/** Host-side view of what a sandbox holds, from its record, for leak checks. */
-export async function hostFootprint(stateDir: string, id: string): Promise<{ pid: number; cgroups: string[] }> {
+/**
+ * Host-side view of what a sandbox holds, from its record, for leak checks: its host pid, its
+ * cgroups and, on the namespace backend, the host directory of its egress relay's socket.
+ */
+export async function hostFootprint(stateDir: string, id: string): Promise<{ pid: number; cgroups: string[]; relayDir?: string }> {
   const raw = JSON.parse(await readFile(join(stateDir, "sandboxes", id, "record.json"), "utf8")) as {
-    reap?: { pid: number; cgroups: string[] };
+    reap?: { pid: number; cgroups: string[]; extra?: Record<string, string> };
   };
-  return { pid: raw.reap?.pid ?? 0, cgroups: raw.reap?.cgroups ?? [] };
+  const relayDir = raw.reap?.extra?.["relayDir"];
+  return { pid: raw.reap?.pid ?? 0, cgroups: raw.reap?.cgroups ?? [], ...(relayDir !== undefined ? { relayDir } : {}) };
 }
 
 /** Processes on the host whose cgroup path names the sandbox. */

@@ -183,9 +183,12 @@ export function lifecycleSuite(backend: BackendName): void {
     test("a 1 GiB file round-trips with bounded memory on both sides", async () => {
       const t = await testEngine();
       try {
-        // The sandbox's memory limit covers the agent and the tmpfs holding the file: an agent
-        // that buffered the stream would be OOM-killed, and the transfer would fail.
-        const { id } = await create(t.engine, backend, { workMiB: 1100, resources: { memoryMiB: 1024 + 160 } });
+        // namespace: 256 MiB for the sandbox's processes, and the memory limit adds the tmpfs
+        // caps, which the file fills: an agent that buffered the stream would be OOM-killed, and
+        // the transfer would fail. vm: /work is a disk, and the guest keeps 1184 MiB: with 256 MiB
+        // the transfer outlasted the sandbox's 600 s TTL under TCG.
+        const memoryMiB = backend === "namespace" ? 256 : 1024 + 160;
+        const { id } = await create(t.engine, backend, { workMiB: 1100, resources: { memoryMiB } });
         const size = 1024 * 1024 * 1024;
         const chunk = randomBytes(1 << 20);
         const rssBefore = process.memoryUsage().rss;
@@ -211,6 +214,27 @@ export function lifecycleSuite(backend: BackendName): void {
       } finally {
         await t.close();
       }
+    });
+  });
+
+  describe(`${backend} backend: a full /work`, { skip }, () => {
+    let t: TestEngine;
+    before(async () => {
+      t = await testEngine();
+    });
+    after(async () => t?.close());
+
+    test("filling /work with default resources fails the writer with ENOSPC and the sandbox stays usable", async () => {
+      const info = await create(t.engine, backend);
+      const bytes = (info.workMiB + 64) * 1024 * 1024;
+      const r = await sh(t.engine, info.id, `head -c ${bytes} /dev/zero > /work/big`, { timeoutMs: 600_000 });
+      assert.notEqual(r.exit.exitCode, 0);
+      assert.match(r.stderr, /No space left on device/);
+      assert.equal(r.exit.oomKilled, false);
+      const again = await sh(t.engine, info.id, "echo alive; rm /work/big");
+      assert.equal(again.stdout, "alive\n");
+      assert.equal(again.exit.exitCode, 0);
+      assert.equal((await t.engine.getSandbox(info.id)).state, "running");
     });
   });
 

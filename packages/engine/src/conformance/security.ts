@@ -7,11 +7,22 @@ import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { connect, createServer, type Server } from "node:net";
-import { networkInterfaces } from "node:os";
+import { networkInterfaces, tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { NotFoundError, PermissionDeniedError, type BackendName } from "@mvm/protocol";
-import { create, probe, run, runProbeScript, sh, testEngine, unavailableReason, type TestEngine } from "./harness.js";
+import {
+  create,
+  hostFootprint,
+  probe,
+  run,
+  runProbeScript,
+  sh,
+  sharedImagesDir,
+  testEngine,
+  unavailableReason,
+  type TestEngine,
+} from "./harness.js";
 
 /** Every address family number up to 63 but the four the seccomp filter allows (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK). */
 const DENIED_FAMILIES = Array.from({ length: 64 }, (_, family) => family).filter((family) => ![1, 2, 10, 16].includes(family));
@@ -89,7 +100,7 @@ export function securitySuite(backend: BackendName): void {
     });
 
     test("claim 1: nothing outside /work and /tmp is writable", async () => {
-      for (const p of ["/etc/mvm-evil", "/mvm-evil", "/usr/bin/mvm-evil", "/.mvm/agent.cjs", "/.mvm/mvm-evil"]) {
+      for (const p of ["/etc/mvm-evil", "/mvm-evil", "/usr/bin/mvm-evil", "/.mvm/agent.cjs", "/.mvm/mvm-evil", "/dev/mvm-evil"]) {
         assert.equal((await probe(t.engine, id, "write", p)).allowed, false, p);
       }
       assert.equal((await probe(t.engine, id, "write", "/work/ok")).allowed, true, "control: /work is writable");
@@ -194,6 +205,31 @@ export function securitySuite(backend: BackendName): void {
       for (const addr of hostAddresses()) {
         assert.equal((await probe(t.engine, id, "connect", `${addr}:${serverPort}`)).allowed, false, addr);
       }
+    });
+
+    test("no host path is readable under /proc: command lines, environments, mount tables, status, links", async () => {
+      const relayDir = (await hostFootprint(t.stateDir, id)).relayDir;
+      const control = "/work/.probe.py";
+      const needles = [
+        control,
+        t.stateDir,
+        join(t.stateDir, "runtime"),
+        sharedImagesDir(),
+        "/var/lib/mvm",
+        join(tmpdir(), "mvm-conf-"),
+        ...(relayDir !== undefined ? [relayDir] : []),
+        // The engine's working directory, unless it is too short to tell apart from sandbox paths.
+        ...(process.cwd().split("/").filter(Boolean).length >= 2 ? [process.cwd()] : []),
+      ];
+      const r = await probe(t.engine, id, "host-strings", Buffer.from(JSON.stringify(needles)).toString("hex"));
+      const { read, hits } = JSON.parse(r.detail) as { read: number; hits: string[] };
+      assert.ok(read > 20, `only ${read} entries under /proc were readable`);
+      assert.ok(hits.includes("0 /proc/self/cmdline"), "control: the probe finds its own path in its command line");
+      // Documented limit of the container tier (docs/SECURITY.md): the root field of a bind
+      // mount's mountinfo line is the bound directory's path within its host filesystem.
+      const documented = backend === "namespace" ? /^\d+ \/proc\/[\w-]+\/mountinfo root-of (\/|\/\.mvm|\/dev\/mvm-relay)$/ : /^$/;
+      const leaks = hits.filter((h) => !h.startsWith("0 ") && !documented.test(h)).map((h) => `${needles[Number(h.split(" ")[0])]} in ${h.slice(h.indexOf(" ") + 1)}`);
+      assert.deepEqual(leaks, []);
     });
 
     test("host processes are invisible", async () => {

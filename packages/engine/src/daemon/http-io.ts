@@ -5,8 +5,10 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
 import {
+  DAEMON_BODY_IDLE_TIMEOUT_MS,
   InvalidArgumentError,
-  MAX_API_JSON_BYTES,
+  MAX_API_REQUEST_JSON_BYTES,
+  TimeoutError,
   toMvmError,
   type ErrorCode,
   type MvmError,
@@ -53,8 +55,43 @@ export function wireErrorOf(err: unknown): WireError {
   return out;
 }
 
+/** A request body that stopped arriving: 408, and the connection is closed. */
+export class BodyStalledError extends TimeoutError {
+  readonly status = 408;
+}
+
 export function statusOf(err: MvmError): number {
-  return err instanceof HttpError ? err.status : HTTP_STATUS_BY_CODE[err.code];
+  return err instanceof HttpError || err instanceof BodyStalledError ? err.status : HTTP_STATUS_BY_CODE[err.code];
+}
+
+const bodyIdleTimeouts = new WeakMap<IncomingMessage, number>();
+
+/** Sets how long reads of `req`'s body wait for the next byte (the server's setting). */
+export function setBodyIdleTimeout(req: IncomingMessage, ms: number): void {
+  bodyIdleTimeouts.set(req, ms);
+}
+
+/**
+ * The request body's chunks, failing with BodyStalledError when the client sends nothing for the
+ * body idle timeout while a chunk is awaited. Time the consumer spends between chunks (e.g.
+ * back-pressure from a sandbox) does not count.
+ */
+export async function* bodyChunksWithDeadline(req: IncomingMessage): AsyncGenerator<Buffer> {
+  const idleMs = bodyIdleTimeouts.get(req) ?? DAEMON_BODY_IDLE_TIMEOUT_MS;
+  const it = (req as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  for (;;) {
+    const next = it.next();
+    let timer: NodeJS.Timeout | undefined;
+    const stalled = new Promise<"stalled">((resolve) => (timer = setTimeout(() => resolve("stalled"), idleMs)));
+    const r = await Promise.race([next, stalled]).finally(() => clearTimeout(timer));
+    if (r === "stalled") {
+      // The pending read settles when the connection closes; nothing waits for it.
+      next.catch(() => {});
+      throw new BodyStalledError(`Request body stalled: no byte for ${idleMs} ms`);
+    }
+    if (r.done === true) return;
+    yield r.value;
+  }
 }
 
 const JSON_HEADERS = { "Content-Type": "application/json", "Cache-Control": "no-store" } as const;
@@ -76,8 +113,8 @@ export function sendError(res: ServerResponse, err: unknown): void {
 }
 
 /**
- * Reads a whole request body, refusing more than `maxBytes` (413). The Content-Length header,
- * when present, is checked before any byte is read.
+ * Reads a whole request body, refusing more than `maxBytes` (413) and a body that stalls (408).
+ * The Content-Length header, when present, is checked before any byte is read.
  */
 export async function readRawBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
   const declared = req.headers["content-length"];
@@ -86,7 +123,7 @@ export async function readRawBody(req: IncomingMessage, maxBytes: number): Promi
   }
   const chunks: Buffer[] = [];
   let total = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
+  for await (const chunk of bodyChunksWithDeadline(req)) {
     total += chunk.byteLength;
     if (total > maxBytes) throw new HttpError(413, `Request body exceeds the limit of ${maxBytes} bytes`);
     chunks.push(chunk);
@@ -94,9 +131,13 @@ export async function readRawBody(req: IncomingMessage, maxBytes: number): Promi
   return Buffer.concat(chunks, total);
 }
 
-/** Reads a JSON body (at most MAX_API_JSON_BYTES) and validates it against `schema` (400 when invalid). */
-export async function readJson<S extends z.ZodType>(req: IncomingMessage, schema: S): Promise<z.infer<S>> {
-  const raw = await readRawBody(req, MAX_API_JSON_BYTES);
+/** Reads a JSON body (at most `maxBytes`) and validates it against `schema` (400 when invalid). */
+export async function readJson<S extends z.ZodType>(
+  req: IncomingMessage,
+  schema: S,
+  maxBytes: number = MAX_API_REQUEST_JSON_BYTES,
+): Promise<z.infer<S>> {
+  const raw = await readRawBody(req, maxBytes);
   let value: unknown;
   try {
     value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(raw));

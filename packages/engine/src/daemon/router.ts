@@ -2,6 +2,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { InvalidArgumentError, NotFoundError, SandboxIdSchema, type EngineApi } from "@mvm/protocol";
 import { HttpError } from "./http-io.js";
+import type { PeerCredentials } from "./peer-cred.js";
 
 export interface RouteContext {
   readonly engine: EngineApi;
@@ -12,6 +13,10 @@ export interface RouteContext {
   readonly query: URLSearchParams;
   /** Aborts when the client goes away before the answer is complete, or the server closes. */
   readonly signal: AbortSignal;
+  /** Who sent the request (already admitted), as the kernel recorded it at connect(). */
+  readonly peer: PeerCredentials;
+  /** True when the peer has the daemon's own privileges (root or the daemon's uid). */
+  readonly peerPrivileged: boolean;
 }
 
 export type Handler = (ctx: RouteContext) => Promise<void>;

@@ -9,7 +9,16 @@ import {
   SandboxPath,
   type WriteFileOptions,
 } from "@mvm/protocol";
-import { booleanParam, check, readJson, requiredParam, sendJson, sendNoContent } from "./http-io.js";
+import {
+  BodyStalledError,
+  bodyChunksWithDeadline,
+  booleanParam,
+  check,
+  readJson,
+  requiredParam,
+  sendJson,
+  sendNoContent,
+} from "./http-io.js";
 import { sandboxIdParam, type Route, type RouteContext } from "./router.js";
 
 const FILES = "/v1/sandboxes/:id/files";
@@ -106,7 +115,10 @@ async function writeContent(ctx: RouteContext): Promise<void> {
   };
   const mode = ctx.query.get("mode");
   if (mode !== null) options.mode = parseMode(mode);
-  const result = await ctx.engine.writeFile(id, path, bodyChunks(ctx.req), options);
+  const body = bodyChunks(ctx.req);
+  const result = await ctx.engine.writeFile(id, path, body.chunks, options).catch((err: unknown) => {
+    throw body.stalled() ?? err;
+  });
   sendJson(ctx.res, 200, result.receipt ? { bytes: result.bytes, receipt: result.receipt } : { bytes: result.bytes });
 }
 
@@ -119,9 +131,19 @@ function parseMode(raw: string): number {
   return mode;
 }
 
-/** The request body as Uint8Array chunks; the socket is read only as fast as the engine pulls. */
-async function* bodyChunks(req: IncomingMessage): AsyncGenerator<Uint8Array> {
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    yield new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+/**
+ * The request body as Uint8Array chunks; the socket is read only as fast as the engine pulls. A
+ * client that stops sending fails the write with BodyStalledError, which `stalled()` returns.
+ */
+function bodyChunks(req: IncomingMessage): { chunks: AsyncGenerator<Uint8Array>; stalled(): BodyStalledError | undefined } {
+  let stall: BodyStalledError | undefined;
+  async function* chunks(): AsyncGenerator<Uint8Array> {
+    try {
+      for await (const chunk of bodyChunksWithDeadline(req)) yield new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    } catch (err) {
+      if (err instanceof BodyStalledError) stall = err;
+      throw err;
+    }
   }
+  return { chunks: chunks(), stalled: () => stall };
 }

@@ -2,6 +2,7 @@
 import { ImageRefSchema, ImportImageApiRequest, type ProgressEvent } from "@mvm/protocol";
 import { z } from "zod";
 import { check, readJson, requiredParam, sendJson, sendNoContent, wireErrorOf } from "./http-io.js";
+import { hostPathAsCaller } from "./host-read.js";
 import { NdjsonWriter, wantsNdjson } from "./ndjson.js";
 import type { Route, RouteContext } from "./router.js";
 
@@ -27,9 +28,15 @@ export const imageRoutes: readonly Route[] = [
   },
 ];
 
-/** Imports a host directory or tarball; streams progress like a build. */
+/**
+ * Imports a host directory or tarball, read with the caller's own permissions (see host-read.ts);
+ * streams progress like a build.
+ */
 async function importImage(ctx: RouteContext): Promise<void> {
-  const { path, name } = await readJson(ctx.req, ImportImageApiRequest);
+  const body = await readJson(ctx.req, ImportImageApiRequest);
+  await using source = await hostPathAsCaller(body.path, ctx.peer, ctx.peerPrivileged, { signal: ctx.signal });
+  const { path } = source;
+  const { name } = body;
   if (!wantsNdjson(ctx.req.headers.accept)) {
     sendJson(ctx.res, 200, await ctx.engine.importImage(path, name, { signal: ctx.signal }));
     return;

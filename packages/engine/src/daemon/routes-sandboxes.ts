@@ -3,12 +3,14 @@ import {
   CreateSandboxRequest,
   PlanApiRequest,
   ExecApiRequest,
+  MAX_EXEC_REQUEST_JSON_BYTES,
   SignalApiRequest,
   type ExecEvent,
   type ExecStarted,
   type ProgressEvent,
 } from "@mvm/protocol";
 import { readJson, readRawBody, sendJson, sendNoContent, booleanParam, wireErrorOf } from "./http-io.js";
+import { assertSecretSourcesAllowed } from "./host-read.js";
 import { NdjsonWriter, wantsNdjson } from "./ndjson.js";
 import { procParam, sandboxIdParam, type Route, type RouteContext } from "./router.js";
 
@@ -58,6 +60,7 @@ export const sandboxRoutes: readonly Route[] = [
 
 async function createSandbox(ctx: RouteContext): Promise<void> {
   const request = await readJson(ctx.req, CreateSandboxRequest);
+  assertSecretSourcesAllowed(request, ctx.peer, ctx.peerPrivileged);
   if (!wantsNdjson(ctx.req.headers.accept)) {
     sendJson(ctx.res, 201, await ctx.engine.createSandbox(request, { signal: ctx.signal }));
     return;
@@ -80,7 +83,7 @@ async function createSandbox(ctx: RouteContext): Promise<void> {
  */
 async function exec(ctx: RouteContext): Promise<void> {
   const id = sandboxIdParam(ctx);
-  const request = await readJson(ctx.req, ExecApiRequest);
+  const request = await readJson(ctx.req, ExecApiRequest, MAX_EXEC_REQUEST_JSON_BYTES);
   const background = request.background === true;
 
   // The engine sees an abort on disconnect: always before the start, and after it only when the

@@ -95,3 +95,25 @@ test("refuses to delete a file that is not a socket", async (t) => {
 test("a missing socket path is fine", async (t) => {
   await clearStaleSocket(join(await scratch(t), "none.sock"));
 });
+
+test("with an operator group the directory becomes 0710 owned by it; one open to others or writable by the group is still refused", { skip: process.getuid?.() !== 0 ? "needs root to give a directory to another group" : false }, async (t) => {
+  const gid = 64_999;
+  const dir = join(await scratch(t), "mvm");
+  await ensurePrivateDir(dir, { groupGid: gid });
+  let st = await lstat(dir);
+  assert.deepEqual([st.mode & 0o777, st.gid], [0o710, gid]);
+  // Idempotent on its own result, and a private 0700 directory is converted.
+  await ensurePrivateDir(dir, { groupGid: gid });
+  await chmod(dir, 0o700);
+  await ensurePrivateDir(dir, { groupGid: gid });
+  st = await lstat(dir);
+  assert.deepEqual([st.mode & 0o777, st.gid], [0o710, gid]);
+  for (const mode of [0o711, 0o730]) {
+    await chmod(dir, mode);
+    await assert.rejects(ensurePrivateDir(dir, { groupGid: gid }), PermissionDeniedError);
+  }
+  // A directory group-open to some other group is refused too.
+  await chown(dir, 0, 64_998);
+  await chmod(dir, 0o710);
+  await assert.rejects(ensurePrivateDir(dir, { groupGid: gid }), PermissionDeniedError);
+});

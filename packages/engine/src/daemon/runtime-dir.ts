@@ -1,10 +1,10 @@
 /**
- * The daemon's private runtime directory and its socket file: the directory is 0700 and ours,
- * the socket is 0600, and a socket file left by a dead daemon is removed only when nothing
- * answers on it.
+ * The daemon's private runtime directory and its socket file: the directory is 0700 and ours
+ * (0710 and group-owned when an operator group may connect), the socket 0600 (0660), and a
+ * socket file left by a dead daemon is removed only when nothing answers on it.
  */
 import { connect } from "node:net";
-import { lstat, mkdir, chmod, unlink } from "node:fs/promises";
+import { chown, lstat, mkdir, chmod, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
 import { AlreadyExistsError, InvalidArgumentError, PermissionDeniedError } from "@mvm/protocol";
 
@@ -16,9 +16,11 @@ function ownUid(): number {
 /**
  * Creates `dir` with mode 0700 (parents too, also 0700), or checks an existing one: it must be a
  * real directory (not a symlink), owned by this process's uid, and closed to group and others.
+ * With `groupGid`, the directory is then made 0710 and owned by that group (its members may
+ * reach the socket inside, not list the directory); an existing one may already be so.
  * @throws PermissionDeniedError when an existing directory fails those checks
  */
-export async function ensurePrivateDir(dir: string): Promise<void> {
+export async function ensurePrivateDir(dir: string, options: { groupGid?: number } = {}): Promise<void> {
   if (!dir.startsWith("/")) throw new InvalidArgumentError(`Runtime directory "${dir}" is not an absolute path`);
   await mkdir(dirname(dir), { recursive: true, mode: 0o700 });
   let created = false;
@@ -41,11 +43,32 @@ export async function ensurePrivateDir(dir: string): Promise<void> {
       hint: "Use a directory you own, or remove this one",
     });
   }
-  if ((st.mode & 0o077) !== 0) {
+  const { groupGid } = options;
+  const groupOk = groupGid !== undefined && st.gid === groupGid && (st.mode & 0o027) === 0;
+  if ((st.mode & 0o077) !== 0 && !groupOk) {
     throw new PermissionDeniedError(
       `Runtime directory "${dir}" has mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}, open to group or others`,
       { hint: `Run: chmod 700 ${dir}` },
     );
+  }
+  if (groupGid !== undefined) {
+    await giveToGroup(dir, st.uid, groupGid);
+    await chmod(dir, 0o710);
+  }
+}
+
+/**
+ * Makes `path` owned by group `gid` (its owner unchanged).
+ * @throws PermissionDeniedError when this process may not (it is neither root nor a member)
+ */
+export async function giveToGroup(path: string, uid: number, gid: number): Promise<void> {
+  try {
+    await chown(path, uid, gid);
+  } catch (err) {
+    throw new PermissionDeniedError(`Cannot give "${path}" to group ${gid}: ${(err as Error).message}`, {
+      cause: err,
+      hint: "Run the daemon as root, or as a member of that group",
+    });
   }
 }
 

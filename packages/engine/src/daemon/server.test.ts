@@ -152,7 +152,7 @@ test("bad requests get typed 4xx answers", async (t) => {
   assert.equal(called, false);
 });
 
-test("a body over MAX_API_JSON_BYTES is refused with 413 before it is read", async (t) => {
+test("a body over MAX_API_REQUEST_JSON_BYTES is refused with 413 before it is read", async (t) => {
   const server = await serve(t, stubEngine());
   const r = await new Promise<RawAnswer>((resolve, reject) => {
     const req = request(

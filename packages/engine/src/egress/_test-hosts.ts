@@ -1,9 +1,16 @@
 /**
  * Test hosts for egress tests: network namespaces joined to the host by veth pairs, with
- * addresses in 198.18.0.0/15 (the benchmarking range, which the gateway's floor does not refuse),
- * each running `_test-host-server.js` for its servers; the first also runs a DNS server. Needs
- * root and iproute2. Everything is removed by close(), and namespaces left by a killed test run
- * are swept by the next one.
+ * addresses in 198.18.0.0/15 (the benchmarking range: the gateway's floor refuses it, and only the
+ * test allowance a test passes to the gateway in code opens a test host's address), each running
+ * `_test-host-server.js` for its servers; the first also runs a DNS server. Needs root and
+ * iproute2. Everything is removed by close(), and namespaces left by a killed test run are swept
+ * by the next one.
+ *
+ * No test traffic leaves the machine, even to a test host that is gone: while any test network
+ * exists, the host's main routing table holds `unreachable 198.18.0.0/15`, so an address of the
+ * range is reached only through the more specific route of a live test host's veth, and a
+ * connection to any other (or to a removed host) fails with ENETUNREACH instead of taking the
+ * default route. The last test network to close removes the guard route.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -16,6 +23,10 @@ export interface TestHost {
   readonly ip: string;
   /** The engine's host's end of the veth pair (a host address). */
   readonly hostSideIp: string;
+  /** The host's end of the veth pair (an interface of the engine's host). */
+  readonly hostSideDevice: string;
+  /** The namespace's end of the veth pair. */
+  readonly device: string;
 }
 
 export interface RecordedRequest {
@@ -40,14 +51,21 @@ export interface TestNetwork {
   readonly caPem: string;
   /** "ip:53" of the DNS server on hosts[0]. */
   readonly dnsServer: string;
+  /** The gateway's test allowance that opens exactly the test hosts' addresses (test-only). */
+  readonly testAllowance: { readonly cidrs: readonly string[] };
+  /** Removes test host `i` (its process, namespace and veth pair): its address no longer answers. */
+  removeHost(i: number): Promise<void>;
   /** What the DNS server answers for `name`; `undefined` removes it (NXDOMAIN). */
   setDns(name: string, records: DnsRecords | undefined): Promise<void>;
-  startServer(i: number, kind: "https" | "http" | "tcp-echo" | "sink", options?: { port?: number; names?: readonly string[] }): Promise<TestServer>;
+  /** Starts a server on test host `i`, on its address or on `options.address` (one added to its namespace). */
+  startServer(i: number, kind: "https" | "http" | "tcp-echo" | "sink", options?: { port?: number; names?: readonly string[]; address?: string }): Promise<TestServer>;
   close(): Promise<void>;
 }
 
 const SERVER_JS = fileURLToPath(new URL("./_test-host-server.js", import.meta.url));
 const NETNS_PREFIX = "mvmt-";
+/** The range of test host addresses, never routed off the machine while a test network exists. */
+export const TEST_HOST_RANGE = "198.18.0.0/15";
 let counter = 0;
 
 function ipPath(): string | undefined {
@@ -95,6 +113,32 @@ export function sweepTestHosts(): string[] {
     removed.push(line.trim());
   }
   return removed;
+}
+
+/** Test-host namespaces of live processes other than this one. */
+function othersLive(): boolean {
+  return ip(["netns", "list"], true)
+    .split("\n")
+    .some((line) => {
+      const m = /^mvmt-(\d+)-/.exec(line.trim());
+      return m !== null && Number(m[1]) !== process.pid && pidAlive(Number(m[1]));
+    });
+}
+
+/** Installs the guard route (idempotent); every network re-installs it after making its hosts. */
+function guardRange(): void {
+  ip(["route", "replace", "unreachable", TEST_HOST_RANGE]);
+}
+
+/**
+ * Removes the guard route when no other process has test hosts. A network starting meanwhile
+ * re-installs it after making its namespace, and the re-check here re-installs it when a
+ * namespace appeared between the check and the removal.
+ */
+function releaseGuard(): void {
+  if (othersLive()) return;
+  ip(["route", "del", "unreachable", TEST_HOST_RANGE], true);
+  if (othersLive()) guardRange();
 }
 
 /** A /30 in 198.18.0.0/15 no interface of the host uses yet. */
@@ -153,6 +197,14 @@ class HostProcess {
   kill(): void {
     this.#child.kill("SIGKILL");
   }
+
+  /** Kills the process and waits until it is gone. */
+  async killAndWait(): Promise<void> {
+    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => this.#child.once("exit", () => resolve()));
+    this.#child.kill("SIGKILL");
+    await exited;
+  }
 }
 
 /** Creates `hosts` test hosts (default 2, at most 4) with a DNS server on the first. */
@@ -162,14 +214,19 @@ export async function startTestNetwork(options: { hosts?: number } = {}): Promis
   const hosts: TestHost[] = [];
   const procs: HostProcess[] = [];
   const made: { netns: string; veth: string }[] = [];
+  let guarded = false;
   const close = async (): Promise<void> => {
     for (const p of procs.splice(0)) p.kill();
     for (const m of made.splice(0)) {
       ip(["netns", "del", m.netns], true);
       ip(["link", "del", m.veth], true);
     }
+    if (guarded) releaseGuard();
+    guarded = false;
   };
   try {
+    guardRange();
+    guarded = true;
     const ca = await SandboxCa.create({ sandboxId: "test-hosts" });
     for (let i = 0; i < count; i++) {
       const n = counter++;
@@ -190,16 +247,25 @@ export async function startTestNetwork(options: { hosts?: number } = {}): Promis
       ip(["-n", netns, "addr", "add", `${hostIp}/30`, "dev", vp]);
       ip(["-n", netns, "link", "set", vp, "up"]);
       ip(["-n", netns, "link", "set", "lo", "up"]);
-      hosts.push({ netns, ip: hostIp, hostSideIp });
+      hosts.push({ netns, ip: hostIp, hostSideIp, hostSideDevice: vh, device: vp });
       const proc = new HostProcess(netns);
       procs.push(proc);
       await proc.ready;
     }
+    guardRange();
     await procs[0]!.call({ op: "dns", host: hosts[0]!.ip, port: 53 });
     return {
       hosts,
       caPem: ca.certPem,
       dnsServer: `${hosts[0]!.ip}:53`,
+      testAllowance: { cidrs: hosts.map((h) => `${h.ip}/32`) },
+      async removeHost(i) {
+        const host = hosts[i];
+        if (!host) throw new Error(`no test host ${i}`);
+        await procs[i]?.killAndWait();
+        ip(["link", "del", host.hostSideDevice], true);
+        ip(["netns", "del", host.netns], true);
+      },
       async setDns(name, records) {
         await procs[0]!.call({ op: "set-dns", name, records: records ?? null });
       },
@@ -208,7 +274,7 @@ export async function startTestNetwork(options: { hosts?: number } = {}): Promis
         const proc = procs[i];
         if (!host || !proc) throw new Error(`no test host ${i}`);
         const tls = kind === "https" ? await ca.leaf(opts.names?.[0] ?? "test.invalid") : undefined;
-        const r = await proc.call({ op: "serve", kind, host: host.ip, port: opts.port ?? 0, ...(tls ? { keyPem: tls.keyPem, certPem: tls.certPem } : {}) });
+        const r = await proc.call({ op: "serve", kind, host: opts.address ?? host.ip, port: opts.port ?? 0, ...(tls ? { keyPem: tls.keyPem, certPem: tls.certPem } : {}) });
         const server = Number(r["server"]);
         return {
           host,

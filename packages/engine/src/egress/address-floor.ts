@@ -1,205 +1,183 @@
 /**
  * The address floor: addresses the egress gateway never dials, whatever the policy says. A name
  * an allowed rule covers may still resolve here (DNS rebinding), so every dialled address is
- * checked, including IPv4 addresses wrapped inside IPv6 forms that reach them.
+ * checked: against every IANA special-purpose block (special-purpose.ts; IPv6 forms that carry
+ * an IPv4 address are refused whole, and the reason names the address they carry), and against
+ * the host's own network as the kernel reports it at the time of the decision (host-network.ts).
  */
-import { networkInterfaces } from "node:os";
-import { ipAddressBytes, parseCidr, prefixMatches, type IpBytes } from "@mvm/protocol";
+import { InvalidArgumentError } from "@mvm/protocol";
+import { hostEntryOf, readHostNetwork, type HostNetwork } from "./host-network.js";
+import { inPrefix, ipText, normalizeIp, parseCidrOrUndefined, parseIp, prefixOf, v4Text, type Prefix } from "./ip-text.js";
+import { SPECIAL_PURPOSE_V4, SPECIAL_PURPOSE_V6, TEST_ALLOWANCE_SCOPE, type SpecialRange } from "./special-purpose.js";
+
+export { normalizeIp };
+
+/**
+ * Test-only: address blocks the floor lets through although they are special-purpose or attached
+ * to the host, so that egress tests can reach test hosts in network namespaces they made. Every
+ * block must lie inside the benchmarking ranges 198.18.0.0/15 or 2001:2::/48; the host's own
+ * addresses stay refused. Only code sets it (a gateway or engine constructor option): no network
+ * policy, request, configuration file or environment variable can name it.
+ */
+export interface TestAllowance {
+  /** CIDR blocks, e.g. `["198.18.7.2/32"]`. */
+  readonly cidrs: readonly string[];
+}
 
 /** Options of {@link floorReason}. */
 export interface FloorOptions {
-  /** The host's own addresses (all interfaces), normalized strings (see {@link normalizeIp}). */
-  readonly hostAddresses?: ReadonlySet<string>;
-}
-
-interface Range {
-  readonly bytes: Uint8Array;
-  readonly prefixBits: number;
-  /** Completes `"<ip>" is ...`. */
-  readonly what: string;
+  /** The host's network; without it only the special-purpose blocks are checked. */
+  readonly host?: HostNetwork;
+  /** Parsed by {@link testAllowancePrefixes}. */
+  readonly allowance?: readonly Prefix[];
 }
 
 /** Most characters of a non-address quoted back in a reason. */
 const MAX_QUOTED_CHARS = 64;
 
-function ranges(table: readonly (readonly [cidr: string, what: string])[]): readonly Range[] {
-  return table.map(([cidr, what]) => {
-    const parsed = parseCidr(cidr);
-    if (!parsed.ok) throw new Error(`Invalid floor range "${cidr}": ${parsed.reason}`);
-    return { bytes: parsed.value.bytes, prefixBits: parsed.value.prefixBits, what };
+interface Special extends Prefix {
+  readonly range: SpecialRange;
+}
+
+/** Most specific first: the first match names the reason. */
+function compile(table: readonly SpecialRange[]): readonly Special[] {
+  return table.map((range) => ({ ...prefixOf(range.cidr), range })).sort((a, b) => b.prefixBits - a.prefixBits);
+}
+
+const V4 = compile(SPECIAL_PURPOSE_V4);
+const V6 = compile(SPECIAL_PURPOSE_V6);
+const SCOPE = TEST_ALLOWANCE_SCOPE.map(prefixOf);
+
+/**
+ * The blocks of a test allowance, parsed and checked.
+ * @throws InvalidArgumentError when a block is malformed or outside 198.18.0.0/15 and 2001:2::/48
+ */
+export function testAllowancePrefixes(allowance: TestAllowance | undefined): readonly Prefix[] {
+  return (allowance?.cidrs ?? []).map((cidr) => {
+    const prefix = parseCidrOrUndefined(cidr);
+    if (prefix === undefined) throw new InvalidArgumentError(`Invalid test allowance "${cidr}": must be a CIDR block with zero host bits`);
+    if (!SCOPE.some((s) => s.family === prefix.family && prefix.prefixBits >= s.prefixBits && inPrefix(prefix.bytes, s))) {
+      throw new InvalidArgumentError(`Invalid test allowance "${cidr}": must lie inside ${TEST_ALLOWANCE_SCOPE.join(" or ")}`);
+    }
+    return prefix;
   });
 }
 
-// Most specific first: the first match names the reason.
-const V4_FLOOR = ranges([
-  ["169.254.169.254/32", "the cloud metadata service (link-local 169.254.169.254)"],
-  ["255.255.255.255/32", "the limited broadcast address"],
-  ["0.0.0.0/8", 'a "this network" address (0.0.0.0/8)'],
-  ["127.0.0.0/8", "a loopback address (127.0.0.0/8)"],
-  ["10.0.0.0/8", "a private address (RFC 1918)"],
-  ["172.16.0.0/12", "a private address (RFC 1918)"],
-  ["192.168.0.0/16", "a private address (RFC 1918)"],
-  ["100.64.0.0/10", "a shared carrier-grade NAT address (RFC 6598)"],
-  ["169.254.0.0/16", "a link-local address (169.254.0.0/16)"],
-  ["192.0.0.0/24", "an IETF protocol assignment address (192.0.0.0/24)"],
-  ["224.0.0.0/4", "a multicast address (224.0.0.0/4)"],
-  ["240.0.0.0/4", "a reserved address (240.0.0.0/4)"],
-]);
-
-const V6_FLOOR = ranges([
-  ["::/128", "the unspecified address (::)"],
-  ["::1/128", "the loopback address (::1)"],
-  ["fd00:ec2::254/128", "the cloud metadata service (unique local fd00:ec2::254)"],
-  ["fc00::/7", "a unique local address (fc00::/7)"],
-  ["fe80::/10", "a link-local address (fe80::/10)"],
-  ["fec0::/10", "a site-local address (fec0::/10)"],
-  ["ff00::/8", "a multicast address (ff00::/8)"],
-  ["100::/64", "a discard-only address (100::/64)"],
-]);
-
-/** An IPv4 address carried inside an IPv6 one, and the name of the carrying form. */
-interface Embedded {
-  readonly v4: Uint8Array;
-  readonly form: string;
+/** The IPv4 addresses a wrapping IPv6 form carries, with their roles. */
+function carried(bytes: Uint8Array, range: SpecialRange): { v4: Uint8Array; role?: string }[] {
+  if (range.wraps === undefined) return [];
+  if (range.wraps === "teredo") {
+    return [
+      { v4: bytes.slice(4, 8), role: "Teredo server" },
+      { v4: bytes.slice(12, 16).map((b) => b ^ 0xff), role: "Teredo client" },
+    ];
+  }
+  // RFC 8215 lets the operator choose the local-use NAT64 embedding; only the /96 one is read.
+  if (range.cidr === "64:ff9b:1::/48" && !bytes.slice(6, 12).every((b) => b === 0)) return [];
+  return [{ v4: bytes.slice(range.wraps[0], range.wraps[1]) }];
 }
 
-const prefix = (cidr: string): Range => ranges([[cidr, ""]])[0] as Range;
-const MAPPED = prefix("::ffff:0:0/96");
-const TRANSLATED = prefix("::ffff:0:0:0/96");
-const COMPATIBLE = prefix("::/96");
-const NAT64 = prefix("64:ff9b::/96");
-const NAT64_LOCAL = prefix("64:ff9b:1::/48");
-const SIX_TO_FOUR = prefix("2002::/16");
-const TEREDO = prefix("2001::/32");
-
-const inRange = (bytes: Uint8Array, range: Range): boolean => prefixMatches(bytes, range.bytes, range.prefixBits);
-
-/**
- * Every IPv4 address an IPv6 address reaches or names, by form. A local-use NAT64 address whose
- * embedding is not the /96 one is returned with a null v4 so it is refused outright.
- */
-function embeddedV4(bytes: Uint8Array): (Embedded | { readonly v4: null; readonly form: string })[] {
-  const out: (Embedded | { readonly v4: null; readonly form: string })[] = [];
-  if (inRange(bytes, MAPPED)) out.push({ v4: bytes.slice(12, 16), form: "IPv4-mapped" });
-  if (inRange(bytes, TRANSLATED)) out.push({ v4: bytes.slice(12, 16), form: "IPv4-translated" });
-  if (inRange(bytes, COMPATIBLE)) out.push({ v4: bytes.slice(12, 16), form: "IPv4-compatible" });
-  if (inRange(bytes, NAT64)) out.push({ v4: bytes.slice(12, 16), form: "NAT64" });
-  if (inRange(bytes, NAT64_LOCAL)) {
-    // RFC 8215 lets the operator choose the embedding; only the /96 one is unambiguous.
-    const slash96 = bytes.slice(6, 12).every((b) => b === 0);
-    out.push(slash96 ? { v4: bytes.slice(12, 16), form: "local-use NAT64" } : { v4: null, form: "local-use NAT64" });
-  }
-  if (inRange(bytes, SIX_TO_FOUR)) out.push({ v4: bytes.slice(2, 6), form: "6to4" });
-  if (inRange(bytes, TEREDO)) {
-    out.push({ v4: bytes.slice(4, 8), form: "Teredo server" });
-    out.push({ v4: bytes.slice(12, 16).map((b) => b ^ 0xff), form: "Teredo client" });
-  }
-  return out;
+/** Why an IPv4 address is refused by the host rules or the table, without the quoted address. */
+function v4What(v4: Uint8Array, host: HostNetwork | undefined): string | undefined {
+  const entry = host === undefined ? undefined : (hostEntryOf(host.own, v4) ?? hostEntryOf(host.nearby, v4));
+  if (entry !== undefined) return entry.what;
+  const special = V4.find((s) => inPrefix(v4, s));
+  return special === undefined ? undefined : `${special.range.what} (${special.range.cidr}, ${special.range.rfc})`;
 }
 
-const v4Text = (bytes: Uint8Array): string => Array.from(bytes).join(".");
-
-/** RFC 5952 text of 16 bytes: lower-case, longest run of two or more zero groups as "::". */
-function v6Text(bytes: Uint8Array): string {
-  if (inRange(bytes, MAPPED)) return `::ffff:${v4Text(bytes.slice(12, 16))}`;
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0));
-  let bestStart = -1;
-  let bestLength = 1;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLength) {
-      bestStart = i;
-      bestLength = j - i;
-    }
-    i = j;
-  }
-  const hex = (gs: number[]): string => gs.map((g) => g.toString(16)).join(":");
-  if (bestStart < 0) return hex(groups);
-  return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLength))}`;
-}
-
-function parse(ip: string): IpBytes | undefined {
-  // An IPv6 zone ("fe80::1%eth0") names an interface, not a different address.
-  const zone = ip.indexOf("%");
-  return ipAddressBytes(zone >= 0 && ip.slice(0, zone).includes(":") ? ip.slice(0, zone) : ip);
+function specialReason(text: string, bytes: Uint8Array, special: Special, host: HostNetwork | undefined): string {
+  const { range } = special;
+  let reason = `"${text}" is ${range.what} (${range.cidr}, ${range.rfc})`;
+  if (range.cidr === "64:ff9b:1::/48" && carried(bytes, range).length === 0) return `${reason} with an ambiguous IPv4 embedding`;
+  const parts = carried(bytes, range).map(({ v4, role }) => {
+    const why = v4What(v4, host);
+    return `"${v4Text(v4)}"${role === undefined ? "" : ` (${role})`}${why === undefined ? "" : `, which is ${why}`}`;
+  });
+  if (parts.length > 0) reason += ` carrying ${parts.join(" and ")}`;
+  return reason;
 }
 
 /**
- * The canonical text of an IP address: dotted decimal for IPv4; for IPv6 the RFC 5952 form
- * (lower case, compressed, `::ffff:a.b.c.d` for IPv4-mapped) without a zone. Undefined when `ip`
- * is not an IP address.
+ * Why `ip` may never be reached from a sandbox, or undefined when it may. `ip` is an IPv4 or IPv6
+ * literal; anything else is refused. In order: the host's own addresses (never opened); the test
+ * allowance (opens what it names); the host's gateways, neighbours and attached networks; every
+ * special-purpose block, where a wrapping IPv6 form (mapped, compatible, translated, NAT64,
+ * 6to4, Teredo) also names the IPv4 address it carries.
  *
- * @example normalizeIp("2001:DB8:0:0:0:0:0:1") // "2001:db8::1"
- */
-export function normalizeIp(ip: string): string | undefined {
-  const parsed = parse(ip);
-  if (parsed === undefined) return undefined;
-  return parsed.family === 4 ? v4Text(parsed.bytes) : v6Text(parsed.bytes);
-}
-
-function isHostAddress(text: string, hosts: ReadonlySet<string> | undefined): boolean {
-  if (hosts === undefined) return false;
-  if (hosts.has(text)) return true;
-  for (const host of hosts) if (normalizeIp(host) === text) return true;
-  return false;
-}
-
-function v4Floor(bytes: Uint8Array, hosts: ReadonlySet<string> | undefined): string | undefined {
-  const range = V4_FLOOR.find((r) => inRange(bytes, r));
-  if (range !== undefined) return range.what;
-  return isHostAddress(v4Text(bytes), hosts) ? "an address of this host" : undefined;
-}
-
-/**
- * Why `ip` may never be reached from a sandbox, or undefined when it may. `ip` is an IPv4 or
- * IPv6 literal; anything else is refused. Checks the fixed floor (loopback, private, link-local,
- * metadata, multicast, reserved, ...), the host's own addresses from `options.hostAddresses`, and
- * the IPv4 address inside IPv4-mapped, -translated and -compatible, NAT64, 6to4 and Teredo forms.
- *
- * @example floorReason("10.1.2.3") // '"10.1.2.3" is a private address (RFC 1918)'
+ * @example floorReason("10.1.2.3") // '"10.1.2.3" is a private address (10.0.0.0/8, RFC 1918)'
  * @example floorReason("8.8.8.8") // undefined
  */
 export function floorReason(ip: string, options: FloorOptions = {}): string | undefined {
-  const parsed = parse(ip);
+  const parsed = parseIp(ip);
   if (parsed === undefined) {
     const cut = ip.length > MAX_QUOTED_CHARS ? `${ip.slice(0, MAX_QUOTED_CHARS)}...` : ip;
     return `${JSON.stringify(cut)} is not an IP address`;
   }
-  const hosts = options.hostAddresses;
-  if (parsed.family === 4) {
-    const what = v4Floor(parsed.bytes, hosts);
-    return what === undefined ? undefined : `"${v4Text(parsed.bytes)}" is ${what}`;
-  }
-  const text = v6Text(parsed.bytes);
-  const range = V6_FLOOR.find((r) => inRange(parsed.bytes, r));
-  if (range !== undefined) return `"${text}" is ${range.what}`;
-  if (isHostAddress(text, hosts)) return `"${text}" is an address of this host`;
-  for (const embedded of embeddedV4(parsed.bytes)) {
-    if (embedded.v4 === null) return `"${text}" is a ${embedded.form} address with an ambiguous embedding`;
-    const what = v4Floor(embedded.v4, hosts);
-    if (what !== undefined) return `"${text}" embeds "${v4Text(embedded.v4)}" (${embedded.form}), which is ${what}`;
-  }
-  return undefined;
+  const { bytes } = parsed;
+  const text = ipText(bytes);
+  const { host } = options;
+  const own = host === undefined ? undefined : hostEntryOf(host.own, bytes);
+  if (own !== undefined) return `"${text}" is ${own.what}`;
+  if (options.allowance?.some((p) => inPrefix(bytes, p))) return undefined;
+  const nearby = host === undefined ? undefined : hostEntryOf(host.nearby, bytes);
+  if (nearby !== undefined) return `"${text}" is ${nearby.what}`;
+  const special = (parsed.family === 4 ? V4 : V6).find((s) => inPrefix(bytes, s));
+  return special === undefined ? undefined : specialReason(text, bytes, special, host);
+}
+
+/** Options of {@link AddressFloor}. */
+export interface AddressFloorOptions {
+  /** Test-only; see {@link TestAllowance}. */
+  readonly testAllowance?: TestAllowance;
+  /** Reads the host's network. @default readHostNetwork */
+  readonly readHost?: () => HostNetwork;
+  /** Oldest host snapshot a refusal may be judged on, in milliseconds. @default 1000 */
+  readonly maxSnapshotAgeMs?: number;
+  /** @default performance.now */
+  readonly now?: () => number;
 }
 
 /**
- * The host's own addresses on every interface from `os.networkInterfaces()`, normalized with
- * {@link normalizeIp}. Pass them as `FloorOptions.hostAddresses` so a sandbox cannot reach the
- * host through an address outside the fixed floor.
+ * The floor as the gateway applies it. The host's network is a cached snapshot, re-read when it
+ * is older than `maxSnapshotAgeMs`, and always re-read before an address is let through: an
+ * address the host gained after the snapshot is refused at the next decision, and a sandbox
+ * hammering refused addresses costs no kernel reads. A snapshot that cannot be read refuses.
+ *
+ * @example
+ * const floor = new AddressFloor();
+ * floor.reason("198.19.55.173") // '"198.19.55.173" is a benchmarking address (198.18.0.0/15, RFC 2544)'
  */
-export function hostAddresses(): Set<string> {
-  const out = new Set<string>();
-  for (const infos of Object.values(networkInterfaces())) {
-    for (const info of infos ?? []) {
-      const text = normalizeIp(info.address);
-      if (text !== undefined) out.add(text);
-    }
+export class AddressFloor {
+  readonly #allowance: readonly Prefix[];
+  readonly #readHost: () => HostNetwork;
+  readonly #maxAgeMs: number;
+  readonly #now: () => number;
+  #snapshot: { host: HostNetwork; at: number } | undefined;
+
+  /** @throws InvalidArgumentError when the test allowance is invalid (see {@link testAllowancePrefixes}) */
+  constructor(options: AddressFloorOptions = {}) {
+    this.#allowance = testAllowancePrefixes(options.testAllowance);
+    this.#readHost = options.readHost ?? (() => readHostNetwork());
+    this.#maxAgeMs = options.maxSnapshotAgeMs ?? 1000;
+    this.#now = options.now ?? (() => performance.now());
   }
-  return out;
+
+  /** Why `ip` is refused, or undefined when it may be dialled (see {@link floorReason}). */
+  reason(ip: string): string | undefined {
+    const now = this.#now();
+    const cached = this.#snapshot !== undefined && now - this.#snapshot.at <= this.#maxAgeMs ? this.#snapshot.host : undefined;
+    if (cached !== undefined) {
+      const refused = floorReason(ip, { host: cached, allowance: this.#allowance });
+      if (refused !== undefined) return refused;
+    }
+    let host: HostNetwork;
+    try {
+      host = this.#readHost();
+    } catch (err) {
+      this.#snapshot = undefined;
+      return `"${normalizeIp(ip) ?? ip}" cannot be checked: the host's network cannot be read: ${err instanceof Error ? err.message : String(err)}`;
+    }
+    this.#snapshot = { host, at: now };
+    return floorReason(ip, { host, allowance: this.#allowance });
+  }
 }

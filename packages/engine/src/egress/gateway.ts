@@ -5,7 +5,7 @@
  */
 import type { Duplex } from "node:stream";
 import { InternalError, type ConnectionEvent, type EgressVia, type NetworkPolicyJson } from "@mvm/protocol";
-import { floorReason, hostAddresses, normalizeIp } from "./address-floor.js";
+import { AddressFloor, normalizeIp, type TestAllowance } from "./address-floor.js";
 import { readClientHello } from "./client-hello.js";
 import { decide, type Decision } from "./gateway-decide.js";
 import { emitDenied, Flow } from "./gateway-flow.js";
@@ -39,8 +39,11 @@ export interface EgressSandbox {
 
 export interface GatewayOptions {
   readonly resolver: Pick<EgressResolver, "resolve">;
-  /** The host's own addresses, never dialled. @default hostAddresses() */
-  readonly hostAddresses?: ReadonlySet<string>;
+  /**
+   * Test-only: blocks inside 198.18.0.0/15 or 2001:2::/48 the address floor lets through, so
+   * egress tests reach their test hosts (see {@link TestAllowance}). No policy can name it.
+   */
+  readonly testAllowance?: TestAllowance;
   /** Deadline for dialling a destination, and for each handshake phase, in milliseconds. @default 10000 */
   readonly connectTimeoutMs?: number;
   /** Extra roots trusted for intercepted upstream TLS (PEM). */
@@ -77,6 +80,7 @@ export class EgressGateway {
   readonly #http: HttpFront;
   #closed = false;
 
+  /** @throws InvalidArgumentError when `testAllowance` names a block outside the benchmarking ranges */
   constructor(options: GatewayOptions) {
     this.#resolver = options.resolver;
     this.#connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
@@ -84,8 +88,8 @@ export class EgressGateway {
     this.#upstreamCa = options.upstreamCa;
     if (options.addressCheckForTests !== undefined) this.#addressCheck = options.addressCheckForTests;
     else {
-      const own = options.hostAddresses ?? hostAddresses();
-      this.#addressCheck = (ip) => floorReason(ip, { hostAddresses: own });
+      const floor = new AddressFloor(options.testAllowance === undefined ? {} : { testAllowance: options.testAllowance });
+      this.#addressCheck = (ip) => floor.reason(ip);
     }
     this.#http = new HttpFront(
       {

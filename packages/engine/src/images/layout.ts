@@ -14,8 +14,9 @@ import { chmod, lstat, mkdir, readdir, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { InternalError, type Sha256Digest } from "@mvm/protocol";
-import { readSmallFile, removeTree } from "./fs-util.js";
-import { FileLock, isAlive, parseOwnerTag, uniqueOwnedName } from "./lock.js";
+import { removeTree } from "./fs-util.js";
+import { readSmallFile } from "../store/atomic.js";
+import { FileLock, isAlive, parseOwnerTag, uniqueOwnedName } from "../store/lock.js";
 import { readRefs, writeRefs } from "./refs-index.js";
 
 export const ImageMeta = z.strictObject({

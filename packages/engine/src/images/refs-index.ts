@@ -7,7 +7,7 @@
  */
 import { z } from "zod";
 import { ImageRefSchema, InternalError, Sha256DigestSchema, type Sha256Digest } from "@mvm/protocol";
-import { readSmallFile, writeFileAtomic } from "./fs-util.js";
+import { readSmallFile, writeFileAtomic } from "../store/atomic.js";
 
 const MAX_INDEX_BYTES = 16 * 1024 * 1024;
 

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { create as createTar } from "tar";
 import { AbortedError, InvalidArgumentError, NotFoundError, type ProgressEvent } from "@mvm/protocol";
 import { buildTar } from "./_tar-fixture.js";
-import { selfIdentity } from "./lock.js";
+import { selfIdentity } from "../store/lock.js";
 import { ImageStore } from "./store.js";
 
 let base: string;

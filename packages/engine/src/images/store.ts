@@ -21,9 +21,10 @@ import {
 import { DEBIAN_SOURCE_DATE_EPOCH, mirrorLinesFor, readHostAptSources, runMmdebstrap } from "./debian.js";
 import { hashTree, InvalidTreeError } from "./digest.js";
 import { copyDir, extractTar, type SourceOptions } from "./extract.js";
-import { fsyncDir, removeTree, writeFileAtomic } from "./fs-util.js";
+import { removeTree } from "./fs-util.js";
+import { fsyncDir, writeFileAtomic } from "../store/atomic.js";
 import { exists, IMAGE_MOUNT_POINTS, StoreLayout, type ImageMeta } from "./layout.js";
-import { FileLock } from "./lock.js";
+import { FileLock } from "../store/lock.js";
 import { isSha256Digest, parseImageRef, parseLocalName, quote } from "./ref.js";
 import { readRefs, writeRefs, type RefsMap } from "./refs-index.js";
 import { TreeWriter, type TreeWriterLimits } from "./tree-writer.js";

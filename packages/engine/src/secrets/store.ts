@@ -18,7 +18,7 @@ import {
   hostPatternProblem,
   type SecretMeta,
 } from "@mvm/protocol";
-import { fsyncDir } from "../images/fs-util.js";
+import { fsyncDir } from "../store/atomic.js";
 
 /** What the store tells about a secret (name, hosts, bytes, createdAt, updatedAt). Never its value. */
 export type { SecretMeta };

@@ -48,6 +48,7 @@ async function scenario(inputPath: string): Promise<void> {
   const hello = await client.hello;
   const id = await client.sh("id -u; id -g");
   const status = await client.sh("grep -E '^(NoNewPrivs|CapEff|Seccomp):' /proc/self/status");
+  const pid1 = await client.sh("tr '\\0' ' ' < /proc/1/cmdline; echo; tr '\\0' ' ' < /proc/1/environ");
   const initPid = Number(sandbox.reapRecord.extra["initPid"]);
   const hostUids = [await readProcUid(sandbox.reapRecord.pid), await readProcUid(initPid)];
   const pidsMax = sandbox.reapRecord.cgroups.length > 0 ? (await readFile(`${sandbox.reapRecord.cgroups[0]}/pids.max`, "utf8")).trim() : undefined;
@@ -64,6 +65,7 @@ async function scenario(inputPath: string): Promise<void> {
     hello,
     id: id.stdout,
     status: status.stdout,
+    pid1: pid1.stdout,
     hostUids,
     cgroups: sandbox.reapRecord.cgroups,
     pidsMax,

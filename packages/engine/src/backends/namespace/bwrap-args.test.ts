@@ -6,7 +6,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { agentRuntimeCommand } from "../../runtime/agent-runtime.js";
-import { bwrapArgs, launchArgv } from "./bwrap-args.js";
+import { DEV_SHM_BYTES, RUN_TMPFS_BYTES, bwrapArgs, bwrapArgsThroughFd, launchArgv, tmpfsCapBytes } from "./bwrap-args.js";
 
 const isRoot = process.getuid?.() === 0;
 
@@ -139,4 +139,31 @@ test("the prelude switches to the sandbox uid through setpriv", { skip: !isRoot 
   );
   assert.equal(r.code, 0, r.out);
   assert.deepEqual(r.out.trim().split("\n"), [String(uid), String(uid), String(uid), "CapEff:\t0000000000000000"]);
+});
+
+test("tmpfsCapBytes sums the /work, /tmp, /dev/shm and (with a trust bundle) /run caps", () => {
+  assert.equal(tmpfsCapBytes({ workMiB: 64, tmpMiB: 8, trustBundle: false }), 72 * 1024 * 1024 + DEV_SHM_BYTES);
+  assert.equal(tmpfsCapBytes({ workMiB: 64, tmpMiB: 8, trustBundle: true }), 72 * 1024 * 1024 + DEV_SHM_BYTES + RUN_TMPFS_BYTES);
+});
+
+test("bwrapArgs caps /dev/shm and makes /dev read-only after its last mount point", () => {
+  const args = bwrapArgs({ ...base, trustBundle: { fd: 5 } });
+  const shm = args.indexOf("/dev/shm");
+  assert.deepEqual(args.slice(shm - 3, shm + 1), ["--size", String(DEV_SHM_BYTES), "--tmpfs", "/dev/shm"]);
+  const ro = args.indexOf("--remount-ro");
+  assert.equal(args[ro + 1], "/dev");
+  assert.ok(ro > args.indexOf("--dev") && ro > shm && ro > args.indexOf("/dev/mvm-relay"), "after every mount under /dev");
+  assert.equal(args.filter((a) => a.startsWith("/dev/") && args.indexOf(a) > ro).length, 0, "nothing under /dev after it");
+});
+
+test("bwrapArgsThroughFd moves every option into NUL-terminated data and keeps only --args FD and the command", () => {
+  const full = bwrapArgs(base);
+  const split = bwrapArgsThroughFd(base, 5);
+  const separator = full.indexOf("--");
+  assert.deepEqual(split.argv, ["--args", "5", ...full.slice(separator)]);
+  assert.equal(split.data.toString("utf8"), full.slice(0, separator).map((a) => `${a}\0`).join(""));
+  for (const hostPath of [base.rootfsDir, base.agentDir, base.relaySocketPath]) {
+    assert.ok(!split.argv.some((a) => a.includes(hostPath)), `${hostPath} left on the command line`);
+  }
+  assert.throws(() => bwrapArgsThroughFd({ ...base, rootfsDir: "/images/a\0b" }, 5), { code: "INVALID_ARGUMENT" });
 });

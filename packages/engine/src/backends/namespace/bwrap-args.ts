@@ -3,7 +3,7 @@
  * prelude that runs before it (still as the engine's user) to set the core-dump limit, put itself
  * into the sandbox's cgroups and, as root, switch to the sandbox's own host uid.
  */
-import { NAMESPACE_RELAY_PATH, SYSTEM_TRUST_BUNDLE_PATH, TRUST_BUNDLE_PATH } from "@mvm/protocol";
+import { InvalidArgumentError, NAMESPACE_RELAY_PATH, SYSTEM_TRUST_BUNDLE_PATH, TRUST_BUNDLE_PATH } from "@mvm/protocol";
 import { AGENT_MOUNT_POINT, agentRuntimeCommand } from "../../runtime/agent-runtime.js";
 
 /** uid and gid of the sandbox user inside the sandbox. */
@@ -43,8 +43,19 @@ export interface TrustBundleFds {
 
 /** Size cap of the /run tmpfs that holds the trust bundle's mount point, bytes. */
 export const RUN_TMPFS_BYTES = 1024 * 1024;
+/** Size cap of the /dev/shm tmpfs (POSIX shared memory and semaphores), bytes. */
+export const DEV_SHM_BYTES = 64 * 1024 * 1024;
 
 const MiB = 1024 * 1024;
+
+/**
+ * The summed size caps of a sandbox's tmpfs mounts (/work, /tmp, /dev/shm and, with a trust
+ * bundle, /run), bytes. tmpfs pages are charged to the memory cgroup of the process that writes them, so the
+ * sandbox's memory limit adds this sum to `memoryMiB` (see limitWrites in sandbox-cgroups.ts).
+ */
+export function tmpfsCapBytes(options: { readonly workMiB: number; readonly tmpMiB: number; readonly trustBundle: boolean }): number {
+  return (options.workMiB + options.tmpMiB) * MiB + DEV_SHM_BYTES + (options.trustBundle ? RUN_TMPFS_BYTES : 0);
+}
 
 /**
  * The isolation every bubblewrap the engine starts gets (sandboxes and QEMU's jail): new user,
@@ -65,11 +76,43 @@ export const BWRAP_ISOLATION_ARGS: readonly string[] = [
 /**
  * bubblewrap's argv (without the program name): new user, mount, pid, ipc, uts, net (loopback
  * only) and cgroup namespaces, no nested user namespaces, no capabilities, a read-only root,
- * private /proc and /dev, size-capped tmpfs /work and /tmp, the agent runtime at /.mvm, the relay
- * socket at /dev/mvm-relay, the trust bundle when given, uid and gid 1000, an empty environment,
+ * private /proc and a read-only /dev, size-capped tmpfs /work, /tmp and /dev/shm, the agent
+ * runtime at /.mvm, the relay socket at /dev/mvm-relay, the trust bundle when given, uid and gid 1000, an empty environment,
  * a new session, and the seccomp filter.
  */
 export function bwrapArgs(options: BwrapArgsOptions): string[] {
+  return [...bwrapOptions(options), "--", ...bwrapCommand(options)];
+}
+
+/** bubblewrap's argv split for `bwrap --args FD`. */
+export interface BwrapArgsThroughFd {
+  /** bubblewrap's argv (without the program name): `--args FD -- command...`. */
+  readonly argv: string[];
+  /** Every option of bwrapArgs, each followed by a NUL byte: what bubblewrap reads from FD. */
+  readonly data: Buffer;
+}
+
+/**
+ * bwrapArgs with every option moved into `data`, which bubblewrap reads from `argsFd` and then
+ * closes. Its command line, which the sandbox sees as /proc/1/cmdline, then holds no host path:
+ * only `--args FD -- command...` (the command runs inside and names sandbox paths).
+ * Throws InvalidArgumentError for an option containing a NUL byte.
+ */
+export function bwrapArgsThroughFd(options: BwrapArgsOptions, argsFd: number): BwrapArgsThroughFd {
+  const opts = bwrapOptions(options);
+  const bad = opts.find((o) => o.includes("\0"));
+  if (bad !== undefined) throw new InvalidArgumentError(`Invalid bubblewrap argument ${JSON.stringify(bad)}: contains a NUL byte`);
+  return {
+    argv: ["--args", String(argsFd), "--", ...bwrapCommand(options)],
+    data: Buffer.from(opts.map((o) => `${o}\0`).join(""), "utf8"),
+  };
+}
+
+function bwrapCommand(options: BwrapArgsOptions): readonly string[] {
+  return options.command ?? agentRuntimeCommand({ relayPath: NAMESPACE_RELAY_PATH });
+}
+
+function bwrapOptions(options: BwrapArgsOptions): string[] {
   const args = [
     ...BWRAP_ISOLATION_ARGS,
     "--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -77,18 +120,22 @@ export function bwrapArgs(options: BwrapArgsOptions): string[] {
     "--ro-bind", options.rootfsDir, "/",
     "--proc", "/proc",
     "--dev", "/dev",
+    "--size", String(DEV_SHM_BYTES), "--tmpfs", "/dev/shm",
     "--size", String(options.workMiB * MiB), "--tmpfs", "/work",
     "--size", String(options.tmpMiB * MiB), "--tmpfs", "/tmp",
     "--ro-bind", options.agentDir, AGENT_MOUNT_POINT,
     // connect() needs no write access to the mount: a read-only bind of the socket is enough.
     "--ro-bind", options.relaySocketPath, NAMESPACE_RELAY_PATH,
+    // bwrap's /dev is a tmpfs without a size cap owned by the sandbox user: read-only once its
+    // last mount point is made (device nodes stay usable; /dev/shm is a mount of its own).
+    "--remount-ro", "/dev",
     ...trustBundleArgs(options.trustBundle),
     "--chdir", "/work",
     "--uid", String(SANDBOX_UID),
     "--gid", String(SANDBOX_GID),
   ];
   if (options.statusFd !== undefined) args.push("--json-status-fd", String(options.statusFd));
-  args.push("--seccomp", String(options.seccompFd), "--", ...(options.command ?? agentRuntimeCommand({ relayPath: NAMESPACE_RELAY_PATH })));
+  args.push("--seccomp", String(options.seccompFd));
   return args;
 }
 

@@ -113,10 +113,12 @@ test("relay rejects when the sandbox exits before the agent connects", { skip, .
 });
 
 test("a launch that fails after the relay socket was made removes it", { skip, ...TIMEOUT }, async () => {
-  // A bubblewrap stand-in that writes down the socket it was asked to bind, then fails.
+  // A bubblewrap stand-in that writes down the socket it was asked to bind (its options come
+  // NUL-separated from the fd after --args), then fails.
   const seen = join(root, "seen-relay");
   const fake = join(root, "relay-failing-bwrap");
-  await writeFile(fake, `#!/bin/sh\nwhile [ "$1" != "${NAMESPACE_RELAY_PATH}" ]; do prev="$1"; shift; done\necho "$prev" > ${seen}\nexit 1\n`, { mode: 0o755 });
+  const script = `[ "$1 $2" = "--args 5" ] || exit 2\ntr '\\0' '\\n' <&5 | grep -x -B1 '${NAMESPACE_RELAY_PATH}' | head -1 > ${seen}\nexit 1\n`;
+  await writeFile(fake, `#!/bin/sh\n${script}`, { mode: 0o755 });
   await writeFile(seen, "");
   await chmod(seen, 0o666); // bubblewrap runs as the sandbox's uid when the tests run as root
   const spec = await makeSpec(base);

@@ -24,7 +24,7 @@ import { readProcStartTime, readProcStartTimeSync } from "../../_internal/proc.j
 import { LOADER_NAME } from "../../runtime/shared-libs.js";
 import type { LaunchSpec } from "../types.js";
 import { CappedLog } from "./agent-log.js";
-import { REQUIRED_MOUNT_POINTS, bwrapArgs, launchArgv } from "./bwrap-args.js";
+import { REQUIRED_MOUNT_POINTS, bwrapArgsThroughFd, launchArgv, tmpfsCapBytes } from "./bwrap-args.js";
 import type { CgroupSupport } from "./cgroups.js";
 import { type ExitStatus, NamespaceSandbox, TEARDOWN_STEP_MS, stopSandbox } from "./launched-sandbox.js";
 import { settlesWithin } from "../_teardown.js";
@@ -42,11 +42,12 @@ export interface HostSetup {
   readonly cgroups: CgroupSupport;
 }
 
-/** fds of the extra pipes in the prelude (and bwrap). */
+/** fds of the extra pipes and files in the prelude (and bwrap). */
 const SECCOMP_FD = 3;
 const STATUS_FD = 4;
-const TRUST_BUNDLE_FD = 5;
-const SYSTEM_TRUST_BUNDLE_FD = 6;
+const ARGS_FD = 5;
+const TRUST_BUNDLE_FD = 6;
+const SYSTEM_TRUST_BUNDLE_FD = 7;
 /** Largest trust bundle accepted, bytes (a full system bundle is about 200 KiB). */
 const MAX_TRUST_BUNDLE_BYTES = 4 * 1024 * 1024;
 const MAX_STATUS_LINE = 4096;
@@ -126,15 +127,13 @@ async function checkImage(spec: LaunchSpec, isRoot: boolean, relayParent: string
 }
 
 /**
- * The trust bundle as files bubblewrap copies from: one handle per destination (each is read to
- * its end), of a 0600 file in stateDir that is unlinked once open.
+ * `data` as `copies` read handles (each is read to its end) of a 0600 file at `path`, which is
+ * unlinked once open.
  */
-async function openTrustBundle(spec: LaunchSpec, copies: number): Promise<FileHandle[]> {
+async function openUnlinked(path: string, data: string | Buffer, copies: number): Promise<FileHandle[]> {
   const handles: FileHandle[] = [];
-  if (spec.trustBundlePem === undefined) return handles;
-  const path = join(spec.stateDir, "trust-bundle.pem");
   try {
-    await writeFile(path, spec.trustBundlePem, { mode: 0o600, flag: "w" });
+    await writeFile(path, data, { mode: 0o600, flag: "w" });
     for (let i = 0; i < copies; i++) handles.push(await open(path, "r"));
   } catch (err) {
     await Promise.all(handles.map((h) => h.close()));
@@ -143,6 +142,12 @@ async function openTrustBundle(spec: LaunchSpec, copies: number): Promise<FileHa
     await unlink(path).catch(() => undefined);
   }
   return handles;
+}
+
+/** The trust bundle as files bubblewrap copies from: one handle per destination. */
+async function openTrustBundle(spec: LaunchSpec, copies: number): Promise<FileHandle[]> {
+  if (spec.trustBundlePem === undefined) return [];
+  return openUnlinked(join(spec.stateDir, "trust-bundle.pem"), spec.trustBundlePem, copies);
 }
 
 function parseStatusLine(line: string): number | undefined {
@@ -223,7 +228,8 @@ export async function launchNamespaceSandbox(
   const image = await checkImage(spec, host.isRoot, relayParent);
   aborted(spec, signal);
 
-  const cgroups = await SandboxCgroups.create(host.cgroups, spec.sandboxId, spec.resources);
+  const tmpfsBytes = tmpfsCapBytes({ workMiB: spec.workMiB, tmpMiB: spec.tmpMiB, trustBundle: spec.trustBundlePem !== undefined });
+  const cgroups = await SandboxCgroups.create(host.cgroups, spec.sandboxId, spec.resources, tmpfsBytes);
   let uid: number | undefined;
   let relay: RelayListener | undefined;
   let log: CappedLog | undefined;
@@ -240,31 +246,44 @@ export async function launchNamespaceSandbox(
     log = await CappedLog.open(spec.agentLogPath);
     const seccompPath = join(spec.stateDir, "seccomp.bpf");
     await writeFile(seccompPath, sandboxSeccompProgram(), { mode: 0o600 });
-    const trustFiles = await openTrustBundle(spec, image.systemTrustBundle ? 2 : 1);
-    const seccompFile = await open(seccompPath, "r").catch(async (err: unknown) => {
-      await Promise.all(trustFiles.map((h) => h.close()));
-      throw err;
-    });
+    const systemTrustBundle = image.systemTrustBundle && spec.trustBundlePem !== undefined;
+    const bwrap = bwrapArgsThroughFd(
+      {
+        ...spec,
+        seccompFd: SECCOMP_FD,
+        statusFd: STATUS_FD,
+        relaySocketPath: relay.path,
+        ...(spec.trustBundlePem !== undefined
+          ? { trustBundle: { fd: TRUST_BUNDLE_FD, ...(systemTrustBundle ? { systemFd: SYSTEM_TRUST_BUNDLE_FD } : {}) } }
+          : {}),
+      },
+      ARGS_FD,
+    );
+    // The fds bwrap gets from SECCOMP_FD on, in order (STATUS_FD is a pipe, placed by spawn).
+    const files: FileHandle[] = [];
     try {
-      const [trustFile, systemTrustFile] = trustFiles;
+      files.push(await open(seccompPath, "r"));
+      files.push(...(await openUnlinked(join(spec.stateDir, "bwrap-args"), bwrap.data, 1)));
+      files.push(...(await openTrustBundle(spec, systemTrustBundle ? 2 : 1)));
+    } catch (err) {
+      await Promise.all(files.map((h) => h.close()));
+      throw err;
+    }
+    try {
+      const [seccompFd, argsFd, ...trustFds] = files.map((h) => h.fd);
       const argv = launchArgv({
         procsFiles: cgroups.procsFiles,
         bwrapPath,
-        bwrapArgs: bwrapArgs({
-          ...spec,
-          seccompFd: SECCOMP_FD,
-          statusFd: STATUS_FD,
-          relaySocketPath: relay.path,
-          ...(trustFile !== undefined
-            ? { trustBundle: { fd: TRUST_BUNDLE_FD, ...(systemTrustFile !== undefined ? { systemFd: SYSTEM_TRUST_BUNDLE_FD } : {}) } }
-            : {}),
-        }),
+        bwrapArgs: bwrap.argv,
         ...(uid !== undefined && host.setprivPath !== undefined ? { switchUser: { uid, setprivPath: host.setprivPath } } : {}),
       });
+      // bubblewrap forks the sandbox's pid 1, which keeps bubblewrap's command line and
+      // environment for the workload to read: it starts with no variables, in /.
       child = spawn(argv[0] ?? "/bin/sh", argv.slice(1), {
-        stdio: ["pipe", "pipe", "pipe", seccompFile.fd, "pipe", ...trustFiles.map((h) => h.fd)],
+        stdio: ["pipe", "pipe", "pipe", seccompFd, "pipe", argsFd, ...trustFds],
         detached: true,
-        env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
+        cwd: "/",
+        env: {},
       });
       // Everything that listens to the child starts before the first await: "spawn" fires on
       // the next tick, and a short-lived child can exit and close its pipes soon after.
@@ -280,8 +299,7 @@ export async function launchNamespaceSandbox(
       initPidReport.catch(() => undefined);
       pidStartTime = readProcStartTimeSync(proc.pid ?? 0) ?? "";
     } finally {
-      await seccompFile.close();
-      await Promise.all(trustFiles.map((h) => h.close()));
+      await Promise.all(files.map((h) => h.close()));
     }
     const proc = child;
     await spawned;

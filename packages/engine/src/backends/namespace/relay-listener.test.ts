@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
-import { link, lstat, mkdir, mkdtemp, rm, utimes } from "node:fs/promises";
+import { link, lstat, mkdir, mkdtemp, readFile, rm, utimes } from "node:fs/promises";
 import { type Socket, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -61,6 +61,21 @@ test("the socket is 0600 in a fresh 0700 directory, accepts one connection, then
     await relay.close();
   }
   assert.equal(existsSync(relay.dir), false);
+});
+
+test("the address the accepted connection carries (shown in /proc/net/unix) names no host directory", async () => {
+  const relay = await RelayListener.open({ sandboxId: SANDBOX });
+  try {
+    const client = await tryConnect(relay.path);
+    assert.ok(typeof client !== "string", `connect failed: ${String(client)}`);
+    await relay.connection;
+    const table = await readFile("/proc/net/unix", "utf8");
+    assert.ok(!table.includes(relay.dir), `${relay.dir} is in /proc/net/unix`);
+    assert.match(table, new RegExp(` /proc/self/fd/\\d+/${RELAY_SOCKET_NAME}$`, "m"), "control: the connection is listed");
+    client.destroy();
+  } finally {
+    await relay.close();
+  }
 });
 
 test("a second connection through a path that still names the socket is refused", async () => {

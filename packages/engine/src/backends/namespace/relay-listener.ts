@@ -10,8 +10,15 @@
  * sits under the engine's 0700 sandboxes directory. The directory is 0711 for a root engine
  * (others may pass through, not list) and 0700 otherwise; the socket is 0600 and owned by the
  * sandbox's host uid, so only the agent's uid (and root) can connect.
+ *
+ * The socket is bound through /proc/self/fd/N/relay.sock, N an open handle of the directory: the
+ * address a socket is bound with is copied to every connection it accepts, and the agent's end of
+ * that connection lives in the sandbox's network namespace, where /proc/net/unix shows it. That
+ * address then names no host directory. The handle stays open until the listening socket is
+ * closed: libuv unlinks the bound path when it closes the socket, and N must still name this
+ * directory then.
  */
-import { chmod, chown, lstat, mkdtemp, readdir, rmdir, unlink } from "node:fs/promises";
+import { type FileHandle, chmod, chown, lstat, mkdtemp, open, readdir, rmdir, unlink } from "node:fs/promises";
 import { type Server, type Socket, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, isAbsolute, join, normalize } from "node:path";
@@ -103,6 +110,9 @@ export class RelayListener {
   #accepted: Socket | undefined;
   #timer: NodeJS.Timeout | undefined;
   #unlinked: Promise<void> | undefined;
+  /** The directory's handle the socket is bound through; closed after the listening socket. */
+  #dirHandle: FileHandle | undefined;
+  #dirHandleClosed: Promise<void> | undefined;
 
   private constructor(
     /** The per-sandbox directory holding the socket. */
@@ -141,7 +151,8 @@ export class RelayListener {
     const server = createServer();
     const listener = new RelayListener(dir, server, options.sandboxId);
     try {
-      await listen(server, listener.path);
+      listener.#dirHandle = await open(dir, "r");
+      await listen(server, `/proc/self/fd/${listener.#dirHandle.fd}/${RELAY_SOCKET_NAME}`);
       if (options.hostUid !== undefined) await chown(listener.path, options.hostUid, options.hostUid);
       await chmod(listener.path, 0o600);
       // Opened to other uids only once the socket is theirs alone.
@@ -184,12 +195,14 @@ export class RelayListener {
     this.abandon(new TransportError(`Sandbox "${this.sandboxId}" was stopped before its agent connected the egress relay`));
     this.#accepted?.destroy();
     await this.#unlinked;
+    await this.#dirHandleClosed;
     await removeRelayDir(this.dir);
   }
 
   #stopListening(): void {
     clearTimeout(this.#timer);
     if (this.server.listening) this.server.close();
+    this.#dirHandleClosed ??= this.#dirHandle?.close().catch(() => undefined);
     this.#unlinked ??= unlink(this.path).catch(() => undefined);
   }
 }

@@ -37,6 +37,21 @@ test("limitWrites: the files and values each controller needs on v1 and v2", () 
   for (const c of CGROUP_CONTROLLERS) assert.deepEqual(limitWrites(2, c, {}), [], `${c} without a limit`);
 });
 
+test("limitWrites: the memory limit adds the tmpfs caps to memoryMiB, with swap off, on v1 and v2", () => {
+  const r = { memoryMiB: 128, pids: 64 };
+  const total = String(128 * MiB + 40 * MiB);
+  assert.deepEqual(limitWrites(2, "memory", r, 40 * MiB), [
+    { file: "memory.max", value: total, optional: false },
+    { file: "memory.swap.max", value: "0", optional: true },
+  ]);
+  assert.deepEqual(limitWrites(1, "memory", r, 40 * MiB), [
+    { file: "memory.limit_in_bytes", value: total, optional: false },
+    { file: "memory.memsw.limit_in_bytes", value: total, optional: true },
+  ]);
+  assert.deepEqual(limitWrites(2, "pids", r, 40 * MiB), [{ file: "pids.max", value: "64", optional: false }], "only memory changes");
+  assert.deepEqual(limitWrites(2, "memory", {}, 40 * MiB), [], "no memory limit asked: none written");
+});
+
 function supportWith(hierarchy: CgroupHierarchy, unenforceable: readonly string[] = []): CgroupSupport {
   const controllers = Object.fromEntries(
     CGROUP_CONTROLLERS.map((c) => [
@@ -91,6 +106,9 @@ test("v2 file-writing logic against a fake directory tree: limits, OOM counter, 
     assert.equal(await readFile(join(dir, "cgroup.kill"), "utf8"), "1");
 
     await assert.rejects(SandboxCgroups.create(support, id, {}), /Cannot create the cgroups/, "a group name is never shared");
+
+    const withTmpfs = await SandboxCgroups.create(support, randomSandboxId(), { memoryMiB: 64 }, 24 * MiB);
+    assert.equal(await readFile(join(withTmpfs.dirs[0] ?? "", "memory.max"), "utf8"), String(88 * MiB), "memoryMiB plus the tmpfs caps");
   } finally {
     await rm(fake, { recursive: true, force: true });
   }
@@ -109,15 +127,15 @@ after(async () => {
 test("v1 for real: limits are written, members are killed, groups are removed", { skip: v1Skip }, async () => {
   assert.ok(support);
   const id = randomSandboxId();
-  const groups = await SandboxCgroups.create(support, id, { memoryMiB: 96, pids: 20, cpus: 0.25 });
+  const groups = await SandboxCgroups.create(support, id, { memoryMiB: 96, pids: 20, cpus: 0.25 }, 32 * MiB);
   assert.deepEqual(
     groups.dirs.sort(),
     ["cpu", "memory", "pids"].map((c) => `/sys/fs/cgroup/${c}/${parentName}/${id}`),
   );
   const read = (c: string, f: string): Promise<string> => readFile(`/sys/fs/cgroup/${c}/${parentName}/${id}/${f}`, "utf8").then((s) => s.trim());
-  assert.equal(await read("memory", "memory.limit_in_bytes"), String(96 * MiB));
+  assert.equal(await read("memory", "memory.limit_in_bytes"), String(128 * MiB), "memoryMiB plus the tmpfs caps");
   if (existsSync(`/sys/fs/cgroup/memory/${parentName}/${id}/memory.memsw.limit_in_bytes`)) {
-    assert.equal(await read("memory", "memory.memsw.limit_in_bytes"), String(96 * MiB));
+    assert.equal(await read("memory", "memory.memsw.limit_in_bytes"), String(128 * MiB));
   }
   assert.equal(await read("pids", "pids.max"), "20");
   assert.equal(await read("cpu", "cpu.cfs_quota_us"), "25000");

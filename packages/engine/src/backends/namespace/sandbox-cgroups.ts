@@ -34,13 +34,19 @@ const CPU_MIN_QUOTA_US = 1_000;
 
 const LIMIT_FIELD: Record<CgroupController, keyof Resources> = { memory: "memoryMiB", pids: "pids", cpu: "cpus" };
 
-/** The file writes that enforce `resources` for `controller` in a group of cgroup `version`. */
-export function limitWrites(version: 1 | 2, controller: CgroupController, resources: Resources): LimitWrite[] {
+/**
+ * The file writes that enforce `resources` for `controller` in a group of cgroup `version`.
+ * `tmpfsBytes` is the sum of the size caps of the sandbox's tmpfs mounts: their pages are charged
+ * to the group's memory, so the memory limit is `memoryMiB` plus that sum. A full tmpfs is then
+ * ENOSPC for its writer, never an OOM kill, and the processes keep `memoryMiB` whatever the
+ * tmpfs mounts hold.
+ */
+export function limitWrites(version: 1 | 2, controller: CgroupController, resources: Resources, tmpfsBytes = 0): LimitWrite[] {
   const w = (file: string, value: number | string, optional = false): LimitWrite => ({ file, value: String(value), optional });
   switch (controller) {
     case "memory": {
       if (resources.memoryMiB === undefined) return [];
-      const bytes = resources.memoryMiB * 1024 * 1024;
+      const bytes = resources.memoryMiB * 1024 * 1024 + tmpfsBytes;
       return version === 2
         ? [w("memory.max", bytes), w("memory.swap.max", 0, true)]
         : [w("memory.limit_in_bytes", bytes), w("memory.memsw.limit_in_bytes", bytes, true)];
@@ -93,8 +99,12 @@ export class SandboxCgroups {
 
   private constructor(readonly groups: readonly CgroupGroup[]) {}
 
-  /** Creates the sandbox's groups and writes its limits; removes what it made if anything fails. */
-  static async create(support: CgroupSupport, sandboxId: string, resources: Resources): Promise<SandboxCgroups> {
+  /**
+   * Creates the sandbox's groups and writes its limits; removes what it made if anything fails.
+   * `tmpfsBytes`: the summed size caps of the sandbox's tmpfs mounts, added to the memory limit
+   * (see limitWrites).
+   */
+  static async create(support: CgroupSupport, sandboxId: string, resources: Resources, tmpfsBytes = 0): Promise<SandboxCgroups> {
     const plan = planHierarchies(support, resources);
     const created: CgroupGroup[] = [];
     try {
@@ -104,7 +114,7 @@ export class SandboxCgroups {
         const group: CgroupGroup = { dir, version: hierarchy.version, controllers: hierarchy.controllers };
         created.push(group);
         for (const controller of hierarchy.controllers) {
-          for (const write of limitWrites(hierarchy.version, controller, resources)) {
+          for (const write of limitWrites(hierarchy.version, controller, resources, tmpfsBytes)) {
             const file = join(dir, write.file);
             if (write.optional && !(await exists(file))) continue;
             await writeFile(file, write.value, { flag: "w" }).catch((err: unknown) => {

@@ -63,6 +63,8 @@ interface Summary {
   hello: { uid: number };
   id: string;
   status: string;
+  /** /proc/1/cmdline, a newline, /proc/1/environ (NULs as spaces), read inside the sandbox. */
+  pid1: string;
   hostUids: number[];
   cgroups: string[];
   pidsMax: string | undefined;
@@ -108,6 +110,8 @@ function checkCommon(summary: Summary): void {
   assert.equal(summary.id, "1000\n1000\n");
   assert.equal(summary.status.replace(/\t/g, " "), "CapEff: 0000000000000000\nNoNewPrivs: 1\nSeccomp: 2\n");
   assert.deepEqual(summary.hostUids, [USER, USER], "bubblewrap and the sandbox run as the calling user");
+  assert.match(summary.pid1, /^\/usr\/bin\/bwrap --args 5 -- /, "bubblewrap's options come through a descriptor");
+  assert.ok(!summary.pid1.includes(root), `a host path is visible in the sandbox's pid 1: ${summary.pid1}`);
   assert.equal(summary.extra["hostUid"], undefined);
   assert.deepEqual(summary.leftovers, { prelude: false, init: false });
 }

@@ -150,6 +150,8 @@ describe("VM state save and restore", { timeout: 600_000 }, () => {
     const saved = await saveVmState(source.qmp, { path, ...T, ignoreShared: ram !== undefined });
     console.log(`save (${ram ? "file-backed RAM" : "plain"}): ${(performance.now() - started).toFixed(0)} ms, ${saved.bytes} bytes, QEMU total-time ${saved.totalTimeMs} ms`);
     assert.equal(saved.bytes, (await stat(path)).size);
+    // The digest is of the bytes as they streamed past, and they are the bytes in the file.
+    assert.equal(saved.digest, `sha256:${createHash("sha256").update(await readFile(path)).digest("hex")}`);
     assert.deepEqual(await source.qmp.execute("query-status", undefined, T), { status: "postmigrate", singlestep: false, running: false });
     const lastTick = Math.max(...source.console.ticks());
     await stop(source);

@@ -17,7 +17,7 @@
  * (`memory-backend-file,share=on`) is left out of the stream: the RAM file itself is the memory
  * image, and a restoring VM maps it privately (copy-on-write, `share=off`).
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { chown, mkdtemp, open, rename, rm } from "node:fs/promises";
 import { createServer, type Socket } from "node:net";
@@ -25,7 +25,7 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { AbortedError, InternalError, InvalidArgumentError, type MvmError, SnapshotMismatchError, TimeoutError, TransportError } from "@mvm/protocol";
+import { AbortedError, InternalError, InvalidArgumentError, type MvmError, type Sha256Digest, SnapshotMismatchError, TimeoutError, TransportError } from "@mvm/protocol";
 import { z } from "zod";
 import type { QmpClient, QmpEvent } from "./qmp.js";
 
@@ -75,6 +75,8 @@ export interface SaveVmStateOptions {
 export interface SavedVmState {
   /** Size of the state file, bytes. */
   readonly bytes: number;
+  /** sha256 of the stream as it was written to the state file. */
+  readonly digest: Sha256Digest;
   /** QEMU's own figure for the migration, ms, when it reports one. */
   readonly totalTimeMs?: number;
 }
@@ -163,19 +165,24 @@ async function listenOnce(parentDir: string, qemuParentDir: string, owner: SaveV
   }
 }
 
-/** Counts bytes through and fails once more than `maxBytes` have passed. */
-function byteCap(maxBytes: number, counted: { bytes: number }): Transform {
+/** Counts and hashes the bytes through, and fails once more than `maxBytes` have passed. */
+function byteCap(maxBytes: number, counted: { bytes: number; readonly hash: ReturnType<typeof createHash> }): Transform {
   return new Transform({
     transform(chunk: Buffer, _encoding, callback) {
       counted.bytes += chunk.length;
-      if (counted.bytes > maxBytes) callback(new TransportError(`VM state stream exceeds ${maxBytes} bytes`));
-      else callback(null, chunk);
+      if (counted.bytes > maxBytes) {
+        callback(new TransportError(`VM state stream exceeds ${maxBytes} bytes`));
+      } else {
+        counted.hash.update(chunk);
+        callback(null, chunk);
+      }
     },
   });
 }
 
 /**
- * Stops the VM (when running) and saves its state to `options.path`. The VM stays stopped
+ * Stops the VM (when running) and saves its state to `options.path`, returning its size and the
+ * sha256 of the bytes written (hashed as they pass, not read back). The VM stays stopped
  * (QEMU's state `postmigrate`); the caller ends it, and must never resume it when `ignoreShared`
  * is set: the RAM file is then part of the snapshot. Throws InternalError with QEMU's reason
  * when the migration fails, TransportError when the stream exceeds `maxBytes` or QMP breaks,
@@ -209,7 +216,7 @@ export async function saveVmState(qmp: QmpClient, options: SaveVmStateOptions): 
     await rm(tmpPath, { force: true });
     throw new InternalError(`${what}: cannot listen for the migration stream`, { cause: err });
   });
-  const counted = { bytes: 0 };
+  const counted = { bytes: 0, hash: createHash("sha256") };
   let renamed = false;
   let migrating = false;
   try {
@@ -235,7 +242,8 @@ export async function saveVmState(qmp: QmpClient, options: SaveVmStateOptions): 
     await written.sync().finally(() => written.close());
     await rename(tmpPath, options.path);
     renamed = true;
-    return { bytes: counted.bytes, ...(info["total-time"] !== undefined ? { totalTimeMs: info["total-time"] } : {}) };
+    const digest = `sha256:${counted.hash.digest("hex")}` as Sha256Digest;
+    return { bytes: counted.bytes, digest, ...(info["total-time"] !== undefined ? { totalTimeMs: info["total-time"] } : {}) };
   } catch (err) {
     if (signal.aborted && !(err instanceof InternalError)) throw abortReason(signal, what);
     if (err instanceof TransportError || err instanceof InternalError || err instanceof TimeoutError || err instanceof AbortedError) throw err;

@@ -3,12 +3,15 @@
  * sparse files.
  */
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { readSync } from "node:fs";
+import { chmod, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { InternalError } from "@mvm/protocol";
-import { SavedVmStore, type VmShape, copyWorkDisk, shapeKey } from "./snapshots.js";
+import { InternalError, type Sha256Digest, SnapshotMismatchError } from "@mvm/protocol";
+import { encodeSavedVmManifest } from "./snapshot-manifest.js";
+import { SavedVmStore, type SavedStateRecord, type SavedVm, type VmShape, copyWorkDisk, shapeKey } from "./snapshots.js";
 
 const MiB = 1024 * 1024;
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -43,10 +46,37 @@ function newStore(): SavedVmStore {
   return new SavedVmStore(join(root, `store${stores++}`));
 }
 
-/** A build that writes both files the store needs. */
-async function goodBuild(dir: string): Promise<void> {
-  await writeFile(join(dir, "state"), "migration stream");
+/** What a build reports for a state file holding `content`. */
+function recordOf(content: string): SavedStateRecord {
+  return { bytes: Buffer.byteLength(content), digest: `sha256:${createHash("sha256").update(content).digest("hex")}` as Sha256Digest };
+}
+
+/** A build that writes both files the store needs and reports its state. */
+async function goodBuild(dir: string): Promise<SavedStateRecord> {
+  await writeFile(join(dir, "state"), "migration stream", { mode: 0o600 });
   await writeFile(join(dir, "work.img"), "work disk");
+  return recordOf("migration stream");
+}
+
+/** Writes a whole saved VM of `shape` into `dir` as another engine would, manifest included. */
+async function writeSaved(dir: string, shape: VmShape, state: string): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, "state"), state, { mode: 0o600 });
+  await writeFile(join(dir, "work.img"), "w");
+  await writeFile(join(dir, "manifest.json"), encodeSavedVmManifest({ version: 1, shapeKey: shapeKey(shape), state: recordOf(state) }), { mode: 0o600 });
+}
+
+/** The paths of the saved VM of SHAPE in `store`. */
+function pathsOf(store: SavedVmStore): Pick<SavedVm, "dir" | "statePath" | "workTemplatePath"> {
+  const dir = join(store.root, shapeKey(SHAPE));
+  return { dir, statePath: join(dir, "state"), workTemplatePath: join(dir, "work.img") };
+}
+
+/** `saved` without its state file's identity, for comparisons. */
+function plain(saved: SavedVm | undefined): Omit<SavedVm, "stateId"> | undefined {
+  if (saved === undefined) return undefined;
+  const { stateId: _, ...rest } = saved;
+  return rest;
 }
 
 /** Sets a path's times to `ageMs` ago. */
@@ -80,20 +110,38 @@ describe("shapeKey", () => {
 });
 
 describe("SavedVmStore.find", () => {
-  it("finds a directory only when it holds both state and work.img", async () => {
+  it("finds a directory only when it holds state, work.img and a manifest of its shape that gives the state's size", async () => {
     const store = newStore();
-    const dir = join(store.root, shapeKey(SHAPE));
+    const { dir, statePath, workTemplatePath } = pathsOf(store);
     assert.equal(await store.find(SHAPE), undefined);
     await mkdir(dir, { recursive: true });
     assert.equal(await store.find(SHAPE), undefined);
-    await writeFile(join(dir, "state"), "s");
+    await writeFile(statePath, "s");
+    await writeFile(workTemplatePath, "w");
+    // An older engine's saved VM: no manifest, so nothing says what its state should be.
     assert.equal(await store.find(SHAPE), undefined);
-    await rm(join(dir, "state"));
-    await writeFile(join(dir, "work.img"), "w");
-    assert.equal(await store.find(SHAPE), undefined);
-    await writeFile(join(dir, "state"), "s");
-    assert.deepEqual(await store.find(SHAPE), { dir, statePath: join(dir, "state"), workTemplatePath: join(dir, "work.img") });
+    const manifest = { version: 1 as const, shapeKey: shapeKey(SHAPE), state: recordOf("s") };
+    await writeFile(join(dir, "manifest.json"), encodeSavedVmManifest(manifest));
+    assert.deepEqual(plain(await store.find(SHAPE)), { dir, statePath, workTemplatePath, manifest });
     assert.equal(await store.find({ ...SHAPE, cpus: 2 }), undefined);
+    await rm(workTemplatePath);
+    assert.equal(await store.find(SHAPE), undefined);
+    await writeFile(workTemplatePath, "w");
+    // A manifest of another shape, another size, another version, or not a manifest at all.
+    for (const text of [
+      encodeSavedVmManifest({ ...manifest, shapeKey: shapeKey({ ...SHAPE, cpus: 2 }) }),
+      encodeSavedVmManifest({ ...manifest, state: recordOf("ss") }),
+      encodeSavedVmManifest(manifest).replace('"version":1', '"version":2'),
+      "{}",
+      "x".repeat(5000),
+    ]) {
+      await writeFile(join(dir, "manifest.json"), text);
+      assert.equal(await store.find(SHAPE), undefined, text);
+    }
+    await rm(join(dir, "manifest.json"));
+    await symlink(join(root, "elsewhere.json"), join(dir, "manifest.json"));
+    await writeFile(join(root, "elsewhere.json"), encodeSavedVmManifest(manifest));
+    assert.equal(await store.find(SHAPE), undefined);
   });
 });
 
@@ -111,7 +159,7 @@ describe("SavedVmStore.ensure", () => {
       buildDirs.push(dir);
       started();
       await gate;
-      await goodBuild(dir);
+      return goodBuild(dir);
     };
     const callers = Array.from({ length: 5 }, () => store.ensure(SHAPE, build));
     await building;
@@ -121,13 +169,16 @@ describe("SavedVmStore.ensure", () => {
     release();
     const results = await Promise.all(callers);
     assert.equal(builds, 1);
-    const dir = join(store.root, shapeKey(SHAPE));
-    for (const saved of results) assert.deepEqual(saved, { dir, statePath: join(dir, "state"), workTemplatePath: join(dir, "work.img") });
+    const { dir } = pathsOf(store);
+    const manifest = { version: 1, shapeKey: shapeKey(SHAPE), state: recordOf("migration stream") };
+    for (const saved of results) assert.deepEqual(plain(saved), { ...pathsOf(store), manifest });
     assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
-    assert.deepEqual((await readdir(dir)).sort(), ["shape.json", "state", "work.img"]);
+    assert.deepEqual((await readdir(dir)).sort(), ["manifest.json", "shape.json", "state", "work.img"]);
     assert.deepEqual(JSON.parse(await readFile(join(dir, "shape.json"), "utf8")), SHAPE);
+    assert.deepEqual(JSON.parse(await readFile(join(dir, "manifest.json"), "utf8")), manifest);
     assert.equal((await stat(join(dir, "shape.json"))).mode & 0o777, 0o600);
-    assert.equal((await stat(dir)).mode & 0o777, 0o711);
+    assert.equal((await stat(join(dir, "manifest.json"))).mode & 0o777, 0o600);
+    assert.equal((await stat(dir)).mode & 0o777, 0o700);
     assert.equal(await readFile(join(dir, "state"), "utf8"), "migration stream");
 
     // Stored now: later callers get it without building.
@@ -140,7 +191,7 @@ describe("SavedVmStore.ensure", () => {
     let builds = 0;
     const build = async (dir: string) => {
       builds++;
-      await goodBuild(dir);
+      return goodBuild(dir);
     };
     const [one, two] = await Promise.all([store.ensure(SHAPE, build), store.ensure({ ...SHAPE, memoryMiB: 256 }, build)]);
     assert.equal(builds, 2);
@@ -165,7 +216,7 @@ describe("SavedVmStore.ensure", () => {
 
     const saved = await store.ensure(SHAPE, async (dir) => {
       builds++;
-      await goodBuild(dir);
+      return goodBuild(dir);
     });
     assert.equal(builds, 2);
     assert.equal(saved.dir, join(store.root, shapeKey(SHAPE)));
@@ -176,15 +227,41 @@ describe("SavedVmStore.ensure", () => {
     const store = newStore();
     const dir = join(store.root, shapeKey(SHAPE));
     const saved = await store.ensure(SHAPE, async (tmp) => {
-      await goodBuild(tmp);
+      const record = await goodBuild(tmp);
       // Another engine finishes the same shape while this build runs.
-      await mkdir(dir);
-      await writeFile(join(dir, "state"), "theirs");
-      await writeFile(join(dir, "work.img"), "theirs");
+      await writeSaved(dir, SHAPE, "theirs");
+      return record;
     });
     assert.equal(saved.dir, dir);
     assert.equal(await readFile(saved.statePath, "utf8"), "theirs");
+    assert.deepEqual(saved.manifest.state, recordOf("theirs"));
     assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
+  });
+
+  it("replaces a saved VM without a manifest (an older engine's): it is not trusted, and is saved again", async () => {
+    const store = newStore();
+    const { dir } = pathsOf(store);
+    await writeSaved(dir, SHAPE, "old engine");
+    await rm(join(dir, "manifest.json"));
+    let builds = 0;
+    const saved = await store.ensure(SHAPE, async (tmp) => {
+      builds++;
+      return goodBuild(tmp);
+    });
+    assert.equal(builds, 1);
+    assert.equal(saved.dir, dir);
+    assert.equal(await readFile(saved.statePath, "utf8"), "migration stream");
+    assert.deepEqual(saved.manifest.state, recordOf("migration stream"));
+    assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
+  });
+
+  it("refuses a build whose state file does not have the size it reported, and leaves nothing behind", async () => {
+    const store = newStore();
+    await assert.rejects(
+      store.ensure(SHAPE, async (tmp) => ({ ...(await goodBuild(tmp)), bytes: 3 })),
+      InternalError,
+    );
+    assert.deepEqual(await readdir(store.root), []);
   });
 
   it("replaces a damaged saved VM directory that is in the way", async () => {
@@ -201,6 +278,101 @@ describe("SavedVmStore.ensure", () => {
   });
 });
 
+describe("SavedVmStore.openVerifiedState and quarantine", () => {
+  const STATE = "a migration stream of some length";
+
+  /** A store holding a saved VM of SHAPE whose state is STATE. */
+  async function storeWithSaved(): Promise<{ store: SavedVmStore; saved: SavedVm }> {
+    const store = newStore();
+    const saved = await store.ensure(SHAPE, async (dir) => {
+      await writeFile(join(dir, "state"), STATE, { mode: 0o600 });
+      await writeFile(join(dir, "work.img"), "w");
+      return recordOf(STATE);
+    });
+    return { store, saved };
+  }
+
+  function mismatch(pattern: RegExp) {
+    return (err: unknown) => {
+      assert.ok(err instanceof SnapshotMismatchError, String(err));
+      assert.equal(err.code, "SNAPSHOT_MISMATCH");
+      assert.match(err.message, pattern);
+      return true;
+    };
+  }
+
+  it("returns the state opened read-only, checked, with its offset at the start (what QEMU reads next)", async () => {
+    const { store, saved } = await storeWithSaved();
+    const handle = await store.openVerifiedState(saved);
+    try {
+      const buffer = Buffer.alloc(64);
+      // A read at the descriptor's own offset, as QEMU's is: it starts at byte 0.
+      const n = readSync(handle.fd, buffer, 0, buffer.length, null);
+      assert.equal(buffer.subarray(0, n).toString(), STATE);
+      await assert.rejects(handle.write("x"), { code: "EBADF" });
+    } finally {
+      await handle.close();
+    }
+  });
+
+  it("refuses a state with any one byte flipped, or cut, or extended: SnapshotMismatchError", async () => {
+    for (let i = 0; i < STATE.length; i += 7) {
+      const { store, saved } = await storeWithSaved();
+      const flipped = Buffer.from(STATE);
+      flipped[i] = flipped[i]! ^ 0x01;
+      await writeFile(saved.statePath, flipped);
+      await assert.rejects(store.openVerifiedState(saved), mismatch(/does not match the digest recorded/));
+    }
+    for (const changed of [STATE.slice(0, -1), `${STATE}x`, ""]) {
+      const { store, saved } = await storeWithSaved();
+      await writeFile(saved.statePath, changed);
+      await assert.rejects(store.openVerifiedState(saved), mismatch(/does not match the digest recorded/));
+    }
+  });
+
+  it("refuses a state file that others may write, that is a symlink, or that is gone", async () => {
+    const groupWritable = await storeWithSaved();
+    await chmod(groupWritable.saved.statePath, 0o620);
+    await assert.rejects(groupWritable.store.openVerifiedState(groupWritable.saved), mismatch(/engine alone can write/));
+
+    const linked = await storeWithSaved();
+    await rename(linked.saved.statePath, `${linked.saved.statePath}.real`);
+    await symlink(`${linked.saved.statePath}.real`, linked.saved.statePath);
+    await assert.rejects(linked.store.openVerifiedState(linked.saved), mismatch(/cannot open its state file/));
+
+    const gone = await storeWithSaved();
+    await rm(gone.saved.statePath);
+    await assert.rejects(gone.store.openVerifiedState(gone.saved), mismatch(/cannot open its state file/));
+  });
+
+  it("stops reading when the signal fires", async () => {
+    const { store, saved } = await storeWithSaved();
+    await assert.rejects(store.openVerifiedState(saved, AbortSignal.abort()), { code: "ABORTED" });
+  });
+
+  it("quarantine moves the saved VM aside, so the next ensure saves a new one", async () => {
+    const { store, saved } = await storeWithSaved();
+    await writeFile(saved.statePath, "tampered");
+    await store.quarantine(saved);
+    const names = await readdir(store.root);
+    assert.equal(names.length, 1);
+    assert.match(names[0]!, /^\.quarantine-[0-9a-f]+$/);
+    assert.equal(await readFile(join(store.root, names[0]!, "state"), "utf8"), "tampered");
+    assert.equal(await store.find(SHAPE), undefined);
+    let builds = 0;
+    const fresh = await store.ensure(SHAPE, async (dir) => {
+      builds++;
+      return goodBuild(dir);
+    });
+    assert.equal(builds, 1);
+    await (await store.openVerifiedState(fresh)).close();
+    // A second quarantine of the old one (another launch saw it fail too) leaves the new one alone.
+    await store.quarantine(saved);
+    assert.deepEqual(await store.find(SHAPE), fresh);
+    assert.equal((await readdir(store.root)).length, 2);
+  });
+});
+
 describe("SavedVmStore.touch and sweep", () => {
   it("removes stale builds and unused saved VMs and keeps fresh and touched ones", async () => {
     const store = newStore();
@@ -211,6 +383,8 @@ describe("SavedVmStore.touch and sweep", () => {
       touchedSaved: hex("3"),
       oldBuild: ".build-0000aa",
       freshBuild: ".build-0000bb",
+      oldQuarantine: ".quarantine-0000cc",
+      freshQuarantine: ".quarantine-0000dd",
       otherOld: "notes",
     };
     for (const name of Object.values(names)) {
@@ -220,13 +394,14 @@ describe("SavedVmStore.touch and sweep", () => {
     await age(join(store.root, names.oldSaved), 8 * DAY_MS);
     await age(join(store.root, names.touchedSaved), 8 * DAY_MS);
     await age(join(store.root, names.oldBuild), 2 * 60 * 60 * 1000);
+    await age(join(store.root, names.oldQuarantine), 2 * 60 * 60 * 1000);
     await age(join(store.root, names.otherOld), 30 * DAY_MS);
     const touched = join(store.root, names.touchedSaved);
-    await store.touch({ dir: touched, statePath: join(touched, "state"), workTemplatePath: join(touched, "work.img") });
+    await store.touch({ dir: touched });
 
     const removed = await store.sweep(60 * 60 * 1000, 7 * DAY_MS);
-    assert.deepEqual(removed.sort(), [join(store.root, names.oldBuild), join(store.root, names.oldSaved)].sort());
-    assert.deepEqual((await readdir(store.root)).sort(), [names.freshBuild, names.freshSaved, names.otherOld, names.touchedSaved].sort());
+    assert.deepEqual(removed.sort(), [names.oldBuild, names.oldQuarantine, names.oldSaved].map((n) => join(store.root, n)).sort());
+    assert.deepEqual((await readdir(store.root)).sort(), [names.freshBuild, names.freshQuarantine, names.freshSaved, names.otherOld, names.touchedSaved].sort());
   });
 
   it("sweeps a store whose root does not exist yet", async () => {
@@ -236,7 +411,7 @@ describe("SavedVmStore.touch and sweep", () => {
   it("touch ignores a saved VM that is gone", async () => {
     const store = newStore();
     const dir = join(store.root, "gone");
-    await store.touch({ dir, statePath: join(dir, "state"), workTemplatePath: join(dir, "work.img") });
+    await store.touch({ dir });
   });
 });
 

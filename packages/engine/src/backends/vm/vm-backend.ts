@@ -14,7 +14,7 @@
  */
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
-import { chown, lstat, mkdir, open, readFile, readdir, rm, stat } from "node:fs/promises";
+import { chown, lstat, mkdir, open, readFile, readdir, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { killIfSame, listProcessesWithId, readProcStat, sendSignal, waitForExit } from "../../_internal/proc.js";
@@ -28,7 +28,7 @@ import { buildInitramfs } from "./initramfs.js";
 import { jailDeviceGroups, jailedDeviceAccess, qemuJailFiles, type JailFile } from "./jail.js";
 import { STATE_FD } from "./qemu.js";
 import { restoreVmState, saveVmState } from "./snapshot-io.js";
-import { SavedVmStore, copyWorkDisk, qemuIdentity, type SavedVm, type VmShape } from "./snapshots.js";
+import { SavedVmStore, copyWorkDisk, qemuIdentity, type SavedStateRecord, type SavedVm, type VmShape } from "./snapshots.js";
 import type { VerityInfo } from "./verity/index.js";
 import { SAVE_SOCKET_DIR, VmProcess, vmQemuArgs, type SpawnVmOptions, type VmHostFiles } from "./vm-process.js";
 import { buildGuestHelper } from "./guest-helper.js";
@@ -124,6 +124,12 @@ interface Prepared {
   readonly config: SpawnVmOptions["config"];
   readonly limits: GuestLimits;
   readonly shape: VmShape;
+}
+
+/** A saved VM to restore, and its state file opened read-only and checked against its manifest. */
+interface Restore {
+  readonly saved: SavedVm;
+  readonly state: FileHandle;
 }
 
 interface BootArtifacts {
@@ -376,7 +382,7 @@ export class VmBackend implements Backend {
    * Boots a VM of `p`'s shape to a ready agent and saves it into `dir` (its state and its work
    * disk); the VM is then stopped.
    */
-  private async saveVm(p: Prepared, dir: string): Promise<void> {
+  private async saveVm(p: Prepared, dir: string): Promise<SavedStateRecord> {
     const uid = p.host.isRoot ? await this.uids.allocate() : undefined;
     const work = join(dir, "work.img");
     const socketDir = join(dir, "save");
@@ -395,13 +401,14 @@ export class VmBackend implements Backend {
       // has reported is discarded on the host and then saved as zero pages, i.e. not at all.
       await new Promise((r) => setTimeout(r, FREE_PAGE_REPORT_WAIT_MS));
       const qmp = await vm.qmp(QMP_TIMEOUT_MS);
-      await saveVmState(qmp, {
+      const { bytes, digest } = await saveVmState(qmp, {
         path: join(dir, "state"),
         timeoutMs: SAVE_TIMEOUT_MS,
         socketParentDir: socketDir,
         qemuSocketParentDir: SAVE_SOCKET_DIR,
         ...(uid !== undefined ? { socketOwner: { uid, gid: uid } } : {}),
       });
+      return { bytes, digest };
     } finally {
       const stopped = vm === undefined || (await vm.kill());
       await vm?.closeChannels().catch(() => undefined);
@@ -416,8 +423,10 @@ export class VmBackend implements Backend {
    * there is none and saved VMs are on), or boots it cold. Either way the work disk is the
    * sandbox's own, and the guest gets a fresh RNG seed, the host's clock and the sandbox's limits
    * before its agent says hello on `channel`. Throws AdmissionError when a disk fails its hash
-   * check or the VM dies while starting (with the reason its console gives), AbortedError when
-   * `signal` fires; nothing is left running or on disk.
+   * check or the VM dies while starting (with the reason its console gives), SnapshotMismatchError
+   * when the saved VM's state differs from the digest recorded when it was saved, or QEMU cannot
+   * load it (that saved VM is then moved aside, and the next launch of its shape saves a new one),
+   * AbortedError when `signal` fires; nothing is left running or on disk.
    */
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<VmSandbox> {
     const host = await this.host();
@@ -428,17 +437,35 @@ export class VmBackend implements Backend {
     if (spec.trustBundlePem !== undefined) await checkTrustBundle(spec, spec.trustBundlePem);
     const p = await this.prepare(spec, host);
     checkAbort();
-    let saved: SavedVm | undefined;
-    if (this.options.savedVms !== false) saved = await this.saved.ensure(p.shape, (dir) => this.saveVm(p, dir));
-    checkAbort();
-    const uid = host.isRoot ? await this.uids.allocate() : undefined;
+    let restore: Restore | undefined;
+    if (this.options.savedVms !== false) {
+      const saved = await this.saved.ensure(p.shape, (dir) => this.saveVm(p, dir));
+      checkAbort();
+      // Checked before anything is made for the sandbox; QEMU gets the very descriptor checked.
+      const state = await this.saved.openVerifiedState(saved, signal).catch(async (err: unknown) => {
+        if (err instanceof SnapshotMismatchError) await this.saved.quarantine(saved).catch(() => undefined);
+        throw err;
+      });
+      restore = { saved, state };
+    }
+    try {
+      return await this.start(spec, p, restore, checkAbort, signal);
+    } finally {
+      await restore?.state.close();
+    }
+  }
+
+  /** Starts the sandbox's VM: restored from `restore` when given, else booted cold. */
+  private async start(spec: LaunchSpec, p: Prepared, restore: Restore | undefined, checkAbort: () => void, signal: AbortSignal | undefined): Promise<VmSandbox> {
+    const saved = restore?.saved;
+    const uid = p.host.isRoot ? await this.uids.allocate() : undefined;
     const workDisk = join(spec.stateDir, "work.img");
     let vm: VmProcess | undefined;
     try {
-      if (saved !== undefined) {
-        await copyWorkDisk(saved.workTemplatePath, workDisk);
+      if (restore !== undefined) {
+        await copyWorkDisk(restore.saved.workTemplatePath, workDisk);
         if (uid !== undefined) await chown(workDisk, uid, uid);
-        vm = await this.spawnVm(p, spec.sandboxId, uid, workDisk, spec.agentLogPath, { mode: "load", path: saved.statePath });
+        vm = await this.spawnVm(p, spec.sandboxId, uid, workDisk, spec.agentLogPath, { mode: "load", handle: restore.state });
         await restoreVmState(await vm.qmp(QMP_TIMEOUT_MS), { fdNumber: STATE_FD, timeoutMs: RESTORE_TIMEOUT_MS, ...(signal ? { signal } : {}) });
       } else {
         await createWorkDisk(workDisk, spec.workMiB, p.config.guestUid, WORK_DISK_LABEL);
@@ -471,7 +498,7 @@ export class VmBackend implements Backend {
       await vm?.closeChannels().catch(() => undefined);
       await rm(workDisk, { force: true }).catch(() => undefined);
       if (uid !== undefined && stopped) this.uids.release(uid);
-      if (err instanceof SnapshotMismatchError && saved !== undefined) await rm(saved.dir, { recursive: true, force: true }).catch(() => undefined);
+      if (err instanceof SnapshotMismatchError && saved !== undefined) await this.saved.quarantine(saved).catch(() => undefined);
       if (err instanceof MvmError) throw err;
       if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
       const message = err instanceof Error ? err.message : String(err);
@@ -486,7 +513,7 @@ export class VmBackend implements Backend {
     vm.child.stdin!.write(AGENT_START_LINE);
   }
 
-  /** Drops saved VMs unused for a week and half-built ones older than an hour. */
+  /** Drops saved VMs unused for a week, and half-built and quarantined ones older than an hour. */
   async sweep(): Promise<string[]> {
     return this.saved.sweep(60 * 60 * 1000, 7 * 24 * 60 * 60 * 1000);
   }

@@ -46,11 +46,12 @@ export interface VmHostFiles {
   readonly agentDiskPath: string;
   readonly workDiskPath: string;
   /**
-   * "load": restore the saved state at `path` (QEMU reads it from a descriptor); "save": bind the
-   * directory `socketDir` into the jail at SAVE_SOCKET_DIR, where QEMU connects to the engine's
-   * socket to stream its state (QEMU 7.2 can only save to a socket or a process).
+   * "load": restore the saved state QEMU reads from `handle` (the state file opened read-only and
+   * checked by the caller, who keeps it open until `spawn` returns); "save": bind the directory
+   * `socketDir` into the jail at SAVE_SOCKET_DIR, where QEMU connects to the engine's socket to
+   * stream its state (QEMU 7.2 can only save to a socket or a process).
    */
-  readonly state?: { readonly mode: "load"; readonly path: string } | { readonly mode: "save"; readonly socketDir: string };
+  readonly state?: { readonly mode: "load"; readonly handle: FileHandle } | { readonly mode: "save"; readonly socketDir: string };
 }
 
 export interface SpawnVmOptions {
@@ -136,7 +137,7 @@ export class VmProcess {
       const workReadFd = await openFile(files.workDiskPath, constants.O_RDONLY);
       let stateFd: number | "ignore" = "ignore";
       let saveDirFd: number | "ignore" = "ignore";
-      if (files.state?.mode === "load") stateFd = await openFile(files.state.path, constants.O_RDONLY);
+      if (files.state?.mode === "load") stateFd = files.state.handle.fd;
       if (files.state?.mode === "save") saveDirFd = await openFile(files.state.socketDir, constants.O_RDONLY | constants.O_DIRECTORY);
       const args = vmQemuArgs(options.config, files.state?.mode === "load");
       const argv = jailArgv({
