@@ -82,12 +82,17 @@ export interface ProbeOutcome {
   detail: string;
 }
 
-/** Installs the escape-probe script in the sandbox (once) and runs one probe. */
-export async function probe(engine: EngineApi, id: string, name: string, arg = ""): Promise<ProbeOutcome> {
+/** Installs the escape-probe script in the sandbox and runs it with `args`; returns its stdout. */
+export async function runProbeScript(engine: EngineApi, id: string, args: readonly string[]): Promise<string> {
   await engine.writeFile(id, "/work/.probe.py", await readFile(PROBE_SOURCE), { mode: 0o555 });
-  const r = await run(engine, id, ["python3", "/work/.probe.py", name, arg], { env: { MVM_IN_SANDBOX: "1" }, timeoutMs: 30_000 });
-  if (r.exit.exitCode !== 0) throw new Error(`probe ${name} failed to run (exit ${r.exit.exitCode}): ${r.stderr}`);
-  return JSON.parse(r.stdout.trim()) as ProbeOutcome;
+  const r = await run(engine, id, ["python3", "/work/.probe.py", ...args], { env: { MVM_IN_SANDBOX: "1" }, timeoutMs: 30_000 });
+  if (r.exit.exitCode !== 0) throw new Error(`probe ${args.join(" ")} failed to run (exit ${r.exit.exitCode}): ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Installs the escape-probe script in the sandbox and runs one probe. */
+export async function probe(engine: EngineApi, id: string, name: string, arg = ""): Promise<ProbeOutcome> {
+  return JSON.parse((await runProbeScript(engine, id, [name, arg])).trim()) as ProbeOutcome;
 }
 
 /**

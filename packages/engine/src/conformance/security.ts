@@ -11,7 +11,51 @@ import { networkInterfaces, tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { NotFoundError, PermissionDeniedError, type BackendName } from "@mvm/protocol";
-import { create, hostFootprint, probe, run, sh, sharedImagesDir, testEngine, unavailableReason, type TestEngine } from "./harness.js";
+import {
+  create,
+  hostFootprint,
+  probe,
+  run,
+  runProbeScript,
+  sh,
+  sharedImagesDir,
+  testEngine,
+  unavailableReason,
+  type TestEngine,
+} from "./harness.js";
+
+/** Every address family number up to 63 but the four the seccomp filter allows (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK). */
+const DENIED_FAMILIES = Array.from({ length: 64 }, (_, family) => family).filter((family) => ![1, 2, 10, 16].includes(family));
+
+/** Fields of /proc/<pid>/status that the posture probe reports. */
+interface ProcStatus {
+  readonly pid?: number;
+  readonly Name?: string;
+  readonly Uid?: string;
+  readonly CapInh?: string;
+  readonly CapPrm?: string;
+  readonly CapEff?: string;
+  readonly CapBnd?: string;
+  readonly CapAmb?: string;
+  readonly NoNewPrivs?: string;
+  readonly Seccomp?: string;
+}
+
+/**
+ * What makes `s` weaker than a confined workload running as `uid`: any capability (bounding,
+ * effective, permitted, inheritable, ambient), no no_new_privs, no seccomp filter, or a real,
+ * effective, saved or filesystem uid other than `uid`.
+ */
+function weaknesses(s: ProcStatus, uid: string): string[] {
+  const out: string[] = [];
+  for (const set of ["CapBnd", "CapEff", "CapPrm", "CapInh", "CapAmb"] as const) {
+    if (!/^0+$/.test(s[set] ?? "")) out.push(`${set} ${s[set]}`);
+  }
+  if (s.NoNewPrivs !== "1") out.push(`NoNewPrivs ${s.NoNewPrivs}`);
+  if (s.Seccomp !== "2") out.push(`Seccomp ${s.Seccomp}`);
+  if ((s.Uid ?? "").split(/\s+/).some((u) => u !== uid)) out.push(`Uid ${s.Uid}`);
+  return out;
+}
 
 export function securitySuite(backend: BackendName): void {
   const skip = unavailableReason();
@@ -91,6 +135,18 @@ export function securitySuite(backend: BackendName): void {
       assert.equal(suid.stdout, "", "setuid/setgid bits must be dropped from images");
     });
 
+    test("claim 2: the workload has no capabilities, no_new_privs and seccomp, and sees only the sandbox's own unprivileged processes", async () => {
+      const { self, processes } = JSON.parse(await runProbeScript(t.engine, id, ["posture"])) as { self: ProcStatus; processes: ProcStatus[] };
+      const uid = (self.Uid ?? "").split(/\s+/)[0] ?? "";
+      assert.notEqual(uid, "0");
+      assert.deepEqual(weaknesses(self, uid), [], "the workload itself");
+      // Its own pid namespace: pid 1 is the sandbox's, and no process of the host or the guest's
+      // init (root processes, kernel threads) is visible.
+      assert.ok(processes.some((p) => p.pid === 1), "pid 1 is visible");
+      const seen = processes.flatMap((p) => weaknesses(p, uid).map((w) => `pid ${p.pid} (${p.Name}): ${w}`));
+      assert.deepEqual(seen, [], "every visible process is confined like the workload");
+    });
+
     test("mount, pivot_root and the new mount API are denied", async () => {
       for (const p of ["mount", "umount", "pivot_root", "fsopen"]) assert.equal((await probe(t.engine, id, p)).allowed, false, p);
       const r = await sh(t.engine, id, "mount -t tmpfs none /work 2>&1; echo rc=$?");
@@ -124,9 +180,16 @@ export function securitySuite(backend: BackendName): void {
       }
     });
 
-    test("raw and packet sockets are denied", async () => {
-      assert.equal((await probe(t.engine, id, "raw-socket")).allowed, false);
-      assert.equal((await probe(t.engine, id, "packet-socket")).allowed, false);
+    test("sockets: only the Unix, IP and netlink address families; raw, packet and NETLINK_AUDIT sockets are denied", async () => {
+      // Control: the allowed families still make sockets.
+      const allowed = await run(t.engine, id, ["python3", "-c", "import socket\nfor f, k, p in ((1, 1, 0), (2, 1, 0), (10, 2, 0), (16, 3, 0)): socket.socket(f, k, p).close()\nprint('ok')"]);
+      assert.equal(allowed.stdout, "ok\n", allowed.stderr);
+      // AF_VSOCK (40) first of all: vsock is not confined by a network namespace or the guest's loopback.
+      const families = await probe(t.engine, id, "socket-families", DENIED_FAMILIES.join(","));
+      assert.deepEqual(families, { probe: "socket-families", allowed: false, detail: "" }, "every other family fails with EAFNOSUPPORT");
+      for (const p of ["raw-socket", "packet-socket", "netlink-audit-socket"]) {
+        assert.equal((await probe(t.engine, id, p)).allowed, false, p);
+      }
     });
 
     test("no network: only loopback exists, and the host's services are unreachable", async () => {

@@ -41,7 +41,17 @@ out["sockets"] = {
     "netlink_audit": sock(socket.AF_NETLINK, socket.SOCK_RAW, 9),
     "inet_raw": sock(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 1),
     "packet": sock(socket.AF_PACKET, socket.SOCK_DGRAM, 0),
+    "vsock": sock(socket.AF_VSOCK, socket.SOCK_STREAM, 0),
+    "alg": sock(socket.AF_ALG, socket.SOCK_SEQPACKET, 0),
 }
+def pair(family):
+    try:
+        a, b = socket.socketpair(family, socket.SOCK_STREAM)
+        a.close(); b.close()
+        return 0
+    except OSError as e:
+        return e.errno
+out["socketpairs"] = {"unix": pair(socket.AF_UNIX), "inet": pair(socket.AF_INET)}
 t = threading.Thread(target=lambda: out.__setitem__("thread", "ran"))
 t.start()
 t.join()
@@ -155,6 +165,7 @@ const CALLS: [string, number, number[]][] = [
 interface ProbeOut {
   calls: Record<string, number>;
   sockets: Record<string, number>;
+  socketpairs: Record<string, number>;
   thread: string;
   fork: number;
   subprocess: string;
@@ -165,6 +176,7 @@ interface ProbeOut {
 
 const EPERM = 1;
 const ENOSYS = 38;
+const EAFNOSUPPORT = 97;
 
 test("denied calls fail with EPERM (clone3 with ENOSYS) under the filter, and ordinary work still runs", { skip }, async () => {
   const argv = [PYTHON, join(dir, "probe.py"), JSON.stringify(CALLS)];
@@ -179,7 +191,17 @@ test("denied calls fail with EPERM (clone3 with ENOSYS) under the filter, and or
   assert.equal(withFilter.calls["clone_newuser"], EPERM);
   assert.equal(withFilter.calls["clone_newnet"], EPERM);
   assert.equal(withFilter.calls["x32_getpid"], EPERM);
-  assert.deepEqual(withFilter.sockets, { inet_stream: 0, unix_stream: 0, netlink_route: 0, netlink_audit: EPERM, inet_raw: EPERM, packet: EPERM });
+  assert.deepEqual(withFilter.sockets, {
+    inet_stream: 0,
+    unix_stream: 0,
+    netlink_route: 0,
+    netlink_audit: EPERM,
+    inet_raw: EPERM,
+    packet: EAFNOSUPPORT,
+    vsock: EAFNOSUPPORT,
+    alg: EAFNOSUPPORT,
+  });
+  assert.deepEqual(withFilter.socketpairs, { unix: 0, inet: EAFNOSUPPORT });
   assert.equal(withFilter.personality_query, 0);
   assert.equal(withFilter.personality_linux, 0);
   assert.equal(withFilter.personality_linux32, EPERM);
@@ -192,6 +214,7 @@ test("denied calls fail with EPERM (clone3 with ENOSYS) under the filter, and or
     assert.notEqual(without.calls[name], withFilter.calls[name], name);
   }
   assert.equal(without.sockets["netlink_audit"], 0);
+  assert.equal(without.sockets["vsock"], 0, "control: this host's kernel creates vsock sockets");
   assert.equal(without.personality_linux32, 0);
 });
 

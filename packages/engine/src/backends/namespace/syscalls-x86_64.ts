@@ -4,6 +4,7 @@
  */
 export const SYSCALLS_X86_64 = {
   socket: 41,
+  socketpair: 53,
   clone: 56,
   ptrace: 101,
   syslog: 103,

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -14,6 +14,11 @@ const isRoot = process.getuid?.() === 0;
 
 /** Exit statuses documented at the top of mvm-guest.c. */
 const Exit = { Usage: 64, BadFilter: 65, NoInput: 66, NoPermission: 77, NotFound: 127 } as const;
+
+/** Runs `args` in a private mount namespace, so nothing the helper mounts reaches the host's. */
+function inPrivateMountNs(args: readonly string[]): SpawnSyncReturns<string> {
+  return spawnSync("/usr/bin/unshare", ["--mount", "--propagation", "private", "--", ...args], { encoding: "utf8", timeout: 60_000 });
+}
 
 function runHelper(helper: GuestHelper, args: readonly string[], env: NodeJS.ProcessEnv = { PATH: "/usr/bin:/bin" }): SpawnSyncReturns<string> {
   return spawnSync(helper.path, args, { encoding: "utf8", env, timeout: 60_000 });
@@ -178,6 +183,80 @@ describe("guest helper", () => {
       const missing = runHelper(helper, ["seccomp", filter, "--", "/no/such/program"]);
       assert.equal(missing.status, Exit.NotFound);
       assert.match(missing.stderr, /cannot execute "\/no\/such\/program": No such file or directory/);
+    });
+  });
+
+  describe("sandbox", { skip: isRoot ? false : "needs root: it makes a pid namespace, mounts /proc and changes uid" }, () => {
+    let root: string;
+    const sandbox = (uid: string, ...program: string[]): SpawnSyncReturns<string> =>
+      inPrivateMountNs([helper.path, "sandbox", filter, root, "/work", uid, "--", ...program]);
+
+    before(async () => {
+      root = join(scratch, "root");
+      for (const dir of ["bin", "proc", "work"]) await mkdir(join(root, dir), { recursive: true });
+      await copyFile("/bin/busybox", join(root, "bin/busybox"));
+      await chmod(join(root, "bin/busybox"), 0o755);
+      await chmod(root, 0o755);
+      await chmod(scratch, 0o711); // uid 65534 reaches the root's files (below) by path
+    });
+
+    it("runs the program as pid 2 of a new pid namespace under an unprivileged reaper, with no capabilities, no_new_privs and the filter", () => {
+      const r = sandbox(
+        "65534",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        'echo "pid $$ cwd $(pwd)"; cat /proc/self/status; echo "visible $(cd /proc && echo [0-9]*)"; echo ==; cat /proc/1/status',
+      );
+      assert.equal(r.stderr, "");
+      assert.equal(r.status, 0);
+      const [self = "", init = ""] = r.stdout.split("==\n");
+      assert.match(self, /^pid 2 cwd \/work$/m);
+      // Only the namespace's own processes: its reaper (1), the shell (2) and whatever the shell runs.
+      const visible = (/^visible (.*)$/m.exec(self)?.[1] ?? "").split(" ").map(Number);
+      assert.deepEqual(visible.slice(0, 2), [1, 2], self);
+      assert.ok(visible.every((pid) => pid < 10), self);
+      for (const status of [self, init]) {
+        assert.match(status, /^Uid:\s+65534\s+65534\s+65534\s+65534$/m);
+        assert.match(status, /^Gid:\s+65534\s+65534\s+65534\s+65534$/m);
+        assert.match(status, /^Groups:\s*$/m);
+        for (const set of ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"]) assert.match(status, new RegExp(`^${set}:\\s+0+$`, "m"), set);
+        assert.match(status, /^NoNewPrivs:\s+1$/m);
+        assert.match(status, /^Seccomp:\s+2$/m);
+      }
+      assert.match(init, /^Name:\s+mvm-guest$/m);
+    });
+
+    it("exits with the program's status, and the processes it leaves behind end with it", () => {
+      // A left-behind sleep would hold stdout open and spawnSync would wait for it until its timeout.
+      const r = sandbox("65534", "/bin/busybox", "sh", "-c", "/bin/busybox sleep 600 & exit 7");
+      assert.equal(r.error, undefined);
+      assert.equal(r.status, 7);
+      const killed = sandbox("65534", "/bin/busybox", "sh", "-c", "kill -9 $$");
+      assert.equal(killed.status, 128 + 9);
+    });
+
+    it("rejects a bad uid, relative paths and a missing program; an unprivileged caller gets 77", async () => {
+      for (const uid of ["0", "-1", "abc", "", "2147483647", "99999999999"]) {
+        const r = sandbox(uid, "/bin/busybox", "true");
+        assert.equal(r.status, Exit.Usage, JSON.stringify(uid));
+      }
+      assert.equal(runHelper(helper, ["sandbox", filter, "relative", "/work", "1000", "--", "/bin/busybox", "true"]).status, Exit.Usage);
+      assert.equal(runHelper(helper, ["sandbox", filter, root, "/work", "1000", "/bin/busybox", "true"]).status, Exit.Usage);
+      const missing = sandbox("65534", "/no/such/program");
+      assert.equal(missing.status, Exit.NotFound);
+      assert.match(missing.stderr, /cannot execute "\/no\/such\/program": No such file or directory/);
+      // The filter is copied where uid 65534 can read it, so the refusal is the namespace's.
+      const readableFilter = join(root, "sandbox.bpf");
+      await copyFile(filter, readableFilter);
+      await chmod(readableFilter, 0o644);
+      const unprivileged = spawnSync(
+        "/usr/bin/setpriv",
+        ["--reuid=65534", "--regid=65534", "--clear-groups", "--", helper.path, "sandbox", readableFilter, root, "/work", "1000", "--", "/bin/busybox", "true"],
+        { encoding: "utf8", timeout: 60_000 },
+      );
+      assert.equal(unprivileged.status, Exit.NoPermission);
+      assert.match(unprivileged.stderr, /cannot make a pid namespace: Operation not permitted/);
     });
   });
 

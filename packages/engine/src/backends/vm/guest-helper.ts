@@ -1,6 +1,7 @@
 /**
  * `mvm-guest`, the small static C program the VM guest's /init uses to reseed the kernel CRNG
- * after a restore and to install the sandbox seccomp filter before it starts the agent (see
+ * after a restore and to start the agent with the namespace tier's posture (its own pid
+ * namespace and /proc, no capabilities in any set, no_new_privs, the sandbox seccomp filter; see
  * packages/engine/guest/mvm-guest.c for its commands and exit codes).
  *
  * It is compiled on the host with the system C compiler and stored as

@@ -8,15 +8,18 @@
  *    from the root hashes on the kernel command line, `panic_on_corruption`: one bad block read
  *    and the kernel panics, which QEMU turns into an exit) and mounts them read-only at /newroot
  *    and /newroot/.mvm; mounts the writable per-sandbox disk at /newroot/work, a size-capped
- *    tmpfs at /newroot/tmp, a /proc and a /dev holding only harmless devices and the agent's two
- *    ports (channel and relay, both owned by the agent's uid, mode 0600); every mount of the new
- *    root is nosuid and nodev;
+ *    tmpfs at /newroot/tmp and a /dev holding only harmless devices and the agent's two ports
+ *    (channel and relay, both owned by the agent's uid, mode 0600); every mount of the new root
+ *    is nosuid and nodev;
  * 3. hardens kernel-wide knobs (no module loading from here on, no kexec, no unprivileged bpf,
  *    perf or userfaultfd, no user namespaces), brings up the loopback interface (the only one:
  *    egress goes through the relay port), and makes a cgroup for the sandbox;
- * 4. starts the agent in that cgroup under the seccomp filter of the namespace tier, with
- *    no_new_privs, chrooted into /newroot, as an unprivileged uid; the agent loads, says
- *    "ready" and waits for the host's start line before its hello;
+ * 4. starts the agent in that cgroup with the posture of the namespace tier, through
+ *    `mvm-guest sandbox`: in a new pid namespace whose /proc (mounted at /newroot/proc) shows no
+ *    process of the guest's root, chrooted into /newroot, as an unprivileged uid, with every
+ *    capability set empty (bounding set included), no_new_privs and the seccomp filter of the
+ *    namespace tier; pid 1 of that namespace is the helper's unprivileged reaper, the agent
+ *    pid 2. The agent loads, says "ready" and waits for the host's start line before its hello;
  * 5. serves the control port (root only, never visible in the new root): the host sends a fresh
  *    RNG seed (after a restore from a saved VM every sandbox must get its own), the wall clock
  *    (a restored guest wakes up at the time it was saved), the limits, the trust bundle of a
@@ -202,7 +205,6 @@ $bb mount -t ext4 -o ro,nosuid,nodev,noload /dev/mapper/root /newroot || fail "c
 $bb mount -t ext4 -o ro,nosuid,nodev,noload /dev/mapper/agent /newroot/.mvm || fail "cannot mount the agent runtime disk"
 $bb mount -t ext4 -o nosuid,nodev "$work_disk" /newroot/work || fail "cannot mount the work disk"
 $bb mount -t tmpfs -o nosuid,nodev,size=16m,mode=1777 tmpfs /newroot/tmp || fail "cannot mount /tmp"
-$bb mount -t proc -o nosuid,nodev,noexec proc /newroot/proc || fail "cannot mount the new /proc"
 $bb mount -t tmpfs -o nosuid,noexec,size=64k,mode=0755 tmpfs /newroot/dev || fail "cannot mount the new /dev"
 $bb cp -a /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty /newroot/dev/ || fail "cannot populate /dev"
 $bb cp -a "$port" /newroot${GUEST_AGENT_PORT} || fail "cannot add the agent port to /dev"
@@ -223,8 +225,7 @@ $bb mkdir $cg/sandbox || fail "cannot make the sandbox cgroup"
 
 $bb sh -c 'ulimit -S -c 0 && ulimit -H -c 0 && echo $$ > /sys/fs/cgroup/sandbox/cgroup.procs && exec "$@"' agent \\
   $bb env -i HOME=/work PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin \\
-  ${GUEST_HELPER_PATH} seccomp ${GUEST_SECCOMP_PATH} -- \\
-  $bb setpriv --nnp -- $bb nsenter -F -t 1 -r/newroot -w/newroot/work -S $uid -G $uid -- \\
+  ${GUEST_HELPER_PATH} sandbox ${GUEST_SECCOMP_PATH} /newroot /work $uid -- \\
   ${agentArgv().join(" ")} &
 agent_pid=$!
 

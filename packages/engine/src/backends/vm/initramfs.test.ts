@@ -51,7 +51,7 @@ describe("renderInitScript", () => {
     assert.equal(spawnSync("/bin/busybox", ["sh", "-n", "-c", script]).status, 0);
     assert.match(script, /^for m in virtio_ring virtio virtio_mmio; do$/m);
     assert.match(script, /\[ "\$uid" -gt 0 \] \|\| fail/);
-    assert.match(script, /mvm-guest seccomp \/etc\/seccomp.bpf -- \\\n\s+\$bb setpriv --nnp -- .* nsenter .* -S \$uid -G \$uid --/);
+    assert.match(script, /mvm-guest sandbox \/etc\/seccomp.bpf \/newroot \/work \$uid -- \\\n/);
     assert.match(script, /--await-start &$/m);
     assert.match(script, /verity 1 \$2 \$2 4096 4096 \$3 \$4 sha256 \$5 \$6 1 panic_on_corruption/);
     for (const mount of script.split("\n").filter((l) => l.includes(" /newroot") && l.includes("mount "))) {

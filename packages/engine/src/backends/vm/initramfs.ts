@@ -1,8 +1,8 @@
 /**
  * The guest initramfs: a gzip'd newc cpio with a static busybox, the kernel modules, /init (see
- * init-script.ts), the static guest helper (RNG reseed, seccomp), the seccomp program, and
- * `dmsetup` with the shared libraries it loads. Stored as `outRoot/<sha256 of the uncompressed
- * archive>.cpio.gz` and reused when present.
+ * init-script.ts), the static guest helper (RNG reseed, the agent's launcher), the seccomp
+ * program, and `dmsetup` with the shared libraries it loads. Stored as `outRoot/<sha256 of the
+ * uncompressed archive>.cpio.gz` and reused when present.
  */
 import { createHash } from "node:crypto";
 import { mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
