@@ -49,3 +49,15 @@ test("every test and file the SECURITY.md claims table names exists", async () =
   }
   assert.deepEqual(missing, []);
 });
+
+test("claims 1 and 2 say, in the table, that on the container tier they hold only while the host kernel does", async () => {
+  const doc = await readFile(join(ROOT, "docs/SECURITY.md"), "utf8");
+  const rows = doc.split("\n").filter((l) => /^\| [12] \|/.test(l));
+  assert.ok(rows.length >= 8, `only ${rows.length} rows of claims 1 and 2`);
+  const unqualified = rows.filter((row) => {
+    const tier = row.split(" | ")[2] ?? "";
+    return /\b(both|all|container)\b/.test(tier) && !/host kernel has no exploitable bug/.test(tier);
+  });
+  assert.deepEqual(unqualified, [], "a container-tier row of claim 1 or 2 without the host-kernel qualification");
+  assert.match(doc, /\n\\\* On the container tier the workload's system calls reach the host's own kernel/);
+});
