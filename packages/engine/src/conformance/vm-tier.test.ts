@@ -154,6 +154,7 @@ describe("vm tier", { skip, timeout: 900_000 }, () => {
       if (diskPath !== undefined) {
         await rm(diskPath, { force: true });
         await rm(diskPath.replace(/\.ext4$/, ".verity.json"), { force: true });
+        await rm(`${diskPath}.verified`, { force: true });
       }
       await rm(imagesDir, { recursive: true, force: true });
     });
