@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { AdmissionError, InternalError, InvalidArgumentError, MvmError } from "@mvm/protocol";
 import { formatVerity, verifyVerity, type VerityInfo } from "./verity/index.js";
+import { writeFileAtomic } from "../../store/atomic.js";
 
 const run = promisify(execFile);
 const BLOCK = 4096;
@@ -188,13 +189,12 @@ export async function buildExt4Image(options: BuildDiskOptions): Promise<DiskIma
     }
     const built = await formatVerity({ dataPath: tmp, label });
     const info: VerityInfo = { ...built, dataPath: path, hashPath: path };
-    await writeFile(`${recordPath}.${process.pid}.tmp`, JSON.stringify(info), { mode: 0o644 });
+    // The disk goes into place before its record: a record never names bytes that are not there.
     await rename(tmp, path);
-    await rename(`${recordPath}.${process.pid}.tmp`, recordPath);
+    await writeFileAtomic(recordPath, JSON.stringify(info), 0o644);
     return { ...result, verity: info };
   } catch (err) {
     await rm(tmp, { force: true });
-    await rm(`${recordPath}.${process.pid}.tmp`, { force: true });
     if (err instanceof MvmError) throw err;
     throw new InternalError(`Cannot build an ext4 image of "${sourceDir}"`, { cause: err });
   }
@@ -213,9 +213,7 @@ export async function verifyDiskOnce(info: VerityInfo): Promise<void> {
   const stampPath = `${info.dataPath}.verified`;
   if ((await readFile(stampPath, "utf8").catch(() => "")) === identity) return;
   await verifyVerity(info);
-  const tmp = `${stampPath}.${process.pid}.tmp`;
-  await writeFile(tmp, identity, { mode: 0o600 });
-  await rename(tmp, stampPath);
+  await writeFileAtomic(stampPath, identity, 0o600);
 }
 
 /**

@@ -5,7 +5,7 @@
  * uncompressed archive>.cpio.gz` and reused when present.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+import { mkdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { InternalError, InvalidArgumentError } from "@mvm/protocol";
@@ -13,6 +13,7 @@ import { type CpioEntry, writeNewc } from "./cpio.js";
 import { listSharedLibraries } from "../../runtime/shared-libs.js";
 import { GUEST_DMSETUP_PATH, GUEST_HELPER_PATH, GUEST_SECCOMP_PATH, renderInitScript } from "./init-script.js";
 import type { GuestKernel } from "./kernel.js";
+import { writeFileAtomic } from "../../store/atomic.js";
 
 export interface BuildInitramfsOptions {
   readonly kernel: Pick<GuestKernel, "modulesDir" | "moduleOrder">;
@@ -108,8 +109,6 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
     // not built yet
   }
   await mkdir(options.outRoot, { recursive: true, mode: 0o755 });
-  const tmp = join(options.outRoot, `.${hex}.${process.pid}.tmp`);
-  await writeFile(tmp, gzipSync(newc, { level: 6 }), { mode: 0o444 });
-  await rename(tmp, path);
+  await writeFileAtomic(path, gzipSync(newc, { level: 6 }), 0o444);
   return result;
 }

@@ -18,6 +18,7 @@ import { access, chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm,
 import { basename, join } from "node:path";
 import { promisify } from "node:util";
 import { InternalError, InvalidArgumentError, NotFoundError } from "@mvm/protocol";
+import { writeFileAtomic } from "../../store/atomic.js";
 
 const run = promisify(execFile);
 
@@ -258,8 +259,7 @@ export async function fetchGuestKernel(root: string): Promise<GuestKernel> {
 
     const version = pkg.slice("linux-image-".length);
     const kernel = await storeGuestKernel(root, { kernelSource: join(tree, "boot", `vmlinuz-${version}`), modulesRoot: join(tree, "lib", "modules", version), version, what: `Kernel package "${pkg}"` });
-    await writeFile(join(root, ".current.tmp"), `${kernel.digest}\n`);
-    await rename(join(root, ".current.tmp"), join(root, "current"));
+    await writeFileAtomic(join(root, "current"), `${kernel.digest}\n`);
     return kernel;
   } catch (err) {
     if (err instanceof InternalError || err instanceof InvalidArgumentError) throw err;
