@@ -50,6 +50,7 @@ export {
   PolicyDeniedError,
   SnapshotMismatchError,
   SandboxCrashedError,
+  SandboxPausedError,
   TimeoutError,
   TransportError,
   UnsupportedCapabilityError,

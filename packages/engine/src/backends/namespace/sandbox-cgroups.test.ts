@@ -59,7 +59,7 @@ function supportWith(hierarchy: CgroupHierarchy, unenforceable: readonly string[
       unenforceable.includes(c) ? { enforceable: false, reason: `no ${c} here`, hint: `enable ${c}` } : { enforceable: true, hierarchy },
     ]),
   ) as unknown as CgroupSupport["controllers"];
-  return { layout: "v2", controllers, hierarchies: [hierarchy] };
+  return { layout: "v2", controllers, hierarchies: [hierarchy], freezer: { available: true, hierarchy } };
 }
 
 test("planHierarchies: a limit the host cannot enforce is refused with the reason and a hint", () => {
@@ -74,7 +74,7 @@ test("planHierarchies: a limit the host cannot enforce is refused with the reaso
   );
   assert.deepEqual(planHierarchies(support, { pids: 10 }), [h]);
   assert.deepEqual(planHierarchies(support, {}), [h], "a sandbox without limits still gets a group to track it");
-  assert.deepEqual(planHierarchies({ layout: "none", controllers: support.controllers, hierarchies: [] }, {}), []);
+  assert.deepEqual(planHierarchies({ layout: "none", controllers: support.controllers, hierarchies: [], freezer: { available: false, reason: "none", hint: "none" } }, {}), []);
 });
 
 /**
