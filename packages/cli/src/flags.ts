@@ -23,6 +23,7 @@ export const SANDBOX_FLAGS = {
   pids: { type: "string", valueName: "N", description: "Maximum number of processes and threads" },
   cpus: { type: "string", valueName: "N", description: "CPU quota in cores, may be fractional (0.5)" },
   ttl: { type: "string", valueName: "SECONDS", description: "Lifetime; the engine kills the sandbox after it" },
+  "on-ttl": { type: "string", valueName: "ACTION", description: "At the end of the TTL: kill (default) or pause (state kept, killed after 7 days paused)" },
   backend: { type: "string", valueName: "NAME", description: "Backend: namespace or vm (default: the engine's MVM_DEFAULT_BACKEND, else its strongest usable tier)" },
   ...NETWORK_FLAGS,
 } as const satisfies Record<string, FlagSpec>;
@@ -109,6 +110,7 @@ const CREATE_FLAG_OF: Record<string, string> = {
   image: "--image",
   backend: "--backend",
   ttlSeconds: "--ttl",
+  onTtl: "--on-ttl",
   memoryMiB: "--memory",
   pids: "--pids",
   cpus: "--cpus",
@@ -135,6 +137,8 @@ export function createRequestFrom(raw: RawArgs, extra: { labels?: Record<string,
   if (image !== undefined) request["image"] = image;
   if (backend !== undefined) request["backend"] = backend;
   if (ttlSeconds !== undefined) request["ttlSeconds"] = ttlSeconds;
+  const onTtl = stringFlag(raw, "on-ttl");
+  if (onTtl !== undefined) request["onTtl"] = onTtl;
   if (Object.keys(resources).length > 0) request["resources"] = resources;
   if (extra.labels !== undefined) request["labels"] = extra.labels;
   const network = policyFrom(raw);

@@ -116,6 +116,22 @@ export class FakeEngine implements EngineApi {
     return [...this.sandboxes.values()].map((s) => s.info);
   }
 
+  async pauseSandbox(id: string, request: { ttl?: "running" | "frozen" } = {}): Promise<SandboxInfo> {
+    const sb = this.#sandbox(id, true);
+    if (sb.info.state !== "paused") {
+      const now = new Date().toISOString();
+      sb.info = { ...sb.info, state: "paused", pause: { since: now, by: "caller", ttl: request.ttl ?? "running", killAt: sb.info.expiresAt } };
+    }
+    return sb.info;
+  }
+
+  async resumeSandbox(id: string): Promise<SandboxInfo> {
+    const sb = this.#sandbox(id, true);
+    const { pause: _pause, ...rest } = sb.info;
+    sb.info = { ...rest, state: sb.info.state === "paused" ? "running" : sb.info.state };
+    return sb.info;
+  }
+
   async killSandbox(id: string): Promise<SandboxInfo> {
     const sb = this.#sandbox(id, true);
     for (const p of [...sb.procs.values()]) p.end({ signal: "SIGKILL" });
