@@ -17,6 +17,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
   PolicyDeniedError,
+  SandboxPausedError,
   UnsupportedCapabilityError,
   type CallOptions,
   type NetworkEvent,
@@ -342,6 +343,7 @@ export class FakeEngine implements EngineApi {
   #sandbox(id: string, stoppedToo = false): FakeSandbox {
     const sb = this.sandboxes.get(id);
     if (sb === undefined) throw new NotFoundError(`No sandbox "${id}"`);
+    if (!stoppedToo && sb.info.state === "paused") throw new SandboxPausedError(`Cannot use sandbox "${id}": it is paused`);
     if (!stoppedToo && sb.info.state !== "running") throw new NotFoundError(`Sandbox "${id}" is stopped`);
     return sb;
   }
