@@ -255,6 +255,8 @@ test("v1 for real: a frozen busy loop makes no progress until thawed, and SIGKIL
     await groups.remove(5_000);
     for (const dir of groups.dirs) assert.equal(existsSync(dir), false, dir);
   } finally {
+    // Whatever failed above, leave no frozen task behind (it would never die).
+    for (const dir of groups.dirs) await writeFile(join(dir, "freezer.state"), "THAWED", { flag: "r+" }).catch(() => undefined);
     await groups.killAll(1_000).catch(() => undefined);
     await groups.remove(1_000).catch(() => undefined);
     await rm(scratch, { recursive: true, force: true });
