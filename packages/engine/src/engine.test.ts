@@ -448,7 +448,7 @@ test("the TTL runs on while paused; { ttl: frozen } keeps the remaining time unt
   }
 });
 
-test('onTtl "pause" pauses at expiry with a spent TTL; a resume grants the full TTL again; kill ends it', async () => {
+test(`onTtl "pause" pauses at expiry with a spent TTL; a resume grants the full TTL again; kill ends it`, async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
   try {
     const sb = await engine.createSandbox({ ttlSeconds: 1, onTtl: "pause" });

@@ -97,7 +97,7 @@ export function pauseSuite(backend: BackendName): void {
       for (const cg of fp.cgroups) assert.ok(await waitFor(() => !existsSync(cg)), `cgroup left behind: ${cg}`);
     });
 
-    test('{ ttl: "frozen" } keeps a paused sandbox alive past its TTL; resume restarts the remaining time', async () => {
+    test(`{ ttl: "frozen" } keeps a paused sandbox alive past its TTL; resume restarts the remaining time`, async () => {
       const sb = await t.engine.createSandbox({ backend, image: DEFAULT_IMAGE, ttlSeconds: 3 });
       const paused = await t.engine.pauseSandbox(sb.id, { ttl: "frozen" });
       assert.equal(paused.pause?.ttl, "frozen");
@@ -110,7 +110,7 @@ export function pauseSuite(backend: BackendName): void {
       assert.equal((await t.engine.getSandbox(sb.id)).endReason, "expired");
     });
 
-    test('onTtl "pause" pauses the sandbox at expiry instead of killing it, audited as by ttl', async () => {
+    test(`onTtl "pause" pauses the sandbox at expiry instead of killing it, audited as by ttl`, async () => {
       const ttlSeconds = backend === "vm" ? 20 : 3;
       const sb = await t.engine.createSandbox({ backend, image: DEFAULT_IMAGE, ttlSeconds, onTtl: "pause" });
       await sh(t.engine, sb.id, "echo kept > /work/state");
