@@ -19,6 +19,7 @@ import {
   SandboxCrashedError,
   SandboxPausedError,
   UnsupportedCapabilityError,
+  requestFromPlan,
   type BackendName,
   type Tier,
 } from "@mvm/protocol";
@@ -481,6 +482,20 @@ test("a backend that cannot pause refuses pause and onTtl pause with Unsupported
     assert.equal((await engine.getSandbox(sb.id)).state, "running");
     assert.equal((await (await engine.exec(sb.id, { argv: ["/bin/true"] }, {})).exit).exitCode, 0);
     await assert.rejects(engine.pauseSandbox(sb.id, { ttl: "sometimes" } as never), InvalidArgumentError);
+  } finally {
+    await engine.close();
+  }
+});
+
+test(`onTtl "pause" is part of the signed plan: a plan-admitted create cannot add it, and one planned with it keeps it`, async () => {
+  const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
+  try {
+    const plain = await engine.planSandbox({ ttlSeconds: 60 });
+    await assert.rejects(engine.createSandbox({ ...requestFromPlan(plain), onTtl: "pause" }), /does not describe the plan's workload/);
+    const pausing = await engine.planSandbox({ ttlSeconds: 60, onTtl: "pause" });
+    assert.equal(pausing.plan.ir.onTtl, "pause");
+    const sb = await engine.createSandbox(requestFromPlan(pausing));
+    assert.equal(sb.onTtl, "pause");
   } finally {
     await engine.close();
   }
