@@ -48,9 +48,17 @@ export function pauseSuite(backend: BackendName): void {
 
       const paused = await t.engine.pauseSandbox(sb.id);
       assert.equal(paused.state, "paused");
-      // Output already on its way when the pause took effect may still arrive; then nothing may.
-      await delay(500);
-      const atPause = counter.last();
+      // Output already on its way when the pause took effect may still arrive: wait until it has
+      // stopped for 500 ms (a loop that still runs never stops), then nothing more may come.
+      let atPause = counter.last();
+      assert.ok(
+        await waitFor(async () => {
+          atPause = counter.last();
+          await delay(500);
+          return counter.last() === atPause;
+        }, 10_000),
+        "the output stops after pause",
+      );
       await delay(1_000);
       assert.equal(counter.last(), atPause, "no progress while paused");
       assert.equal((await t.engine.getSandbox(sb.id)).state, "paused", "the heartbeat does not declare it crashed");
