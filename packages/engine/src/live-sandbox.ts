@@ -187,7 +187,7 @@ export class LiveSandbox {
 
   /** Brings `info`'s state, expiresAt and pause fields up to date. */
   #refreshPauseInfo(by: "caller" | "ttl"): void {
-    const { pause: _old, ...rest } = this.info;
+    const { pause: previous, ...rest } = this.info;
     const p = this.#lifetime.pause;
     const expiresAt = new Date(this.#lifetime.expiresAt).toISOString();
     if (this.#pausedAt === undefined || p === undefined) {
@@ -196,7 +196,7 @@ export class LiveSandbox {
     }
     const pause = {
       since: new Date(this.#pausedAt).toISOString(),
-      by: _old?.by ?? by,
+      by: previous?.by ?? by,
       ttl: p.ttl,
       ...(p.remainingSeconds !== undefined ? { remainingSeconds: p.remainingSeconds } : {}),
       killAt: new Date(p.killAt).toISOString(),
