@@ -49,8 +49,13 @@ test("detectCgroups on this host (cgroup v1, as root) finds memory, pids and cpu
       assert.ok(existsSync(status.hierarchy.parentDir));
     }
     assert.deepEqual(support.hierarchies[0]?.controllers, ["pids"], "pids is the tracking hierarchy");
+    assert.deepEqual(
+      support.freezer,
+      { available: true, hierarchy: { version: 1, parentDir: `/sys/fs/cgroup/freezer/${parentName}`, controllers: [] } },
+      "pause uses the v1 freezer hierarchy (v2 has no controllers here)",
+    );
   } finally {
-    for (const c of CGROUP_CONTROLLERS) await rmdir(`/sys/fs/cgroup/${c}/${parentName}`).catch(() => undefined);
+    for (const c of [...CGROUP_CONTROLLERS, "freezer"]) await rmdir(`/sys/fs/cgroup/${c}/${parentName}`).catch(() => undefined);
   }
 });
 
