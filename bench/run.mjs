@@ -7,6 +7,7 @@
 //   node bench/run.mjs egress      # egress gateway (bench/egress.mjs); BENCH_EGRESS_MIB, BENCH_EGRESS_CONNECTS, BENCH_EGRESS_TUNNELS
 //   node bench/run.mjs admission   # admission overhead added to a create (bench/admission.mjs)
 //   node bench/run.mjs audit       # audit log append (durable) and verify rates (bench/audit.mjs); AUDIT_ENTRIES, AUDIT_CONCURRENCY
+//   node bench/run.mjs pause       # pause/resume latency per backend (bench/pause.mjs); BENCH_PAUSE_RUNS, BENCH_PAUSE_BACKENDS
 //   node bench/run.mjs vm          # VM tier (bench/vm.mjs); BENCH_VM_COLD_RUNS, BENCH_VM_RESTORE_RUNS, BENCH_VM_IDLE
 //   BENCH_RUNS=50 BENCH_SANDBOXES=200 node bench/run.mjs
 import { spawn } from "node:child_process";
@@ -20,6 +21,7 @@ import { benchVm } from "./vm.mjs";
 import { benchEgress, benchEgressSandbox } from "./egress.mjs";
 import { benchAdmission } from "./admission.mjs";
 import { benchAudit } from "./audit.mjs";
+import { benchPause } from "./pause.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
@@ -189,6 +191,9 @@ async function main() {
     if (want("audit")) {
       result.figures.audit = await benchAudit();
       log("audit", JSON.stringify(result.figures.audit));
+    }
+    if (want("pause")) {
+      result.figures.pause = await benchPause({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
     }
     if (want("vm")) {
       result.figures.vm = await benchVm({ log, summary, ratio });

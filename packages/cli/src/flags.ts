@@ -23,6 +23,7 @@ export const SANDBOX_FLAGS = {
   pids: { type: "string", valueName: "N", description: "Maximum number of processes and threads" },
   cpus: { type: "string", valueName: "N", description: "CPU quota in cores, may be fractional (0.5)" },
   ttl: { type: "string", valueName: "SECONDS", description: "Lifetime; the engine kills the sandbox after it" },
+  "on-ttl": { type: "string", valueName: "ACTION", description: "At the end of the TTL: kill (default) or pause (state kept, killed after 7 days paused)" },
   backend: { type: "string", valueName: "NAME", description: "Backend: namespace or vm (default: the engine's MVM_DEFAULT_BACKEND, else its strongest usable tier)" },
   "minimum-tier": {
     type: "string",
@@ -115,6 +116,7 @@ const CREATE_FLAG_OF: Record<string, string> = {
   backend: "--backend",
   minimumTier: "--minimum-tier",
   ttlSeconds: "--ttl",
+  onTtl: "--on-ttl",
   memoryMiB: "--memory",
   pids: "--pids",
   cpus: "--cpus",
@@ -143,6 +145,8 @@ export function createRequestFrom(raw: RawArgs, extra: { labels?: Record<string,
   const minimumTier = stringFlag(raw, "minimum-tier");
   if (minimumTier !== undefined) request["minimumTier"] = minimumTier;
   if (ttlSeconds !== undefined) request["ttlSeconds"] = ttlSeconds;
+  const onTtl = stringFlag(raw, "on-ttl");
+  if (onTtl !== undefined) request["onTtl"] = onTtl;
   if (Object.keys(resources).length > 0) request["resources"] = resources;
   if (extra.labels !== undefined) request["labels"] = extra.labels;
   const network = policyFrom(raw);

@@ -109,7 +109,7 @@ export function describePlan(signed: SignedPlan): string {
     r.pids !== undefined ? `pids ${r.pids}` : "pids unlimited",
     r.cpus !== undefined ? `cpus ${r.cpus}` : "cpus unlimited",
     r.workMiB !== undefined ? `/work ${r.workMiB} MiB` : undefined,
-    `ttl ${ir.ttlSeconds} s`,
+    `ttl ${ir.ttlSeconds} s${ir.onTtl === "pause" ? " (then paused, killed after 7 days paused)" : ""}`,
   ].filter((x) => x !== undefined);
   lines.push(`  limits     ${limits.join(", ")}`);
   lines.push(`  env        ${ir.envNames.length === 0 ? "(none)" : `${ir.envNames.join(", ")} (values bound by ${ir.envSha256.slice(0, 19)}…)`}`);

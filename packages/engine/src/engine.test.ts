@@ -19,7 +19,9 @@ import {
   NotFoundError,
   PolicyDeniedError,
   SandboxCrashedError,
+  SandboxPausedError,
   UnsupportedCapabilityError,
+  requestFromPlan,
   type BackendName,
   type Tier,
 } from "@mvm/protocol";
@@ -55,6 +57,12 @@ class HostProcessBackend implements Backend {
       reapRecord: { backend: this.name, pid: child.pid!, pidStartTime: startTime, cgroups: [], extra: {} },
       exited,
       oomKills: async () => 0,
+      // A stopped process stands for a frozen sandbox (its agent does not answer).
+      pause: async () => {
+        if (this.probeResult.pauseUnsupported) throw new UnsupportedCapabilityError(`Cannot pause: ${this.probeResult.pauseUnsupported.reason}`);
+        child.kill("SIGSTOP");
+      },
+      resume: async () => void child.kill("SIGCONT"),
       destroy: async () => {
         if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
         await exited;
@@ -467,6 +475,121 @@ test("a sandbox environment that outgrows the agent's frame with its secrets is 
   } finally {
     delete process.env["MVM_TEST_BIG_SECRET_A"];
     delete process.env["MVM_TEST_BIG_SECRET_B"];
+    await engine.close();
+  }
+});
+
+async function until(what: string, check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.fail(`timed out waiting until ${what}`);
+}
+
+test("a paused sandbox is not declared crashed by the heartbeat, refuses calls with SandboxPausedError, and resumes", async () => {
+  const backend = new HostProcessBackend("namespace", usable("container"));
+  const engine = await engineWith([backend], { heartbeat: { intervalMs: 20, timeoutMs: 100 } });
+  try {
+    const sb = await engine.createSandbox({});
+    const paused = await engine.pauseSandbox(sb.id);
+    assert.equal(paused.state, "paused");
+    assert.equal(paused.pause?.by, "caller");
+    assert.equal(paused.pause?.ttl, "running");
+    assert.deepEqual(await engine.pauseSandbox(sb.id), paused, "pausing a paused sandbox changes nothing");
+    // Many heartbeat deadlines pass while paused: the sandbox must still be there afterwards.
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal((await engine.getSandbox(sb.id)).state, "paused");
+    await assert.rejects(engine.exec(sb.id, { argv: ["/bin/true"] }, {}), (err: unknown) => err instanceof SandboxPausedError && /is paused/.test(err.message));
+    await assert.rejects(engine.readFile(sb.id, "/etc/hostname"), SandboxPausedError);
+    await assert.rejects(engine.stat(sb.id, "/"), SandboxPausedError);
+    await assert.rejects(engine.listProcesses(sb.id), SandboxPausedError);
+    const resumed = await engine.resumeSandbox(sb.id);
+    assert.equal(resumed.state, "running");
+    assert.equal(resumed.pause, undefined);
+    const exit = await (await engine.exec(sb.id, { argv: ["/bin/true"] }, {})).exit;
+    assert.equal(exit.exitCode, 0);
+    // The heartbeat runs again after resume: a hang now is found.
+    backend.children[0]!.kill("SIGSTOP");
+    await until("the hung sandbox is declared crashed", async () => (await engine.getSandbox(sb.id)).state === "stopped");
+    assert.equal((await engine.getSandbox(sb.id)).endReason, "crashed");
+  } finally {
+    await engine.close();
+  }
+});
+
+test("the TTL runs on while paused; { ttl: frozen } keeps the remaining time until resume", async () => {
+  const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
+  try {
+    const running = await engine.createSandbox({ ttlSeconds: 1 });
+    await engine.pauseSandbox(running.id);
+    await until("the paused sandbox expires", async () => (await engine.getSandbox(running.id)).state === "stopped");
+    assert.equal((await engine.getSandbox(running.id)).endReason, "expired");
+
+    const frozen = await engine.createSandbox({ ttlSeconds: 1 });
+    const info = await engine.pauseSandbox(frozen.id, { ttl: "frozen" });
+    assert.equal(info.pause?.ttl, "frozen");
+    assert.ok(info.pause?.remainingSeconds !== undefined && info.pause.remainingSeconds <= 1);
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal((await engine.getSandbox(frozen.id)).state, "paused", "past its TTL, still paused");
+    const resumed = await engine.resumeSandbox(frozen.id);
+    assert.equal(resumed.state, "running");
+    assert.ok(Date.parse(resumed.expiresAt) > Date.now(), "the remaining time restarts at resume");
+    await until("the resumed sandbox expires", async () => (await engine.getSandbox(frozen.id)).state === "stopped");
+    assert.equal((await engine.getSandbox(frozen.id)).endReason, "expired");
+  } finally {
+    await engine.close();
+  }
+});
+
+test(`onTtl "pause" pauses at expiry with a spent TTL; a resume grants the full TTL again; kill ends it`, async () => {
+  const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
+  try {
+    const sb = await engine.createSandbox({ ttlSeconds: 1, onTtl: "pause" });
+    assert.equal(sb.onTtl, "pause");
+    await until("the TTL pauses it", async () => (await engine.getSandbox(sb.id)).state === "paused");
+    const info = await engine.getSandbox(sb.id);
+    assert.equal(info.pause?.by, "ttl");
+    assert.equal(info.pause?.ttl, "spent");
+    const killAt = Date.parse(info.pause?.killAt ?? "");
+    assert.ok(killAt > Date.now() + 6 * 24 * 3600_000 && killAt <= Date.now() + 7 * 24 * 3600_000, "bounded by MAX_PAUSED_SECONDS");
+    const resumed = await engine.resumeSandbox(sb.id);
+    assert.equal(resumed.state, "running");
+    assert.ok(Date.parse(resumed.expiresAt) > Date.now());
+    await until("the TTL pauses it again", async () => (await engine.getSandbox(sb.id)).state === "paused");
+    const killed = await engine.killSandbox(sb.id);
+    assert.equal(killed.state, "stopped");
+    assert.equal(killed.endReason, "killed");
+  } finally {
+    await engine.close();
+  }
+});
+
+test("a backend that cannot pause refuses pause and onTtl pause with UnsupportedCapabilityError, and keeps running", async () => {
+  const cannot = { ...usable("container"), pauseUnsupported: { reason: "no freezer", hint: "mount the freezer" } };
+  const engine = await engineWith([new HostProcessBackend("namespace", cannot)]);
+  try {
+    await assert.rejects(engine.createSandbox({ onTtl: "pause" }), (err: unknown) => err instanceof UnsupportedCapabilityError && /no freezer/.test(err.message));
+    const sb = await engine.createSandbox({});
+    await assert.rejects(engine.pauseSandbox(sb.id), UnsupportedCapabilityError);
+    assert.equal((await engine.getSandbox(sb.id)).state, "running");
+    assert.equal((await (await engine.exec(sb.id, { argv: ["/bin/true"] }, {})).exit).exitCode, 0);
+    await assert.rejects(engine.pauseSandbox(sb.id, { ttl: "sometimes" } as never), InvalidArgumentError);
+  } finally {
+    await engine.close();
+  }
+});
+
+test(`onTtl "pause" is part of the signed plan: a plan-admitted create cannot add it, and one planned with it keeps it`, async () => {
+  const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
+  try {
+    const plain = await engine.planSandbox({ ttlSeconds: 60 });
+    await assert.rejects(engine.createSandbox({ ...requestFromPlan(plain), onTtl: "pause" }), /does not describe the plan's workload/);
+    const pausing = await engine.planSandbox({ ttlSeconds: 60, onTtl: "pause" });
+    assert.equal(pausing.plan.ir.onTtl, "pause");
+    const sb = await engine.createSandbox(requestFromPlan(pausing));
+    assert.equal(sb.onTtl, "pause");
+  } finally {
     await engine.close();
   }
 });

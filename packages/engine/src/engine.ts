@@ -1,5 +1,5 @@
 /**
- * The engine: sandbox lifecycle (create → running → stopped), TTL expiry, backend selection,
+ * The engine: sandbox lifecycle (create → running ⇄ paused → stopped), TTL expiry, backend selection,
  * images, and reaping what a crashed engine left behind. Implements EngineApi, so the daemon
  * serves it and the SDK embeds it the same way.
  */
@@ -11,6 +11,7 @@ import {
   CreateSandboxRequest,
   ExecApiRequest,
   ImportImageApiRequest,
+  PauseApiRequest,
   InvalidArgumentError,
   sandboxEnvProblem,
   MAX_DIR_ENTRIES,
@@ -64,7 +65,7 @@ import {
   type ConfiguredDefault,
   type TierMinimum,
 } from "./backend-choice.js";
-import { LiveSandbox } from "./live-sandbox.js";
+import { LiveSandbox, type PauseChange } from "./live-sandbox.js";
 import { newSandboxId } from "./ids.js";
 import { callSignal } from "./_internal/signals.js";
 import { SandboxRecords, defaultStateDir, isAlive, processStartTime } from "./state.js";
@@ -418,6 +419,11 @@ export class Engine implements EngineApi {
       { strict: this.#strictSecrets(req.strictSecrets) },
     ).map((w) => w.message);
     const { backend, probe, resources, imageRef, image, ttlSeconds, workMiB, ir } = await this.#prepare(req, { signal, onProgress: options.onProgress });
+    if (req.onTtl === "pause" && probe.pauseUnsupported) {
+      throw new UnsupportedCapabilityError(`Backend "${probe.backend}" cannot pause sandboxes on this host: ${probe.pauseUnsupported.reason}`, {
+        hint: `${probe.pauseUnsupported.hint}; or create without onTtl "pause"`,
+      });
+    }
     // Nothing boots before the plan is admitted and its admission is in the audit log.
     const admitted = req.plan ? await this.#gate.admit(req.plan, ir) : await this.#gate.admitLive(ir);
     signal?.throwIfAborted();
@@ -444,6 +450,7 @@ export class Engine implements EngineApi {
       resources,
       workMiB,
       labels: req.labels ?? {},
+      ...(req.onTtl === "pause" ? { onTtl: "pause" as const } : {}),
       secrets: secrets.map((s) => ({ env: s.envName, source: s.ref.source, name: s.ref.name, posture: s.ref.posture, hosts: [...s.hosts] })),
       ...(warnings.length > 0 ? { warnings } : {}),
       receipt: { planId: admitted.planId, auditEntryId: admitted.receipt.id },
@@ -497,6 +504,7 @@ export class Engine implements EngineApi {
             reap: { ...reap, cgroups: [...reap.cgroups], extra: { ...reap.extra } },
           }),
         onEnded: (ended) => this.#onEnded(ended),
+        onPauseChange: (changed, change) => this.#recordPauseChange(changed, change),
         ...(signal ? { signal } : {}),
       });
     } catch (err) {
@@ -572,6 +580,29 @@ export class Engine implements EngineApi {
     } catch {
       // The log refuses entries after a failed write; the failure surfaces on the next admission.
     }
+  }
+
+  /** Appends a `sandbox.paused` / `sandbox.resumed` entry; the sandbox's receipt then names it. */
+  async #recordPauseChange(sandbox: LiveSandbox, change: PauseChange): Promise<void> {
+    if (!sandbox.info.receipt) return;
+    const entry = await this.#gate.record({ ...change, sandboxId: sandbox.info.id });
+    const receipt = this.#receipt(sandbox.info, entry);
+    if (receipt) sandbox.info = { ...sandbox.info, receipt };
+  }
+
+  async pauseSandbox(id: string, request: PauseApiRequest = {}, options: CallOptions = {}): Promise<SandboxInfo> {
+    const req = parse(PauseApiRequest, request, "pause request");
+    callSignal(options)?.throwIfAborted();
+    const sandbox = this.#get(id);
+    await sandbox.pause("caller", req.ttl ?? "running");
+    return sandbox.info;
+  }
+
+  async resumeSandbox(id: string, options: CallOptions = {}): Promise<SandboxInfo> {
+    callSignal(options)?.throwIfAborted();
+    const sandbox = this.#get(id);
+    await sandbox.resume();
+    return sandbox.info;
   }
 
   #get(id: string): LiveSandbox {

@@ -1,10 +1,13 @@
 /**
- * One running sandbox: its backend launch, its agent session, its TTL, its processes.
- * `stop` is single-flight and releases everything whatever state the sandbox is in.
+ * One running sandbox: its backend launch, its agent session, its TTL, its processes, pause and
+ * resume. `stop` is single-flight and releases everything whatever state the sandbox is in.
+ * While paused, the heartbeat is suspended and exec, file and process calls fail with
+ * SandboxPausedError (they are refused, never queued behind the pause).
  */
 import {
   CleanupError,
   SandboxCrashedError,
+  SandboxPausedError,
   NotFoundError,
   toMvmError,
   TransportError,
@@ -26,6 +29,12 @@ import type { Backend, LaunchedSandbox, LaunchSpec, ReapRecord } from "./backend
 import { abortError, callSignal } from "./_internal/signals.js";
 import type { SandboxNetwork } from "./egress/sandbox-network.js";
 import type { Redactor } from "./secrets/redact.js";
+import { SandboxLifetime, type PauseTtl } from "./sandbox-lifetime.js";
+
+/** A pause or resume, as the engine records it in the audit log. */
+export type PauseChange =
+  | { readonly type: "sandbox.paused"; readonly by: "caller" | "ttl"; readonly ttl: PauseTtl }
+  | { readonly type: "sandbox.resumed"; readonly pausedMs: number };
 
 /** Default per-stream output cap for exec, bytes. */
 export const DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
@@ -49,6 +58,8 @@ export interface StartOptions {
   redactor: Redactor;
   onRecord(reap: ReapRecord): Promise<void>;
   onEnded(sandbox: LiveSandbox): void;
+  /** Records a pause or resume (the audit log); awaited before the change is reported. */
+  onPauseChange(sandbox: LiveSandbox, change: PauseChange): Promise<void>;
 }
 
 export class LiveSandbox {
@@ -57,8 +68,16 @@ export class LiveSandbox {
   readonly #client: AgentClient;
   readonly #env: z.infer<typeof Env>;
   readonly #procs = new Map<number, AgentProcess>();
-  readonly #ttl: NodeJS.Timeout;
+  readonly #lifetime: SandboxLifetime;
   readonly #onEnded: (s: LiveSandbox) => void;
+  readonly #onPauseChange: StartOptions["onPauseChange"];
+  /** Pauses and resumes run one at a time, in order. */
+  #transition: Promise<unknown> = Promise.resolve();
+  /** Set while paused: when the pause began (ms since the epoch). */
+  #pausedAt: number | undefined;
+  #heartbeatConfig: { intervalMs: number; timeoutMs: number } | undefined;
+  /** Bumped when the heartbeat is suspended: a ping sent before then decides nothing. */
+  #beatEpoch = 0;
   readonly network: SandboxNetwork;
   readonly #redactor: Redactor;
   #stopping: Promise<void> | undefined;
@@ -76,24 +95,33 @@ export class LiveSandbox {
     this.#onEnded = opts.onEnded;
     this.network = opts.network;
     this.#redactor = opts.redactor;
-    const ttlMs = Math.max(0, Date.parse(info.expiresAt) - Date.now());
-    this.#ttl = setTimeout(() => void this.stop("expired").catch(() => {}), ttlMs);
-    this.#ttl.unref();
+    this.#onPauseChange = opts.onPauseChange;
+    this.#lifetime = new SandboxLifetime(Date.parse(info.createdAt), Date.parse(info.expiresAt), info.onTtl ?? "kill", {
+      expire: () => void this.stop("expired").catch(() => {}),
+      // A TTL pause that fails ends the sandbox: it never runs on past its TTL.
+      pauseAtTtl: () => void this.pause("ttl", "spent").catch(() => void this.stop("expired").catch(() => {})),
+    });
     launched.exited.then(() => void this.stop("crashed").catch(() => {}));
     client.closed.then((err) => {
       this.#closeError ??= err;
       void this.stop("crashed").catch(() => {});
     });
-    if (opts.heartbeat) this.#startHeartbeat(opts.heartbeat);
+    this.#heartbeatConfig = opts.heartbeat;
+    this.#startHeartbeat();
   }
 
-  #startHeartbeat({ intervalMs, timeoutMs }: { intervalMs: number; timeoutMs: number }): void {
+  #startHeartbeat(): void {
+    if (this.#heartbeatConfig === undefined) return;
+    const { intervalMs, timeoutMs } = this.#heartbeatConfig;
+    const epoch = this.#beatEpoch;
     const beat = async (): Promise<void> => {
-      if (this.#stopping) return;
+      if (this.#stopping || epoch !== this.#beatEpoch) return;
       let timer: NodeJS.Timeout | undefined;
       const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), timeoutMs)));
       const answer = await Promise.race([this.#client.request("ping", {}).then(() => "ok" as const, () => "failed" as const), late]);
       clearTimeout(timer);
+      // Suspended (paused) while the ping was out: a frozen agent's silence is not a hang.
+      if (epoch !== this.#beatEpoch) return;
       if (answer === "late") {
         this.#crashReason = `its agent did not answer a ping within ${timeoutMs} ms (hung guest or agent)`;
         void this.stop("crashed").catch(() => {});
@@ -106,6 +134,93 @@ export class LiveSandbox {
     };
     this.#heartbeat = setTimeout(() => void beat(), intervalMs);
     this.#heartbeat.unref();
+  }
+
+  #suspendHeartbeat(): void {
+    this.#beatEpoch++;
+    clearTimeout(this.#heartbeat);
+  }
+
+  /**
+   * Freezes the sandbox (see LaunchedSandbox.pause). `ttl`: whether the TTL keeps running, stops
+   * until resume, or has run out (a pause by the TTL). No-op when already paused, except that a TTL
+   * running out turns a caller's pause into a spent one. Recorded through onPauseChange.
+   * @throws UnsupportedCapabilityError when the backend cannot pause on this host
+   */
+  pause(by: "caller" | "ttl", ttl: PauseTtl): Promise<void> {
+    return this.#serialized(async () => {
+      this.#assertLive();
+      if (this.#pausedAt !== undefined) {
+        if (by !== "ttl" || this.#lifetime.pause?.ttl !== "running") return;
+      } else {
+        this.#suspendHeartbeat();
+        try {
+          await this.#launched.pause();
+        } catch (err) {
+          if (!this.#stopping) this.#startHeartbeat();
+          throw err;
+        }
+        this.#assertLive();
+        this.#pausedAt = Date.now();
+      }
+      this.#lifetime.paused(ttl);
+      this.#refreshPauseInfo(by);
+      await this.#onPauseChange(this, { type: "sandbox.paused", by, ttl });
+    });
+  }
+
+  /** Thaws a paused sandbox and restarts its heartbeat and TTL; no-op when running. Recorded through onPauseChange. */
+  resume(): Promise<void> {
+    return this.#serialized(async () => {
+      this.#assertLive();
+      const since = this.#pausedAt;
+      if (since === undefined) return;
+      await this.#launched.resume();
+      this.#assertLive();
+      this.#pausedAt = undefined;
+      this.#lifetime.resumed();
+      this.#refreshPauseInfo("caller");
+      this.#startHeartbeat();
+      await this.#onPauseChange(this, { type: "sandbox.resumed", pausedMs: Math.max(0, Date.now() - since) });
+    });
+  }
+
+  /** Brings `info`'s state, expiresAt and pause fields up to date. */
+  #refreshPauseInfo(by: "caller" | "ttl"): void {
+    const { pause: previous, ...rest } = this.info;
+    const p = this.#lifetime.pause;
+    const expiresAt = new Date(this.#lifetime.expiresAt).toISOString();
+    if (this.#pausedAt === undefined || p === undefined) {
+      this.info = { ...rest, state: "running", expiresAt };
+      return;
+    }
+    const pause = {
+      since: new Date(this.#pausedAt).toISOString(),
+      by: previous?.by ?? by,
+      ttl: p.ttl,
+      ...(p.remainingSeconds !== undefined ? { remainingSeconds: p.remainingSeconds } : {}),
+      killAt: new Date(p.killAt).toISOString(),
+    };
+    this.info = { ...rest, state: "paused", expiresAt, pause };
+  }
+
+  #serialized(step: () => Promise<void>): Promise<void> {
+    const next = this.#transition.then(step, step);
+    this.#transition = next.catch(() => undefined);
+    return next;
+  }
+
+  #assertLive(): void {
+    if (this.#stopping) throw new NotFoundError(`Sandbox "${this.info.id}" is not running (it ${this.info.endReason ?? "stopped"})`);
+  }
+
+  /** Refuses a call that needs the sandbox's processes to run. */
+  #assertRunning(what: string): void {
+    if (this.#pausedAt !== undefined && !this.#stopping) {
+      throw new SandboxPausedError(`Cannot ${what} in sandbox "${this.info.id}": it is paused`, {
+        hint: `resume it first: \`mvmctl resume ${this.info.id}\` or \`await sb.resume()\``,
+      });
+    }
   }
 
   static async start(opts: StartOptions): Promise<LiveSandbox> {
@@ -128,8 +243,8 @@ export class LiveSandbox {
   /** Kills the sandbox and releases everything. Safe to call repeatedly and concurrently. */
   stop(reason: EndReason): Promise<void> {
     this.#stopping ??= (async () => {
-      clearTimeout(this.#ttl);
-      clearTimeout(this.#heartbeat);
+      this.#lifetime.end();
+      this.#suspendHeartbeat();
       this.info = { ...this.info, state: "stopped", endReason: reason };
       if (reason === "crashed") {
         // Give the backend a moment to see the exit and read why (console, QEMU's stderr).
@@ -176,6 +291,7 @@ export class LiveSandbox {
   }
 
   async call<O extends Op>(op: O, params: RequestParams<O>, options: CallOptions = {}): Promise<ResultOf<O>> {
+    this.#assertRunning(op);
     const signal = callSignal(options);
     if (!signal) return this.#crashAware(this.#client.request(op, params));
     signal.throwIfAborted();
@@ -183,6 +299,7 @@ export class LiveSandbox {
   }
 
   async exec(req: ExecApiRequest, handlers: ExecHandlers, options: CallOptions): Promise<ExecStarted> {
+    this.#assertRunning("exec");
     const signal = callSignal(options);
     signal?.throwIfAborted();
     const stdinBytes = req.stdinBase64 !== undefined ? Buffer.from(req.stdinBase64, "base64") : undefined;
@@ -265,6 +382,7 @@ export class LiveSandbox {
   }
 
   async writeStdin(procId: number, data: Uint8Array | null): Promise<void> {
+    this.#assertRunning("write stdin");
     const proc = this.#procs.get(procId);
     if (!proc) throw new NotFoundError(`Process ${procId} not found in sandbox "${this.info.id}"`);
     if (!proc.stdin) throw new NotFoundError(`Process ${procId} in sandbox "${this.info.id}" has no open stdin`);
@@ -272,7 +390,8 @@ export class LiveSandbox {
     else await proc.stdin.write(data);
   }
 
-  readFile(path: string): Promise<FileReadStream> {
+  async readFile(path: string): Promise<FileReadStream> {
+    this.#assertRunning("read a file");
     return this.#crashAware(this.#client.readFile(path));
   }
 
@@ -281,6 +400,7 @@ export class LiveSandbox {
     data: Uint8Array | AsyncIterable<Uint8Array>,
     options: CallOptions & { mode: number; createParents: boolean },
   ): Promise<{ bytes: number }> {
+    this.#assertRunning("write a file");
     const signal = callSignal(options);
     const body: AsyncIterable<Uint8Array> = data instanceof Uint8Array ? once(data) : data;
     const bytes = await this.#crashAware(this.#client.writeFile(path, body, {

@@ -110,6 +110,11 @@ export const CreateSandboxRequest = z.strictObject({
   /** The only command this sandbox may execute (its exec must fit MAX_EXEC_COMMAND_BYTES). Absent: any command (a session). */
   command: z.optional(Argv),
   /**
+   * What happens when the TTL runs out: `"kill"` ends the sandbox; `"pause"` freezes it (state
+   * kept, no CPU) until a resume or kill, for at most MAX_PAUSED_SECONDS. @default "kill"
+   */
+  onTtl: z.enum(["kill", "pause"]).optional(),
+  /**
    * A signed execution plan (from `planSandbox`) to admit instead of one the engine signs itself.
    * The rest of the request must describe exactly the plan's workload (see `requestFromPlan`).
    */
@@ -149,7 +154,7 @@ export const PlanApiRequest = z.strictObject({
 });
 export type PlanApiRequest = z.infer<typeof PlanApiRequest>;
 
-export const SandboxState = z.enum(["starting", "running", "stopped"]);
+export const SandboxState = z.enum(["starting", "running", "paused", "stopped"]);
 export type SandboxState = z.infer<typeof SandboxState>;
 
 export const EndReason = z.enum(["killed", "expired", "crashed", "engine-exit"]);
@@ -175,6 +180,22 @@ export const SandboxInfo = z.strictObject({
   workMiB: z.number().int(),
   labels: z.record(z.string().max(64), z.string().max(256)),
   endReason: EndReason.optional(),
+  /** What happens when the TTL runs out; absent: the sandbox is killed. */
+  onTtl: z.literal("pause").optional(),
+  /**
+   * Present while paused: since when, who paused it, and whether its TTL runs on (`"running"`),
+   * is stopped until resume (`"frozen"`, `remainingSeconds` kept) or ran out (`"spent"`, paused by
+   * `onTtl: "pause"`). A frozen or spent pause ends in a kill at `killAt` (MAX_PAUSED_SECONDS).
+   */
+  pause: z
+    .strictObject({
+      since: z.string().max(64),
+      by: z.enum(["caller", "ttl"]),
+      ttl: z.enum(["running", "frozen", "spent"]),
+      remainingSeconds: z.number().int().min(0).max(7 * 24 * 3600).optional(),
+      killAt: z.string().max(64),
+    })
+    .optional(),
   /** The egress policy in force, how many times it was replaced, and when last. */
   network: z
     .strictObject({ policy: NetworkPolicySchema, revision: z.number().int().min(0), changedAt: z.string().max(64).optional() })
@@ -265,6 +286,13 @@ export const ExecEvent = z.discriminatedUnion("type", [
   }),
 ]);
 export type ExecEvent = z.infer<typeof ExecEvent>;
+
+/** Body of POST /v1/sandboxes/:id/pause. */
+export const PauseApiRequest = z.strictObject({
+  /** `"running"`: the TTL keeps counting while paused; `"frozen"`: it stops until resume. @default "running" */
+  ttl: z.enum(["running", "frozen"]).optional(),
+});
+export type PauseApiRequest = z.infer<typeof PauseApiRequest>;
 
 export const SignalApiRequest = z.strictObject({ signal: KillSignal });
 export const ProcessList = z.strictObject({ processes: z.array(ProcessInfo).max(4096) });

@@ -8,6 +8,7 @@ import type {
   CreateSandboxRequest,
   ExecApiRequest,
   ExitInfo,
+  PauseApiRequest,
   SandboxInfo,
   BackendName,
   Tier,
@@ -122,6 +123,13 @@ export interface EngineApi {
   getSandbox(id: string, options?: CallOptions): Promise<SandboxInfo>;
   listSandboxes(options?: CallOptions): Promise<SandboxInfo[]>;
   killSandbox(id: string, options?: CallOptions): Promise<SandboxInfo>;
+  /**
+   * Freezes every process of the sandbox (no CPU; memory, files and connections kept). While paused,
+   * exec, file and process calls fail with SandboxPausedError. Pausing a paused sandbox is a no-op.
+   */
+  pauseSandbox(id: string, request?: PauseApiRequest, options?: CallOptions): Promise<SandboxInfo>;
+  /** Thaws a paused sandbox; resuming a running one is a no-op. */
+  resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo>;
 
   exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted>;
   signalProcess(id: string, proc: number, signal: KillSignal, options?: CallOptions): Promise<void>;

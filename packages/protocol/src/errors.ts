@@ -13,6 +13,7 @@ export const ErrorCode = {
   Cleanup: "CLEANUP_FAILED",
   SnapshotMismatch: "SNAPSHOT_MISMATCH",
   SandboxCrashed: "SANDBOX_CRASHED",
+  SandboxPaused: "SANDBOX_PAUSED",
   UnsupportedCapability: "UNSUPPORTED_CAPABILITY",
   NotFound: "NOT_FOUND",
   InvalidArgument: "INVALID_ARGUMENT",
@@ -97,6 +98,14 @@ export class SandboxCrashedError extends MvmError {
   override readonly name = "SandboxCrashedError";
   readonly code = ErrorCode.SandboxCrashed;
 }
+/**
+ * The sandbox is paused (its processes are frozen): exec, file and process calls are refused,
+ * never queued. Resume it first (`sb.resume()`, `mvmctl resume ID`).
+ */
+export class SandboxPausedError extends MvmError {
+  override readonly name = "SandboxPausedError";
+  readonly code = ErrorCode.SandboxPaused;
+}
 /** The host cannot enforce a requested capability or limit. Never downgraded silently. */
 export class UnsupportedCapabilityError extends MvmError {
   override readonly name = "UnsupportedCapabilityError";
@@ -154,6 +163,7 @@ const CLASSES: Record<Exclude<ErrorCode, "COMMAND_EXIT">, PlainErrorClass> = {
   CLEANUP_FAILED: CleanupError,
   SNAPSHOT_MISMATCH: SnapshotMismatchError,
   SANDBOX_CRASHED: SandboxCrashedError,
+  SANDBOX_PAUSED: SandboxPausedError,
   UNSUPPORTED_CAPABILITY: UnsupportedCapabilityError,
   NOT_FOUND: NotFoundError,
   INVALID_ARGUMENT: InvalidArgumentError,

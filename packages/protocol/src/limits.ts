@@ -105,3 +105,9 @@ export function sandboxEnvProblem(env: Readonly<Record<string, string>>): string
     ? `the sandbox environment takes ${bytes} bytes as JSON, more than the limit of ${MAX_SANDBOX_ENV_BYTES} bytes`
     : undefined;
 }
+
+/**
+ * Longest a sandbox stays paused with no TTL running (paused by its TTL with `onTtl: "pause"`, or
+ * paused with `{ ttl: "frozen" }`), in seconds: then it is killed. The same 7 days as the longest TTL.
+ */
+export const MAX_PAUSED_SECONDS = 7 * 24 * 3600;

@@ -82,6 +82,8 @@ export const WorkloadIR = z
     network: NetworkPolicySchema,
     secrets: z.array(SecretBinding).max(MAX_SECRETS_PER_SPEC),
     ttlSeconds: z.number().int().min(1).max(7 * 24 * 3600),
+    /** `"pause"`: paused instead of killed at the TTL (then killed after MAX_PAUSED_SECONDS). Absent: killed at the TTL. */
+    onTtl: z.literal("pause").optional(),
     ports: z.array(PortSpec).max(MAX_PUBLISHED_PORTS),
     requiredTier: Tier,
     intent: IntentSchema,
@@ -194,6 +196,7 @@ export function requestFromPlan(signed: SignedPlan, options: { env?: Record<stri
     plan: signed,
   };
   if (workMiB !== undefined) request.workMiB = workMiB;
+  if (ir.onTtl !== undefined) request.onTtl = ir.onTtl;
   if (options.env !== undefined) request.env = options.env;
   if (ir.secrets.length > 0) request.secrets = Object.fromEntries(ir.secrets.map((s) => [s.name, s.ref]));
   if (ir.command.kind === "argv") request.command = ir.command.argv;

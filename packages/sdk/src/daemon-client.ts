@@ -22,6 +22,7 @@ import {
   type HealthInfo,
   type ImageInfo,
   type KillSignal,
+  type PauseApiRequest,
   type NetworkEventsPage,
   type NetworkPolicyJson,
   type ProcessInfo,
@@ -118,6 +119,14 @@ export class DaemonClient implements EngineApi {
 
   killSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
     return this.#json("killSandbox", options, { method: "DELETE", path: sandboxPath(id) }, wire.SandboxInfo);
+  }
+
+  pauseSandbox(id: string, request: PauseApiRequest = {}, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#json("pauseSandbox", options, { method: "POST", path: `${sandboxPath(id)}/pause`, ...jsonBody(request) }, wire.SandboxInfo);
+  }
+
+  resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#json("resumeSandbox", options, { method: "POST", path: `${sandboxPath(id)}/resume`, ...jsonBody({}) }, wire.SandboxInfo);
   }
 
   /**

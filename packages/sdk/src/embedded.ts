@@ -22,6 +22,7 @@ import {
   type HealthInfo,
   type ImageInfo,
   type KillSignal,
+  type PauseApiRequest,
   type ProcessInfo,
   type ProgressEvent,
   type SandboxInfo,
@@ -142,6 +143,12 @@ export class EmbeddedEngine implements EngineApi {
   }
   killSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.killSandbox(id, options);
+  }
+  pauseSandbox(id: string, request?: PauseApiRequest, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#engine.pauseSandbox(id, request, options);
+  }
+  resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#engine.resumeSandbox(id, options);
   }
   exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
     return this.#engine.exec(id, request, handlers, options);

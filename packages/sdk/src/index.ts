@@ -51,6 +51,7 @@ export {
   PolicyDeniedError,
   SnapshotMismatchError,
   SandboxCrashedError,
+  SandboxPausedError,
   TimeoutError,
   TransportError,
   UnsupportedCapabilityError,

@@ -155,6 +155,19 @@ export class RecordingEngine implements EngineApi {
     return [...this.#sandboxes.values()].filter((e) => e.info.state !== "stopped").map((e) => e.info);
   }
 
+  /** Record mode runs nothing, so a pause only changes the reported state. */
+  async pauseSandbox(id: string): Promise<SandboxInfo> {
+    const entry = this.#get(id);
+    if (entry.info.state === "running") entry.info = { ...entry.info, state: "paused" };
+    return entry.info;
+  }
+
+  async resumeSandbox(id: string): Promise<SandboxInfo> {
+    const entry = this.#get(id);
+    if (entry.info.state === "paused") entry.info = { ...entry.info, state: "running" };
+    return entry.info;
+  }
+
   async killSandbox(id: string): Promise<SandboxInfo> {
     const entry = this.#get(id);
     entry.workload.killed = true;

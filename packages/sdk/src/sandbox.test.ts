@@ -6,6 +6,7 @@ import {
   CommandExitError,
   InvalidArgumentError,
   NotFoundError,
+  SandboxPausedError,
   TimeoutError,
   type EngineApi,
 } from "@mvm/protocol";
@@ -28,6 +29,20 @@ async function engineVia(t: TestContextLike, via: (typeof VIAS)[number]): Promis
 }
 
 for (const via of VIAS) {
+  test(`[${via}] pause and resume: the state and TTL mode round-trip, a paused sandbox refuses exec with SandboxPausedError`, async (t) => {
+    const { engine } = await engineVia(t, via);
+    await using sb = await Sandbox.create({ engine, ttlSeconds: 600, onTtl: "pause" });
+    const paused = await sb.pause({ ttl: "frozen" });
+    assert.equal(paused.state, "paused");
+    assert.equal(paused.pause?.ttl, "frozen");
+    assert.equal(sb.info.state, "paused");
+    await assert.rejects(sb.commands.run(["true"]), (err: unknown) => err instanceof SandboxPausedError && err.code === "SANDBOX_PAUSED");
+    const resumed = await sb.resume();
+    assert.equal(resumed.state, "running");
+    assert.equal(resumed.pause, undefined);
+    assert.equal((await sb.commands.run(["echo", "on"])).stdout, "on\n");
+  });
+
   test(`[${via}] create, run, files, connect, list and dispose`, async (t) => {
     const { engine, fake } = await engineVia(t, via);
     let id: string;

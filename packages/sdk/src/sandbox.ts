@@ -73,7 +73,7 @@ export interface SandboxCreateOptions extends Omit<CreateSandboxRequest, "networ
 /** Connection settings and cancellation of the other static calls. */
 export type SandboxConnectOptions = ConnectionOptions & CallOptions;
 
-const REQUEST_FIELDS = ["image", "backend", "ttlSeconds", "resources", "workMiB", "env", "labels", "ports", "intent", "command"] as const;
+const REQUEST_FIELDS = ["image", "backend", "ttlSeconds", "onTtl", "resources", "workMiB", "env", "labels", "ports", "intent", "command"] as const;
 
 /** Options of {@link Sandbox.plan}. */
 export interface SandboxPlanOptions extends Omit<SandboxCreateOptions, "plan"> {
@@ -234,6 +234,44 @@ export class Sandbox implements AsyncDisposable {
     } catch (err) {
       if (!(err instanceof NotFoundError)) throw err;
     }
+  }
+
+  /**
+   * Freezes every process of the sandbox: no CPU, while its memory, files and connections are kept
+   * (container tier: the cgroup freezer; VM tier: the VM's vCPUs stop). Until {@link resume},
+   * exec, file and process calls fail with SandboxPausedError. Pausing a paused sandbox is a no-op.
+   *
+   * The TTL keeps running while paused, so a paused sandbox still expires; `{ ttl: "frozen" }`
+   * stops it until resume (the remaining seconds are kept). A sandbox paused with no TTL running
+   * is killed after 7 days (MAX_PAUSED_SECONDS). Recorded in the audit log as `sandbox.paused`.
+   *
+   * @param options.ttl `"running"` or `"frozen"`. @default "running"
+   * @returns the sandbox's state, `"paused"`, with its receipt naming the audit entry
+   * @throws UnsupportedCapabilityError when the host cannot pause this backend (no cgroup freezer)
+   * @throws NotFoundError when the sandbox is not running
+   * @example
+   * await sb.pause({ ttl: "frozen" });
+   * // ... later
+   * await sb.resume();
+   */
+  async pause(options: CallOptions & { ttl?: "running" | "frozen" } = {}): Promise<SandboxInfo> {
+    const { ttl, ...call } = options;
+    this.#info = await this.#engine.pauseSandbox(this.id, ttl !== undefined ? { ttl } : {}, call);
+    return this.#info;
+  }
+
+  /**
+   * Lets a paused sandbox run again, from where it stopped. A TTL frozen by {@link pause} restarts
+   * with the seconds it had left; one that ran out under `onTtl: "pause"` restarts in full.
+   * Resuming a running sandbox is a no-op. Recorded in the audit log as `sandbox.resumed`.
+   * @throws NotFoundError when the sandbox is not running
+   * @example
+   * await sb.resume();
+   * await sb.commands.run(["cat", "/work/state"]);
+   */
+  async resume(options?: CallOptions): Promise<SandboxInfo> {
+    this.#info = await this.#engine.resumeSandbox(this.id, options);
+    return this.#info;
   }
 
   /** Kills the sandbox at the end of an `await using` block. */

@@ -174,6 +174,22 @@ export class FakeEngine implements EngineApi {
     this.calls.push("listSandboxes");
     return [...this.sandboxes.values()];
   }
+  async pauseSandbox(id: string, request: { ttl?: "running" | "frozen" } = {}): Promise<SandboxInfo> {
+    this.calls.push(`pauseSandbox ${id} ${request.ttl ?? "running"}`);
+    const s = this.#get(id);
+    const paused: SandboxInfo = { ...s, state: "paused", pause: { since: s.createdAt, by: "caller", ttl: request.ttl ?? "running", killAt: s.expiresAt } };
+    this.sandboxes.set(id, paused);
+    return paused;
+  }
+
+  async resumeSandbox(id: string): Promise<SandboxInfo> {
+    this.calls.push(`resumeSandbox ${id}`);
+    const { pause: _pause, ...s } = this.#get(id);
+    const resumed: SandboxInfo = { ...s, state: "running" };
+    this.sandboxes.set(id, resumed);
+    return resumed;
+  }
+
   async killSandbox(id: string): Promise<SandboxInfo> {
     this.calls.push(`killSandbox ${id}`);
     if (this.killError !== undefined) throw this.killError;

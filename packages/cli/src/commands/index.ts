@@ -10,6 +10,7 @@ import { doctorCommand } from "./doctor.js";
 import { execCommand } from "./exec.js";
 import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
 import { killCommand } from "./kill.js";
+import { pauseCommand, resumeCommand } from "./pause.js";
 import { lsCommand } from "./ls.js";
 import { logsCommand, networkSetCommand, networkShowCommand } from "./network.js";
 import { secretLsCommand, secretRmCommand, secretSetCommand } from "./secret.js";
@@ -25,6 +26,8 @@ export const COMMANDS: readonly Command[] = [
   execCommand,
   cpCommand,
   killCommand,
+  pauseCommand,
+  resumeCommand,
   logsCommand,
   networkSetCommand,
   networkShowCommand,

@@ -59,6 +59,12 @@ describe("workload IR", () => {
     assert.deepEqual(irFromCreateRequest({}, { imageDigest: DIGEST_A }).network, { version: 1, default: "deny", rules: [] });
   });
 
+  it('records onTtl "pause" (absent: killed at the TTL)', () => {
+    assert.equal(irFromCreateRequest({ onTtl: "pause" }, { imageDigest: DIGEST_A }).onTtl, "pause");
+    assert.equal("onTtl" in irFromCreateRequest({ onTtl: "kill" }, { imageDigest: DIGEST_A }), false);
+    assert.equal("onTtl" in irFromCreateRequest({}, { imageDigest: DIGEST_A }), false);
+  });
+
   it("uses the default TTL when the request has none", () => {
     assert.equal(irFromCreateRequest({}, { imageDigest: DIGEST_A, defaultTtlSeconds: 99 }).ttlSeconds, 99);
   });

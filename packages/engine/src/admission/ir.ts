@@ -71,6 +71,7 @@ export function irFromCreateRequest(request: CreateSandboxRequest, options: IrFr
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
       .map(([name, ref]) => ({ name, ref })),
     ttlSeconds: request.ttlSeconds ?? options.defaultTtlSeconds ?? 3600,
+    ...(request.onTtl === "pause" ? { onTtl: "pause" as const } : {}),
     ports: request.ports ?? [],
     requiredTier,
     intent: options.intent ?? request.intent ?? DEFAULT_INTENT,

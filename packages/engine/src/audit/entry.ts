@@ -53,6 +53,14 @@ export const AuditEventSchema = z.discriminatedUnion("type", [
   }),
   z.strictObject({ type: z.literal("sandbox.killed"), sandboxId: SandboxId, by: z.enum(["caller", "engine", "oom", "crash"]) }),
   z.strictObject({ type: z.literal("sandbox.expired"), sandboxId: SandboxId, ttlSeconds: Count }),
+  /** `by`: a caller's pause, or the TTL running out under `onTtl: "pause"`; `ttl`: whether the TTL runs on while paused. */
+  z.strictObject({
+    type: z.literal("sandbox.paused"),
+    sandboxId: SandboxId,
+    by: z.enum(["caller", "ttl"]),
+    ttl: z.enum(["running", "frozen", "spent"]),
+  }),
+  z.strictObject({ type: z.literal("sandbox.resumed"), sandboxId: SandboxId, pausedMs: Count }),
   z.strictObject({
     type: z.literal("exec.started"),
     sandboxId: SandboxId,

@@ -23,6 +23,8 @@ export interface ProbeResult {
   readonly checks: readonly ProbeCheck[];
   /** Resource kinds this host can enforce for this backend. */
   readonly enforceable: { readonly memory: boolean; readonly pids: boolean; readonly cpu: boolean };
+  /** Present when this host cannot pause this backend's sandboxes: why, and what to do. */
+  readonly pauseUnsupported?: { readonly reason: string; readonly hint: string };
 }
 
 export interface LaunchSpec {
@@ -76,7 +78,15 @@ export interface LaunchedSandbox {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Number of OOM kills in the sandbox so far (0 when memory is not limited). */
   oomKills(): Promise<number>;
-  /** Kills every process of the sandbox and releases every resource. Idempotent. */
+  /**
+   * Stops every process of the sandbox from running (no CPU; memory, files, connections kept) and
+   * resolves once they are stopped. Idempotent. Throws UnsupportedCapabilityError when the host
+   * cannot (no cgroup freezer), never returning without having paused.
+   */
+  pause(): Promise<void>;
+  /** Lets a paused sandbox run again. Idempotent. */
+  resume(): Promise<void>;
+  /** Kills every process of the sandbox and releases every resource, paused or not. Idempotent. */
   destroy(): Promise<void>;
   /** Why the sandbox died (e.g. "the guest kernel panicked: ..."), when the backend can tell. */
   failure?(): string | undefined;

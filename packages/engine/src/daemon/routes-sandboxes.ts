@@ -5,14 +5,19 @@ import {
   ExecApiRequest,
   MAX_EXEC_REQUEST_JSON_BYTES,
   SignalApiRequest,
+  PauseApiRequest,
   type ExecEvent,
   type ExecStarted,
   type ProgressEvent,
 } from "@mvm/protocol";
+import { z } from "zod";
 import { readJson, readRawBody, sendJson, sendNoContent, booleanParam, wireErrorOf } from "./http-io.js";
 import { assertSecretSourcesAllowed } from "./host-read.js";
 import { NdjsonWriter, wantsNdjson } from "./ndjson.js";
 import { procParam, sandboxIdParam, type Route, type RouteContext } from "./router.js";
+
+/** Body of POST /v1/sandboxes/:id/resume: nothing. */
+const EmptyBody = z.strictObject({});
 
 /** Largest stdin write the daemon buffers per request, in bytes. Clients split larger writes. */
 export const MAX_STDIN_REQUEST_BYTES = 16 * 1024 * 1024;
@@ -46,6 +51,24 @@ export const sandboxRoutes: readonly Route[] = [
     method: "DELETE",
     pattern: "/v1/sandboxes/:id",
     handler: async (ctx) => sendJson(ctx.res, 200, await ctx.engine.killSandbox(sandboxIdParam(ctx), { signal: ctx.signal })),
+  },
+  {
+    method: "POST",
+    pattern: "/v1/sandboxes/:id/pause",
+    handler: async (ctx) => {
+      const id = sandboxIdParam(ctx);
+      const body = await readJson(ctx.req, PauseApiRequest);
+      sendJson(ctx.res, 200, await ctx.engine.pauseSandbox(id, body, { signal: ctx.signal }));
+    },
+  },
+  {
+    method: "POST",
+    pattern: "/v1/sandboxes/:id/resume",
+    handler: async (ctx) => {
+      const id = sandboxIdParam(ctx);
+      await readJson(ctx.req, EmptyBody);
+      sendJson(ctx.res, 200, await ctx.engine.resumeSandbox(id, { signal: ctx.signal }));
+    },
   },
   { method: "POST", pattern: "/v1/sandboxes/:id/exec", handler: exec },
   {

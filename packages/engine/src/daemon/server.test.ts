@@ -27,7 +27,7 @@ function stubEngine(overrides: Partial<EngineApi> = {}): EngineApi {
   };
   const base: Record<string, unknown> = {};
   for (const m of [
-    "health", "createSandbox", "getSandbox", "listSandboxes", "killSandbox", "exec", "signalProcess", "writeStdin",
+    "health", "createSandbox", "getSandbox", "listSandboxes", "killSandbox", "pauseSandbox", "resumeSandbox", "exec", "signalProcess", "writeStdin",
     "listProcesses", "readFile", "writeFile", "listDir", "stat", "mkdir", "remove", "rename", "listImages",
     "buildImage", "importImage", "removeImage", "close",
   ]) base[m] = unused;
@@ -141,6 +141,10 @@ test("bad requests get typed 4xx answers", async (t) => {
     ["POST", `/v1/sandboxes/${ID}/processes/-1/signal`, JSON.stringify({ signal: "SIGKILL" }), 400, "INVALID_ARGUMENT"],
     ["POST", `/v1/sandboxes/${ID}/processes/1/signal`, JSON.stringify({ signal: "SIGSEGV" }), 400, "INVALID_ARGUMENT"],
     ["DELETE", "/v1/images?ref=UPPER", undefined, 400, "INVALID_ARGUMENT"],
+    ["POST", `/v1/sandboxes/${ID}/pause`, JSON.stringify({ ttl: "forever" }), 400, "INVALID_ARGUMENT"],
+    ["POST", `/v1/sandboxes/${ID}/pause`, JSON.stringify({ ttl: "frozen", extra: 1 }), 400, "INVALID_ARGUMENT"],
+    ["POST", `/v1/sandboxes/${ID}/resume`, JSON.stringify({ ttl: "frozen" }), 400, "INVALID_ARGUMENT"],
+    ["GET", `/v1/sandboxes/${ID}/pause`, undefined, 405, "INVALID_ARGUMENT"],
   ];
   for (const [method, path, body, status, code] of cases) {
     const r = await raw(s, method, path, body, body === undefined ? {} : { "Content-Type": "application/json" });
@@ -190,4 +194,29 @@ test("closing the server aborts requests in flight", async (t) => {
   await server.close();
   assert.ok(aborted instanceof AbortedError);
   assert.ok((await pending) instanceof Error);
+});
+
+test("pause and resume routes pass the sandbox id and the TTL mode to the engine and answer its SandboxInfo", async (t) => {
+  const calls: string[] = [];
+  const info = (state: "paused" | "running") => ({ id: ID, state }) as unknown as Awaited<ReturnType<EngineApi["getSandbox"]>>;
+  const server = await serve(t, stubEngine({
+    pauseSandbox: async (id, request) => {
+      calls.push(`pause ${id} ${request?.ttl ?? "default"}`);
+      return info("paused");
+    },
+    resumeSandbox: async (id) => {
+      calls.push(`resume ${id}`);
+      return info("running");
+    },
+  }));
+  const json = { "Content-Type": "application/json" };
+  const paused = await raw(server.socketPath, "POST", `/v1/sandboxes/${ID}/pause`, JSON.stringify({ ttl: "frozen" }), json);
+  assert.equal(paused.status, 200);
+  assert.equal(JSON.parse(paused.body).state, "paused");
+  const plain = await raw(server.socketPath, "POST", `/v1/sandboxes/${ID}/pause`, "{}", json);
+  assert.equal(plain.status, 200);
+  const resumed = await raw(server.socketPath, "POST", `/v1/sandboxes/${ID}/resume`, "{}", json);
+  assert.equal(resumed.status, 200);
+  assert.equal(JSON.parse(resumed.body).state, "running");
+  assert.deepEqual(calls, [`pause ${ID} frozen`, `pause ${ID} default`, `resume ${ID}`]);
 });

@@ -17,6 +17,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
   PolicyDeniedError,
+  SandboxPausedError,
   UnsupportedCapabilityError,
   type CallOptions,
   type NetworkEvent,
@@ -114,6 +115,22 @@ export class FakeEngine implements EngineApi {
 
   async listSandboxes(): Promise<SandboxInfo[]> {
     return [...this.sandboxes.values()].map((s) => s.info);
+  }
+
+  async pauseSandbox(id: string, request: { ttl?: "running" | "frozen" } = {}): Promise<SandboxInfo> {
+    const sb = this.#sandbox(id, true);
+    if (sb.info.state !== "paused") {
+      const now = new Date().toISOString();
+      sb.info = { ...sb.info, state: "paused", pause: { since: now, by: "caller", ttl: request.ttl ?? "running", killAt: sb.info.expiresAt } };
+    }
+    return sb.info;
+  }
+
+  async resumeSandbox(id: string): Promise<SandboxInfo> {
+    const sb = this.#sandbox(id, true);
+    const { pause: _pause, ...rest } = sb.info;
+    sb.info = { ...rest, state: sb.info.state === "paused" ? "running" : sb.info.state };
+    return sb.info;
   }
 
   async killSandbox(id: string): Promise<SandboxInfo> {
@@ -326,6 +343,7 @@ export class FakeEngine implements EngineApi {
   #sandbox(id: string, stoppedToo = false): FakeSandbox {
     const sb = this.sandboxes.get(id);
     if (sb === undefined) throw new NotFoundError(`No sandbox "${id}"`);
+    if (!stoppedToo && sb.info.state === "paused") throw new SandboxPausedError(`Cannot use sandbox "${id}": it is paused`);
     if (!stoppedToo && sb.info.state !== "running") throw new NotFoundError(`Sandbox "${id}" is stopped`);
     return sb;
   }

@@ -30,6 +30,16 @@ export const auditEvent: fc.Arbitrary<AuditEvent> = fc.oneof(
   ),
   fc.record({ type: fc.constant("sandbox.killed" as const), sandboxId, by: fc.constantFrom("caller" as const, "engine" as const, "oom" as const, "crash" as const) }, { noNullPrototype: true }),
   fc.record({ type: fc.constant("sandbox.expired" as const), sandboxId, ttlSeconds: count }, { noNullPrototype: true }),
+  fc.record(
+    {
+      type: fc.constant("sandbox.paused" as const),
+      sandboxId,
+      by: fc.constantFrom("caller" as const, "ttl" as const),
+      ttl: fc.constantFrom("running" as const, "frozen" as const, "spent" as const),
+    },
+    { noNullPrototype: true },
+  ),
+  fc.record({ type: fc.constant("sandbox.resumed" as const), sandboxId, pausedMs: count }, { noNullPrototype: true }),
   fc.record({ type: fc.constant("exec.started" as const), sandboxId, execId: opaqueId, argvDigest: hex64, argc: count }, { noNullPrototype: true }),
   fc.record({
     type: fc.constant("exec.finished" as const),

@@ -49,8 +49,13 @@ test("detectCgroups on this host (cgroup v1, as root) finds memory, pids and cpu
       assert.ok(existsSync(status.hierarchy.parentDir));
     }
     assert.deepEqual(support.hierarchies[0]?.controllers, ["pids"], "pids is the tracking hierarchy");
+    assert.deepEqual(
+      support.freezer,
+      { available: true, hierarchy: { version: 1, parentDir: `/sys/fs/cgroup/freezer/${parentName}`, controllers: [] } },
+      "pause uses the v1 freezer hierarchy (v2 has no controllers here)",
+    );
   } finally {
-    for (const c of CGROUP_CONTROLLERS) await rmdir(`/sys/fs/cgroup/${c}/${parentName}`).catch(() => undefined);
+    for (const c of [...CGROUP_CONTROLLERS, "freezer"]) await rmdir(`/sys/fs/cgroup/${c}/${parentName}`).catch(() => undefined);
   }
 });
 
@@ -93,6 +98,11 @@ test("v2 detection logic against a fake directory tree: root uses <mount>/mvm", 
       assert.deepEqual(status.hierarchy, { version: 2, parentDir: join(fake, "mvm"), controllers: ["memory", "pids", "cpu"] });
     }
     assert.equal(support.hierarchies.length, 1);
+    assert.equal(support.freezer.available, false, "no cgroup.freeze in the group: a kernel before 5.2");
+    assert.match(support.freezer.available ? "" : support.freezer.reason, /cgroup\.freeze" is missing/);
+    await writeFile(join(fake, "mvm", "cgroup.freeze"), "0\n");
+    const withFreeze = await detectCgroups({ mountinfo, selfCgroup: "0::/\n", isRoot: true });
+    assert.deepEqual(withFreeze.freezer, { available: true, hierarchy: withFreeze.hierarchies[0] }, "pause freezes the v2 group itself");
   } finally {
     await rm(fake, { recursive: true, force: true });
   }
@@ -126,4 +136,5 @@ test("a host with no cgroup mounts enforces nothing", async () => {
   assert.equal(support.layout, "none");
   assert.deepEqual(support.hierarchies, []);
   for (const c of CGROUP_CONTROLLERS) assert.equal(support.controllers[c].enforceable, false);
+  assert.equal(support.freezer.available, false, "and cannot pause");
 });

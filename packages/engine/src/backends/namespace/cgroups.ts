@@ -6,6 +6,10 @@
  * A controller bound to a v1 hierarchy is not available in v2 ("hybrid" hosts), so each
  * controller is looked up where the kernel has it.
  *
+ * Pausing a sandbox freezes its group: on v2 through `cgroup.freeze` of the sandbox's v2 group
+ * (any non-root group has it, no controller needed), on v1 through a group in the `freezer`
+ * hierarchy.
+ *
  * As root the engine creates a parent group `mvm` at the top of each hierarchy it uses (and on
  * v2 enables the controllers for it). As another user it can only use a subtree delegated to it:
  * on v1 the group the engine runs in, if writable; on v2 the group it runs in or that group's
@@ -31,6 +35,11 @@ export type ControllerStatus =
   | { readonly enforceable: true; readonly hierarchy: CgroupHierarchy }
   | { readonly enforceable: false; readonly reason: string; readonly hint: string };
 
+/** Where a sandbox's processes can be frozen (pause), or why they cannot. */
+export type FreezerStatus =
+  | { readonly available: true; readonly hierarchy: CgroupHierarchy }
+  | { readonly available: false; readonly reason: string; readonly hint: string };
+
 export interface CgroupSupport {
   /** What the host mounts: v2 only, v1 only, v1 controllers next to a v2 mount, or nothing. */
   readonly layout: "v1" | "v2" | "hybrid" | "none";
@@ -40,6 +49,11 @@ export interface CgroupSupport {
    * group, so that all of its processes can be found and killed.
    */
   readonly hierarchies: readonly CgroupHierarchy[];
+  /**
+   * The hierarchy whose sandbox group freezes the sandbox: v2 (`cgroup.freeze`, preferred) or the
+   * v1 `freezer` hierarchy (a group of its own, `controllers` empty).
+   */
+  readonly freezer: FreezerStatus;
 }
 
 export interface DetectCgroupsOptions {
@@ -179,13 +193,20 @@ async function detectV2(mount: CgroupMount, ownPath: string | undefined, isRoot:
   return { hierarchy: undefined, why: failure ?? "no delegated cgroup found" };
 }
 
-const V1_PROBE_FILE: Record<CgroupController, string> = {
+const V1_PROBE_FILE: Record<CgroupController | "freezer", string> = {
   memory: "memory.limit_in_bytes",
   pids: "pids.max",
   cpu: "cpu.cfs_quota_us",
+  freezer: "freezer.state",
 };
 
-async function detectV1(controller: CgroupController, mount: CgroupMount, ownPath: string | undefined, isRoot: boolean, parentName: string) {
+async function detectV1(
+  controller: CgroupController | "freezer",
+  mount: CgroupMount,
+  ownPath: string | undefined,
+  isRoot: boolean,
+  parentName: string,
+): Promise<{ hierarchy: CgroupHierarchy | undefined; why: string }> {
   let parentDir: string;
   if (isRoot) {
     parentDir = join(mount.mountPoint, parentName);
@@ -202,12 +223,13 @@ async function detectV1(controller: CgroupController, mount: CgroupMount, ownPat
     }
     parentDir = own;
   }
+  const probe = join(parentDir, V1_PROBE_FILE[controller]);
   try {
-    await access(join(parentDir, V1_PROBE_FILE[controller]));
+    await access(probe);
   } catch {
-    return { hierarchy: undefined, why: `"${join(parentDir, V1_PROBE_FILE[controller])}" is missing` };
+    return { hierarchy: undefined, why: `"${probe}" is missing` };
   }
-  return { hierarchy: { version: 1 as const, parentDir, controllers: [controller] }, why: "" };
+  return { hierarchy: { version: 1 as const, parentDir, controllers: controller === "freezer" ? [] : [controller] }, why: "" };
 }
 
 /**
@@ -253,7 +275,37 @@ export async function detectCgroups(options: DetectCgroupsOptions = {}): Promise
   }
   const layout = v2Mount !== undefined ? (v1Mounts.length > 0 ? "hybrid" : "v2") : v1Mounts.length > 0 ? "v1" : "none";
   hierarchies.sort((a, b) => rank(a) - rank(b));
-  return { layout, controllers, hierarchies };
+  const freezer = await detectFreezer(hierarchies, v1Mounts.find((m) => m.controllers.includes("freezer")), self.get("freezer"), isRoot, parentName);
+  return { layout, controllers, hierarchies, freezer };
+}
+
+/** The v2 hierarchy when its groups have `cgroup.freeze` (kernel 5.2+), else the v1 freezer hierarchy. */
+async function detectFreezer(
+  hierarchies: readonly CgroupHierarchy[],
+  v1Mount: CgroupMount | undefined,
+  ownPath: string | undefined,
+  isRoot: boolean,
+  parentName: string,
+): Promise<FreezerStatus> {
+  const v2 = hierarchies.find((h) => h.version === 2);
+  if (v2 !== undefined && (await exists(join(v2.parentDir, "cgroup.freeze")))) return { available: true, hierarchy: v2 };
+  if (v1Mount !== undefined) {
+    const v1 = await detectV1("freezer", v1Mount, ownPath, isRoot, parentName);
+    if (v1.hierarchy !== undefined) return { available: true, hierarchy: v1.hierarchy };
+    return { available: false, reason: `the cgroup v1 freezer cannot be used: ${v1.why}`, hint: isRoot ? "check the cgroup v1 freezer hierarchy" : HINT_ROOT };
+  }
+  const reason =
+    v2 !== undefined
+      ? `"${join(v2.parentDir, "cgroup.freeze")}" is missing (cgroup v2 freezing needs Linux 5.2 or later)`
+      : "no usable cgroup v2 group and no cgroup v1 freezer hierarchy";
+  return { available: false, reason, hint: isRoot ? "mount the cgroup v1 freezer controller, or use a host with cgroup v2 on Linux 5.2+" : HINT_ROOT };
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** v2 first (one group holds everything), then v1 pids (cheapest to track with), memory, cpu. */

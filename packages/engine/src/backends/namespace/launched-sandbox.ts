@@ -1,6 +1,6 @@
 /**
  * A running namespace sandbox as the engine sees it: the agent channel, the egress relay, the exit
- * of bubblewrap, the OOM counter, and teardown.
+ * of bubblewrap, the OOM counter, pause (the cgroup freezer), and teardown.
  */
 import type { ChildProcess } from "node:child_process";
 import type { Duplex } from "node:stream";
@@ -52,7 +52,11 @@ export async function stopSandbox(parts: Omit<SandboxParts, "log" | "relay" | "r
   // No pid: the spawn itself failed, so there is no process to stop.
   if (notReaped(child) && child.pid !== undefined) {
     const initAlive = init !== undefined && (await isSameLiveProcess(init.pid, init.startTime));
-    if (initAlive) sendSignal(init.pid, "SIGKILL");
+    if (initAlive) {
+      sendSignal(init.pid, "SIGKILL");
+      // A paused sandbox's pid 1 dies of the pending SIGKILL only once thawed (v1 freezer).
+      await failures.attempt(() => cgroups.thaw());
+    }
     if (!initAlive || !(await settlesWithin(parts.exited, TEARDOWN_STEP_MS))) {
       if (cgroups.groups.length > 0) await failures.attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));
       if (notReaped(child)) sendSignal(-child.pid, "SIGKILL");
@@ -86,6 +90,15 @@ export class NamespaceSandbox implements LaunchedSandbox {
 
   oomKills(): Promise<number> {
     return this.parts.cgroups.oomKills();
+  }
+
+  /** Freezes the sandbox's cgroup (v2 `cgroup.freeze`, v1 `freezer.state`). */
+  pause(): Promise<void> {
+    return this.parts.cgroups.freeze(TEARDOWN_STEP_MS);
+  }
+
+  resume(): Promise<void> {
+    return this.parts.cgroups.thaw();
   }
 
   private async teardown(): Promise<void> {

@@ -74,7 +74,8 @@ export class NamespaceBackend implements Backend {
   async sweep(): Promise<string[]> {
     const host = await this.host();
     const removed: string[] = await sweepRelayDirs();
-    for (const h of host.cgroups.hierarchies) {
+    const freezer = host.cgroups.freezer.available ? [host.cgroups.freezer.hierarchy] : [];
+    for (const h of new Set([...host.cgroups.hierarchies, ...freezer])) {
       let names: string[];
       try {
         names = await readdir(h.parentDir);

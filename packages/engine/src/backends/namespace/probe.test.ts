@@ -44,6 +44,7 @@ const fullCgroups: CgroupSupport = {
     cpu: { enforceable: false, reason: "cpu is not delegated", hint: "delegate cpu" },
   },
   hierarchies: [{ version: 2, parentDir: "/cg/mvm", controllers: ["memory", "pids"] }],
+  freezer: { available: true, hierarchy: { version: 2, parentDir: "/cg/mvm", controllers: ["memory", "pids"] } },
 };
 
 async function fakeBwrap(version: string): Promise<string> {

@@ -172,6 +172,13 @@ export async function probeNamespaceHost(inputs: ProbeInputs): Promise<ProbeResu
   const allEnforceable = CGROUP_CONTROLLERS.every((c) => cg.controllers[c].enforceable);
   const firstHint = CGROUP_CONTROLLERS.map((c) => cg.controllers[c]).find((s) => !s.enforceable);
   add("cgroup", allEnforceable, `cgroup ${cg.layout}; ${parts.join("; ")}`, firstHint && !firstHint.enforceable ? firstHint.hint : undefined);
+  const freezer = cg.freezer;
+  add(
+    "freezer",
+    freezer.available,
+    freezer.available ? `pause freezes a v${freezer.hierarchy.version} group under ${freezer.hierarchy.parentDir}` : `pause is not available: ${freezer.reason}`,
+    freezer.available ? undefined : freezer.hint,
+  );
 
   return {
     backend: "namespace",
@@ -183,5 +190,6 @@ export async function probeNamespaceHost(inputs: ProbeInputs): Promise<ProbeResu
       pids: cg.controllers.pids.enforceable,
       cpu: cg.controllers.cpu.enforceable,
     },
+    ...(freezer.available ? {} : { pauseUnsupported: { reason: freezer.reason, hint: freezer.hint } }),
   };
 }

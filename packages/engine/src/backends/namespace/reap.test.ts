@@ -78,6 +78,17 @@ test("reap from the record alone stops a live sandbox", { skip, ...TIMEOUT }, as
   await sandbox.destroy(); // nothing left to do, and no error for it
 });
 
+test("reap from the record alone stops a paused (frozen) sandbox and removes its freezer group", { skip, ...TIMEOUT }, async () => {
+  const spec = await makeSpec(base);
+  const sandbox = await backend.launch(spec);
+  await new StandInClient(sandbox.channel).hello;
+  await sandbox.pause();
+  await backend.reap(sandbox.reapRecord);
+  await sandbox.exited;
+  assert.deepEqual(await footprint(sandbox.reapRecord, spec.sandboxId), { processes: [], cgroups: [] });
+  await sandbox.destroy();
+});
+
 test("reap does not kill a process whose start time does not match the record", { skip, ...TIMEOUT }, async () => {
   const bystander = spawn("/bin/sleep", ["60"], { stdio: "ignore", detached: true });
   await once(bystander, "spawn");

@@ -72,6 +72,8 @@ export async function reapNamespaceSandbox(record: ReapRecord): Promise<void> {
   // pid 1 of the sandbox first: the kernel then kills and reaps the rest of its pid namespace.
   if (initPid > 0 && (await isSameLiveProcess(initPid, initStart))) {
     sendSignal(initPid, "SIGKILL");
+    // A paused sandbox's pid 1 dies of the pending SIGKILL only once thawed (v1 freezer).
+    await cgroups.thaw().catch(() => undefined);
     await waitForExit(initPid, initStart, TEARDOWN_STEP_MS);
   }
   await failures.attempt(() => cgroups.killAll(TEARDOWN_STEP_MS));

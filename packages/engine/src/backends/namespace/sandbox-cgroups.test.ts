@@ -4,9 +4,10 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, rmdir, writeFile } from "node:fs/promises";
+import { setTimeout as delay } from "node:timers/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { UnsupportedCapabilityError } from "@mvm/protocol";
+import { TimeoutError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { CGROUP_CONTROLLERS, detectCgroups, type CgroupHierarchy, type CgroupSupport } from "./cgroups.js";
 import { SandboxCgroups, limitWrites, planHierarchies } from "./sandbox-cgroups.js";
 import { randomSandboxId } from "./_fixtures.js";
@@ -59,7 +60,7 @@ function supportWith(hierarchy: CgroupHierarchy, unenforceable: readonly string[
       unenforceable.includes(c) ? { enforceable: false, reason: `no ${c} here`, hint: `enable ${c}` } : { enforceable: true, hierarchy },
     ]),
   ) as unknown as CgroupSupport["controllers"];
-  return { layout: "v2", controllers, hierarchies: [hierarchy] };
+  return { layout: "v2", controllers, hierarchies: [hierarchy], freezer: { available: true, hierarchy } };
 }
 
 test("planHierarchies: a limit the host cannot enforce is refused with the reason and a hint", () => {
@@ -74,7 +75,7 @@ test("planHierarchies: a limit the host cannot enforce is refused with the reaso
   );
   assert.deepEqual(planHierarchies(support, { pids: 10 }), [h]);
   assert.deepEqual(planHierarchies(support, {}), [h], "a sandbox without limits still gets a group to track it");
-  assert.deepEqual(planHierarchies({ layout: "none", controllers: support.controllers, hierarchies: [] }, {}), []);
+  assert.deepEqual(planHierarchies({ layout: "none", controllers: support.controllers, hierarchies: [], freezer: { available: false, reason: "none", hint: "none" } }, {}), []);
 });
 
 /**
@@ -121,7 +122,7 @@ before(async () => {
   if (!v1Skip) support = await detectCgroups({ parentName });
 });
 after(async () => {
-  if (!v1Skip) for (const c of CGROUP_CONTROLLERS) await rmdir(`/sys/fs/cgroup/${c}/${parentName}`).catch(() => undefined);
+  if (!v1Skip) for (const c of [...CGROUP_CONTROLLERS, "freezer"]) await rmdir(`/sys/fs/cgroup/${c}/${parentName}`).catch(() => undefined);
 });
 
 test("v1 for real: limits are written, members are killed, groups are removed", { skip: v1Skip }, async () => {
@@ -130,7 +131,7 @@ test("v1 for real: limits are written, members are killed, groups are removed", 
   const groups = await SandboxCgroups.create(support, id, { memoryMiB: 96, pids: 20, cpus: 0.25 }, 32 * MiB);
   assert.deepEqual(
     groups.dirs.sort(),
-    ["cpu", "memory", "pids"].map((c) => `/sys/fs/cgroup/${c}/${parentName}/${id}`),
+    ["cpu", "freezer", "memory", "pids"].map((c) => `/sys/fs/cgroup/${c}/${parentName}/${id}`),
   );
   const read = (c: string, f: string): Promise<string> => readFile(`/sys/fs/cgroup/${c}/${parentName}/${id}/${f}`, "utf8").then((s) => s.trim());
   assert.equal(await read("memory", "memory.limit_in_bytes"), String(128 * MiB), "memoryMiB plus the tmpfs caps");
@@ -160,17 +161,104 @@ test("v1 for real: limits are written, members are killed, groups are removed", 
   await groups.remove(1_000); // idempotent
 });
 
-test("v1 for real: reopening groups by directory (for reaping) kills and removes them", { skip: v1Skip }, async () => {
+test("v1 for real: reopening groups by directory (for reaping) kills a frozen sandbox and removes its groups", { skip: v1Skip }, async () => {
   assert.ok(support);
   const created = await SandboxCgroups.create(support, randomSandboxId(), {});
-  assert.equal(created.dirs.length, 1, "one tracking group when no limit is asked for");
-  const shell = spawn("/bin/sh", ["-c", `echo $$ > ${created.procsFiles[0]}; echo joined; exec sleep 60`], { stdio: ["ignore", "pipe", "inherit"] });
+  assert.equal(created.dirs.length, 2, "one tracking group when no limit is asked for, and the freezer group");
+  const joins = created.procsFiles.map((f) => `echo $$ > ${f}`).join("; ");
+  const shell = spawn("/bin/sh", ["-c", `${joins}; echo joined; exec sleep 60`], { stdio: ["ignore", "pipe", "inherit"] });
   await once(shell.stdout, "data");
+  await created.freeze(5_000);
   const reopened = await SandboxCgroups.open(created.dirs);
-  assert.deepEqual(reopened.groups.map((g) => g.version), [1]);
+  assert.deepEqual(reopened.groups.map((g) => g.version), [1, 1]);
   const exited = once(shell, "exit");
   await reopened.killAll(5_000);
   await exited;
   await reopened.remove(5_000);
   assert.equal(existsSync(created.dirs[0] ?? ""), false);
+});
+
+test("v2 freezer logic against a fake directory tree: freeze waits for frozen 1, thaw writes 0, a stuck freeze thaws and times out", async () => {
+  const fake = await mkdtemp(join(tmpdir(), "mvm-fake-cg2-"));
+  try {
+    const parentDir = join(fake, "mvm");
+    await mkdir(parentDir);
+    const groups = await SandboxCgroups.create(supportWith({ version: 2, parentDir, controllers: ["pids"] }), randomSandboxId(), {});
+    const dir = groups.dirs[0] ?? "";
+    assert.deepEqual(groups.dirs, [dir], "the v2 group itself freezes: no extra group");
+    await writeFile(join(dir, "cgroup.freeze"), "0\n");
+    await writeFile(join(dir, "cgroup.events"), "populated 1\nfrozen 0\n");
+    // The fake kernel reports the group frozen once cgroup.freeze says 1.
+    const freezing = groups.freeze(5_000);
+    while ((await readFile(join(dir, "cgroup.freeze"), "utf8")) !== "1") await delay(5);
+    await writeFile(join(dir, "cgroup.events"), "populated 1\nfrozen 1\n");
+    await freezing;
+    await groups.thaw();
+    assert.equal(await readFile(join(dir, "cgroup.freeze"), "utf8"), "0");
+
+    await writeFile(join(dir, "cgroup.events"), "populated 1\nfrozen 0\n");
+    await assert.rejects(groups.freeze(50), (err: unknown) => err instanceof TimeoutError && /not frozen within 50 ms/.test(err.message));
+    assert.equal(await readFile(join(dir, "cgroup.freeze"), "utf8"), "0", "a freeze that does not complete is undone");
+
+    // Killing a frozen group: cgroup.kill, then thawed.
+    await writeFile(join(dir, "cgroup.freeze"), "1");
+    await writeFile(join(dir, "cgroup.kill"), "");
+    await writeFile(join(dir, "cgroup.events"), "populated 0\nfrozen 1\n");
+    await groups.killAll(1_000);
+    assert.equal(await readFile(join(dir, "cgroup.kill"), "utf8"), "1");
+    assert.equal(await readFile(join(dir, "cgroup.freeze"), "utf8"), "0");
+  } finally {
+    await rm(fake, { recursive: true, force: true });
+  }
+});
+
+test("a host without a freezer refuses to pause with UnsupportedCapabilityError, never a silent no-op", async () => {
+  const fake = await mkdtemp(join(tmpdir(), "mvm-fake-cg2-"));
+  try {
+    const h: CgroupHierarchy = { version: 2, parentDir: fake, controllers: ["pids"] };
+    const support: CgroupSupport = { ...supportWith(h), freezer: { available: false, reason: "no freezer here", hint: "mount one" } };
+    const groups = await SandboxCgroups.create(support, randomSandboxId(), {});
+    await assert.rejects(
+      groups.freeze(1_000),
+      (err: unknown) => err instanceof UnsupportedCapabilityError && /Cannot pause the sandbox on this host: no freezer here/.test(err.message) && err.hint === "mount one",
+    );
+  } finally {
+    await rm(fake, { recursive: true, force: true });
+  }
+});
+
+test("v1 for real: a frozen busy loop makes no progress until thawed, and SIGKILL ends it only through the thaw killAll does", { skip: v1Skip }, async () => {
+  assert.ok(support);
+  assert.ok(support.freezer.available && support.freezer.hierarchy.version === 1, "this host pauses through the v1 freezer");
+  const groups = await SandboxCgroups.create(support, randomSandboxId(), { pids: 16 });
+  const scratch = await mkdtemp(join(tmpdir(), "mvm-freeze-"));
+  const counter = join(scratch, "n");
+  try {
+    const joins = groups.procsFiles.map((f) => `echo $$ > ${f}`).join("; ");
+    const loop = `${joins}; echo joined; n=0; while :; do n=$((n+1)); echo $n > ${counter}.tmp; mv ${counter}.tmp ${counter}; done`;
+    const shell = spawn("/bin/sh", ["-c", loop], { stdio: ["ignore", "pipe", "inherit"] });
+    await once(shell.stdout, "data");
+    const count = async (): Promise<number> => Number(await readFile(counter, "utf8").catch(() => "0"));
+    while ((await count()) < 3) await delay(5);
+    await groups.freeze(5_000);
+    const frozenAt = await count();
+    await delay(300);
+    assert.equal(await count(), frozenAt, "no progress while frozen");
+    await groups.thaw();
+    while ((await count()) <= frozenAt) await delay(5);
+
+    await groups.freeze(5_000);
+    const exited = once(shell, "exit");
+    await groups.killAll(5_000);
+    const [, signal] = (await exited) as [number | null, string | null];
+    assert.equal(signal, "SIGKILL");
+    await groups.remove(5_000);
+    for (const dir of groups.dirs) assert.equal(existsSync(dir), false, dir);
+  } finally {
+    // Whatever failed above, leave no frozen task behind (it would never die).
+    for (const dir of groups.dirs) await writeFile(join(dir, "freezer.state"), "THAWED", { flag: "r+" }).catch(() => undefined);
+    await groups.killAll(1_000).catch(() => undefined);
+    await groups.remove(1_000).catch(() => undefined);
+    await rm(scratch, { recursive: true, force: true });
+  }
 });

@@ -1,15 +1,15 @@
 /**
  * The cgroups of one sandbox: one group per hierarchy used, named by the sandbox id, with the
- * requested limits written before any sandbox process joins. Also counts OOM kills, kills every
- * member, and removes the groups.
+ * requested limits written before any sandbox process joins. Also counts OOM kills, freezes and
+ * thaws the sandbox (pause), kills every member, and removes the groups.
  */
 import { readFileSync } from "node:fs";
 import { access, mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
-import { CleanupError, InternalError, UnsupportedCapabilityError, type Resources } from "@mvm/protocol";
+import { CleanupError, InternalError, TimeoutError, UnsupportedCapabilityError, type Resources } from "@mvm/protocol";
 import { sendSignal } from "../../_internal/proc.js";
-import type { CgroupController, CgroupHierarchy, CgroupSupport } from "./cgroups.js";
+import type { CgroupController, CgroupHierarchy, CgroupSupport, FreezerStatus } from "./cgroups.js";
 
 /** One group of a sandbox. */
 export interface CgroupGroup {
@@ -94,10 +94,33 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
+/** The file that freezes a group, and what it reads when frozen, thawed or on the way. */
+function freezerFile(group: CgroupGroup): { file: string; frozen: string; thawed: string } {
+  return group.version === 2
+    ? { file: join(group.dir, "cgroup.freeze"), frozen: "1", thawed: "0" }
+    : { file: join(group.dir, "freezer.state"), frozen: "FROZEN", thawed: "THAWED" };
+}
+
+/** Whether a group's tasks are all frozen: v2 `frozen 1` in cgroup.events, v1 freezer.state `FROZEN`. */
+async function isFrozen(group: CgroupGroup): Promise<boolean> {
+  if (group.version === 2) return /^frozen 1$/m.test(await readFile(join(group.dir, "cgroup.events"), "utf8"));
+  return (await readFile(join(group.dir, "freezer.state"), "utf8")).trim() === "FROZEN";
+}
+
 export class SandboxCgroups {
   private lastOomKills = 0;
 
-  private constructor(readonly groups: readonly CgroupGroup[]) {}
+  /**
+   * `freezer`: the group that freezes the sandbox, or why none can (pause is then refused with
+   * UnsupportedCapabilityError).
+   */
+  private constructor(
+    readonly groups: readonly CgroupGroup[],
+    private readonly freezer: CgroupGroup | { readonly reason: string; readonly hint: string } = {
+      reason: "the sandbox has no freezer group",
+      hint: "check `mvmctl doctor`",
+    },
+  ) {}
 
   /**
    * Creates the sandbox's groups and writes its limits; removes what it made if anything fails.
@@ -106,6 +129,8 @@ export class SandboxCgroups {
    */
   static async create(support: CgroupSupport, sandboxId: string, resources: Resources, tmpfsBytes = 0): Promise<SandboxCgroups> {
     const plan = planHierarchies(support, resources);
+    const freezerStatus: FreezerStatus = support.freezer;
+    if (freezerStatus.available && !plan.includes(freezerStatus.hierarchy)) plan.push(freezerStatus.hierarchy);
     const created: CgroupGroup[] = [];
     try {
       for (const hierarchy of plan) {
@@ -128,7 +153,47 @@ export class SandboxCgroups {
       if (err instanceof InternalError || err instanceof UnsupportedCapabilityError) throw err;
       throw new InternalError(`Cannot create the cgroups of sandbox "${sandboxId}"`, { cause: err });
     }
-    return new SandboxCgroups(created);
+    const freezer = freezerStatus.available
+      ? created[plan.indexOf(freezerStatus.hierarchy)]!
+      : { reason: freezerStatus.reason, hint: freezerStatus.hint };
+    return new SandboxCgroups(created, freezer);
+  }
+
+  /**
+   * Freezes every process of the sandbox and waits until the kernel reports the group frozen,
+   * bounded by `timeoutMs` (past it, the group is thawed again and TimeoutError thrown).
+   * Idempotent. Throws UnsupportedCapabilityError when the host has no freezer for the sandbox.
+   */
+  async freeze(timeoutMs: number): Promise<void> {
+    const group = this.freezerGroup();
+    const { file, frozen } = freezerFile(group);
+    await writeFile(file, frozen, { flag: "w" });
+    const deadline = Date.now() + timeoutMs;
+    while (!(await isFrozen(group))) {
+      if (Date.now() >= deadline) {
+        await this.thaw().catch(() => undefined);
+        throw new TimeoutError(`Cannot freeze cgroup "${group.dir}": not frozen within ${timeoutMs} ms`);
+      }
+      await delay(5);
+    }
+  }
+
+  /**
+   * Thaws every group that has a freezer file (the sandbox's freezer group, or for groups reopened
+   * for reaping, any of them). Idempotent; a group already gone is skipped.
+   */
+  async thaw(): Promise<void> {
+    for (const group of this.groups) {
+      const { file, thawed } = freezerFile(group);
+      await writeFile(file, thawed, { flag: "r+" }).catch((err: unknown) => {
+        if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      });
+    }
+  }
+
+  private freezerGroup(): CgroupGroup {
+    if ("dir" in this.freezer) return this.freezer;
+    throw new UnsupportedCapabilityError(`Cannot pause the sandbox on this host: ${this.freezer.reason}`, { hint: this.freezer.hint });
   }
 
   /** Reopens groups from their directories (for reaping after an engine crash). */
@@ -184,7 +249,8 @@ export class SandboxCgroups {
   }
 
   /**
-   * SIGKILLs every process in every group until the groups are empty. v2 uses cgroup.kill when
+   * SIGKILLs every process in every group until the groups are empty, thawing a frozen sandbox once
+   * the signals are pending. v2 uses cgroup.kill when
    * the kernel has it; otherwise (and on v1, which has no kill file or empty notification) it
    * signals each listed pid and reads the list again, bounded by `timeoutMs`.
    */
@@ -201,6 +267,8 @@ export class SandboxCgroups {
         } else {
           for (const pid of await this.members(group)) sendSignal(pid, "SIGKILL");
         }
+        // A task frozen by the v1 freezer does not die of SIGKILL until thawed; the signal is pending first.
+        await this.thaw().catch(() => undefined);
         if (await this.isEmpty(group)) break;
         if (Date.now() >= deadline) {
           throw new CleanupError(`Cannot empty cgroup "${group.dir}": processes ${JSON.stringify(await this.members(group))} remain`);

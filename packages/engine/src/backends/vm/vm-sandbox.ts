@@ -1,6 +1,7 @@
 /**
  * A running VM sandbox as the engine sees it: the agent channel, the egress relay channel, the
- * guest's OOM-kill count (from the init's control port), why the VM died, and teardown.
+ * guest's OOM-kill count (from the init's control port), pause (QMP `stop` / `cont`), why the VM
+ * died, and teardown.
  */
 import { rm } from "node:fs/promises";
 import type { Duplex } from "node:stream";
@@ -11,6 +12,8 @@ import type { ExitStatus, VmProcess } from "./vm-process.js";
 
 /** How long the guest may take to report its OOM-kill count, ms. */
 const STATS_TIMEOUT_MS = 10_000;
+/** How long QEMU may take to answer `stop` / `cont` on its monitor, ms. */
+const QMP_TIMEOUT_MS = 10_000;
 
 export interface VmSandboxParts {
   readonly sandboxId: string;
@@ -47,6 +50,18 @@ export class VmSandbox implements LaunchedSandbox {
   async oomKills(): Promise<number> {
     if (!this.parts.vm.running()) return 0;
     return this.parts.vm.control.oomKills(STATS_TIMEOUT_MS);
+  }
+
+  /** Stops the guest's vCPUs (QMP `stop`); QEMU keeps the guest's memory and devices. */
+  async pause(): Promise<void> {
+    const qmp = await this.parts.vm.qmp(QMP_TIMEOUT_MS);
+    await qmp.execute("stop", undefined, { timeoutMs: QMP_TIMEOUT_MS });
+  }
+
+  /** Starts the guest's vCPUs again (QMP `cont`). */
+  async resume(): Promise<void> {
+    const qmp = await this.parts.vm.qmp(QMP_TIMEOUT_MS);
+    await qmp.execute("cont", undefined, { timeoutMs: QMP_TIMEOUT_MS });
   }
 
   /** Why the VM died (kernel panic, tampered disk, init failure, QEMU error), when known. */
