@@ -491,7 +491,7 @@ test("a paused sandbox is not declared crashed by the heartbeat, refuses calls w
   const backend = new HostProcessBackend("namespace", usable("container"));
   const engine = await engineWith([backend], { heartbeat: { intervalMs: 20, timeoutMs: 100 } });
   try {
-    const sb = await engine.createSandbox({});
+    const sb = await engine.createSandbox({ ...ACK });
     const paused = await engine.pauseSandbox(sb.id);
     assert.equal(paused.state, "paused");
     assert.equal(paused.pause?.by, "caller");
@@ -521,12 +521,12 @@ test("a paused sandbox is not declared crashed by the heartbeat, refuses calls w
 test("the TTL runs on while paused; { ttl: frozen } keeps the remaining time until resume", async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
   try {
-    const running = await engine.createSandbox({ ttlSeconds: 1 });
+    const running = await engine.createSandbox({ ...ACK, ttlSeconds: 1 });
     await engine.pauseSandbox(running.id);
     await until("the paused sandbox expires", async () => (await engine.getSandbox(running.id)).state === "stopped");
     assert.equal((await engine.getSandbox(running.id)).endReason, "expired");
 
-    const frozen = await engine.createSandbox({ ttlSeconds: 1 });
+    const frozen = await engine.createSandbox({ ...ACK, ttlSeconds: 1 });
     const info = await engine.pauseSandbox(frozen.id, { ttl: "frozen" });
     assert.equal(info.pause?.ttl, "frozen");
     assert.ok(info.pause?.remainingSeconds !== undefined && info.pause.remainingSeconds <= 1);
@@ -545,7 +545,7 @@ test("the TTL runs on while paused; { ttl: frozen } keeps the remaining time unt
 test(`onTtl "pause" pauses at expiry with a spent TTL; a resume grants the full TTL again; kill ends it`, async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
   try {
-    const sb = await engine.createSandbox({ ttlSeconds: 1, onTtl: "pause" });
+    const sb = await engine.createSandbox({ ...ACK, ttlSeconds: 1, onTtl: "pause" });
     assert.equal(sb.onTtl, "pause");
     await until("the TTL pauses it", async () => (await engine.getSandbox(sb.id)).state === "paused");
     const info = await engine.getSandbox(sb.id);
@@ -569,8 +569,8 @@ test("a backend that cannot pause refuses pause and onTtl pause with Unsupported
   const cannot = { ...usable("container"), pauseUnsupported: { reason: "no freezer", hint: "mount the freezer" } };
   const engine = await engineWith([new HostProcessBackend("namespace", cannot)]);
   try {
-    await assert.rejects(engine.createSandbox({ onTtl: "pause" }), (err: unknown) => err instanceof UnsupportedCapabilityError && /no freezer/.test(err.message));
-    const sb = await engine.createSandbox({});
+    await assert.rejects(engine.createSandbox({ ...ACK, onTtl: "pause" }), (err: unknown) => err instanceof UnsupportedCapabilityError && /no freezer/.test(err.message));
+    const sb = await engine.createSandbox({ ...ACK });
     await assert.rejects(engine.pauseSandbox(sb.id), UnsupportedCapabilityError);
     assert.equal((await engine.getSandbox(sb.id)).state, "running");
     assert.equal((await (await engine.exec(sb.id, { argv: ["/bin/true"] }, {})).exit).exitCode, 0);
@@ -583,9 +583,9 @@ test("a backend that cannot pause refuses pause and onTtl pause with Unsupported
 test(`onTtl "pause" is part of the signed plan: a plan-admitted create cannot add it, and one planned with it keeps it`, async () => {
   const engine = await engineWith([new HostProcessBackend("namespace", usable("container"))]);
   try {
-    const plain = await engine.planSandbox({ ttlSeconds: 60 });
+    const plain = await engine.planSandbox({ ...ACK, ttlSeconds: 60 });
     await assert.rejects(engine.createSandbox({ ...requestFromPlan(plain), onTtl: "pause" }), /does not describe the plan's workload/);
-    const pausing = await engine.planSandbox({ ttlSeconds: 60, onTtl: "pause" });
+    const pausing = await engine.planSandbox({ ...ACK, ttlSeconds: 60, onTtl: "pause" });
     assert.equal(pausing.plan.ir.onTtl, "pause");
     const sb = await engine.createSandbox(requestFromPlan(pausing));
     assert.equal(sb.onTtl, "pause");
