@@ -194,7 +194,7 @@ function withRepeatedKey(msg: object, pickObject: number, pickKey: number, at: n
   const mark = JSON.stringify(DUP_MARK);
   // The mark is spelled with \u escapes no generated string holds; check it is there once.
   assert.equal(text.split(mark).length, 2);
-  return { text: text.replace(mark, JSON.stringify(key)), key };
+  return { text: text.replace(mark, () => JSON.stringify(key)), key };
 }
 
 /** Adds an own enumerable key, even "__proto__", so JSON.stringify writes it. */

@@ -78,7 +78,7 @@ function withRepeatedKey(message: object, pickObject: number, pickKey: number, o
   Object.defineProperty(target, mark, { value: other === undefined ? target[key] : other, enumerable: true });
   const text = JSON.stringify(objects[0]);
   assert.equal(text.split(JSON.stringify(mark)).length, 2);
-  return { text: text.replace(JSON.stringify(mark), JSON.stringify(key)), key };
+  return { text: text.replace(JSON.stringify(mark), () => JSON.stringify(key)), key };
 }
 
 describe("QmpClient with QEMU", { timeout: 60_000 }, () => {
