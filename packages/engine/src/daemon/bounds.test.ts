@@ -3,7 +3,7 @@
  * the limit (never a 500 from the agent's frame), a stalled body or unfinished headers time out,
  * and a connection past the cap is answered 503 and closed.
  */
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { request } from "node:http";
 import { connect, type Socket } from "node:net";
@@ -19,25 +19,13 @@ import {
   type EngineApi,
   type HealthInfo,
 } from "@mvm/protocol";
-import { buildPeerCredHelper } from "./peer-cred.js";
+import { peerHelper, removePeerHelper, stubEngine } from "./_testing.js";
 import { startDaemonServer, type DaemonLimits, type DaemonServer } from "./server.js";
+
+after(removePeerHelper);
 
 const ID = "sbx_abcdefghijklmnopqrst";
 const HEALTH: HealthInfo = { version: "test", defaultBackend: null, backends: [] };
-
-let helper: Promise<string> | undefined;
-/** One peer-credential helper build shared by the tests of this file. */
-function peerHelper(): Promise<string> {
-  helper ??= (async () => buildPeerCredHelper(await mkdtemp(join(tmpdir(), "mvm-peercred-"))))();
-  return helper;
-}
-
-function stubEngine(overrides: Partial<EngineApi> = {}): EngineApi {
-  const unused = async (): Promise<never> => {
-    throw new InternalError("Not used by this test");
-  };
-  return new Proxy(overrides as EngineApi, { get: (target, key) => (target as unknown as Record<PropertyKey, unknown>)[key] ?? unused });
-}
 
 async function serve(t: { after(fn: () => Promise<void>): void }, engine: EngineApi, limits: DaemonLimits = {}): Promise<DaemonServer> {
   const dir = await mkdtemp(join(tmpdir(), "mvm-daemon-"));

@@ -3,16 +3,19 @@
  * (setpriv): a uid outside the operator group is refused with 403 before any route runs, a
  * member is served, and a member cannot import (or name as a secret) what it could not read.
  */
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { chmod, lstat, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
-import { InternalError, NotFoundError, type EngineApi, type HealthInfo, type ImageInfo } from "@mvm/protocol";
-import { buildPeerCredHelper, parsePeerCredentials, peerAdmitted, resolveGroup } from "./peer-cred.js";
+import { NotFoundError, type EngineApi, type HealthInfo, type ImageInfo } from "@mvm/protocol";
+import { parsePeerCredentials, peerAdmitted, resolveGroup } from "./peer-cred.js";
+import { peerHelper, removePeerHelper, stubEngine } from "./_testing.js";
 import { startDaemonServer, type DaemonServer } from "./server.js";
+
+after(removePeerHelper);
 
 const run = promisify(execFile);
 const ROOT = process.getuid?.() === 0;
@@ -24,19 +27,6 @@ const OPERATORS = 64_999;
 
 const HEALTH: HealthInfo = { version: "test", defaultBackend: null, backends: [] };
 const IMAGE: ImageInfo = { digest: `sha256:${"0".repeat(64)}` as ImageInfo["digest"], refs: ["local/x"], sizeBytes: 0, createdAt: "2026-01-01T00:00:00.000Z" };
-
-let helper: Promise<string> | undefined;
-function peerHelper(): Promise<string> {
-  helper ??= (async () => buildPeerCredHelper(await mkdtemp(join(tmpdir(), "mvm-peercred-"))))();
-  return helper;
-}
-
-function stubEngine(overrides: Partial<EngineApi>): EngineApi {
-  const unused = async (): Promise<never> => {
-    throw new InternalError("Not used by this test");
-  };
-  return new Proxy(overrides as EngineApi, { get: (target, key) => (target as unknown as Record<PropertyKey, unknown>)[key] ?? unused });
-}
 
 /**
  * A daemon with operator group OPERATORS. Its directories are then opened to everyone (0711,
