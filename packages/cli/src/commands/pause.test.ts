@@ -25,7 +25,7 @@ test("create --on-ttl pause asks for a pause at the TTL; a bad action or id is a
   const engine = new FakeEngine();
   const created = await cli(["create", "--ttl", "60", "--on-ttl", "pause"], { engine });
   assert.equal(created.code, 0, created.stderr);
-  assert.deepEqual(engine.lastCreate, { ttlSeconds: 60, onTtl: "pause" });
+  assert.deepEqual(engine.lastCreate, { ttlSeconds: 60, onTtl: "pause", acknowledgeContainerTier: true });
   const bad = await cli(["create", "--on-ttl", "sleep"], { engine });
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /Invalid value "sleep" for --on-ttl/);
