@@ -166,15 +166,24 @@ export class SandboxCgroups {
    */
   async freeze(timeoutMs: number): Promise<void> {
     const group = this.freezerGroup();
-    const { file, frozen } = freezerFile(group);
+    const { file, frozen, thawed } = freezerFile(group);
+    const v1 = file.endsWith("freezer.state");
     await writeFile(file, frozen, { flag: "w" });
     const deadline = Date.now() + timeoutMs;
-    while (!(await isFrozen(group))) {
+    for (let attempt = 1; !(await isFrozen(group)); attempt++) {
       if (Date.now() >= deadline) {
         await this.thaw().catch(() => undefined);
         throw new TimeoutError(`Cannot freeze cgroup "${group.dir}": not frozen within ${timeoutMs} ms`);
       }
-      await delay(5);
+      // The v1 freezer freezes the tasks present when FROZEN is written: a child forked during
+      // that pass keeps the group FREEZING until FROZEN is written again, and a task caught in
+      // some kernel waits (vfork) until the group is thawed once and frozen anew.
+      if (v1 && attempt % 50 === 0) {
+        await writeFile(file, thawed, { flag: "r+" });
+        await delay(10);
+      }
+      if (v1) await writeFile(file, frozen, { flag: "r+" });
+      await delay(attempt < 20 ? 1 : 5);
     }
   }
 
