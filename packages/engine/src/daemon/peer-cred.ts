@@ -5,13 +5,11 @@
  * connect(). It is compiled once with the system C compiler and kept, keyed by the digest of its
  * source and flags, in a directory only the daemon's uid can write.
  */
-import { execFile, spawn } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
-import { mkdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { spawn } from "node:child_process";
 import type { Socket } from "node:net";
-import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { InternalError, InvalidArgumentError, PermissionDeniedError, UnsupportedCapabilityError } from "@mvm/protocol";
+import { InternalError, InvalidArgumentError, PermissionDeniedError } from "@mvm/protocol";
+import { buildCProgram, run } from "../_internal/c-program.js";
 
 /** The credentials of a connected peer, as of its connect(). */
 export interface PeerCredentials {
@@ -58,46 +56,23 @@ function sourcePath(): string {
   return fileURLToPath(new URL("../../host/mvm-peercred.c", import.meta.url));
 }
 
-function run(file: string, args: readonly string[], timeoutMs: number): Promise<{ stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(file, args, { encoding: "utf8", timeout: timeoutMs, killSignal: "SIGKILL", env: { PATH: process.env.PATH ?? "/usr/bin:/bin", LC_ALL: "C" } }, (err, stdout, stderr) => {
-      if (err) reject(Object.assign(err, { stderr }));
-      else resolve({ stdout, stderr });
-    });
-  });
-}
-
 /**
  * Compiles the helper into `outRoot/<key>/mvm-peercred` (or finds it there) and returns its path.
  * `outRoot` must be a directory the daemon alone can write (its runtime directory's children).
  * @throws UnsupportedCapabilityError when no C compiler works
  */
 export async function buildPeerCredHelper(outRoot: string, ccPath = "cc"): Promise<string> {
-  const source = await readFile(sourcePath());
-  let version: string;
-  try {
-    version = (await run(ccPath, ["--version"], 30_000)).stdout;
-  } catch (err) {
-    throw new UnsupportedCapabilityError(`Cannot check daemon peers: C compiler "${ccPath}" does not run`, { cause: err, hint: COMPILER_HINT });
-  }
-  const key = createHash("sha256").update(source).update("\0").update(version).update("\0").update(CFLAGS.join(" ")).digest("hex").slice(0, 32);
-  const dir = join(outRoot, key);
-  const path = join(dir, HELPER_NAME);
-  if (await stat(path).then((s) => s.isFile(), () => false)) return path;
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const tmp = join(dir, `.${HELPER_NAME}.${randomBytes(6).toString("hex")}.tmp`);
-  try {
-    await run(ccPath, [...CFLAGS, "-o", tmp, sourcePath()], 120_000);
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    const detail = String((err as { stderr?: unknown }).stderr ?? "").trim().slice(0, 2000);
-    throw new UnsupportedCapabilityError(`Cannot build the daemon's peer-credential helper with "${ccPath}"${detail ? `: ${detail}` : ""}`, {
-      cause: err,
-      hint: COMPILER_HINT,
-    });
-  }
-  return path;
+  const built = await buildCProgram({
+    sourcePath: sourcePath(),
+    name: HELPER_NAME,
+    cflags: CFLAGS,
+    outRoot,
+    dirMode: 0o700,
+    what: "build the daemon's peer-credential helper",
+    hint: COMPILER_HINT,
+    ccPath,
+  });
+  return built.path;
 }
 
 /** Parses the helper's output; undefined when it is not exactly what the helper prints. */
@@ -145,7 +120,7 @@ export async function resolveGroup(group: string): Promise<number> {
   if (!/^[A-Za-z_][A-Za-z0-9_.-]{0,63}\$?$/.test(group)) throw new InvalidArgumentError(`Invalid group name "${group.slice(0, 64)}"`);
   let line: string;
   try {
-    line = (await run("getent", ["group", group], 10_000)).stdout.split("\n")[0] ?? "";
+    line = (await run("getent", ["group", group], { timeoutMs: 10_000, signal: undefined })).stdout.split("\n")[0] ?? "";
   } catch (err) {
     throw new InvalidArgumentError(`Group "${group}" does not exist`, { cause: err, hint: `Create it (groupadd ${group}) or pass a numeric gid` });
   }

@@ -7,18 +7,10 @@
  * It is compiled on the host with the system C compiler and stored as
  * `outRoot/<sha256 of source, compiler version and flags>/mvm-guest`, reused when present.
  */
-import { execFile, type ExecFileException } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
-import { access, chmod, mkdir, readFile, rename, rm } from "node:fs/promises";
-import { isAbsolute, join } from "node:path";
+import { access } from "node:fs/promises";
+import { isAbsolute } from "node:path";
 import { fileURLToPath } from "node:url";
-import {
-  AbortedError,
-  InternalError,
-  InvalidArgumentError,
-  TimeoutError,
-  UnsupportedCapabilityError,
-} from "@mvm/protocol";
+import { buildCProgram, run, type CProgram, type RunOptions } from "../../_internal/c-program.js";
 
 /** The C source, found relative to this module (dist/backends/vm/ → packages/engine/guest/). */
 export function guestHelperSourcePath(): string {
@@ -32,8 +24,6 @@ export const GUEST_HELPER_NAME = "mvm-guest";
 export const GUEST_HELPER_CFLAGS: readonly string[] = ["-std=c11", "-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror"];
 
 const COMPILER_HINT = "Install a C compiler and static C library (Debian: apt-get install gcc libc6-dev)";
-/** Compiler diagnostics kept in an error message, in characters. */
-const MAX_DIAGNOSTICS_CHARS = 2000;
 
 export interface BuildGuestHelperOptions {
   /** Directory holding built helpers (absolute). Created 0755 if missing. */
@@ -45,12 +35,8 @@ export interface BuildGuestHelperOptions {
   readonly signal?: AbortSignal;
 }
 
-export interface GuestHelper {
-  /** Absolute path of the static executable. */
-  readonly path: string;
-  /** `sha256:<hex>` of the executable. */
-  readonly digest: string;
-}
+/** The static executable and its digest. */
+export type GuestHelper = CProgram;
 
 /**
  * True when `elf` is a 64-bit little-endian ELF file with no program interpreter (PT_INTERP)
@@ -72,144 +58,26 @@ export function isStaticElf(elf: Uint8Array): boolean {
   return !bytes.includes("/ld-linux");
 }
 
-interface RunResult {
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-interface RunOptions {
-  readonly timeoutMs: number;
-  readonly signal: AbortSignal | undefined;
-}
-
-class RunFailure extends Error {
-  constructor(
-    readonly error: ExecFileException,
-    readonly stderr: string,
-  ) {
-    super(error.message, { cause: error });
-  }
-}
-
-function run(file: string, args: readonly string[], options: RunOptions): Promise<RunResult> {
-  const env: NodeJS.ProcessEnv = { PATH: process.env["PATH"] ?? "/usr/local/bin:/usr/bin:/bin", LC_ALL: "C" };
-  if (process.env["TMPDIR"] !== undefined) env["TMPDIR"] = process.env["TMPDIR"];
-  return new Promise((resolve, reject) => {
-    execFile(
-      file,
-      args,
-      {
-        env,
-        encoding: "utf8",
-        timeout: options.timeoutMs,
-        killSignal: "SIGKILL",
-        maxBuffer: 1024 * 1024,
-        ...(options.signal ? { signal: options.signal } : {}),
-      },
-      (error, stdout, stderr) => {
-        if (error) reject(new RunFailure(error, stderr));
-        else resolve({ stdout, stderr });
-      },
-    );
-  });
-}
-
-function diagnostics(stderr: string): string {
-  const text = stderr.trim();
-  return text.length > MAX_DIAGNOSTICS_CHARS ? `${text.slice(0, MAX_DIAGNOSTICS_CHARS)}…` : text;
-}
-
-/** Turns a failed compiler run into the error the caller sees. */
-function compilerError(err: unknown, ccPath: string, what: string, options: RunOptions): Error {
-  if (!(err instanceof RunFailure)) return new InternalError(`Cannot ${what} with "${ccPath}"`, { cause: err });
-  const { error, stderr } = err;
-  if (options.signal?.aborted || error.name === "AbortError") {
-    return new AbortedError(`Building the guest helper with "${ccPath}" was aborted`, { cause: err });
-  }
-  if (error.killed === true) {
-    return new TimeoutError(`Cannot ${what} with "${ccPath}": no result within ${options.timeoutMs} ms`, { cause: err });
-  }
-  if (error.code === "ENOENT" || error.code === "EACCES") {
-    return new UnsupportedCapabilityError(`Cannot ${what}: C compiler "${ccPath}" not found`, { cause: err, hint: COMPILER_HINT });
-  }
-  const detail = diagnostics(stderr);
-  return new UnsupportedCapabilityError(`Cannot ${what} with "${ccPath}"${detail === "" ? "" : `: ${detail}`}`, {
-    cause: err,
-    hint: COMPILER_HINT,
-  });
-}
-
-async function compilerVersion(ccPath: string, options: RunOptions): Promise<string> {
-  try {
-    return (await run(ccPath, ["--version"], options)).stdout;
-  } catch (err) {
-    throw compilerError(err, ccPath, "build the guest helper", options);
-  }
-}
-
-/** The stored helper at `path` when it is there and static; undefined otherwise. */
-async function storedHelper(path: string): Promise<GuestHelper | undefined> {
-  let bytes: Buffer;
-  try {
-    bytes = await readFile(path);
-  } catch {
-    return undefined;
-  }
-  if (!isStaticElf(bytes)) return undefined;
-  return { path, digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}` };
-}
-
 /**
  * Compiles the guest helper statically (or finds the same build already stored).
  * Throws UnsupportedCapabilityError (with a hint) when there is no compiler or it cannot link
  * a static executable, TimeoutError / AbortedError when a compiler run is cut short.
  * @example const { path } = await buildGuestHelper({ outRoot: "/var/lib/mvm/guest-helper" });
  */
-export async function buildGuestHelper(options: BuildGuestHelperOptions): Promise<GuestHelper> {
-  const { outRoot } = options;
-  if (!isAbsolute(outRoot)) throw new InvalidArgumentError(`Invalid outRoot "${outRoot}": must be an absolute path`);
-  const ccPath = options.ccPath ?? "cc";
-  const runOptions: RunOptions = { timeoutMs: options.timeoutMs ?? 120_000, signal: options.signal };
-  const sourcePath = guestHelperSourcePath();
-  let source: Buffer;
-  try {
-    source = await readFile(sourcePath);
-  } catch (err) {
-    throw new InternalError(`Cannot read the guest helper source "${sourcePath}"`, { cause: err });
-  }
-  const version = await compilerVersion(ccPath, runOptions);
-  const key = createHash("sha256")
-    .update(source)
-    .update("\0")
-    .update(version)
-    .update("\0")
-    .update(GUEST_HELPER_CFLAGS.join(" "))
-    .digest("hex");
-  const dir = join(outRoot, key);
-  const path = join(dir, GUEST_HELPER_NAME);
-  const stored = await storedHelper(path);
-  if (stored) return stored;
-
-  await mkdir(dir, { recursive: true, mode: 0o755 });
-  const tmp = join(dir, `.${GUEST_HELPER_NAME}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
-  try {
-    try {
-      await run(ccPath, [...GUEST_HELPER_CFLAGS, "-o", tmp, sourcePath], runOptions);
-    } catch (err) {
-      throw compilerError(err, ccPath, "build the guest helper", runOptions);
-    }
-    const bytes = await readFile(tmp);
-    if (!isStaticElf(bytes)) {
-      throw new UnsupportedCapabilityError(`Cannot build the guest helper with "${ccPath}": the result is not a static executable`, {
-        hint: COMPILER_HINT,
-      });
-    }
-    await chmod(tmp, 0o555);
-    await rename(tmp, path);
-    return { path, digest: `sha256:${createHash("sha256").update(bytes).digest("hex")}` };
-  } finally {
-    await rm(tmp, { force: true });
-  }
+export function buildGuestHelper(options: BuildGuestHelperOptions): Promise<GuestHelper> {
+  return buildCProgram({
+    sourcePath: guestHelperSourcePath(),
+    name: GUEST_HELPER_NAME,
+    cflags: GUEST_HELPER_CFLAGS,
+    outRoot: options.outRoot,
+    dirMode: 0o755,
+    what: "build the guest helper",
+    hint: COMPILER_HINT,
+    ccPath: options.ccPath,
+    timeoutMs: options.timeoutMs,
+    signal: options.signal,
+    refuse: (bytes) => (isStaticElf(bytes) ? undefined : "the result is not a static executable"),
+  });
 }
 
 /**
