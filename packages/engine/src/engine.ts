@@ -52,6 +52,9 @@ import {
   type WriteFileOptions,
   STRICT_SECRETS_ENV,
   envFlagOn,
+  type ForkApiRequest,
+  type SnapshotApiRequest,
+  type SnapshotInfo,
 } from "@mvm/protocol";
 import { z } from "zod";
 import type { Backend, ProbeResult } from "./backends/types.js";
@@ -603,6 +606,23 @@ export class Engine implements EngineApi {
     const sandbox = this.#get(id);
     await sandbox.resume();
     return sandbox.info;
+  }
+
+  // Snapshots: being built (issue 12); each call is refused until it is.
+  async snapshotSandbox(_id: string, _request: SnapshotApiRequest): Promise<SnapshotInfo> {
+    throw new UnsupportedCapabilityError("Snapshots are not available yet");
+  }
+  async forkSandbox(_id: string, _request?: ForkApiRequest): Promise<SandboxInfo[]> {
+    throw new UnsupportedCapabilityError("Fork is not available yet");
+  }
+  async listSnapshots(): Promise<SnapshotInfo[]> {
+    return [];
+  }
+  async getSnapshot(ref: string): Promise<SnapshotInfo> {
+    throw new NotFoundError(`Snapshot "${ref}" not found`);
+  }
+  async deleteSnapshot(ref: string): Promise<void> {
+    throw new NotFoundError(`Snapshot "${ref}" not found`);
   }
 
   #get(id: string): LiveSandbox {

@@ -9,6 +9,7 @@ import { NetworkPolicySchema, PortSchema } from "./network-policy.js";
 import { SecretPosture, SecretsSpecSchema } from "./secret-ref.js";
 import { BackendName, MAX_PUBLISHED_PORTS, PortSpec, Sha256DigestSchema, Tier } from "./api-base.js";
 import { IntentSchema, SignedPlan } from "./plan.js";
+import { SnapshotRefSchema } from "./snapshot-api.js";
 import {
   MAX_EXEC_COMMAND_BYTES,
   MAX_EXEC_STDIN_BASE64_CHARS,
@@ -132,6 +133,12 @@ export const CreateSandboxRequest = z.strictObject({
   acknowledgeContainerTier: z.boolean().optional(),
   /** Refuse plain-text secrets in env instead of warning; the engine's own setting also applies. */
   strictSecrets: z.boolean().optional(),
+  /**
+   * Start from this snapshot (id or digest) instead of a fresh image: its files (and, on the VM
+   * tier, its memory and running processes) come back. The image, backend and sizes are the
+   * snapshot's; a request that names others is refused.
+   */
+  fromSnapshot: SnapshotRefSchema.optional(),
 }).superRefine((req, ctx) => {
   if (req.env !== undefined) {
     const bytes = jsonBytes(req.env);

@@ -18,6 +18,7 @@ import type { FileInfo, KillSignal, ProcessInfo } from "./messages.js";
 import type { NetworkEventsPage, SecretMeta } from "./api-responses.js";
 import type { NetworkPolicyJson } from "./network-policy.js";
 import type { SignedPlan } from "./plan.js";
+import type { ForkApiRequest, SnapshotApiRequest, SnapshotInfo } from "./snapshot-api.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -130,6 +131,20 @@ export interface EngineApi {
   pauseSandbox(id: string, request?: PauseApiRequest, options?: CallOptions): Promise<SandboxInfo>;
   /** Thaws a paused sandbox; resuming a running one is a no-op. */
   resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo>;
+
+  /**
+   * Captures the sandbox's state into the host's snapshot store (the sandbox keeps running).
+   * VM tier: memory, devices and /work (`memory: true`, the default). Container tier: /work and
+   * /tmp (`memory: false`, the default; memory is UnsupportedCapabilityError there).
+   */
+  snapshotSandbox(id: string, request: SnapshotApiRequest, options?: CallOptions): Promise<SnapshotInfo>;
+  /** Starts `count` sandboxes from the sandbox's current state; each gets a fresh identity. */
+  forkSandbox(id: string, request?: ForkApiRequest, options?: CallOptions): Promise<SandboxInfo[]>;
+  listSnapshots(options?: CallOptions): Promise<SnapshotInfo[]>;
+  /** A snapshot by id or digest; NotFoundError when there is none. */
+  getSnapshot(ref: string, options?: CallOptions): Promise<SnapshotInfo>;
+  /** Deletes a snapshot (its chunks go once no other snapshot uses them); NotFoundError when there is none. */
+  deleteSnapshot(ref: string, options?: CallOptions): Promise<void>;
 
   exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted>;
   signalProcess(id: string, proc: number, signal: KillSignal, options?: CallOptions): Promise<void>;

@@ -32,6 +32,8 @@ import {
   type WriteFileOptions,
   type SignedPlan,
   type AuditReceiptRef,
+  type SnapshotInfo,
+  UnsupportedCapabilityError,
 } from "@mvm/protocol";
 import type { z } from "zod";
 import { CallScope } from "./_internal/call-scope.js";
@@ -127,6 +129,23 @@ export class DaemonClient implements EngineApi {
 
   resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
     return this.#json("resumeSandbox", options, { method: "POST", path: `${sandboxPath(id)}/resume`, ...jsonBody({}) }, wire.SandboxInfo);
+  }
+
+  // Snapshot calls: not wired to the daemon yet.
+  snapshotSandbox(): Promise<SnapshotInfo> {
+    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available over this connection yet"));
+  }
+  forkSandbox(): Promise<SandboxInfo[]> {
+    return Promise.reject(new UnsupportedCapabilityError("Fork is not available over this connection yet"));
+  }
+  listSnapshots(): Promise<SnapshotInfo[]> {
+    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available over this connection yet"));
+  }
+  getSnapshot(): Promise<SnapshotInfo> {
+    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available over this connection yet"));
+  }
+  deleteSnapshot(): Promise<void> {
+    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available over this connection yet"));
   }
 
   /**

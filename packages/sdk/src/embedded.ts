@@ -29,6 +29,9 @@ import {
   type WriteFileOptions,
   type SignedPlan,
   type AuditReceiptRef,
+  type SnapshotInfo,
+  type ForkApiRequest,
+  type SnapshotApiRequest,
 } from "@mvm/protocol";
 
 /** Loads the engine module; replaceable in tests. */
@@ -149,6 +152,21 @@ export class EmbeddedEngine implements EngineApi {
   }
   resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.resumeSandbox(id, options);
+  }
+  snapshotSandbox(id: string, request: SnapshotApiRequest, options?: CallOptions): Promise<SnapshotInfo> {
+    return this.#engine.snapshotSandbox(id, request, options);
+  }
+  forkSandbox(id: string, request?: ForkApiRequest, options?: CallOptions): Promise<SandboxInfo[]> {
+    return this.#engine.forkSandbox(id, request, options);
+  }
+  listSnapshots(options?: CallOptions): Promise<SnapshotInfo[]> {
+    return this.#engine.listSnapshots(options);
+  }
+  getSnapshot(ref: string, options?: CallOptions): Promise<SnapshotInfo> {
+    return this.#engine.getSnapshot(ref, options);
+  }
+  deleteSnapshot(ref: string, options?: CallOptions): Promise<void> {
+    return this.#engine.deleteSnapshot(ref, options);
   }
   exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
     return this.#engine.exec(id, request, handlers, options);

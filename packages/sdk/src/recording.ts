@@ -36,6 +36,7 @@ import {
   type SandboxInfo,
   type SecretMeta,
   type SignedPlan,
+  type SnapshotInfo,
 } from "@mvm/protocol";
 
 /** The environment variable naming the file a recording is written to at exit. */
@@ -166,6 +167,23 @@ export class RecordingEngine implements EngineApi {
     const entry = this.#get(id);
     if (entry.info.state === "paused") entry.info = { ...entry.info, state: "running" };
     return entry.info;
+  }
+
+  // Snapshot calls: not wired to the daemon yet.
+  snapshotSandbox(): Promise<SnapshotInfo> {
+    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available in record mode yet"));
+  }
+  forkSandbox(): Promise<SandboxInfo[]> {
+    return Promise.reject(new UnsupportedCapabilityError("Fork is not available in record mode yet"));
+  }
+  listSnapshots(): Promise<SnapshotInfo[]> {
+    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available in record mode yet"));
+  }
+  getSnapshot(): Promise<SnapshotInfo> {
+    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available in record mode yet"));
+  }
+  deleteSnapshot(): Promise<void> {
+    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available in record mode yet"));
   }
 
   async killSandbox(id: string): Promise<SandboxInfo> {

@@ -30,6 +30,7 @@ import {
   type WriteFileOptions,
   UnsupportedCapabilityError,
   type SignedPlan,
+  type SnapshotInfo,
 } from "@mvm/protocol";
 
 export const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
@@ -189,6 +190,23 @@ export class FakeEngine implements EngineApi {
     this.sandboxes.set(id, resumed);
     return resumed;
   }
+  // Snapshot calls: answered once the fake learns them.
+  snapshotSandbox(): Promise<SnapshotInfo> {
+    return Promise.reject(new UnsupportedCapabilityError("FakeEngine: snapshots not faked"));
+  }
+  forkSandbox(): Promise<SandboxInfo[]> {
+    return Promise.reject(new UnsupportedCapabilityError("FakeEngine: fork not faked"));
+  }
+  async listSnapshots(): Promise<SnapshotInfo[]> {
+    return [];
+  }
+  getSnapshot(ref: string): Promise<SnapshotInfo> {
+    return Promise.reject(new NotFoundError(`Snapshot "${ref}" not found`));
+  }
+  deleteSnapshot(ref: string): Promise<void> {
+    return Promise.reject(new NotFoundError(`Snapshot "${ref}" not found`));
+  }
+
 
   async killSandbox(id: string): Promise<SandboxInfo> {
     this.calls.push(`killSandbox ${id}`);

@@ -51,6 +51,52 @@ export interface LaunchSpec {
    * at TRUST_BUNDLE_PATH, and over SYSTEM_TRUST_BUNDLE_PATH when the image has that file.
    */
   readonly trustBundlePem?: string;
+  /**
+   * Start from a snapshot instead of a fresh image state. The engine has checked the snapshot's
+   * shape against this spec and verified every part; the paths are engine-owned read-only
+   * templates that the backend copies (never writes, never hands to the guest writable).
+   */
+  readonly restore?: RestoreSpec;
+}
+
+/** The files of one captured sandbox state, one per part (all optional: a tier writes what it has). */
+export interface SnapshotParts {
+  /** vm: guest RAM as a flat file (a memory-backend-file image). */
+  readonly ram?: string;
+  /** vm: QEMU's device state stream (saved with x-ignore-shared: RAM not in it). */
+  readonly device?: string;
+  /** vm: the work disk image; container: a tar archive of /work. */
+  readonly work?: string;
+  /** container: a tar archive of /tmp. */
+  readonly tmp?: string;
+}
+
+/** What `LaunchedSandbox.snapshot` is asked for. */
+export interface SnapshotCapture {
+  /** Capture process memory (vm only; the container tier throws UnsupportedCapabilityError). */
+  readonly memory: boolean;
+  /** An empty engine-owned directory (0700) for the part files; the engine removes it afterwards. */
+  readonly dir: string;
+  readonly signal?: AbortSignal;
+}
+
+/** What a backend captured: the part files (inside `SnapshotCapture.dir`) and the shape a restore needs. */
+export interface BackendSnapshot {
+  readonly parts: SnapshotParts;
+  /** Backend facts a restore must match exactly (vm: kernel, initramfs, QEMU identity, vCPUs, RAM). */
+  readonly shape: {
+    readonly kernelDigest?: string;
+    readonly initramfsDigest?: string;
+    readonly qemu?: string;
+    readonly cpus?: number;
+    readonly memoryMiB?: number;
+  };
+}
+
+export interface RestoreSpec {
+  readonly memory: boolean;
+  readonly parts: SnapshotParts;
+  readonly shape: BackendSnapshot["shape"];
 }
 
 /** What the engine records (in the sandbox's state file) so a later engine can reap it after a crash. */
@@ -86,6 +132,13 @@ export interface LaunchedSandbox {
   pause(): Promise<void>;
   /** Lets a paused sandbox run again. Idempotent. */
   resume(): Promise<void>;
+  /**
+   * Captures the sandbox's state into `capture.dir` and leaves the sandbox as it was (running or
+   * paused). With `memory`, the engine has already quiesced the agent channel (the agent is
+   * waiting for a start or resume line) and resumes it afterwards. Throws
+   * UnsupportedCapabilityError for a capture this backend cannot make; absent: no snapshots.
+   */
+  snapshot?(capture: SnapshotCapture): Promise<BackendSnapshot>;
   /** Kills every process of the sandbox and releases every resource, paused or not. Idempotent. */
   destroy(): Promise<void>;
   /** Why the sandbox died (e.g. "the guest kernel panicked: ..."), when the backend can tell. */

@@ -41,6 +41,7 @@ import {
   type Sha256Digest,
   type WriteFileOptions,
   type SignedPlan,
+  type SnapshotInfo,
 } from "@mvm/protocol";
 import { CHUNK, FakeProc, runProgram, type Entry, type FakeSandbox } from "./fake-process.js";
 
@@ -132,6 +133,23 @@ export class FakeEngine implements EngineApi {
     sb.info = { ...rest, state: sb.info.state === "paused" ? "running" : sb.info.state };
     return sb.info;
   }
+  // Snapshot calls: answered once the fake learns them.
+  snapshotSandbox(): Promise<SnapshotInfo> {
+    return Promise.reject(new UnsupportedCapabilityError("FakeEngine: snapshots not faked"));
+  }
+  forkSandbox(): Promise<SandboxInfo[]> {
+    return Promise.reject(new UnsupportedCapabilityError("FakeEngine: fork not faked"));
+  }
+  async listSnapshots(): Promise<SnapshotInfo[]> {
+    return [];
+  }
+  getSnapshot(ref: string): Promise<SnapshotInfo> {
+    return Promise.reject(new NotFoundError(`Snapshot "${ref}" not found`));
+  }
+  deleteSnapshot(ref: string): Promise<void> {
+    return Promise.reject(new NotFoundError(`Snapshot "${ref}" not found`));
+  }
+
 
   async killSandbox(id: string): Promise<SandboxInfo> {
     const sb = this.#sandbox(id, true);
