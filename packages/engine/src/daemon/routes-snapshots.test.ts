@@ -42,9 +42,10 @@ async function serve(t: { after(fn: () => Promise<void>): void }, engine: Engine
   return server;
 }
 
-function call(socketPath: string, method: string, path: string, body?: string): Promise<{ status: number; body: string }> {
+function call(socketPath: string, method: string, path: string, body?: string, accept?: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const headers = body === undefined ? {} : { "Content-Type": "application/json" };
+    const headers: Record<string, string> = body === undefined ? {} : { "Content-Type": "application/json" };
+    if (accept !== undefined) headers.Accept = accept;
     const req = request({ socketPath, method, path, headers }, (res) => {
       let text = "";
       res.setEncoding("utf8").on("data", (c: string) => (text += c));
@@ -112,6 +113,33 @@ test("snapshot, fork, list, get and delete pass their arguments to the engine an
     `get ${DIGEST}`,
     `delete ${DIGEST}`,
   ]);
+});
+
+test("with Accept: application/x-ndjson, snapshot and fork answer at once and then one result or error line", async (t) => {
+  let fail = false;
+  const child = { id: "sbx_bbbbbbbbbbbbbbbbbbbb", state: "running" } as unknown as SandboxInfo;
+  const server = await serve(t, stubEngine({
+    snapshotSandbox: async () => {
+      if (fail) throw new NotFoundError(`No sandbox "${ID}"`);
+      return SNAPSHOT;
+    },
+    forkSandbox: async () => [child],
+  }));
+  const s = server.socketPath;
+  const ndjson = "application/x-ndjson";
+  const body = JSON.stringify({ retention: { manual: true } });
+  const taken = await call(s, "POST", `/v1/sandboxes/${ID}/snapshots`, body, ndjson);
+  assert.equal(taken.status, 200);
+  assert.deepEqual(taken.body.split("\n").filter(Boolean).map((l) => JSON.parse(l)), [{ type: "result", snapshot: SNAPSHOT }]);
+  const forked = await call(s, "POST", `/v1/sandboxes/${ID}/fork`, "{}", ndjson);
+  assert.deepEqual(forked.body.split("\n").filter(Boolean).map((l) => JSON.parse(l)), [{ type: "result", sandboxes: [child] }]);
+  fail = true;
+  const failed = await call(s, "POST", `/v1/sandboxes/${ID}/snapshots`, body, ndjson);
+  assert.equal(failed.status, 200);
+  const [line, ...rest] = failed.body.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { type: string; error: { code: string } });
+  assert.equal(rest.length, 0);
+  assert.equal(line?.type, "error");
+  assert.equal(line?.error.code, "NOT_FOUND");
 });
 
 test("bad snapshot and fork requests are typed 4xx answers and never reach the engine", async (t) => {
