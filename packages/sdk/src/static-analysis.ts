@@ -263,7 +263,7 @@ class Analyzer {
       const scratch: Found = { location: found.location, request: {}, commands: [], complete: true, forks: [] };
       const options = this.#value(arg, "fork", scratch);
       const given = options !== null && typeof options === "object" ? (options as { count?: unknown }).count : undefined;
-      if (options === NOT_STATIC || (given !== undefined && typeof given !== "number")) count = undefined;
+      if (options === NOT_STATIC || !scratch.complete || (given !== undefined && typeof given !== "number")) count = undefined;
       else if (typeof given === "number") count = given;
     }
     found.forks.push({ location: this.#at(node.getStart(this.#sf)), count });
