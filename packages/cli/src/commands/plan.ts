@@ -85,7 +85,8 @@ export const planCommand = defineCommand<PlanCommandOptions>({
       for (const w of analysis.workloads) {
         const at = `${options.file}:${w.location.line}:${w.location.column}`;
         for (const f of w.forks) {
-          ctx.out.note(`${options.file}:${f.location.line}:${f.location.column}: forks ${f.count ?? "some"} sandbox(es) from the sandbox of line ${w.location.line} when the script runs; they are admitted then, not planned here`);
+          const what = f.count === undefined ? "sandboxes" : f.count === 1 ? "1 sandbox" : `${f.count} sandboxes`;
+          ctx.out.note(`${options.file}:${f.location.line}:${f.location.column}: forks ${what} from the sandbox of line ${w.location.line} when the script runs; they are admitted then, not planned here`);
         }
         if (w.origin !== undefined) {
           ctx.out.note(`${at}: not planned: it starts from the snapshot the script takes at line ${w.origin.snapshot.line}; it is admitted when the script runs`);
