@@ -139,14 +139,19 @@ export class DaemonClient implements EngineApi {
    * createSandbox): the daemon answers as an NDJSON stream, so only the call's own `timeoutMs`
    * or `signal` ends it early.
    */
-  snapshotSandbox(id: string, request: SnapshotApiRequest, options: CallOptions = {}): Promise<SnapshotInfo> {
+  async snapshotSandbox(id: string, request: SnapshotApiRequest, options: CallOptions = {}): Promise<SnapshotInfo> {
     const call = { method: "POST", path: `${sandboxPath(id)}/snapshots`, ...jsonBody(request) } as const;
-    return this.#progressStream("snapshotSandbox", options, call, wire.SnapshotStreamLine, (line) => (line as { snapshot: SnapshotInfo }).snapshot);
+    const snapshot = await this.#progressStream("snapshotSandbox", options, call, wire.SnapshotStreamLine, (line) => (line as { snapshot: SnapshotInfo }).snapshot);
+    if (snapshot.source !== id) {
+      throw new TransportError(`Call "snapshotSandbox" to the daemon at "${this.socketPath}" answered a snapshot of "${snapshot.source}", not of "${id}"`);
+    }
+    return snapshot;
   }
 
   /**
    * Starts `count` sandboxes from the sandbox's current state (no default deadline, like
-   * createSandbox). An answer with another number of sandboxes than asked for is a TransportError.
+   * createSandbox). An answer with another number of sandboxes than asked for, or one naming the
+   * parent or a child twice, is a TransportError.
    */
   async forkSandbox(id: string, request: ForkApiRequest = {}, options: CallOptions = {}): Promise<SandboxInfo[]> {
     const call = { method: "POST", path: `${sandboxPath(id)}/fork`, ...jsonBody(request) } as const;
@@ -161,9 +166,11 @@ export class DaemonClient implements EngineApi {
       (line) => (line as { sandboxes: SandboxInfo[] }).sandboxes,
       maxLineBytes,
     );
-    if (sandboxes.length !== expected) {
-      throw new TransportError(`Call "forkSandbox" to the daemon at "${this.socketPath}" answered ${sandboxes.length} sandboxes for ${expected} asked for`);
-    }
+    const describe = `Call "forkSandbox" to the daemon at "${this.socketPath}"`;
+    if (sandboxes.length !== expected) throw new TransportError(`${describe} answered ${sandboxes.length} sandboxes for ${expected} asked for`);
+    // Each child is handed out as a sandbox to kill when done: none may be the parent or another child.
+    const ids = new Set(sandboxes.map((s) => s.id));
+    if (ids.size !== sandboxes.length || ids.has(id)) throw new TransportError(`${describe} answered sandboxes that are not distinct new sandboxes`);
     return sandboxes;
   }
 

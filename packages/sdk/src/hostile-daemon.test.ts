@@ -275,7 +275,7 @@ test("snapshot answers that are malformed, out of schema, oversized or the wrong
   await as("delete-body", () => client.deleteSnapshot(snap.id), /answered an unexpected body/);
 });
 
-test("a fork answer with fewer sandboxes than asked for is a TransportError", async (t) => {
+test("a fork answer with another number of sandboxes than asked for, or not distinct new ones, is a TransportError", async (t) => {
   const info = {
     id: ID,
     state: "running",
@@ -288,10 +288,38 @@ test("a fork answer with fewer sandboxes than asked for is a TransportError", as
     workMiB: 1024,
     labels: {},
   };
+  const KID = "sbx_bbbbbbbbbbbbbbbbbbbb";
+  let sandboxes: unknown[] = [{ ...info, id: KID }];
   const client = await hostile(t, (s) => {
-    const body = `${JSON.stringify({ type: "result", sandboxes: [info] })}\n`;
+    const body = `${JSON.stringify({ type: "result", sandboxes })}\n`;
     s.end(`HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
   });
-  assert.equal((await client.forkSandbox(ID, { count: 1 })).length, 1);
+  assert.deepEqual((await client.forkSandbox(ID, { count: 1 })).map((s) => s.id), [KID]);
   await assert.rejects(client.forkSandbox(ID, { count: 3 }), isTransport(/answered 1 sandboxes for 3 asked for/));
+  // A child that is the parent (or the same child twice) would be killed as a child: refused.
+  sandboxes = [info];
+  await assert.rejects(client.forkSandbox(ID, { count: 1 }), isTransport(/not distinct new sandboxes/));
+  sandboxes = [{ ...info, id: KID }, { ...info, id: KID }];
+  await assert.rejects(client.forkSandbox(ID, { count: 2 }), isTransport(/not distinct new sandboxes/));
+});
+
+test("a snapshot answer for another sandbox than the one asked for is a TransportError", async (t) => {
+  const snap = {
+    id: "snap_abcdefghijklmnopqrst",
+    digest: `sha256:${"cd".repeat(32)}`,
+    createdAt: "2026-12-07T17:00:00.000Z",
+    retention: { manual: true },
+    tier: "container",
+    memory: false,
+    source: "sbx_bbbbbbbbbbbbbbbbbbbb",
+    image: { digest: `sha256:${"ab".repeat(32)}` },
+    sizes: {},
+    labels: {},
+  };
+  const client = await hostile(t, (s) => {
+    const body = `${JSON.stringify({ type: "result", snapshot: snap })}\n`;
+    s.end(`HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  });
+  await assert.rejects(client.snapshotSandbox(ID, { retention: { manual: true } }), isTransport(/a snapshot of "sbx_b+", not of "sbx_a/));
+  assert.equal((await client.snapshotSandbox(snap.source, { retention: { manual: true } })).id, snap.id);
 });
