@@ -179,8 +179,13 @@ export class DaemonClient implements EngineApi {
     return r.snapshots;
   }
 
+  /** A snapshot by id or digest; an answer naming another snapshot is a TransportError. */
   async getSnapshot(ref: string, options?: CallOptions): Promise<SnapshotInfo> {
-    return this.#json("getSnapshot", options, { method: "GET", path: snapshotPath(ref) }, wire.SnapshotInfo);
+    const snapshot = await this.#json<SnapshotInfo>("getSnapshot", options, { method: "GET", path: snapshotPath(ref) }, wire.SnapshotInfo);
+    if (snapshot.id !== ref && snapshot.digest !== ref) {
+      throw new TransportError(`Call "getSnapshot" to the daemon at "${this.socketPath}" answered snapshot "${snapshot.id}" for "${ref}"`);
+    }
+    return snapshot;
   }
 
   async deleteSnapshot(ref: string, options?: CallOptions): Promise<void> {

@@ -248,6 +248,8 @@ test("snapshot answers that are malformed, out of schema, oversized or the wrong
           return answer(s, 200, JSON.stringify({ snapshots: Array.from({ length: 2000 }, () => snap) }));
         case "get-label":
           return answer(s, 200, JSON.stringify({ ...snap, labels: { k: "v".repeat(257) } }));
+        case "get-other":
+          return answer(s, 200, JSON.stringify(snap));
         case "delete-body":
           return answer(s, 200, JSON.stringify({ deleted: true }));
         default:
@@ -272,6 +274,9 @@ test("snapshot answers that are malformed, out of schema, oversized or the wrong
   await as("list-extra", () => client.listSnapshots(), /invalid body/);
   await as("list-huge", () => client.listSnapshots(), /over the limit of 262144/);
   await as("get-label", () => client.getSnapshot(snap.id), /invalid body/);
+  mode = "get-other";
+  await assert.rejects(client.getSnapshot("snap_zzzzzzzzzzzzzzzzzzzz"), isTransport(/answered snapshot "snap_abcdefghijklmnopqrst" for "snap_z+"/));
+  assert.equal((await client.getSnapshot(snap.digest)).id, snap.id);
   await as("delete-body", () => client.deleteSnapshot(snap.id), /answered an unexpected body/);
 });
 
