@@ -49,12 +49,12 @@ export const snapshotCreateCommand = defineCommand<SnapshotCreateOptions>({
   summary: "Snapshot a sandbox's state and print the snapshot's id",
   usage: "(--ttl SECONDS | --keep) [flags] ID",
   details:
-    "Retention is explicit: --ttl removes the snapshot that long after it is taken (60 to " +
-    `${MAX_SNAPSHOT_TTL_SECONDS} s), --keep keeps it until "mvmctl snapshot rm". The sandbox keeps running.\n` +
-    "VM tier: memory, devices and /work are captured (--memory, the default there), so running processes continue\n" +
-    "in a sandbox started from it. Container tier: /work and /tmp (--no-memory, the default there; --memory is refused).\n" +
-    "A sandbox given secrets in its environment (posture env) is refused unless --include-env-secrets says\n" +
-    "their values may be kept in the snapshot. With --json the snapshot record is printed.",
+    `Retention is explicit: --ttl removes the snapshot that long after it is taken (60 to ${MAX_SNAPSHOT_TTL_SECONDS} s),\n` +
+    '--keep keeps it until "mvmctl snapshot rm". The sandbox keeps running.\n' +
+    "VM tier: memory, devices and /work are captured (--memory, the default there), so running processes\n" +
+    "continue in a sandbox started from it. Container tier: /work and /tmp (--no-memory, the default there;\n" +
+    "--memory is refused). A sandbox given secrets in its environment (posture env) is refused unless\n" +
+    "--include-env-secrets says their values may be kept in the snapshot. With --json the snapshot record is printed.",
   flags: {
     ttl: { type: "string", valueName: "SECONDS", description: "Remove the snapshot this long after it is taken" },
     keep: { type: "boolean", description: "Keep the snapshot until it is removed" },
