@@ -38,8 +38,9 @@ export interface SandboxSnapshotOptions extends CallOptions {
    */
   retention: SnapshotRetention;
   /**
-   * Capture process memory too. @default true on the VM tier, false on the container tier (which
-   * cannot: `true` there is UnsupportedCapabilityError)
+   * Capture process memory too. Each tier does one kind: the VM tier memory, devices and /work
+   * (`true`), the container tier /work and /tmp (`false`); asking for the other kind is
+   * UnsupportedCapabilityError. @default true on the VM tier, false on the container tier
    */
   memory?: boolean;
   /**

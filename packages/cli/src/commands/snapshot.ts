@@ -51,15 +51,16 @@ export const snapshotCreateCommand = defineCommand<SnapshotCreateOptions>({
   details:
     `Retention is explicit: --ttl removes the snapshot that long after it is taken (60 to ${MAX_SNAPSHOT_TTL_SECONDS} s),\n` +
     '--keep keeps it until "mvmctl snapshot rm". The sandbox keeps running.\n' +
-    "VM tier: memory, devices and /work are captured (--memory, the default there), so running processes\n" +
-    "continue in a sandbox started from it. Container tier: /work and /tmp (--no-memory, the default there;\n" +
-    "--memory is refused). A sandbox given secrets in its environment (posture env) is refused unless\n" +
-    "--include-env-secrets says their values may be kept in the snapshot. With --json the snapshot record is printed.",
+    "VM tier: memory, devices and /work are captured (--memory), so running processes continue in a\n" +
+    "sandbox started from it. Container tier: /work and /tmp (--no-memory). Each tier does only its own\n" +
+    "kind, its default, and refuses the other. A sandbox given secrets in its environment (posture env)\n" +
+    "is refused unless --include-env-secrets says their values may be kept in the snapshot.\n" +
+    "With --json the snapshot record is printed.",
   flags: {
     ttl: { type: "string", valueName: "SECONDS", description: "Remove the snapshot this long after it is taken" },
     keep: { type: "boolean", description: "Keep the snapshot until it is removed" },
-    memory: { type: "boolean", description: "Capture process memory too (the VM tier's default)" },
-    "no-memory": { type: "boolean", description: "Capture files only (the container tier's default)" },
+    memory: { type: "boolean", description: "Capture process memory too (the VM tier's kind)" },
+    "no-memory": { type: "boolean", description: "Capture files only (the container tier's kind)" },
     "include-env-secrets": { type: "boolean", description: "Allow a sandbox holding env-posture secrets; their values are kept in the snapshot" },
     label: { type: "string", multiple: true, valueName: "K=V", description: "Attach a label (repeatable)" },
   },
