@@ -14,13 +14,16 @@ import {
   AdmissionError,
   InvalidArgumentError,
   MvmError,
+  NAMESPACE_RELAY_PATH,
   Resources,
   SYSTEM_TRUST_BUNDLE_PATH,
   SandboxIdSchema,
+  SnapshotMismatchError,
   TransportError,
   UnsupportedCapabilityError,
 } from "@mvm/protocol";
 import { readProcStartTime, readProcStartTimeSync } from "../../_internal/proc.js";
+import { agentRuntimeCommand } from "../../runtime/agent-runtime.js";
 import { LOADER_NAME } from "../../runtime/shared-libs.js";
 import type { LaunchSpec } from "../types.js";
 import { CappedLog } from "./agent-log.js";
@@ -32,6 +35,16 @@ import { ReapExtra } from "./reap.js";
 import { RelayListener } from "./relay-listener.js";
 import { SandboxCgroups } from "./sandbox-cgroups.js";
 import { sandboxSeccompProgram } from "./seccomp.js";
+import {
+  RESTORE_SHELL_FD,
+  RESTORE_STATUS_FD,
+  type RestoreFiles,
+  type RestoreOutcome,
+  openRestoreFiles,
+  readRestoreOutcome,
+  restoreCommand,
+} from "./snapshot-restore.js";
+import type { SnapshotTools } from "./snapshot-tools.js";
 import type { SandboxUidAllocator } from "./uid.js";
 
 /** What the backend found on the host, resolved once. */
@@ -208,15 +221,51 @@ function whenSpawned(child: ChildProcess): Promise<void> {
   });
 }
 
+/** The launch error for a restore step that did not report success. */
+async function restoreFailure(spec: LaunchSpec, outcome: RestoreOutcome, log: CappedLog, exited: Promise<ExitStatus>): Promise<SnapshotMismatchError> {
+  await settlesWithin(exited, TEARDOWN_STEP_MS);
+  await log.close(1_000);
+  const said = log.headText().trim().slice(0, 600);
+  const tree = !outcome.ok ? outcome.tree : undefined;
+  const code = !outcome.ok && outcome.code !== undefined ? ` (tar exit code ${outcome.code})` : "";
+  if (tree !== undefined && /No space left on device|Disk quota exceeded|Wrote only \d+ of \d+ bytes/.test(said)) {
+    const capMiB = tree === "work" ? spec.workMiB : spec.tmpMiB;
+    return new SnapshotMismatchError(`Cannot restore sandbox "${spec.sandboxId}": the ${tree} archive does not fit /${tree} of ${capMiB} MiB`, {
+      hint: `create the sandbox with a larger ${tree}MiB`,
+    });
+  }
+  return new SnapshotMismatchError(
+    `Cannot restore sandbox "${spec.sandboxId}": ${tree !== undefined ? `extracting the ${tree} archive failed${code}` : "the restore step ended without reporting"}${said ? `: ${JSON.stringify(said)}` : ""}`,
+  );
+}
+
 /** Starts the sandbox described by `spec`; see NamespaceBackend.launch. */
 export async function launchNamespaceSandbox(
   spec: LaunchSpec,
   host: HostSetup,
   uids: SandboxUidAllocator,
   signal: AbortSignal | undefined,
+  snapshotTools: () => Promise<SnapshotTools>,
 ): Promise<NamespaceSandbox> {
   aborted(spec, signal);
   validateSpec(spec);
+  let restore: RestoreFiles | undefined;
+  if (spec.restore !== undefined) restore = await openRestoreFiles(spec, spec.restore, await snapshotTools());
+  try {
+    return await launchSandbox(spec, host, uids, signal, restore, snapshotTools);
+  } finally {
+    await Promise.all(restore?.handles.map((h) => h.close()) ?? []);
+  }
+}
+
+async function launchSandbox(
+  spec: LaunchSpec,
+  host: HostSetup,
+  uids: SandboxUidAllocator,
+  signal: AbortSignal | undefined,
+  restore: RestoreFiles | undefined,
+  snapshotTools: () => Promise<SnapshotTools>,
+): Promise<NamespaceSandbox> {
   const bwrapPath = host.bwrapPath;
   if (bwrapPath === undefined) {
     throw new UnsupportedCapabilityError("The namespace backend needs bubblewrap, which was not found", { hint: "install bubblewrap 0.8 or newer" });
@@ -238,6 +287,7 @@ export async function launchNamespaceSandbox(
   let spawned: Promise<void> = Promise.resolve();
   let initPidReport: Promise<number> = Promise.reject(new Error("bubblewrap was not started"));
   initPidReport.catch(() => undefined);
+  let restoreReport: Promise<RestoreOutcome> = Promise.resolve({ ok: true });
   let pidStartTime = "";
   try {
     uid = host.isRoot ? await uids.allocate() : undefined;
@@ -255,6 +305,9 @@ export async function launchNamespaceSandbox(
         relaySocketPath: relay.path,
         ...(spec.trustBundlePem !== undefined
           ? { trustBundle: { fd: TRUST_BUNDLE_FD, ...(systemTrustBundle ? { systemFd: SYSTEM_TRUST_BUNDLE_FD } : {}) } }
+          : {}),
+        ...(restore !== undefined
+          ? { restoreShellFd: RESTORE_SHELL_FD, command: restoreCommand(restore, agentRuntimeCommand({ relayPath: NAMESPACE_RELAY_PATH })) }
           : {}),
       },
       ARGS_FD,
@@ -279,8 +332,11 @@ export async function launchNamespaceSandbox(
       });
       // bubblewrap forks the sandbox's pid 1, which keeps bubblewrap's command line and
       // environment for the workload to read: it starts with no variables, in /.
+      // A restore adds its status pipe at RESTORE_STATUS_FD and its files from RESTORE_SHELL_FD on.
+      const restoreStdio: Array<number | "ignore" | "pipe"> =
+        restore === undefined ? [] : [trustFds[0] ?? "ignore", trustFds[1] ?? "ignore", "pipe", ...restore.handles.map((h) => h.fd)];
       child = spawn(argv[0] ?? "/bin/sh", argv.slice(1), {
-        stdio: ["pipe", "pipe", "pipe", seccompFd, "pipe", argsFd, ...trustFds],
+        stdio: ["pipe", "pipe", "pipe", seccompFd, "pipe", argsFd, ...(restore === undefined ? trustFds : restoreStdio)],
         detached: true,
         cwd: "/",
         env: {},
@@ -297,6 +353,10 @@ export async function launchNamespaceSandbox(
       if (proc.stderr) log.follow(proc.stderr);
       initPidReport = readInitPid(proc.stdio[STATUS_FD] as Readable, signal);
       initPidReport.catch(() => undefined);
+      if (restore !== undefined) {
+        restoreReport = readRestoreOutcome((proc.stdio as unknown as Readable[])[RESTORE_STATUS_FD] as Readable, signal);
+        restoreReport.catch(() => undefined);
+      }
       pidStartTime = readProcStartTimeSync(proc.pid ?? 0) ?? "";
     } finally {
       await Promise.all(files.map((h) => h.close()));
@@ -319,6 +379,9 @@ export async function launchNamespaceSandbox(
       );
     }
     const initStartTime = (await readProcStartTime(initPid)) ?? "";
+    // A restoring sandbox runs its agent only after the archives are in place.
+    const restored = await restoreReport;
+    if (!restored.ok) throw await restoreFailure(spec, restored, log, exited);
     const sandboxUid = uid;
     return new NamespaceSandbox({
       sandboxId: spec.sandboxId,
@@ -328,6 +391,7 @@ export async function launchNamespaceSandbox(
       log,
       relay,
       init: initStartTime === "" ? undefined : { pid: initPid, startTime: initStartTime },
+      snapshots: { workMiB: spec.workMiB, tmpMiB: spec.tmpMiB, isRoot: host.isRoot, tools: snapshotTools },
       reapRecord: {
         backend: "namespace",
         pid,
