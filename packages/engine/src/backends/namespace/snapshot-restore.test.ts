@@ -21,7 +21,7 @@ test("the restore script extracts each archive from its own descriptor, reports,
   assert.match(script, /untar --directory=\/tmp <&17 >&2 8>&- \|\|/);
   const closing = lines.find((l) => l.startsWith("exec ") && l.includes(">&-")) ?? "";
   for (let fd = RESTORE_STATUS_FD; fd <= 17; fd++) assert.ok(closing.includes(` ${fd}>&-`), `fd ${fd} is closed`);
-  assert.deepEqual(lines.slice(-3, -2), ["echo ok >&8 || exit 72"]);
+  assert.deepEqual(lines.slice(-4, -3), ["echo ok >&8 || exit 72"]);
   assert.equal(lines.at(-1), 'exec "$@"');
   assert.ok(!/\$\{|`/.test(script.replace('"$@"', "")), "nothing is expanded from outside");
 });

@@ -127,7 +127,8 @@ export function restoreScript(files: Pick<RestoreFiles, "trees" | "libraryCount"
     const fd = archiveFds[i] ?? 0;
     lines.push(`untar --directory=/${tree} <&${fd} >&2 ${RESTORE_STATUS_FD}>&- || { echo "${tree} $?" >&${RESTORE_STATUS_FD}; exit 71; }`);
   });
-  lines.push(`echo ok >&${RESTORE_STATUS_FD} || exit 72`, `exec ${closeAll}`, 'exec "$@"');
+  // The agent gets the environment bubblewrap set, not the shell's additions.
+  lines.push(`echo ok >&${RESTORE_STATUS_FD} || exit 72`, `exec ${closeAll}`, "unset SHLVL", 'exec "$@"');
   return lines.join("\n");
 }
 

@@ -120,6 +120,13 @@ async function restoreFilesHeld(running: Running): Promise<string[]> {
   return held;
 }
 
+/** The environment of the agent (the child of the sandbox's pid 1), read on the host. */
+async function agentEnvironment(running: Running): Promise<string[]> {
+  const init = Number(running.sandbox.reapRecord.extra["initPid"]);
+  const [agent] = (await readFile(`/proc/${init}/task/${init}/children`, "utf8")).trim().split(" ");
+  return (await readFile(`/proc/${agent}/environ`, "utf8")).split("\0").filter(Boolean).sort();
+}
+
 /** The odd names: a newline, a non-UTF-8 byte, spaces and a leading dash. */
 const ODD_NAME = "$(printf 'odd\\nname\\377 -x')";
 
@@ -169,6 +176,7 @@ test("a snapshot round-trips files, dirs, modes, links, FIFOs, a sparse file and
     await stop(a);
   }
 
+  const a2 = await start();
   const b = await start({ restore: { memory: false, parts, shape: {} } });
   try {
     assert.equal(await sh(b.client, LISTING), listing);
@@ -180,8 +188,10 @@ test("a snapshot round-trips files, dirs, modes, links, FIFOs, a sparse file and
     assert.equal(await sh(b.client, "chmod 600 /work/dir/sub/locked && cat /work/dir/sub/locked; chmod 700 /work/closed && cat /work/closed/file"), "secret\ninside\n");
     assert.equal(await sh(b.client, "ls -a /tmp | grep -c mvm-restore || true"), "0\n", "the restore step's symlink is gone");
     assert.deepEqual(await restoreFilesHeld(b), [], "no process of the sandbox holds a restore file");
+    assert.deepEqual(await agentEnvironment(b), await agentEnvironment(a2), "the agent starts with the same environment as in a fresh sandbox");
   } finally {
     await stop(b);
+    await stop(a2);
     await rm(dir, { recursive: true, force: true });
   }
 });
