@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
+import { AbortedError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
 import type { LaunchSpec, LaunchedSandbox, RestoreSpec } from "../types.js";
 import { NamespaceBackend } from "./namespace-backend.js";
 import { archiveLimitBytes } from "./snapshot-capture.js";
@@ -127,6 +127,20 @@ async function agentEnvironment(running: Running): Promise<string[]> {
   return (await readFile(`/proc/${agent}/environ`, "utf8")).split("\0").filter(Boolean).sort();
 }
 
+/** A LISTING without its socket entries (a name line, then a stat line starting with "s"). */
+function withoutSockets(listing: string): string {
+  const lines = listing.split("\n");
+  const kept: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    if (lines[i + 1]?.startsWith("s")) {
+      i++;
+      continue;
+    }
+    kept.push(lines[i] ?? "");
+  }
+  return kept.join("\n");
+}
+
 /** The odd names: a newline, a non-UTF-8 byte, spaces and a leading dash. */
 const ODD_NAME = "$(printf 'odd\\nname\\377 -x')";
 
@@ -140,6 +154,8 @@ const POPULATE = [
   "ln -s a.txt /work/dir/rel-link && ln -s /etc/passwd /work/abs-link && ln -s /nowhere/at/all /work/dangling",
   "ln /work/dir/a.txt /work/hard-link",
   "mkfifo /work/fifo",
+  // a Unix socket file, left by a process that exits without closing its server
+  "/.mvm/bin/ld-linux-x86-64.so.2 --library-path /.mvm/lib /.mvm/bin/node -e \"require('net').createServer().listen('/work/sock', () => process.exit(0))\"",
   `echo odd > "/work/${ODD_NAME}"`,
   // 1 GiB apparent size, a few data pages, in a 16 MiB /work
   "dd if=/dev/zero of=/work/sparse bs=1 count=0 seek=1073741824 2>/dev/null",
@@ -160,6 +176,7 @@ test("a snapshot round-trips files, dirs, modes, links, FIFOs, a sparse file and
     await sh(a.client, POPULATE);
     listing = await sh(a.client, LISTING);
     assert.match(listing, /^prw/m, "the listing shows the FIFO");
+    assert.match(listing, /^srw/m, "the listing shows the socket");
     const snap = await a.sandbox.snapshot!({ memory: false, dir });
     assert.deepEqual(snap.shape, {});
     parts = snap.parts;
@@ -179,7 +196,7 @@ test("a snapshot round-trips files, dirs, modes, links, FIFOs, a sparse file and
   const a2 = await start();
   const b = await start({ restore: { memory: false, parts, shape: {} } });
   try {
-    assert.equal(await sh(b.client, LISTING), listing);
+    assert.equal(await sh(b.client, LISTING), withoutSockets(listing), "the same tree, but sockets (tar skips them)");
     assert.equal(await sh(b.client, "cat /work/dir/rel-link /tmp/t/deep/er/file; /work/dir/run.sh"), "hello\nin-tmp\nrun\n");
     assert.equal(await sh(b.client, "stat -c %i /work/dir/a.txt /work/hard-link | uniq | wc -l"), "1\n", "the hard link is one inode");
     // Holes stay holes: 1 GiB apparent size in a 16 MiB /work.
@@ -259,6 +276,22 @@ test("a tree whose archive would pass its bound fails the capture with a typed e
     await sh(a.client, `cd /work && i=0; while [ $i -lt ${count} ]; do : > "$(printf '%0200d' $i)"; i=$((i+1)); done`);
     await assert.rejects(a.sandbox.snapshot!({ memory: false, dir }), SnapshotMismatchError);
     assert.deepEqual(await readdir(dir), [], "the partial archive is removed");
+    assert.equal(await freezerState(a.sandbox), "THAWED");
+    assert.equal(await a.client.echo("alive"), "alive");
+  } finally {
+    await stop(a);
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("an aborted capture fails with AbortedError, removes its files and leaves the sandbox running", { skip, ...TIMEOUT }, async (ctx) => {
+  if (!freezer) return ctx.skip("no cgroup freezer on this host");
+  const a = await start();
+  const dir = await captureDir();
+  try {
+    await sh(a.client, "echo data > /work/file");
+    await assert.rejects(a.sandbox.snapshot!({ memory: false, dir, signal: AbortSignal.abort(new Error("caller gave up")) }), AbortedError);
+    assert.deepEqual(await readdir(dir), []);
     assert.equal(await freezerState(a.sandbox), "THAWED");
     assert.equal(await a.client.echo("alive"), "alive");
   } finally {
