@@ -18,7 +18,7 @@ import {
   Resources,
   SYSTEM_TRUST_BUNDLE_PATH,
   SandboxIdSchema,
-  SnapshotMismatchError,
+  TimeoutError,
   TransportError,
   UnsupportedCapabilityError,
 } from "@mvm/protocol";
@@ -43,6 +43,7 @@ import {
   openRestoreFiles,
   readRestoreOutcome,
   restoreCommand,
+  restoreFailure,
 } from "./snapshot-restore.js";
 import type { SnapshotTools } from "./snapshot-tools.js";
 import type { SandboxUidAllocator } from "./uid.js";
@@ -65,6 +66,8 @@ const SYSTEM_TRUST_BUNDLE_FD = 7;
 const MAX_TRUST_BUNDLE_BYTES = 4 * 1024 * 1024;
 const MAX_STATUS_LINE = 4096;
 const MAX_CAP_MIB = 1024 * 1024;
+/** How long the restore step may take to extract a snapshot's archives, ms (bounded by their size). */
+const RESTORE_TIMEOUT_MS = 300_000;
 
 const BwrapStatus = z.object({ "child-pid": z.number().int().min(1) });
 
@@ -221,24 +224,6 @@ function whenSpawned(child: ChildProcess): Promise<void> {
   });
 }
 
-/** The launch error for a restore step that did not report success. */
-async function restoreFailure(spec: LaunchSpec, outcome: RestoreOutcome, log: CappedLog, exited: Promise<ExitStatus>): Promise<SnapshotMismatchError> {
-  await settlesWithin(exited, TEARDOWN_STEP_MS);
-  await log.close(1_000);
-  const said = log.headText().trim().slice(0, 600);
-  const tree = !outcome.ok ? outcome.tree : undefined;
-  const code = !outcome.ok && outcome.code !== undefined ? ` (tar exit code ${outcome.code})` : "";
-  if (tree !== undefined && /No space left on device|Disk quota exceeded|Wrote only \d+ of \d+ bytes/.test(said)) {
-    const capMiB = tree === "work" ? spec.workMiB : spec.tmpMiB;
-    return new SnapshotMismatchError(`Cannot restore sandbox "${spec.sandboxId}": the ${tree} archive does not fit /${tree} of ${capMiB} MiB`, {
-      hint: `create the sandbox with a larger ${tree}MiB`,
-    });
-  }
-  return new SnapshotMismatchError(
-    `Cannot restore sandbox "${spec.sandboxId}": ${tree !== undefined ? `extracting the ${tree} archive failed${code}` : "the restore step ended without reporting"}${said ? `: ${JSON.stringify(said)}` : ""}`,
-  );
-}
-
 /** Starts the sandbox described by `spec`; see NamespaceBackend.launch. */
 export async function launchNamespaceSandbox(
   spec: LaunchSpec,
@@ -354,7 +339,12 @@ async function launchSandbox(
       initPidReport = readInitPid(proc.stdio[STATUS_FD] as Readable, signal);
       initPidReport.catch(() => undefined);
       if (restore !== undefined) {
-        restoreReport = readRestoreOutcome((proc.stdio as unknown as Readable[])[RESTORE_STATUS_FD] as Readable, signal);
+        const deadline = AbortSignal.timeout(RESTORE_TIMEOUT_MS);
+        const stream = (proc.stdio as unknown as Readable[])[RESTORE_STATUS_FD] as Readable;
+        restoreReport = readRestoreOutcome(stream, signal !== undefined ? AbortSignal.any([signal, deadline]) : deadline).catch((err: unknown) => {
+          if (!deadline.aborted || signal?.aborted) throw err;
+          throw new TimeoutError(`Cannot restore sandbox "${spec.sandboxId}": extracting its archives took more than ${RESTORE_TIMEOUT_MS} ms`, { cause: err });
+        });
         restoreReport.catch(() => undefined);
       }
       pidStartTime = readProcStartTimeSync(proc.pid ?? 0) ?? "";

@@ -17,7 +17,10 @@ import { constants } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
+import { settlesWithin } from "../_teardown.js";
 import type { LaunchSpec, RestoreSpec } from "../types.js";
+import type { CappedLog } from "./agent-log.js";
+import { type ExitStatus, TEARDOWN_STEP_MS } from "./launched-sandbox.js";
 import { MEMORY_SNAPSHOT_UNSUPPORTED, archiveLimitBytes, type CapturedTree } from "./snapshot-capture.js";
 import type { SnapshotTools } from "./snapshot-tools.js";
 
@@ -174,4 +177,22 @@ export function readRestoreOutcome(stream: Readable, signal: AbortSignal | undef
     stream.once("error", finish);
     signal?.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/** The launch error for a restore step that did not report success. */
+export async function restoreFailure(spec: LaunchSpec, outcome: RestoreOutcome, log: CappedLog, exited: Promise<ExitStatus>): Promise<SnapshotMismatchError> {
+  await settlesWithin(exited, TEARDOWN_STEP_MS);
+  await log.close(1_000);
+  const said = log.headText().trim().slice(0, 600);
+  const tree = !outcome.ok ? outcome.tree : undefined;
+  const code = !outcome.ok && outcome.code !== undefined ? ` (tar exit code ${outcome.code})` : "";
+  if (tree !== undefined && /No space left on device|Disk quota exceeded|Wrote only \d+ of \d+ bytes/.test(said)) {
+    const capMiB = tree === "work" ? spec.workMiB : spec.tmpMiB;
+    return new SnapshotMismatchError(`Cannot restore sandbox "${spec.sandboxId}": the ${tree} archive does not fit /${tree} of ${capMiB} MiB`, {
+      hint: `create the sandbox with a larger ${tree}MiB`,
+    });
+  }
+  return new SnapshotMismatchError(
+    `Cannot restore sandbox "${spec.sandboxId}": ${tree !== undefined ? `extracting the ${tree} archive failed${code}` : "the restore step ended without reporting"}${said ? `: ${JSON.stringify(said)}` : ""}`,
+  );
 }
