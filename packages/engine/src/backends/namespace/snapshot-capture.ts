@@ -17,7 +17,7 @@ import { type FileHandle, open, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { Transform, type TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { AbortedError, InternalError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
+import { AbortedError, InternalError, MvmError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { isSameLiveProcess } from "../../_internal/proc.js";
 import type { SnapshotTools } from "./snapshot-tools.js";
 
@@ -114,7 +114,8 @@ export async function captureTrees(
     return parts;
   } catch (err) {
     await Promise.all(written.map((p) => unlink(p).catch(() => undefined)));
-    throw err;
+    if (err instanceof MvmError) throw err;
+    throw new InternalError(`Cannot capture the trees of sandbox "${target.sandboxId}" into "${dir}": ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
 }
 
