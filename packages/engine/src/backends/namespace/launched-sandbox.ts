@@ -140,7 +140,8 @@ export class NamespaceSandbox implements LaunchedSandbox {
           ...(err.hint !== undefined ? { hint: err.hint } : {}),
         });
       }
-      if (!wasPaused) await cgroups.freeze(TEARDOWN_STEP_MS);
+      // Also when paused: freeze waits until every task is frozen (a paused group is already).
+      await cgroups.freeze(TEARDOWN_STEP_MS);
       try {
         const parts = await captureTrees({ sandboxId: id, init, workMiB: snapshots.workMiB, tmpMiB: snapshots.tmpMiB, isRoot: snapshots.isRoot }, tools, capture.dir, capture.signal);
         return { parts, shape: {} };
