@@ -114,6 +114,7 @@ export class NamespaceBackend implements Backend {
       setprivPath: host.setprivPath,
       cgroups: host.cgroups,
       trySandbox: () => this.trySandbox(host),
+      snapshotTools: () => this.snapshotTools(host.isRoot),
     });
   }
 
