@@ -5,6 +5,8 @@
  *   node _launcher.js hold <spec.json>       launches, prints {"reapRecord": ...}, waits forever
  *   node _launcher.js scenario <input.json>  runs the unprivileged scenario, prints a JSON summary
  *   node _launcher.js snapshot <input.json>  snapshots a sandbox and restores it (or input.archive) into another
+ *   node _launcher.js capture <input.json>   launches input.spec, fills /work with input.fillMiB MiB, prints
+ *                                            {"reapRecord": ...}, then captures into input.dir (to be killed mid-way)
  */
 import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -111,12 +113,25 @@ async function snapshotScenario(inputPath: string): Promise<void> {
   process.stdout.write(`${JSON.stringify({ uid: process.getuid?.(), refused, captured: captured !== undefined, stillRuns, restored: restored.stdout })}\n`);
 }
 
+async function capture(inputPath: string): Promise<void> {
+  const input = JSON.parse(await readFile(inputPath, "utf8")) as { spec: LaunchSpec; dir: string; fillMiB: number };
+  const sandbox = await new NamespaceBackend().launch(input.spec);
+  const client = new StandInClient(sandbox.channel);
+  await client.hello;
+  await client.sh(`head -c ${input.fillMiB * 1024 * 1024} /dev/urandom > /work/big`);
+  process.stdout.write(`${JSON.stringify({ reapRecord: sandbox.reapRecord })}\n`);
+  await sandbox.snapshot!({ memory: false, dir: input.dir });
+  process.stdout.write("captured\n");
+  setInterval(() => undefined, 60_000);
+}
+
 /** Runs only when executed as a program, never when imported. */
 function main(): void {
   const [mode, arg] = process.argv.slice(2);
-  const run = mode === "hold" ? hold : mode === "scenario" ? scenario : mode === "snapshot" ? snapshotScenario : undefined;
+  const modes: Record<string, (arg: string) => Promise<void>> = { hold, scenario, snapshot: snapshotScenario, capture };
+  const run = mode !== undefined ? modes[mode] : undefined;
   if (run === undefined || arg === undefined) {
-    process.stderr.write("usage: _launcher.js hold|scenario|snapshot <file.json>\n");
+    process.stderr.write("usage: _launcher.js hold|scenario|snapshot|capture <file.json>\n");
     process.exit(2);
   }
   run(arg).catch((err: unknown) => {

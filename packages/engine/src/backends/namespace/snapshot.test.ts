@@ -5,11 +5,15 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { existsSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { setTimeout as delay } from "node:timers/promises";
 import { AbortedError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
-import type { LaunchSpec, LaunchedSandbox, RestoreSpec } from "../types.js";
+import type { LaunchSpec, LaunchedSandbox, ReapRecord, RestoreSpec } from "../types.js";
 import { NamespaceBackend } from "./namespace-backend.js";
 import { archiveLimitBytes } from "./snapshot-capture.js";
 import { tarArchive, type TarEntry } from "./_tar.js";
@@ -20,6 +24,7 @@ const skip =
   : process.getuid?.() !== 0 ? "needs root for a cgroup freezer (the unprivileged case is in unprivileged.test.ts)"
   : false;
 const TIMEOUT = { timeout: 180_000 };
+const LAUNCHER = new URL("./_launcher.js", import.meta.url).pathname;
 const MiB = 1024 * 1024;
 
 let root = "";
@@ -366,4 +371,33 @@ test("an archive larger than the new sandbox's bound is refused before anything 
   assert.ok(result instanceof SnapshotMismatchError, String(result));
   assert.match(result.message, /cannot fit \/work of 1 MiB/);
   assert.deepEqual(await traces(spec.sandboxId), []);
+});
+
+test("kill -9 of the engine mid-capture orphans nothing: its tar ends, and reaping the record removes the frozen sandbox", { skip, ...TIMEOUT }, async (ctx) => {
+  if (!freezer) return ctx.skip("no cgroup freezer on this host");
+  const spec = await makeSpec({ ...base, workMiB: 256 });
+  const dir = await captureDir();
+  const inputPath = join(spec.stateDir, "capture.json");
+  await writeFile(inputPath, JSON.stringify({ spec, dir, fillMiB: 200 }));
+  const launcher = spawn(process.execPath, [LAUNCHER, "capture", inputPath], { stdio: ["ignore", "pipe", "inherit"] });
+  const lines = createInterface({ input: launcher.stdout });
+  const iterator = lines[Symbol.asyncIterator]();
+  const { reapRecord } = JSON.parse(String((await iterator.next()).value)) as { reapRecord: ReapRecord };
+  // Killed as soon as the archive has its first bytes (or, on a fast machine, once it is done).
+  const started = async (): Promise<boolean> => ((await stat(join(dir, "work.tar")).catch(() => undefined))?.size ?? 0) > 0;
+  while (!(await started())) await delay(5);
+  launcher.kill("SIGKILL");
+  await once(launcher, "exit");
+  lines.close();
+  // The orphaned tar dies of SIGPIPE at its next write.
+  for (;;) {
+    const tars = (await readdir("/proc")).filter((n) => /^\d+$/.test(n));
+    const left = await Promise.all(tars.map(async (n) => (await readFile(`/proc/${n}/cmdline`, "utf8").catch(() => "")).includes("--directory=/proc/self/fd/3")));
+    if (!left.includes(true)) break;
+    await delay(20);
+  }
+  await backend.reap(reapRecord);
+  assert.deepEqual(await footprint(reapRecord, spec.sandboxId), { processes: [], cgroups: [] });
+  assert.deepEqual(await traces(spec.sandboxId), []);
+  await rm(dir, { recursive: true, force: true });
 });
