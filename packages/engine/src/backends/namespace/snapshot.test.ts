@@ -210,6 +210,12 @@ test("a snapshot round-trips files, dirs, modes, links, FIFOs, a sparse file and
     assert.equal(await sh(b.client, "chmod 600 /work/dir/sub/locked && cat /work/dir/sub/locked; chmod 700 /work/closed && cat /work/closed/file"), "secret\ninside\n");
     assert.equal(await sh(b.client, "ls -a /tmp | grep -c mvm-restore || true"), "0\n", "the restore step's symlink is gone");
     assert.deepEqual(await restoreFilesHeld(b), [], "no process of the sandbox holds a restore file");
+    // Extracted as the sandbox's own user: on the host the files belong to its uid, not to root.
+    const hostUid = Number(b.sandbox.reapRecord.extra["hostUid"]);
+    const init = Number(b.sandbox.reapRecord.extra["initPid"]);
+    for (const path of ["work/dir/a.txt", "work/sparse", "tmp/t/deep/er/file"]) {
+      assert.equal((await stat(`/proc/${init}/root/${path}`)).uid, hostUid, path);
+    }
     assert.deepEqual(await agentEnvironment(b), await agentEnvironment(a2), "the agent starts with the same environment as in a fresh sandbox");
   } finally {
     await stop(b);
@@ -302,6 +308,15 @@ test("an aborted capture fails with AbortedError, removes its files and leaves t
   } finally {
     await stop(a);
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("a restore with no archives starts with empty trees", { skip, ...TIMEOUT }, async () => {
+  const b = await start({ restore: { memory: false, parts: {}, shape: {} } });
+  try {
+    assert.equal(await sh(b.client, "ls -A /work /tmp"), "/tmp:\n\n/work:\n");
+  } finally {
+    await stop(b);
   }
 });
 
