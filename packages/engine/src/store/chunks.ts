@@ -167,10 +167,15 @@ export class ChunkStore {
       await this.remove(id);
       removed++;
     }
+    await this.sweepTemp();
+    return removed;
+  }
+
+  /** Removes temp files whose writer is gone (those of live writers stay). */
+  async sweepTemp(): Promise<void> {
     for (const name of await readdir(join(this.dir, "tmp"))) {
       const owner = parseOwnerTag(name);
       if (owner === undefined || !(await isAlive(owner))) await rm(join(this.dir, "tmp", name), { force: true });
     }
-    return removed;
   }
 }
