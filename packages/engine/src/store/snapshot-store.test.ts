@@ -353,10 +353,11 @@ const storeModule = new URL("./snapshot-store.js", import.meta.url).href;
 const chunksModule = new URL("./chunks.js", import.meta.url).href;
 
 /**
- * A child process that creates a snapshot of `part` in the store at `root`, pausing after its
- * third chunk put: it prints "midway" and waits for a line on stdin, then finishes and prints the id.
+ * A child process that runs `body` against the store at `root` (as `store`), with the ChunkStore
+ * method `method` patched to pause after its `after`-th call: it prints "midway" and waits for a
+ * line on stdin. Lines the child prints come back through `nextLine`.
  */
-function childCreate(root: string, part: string) {
+function child(root: string, method: "put" | "get", after: number, body: string) {
   const pem = keys.privateKey.export({ type: "pkcs8", format: "pem" }).toString();
   const script = `
 import { createPrivateKey, createPublicKey } from "node:crypto";
@@ -366,21 +367,20 @@ import { ChunkStore } from ${JSON.stringify(chunksModule)};
 const privateKey = createPrivateKey(${JSON.stringify(pem)});
 const store = await SnapshotStore.open(${JSON.stringify(root)}, { privateKey, publicKey: createPublicKey(privateKey) });
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const put = ChunkStore.prototype.put;
-let puts = 0;
-ChunkStore.prototype.put = async function (...args) {
-  const id = await put.apply(this, args);
-  if (++puts === 3) { process.stdout.write("midway\\n"); await lines.next(); }
-  return id;
+const original = ChunkStore.prototype.${method};
+let calls = 0;
+ChunkStore.prototype.${method} = async function (...args) {
+  const result = await original.apply(this, args);
+  if (++calls === ${after}) { process.stdout.write("midway\\n"); await lines.next(); }
+  return result;
 };
-const snap = await store.create({ parts: { ram: ${JSON.stringify(part)} }, shape: ${JSON.stringify(shape)}, kind: "user", source: "sbx_child", retention: { manual: true }, memory: true });
-process.stdout.write(snap.id + "\\n");
+${body}
 process.exit(0);`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["pipe", "pipe", "inherit"] });
+  const proc = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["pipe", "pipe", "inherit"] });
   const lines: string[] = [];
   let buffered = "";
   const waiters: (() => void)[] = [];
-  child.stdout.on("data", (d: Buffer) => {
+  proc.stdout.on("data", (d: Buffer) => {
     buffered += d.toString();
     let i;
     while ((i = buffered.indexOf("\n")) >= 0) {
@@ -391,15 +391,26 @@ process.exit(0);`;
   });
   const nextLine = async (): Promise<string> => {
     while (lines.length === 0) {
-      if (child.exitCode !== null) throw new Error(`child exited ${child.exitCode}`);
+      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`child exited ${proc.exitCode ?? proc.signalCode}`);
       await new Promise<void>((r) => {
         waiters.push(r);
-        child.once("exit", () => r());
+        proc.once("exit", () => r());
       });
     }
     return lines.shift()!;
   };
-  return { child, nextLine };
+  return { child: proc, nextLine };
+}
+
+/** A child that creates a snapshot of `part`, pausing after its third chunk put, then prints the id. */
+function childCreate(root: string, part: string) {
+  return child(
+    root,
+    "put",
+    3,
+    `const snap = await store.create({ parts: { ram: ${JSON.stringify(part)} }, shape: ${JSON.stringify(shape)}, kind: "user", source: "sbx_child", retention: { manual: true }, memory: true });
+process.stdout.write(snap.id + "\\n");`,
+  );
 }
 
 describe("snapshot store across processes", () => {
@@ -446,5 +457,27 @@ describe("snapshot store across processes", () => {
     for (const sub of ["records", "templates", "busy", "holds", "tmp", "chunks/tmp"]) assert.deepEqual(await readdir(join(root, sub)), [], sub);
     assert.deepEqual(await chunkFiles(root), []);
     assert.ok((await lstat(join(root, "locks"))).isDirectory());
+  });
+
+  it("kill -9 mid-materialize: nothing half-made in templates/, leftovers swept, the next materialize builds it", async () => {
+    const { store, root } = await freshStore();
+    const parts = await sampleParts();
+    const snap = await userSnapshot(store, parts);
+    const { child: proc, nextLine } = child(root, "get", 1, `const m = await store.materialize(await store.get(${JSON.stringify(snap.id)}));`);
+    assert.equal(await nextLine(), "midway");
+    // While the build runs, a sweep removes neither its chunks nor its work.
+    await store.chunks.put(Buffer.from("an orphan chunk"));
+    const during = await store.sweep();
+    assert.equal(during.chunksDeferred, true);
+    assert.equal((await readdir(join(root, "tmp"))).length, 1, "the build in progress");
+    proc.kill("SIGKILL");
+    await once(proc, "exit");
+    assert.deepEqual(await readdir(join(root, "templates")), []);
+    const after = await store.sweep();
+    assert.equal(after.chunksRemoved, 1, "only the orphan");
+    for (const sub of ["templates", "busy", "holds", "tmp", "chunks/tmp"]) assert.deepEqual(await readdir(join(root, sub)), [], sub);
+    const m = await store.materialize(snap);
+    assert.ok((await readFile(m.parts.ram!)).equals(parts.ramBytes));
+    await m.release();
   });
 });
