@@ -68,6 +68,25 @@ async function flipByte(path: string, offset: number): Promise<void> {
 }
 
 describe("snapshot store", () => {
+  it("has the layout and record fields docs/STORAGE.md shows", async () => {
+    const doc = await readFile(new URL("../../../../docs/STORAGE.md", import.meta.url), "utf8");
+    const section = doc.slice(doc.indexOf("## Snapshot registry"));
+    const { store, root } = await freshStore();
+    const snap = await userSnapshot(store, await sampleParts());
+    const m = await store.materialize(snap);
+    // Every top-level entry of the registry is in the diagram, and the template's files.
+    for (const name of await readdir(root)) assert.match(section, new RegExp(`── ${name}/`), `${name}/ in the diagram`);
+    for (const name of await readdir(join(root, "templates", snap.digest.slice(7)))) assert.ok(section.includes(name), `${name} in the diagram`);
+    // The record's wire form: the outer keys and every field of the record, as shown.
+    const wire = JSON.parse((await readFile(join(root, "records", snap.id))).toString()) as Record<string, Record<string, unknown>>;
+    const shown = section.slice(section.indexOf('{ "record":'), section.indexOf("signature.value = Ed25519(host key, \"mvm.snapshot-record.v1"));
+    for (const key of Object.keys(wire)) assert.ok(shown.includes(`"${key}":`), `outer key ${key}`);
+    for (const key of [...Object.keys(wire.record!), "key"]) assert.ok(shown.includes(`"${key}"`), `record field ${key}`);
+    const shownFields = [...shown.slice(0, shown.indexOf('"manifest":')).matchAll(/"([a-zA-Z]+)"(?=\??:)/g)].map((x) => x[1]);
+    assert.deepEqual(shownFields.filter((f) => f !== "record" && f !== "manual").sort(), [...Object.keys(wire.record!), "key"].sort());
+    await m.release();
+  });
+
   it("creates, gets (by id and digest), lists and materializes a snapshot as sparse 0400 templates", async () => {
     const { store, root } = await freshStore();
     const parts = await sampleParts();
