@@ -75,12 +75,12 @@ export async function storeFile(store: ChunkStore, path: string, options: { sign
       return buffer.subarray(0, length);
     };
     const count = chunkCount(st.size);
-    let next: Promise<Buffer> | undefined = count > 0 ? readChunk(0) : undefined;
+    let next: Promise<Buffer> | undefined = count > 0 ? prefetch(readChunk(0)) : undefined;
     try {
       for (let i = 0; i < count; i++) {
         options.signal?.throwIfAborted();
         const bytes: Buffer = await next!;
-        next = i + 1 < count ? readChunk(i + 1) : undefined;
+        next = i + 1 < count ? prefetch(readChunk(i + 1)) : undefined;
         chunks.push(await store.put(bytes));
       }
     } finally {
@@ -107,12 +107,12 @@ export async function materialize(store: ChunkStore, blob: BlobRef, dest: string
       await handle.truncate(blob.sizeBytes);
       // The next stored chunk is read and verified while this one is written.
       const stored = [...blob.chunks.entries()].filter((e): e is [number, ChunkId] => e[1] !== null);
-      let next: Promise<Buffer> | undefined = stored.length > 0 ? store.get(stored[0]![1]) : undefined;
+      let next: Promise<Buffer> | undefined = stored.length > 0 ? prefetch(store.get(stored[0]![1])) : undefined;
       try {
         for (const [k, [i, id]] of stored.entries()) {
           options.signal?.throwIfAborted();
           const bytes: Buffer = await next!;
-          next = k + 1 < stored.length ? store.get(stored[k + 1]![1]) : undefined;
+          next = k + 1 < stored.length ? prefetch(store.get(stored[k + 1]![1])) : undefined;
           const expected = chunkLength(blob.sizeBytes, i);
           if (bytes.byteLength !== expected) throw new SnapshotMismatchError(`Chunk ${i} (${id}) has ${bytes.byteLength} bytes, the blob needs ${expected}`);
           let written = 0;
@@ -129,6 +129,16 @@ export async function materialize(store: ChunkStore, blob: BlobRef, dest: string
     await unlink(dest).catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * Marks a promise started ahead of its use as handled: if it rejects before it is awaited (while
+ * the previous chunk is still being written) that is not an unhandled rejection; awaiting it
+ * later still throws.
+ */
+function prefetch<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
 }
 
 /** Reads and verifies every stored chunk of a blob, writing nothing. */
