@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
-import { NotFoundError, SnapshotMismatchError, canonicalJson } from "@mvm/protocol";
+import { NotFoundError, SnapshotInfo, SnapshotMismatchError, canonicalJson } from "@mvm/protocol";
 import { CHUNK_SIZE, type ChunkId } from "./chunks.js";
 import { SnapshotStore, type StoredSnapshot } from "./snapshot-store.js";
 import type { SnapshotShape } from "./manifest.js";
@@ -112,7 +112,7 @@ describe("snapshot store", () => {
     await again.release();
     await again.release();
 
-    const info = store.info(snap);
+    const info = SnapshotInfo.parse(store.info(snap));
     assert.deepEqual(info.sizes.ram, { bytes: parts.ramBytes.length, storedBytes: 2 * CHUNK_SIZE + 1000, chunks: 4, zeroChunks: 1 });
     assert.equal(info.tier, "vm-emulated");
     assert.deepEqual(info.retention, { manual: true });
@@ -328,6 +328,32 @@ describe("snapshot store", () => {
       assert.deepEqual((await store.list()).map((s) => s.id), [manual.id]);
       const want = new Set(Object.values(manual.manifest.blobs).flatMap((blob) => blob!.chunks.filter((c) => c !== null)));
       assert.deepEqual(await chunkFiles(root), [...want].sort());
+    });
+
+    it("an aborted create registers nothing, and its chunks go at the next sweep", async () => {
+      const { store, root } = await freshStore();
+      const parts = await sampleParts();
+      const ac = new AbortController();
+      let puts = 0;
+      const put = store.chunks.put.bind(store.chunks);
+      store.chunks.put = async (bytes, expected) => {
+        if (++puts === 2) ac.abort(new Error("stop"));
+        return put(bytes, expected);
+      };
+      await assert.rejects(store.create({ parts, shape, kind: "user", source: "s", retention: { manual: true }, memory: true, signal: ac.signal }), /stop/);
+      assert.deepEqual(await store.list(), []);
+      assert.deepEqual(await readdir(join(root, "busy")), []);
+      assert.ok((await chunkFiles(root)).length > 0);
+      assert.equal((await store.sweep()).chunksDeferred, false);
+      assert.deepEqual(await chunkFiles(root), []);
+    });
+
+    it("verify reads every chunk of a snapshot and fails closed on a damaged one", async () => {
+      const { store } = await freshStore();
+      const snap = await userSnapshot(store, await sampleParts());
+      await store.verify(snap);
+      await flipByte(store.chunks.pathOf(snap.manifest.blobs.device!.chunks[0] as ChunkId), 3);
+      await assert.rejects(store.verify(snap), SnapshotMismatchError);
     });
 
     it("refuses inconsistent retention and kinds before storing anything", async () => {

@@ -30,7 +30,7 @@ import { chmod, mkdir, open, readdir, rename, rm, unlink, writeFile } from "node
 import { join } from "node:path";
 import { canonicalJson, InvalidArgumentError, NotFoundError, SnapshotMismatchError, type SnapshotInfo, type Sha256Digest } from "@mvm/protocol";
 import { fsyncDir, writeFileAtomic } from "./atomic.js";
-import { blobCounts, chunkLength, storeFile, type BlobRef } from "./blobs.js";
+import { blobCounts, chunkLength, storeFile, verifyBlob, type BlobRef } from "./blobs.js";
 import { ChunkStore } from "./chunks.js";
 import { FileLock, isAlive, parseOwnerTag, uniqueOwnedName } from "./lock.js";
 import { decodeSignedManifest, encodeSignedManifest, manifestDigest, MANIFEST_VERSION, type SnapshotManifest, type SnapshotShape } from "./manifest.js";
@@ -211,7 +211,8 @@ export class SnapshotStore {
    * written last, atomically: until then (and forever, if this process dies first) there is no
    * snapshot, and the next sweep removes the chunks nobody names.
    * @throws InvalidArgumentError for a bad shape, retention, labels or part file.
-   * @throws AbortedError (the signal's reason) when `signal` fires.
+   * @throws the signal's reason when `signal` fires (nothing is registered; the chunks stored so
+   *   far go at the next sweep).
    */
   async create(input: CreateSnapshotInput): Promise<StoredSnapshot> {
     const names = PART_NAMES.filter((p) => input.parts[p] !== undefined);
@@ -345,7 +346,8 @@ export class SnapshotStore {
    * Makes (once per digest, shared by concurrent callers and later calls) the snapshot's verified
    * read-only template and returns its part files. A template that exists is checked first: if a
    * file changed, was replaced or added, it is removed and rebuilt from the chunks, each verified
-   * as it is written. Pair every call with `release()`.
+   * as it is written. Pair every call with `release()`. `signal` stops a build this call started;
+   * calls that joined that build then fail with it too.
    * @throws SnapshotMismatchError when a chunk is missing or fails verification; nothing is left half-made.
    */
   async materialize(snap: StoredSnapshot, signal?: AbortSignal): Promise<Materialized> {
@@ -379,6 +381,16 @@ export class SnapshotStore {
     const parts: Partial<Record<PartName, string>> = {};
     for (const part of partsOf(snap.manifest)) parts[part] = join(dir, part);
     return { parts, release };
+  }
+
+  /**
+   * Reads and verifies every stored chunk of the snapshot without writing anything (an audit of
+   * the store; a restore verifies through `materialize`).
+   * @throws SnapshotMismatchError when a chunk is missing or fails verification.
+   */
+  async verify(snap: StoredSnapshot): Promise<void> {
+    if (manifestDigest(snap.manifest) !== snap.digest) throw new SnapshotMismatchError(`Snapshot ${snap.id} does not match its digest`);
+    for (const part of partsOf(snap.manifest)) await verifyBlob(this.chunks, snap.manifest.blobs[part]!);
   }
 
   /** Records a use of the snapshot now (for `{ unusedSeconds }` retention). @throws NotFoundError when it is gone. */
