@@ -356,6 +356,23 @@ describe("snapshot store", () => {
       await assert.rejects(store.verify(snap), SnapshotMismatchError);
     });
 
+    it("sweep removes a live snapshot's template once nobody has used it for templateIdleSeconds; a held one stays", async () => {
+      const { store, root } = await freshStore();
+      const parts = await sampleParts();
+      const a = await userSnapshot(store, parts);
+      const b = await userSnapshot(store, await sampleParts());
+      await (await store.materialize(a)).release();
+      const held = await store.materialize(b);
+      const later = new Date(Date.now() + 2 * 3600_000);
+      assert.equal((await store.sweep(new Date(), { templateIdleSeconds: 3600 })).templatesRemoved, 0);
+      assert.equal((await store.sweep(later, { templateIdleSeconds: 3600 })).templatesRemoved, 1);
+      assert.deepEqual(await readdir(join(root, "templates")), [b.digest.slice(7)]);
+      await held.release();
+      const again = await store.materialize(a);
+      assert.ok((await readFile(again.parts.ram!)).equals(parts.ramBytes));
+      await again.release();
+    });
+
     it("refuses inconsistent retention and kinds before storing anything", async () => {
       const { store, root } = await freshStore();
       const parts = await sampleParts();

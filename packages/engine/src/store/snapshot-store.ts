@@ -26,7 +26,7 @@
  */
 import { randomBytes, type KeyObject } from "node:crypto";
 import { constants as fsc } from "node:fs";
-import { chmod, mkdir, open, readdir, rename, rm, unlink, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, open, readdir, rename, rm, unlink, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { canonicalJson, InvalidArgumentError, NotFoundError, SnapshotMismatchError, type SnapshotInfo, type Sha256Digest } from "@mvm/protocol";
 import { fsyncDir, writeFileAtomic } from "./atomic.js";
@@ -119,6 +119,9 @@ export interface StoreUsage {
   /** `snapshotStoredBytes / uniqueStoredBytes` (1 when nothing is shared or nothing is stored). */
   readonly dedupRatio: number;
 }
+
+/** How long a template nobody holds is kept after its last use, seconds. */
+export const TEMPLATE_IDLE_SECONDS = 3600;
 
 const ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567";
 const ID = /^snap_[a-z2-7]{20}$/;
@@ -405,10 +408,12 @@ export class SnapshotStore {
   /**
    * Applies retention at `now`: removes snapshots whose TTL ran out and boot snapshots unused for
    * their `unusedSeconds`; leftovers of dead processes (temp files, builds, busy markers, holds);
-   * every chunk no record names (none that one does); templates of snapshots that are gone and
-   * that no live process holds.
+   * every chunk no record names (none that one does); templates that no live process holds of
+   * snapshots that are gone, or not materialized for `templateIdleSeconds`
+   * (@default TEMPLATE_IDLE_SECONDS, an hour).
    */
-  async sweep(now = new Date()): Promise<SweepResult> {
+  async sweep(now = new Date(), options: { templateIdleSeconds?: number } = {}): Promise<SweepResult> {
+    const idleMs = (options.templateIdleSeconds ?? TEMPLATE_IDLE_SECONDS) * 1000;
     const expired: StoredSnapshot[] = [];
     const invalid: { name: string; error: SnapshotMismatchError }[] = [];
     {
@@ -430,7 +435,12 @@ export class SnapshotStore {
     const live = new Set((await this.list()).map((s) => s.digest.slice("sha256:".length)));
     let templatesRemoved = 0;
     for (const name of await readdir(join(this.root, "templates"))) {
-      if (live.has(name)) continue;
+      if (live.has(name)) {
+        // A template is a cache: one nobody has used for a while goes, and is rebuilt when needed.
+        const lastUse = (await lstat(join(this.root, "templates", name)).catch(() => undefined))?.mtimeMs;
+        if (lastUse !== undefined && now.getTime() - lastUse > idleMs && (await this.#removeTemplateIfUnheld(name))) templatesRemoved++;
+        continue;
+      }
       if (!/^[0-9a-f]{64}$/.test(name)) {
         await this.#discard(join(this.root, "templates", name));
         templatesRemoved++;
@@ -592,7 +602,11 @@ export class SnapshotStore {
     }
     const dir = join(this.root, "templates", hex);
     const problem = await checkTemplate(dir, snap.manifest, snap.digest, this.#publicKey, this.#identities);
-    if (problem === undefined) return;
+    if (problem === undefined) {
+      const now = new Date();
+      await utimes(dir, now, now); // its last use, for sweep
+      return;
+    }
     if (problem !== "it is missing") await this.#discard(dir);
     this.#identities.delete(dir);
     const busy = await this.#markBusy("build");
