@@ -226,10 +226,11 @@ export class LiveSandbox {
       this.#assertLive();
       const take = this.#launched.snapshot?.bind(this.#launched);
       if (take === undefined) throw new UnsupportedCapabilityError(`Backend "${this.info.backend}" cannot snapshot sandboxes`);
-      if (!capture.memory) return await take(capture);
       const paused = this.#pausedAt !== undefined;
+      // The backend stops the sandbox while it captures: a silent agent then is not a hung one.
       this.#suspendHeartbeat();
       try {
+        if (!capture.memory) return await take(capture);
         if (paused) await this.#launched.resume();
         await this.#client.quiesce(QUIESCE_TIMEOUT_MS);
         try {
