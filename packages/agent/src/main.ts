@@ -50,10 +50,25 @@ function startRelayIfAsked(channelPath: string | undefined): void {
   relay = startRelay({ channelPath, onError: report("the egress relay failed") }).then((r) => (liveRelay = r), report("cannot start the egress relay"));
 }
 
+/** Longest wait for the relay channel to take what was written before a quiesce, in milliseconds. */
+const RELAY_DRAIN_TIMEOUT_MS = 10_000;
+
 /** How a quiesce reaches the relay: it pauses with the session and starts over with a new host. */
 const relayHooks: QuiesceHooks = {
   quiesce: async () => {
-    await (await relay)?.pause();
+    const r = await relay;
+    if (!r) return;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        r.pause(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`The egress relay channel did not drain within ${RELAY_DRAIN_TIMEOUT_MS} ms`)), RELAY_DRAIN_TIMEOUT_MS);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
   },
   resume: () => liveRelay?.resume(),
   restart: () => liveRelay?.reset(),

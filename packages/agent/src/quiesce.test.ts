@@ -200,7 +200,7 @@ describe("quiesce fails closed", () => {
       const d = await AgentDriver.start();
       const e = await d.exec(["/bin/sleep", "1000"]);
       await d.quiesce();
-      d.send(bytes);
+      d.sendRaw(bytes);
       await expectFailClosed(d, reason);
       await waitDead(e.pid);
       assert.deepEqual(d.violations, []);

@@ -101,6 +101,8 @@ export class AgentDriver {
   #gotHello = false;
   /** The agent answered quiesce: any frame from it is a violation until the next line. */
   #quiet = false;
+  /** What the driver sent since its quiesce request, held until the resume. */
+  #held: Buffer[] | undefined;
   /** Set by restartSession(): an exit nobody waits for is a leftover of the old session. */
   #restarted = false;
 
@@ -147,7 +149,14 @@ export class AgentDriver {
     return this.child.pid!;
   }
 
+  /** Writes to the agent, or holds the bytes while a quiesce is in progress (as a host must). */
   send(buf: Uint8Array): void {
+    if (this.#held) this.#held.push(Buffer.from(buf));
+    else this.sendRaw(buf);
+  }
+
+  /** Writes to the agent now, even while a quiesce is in progress. */
+  sendRaw(buf: Uint8Array): void {
     if (!this.child.stdin!.destroyed) this.child.stdin!.write(buf);
   }
 
@@ -258,14 +267,27 @@ export class AgentDriver {
 
   /** Sends quiesce; once the agent has answered, every frame from it is recorded as a violation. */
   async quiesce(): Promise<void> {
-    const r = await this.request("quiesce", {});
-    if (!r.ok) throw new AgentError(r.error.code, r.error.message);
+    const answer = this.request("quiesce", {});
+    // Nothing may follow the request until the resume line: credit, stdin, requests all wait.
+    this.#held = [];
+    const r = await answer;
+    if (!r.ok) {
+      this.#flushHeld();
+      throw new AgentError(r.error.code, r.error.message);
+    }
   }
 
-  /** Lets a quiesced agent carry on with this session. */
+  /** Lets a quiesced agent carry on with this session: the resume line, then what was held. */
   resume(): void {
     this.#quiet = false;
-    this.send(Buffer.from(AGENT_RESUME_LINE));
+    this.sendRaw(Buffer.from(AGENT_RESUME_LINE));
+    this.#flushHeld();
+  }
+
+  #flushHeld(): void {
+    const held = this.#held ?? [];
+    this.#held = undefined;
+    for (const buf of held) this.sendRaw(buf);
   }
 
   /**
@@ -274,6 +296,7 @@ export class AgentDriver {
    */
   async restartSession(opts: { handshake?: boolean } = {}): Promise<AgentHello> {
     this.#quiet = false;
+    this.#held = undefined;
     this.#restarted = true;
     this.#decoder = new FrameDecoder();
     this.#gotHello = false;
@@ -285,7 +308,7 @@ export class AgentDriver {
     this.#writers.clear();
     this.#nextId = 1;
     this.#nextStream = 1;
-    this.send(Buffer.from(AGENT_START_LINE));
+    this.sendRaw(Buffer.from(AGENT_START_LINE));
     const hello = await this.hello;
     if (opts.handshake !== false) this.sendControl({ t: "hello", version: 1 });
     return hello;

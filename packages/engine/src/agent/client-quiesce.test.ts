@@ -11,6 +11,7 @@ import { Duplex, PassThrough } from "node:stream";
 import { setTimeout as delay } from "node:timers/promises";
 import {
   AGENT_RESUME_LINE,
+  AbortedError,
   AGENT_START_LINE,
   CONTROL_STREAM,
   DETACHED_PROC_BASE,
@@ -167,6 +168,22 @@ describe("AgentClient.quiesce against a fake agent", () => {
     agent.control({ t: "res", id: held!["id"], ok: true, result: {} });
     assert.deepEqual(await ping, {});
     assert.equal(client.isQuiesced, false);
+    client.destroy();
+  });
+
+  it("gives up on its signal, and resumes when the answer comes", T, async () => {
+    const { client, agent } = await connected();
+    const controller = new AbortController();
+    const quiet = client.quiesce(5000, { signal: controller.signal });
+    const id = await quiesceRequestId(agent);
+    controller.abort();
+    await assert.rejects(quiet, AbortedError);
+    const before = agent.all.length;
+    agent.control({ t: "res", id, ok: true, result: {} });
+    await agent.waitBytes(before + AGENT_RESUME_LINE.length);
+    assert.equal(agent.all.subarray(before).toString("latin1"), AGENT_RESUME_LINE);
+    assert.equal(client.isQuiesced, false);
+    assert.deepEqual(await Promise.race([client.request("ping", {}), agent.waitBytes(before + AGENT_RESUME_LINE.length + 12).then(() => "sent")]), "sent");
     client.destroy();
   });
 

@@ -178,6 +178,7 @@ export class AgentClient implements FrameSink {
    *
    * @param timeoutMs how long to wait for the answer; past it the promise rejects with a
    *   TimeoutError and the session resumes by itself whenever the answer arrives.
+   * @param options.signal gives up waiting, like the timeout (AbortedError)
    * @throws InvalidArgumentError when a quiesce is already in progress
    * @throws TransportError when the session is closed or ends meanwhile
    * @throws the agent's error when it cannot quiesce (the session then carries on)
@@ -188,7 +189,7 @@ export class AgentClient implements FrameSink {
   async quiesce(timeoutMs: number, options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.#closedError) throw this.#closedError;
     if (this.#quiesce) throw new InvalidArgumentError(`Agent of "${this.#label}" is already quiesced`);
-    options.signal?.throwIfAborted();
+    if (options.signal?.aborted) throw new AbortedError(`Quiesce of the agent of "${this.#label}" aborted`, { cause: options.signal.reason });
     const q: Quiesce = { phase: "asking", held: [], abandoned: false };
     const answer = this.request("quiesce", {}, { timeoutMs: 0 });
     // The request is written; everything after it waits until the agent reads frames again.

@@ -5,6 +5,7 @@
  */
 import { InvalidArgumentError, NAMESPACE_RELAY_PATH, SYSTEM_TRUST_BUNDLE_PATH, TRUST_BUNDLE_PATH } from "@mvm/protocol";
 import { AGENT_MOUNT_POINT, agentRuntimeCommand } from "../../runtime/agent-runtime.js";
+import { RESTORE_SHELL_DIR, RESTORE_SHELL_PATH } from "./snapshot-restore.js";
 
 /** uid and gid of the sandbox user inside the sandbox. */
 export const SANDBOX_UID = 1000;
@@ -30,6 +31,11 @@ export interface BwrapArgsOptions {
   readonly relaySocketPath: string;
   /** fds (in bwrap) from which it copies the trust bundle; present when the sandbox has one. */
   readonly trustBundle?: TrustBundleFds;
+  /**
+   * The fd (in the sandbox) of the static busybox that runs the restore step: a symlink to it is
+   * made at RESTORE_SHELL_PATH on the new /tmp (see snapshot-restore.ts). Only when restoring.
+   */
+  readonly restoreShellFd?: number;
   /** What runs inside. @default agentRuntimeCommand({ relayPath: NAMESPACE_RELAY_PATH }) */
   readonly command?: readonly string[];
 }
@@ -123,6 +129,9 @@ function bwrapOptions(options: BwrapArgsOptions): string[] {
     "--size", String(DEV_SHM_BYTES), "--tmpfs", "/dev/shm",
     "--size", String(options.workMiB * MiB), "--tmpfs", "/work",
     "--size", String(options.tmpMiB * MiB), "--tmpfs", "/tmp",
+    ...(options.restoreShellFd !== undefined
+      ? ["--dir", RESTORE_SHELL_DIR, "--symlink", `/proc/self/fd/${options.restoreShellFd}`, RESTORE_SHELL_PATH]
+      : []),
     "--ro-bind", options.agentDir, AGENT_MOUNT_POINT,
     // connect() needs no write access to the mount: a read-only bind of the socket is enough.
     "--ro-bind", options.relaySocketPath, NAMESPACE_RELAY_PATH,

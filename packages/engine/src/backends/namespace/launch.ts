@@ -14,13 +14,16 @@ import {
   AdmissionError,
   InvalidArgumentError,
   MvmError,
+  NAMESPACE_RELAY_PATH,
   Resources,
   SYSTEM_TRUST_BUNDLE_PATH,
   SandboxIdSchema,
+  TimeoutError,
   TransportError,
   UnsupportedCapabilityError,
 } from "@mvm/protocol";
 import { readProcStartTime, readProcStartTimeSync } from "../../_internal/proc.js";
+import { agentRuntimeCommand } from "../../runtime/agent-runtime.js";
 import { LOADER_NAME } from "../../runtime/shared-libs.js";
 import type { LaunchSpec } from "../types.js";
 import { CappedLog } from "./agent-log.js";
@@ -32,6 +35,17 @@ import { ReapExtra } from "./reap.js";
 import { RelayListener } from "./relay-listener.js";
 import { SandboxCgroups } from "./sandbox-cgroups.js";
 import { sandboxSeccompProgram } from "./seccomp.js";
+import {
+  RESTORE_SHELL_FD,
+  RESTORE_STATUS_FD,
+  type RestoreFiles,
+  type RestoreOutcome,
+  openRestoreFiles,
+  readRestoreOutcome,
+  restoreCommand,
+  restoreFailure,
+} from "./snapshot-restore.js";
+import type { SnapshotTools } from "./snapshot-tools.js";
 import type { SandboxUidAllocator } from "./uid.js";
 
 /** What the backend found on the host, resolved once. */
@@ -52,6 +66,8 @@ const SYSTEM_TRUST_BUNDLE_FD = 7;
 const MAX_TRUST_BUNDLE_BYTES = 4 * 1024 * 1024;
 const MAX_STATUS_LINE = 4096;
 const MAX_CAP_MIB = 1024 * 1024;
+/** How long the restore step may take to extract a snapshot's archives, ms (bounded by their size). */
+const RESTORE_TIMEOUT_MS = 300_000;
 
 const BwrapStatus = z.object({ "child-pid": z.number().int().min(1) });
 
@@ -214,9 +230,27 @@ export async function launchNamespaceSandbox(
   host: HostSetup,
   uids: SandboxUidAllocator,
   signal: AbortSignal | undefined,
+  snapshotTools: () => Promise<SnapshotTools>,
 ): Promise<NamespaceSandbox> {
   aborted(spec, signal);
   validateSpec(spec);
+  let restore: RestoreFiles | undefined;
+  if (spec.restore !== undefined) restore = await openRestoreFiles(spec, spec.restore, await snapshotTools());
+  try {
+    return await launchSandbox(spec, host, uids, signal, restore, snapshotTools);
+  } finally {
+    await Promise.all(restore?.handles.map((h) => h.close()) ?? []);
+  }
+}
+
+async function launchSandbox(
+  spec: LaunchSpec,
+  host: HostSetup,
+  uids: SandboxUidAllocator,
+  signal: AbortSignal | undefined,
+  restore: RestoreFiles | undefined,
+  snapshotTools: () => Promise<SnapshotTools>,
+): Promise<NamespaceSandbox> {
   const bwrapPath = host.bwrapPath;
   if (bwrapPath === undefined) {
     throw new UnsupportedCapabilityError("The namespace backend needs bubblewrap, which was not found", { hint: "install bubblewrap 0.8 or newer" });
@@ -238,6 +272,7 @@ export async function launchNamespaceSandbox(
   let spawned: Promise<void> = Promise.resolve();
   let initPidReport: Promise<number> = Promise.reject(new Error("bubblewrap was not started"));
   initPidReport.catch(() => undefined);
+  let restoreReport: Promise<RestoreOutcome> = Promise.resolve({ ok: true });
   let pidStartTime = "";
   try {
     uid = host.isRoot ? await uids.allocate() : undefined;
@@ -255,6 +290,9 @@ export async function launchNamespaceSandbox(
         relaySocketPath: relay.path,
         ...(spec.trustBundlePem !== undefined
           ? { trustBundle: { fd: TRUST_BUNDLE_FD, ...(systemTrustBundle ? { systemFd: SYSTEM_TRUST_BUNDLE_FD } : {}) } }
+          : {}),
+        ...(restore !== undefined
+          ? { restoreShellFd: RESTORE_SHELL_FD, command: restoreCommand(restore, agentRuntimeCommand({ relayPath: NAMESPACE_RELAY_PATH })) }
           : {}),
       },
       ARGS_FD,
@@ -279,8 +317,11 @@ export async function launchNamespaceSandbox(
       });
       // bubblewrap forks the sandbox's pid 1, which keeps bubblewrap's command line and
       // environment for the workload to read: it starts with no variables, in /.
+      // A restore adds its status pipe at RESTORE_STATUS_FD and its files from RESTORE_SHELL_FD on.
+      const restoreStdio: Array<number | "ignore" | "pipe"> =
+        restore === undefined ? [] : [trustFds[0] ?? "ignore", trustFds[1] ?? "ignore", "pipe", ...restore.handles.map((h) => h.fd)];
       child = spawn(argv[0] ?? "/bin/sh", argv.slice(1), {
-        stdio: ["pipe", "pipe", "pipe", seccompFd, "pipe", argsFd, ...trustFds],
+        stdio: ["pipe", "pipe", "pipe", seccompFd, "pipe", argsFd, ...(restore === undefined ? trustFds : restoreStdio)],
         detached: true,
         cwd: "/",
         env: {},
@@ -297,6 +338,15 @@ export async function launchNamespaceSandbox(
       if (proc.stderr) log.follow(proc.stderr);
       initPidReport = readInitPid(proc.stdio[STATUS_FD] as Readable, signal);
       initPidReport.catch(() => undefined);
+      if (restore !== undefined) {
+        const deadline = AbortSignal.timeout(RESTORE_TIMEOUT_MS);
+        const stream = (proc.stdio as unknown as Readable[])[RESTORE_STATUS_FD] as Readable;
+        restoreReport = readRestoreOutcome(stream, signal !== undefined ? AbortSignal.any([signal, deadline]) : deadline).catch((err: unknown) => {
+          if (!deadline.aborted || signal?.aborted) throw err;
+          throw new TimeoutError(`Cannot restore sandbox "${spec.sandboxId}": extracting its archives took more than ${RESTORE_TIMEOUT_MS} ms`, { cause: err });
+        });
+        restoreReport.catch(() => undefined);
+      }
       pidStartTime = readProcStartTimeSync(proc.pid ?? 0) ?? "";
     } finally {
       await Promise.all(files.map((h) => h.close()));
@@ -319,6 +369,9 @@ export async function launchNamespaceSandbox(
       );
     }
     const initStartTime = (await readProcStartTime(initPid)) ?? "";
+    // A restoring sandbox runs its agent only after the archives are in place.
+    const restored = await restoreReport;
+    if (!restored.ok) throw await restoreFailure(spec, restored, log, exited);
     const sandboxUid = uid;
     return new NamespaceSandbox({
       sandboxId: spec.sandboxId,
@@ -328,6 +381,7 @@ export async function launchNamespaceSandbox(
       log,
       relay,
       init: initStartTime === "" ? undefined : { pid: initPid, startTime: initStartTime },
+      snapshots: { workMiB: spec.workMiB, tmpMiB: spec.tmpMiB, isRoot: host.isRoot, tools: snapshotTools },
       reapRecord: {
         backend: "namespace",
         pid,

@@ -17,6 +17,7 @@ import { findExecutable, probeNamespaceHost, runBounded } from "./probe.js";
 import { reapNamespaceSandbox } from "./reap.js";
 import { sweepRelayDirs } from "./relay-listener.js";
 import { sandboxSeccompProgram } from "./seccomp.js";
+import { type SnapshotTools, findSnapshotTools } from "./snapshot-tools.js";
 import { SandboxUidAllocator } from "./uid.js";
 
 export interface NamespaceBackendOptions {
@@ -26,6 +27,10 @@ export interface NamespaceBackendOptions {
   readonly setprivPath?: string;
   /** Name of the parent cgroup created when the engine runs as root. @default "mvm" */
   readonly cgroupParentName?: string;
+  /** GNU tar, for filesystem snapshots and restores. @default `tar` found like bwrap */
+  readonly tarPath?: string;
+  /** A statically linked busybox, the shell of the restore step. @default `busybox` found like bwrap */
+  readonly busyboxPath?: string;
 }
 
 /**
@@ -42,6 +47,7 @@ export class NamespaceBackend implements Backend {
   readonly name = "namespace" as const;
   private readonly uids = new SandboxUidAllocator();
   private setup: Promise<HostSetup> | undefined;
+  private tools: Promise<SnapshotTools> | undefined;
 
   constructor(private readonly options: NamespaceBackendOptions = {}) {}
 
@@ -108,6 +114,7 @@ export class NamespaceBackend implements Backend {
       setprivPath: host.setprivPath,
       cgroups: host.cgroups,
       trySandbox: () => this.trySandbox(host),
+      snapshotTools: () => this.snapshotTools(host.isRoot),
     });
   }
 
@@ -145,7 +152,23 @@ export class NamespaceBackend implements Backend {
    * image or host is not fit, AbortedError when `signal` fires; nothing is left behind.
    */
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<LaunchedSandbox> {
-    return launchNamespaceSandbox(spec, await this.host(), this.uids, signal);
+    const host = await this.host();
+    return launchNamespaceSandbox(spec, host, this.uids, signal, () => this.snapshotTools(host.isRoot));
+  }
+
+  /** The snapshot tools, found once (single-flight; a failed search is retried next time). */
+  private snapshotTools(isRoot: boolean): Promise<SnapshotTools> {
+    if (this.tools === undefined) {
+      const pending = findSnapshotTools({
+        ...(this.options.tarPath !== undefined ? { tarPath: this.options.tarPath } : {}),
+        ...(this.options.busyboxPath !== undefined ? { busyboxPath: this.options.busyboxPath } : {}),
+      }, isRoot);
+      this.tools = pending;
+      pending.catch(() => {
+        if (this.tools === pending) this.tools = undefined;
+      });
+    }
+    return this.tools;
   }
 
   reap(record: ReapRecord): Promise<void> {

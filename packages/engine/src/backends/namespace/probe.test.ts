@@ -114,4 +114,32 @@ test("probe on this host: bubblewrap, user namespaces, seccomp and cgroups", { s
   assert.equal(byName.get("seccomp")?.ok, true);
   if (isRoot) assert.equal(byName.get("setpriv")?.ok, true);
   assert.match(byName.get("cgroup")?.detail ?? "", /^cgroup (v1|v2|hybrid|none)/);
+  assert.match(byName.get("snapshot")?.detail ?? "", /memory snapshots are not available on this tier/);
+});
+
+test("probe: the snapshot check says what works (filesystem capture needs the freezer) and that memory snapshots do not", async () => {
+  const bwrapPath = await fakeBwrap("0.9.0");
+  const tools = { tar: "/usr/bin/tar", tarLoader: "/lib64/ld-linux-x86-64.so.2", tarLibraries: [], busybox: "/bin/busybox", unshare: undefined };
+  const ok = await probeNamespaceHost(inputs({ bwrapPath, snapshotTools: async () => tools }));
+  const check = ok.checks.find((c) => c.name === "snapshot");
+  assert.equal(check?.ok, true);
+  assert.match(check?.detail ?? "", /^filesystem snapshots of \/work and \/tmp \(GNU tar at \/usr\/bin\/tar, busybox at \/bin\/busybox\); memory snapshots are not available/);
+
+  const noFreezer = await probeNamespaceHost(
+    inputs({ bwrapPath, snapshotTools: async () => tools, cgroups: { ...fullCgroups, freezer: { available: false, reason: "no freezer here", hint: "delegate one" } } }),
+  );
+  const partial = noFreezer.checks.find((c) => c.name === "snapshot");
+  assert.equal(partial?.ok, false);
+  assert.match(partial?.detail ?? "", /restore from filesystem snapshots works .*capture needs the freezer: no freezer here/);
+  assert.equal(partial?.hint, "delegate one");
+  assert.equal(noFreezer.usable, true, "snapshots are optional");
+
+  const missing = await probeNamespaceHost(
+    inputs({ bwrapPath, snapshotTools: async () => Promise.reject(Object.assign(new Error("tar was not found"), { hint: "install tar" })) }),
+  );
+  const none = missing.checks.find((c) => c.name === "snapshot");
+  assert.equal(none?.ok, false);
+  assert.match(none?.detail ?? "", /filesystem snapshots are not available: tar was not found/);
+  assert.equal(none?.hint, "install tar");
+  assert.equal(missing.usable, true);
 });

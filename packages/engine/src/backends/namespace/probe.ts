@@ -7,6 +7,7 @@ import { access, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { ProbeCheck, ProbeResult } from "../types.js";
 import type { CgroupSupport } from "./cgroups.js";
+import type { SnapshotTools } from "./snapshot-tools.js";
 import { CGROUP_CONTROLLERS } from "./cgroups.js";
 
 /** bubblewrap 0.8 introduced --disable-userns. */
@@ -88,6 +89,8 @@ export interface ProbeInputs {
   readonly cgroups: CgroupSupport;
   /** Runs `bwrap --unshare-user --disable-userns ... /bin/sh -c 'exit 0'` the way launch would (as a sandbox uid when root). */
   readonly trySandbox: () => Promise<RunResult>;
+  /** Finds the tools of filesystem snapshots; absent: no "snapshot" check. */
+  readonly snapshotTools?: () => Promise<SnapshotTools>;
 }
 
 /** Runs every check and sums them up. */
@@ -179,6 +182,27 @@ export async function probeNamespaceHost(inputs: ProbeInputs): Promise<ProbeResu
     freezer.available ? `pause freezes a v${freezer.hierarchy.version} group under ${freezer.hierarchy.parentDir}` : `pause is not available: ${freezer.reason}`,
     freezer.available ? undefined : freezer.hint,
   );
+
+  if (inputs.snapshotTools !== undefined) {
+    const tools = await inputs.snapshotTools().then(
+      (found) => ({ found }),
+      (err: unknown) => ({ err: err as Error & { hint?: string } }),
+    );
+    const memory = "memory snapshots are not available on this tier (they would need CRIU, which fails on this kernel)";
+    if ("err" in tools) {
+      add("snapshot", false, `filesystem snapshots are not available: ${tools.err.message}; ${memory}`, tools.err.hint ?? "install GNU tar and busybox-static");
+    } else {
+      const where = `GNU tar at ${tools.found.tar}, busybox at ${tools.found.busybox}`;
+      add(
+        "snapshot",
+        freezer.available,
+        freezer.available
+          ? `filesystem snapshots of /work and /tmp (${where}); ${memory}`
+          : `restore from filesystem snapshots works (${where}), capture needs the freezer: ${freezer.reason}; ${memory}`,
+        freezer.available ? undefined : freezer.hint,
+      );
+    }
+  }
 
   return {
     backend: "namespace",

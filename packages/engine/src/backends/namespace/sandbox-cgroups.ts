@@ -200,6 +200,16 @@ export class SandboxCgroups {
     }
   }
 
+  /**
+   * True when the sandbox's freezer group is asked to be frozen (paused, or on the way), read from
+   * the kernel. Throws UnsupportedCapabilityError when the host has no freezer for the sandbox.
+   */
+  async freezeRequested(): Promise<boolean> {
+    const group = this.freezerGroup();
+    const { file, thawed } = freezerFile(group);
+    return (await readFile(file, "utf8")).trim() !== thawed;
+  }
+
   private freezerGroup(): CgroupGroup {
     if ("dir" in this.freezer) return this.freezer;
     throw new UnsupportedCapabilityError(`Cannot pause the sandbox on this host: ${this.freezer.reason}`, { hint: this.freezer.hint });
