@@ -23,11 +23,13 @@ import {
   PolicyDeniedError,
   SnapshotApiRequest,
   UnsupportedCapabilityError,
+  Resources,
+  SnapshotMismatchError,
   backendForTier,
+  parseJsonStrict,
   toMvmError,
   type CallOptions,
   type ProgressEvent,
-  type Resources,
   type SandboxInfo,
   type SignedPlan,
   type SnapshotInfo,
@@ -163,12 +165,16 @@ function shapeOf(shape: { kernelDigest?: string | undefined; initramfsDigest?: s
 function sourceResources(snap: StoredSnapshot): Resources {
   const text = snap.labels[RESOURCES_LABEL];
   if (text === undefined) return {};
+  // Signed by this host with the record, but parsed as strictly as anything else read back.
+  let value: unknown;
   try {
-    const value = JSON.parse(text) as Resources;
-    return typeof value === "object" && value !== null ? value : {};
-  } catch {
-    return {};
+    value = parseJsonStrict(text);
+  } catch (err) {
+    throw new SnapshotMismatchError(`Snapshot "${snap.id}" records limits that do not parse`, { cause: err });
   }
+  const parsed = Resources.safeParse(value);
+  if (!parsed.success) throw new SnapshotMismatchError(`Snapshot "${snap.id}" records limits that do not parse`);
+  return parsed.data;
 }
 
 /**
