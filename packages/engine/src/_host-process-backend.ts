@@ -5,13 +5,15 @@
  * real backends' snapshots are tested by the conformance suite.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { copyFile, mkdir, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex } from "node:stream";
 import { UnsupportedCapabilityError, type BackendName, type Tier } from "@mvm/protocol";
 import { defaultAgentBundlePath } from "./open.js";
 import { readProcStartTime } from "./_internal/proc.js";
 import type { Backend, LaunchSpec, LaunchedSandbox, ProbeResult, ReapRecord } from "./backends/types.js";
+import { ImageStore } from "./images/store.js";
 
 /** The file that stands for a host-process sandbox's /work: "fresh" at launch, or the restored part. */
 export const STATE_FILE = "work.state";
@@ -81,3 +83,14 @@ export const unusable: Omit<ProbeResult, "backend"> = {
   checks: [{ name: "qemu", ok: false, detail: "not installed", hint: "apt-get install qemu-system-x86" }],
   enforceable: { memory: false, pids: false, cpu: false },
 };
+
+/** A throwaway directory holding an image store with one tiny image, "tiny" (/bin/hello). */
+export async function tinyImageStore(prefix: string): Promise<{ root: string; images: ImageStore }> {
+  const root = await mkdtemp(join(tmpdir(), prefix));
+  const tree = join(root, "tree");
+  await mkdir(join(tree, "bin"), { recursive: true });
+  await writeFile(join(tree, "bin", "hello"), "hi\n");
+  const images = await ImageStore.open(join(root, "images"));
+  await images.importDir(tree, "tiny");
+  return { root, images };
+}

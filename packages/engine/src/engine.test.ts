@@ -8,7 +8,6 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   CONTAINER_TIER_CAVEATS,
@@ -25,21 +24,16 @@ import {
   type Tier,
 } from "@mvm/protocol";
 import { Engine, type EngineOptions } from "./engine.js";
-import { ImageStore } from "./images/store.js";
+import type { ImageStore } from "./images/store.js";
 import type { Backend } from "./backends/types.js";
-import { HostProcessBackend, unusable, usable } from "./_host-process-backend.js";
+import { HostProcessBackend, tinyImageStore, unusable, usable } from "./_host-process-backend.js";
 import { readProcStartTime } from "./_internal/proc.js";
 
 let root: string;
 let images: ImageStore;
 
 before(async () => {
-  root = await mkdtemp(join(tmpdir(), "mvm-engine-test-"));
-  const tree = join(root, "tree");
-  await mkdir(join(tree, "bin"), { recursive: true });
-  await writeFile(join(tree, "bin", "hello"), "hi\n");
-  images = await ImageStore.open(join(root, "images"));
-  await images.importDir(tree, "tiny");
+  ({ root, images } = await tinyImageStore("mvm-engine-test-"));
 });
 after(async () => rm(root, { recursive: true, force: true }));
 

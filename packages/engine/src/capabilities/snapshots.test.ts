@@ -6,7 +6,6 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { chmod, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   InvalidArgumentError,
@@ -16,8 +15,8 @@ import {
   UnsupportedCapabilityError,
 } from "@mvm/protocol";
 import { Engine } from "../engine.js";
-import { ImageStore } from "../images/store.js";
-import { HostProcessBackend, STATE_FILE, usable } from "../_host-process-backend.js";
+import type { ImageStore } from "../images/store.js";
+import { HostProcessBackend, STATE_FILE, tinyImageStore, usable } from "../_host-process-backend.js";
 import { auditFilePath } from "../audit/log.js";
 import { tailAuditEntries } from "../audit/read.js";
 
@@ -25,12 +24,7 @@ let root: string;
 let images: ImageStore;
 
 before(async () => {
-  root = await mkdtemp(join(tmpdir(), "mvm-snapshots-test-"));
-  const tree = join(root, "tree");
-  await mkdir(join(tree, "bin"), { recursive: true });
-  await writeFile(join(tree, "bin", "hello"), "hi\n");
-  images = await ImageStore.open(join(root, "images"));
-  await images.importDir(tree, "tiny");
+  ({ root, images } = await tinyImageStore("mvm-snapshots-test-"));
 });
 after(async () => rm(root, { recursive: true, force: true }));
 
