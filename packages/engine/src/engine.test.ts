@@ -5,12 +5,10 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Duplex } from "node:stream";
 import {
   CONTAINER_TIER_CAVEATS,
   InvalidArgumentError,
@@ -26,77 +24,16 @@ import {
   type Tier,
 } from "@mvm/protocol";
 import { Engine, type EngineOptions } from "./engine.js";
-import { ImageStore } from "./images/store.js";
-import { defaultAgentBundlePath } from "./open.js";
+import type { ImageStore } from "./images/store.js";
+import type { Backend } from "./backends/types.js";
+import { HostProcessBackend, tinyImageStore, unusable, usable } from "./_host-process-backend.js";
 import { readProcStartTime } from "./_internal/proc.js";
-import type { Backend, LaunchSpec, LaunchedSandbox, ProbeResult, ReapRecord } from "./backends/types.js";
-
-class HostProcessBackend implements Backend {
-  readonly reaped: ReapRecord[] = [];
-  readonly children: ChildProcess[] = [];
-  constructor(
-    readonly name: BackendName,
-    private readonly probeResult: Omit<ProbeResult, "backend">,
-  ) {}
-  async probe(): Promise<ProbeResult> {
-    return { backend: this.name, ...this.probeResult };
-  }
-  async launch(spec: LaunchSpec): Promise<LaunchedSandbox> {
-    await mkdir(join(spec.stateDir, "work"), { recursive: true });
-    const child = spawn(process.execPath, [defaultAgentBundlePath(), "--channel", "stdio"], { stdio: ["pipe", "pipe", "ignore"] });
-    this.children.push(child);
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      child.once("exit", (code, signal) => resolve({ code, signal })),
-    );
-    const startTime = (await readProcStartTime(child.pid!)) ?? "0";
-    const relay = Promise.reject(new Error("this test backend has no egress relay"));
-    relay.catch(() => {});
-    return {
-      channel: Duplex.from({ readable: child.stdout!, writable: child.stdin! }),
-      relay,
-      reapRecord: { backend: this.name, pid: child.pid!, pidStartTime: startTime, cgroups: [], extra: {} },
-      exited,
-      oomKills: async () => 0,
-      // A stopped process stands for a frozen sandbox (its agent does not answer).
-      pause: async () => {
-        if (this.probeResult.pauseUnsupported) throw new UnsupportedCapabilityError(`Cannot pause: ${this.probeResult.pauseUnsupported.reason}`);
-        child.kill("SIGSTOP");
-      },
-      resume: async () => void child.kill("SIGCONT"),
-      destroy: async () => {
-        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-        await exited;
-      },
-    };
-  }
-  async reap(record: ReapRecord): Promise<void> {
-    this.reaped.push(record);
-  }
-}
-
-const usable = (tier: Tier, enforce = true): Omit<ProbeResult, "backend"> => ({
-  tier,
-  usable: true,
-  checks: [{ name: "fake", ok: true, detail: "host process" }],
-  enforceable: { memory: enforce, pids: enforce, cpu: enforce },
-});
-const unusable: Omit<ProbeResult, "backend"> = {
-  tier: "vm-emulated",
-  usable: false,
-  checks: [{ name: "qemu", ok: false, detail: "not installed", hint: "apt-get install qemu-system-x86" }],
-  enforceable: { memory: false, pids: false, cpu: false },
-};
 
 let root: string;
 let images: ImageStore;
 
 before(async () => {
-  root = await mkdtemp(join(tmpdir(), "mvm-engine-test-"));
-  const tree = join(root, "tree");
-  await mkdir(join(tree, "bin"), { recursive: true });
-  await writeFile(join(tree, "bin", "hello"), "hi\n");
-  images = await ImageStore.open(join(root, "images"));
-  await images.importDir(tree, "tiny");
+  ({ root, images } = await tinyImageStore("mvm-engine-test-"));
 });
 after(async () => rm(root, { recursive: true, force: true }));
 

@@ -24,6 +24,7 @@ import {
   type SandboxInfo,
   type Env,
 } from "@mvm/protocol";
+import { setTimeout as delay } from "node:timers/promises";
 import type { z } from "zod";
 import { AgentClient, type AgentProcess, type RequestParams } from "./agent/client.js";
 import type { Backend, BackendSnapshot, LaunchedSandbox, LaunchSpec, ReapRecord, SnapshotCapture } from "./backends/types.js";
@@ -38,6 +39,8 @@ export type PauseChange =
   | { readonly type: "sandbox.resumed"; readonly pausedMs: number };
 
 /** Default per-stream output cap for exec, bytes. */
+/** How long the host's held relay frames get to reach the guest before it is quiesced, ms. */
+const RELAY_SETTLE_MS = 50;
 /** How long the agent may take to reach a quiet point before a memory snapshot, ms. */
 const QUIESCE_TIMEOUT_MS = 30_000;
 
@@ -226,17 +229,26 @@ export class LiveSandbox {
       this.#assertLive();
       const take = this.#launched.snapshot?.bind(this.#launched);
       if (take === undefined) throw new UnsupportedCapabilityError(`Backend "${this.info.backend}" cannot snapshot sandboxes`);
-      if (!capture.memory) return await take(capture);
       const paused = this.#pausedAt !== undefined;
+      // The backend stops the sandbox while it captures: a silent agent then is not a hung one.
       this.#suspendHeartbeat();
       try {
+        if (!capture.memory) return await take(capture);
         if (paused) await this.#launched.resume();
-        await this.#client.quiesce(QUIESCE_TIMEOUT_MS);
+        // The host's relay writes stop first and get a moment to reach the guest, which reads them
+        // on until it is quiet: a restored copy then starts its new relay with nothing half-read.
+        await this.network.holdRelay();
         try {
-          return await take(capture);
+          await delay(RELAY_SETTLE_MS);
+          await this.#client.quiesce(QUIESCE_TIMEOUT_MS);
+          try {
+            return await take(capture);
+          } finally {
+            await this.#client.resumeAfterQuiesce();
+            if (paused) await this.#launched.pause();
+          }
         } finally {
-          await this.#client.resumeAfterQuiesce();
-          if (paused) await this.#launched.pause();
+          this.network.releaseRelay();
         }
       } finally {
         this.#assertLive();

@@ -122,6 +122,37 @@ describe("RelayMux", () => {
     }
   });
 
+  it("hold stops the host's writes at a frame boundary (nothing reaches the peer until release), reading goes on, and release delivers everything in order", async () => {
+    const { guest, host, dispose } = await muxPair();
+    try {
+      const incoming = nextStream(host);
+      const s = guest.open();
+      s.write("hello");
+      const [hs] = await incoming;
+      const got: Buffer[] = [];
+      s.on("data", (c: Buffer) => got.push(c));
+      const up: Buffer[] = [];
+      hs.on("data", (c: Buffer) => up.push(c));
+      await until(() => Buffer.concat(up).toString() === "hello");
+      await host.hold();
+      const down = randomBytes(3 * 1024 * 1024);
+      hs.write(down);
+      hs.end();
+      // The guest still reaches the host while the host holds.
+      s.write(" again");
+      await until(() => Buffer.concat(up).toString() === "hello again");
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(Buffer.concat(got).length, 0, "no byte crossed while held");
+      host.release();
+      await until(() => Buffer.concat(got).length === down.length);
+      assert.equal(sha(Buffer.concat(got)), sha(down));
+      s.end();
+      await until(() => guest.openStreams === 0 && host.openStreams === 0);
+    } finally {
+      dispose();
+    }
+  });
+
   it("carries 20 MiB on a host-opened stream with its port", async () => {
     const { guest, host, dispose } = await muxPair();
     try {

@@ -85,6 +85,8 @@ export class RelayMux extends EventEmitter {
   #localCount = 0;
   #peerCount = 0;
   #outputBlocked = false;
+  /** Frames kept back while held (see `hold`), in order. */
+  #held: Buffer[] | undefined;
   #closed = false;
   readonly #onData = (chunk: Buffer): void => this.#receive(chunk);
   readonly #onEnd = (): void => {
@@ -97,6 +99,7 @@ export class RelayMux extends EventEmitter {
   };
   readonly #onError = (err: Error): void => this.#shutdown(err, err);
   readonly #onDrain = (): void => {
+    if (this.#held !== undefined) return;
     this.#outputBlocked = false;
     for (const s of [...this.#streams.values()]) {
       if (this.#outputBlocked || this.#closed) break;
@@ -145,6 +148,41 @@ export class RelayMux extends EventEmitter {
     return this.#add(id).stream;
   }
 
+  /**
+   * Stops writing at a frame boundary: from now on frames are kept back (streams' data waits, as
+   * for a full output) until `release`. Resolves once everything written before has left this
+   * process's buffers. Reading goes on. Used before a VM is saved, so a restored copy's guest holds
+   * no half-delivered frame of this host's.
+   */
+  async hold(): Promise<void> {
+    this.#held ??= [];
+    this.#outputBlocked = true;
+    while (!this.#closed && this.#output.writableLength > 0) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.#output.off("drain", done);
+          this.#output.off("close", done);
+          resolve();
+        };
+        this.#output.once("drain", done);
+        this.#output.once("close", done);
+      });
+    }
+  }
+
+  /** Writes what `hold` kept back and lets the streams send again. */
+  release(): void {
+    const held = this.#held;
+    if (held === undefined) return;
+    this.#held = undefined;
+    this.#outputBlocked = false;
+    for (const frame of held) {
+      if (this.#closed) return;
+      this.#write(frame);
+    }
+    if (!this.#outputBlocked) this.#onDrain();
+  }
+
   /** Destroys every stream with `reason`, ends the output and stops reading the input. */
   close(reason = "The relay was closed"): void {
     this.#shutdown(new Error(reason), undefined);
@@ -166,7 +204,16 @@ export class RelayMux extends EventEmitter {
 
   #send(kind: RelayFrameKind, id: number, payload?: Buffer): void {
     if (this.#closed) return;
-    if (!this.#output.write(encodeRelayFrame(kind, id, payload))) this.#outputBlocked = true;
+    const frame = encodeRelayFrame(kind, id, payload);
+    if (this.#held !== undefined) {
+      this.#held.push(frame);
+      return;
+    }
+    this.#write(frame);
+  }
+
+  #write(frame: Buffer): void {
+    if (!this.#output.write(frame)) this.#outputBlocked = true;
     if (this.#output.writableLength > MAX_OUTPUT_BACKLOG_BYTES) {
       const err = new RelayProtocolError(`The relay peer stopped reading: ${this.#output.writableLength} bytes queued`);
       this.#shutdown(err, err);

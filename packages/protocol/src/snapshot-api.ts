@@ -44,7 +44,14 @@ export const SnapshotApiRequest = z.strictObject({
    * their values are then in the snapshot. Mediated secrets are placeholders and need no consent.
    */
   includeEnvSecrets: z.boolean().optional(),
-  labels: z.record(z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/), z.string().max(256)).refine((l) => Object.keys(l).length <= 32, "at most 32 labels").optional(),
+  /** At most 31 labels (the engine keeps one of its own); keys beginning `mvm/` are the engine's. */
+  labels: z
+    .record(
+      z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/).refine((k) => !k.startsWith("mvm/"), "keys beginning mvm/ are reserved for the engine"),
+      z.string().max(256),
+    )
+    .refine((l) => Object.keys(l).length <= 31, "at most 31 labels")
+    .optional(),
 });
 export type SnapshotApiRequest = z.infer<typeof SnapshotApiRequest>;
 

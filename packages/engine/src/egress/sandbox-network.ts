@@ -109,6 +109,20 @@ export class SandboxNetwork {
     );
   }
 
+  /**
+   * Stops the host's relay writes toward the guest at a frame boundary and waits until they have
+   * left the engine's buffers (a VM about to be saved then holds no half-delivered frame); the
+   * guest's traffic is still read. No-op without a relay.
+   */
+  async holdRelay(): Promise<void> {
+    await this.#mux?.hold();
+  }
+
+  /** Lets relay writes toward the guest go again. */
+  releaseRelay(): void {
+    this.#mux?.release();
+  }
+
   get policy(): NetworkPolicyJson {
     return this.#policy;
   }

@@ -31,6 +31,7 @@ export {
 export { IDENTITY_FILE, PART_NAMES, type PartName } from "./templates.js";
 export {
   SnapshotStore,
+  TEMPLATE_IDLE_SECONDS,
   type CreateSnapshotInput,
   type Materialized,
   type PartPaths,

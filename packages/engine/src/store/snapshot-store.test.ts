@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
-import { NotFoundError, SnapshotMismatchError, canonicalJson } from "@mvm/protocol";
+import { NotFoundError, SnapshotInfo, SnapshotMismatchError, canonicalJson } from "@mvm/protocol";
 import { CHUNK_SIZE, type ChunkId } from "./chunks.js";
 import { SnapshotStore, type StoredSnapshot } from "./snapshot-store.js";
 import type { SnapshotShape } from "./manifest.js";
@@ -68,6 +68,25 @@ async function flipByte(path: string, offset: number): Promise<void> {
 }
 
 describe("snapshot store", () => {
+  it("has the layout and record fields docs/STORAGE.md shows", async () => {
+    const doc = await readFile(new URL("../../../../docs/STORAGE.md", import.meta.url), "utf8");
+    const section = doc.slice(doc.indexOf("## Snapshot registry"));
+    const { store, root } = await freshStore();
+    const snap = await userSnapshot(store, await sampleParts());
+    const m = await store.materialize(snap);
+    // Every top-level entry of the registry is in the diagram, and the template's files.
+    for (const name of await readdir(root)) assert.match(section, new RegExp(`── ${name}/`), `${name}/ in the diagram`);
+    for (const name of await readdir(join(root, "templates", snap.digest.slice(7)))) assert.ok(section.includes(name), `${name} in the diagram`);
+    // The record's wire form: the outer keys and every field of the record, as shown.
+    const wire = JSON.parse((await readFile(join(root, "records", snap.id))).toString()) as Record<string, Record<string, unknown>>;
+    const shown = section.slice(section.indexOf('{ "record":'), section.indexOf("signature.value = Ed25519(host key, \"mvm.snapshot-record.v1"));
+    for (const key of Object.keys(wire)) assert.ok(shown.includes(`"${key}":`), `outer key ${key}`);
+    for (const key of [...Object.keys(wire.record!), "key"]) assert.ok(shown.includes(`"${key}"`), `record field ${key}`);
+    const shownFields = [...shown.slice(0, shown.indexOf('"manifest":')).matchAll(/"([a-zA-Z]+)"(?=\??:)/g)].map((x) => x[1]);
+    assert.deepEqual(shownFields.filter((f) => f !== "record" && f !== "manual").sort(), [...Object.keys(wire.record!), "key"].sort());
+    await m.release();
+  });
+
   it("creates, gets (by id and digest), lists and materializes a snapshot as sparse 0400 templates", async () => {
     const { store, root } = await freshStore();
     const parts = await sampleParts();
@@ -93,7 +112,7 @@ describe("snapshot store", () => {
     await again.release();
     await again.release();
 
-    const info = store.info(snap);
+    const info = SnapshotInfo.parse(store.info(snap));
     assert.deepEqual(info.sizes.ram, { bytes: parts.ramBytes.length, storedBytes: 2 * CHUNK_SIZE + 1000, chunks: 4, zeroChunks: 1 });
     assert.equal(info.tier, "vm-emulated");
     assert.deepEqual(info.retention, { manual: true });
@@ -311,6 +330,49 @@ describe("snapshot store", () => {
       assert.deepEqual(await chunkFiles(root), [...want].sort());
     });
 
+    it("an aborted create registers nothing, and its chunks go at the next sweep", async () => {
+      const { store, root } = await freshStore();
+      const parts = await sampleParts();
+      const ac = new AbortController();
+      let puts = 0;
+      const put = store.chunks.put.bind(store.chunks);
+      store.chunks.put = async (bytes, expected) => {
+        if (++puts === 2) ac.abort(new Error("stop"));
+        return put(bytes, expected);
+      };
+      await assert.rejects(store.create({ parts, shape, kind: "user", source: "s", retention: { manual: true }, memory: true, signal: ac.signal }), /stop/);
+      assert.deepEqual(await store.list(), []);
+      assert.deepEqual(await readdir(join(root, "busy")), []);
+      assert.ok((await chunkFiles(root)).length > 0);
+      assert.equal((await store.sweep()).chunksDeferred, false);
+      assert.deepEqual(await chunkFiles(root), []);
+    });
+
+    it("verify reads every chunk of a snapshot and fails closed on a damaged one", async () => {
+      const { store } = await freshStore();
+      const snap = await userSnapshot(store, await sampleParts());
+      await store.verify(snap);
+      await flipByte(store.chunks.pathOf(snap.manifest.blobs.device!.chunks[0] as ChunkId), 3);
+      await assert.rejects(store.verify(snap), SnapshotMismatchError);
+    });
+
+    it("sweep removes a live snapshot's template once nobody has used it for templateIdleSeconds; a held one stays", async () => {
+      const { store, root } = await freshStore();
+      const parts = await sampleParts();
+      const a = await userSnapshot(store, parts);
+      const b = await userSnapshot(store, await sampleParts());
+      await (await store.materialize(a)).release();
+      const held = await store.materialize(b);
+      const later = new Date(Date.now() + 2 * 3600_000);
+      assert.equal((await store.sweep(new Date(), { templateIdleSeconds: 3600 })).templatesRemoved, 0);
+      assert.equal((await store.sweep(later, { templateIdleSeconds: 3600 })).templatesRemoved, 1);
+      assert.deepEqual(await readdir(join(root, "templates")), [b.digest.slice(7)]);
+      await held.release();
+      const again = await store.materialize(a);
+      assert.ok((await readFile(again.parts.ram!)).equals(parts.ramBytes));
+      await again.release();
+    });
+
     it("refuses inconsistent retention and kinds before storing anything", async () => {
       const { store, root } = await freshStore();
       const parts = await sampleParts();
@@ -353,10 +415,11 @@ const storeModule = new URL("./snapshot-store.js", import.meta.url).href;
 const chunksModule = new URL("./chunks.js", import.meta.url).href;
 
 /**
- * A child process that creates a snapshot of `part` in the store at `root`, pausing after its
- * third chunk put: it prints "midway" and waits for a line on stdin, then finishes and prints the id.
+ * A child process that runs `body` against the store at `root` (as `store`), with the ChunkStore
+ * method `method` patched to pause after its `after`-th call: it prints "midway" and waits for a
+ * line on stdin. Lines the child prints come back through `nextLine`.
  */
-function childCreate(root: string, part: string) {
+function child(root: string, method: "put" | "get", after: number, body: string) {
   const pem = keys.privateKey.export({ type: "pkcs8", format: "pem" }).toString();
   const script = `
 import { createPrivateKey, createPublicKey } from "node:crypto";
@@ -366,21 +429,20 @@ import { ChunkStore } from ${JSON.stringify(chunksModule)};
 const privateKey = createPrivateKey(${JSON.stringify(pem)});
 const store = await SnapshotStore.open(${JSON.stringify(root)}, { privateKey, publicKey: createPublicKey(privateKey) });
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const put = ChunkStore.prototype.put;
-let puts = 0;
-ChunkStore.prototype.put = async function (...args) {
-  const id = await put.apply(this, args);
-  if (++puts === 3) { process.stdout.write("midway\\n"); await lines.next(); }
-  return id;
+const original = ChunkStore.prototype.${method};
+let calls = 0;
+ChunkStore.prototype.${method} = async function (...args) {
+  const result = await original.apply(this, args);
+  if (++calls === ${after}) { process.stdout.write("midway\\n"); await lines.next(); }
+  return result;
 };
-const snap = await store.create({ parts: { ram: ${JSON.stringify(part)} }, shape: ${JSON.stringify(shape)}, kind: "user", source: "sbx_child", retention: { manual: true }, memory: true });
-process.stdout.write(snap.id + "\\n");
+${body}
 process.exit(0);`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["pipe", "pipe", "inherit"] });
+  const proc = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["pipe", "pipe", "inherit"] });
   const lines: string[] = [];
   let buffered = "";
   const waiters: (() => void)[] = [];
-  child.stdout.on("data", (d: Buffer) => {
+  proc.stdout.on("data", (d: Buffer) => {
     buffered += d.toString();
     let i;
     while ((i = buffered.indexOf("\n")) >= 0) {
@@ -391,15 +453,26 @@ process.exit(0);`;
   });
   const nextLine = async (): Promise<string> => {
     while (lines.length === 0) {
-      if (child.exitCode !== null) throw new Error(`child exited ${child.exitCode}`);
+      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`child exited ${proc.exitCode ?? proc.signalCode}`);
       await new Promise<void>((r) => {
         waiters.push(r);
-        child.once("exit", () => r());
+        proc.once("exit", () => r());
       });
     }
     return lines.shift()!;
   };
-  return { child, nextLine };
+  return { child: proc, nextLine };
+}
+
+/** A child that creates a snapshot of `part`, pausing after its third chunk put, then prints the id. */
+function childCreate(root: string, part: string) {
+  return child(
+    root,
+    "put",
+    3,
+    `const snap = await store.create({ parts: { ram: ${JSON.stringify(part)} }, shape: ${JSON.stringify(shape)}, kind: "user", source: "sbx_child", retention: { manual: true }, memory: true });
+process.stdout.write(snap.id + "\\n");`,
+  );
 }
 
 describe("snapshot store across processes", () => {
@@ -446,5 +519,27 @@ describe("snapshot store across processes", () => {
     for (const sub of ["records", "templates", "busy", "holds", "tmp", "chunks/tmp"]) assert.deepEqual(await readdir(join(root, sub)), [], sub);
     assert.deepEqual(await chunkFiles(root), []);
     assert.ok((await lstat(join(root, "locks"))).isDirectory());
+  });
+
+  it("kill -9 mid-materialize: nothing half-made in templates/, leftovers swept, the next materialize builds it", async () => {
+    const { store, root } = await freshStore();
+    const parts = await sampleParts();
+    const snap = await userSnapshot(store, parts);
+    const { child: proc, nextLine } = child(root, "get", 1, `const m = await store.materialize(await store.get(${JSON.stringify(snap.id)}));`);
+    assert.equal(await nextLine(), "midway");
+    // While the build runs, a sweep removes neither its chunks nor its work.
+    await store.chunks.put(Buffer.from("an orphan chunk"));
+    const during = await store.sweep();
+    assert.equal(during.chunksDeferred, true);
+    assert.equal((await readdir(join(root, "tmp"))).length, 1, "the build in progress");
+    proc.kill("SIGKILL");
+    await once(proc, "exit");
+    assert.deepEqual(await readdir(join(root, "templates")), []);
+    const after = await store.sweep();
+    assert.equal(after.chunksRemoved, 1, "only the orphan");
+    for (const sub of ["templates", "busy", "holds", "tmp", "chunks/tmp"]) assert.deepEqual(await readdir(join(root, sub)), [], sub);
+    const m = await store.materialize(snap);
+    assert.ok((await readFile(m.parts.ram!)).equals(parts.ramBytes));
+    await m.release();
   });
 });

@@ -26,16 +26,17 @@
  */
 import { randomBytes, type KeyObject } from "node:crypto";
 import { constants as fsc } from "node:fs";
-import { chmod, mkdir, open, readdir, rename, rm, unlink, writeFile } from "node:fs/promises";
+import { chmod, mkdir, open, readdir, rm, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { canonicalJson, InvalidArgumentError, NotFoundError, SnapshotMismatchError, type SnapshotInfo, type Sha256Digest } from "@mvm/protocol";
+import { InvalidArgumentError, NotFoundError, SnapshotMismatchError, type SnapshotInfo, type Sha256Digest } from "@mvm/protocol";
 import { fsyncDir, writeFileAtomic } from "./atomic.js";
-import { blobCounts, chunkLength, storeFile, type BlobRef } from "./blobs.js";
+import { blobCounts, chunkLength, storeFile, verifyBlob, type BlobRef } from "./blobs.js";
 import { ChunkStore } from "./chunks.js";
 import { FileLock, isAlive, parseOwnerTag, uniqueOwnedName } from "./lock.js";
 import { decodeSignedManifest, encodeSignedManifest, manifestDigest, MANIFEST_VERSION, type SnapshotManifest, type SnapshotShape } from "./manifest.js";
 import { decodeRecord, encodeRecord, MAX_RECORD_BYTES, SnapshotRecordSchema, type SnapshotRecord, type StoredRetention } from "./snapshot-record.js";
-import { buildTemplate, checkTemplate, PART_NAMES, partsOf, type PartName, type TemplateIdentity } from "./templates.js";
+import { TemplateCache } from "./template-cache.js";
+import { PART_NAMES, partsOf, type PartName } from "./templates.js";
 
 export type { StoredRetention } from "./snapshot-record.js";
 
@@ -120,6 +121,9 @@ export interface StoreUsage {
   readonly dedupRatio: number;
 }
 
+/** How long a template nobody holds is kept after its last use, seconds. */
+export const TEMPLATE_IDLE_SECONDS = 3600;
+
 const ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567";
 const ID = /^snap_[a-z2-7]{20}$/;
 const DIGEST = /^sha256:([0-9a-f]{64})$/;
@@ -175,19 +179,14 @@ export class SnapshotStore {
   readonly #publicKey: KeyObject;
   /** Verified records by id, keyed by the file's identity when read. */
   readonly #records = new Map<string, { stamp: string; snap: StoredSnapshot; manifestWire: Buffer }>();
-  /** Template identities verified in this process (templates.ts). */
-  readonly #identities = new Map<string, TemplateIdentity>();
-  /** In-process uses of each template (by digest hex), and this process's hold file for it. */
-  readonly #holds = new Map<string, number>();
-  readonly #holdFiles = new Map<string, string>();
-  /** Template checks or builds in flight, by digest hex. */
-  readonly #inflight = new Map<string, Promise<void>>();
+  readonly #templates: TemplateCache;
 
   private constructor(root: string, chunks: ChunkStore, keys: { privateKey: KeyObject; publicKey: KeyObject }) {
     this.root = root;
     this.chunks = chunks;
     this.#privateKey = keys.privateKey;
     this.#publicKey = keys.publicKey;
+    this.#templates = new TemplateCache({ root, chunks, ...keys, markBusy: () => this.#markBusy("build") });
   }
 
   /**
@@ -211,7 +210,8 @@ export class SnapshotStore {
    * written last, atomically: until then (and forever, if this process dies first) there is no
    * snapshot, and the next sweep removes the chunks nobody names.
    * @throws InvalidArgumentError for a bad shape, retention, labels or part file.
-   * @throws AbortedError (the signal's reason) when `signal` fires.
+   * @throws the signal's reason when `signal` fires (nothing is registered; the chunks stored so
+   *   far go at the next sweep).
    */
   async create(input: CreateSnapshotInput): Promise<StoredSnapshot> {
     const names = PART_NAMES.filter((p) => input.parts[p] !== undefined);
@@ -337,7 +337,7 @@ export class SnapshotStore {
     await this.#collectChunks();
     if (digestHex !== undefined) {
       const live = new Set((await this.list()).map((s) => s.digest.slice("sha256:".length)));
-      if (!live.has(digestHex)) await this.#removeTemplateIfUnheld(digestHex);
+      if (!live.has(digestHex)) await this.#templates.removeIfUnheld(digestHex);
     }
   }
 
@@ -345,40 +345,24 @@ export class SnapshotStore {
    * Makes (once per digest, shared by concurrent callers and later calls) the snapshot's verified
    * read-only template and returns its part files. A template that exists is checked first: if a
    * file changed, was replaced or added, it is removed and rebuilt from the chunks, each verified
-   * as it is written. Pair every call with `release()`.
+   * as it is written. Pair every call with `release()`. `signal` stops a build this call started;
+   * calls that joined that build then fail with it too.
    * @throws SnapshotMismatchError when a chunk is missing or fails verification; nothing is left half-made.
    */
   async materialize(snap: StoredSnapshot, signal?: AbortSignal): Promise<Materialized> {
     const m = DIGEST.exec(snap.digest);
     if (!m?.[1] || manifestDigest(snap.manifest) !== snap.digest) throw new SnapshotMismatchError(`Snapshot ${snap.id} does not match its digest`);
-    const hex = m[1];
-    this.#holds.set(hex, (this.#holds.get(hex) ?? 0) + 1);
-    let released = false;
-    const release = async (): Promise<void> => {
-      if (released) return;
-      released = true;
-      const left = (this.#holds.get(hex) ?? 1) - 1;
-      if (left > 0) return void this.#holds.set(hex, left);
-      this.#holds.delete(hex);
-      const file = this.#holdFiles.get(hex);
-      this.#holdFiles.delete(hex);
-      if (file !== undefined) await unlink(file).catch(() => undefined);
-    };
-    try {
-      let work = this.#inflight.get(hex);
-      if (work === undefined) {
-        work = this.#ensureTemplate(hex, snap, signal).finally(() => this.#inflight.delete(hex));
-        this.#inflight.set(hex, work);
-      }
-      await work;
-    } catch (err) {
-      await release();
-      throw err;
-    }
-    const dir = join(this.root, "templates", hex);
-    const parts: Partial<Record<PartName, string>> = {};
-    for (const part of partsOf(snap.manifest)) parts[part] = join(dir, part);
-    return { parts, release };
+    return this.#templates.acquire(m[1], snap.manifest, snap.digest, signal);
+  }
+
+  /**
+   * Reads and verifies every stored chunk of the snapshot without writing anything (an audit of
+   * the store; a restore verifies through `materialize`).
+   * @throws SnapshotMismatchError when a chunk is missing or fails verification.
+   */
+  async verify(snap: StoredSnapshot): Promise<void> {
+    if (manifestDigest(snap.manifest) !== snap.digest) throw new SnapshotMismatchError(`Snapshot ${snap.id} does not match its digest`);
+    for (const part of partsOf(snap.manifest)) await verifyBlob(this.chunks, snap.manifest.blobs[part]!);
   }
 
   /** Records a use of the snapshot now (for `{ unusedSeconds }` retention). @throws NotFoundError when it is gone. */
@@ -393,10 +377,12 @@ export class SnapshotStore {
   /**
    * Applies retention at `now`: removes snapshots whose TTL ran out and boot snapshots unused for
    * their `unusedSeconds`; leftovers of dead processes (temp files, builds, busy markers, holds);
-   * every chunk no record names (none that one does); templates of snapshots that are gone and
-   * that no live process holds.
+   * every chunk no record names (none that one does); templates that no live process holds of
+   * snapshots that are gone, or not materialized for `templateIdleSeconds`
+   * (@default TEMPLATE_IDLE_SECONDS, an hour).
    */
-  async sweep(now = new Date()): Promise<SweepResult> {
+  async sweep(now = new Date(), options: { templateIdleSeconds?: number } = {}): Promise<SweepResult> {
+    const idleMs = (options.templateIdleSeconds ?? TEMPLATE_IDLE_SECONDS) * 1000;
     const expired: StoredSnapshot[] = [];
     const invalid: { name: string; error: SnapshotMismatchError }[] = [];
     {
@@ -416,14 +402,7 @@ export class SnapshotStore {
     await this.#removeDeadEntries("locks", false, (name) => /\.lock\.\d+-\d+-[0-9a-f]+\.(?:new|stale)$/.test(name), (name) => name.replace(/^.*\.lock\./, ""));
     const { removed: chunksRemoved, deferred: chunksDeferred } = await this.#collectChunks();
     const live = new Set((await this.list()).map((s) => s.digest.slice("sha256:".length)));
-    let templatesRemoved = 0;
-    for (const name of await readdir(join(this.root, "templates"))) {
-      if (live.has(name)) continue;
-      if (!/^[0-9a-f]{64}$/.test(name)) {
-        await this.#discard(join(this.root, "templates", name));
-        templatesRemoved++;
-      } else if (await this.#removeTemplateIfUnheld(name)) templatesRemoved++;
-    }
+    const templatesRemoved = await this.#templates.sweep(live, now, idleMs);
     return { expired, chunksRemoved, chunksDeferred, templatesRemoved, invalid };
   }
 
@@ -568,60 +547,6 @@ export class SnapshotStore {
       for (const part of partsOf(snap.manifest)) for (const id of snap.manifest.blobs[part]!.chunks) if (id !== null) keep.add(id);
     }
     return { removed: await this.chunks.sweep(keep), deferred };
-  }
-
-  /** Checks the template of `hex` and (re)builds it when it is missing or not intact; holds it for this process. */
-  async #ensureTemplate(hex: string, snap: StoredSnapshot, signal?: AbortSignal): Promise<void> {
-    await using _lock = await this.#lock(`template-${hex}.lock`);
-    if (!this.#holdFiles.has(hex)) {
-      const file = join(this.root, "holds", `${await uniqueOwnedName()}.${hex}`);
-      await writeFile(file, "", { flag: "wx", mode: 0o600 });
-      this.#holdFiles.set(hex, file);
-    }
-    const dir = join(this.root, "templates", hex);
-    const problem = await checkTemplate(dir, snap.manifest, snap.digest, this.#publicKey, this.#identities);
-    if (problem === undefined) return;
-    if (problem !== "it is missing") await this.#discard(dir);
-    this.#identities.delete(dir);
-    const busy = await this.#markBusy("build");
-    const build = join(this.root, "tmp", `${await uniqueOwnedName()}.template`);
-    try {
-      await buildTemplate(this.chunks, snap.manifest, snap.digest, build, this.#privateKey, signal);
-      await rename(build, dir);
-      await fsyncDir(join(this.root, "templates"));
-    } catch (err) {
-      await rm(build, { recursive: true, force: true });
-      throw err;
-    } finally {
-      await unlink(busy).catch(() => undefined);
-    }
-  }
-
-  /** Removes template `hex` unless this or another live process holds it. Returns whether it went. */
-  async #removeTemplateIfUnheld(hex: string): Promise<boolean> {
-    await using _lock = await this.#lock(`template-${hex}.lock`);
-    if ((this.#holds.get(hex) ?? 0) > 0) return false;
-    for (const name of await readdir(join(this.root, "holds"))) {
-      if (!name.endsWith(`.${hex}`)) continue;
-      const owner = parseOwnerTag(name);
-      if (owner !== undefined && (await isAlive(owner))) return false;
-    }
-    const dir = join(this.root, "templates", hex);
-    this.#identities.delete(dir);
-    return this.#discard(dir);
-  }
-
-  /** Moves `path` into tmp/ (one rename: it is gone from where it was) and removes it there. */
-  async #discard(path: string): Promise<boolean> {
-    const aside = join(this.root, "tmp", `${await uniqueOwnedName()}.discard`);
-    try {
-      await rename(path, aside);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
-      throw err;
-    }
-    await rm(aside, { recursive: true, force: true });
-    return true;
   }
 
   /** Removes entries of `sub` whose owner process is gone (and, with `unowned`, ones that name no owner). */
