@@ -49,7 +49,10 @@ export interface SandboxSnapshotOptions extends CallOptions {
    * @default false
    */
   includeEnvSecrets?: boolean;
-  /** At most 32; keys of printable ASCII up to 64 characters, values up to 256. */
+  /**
+   * At most 31; keys of printable ASCII up to 64 characters, not beginning `mvm/` (the engine's
+   * own), values up to 256.
+   */
   labels?: Record<string, string>;
 }
 
