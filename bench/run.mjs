@@ -9,6 +9,7 @@
 //   node bench/run.mjs audit       # audit log append (durable) and verify rates (bench/audit.mjs); AUDIT_ENTRIES, AUDIT_CONCURRENCY
 //   node bench/run.mjs pause       # pause/resume latency per backend (bench/pause.mjs); BENCH_PAUSE_RUNS, BENCH_PAUSE_BACKENDS
 //   node bench/run.mjs store       # snapshot store write/verify against raw BLAKE3, dedup (bench/store.mjs)
+//   node bench/run.mjs snapshot-ns # container-tier snapshot, restore and fork (bench/snapshot-ns.mjs)
 //   node bench/run.mjs vm          # VM tier (bench/vm.mjs); BENCH_VM_COLD_RUNS, BENCH_VM_RESTORE_RUNS, BENCH_VM_IDLE
 //   BENCH_RUNS=50 BENCH_SANDBOXES=200 node bench/run.mjs
 import { spawn } from "node:child_process";
@@ -24,6 +25,7 @@ import { benchAdmission } from "./admission.mjs";
 import { benchAudit } from "./audit.mjs";
 import { benchPause } from "./pause.mjs";
 import { benchStore } from "./store.mjs";
+import { benchSnapshotNs } from "./snapshot-ns.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
@@ -199,6 +201,9 @@ async function main() {
     }
     if (want("store")) {
       result.figures.store = await benchStore();
+    }
+    if (want("snapshot-ns")) {
+      result.figures.snapshotNs = await benchSnapshotNs({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
     }
     if (want("vm")) {
       result.figures.vm = await benchVm({ log, summary, ratio });
