@@ -19,7 +19,7 @@ import { AGENT_PORT_NAME, CONTROL_PORT_NAME, RELAY_PORT_NAME } from "./init-scri
  *   3     serial console                        14    the egress relay port
  *   4     control port
  *   5     QMP monitor
- *   6     saved state (restores only)
+ *   6     saved state (restores only)         15    the guest RAM file (bound at /vm/ram)
  */
 export const CONSOLE_FD = 3;
 /** The guest init's control port. */

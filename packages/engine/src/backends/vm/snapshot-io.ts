@@ -70,6 +70,8 @@ export interface SaveVmStateOptions {
   readonly qemuSocketParentDir?: string;
   /** Owner given to the socket directory and socket, for a QEMU that runs as another uid. */
   readonly socketOwner?: { readonly uid: number; readonly gid: number };
+  /** Bytes written before the stream (counted in `bytes` and `digest`, not in `maxBytes`). */
+  readonly header?: Uint8Array;
 }
 
 export interface SavedVmState {
@@ -201,8 +203,19 @@ export async function saveVmState(qmp: QmpClient, options: SaveVmStateOptions): 
   await call(qmp, signal, z.unknown(), "migrate-set-capabilities", { capabilities: capabilities(options.ignoreShared ?? false) });
 
   const tmpPath = join(dirname(options.path), `.${basename(options.path)}.${randomBytes(6).toString("hex")}.tmp`);
+  const file = await open(tmpPath, "wx", 0o600);
+  const counted = { bytes: 0, hash: createHash("sha256") };
+  if (options.header !== undefined && options.header.length > 0) {
+    await file.write(options.header).catch(async (err: unknown) => {
+      await file.close();
+      await rm(tmpPath, { force: true });
+      throw err;
+    });
+    counted.hash.update(options.header);
+  }
+  const headerBytes = options.header?.length ?? 0;
   // The stream owns the handle and closes it when it finishes or is destroyed.
-  const out = (await open(tmpPath, "wx", 0o600)).createWriteStream();
+  const out = file.createWriteStream();
   const closeOut = async () => {
     if (!out.closed) {
       const closed = once(out, "close");
@@ -216,7 +229,6 @@ export async function saveVmState(qmp: QmpClient, options: SaveVmStateOptions): 
     await rm(tmpPath, { force: true });
     throw new InternalError(`${what}: cannot listen for the migration stream`, { cause: err });
   });
-  const counted = { bytes: 0, hash: createHash("sha256") };
   let renamed = false;
   let migrating = false;
   try {
@@ -243,7 +255,7 @@ export async function saveVmState(qmp: QmpClient, options: SaveVmStateOptions): 
     await rename(tmpPath, options.path);
     renamed = true;
     const digest = `sha256:${counted.hash.digest("hex")}` as Sha256Digest;
-    return { bytes: counted.bytes, digest, ...(info["total-time"] !== undefined ? { totalTimeMs: info["total-time"] } : {}) };
+    return { bytes: headerBytes + counted.bytes, digest, ...(info["total-time"] !== undefined ? { totalTimeMs: info["total-time"] } : {}) };
   } catch (err) {
     if (signal.aborted && !(err instanceof InternalError)) throw abortReason(signal, what);
     if (err instanceof TransportError || err instanceof InternalError || err instanceof TimeoutError || err instanceof AbortedError) throw err;
