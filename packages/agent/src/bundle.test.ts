@@ -28,6 +28,18 @@ describe("bundled agent", () => {
     assert.equal(r.exit.exitCode, 0);
     const listing = await d.call("listDir", { path: dir.path });
     assert.deepEqual(listing.entries.map((e) => e.name), ["agent.cjs"]);
+
+    // Quiesced mid-session, it carries on after the resume line and starts over after the start line.
+    const sleeper = await d.exec(["/bin/sleep", "1000"]);
+    await d.quiesce();
+    d.resume();
+    assert.deepEqual(await d.call("ping", {}), {});
+    await d.quiesce();
+    assert.equal((await d.restartSession()).agent, "mvm-agent/0.1.0");
+    const again = await d.run(["/bin/echo", "new host"]);
+    assert.equal(again.stdout, "new host\n");
+    const { processes } = await d.call("listProcesses", {});
+    assert.deepEqual(processes.map((p) => p.pid), [sleeper.pid]);
     assert.deepEqual(d.violations, []);
     assert.deepEqual(await d.close(), { code: 0, signal: null });
   });

@@ -1,10 +1,12 @@
 /**
- * Opening the byte channel to the host. Kept free of the protocol package so main.ts can send
- * the hello before the schemas load.
+ * Opening the byte channel to the host. Takes nothing from the protocol package but the line
+ * constants, so main.ts can send the hello before the schemas load.
  */
 import { createReadStream, createWriteStream, fstatSync, openSync } from "node:fs";
 import { Socket } from "node:net";
 import type { Readable, Writable } from "node:stream";
+// The protocol package declares no side effects, so the bundler keeps its schemas out of here.
+import { AGENT_READY_LINE, AGENT_START_LINE } from "@mvm/protocol";
 
 export interface Channel {
   readonly input: Readable;
@@ -23,9 +25,9 @@ const READ_CHUNK_BYTES = 64 * 1024;
 export const USAGE = "usage: agent --channel stdio|<device path> [--await-start] [--relay <path>]";
 
 /** The line the agent writes once loaded when started with --await-start. */
-export const READY_LINE = "mvm-agent ready\n";
+export const READY_LINE = AGENT_READY_LINE;
 /** The line the host writes to let an --await-start agent say hello. */
-export const START_LINE = "mvm-agent start\n";
+export const START_LINE = AGENT_START_LINE;
 
 /**
  * Parses the command line: `--channel stdio`, `--channel=<path>` or `--channel <path>`,

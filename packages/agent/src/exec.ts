@@ -1,10 +1,15 @@
 /**
  * exec, signal and listProcesses: the agent's table of running commands. Each command leads its
  * own process group; timeouts, signals and cleanup act on the whole group.
+ *
+ * When a restored copy of the sandbox gets a new host, the commands of the old session keep
+ * running, detached: they get handles from DETACHED_PROC_BASE up (so they never collide with the
+ * new host's request ids), stay listable and signalable, and finish without an exit event.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { stat } from "node:fs/promises";
 import {
+  DETACHED_PROC_BASE,
   InternalError,
   InvalidArgumentError,
   MAX_CONTROL_PAYLOAD,
@@ -24,7 +29,10 @@ import type { InboundStream, Link } from "./link.js";
 export const LINGER_EXTRA_MS = 1000;
 
 interface Proc {
-  readonly id: number;
+  /** The handle: the exec request's id, or a detached handle (DETACHED_PROC_BASE and up). */
+  id: number;
+  /** Its session's host is gone: output is discarded and no exit event is sent. */
+  detached: boolean;
   readonly pid: number;
   readonly argv: readonly string[];
   readonly startedAtMs: number;
@@ -60,8 +68,41 @@ export class ProcessTable {
   readonly #starting = new Set<number>();
   /** Set by killAll: the session is ending and no new command may start. */
   #closed = false;
+  /** Called when #starting becomes empty. */
+  #onSettled: Array<() => void> = [];
+  /** Next detached handle. */
+  #nextDetached = DETACHED_PROC_BASE;
 
-  constructor(private readonly link: Link) {}
+  constructor(private link: Link) {}
+
+  /** Resolves once no exec is between its request and its spawn. */
+  settled(): Promise<void> {
+    if (this.#starting.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#onSettled.push(resolve));
+  }
+
+  /**
+   * Detaches every command from the session whose host is gone, before its link is detached:
+   * each gets a detached handle, and sends nothing more (the link's detach then aborts its
+   * streams, so its output is read and discarded and its stdin closed). `link` serves the new
+   * session. Call only when settled.
+   */
+  detachAll(link: Link): void {
+    if (this.#starting.size > 0) throw new Error("Cannot detach commands while one is starting");
+    for (const p of [...this.#procs.values()]) {
+      if (p.detached) continue;
+      this.#procs.delete(p.id);
+      p.detached = true;
+      if (this.#nextDetached > 0xffff_ffff) {
+        // No handle left to name it by: it cannot be listed or signalled, so it may not run on.
+        killGroup(p.pid, "SIGKILL");
+        continue;
+      }
+      p.id = this.#nextDetached++;
+      this.#procs.set(p.id, p);
+    }
+    this.link = link;
+  }
 
   /**
    * Starts a command. Streams are registered before the first await so host frames that follow
@@ -76,6 +117,7 @@ export class ProcessTable {
       return await this.#start(req);
     } finally {
       this.#starting.delete(req.id);
+      if (this.#starting.size === 0) for (const resolve of this.#onSettled.splice(0)) resolve();
     }
   }
 
@@ -135,6 +177,7 @@ export class ProcessTable {
     const startedAt = performance.now();
     proc = {
       id: req.id,
+      detached: false,
       pid: child.pid,
       argv: req.argv,
       startedAtMs: Date.now(),
@@ -253,8 +296,11 @@ export class ProcessTable {
     p.stdinStream?.close();
     if (this.#procs.get(p.id) === p) this.#procs.delete(p.id);
     const exit = p.exit;
+    // The exit belongs to this session's host, even if a new one takes over meanwhile.
+    const link = this.link;
     void this.#dropTmpDir(p.tmpDir)
       .then(() => {
+        if (p.detached) return;
         const event: ExitEvent = {
           t: "exit",
           proc: p.id,
@@ -267,7 +313,7 @@ export class ProcessTable {
           stdoutTruncated: p.out.truncated,
           stderrTruncated: p.err.truncated,
         };
-        this.link.sendControl(event);
+        link.sendControl(event);
       })
       .catch((e: unknown) => logError(`cannot report the exit of process ${p.pid}`, e));
   }

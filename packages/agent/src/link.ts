@@ -2,6 +2,10 @@
  * The agent's side of the channel once the handshake is done: frame output, the table of open
  * data streams and their flow control. Streams are opened by request handlers with ids the host
  * allocated; frames for ids that are not open are discarded by the session.
+ *
+ * A link can be held (the agent is quiesced for a snapshot: frames are kept, in order, and no
+ * stream may send Data) and released again, or detached (its host is gone: every stream is
+ * aborted and everything sent on it from then on is dropped).
  */
 import type { Writable } from "node:stream";
 import {
@@ -76,7 +80,7 @@ export class InboundStream {
   consumed(bytes: number): void {
     if (!this.#open || bytes <= 0) return;
     this.#unacked -= bytes;
-    this.link.sendFrame(encodeCredit(this.id, bytes));
+    this.link.sendCredit(this.id, bytes);
   }
 
   /** Stops accepting frames; later ones for this id are discarded. */
@@ -103,9 +107,9 @@ export class OutboundStream {
     return this.#open;
   }
 
-  /** Bytes that may be written now: the remaining credit, or 0 while the channel is congested. */
+  /** Bytes that may be written now: the remaining credit, or 0 while the channel is congested or the link held. */
   get room(): number {
-    return this.#open && !this.link.congested ? this.#credit : 0;
+    return this.#open && !this.link.congested && !this.link.held ? this.#credit : 0;
   }
 
   /** Sends `chunk` as DATA frames. The caller keeps within `room`. */
@@ -164,12 +168,16 @@ export type DataStream = InboundStream | OutboundStream;
 export class Link {
   readonly #output: Writable;
   readonly #streams = new Map<number, DataStream>();
+  /** Frames kept while held, in the order they were sent; undefined when not held. */
+  #held: Buffer[] | undefined;
+  /** Credit granted while held, per stream: one Credit frame each on release. */
+  readonly #heldCredit = new Map<number, number>();
+  #detached = false;
+  readonly #onDrain = (): void => this.#wakeAll();
 
   constructor(output: Writable) {
     this.#output = output;
-    output.on("drain", () => {
-      for (const s of [...this.#streams.values()]) if (s.direction === "out") s.wake();
-    });
+    output.on("drain", this.#onDrain);
   }
 
   /** True while the channel output holds more than OUTPUT_HIGH_WATER_BYTES unsent. */
@@ -177,9 +185,68 @@ export class Link {
     return this.#output.writableLength >= OUTPUT_HIGH_WATER_BYTES;
   }
 
+  /** True while frames are kept instead of written (see hold). */
+  get held(): boolean {
+    return this.#held !== undefined;
+  }
+
   sendFrame(frame: Buffer): void {
-    if (this.#output.destroyed) return;
+    if (this.#detached || this.#output.destroyed) return;
+    if (this.#held) this.#held.push(frame);
+    else this.#output.write(frame);
+  }
+
+  /** Grants the host `bytes` more credit on an inbound stream (merged per stream while held). */
+  sendCredit(stream: number, bytes: number): void {
+    if (this.#held) this.#heldCredit.set(stream, (this.#heldCredit.get(stream) ?? 0) + bytes);
+    else this.sendFrame(encodeCredit(stream, bytes));
+  }
+
+  /**
+   * Stops writing: from now on every frame is kept, in order, and outbound streams have no room,
+   * so their sources stop reading (a child blocks on its full pipe). What is kept is bounded by
+   * the calls already in flight: at most a response, an exit event, an End or an abort each.
+   */
+  hold(): void {
+    this.#held ??= [];
+  }
+
+  /** Writes one frame now, ahead of everything held (the answer to `quiesce`). */
+  sendNow(frame: Buffer): void {
+    if (this.#detached || this.#output.destroyed) return;
     this.#output.write(frame);
+  }
+
+  /** Writes what was held, in order, then lets the streams send again. */
+  release(): void {
+    const frames = this.#held;
+    if (!frames) return;
+    this.#held = undefined;
+    for (const frame of frames) this.sendFrame(frame);
+    for (const [stream, total] of this.#heldCredit) {
+      for (let left = total; left > 0; left -= MAX_CREDIT_BYTES) this.sendFrame(encodeCredit(stream, Math.min(left, MAX_CREDIT_BYTES)));
+    }
+    this.#heldCredit.clear();
+    this.#wakeAll();
+  }
+
+  /**
+   * Cuts the link from its host for good (a restored copy has a new host): drops what was held,
+   * aborts every open stream with `error` (sources and sinks stop, children's output is drained
+   * and discarded, uploads are removed) and drops every frame sent on this link from now on.
+   */
+  detach(error: ErrorBody): void {
+    if (this.#detached) return;
+    this.#detached = true;
+    this.#held = undefined;
+    this.#heldCredit.clear();
+    this.#output.off("drain", this.#onDrain);
+    for (const s of [...this.#streams.values()]) s.receiveAbort(error);
+    this.#streams.clear();
+  }
+
+  #wakeAll(): void {
+    for (const s of [...this.#streams.values()]) if (s.direction === "out") s.wake();
   }
 
   /** Encodes and sends one control message (throws FrameError if it exceeds the control limit). */
@@ -189,6 +256,7 @@ export class Link {
 
   /** Ends the output; calls `callback` once everything written has been handed to the OS (or failed). */
   finish(callback: () => void): void {
+    this.#held = undefined;
     if (this.#output.destroyed || this.#output.writableFinished) {
       callback();
       return;

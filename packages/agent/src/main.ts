@@ -9,7 +9,8 @@ import { helloFrame } from "./hello.js";
 import { closeInheritedFds, routeConsoleToStderr } from "./hygiene.js";
 // Static on purpose: the bundler tree-shakes a static import down to the relay codec (a few KiB,
 // no schemas), while a dynamic one would pull all of @mvm/protocol and zod into the prelude.
-import { startRelay } from "./relay.js";
+import { startRelay, type Relay } from "./relay.js";
+import type { QuiesceHooks } from "./session.js";
 
 interface Ender {
   end(code: number, reason: string, err?: unknown): void;
@@ -34,15 +35,29 @@ for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
   process.on(signal, () => fail(0, `received ${signal}`));
 }
 
+/** The egress relay once started (undefined when not asked for, or when it could not start). */
+let relay: Promise<Relay | undefined> = Promise.resolve(undefined);
+let liveRelay: Relay | undefined;
+
 /** Starts the egress relay if asked to; its failure is reported and the agent carries on. */
 function startRelayIfAsked(channelPath: string | undefined): void {
   if (channelPath === undefined) return;
-  const report = (what: string) => (err: unknown): void => {
+  const report = (what: string) => (err: unknown): undefined => {
     const detail = err instanceof Error ? err.message : String(err);
     process.stderr.write(`mvm-agent: ${what}: ${detail}\n`);
+    return undefined;
   };
-  startRelay({ channelPath, onError: report("the egress relay failed") }).catch(report("cannot start the egress relay"));
+  relay = startRelay({ channelPath, onError: report("the egress relay failed") }).then((r) => (liveRelay = r), report("cannot start the egress relay"));
 }
+
+/** How a quiesce reaches the relay: it pauses with the session and starts over with a new host. */
+const relayHooks: QuiesceHooks = {
+  quiesce: async () => {
+    await (await relay)?.pause();
+  },
+  resume: () => liveRelay?.resume(),
+  restart: () => liveRelay?.reset(),
+};
 
 let channel: Channel | undefined;
 let awaitStart = false;
@@ -62,7 +77,7 @@ if (channel && !awaitStart) {
   // No top-level await: the bundle is CommonJS.
   void import("./session.js").then(
     ({ Session }) => {
-      const s = new Session(open);
+      const s = new Session(open, relayHooks);
       session = s;
       s.start();
       startRelayIfAsked(relayPath);
@@ -77,7 +92,7 @@ if (channel && !awaitStart) {
       open.output.write(READY_LINE);
       await awaitStartLine(open.input);
       open.output.write(helloFrame());
-      const s = new Session(open);
+      const s = new Session(open, relayHooks);
       session = s;
       s.start();
       // awaitStartLine left the input paused; a new "data" listener does not undo an explicit pause.

@@ -3,7 +3,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
-import type { Duplex } from "node:stream";
+import { PassThrough, Writable, type Duplex } from "node:stream";
 import { spawn, spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { after, describe, it } from "node:test";
@@ -278,6 +278,89 @@ describe("agent --relay", () => {
       host.close();
       hostSocket.destroy();
       guestServer.server.close();
+    }
+  });
+});
+
+/** A host relay on `socket` that can be cut off without closing the socket: a host that is gone. */
+function hostOn(socket: Socket): { mux: RelayMux; cut(): void } {
+  const input = new PassThrough();
+  const onData = (chunk: Buffer): void => void input.write(chunk);
+  socket.on("data", onData);
+  let live = true;
+  const output = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      if (live) socket.write(chunk, () => callback());
+      else callback();
+    },
+  });
+  const mux = new RelayMux(input, output, { role: "host" });
+  mux.on("error", () => {});
+  return {
+    mux,
+    cut() {
+      live = false;
+      socket.off("data", onData);
+    },
+  };
+}
+
+describe("agent relay around a snapshot", () => {
+  it("holds its frames while paused, and starts over with a new host after a reset", async () => {
+    using dir = tempDir("mvm-relay-test-");
+    const path = join(dir.path, "relay.sock");
+    const server = createServer();
+    server.listen(path);
+    await once(server, "listening");
+    const accepted = once(server, "connection") as Promise<[Socket]>;
+    const errors: Error[] = [];
+    const relay = await startRelay({ channelPath: path, listenPort: 0, onError: (err) => errors.push(err) });
+    const [socket] = await accepted;
+    server.close();
+    const echo = await listenTcp((s) => {
+      s.on("error", () => {});
+      void readAll(s).then((b) => s.end(`pong:${b.toString()}`), () => {});
+    });
+    try {
+      const a = hostOn(socket);
+      const first = nextStream(a.mux);
+      const client = await tcp(relay.port);
+      client.on("error", () => {});
+      client.write("one ");
+      const [hs] = await first;
+      const got: Buffer[] = [];
+      hs.on("data", (c: Buffer) => got.push(c));
+      hs.on("error", () => {});
+      await waitUntil(() => Buffer.concat(got).toString() === "one ");
+
+      // Paused: what the workload writes waits in the guest until the resume.
+      await relay.pause();
+      client.write("two");
+      relay.resume();
+      await waitUntil(() => Buffer.concat(got).toString() === "one two");
+
+      // A new host: the old connection is reset, and the new multiplexer numbers from 1 again.
+      await relay.pause();
+      a.cut();
+      const clientClosed = new Promise((resolve) => client.once("close", resolve));
+      relay.reset();
+      await clientClosed;
+      const b = hostOn(socket);
+      const second = nextStream(b.mux);
+      const client2 = await tcp(relay.port);
+      client2.on("error", () => {});
+      client2.end("three");
+      const [hs2, info] = await second;
+      assert.deepEqual(info, { id: 1 });
+      assert.equal((await readAll(hs2)).toString(), "three");
+      const out = b.mux.open(echo.port);
+      out.end("ping");
+      assert.equal((await readAll(out)).toString(), "pong:ping");
+      assert.deepEqual(errors, []);
+    } finally {
+      echo.server.close();
+      await relay.close();
+      socket.destroy();
     }
   });
 });

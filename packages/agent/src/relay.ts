@@ -6,10 +6,14 @@
  *
  * The channel is a Unix socket (namespace backend, /dev/mvm-relay) or a virtio-serial port device
  * (VM backend). Node opens both close-on-exec, so workloads never inherit them.
+ *
+ * For a snapshot the relay can be paused (whole frames are held back and what was written drains
+ * to the host), resumed, or reset: a restored copy talks to a new host relay, so the multiplexer
+ * starts over on the same channel and every connection relayed through the old one is reset.
  */
 import { closeSync, createReadStream, createWriteStream, fstatSync, openSync, statSync } from "node:fs";
 import { Socket, connect, createServer, type Server } from "node:net";
-import type { Duplex, Readable, Writable } from "node:stream";
+import { Writable, type Duplex, type Readable } from "node:stream";
 import { EGRESS_PROXY_HOST, EGRESS_PROXY_PORT, RelayMux, type RelayStreamInfo } from "@mvm/protocol";
 
 export interface RelayOptions {
@@ -34,6 +38,18 @@ export interface Relay {
   readonly closed: Promise<void>;
   /** Stops listening, drops every relayed connection and closes the channel. */
   close(): Promise<void>;
+  /**
+   * Holds every frame not yet handed to the channel (whole frames only) and resolves once the
+   * channel has taken everything written before. Connections stay open; their data waits.
+   */
+  pause(): Promise<void>;
+  /** Lets held frames go out again. */
+  resume(): void;
+  /**
+   * Starts over with a new multiplexer on the same channel and listener (the channel now leads
+   * to a new host relay): every relayed connection is reset and held frames are dropped.
+   */
+  reset(): void;
 }
 
 interface OpenChannel {
@@ -57,8 +73,23 @@ const READ_CHUNK_BYTES = 64 * 1024;
  */
 export async function startRelay(options: RelayOptions): Promise<Relay> {
   const channel = await openRelayChannel(options.channelPath, options.connectTimeoutMs ?? 10_000, options.signal);
-  const mux = new RelayMux(channel.input, channel.output, { role: "guest" });
   const sockets = new Set<Socket>();
+  let resolveClosed!: () => void;
+  const closed = new Promise<void>((resolve) => (resolveClosed = resolve));
+  let gate = new OutputGate(channel.output);
+  const newMux = (): RelayMux => {
+    const m = new RelayMux(channel.input, gate, { role: "guest" });
+    m.on("stream", (stream: Duplex, info: RelayStreamInfo) => connectGuestPort(stream, info, sockets));
+    m.on("error", (err: Error) => {
+      if (m === mux) options.onError?.(err);
+    });
+    // Only the current multiplexer's end stops the relay; one replaced by reset() closes quietly.
+    m.once("close", () => {
+      if (m === mux) void stop().then(resolveClosed);
+    });
+    return m;
+  };
+  let mux = newMux();
   const server = createServer({ allowHalfOpen: true }, (socket) => {
     let stream: Duplex;
     try {
@@ -70,9 +101,6 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
     track(sockets, socket);
     splice(socket, stream);
   });
-
-  mux.on("stream", (stream: Duplex, info: RelayStreamInfo) => connectGuestPort(stream, info, sockets));
-  mux.on("error", (err: Error) => options.onError?.(err));
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
@@ -87,7 +115,6 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
     else resolveStopped();
     return stopping;
   };
-  const closed = new Promise<void>((resolve) => mux.once("close", () => void stop().then(resolve)));
 
   try {
     await listen(server, options.listenHost ?? EGRESS_PROXY_HOST, options.listenPort ?? EGRESS_PROXY_PORT, options.signal);
@@ -99,7 +126,79 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
   const port = typeof address === "object" && address !== null ? address.port : 0;
   // The channel may have gone while the listener was starting.
   if (stopping) await new Promise<void>((resolve) => server.close(() => resolve()));
-  return { port, closed, close: stop };
+  const reset = (): void => {
+    if (stopping) return;
+    const old = mux;
+    const oldGate = gate;
+    gate = new OutputGate(channel.output);
+    mux = newMux();
+    old.close("The sandbox was restored from a snapshot: its relay was reset");
+    oldGate.discard();
+    for (const s of sockets) s.resetAndDestroy();
+    // The old multiplexer paused the input as it closed.
+    channel.input.resume();
+  };
+  return {
+    port,
+    closed,
+    close: stop,
+    pause: () => (stopping ? Promise.resolve() : gate.hold()),
+    resume: () => gate.release(),
+    reset,
+  };
+}
+
+/**
+ * The multiplexer's output, passed through to the channel one whole frame (one write) at a time,
+ * except while held: then frames wait here, and the multiplexer sees a full output and stops
+ * sending Data. Ending it does not end the channel, which outlives a reset.
+ */
+class OutputGate extends Writable {
+  #held = false;
+  #waiting: (() => void) | undefined;
+  #discarded = false;
+  readonly #onChannelError = (err: Error): void => void this.destroy(err);
+
+  constructor(private readonly channel: Writable) {
+    super();
+    channel.on("error", this.#onChannelError);
+  }
+
+  /** Holds later frames; resolves once the channel has taken everything passed to it. */
+  hold(): Promise<void> {
+    this.#held = true;
+    if (this.#discarded || this.channel.destroyed) return Promise.resolve();
+    // Writes complete in order, so an empty one completes after every earlier one.
+    return new Promise((resolve) => this.channel.write(Buffer.alloc(0), () => resolve()));
+  }
+
+  release(): void {
+    this.#held = false;
+    const go = this.#waiting;
+    this.#waiting = undefined;
+    go?.();
+  }
+
+  /** Drops what is held and anything written later (the multiplexer it served is gone). */
+  discard(): void {
+    this.#discarded = true;
+    this.channel.off("error", this.#onChannelError);
+    this.release();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    const go = (): void => {
+      if (this.#discarded || this.channel.destroyed) return callback();
+      if (this.channel.write(chunk)) callback();
+      else this.channel.once("drain", () => callback());
+    };
+    if (this.#held && !this.#discarded) this.#waiting = go;
+    else go();
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    callback();
+  }
 }
 
 /** Connects a host-opened stream to 127.0.0.1:<port> inside the sandbox. */

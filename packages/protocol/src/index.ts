@@ -18,6 +18,7 @@ export {
 export type { Frame } from "./frame.js";
 export * from "./errors.js";
 export * from "./messages.js";
+export * from "./agent-lines.js";
 export { StrictJsonError, parseJsonStrict } from "./json-strict.js";
 export type { StrictJsonFault, StrictJsonOptions } from "./json-strict.js";
 export { canonicalJson } from "./canonical.js";

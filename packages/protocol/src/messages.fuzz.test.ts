@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import type * as z from "zod/mini";
 import { ERROR_CODES } from "./errors.js";
-import { AgentHello, AgentToHost, HostHello, HostToAgent, Results, SIGNALS, encodeControl, parseControl, type Op } from "./messages.js";
+import { AgentHello, AgentToHost, HostHello, HostToAgent, MAX_REQUEST_ID, Results, SIGNALS, encodeControl, parseControl, type Op } from "./messages.js";
 
 const RUNS = Number(process.env["MVM_FUZZ_RUNS"] ?? 300);
 
@@ -27,8 +27,9 @@ const errorBody = fc.record({ code: fc.constantFrom(...ERROR_CODES), message: te
 const finite = fc.double({ noNaN: true, noDefaultInfinity: true, min: -1e15, max: 1e15 });
 const size = fc.maxSafeNat();
 
+const hostRequestId = fc.integer({ min: 0, max: MAX_REQUEST_ID });
 const req = <T extends object>(op: Op, fields: fc.Arbitrary<T>) =>
-  fc.tuple(u32, fields).map(([id, f]) => ({ t: "req", id, op, ...f }));
+  fc.tuple(hostRequestId, fields).map(([id, f]) => ({ t: "req", id, op, ...f }));
 
 const fileInfo = fc.record({
   name: text(16),
@@ -58,6 +59,7 @@ const results: { [O in Op]: fc.Arbitrary<object> } = {
   rename: empty,
   ping: empty,
   shutdown: empty,
+  quiesce: empty,
 };
 
 const abort = fc.record({ t: fc.constant("abort"), stream: streamId, error: errorBody });
@@ -90,6 +92,7 @@ const hostToAgent = fc.oneof(
   req("rename", fc.record({ from: path, to: path })),
   req("ping", empty),
   req("shutdown", empty),
+  req("quiesce", empty),
   abort,
 );
 

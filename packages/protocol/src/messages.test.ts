@@ -6,6 +6,7 @@ import {
   AgentHello,
   AgentToHost,
   Argv,
+  DETACHED_PROC_BASE,
   Env,
   EnvName,
   ExecRequest,
@@ -14,9 +15,12 @@ import {
   HostToAgent,
   MAX_DIR_ENTRIES,
   MAX_PATH_LENGTH,
+  MAX_REQUEST_ID,
+  ProcessInfo,
   Request,
   Results,
   SandboxPath,
+  SignalRequest,
   StreamAbort,
   encodeControl,
   isSandboxPath,
@@ -57,6 +61,7 @@ const requests: Record<Op, object> = {
   rename: { t: "req", id: 10, op: "rename", from: "/work/a", to: "/work/b" },
   ping: { t: "req", id: 11, op: "ping" },
   shutdown: { t: "req", id: 12, op: "shutdown" },
+  quiesce: { t: "req", id: 13, op: "quiesce" },
 };
 const fileInfo = { name: "a.txt", type: "file", size: 3, mode: 0o644, mtimeMs: 1700000000000.5 };
 const results: Record<Op, object> = {
@@ -72,6 +77,7 @@ const results: Record<Op, object> = {
   rename: {},
   ping: {},
   shutdown: {},
+  quiesce: {},
 };
 
 describe("isSandboxPath / SandboxPath", () => {
@@ -146,9 +152,17 @@ describe("requests", () => {
       assert.ok(!ok(HostToAgent, { ...req, extra: 1 }), op);
       assert.ok(!ok(HostToAgent, { ...req, id: -1 }), op);
       assert.ok(!ok(HostToAgent, { ...req, id: 0x1_0000_0000 }), op);
+      assert.ok(ok(HostToAgent, { ...req, id: MAX_REQUEST_ID }), op);
+      assert.ok(!ok(HostToAgent, { ...req, id: DETACHED_PROC_BASE }), op);
       assert.ok(!ok(HostToAgent, { ...req, id: 1.5 }), op);
     });
   }
+
+  it("keeps the handles of detached processes out of the host's request ids", () => {
+    assert.equal(DETACHED_PROC_BASE, MAX_REQUEST_ID + 1);
+    assert.ok(ok(SignalRequest, { t: "req", id: 1, op: "signal", proc: DETACHED_PROC_BASE, signal: "SIGKILL" }));
+    assert.ok(ok(ProcessInfo, { proc: 0xffff_ffff, pid: 2, argv: [], startedAtMs: 0 }));
+  });
 
   it("rejects an unknown op", () => {
     assert.ok(!ok(HostToAgent, { t: "req", id: 1, op: "eval", code: "1" }));

@@ -19,6 +19,16 @@ const u32 = z.int().check(z.minimum(0), z.maximum(0xffff_ffff));
 export const StreamId = z.int().check(z.minimum(1), z.maximum(MAX_STREAM_ID));
 export const RequestId = u32;
 
+/** Largest request id a host sends: ids from 2^31 up name processes a previous session left running. */
+export const MAX_REQUEST_ID = 0x7fff_ffff;
+/**
+ * First process handle the agent gives a process it kept running for a new host (after
+ * `quiesce` and the start line): such handles never collide with the new host's request ids.
+ */
+export const DETACHED_PROC_BASE = 0x8000_0000;
+/** The id of a request the host sends (a subrange of RequestId). */
+export const HostRequestId = z.int().check(z.minimum(0), z.maximum(MAX_REQUEST_ID));
+
 /** An absolute, normalized path inside the sandbox: no `.`/`..` segments, no empty segments, no NUL. */
 export const SandboxPath = z
   .string()
@@ -76,7 +86,7 @@ export type HostHello = z.infer<typeof HostHello>;
 // ---- requests (host -> agent) ----
 
 const req = <Op extends string, S extends z.core.$ZodShape>(op: Op, shape: S) =>
-  z.strictObject({ t: z.literal("req"), id: RequestId, op: z.literal(op), ...shape });
+  z.strictObject({ t: z.literal("req"), id: HostRequestId, op: z.literal(op), ...shape });
 
 export const ExecRequest = req("exec", {
   argv: Argv,
@@ -120,6 +130,11 @@ export const RemoveRequest = req("remove", { path: SandboxPath, recursive: z.boo
 export const RenameRequest = req("rename", { from: SandboxPath, to: SandboxPath });
 export const PingRequest = req("ping", {});
 export const ShutdownRequest = req("shutdown", {});
+/**
+ * Asks the agent to go quiet so the sandbox can be snapshotted: it answers once it has stopped
+ * writing frames, then reads a raw line (AGENT_RESUME_LINE or AGENT_START_LINE) instead of frames.
+ */
+export const QuiesceRequest = req("quiesce", {});
 
 export const Request = z.discriminatedUnion("op", [
   ExecRequest,
@@ -134,6 +149,7 @@ export const Request = z.discriminatedUnion("op", [
   RenameRequest,
   PingRequest,
   ShutdownRequest,
+  QuiesceRequest,
 ]);
 export type Request = z.infer<typeof Request>;
 export type Op = Request["op"];
@@ -177,6 +193,7 @@ export const Results = {
   rename: empty,
   ping: empty,
   shutdown: empty,
+  quiesce: empty,
 } satisfies Record<Op, z.ZodMiniType>;
 export type ResultOf<O extends Op> = z.infer<(typeof Results)[O]>;
 

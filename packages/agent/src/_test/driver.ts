@@ -6,6 +6,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import {
+  AGENT_RESUME_LINE,
+  AGENT_START_LINE,
   AgentHello,
   AgentToHost,
   CONTROL_STREAM,
@@ -81,7 +83,8 @@ export interface ExecOptions {
 export class AgentDriver {
   static readonly #live = new Set<AgentDriver>();
   readonly child: ChildProcess;
-  readonly hello: Promise<AgentHello>;
+  /** The agent's hello (after restartSession(), the hello of the new session). */
+  hello: Promise<AgentHello>;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Protocol rules the agent broke, as seen by the driver. Tests assert it stays empty. */
   readonly violations: string[] = [];
@@ -96,6 +99,10 @@ export class AgentDriver {
   readonly #collectors = new Map<number, Collector>();
   readonly #writers = new Map<number, { credit: number; wake: (() => void) | undefined }>();
   #gotHello = false;
+  /** The agent answered quiesce: any frame from it is a violation until the next line. */
+  #quiet = false;
+  /** Set by restartSession(): an exit nobody waits for is a leftover of the old session. */
+  #restarted = false;
 
   private constructor(opts: StartOptions) {
     const extra = opts.inheritedFd === undefined ? [] : [...Array.from({ length: opts.inheritedFd - 3 }, () => "ignore" as const), "pipe" as const];
@@ -244,6 +251,46 @@ export class AgentDriver {
     if (end) this.sendEnd(stream);
   }
 
+  /** True between the agent's answer to quiesce and the next line. */
+  get quiet(): boolean {
+    return this.#quiet;
+  }
+
+  /** Sends quiesce; once the agent has answered, every frame from it is recorded as a violation. */
+  async quiesce(): Promise<void> {
+    const r = await this.request("quiesce", {});
+    if (!r.ok) throw new AgentError(r.error.code, r.error.message);
+  }
+
+  /** Lets a quiesced agent carry on with this session. */
+  resume(): void {
+    this.#quiet = false;
+    this.send(Buffer.from(AGENT_RESUME_LINE));
+  }
+
+  /**
+   * Plays a new host after a quiesce (a restored copy): forgets every call, stream and id of the
+   * old session, writes the start line and (by default) completes the new handshake.
+   */
+  async restartSession(opts: { handshake?: boolean } = {}): Promise<AgentHello> {
+    this.#quiet = false;
+    this.#restarted = true;
+    this.#decoder = new FrameDecoder();
+    this.#gotHello = false;
+    this.hello = new Promise((resolve) => (this.#resolveHello = resolve));
+    this.#pending.clear();
+    this.#exits.clear();
+    this.#exitWaiters.clear();
+    this.#collectors.clear();
+    this.#writers.clear();
+    this.#nextId = 1;
+    this.#nextStream = 1;
+    this.send(Buffer.from(AGENT_START_LINE));
+    const hello = await this.hello;
+    if (opts.handshake !== false) this.sendControl({ t: "hello", version: 1 });
+    return hello;
+  }
+
   /** Resolves with the agent's exit status after closing its channel. */
   async close(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     this.child.stdin!.end();
@@ -272,6 +319,10 @@ export class AgentDriver {
 
   #onFrame(f: Frame): void {
     const payload = Buffer.from(f.payload.buffer, f.payload.byteOffset, f.payload.byteLength);
+    if (this.#quiet) {
+      this.violations.push(`frame of kind ${f.kind} on stream ${f.stream} while quiesced`);
+      return;
+    }
     if (f.kind === FrameKind.Control) {
       if (!this.#gotHello) {
         this.#gotHello = true;
@@ -317,9 +368,11 @@ export class AgentDriver {
       }
       this.#pending.delete(m.id);
       if (m.ok && !Results[p.op].safeParse(m.result).success) this.violations.push(`bad ${p.op} result: ${JSON.stringify(m.result)}`);
+      if (p.op === "quiesce" && m.ok) this.#quiet = true;
       p.resolve(m);
     } else if (m.t === "exit") {
       if (this.#exits.has(m.proc)) this.violations.push(`second exit for ${m.proc}`);
+      if (this.#restarted && !this.#exitWaiters.has(m.proc)) this.violations.push(`exit of process ${m.proc}, unknown to this session`);
       this.#exits.set(m.proc, m);
       this.#exitWaiters.get(m.proc)?.(m);
     } else {

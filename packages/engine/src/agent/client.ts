@@ -2,9 +2,16 @@
  * Host side of a protocol v1 session with one agent. The agent is hostile: every frame is
  * bounded by the decoder, every control message is schema-checked, every stream is held to its
  * credit window and byte limit. The first violation ends the session with a TransportError.
+ *
+ * For a snapshot the session can be quiesced: `quiesce()` asks the agent to go quiet and from
+ * then on holds every frame the host would send; once the agent has answered, any byte from it
+ * is a violation. `resumeAfterQuiesce()` lets the same session carry on. A restored copy of the
+ * guest is not resumed: its new host writes AGENT_START_LINE and connects a new client.
  */
 import type { Duplex } from "node:stream";
 import {
+  AGENT_RESUME_LINE,
+  AbortedError,
   AgentHello,
   AgentToHost,
   CONTROL_STREAM,
@@ -12,6 +19,8 @@ import {
   FrameDecoder,
   FrameError,
   FrameKind,
+  InvalidArgumentError,
+  MAX_REQUEST_ID,
   PROTOCOL_VERSION,
   Results,
   TimeoutError,
@@ -70,6 +79,17 @@ export interface AgentClientOptions {
 /** Upper bound on a data stream the agent sends when no tighter limit applies (files). */
 const UNBOUNDED_STREAM = Number.MAX_SAFE_INTEGER;
 
+/**
+ * A quiesce in progress. "asking": the request is out and the answer not in; "quiet": the agent
+ * answered and reads nothing but a raw line. In both phases outgoing frames are held here.
+ */
+interface Quiesce {
+  phase: "asking" | "quiet";
+  readonly held: Buffer[];
+  /** The caller gave up waiting for the answer: resume as soon as it comes. */
+  abandoned: boolean;
+}
+
 export class AgentClient implements FrameSink {
   readonly #channel: Duplex;
   readonly #decoder = new FrameDecoder();
@@ -85,6 +105,7 @@ export class AgentClient implements FrameSink {
     { resolve(e: ExitEvent): void; reject(err: MvmError): void; streams: InboundStream[]; stdin: OutboundStream | undefined }
   >();
   #closedError: MvmError | undefined;
+  #quiesce: Quiesce | undefined;
   #onHello: ((hello: AgentHello) => void) | undefined;
   readonly closed: Promise<MvmError>;
   #resolveClosed!: (err: MvmError) => void;
@@ -142,6 +163,83 @@ export class AgentClient implements FrameSink {
     return this.#closedError !== undefined;
   }
 
+  /** True from quiesce() until resumeAfterQuiesce() (or a failed quiesce). */
+  get isQuiesced(): boolean {
+    return this.#quiesce !== undefined;
+  }
+
+  /**
+   * Asks the agent to go quiet for a snapshot and resolves once it has: it has written its last
+   * frame (nothing the guest sent is still on its way), reads no frames, and its processes run on
+   * with their output waiting in their pipes. From the request on, every frame this client would
+   * send is held (calls may be made; they wait), and a byte from the agent once it has answered
+   * is a violation that ends the session. Follow with resumeAfterQuiesce(), or drop this client
+   * when the guest is not coming back to it.
+   *
+   * @param timeoutMs how long to wait for the answer; past it the promise rejects with a
+   *   TimeoutError and the session resumes by itself whenever the answer arrives.
+   * @throws InvalidArgumentError when a quiesce is already in progress
+   * @throws TransportError when the session is closed or ends meanwhile
+   * @throws the agent's error when it cannot quiesce (the session then carries on)
+   * @example
+   * await client.quiesce(10_000);
+   * try { await saveTheGuest(); } finally { await client.resumeAfterQuiesce(); }
+   */
+  async quiesce(timeoutMs: number, options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.#closedError) throw this.#closedError;
+    if (this.#quiesce) throw new InvalidArgumentError(`Agent of "${this.#label}" is already quiesced`);
+    options.signal?.throwIfAborted();
+    const q: Quiesce = { phase: "asking", held: [], abandoned: false };
+    const answer = this.request("quiesce", {}, { timeoutMs: 0 });
+    // The request is written; everything after it waits until the agent reads frames again.
+    this.#quiesce = q;
+    answer.then(
+      () => {
+        if (this.#quiesce === q && q.abandoned) void this.resumeAfterQuiesce().catch(() => {});
+      },
+      () => {
+        if (this.#quiesce === q) this.#flushHeld();
+      },
+    );
+    let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
+    try {
+      await Promise.race([
+        answer,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new TimeoutError(`Agent of "${this.#label}" did not quiesce within ${timeoutMs} ms`)), timeoutMs);
+          onAbort = () => reject(new AbortedError(`Quiesce of the agent of "${this.#label}" aborted`, { cause: options.signal?.reason }));
+          options.signal?.addEventListener("abort", onAbort, { once: true });
+        }),
+      ]);
+    } catch (err) {
+      if (this.#quiesce === q) {
+        q.abandoned = true;
+        if (q.phase === "quiet") void this.resumeAfterQuiesce().catch(() => {});
+      }
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      if (onAbort) options.signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /**
+   * Lets a quiesced agent carry on with this session: writes AGENT_RESUME_LINE, then every frame
+   * held since quiesce(), in order. In-flight calls, streams and credit continue where they were.
+   *
+   * @throws InvalidArgumentError when the agent is not quiesced (or has not answered yet)
+   * @throws TransportError when the session is closed
+   */
+  async resumeAfterQuiesce(): Promise<void> {
+    if (this.#closedError) throw this.#closedError;
+    const q = this.#quiesce;
+    if (!q || q.phase !== "quiet") throw new InvalidArgumentError(`Agent of "${this.#label}" is not quiesced`);
+    const line = this.#writeNow(Buffer.from(AGENT_RESUME_LINE));
+    this.#flushHeld();
+    await line;
+  }
+
   allocStream(): number {
     const id = this.#nextStream++;
     if (id > 0xffff_ffff) throw new TransportError(`Stream ids exhausted for "${this.#label}"`);
@@ -151,6 +249,7 @@ export class AgentClient implements FrameSink {
   /** Sends a request and validates the agent's answer against the op's result schema. */
   request<O extends Op>(op: O, params: RequestParams<O>, options: { timeoutMs?: number } = {}): Promise<ResultOf<O>> {
     if (this.#closedError) return Promise.reject(this.#closedError);
+    if (this.#nextId > MAX_REQUEST_ID) return Promise.reject(new TransportError(`Request ids exhausted for "${this.#label}"`));
     const id = this.#nextId++;
     return new Promise<ResultOf<O>>((resolve, reject) => {
       const timeoutMs = options.timeoutMs ?? this.#requestTimeoutMs;
@@ -305,6 +404,24 @@ export class AgentClient implements FrameSink {
 
   #write(frame: Buffer): Promise<void> {
     if (this.#closedError) return Promise.reject(this.#closedError);
+    if (this.#quiesce) {
+      // Bounded by what is in flight: credit per stream consumed, data within the agent's credit.
+      this.#quiesce.held.push(frame);
+      return Promise.resolve();
+    }
+    return this.#writeNow(frame);
+  }
+
+  /** Ends a quiesce: writes the held frames in order and lets later ones through. */
+  #flushHeld(): void {
+    const q = this.#quiesce;
+    this.#quiesce = undefined;
+    if (!q) return;
+    for (const frame of q.held) this.#writeNow(frame).catch(() => {});
+  }
+
+  #writeNow(frame: Buffer): Promise<void> {
+    if (this.#closedError) return Promise.reject(this.#closedError);
     return new Promise<void>((resolve, reject) => {
       const ok = this.#channel.write(frame, (err) => {
         if (err) reject(new TransportError(`Write to agent of "${this.#label}" failed: ${err.message}`, { cause: err }));
@@ -317,8 +434,16 @@ export class AgentClient implements FrameSink {
     });
   }
 
+  #isQuiet(): boolean {
+    return this.#quiesce?.phase === "quiet";
+  }
+
   #onBytes(chunk: Buffer): void {
     if (this.#closedError) return;
+    if (this.#isQuiet()) {
+      this.#fail(new TransportError(`Agent of "${this.#label}" sent ${chunk.length} bytes while quiesced`));
+      return;
+    }
     let frames: Frame[];
     try {
       frames = this.#decoder.push(chunk);
@@ -326,9 +451,14 @@ export class AgentClient implements FrameSink {
       this.#fail(new TransportError(`Agent of "${this.#label}" sent a bad frame: ${(err as FrameError).message}`, { cause: err }));
       return;
     }
-    for (const frame of frames) {
+    for (let i = 0; i < frames.length; i++) {
       try {
-        this.#onFrame(frame);
+        this.#onFrame(frames[i]!);
+        if (this.#isQuiet()) {
+          // The answer to quiesce is the agent's last frame: nothing may follow, not even part of one.
+          if (i + 1 < frames.length) throw new ProtocolViolation("A frame after its answer to quiesce");
+          this.#decoder.end();
+        }
       } catch (err) {
         const reason = err instanceof Error ? err.message : String(err);
         this.#fail(new TransportError(`Agent of "${this.#label}" broke the protocol: ${reason}`, { cause: err }));
@@ -380,6 +510,8 @@ export class AgentClient implements FrameSink {
         if (!p) throw new ProtocolViolation(`Response to unknown request ${msg.id}`);
         this.#pending.delete(msg.id);
         clearTimeout(p.timer);
+        // Quiet from this frame on: #onBytes checks it before the next byte is looked at.
+        if (p.op === "quiesce" && msg.ok && this.#quiesce) this.#quiesce.phase = "quiet";
         if (msg.ok) {
           const r = Results[p.op].safeParse(msg.result);
           if (!r.success) {
