@@ -1,7 +1,9 @@
 /**
  * Each VM sandbox's own guest RAM file and save-socket directory, on tmpfs:
  *
- *   <root>/<sandboxId>/        0700, the engine's
+ *   <root>/                    0711, the engine's
+ *   <root>/<sandboxId>/        0711, the engine's (QEMU's jail binds by descriptor, and bubblewrap
+ *                              still resolves the path: QEMU's uid needs search permission)
  *     ram                      0600, QEMU's uid: guest RAM (`memory-backend-file,share=on`)
  *     save/                    0700, QEMU's uid: where the engine listens for a device-state save
  *
@@ -57,9 +59,10 @@ export interface MakeSandboxRamOptions {
 export async function makeSandboxRam(options: MakeSandboxRamOptions): Promise<SandboxRam> {
   if (!NAME.test(options.name)) throw new InvalidArgumentError(`Invalid RAM directory name "${options.name}"`);
   const bytes = options.memoryMiB * MiB;
-  await mkdir(options.root, { recursive: true, mode: 0o700 });
+  await mkdir(options.root, { recursive: true, mode: 0o711 });
+  await chmod(options.root, 0o711);
   const dir = join(options.root, options.name);
-  await mkdir(dir, { mode: 0o700 });
+  await mkdir(dir, { mode: 0o711 });
   const ramPath = join(dir, "ram");
   const saveDir = join(dir, "save");
   try {

@@ -32,7 +32,7 @@ import { SavedVmStore, hashFile, qemuIdentity, type SavedPartsRecord, type Saved
 import { DEFAULT_RAM_ROOT, copySparse, makeSandboxRam, removeSandboxRam, sweepSandboxRam, type SandboxRam } from "./ram-file.js";
 import { captureVm, readDeviceHeader, type DeviceHeader } from "./vm-snapshot.js";
 import type { VerityInfo } from "./verity/index.js";
-import { VmProcess, vmQemuArgs, type SpawnVmOptions } from "./vm-process.js";
+import { VmProcess, vmQemuArgs, type SpawnVmOptions, type VmHostFiles } from "./vm-process.js";
 import { buildGuestHelper } from "./guest-helper.js";
 import { sandboxSeccompProgram } from "../namespace/seccomp.js";
 import { type GuestKernel, ensureGuestKernel, importGuestKernel, openGuestKernel } from "./kernel.js";
@@ -144,7 +144,7 @@ interface Host {
 interface Prepared {
   readonly host: Host;
   readonly qemuFiles: readonly JailFile[];
-  readonly files: Omit<VmHostFiles, "workDiskPath" | "state">;
+  readonly files: Omit<VmHostFiles, "workDiskPath" | "ramPath" | "saveDir" | "load">;
   readonly config: SpawnVmOptions["config"];
   readonly limits: GuestLimits;
   readonly shape: VmShape;

@@ -91,6 +91,7 @@ export function vmQemuArgs(config: SpawnVmOptions["config"], incoming: boolean):
     "-add-fd", `fd=${WORK_RO_FD},set=3,opaque=work-ro`,
     ...qemuArgs({
       ...config,
+      ramFile: { path: RAM_JAIL_PATH, shared: true },
       kernelPath: "/vm/vmlinuz",
       initrdPath: "/vm/initrd",
       rootDiskPath: "/dev/fdset/1",
