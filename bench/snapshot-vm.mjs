@@ -14,7 +14,8 @@
 //               child's first output, and the children's memory
 // Runs standalone (`node bench/snapshot-vm.mjs`, JSON on stdout) or from bench/run.mjs as
 // benchSnapshotVm({ log, summary }). Counts: BENCH_SNAPVM_RUNS (10), BENCH_SNAPVM_ALIVE (4),
-// BENCH_SNAPVM_FORK (8), BENCH_SNAPVM_DIRTY_MIB (256). Cache: BENCH_VM_CACHE_DIR (default
+// BENCH_SNAPVM_FORK (8), BENCH_SNAPVM_DIRTY_MIB (256); BENCH_SNAPVM_ONLY=restore stops after the
+// restore figures. Cache: BENCH_VM_CACHE_DIR (default
 // /var/lib/mvm/vm; saved VMs are kept there).
 import { spawn } from "node:child_process";
 import { once } from "node:events";
@@ -178,6 +179,8 @@ export async function benchSnapshotVm({ log = (...a) => console.error("[snapshot
 
     // Baseline: plain QEMU (no engine, no jail) restoring the same saved VM.
     out.restore.baselinePlainQemu = await plainQemuRestores(backend, await makeSpec(), root, RUNS, summary, log);
+
+    if (process.env.BENCH_SNAPVM_ONLY === "restore") return out;
 
     // 2. Memory per restored sandbox with ALIVE alive.
     const alive = [];

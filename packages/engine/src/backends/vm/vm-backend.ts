@@ -17,6 +17,8 @@ import { constants } from "node:fs";
 import { chown, lstat, mkdir, open, readFile, readdir, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
+import { AgentClient } from "../../agent/client.js";
+import { childChannel } from "../_teardown.js";
 import { killIfSame, listProcessesWithId, readProcStat, sendSignal, waitForExit } from "../../_internal/proc.js";
 import { findExecutable } from "../namespace/probe.js";
 import { SANDBOX_UID_BASE, SANDBOX_UID_SPAN, SandboxUidAllocator } from "../namespace/uid.js";
@@ -51,6 +53,8 @@ const CONTROL_TIMEOUT_MS = 15_000;
 const QMP_TIMEOUT_MS = 15_000;
 const SAVE_TIMEOUT_MS = 120_000;
 const RESTORE_TIMEOUT_MS = 60_000;
+/** Execs run in a VM about to be saved, so their code paths are warm in every restore. */
+const WARM_UP_EXECS = 2;
 /** How long a VM about to be saved waits for its guest to report the memory it freed, ms. */
 const FREE_PAGE_REPORT_WAIT_MS = 3_000;
 
@@ -102,6 +106,27 @@ function verityParams(info: VerityInfo): VerityParams {
 }
 
 
+/**
+ * Runs the agent's exec path once in a VM about to be saved, then quiesces the agent: the code a
+ * first exec runs (the agent's handlers, compiled by the guest's JavaScript engine; the guest
+ * kernel's paths for fork, exec and the pipes) is then warm in every restore's memory. A restore
+ * sends the start line, and the agent drops this session and says hello on the new channel.
+ */
+async function warmUp(vm: VmProcess): Promise<void> {
+  vm.child.stdin!.write(AGENT_START_LINE);
+  const client = await AgentClient.connect(childChannel(vm.child, "the saved VM's QEMU"), { helloTimeoutMs: CONTROL_TIMEOUT_MS * 4, requestTimeoutMs: CONTROL_TIMEOUT_MS * 4, label: vm.label });
+  client.closed.catch(() => undefined);
+  for (let i = 0; i < WARM_UP_EXECS; i++) {
+    const proc = await client.exec(
+      { argv: ["/bin/sh", "-c", "echo warm"], env: { PATH: "/usr/bin:/bin" }, cwd: "/work", timeoutMs: CONTROL_TIMEOUT_MS * 4, killGraceMs: 1_000, maxOutputBytes: 1024 },
+      { openStdin: false, output: { onStdout: () => undefined, onStderr: () => undefined } },
+    );
+    const exit = await proc.exit;
+    if (exit.exitCode !== 0) throw new AdmissionError(`The saved VM's warm-up exec exited with ${exit.exitCode}`);
+  }
+  await client.quiesce(CONTROL_TIMEOUT_MS * 4);
+}
+
 /** What a device state of a VM of `p` records (vm-snapshot.ts). */
 function deviceHeader(p: Prepared): DeviceHeader {
   return { argsDigest: p.shape.argsDigest, rootDiskKey: p.shape.rootDiskKey, agentDiskKey: p.shape.agentDiskKey, guestUid: p.shape.guestUid, accel: p.shape.accel };
@@ -111,7 +136,7 @@ function deviceHeader(p: Prepared): DeviceHeader {
 function backendShape(p: Prepared): BackendSnapshot["shape"] {
   const initramfs = /^([0-9a-f]{64})\.cpio\.gz$/.exec(basename(p.shape.initrdPath))?.[1];
   return {
-    kernelDigest: p.shape.kernelDigest,
+    kernelDigest: /^[0-9a-f]{64}$/.test(p.shape.kernelDigest) ? `sha256:${p.shape.kernelDigest}` : p.shape.kernelDigest,
     initramfsDigest: initramfs !== undefined ? `sha256:${initramfs}` : p.shape.initrdPath,
     qemu: p.shape.qemu,
     cpus: p.shape.cpus,
@@ -433,6 +458,7 @@ export class VmBackend implements Backend {
       ram = await makeSandboxRam({ root: this.ramRoot, name: `saved-${basename(dir).replace(/^\./, "")}`, memoryMiB: p.config.memoryMiB, ...(uid !== undefined ? { owner: uid } : {}) });
       vm = await this.spawnVm(p, "saved-vm", uid, work, join(dir, "console.log"), ram);
       await vm.waitAgentReady(this.options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS);
+      await warmUp(vm);
       await vm.control.dropCaches(CONTROL_TIMEOUT_MS);
       // The guest reports freed memory to the host (free page reporting) about every 2 s; what it
       // has reported is punched out of the RAM file, so the saved RAM holds only what is in use.
