@@ -265,6 +265,36 @@ test("mvmctl plan reads a script's declarations without running it (static), or 
   assert.match(refused.stderr, /--mode record runs JavaScript or TypeScript/);
 });
 
+test("mvmctl plan: a script's snapshot, its restore and its forks are named, not planned; the sandbox they come from is", { skip }, async () => {
+  const dir = scratchDir("e2e-plan-snapshot");
+  const sdk = fileURLToPath(new URL("../../sdk/dist/index.js", import.meta.url));
+  const body = [
+    `const sb = await Sandbox.create({ image: ${JSON.stringify(DEFAULT_IMAGE)}, ttlSeconds: 120 });`,
+    `await sb.commands.run(["pip", "install", "requests"]);`,
+    `const snap = await sb.snapshot({ retention: { ttlSeconds: 3600 } });`,
+    `const copy = await Sandbox.create({ fromSnapshot: snap.id });`,
+    `const kids = await sb.fork({ count: 4 });`,
+  ];
+  writeFileSync(join(dir, "app.ts"), [`import { Sandbox } from "@mvm/sdk";`, ...body].join("\n"));
+  writeFileSync(join(dir, "app.mjs"), [`import { Sandbox } from ${JSON.stringify(sdk)};`, ...body].join("\n"));
+  for (const mode of ["static", "record"]) {
+    const r = await mvmctl(["plan", "--embedded", "--mode", mode, join(dir, mode === "static" ? "app.ts" : "app.mjs"), "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const bundle = JSON.parse(r.stdout) as { workloads: { commands: string[][]; plan: { plan: { ir: { ttlSeconds: number } } } }[] };
+    assert.equal(bundle.workloads.length, 1, mode);
+    assert.deepEqual(bundle.workloads[0]!.commands, [["pip", "install", "requests"]]);
+    assert.equal(bundle.workloads[0]!.plan.plan.ir.ttlSeconds, 120);
+    if (mode === "static") {
+      assert.match(r.stderr, /app\.ts:6:\d+: forks 4 sandboxes from the sandbox of line 2 when the script runs/);
+      assert.match(r.stderr, /app\.ts:5:\d+: not planned: it starts from the snapshot the script takes at line 4/);
+    } else {
+      assert.match(r.stderr, /sbx_[a-z2-7]{20} takes a snapshot \(kept 3600 s\)/);
+      assert.match(r.stderr, /not planned: sbx_[a-z2-7]{20} is started from a snapshot of sbx_[a-z2-7]{20} taken by the script/);
+      assert.equal(r.stderr.match(/not planned: sbx_[a-z2-7]{20} is a fork of/g)?.length, 4);
+    }
+  }
+});
+
 test("secret set refuses a value shorter than 8 bytes with an error saying the minimum and a hint; 8 bytes are stored", async () => {
   const stateDir = scratchDir("e2e-secret");
   try {

@@ -2,7 +2,7 @@
  * Flag tables shared by several commands, and the converters from flag strings to the typed
  * values of the engine API. Every converter throws UsageError naming the flag and the value.
  */
-import { CreateSandboxRequest, ExecApiRequest, SandboxIdSchema, isSandboxPath } from "@mvm/protocol";
+import { CreateSandboxRequest, ExecApiRequest, SandboxIdSchema, SnapshotRefSchema, isSandboxPath } from "@mvm/protocol";
 import type { z } from "zod";
 import type { FlagSpec, RawArgs } from "./command.js";
 import { UsageError } from "./usage-error.js";
@@ -29,6 +29,11 @@ export const SANDBOX_FLAGS = {
     type: "string",
     valueName: "TIER",
     description: "Refuse a weaker tier: container, vm-emulated or vm-hardware (default: $MVM_MINIMUM_TIER)",
+  },
+  "from-snapshot": {
+    type: "string",
+    valueName: "REF",
+    description: "Start from a snapshot (id or digest) instead of a fresh image; its image and backend are used",
   },
   ...NETWORK_FLAGS,
 } as const satisfies Record<string, FlagSpec>;
@@ -89,6 +94,16 @@ export function keyValueFlag(raw: RawArgs, name: string): Record<string, string>
   return out;
 }
 
+/** A snapshot reference (positional or flag value), checked for the `snap_…` or `sha256:…` form. */
+export function snapshotRefArg(value: string): string {
+  if (!SnapshotRefSchema.safeParse(value).success) {
+    throw new UsageError(`Invalid snapshot reference "${value}"`, {
+      hint: 'A snapshot is named by its id ("snap_" and 20 letters and digits) or its digest ("sha256:" and 64 hex digits); "mvmctl snapshot ls" lists them',
+    });
+  }
+  return value;
+}
+
 /** A sandbox id positional, checked for the `sbx_…` form. */
 export function sandboxIdArg(value: string): string {
   if (!SandboxIdSchema.safeParse(value).success) {
@@ -125,6 +140,7 @@ const CREATE_FLAG_OF: Record<string, string> = {
   network: "--allow-host/--allow-cidr",
   secrets: "--secret",
   ports: "--publish",
+  fromSnapshot: "--from-snapshot",
 };
 
 /** The create request described by the sandbox flags (and `--label`/`--env` when the command has them). */
@@ -140,6 +156,16 @@ export function createRequestFrom(raw: RawArgs, extra: { labels?: Record<string,
   const image = stringFlag(raw, "image");
   const backend = stringFlag(raw, "backend");
   const ttlSeconds = integerFlag(raw, "ttl");
+  const fromSnapshot = stringFlag(raw, "from-snapshot");
+  if (fromSnapshot !== undefined) {
+    const clash = ["image", "backend"].filter((k) => raw.values[k] !== undefined);
+    if (clash.length > 0) {
+      throw new UsageError(`--from-snapshot cannot be combined with ${clash.map((k) => `--${k}`).join(", ")}`, {
+        hint: "A sandbox started from a snapshot has the snapshot's image and backend",
+      });
+    }
+    request["fromSnapshot"] = snapshotRefArg(fromSnapshot);
+  }
   if (image !== undefined) request["image"] = image;
   if (backend !== undefined) request["backend"] = backend;
   const minimumTier = stringFlag(raw, "minimum-tier");

@@ -8,6 +8,7 @@ import {
   CleanupError,
   SandboxCrashedError,
   SandboxPausedError,
+  UnsupportedCapabilityError,
   NotFoundError,
   toMvmError,
   TransportError,
@@ -25,7 +26,7 @@ import {
 } from "@mvm/protocol";
 import type { z } from "zod";
 import { AgentClient, type AgentProcess, type RequestParams } from "./agent/client.js";
-import type { Backend, LaunchedSandbox, LaunchSpec, ReapRecord } from "./backends/types.js";
+import type { Backend, BackendSnapshot, LaunchedSandbox, LaunchSpec, ReapRecord, SnapshotCapture } from "./backends/types.js";
 import { abortError, callSignal } from "./_internal/signals.js";
 import type { SandboxNetwork } from "./egress/sandbox-network.js";
 import type { Redactor } from "./secrets/redact.js";
@@ -37,6 +38,9 @@ export type PauseChange =
   | { readonly type: "sandbox.resumed"; readonly pausedMs: number };
 
 /** Default per-stream output cap for exec, bytes. */
+/** How long the agent may take to reach a quiet point before a memory snapshot, ms. */
+const QUIESCE_TIMEOUT_MS = 30_000;
+
 export const DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
 const DEFAULT_KILL_GRACE_MS = 2000;
 
@@ -204,10 +208,41 @@ export class LiveSandbox {
     this.info = { ...rest, state: "paused", expiresAt, pause };
   }
 
-  #serialized(step: () => Promise<void>): Promise<void> {
+  #serialized<T>(step: () => Promise<T>): Promise<T> {
     const next = this.#transition.then(step, step);
     this.#transition = next.catch(() => undefined);
     return next;
+  }
+
+  /**
+   * Captures the sandbox's state into `capture.dir` (see LaunchedSandbox.snapshot), one transition
+   * at a time with pause and resume. A memory capture first quiesces the agent (it stops mid-session
+   * and waits), and a paused sandbox is thawed for that and paused again afterwards; the agent then
+   * carries on with the same session. The heartbeat is suspended meanwhile.
+   * @throws UnsupportedCapabilityError when the backend cannot capture this
+   */
+  snapshot(capture: SnapshotCapture): Promise<BackendSnapshot> {
+    return this.#serialized(async () => {
+      this.#assertLive();
+      const take = this.#launched.snapshot?.bind(this.#launched);
+      if (take === undefined) throw new UnsupportedCapabilityError(`Backend "${this.info.backend}" cannot snapshot sandboxes`);
+      if (!capture.memory) return await take(capture);
+      const paused = this.#pausedAt !== undefined;
+      this.#suspendHeartbeat();
+      try {
+        if (paused) await this.#launched.resume();
+        await this.#client.quiesce(QUIESCE_TIMEOUT_MS);
+        try {
+          return await take(capture);
+        } finally {
+          await this.#client.resumeAfterQuiesce();
+          if (paused) await this.#launched.pause();
+        }
+      } finally {
+        this.#assertLive();
+        if (!paused) this.#startHeartbeat();
+      }
+    });
   }
 
   #assertLive(): void {

@@ -25,7 +25,7 @@ import {
   jsonBytes,
   sandboxEnvProblem,
 } from "./limits.js";
-import { Env, ExecRequest, MkdirRequest, RenameRequest, encodeControl, parseControl } from "./messages.js";
+import { Env, ExecRequest, MAX_REQUEST_ID, MkdirRequest, RenameRequest, encodeControl, parseControl } from "./messages.js";
 import { WorkloadCommand } from "./plan.js";
 
 const RUNS = Number(process.env["MVM_FUZZ_RUNS"] ?? 200);
@@ -42,7 +42,7 @@ function firstIssue(schema: { safeParse(v: unknown): { success: boolean; error?:
 function execFrame(request: ExecApiRequest, sandboxEnv: Record<string, string>): Buffer {
   const message = {
     t: "req",
-    id: 0xffff_ffff,
+    id: MAX_REQUEST_ID,
     op: "exec",
     argv: request.argv,
     env: { ...sandboxEnv, ...(request.env ?? {}) },
@@ -241,8 +241,8 @@ describe("schema limits agree with the agent's control frame", () => {
   it("the widest path operations fit one control frame", () => {
     const path = `/${rep("\u0001", 4095)}`;
     for (const [schema, message] of [
-      [MkdirRequest, { t: "req", id: 0xffff_ffff, op: "mkdir", path, recursive: true }],
-      [RenameRequest, { t: "req", id: 0xffff_ffff, op: "rename", from: path, to: path }],
+      [MkdirRequest, { t: "req", id: MAX_REQUEST_ID, op: "mkdir", path, recursive: true }],
+      [RenameRequest, { t: "req", id: MAX_REQUEST_ID, op: "rename", from: path, to: path }],
     ] as const) {
       const payload = encodeControl(message);
       parseControl(schema, payload);

@@ -87,6 +87,11 @@ export const WorkloadIR = z
     ports: z.array(PortSpec).max(MAX_PUBLISHED_PORTS),
     requiredTier: Tier,
     intent: IntentSchema,
+    /**
+     * The snapshot the workload starts from: the sha256 of its manifest, which names every chunk of
+     * its content. Absent: a fresh image.
+     */
+    fromSnapshot: Sha256DigestSchema.optional(),
   })
   .check(
     z.refine((ir) => ir.envNames.every((n, i) => i === 0 || ir.envNames[i - 1]! < n), {
@@ -200,5 +205,6 @@ export function requestFromPlan(signed: SignedPlan, options: { env?: Record<stri
   if (options.env !== undefined) request.env = options.env;
   if (ir.secrets.length > 0) request.secrets = Object.fromEntries(ir.secrets.map((s) => [s.name, s.ref]));
   if (ir.command.kind === "argv") request.command = ir.command.argv;
+  if (ir.fromSnapshot !== undefined) request.fromSnapshot = ir.fromSnapshot;
   return request;
 }

@@ -33,22 +33,25 @@ import {
   type SignedPlan,
   type AuditReceiptRef,
   type SnapshotInfo,
-  UnsupportedCapabilityError,
+  type SnapshotApiRequest,
+  type ForkApiRequest,
+  MAX_FORK_COUNT,
 } from "@mvm/protocol";
 import type { z } from "zod";
 import { CallScope } from "./_internal/call-scope.js";
 import { errorFrom, expectEmpty, expectJson, isSuccess, ndjsonValues, validate } from "./_internal/body.js";
 import { release, send, type Exchange, type HttpCall, type HttpTarget } from "./_internal/http.js";
 import { followExec, readProgressStream } from "./_internal/streams.js";
-import { filesPath, jsonBody, processPath, sandboxPath } from "./_internal/paths.js";
+import { filesPath, jsonBody, processPath, sandboxPath, snapshotPath } from "./_internal/paths.js";
 import * as wire from "./_internal/wire.js";
 
 export interface DaemonClientOptions {
   /** Absolute path of the daemon's Unix socket. */
   socketPath: string;
   /**
-   * Deadline of calls that answer promptly (all but createSandbox, buildImage, exec, readFile and
-   * writeFile, which run as long as their work does), in milliseconds. A call's own `timeoutMs` wins.
+   * Deadline of calls that answer promptly (all but createSandbox, snapshotSandbox, forkSandbox,
+   * buildImage, exec, readFile and writeFile, which run as long as their work does), in
+   * milliseconds. A call's own `timeoutMs` wins.
    * @default 60000
    */
   requestTimeoutMs?: number;
@@ -131,21 +134,62 @@ export class DaemonClient implements EngineApi {
     return this.#json("resumeSandbox", options, { method: "POST", path: `${sandboxPath(id)}/resume`, ...jsonBody({}) }, wire.SandboxInfo);
   }
 
-  // Snapshot calls: not wired to the daemon yet.
-  snapshotSandbox(): Promise<SnapshotInfo> {
-    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available over this connection yet"));
+  /**
+   * Takes a snapshot of the sandbox. Runs as long as the capture does (no default deadline, like
+   * createSandbox): the daemon answers as an NDJSON stream, so only the call's own `timeoutMs`
+   * or `signal` ends it early.
+   */
+  async snapshotSandbox(id: string, request: SnapshotApiRequest, options: CallOptions = {}): Promise<SnapshotInfo> {
+    const call = { method: "POST", path: `${sandboxPath(id)}/snapshots`, ...jsonBody(request) } as const;
+    const snapshot = await this.#progressStream("snapshotSandbox", options, call, wire.SnapshotStreamLine, (line) => (line as { snapshot: SnapshotInfo }).snapshot);
+    if (snapshot.source !== id) {
+      throw new TransportError(`Call "snapshotSandbox" to the daemon at "${this.socketPath}" answered a snapshot of "${snapshot.source}", not of "${id}"`);
+    }
+    return snapshot;
   }
-  forkSandbox(): Promise<SandboxInfo[]> {
-    return Promise.reject(new UnsupportedCapabilityError("Fork is not available over this connection yet"));
+
+  /**
+   * Starts `count` sandboxes from the sandbox's current state (no default deadline, like
+   * createSandbox). An answer with another number of sandboxes than asked for, or one naming the
+   * parent or a child twice, is a TransportError.
+   */
+  async forkSandbox(id: string, request: ForkApiRequest = {}, options: CallOptions = {}): Promise<SandboxInfo[]> {
+    const call = { method: "POST", path: `${sandboxPath(id)}/fork`, ...jsonBody(request) } as const;
+    const expected = request.count ?? 1;
+    // One line carries every child: allow a full line per child.
+    const maxLineBytes = Math.min(this.#maxJsonBytes, this.#maxLineBytes * Math.max(1, Math.min(expected, MAX_FORK_COUNT)));
+    const sandboxes = await this.#progressStream(
+      "forkSandbox",
+      options,
+      call,
+      wire.ForkStreamLine,
+      (line) => (line as { sandboxes: SandboxInfo[] }).sandboxes,
+      maxLineBytes,
+    );
+    const describe = `Call "forkSandbox" to the daemon at "${this.socketPath}"`;
+    if (sandboxes.length !== expected) throw new TransportError(`${describe} answered ${sandboxes.length} sandboxes for ${expected} asked for`);
+    // Each child is handed out as a sandbox to kill when done: none may be the parent or another child.
+    const ids = new Set(sandboxes.map((s) => s.id));
+    if (ids.size !== sandboxes.length || ids.has(id)) throw new TransportError(`${describe} answered sandboxes that are not distinct new sandboxes`);
+    return sandboxes;
   }
-  listSnapshots(): Promise<SnapshotInfo[]> {
-    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available over this connection yet"));
+
+  async listSnapshots(options?: CallOptions): Promise<SnapshotInfo[]> {
+    const r = await this.#json<{ snapshots: SnapshotInfo[] }>("listSnapshots", options, { method: "GET", path: "/v1/snapshots" }, wire.SnapshotList);
+    return r.snapshots;
   }
-  getSnapshot(): Promise<SnapshotInfo> {
-    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available over this connection yet"));
+
+  /** A snapshot by id or digest; an answer naming another snapshot is a TransportError. */
+  async getSnapshot(ref: string, options?: CallOptions): Promise<SnapshotInfo> {
+    const snapshot = await this.#json<SnapshotInfo>("getSnapshot", options, { method: "GET", path: snapshotPath(ref) }, wire.SnapshotInfo);
+    if (snapshot.id !== ref && snapshot.digest !== ref) {
+      throw new TransportError(`Call "getSnapshot" to the daemon at "${this.socketPath}" answered snapshot "${snapshot.id}" for "${ref}"`);
+    }
+    return snapshot;
   }
-  deleteSnapshot(): Promise<void> {
-    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available over this connection yet"));
+
+  async deleteSnapshot(ref: string, options?: CallOptions): Promise<void> {
+    return this.#empty("deleteSnapshot", options, { method: "DELETE", path: snapshotPath(ref) });
   }
 
   /**
@@ -397,12 +441,13 @@ export class DaemonClient implements EngineApi {
     call: Omit<HttpCall, "scope">,
     schema: z.core.$ZodType,
     pick: (line: unknown) => T,
+    maxLineBytes = this.#maxLineBytes,
   ): Promise<T> {
     const scope = this.#open(op, options, false);
     try {
       const ex = await this.#send(scope, { ...call, headers: { ...call.headers, Accept: "application/x-ndjson" } });
       if (!isSuccess(ex)) throw await errorFrom(ex, scope, this.#maxJsonBytes);
-      return await readProgressStream(ndjsonValues(ex, scope, this.#maxLineBytes), scope, schema, options.onProgress, pick);
+      return await readProgressStream(ndjsonValues(ex, scope, maxLineBytes), scope, schema, options.onProgress, pick);
     } catch (err) {
       throw scope.fail(err);
     } finally {

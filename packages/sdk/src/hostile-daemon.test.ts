@@ -199,3 +199,132 @@ test("file bodies must match their Content-Length", async (t) => {
   mode = "chunked";
   await assert.rejects(client.readFile(ID, "/x"), isTransport(/without a valid Content-Length/));
 });
+
+test("snapshot answers that are malformed, out of schema, oversized or the wrong size are TransportErrors", async (t) => {
+  const snap = {
+    id: "snap_abcdefghijklmnopqrst",
+    digest: `sha256:${"cd".repeat(32)}`,
+    createdAt: "2026-12-07T17:00:00.000Z",
+    retention: { manual: true },
+    tier: "container",
+    memory: false,
+    source: ID,
+    image: { digest: `sha256:${"ab".repeat(32)}` },
+    sizes: {},
+    labels: {},
+  };
+  const kid = (id: string) => ({ id, state: "running" });
+  const ndjson = (s: Socket, lines: unknown[]): void => {
+    const body = lines.map((l) => `${JSON.stringify(l)}\n`).join("");
+    s.end(`HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  };
+  let mode = "";
+  const client = await hostile(
+    t,
+    (s) => {
+      switch (mode) {
+        case "snapshot-extra":
+          return ndjson(s, [{ type: "result", snapshot: { ...snap, evil: true } }]);
+        case "snapshot-bad-id":
+          return ndjson(s, [{ type: "result", snapshot: { ...snap, id: "snap_../../etc" } }]);
+        case "snapshot-negative":
+          return ndjson(s, [{ type: "result", snapshot: { ...snap, sizes: { ram: { bytes: -1, storedBytes: 0, chunks: 0, zeroChunks: 0 } } } }]);
+        case "snapshot-no-result":
+          return ndjson(s, [{ type: "progress", event: { phase: "capture", message: "x" } }]);
+        case "snapshot-twice":
+          return ndjson(s, [{ type: "result", snapshot: snap }, { type: "result", snapshot: snap }]);
+        case "snapshot-huge-line": {
+          s.write("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n");
+          const data = Buffer.alloc(64 * 1024, 0x61);
+          return forever(s, Buffer.concat([Buffer.from(`${data.byteLength.toString(16)}\r\n`), data, Buffer.from("\r\n")]));
+        }
+        case "fork-short":
+          return ndjson(s, [{ type: "result", sandboxes: [] }]);
+        case "fork-too-many":
+          return ndjson(s, [{ type: "result", sandboxes: Array.from({ length: 17 }, () => kid(ID)) }]);
+        case "list-extra":
+          return answer(s, 200, JSON.stringify({ snapshots: [snap], more: 1 }));
+        case "list-huge":
+          return answer(s, 200, JSON.stringify({ snapshots: Array.from({ length: 2000 }, () => snap) }));
+        case "get-label":
+          return answer(s, 200, JSON.stringify({ ...snap, labels: { k: "v".repeat(257) } }));
+        case "get-other":
+          return answer(s, 200, JSON.stringify(snap));
+        case "delete-body":
+          return answer(s, 200, JSON.stringify({ deleted: true }));
+        default:
+          return answer(s, 500, "?");
+      }
+    },
+    { maxJsonBytes: 256 * 1024 },
+  );
+  const take = () => client.snapshotSandbox(ID, { retention: { manual: true } });
+  const as = async (m: string, call: () => Promise<unknown>, pattern: RegExp): Promise<void> => {
+    mode = m;
+    await assert.rejects(call(), isTransport(pattern), m);
+  };
+  await as("snapshot-extra", take, /invalid body/);
+  await as("snapshot-bad-id", take, /invalid body/);
+  await as("snapshot-negative", take, /invalid body/);
+  await as("snapshot-no-result", take, /without a result/);
+  await as("snapshot-twice", take, /lines after its result/);
+  await as("snapshot-huge-line", take, /NDJSON line longer than 1048576 bytes/);
+  await as("fork-short", () => client.forkSandbox(ID, { count: 2 }), /invalid body/);
+  await as("fork-too-many", () => client.forkSandbox(ID, { count: 2 }), /invalid body/);
+  await as("list-extra", () => client.listSnapshots(), /invalid body/);
+  await as("list-huge", () => client.listSnapshots(), /over the limit of 262144/);
+  await as("get-label", () => client.getSnapshot(snap.id), /invalid body/);
+  mode = "get-other";
+  await assert.rejects(client.getSnapshot("snap_zzzzzzzzzzzzzzzzzzzz"), isTransport(/answered snapshot "snap_abcdefghijklmnopqrst" for "snap_z+"/));
+  assert.equal((await client.getSnapshot(snap.digest)).id, snap.id);
+  await as("delete-body", () => client.deleteSnapshot(snap.id), /answered an unexpected body/);
+});
+
+test("a fork answer with another number of sandboxes than asked for, or not distinct new ones, is a TransportError", async (t) => {
+  const info = {
+    id: ID,
+    state: "running",
+    backend: "namespace",
+    tier: "container",
+    image: { ref: "x", digest: `sha256:${"ab".repeat(32)}` },
+    createdAt: "2026-12-07T17:00:00.000Z",
+    expiresAt: "2026-12-07T18:00:00.000Z",
+    resources: {},
+    workMiB: 1024,
+    labels: {},
+  };
+  const KID = "sbx_bbbbbbbbbbbbbbbbbbbb";
+  let sandboxes: unknown[] = [{ ...info, id: KID }];
+  const client = await hostile(t, (s) => {
+    const body = `${JSON.stringify({ type: "result", sandboxes })}\n`;
+    s.end(`HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  });
+  assert.deepEqual((await client.forkSandbox(ID, { count: 1 })).map((s) => s.id), [KID]);
+  await assert.rejects(client.forkSandbox(ID, { count: 3 }), isTransport(/answered 1 sandboxes for 3 asked for/));
+  // A child that is the parent (or the same child twice) would be killed as a child: refused.
+  sandboxes = [info];
+  await assert.rejects(client.forkSandbox(ID, { count: 1 }), isTransport(/not distinct new sandboxes/));
+  sandboxes = [{ ...info, id: KID }, { ...info, id: KID }];
+  await assert.rejects(client.forkSandbox(ID, { count: 2 }), isTransport(/not distinct new sandboxes/));
+});
+
+test("a snapshot answer for another sandbox than the one asked for is a TransportError", async (t) => {
+  const snap = {
+    id: "snap_abcdefghijklmnopqrst",
+    digest: `sha256:${"cd".repeat(32)}`,
+    createdAt: "2026-12-07T17:00:00.000Z",
+    retention: { manual: true },
+    tier: "container",
+    memory: false,
+    source: "sbx_bbbbbbbbbbbbbbbbbbbb",
+    image: { digest: `sha256:${"ab".repeat(32)}` },
+    sizes: {},
+    labels: {},
+  };
+  const client = await hostile(t, (s) => {
+    const body = `${JSON.stringify({ type: "result", snapshot: snap })}\n`;
+    s.end(`HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  });
+  await assert.rejects(client.snapshotSandbox(ID, { retention: { manual: true } }), isTransport(/a snapshot of "sbx_b+", not of "sbx_a/));
+  assert.equal((await client.snapshotSandbox(snap.source, { retention: { manual: true } })).id, snap.id);
+});

@@ -3,12 +3,15 @@
  * this process.
  */
 export { Sandbox } from "./sandbox.js";
-export type { SandboxCreateOptions, SandboxConnectOptions, SandboxPlanOptions } from "./sandbox.js";
+export type { SandboxCreateOptions, SandboxConnectOptions, SandboxForkOptions, SandboxPlanOptions, SandboxSnapshotOptions } from "./sandbox.js";
+export { Snapshot } from "./snapshot.js";
+export type { SnapshotConnectOptions, SnapshotRef } from "./snapshot.js";
 export { Commands, CommandHandle, commandFailed, DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_MAX_OUTPUT_BYTES } from "./commands.js";
 export type { CommandResult, RunOptions, StartOptions } from "./commands.js";
 export { Files, DEFAULT_MAX_READ_BYTES } from "./files.js";
 export { SandboxNetworkApi } from "./network.js";
 export type { NetworkEventsOptions } from "./network.js";
+export { MAX_FORK_COUNT, MAX_SNAPSHOT_TTL_SECONDS } from "@mvm/protocol";
 export { NetworkPolicy, SecretRef, requestFromPlan, CONTAINER_TIER_CAVEATS, TIER_ORDER, callerSettingsFromEnv, tierAtLeast } from "@mvm/protocol";
 export type { CallerSettings } from "@mvm/protocol";
 export type {
@@ -26,9 +29,9 @@ export type {
 export type { ReadOptions, WriteData, WriteOptions, WriteResult } from "./files.js";
 
 export { analyzeSource, analyzeSourceText, MAX_SOURCE_BYTES } from "./static-analysis.js";
-export type { SourceLocation, StaticAnalysis, StaticDiagnostic, StaticWorkload } from "./static-analysis.js";
+export type { SourceLocation, StaticAnalysis, StaticDiagnostic, StaticFork, StaticWorkload } from "./static-analysis.js";
 export { RecordingEngine, RecordingSchema, RECORD_FILE_ENV, readRecording } from "./recording.js";
-export type { RecordedCommand, RecordedWorkload, Recording } from "./recording.js";
+export type { RecordedCommand, RecordedOrigin, RecordedSnapshot, RecordedWorkload, Recording } from "./recording.js";
 export { connectEngine } from "./connect.js";
 export type { ConnectEngineOptions, ConnectionOptions, EngineConnection, EngineMode } from "./connect.js";
 export { DaemonClient } from "./daemon-client.js";
@@ -90,6 +93,9 @@ export type {
   SandboxInfo,
   SandboxState,
   Sha256Digest,
+  SnapshotId,
+  SnapshotInfo,
+  SnapshotRetention,
   Tier,
   WireError,
   WriteFileOptions,

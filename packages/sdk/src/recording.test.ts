@@ -6,9 +6,10 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ExitInfo, InvalidArgumentError, NetworkPolicy, SandboxInfo, UnsupportedCapabilityError } from "@mvm/protocol";
-import { RecordingEngine, readRecording } from "./recording.js";
+import { ExitInfo, InvalidArgumentError, NetworkPolicy, NotFoundError, SandboxInfo, SnapshotInfo, UnsupportedCapabilityError } from "@mvm/protocol";
+import { RecordingEngine, RecordingSchema, readRecording } from "./recording.js";
 import { Sandbox } from "./sandbox.js";
+import { Snapshot } from "./snapshot.js";
 
 const SDK = fileURLToPath(new URL("./index.js", import.meta.url));
 
@@ -48,6 +49,44 @@ test("a RecordingEngine answers the SDK with schema-valid empty successes and re
       },
     ],
   });
+});
+
+test("record mode: snapshots are recorded on their sandbox; forks and restores of them are workloads with an origin", async () => {
+  const rec = new RecordingEngine();
+  const sb = await Sandbox.create({ engine: rec, image: "debian:bookworm", ttlSeconds: 60 });
+  const snap = await sb.snapshot({ retention: { ttlSeconds: 3600 }, labels: { step: "deps" } });
+  assert.ok(SnapshotInfo.safeParse(snap.info).success);
+  assert.equal(snap.source, sb.id);
+  assert.deepEqual((await Snapshot.list({ engine: rec })).map((s) => s.id), [snap.id]);
+  const restored = await Sandbox.create({ engine: rec, fromSnapshot: snap.id, ttlSeconds: 30 });
+  await restored.commands.run(["cat", "/work/state"]);
+  const kids = await sb.fork({ count: 2 });
+  assert.equal(kids.length, 2);
+  // A snapshot that exists outside this recording is named as is; it stays in the request.
+  const outside = await Sandbox.create({ engine: rec, fromSnapshot: `sha256:${"ab".repeat(32)}` });
+  await assert.rejects(Snapshot.get(`sha256:${"ab".repeat(32)}`, { engine: rec }), NotFoundError);
+  await snap.delete();
+  await assert.rejects(snap.delete(), NotFoundError);
+  await assert.rejects(sb.snapshot({ retention: { ttlSeconds: 1 } }), InvalidArgumentError);
+  await assert.rejects(sb.fork({ count: 99 }), InvalidArgumentError);
+
+  const recording = rec.recording();
+  assert.ok(RecordingSchema.safeParse(recording).success);
+  const byId = new Map(recording.workloads.map((w) => [w.sandboxId, w]));
+  assert.deepEqual(byId.get(sb.id)?.snapshots, [
+    { snapshotId: snap.id, request: { retention: { ttlSeconds: 3600 }, labels: { step: "deps" } }, deleted: true },
+  ]);
+  assert.equal(byId.get(sb.id)?.origin, undefined);
+  const r = byId.get(restored.id);
+  assert.deepEqual(r?.origin, { snapshotId: snap.id, takenFrom: sb.id });
+  assert.deepEqual(r?.request, { image: "debian:bookworm", ttlSeconds: 30 });
+  assert.deepEqual(r?.commands.map((c) => c.argv), [["cat", "/work/state"]]);
+  for (const kid of kids) {
+    assert.deepEqual(byId.get(kid.id)?.origin, { forkOf: sb.id });
+    assert.deepEqual(byId.get(kid.id)?.request, { image: "debian:bookworm", ttlSeconds: 60 });
+  }
+  assert.deepEqual(byId.get(outside.id)?.request, { fromSnapshot: `sha256:${"ab".repeat(32)}` });
+  assert.equal(byId.get(outside.id)?.origin, undefined);
 });
 
 test("a script run with MVM_RECORD_FILE boots nothing, writes no state, and leaves its recording at exit", async () => {

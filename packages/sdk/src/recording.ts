@@ -37,6 +37,10 @@ import {
   type SecretMeta,
   type SignedPlan,
   type SnapshotInfo,
+  type ForkApiRequest,
+  ForkApiRequest as ForkApiRequestSchema,
+  SnapshotApiRequest,
+  SnapshotIdSchema,
 } from "@mvm/protocol";
 
 /** The environment variable naming the file a recording is written to at exit. */
@@ -52,9 +56,33 @@ export const RecordedCommandSchema = z.strictObject({
 });
 export type RecordedCommand = z.infer<typeof RecordedCommandSchema>;
 
+const RecordedSandboxId = z.string().regex(/^sbx_[a-z2-7]{20}$/);
+
+/** A snapshot the script took of a recorded sandbox (nothing was captured). */
+export const RecordedSnapshotSchema = z.strictObject({
+  /** The id record mode answered with; it names nothing outside this recording. */
+  snapshotId: SnapshotIdSchema,
+  request: SnapshotApiRequest,
+  deleted: z.boolean(),
+});
+export type RecordedSnapshot = z.infer<typeof RecordedSnapshotSchema>;
+
+/**
+ * Where a recorded sandbox's state would come from when it is not a fresh create: a fork of
+ * another recorded sandbox, or a snapshot the script took while recording. Such a workload cannot
+ * be planned ahead: what it starts from exists only once the script runs.
+ */
+export const RecordedOriginSchema = z.union([
+  z.strictObject({ forkOf: RecordedSandboxId }),
+  z.strictObject({ snapshotId: SnapshotIdSchema, takenFrom: RecordedSandboxId }),
+]);
+export type RecordedOrigin = z.infer<typeof RecordedOriginSchema>;
+
 export const RecordedWorkloadSchema = z.strictObject({
-  sandboxId: z.string().regex(/^sbx_[a-z2-7]{20}$/),
+  sandboxId: RecordedSandboxId,
   request: CreateSandboxRequest,
+  origin: RecordedOriginSchema.optional(),
+  snapshots: z.array(RecordedSnapshotSchema).max(10_000).optional(),
   commands: z.array(RecordedCommandSchema).max(100_000),
   files: z.array(z.strictObject({ path: z.string().max(4096), bytes: z.number().int().min(0) })).max(100_000),
   networkPolicies: z.array(NetworkPolicySchema).max(10_000),
@@ -69,8 +97,8 @@ const ZERO_DIGEST = `sha256:${"0".repeat(64)}` as const;
 const ALPHABET = "abcdefghijklmnopqrstuvwxyz234567";
 const REFUSED = "Record mode changes nothing on the host";
 
-function recordedId(): string {
-  let id = "sbx_";
+function recordedId(prefix: "sbx_" | "snap_" = "sbx_"): string {
+  let id = prefix;
   for (const b of randomBytes(20)) id += ALPHABET[b & 31];
   return id;
 }
@@ -102,6 +130,8 @@ interface Entry {
 export class RecordingEngine implements EngineApi {
   readonly transport = "record" as const;
   readonly #sandboxes = new Map<string, Entry>();
+  /** Snapshots taken while recording, by id, with the sandbox each was taken from. */
+  readonly #snapshots = new Map<string, { info: SnapshotInfo; takenFrom: Entry; recorded: RecordedSnapshot }>();
 
   /** What was recorded so far, in creation order. */
   recording(): Recording {
@@ -120,6 +150,18 @@ export class RecordingEngine implements EngineApi {
 
   async createSandbox(request: CreateSandboxRequest): Promise<SandboxInfo> {
     const req = check(CreateSandboxRequest, request, "sandbox options");
+    const taken = req.fromSnapshot === undefined ? undefined : this.#takenSnapshot(req.fromSnapshot);
+    if (taken !== undefined) {
+      // Started from a snapshot this script took: the source's workload, restored.
+      const { fromSnapshot: _from, ...rest } = req;
+      const source = taken.takenFrom.workload.request;
+      return this.#add({ ...source, ...rest }, { snapshotId: taken.info.id, takenFrom: taken.takenFrom.workload.sandboxId });
+    }
+    return this.#add(req);
+  }
+
+  /** Records a sandbox and answers as the engine would. */
+  #add(req: CreateSandboxRequest, origin?: RecordedOrigin): SandboxInfo {
     const id = recordedId();
     const now = Date.now();
     const backend = req.backend ?? "namespace";
@@ -137,11 +179,17 @@ export class RecordingEngine implements EngineApi {
     };
     const { plan: _plan, ...recorded } = req;
     this.#sandboxes.set(id, {
-      workload: { sandboxId: id, request: recorded, commands: [], files: [], networkPolicies: [], killed: false },
+      workload: { sandboxId: id, request: recorded, ...(origin ? { origin } : {}), commands: [], files: [], networkPolicies: [], killed: false },
       info,
       procs: 0,
     });
     return info;
+  }
+
+  /** A snapshot taken while recording, by id or digest; undefined for any other reference. */
+  #takenSnapshot(ref: string): { info: SnapshotInfo; takenFrom: Entry; recorded: RecordedSnapshot } | undefined {
+    for (const s of this.#snapshots.values()) if (s.info.id === ref || s.info.digest === ref) return s;
+    return undefined;
   }
 
   async planSandbox(): Promise<SignedPlan> {
@@ -169,21 +217,59 @@ export class RecordingEngine implements EngineApi {
     return entry.info;
   }
 
-  // Snapshot calls: not wired to the daemon yet.
-  snapshotSandbox(): Promise<SnapshotInfo> {
-    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available in record mode yet"));
+  /**
+   * Records the snapshot on the sandbox's workload and answers with a snapshot that exists only
+   * in this recording: a sandbox created from it (or a fork) is recorded with its origin.
+   */
+  async snapshotSandbox(id: string, request: SnapshotApiRequest): Promise<SnapshotInfo> {
+    const entry = this.#get(id);
+    const req = check(SnapshotApiRequest, request, "snapshot options");
+    if (entry.info.state === "stopped") throw new NotFoundError(`Sandbox "${id}" is stopped`);
+    const snapshotId = recordedId("snap_");
+    const now = Date.now();
+    const info: SnapshotInfo = {
+      id: snapshotId,
+      digest: ZERO_DIGEST,
+      createdAt: new Date(now).toISOString(),
+      ...("ttlSeconds" in req.retention ? { expiresAt: new Date(now + req.retention.ttlSeconds * 1000).toISOString() } : {}),
+      retention: req.retention,
+      tier: entry.info.tier,
+      memory: req.memory ?? entry.info.tier !== "container",
+      source: id,
+      image: { digest: ZERO_DIGEST },
+      sizes: {},
+      labels: { ...req.labels },
+    };
+    const recorded: RecordedSnapshot = { snapshotId, request: req, deleted: false };
+    (entry.workload.snapshots ??= []).push(recorded);
+    this.#snapshots.set(snapshotId, { info, takenFrom: entry, recorded });
+    return info;
   }
-  forkSandbox(): Promise<SandboxInfo[]> {
-    return Promise.reject(new UnsupportedCapabilityError("Fork is not available in record mode yet"));
+
+  /** Records `count` sandboxes whose origin is a fork of `id`, each with the parent's request. */
+  async forkSandbox(id: string, request: ForkApiRequest = {}): Promise<SandboxInfo[]> {
+    const entry = this.#get(id);
+    const req = check(ForkApiRequestSchema, request, "fork options");
+    if (entry.info.state !== "running") throw new NotFoundError(`Sandbox "${id}" is not running`);
+    return Array.from({ length: req.count ?? 1 }, () => this.#add(entry.workload.request, { forkOf: id }));
   }
-  listSnapshots(): Promise<SnapshotInfo[]> {
-    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available in record mode yet"));
+
+  /** The snapshots taken while recording and not deleted; record mode sees no others. */
+  async listSnapshots(): Promise<SnapshotInfo[]> {
+    return [...this.#snapshots.values()].filter((s) => !s.recorded.deleted).map((s) => s.info);
   }
-  getSnapshot(): Promise<SnapshotInfo> {
-    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available in record mode yet"));
+
+  async getSnapshot(ref: string): Promise<SnapshotInfo> {
+    const taken = this.#takenSnapshot(ref);
+    if (taken === undefined || taken.recorded.deleted) throw new NotFoundError(`Snapshot "${ref}" not found (record mode knows only the snapshots this script took)`);
+    return taken.info;
   }
-  deleteSnapshot(): Promise<void> {
-    return Promise.reject(new UnsupportedCapabilityError("Snapshots are not available in record mode yet"));
+
+  /** Marks a snapshot taken while recording as deleted; any other is NotFoundError (nothing on the host changes). */
+  async deleteSnapshot(ref: string): Promise<void> {
+    const taken = this.#takenSnapshot(ref);
+    if (taken === undefined || taken.recorded.deleted) throw new NotFoundError(`Snapshot "${ref}" not found (record mode knows only the snapshots this script took)`);
+    taken.recorded.deleted = true;
   }
 
   async killSandbox(id: string): Promise<SandboxInfo> {

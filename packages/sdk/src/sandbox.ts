@@ -19,6 +19,8 @@ import {
   type ProgressEvent,
   type SandboxId,
   type SandboxInfo,
+  type SnapshotApiRequest,
+  type SnapshotRetention,
   type Tier,
 } from "@mvm/protocol";
 import { callOptions } from "./_internal/call-options.js";
@@ -26,9 +28,48 @@ import { Commands } from "./commands.js";
 import { sharedEngine, type ConnectionOptions } from "./connect.js";
 import { Files } from "./files.js";
 import { SandboxNetworkApi } from "./network.js";
+import { Snapshot, snapshotRefOf, type SnapshotRef } from "./snapshot.js";
+
+/** Options of {@link Sandbox.snapshot}. */
+export interface SandboxSnapshotOptions extends CallOptions {
+  /**
+   * How long the snapshot is kept; there is no default. `{ ttlSeconds }` (60 to 7,776,000, i.e.
+   * 90 days) removes it that long after it was taken; `{ manual: true }` keeps it until deleted.
+   */
+  retention: SnapshotRetention;
+  /**
+   * Capture process memory too. @default true on the VM tier, false on the container tier (which
+   * cannot: `true` there is UnsupportedCapabilityError)
+   */
+  memory?: boolean;
+  /**
+   * Allow the snapshot of a sandbox given secrets in its environment (`posture: "env"`); their
+   * values are then in the snapshot. Mediated secrets are placeholders and need no consent.
+   * @default false
+   */
+  includeEnvSecrets?: boolean;
+  /** At most 32; keys of printable ASCII up to 64 characters, values up to 256. */
+  labels?: Record<string, string>;
+}
+
+/** Options of {@link Sandbox.fork}. */
+export interface SandboxForkOptions extends CallOptions {
+  /** How many sandboxes to start, 1 to 16 (MAX_FORK_COUNT). @default 1 */
+  count?: number;
+}
 
 /** Options of {@link Sandbox.create}: what to create, where, and how long to wait for it. */
-export interface SandboxCreateOptions extends Omit<CreateSandboxRequest, "network" | "secrets">, ConnectionOptions, CallOptions {
+export interface SandboxCreateOptions extends Omit<CreateSandboxRequest, "network" | "secrets" | "fromSnapshot">, ConnectionOptions, CallOptions {
+  /**
+   * Start from a snapshot (its id, digest, or the {@link Snapshot} object) instead of a fresh
+   * image: its files come back and, when it holds memory (VM tier), its running processes
+   * continue. The image, backend and sizes are the snapshot's; naming others is refused. The
+   * new sandbox gets its own id, and its chunks are verified before anything boots
+   * (SnapshotMismatchError when one fails).
+   * @example
+   * await using copy = await Sandbox.create({ fromSnapshot: snap.id, ttlSeconds: 600 });
+   */
+  fromSnapshot?: SnapshotRef;
   /**
    * Egress policy: nothing is reachable unless a rule allows it, and then only through the host's
    * gateway. @default NetworkPolicy.denyByDefault()
@@ -91,6 +132,7 @@ function requestOf(options: SandboxCreateOptions): CreateSandboxRequest {
   const acknowledged = options.acknowledgeContainerTier ?? fromEnv.acknowledgeContainerTier;
   if (acknowledged !== undefined) request.acknowledgeContainerTier = acknowledged;
   if (options.strictSecrets === true || fromEnv.strictSecrets === true) request.strictSecrets = true;
+  if (options.fromSnapshot !== undefined) request.fromSnapshot = snapshotRefOf(options.fromSnapshot);
   if (options.network !== undefined) request.network = options.network instanceof NetworkPolicy ? options.network.toJSON() : options.network;
   if (options.secrets !== undefined) {
     request.secrets = Object.fromEntries(
@@ -272,6 +314,56 @@ export class Sandbox implements AsyncDisposable {
   async resume(options?: CallOptions): Promise<SandboxInfo> {
     this.#info = await this.#engine.resumeSandbox(this.id, options);
     return this.#info;
+  }
+
+  /**
+   * Captures the sandbox's state into the host's snapshot store; the sandbox keeps running.
+   * VM tier: memory, device state and /work, so running processes continue in a sandbox started
+   * from it.
+   * Container tier: /work and /tmp (`memory: false`; process memory cannot be captured there).
+   * Recorded in the audit log as `snapshot.created`.
+   *
+   * Retention is always explicit: pass `{ ttlSeconds }` or `{ manual: true }`.
+   *
+   * @returns the snapshot: `id`, `digest`, `createdAt`, `expiresAt`, `tier`, `memory`, `sizes`
+   * @throws PolicyDeniedError when the sandbox holds env-posture secrets and `includeEnvSecrets` is not set
+   * @throws UnsupportedCapabilityError when the tier cannot capture what was asked (memory on the container tier)
+   * @throws NotFoundError when the sandbox is not running
+   * @example
+   * const snap = await sb.snapshot({ retention: { ttlSeconds: 86400 } });
+   * await using copy = await Sandbox.create({ fromSnapshot: snap.id });
+   */
+  async snapshot(options: SandboxSnapshotOptions): Promise<Snapshot> {
+    const { retention, memory, includeEnvSecrets, labels, ...call } = options ?? ({} as SandboxSnapshotOptions);
+    if (retention === undefined) {
+      throw new InvalidArgumentError("A snapshot needs an explicit retention", { hint: "Pass { retention: { ttlSeconds: N } } or { retention: { manual: true } }" });
+    }
+    const request: SnapshotApiRequest = { retention };
+    if (memory !== undefined) request.memory = memory;
+    if (includeEnvSecrets !== undefined) request.includeEnvSecrets = includeEnvSecrets;
+    if (labels !== undefined) request.labels = labels;
+    return new Snapshot(this.#engine, await this.#engine.snapshotSandbox(this.id, request, callOptions(call)));
+  }
+
+  /**
+   * Starts `count` sandboxes from this sandbox's current state (its files and, on the VM tier, its
+   * memory and running processes); each gets its own id, cgroup, copy of /work and reseeded RNG,
+   * and then runs on its own. This sandbox keeps running. Each child is disposable:
+   * `await using` or `kill()` them.
+   * @throws UnsupportedCapabilityError when the backend cannot fork
+   * @throws NotFoundError when the sandbox is not running
+   * @example
+   * const kids = await sb.fork({ count: 4 });
+   * try {
+   *   await Promise.all(kids.map((k, i) => k.commands.run(["sh", "-c", `try-action ${i}`])));
+   * } finally {
+   *   await Promise.all(kids.map((k) => k.kill()));
+   * }
+   */
+  async fork(options: SandboxForkOptions = {}): Promise<Sandbox[]> {
+    const { count, ...call } = options;
+    const infos = await this.#engine.forkSandbox(this.id, count !== undefined ? { count } : {}, callOptions(call));
+    return infos.map((info) => new Sandbox(this.#engine, info));
   }
 
   /** Kills the sandbox at the end of an `await using` block. */

@@ -43,6 +43,7 @@ test("static mode never executes the module: a file with side effects is read, n
         request: { image: "debian:bookworm+python3", ttlSeconds: 120 },
         commands: [["python3", "-c", "print(1)"]],
         complete: true,
+        forks: [],
       },
     ]);
     assert.deepEqual(analysis.diagnostics, []);
@@ -103,6 +104,56 @@ test("what is not a literal is reported with its line and left out; the rest is 
   assert.ok(lines.some((l) => /^5: command: "argv" is not a const/.test(l)), lines.join("\n"));
 });
 
+test("fromSnapshot: a literal id or digest is part of the request; a snapshot the script takes is the workload's origin", async () => {
+  const source = `
+import { Sandbox } from "@mvm/sdk";
+const base = "snap_abcdefghijklmnopqrst";
+await using a = await Sandbox.create({ fromSnapshot: base, ttlSeconds: 60 });
+await using b = await Sandbox.create({ fromSnapshot: "sha256:${"ab".repeat(32)}" });
+const snap = await a.snapshot({ retention: { ttlSeconds: 3600 } });
+await using c = await Sandbox.create({ fromSnapshot: snap.id, ttlSeconds: 30 });
+await c.commands.run(["cat", "/work/state"]);
+await using d = await Sandbox.create({ fromSnapshot: snap });
+await using e = await Sandbox.create({ fromSnapshot: "snap_tooshort" });
+`;
+  const w = (await analyzeSourceText(source, "x.ts")).workloads;
+  assert.equal(w.length, 5);
+  assert.deepEqual(w[0]!.request, { fromSnapshot: "snap_abcdefghijklmnopqrst", ttlSeconds: 60 });
+  assert.equal(w[0]!.complete, true);
+  assert.deepEqual(w[1]!.request, { fromSnapshot: `sha256:${"ab".repeat(32)}` });
+  assert.deepEqual(w[2]!.origin, { snapshot: { line: 6, column: 20 } });
+  assert.deepEqual(w[2]!.request, { ttlSeconds: 30 });
+  assert.equal(w[2]!.complete, true);
+  assert.deepEqual(w[2]!.commands, [["cat", "/work/state"]]);
+  assert.deepEqual(w[3]!.origin, { snapshot: { line: 6, column: 20 } });
+  assert.equal(w[0]!.origin, undefined);
+  // A malformed literal is refused by the schema and left out, as any other bad option.
+  assert.equal(w[4]!.complete, false);
+  assert.deepEqual(w[4]!.request, {});
+});
+
+test("sb.fork is recognised on the sandbox it forks, with its literal count (1 by default)", async () => {
+  const source = `
+import { Sandbox } from "@mvm/sdk";
+const sb = await Sandbox.create({ image: "debian:bookworm" });
+const kids = await sb.fork({ count: 4 });
+const [one] = await sb.fork();
+const n = Number(process.env.N);
+await sb.fork({ count: n });
+const other = { fork() {} };
+other.fork();
+`;
+  const a = await analyzeSourceText(source, "x.ts");
+  assert.equal(a.workloads.length, 1);
+  assert.equal(a.workloads[0]!.complete, true);
+  assert.deepEqual(a.workloads[0]!.forks, [
+    { location: { line: 4, column: 20 }, count: 4 },
+    { location: { line: 5, column: 21 }, count: 1 },
+    { location: { line: 7, column: 7 }, count: undefined },
+  ]);
+  assert.ok(a.diagnostics.some((d) => d.line === 7 && /fork\.count/.test(d.message)));
+});
+
 test("a value the schema refuses is reported and left out; an unknown builder method is not guessed", async () => {
   const source = `
 import { Sandbox, NetworkPolicy } from "@mvm/sdk";
@@ -116,8 +167,8 @@ await Sandbox.create();
   assert.equal(a.workloads[0]!.complete, false);
   assert.ok(a.diagnostics.some((d) => /allowEverything is not a builder method/.test(d.message)));
   assert.ok(a.diagnostics.some((d) => /option "image"/.test(d.message)));
-  assert.deepEqual(a.workloads[1], { location: { line: 4, column: 7 }, request: {}, commands: [], complete: false });
-  assert.deepEqual(a.workloads[2], { location: { line: 5, column: 7 }, request: {}, commands: [], complete: true });
+  assert.deepEqual(a.workloads[1], { location: { line: 4, column: 7 }, request: {}, commands: [], complete: false, forks: [] });
+  assert.deepEqual(a.workloads[2], { location: { line: 5, column: 7 }, request: {}, commands: [], complete: true, forks: [] });
 });
 
 test("Sandbox.create of another module is not a declaration; a syntax error is a diagnostic, not a throw", async () => {

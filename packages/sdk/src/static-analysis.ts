@@ -28,6 +28,19 @@ export interface StaticWorkload {
   commands: string[][];
   /** False when some option or command could not be read as a literal (see the diagnostics). */
   complete: boolean;
+  /**
+   * Set when `fromSnapshot` names a snapshot the script itself takes (`const snap = await
+   * sb.snapshot(...)`; `fromSnapshot: snap.id`): the location of that `snapshot` call. Such a
+   * sandbox starts from state that exists only once the script runs, so it cannot be planned
+   * ahead; the engine admits it when it is created. Its `request` leaves `fromSnapshot` out.
+   */
+  origin?: { snapshot: SourceLocation };
+  /** `sb.fork(...)` calls on this sandbox: where, and how many children (undefined when not a literal). */
+  forks: StaticFork[];
+}
+export interface StaticFork {
+  location: SourceLocation;
+  count: number | undefined;
 }
 export interface StaticAnalysis {
   file: string;
@@ -85,6 +98,8 @@ interface Found {
   request: Record<string, unknown>;
   commands: string[][];
   complete: boolean;
+  origin?: { snapshot: SourceLocation };
+  forks: StaticFork[];
 }
 
 class Analyzer {
@@ -99,6 +114,8 @@ class Analyzer {
   readonly #consts = new Map<string, TS.Expression | null>();
   /** Variables holding a created sandbox → its workload. */
   readonly #sandboxVars = new Map<string, Found>();
+  /** Variables holding a snapshot the script takes (`await sb.snapshot(...)`) → where it is taken. */
+  readonly #snapshotVars = new Map<string, SourceLocation>();
   readonly #found: Found[] = [];
 
   constructor(ts: typeof TS, text: string, fileName: string) {
@@ -115,6 +132,7 @@ class Analyzer {
     this.#visit(this.#sf, (node) => this.#collectBindings(node));
     this.#visit(this.#sf, (node) => this.#collectCreates(node));
     this.#visit(this.#sf, (node) => this.#collectCommands(node));
+    this.#visit(this.#sf, (node) => this.#collectForks(node));
     const workloads = this.#found.map((f) => this.#finish(f));
     return { file: this.#sf.fileName, workloads, diagnostics: this.#diagnostics };
   }
@@ -174,11 +192,40 @@ class Analyzer {
     return ts.isPropertyAccessExpression(expr) && expr.name.text === exported && ts.isIdentifier(expr.expression) && this.#namespaces.has(expr.expression.text);
   }
 
+  /** The variable a call's (awaited) result is bound to: `const x = await call(...)`. */
+  #boundName(call: TS.Node): string | undefined {
+    const ts = this.#ts;
+    let parent: TS.Node = call.parent;
+    while (ts.isAwaitExpression(parent) || ts.isParenthesizedExpression(parent)) parent = parent.parent;
+    return ts.isVariableDeclaration(parent) && ts.isIdentifier(parent.name) ? parent.name.text : undefined;
+  }
+
+  /** The sandbox variable `expr` calls a method on (`sb.snapshot(…)` → sb's workload). */
+  #sandboxOf(call: TS.CallExpression, method: string): Found | undefined {
+    const ts = this.#ts;
+    if (!ts.isPropertyAccessExpression(call.expression) || call.expression.name.text !== method) return undefined;
+    const target = call.expression.expression;
+    return ts.isIdentifier(target) ? this.#sandboxVars.get(target.text) : undefined;
+  }
+
+  /** `snap`, `snap.id` or `snap.digest` for a snapshot the script takes → where it is taken. */
+  #takenSnapshot(expr: TS.Expression): SourceLocation | undefined {
+    const ts = this.#ts;
+    let node = unwrap(ts, expr);
+    if (ts.isPropertyAccessExpression(node) && (node.name.text === "id" || node.name.text === "digest")) node = node.expression;
+    return ts.isIdentifier(node) ? this.#snapshotVars.get(node.text) : undefined;
+  }
+
   #collectCreates(node: TS.Node): void {
     const ts = this.#ts;
+    if (ts.isCallExpression(node) && this.#sandboxOf(node, "snapshot") !== undefined) {
+      const name = this.#boundName(node);
+      if (name !== undefined) this.#snapshotVars.set(name, this.#at(node.getStart(this.#sf)));
+      return;
+    }
     if (!ts.isCallExpression(node) || !ts.isPropertyAccessExpression(node.expression) || node.expression.name.text !== "create") return;
     if (!this.#isExport(node.expression.expression, "Sandbox")) return;
-    const found: Found = { location: this.#at(node.getStart(this.#sf)), request: {}, commands: [], complete: true };
+    const found: Found = { location: this.#at(node.getStart(this.#sf)), request: {}, commands: [], complete: true, forks: [] };
     const arg = node.arguments[0];
     if (arg !== undefined) {
       const options = unwrap(ts, arg);
@@ -186,14 +233,40 @@ class Analyzer {
         this.#report(arg, "Sandbox.create options are not an object literal: not read");
         found.complete = false;
       } else {
-        found.request = this.#object(options, "", found, CONNECTION_OPTIONS);
+        let skip: ReadonlySet<string> = CONNECTION_OPTIONS;
+        for (const prop of options.properties) {
+          const value = ts.isPropertyAssignment(prop) ? prop.initializer : ts.isShorthandPropertyAssignment(prop) ? prop.name : undefined;
+          if (value === undefined || prop.name === undefined || !ts.isIdentifier(prop.name) || prop.name.text !== "fromSnapshot") continue;
+          const taken = this.#takenSnapshot(value);
+          if (taken === undefined) continue;
+          found.origin = { snapshot: taken };
+          skip = new Set([...CONNECTION_OPTIONS, "fromSnapshot"]);
+        }
+        found.request = this.#object(options, "", found, skip);
       }
     }
     this.#found.push(found);
     // `const sb = await Sandbox.create(...)`, `await using sb = …`: later calls on sb are its commands.
-    let parent: TS.Node = node.parent;
-    while (ts.isAwaitExpression(parent) || ts.isParenthesizedExpression(parent)) parent = parent.parent;
-    if (ts.isVariableDeclaration(parent) && ts.isIdentifier(parent.name)) this.#sandboxVars.set(parent.name.text, found);
+    const name = this.#boundName(node);
+    if (name !== undefined) this.#sandboxVars.set(name, found);
+  }
+
+  /** `sb.fork()` / `sb.fork({ count: N })`: children started from sb's state when the script runs. */
+  #collectForks(node: TS.Node): void {
+    const ts = this.#ts;
+    if (!ts.isCallExpression(node)) return;
+    const found = this.#sandboxOf(node, "fork");
+    if (found === undefined) return;
+    const arg = node.arguments[0];
+    let count: number | undefined = 1;
+    if (arg !== undefined) {
+      const scratch: Found = { location: found.location, request: {}, commands: [], complete: true, forks: [] };
+      const options = this.#value(arg, "fork", scratch);
+      const given = options !== null && typeof options === "object" ? (options as { count?: unknown }).count : undefined;
+      if (options === NOT_STATIC || !scratch.complete || (given !== undefined && typeof given !== "number")) count = undefined;
+      else if (typeof given === "number") count = given;
+    }
+    found.forks.push({ location: this.#at(node.getStart(this.#sf)), count });
   }
 
   #collectCommands(node: TS.Node): void {
@@ -288,7 +361,7 @@ class Analyzer {
       chain.unshift({ name: cursor.expression.name.text, args: cursor.arguments });
       cursor = cursor.expression.expression;
     }
-    const scratch: Found = { location: { line: 0, column: 0 }, request: {}, commands: [], complete: true };
+    const scratch: Found = { location: { line: 0, column: 0 }, request: {}, commands: [], complete: true, forks: [] };
     const args = (list: TS.NodeArray<TS.Expression>): Value[] | undefined => {
       const out = list.map((a, i) => this.#value(a, `${path}(argument ${i + 1})`, scratch));
       return out.includes(NOT_STATIC) ? undefined : out;
@@ -320,7 +393,11 @@ class Analyzer {
     const request = { ...found.request };
     for (let i = 0; i < 32; i++) {
       const parsed = CreateSandboxRequest.safeParse(request);
-      if (parsed.success) return { location: found.location, request: parsed.data, commands: found.commands, complete: found.complete };
+      if (parsed.success) {
+        const workload: StaticWorkload = { location: found.location, request: parsed.data, commands: found.commands, complete: found.complete, forks: found.forks };
+        if (found.origin !== undefined) workload.origin = found.origin;
+        return workload;
+      }
       const issue = parsed.error.issues[0]!;
       const field = issue.path[0];
       const unknownKeys = issue.code === "unrecognized_keys" ? (issue as { keys?: string[] }).keys ?? [] : [];
@@ -331,7 +408,7 @@ class Analyzer {
       found.complete = false;
       if (field === undefined && unknownKeys.length === 0) break;
     }
-    return { location: found.location, request: {}, commands: found.commands, complete: false };
+    return { location: found.location, request: {}, commands: found.commands, complete: false, forks: found.forks };
   }
 }
 

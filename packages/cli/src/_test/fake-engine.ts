@@ -31,6 +31,8 @@ import {
   UnsupportedCapabilityError,
   type SignedPlan,
   type SnapshotInfo,
+  type SnapshotApiRequest,
+  type ForkApiRequest,
 } from "@mvm/protocol";
 
 export const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
@@ -95,6 +97,7 @@ export function exitInfo(sandboxId: string, partial: Partial<ExitInfo> = {}): Ex
 export class FakeEngine implements EngineApi {
   readonly calls: string[] = [];
   readonly sandboxes = new Map<string, SandboxInfo>();
+  readonly snapshots = new Map<string, SnapshotInfo>();
   readonly files = new Map<string, Uint8Array>();
   readonly processes: FakeProcess[] = [];
   tier: Tier = "container";
@@ -190,23 +193,49 @@ export class FakeEngine implements EngineApi {
     this.sandboxes.set(id, resumed);
     return resumed;
   }
-  // Snapshot calls: answered once the fake learns them.
-  snapshotSandbox(): Promise<SnapshotInfo> {
-    return Promise.reject(new UnsupportedCapabilityError("FakeEngine: snapshots not faked"));
+  /** Records the call and keeps a snapshot record; `memory: true` on the container tier is refused as the engine does. */
+  async snapshotSandbox(id: string, request: SnapshotApiRequest): Promise<SnapshotInfo> {
+    this.calls.push(`snapshotSandbox ${id} ${JSON.stringify(request)}`);
+    const s = this.#get(id);
+    if (request.memory === true && s.tier === "container") throw new UnsupportedCapabilityError("Cannot snapshot memory on the container tier");
+    const n = this.snapshots.size;
+    const snap: SnapshotInfo = {
+      id: `snap_${"b".repeat(19)}${"abcdefghijklmnopqrstuvwxyz234567"[n % 32]}`,
+      digest: `sha256:${String(n % 10).repeat(64)}`,
+      createdAt: "2025-01-01T00:10:00.000Z",
+      ...("ttlSeconds" in request.retention ? { expiresAt: "2025-01-02T00:10:00.000Z" } : {}),
+      retention: request.retention,
+      tier: s.tier,
+      memory: request.memory ?? s.tier !== "container",
+      source: id,
+      image: { digest: DIGEST },
+      sizes: { work: { bytes: 8 << 20, storedBytes: 2 << 20, chunks: 4, zeroChunks: 3 } },
+      labels: request.labels ?? {},
+    };
+    this.snapshots.set(snap.id, snap);
+    return snap;
   }
-  forkSandbox(): Promise<SandboxInfo[]> {
-    return Promise.reject(new UnsupportedCapabilityError("FakeEngine: fork not faked"));
+  async forkSandbox(id: string, request: ForkApiRequest = {}): Promise<SandboxInfo[]> {
+    this.calls.push(`forkSandbox ${id} ${request.count ?? 1}`);
+    const parent = this.#get(id);
+    return Array.from({ length: request.count ?? 1 }, () => this.newSandbox({ labels: parent.labels }));
   }
   async listSnapshots(): Promise<SnapshotInfo[]> {
-    return [];
+    this.calls.push("listSnapshots");
+    return [...this.snapshots.values()];
   }
-  getSnapshot(ref: string): Promise<SnapshotInfo> {
-    return Promise.reject(new NotFoundError(`Snapshot "${ref}" not found`));
+  async getSnapshot(ref: string): Promise<SnapshotInfo> {
+    this.calls.push(`getSnapshot ${ref}`);
+    return this.#snapshot(ref);
   }
-  deleteSnapshot(ref: string): Promise<void> {
-    return Promise.reject(new NotFoundError(`Snapshot "${ref}" not found`));
+  async deleteSnapshot(ref: string): Promise<void> {
+    this.calls.push(`deleteSnapshot ${ref}`);
+    this.snapshots.delete(this.#snapshot(ref).id);
   }
-
+  #snapshot(ref: string): SnapshotInfo {
+    for (const s of this.snapshots.values()) if (s.id === ref || s.digest === ref) return s;
+    throw new NotFoundError(`Snapshot "${ref}" not found`);
+  }
 
   async killSandbox(id: string): Promise<SandboxInfo> {
     this.calls.push(`killSandbox ${id}`);

@@ -11,6 +11,7 @@ import { execCommand } from "./exec.js";
 import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
 import { killCommand } from "./kill.js";
 import { pauseCommand, resumeCommand } from "./pause.js";
+import { forkCommand, snapshotCreateCommand, snapshotInspectCommand, snapshotLsCommand, snapshotRmCommand } from "./snapshot.js";
 import { lsCommand } from "./ls.js";
 import { logsCommand, networkSetCommand, networkShowCommand } from "./network.js";
 import { secretLsCommand, secretRmCommand, secretSetCommand } from "./secret.js";
@@ -28,6 +29,11 @@ export const COMMANDS: readonly Command[] = [
   killCommand,
   pauseCommand,
   resumeCommand,
+  snapshotCreateCommand,
+  snapshotLsCommand,
+  snapshotInspectCommand,
+  snapshotRmCommand,
+  forkCommand,
   logsCommand,
   networkSetCommand,
   networkShowCommand,

@@ -83,6 +83,15 @@ export const planCommand = defineCommand<PlanCommandOptions>({
       diagnostics.push(...analysis.diagnostics);
       found = [];
       for (const w of analysis.workloads) {
+        const at = `${options.file}:${w.location.line}:${w.location.column}`;
+        for (const f of w.forks) {
+          const what = f.count === undefined ? "sandboxes" : f.count === 1 ? "1 sandbox" : `${f.count} sandboxes`;
+          ctx.out.note(`${options.file}:${f.location.line}:${f.location.column}: forks ${what} from the sandbox of line ${w.location.line} when the script runs; they are admitted then, not planned here`);
+        }
+        if (w.origin !== undefined) {
+          ctx.out.note(`${at}: not planned: it starts from the snapshot the script takes at line ${w.origin.snapshot.line}; it is admitted when the script runs`);
+          continue;
+        }
         if (!w.complete) {
           skipped++;
           ctx.out.note(`${options.file}:${w.location.line}:${w.location.column}: not planned: its options are not all literal values (see the diagnostics; --mode record runs the script instead)`);
@@ -149,7 +158,22 @@ async function recordWorkloads(options: PlanCommandOptions, note: (line: string)
     const recording = await readRecording(recordFile).catch((cause: unknown) => {
       throw new InvalidArgumentError(`The script "${options.file}" left no recording: ${(cause as Error).message}`, { cause });
     });
-    return recording.workloads.map((w) => ({ request: w.request, commands: w.commands.map((c) => c.argv) }));
+    const found: Found[] = [];
+    for (const w of recording.workloads) {
+      // A fork child, or a sandbox started from a snapshot the script took, starts from state
+      // that exists only once the script runs: it is admitted then, not planned here.
+      if (w.origin !== undefined) {
+        const from = "forkOf" in w.origin ? `a fork of ${w.origin.forkOf}` : `started from a snapshot of ${w.origin.takenFrom} taken by the script`;
+        note(`not planned: ${w.sandboxId} is ${from}; it is admitted when the script runs`);
+        continue;
+      }
+      for (const s of w.snapshots ?? []) {
+        const keep = "ttlSeconds" in s.request.retention ? `kept ${s.request.retention.ttlSeconds} s` : "kept until deleted";
+        note(`${w.sandboxId} takes a snapshot (${keep}${s.request.memory === true ? ", with memory" : ""}${s.request.includeEnvSecrets === true ? ", with env secrets" : ""})`);
+      }
+      found.push({ request: w.request, commands: w.commands.map((c) => c.argv) });
+    }
+    return found;
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -2,13 +2,15 @@
  * Small C programs the engine compiles itself with the system C compiler (the static guest
  * helper, the daemon's peer-credential helper), stored under `<outRoot>/<key>/<name>` where the
  * key is the sha256 of the source, the compiler's `--version` and the flags, so a change to any
- * of them builds anew. The build is written to a temp file, checked, and renamed into place.
+ * of them builds anew. The build is written to a temp file, checked, and put in place with the
+ * store's `publishFile` (fsync, rename); temp files of builders that died are removed first.
  */
 import { execFile, type ExecFileException } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
-import { chmod, mkdir, readFile, rename, rm } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { mkdir, readFile } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import { AbortedError, InternalError, InvalidArgumentError, TimeoutError, UnsupportedCapabilityError } from "@mvm/protocol";
+import { publishFile, removeDeadTemps } from "../store/atomic.js";
 
 /** Compiler diagnostics kept in an error message, in characters. */
 const MAX_DIAGNOSTICS_CHARS = 2000;
@@ -142,20 +144,20 @@ export async function buildCProgram(options: BuildCProgramOptions): Promise<CPro
   if (stored !== undefined && options.refuse?.(stored) === undefined) return { path, digest: digestOf(stored) };
 
   await mkdir(dir, { recursive: true, mode: options.dirMode });
-  const tmp = join(dir, `.${name}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
-  try {
-    try {
-      await run(ccPath, [...cflags, "-o", tmp, sourcePath], runOptions);
-    } catch (err) {
-      throw compilerError(err, ccPath, what, hint, runOptions);
-    }
-    const bytes = await readFile(tmp);
-    const refused = options.refuse?.(bytes);
-    if (refused !== undefined) throw new UnsupportedCapabilityError(`Cannot ${what} with "${ccPath}": ${refused}`, { hint });
-    await chmod(tmp, 0o555);
-    await rename(tmp, path);
-    return { path, digest: digestOf(bytes) };
-  } finally {
-    await rm(tmp, { force: true });
-  }
+  await removeDeadTemps(dir);
+  return publishFile(
+    path,
+    async (tmp) => {
+      try {
+        await run(ccPath, [...cflags, "-o", tmp, sourcePath], runOptions);
+      } catch (err) {
+        throw compilerError(err, ccPath, what, hint, runOptions);
+      }
+      const bytes = await readFile(tmp);
+      const refused = options.refuse?.(bytes);
+      if (refused !== undefined) throw new UnsupportedCapabilityError(`Cannot ${what} with "${ccPath}": ${refused}`, { hint });
+      return { path, digest: digestOf(bytes) };
+    },
+    { mode: 0o555 },
+  );
 }

@@ -103,6 +103,11 @@ export class AdmissionGate {
     return this.#key.publicKey;
   }
 
+  /** The host key pair, for the engine's other signed records (snapshot manifests). */
+  get hostKey(): Pick<HostKey, "privateKey" | "publicKey"> {
+    return { privateKey: this.#key.privateKey, publicKey: this.#key.publicKey };
+  }
+
   /**
    * The operator policy in force: the file is re-read when it changed on disk, and a policy that
    * differs from the last recorded one is recorded as `policy.changed` before it is used.

@@ -41,6 +41,8 @@ export interface IrFromCreateOptions {
   command?: WorkloadCommand;
   /** Used when the request has no ttlSeconds. @default 3600 */
   defaultTtlSeconds?: number;
+  /** The digest of the snapshot the workload starts from (its manifest's sha256), when it does. */
+  fromSnapshot?: string;
 }
 
 /**
@@ -75,6 +77,7 @@ export function irFromCreateRequest(request: CreateSandboxRequest, options: IrFr
     ports: request.ports ?? [],
     requiredTier,
     intent: options.intent ?? request.intent ?? DEFAULT_INTENT,
+    ...(options.fromSnapshot !== undefined ? { fromSnapshot: options.fromSnapshot } : {}),
   });
 }
 

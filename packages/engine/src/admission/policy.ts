@@ -33,6 +33,10 @@ export const OperatorPolicy = z.strictObject({
   forbidEnvSecrets: z.boolean().optional(),
   /** Only these intents may be admitted. */
   allowedIntents: z.array(IntentSchema).max(1000).optional(),
+  /** When true, no snapshot may be taken (and so no fork). */
+  forbidSnapshots: z.boolean().optional(),
+  /** When true, no workload may start from a snapshot (create from one, or fork). */
+  forbidRestores: z.boolean().optional(),
 });
 export type OperatorPolicy = z.infer<typeof OperatorPolicy>;
 
@@ -47,7 +51,8 @@ export type PolicyRule =
   | "maxResources.workMiB"
   | "forbidEgress"
   | "forbidEnvSecrets"
-  | "allowedIntents";
+  | "allowedIntents"
+  | "forbidRestores";
 
 export type PolicyDecision = { ok: true } | { ok: false; rule: PolicyRule; message: string };
 
@@ -86,6 +91,9 @@ export function evaluatePolicy(ir: WorkloadIR, policy: OperatorPolicy): PolicyDe
   }
   if (policy.allowedIntents !== undefined && !policy.allowedIntents.includes(ir.intent)) {
     return deny("allowedIntents", `intent "${ir.intent}" is not in the allowed list`);
+  }
+  if (policy.forbidRestores === true && ir.fromSnapshot !== undefined) {
+    return deny("forbidRestores", `the workload starts from snapshot "${ir.fromSnapshot}", and the policy forbids restores`);
   }
   return { ok: true };
 }

@@ -41,6 +41,8 @@ export const DenialReason = z.enum([
   "request_mismatch",
 ]);
 
+const SnapshotIdField = z.string().regex(/^snap_[a-z2-7]{20}$/);
+
 export const AuditEventSchema = z.discriminatedUnion("type", [
   z.strictObject({ type: z.literal("plan.admitted"), planId: OpaqueId, planDigest: HexDigestSchema }),
   z.strictObject({ type: z.literal("plan.denied"), planId: OpaqueId.optional(), planDigest: HexDigestSchema, reason: DenialReason }),
@@ -95,6 +97,30 @@ export const AuditEventSchema = z.discriminatedUnion("type", [
     deniedConnections: Count,
     /** Up to 16 distinct destination host names that were refused. */
     deniedHosts: z.array(Hostname).max(16),
+  }),
+  /** A snapshot taken of a sandbox; `digest` is its manifest's sha256 (hex), which names every chunk. */
+  z.strictObject({
+    type: z.literal("snapshot.created"),
+    snapshotId: SnapshotIdField,
+    digest: HexDigestSchema,
+    sandboxId: SandboxId,
+    memory: z.boolean(),
+    storedBytes: Count,
+  }),
+  /** A sandbox started from a snapshot (create with fromSnapshot, or one child of a fork). */
+  z.strictObject({ type: z.literal("snapshot.restored"), snapshotId: SnapshotIdField, digest: HexDigestSchema, sandboxId: SandboxId }),
+  z.strictObject({
+    type: z.literal("snapshot.forked"),
+    sandboxId: SandboxId,
+    digest: HexDigestSchema,
+    children: z.array(SandboxId).max(64),
+  }),
+  /** `by`: a caller's delete, retention running out, or the engine (a fork's snapshot once its children run). */
+  z.strictObject({
+    type: z.literal("snapshot.deleted"),
+    snapshotId: SnapshotIdField,
+    digest: HexDigestSchema,
+    by: z.enum(["caller", "retention", "engine"]),
   }),
   z.strictObject({
     type: z.literal("policy.changed"),

@@ -39,6 +39,7 @@ import { fileRoutes } from "./routes-files.js";
 import { imageRoutes } from "./routes-images.js";
 import { networkRoutes } from "./routes-network.js";
 import { sandboxRoutes } from "./routes-sandboxes.js";
+import { snapshotRoutes } from "./routes-snapshots.js";
 
 export interface DaemonServerOptions {
   /** The engine to serve. The server never closes it. */
@@ -86,7 +87,7 @@ export interface DaemonServer {
   close(): Promise<void>;
 }
 
-const ROUTES: readonly Route[] = [...sandboxRoutes, ...networkRoutes, ...fileRoutes, ...imageRoutes];
+const ROUTES: readonly Route[] = [...sandboxRoutes, ...snapshotRoutes, ...networkRoutes, ...fileRoutes, ...imageRoutes];
 
 /** Longest socket path Linux accepts (sun_path is 108 bytes with the terminating NUL). */
 const MAX_SOCKET_PATH_BYTES = 107;

@@ -17,11 +17,12 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { chmod, lstat, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { InternalError, InvalidArgumentError } from "@mvm/protocol";
 import { LOADER_NAME, listSharedLibraries } from "./shared-libs.js";
+import { publishDir, removeDeadTemps, tempPathIn } from "../store/atomic.js";
 
 /** Where the runtime is mounted inside a sandbox. */
 export const AGENT_MOUNT_POINT = "/.mvm";
@@ -106,28 +107,24 @@ export async function assembleAgentRuntime(options: AssembleAgentRuntimeOptions)
   if (await isIntact(dir, manifest, hashed)) return runtime;
   await removeStale(options.outRoot, dir, hex);
 
-  const tmp = await mkdtemp(join(options.outRoot, ".tmp-"));
+  await removeDeadTemps(options.outRoot, removeTree);
   try {
-    await chmod(tmp, 0o755);
-    await mkdir(join(tmp, "bin"), { mode: 0o755 });
-    await mkdir(join(tmp, "lib"), { mode: 0o755 });
-    for (const file of hashed) await copyVerified(file, join(tmp, file.path));
-    await writeFile(join(tmp, MANIFEST_NAME), manifest, { mode: 0o444, flag: "wx" });
-    for (const file of hashed) await chmod(join(tmp, file.path), file.mode);
-    await chmod(join(tmp, MANIFEST_NAME), 0o444);
-    for (const sub of ["bin", "lib", "."]) await chmod(join(tmp, sub), 0o555);
-    try {
-      await rename(tmp, dir);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if ((code === "ENOTEMPTY" || code === "EEXIST") && (await isIntact(dir, manifest, hashed))) {
-        await removeTree(tmp);
-        return runtime;
-      }
-      throw err;
-    }
+    await publishDir(
+      dir,
+      async (tmp) => {
+        await chmod(tmp, 0o755);
+        await mkdir(join(tmp, "bin"), { mode: 0o755 });
+        await mkdir(join(tmp, "lib"), { mode: 0o755 });
+        for (const file of hashed) await copyVerified(file, join(tmp, file.path));
+        await writeFile(join(tmp, MANIFEST_NAME), manifest, { mode: 0o444, flag: "wx" });
+        for (const file of hashed) await chmod(join(tmp, file.path), file.mode);
+        await chmod(join(tmp, MANIFEST_NAME), 0o444);
+        for (const sub of ["bin", "lib", "."]) await chmod(join(tmp, sub), 0o555);
+      },
+      // Another process may have put one in place meanwhile: an intact one is used as is.
+      { ifExists: async (existing) => ((await isIntact(existing, manifest, hashed)) ? "keep" : "replace"), remove: removeTree },
+    );
   } catch (err) {
-    await removeTree(tmp);
     if (err instanceof InternalError) throw err;
     throw new InternalError(`Cannot assemble the agent runtime in "${options.outRoot}"`, { cause: err });
   }
@@ -182,7 +179,7 @@ async function isIntact(dir: string, manifest: string, files: readonly HashedFil
 
 /** Moves a damaged runtime directory out of the way and deletes it. */
 async function removeStale(outRoot: string, dir: string, hex: string): Promise<void> {
-  const aside = join(outRoot, `.stale-${hex}-${process.pid}-${Date.now()}`);
+  const aside = await tempPathIn(outRoot, `stale-${hex}`);
   try {
     await rename(dir, aside);
   } catch (err) {

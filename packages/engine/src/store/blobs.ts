@@ -61,9 +61,10 @@ export async function storeFile(store: ChunkStore, path: string, options: { sign
     if (!st.isFile()) throw new InvalidArgumentError(`Cannot store ${JSON.stringify(path)}: not a regular file`);
     if (st.size > MAX_BLOB_BYTES) throw new InvalidArgumentError(`Cannot store ${JSON.stringify(path)}: ${st.size} bytes is over ${MAX_BLOB_BYTES}`);
     const chunks: (ChunkId | null)[] = [];
-    const buffer = Buffer.allocUnsafe(CHUNK_SIZE);
-    for (let i = 0; i < chunkCount(st.size); i++) {
-      options.signal?.throwIfAborted();
+    // Two buffers: the next chunk is read while this one is hashed and written.
+    const buffers = [Buffer.allocUnsafe(CHUNK_SIZE), Buffer.allocUnsafe(CHUNK_SIZE)] as const;
+    const readChunk = async (i: number): Promise<Buffer> => {
+      const buffer = buffers[i % 2]!;
       const length = chunkLength(st.size, i);
       let filled = 0;
       while (filled < length) {
@@ -71,7 +72,19 @@ export async function storeFile(store: ChunkStore, path: string, options: { sign
         if (bytesRead === 0) throw new InvalidArgumentError(`Cannot store ${JSON.stringify(path)}: it shrank while it was read`);
         filled += bytesRead;
       }
-      chunks.push(await store.put(buffer.subarray(0, length)));
+      return buffer.subarray(0, length);
+    };
+    const count = chunkCount(st.size);
+    let next: Promise<Buffer> | undefined = count > 0 ? prefetch(readChunk(0)) : undefined;
+    try {
+      for (let i = 0; i < count; i++) {
+        options.signal?.throwIfAborted();
+        const bytes: Buffer = await next!;
+        next = i + 1 < count ? prefetch(readChunk(i + 1)) : undefined;
+        chunks.push(await store.put(bytes));
+      }
+    } finally {
+      await next?.catch(() => undefined);
     }
     return { sizeBytes: st.size, chunks };
   } finally {
@@ -92,14 +105,21 @@ export async function materialize(store: ChunkStore, blob: BlobRef, dest: string
   try {
     try {
       await handle.truncate(blob.sizeBytes);
-      for (const [i, id] of blob.chunks.entries()) {
-        options.signal?.throwIfAborted();
-        if (id === null) continue;
-        const bytes = await store.get(id);
-        const expected = chunkLength(blob.sizeBytes, i);
-        if (bytes.byteLength !== expected) throw new SnapshotMismatchError(`Chunk ${i} (${id}) has ${bytes.byteLength} bytes, the blob needs ${expected}`);
-        let written = 0;
-        while (written < expected) written += (await handle.write(bytes, written, expected - written, i * CHUNK_SIZE + written)).bytesWritten;
+      // The next stored chunk is read and verified while this one is written.
+      const stored = [...blob.chunks.entries()].filter((e): e is [number, ChunkId] => e[1] !== null);
+      let next: Promise<Buffer> | undefined = stored.length > 0 ? prefetch(store.get(stored[0]![1])) : undefined;
+      try {
+        for (const [k, [i, id]] of stored.entries()) {
+          options.signal?.throwIfAborted();
+          const bytes: Buffer = await next!;
+          next = k + 1 < stored.length ? prefetch(store.get(stored[k + 1]![1])) : undefined;
+          const expected = chunkLength(blob.sizeBytes, i);
+          if (bytes.byteLength !== expected) throw new SnapshotMismatchError(`Chunk ${i} (${id}) has ${bytes.byteLength} bytes, the blob needs ${expected}`);
+          let written = 0;
+          while (written < expected) written += (await handle.write(bytes, written, expected - written, i * CHUNK_SIZE + written)).bytesWritten;
+        }
+      } finally {
+        await next?.catch(() => undefined);
       }
       await handle.sync();
     } finally {
@@ -109,6 +129,16 @@ export async function materialize(store: ChunkStore, blob: BlobRef, dest: string
     await unlink(dest).catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * Marks a promise started ahead of its use as handled: if it rejects before it is awaited (while
+ * the previous chunk is still being written) that is not an unhandled rejection; awaiting it
+ * later still throws.
+ */
+function prefetch<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
 }
 
 /** Reads and verifies every stored chunk of a blob, writing nothing. */

@@ -30,16 +30,15 @@ export function isChunkId(value: unknown): value is ChunkId {
   return typeof value === "string" && CHUNK_ID.test(value);
 }
 
+const ZEROS = new Uint8Array(CHUNK_SIZE);
+
 /** True when every byte is zero (such a chunk is elided, not stored). */
 export function isZero(bytes: Uint8Array): boolean {
-  const words = bytes.byteLength >>> 3;
-  const view = new BigUint64Array(bytes.buffer, bytes.byteOffset, bytes.byteOffset % 8 === 0 ? words : 0);
-  let i = 0;
-  if (view.length === words) {
-    for (; i < words; i++) if (view[i] !== 0n) return false;
-    i = words << 3;
+  for (let offset = 0; offset < bytes.byteLength; offset += CHUNK_SIZE) {
+    const piece = bytes.subarray(offset, Math.min(bytes.byteLength, offset + CHUNK_SIZE));
+    // Buffer.compare is a memcmp: an order of magnitude faster than a loop in JavaScript.
+    if (Buffer.compare(piece, ZEROS.subarray(0, piece.byteLength)) !== 0) return false;
   }
-  for (; i < bytes.byteLength; i++) if (bytes[i] !== 0) return false;
   return true;
 }
 
@@ -167,10 +166,15 @@ export class ChunkStore {
       await this.remove(id);
       removed++;
     }
+    await this.sweepTemp();
+    return removed;
+  }
+
+  /** Removes temp files whose writer is gone (those of live writers stay). */
+  async sweepTemp(): Promise<void> {
     for (const name of await readdir(join(this.dir, "tmp"))) {
       const owner = parseOwnerTag(name);
       if (owner === undefined || !(await isAlive(owner))) await rm(join(this.dir, "tmp", name), { force: true });
     }
-    return removed;
   }
 }

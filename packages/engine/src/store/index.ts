@@ -20,3 +20,23 @@ export {
   type SnapshotManifest,
   type SnapshotShape,
 } from "./manifest.js";
+export {
+  RECORD_SIGNATURE_DOMAIN,
+  RECORD_VERSION,
+  SnapshotRecordSchema,
+  decodeRecord,
+  encodeRecord,
+  type SnapshotRecord,
+} from "./snapshot-record.js";
+export { IDENTITY_FILE, PART_NAMES, type PartName } from "./templates.js";
+export {
+  SnapshotStore,
+  TEMPLATE_IDLE_SECONDS,
+  type CreateSnapshotInput,
+  type Materialized,
+  type PartPaths,
+  type StoreUsage,
+  type StoredRetention,
+  type StoredSnapshot,
+  type SweepResult,
+} from "./snapshot-store.js";

@@ -1,4 +1,7 @@
 /** The daemon's answer schemas (shared with the daemon through @mvm/protocol). */
+import { z } from "zod";
+import { ApiErrorBody, MAX_FORK_COUNT, ProgressEventSchema, SandboxInfo, SnapshotInfo } from "@mvm/protocol";
+
 export {
   BuildStreamLine,
   CreateStreamLine,
@@ -17,4 +20,23 @@ export {
   SecretListSchema,
   SecretMetaSchema,
   SignedPlan,
+  SnapshotInfo,
+  SnapshotList,
 } from "@mvm/protocol";
+
+const StreamError = z.strictObject({ type: z.literal("error"), error: ApiErrorBody.shape.error });
+const StreamProgress = z.strictObject({ type: z.literal("progress"), event: ProgressEventSchema });
+
+/** Lines of the NDJSON answer to POST /v1/sandboxes/:id/snapshots. */
+export const SnapshotStreamLine = z.discriminatedUnion("type", [
+  StreamProgress,
+  z.strictObject({ type: z.literal("result"), snapshot: SnapshotInfo }),
+  StreamError,
+]);
+
+/** Lines of the NDJSON answer to POST /v1/sandboxes/:id/fork. */
+export const ForkStreamLine = z.discriminatedUnion("type", [
+  StreamProgress,
+  z.strictObject({ type: z.literal("result"), sandboxes: z.array(SandboxInfo).min(1).max(MAX_FORK_COUNT) }),
+  StreamError,
+]);

@@ -42,8 +42,16 @@ import {
   type WriteFileOptions,
   type SignedPlan,
   type SnapshotInfo,
+  type SnapshotApiRequest,
+  type ForkApiRequest,
 } from "@mvm/protocol";
 import { CHUNK, FakeProc, runProgram, type Entry, type FakeSandbox } from "./fake-process.js";
+
+interface FakeSnapshot {
+  info: SnapshotInfo;
+  files: Map<string, Entry>;
+  request: CreateSandboxRequest;
+}
 
 const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
 
@@ -53,7 +61,8 @@ export class FakeEngine implements EngineApi {
    * starts waiting for its abort, and "abort" ({ op }) when the abort arrives.
    */
   readonly events = new EventEmitter();
-  readonly sandboxes = new Map<string, FakeSandbox>();
+  readonly sandboxes = new Map<string, FakeSandbox & { request: CreateSandboxRequest }>();
+  readonly snapshots = new Map<string, FakeSnapshot>();
   /** Writes under /sink/: byte count and sha256 hex. */
   readonly sinks = new Map<string, { bytes: number; sha256: string }>();
   /** Bytes yielded so far by reads of /gen/N files. */
@@ -79,7 +88,20 @@ export class FakeEngine implements EngineApi {
     };
   }
 
-  async createSandbox(request: CreateSandboxRequest, options: CallOptions & { onProgress?: (e: ProgressEvent) => void } = {}): Promise<SandboxInfo> {
+  async createSandbox(
+    request: CreateSandboxRequest,
+    options: CallOptions & { onProgress?: (e: ProgressEvent) => void } = {},
+    forkedFiles?: Map<string, Entry>,
+  ): Promise<SandboxInfo> {
+    let restored: Map<string, Entry> | undefined = forkedFiles;
+    if (request.fromSnapshot !== undefined) {
+      const snap = this.#snapshot(request.fromSnapshot);
+      if (request.image !== undefined || request.backend !== undefined) {
+        throw new InvalidArgumentError("A sandbox from a snapshot has the snapshot's image and backend");
+      }
+      restored = snap.files;
+      request = { ...snap.request, ...request };
+    }
     options.onProgress?.({ phase: "resolve", message: `resolving ${request.image ?? "default"}` });
     if (request.image === "fake/deny") throw new PolicyDeniedError(`Image "fake/deny" is not allowed`, { hint: "pick another" });
     if (request.image === "fake/unsupported") throw new UnsupportedCapabilityError("Cannot enforce cpus");
@@ -98,11 +120,14 @@ export class FakeEngine implements EngineApi {
       workMiB: request.workMiB ?? 1024,
       labels: request.labels ?? {},
     };
-    const files = new Map<string, Entry>([
-      ["/", { type: "dir", mode: 0o755, mtimeMs: now }],
-      ["/work", { type: "dir", mode: 0o755, mtimeMs: now }],
-    ]);
-    this.sandboxes.set(info.id, { info, files, procs: new Map(), nextProc: 1 });
+    const files = restored
+      ? new Map([...restored].map(([k, v]) => [k, v.type === "file" ? { ...v, data: v.data.slice() } : { ...v }] as const))
+      : new Map<string, Entry>([
+          ["/", { type: "dir", mode: 0o755, mtimeMs: now }],
+          ["/work", { type: "dir", mode: 0o755, mtimeMs: now }],
+        ]);
+    const { fromSnapshot: _from, ...kept } = request;
+    this.sandboxes.set(info.id, { info, files, procs: new Map(), nextProc: 1, request: kept });
     return info;
   }
 
@@ -133,23 +158,69 @@ export class FakeEngine implements EngineApi {
     sb.info = { ...rest, state: sb.info.state === "paused" ? "running" : sb.info.state };
     return sb.info;
   }
-  // Snapshot calls: answered once the fake learns them.
-  snapshotSandbox(): Promise<SnapshotInfo> {
-    return Promise.reject(new UnsupportedCapabilityError("FakeEngine: snapshots not faked"));
-  }
-  forkSandbox(): Promise<SandboxInfo[]> {
-    return Promise.reject(new UnsupportedCapabilityError("FakeEngine: fork not faked"));
-  }
-  async listSnapshots(): Promise<SnapshotInfo[]> {
-    return [];
-  }
-  getSnapshot(ref: string): Promise<SnapshotInfo> {
-    return Promise.reject(new NotFoundError(`Snapshot "${ref}" not found`));
-  }
-  deleteSnapshot(ref: string): Promise<void> {
-    return Promise.reject(new NotFoundError(`Snapshot "${ref}" not found`));
+  /**
+   * Keeps a copy of the sandbox's files (memory is "captured" only as a flag). A sandbox labelled
+   * `fake: "env-secrets"` needs `includeEnvSecrets`; `memory: true` on the fake's container tier
+   * is UnsupportedCapabilityError, as on the real one.
+   */
+  async snapshotSandbox(id: string, request: SnapshotApiRequest): Promise<SnapshotInfo> {
+    const sb = this.#sandbox(id, true);
+    if (sb.info.state === "stopped") throw new NotFoundError(`Sandbox "${id}" is stopped`);
+    if (request.memory === true) throw new UnsupportedCapabilityError("Cannot snapshot memory on the container tier");
+    if (sb.info.labels.fake === "env-secrets" && request.includeEnvSecrets !== true) {
+      throw new PolicyDeniedError(`Sandbox "${id}" holds secrets in its environment`, { hint: "pass includeEnvSecrets: true" });
+    }
+    const now = Date.now();
+    const snapId = `snap_${[...randomBytes(20)].map((b) => "abcdefghijklmnopqrstuvwxyz234567"[b % 32]).join("")}`;
+    const files = new Map([...sb.files].map(([k, v]) => [k, v.type === "file" ? { ...v, data: v.data.slice() } : { ...v }] as const));
+    const bytes = [...files.values()].reduce((n, e) => n + (e.type === "file" ? e.data.byteLength : 0), 0);
+    const info: SnapshotInfo = {
+      id: snapId,
+      digest: `sha256:${createHash("sha256").update(snapId).digest("hex")}`,
+      createdAt: new Date(now).toISOString(),
+      ...("ttlSeconds" in request.retention ? { expiresAt: new Date(now + request.retention.ttlSeconds * 1000).toISOString() } : {}),
+      retention: request.retention,
+      tier: sb.info.tier,
+      memory: false,
+      source: id,
+      image: { digest: sb.info.image.digest },
+      sizes: { work: { bytes, storedBytes: bytes, chunks: Math.ceil(bytes / (2 << 20)), zeroChunks: 0 } },
+      labels: request.labels ?? {},
+    };
+    this.snapshots.set(snapId, { info, files, request: sb.request });
+    return info;
   }
 
+  /** New sandboxes with copies of the sandbox's files; aborting during a fork leaves none behind. */
+  async forkSandbox(id: string, request: ForkApiRequest = {}, options: CallOptions = {}): Promise<SandboxInfo[]> {
+    const sb = this.#sandbox(id);
+    const kids: SandboxInfo[] = [];
+    for (let i = 0; i < (request.count ?? 1); i++) {
+      if (options.signal?.aborted) {
+        for (const k of kids) this.sandboxes.delete(k.id);
+        throw new AbortedError("Fork aborted");
+      }
+      kids.push(await this.createSandbox({ ...sb.request, labels: { ...sb.info.labels } }, {}, sb.files));
+    }
+    return kids;
+  }
+
+  async listSnapshots(): Promise<SnapshotInfo[]> {
+    return [...this.snapshots.values()].map((s) => s.info);
+  }
+
+  async getSnapshot(ref: string): Promise<SnapshotInfo> {
+    return this.#snapshot(ref).info;
+  }
+
+  async deleteSnapshot(ref: string): Promise<void> {
+    this.snapshots.delete(this.#snapshot(ref).info.id);
+  }
+
+  #snapshot(ref: string): FakeSnapshot {
+    for (const s of this.snapshots.values()) if (s.info.id === ref || s.info.digest === ref) return s;
+    throw new NotFoundError(`Snapshot "${ref}" not found`);
+  }
 
   async killSandbox(id: string): Promise<SandboxInfo> {
     const sb = this.#sandbox(id, true);
@@ -358,7 +429,7 @@ export class FakeEngine implements EngineApi {
     for (const sb of this.sandboxes.values()) for (const p of [...sb.procs.values()]) p.end({ signal: "SIGKILL" });
   }
 
-  #sandbox(id: string, stoppedToo = false): FakeSandbox {
+  #sandbox(id: string, stoppedToo = false): FakeSandbox & { request: CreateSandboxRequest } {
     const sb = this.sandboxes.get(id);
     if (sb === undefined) throw new NotFoundError(`No sandbox "${id}"`);
     if (!stoppedToo && sb.info.state === "paused") throw new SandboxPausedError(`Cannot use sandbox "${id}": it is paused`);

@@ -9,12 +9,12 @@
  */
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { lstat, mkdir, readFile, readdir, readlink, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { AdmissionError, InternalError, InvalidArgumentError, MvmError } from "@mvm/protocol";
 import { formatVerity, verifyVerity, type VerityInfo } from "./verity/index.js";
-import { writeFileAtomic } from "../../store/atomic.js";
+import { publishFile, removeDeadTemps, writeFileAtomic } from "../../store/atomic.js";
 
 const run = promisify(execFile);
 const BLOCK = 4096;
@@ -160,41 +160,38 @@ export async function buildExt4Image(options: BuildDiskOptions): Promise<DiskIma
   const result = { path, key, sizeMiB };
 
   await mkdir(outRoot, { recursive: true, mode: 0o755 });
-  const tmp = join(outRoot, `.${key}.${process.pid}.${Date.now()}.tmp`);
+  await removeDeadTemps(outRoot);
   const uuid = uuidFromKey(key);
   try {
-    await run(
-      "mkfs.ext4",
-      [
-        "-q", "-F", "-t", "ext4", "-b", String(BLOCK), "-I", "256", "-N", String(inodes), "-m", "0",
-        "-O", "^has_journal,^resize_inode",
-        "-U", uuid, "-L", label,
-        "-E", `root_owner=0:0,hash_seed=${uuid},lazy_itable_init=0,nodiscard`,
-        "-d", sourceDir, tmp, `${sizeMiB}M`,
-      ],
-      { env: { ...process.env, E2FSPROGS_FAKE_TIME: "1", MKE2FS_CONFIG: "/etc/mke2fs.conf" }, maxBuffer: 1 << 20 },
-    );
-    const missing: string[] = [];
-    for (const mp of mountPoints) {
-      const st = await lstat(join(sourceDir, mp)).catch(() => undefined);
-      if (st === undefined) missing.push(mp);
-      else if (!st.isDirectory()) throw new InvalidArgumentError(`Mount point "${mp}" in "${sourceDir}" is not a directory`);
-    }
-    for (const mp of missing) {
-      await run("debugfs", ["-w", "-R", `mkdir /${mp}`, tmp], { env: { ...process.env, E2FSPROGS_FAKE_TIME: "1" } });
-    }
-    if (!verity) {
-      await rename(tmp, path);
-      return result;
-    }
-    const built = await formatVerity({ dataPath: tmp, label });
-    const info: VerityInfo = { ...built, dataPath: path, hashPath: path };
     // The disk goes into place before its record: a record never names bytes that are not there.
-    await rename(tmp, path);
+    const built = await publishFile(path, async (tmp) => {
+      await run(
+        "mkfs.ext4",
+        [
+          "-q", "-F", "-t", "ext4", "-b", String(BLOCK), "-I", "256", "-N", String(inodes), "-m", "0",
+          "-O", "^has_journal,^resize_inode",
+          "-U", uuid, "-L", label,
+          "-E", `root_owner=0:0,hash_seed=${uuid},lazy_itable_init=0,nodiscard`,
+          "-d", sourceDir, tmp, `${sizeMiB}M`,
+        ],
+        { env: { ...process.env, E2FSPROGS_FAKE_TIME: "1", MKE2FS_CONFIG: "/etc/mke2fs.conf" }, maxBuffer: 1 << 20 },
+      );
+      const missing: string[] = [];
+      for (const mp of mountPoints) {
+        const st = await lstat(join(sourceDir, mp)).catch(() => undefined);
+        if (st === undefined) missing.push(mp);
+        else if (!st.isDirectory()) throw new InvalidArgumentError(`Mount point "${mp}" in "${sourceDir}" is not a directory`);
+      }
+      for (const mp of missing) {
+        await run("debugfs", ["-w", "-R", `mkdir /${mp}`, tmp], { env: { ...process.env, E2FSPROGS_FAKE_TIME: "1" } });
+      }
+      return verity ? await formatVerity({ dataPath: tmp, label }) : undefined;
+    });
+    if (built === undefined) return result;
+    const info: VerityInfo = { ...built, dataPath: path, hashPath: path };
     await writeFileAtomic(recordPath, JSON.stringify(info), 0o644);
     return { ...result, verity: info };
   } catch (err) {
-    await rm(tmp, { force: true });
     if (err instanceof MvmError) throw err;
     throw new InternalError(`Cannot build an ext4 image of "${sourceDir}"`, { cause: err });
   }

@@ -14,11 +14,11 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
-import { access, chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { access, chmod, copyFile, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { promisify } from "node:util";
 import { InternalError, InvalidArgumentError, NotFoundError } from "@mvm/protocol";
-import { writeFileAtomic } from "../../store/atomic.js";
+import { publishDir, removeDeadTemps, tempPathIn, writeFileAtomic } from "../../store/atomic.js";
 
 const run = promisify(execFile);
 
@@ -185,29 +185,23 @@ async function storeGuestKernel(root: string, source: KernelSource): Promise<Gue
   const order = moduleLoadOrder(GUEST_MODULES, dependsOf);
 
   const hex = await sha256File(kernelSource);
-  const staging = await mkdtemp(join(root, ".store-"));
-  try {
-    await mkdir(join(staging, "modules"), { recursive: true, mode: 0o755 });
-    await copyFile(kernelSource, join(staging, "vmlinuz"));
-    const files = [{ path: "vmlinuz", sha256: hex }];
-    for (const name of order) {
-      await copyFile(modules.get(name) as string, join(staging, "modules", `${name}.ko`));
-      files.push({ path: `modules/${name}.ko`, sha256: await sha256File(join(staging, "modules", `${name}.ko`)) });
-    }
-    await writeFile(join(staging, "modules", "order"), `${order.join("\n")}\n`);
-    await writeFile(join(staging, "manifest.txt"), renderManifest(version, files));
-    await chmod(staging, 0o755);
-    try {
-      await rename(staging, join(root, hex));
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
-      await rm(join(root, hex), { recursive: true, force: true });
-      await rename(staging, join(root, hex));
-    }
-  } finally {
-    await rm(staging, { recursive: true, force: true });
-  }
+  await removeDeadTemps(root);
+  await publishDir(
+    join(root, hex),
+    async (staging) => {
+      await mkdir(join(staging, "modules"), { recursive: true, mode: 0o755 });
+      await copyFile(kernelSource, join(staging, "vmlinuz"));
+      const files = [{ path: "vmlinuz", sha256: hex }];
+      for (const name of order) {
+        await copyFile(modules.get(name) as string, join(staging, "modules", `${name}.ko`));
+        files.push({ path: `modules/${name}.ko`, sha256: await sha256File(join(staging, "modules", `${name}.ko`)) });
+      }
+      await writeFile(join(staging, "modules", "order"), `${order.join("\n")}\n`);
+      await writeFile(join(staging, "manifest.txt"), renderManifest(version, files));
+      await chmod(staging, 0o755);
+    },
+    { ifExists: async () => "replace" },
+  );
   return openGuestKernel(root, `sha256:${hex}`);
 }
 
@@ -243,7 +237,8 @@ export async function importGuestKernel(root: string, kernelPath: string, module
 export async function fetchGuestKernel(root: string): Promise<GuestKernel> {
   if (!root.startsWith("/")) throw new InvalidArgumentError(`Invalid kernel root "${root}": must be an absolute path`);
   await mkdir(root, { recursive: true, mode: 0o755 });
-  const tmp = await mkdtemp(join(root, ".fetch-"));
+  const tmp = await tempPathIn(root, "fetch");
+  await mkdir(tmp, { mode: 0o700 });
   try {
     const apt = (pkg: string) => run("apt-get", ["download", pkg], { cwd: tmp, maxBuffer: 1 << 20 });
     await apt(KERNEL_META_PACKAGE);

@@ -1,0 +1,44 @@
+/** Images: list, build, import, remove. */
+import { stat } from "node:fs/promises";
+import { ImportImageApiRequest, NotFoundError, type CallOptions, type ImageInfo, type ProgressEvent } from "@mvm/protocol";
+import { callSignal } from "../_internal/signals.js";
+import { parse, type EngineCore } from "./core.js";
+
+export async function listImages(core: EngineCore): Promise<ImageInfo[]> {
+  const list = await core.options.images.list();
+  return list.map(toImageInfo);
+}
+
+export async function buildImage(core: EngineCore, ref: string, options: CallOptions & { force?: boolean; onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+  const signal = callSignal(options);
+  const rec = await core.options.images.buildDebian(ref, {
+    ...(options.force !== undefined ? { force: options.force } : {}),
+    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    ...(signal ? { signal } : {}),
+  });
+  return toImageInfo(rec);
+}
+
+export async function importImage(core: EngineCore, 
+  path: string,
+  name: string,
+  options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {},
+): Promise<ImageInfo> {
+  const req = parse(ImportImageApiRequest, { path, name }, "image import");
+  const signal = callSignal(options);
+  const opts = { ...(options.onProgress ? { onProgress: options.onProgress } : {}), ...(signal ? { signal } : {}) };
+  const st = await stat(req.path).catch((err: unknown) => {
+    throw new NotFoundError(`Cannot import "${req.path}": it does not exist`, { cause: err });
+  });
+  const rec = st.isDirectory() ? await core.options.images.importDir(req.path, req.name, opts) : await core.options.images.importTar(req.path, req.name, opts);
+  return toImageInfo(rec);
+}
+
+export async function removeImage(core: EngineCore, ref: string): Promise<void> {
+  await core.options.images.remove(ref);
+}
+
+
+function toImageInfo(rec: { digest: string; refs: string[]; sizeBytes: number; createdAt: string }): ImageInfo {
+  return { digest: rec.digest as ImageInfo["digest"], refs: rec.refs, sizeBytes: rec.sizeBytes, createdAt: rec.createdAt };
+}
