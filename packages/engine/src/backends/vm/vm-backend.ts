@@ -14,9 +14,9 @@
  */
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
-import { chown, lstat, mkdir, open, readFile, readdir, rm, stat, type FileHandle } from "node:fs/promises";
+import { chown, lstat, mkdir, mkdtemp, open, readFile, readdir, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
-import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
+import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, type Sha256Digest, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { AgentClient } from "../../agent/client.js";
 import { childChannel } from "../_teardown.js";
 import { killIfSame, listProcessesWithId, readProcStat, sendSignal, waitForExit } from "../../_internal/proc.js";
@@ -30,7 +30,8 @@ import { buildInitramfs } from "./initramfs.js";
 import { jailDeviceGroups, jailedDeviceAccess, qemuJailFiles, type JailFile } from "./jail.js";
 import { STATE_FD } from "./qemu.js";
 import { restoreVmState } from "./snapshot-io.js";
-import { SavedVmStore, hashFile, qemuIdentity, type SavedPartsRecord, type SavedVm, type VmShape } from "./snapshots.js";
+import { SavedVmStore, hashFile, qemuIdentity, shapeKey, type SavedVm, type VmShape } from "./snapshots.js";
+import type { SnapshotStore, StoredSnapshot } from "../../store/snapshot-store.js";
 import { DEFAULT_RAM_ROOT, copySparse, makeSandboxRam, removeSandboxRam, sweepSandboxRam, type SandboxRam } from "./ram-file.js";
 import { captureVm, readDeviceHeader, type DeviceHeader } from "./vm-snapshot.js";
 import type { VerityInfo } from "./verity/index.js";
@@ -93,7 +94,16 @@ export interface VmBackendOptions {
    * @default DEFAULT_RAM_ROOT ("/dev/shm/mvm-vm")
    */
   readonly ramRoot?: string;
+  /**
+   * The engine's snapshot store. When given, each shape's boot snapshot (the saved VM) is a
+   * `kind: "boot"` snapshot in it, keyed by the shape, verified (chunks, then its read-only
+   * template's identity) before each use; otherwise saved VMs live under `${cacheRoot}/saved`.
+   */
+  readonly snapshots?: SnapshotStore;
 }
+
+/** A boot snapshot unused this long is removed by the store's sweep, s. */
+export const BOOT_SNAPSHOT_UNUSED_SECONDS = 7 * 24 * 60 * 60;
 
 /** The verity parameters the guest needs for a disk whose hash tree follows its data. */
 function verityParams(info: VerityInfo): VerityParams {
@@ -138,7 +148,8 @@ function backendShape(p: Prepared): BackendSnapshot["shape"] {
   return {
     kernelDigest: /^[0-9a-f]{64}$/.test(p.shape.kernelDigest) ? `sha256:${p.shape.kernelDigest}` : p.shape.kernelDigest,
     initramfsDigest: initramfs !== undefined ? `sha256:${initramfs}` : p.shape.initrdPath,
-    qemu: p.shape.qemu,
+    // QEMU's identity (path, size, mtime) as a short label.
+    qemu: createHash("sha256").update(p.shape.qemu).digest("hex"),
     cpus: p.shape.cpus,
     memoryMiB: p.shape.memoryMiB,
   };
@@ -184,6 +195,8 @@ interface Restore {
   readonly device: FileHandle;
   readonly work: FileHandle;
   readonly saved?: SavedVm;
+  /** A boot snapshot in the snapshot store: marked used after a launch, removed when it does not load. */
+  readonly boot?: { readonly snap: StoredSnapshot; release(): Promise<void> };
 }
 
 interface BootArtifacts {
@@ -251,6 +264,8 @@ export class VmBackend implements Backend {
   private readonly uids = new SandboxUidAllocator();
   private readonly saved: SavedVmStore;
   private readonly ramRoot: string;
+  /** Boot snapshots being built, by shape key (one build per shape at a time). */
+  private readonly bootBuilds = new Map<string, Promise<StoredSnapshot>>();
 
   constructor(private readonly options: VmBackendOptions) {
     if (!options.cacheRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid cacheRoot "${options.cacheRoot}": must be an absolute path`);
@@ -445,9 +460,9 @@ export class VmBackend implements Backend {
   /**
    * Boots a VM of `p`'s shape to a ready agent and saves it into `dir` (`ram`, `device`, `work`),
    * after a warm-up and with the guest's caches dropped and freed pages reported; the VM is then
-   * stopped. Returns each part's size and sha256.
+   * stopped.
    */
-  private async saveVm(p: Prepared, dir: string): Promise<SavedPartsRecord> {
+  private async saveVm(p: Prepared, dir: string): Promise<void> {
     const uid = p.host.isRoot ? await this.uids.allocate() : undefined;
     const work = join(dir, "work.boot");
     let vm: VmProcess | undefined;
@@ -465,8 +480,6 @@ export class VmBackend implements Backend {
       await new Promise((r) => setTimeout(r, FREE_PAGE_REPORT_WAIT_MS));
       const qmp = await vm.qmp(QMP_TIMEOUT_MS);
       await captureVm({ qmp, ram, workDiskPath: work, dir, header: deviceHeader(p), ...(uid !== undefined ? { socketOwner: uid } : {}), resume: false, timeoutMs: SAVE_TIMEOUT_MS });
-      const [ramRecord, device, workRecord] = await Promise.all([hashFile(join(dir, "ram")), hashFile(join(dir, "device")), hashFile(join(dir, "work"))]);
-      return { ram: ramRecord, device, work: workRecord };
     } finally {
       const stopped = vm === undefined || (await vm.kill());
       await vm?.closeChannels().catch(() => undefined);
@@ -498,8 +511,14 @@ export class VmBackend implements Backend {
     let restore: Restore | undefined;
     if (spec.restore !== undefined) {
       restore = await this.openSnapshot(spec, p);
+    } else if (this.options.savedVms !== false && this.options.snapshots !== undefined) {
+      restore = await this.openBootSnapshot(spec, p, this.options.snapshots, signal);
     } else if (this.options.savedVms !== false) {
-      const saved = await this.saved.ensure(p.shape, (dir) => this.saveVm(p, dir));
+      const saved = await this.saved.ensure(p.shape, async (dir) => {
+        await this.saveVm(p, dir);
+        const [ram, device, work] = await Promise.all([hashFile(join(dir, "ram")), hashFile(join(dir, "device")), hashFile(join(dir, "work"))]);
+        return { ram, device, work };
+      });
       checkAbort();
       // Checked before anything is made for the sandbox; QEMU gets the very descriptor checked.
       const parts = await this.saved.openVerified(saved, signal).catch(async (err: unknown) => {
@@ -518,7 +537,77 @@ export class VmBackend implements Backend {
     try {
       return await this.start(spec, p, restore, checkAbort, signal);
     } finally {
-      await Promise.all([restore?.ram.close(), restore?.device.close(), restore?.work.close()].map((c) => c?.catch(() => undefined)));
+      await Promise.all([restore?.ram.close(), restore?.device.close(), restore?.work.close(), restore?.boot?.release()].map((c) => c?.catch(() => undefined)));
+    }
+  }
+
+  /**
+   * The boot snapshot of `p`'s shape from the snapshot store (booted and saved when there is
+   * none), materialized and opened: its read-only template is checked by the store before this
+   * use, and its device header here. A boot snapshot that fails is deleted (the next launch of the
+   * shape saves a new one) and its SnapshotMismatchError thrown.
+   */
+  private async openBootSnapshot(spec: LaunchSpec, p: Prepared, store: SnapshotStore, signal: AbortSignal | undefined): Promise<Restore> {
+    const key = shapeKey(p.shape);
+    let snap = await store.findByKey(key);
+    if (snap === undefined) {
+      let pending = this.bootBuilds.get(key);
+      if (pending === undefined) {
+        pending = this.buildBootSnapshot(spec, p, store, key).finally(() => this.bootBuilds.delete(key));
+        this.bootBuilds.set(key, pending);
+      }
+      snap = await pending;
+    }
+    const what = `Boot snapshot ${snap.id}`;
+    const dropBad = async (err: unknown) => {
+      if (err instanceof SnapshotMismatchError) await store.delete(snap.id).catch(() => undefined);
+      throw err;
+    };
+    const materialized = await store.materialize(snap, signal).catch(dropBad);
+    const handles: FileHandle[] = [];
+    try {
+      for (const part of ["ram", "device", "work"] as const) {
+        const path = materialized.parts[part];
+        if (path === undefined) throw new SnapshotMismatchError(`${what} has no ${part} part`);
+        handles.push(await open(path, constants.O_RDONLY | constants.O_NOFOLLOW));
+      }
+      await readDeviceHeader(handles[1]!, deviceHeader(p), what);
+      return { ram: handles[0]!, device: handles[1]!, work: handles[2]!, boot: { snap, release: materialized.release } };
+    } catch (err) {
+      await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
+      await materialized.release();
+      return dropBad(err);
+    }
+  }
+
+  /** Boots and saves a VM of `p`'s shape and stores it as the shape's boot snapshot. */
+  private async buildBootSnapshot(spec: LaunchSpec, p: Prepared, store: SnapshotStore, key: string): Promise<StoredSnapshot> {
+    await mkdir(join(this.options.cacheRoot, "boot-builds"), { recursive: true, mode: 0o700 });
+    const dir = await mkdtemp(join(this.options.cacheRoot, "boot-builds", "build-"));
+    try {
+      await this.saveVm(p, dir);
+      const imageDigest = /^sha256:[0-9a-f]{64}$/.test(spec.rootfsDigest ?? "") ? spec.rootfsDigest! : `sha256:${createHash("sha256").update(p.shape.rootDiskKey).digest("hex")}`;
+      const shape = backendShape(p);
+      return await store.create({
+        parts: { ram: join(dir, "ram"), device: join(dir, "device"), work: join(dir, "work") },
+        shape: {
+          tier: p.config.accel === "kvm" ? "vm-hardware" : "vm-emulated",
+          imageDigest: imageDigest as Sha256Digest,
+          ...(shape.kernelDigest !== undefined ? { kernelDigest: shape.kernelDigest as Sha256Digest } : {}),
+          ...(shape.initramfsDigest !== undefined ? { initramfsDigest: shape.initramfsDigest as Sha256Digest } : {}),
+          ...(shape.qemu !== undefined ? { qemu: shape.qemu } : {}),
+          cpus: p.shape.cpus,
+          memoryMiB: p.shape.memoryMiB,
+          workMiB: p.shape.workMiB,
+        },
+        kind: "boot",
+        source: "vm-backend",
+        retention: { unusedSeconds: BOOT_SNAPSHOT_UNUSED_SECONDS },
+        memory: true,
+        key,
+      });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   }
 
@@ -588,6 +677,7 @@ export class VmBackend implements Backend {
       await this.startAgent(vm, p.limits, spec.restore === undefined ? spec.trustBundlePem : undefined);
       checkAbort();
       if (saved !== undefined) await this.saved.touch(saved);
+      if (restore?.boot !== undefined) await this.options.snapshots?.touch(restore.boot.snap).catch(() => undefined);
       const sandboxUid = uid;
       return new VmSandbox({
         sandboxId: spec.sandboxId,
@@ -622,6 +712,7 @@ export class VmBackend implements Backend {
       if (ram !== undefined) await rm(ram.dir, { recursive: true, force: true }).catch(() => undefined);
       if (uid !== undefined && stopped) this.uids.release(uid);
       if (err instanceof SnapshotMismatchError && saved !== undefined) await this.saved.quarantine(saved).catch(() => undefined);
+      if (err instanceof SnapshotMismatchError && restore?.boot !== undefined) await this.options.snapshots?.delete(restore.boot.snap.id).catch(() => undefined);
       if (err instanceof MvmError) throw err;
       if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
       const message = err instanceof Error ? err.message : String(err);

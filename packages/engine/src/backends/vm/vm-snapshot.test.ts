@@ -7,7 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, cp, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { generateKeyPairSync } from "node:crypto";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -18,6 +19,7 @@ import { isSameLiveProcess } from "../../_internal/proc.js";
 import { ImageStore } from "../../images/store.js";
 import { makeSpec, makeTestRoot, removeTestRoot } from "../namespace/_fixtures.js";
 import type { BackendSnapshot, LaunchSpec } from "../types.js";
+import { SnapshotStore } from "../../store/snapshot-store.js";
 import { VmBackend } from "./vm-backend.js";
 import type { VmSandbox } from "./vm-sandbox.js";
 
@@ -253,5 +255,54 @@ describe("VM snapshots", { timeout: 1_800_000, skip: !existsSync(join(IMAGES, "r
     await assert.rejects(backend.launch(s), SnapshotMismatchError);
     assert.deepEqual(await readdir(ramRoot), []);
     assert.deepEqual(await readdir(s.stateDir), []);
+  });
+
+  it("keeps the boot snapshot in the snapshot store: verified before use, rebuilt from chunks when its template changed, fail closed on a bad chunk", async () => {
+    const store = await SnapshotStore.open(join(root, "snapstore"), generateKeyPairSync("ed25519"));
+    const storeBackend = new VmBackend({ cacheRoot: join(root, "store-cache"), diskRoot: join(root, "disks"), ramRoot, snapshots: store });
+    await mkdir(join(root, "store-cache"), { recursive: true });
+    for (const sub of ["kernel", "guest-helper", "initramfs"]) await cp(join(CACHE, sub), join(root, "store-cache", sub), { recursive: true });
+    const use = async () => {
+      const s = await spec();
+      const sandbox = await storeBackend.launch(s);
+      alive.push(sandbox);
+      const client = await AgentClient.connect(sandbox.channel, { helloTimeoutMs: TIMEOUT_MS, requestTimeoutMs: TIMEOUT_MS, label: s.sandboxId });
+      assert.equal(await sh(client, "echo ok"), "ok\n");
+      await sandbox.destroy();
+    };
+    await use();
+    const [boot] = await store.list();
+    assert.ok(boot !== undefined && boot.kind === "boot" && boot.memory && boot.key !== undefined);
+    assert.deepEqual(Object.keys(boot.manifest.blobs).sort(), ["device", "ram", "work"]);
+    assert.ok(!existsSync(join(root, "store-cache", "saved")), "nothing under the phase-1 saved VM directory");
+    await use();
+    assert.equal((await store.list()).length, 1, "the second launch used the same boot snapshot");
+
+    // A byte changed in the materialized template: the store notices and rebuilds it from chunks.
+    const hex = boot.digest.slice("sha256:".length);
+    const template = join(store.root, "templates", hex, "ram");
+    const ramChunk = boot.manifest.blobs.ram!.chunks.find((c) => c !== null)!;
+    const flip = async (path: string, at: number) => {
+      await chmod(path, 0o600);
+      const file = await open(path, "r+");
+      const byte = Buffer.alloc(1);
+      await file.read(byte, 0, 1, at);
+      await file.write(Buffer.from([byte[0]! ^ 0xff]), 0, 1, at);
+      await file.close();
+    };
+    await flip(template, boot.manifest.blobs.ram!.chunks.indexOf(ramChunk) * 2 * 1024 * 1024);
+    await use();
+
+    // A byte changed in a stored chunk: the rebuild fails closed, nothing boots, the boot
+    // snapshot is dropped; the next launch saves a new one.
+    await flip(join(store.root, "chunks", "blake3", ramChunk.slice(0, 2), ramChunk), 100);
+    await rm(join(store.root, "templates", hex), { recursive: true, force: true });
+    const s = await spec();
+    await assert.rejects(storeBackend.launch(s), SnapshotMismatchError);
+    assert.deepEqual(await readdir(ramRoot), []);
+    assert.deepEqual(await readdir(s.stateDir), []);
+    assert.deepEqual(await store.list(), []);
+    await use();
+    assert.equal((await store.list()).length, 1);
   });
 });
