@@ -26,10 +26,11 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { randomInt } from "node:crypto";
 import { fileURLToPath } from "node:url";
+import { generateKeyPairSync } from "node:crypto";
 import { defaultAgentBundlePath } from "@mvm/engine";
 
 const dist = (path) => import(new URL(`../packages/engine/dist/${path}`, import.meta.url).href);
-const [{ VmBackend }, { qemuArgs }, { restoreVmState }, { QmpClient }, { ImageStore }, { assembleAgentRuntime }, { AgentClient }, { listProcessesWithId }, vmProcess, snapshots] = await Promise.all([
+const [{ VmBackend }, { qemuArgs }, { restoreVmState }, { QmpClient }, { ImageStore }, { assembleAgentRuntime }, { AgentClient }, { listProcessesWithId }, { SnapshotStore }] = await Promise.all([
   dist("backends/vm/vm-backend.js"),
   dist("backends/vm/qemu.js"),
   dist("backends/vm/snapshot-io.js"),
@@ -38,8 +39,7 @@ const [{ VmBackend }, { qemuArgs }, { restoreVmState }, { QmpClient }, { ImageSt
   dist("runtime/agent-runtime.js"),
   dist("agent/client.js"),
   dist("_internal/proc.js"),
-  dist("backends/vm/vm-process.js"),
-  dist("backends/vm/snapshots.js"),
+  dist("store/snapshot-store.js"),
 ]);
 
 const MiB = 1024 * 1024;
@@ -224,6 +224,22 @@ export async function benchSnapshotVm({ log = (...a) => console.error("[snapshot
     }
     const dirty = await snap("dirty");
     out.snapshot.dirty = { dirtyMiB: DIRTY_MIB, ms: r1(dirty.ms), parts: await partSizes(dirty.taken.parts) };
+    // Into the snapshot store (chunks, zero chunks elided, signed manifest), as the engine does next.
+    {
+      const store = await SnapshotStore.open(join(root, "store"), generateKeyPairSync("ed25519"));
+      const t = performance.now();
+      const stored = await store.create({
+        parts: dirty.taken.parts, kind: "user", source: "bench", retention: { manual: true }, memory: true,
+        shape: { tier: "vm-emulated", imageDigest: image.digest, ...dirty.taken.shape, workMiB: SANDBOX.workMiB },
+      });
+      const storeMs = performance.now() - t;
+      const usage = await store.usage();
+      const ram = stored.manifest.blobs.ram;
+      out.snapshot.dirty.store = {
+        createMs: r1(storeMs), storedBytes: usage.uniqueStoredBytes, logicalBytes: usage.logicalBytes,
+        ramChunks: ram.chunks.length, ramZeroChunksElided: ram.chunks.filter((c) => c === null).length,
+      };
+    }
     log("snapshot", JSON.stringify(out.snapshot));
 
     // 4. Restore from the user snapshot (the one holding data) → first output.
