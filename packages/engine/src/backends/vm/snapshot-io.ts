@@ -15,7 +15,8 @@
  *
  * With `ignoreShared`, guest RAM that lives in a shared memory backend
  * (`memory-backend-file,share=on`) is left out of the stream: the RAM file itself is the memory
- * image, and a restoring VM maps it privately (copy-on-write, `share=off`).
+ * image. The vm backend copies it while the VM is still stopped, and restores onto a copy of its
+ * own mapped the same way (ram-file.ts, vm-snapshot.ts).
  */
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
@@ -185,8 +186,8 @@ function byteCap(maxBytes: number, counted: { bytes: number; readonly hash: Retu
 /**
  * Stops the VM (when running) and saves its state to `options.path`, returning its size and the
  * sha256 of the bytes written (hashed as they pass, not read back). The VM stays stopped
- * (QEMU's state `postmigrate`); the caller ends it, and must never resume it when `ignoreShared`
- * is set: the RAM file is then part of the snapshot. Throws InternalError with QEMU's reason
+ * (QEMU's state `postmigrate`); with `ignoreShared` the RAM file is part of the snapshot, so the
+ * caller copies it before it resumes the VM (`cont`) or ends it. Throws InternalError with QEMU's reason
  * when the migration fails, TransportError when the stream exceeds `maxBytes` or QMP breaks,
  * TimeoutError / AbortedError; no file is left behind on failure.
  * @example

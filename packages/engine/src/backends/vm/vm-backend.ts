@@ -8,7 +8,13 @@
  * inherited socket (`relay`), and a sandbox's trust bundle reaches the guest on the init's control
  * port before the agent's hello.
  * QEMU runs jailed (jail.ts): bubblewrap namespaces, its own unprivileged host uid, no_new_privs,
- * its seccomp sandbox, and no host path but its own program files.
+ * its seccomp sandbox, and no host path but its own program files, the sandbox's guest RAM file
+ * (ram-file.ts: guest RAM lives in a tmpfs file of the sandbox's own, which is what snapshots and
+ * restores copy) and its save directory.
+ *
+ * Snapshots (vm-snapshot.ts, docs/SNAPSHOTS.md): a sandbox starts from its shape's boot snapshot
+ * (booted and saved on first use; in the snapshot store when one is given) or from a user
+ * snapshot (`LaunchSpec.restore`), either way on copies of its RAM and work disk.
  *
  * Tier "vm-hardware" when /dev/kvm is usable, else "vm-emulated" (TCG).
  */
@@ -490,14 +496,18 @@ export class VmBackend implements Backend {
   }
 
   /**
-   * Starts a VM sandbox: restores the saved VM of its shape (saving one first, by a cold boot, when
-   * there is none and saved VMs are on), or boots it cold. Either way the work disk is the
-   * sandbox's own, and the guest gets a fresh RNG seed, the host's clock and the sandbox's limits
-   * before its agent says hello on `channel`. Throws AdmissionError when a disk fails its hash
-   * check or the VM dies while starting (with the reason its console gives), SnapshotMismatchError
-   * when the saved VM's state differs from the digest recorded when it was saved, or QEMU cannot
-   * load it (that saved VM is then moved aside, and the next launch of its shape saves a new one),
-   * AbortedError when `signal` fires; nothing is left running or on disk.
+   * Starts a VM sandbox: restores `spec.restore` (a user snapshot: RAM, device state, work disk),
+   * or the boot snapshot of its shape (saving one first, by a cold boot, when there is none and
+   * saved VMs are on), or boots it cold. Either way the RAM file and work disk are the sandbox's
+   * own copies, and the guest gets a fresh RNG seed, the host's clock and the sandbox's limits
+   * before its agent says hello on `channel` (a user snapshot's guest keeps the trust bundle its
+   * source had: `spec.trustBundlePem` is not installed again). Throws AdmissionError when a disk
+   * fails its hash check or the VM dies while starting (with the reason its console gives),
+   * SnapshotMismatchError before anything starts when a snapshot's shape or device header differs
+   * from this VM's or a boot snapshot fails verification (that boot snapshot is then set aside, and
+   * the next launch of its shape saves a new one), and when QEMU cannot load the state;
+   * UnsupportedCapabilityError for a restore without memory; AbortedError when `signal` fires;
+   * nothing is left running, on disk or in tmpfs.
    */
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<VmSandbox> {
     const host = await this.host();
