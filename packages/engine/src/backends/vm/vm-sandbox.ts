@@ -9,6 +9,7 @@ import { CleanupError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { childChannel, CleanupFailures, singleFlight } from "../_teardown.js";
 import type { BackendSnapshot, LaunchedSandbox, ReapRecord, SnapshotCapture } from "../types.js";
 import type { SandboxRam } from "./ram-file.js";
+import { z } from "zod";
 import type { ExitStatus, VmProcess } from "./vm-process.js";
 import { captureVm, type DeviceHeader } from "./vm-snapshot.js";
 
@@ -16,6 +17,8 @@ import { captureVm, type DeviceHeader } from "./vm-snapshot.js";
 const STATS_TIMEOUT_MS = 10_000;
 /** How long QEMU may take to answer `stop` / `cont` on its monitor, ms. */
 const QMP_TIMEOUT_MS = 10_000;
+const runStateSchema = z.object({ status: z.string().max(64), running: z.boolean() });
+
 /** Deadline for a whole snapshot (device state saved, RAM and work disk copied), ms. */
 const SNAPSHOT_TIMEOUT_MS = 120_000;
 
@@ -111,6 +114,15 @@ export class VmSandbox implements LaunchedSandbox {
   /** What QEMU printed on stderr (its own errors), at most 4 KiB. */
   qemuStderr(): string {
     return this.parts.vm.stderr();
+  }
+
+  /**
+   * QEMU's run state (QMP `query-status`): `running`, `paused`, or `postmigrate` for a VM paused
+   * when a snapshot was taken (a resume runs it again).
+   */
+  async runState(): Promise<{ status: string; running: boolean }> {
+    const qmp = await this.parts.vm.qmp(QMP_TIMEOUT_MS);
+    return runStateSchema.parse(await qmp.execute("query-status", undefined, { timeoutMs: QMP_TIMEOUT_MS }));
   }
 
   /** pid of the jail's top process (the prelude, then setpriv, then bubblewrap). */

@@ -141,6 +141,19 @@ describe("VM snapshots", { timeout: 1_800_000, skip: !existsSync(join(IMAGES, "r
     const later = await waitCounterAbove(client, before.n + 5);
     assert.equal(later.pid, before.pid);
     assert.equal(await sh(client, "echo x > /work/after && cat /work/after"), "x\n");
+
+    // A paused sandbox stays paused through a snapshot, and resumes with a writable disk.
+    await client.quiesce(30_000);
+    await sandbox.pause();
+    const pausedDir = await mkdtemp(join(root, "snap-paused-"));
+    await sandbox.snapshot({ memory: true, dir: pausedDir });
+    assert.deepEqual(await sandbox.runState(), { status: "postmigrate", running: false });
+    await sandbox.resume();
+    await client.resumeAfterQuiesce();
+    const resumed = await waitCounterAbove(client, later.n);
+    assert.equal(resumed.pid, before.pid);
+    assert.equal(await sh(client, "echo y >> /work/after && cat /work/after"), "x\ny\n");
+    await rm(pausedDir, { recursive: true, force: true });
   });
 
   it("restores continue the snapshot's processes from its memory, and two restores diverge", async () => {
