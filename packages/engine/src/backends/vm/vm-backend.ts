@@ -20,15 +20,13 @@
  */
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
-import { chown, lstat, mkdir, mkdtemp, open, readFile, readdir, rm, stat, type FileHandle } from "node:fs/promises";
+import { chown, lstat, open, readFile, readdir, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, type Sha256Digest, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
-import { AgentClient } from "../../agent/client.js";
-import { childChannel } from "../_teardown.js";
 import { killIfSame, listProcessesWithId, readProcStat, sendSignal, waitForExit } from "../../_internal/proc.js";
 import { findExecutable } from "../namespace/probe.js";
 import { SANDBOX_UID_BASE, SANDBOX_UID_SPAN, SandboxUidAllocator } from "../namespace/uid.js";
-import type { Backend, BackendSnapshot, LaunchSpec, ProbeCheck, ProbeResult, ReapRecord } from "../types.js";
+import type { Backend, LaunchSpec, ProbeCheck, ProbeResult, ReapRecord } from "../types.js";
 import { trustRequest, type GuestLimits } from "./control.js";
 import { buildExt4Image, createWorkDisk, verifyDiskOnce } from "./disk.js";
 import { AGENT_DISK_LABEL, AGENT_START_LINE, ROOT_DISK_LABEL, WORK_DISK_LABEL } from "./init-script.js";
@@ -37,9 +35,11 @@ import { jailDeviceGroups, jailedDeviceAccess, qemuJailFiles, type JailFile } fr
 import { STATE_FD } from "./qemu.js";
 import { restoreVmState } from "./snapshot-io.js";
 import { SavedVmStore, hashFile, qemuIdentity, shapeKey, type SavedVm, type VmShape } from "./snapshots.js";
-import type { SnapshotStore, StoredSnapshot } from "../../store/snapshot-store.js";
+import type { SnapshotShape } from "../../store/manifest.js";
+import type { SnapshotStore } from "../../store/snapshot-store.js";
+import { BootSnapshots, type OpenedBootSnapshot } from "./boot-snapshots.js";
 import { DEFAULT_RAM_ROOT, copySparse, makeSandboxRam, removeSandboxRam, sweepSandboxRam, type SandboxRam } from "./ram-file.js";
-import { captureVm, readDeviceHeader, type DeviceHeader } from "./vm-snapshot.js";
+import { backendShape, captureVm, deviceHeader, readDeviceHeader, warmUp } from "./vm-snapshot.js";
 import type { VerityInfo } from "./verity/index.js";
 import { VmProcess, vmQemuArgs, type SpawnVmOptions, type VmHostFiles } from "./vm-process.js";
 import { buildGuestHelper } from "./guest-helper.js";
@@ -60,8 +60,6 @@ const CONTROL_TIMEOUT_MS = 15_000;
 const QMP_TIMEOUT_MS = 15_000;
 const SAVE_TIMEOUT_MS = 120_000;
 const RESTORE_TIMEOUT_MS = 60_000;
-/** Execs run in a VM about to be saved, so their code paths are warm in every restore. */
-const WARM_UP_EXECS = 2;
 /** How long a VM about to be saved waits for its guest to report the memory it freed, ms. */
 const FREE_PAGE_REPORT_WAIT_MS = 3_000;
 
@@ -108,9 +106,6 @@ export interface VmBackendOptions {
   readonly snapshots?: SnapshotStore;
 }
 
-/** A boot snapshot unused this long is removed by the store's sweep, s. */
-export const BOOT_SNAPSHOT_UNUSED_SECONDS = 7 * 24 * 60 * 60;
-
 /** The verity parameters the guest needs for a disk whose hash tree follows its data. */
 function verityParams(info: VerityInfo): VerityParams {
   return {
@@ -122,42 +117,20 @@ function verityParams(info: VerityInfo): VerityParams {
 }
 
 
-/**
- * Runs the agent's exec path once in a VM about to be saved, then quiesces the agent: the code a
- * first exec runs (the agent's handlers, compiled by the guest's JavaScript engine; the guest
- * kernel's paths for fork, exec and the pipes) is then warm in every restore's memory. A restore
- * sends the start line, and the agent drops this session and says hello on the new channel.
- */
-async function warmUp(vm: VmProcess): Promise<void> {
-  vm.child.stdin!.write(AGENT_START_LINE);
-  const client = await AgentClient.connect(childChannel(vm.child, "the saved VM's QEMU"), { helloTimeoutMs: CONTROL_TIMEOUT_MS * 4, requestTimeoutMs: CONTROL_TIMEOUT_MS * 4, label: vm.label });
-  client.closed.catch(() => undefined);
-  for (let i = 0; i < WARM_UP_EXECS; i++) {
-    const proc = await client.exec(
-      { argv: ["/bin/sh", "-c", "echo warm"], env: { PATH: "/usr/bin:/bin" }, cwd: "/work", timeoutMs: CONTROL_TIMEOUT_MS * 4, killGraceMs: 1_000, maxOutputBytes: 1024 },
-      { openStdin: false, output: { onStdout: () => undefined, onStderr: () => undefined } },
-    );
-    const exit = await proc.exit;
-    if (exit.exitCode !== 0) throw new AdmissionError(`The saved VM's warm-up exec exited with ${exit.exitCode}`);
-  }
-  await client.quiesce(CONTROL_TIMEOUT_MS * 4);
-}
-
-/** What a device state of a VM of `p` records (vm-snapshot.ts). */
-function deviceHeader(p: Prepared): DeviceHeader {
-  return { argsDigest: p.shape.argsDigest, rootDiskKey: p.shape.rootDiskKey, agentDiskKey: p.shape.agentDiskKey, guestUid: p.shape.guestUid, accel: p.shape.accel };
-}
-
-/** The shape a snapshot of a VM of `p` records, and a restore must match. */
-function backendShape(p: Prepared): BackendSnapshot["shape"] {
-  const initramfs = /^([0-9a-f]{64})\.cpio\.gz$/.exec(basename(p.shape.initrdPath))?.[1];
+/** What the snapshot store records as a boot snapshot's shape. */
+function storeShape(spec: LaunchSpec, p: Prepared): SnapshotShape {
+  const shape = backendShape(p.shape);
+  // The image's digest when the launch names one; else a digest of the image disk's key.
+  const imageDigest = /^sha256:[0-9a-f]{64}$/.test(spec.rootfsDigest ?? "") ? spec.rootfsDigest! : `sha256:${createHash("sha256").update(p.shape.rootDiskKey).digest("hex")}`;
   return {
-    kernelDigest: /^[0-9a-f]{64}$/.test(p.shape.kernelDigest) ? `sha256:${p.shape.kernelDigest}` : p.shape.kernelDigest,
-    initramfsDigest: initramfs !== undefined ? `sha256:${initramfs}` : p.shape.initrdPath,
-    // QEMU's identity (path, size, mtime) as a short label.
-    qemu: createHash("sha256").update(p.shape.qemu).digest("hex"),
+    tier: p.config.accel === "kvm" ? "vm-hardware" : "vm-emulated",
+    imageDigest: imageDigest as Sha256Digest,
+    ...(shape.kernelDigest !== undefined ? { kernelDigest: shape.kernelDigest as Sha256Digest } : {}),
+    ...(shape.initramfsDigest !== undefined ? { initramfsDigest: shape.initramfsDigest as Sha256Digest } : {}),
+    ...(shape.qemu !== undefined ? { qemu: shape.qemu } : {}),
     cpus: p.shape.cpus,
     memoryMiB: p.shape.memoryMiB,
+    workMiB: p.shape.workMiB,
   };
 }
 
@@ -201,8 +174,8 @@ interface Restore {
   readonly device: FileHandle;
   readonly work: FileHandle;
   readonly saved?: SavedVm;
-  /** A boot snapshot in the snapshot store: marked used after a launch, removed when it does not load. */
-  readonly boot?: { readonly snap: StoredSnapshot; release(): Promise<void> };
+  /** A boot snapshot in the snapshot store: marked used after a launch, dropped when it does not load. */
+  readonly boot?: OpenedBootSnapshot;
 }
 
 interface BootArtifacts {
@@ -270,8 +243,8 @@ export class VmBackend implements Backend {
   private readonly uids = new SandboxUidAllocator();
   private readonly saved: SavedVmStore;
   private readonly ramRoot: string;
-  /** Boot snapshots being built, by shape key (one build per shape at a time). */
-  private readonly bootBuilds = new Map<string, Promise<StoredSnapshot>>();
+  /** Boot snapshots in the snapshot store, when the engine gave one. */
+  private readonly boots: BootSnapshots | undefined;
 
   constructor(private readonly options: VmBackendOptions) {
     if (!options.cacheRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid cacheRoot "${options.cacheRoot}": must be an absolute path`);
@@ -279,6 +252,7 @@ export class VmBackend implements Backend {
     if (!Number.isInteger(uid) || uid < 1 || uid > 65_534) throw new InvalidArgumentError(`Invalid guestUid "${uid}": must be from 1 to 65534`);
     this.saved = new SavedVmStore(join(options.cacheRoot, "saved"));
     this.ramRoot = options.ramRoot ?? DEFAULT_RAM_ROOT;
+    this.boots = options.snapshots !== undefined ? new BootSnapshots(options.snapshots, join(options.cacheRoot, "boot-builds")) : undefined;
     if (!this.ramRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid ramRoot "${this.ramRoot}": must be an absolute path`);
   }
 
@@ -485,7 +459,7 @@ export class VmBackend implements Backend {
       // has reported is punched out of the RAM file, so the saved RAM holds only what is in use.
       await new Promise((r) => setTimeout(r, FREE_PAGE_REPORT_WAIT_MS));
       const qmp = await vm.qmp(QMP_TIMEOUT_MS);
-      await captureVm({ qmp, ram, workDiskPath: work, dir, header: deviceHeader(p), ...(uid !== undefined ? { socketOwner: uid } : {}), resume: false, timeoutMs: SAVE_TIMEOUT_MS });
+      await captureVm({ qmp, ram, workDiskPath: work, dir, header: deviceHeader(p.shape), ...(uid !== undefined ? { socketOwner: uid } : {}), resume: false, timeoutMs: SAVE_TIMEOUT_MS });
     } finally {
       const stopped = vm === undefined || (await vm.kill());
       await vm?.closeChannels().catch(() => undefined);
@@ -521,8 +495,12 @@ export class VmBackend implements Backend {
     let restore: Restore | undefined;
     if (spec.restore !== undefined) {
       restore = await this.openSnapshot(spec, p);
-    } else if (this.options.savedVms !== false && this.options.snapshots !== undefined) {
-      restore = await this.openBootSnapshot(spec, p, this.options.snapshots, signal);
+    } else if (this.options.savedVms !== false && this.boots !== undefined) {
+      const boot = await this.boots.open(shapeKey(p.shape), deviceHeader(p.shape), async (dir) => {
+        await this.saveVm(p, dir);
+        return storeShape(spec, p);
+      }, signal);
+      restore = { ram: boot.ram, device: boot.device, work: boot.work, boot };
     } else if (this.options.savedVms !== false) {
       const saved = await this.saved.ensure(p.shape, async (dir) => {
         await this.saveVm(p, dir);
@@ -536,7 +514,7 @@ export class VmBackend implements Backend {
         throw err;
       });
       try {
-        await readDeviceHeader(parts.device, deviceHeader(p), `Saved VM "${saved.dir}"`);
+        await readDeviceHeader(parts.device, deviceHeader(p.shape), `Saved VM "${saved.dir}"`);
       } catch (err) {
         await parts.close();
         if (err instanceof SnapshotMismatchError) await this.saved.quarantine(saved).catch(() => undefined);
@@ -547,77 +525,7 @@ export class VmBackend implements Backend {
     try {
       return await this.start(spec, p, restore, checkAbort, signal);
     } finally {
-      await Promise.all([restore?.ram.close(), restore?.device.close(), restore?.work.close(), restore?.boot?.release()].map((c) => c?.catch(() => undefined)));
-    }
-  }
-
-  /**
-   * The boot snapshot of `p`'s shape from the snapshot store (booted and saved when there is
-   * none), materialized and opened: its read-only template is checked by the store before this
-   * use, and its device header here. A boot snapshot that fails is deleted (the next launch of the
-   * shape saves a new one) and its SnapshotMismatchError thrown.
-   */
-  private async openBootSnapshot(spec: LaunchSpec, p: Prepared, store: SnapshotStore, signal: AbortSignal | undefined): Promise<Restore> {
-    const key = shapeKey(p.shape);
-    let snap = await store.findByKey(key);
-    if (snap === undefined) {
-      let pending = this.bootBuilds.get(key);
-      if (pending === undefined) {
-        pending = this.buildBootSnapshot(spec, p, store, key).finally(() => this.bootBuilds.delete(key));
-        this.bootBuilds.set(key, pending);
-      }
-      snap = await pending;
-    }
-    const what = `Boot snapshot ${snap.id}`;
-    const dropBad = async (err: unknown) => {
-      if (err instanceof SnapshotMismatchError) await store.delete(snap.id).catch(() => undefined);
-      throw err;
-    };
-    const materialized = await store.materialize(snap, signal).catch(dropBad);
-    const handles: FileHandle[] = [];
-    try {
-      for (const part of ["ram", "device", "work"] as const) {
-        const path = materialized.parts[part];
-        if (path === undefined) throw new SnapshotMismatchError(`${what} has no ${part} part`);
-        handles.push(await open(path, constants.O_RDONLY | constants.O_NOFOLLOW));
-      }
-      await readDeviceHeader(handles[1]!, deviceHeader(p), what);
-      return { ram: handles[0]!, device: handles[1]!, work: handles[2]!, boot: { snap, release: materialized.release } };
-    } catch (err) {
-      await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
-      await materialized.release();
-      return dropBad(err);
-    }
-  }
-
-  /** Boots and saves a VM of `p`'s shape and stores it as the shape's boot snapshot. */
-  private async buildBootSnapshot(spec: LaunchSpec, p: Prepared, store: SnapshotStore, key: string): Promise<StoredSnapshot> {
-    await mkdir(join(this.options.cacheRoot, "boot-builds"), { recursive: true, mode: 0o700 });
-    const dir = await mkdtemp(join(this.options.cacheRoot, "boot-builds", "build-"));
-    try {
-      await this.saveVm(p, dir);
-      const imageDigest = /^sha256:[0-9a-f]{64}$/.test(spec.rootfsDigest ?? "") ? spec.rootfsDigest! : `sha256:${createHash("sha256").update(p.shape.rootDiskKey).digest("hex")}`;
-      const shape = backendShape(p);
-      return await store.create({
-        parts: { ram: join(dir, "ram"), device: join(dir, "device"), work: join(dir, "work") },
-        shape: {
-          tier: p.config.accel === "kvm" ? "vm-hardware" : "vm-emulated",
-          imageDigest: imageDigest as Sha256Digest,
-          ...(shape.kernelDigest !== undefined ? { kernelDigest: shape.kernelDigest as Sha256Digest } : {}),
-          ...(shape.initramfsDigest !== undefined ? { initramfsDigest: shape.initramfsDigest as Sha256Digest } : {}),
-          ...(shape.qemu !== undefined ? { qemu: shape.qemu } : {}),
-          cpus: p.shape.cpus,
-          memoryMiB: p.shape.memoryMiB,
-          workMiB: p.shape.workMiB,
-        },
-        kind: "boot",
-        source: "vm-backend",
-        retention: { unusedSeconds: BOOT_SNAPSHOT_UNUSED_SECONDS },
-        memory: true,
-        key,
-      });
-    } finally {
-      await rm(dir, { recursive: true, force: true });
+      await Promise.all([restore?.ram.close(), restore?.device.close(), restore?.work.close(), restore?.boot?.close()].map((c) => c?.catch(() => undefined)));
     }
   }
 
@@ -634,7 +542,7 @@ export class VmBackend implements Backend {
     }
     const { ram, device, work } = restore.parts;
     if (ram === undefined || device === undefined || work === undefined) throw new SnapshotMismatchError(`${what}: the snapshot lacks a ram, device or work part`);
-    const mine = backendShape(p);
+    const mine = backendShape(p.shape);
     for (const key of ["kernelDigest", "initramfsDigest", "qemu", "cpus", "memoryMiB"] as const) {
       if (restore.shape[key] !== mine[key]) {
         throw new SnapshotMismatchError(`${what}: it was taken with ${key} "${String(restore.shape[key])}", this host has "${String(mine[key])}"`, {
@@ -651,7 +559,7 @@ export class VmBackend implements Backend {
         handles.push(handle);
         if (!(await handle.stat()).isFile()) throw new SnapshotMismatchError(`${what}: its part "${path}" is not a regular file`);
       }
-      await readDeviceHeader(handles[1]!, deviceHeader(p), what);
+      await readDeviceHeader(handles[1]!, deviceHeader(p.shape), what);
       return { ram: handles[0]!, device: handles[1]!, work: handles[2]! };
     } catch (err) {
       await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
@@ -687,7 +595,7 @@ export class VmBackend implements Backend {
       await this.startAgent(vm, p.limits, spec.restore === undefined ? spec.trustBundlePem : undefined);
       checkAbort();
       if (saved !== undefined) await this.saved.touch(saved);
-      if (restore?.boot !== undefined) await this.options.snapshots?.touch(restore.boot.snap).catch(() => undefined);
+      if (restore?.boot !== undefined) await this.boots?.touch(restore.boot.snap);
       const sandboxUid = uid;
       return new VmSandbox({
         sandboxId: spec.sandboxId,
@@ -695,8 +603,8 @@ export class VmBackend implements Backend {
         ownFiles: [workDisk, ram.dir],
         ram,
         workDiskPath: workDisk,
-        header: deviceHeader(p),
-        shape: backendShape(p),
+        header: deviceHeader(p.shape),
+        shape: backendShape(p.shape),
         ...(uid !== undefined ? { uid } : {}),
         reapRecord: {
           backend: "vm",
@@ -722,7 +630,7 @@ export class VmBackend implements Backend {
       if (ram !== undefined) await rm(ram.dir, { recursive: true, force: true }).catch(() => undefined);
       if (uid !== undefined && stopped) this.uids.release(uid);
       if (err instanceof SnapshotMismatchError && saved !== undefined) await this.saved.quarantine(saved).catch(() => undefined);
-      if (err instanceof SnapshotMismatchError && restore?.boot !== undefined) await this.options.snapshots?.delete(restore.boot.snap.id).catch(() => undefined);
+      if (err instanceof SnapshotMismatchError && restore?.boot !== undefined) await this.boots?.drop(restore.boot.snap);
       if (err instanceof MvmError) throw err;
       if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
       const message = err instanceof Error ? err.message : String(err);
@@ -737,9 +645,17 @@ export class VmBackend implements Backend {
     vm.child.stdin!.write(AGENT_START_LINE);
   }
 
-  /** Drops saved VMs unused for a week, and half-built and quarantined ones older than an hour. */
+  /**
+   * Drops saved VMs unused for a week, half-built and quarantined ones and saves an engine left
+   * (boot snapshots in the store go by the store's own sweep) older than an hour, and RAM
+   * directories no process holds that are older than an hour.
+   */
   async sweep(): Promise<string[]> {
-    return [...(await this.saved.sweep(60 * 60 * 1000, 7 * 24 * 60 * 60 * 1000)), ...(await sweepSandboxRam(this.ramRoot, 60 * 60 * 1000))];
+    return [
+      ...(await this.saved.sweep(60 * 60 * 1000, 7 * 24 * 60 * 60 * 1000)),
+      ...(await sweepSandboxRam(this.ramRoot, 60 * 60 * 1000)),
+      ...((await this.boots?.sweep(60 * 60 * 1000)) ?? []),
+    ];
   }
 
   /**

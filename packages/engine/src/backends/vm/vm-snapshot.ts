@@ -19,15 +19,21 @@
  * refused with SnapshotMismatchError before QEMU starts. QEMU's descriptor is left positioned
  * just past the header.
  */
+import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
-import { join } from "node:path";
-import { InternalError, SnapshotMismatchError } from "@mvm/protocol";
+import { basename, join } from "node:path";
+import { AdmissionError, InternalError, SnapshotMismatchError } from "@mvm/protocol";
+import { AgentClient } from "../../agent/client.js";
+import { childChannel } from "../_teardown.js";
+import type { BackendSnapshot } from "../types.js";
+import { AGENT_START_LINE } from "./init-script.js";
+import type { VmShape } from "./snapshots.js";
 import { z } from "zod";
 import type { QmpClient } from "./qmp.js";
 import { copySparse, type SandboxRam } from "./ram-file.js";
 import { saveVmState } from "./snapshot-io.js";
-import { SAVE_SOCKET_DIR } from "./vm-process.js";
+import { SAVE_SOCKET_DIR, type VmProcess } from "./vm-process.js";
 
 const HEADER_MAGIC = "mvm-vm-device v1 ";
 const MAX_HEADER_BYTES = 4096;
@@ -163,4 +169,47 @@ export async function captureVm(options: CaptureOptions): Promise<CapturedParts>
   }
   if (failed !== undefined) throw failed;
   return { ...parts, wasRunning };
+}
+
+/** Execs run in a VM about to be saved, so their code paths are warm in every restore. */
+const WARM_UP_EXECS = 2;
+const WARM_UP_TIMEOUT_MS = 60_000;
+
+/**
+ * Runs the agent's exec path once in a VM about to be saved, then quiesces the agent: the code a
+ * first exec runs (the agent's handlers, compiled by the guest's JavaScript engine; the guest
+ * kernel's paths for fork, exec and the pipes) is then warm in every restore's memory. A restore
+ * sends the start line, and the agent drops this session and says hello on the new channel.
+ */
+export async function warmUp(vm: VmProcess): Promise<void> {
+  vm.child.stdin!.write(AGENT_START_LINE);
+  const client = await AgentClient.connect(childChannel(vm.child, "the saved VM's QEMU"), { helloTimeoutMs: WARM_UP_TIMEOUT_MS, requestTimeoutMs: WARM_UP_TIMEOUT_MS, label: vm.label });
+  client.closed.catch(() => undefined);
+  for (let i = 0; i < WARM_UP_EXECS; i++) {
+    const proc = await client.exec(
+      { argv: ["/bin/sh", "-c", "echo warm"], env: { PATH: "/usr/bin:/bin" }, cwd: "/work", timeoutMs: WARM_UP_TIMEOUT_MS, killGraceMs: 1_000, maxOutputBytes: 1024 },
+      { openStdin: false, output: { onStdout: () => undefined, onStderr: () => undefined } },
+    );
+    const exit = await proc.exit;
+    if (exit.exitCode !== 0) throw new AdmissionError(`The saved VM's warm-up exec exited with ${exit.exitCode}`);
+  }
+  await client.quiesce(WARM_UP_TIMEOUT_MS);
+}
+
+/** What a device state of a VM of `shape` records. */
+export function deviceHeader(shape: VmShape): DeviceHeader {
+  return { argsDigest: shape.argsDigest, rootDiskKey: shape.rootDiskKey, agentDiskKey: shape.agentDiskKey, guestUid: shape.guestUid, accel: shape.accel };
+}
+
+/** The shape a snapshot of a VM of `shape` records, and a restore must match. */
+export function backendShape(shape: VmShape): BackendSnapshot["shape"] {
+  const initramfs = /^([0-9a-f]{64})\.cpio\.gz$/.exec(basename(shape.initrdPath))?.[1];
+  return {
+    kernelDigest: /^[0-9a-f]{64}$/.test(shape.kernelDigest) ? `sha256:${shape.kernelDigest}` : shape.kernelDigest,
+    initramfsDigest: initramfs !== undefined ? `sha256:${initramfs}` : shape.initrdPath,
+    // QEMU's identity (path, size, mtime) as a short label.
+    qemu: createHash("sha256").update(shape.qemu).digest("hex"),
+    cpus: shape.cpus,
+    memoryMiB: shape.memoryMiB,
+  };
 }
