@@ -86,6 +86,9 @@ describe("VM snapshots", { timeout: 1_800_000, skip: !existsSync(join(IMAGES, "r
     return { sandbox, client };
   };
 
+  /** A launch expected to fail: a sandbox it starts after all is destroyed in `after`. */
+  const tracked = (launched: Promise<VmSandbox>): Promise<VmSandbox> => launched.then((sandbox) => (alive.push(sandbox), sandbox));
+
   before(async () => {
     root = await makeTestRoot("mvm-vmsnap-");
     ramRoot = await mkdtemp("/dev/shm/mvm-vmsnap-test-");
@@ -190,7 +193,7 @@ describe("VM snapshots", { timeout: 1_800_000, skip: !existsSync(join(IMAGES, "r
     for (const shape of [{ ...snapshot.shape, memoryMiB: 512 }, { ...snapshot.shape, kernelDigest: "sha256:0" }]) {
       const s = await spec({ restore: { memory: true, parts: snapshot.parts, shape } });
       const before = await readdir(ramRoot);
-      await assert.rejects(backend.launch(s), SnapshotMismatchError);
+      await assert.rejects(tracked(backend.launch(s)), SnapshotMismatchError);
       assert.deepEqual(await readdir(ramRoot), before);
       assert.deepEqual(await readdir(s.stateDir), []);
     }
@@ -240,7 +243,7 @@ describe("VM snapshots", { timeout: 1_800_000, skip: !existsSync(join(IMAGES, "r
       await file.write(Buffer.from([byte[0]! ^ 0xff]), 0, 1, at);
       const s = await spec();
       const ramBefore = await readdir(ramRoot);
-      await assert.rejects(backend.launch(s), (err: unknown) => err instanceof SnapshotMismatchError && new RegExp(`${part} file`).test(err.message));
+      await assert.rejects(tracked(backend.launch(s)), (err: unknown) => err instanceof SnapshotMismatchError && new RegExp(`${part} file`).test(err.message));
       assert.deepEqual(await readdir(ramRoot), ramBefore, "no RAM file was made");
       assert.deepEqual(await readdir(s.stateDir), [], "no work copy was made, no QEMU ran");
       // Set aside; put it back whole for the next case.
@@ -265,7 +268,7 @@ describe("VM snapshots", { timeout: 1_800_000, skip: !existsSync(join(IMAGES, "r
     copy[20] = copy[20]! ^ 0x01;
     await writeFile(bad, copy);
     const s = await spec({ restore: { memory: true, parts: { ...snapshot.parts, device: bad }, shape: snapshot.shape } });
-    await assert.rejects(backend.launch(s), SnapshotMismatchError);
+    await assert.rejects(tracked(backend.launch(s)), SnapshotMismatchError);
     assert.deepEqual(await readdir(ramRoot), []);
     assert.deepEqual(await readdir(s.stateDir), []);
   });
@@ -311,7 +314,7 @@ describe("VM snapshots", { timeout: 1_800_000, skip: !existsSync(join(IMAGES, "r
     await flip(join(store.root, "chunks", "blake3", ramChunk.slice(0, 2), ramChunk), 100);
     await rm(join(store.root, "templates", hex), { recursive: true, force: true });
     const s = await spec();
-    await assert.rejects(storeBackend.launch(s), SnapshotMismatchError);
+    await assert.rejects(tracked(storeBackend.launch(s)), SnapshotMismatchError);
     assert.deepEqual(await readdir(ramRoot), []);
     assert.deepEqual(await readdir(s.stateDir), []);
     assert.deepEqual(await store.list(), []);
