@@ -57,7 +57,7 @@ function instrument() {
   };
   SavedVmStore.prototype.ensure = async function (...args) {
     const saved = await ensure.apply(this, args);
-    marks.statePath = saved.statePath;
+    marks.statePath = join(saved.dir, "device");
     return saved;
   };
   const undo = () => {

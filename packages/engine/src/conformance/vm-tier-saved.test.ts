@@ -1,6 +1,6 @@
 /**
  * The saved VM every VM sandbox restores is checked against the digest the engine recorded when
- * it saved it, before QEMU reads it: one flipped byte in its state file fails the create with
+ * it saved it, before QEMU reads it: one flipped byte in its device state fails the create with
  * SnapshotMismatchError before anything boots, and the next create saves a fresh one.
  *
  * The engine here has a VM cache of its own (the guest kernel copied from the shared cache, the
@@ -89,7 +89,7 @@ describe("saved VM integrity (vm tier)", { skip, timeout: 1_200_000 }, () => {
     }
   }
 
-  /** The one saved VM's manifest, checked against its state file. */
+  /** The one saved VM's manifest, checked against its part files. */
   async function checkManifest(): Promise<string> {
     const [key, ...others] = await savedKeys();
     assert.ok(key !== undefined && others.length === 0, `saved VMs: ${await tree(savedRoot())}`);
@@ -98,19 +98,19 @@ describe("saved VM integrity (vm tier)", { skip, timeout: 1_200_000 }, () => {
     assert.equal((await stat(manifestPath)).mode & 0o777, 0o600);
     assert.equal((await stat(dir)).mode & 0o777, 0o700);
     const manifest = JSON.parse(await readFile(manifestPath, "utf8")) as unknown;
-    const state = join(dir, "state");
-    assert.deepEqual(manifest, { version: 1, shapeKey: key, state: { bytes: (await stat(state)).size, digest: `sha256:${await sha256File(state)}` } });
+    const part = async (name: string) => ({ bytes: (await stat(join(dir, name))).size, digest: `sha256:${await sha256File(join(dir, name))}` });
+    assert.deepEqual(manifest, { version: 2, shapeKey: key, parts: { ram: await part("ram"), device: await part("device"), work: await part("work") } });
     return key;
   }
 
-  test("one flipped byte in the saved VM's state is SnapshotMismatchError before anything boots, and the next create saves a fresh one", async () => {
+  test("one flipped byte in the saved VM's device state is SnapshotMismatchError before anything boots, and the next create saves a fresh one", async () => {
     // The first create boots and saves; the second restores what was saved, verified.
     await createAndRun();
     await createAndRun();
     const [key, ...others] = await savedKeys();
     assert.ok(key !== undefined && others.length === 0, `saved VMs: ${await tree(savedRoot())}`);
 
-    const statePath = join(savedRoot(), key, "state");
+    const statePath = join(savedRoot(), key, "device");
     const fh = await open(statePath, "r+");
     try {
       const offset = Math.floor((await fh.stat()).size / 2);

@@ -76,10 +76,11 @@ describe("vm tier", { skip, timeout: 900_000 }, () => {
       assert.match(status, /^Seccomp:\s+2$/m);
       assert.match(status, /^CapEff:\s+0+$/m);
       const root = `/proc/${pid}/root`;
-      for (const hostPath of ["/etc/shadow", "/etc/passwd", "/root", "/home", "/var/lib/mvm", "/proc/1", t.stateDir, sharedImagesDir()]) {
+      for (const hostPath of ["/etc/shadow", "/etc/passwd", "/root", "/home", "/var/lib/mvm", "/proc/1", "/dev/shm/mvm-vm", t.stateDir, sharedImagesDir()]) {
         assert.equal(existsSync(join(root, hostPath)), false, `${hostPath} is visible to QEMU`);
       }
-      assert.deepEqual((await readdir(join(root, "vm"))).sort(), ["initrd", "vmlinuz"]);
+      // Its own guest RAM file and save directory (nothing else of tmpfs), kernel and initramfs.
+      assert.deepEqual((await readdir(join(root, "vm"))).sort(), ["initrd", "ram", "save", "vmlinuz"]);
     } finally {
       await t.engine.killSandbox(info.id);
     }

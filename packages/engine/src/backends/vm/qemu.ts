@@ -19,7 +19,7 @@ import { AGENT_PORT_NAME, CONTROL_PORT_NAME, RELAY_PORT_NAME } from "./init-scri
  *   3     serial console                        14    the egress relay port
  *   4     control port
  *   5     QMP monitor
- *   6     saved state (restores only)
+ *   6     saved state (restores only)         15    the guest RAM file (bound at /vm/ram)
  */
 export const CONSOLE_FD = 3;
 /** The guest init's control port. */
@@ -62,8 +62,9 @@ export interface QemuVmConfig {
    */
   readonly tscKhz?: number;
   /**
-   * Guest RAM backed by this file (`memory-backend-file`): `shared` for the VM whose state is
-   * saved (its RAM then lives in the file), private copy-on-write for restored VMs.
+   * Guest RAM backed by this file (`memory-backend-file`). `shared`: guest writes go to the file
+   * (the vm backend's choice: each sandbox has a file of its own, ram-file.ts); otherwise a
+   * private copy-on-write mapping of it.
    */
   readonly ramFile?: { readonly path: string; readonly shared: boolean };
   /** Start paused, loading state from STATE_FD once QMP says so (`-incoming defer`). */

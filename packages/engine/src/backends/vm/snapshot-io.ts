@@ -15,7 +15,8 @@
  *
  * With `ignoreShared`, guest RAM that lives in a shared memory backend
  * (`memory-backend-file,share=on`) is left out of the stream: the RAM file itself is the memory
- * image, and a restoring VM maps it privately (copy-on-write, `share=off`).
+ * image. The vm backend copies it while the VM is still stopped, and restores onto a copy of its
+ * own mapped the same way (ram-file.ts, vm-snapshot.ts).
  */
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
@@ -70,6 +71,8 @@ export interface SaveVmStateOptions {
   readonly qemuSocketParentDir?: string;
   /** Owner given to the socket directory and socket, for a QEMU that runs as another uid. */
   readonly socketOwner?: { readonly uid: number; readonly gid: number };
+  /** Bytes written before the stream (counted in `bytes` and `digest`, not in `maxBytes`). */
+  readonly header?: Uint8Array;
 }
 
 export interface SavedVmState {
@@ -183,8 +186,8 @@ function byteCap(maxBytes: number, counted: { bytes: number; readonly hash: Retu
 /**
  * Stops the VM (when running) and saves its state to `options.path`, returning its size and the
  * sha256 of the bytes written (hashed as they pass, not read back). The VM stays stopped
- * (QEMU's state `postmigrate`); the caller ends it, and must never resume it when `ignoreShared`
- * is set: the RAM file is then part of the snapshot. Throws InternalError with QEMU's reason
+ * (QEMU's state `postmigrate`); with `ignoreShared` the RAM file is part of the snapshot, so the
+ * caller copies it before it resumes the VM (`cont`) or ends it. Throws InternalError with QEMU's reason
  * when the migration fails, TransportError when the stream exceeds `maxBytes` or QMP breaks,
  * TimeoutError / AbortedError; no file is left behind on failure.
  * @example
@@ -201,8 +204,19 @@ export async function saveVmState(qmp: QmpClient, options: SaveVmStateOptions): 
   await call(qmp, signal, z.unknown(), "migrate-set-capabilities", { capabilities: capabilities(options.ignoreShared ?? false) });
 
   const tmpPath = join(dirname(options.path), `.${basename(options.path)}.${randomBytes(6).toString("hex")}.tmp`);
+  const file = await open(tmpPath, "wx", 0o600);
+  const counted = { bytes: 0, hash: createHash("sha256") };
+  if (options.header !== undefined && options.header.length > 0) {
+    await file.write(options.header).catch(async (err: unknown) => {
+      await file.close();
+      await rm(tmpPath, { force: true });
+      throw err;
+    });
+    counted.hash.update(options.header);
+  }
+  const headerBytes = options.header?.length ?? 0;
   // The stream owns the handle and closes it when it finishes or is destroyed.
-  const out = (await open(tmpPath, "wx", 0o600)).createWriteStream();
+  const out = file.createWriteStream();
   const closeOut = async () => {
     if (!out.closed) {
       const closed = once(out, "close");
@@ -216,7 +230,6 @@ export async function saveVmState(qmp: QmpClient, options: SaveVmStateOptions): 
     await rm(tmpPath, { force: true });
     throw new InternalError(`${what}: cannot listen for the migration stream`, { cause: err });
   });
-  const counted = { bytes: 0, hash: createHash("sha256") };
   let renamed = false;
   let migrating = false;
   try {
@@ -243,7 +256,7 @@ export async function saveVmState(qmp: QmpClient, options: SaveVmStateOptions): 
     await rename(tmpPath, options.path);
     renamed = true;
     const digest = `sha256:${counted.hash.digest("hex")}` as Sha256Digest;
-    return { bytes: counted.bytes, digest, ...(info["total-time"] !== undefined ? { totalTimeMs: info["total-time"] } : {}) };
+    return { bytes: headerBytes + counted.bytes, digest, ...(info["total-time"] !== undefined ? { totalTimeMs: info["total-time"] } : {}) };
   } catch (err) {
     if (signal.aborted && !(err instanceof InternalError)) throw abortReason(signal, what);
     if (err instanceof TransportError || err instanceof InternalError || err instanceof TimeoutError || err instanceof AbortedError) throw err;

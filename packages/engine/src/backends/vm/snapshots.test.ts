@@ -1,5 +1,5 @@
 /**
- * SavedVmStore on a real directory tree (builds are scripted: no QEMU), and copyWorkDisk on real
+ * SavedVmStore on a real directory tree (builds are scripted: no QEMU), and copySparse on real
  * sparse files.
  */
 import assert from "node:assert/strict";
@@ -10,8 +10,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { InternalError, type Sha256Digest, SnapshotMismatchError } from "@mvm/protocol";
-import { encodeSavedVmManifest } from "./snapshot-manifest.js";
-import { SavedVmStore, type SavedStateRecord, type SavedVm, type VmShape, copyWorkDisk, shapeKey } from "./snapshots.js";
+import { copySparse } from "./ram-file.js";
+import { SAVED_VM_MANIFEST_VERSION, type SavedPartRecord, type SavedVmManifest, encodeSavedVmManifest } from "./snapshot-manifest.js";
+import { SavedVmStore, type SavedPartsRecord, type SavedVm, type VmShape, shapeKey } from "./snapshots.js";
 
 const MiB = 1024 * 1024;
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -46,30 +47,34 @@ function newStore(): SavedVmStore {
   return new SavedVmStore(join(root, `store${stores++}`));
 }
 
-/** What a build reports for a state file holding `content`. */
-function recordOf(content: string): SavedStateRecord {
+/** What a build reports for a part holding `content`. */
+function recordOf(content: string): SavedPartRecord {
   return { bytes: Buffer.byteLength(content), digest: `sha256:${createHash("sha256").update(content).digest("hex")}` as Sha256Digest };
 }
 
-/** A build that writes both files the store needs and reports its state. */
-async function goodBuild(dir: string): Promise<SavedStateRecord> {
-  await writeFile(join(dir, "state"), "migration stream", { mode: 0o600 });
-  await writeFile(join(dir, "work.img"), "work disk");
-  return recordOf("migration stream");
+const PARTS = { ram: "guest memory", device: "device state", work: "work disk" };
+
+function recordsOf(parts: { ram: string; device: string; work: string }): SavedPartsRecord {
+  return { ram: recordOf(parts.ram), device: recordOf(parts.device), work: recordOf(parts.work) };
+}
+
+/** A build that writes the three parts the store needs and reports them. */
+async function goodBuild(dir: string, parts = PARTS): Promise<SavedPartsRecord> {
+  for (const [name, content] of Object.entries(parts)) await writeFile(join(dir, name), content, { mode: 0o600 });
+  return recordsOf(parts);
 }
 
 /** Writes a whole saved VM of `shape` into `dir` as another engine would, manifest included. */
-async function writeSaved(dir: string, shape: VmShape, state: string): Promise<void> {
+async function writeSaved(dir: string, shape: VmShape, device: string): Promise<void> {
   await mkdir(dir, { recursive: true });
-  await writeFile(join(dir, "state"), state, { mode: 0o600 });
-  await writeFile(join(dir, "work.img"), "w");
-  await writeFile(join(dir, "manifest.json"), encodeSavedVmManifest({ version: 1, shapeKey: shapeKey(shape), state: recordOf(state) }), { mode: 0o600 });
+  const parts = { ...PARTS, device };
+  await goodBuild(dir, parts);
+  await writeFile(join(dir, "manifest.json"), encodeSavedVmManifest({ version: SAVED_VM_MANIFEST_VERSION, shapeKey: shapeKey(shape), parts: recordsOf(parts) }), { mode: 0o600 });
 }
 
-/** The paths of the saved VM of SHAPE in `store`. */
-function pathsOf(store: SavedVmStore): Pick<SavedVm, "dir" | "statePath" | "workTemplatePath"> {
-  const dir = join(store.root, shapeKey(SHAPE));
-  return { dir, statePath: join(dir, "state"), workTemplatePath: join(dir, "work.img") };
+/** The directory of the saved VM of SHAPE in `store`. */
+function pathsOf(store: SavedVmStore): Pick<SavedVm, "dir"> {
+  return { dir: join(store.root, shapeKey(SHAPE)) };
 }
 
 /** `saved` without its state file's identity, for comparisons. */
@@ -110,28 +115,30 @@ describe("shapeKey", () => {
 });
 
 describe("SavedVmStore.find", () => {
-  it("finds a directory only when it holds state, work.img and a manifest of its shape that gives the state's size", async () => {
+  it("finds a directory only when it holds ram, device, work and a manifest of its shape that gives their sizes", async () => {
     const store = newStore();
-    const { dir, statePath, workTemplatePath } = pathsOf(store);
+    const { dir } = pathsOf(store);
     assert.equal(await store.find(SHAPE), undefined);
     await mkdir(dir, { recursive: true });
     assert.equal(await store.find(SHAPE), undefined);
-    await writeFile(statePath, "s");
-    await writeFile(workTemplatePath, "w");
-    // An older engine's saved VM: no manifest, so nothing says what its state should be.
+    await goodBuild(dir);
+    // An older engine's saved VM: no manifest, so nothing says what its parts should be.
     assert.equal(await store.find(SHAPE), undefined);
-    const manifest = { version: 1 as const, shapeKey: shapeKey(SHAPE), state: recordOf("s") };
+    const manifest: SavedVmManifest = { version: SAVED_VM_MANIFEST_VERSION, shapeKey: shapeKey(SHAPE), parts: recordsOf(PARTS) };
     await writeFile(join(dir, "manifest.json"), encodeSavedVmManifest(manifest));
-    assert.deepEqual(plain(await store.find(SHAPE)), { dir, statePath, workTemplatePath, manifest });
+    assert.deepEqual(plain(await store.find(SHAPE)), { dir, manifest });
     assert.equal(await store.find({ ...SHAPE, cpus: 2 }), undefined);
-    await rm(workTemplatePath);
-    assert.equal(await store.find(SHAPE), undefined);
-    await writeFile(workTemplatePath, "w");
+    for (const part of ["ram", "device", "work"]) {
+      await rename(join(dir, part), join(dir, `${part}.aside`));
+      assert.equal(await store.find(SHAPE), undefined, `without ${part}`);
+      await rename(join(dir, `${part}.aside`), join(dir, part));
+    }
+    assert.deepEqual(plain(await store.find(SHAPE)), { dir, manifest });
     // A manifest of another shape, another size, another version, or not a manifest at all.
     for (const text of [
       encodeSavedVmManifest({ ...manifest, shapeKey: shapeKey({ ...SHAPE, cpus: 2 }) }),
-      encodeSavedVmManifest({ ...manifest, state: recordOf("ss") }),
-      encodeSavedVmManifest(manifest).replace('"version":1', '"version":2'),
+      encodeSavedVmManifest({ ...manifest, parts: { ...manifest.parts, ram: recordOf("ss") } }),
+      encodeSavedVmManifest(manifest).replace('"version":2', '"version":1'),
       "{}",
       "x".repeat(5000),
     ]) {
@@ -170,16 +177,17 @@ describe("SavedVmStore.ensure", () => {
     const results = await Promise.all(callers);
     assert.equal(builds, 1);
     const { dir } = pathsOf(store);
-    const manifest = { version: 1, shapeKey: shapeKey(SHAPE), state: recordOf("migration stream") };
+    const manifest: SavedVmManifest = { version: SAVED_VM_MANIFEST_VERSION, shapeKey: shapeKey(SHAPE), parts: recordsOf(PARTS) };
     for (const saved of results) assert.deepEqual(plain(saved), { ...pathsOf(store), manifest });
     assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
-    assert.deepEqual((await readdir(dir)).sort(), ["manifest.json", "shape.json", "state", "work.img"]);
+    assert.deepEqual((await readdir(dir)).sort(), ["device", "manifest.json", "ram", "shape.json", "work"]);
     assert.deepEqual(JSON.parse(await readFile(join(dir, "shape.json"), "utf8")), SHAPE);
     assert.deepEqual(JSON.parse(await readFile(join(dir, "manifest.json"), "utf8")), manifest);
     assert.equal((await stat(join(dir, "shape.json"))).mode & 0o777, 0o600);
     assert.equal((await stat(join(dir, "manifest.json"))).mode & 0o777, 0o600);
     assert.equal((await stat(dir)).mode & 0o777, 0o700);
-    assert.equal(await readFile(join(dir, "state"), "utf8"), "migration stream");
+    assert.equal(await readFile(join(dir, "device"), "utf8"), PARTS.device);
+    for (const part of ["ram", "device", "work"]) assert.equal((await stat(join(dir, part))).mode & 0o777, 0o600);
 
     // Stored now: later callers get it without building.
     assert.deepEqual(await store.ensure(SHAPE, build), results[0]);
@@ -205,7 +213,7 @@ describe("SavedVmStore.ensure", () => {
     let builds = 0;
     const failing = async (dir: string) => {
       builds++;
-      await writeFile(join(dir, "state"), "half a stream");
+      await writeFile(join(dir, "device"), "half a stream");
       throw failure;
     };
     const callers = Array.from({ length: 3 }, () => store.ensure(SHAPE, failing));
@@ -233,8 +241,8 @@ describe("SavedVmStore.ensure", () => {
       return record;
     });
     assert.equal(saved.dir, dir);
-    assert.equal(await readFile(saved.statePath, "utf8"), "theirs");
-    assert.deepEqual(saved.manifest.state, recordOf("theirs"));
+    assert.equal(await readFile(join(saved.dir, "device"), "utf8"), "theirs");
+    assert.deepEqual(saved.manifest.parts.device, recordOf("theirs"));
     assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
   });
 
@@ -250,15 +258,15 @@ describe("SavedVmStore.ensure", () => {
     });
     assert.equal(builds, 1);
     assert.equal(saved.dir, dir);
-    assert.equal(await readFile(saved.statePath, "utf8"), "migration stream");
-    assert.deepEqual(saved.manifest.state, recordOf("migration stream"));
+    assert.equal(await readFile(join(saved.dir, "device"), "utf8"), PARTS.device);
+    assert.deepEqual(saved.manifest.parts.device, recordOf(PARTS.device));
     assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
   });
 
-  it("refuses a build whose state file does not have the size it reported, and leaves nothing behind", async () => {
+  it("refuses a build whose part does not have the size it reported, and leaves nothing behind", async () => {
     const store = newStore();
     await assert.rejects(
-      store.ensure(SHAPE, async (tmp) => ({ ...(await goodBuild(tmp)), bytes: 3 })),
+      store.ensure(SHAPE, async (tmp) => ({ ...(await goodBuild(tmp)), ram: recordOf("x") })),
       InternalError,
     );
     assert.deepEqual(await readdir(store.root), []);
@@ -268,27 +276,23 @@ describe("SavedVmStore.ensure", () => {
     const store = newStore();
     const dir = join(store.root, shapeKey(SHAPE));
     await mkdir(dir, { recursive: true });
-    await writeFile(join(dir, "state"), "left over");
+    await writeFile(join(dir, "device"), "left over");
     assert.equal(await store.find(SHAPE), undefined);
-    const saved = await store.ensure(SHAPE, goodBuild);
+    const saved = await store.ensure(SHAPE, (d) => goodBuild(d));
     assert.equal(saved.dir, dir);
     assert.deepEqual(await store.find(SHAPE), saved);
-    assert.equal(await readFile(saved.statePath, "utf8"), "migration stream");
+    assert.equal(await readFile(join(saved.dir, "device"), "utf8"), PARTS.device);
     assert.deepEqual(await readdir(store.root), [shapeKey(SHAPE)]);
   });
 });
 
-describe("SavedVmStore.openVerifiedState and quarantine", () => {
-  const STATE = "a migration stream of some length";
+describe("SavedVmStore.openVerified and quarantine", () => {
+  const LONG = { ram: "guest memory pages of some length", device: "a device state of some length", work: "a work disk of some length" };
 
-  /** A store holding a saved VM of SHAPE whose state is STATE. */
+  /** A store holding a saved VM of SHAPE whose parts are LONG. */
   async function storeWithSaved(): Promise<{ store: SavedVmStore; saved: SavedVm }> {
     const store = newStore();
-    const saved = await store.ensure(SHAPE, async (dir) => {
-      await writeFile(join(dir, "state"), STATE, { mode: 0o600 });
-      await writeFile(join(dir, "work.img"), "w");
-      return recordOf(STATE);
-    });
+    const saved = await store.ensure(SHAPE, (dir) => goodBuild(dir, LONG));
     return { store, saved };
   }
 
@@ -301,63 +305,89 @@ describe("SavedVmStore.openVerifiedState and quarantine", () => {
     };
   }
 
-  it("returns the state opened read-only, checked, with its offset at the start (what QEMU reads next)", async () => {
+  it("returns the parts opened read-only, checked, the device state's offset at the start (what QEMU reads next)", async () => {
     const { store, saved } = await storeWithSaved();
-    const handle = await store.openVerifiedState(saved);
+    const parts = await store.openVerified(saved);
     try {
       const buffer = Buffer.alloc(64);
       // A read at the descriptor's own offset, as QEMU's is: it starts at byte 0.
-      const n = readSync(handle.fd, buffer, 0, buffer.length, null);
-      assert.equal(buffer.subarray(0, n).toString(), STATE);
-      await assert.rejects(handle.write("x"), { code: "EBADF" });
+      const n = readSync(parts.device.fd, buffer, 0, buffer.length, null);
+      assert.equal(buffer.subarray(0, n).toString(), LONG.device);
+      for (const handle of [parts.ram, parts.device, parts.work]) await assert.rejects(handle.write("x"), { code: "EBADF" });
     } finally {
-      await handle.close();
+      await parts.close();
     }
   });
 
-  it("refuses a state with any one byte flipped, or cut, or extended: SnapshotMismatchError", async () => {
-    for (let i = 0; i < STATE.length; i += 7) {
-      const { store, saved } = await storeWithSaved();
-      const flipped = Buffer.from(STATE);
-      flipped[i] = flipped[i]! ^ 0x01;
-      await writeFile(saved.statePath, flipped);
-      await assert.rejects(store.openVerifiedState(saved), mismatch(/does not match the digest recorded/));
-    }
-    for (const changed of [STATE.slice(0, -1), `${STATE}x`, ""]) {
-      const { store, saved } = await storeWithSaved();
-      await writeFile(saved.statePath, changed);
-      await assert.rejects(store.openVerifiedState(saved), mismatch(/does not match the digest recorded/));
+  it("refuses a part with any one byte flipped, or cut, or extended: SnapshotMismatchError", async () => {
+    for (const part of ["ram", "device", "work"] as const) {
+      for (let i = 0; i < LONG[part].length; i += 9) {
+        const { store, saved } = await storeWithSaved();
+        const flipped = Buffer.from(LONG[part]);
+        flipped[i] = flipped[i]! ^ 0x01;
+        await writeFile(join(saved.dir, part), flipped);
+        await assert.rejects(store.openVerified(saved), mismatch(new RegExp(`its ${part} file does not match the digest recorded`)));
+      }
+      for (const changed of [LONG[part].slice(0, -1), `${LONG[part]}x`, ""]) {
+        const { store, saved } = await storeWithSaved();
+        await writeFile(join(saved.dir, part), changed);
+        await assert.rejects(store.openVerified(saved), mismatch(/does not match the digest recorded/));
+      }
     }
   });
 
-  it("refuses a state file that others may write, that is a symlink, or that is gone", async () => {
-    const groupWritable = await storeWithSaved();
-    await chmod(groupWritable.saved.statePath, 0o620);
-    await assert.rejects(groupWritable.store.openVerifiedState(groupWritable.saved), mismatch(/engine alone can write/));
+  it("checks ram and work once, then that they are the same unchanged files; a change is caught", async () => {
+    const { store, saved } = await storeWithSaved();
+    await (await store.openVerified(saved)).close();
+    // Modified in place after the first check: the write changes the file's ctime.
+    const ram = join(saved.dir, "ram");
+    const flipped = Buffer.from(LONG.ram);
+    flipped[0] = flipped[0]! ^ 0x01;
+    await new Promise((r) => setTimeout(r, 20));
+    const file = await open(ram, "r+");
+    await file.write(flipped, 0, 1, 0);
+    await file.close();
+    await assert.rejects(store.openVerified(saved), mismatch(/its ram file does not match/));
+    // Put back: checked again in full, and accepted.
+    await writeFile(ram, LONG.ram);
+    await (await store.openVerified(saved)).close();
+    // Replaced by another file with the same bytes: a new identity, checked again, accepted.
+    await writeFile(`${ram}.new`, LONG.ram, { mode: 0o600 });
+    await rename(`${ram}.new`, ram);
+    await (await store.openVerified(saved)).close();
+  });
 
-    const linked = await storeWithSaved();
-    await rename(linked.saved.statePath, `${linked.saved.statePath}.real`);
-    await symlink(`${linked.saved.statePath}.real`, linked.saved.statePath);
-    await assert.rejects(linked.store.openVerifiedState(linked.saved), mismatch(/cannot open its state file/));
+  it("refuses a part that others may write, that is a symlink, or that is gone", async () => {
+    for (const part of ["ram", "device", "work"]) {
+      const groupWritable = await storeWithSaved();
+      await chmod(join(groupWritable.saved.dir, part), 0o620);
+      await assert.rejects(groupWritable.store.openVerified(groupWritable.saved), mismatch(/engine alone can write/));
 
-    const gone = await storeWithSaved();
-    await rm(gone.saved.statePath);
-    await assert.rejects(gone.store.openVerifiedState(gone.saved), mismatch(/cannot open its state file/));
+      const linked = await storeWithSaved();
+      const path = join(linked.saved.dir, part);
+      await rename(path, `${path}.real`);
+      await symlink(`${path}.real`, path);
+      await assert.rejects(linked.store.openVerified(linked.saved), mismatch(new RegExp(`cannot open its ${part} file`)));
+
+      const gone = await storeWithSaved();
+      await rm(join(gone.saved.dir, part));
+      await assert.rejects(gone.store.openVerified(gone.saved), mismatch(new RegExp(`cannot open its ${part} file`)));
+    }
   });
 
   it("stops reading when the signal fires", async () => {
     const { store, saved } = await storeWithSaved();
-    await assert.rejects(store.openVerifiedState(saved, AbortSignal.abort()), { code: "ABORTED" });
+    await assert.rejects(store.openVerified(saved, AbortSignal.abort()), { code: "ABORTED" });
   });
 
   it("quarantine moves the saved VM aside, so the next ensure saves a new one", async () => {
     const { store, saved } = await storeWithSaved();
-    await writeFile(saved.statePath, "tampered");
+    await writeFile(join(saved.dir, "device"), "tampered");
     await store.quarantine(saved);
     const names = await readdir(store.root);
     assert.equal(names.length, 1);
     assert.match(names[0]!, /^\.quarantine-[0-9a-f]+$/);
-    assert.equal(await readFile(join(store.root, names[0]!, "state"), "utf8"), "tampered");
+    assert.equal(await readFile(join(store.root, names[0]!, "device"), "utf8"), "tampered");
     assert.equal(await store.find(SHAPE), undefined);
     let builds = 0;
     const fresh = await store.ensure(SHAPE, async (dir) => {
@@ -365,7 +395,7 @@ describe("SavedVmStore.openVerifiedState and quarantine", () => {
       return goodBuild(dir);
     });
     assert.equal(builds, 1);
-    await (await store.openVerifiedState(fresh)).close();
+    await (await store.openVerified(fresh)).close();
     // A second quarantine of the old one (another launch saw it fail too) leaves the new one alone.
     await store.quarantine(saved);
     assert.deepEqual(await store.find(SHAPE), fresh);
@@ -415,11 +445,20 @@ describe("SavedVmStore.touch and sweep", () => {
   });
 });
 
-describe("copyWorkDisk", () => {
+describe("copySparse", () => {
   let dir: string;
   before(async () => {
     dir = await mkdtemp(join(root, "disks-"));
   });
+
+  async function copyFrom(template: string, target: string): Promise<void> {
+    const handle = await open(template, "r");
+    try {
+      await copySparse(handle, target);
+    } finally {
+      await handle.close();
+    }
+  }
 
   /** A 64 MiB file with three 4 KiB blocks of data; `sparse` leaves the rest as holes. */
   async function makeDisk(path: string, sparse: boolean): Promise<void> {
@@ -437,7 +476,7 @@ describe("copyWorkDisk", () => {
     const template = join(dir, "sparse.img");
     const target = join(dir, "sparse-copy.img");
     await makeDisk(template, true);
-    await copyWorkDisk(template, target);
+    await copyFrom(template, target);
     const [src, copy] = await Promise.all([stat(template), stat(target)]);
     assert.equal(copy.size, 64 * MiB);
     assert.ok(src.blocks * 512 < 1 * MiB, `template uses ${src.blocks} blocks`);
@@ -449,29 +488,37 @@ describe("copyWorkDisk", () => {
     const template = join(dir, "dense.img");
     const target = join(dir, "dense-copy.img");
     await makeDisk(template, false);
-    await copyWorkDisk(template, target);
+    await copyFrom(template, target);
     const [src, copy] = await Promise.all([stat(template), stat(target)]);
     assert.ok(src.blocks * 512 >= 64 * MiB, `template uses ${src.blocks} blocks`);
     assert.ok(copy.blocks * 512 < 1 * MiB, `copy uses ${copy.blocks} blocks`);
     assert.ok((await readFile(template)).equals(await readFile(target)));
   });
 
-  it("throws InternalError and leaves no target when the template is missing", async () => {
-    const target = join(dir, "missing-copy.img");
-    await assert.rejects(copyWorkDisk(join(dir, "no-such.img"), target), (err) => {
-      assert.ok(err instanceof InternalError, `got ${String(err)}`);
-      assert.ok(err.message.includes(target));
-      assert.ok(err.cause instanceof Error);
-      return true;
-    });
-    await assert.rejects(stat(target), { code: "ENOENT" });
+  it("copies the file its descriptor is open on, whatever its path names now", async () => {
+    const template = join(dir, "moved.img");
+    const target = join(dir, "moved-copy.img");
+    await writeFile(template, "the original");
+    const handle = await open(template, "r");
+    try {
+      await rm(template);
+      await writeFile(template, "a replacement");
+      await copySparse(handle, target);
+    } finally {
+      await handle.close();
+    }
+    assert.equal(await readFile(target, "utf8"), "the original");
   });
 
   it("throws InternalError when the target's directory is missing", async () => {
     const template = join(dir, "small.img");
     await writeFile(template, "x");
     const target = join(dir, "no-such-dir", "copy.img");
-    await assert.rejects(copyWorkDisk(template, target), InternalError);
+    await assert.rejects(copyFrom(template, target), (err) => {
+      assert.ok(err instanceof InternalError, `got ${String(err)}`);
+      assert.ok(err.message.includes(target));
+      return true;
+    });
     await assert.rejects(stat(target), { code: "ENOENT" });
   });
 });

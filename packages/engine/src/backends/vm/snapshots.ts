@@ -4,18 +4,24 @@
  * restore it instead of booting.
  *
  * Layout, under `root/<sha256 of the shape>/` (files 0600, owned by the engine; the directory 0700
- * once saved, 0711 while it is built so a jailed QEMU can reach the socket directory it is given):
+ * once saved, 0711 while it is built):
  *
- *   state         QEMU's migration stream (device state and guest RAM)
- *   manifest.json what the engine recorded when it saved `state`: its size and sha256
- *   work.img      the work disk as the saved guest left it (mounted, empty); each restore gets a copy
+ *   ram           guest RAM as the saved guest left it (a sparse file of the VM's RAM size)
+ *   device        QEMU's device state, saved with x-ignore-shared (no RAM in it)
+ *   work          the work disk as the saved guest left it (mounted, empty)
+ *   manifest.json what the engine recorded when it saved them: each part's size and sha256
  *   shape.json    the shape, for people reading the directory
  *
+ * A restore copies `ram` and `work` sparsely into files of its own and hands QEMU the device
+ * state; no file of the saved VM is ever given to QEMU writable.
+ *
  * A saved VM is built in `root/.build-<random>/` and renamed into place, so a directory that exists
- * is complete. A directory without a valid manifest for its shape (half-copied, or left by an engine
- * that wrote none) is not used: the next sandbox of that shape saves a new one over it. Every
- * restore reads the state through the descriptor QEMU gets and compares it with the manifest first
- * (`openVerifiedState`); a saved VM that fails is moved aside to `root/.quarantine-<random>/`.
+ * is complete. A directory without a valid manifest for its shape is not used: the next sandbox of
+ * that shape saves a new one over it. `openVerified` checks every part against the manifest the
+ * first time this process uses the saved VM (sha256 of every byte), and afterwards checks that
+ * each file is still the one checked (same inode, size, mtime and ctime: any write changes ctime);
+ * the device state, which QEMU parses, is hashed on every use. A saved VM that fails is moved aside
+ * to `root/.quarantine-<random>/`.
  *
  * Nothing secret is in it: the agent has not started a session, and every restore gets a fresh RNG
  * seed from the host before its agent says hello.
@@ -28,7 +34,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { AbortedError, InternalError, type Sha256Digest, SnapshotMismatchError } from "@mvm/protocol";
 import { readSmallFile, writeFileAtomic } from "../../store/atomic.js";
-import { decodeSavedVmManifest, encodeSavedVmManifest, type SavedVmManifest } from "./snapshot-manifest.js";
+import { SAVED_VM_MANIFEST_VERSION, SAVED_VM_PARTS, decodeSavedVmManifest, encodeSavedVmManifest, type SavedPartRecord, type SavedVmManifest, type SavedVmPart } from "./snapshot-manifest.js";
 
 const run = promisify(execFile);
 
@@ -52,31 +58,33 @@ export interface VmShape {
 
 export interface SavedVm {
   readonly dir: string;
-  readonly statePath: string;
-  readonly workTemplatePath: string;
-  /** What the engine recorded when it saved the state. */
+  /** What the engine recorded when it saved the parts. */
   readonly manifest: SavedVmManifest;
-  /** The state file's identity when it was found (`quarantine` moves only this one aside). */
+  /** The device state file's identity when it was found (`quarantine` moves only this one aside). */
   readonly stateId: { readonly dev: number; readonly ino: number };
 }
 
-/** What a build reports of the state file it wrote. */
-export interface SavedStateRecord {
-  /** Size, bytes. */
-  readonly bytes: number;
-  /** sha256 of the bytes written. */
-  readonly digest: Sha256Digest;
+/** What a build reports of the parts it wrote (`ram`, `device`, `work` in its directory). */
+export type SavedPartsRecord = Readonly<Record<SavedVmPart, SavedPartRecord>>;
+
+/** The parts of a saved VM opened read-only and checked; the caller closes them. */
+export interface VerifiedParts {
+  readonly ram: FileHandle;
+  /** Positioned at 0: what QEMU reads next. */
+  readonly device: FileHandle;
+  readonly work: FileHandle;
+  close(): Promise<void>;
 }
 
 /** The manifest's name in a saved VM's directory. */
 export const MANIFEST_FILE = "manifest.json";
 const MAX_MANIFEST_BYTES = 4096;
-/** Read size while hashing a state file, bytes. */
+/** Read size while hashing a part, bytes. */
 const HASH_CHUNK_BYTES = 4 * 1024 * 1024;
 
 export function shapeKey(shape: VmShape): string {
   const canonical = JSON.stringify(Object.fromEntries(Object.entries(shape).sort(([a], [b]) => a.localeCompare(b))));
-  return createHash("sha256").update(`mvm-saved-vm v1\n${canonical}`).digest("hex");
+  return createHash("sha256").update(`mvm-saved-vm v2\n${canonical}`).digest("hex");
 }
 
 /** The identity of the QEMU binary for `VmShape.qemu`. */
@@ -85,26 +93,64 @@ export async function qemuIdentity(qemuPath: string): Promise<string> {
   return `${qemuPath}:${st.size}:${st.mtimeMs}`;
 }
 
+/** A file's identity: any write to it, or a new file in its place, changes it. */
+function identity(st: { dev: number; ino: number; size: number; mtimeMs: number; ctimeMs: number }): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+}
+
+/**
+ * Reads the file open on `handle` through it (positioned reads: its offset stays 0) and returns
+ * its size and sha256. Throws AbortedError when `signal` fires.
+ */
+export async function hashHandle(handle: FileHandle, what: string, signal?: AbortSignal): Promise<SavedPartRecord> {
+  const hash = createHash("sha256");
+  const buffer = Buffer.allocUnsafe(HASH_CHUNK_BYTES);
+  let bytes = 0;
+  for (;;) {
+    if (signal?.aborted) throw new AbortedError(`${what}: checking it was aborted`, { cause: signal.reason });
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, bytes);
+    if (bytesRead === 0) break;
+    hash.update(buffer.subarray(0, bytesRead));
+    bytes += bytesRead;
+  }
+  return { bytes, digest: `sha256:${hash.digest("hex")}` as Sha256Digest };
+}
+
+/** sha256 and size of the file at `path`. */
+export async function hashFile(path: string, signal?: AbortSignal): Promise<SavedPartRecord> {
+  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    return await hashHandle(handle, `"${path}"`, signal);
+  } finally {
+    await handle.close();
+  }
+}
+
 export class SavedVmStore {
   readonly #building = new Map<string, Promise<SavedVm>>();
+  /** Per saved VM directory: the identities of its ram and work files when they were last hashed. */
+  readonly #verified = new Map<string, { ram: string; work: string }>();
 
   constructor(readonly root: string) {}
 
   /**
-   * The saved VM of `shape` when one is stored whole: its state, its work disk and a manifest
-   * that decodes, names this shape and gives the state's current size. Anything else is not a
-   * saved VM the engine made, and is treated as absent.
+   * The saved VM of `shape` when one is stored whole: its parts and a manifest that decodes, names
+   * this shape and gives each part's current size. Anything else is not a saved VM the engine
+   * made, and is treated as absent.
    */
   async find(shape: VmShape): Promise<SavedVm | undefined> {
     const key = shapeKey(shape);
     const dir = join(this.root, key);
-    const statePath = join(dir, "state");
-    const workTemplatePath = join(dir, "work.img");
     try {
-      const [text, state] = await Promise.all([readSmallFile(join(dir, MANIFEST_FILE), MAX_MANIFEST_BYTES), lstat(statePath), stat(workTemplatePath)]);
+      const [text, ...parts] = await Promise.all([readSmallFile(join(dir, MANIFEST_FILE), MAX_MANIFEST_BYTES), ...SAVED_VM_PARTS.map((name) => lstat(join(dir, name)))]);
       const manifest = decodeSavedVmManifest(text.toString("utf8"));
-      if (manifest.shapeKey !== key || !state.isFile() || state.size !== manifest.state.bytes) return undefined;
-      return { dir, statePath, workTemplatePath, manifest, stateId: { dev: state.dev, ino: state.ino } };
+      if (manifest.shapeKey !== key) return undefined;
+      for (const [i, name] of SAVED_VM_PARTS.entries()) {
+        const st = parts[i]!;
+        if (!st.isFile() || st.size !== manifest.parts[name].bytes) return undefined;
+      }
+      const device = parts[1]!;
+      return { dir, manifest, stateId: { dev: device.dev, ino: device.ino } };
     } catch {
       return undefined;
     }
@@ -112,10 +158,10 @@ export class SavedVmStore {
 
   /**
    * The saved VM of `shape`, built with `build(dir)` when missing (once per shape at a time in
-   * this process). `build` fills `dir` with `state` and `work.img` and reports the size and sha256
-   * of the state it wrote, which go into the manifest.
+   * this process). `build` fills `dir` with `ram`, `device` and `work` and reports each one's size
+   * and sha256, which go into the manifest.
    */
-  async ensure(shape: VmShape, build: (dir: string) => Promise<SavedStateRecord>): Promise<SavedVm> {
+  async ensure(shape: VmShape, build: (dir: string) => Promise<SavedPartsRecord>): Promise<SavedVm> {
     const found = await this.find(shape);
     if (found) return found;
     const key = shapeKey(shape);
@@ -127,18 +173,21 @@ export class SavedVmStore {
     return pending;
   }
 
-  async #build(shape: VmShape, key: string, build: (dir: string) => Promise<SavedStateRecord>): Promise<SavedVm> {
+  async #build(shape: VmShape, key: string, build: (dir: string) => Promise<SavedPartsRecord>): Promise<SavedVm> {
     await mkdir(this.root, { recursive: true, mode: 0o711 });
     const tmp = join(this.root, `.build-${randomBytes(6).toString("hex")}`);
     await mkdir(tmp, { mode: 0o711 });
     try {
-      const state = await build(tmp);
-      const written = await lstat(join(tmp, "state"));
-      if (!written.isFile() || written.size !== state.bytes) {
-        throw new InternalError(`Saving a VM in "${tmp}": the state file holds ${written.size} bytes, the save reported ${state.bytes}`);
+      const parts = await build(tmp);
+      for (const name of SAVED_VM_PARTS) {
+        const written = await lstat(join(tmp, name));
+        if (!written.isFile() || written.size !== parts[name].bytes) {
+          throw new InternalError(`Saving a VM in "${tmp}": its ${name} file holds ${written.size} bytes, the save reported ${parts[name].bytes}`);
+        }
+        await chmod(join(tmp, name), 0o600);
       }
       await writeFile(join(tmp, "shape.json"), `${JSON.stringify(shape, null, 2)}\n`, { mode: 0o600 });
-      await writeFileAtomic(join(tmp, MANIFEST_FILE), encodeSavedVmManifest({ version: 1, shapeKey: key, state }), 0o600);
+      await writeFileAtomic(join(tmp, MANIFEST_FILE), encodeSavedVmManifest({ version: SAVED_VM_MANIFEST_VERSION, shapeKey: key, parts }), 0o600);
       await chmod(tmp, 0o700);
       const final = join(this.root, key);
       try {
@@ -146,7 +195,7 @@ export class SavedVmStore {
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== "ENOTEMPTY" && (err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
         if ((await this.find(shape)) === undefined) {
-          // A damaged saved VM (state or work.img missing) is in the way: replace it with this one.
+          // A damaged saved VM (a part missing) is in the way: replace it with this one.
           await rm(final, { recursive: true, force: true });
           await rename(tmp, final);
         } else {
@@ -164,44 +213,51 @@ export class SavedVmStore {
   }
 
   /**
-   * Opens `saved`'s state file read-only and checks it against its manifest by reading it through
-   * the returned descriptor (positioned reads: its offset stays 0), so the bytes checked are the
-   * bytes a QEMU given this descriptor reads. The file must be a regular file of the engine's uid
-   * that no group or other may write. Throws SnapshotMismatchError when it is not, or its size
-   * or sha256 differs from the manifest; AbortedError when `signal` fires while it is read. The
-   * caller closes the handle.
+   * Opens `saved`'s parts read-only and checks them against its manifest through the returned
+   * descriptors, so the bytes checked are the bytes copied or read by QEMU. Each must be a regular
+   * file of the engine's uid that no group or other may write. The device state is hashed every
+   * time; ram and work are hashed the first time and afterwards only checked to be the very files
+   * hashed, unchanged. Throws SnapshotMismatchError when a part is not so, or its size or sha256
+   * differs from the manifest; AbortedError when `signal` fires while they are read.
    */
-  async openVerifiedState(saved: SavedVm, signal?: AbortSignal): Promise<FileHandle> {
+  async openVerified(saved: SavedVm, signal?: AbortSignal): Promise<VerifiedParts> {
     const what = `Saved VM "${saved.dir}"`;
-    const handle = await open(saved.statePath, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: unknown) => {
-      throw new SnapshotMismatchError(`${what}: cannot open its state file`, { cause: err });
-    });
+    const handles: FileHandle[] = [];
+    const close = async () => {
+      await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
+    };
     try {
-      const st = await handle.stat();
-      const euid = process.geteuid?.();
-      if (!st.isFile() || (euid !== undefined && st.uid !== euid) || (st.mode & 0o022) !== 0) {
-        throw new SnapshotMismatchError(`${what}: its state file is not a regular file the engine alone can write (uid ${st.uid}, mode ${(st.mode & 0o7777).toString(8)})`);
-      }
-      const hash = createHash("sha256");
-      const buffer = Buffer.allocUnsafe(HASH_CHUNK_BYTES);
-      let bytes = 0;
-      for (;;) {
-        if (signal?.aborted) throw new AbortedError(`${what}: checking its state was aborted`, { cause: signal.reason });
-        const { bytesRead } = await handle.read(buffer, 0, buffer.length, bytes);
-        if (bytesRead === 0) break;
-        hash.update(buffer.subarray(0, bytesRead));
-        bytes += bytesRead;
-      }
-      const digest = `sha256:${hash.digest("hex")}`;
-      const recorded = saved.manifest.state;
-      if (bytes !== recorded.bytes || digest !== recorded.digest) {
-        throw new SnapshotMismatchError(`${what}: its state does not match the digest recorded when it was saved (${bytes} bytes, ${digest}; recorded ${recorded.bytes} bytes, ${recorded.digest})`, {
-          hint: "the saved VM was set aside; the next sandbox of this shape boots and saves a new one",
+      const ids: Partial<Record<SavedVmPart, string>> = {};
+      for (const name of SAVED_VM_PARTS) {
+        const handle = await open(join(saved.dir, name), constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: unknown) => {
+          throw new SnapshotMismatchError(`${what}: cannot open its ${name} file`, { cause: err });
         });
+        handles.push(handle);
+        const st = await handle.stat();
+        const euid = process.geteuid?.();
+        if (!st.isFile() || (euid !== undefined && st.uid !== euid) || (st.mode & 0o022) !== 0) {
+          throw new SnapshotMismatchError(`${what}: its ${name} file is not a regular file the engine alone can write (uid ${st.uid}, mode ${(st.mode & 0o7777).toString(8)})`);
+        }
+        ids[name] = identity(st);
       }
-      return handle;
+      const [ram, device, work] = handles as [FileHandle, FileHandle, FileHandle];
+      const known = this.#verified.get(saved.dir);
+      const toHash: [SavedVmPart, FileHandle][] = [["device", device]];
+      if (known === undefined || known.ram !== ids.ram || known.work !== ids.work) toHash.push(["ram", ram], ["work", work]);
+      for (const [name, handle] of toHash) {
+        const got = await hashHandle(handle, `${what}: its ${name} file`, signal);
+        const recorded = saved.manifest.parts[name];
+        if (got.bytes !== recorded.bytes || got.digest !== recorded.digest) {
+          this.#verified.delete(saved.dir);
+          throw new SnapshotMismatchError(`${what}: its ${name} file does not match the digest recorded when it was saved (${got.bytes} bytes, ${got.digest}; recorded ${recorded.bytes} bytes, ${recorded.digest})`, {
+            hint: "the saved VM was set aside; the next sandbox of this shape boots and saves a new one",
+          });
+        }
+      }
+      this.#verified.set(saved.dir, { ram: ids.ram!, work: ids.work! });
+      return { ram, device, work, close };
     } catch (err) {
-      await handle.close();
+      await close();
       throw err;
     }
   }
@@ -213,7 +269,8 @@ export class SavedVmStore {
    * caller moved it already, and perhaps a new one was saved).
    */
   async quarantine(saved: SavedVm): Promise<void> {
-    const st = await lstat(saved.statePath).catch(() => undefined);
+    this.#verified.delete(saved.dir);
+    const st = await lstat(join(saved.dir, "device")).catch(() => undefined);
     if (st === undefined || st.dev !== saved.stateId.dev || st.ino !== saved.stateId.ino) return;
     const aside = join(this.root, `.quarantine-${randomBytes(6).toString("hex")}`);
     await rename(saved.dir, aside).catch((err: unknown) => {

@@ -8,15 +8,21 @@
  * inherited socket (`relay`), and a sandbox's trust bundle reaches the guest on the init's control
  * port before the agent's hello.
  * QEMU runs jailed (jail.ts): bubblewrap namespaces, its own unprivileged host uid, no_new_privs,
- * its seccomp sandbox, and no host path but its own program files.
+ * its seccomp sandbox, and no host path but its own program files, the sandbox's guest RAM file
+ * (ram-file.ts: guest RAM lives in a tmpfs file of the sandbox's own, which is what snapshots and
+ * restores copy) and its save directory.
+ *
+ * Snapshots (vm-snapshot.ts, docs/SNAPSHOTS.md): a sandbox starts from its shape's boot snapshot
+ * (booted and saved on first use; in the snapshot store when one is given) or from a user
+ * snapshot (`LaunchSpec.restore`), either way on copies of its RAM and work disk.
  *
  * Tier "vm-hardware" when /dev/kvm is usable, else "vm-emulated" (TCG).
  */
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
-import { chown, lstat, mkdir, open, readFile, readdir, rm, stat, type FileHandle } from "node:fs/promises";
+import { chown, lstat, open, readFile, readdir, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
-import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
+import { AbortedError, AdmissionError, InvalidArgumentError, MvmError, type Sha256Digest, SnapshotMismatchError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { killIfSame, listProcessesWithId, readProcStat, sendSignal, waitForExit } from "../../_internal/proc.js";
 import { findExecutable } from "../namespace/probe.js";
 import { SANDBOX_UID_BASE, SANDBOX_UID_SPAN, SandboxUidAllocator } from "../namespace/uid.js";
@@ -27,10 +33,15 @@ import { AGENT_DISK_LABEL, AGENT_START_LINE, ROOT_DISK_LABEL, WORK_DISK_LABEL } 
 import { buildInitramfs } from "./initramfs.js";
 import { jailDeviceGroups, jailedDeviceAccess, qemuJailFiles, type JailFile } from "./jail.js";
 import { STATE_FD } from "./qemu.js";
-import { restoreVmState, saveVmState } from "./snapshot-io.js";
-import { SavedVmStore, copyWorkDisk, qemuIdentity, type SavedStateRecord, type SavedVm, type VmShape } from "./snapshots.js";
+import { restoreVmState } from "./snapshot-io.js";
+import { SavedVmStore, hashFile, qemuIdentity, shapeKey, type SavedVm, type VmShape } from "./snapshots.js";
+import type { SnapshotShape } from "../../store/manifest.js";
+import type { SnapshotStore } from "../../store/snapshot-store.js";
+import { BootSnapshots, type OpenedBootSnapshot } from "./boot-snapshots.js";
+import { DEFAULT_RAM_ROOT, copySparse, makeSandboxRam, removeSandboxRam, sweepSandboxRam, type SandboxRam } from "./ram-file.js";
+import { backendShape, captureVm, deviceHeader, readDeviceHeader, warmUp } from "./vm-snapshot.js";
 import type { VerityInfo } from "./verity/index.js";
-import { SAVE_SOCKET_DIR, VmProcess, vmQemuArgs, type SpawnVmOptions, type VmHostFiles } from "./vm-process.js";
+import { VmProcess, vmQemuArgs, type SpawnVmOptions, type VmHostFiles } from "./vm-process.js";
 import { buildGuestHelper } from "./guest-helper.js";
 import { sandboxSeccompProgram } from "../namespace/seccomp.js";
 import { type GuestKernel, ensureGuestKernel, importGuestKernel, openGuestKernel } from "./kernel.js";
@@ -82,6 +93,17 @@ export interface VmBackendOptions {
    * booting each. @default true
    */
   readonly savedVms?: boolean;
+  /**
+   * Directory (on tmpfs) for each sandbox's guest RAM file, one subdirectory per sandbox.
+   * @default DEFAULT_RAM_ROOT ("/dev/shm/mvm-vm")
+   */
+  readonly ramRoot?: string;
+  /**
+   * The engine's snapshot store. When given, each shape's boot snapshot (the saved VM) is a
+   * `kind: "boot"` snapshot in it, keyed by the shape, verified (chunks, then its read-only
+   * template's identity) before each use; otherwise saved VMs live under `${cacheRoot}/saved`.
+   */
+  readonly snapshots?: SnapshotStore;
 }
 
 /** The verity parameters the guest needs for a disk whose hash tree follows its data. */
@@ -94,6 +116,23 @@ function verityParams(info: VerityInfo): VerityParams {
   };
 }
 
+
+/** What the snapshot store records as a boot snapshot's shape. */
+function storeShape(spec: LaunchSpec, p: Prepared): SnapshotShape {
+  const shape = backendShape(p.shape);
+  // The image's digest when the launch names one; else a digest of the image disk's key.
+  const imageDigest = /^sha256:[0-9a-f]{64}$/.test(spec.rootfsDigest ?? "") ? spec.rootfsDigest! : `sha256:${createHash("sha256").update(p.shape.rootDiskKey).digest("hex")}`;
+  return {
+    tier: p.config.accel === "kvm" ? "vm-hardware" : "vm-emulated",
+    imageDigest: imageDigest as Sha256Digest,
+    ...(shape.kernelDigest !== undefined ? { kernelDigest: shape.kernelDigest as Sha256Digest } : {}),
+    ...(shape.initramfsDigest !== undefined ? { initramfsDigest: shape.initramfsDigest as Sha256Digest } : {}),
+    ...(shape.qemu !== undefined ? { qemu: shape.qemu } : {}),
+    cpus: p.shape.cpus,
+    memoryMiB: p.shape.memoryMiB,
+    workMiB: p.shape.workMiB,
+  };
+}
 
 /**
  * Throws before anything starts when the trust bundle cannot be installed: InvalidArgumentError
@@ -120,16 +159,23 @@ interface Host {
 interface Prepared {
   readonly host: Host;
   readonly qemuFiles: readonly JailFile[];
-  readonly files: Omit<VmHostFiles, "workDiskPath" | "state">;
+  readonly files: Omit<VmHostFiles, "workDiskPath" | "ramPath" | "saveDir" | "load">;
   readonly config: SpawnVmOptions["config"];
   readonly limits: GuestLimits;
   readonly shape: VmShape;
 }
 
-/** A saved VM to restore, and its state file opened read-only and checked against its manifest. */
+/**
+ * What a restore starts from, opened read-only and checked: RAM and work templates to copy and the
+ * device state positioned past its header. `saved` when it is the saved VM of the shape.
+ */
 interface Restore {
-  readonly saved: SavedVm;
-  readonly state: FileHandle;
+  readonly ram: FileHandle;
+  readonly device: FileHandle;
+  readonly work: FileHandle;
+  readonly saved?: SavedVm;
+  /** A boot snapshot in the snapshot store: marked used after a launch, dropped when it does not load. */
+  readonly boot?: OpenedBootSnapshot;
 }
 
 interface BootArtifacts {
@@ -196,12 +242,18 @@ export class VmBackend implements Backend {
   private artifacts: Promise<BootArtifacts> | undefined;
   private readonly uids = new SandboxUidAllocator();
   private readonly saved: SavedVmStore;
+  private readonly ramRoot: string;
+  /** Boot snapshots in the snapshot store, when the engine gave one. */
+  private readonly boots: BootSnapshots | undefined;
 
   constructor(private readonly options: VmBackendOptions) {
     if (!options.cacheRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid cacheRoot "${options.cacheRoot}": must be an absolute path`);
     const uid = options.guestUid ?? 1000;
     if (!Number.isInteger(uid) || uid < 1 || uid > 65_534) throw new InvalidArgumentError(`Invalid guestUid "${uid}": must be from 1 to 65534`);
     this.saved = new SavedVmStore(join(options.cacheRoot, "saved"));
+    this.ramRoot = options.ramRoot ?? DEFAULT_RAM_ROOT;
+    this.boots = options.snapshots !== undefined ? new BootSnapshots(options.snapshots, join(options.cacheRoot, "boot-builds")) : undefined;
+    if (!this.ramRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid ramRoot "${this.ramRoot}": must be an absolute path`);
   }
 
   /** Kernel (fetched on first use) and initramfs, found once; a failure is retried next time. */
@@ -295,9 +347,16 @@ export class VmBackend implements Backend {
   private shape(spec: LaunchSpec): { memoryMiB: number; cpus: number; limits: GuestLimits } {
     const { memoryMiB, pids, cpus } = spec.resources;
     const sandboxMiB = memoryMiB ?? DEFAULT_VM_MEMORY_MIB;
+    // A restore runs on the RAM and vCPUs it was taken with (the engine checks they are the spec's).
+    const taken = spec.restore?.shape;
+    const checked = (label: string, value: number | undefined, min: number, max: number): number | undefined => {
+      if (value === undefined) return undefined;
+      if (!Number.isInteger(value) || value < min || value > max) throw new SnapshotMismatchError(`Cannot restore sandbox "${spec.sandboxId}": the snapshot's ${label} "${value}" is not an integer from ${min} to ${max}`);
+      return value;
+    };
     return {
-      memoryMiB: sandboxMiB + GUEST_OVERHEAD_MIB,
-      cpus: Math.max(1, Math.ceil(cpus ?? 1)),
+      memoryMiB: checked("memoryMiB", taken?.memoryMiB, 128, 1024 * 1024) ?? sandboxMiB + GUEST_OVERHEAD_MIB,
+      cpus: checked("cpus", taken?.cpus, 1, 256) ?? Math.max(1, Math.ceil(cpus ?? 1)),
       limits: {
         ...(memoryMiB !== undefined ? { memoryBytes: memoryMiB * 1024 * 1024 } : {}),
         ...(pids !== undefined ? { pids } : {}),
@@ -362,7 +421,7 @@ export class VmBackend implements Backend {
     };
   }
 
-  private spawnVm(p: Prepared, label: string, uid: number | undefined, workDiskPath: string, consoleLogPath: string, state?: VmHostFiles["state"]): Promise<VmProcess> {
+  private spawnVm(p: Prepared, label: string, uid: number | undefined, workDiskPath: string, consoleLogPath: string, ram: SandboxRam, load?: FileHandle): Promise<VmProcess> {
     return (async () =>
       VmProcess.spawn({
         label,
@@ -373,60 +432,56 @@ export class VmBackend implements Backend {
         ...(p.config.accel === "kvm" ? { devices: ["/dev/kvm"], ...(uid !== undefined ? { groups: await jailDeviceGroups(["/dev/kvm"]) } : {}) } : {}),
         qemuFiles: p.qemuFiles,
         config: p.config,
-        files: { ...p.files, workDiskPath, ...(state !== undefined ? { state } : {}) },
+        files: { ...p.files, workDiskPath, ramPath: ram.ramPath, saveDir: ram.saveDir, ...(load !== undefined ? { load } : {}) },
         consoleLogPath,
       }))();
   }
 
   /**
-   * Boots a VM of `p`'s shape to a ready agent and saves it into `dir` (its state and its work
-   * disk); the VM is then stopped.
+   * Boots a VM of `p`'s shape to a ready agent and saves it into `dir` (`ram`, `device`, `work`),
+   * after a warm-up and with the guest's caches dropped and freed pages reported; the VM is then
+   * stopped.
    */
-  private async saveVm(p: Prepared, dir: string): Promise<SavedStateRecord> {
+  private async saveVm(p: Prepared, dir: string): Promise<void> {
     const uid = p.host.isRoot ? await this.uids.allocate() : undefined;
-    const work = join(dir, "work.img");
-    const socketDir = join(dir, "save");
+    const work = join(dir, "work.boot");
     let vm: VmProcess | undefined;
+    let ram: SandboxRam | undefined;
     try {
       await createWorkDisk(work, p.shape.workMiB, p.config.guestUid, WORK_DISK_LABEL);
-      await mkdir(socketDir, { mode: 0o700 });
-      if (uid !== undefined) {
-        await chown(work, uid, uid);
-        await chown(socketDir, uid, uid);
-      }
-      vm = await this.spawnVm(p, "saved-vm", uid, work, join(dir, "console.log"), { mode: "save", socketDir });
+      if (uid !== undefined) await chown(work, uid, uid);
+      ram = await makeSandboxRam({ root: this.ramRoot, name: `saved-${basename(dir).replace(/^\./, "")}`, memoryMiB: p.config.memoryMiB, ...(uid !== undefined ? { owner: uid } : {}) });
+      vm = await this.spawnVm(p, "saved-vm", uid, work, join(dir, "console.log"), ram);
       await vm.waitAgentReady(this.options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS);
+      await warmUp(vm);
       await vm.control.dropCaches(CONTROL_TIMEOUT_MS);
       // The guest reports freed memory to the host (free page reporting) about every 2 s; what it
-      // has reported is discarded on the host and then saved as zero pages, i.e. not at all.
+      // has reported is punched out of the RAM file, so the saved RAM holds only what is in use.
       await new Promise((r) => setTimeout(r, FREE_PAGE_REPORT_WAIT_MS));
       const qmp = await vm.qmp(QMP_TIMEOUT_MS);
-      const { bytes, digest } = await saveVmState(qmp, {
-        path: join(dir, "state"),
-        timeoutMs: SAVE_TIMEOUT_MS,
-        socketParentDir: socketDir,
-        qemuSocketParentDir: SAVE_SOCKET_DIR,
-        ...(uid !== undefined ? { socketOwner: { uid, gid: uid } } : {}),
-      });
-      return { bytes, digest };
+      await captureVm({ qmp, ram, workDiskPath: work, dir, header: deviceHeader(p.shape), ...(uid !== undefined ? { socketOwner: uid } : {}), resume: false, timeoutMs: SAVE_TIMEOUT_MS });
     } finally {
       const stopped = vm === undefined || (await vm.kill());
       await vm?.closeChannels().catch(() => undefined);
       if (uid !== undefined && stopped) this.uids.release(uid);
-      await chown(work, 0, 0).catch(() => undefined);
-      await rm(socketDir, { recursive: true, force: true });
+      await rm(work, { force: true });
+      if (ram !== undefined) await rm(ram.dir, { recursive: true, force: true });
     }
   }
 
   /**
-   * Starts a VM sandbox: restores the saved VM of its shape (saving one first, by a cold boot, when
-   * there is none and saved VMs are on), or boots it cold. Either way the work disk is the
-   * sandbox's own, and the guest gets a fresh RNG seed, the host's clock and the sandbox's limits
-   * before its agent says hello on `channel`. Throws AdmissionError when a disk fails its hash
-   * check or the VM dies while starting (with the reason its console gives), SnapshotMismatchError
-   * when the saved VM's state differs from the digest recorded when it was saved, or QEMU cannot
-   * load it (that saved VM is then moved aside, and the next launch of its shape saves a new one),
-   * AbortedError when `signal` fires; nothing is left running or on disk.
+   * Starts a VM sandbox: restores `spec.restore` (a user snapshot: RAM, device state, work disk),
+   * or the boot snapshot of its shape (saving one first, by a cold boot, when there is none and
+   * saved VMs are on), or boots it cold. Either way the RAM file and work disk are the sandbox's
+   * own copies, and the guest gets a fresh RNG seed, the host's clock and the sandbox's limits
+   * before its agent says hello on `channel` (a user snapshot's guest keeps the trust bundle its
+   * source had: `spec.trustBundlePem` is not installed again). Throws AdmissionError when a disk
+   * fails its hash check or the VM dies while starting (with the reason its console gives),
+   * SnapshotMismatchError before anything starts when a snapshot's shape or device header differs
+   * from this VM's or a boot snapshot fails verification (that boot snapshot is then set aside, and
+   * the next launch of its shape saves a new one), and when QEMU cannot load the state;
+   * UnsupportedCapabilityError for a restore without memory; AbortedError when `signal` fires;
+   * nothing is left running, on disk or in tmpfs.
    */
   async launch(spec: LaunchSpec, signal?: AbortSignal): Promise<VmSandbox> {
     const host = await this.host();
@@ -434,24 +489,81 @@ export class VmBackend implements Backend {
       if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
     };
     checkAbort();
-    if (spec.trustBundlePem !== undefined) await checkTrustBundle(spec, spec.trustBundlePem);
+    if (spec.trustBundlePem !== undefined && spec.restore === undefined) await checkTrustBundle(spec, spec.trustBundlePem);
     const p = await this.prepare(spec, host);
     checkAbort();
     let restore: Restore | undefined;
-    if (this.options.savedVms !== false) {
-      const saved = await this.saved.ensure(p.shape, (dir) => this.saveVm(p, dir));
+    if (spec.restore !== undefined) {
+      restore = await this.openSnapshot(spec, p);
+    } else if (this.options.savedVms !== false && this.boots !== undefined) {
+      const boot = await this.boots.open(shapeKey(p.shape), deviceHeader(p.shape), async (dir) => {
+        await this.saveVm(p, dir);
+        return storeShape(spec, p);
+      }, signal);
+      restore = { ram: boot.ram, device: boot.device, work: boot.work, boot };
+    } else if (this.options.savedVms !== false) {
+      const saved = await this.saved.ensure(p.shape, async (dir) => {
+        await this.saveVm(p, dir);
+        const [ram, device, work] = await Promise.all([hashFile(join(dir, "ram")), hashFile(join(dir, "device")), hashFile(join(dir, "work"))]);
+        return { ram, device, work };
+      });
       checkAbort();
       // Checked before anything is made for the sandbox; QEMU gets the very descriptor checked.
-      const state = await this.saved.openVerifiedState(saved, signal).catch(async (err: unknown) => {
+      const parts = await this.saved.openVerified(saved, signal).catch(async (err: unknown) => {
         if (err instanceof SnapshotMismatchError) await this.saved.quarantine(saved).catch(() => undefined);
         throw err;
       });
-      restore = { saved, state };
+      try {
+        await readDeviceHeader(parts.device, deviceHeader(p.shape), `Saved VM "${saved.dir}"`);
+      } catch (err) {
+        await parts.close();
+        if (err instanceof SnapshotMismatchError) await this.saved.quarantine(saved).catch(() => undefined);
+        throw err;
+      }
+      restore = { ram: parts.ram, device: parts.device, work: parts.work, saved };
     }
     try {
       return await this.start(spec, p, restore, checkAbort, signal);
     } finally {
-      await restore?.state.close();
+      await Promise.all([restore?.ram.close(), restore?.device.close(), restore?.work.close(), restore?.boot?.close()].map((c) => c?.catch(() => undefined)));
+    }
+  }
+
+  /**
+   * Opens a user snapshot's parts (engine-verified read-only templates) and checks that this VM
+   * can load them: its shape (kernel, initramfs, QEMU, RAM, vCPUs) and the device header (disks,
+   * QEMU arguments). Throws SnapshotMismatchError before anything starts when they differ.
+   */
+  private async openSnapshot(spec: LaunchSpec, p: Prepared): Promise<Restore> {
+    const restore = spec.restore!;
+    const what = `Cannot restore sandbox "${spec.sandboxId}"`;
+    if (!restore.memory) {
+      throw new UnsupportedCapabilityError(`${what}: the VM tier restores memory and disk together`, { hint: "restore a snapshot taken with memory" });
+    }
+    const { ram, device, work } = restore.parts;
+    if (ram === undefined || device === undefined || work === undefined) throw new SnapshotMismatchError(`${what}: the snapshot lacks a ram, device or work part`);
+    const mine = backendShape(p.shape);
+    for (const key of ["kernelDigest", "initramfsDigest", "qemu", "cpus", "memoryMiB"] as const) {
+      if (restore.shape[key] !== mine[key]) {
+        throw new SnapshotMismatchError(`${what}: it was taken with ${key} "${String(restore.shape[key])}", this host has "${String(mine[key])}"`, {
+          hint: "restore it with the kernel, initramfs and QEMU it was taken with, or take a new snapshot",
+        });
+      }
+    }
+    const handles: FileHandle[] = [];
+    try {
+      for (const path of [ram, device, work]) {
+        const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: unknown) => {
+          throw new SnapshotMismatchError(`${what}: cannot open its part "${path}"`, { cause: err });
+        });
+        handles.push(handle);
+        if (!(await handle.stat()).isFile()) throw new SnapshotMismatchError(`${what}: its part "${path}" is not a regular file`);
+      }
+      await readDeviceHeader(handles[1]!, deviceHeader(p.shape), what);
+      return { ram: handles[0]!, device: handles[1]!, work: handles[2]! };
+    } catch (err) {
+      await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
+      throw err;
     }
   }
 
@@ -461,32 +573,50 @@ export class VmBackend implements Backend {
     const uid = p.host.isRoot ? await this.uids.allocate() : undefined;
     const workDisk = join(spec.stateDir, "work.img");
     let vm: VmProcess | undefined;
+    let ram: SandboxRam | undefined;
     try {
+      ram = await makeSandboxRam({
+        root: this.ramRoot, name: spec.sandboxId, memoryMiB: p.config.memoryMiB,
+        ...(uid !== undefined ? { owner: uid } : {}),
+        ...(restore !== undefined ? { template: restore.ram } : {}),
+      });
       if (restore !== undefined) {
-        await copyWorkDisk(restore.saved.workTemplatePath, workDisk);
+        await copySparse(restore.work, workDisk);
         if (uid !== undefined) await chown(workDisk, uid, uid);
-        vm = await this.spawnVm(p, spec.sandboxId, uid, workDisk, spec.agentLogPath, { mode: "load", handle: restore.state });
-        await restoreVmState(await vm.qmp(QMP_TIMEOUT_MS), { fdNumber: STATE_FD, timeoutMs: RESTORE_TIMEOUT_MS, ...(signal ? { signal } : {}) });
+        vm = await this.spawnVm(p, spec.sandboxId, uid, workDisk, spec.agentLogPath, ram, restore.device);
+        await restoreVmState(await vm.qmp(QMP_TIMEOUT_MS), { fdNumber: STATE_FD, ignoreShared: true, timeoutMs: RESTORE_TIMEOUT_MS, ...(signal ? { signal } : {}) });
       } else {
         await createWorkDisk(workDisk, spec.workMiB, p.config.guestUid, WORK_DISK_LABEL);
         if (uid !== undefined) await chown(workDisk, uid, uid);
-        vm = await this.spawnVm(p, spec.sandboxId, uid, workDisk, spec.agentLogPath);
+        vm = await this.spawnVm(p, spec.sandboxId, uid, workDisk, spec.agentLogPath, ram);
         await vm.waitAgentReady(this.options.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS, signal);
       }
-      await this.startAgent(vm, p.limits, spec.trustBundlePem);
+      // A user snapshot's guest has its source's trust bundle installed already.
+      await this.startAgent(vm, p.limits, spec.restore === undefined ? spec.trustBundlePem : undefined);
       checkAbort();
       if (saved !== undefined) await this.saved.touch(saved);
+      if (restore?.boot !== undefined) await this.boots?.touch(restore.boot.snap);
       const sandboxUid = uid;
       return new VmSandbox({
         sandboxId: spec.sandboxId,
         vm,
-        ownFiles: [workDisk],
+        ownFiles: [workDisk, ram.dir],
+        ram,
+        workDiskPath: workDisk,
+        header: deviceHeader(p.shape),
+        shape: backendShape(p.shape),
+        ...(uid !== undefined ? { uid } : {}),
         reapRecord: {
           backend: "vm",
           pid: vm.pid,
           pidStartTime: vm.pidStartTime,
           cgroups: [],
-          extra: { kind: "qemu", start: saved !== undefined ? "restore" : "boot", ...(sandboxUid !== undefined ? { hostUid: String(sandboxUid) } : {}) },
+          extra: {
+            kind: "qemu",
+            start: spec.restore !== undefined ? "snapshot" : saved !== undefined ? "restore" : "boot",
+            ramDir: ram.dir,
+            ...(sandboxUid !== undefined ? { hostUid: String(sandboxUid) } : {}),
+          },
         },
         release: () => {
           if (sandboxUid !== undefined) this.uids.release(sandboxUid);
@@ -497,8 +627,10 @@ export class VmBackend implements Backend {
       const reason = vm?.deathReason();
       await vm?.closeChannels().catch(() => undefined);
       await rm(workDisk, { force: true }).catch(() => undefined);
+      if (ram !== undefined) await rm(ram.dir, { recursive: true, force: true }).catch(() => undefined);
       if (uid !== undefined && stopped) this.uids.release(uid);
       if (err instanceof SnapshotMismatchError && saved !== undefined) await this.saved.quarantine(saved).catch(() => undefined);
+      if (err instanceof SnapshotMismatchError && restore?.boot !== undefined) await this.boots?.drop(restore.boot.snap);
       if (err instanceof MvmError) throw err;
       if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
       const message = err instanceof Error ? err.message : String(err);
@@ -513,15 +645,23 @@ export class VmBackend implements Backend {
     vm.child.stdin!.write(AGENT_START_LINE);
   }
 
-  /** Drops saved VMs unused for a week, and half-built and quarantined ones older than an hour. */
+  /**
+   * Drops saved VMs unused for a week, half-built and quarantined ones and saves an engine left
+   * (boot snapshots in the store go by the store's own sweep) older than an hour, and RAM
+   * directories no process holds that are older than an hour.
+   */
   async sweep(): Promise<string[]> {
-    return this.saved.sweep(60 * 60 * 1000, 7 * 24 * 60 * 60 * 1000);
+    return [
+      ...(await this.saved.sweep(60 * 60 * 1000, 7 * 24 * 60 * 60 * 1000)),
+      ...(await sweepSandboxRam(this.ramRoot, 60 * 60 * 1000)),
+      ...((await this.boots?.sweep(60 * 60 * 1000)) ?? []),
+    ];
   }
 
   /**
    * Kills what a lost engine left of a VM sandbox: the jail's process group when its top process
    * is still the recorded one (same start time), and any process still running as the sandbox's
-   * own host uid (QEMU, in its pid namespace).
+   * own host uid (QEMU, in its pid namespace); then removes its RAM directory.
    */
   async reap(record: ReapRecord): Promise<void> {
     if (record.backend !== "vm" || !Number.isInteger(record.pid) || record.pid <= 0) return;
@@ -538,5 +678,7 @@ export class VmBackend implements Backend {
     if (Number.isInteger(uid) && uid >= SANDBOX_UID_BASE && uid < SANDBOX_UID_BASE + SANDBOX_UID_SPAN) {
       for (const pid of await listProcessesWithId(uid)) sendSignal(pid, "SIGKILL");
     }
+    const ramDir = record.extra["ramDir"];
+    if (ramDir !== undefined) await removeSandboxRam(this.ramRoot, ramDir);
   }
 }

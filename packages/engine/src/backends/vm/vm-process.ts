@@ -6,7 +6,10 @@
  * Every file QEMU reads or writes is opened here, by the engine, and handed down as a descriptor:
  * the kernel and initramfs are bound into the jail from their descriptors (so the jail needs no
  * path to them), the disks reach QEMU as fd sets (`-add-fd`, `/dev/fdset/N`), the saved state as
- * a descriptor too. QEMU itself never opens a host path but its own program files.
+ * a descriptor too. The guest RAM file (ram-file.ts) is bound into the jail from its descriptor
+ * at RAM_JAIL_PATH, writable (QEMU 7.2 opens `mem-path` itself, read-write, and has no fd set for
+ * it), and the sandbox's save directory read-only at SAVE_SOCKET_DIR (QEMU only connects to the
+ * engine's socket there). QEMU itself never opens a host path but these and its own program files.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { constants } from "node:fs";
@@ -30,8 +33,12 @@ const INITRD_FD = 8;
 const DISK_FDS = { root: 9, agent: 10, work: 11 } as const;
 /** The work disk opened read-only as well: QEMU opens a writable drive read-only first to probe it. */
 const WORK_RO_FD = 12;
-/** The directory of the save socket (save mode). */
+/** The directory of the save socket. */
 const SAVE_DIR_FD = 13;
+/** The guest RAM file. */
+const RAM_FD = 15;
+/** Where the guest RAM file appears in the jail. */
+export const RAM_JAIL_PATH = "/vm/ram";
 /** Where the save socket's directory appears in the jail. */
 export const SAVE_SOCKET_DIR = "/vm/save";
 /** How long QEMU may take to exit after SIGKILL, ms. */
@@ -45,13 +52,18 @@ export interface VmHostFiles {
   readonly rootDiskPath: string;
   readonly agentDiskPath: string;
   readonly workDiskPath: string;
+  /** The guest RAM file (the sandbox's own, of exactly the VM's RAM size). */
+  readonly ramPath: string;
   /**
-   * "load": restore the saved state QEMU reads from `handle` (the state file opened read-only and
-   * checked by the caller, who keeps it open until `spawn` returns); "save": bind the directory
-   * `socketDir` into the jail at SAVE_SOCKET_DIR, where QEMU connects to the engine's socket to
-   * stream its state (QEMU 7.2 can only save to a socket or a process).
+   * The sandbox's save directory, bound read-only at SAVE_SOCKET_DIR: QEMU connects to the
+   * engine's socket there to stream its device state (QEMU 7.2 saves only to a socket or a process).
    */
-  readonly state?: { readonly mode: "load"; readonly handle: FileHandle } | { readonly mode: "save"; readonly socketDir: string };
+  readonly saveDir: string;
+  /**
+   * Restore the device state QEMU reads from `handle` (opened read-only and checked by the caller,
+   * who keeps it open until `spawn` returns, positioned where the QEMU stream starts).
+   */
+  readonly load?: FileHandle;
 }
 
 export interface SpawnVmOptions {
@@ -64,7 +76,7 @@ export interface SpawnVmOptions {
   readonly groups?: readonly number[];
   readonly devices?: readonly string[];
   readonly qemuFiles: readonly JailFile[];
-  readonly config: Omit<QemuVmConfig, "kernelPath" | "initrdPath" | "rootDiskPath" | "agentDiskPath" | "workDiskPath" | "incoming">;
+  readonly config: Omit<QemuVmConfig, "kernelPath" | "initrdPath" | "rootDiskPath" | "agentDiskPath" | "workDiskPath" | "incoming" | "ramFile">;
   readonly files: VmHostFiles;
   readonly consoleLogPath: string;
 }
@@ -79,6 +91,7 @@ export function vmQemuArgs(config: SpawnVmOptions["config"], incoming: boolean):
     "-add-fd", `fd=${WORK_RO_FD},set=3,opaque=work-ro`,
     ...qemuArgs({
       ...config,
+      ramFile: { path: RAM_JAIL_PATH, shared: true },
       kernelPath: "/vm/vmlinuz",
       initrdPath: "/vm/initrd",
       rootDiskPath: "/dev/fdset/1",
@@ -135,11 +148,10 @@ export class VmProcess {
       const agentFd = await openFile(files.agentDiskPath, constants.O_RDONLY);
       const workFd = await openFile(files.workDiskPath, constants.O_RDWR);
       const workReadFd = await openFile(files.workDiskPath, constants.O_RDONLY);
-      let stateFd: number | "ignore" = "ignore";
-      let saveDirFd: number | "ignore" = "ignore";
-      if (files.state?.mode === "load") stateFd = files.state.handle.fd;
-      if (files.state?.mode === "save") saveDirFd = await openFile(files.state.socketDir, constants.O_RDONLY | constants.O_DIRECTORY);
-      const args = vmQemuArgs(options.config, files.state?.mode === "load");
+      const saveDirFd = await openFile(files.saveDir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+      const ramFd = await openFile(files.ramPath, constants.O_RDWR | constants.O_NOFOLLOW);
+      const stateFd: number | "ignore" = files.load !== undefined ? files.load.fd : "ignore";
+      const args = vmQemuArgs(options.config, files.load !== undefined);
       const argv = jailArgv({
         bwrapPath: options.bwrapPath,
         ...(options.setprivPath !== undefined ? { setprivPath: options.setprivPath } : {}),
@@ -152,12 +164,13 @@ export class VmProcess {
           ...options.qemuFiles,
           { hostPath: files.kernelPath, fd: KERNEL_FD, jailPath: "/vm/vmlinuz" },
           { hostPath: files.initrdPath, fd: INITRD_FD, jailPath: "/vm/initrd" },
-          ...(files.state?.mode === "save" ? [{ hostPath: files.state.socketDir, fd: SAVE_DIR_FD, jailPath: SAVE_SOCKET_DIR, writable: true }] : []),
+          { hostPath: files.saveDir, fd: SAVE_DIR_FD, jailPath: SAVE_SOCKET_DIR },
+          { hostPath: files.ramPath, fd: RAM_FD, jailPath: RAM_JAIL_PATH, writable: true },
         ],
       });
       log = await CappedLog.open(options.consoleLogPath);
       const child = spawn(argv[0]!, argv.slice(1), {
-        stdio: ["pipe", "pipe", "pipe", "pipe", "pipe", "pipe", stateFd, kernelFd, initrdFd, rootFd, agentFd, workFd, workReadFd, saveDirFd, "pipe"],
+        stdio: ["pipe", "pipe", "pipe", "pipe", "pipe", "pipe", stateFd, kernelFd, initrdFd, rootFd, agentFd, workFd, workReadFd, saveDirFd, "pipe", ramFd],
         detached: true,
         env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" },
       });

@@ -1,25 +1,40 @@
 /**
  * A running VM sandbox as the engine sees it: the agent channel, the egress relay channel, the
- * guest's OOM-kill count (from the init's control port), pause (QMP `stop` / `cont`), why the VM
- * died, and teardown.
+ * guest's OOM-kill count (from the init's control port), pause (QMP `stop` / `cont`), snapshots
+ * (vm-snapshot.ts), why the VM died, and teardown.
  */
 import { rm } from "node:fs/promises";
 import type { Duplex } from "node:stream";
-import { CleanupError } from "@mvm/protocol";
+import { CleanupError, UnsupportedCapabilityError } from "@mvm/protocol";
 import { childChannel, CleanupFailures, singleFlight } from "../_teardown.js";
-import type { LaunchedSandbox, ReapRecord } from "../types.js";
+import type { BackendSnapshot, LaunchedSandbox, ReapRecord, SnapshotCapture } from "../types.js";
+import type { SandboxRam } from "./ram-file.js";
+import { z } from "zod";
 import type { ExitStatus, VmProcess } from "./vm-process.js";
+import { captureVm, type DeviceHeader } from "./vm-snapshot.js";
 
 /** How long the guest may take to report its OOM-kill count, ms. */
 const STATS_TIMEOUT_MS = 10_000;
 /** How long QEMU may take to answer `stop` / `cont` on its monitor, ms. */
 const QMP_TIMEOUT_MS = 10_000;
+const runStateSchema = z.object({ status: z.string().max(64), running: z.boolean() });
+
+/** Deadline for a whole snapshot (device state saved, RAM and work disk copied), ms. */
+const SNAPSHOT_TIMEOUT_MS = 120_000;
 
 export interface VmSandboxParts {
   readonly sandboxId: string;
   readonly vm: VmProcess;
-  /** Files of this sandbox only (the work disk), removed at teardown. */
+  /** Files and directories of this sandbox only (work disk, RAM directory), removed at teardown. */
   readonly ownFiles: readonly string[];
+  /** The guest RAM file and save directory. */
+  readonly ram: SandboxRam;
+  readonly workDiskPath: string;
+  /** What a snapshot's device header records, and the shape a restore must match. */
+  readonly header: DeviceHeader;
+  readonly shape: BackendSnapshot["shape"];
+  /** QEMU's host uid (root engines). */
+  readonly uid?: number;
   readonly reapRecord: ReapRecord;
   /** Gives back the host uid QEMU ran as. */
   readonly release: () => void;
@@ -64,6 +79,33 @@ export class VmSandbox implements LaunchedSandbox {
     await qmp.execute("cont", undefined, { timeoutMs: QMP_TIMEOUT_MS });
   }
 
+  /**
+   * Captures guest RAM, device state and the work disk together into `capture.dir` (see
+   * vm-snapshot.ts) and leaves the VM running or paused as it was. A disk-only capture
+   * (`memory: false`) is UnsupportedCapabilityError: the booted guest has the work disk mounted,
+   * so a disk alone cannot be put under another guest.
+   */
+  async snapshot(capture: SnapshotCapture): Promise<BackendSnapshot> {
+    if (!capture.memory) {
+      throw new UnsupportedCapabilityError(`Cannot snapshot VM sandbox "${this.parts.sandboxId}" without its memory: the VM tier captures memory and disk together`, {
+        hint: "take the snapshot with memory (the default on the VM tier)",
+      });
+    }
+    const qmp = await this.parts.vm.qmp(QMP_TIMEOUT_MS);
+    const parts = await captureVm({
+      qmp,
+      ram: this.parts.ram,
+      workDiskPath: this.parts.workDiskPath,
+      dir: capture.dir,
+      header: this.parts.header,
+      ...(this.parts.uid !== undefined ? { socketOwner: this.parts.uid } : {}),
+      resume: true,
+      timeoutMs: SNAPSHOT_TIMEOUT_MS,
+      ...(capture.signal !== undefined ? { signal: capture.signal } : {}),
+    });
+    return { parts: { ram: parts.ram, device: parts.device, work: parts.work }, shape: this.parts.shape };
+  }
+
   /** Why the VM died (kernel panic, tampered disk, init failure, QEMU error), when known. */
   failure(): string | undefined {
     return this.parts.vm.deathReason();
@@ -72,6 +114,15 @@ export class VmSandbox implements LaunchedSandbox {
   /** What QEMU printed on stderr (its own errors), at most 4 KiB. */
   qemuStderr(): string {
     return this.parts.vm.stderr();
+  }
+
+  /**
+   * QEMU's run state (QMP `query-status`): `running`, `paused`, or `postmigrate` for a VM paused
+   * when a snapshot was taken (a resume runs it again).
+   */
+  async runState(): Promise<{ status: string; running: boolean }> {
+    const qmp = await this.parts.vm.qmp(QMP_TIMEOUT_MS);
+    return runStateSchema.parse(await qmp.execute("query-status", undefined, { timeoutMs: QMP_TIMEOUT_MS }));
   }
 
   /** pid of the jail's top process (the prelude, then setpriv, then bubblewrap). */
@@ -85,7 +136,7 @@ export class VmSandbox implements LaunchedSandbox {
     if (!(await vm.kill())) failures.add(new CleanupError(`QEMU of "${this.parts.sandboxId}" (pid ${vm.pid}) did not exit`));
     this.channel.destroy();
     await failures.attempt(() => vm.closeChannels());
-    for (const file of this.parts.ownFiles) await failures.attempt(() => rm(file, { force: true }));
+    for (const file of this.parts.ownFiles) await failures.attempt(() => rm(file, { recursive: true, force: true }));
     if (!this.#released && !vm.running()) {
       this.#released = true;
       this.parts.release();
