@@ -10,6 +10,7 @@
 //   node bench/run.mjs pause       # pause/resume latency per backend (bench/pause.mjs); BENCH_PAUSE_RUNS, BENCH_PAUSE_BACKENDS
 //   node bench/run.mjs store       # snapshot store write/verify against raw BLAKE3, dedup (bench/store.mjs)
 //   node bench/run.mjs snapshot-ns # container-tier snapshot, restore and fork (bench/snapshot-ns.mjs)
+//   node bench/run.mjs snapshot-vm # VM-tier restore, memory per restored VM, snapshot, fork (bench/snapshot-vm.mjs)
 //   node bench/run.mjs vm          # VM tier (bench/vm.mjs); BENCH_VM_COLD_RUNS, BENCH_VM_RESTORE_RUNS, BENCH_VM_IDLE
 //   BENCH_RUNS=50 BENCH_SANDBOXES=200 node bench/run.mjs
 import { spawn } from "node:child_process";
@@ -26,6 +27,7 @@ import { benchAudit } from "./audit.mjs";
 import { benchPause } from "./pause.mjs";
 import { benchStore } from "./store.mjs";
 import { benchSnapshotNs } from "./snapshot-ns.mjs";
+import { benchSnapshotVm } from "./snapshot-vm.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
@@ -204,6 +206,9 @@ async function main() {
     }
     if (want("snapshot-ns")) {
       result.figures.snapshotNs = await benchSnapshotNs({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
+    }
+    if (want("snapshot-vm")) {
+      result.figures.snapshotVm = await benchSnapshotVm({ log, summary });
     }
     if (want("vm")) {
       result.figures.vm = await benchVm({ log, summary, ratio });

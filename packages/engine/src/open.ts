@@ -105,14 +105,16 @@ export function configuredMinimumTier(option: unknown, env: Readonly<Record<stri
   return { tier: parseTier(fromEnv, MINIMUM_TIER_ENV), setting: `${MINIMUM_TIER_ENV} of the engine` };
 }
 
-function standardBackends(names: readonly BackendName[], vmCacheDir: string, vmKernel: { path: string; modulesDir: string } | undefined): Backend[] {
+function standardBackends(names: readonly BackendName[], vmCacheDir: string, vmKernel: { path: string; modulesDir: string } | undefined, ownCache: boolean): Backend[] {
   if (names.length === 0) throw new InvalidArgumentError("Invalid backends []: name at least one backend");
   const seen = new Set<BackendName>();
   return names.map((name) => {
     const backend = parseBackendName(name, "backends entry");
     if (seen.has(backend)) throw new InvalidArgumentError(`Invalid backends: "${backend}" is named twice`);
     seen.add(backend);
-    return backend === "vm" ? new VmBackend({ cacheRoot: vmCacheDir, ...(vmKernel ? { kernel: vmKernel } : {}) }) : new NamespaceBackend();
+    return backend === "vm"
+      ? new VmBackend({ cacheRoot: vmCacheDir, bootSnapshotsInEngineStore: ownCache, ...(vmKernel ? { kernel: vmKernel } : {}) })
+      : new NamespaceBackend();
   });
 }
 
@@ -127,7 +129,10 @@ function standardBackends(names: readonly BackendName[], vmCacheDir: string, vmK
 export async function openEngine(options: OpenEngineOptions = {}): Promise<Engine> {
   const stateDir = options.stateDir ?? defaultStateDir();
   const vmCacheDir = options.vmCacheDir ?? process.env["MVM_VM_CACHE_DIR"] ?? join(stateDir, "vm");
-  const backends = standardBackends(options.backends ?? STANDARD_BACKENDS, vmCacheDir, options.vmKernel ?? kernelFromEnv());
+  // The saved VM is a boot snapshot in the engine's store when the VM cache is the engine's own;
+  // engines that share a cache with others (tests) keep it in the cache.
+  const ownCache = vmCacheDir === join(stateDir, "vm");
+  const backends = standardBackends(options.backends ?? STANDARD_BACKENDS, vmCacheDir, options.vmKernel ?? kernelFromEnv(), ownCache);
   const defaultBackend = resolveConfiguredDefault(
     configuredDefaultBackend(options.defaultBackend),
     backends.map((b) => b.name),

@@ -4,6 +4,7 @@
  */
 import type { Duplex } from "node:stream";
 import type { BackendName, Resources, Tier } from "@mvm/protocol";
+import type { SnapshotStore } from "../store/snapshot-store.js";
 
 export interface ProbeCheck {
   /** Short id, e.g. "bwrap", "userns", "cgroup", "seccomp", "kvm". */
@@ -158,4 +159,6 @@ export interface Backend {
    * writing its record). Must only touch resources that are idle and older than a launch takes.
    */
   sweep?(): Promise<string[]>;
+  /** The engine's snapshot store, offered once the engine has opened it (the VM backend keeps its boot snapshots there). */
+  useSnapshotStore?(store: SnapshotStore): void;
 }

@@ -63,7 +63,9 @@ function captureRoot(core: EngineCore): string {
  * mid-snapshot, sweeps what retention ended, and sweeps again every 10 minutes.
  */
 export async function openSnapshots(core: EngineCore): Promise<void> {
-  core.snapshots = await SnapshotStore.open(join(core.stateDir, "snapshots"), core.gate.hostKey);
+  const opened = await SnapshotStore.open(join(core.stateDir, "snapshots"), core.gate.hostKey);
+  core.snapshots = opened;
+  for (const backend of core.options.backends) backend.useSnapshotStore?.(opened);
   await mkdir(captureRoot(core), { recursive: true, mode: 0o700 });
   for (const name of await readdir(captureRoot(core))) {
     const owner = parseOwnerTag(name);
@@ -195,6 +197,14 @@ function restoreRequest(req: CreateSandboxRequest, snap: StoredSnapshot): Create
   const resources = sourceResources(snap);
   if (req.resources !== undefined && JSON.stringify(sortKeys(req.resources)) !== JSON.stringify(sortKeys(resources))) {
     throw conflict("resources", req.resources, resources);
+  }
+  const mediated = Object.entries(req.secrets ?? {}).filter(([, ref]) => ref.posture === "mediated").map(([name]) => name);
+  if (snap.memory && mediated.length > 0) {
+    // The guest's trust bundle is part of its memory and disks: it would trust the source's CA,
+    // never the new sandbox's own, so mediated secrets could not be substituted.
+    throw new UnsupportedCapabilityError(`A sandbox restored from a memory snapshot cannot have mediated secrets (${mediated.join(", ")}): its guest keeps the trust bundle of the sandbox it was taken from`, {
+      hint: "give the secrets to a fresh sandbox, or snapshot a sandbox that has none",
+    });
   }
   const { fromSnapshot: _from, ...rest } = req;
   return { ...rest, backend, image: shape.imageDigest, workMiB: shape.workMiB, resources };

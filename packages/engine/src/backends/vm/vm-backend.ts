@@ -104,6 +104,13 @@ export interface VmBackendOptions {
    * template's identity) before each use; otherwise saved VMs live under `${cacheRoot}/saved`.
    */
   readonly snapshots?: SnapshotStore;
+  /**
+   * Take the engine's snapshot store for boot snapshots when the engine offers it
+   * (`useSnapshotStore`), as `snapshots` would. openEngine sets it when the VM cache belongs to
+   * the engine's state directory (the default layout); engines sharing another cache keep saved
+   * VMs under `${cacheRoot}/saved`. @default false
+   */
+  readonly bootSnapshotsInEngineStore?: boolean;
 }
 
 /** The verity parameters the guest needs for a disk whose hash tree follows its data. */
@@ -244,7 +251,7 @@ export class VmBackend implements Backend {
   private readonly saved: SavedVmStore;
   private readonly ramRoot: string;
   /** Boot snapshots in the snapshot store, when the engine gave one. */
-  private readonly boots: BootSnapshots | undefined;
+  private boots: BootSnapshots | undefined;
 
   constructor(private readonly options: VmBackendOptions) {
     if (!options.cacheRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid cacheRoot "${options.cacheRoot}": must be an absolute path`);
@@ -254,6 +261,13 @@ export class VmBackend implements Backend {
     this.ramRoot = options.ramRoot ?? DEFAULT_RAM_ROOT;
     this.boots = options.snapshots !== undefined ? new BootSnapshots(options.snapshots, join(options.cacheRoot, "boot-builds")) : undefined;
     if (!this.ramRoot.startsWith("/")) throw new InvalidArgumentError(`Invalid ramRoot "${this.ramRoot}": must be an absolute path`);
+  }
+
+  /** The engine's snapshot store, offered once it is open (see `bootSnapshotsInEngineStore`). */
+  useSnapshotStore(store: SnapshotStore): void {
+    if (this.boots === undefined && this.options.bootSnapshotsInEngineStore === true) {
+      this.boots = new BootSnapshots(store, join(this.options.cacheRoot, "boot-builds"));
+    }
   }
 
   /** Kernel (fetched on first use) and initramfs, found once; a failure is retried next time. */
