@@ -23,7 +23,7 @@ import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
-import { AdmissionError, InternalError, SnapshotMismatchError } from "@mvm/protocol";
+import { AdmissionError, InternalError, SnapshotMismatchError, parseJsonStrict } from "@mvm/protocol";
 import { AgentClient } from "../../agent/client.js";
 import { childChannel } from "../_teardown.js";
 import type { BackendSnapshot } from "../types.js";
@@ -78,7 +78,7 @@ export async function readDeviceHeader(handle: FileHandle, expected: DeviceHeade
   if (!line.startsWith(HEADER_MAGIC)) throw new SnapshotMismatchError(`${what}: its device state has no mvm header`);
   let parsed: DeviceHeader;
   try {
-    parsed = HeaderSchema.parse(JSON.parse(line.slice(HEADER_MAGIC.length)));
+    parsed = HeaderSchema.parse(parseJsonStrict(line.slice(HEADER_MAGIC.length)));
   } catch (cause) {
     throw new SnapshotMismatchError(`${what}: its device state header is malformed`, { cause });
   }
