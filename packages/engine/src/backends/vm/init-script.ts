@@ -68,9 +68,8 @@ export const GUEST_DMSETUP_PATH = "/sbin/dmsetup";
 /** What /init prints and then powers off, when the kernel command line has mvm.bench_stop=init. */
 export const BENCH_INIT_MARKER = "mvm-init: reached";
 
-/** Lines the agent and the init write, and the line the host writes to start the agent. */
-export const AGENT_READY_LINE = "mvm-agent ready\n";
-export const AGENT_START_LINE = "mvm-agent start\n";
+/** Lines the agent and the init write, and the line the host writes to start the agent (one definition, in @mvm/protocol). */
+export { AGENT_READY_LINE, AGENT_START_LINE } from "@mvm/protocol";
 
 /** The agent runtime's command with the channel switched from stdio to the virtio port, and the relay port. */
 function agentArgv(): string[] {
