@@ -7,11 +7,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { DEFAULT_IMAGE, defaultStateDir } from "@mvm/engine";
+import { cliEnv, skipWithoutImages } from "./_test/e2e-env.js";
+import { DEFAULT_IMAGE } from "@mvm/engine";
 import { DaemonClient } from "@mvm/sdk";
 import { findDescendants, memoryKiB, peakRecorder, waitWriterStalled } from "./_test/writers.js";
 
@@ -26,8 +27,7 @@ const PEAK_LIMIT_KIB = 300 * 1024;
 /** Bytes a held writer may get out: the agent's window and read-ahead, pipe and socket buffers. */
 const HELD_WRITE_LIMIT = 16 * MiB;
 
-const imagesDir = process.env["MVM_TEST_IMAGES_DIR"] ?? join(defaultStateDir(), "images");
-const skip = existsSync(imagesDir) ? undefined : `no image store at ${imagesDir}: run scripts/setup.sh first (it builds ${DEFAULT_IMAGE})`;
+const skip = skipWithoutImages;
 
 interface Daemon {
   child: ChildProcess;
@@ -37,7 +37,7 @@ interface Daemon {
 
 async function startDaemon(dir: string): Promise<Daemon> {
   const socketPath = join(dir, "run", "d.sock");
-  const child = spawn(process.execPath, [MAIN, "daemon", "--socket", socketPath], { env: envFor(dir), stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(process.execPath, [MAIN, "daemon", "--socket", socketPath], { env: cliEnv(dir), stdio: ["ignore", "ignore", "pipe"] });
   let seen = "";
   const closed = new Promise<void>((resolve) => child.on("close", () => resolve()));
   await new Promise<void>((resolve, reject) => {
@@ -54,20 +54,6 @@ async function startDaemon(dir: string): Promise<Daemon> {
       child.kill("SIGTERM");
       await closed;
     },
-  };
-}
-
-function envFor(dir: string): NodeJS.ProcessEnv {
-  const config = join(dir, "config.json");
-  writeFileSync(config, "{}");
-  return {
-    ...process.env,
-    MVM_CONFIG: config,
-    MVM_ACK_CONTAINER_TIER: "1",
-    MVM_DEFAULT_BACKEND: "namespace",
-    MVM_STATE_DIR: join(dir, "state"),
-    MVM_IMAGES_DIR: imagesDir,
-    MVM_VM_CACHE_DIR: process.env["MVM_TEST_VM_CACHE_DIR"] ?? join(defaultStateDir(), "vm"),
   };
 }
 
@@ -142,7 +128,7 @@ test("2 GiB of exec output through the daemon to a consumer that pauses: bounded
   await t.test("mvmctl exec writes only as fast as its stdout and stderr are read", async (st) => {
     const peakFile = join(dir, "mvmctl.peak");
     const cli = spawn(process.execPath, ["--require", peakRecorder(dir), MAIN, "--socket", socketPath, "exec", sb.id, "--", "/bin/sh", "-c", SCRIPT], {
-      env: { ...envFor(dir), MVM_TEST_PEAK_FILE: peakFile },
+      env: { ...cliEnv(dir), MVM_TEST_PEAK_FILE: peakFile },
       stdio: ["pipe", "pipe", "pipe"],
     });
     const closed = new Promise<number | null>((resolve) => cli.on("close", (code) => resolve(code)));

@@ -6,34 +6,20 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { DEFAULT_IMAGE, defaultStateDir } from "@mvm/engine";
+import { cliEnv, skipWithoutImages } from "./_test/e2e-env.js";
+import { DEFAULT_IMAGE } from "@mvm/engine";
 
 const MAIN = fileURLToPath(new URL("./main.js", import.meta.url));
-const imagesDir = process.env["MVM_TEST_IMAGES_DIR"] ?? join(defaultStateDir(), "images");
-const skip = existsSync(imagesDir) ? undefined : `no image store at ${imagesDir}: run scripts/setup.sh first (it builds ${DEFAULT_IMAGE})`;
+const skip = skipWithoutImages;
 
 interface Ran {
   code: number | null;
   stdout: string;
   stderr: string;
-}
-
-function envFor(dir: string): NodeJS.ProcessEnv {
-  const config = join(dir, "config.json");
-  writeFileSync(config, "{}");
-  return {
-    ...process.env,
-    MVM_CONFIG: config,
-    MVM_ACK_CONTAINER_TIER: "1",
-    MVM_DEFAULT_BACKEND: "namespace",
-    MVM_STATE_DIR: join(dir, "state"),
-    MVM_IMAGES_DIR: imagesDir,
-    MVM_VM_CACHE_DIR: process.env["MVM_TEST_VM_CACHE_DIR"] ?? join(defaultStateDir(), "vm"),
-  };
 }
 
 function run(env: NodeJS.ProcessEnv, args: readonly string[]): Promise<Ran> {
@@ -72,7 +58,7 @@ test("snapshot create/ls/inspect/rm, create --from-snapshot and fork through a r
   // The sandbox's uid must be able to pass through the state directory's parents.
   const dir = mkdtempSync(join(tmpdir(), "mvm-snapshot-e2e-"));
   chmodSync(dir, 0o711);
-  const env = envFor(dir);
+  const env = cliEnv(dir);
   const socketPath = join(dir, "run", "d.sock");
   const daemon = await startDaemon(env, socketPath);
   const mvmctl = (...args: string[]): Promise<Ran> => run(env, ["--socket", socketPath, ...args]);
