@@ -17,6 +17,7 @@ import type { SandboxNetwork } from "../egress/sandbox-network.js";
 import type { LiveSandbox } from "../live-sandbox.js";
 import type { SecretStore } from "../secrets/store.js";
 import type { SandboxRecords } from "../state.js";
+import type { SnapshotStore } from "../store/snapshot-store.js";
 import type { EngineOptions } from "../engine.js";
 
 export const DENY_ALL: NetworkPolicyJson = { version: 1, default: "deny", rules: [] };
@@ -47,7 +48,7 @@ export interface EngineCore {
   owner: { pid: number; startTime: string };
   closing: Promise<void> | undefined;
   /** The snapshot store, once opened (capabilities/snapshots.ts). */
-  snapshots: unknown;
+  snapshots: SnapshotStore | undefined;
 }
 
 /** The live sandbox `id`; NotFoundError when it is unknown or has stopped. */

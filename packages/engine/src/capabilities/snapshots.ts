@@ -50,7 +50,7 @@ const RESOURCES_LABEL = "mvm/resources";
 const FORK_SNAPSHOT_TTL_SECONDS = 3600;
 
 function store(core: EngineCore): SnapshotStore {
-  if (!(core.snapshots instanceof SnapshotStore)) throw new UnsupportedCapabilityError("This engine has no snapshot store open");
+  if (core.snapshots === undefined) throw new UnsupportedCapabilityError("This engine has no snapshot store open");
   return core.snapshots;
 }
 
