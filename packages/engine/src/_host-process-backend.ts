@@ -25,7 +25,10 @@ export class HostProcessBackend implements Backend {
     readonly name: BackendName,
     private readonly probeResult: Omit<ProbeResult, "backend">,
   ) {}
+  /** How many times the engine probed this backend. */
+  probes = 0;
   async probe(): Promise<ProbeResult> {
+    this.probes++;
     return { backend: this.name, ...this.probeResult };
   }
   readonly launches: LaunchSpec[] = [];

@@ -530,3 +530,41 @@ test(`onTtl "pause" is part of the signed plan: a plan-admitted create cannot ad
     await engine.close();
   }
 });
+
+test("a create that names its backend probes that backend alone; one that names none probes all; health probes again", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const vm = new HostProcessBackend("vm", usable("vm-emulated"));
+  const engine = await engineWith([vm, ns]);
+  try {
+    assert.deepEqual([vm.probes, ns.probes], [0, 0], "opening the engine probes nothing");
+    const a = await engine.createSandbox({ backend: "namespace" });
+    assert.deepEqual([vm.probes, ns.probes], [0, 1]);
+    await engine.createSandbox({ backend: "namespace" });
+    assert.deepEqual([vm.probes, ns.probes], [0, 1], "a probe is kept for the engine's life");
+    const b = await engine.createSandbox({});
+    assert.equal(b.backend, "vm", "the default is still the strongest usable backend");
+    assert.deepEqual([vm.probes, ns.probes], [1, 1]);
+    await engine.health();
+    assert.deepEqual([vm.probes, ns.probes], [2, 2]);
+    await engine.killSandbox(a.id);
+  } finally {
+    await engine.close();
+  }
+});
+
+test("a named backend below a minimum tier is refused naming the stronger backends, which takes their probes", async () => {
+  const ns = new HostProcessBackend("namespace", usable("container"));
+  const vm = new HostProcessBackend("vm", usable("vm-emulated"));
+  const engine = await engineWith([vm, ns]);
+  try {
+    await assert.rejects(engine.createSandbox({ backend: "namespace", minimumTier: "vm-emulated" }), (err: unknown) => {
+      assert.ok(err instanceof UnsupportedCapabilityError);
+      assert.match(err.message, /below the minimum/);
+      assert.match(err.hint ?? "", /"vm" \(vm-emulated\)/);
+      return true;
+    });
+    assert.equal(vm.probes, 1);
+  } finally {
+    await engine.close();
+  }
+});

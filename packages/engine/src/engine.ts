@@ -49,7 +49,7 @@ import { EgressGateway } from "./egress/gateway.js";
 import { EgressResolver } from "./egress/resolver.js";
 import { SecretStore } from "./secrets/store.js";
 import { AdmissionGate } from "./admission/gate.js";
-import type { EngineCore } from "./capabilities/core.js";
+import { probesFor, type EngineCore } from "./capabilities/core.js";
 import * as files from "./capabilities/files.js";
 import * as images from "./capabilities/images.js";
 import * as network from "./capabilities/network.js";
@@ -181,7 +181,7 @@ export class Engine implements EngineApi {
         ...(options.egress?.testAllowance ? { testAllowance: options.egress.testAllowance } : {}),
       }),
       secrets: this.secrets,
-      probes: [],
+      probes: new Map(),
       gate: undefined as unknown as AdmissionGate,
       commands: new Map(),
       createRequests: new Map(),
@@ -212,7 +212,6 @@ export class Engine implements EngineApi {
     await engine.reapOrphans();
     for (const b of options.backends) await b.sweep?.();
     await snapshots.openSnapshots(core);
-    core.probes = await Promise.all(options.backends.map((b) => b.probe()));
     engine.#summaryTimer = setInterval(() => void engine.#summarizeNetworks(), summaryMs).unref();
     return engine;
   }
@@ -256,13 +255,15 @@ export class Engine implements EngineApi {
 
   async health(): Promise<HealthInfo> {
     const core = this.#core;
-    core.probes = await Promise.all(core.options.backends.map((b) => b.probe()));
-    const def = chooseDefault(core.probes, core.configuredDefault);
+    // Health always probes again: it is how a caller sees a host that changed.
+    core.probes.clear();
+    const probes = await probesFor(core, "all");
+    const def = chooseDefault(probes, core.configuredDefault);
     return {
       version: ENGINE_VERSION,
-      defaultBackend: core.probes[def.index]?.backend ?? null,
+      defaultBackend: probes[def.index]?.backend ?? null,
       defaultReason: def.reason,
-      backends: core.probes.map((p) => ({
+      backends: probes.map((p) => ({
         backend: p.backend,
         tier: p.tier,
         usable: p.usable,

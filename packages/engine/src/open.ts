@@ -22,6 +22,7 @@ import type { Backend } from "./backends/types.js";
 import { NamespaceBackend } from "./backends/namespace/namespace-backend.js";
 import { VmBackend } from "./backends/vm/vm-backend.js";
 import { assembleAgentRuntime } from "./runtime/agent-runtime.js";
+import { HostFacts } from "./store/host-facts.js";
 
 /** The standard backends, strongest isolation first. */
 export const STANDARD_BACKENDS: readonly BackendName[] = ["vm", "namespace"];
@@ -105,7 +106,7 @@ export function configuredMinimumTier(option: unknown, env: Readonly<Record<stri
   return { tier: parseTier(fromEnv, MINIMUM_TIER_ENV), setting: `${MINIMUM_TIER_ENV} of the engine` };
 }
 
-function standardBackends(names: readonly BackendName[], vmCacheDir: string, vmKernel: { path: string; modulesDir: string } | undefined, ownCache: boolean): Backend[] {
+function standardBackends(names: readonly BackendName[], vmCacheDir: string, vmKernel: { path: string; modulesDir: string } | undefined, ownCache: boolean, facts: HostFacts): Backend[] {
   if (names.length === 0) throw new InvalidArgumentError("Invalid backends []: name at least one backend");
   const seen = new Set<BackendName>();
   return names.map((name) => {
@@ -113,8 +114,8 @@ function standardBackends(names: readonly BackendName[], vmCacheDir: string, vmK
     if (seen.has(backend)) throw new InvalidArgumentError(`Invalid backends: "${backend}" is named twice`);
     seen.add(backend);
     return backend === "vm"
-      ? new VmBackend({ cacheRoot: vmCacheDir, bootSnapshotsInEngineStore: ownCache, ...(vmKernel ? { kernel: vmKernel } : {}) })
-      : new NamespaceBackend();
+      ? new VmBackend({ cacheRoot: vmCacheDir, bootSnapshotsInEngineStore: ownCache, facts, ...(vmKernel ? { kernel: vmKernel } : {}) })
+      : new NamespaceBackend({ facts });
   });
 }
 
@@ -132,7 +133,9 @@ export async function openEngine(options: OpenEngineOptions = {}): Promise<Engin
   // The saved VM is a boot snapshot in the engine's store when the VM cache is the engine's own;
   // engines that share a cache with others (tests) keep it in the cache.
   const ownCache = vmCacheDir === join(stateDir, "vm");
-  const backends = standardBackends(options.backends ?? STANDARD_BACKENDS, vmCacheDir, options.vmKernel ?? kernelFromEnv(), ownCache);
+  // What the start derives from host files (hashes, library lists, probe outcomes), kept between starts.
+  const facts = new HostFacts(join(stateDir, "host-facts.json"));
+  const backends = standardBackends(options.backends ?? STANDARD_BACKENDS, vmCacheDir, options.vmKernel ?? kernelFromEnv(), ownCache, facts);
   const defaultBackend = resolveConfiguredDefault(
     configuredDefaultBackend(options.defaultBackend),
     backends.map((b) => b.name),
@@ -143,6 +146,7 @@ export async function openEngine(options: OpenEngineOptions = {}): Promise<Engin
   const runtime = await assembleAgentRuntime({
     agentBundlePath: options.agentBundlePath ?? defaultAgentBundlePath(),
     outRoot: join(stateDir, "runtime"),
+    facts,
   });
   const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, vmCacheDir: _v, vmKernel: _k, minimumTier: _m, ...rest } = options;
   return Engine.open({

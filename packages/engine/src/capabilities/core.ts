@@ -5,7 +5,7 @@
  * images, snapshots) is a set of functions over it, so a new operation touches its own module and
  * one line of the Engine.
  */
-import type { AuditReceiptRef, CreateSandboxRequest, NetworkPolicyJson, SandboxInfo } from "@mvm/protocol";
+import type { AuditReceiptRef, BackendName, CreateSandboxRequest, NetworkPolicyJson, SandboxInfo } from "@mvm/protocol";
 import { InvalidArgumentError, NotFoundError, STRICT_SECRETS_ENV, TransportError, envFlagOn } from "@mvm/protocol";
 import type { z } from "zod";
 import type { AdmissionGate } from "../admission/gate.js";
@@ -37,7 +37,8 @@ export interface EngineCore {
   readonly stoppedNetworks: Map<string, SandboxNetwork>;
   readonly gateway: EgressGateway;
   readonly secrets: SecretStore;
-  probes: ProbeResult[];
+  /** Each backend's probe, run when first needed (see probesFor) and again at health(). */
+  readonly probes: Map<BackendName, Promise<ProbeResult>>;
   gate: AdmissionGate;
   /** The create request of each live sandbox (without its plan): what a fork repeats. */
   readonly createRequests: Map<string, CreateSandboxRequest>;
@@ -62,6 +63,29 @@ export function liveSandbox(core: EngineCore, id: string): LiveSandbox {
 /** The receipt naming `entry` for a sandbox admitted under `info`'s plan. */
 export function receiptFor(info: SandboxInfo, entry: AuditReceipt): AuditReceiptRef | undefined {
   return info.receipt ? { planId: info.receipt.planId, auditEntryId: entry.id } : undefined;
+}
+
+/**
+ * The probes of the engine's backends, in the engine's order: of `which` alone, or of every
+ * backend for "all" (choosing a default needs them all). A backend is probed once, when first
+ * needed: a create that names its backend never probes the others.
+ */
+export async function probesFor(core: EngineCore, which: BackendName | "all"): Promise<ProbeResult[]> {
+  const backends = core.options.backends.filter((b) => which === "all" || b.name === which);
+  return Promise.all(
+    backends.map((b) => {
+      let pending = core.probes.get(b.name);
+      if (pending === undefined) {
+        pending = b.probe();
+        core.probes.set(b.name, pending);
+        // A probe that failed outright is run again next time.
+        pending.catch(() => {
+          if (core.probes.get(b.name) === pending) core.probes.delete(b.name);
+        });
+      }
+      return pending;
+    }),
+  );
 }
 
 export function assertOpen(core: EngineCore): void {

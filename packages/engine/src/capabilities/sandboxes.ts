@@ -39,7 +39,7 @@ import { Redactor } from "../secrets/redact.js";
 import { resolveSecrets, type ResolvedSecret } from "../secrets/resolve.js";
 import { checkSecretHygiene } from "../secrets/warnings.js";
 import { DEFAULT_IMAGE, type PlanOptions } from "../engine.js";
-import { DENY_ALL, STOPPED_KEPT, STOPPED_NETWORKS_KEPT, assertOpen, liveSandbox, parse, receiptFor, strictSecrets, type EngineCore } from "./core.js";
+import { DENY_ALL, STOPPED_KEPT, STOPPED_NETWORKS_KEPT, assertOpen, liveSandbox, parse, probesFor, receiptFor, strictSecrets, type EngineCore } from "./core.js";
 import { networkSummary } from "./network.js";
 
 /** The snapshot a create starts from: its digest (named by the IR) and, to create, its verified templates. */
@@ -61,38 +61,41 @@ const HELLO_TIMEOUT_MS: Record<ProbeResult["tier"], number> = { container: 20_00
  * meet the stronger of the request's and the engine's minimum, and a container tier the engine
  * chose must be acknowledged by the request.
  */
-export function chooseSandboxBackend(core: EngineCore, 
+export async function chooseSandboxBackend(core: EngineCore, 
   requested: BackendName | undefined,
   req: Pick<CreateSandboxRequest, "minimumTier" | "acknowledgeContainerTier">,
-): { backend: Backend; probe: ProbeResult; defaulted: boolean } {
-  const { index, defaulted, reason } = chooseBackend(core.probes, requested, core.configuredDefault);
-  const probe = core.probes[index]!;
+): Promise<{ backend: Backend; probe: ProbeResult; defaulted: boolean; probes: ProbeResult[] }> {
   const minimum = strictestMinimum(req.minimumTier !== undefined ? { tier: req.minimumTier, setting: "minimumTier" } : undefined, core.minimumTier);
-  checkTier(core.probes, probe, {
+  // A named backend is all a create needs probed, unless a minimum tier could refuse it: then the
+  // refusal names the stronger backends, which takes their probes.
+  const probes = await probesFor(core, requested !== undefined && minimum === undefined ? requested : "all");
+  const { index, defaulted, reason } = chooseBackend(probes, requested, core.configuredDefault);
+  const probe = probes[index]!;
+  checkTier(probes, probe, {
     defaulted,
     ...(reason !== undefined ? { reason } : {}),
     minimum,
     acknowledgedContainer: req.acknowledgeContainerTier === true,
   });
-  return { backend: core.options.backends[index]!, probe, defaulted };
+  return { backend: core.options.backends.find((b) => b.name === probe.backend)!, probe, defaulted, probes };
 }
 
 /** Names the usable backends that could enforce `missing`, for the hint of a refused default. */
-function enforcersOf(core: EngineCore, missing: readonly (keyof Resources)[], except: BackendName): string[] {
+function enforcersOf(probes: readonly ProbeResult[], missing: readonly (keyof Resources)[], except: BackendName): string[] {
   const kind = { memoryMiB: "memory", pids: "pids", cpus: "cpu" } as const satisfies Record<keyof Resources, keyof ProbeResult["enforceable"]>;
-  return core.probes
+  return probes
     .filter((p) => p.usable && p.backend !== except && missing.every((m) => p.enforceable[kind[m]]))
     .map((p) => `"${p.backend}" (${p.tier})`);
 }
 
-function effectiveResources(core: EngineCore, requested: Resources | undefined, probe: ProbeResult, defaulted: boolean): Resources {
+function effectiveResources(core: EngineCore, requested: Resources | undefined, probe: ProbeResult, defaulted: boolean, probes: readonly ProbeResult[]): Resources {
   if (requested) {
     const missing: (keyof Resources)[] = [];
     if (requested.memoryMiB !== undefined && !probe.enforceable.memory) missing.push("memoryMiB");
     if (requested.pids !== undefined && !probe.enforceable.pids) missing.push("pids");
     if (requested.cpus !== undefined && !probe.enforceable.cpu) missing.push("cpus");
     if (missing.length > 0) {
-      const others = defaulted ? enforcersOf(core, missing, probe.backend) : [];
+      const others = defaulted ? enforcersOf(probes, missing, probe.backend) : [];
       const hint =
         others.length > 0
           ? `drop the limit, or name a backend that can enforce it: ${others.join(", ")}`
@@ -122,8 +125,8 @@ async function prepare(core: EngineCore,
   from: FromSnapshot | undefined,
 ) {
   const requested = req.backend ?? (req.plan ? backendForTier(req.plan.plan.ir.requiredTier) : undefined);
-  const { backend, probe, defaulted } = chooseSandboxBackend(core, requested, req);
-  const resources = effectiveResources(core, req.resources, probe, defaulted);
+  const { backend, probe, defaulted, probes } = await chooseSandboxBackend(core, requested, req);
+  const resources = effectiveResources(core, req.resources, probe, defaulted, probes);
   const imageRef = req.image ?? core.options.defaultImage ?? DEFAULT_IMAGE;
   const image = await core.options.images.ensure(imageRef, {
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),

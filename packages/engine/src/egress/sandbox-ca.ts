@@ -4,13 +4,25 @@
  * with WebCrypto, stay in this process's memory and are handed to node:tls as PKCS#8 PEM.
  */
 import { webcrypto } from "node:crypto";
-import * as x509 from "@peculiar/x509";
+import type * as X509 from "@peculiar/x509";
 import { InvalidArgumentError } from "@mvm/protocol";
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+let library: Promise<typeof X509> | undefined;
+
+/**
+ * The X.509 library, loaded when the first sandbox CA is made: it is the largest module the engine
+ * uses, and most engine starts (every one-shot run without TLS interception) never need it.
+ */
+function x509Library(): Promise<typeof X509> {
+  library ??= import("@peculiar/x509").then((x509) => {
+    x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+    return x509;
+  });
+  return library;
+}
 
 const KEY_ALGORITHM = { name: "ECDSA", namedCurve: "P-256" } as const;
 const SIGNING_ALGORITHM = { name: "ECDSA", hash: "SHA-256" } as const;
@@ -44,7 +56,7 @@ function randomSerial(): string {
 
 async function privateKeyPem(key: CryptoKey): Promise<string> {
   const der = await webcrypto.subtle.exportKey("pkcs8", key);
-  return x509.PemConverter.encode(der, "PRIVATE KEY");
+  return (await x509Library()).PemConverter.encode(der, "PRIVATE KEY");
 }
 
 async function newKeyPair(): Promise<CryptoKeyPair> {
@@ -72,11 +84,11 @@ function checkHost(host: string): void {
 export class SandboxCa {
   /** The CA certificate (PEM), to be trusted inside the sandbox. */
   readonly certPem: string;
-  readonly #cert: x509.X509Certificate;
+  readonly #cert: X509.X509Certificate;
   readonly #keys: CryptoKeyPair;
   readonly #leaves = new Map<string, Promise<LeafCertificate>>();
 
-  private constructor(cert: x509.X509Certificate, keys: CryptoKeyPair) {
+  private constructor(cert: X509.X509Certificate, keys: CryptoKeyPair) {
     this.#cert = cert;
     this.#keys = keys;
     this.certPem = cert.toString("pem");
@@ -88,9 +100,10 @@ export class SandboxCa {
     if (!Number.isInteger(validityDays) || validityDays < 1 || validityDays > 3650) {
       throw new InvalidArgumentError(`Cannot create a sandbox CA: validityDays "${validityDays}" is not an integer from 1 to 3650`);
     }
+    const x509 = await x509Library();
     const keys = await newKeyPair();
     const now = Date.now();
-    const name: x509.JsonName = [{ CN: [`mvm sandbox CA ${options.sandboxId}`] }];
+    const name: X509.JsonName = [{ CN: [`mvm sandbox CA ${options.sandboxId}`] }];
     const cert = await x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: randomSerial(),
       name,
@@ -138,6 +151,7 @@ export class SandboxCa {
   }
 
   async #issue(host: string): Promise<LeafCertificate> {
+    const x509 = await x509Library();
     const keys = await newKeyPair();
     const now = Date.now();
     const cert = await x509.X509CertificateGenerator.create({

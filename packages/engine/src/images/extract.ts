@@ -5,7 +5,7 @@
 import { constants as fsc, createReadStream } from "node:fs";
 import { lstat, open, readdir, readlink, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { Parser, type ReadEntry } from "tar";
+import type { ReadEntry } from "tar";
 import { AbortedError, InvalidArgumentError } from "@mvm/protocol";
 import { quote } from "./ref.js";
 import type { TreeWriter } from "./tree-writer.js";
@@ -30,6 +30,8 @@ export async function extractTar(tarPath: string, writer: TreeWriter, options: S
   if (!st.isFile()) throw new InvalidArgumentError(`Cannot import ${quote(tarPath)}: not a regular file`);
 
   const input = createReadStream(tarPath, { highWaterMark: 256 * 1024 });
+  // Loaded on first use: only image imports read tar archives.
+  const { Parser } = await import("tar");
   const parser = new Parser({ strict: true, maxMetaEntrySize: MAX_META_ENTRY_BYTES });
   const queue: ReadEntry[] = [];
   let failure: unknown;

@@ -23,6 +23,8 @@ import { pipeline } from "node:stream/promises";
 import { InternalError, InvalidArgumentError } from "@mvm/protocol";
 import { LOADER_NAME, listSharedLibraries } from "./shared-libs.js";
 import { publishDir, removeDeadTemps, tempPathIn } from "../store/atomic.js";
+import type { HostFacts } from "../store/host-facts.js";
+import { z } from "zod";
 
 /** Where the runtime is mounted inside a sandbox. */
 export const AGENT_MOUNT_POINT = "/.mvm";
@@ -37,7 +39,18 @@ export interface AssembleAgentRuntimeOptions {
   readonly nodeBinary?: string;
   /** Directory under which runtimes are kept, one subdirectory per digest. Created 0755 if missing. */
   readonly outRoot: string;
+  /**
+   * Where the libraries of the Node binary and the sha256 of each source file are kept between
+   * engine starts, reused while the files are unchanged. @default none: computed every time
+   */
+  readonly facts?: HostFacts;
 }
+
+const LibraryList = z.strictObject({
+  loader: z.string().startsWith("/"),
+  libraries: z.array(z.strictObject({ name: z.string(), path: z.string().startsWith("/") })).max(256),
+});
+const FileSum = z.strictObject({ sha256: z.string().regex(/^[0-9a-f]{64}$/), size: z.number().int().nonnegative() });
 
 export interface AgentRuntime {
   /** Absolute path of the runtime directory (`outRoot/<hex digest>`). */
@@ -90,14 +103,29 @@ export async function assembleAgentRuntime(options: AssembleAgentRuntimeOptions)
   for (const [label, path] of [["agentBundlePath", options.agentBundlePath], ["nodeBinary", nodeBinary], ["outRoot", options.outRoot]] as const) {
     if (!path.startsWith("/")) throw new InvalidArgumentError(`Invalid ${label} "${path}": must be an absolute path`);
   }
-  const libs = await listSharedLibraries(nodeBinary);
+  const facts = options.facts;
+  const libs = facts === undefined
+    ? await listSharedLibraries(nodeBinary)
+    : await facts.fact({
+        key: `ldd:${nodeBinary}`,
+        files: [nodeBinary],
+        schema: LibraryList,
+        compute: async () => {
+          const value = await listSharedLibraries(nodeBinary);
+          return { value, discovered: [value.loader, ...value.libraries.map((l) => l.path)] };
+        },
+      });
   const plan: RuntimeFile[] = [
     { path: `bin/${LOADER_NAME}`, source: libs.loader, mode: 0o111 },
     { path: "bin/node", source: nodeBinary, mode: 0o555 },
     ...libs.libraries.map((lib) => ({ path: `lib/${lib.name}`, source: lib.path, mode: 0o444 })),
     { path: "agent.cjs", source: options.agentBundlePath, mode: 0o444 },
   ];
-  const hashed = await Promise.all(plan.map(async (file) => ({ ...file, ...(await hashFile(file.source)) })));
+  const sum = (path: string): Promise<{ sha256: string; size: number }> =>
+    facts === undefined
+      ? hashFile(path)
+      : facts.fact({ key: `sha256:${path}`, files: [path], schema: FileSum, compute: async () => ({ value: await hashFile(path) }) });
+  const hashed = await Promise.all(plan.map(async (file) => ({ ...file, ...(await sum(file.source)) })));
   const manifest = renderManifest(hashed);
   const hex = createHash("sha256").update(manifest).digest("hex");
   const dir = join(options.outRoot, hex);

@@ -11,7 +11,7 @@
 import { constants as fsc } from "node:fs";
 import { mkdir, open, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { createBLAKE3, type IHasher } from "hash-wasm";
+import type { IHasher } from "hash-wasm";
 import { InvalidArgumentError, SnapshotMismatchError } from "@mvm/protocol";
 import { writeFileAtomic } from "./atomic.js";
 import { isAlive, parseOwnerTag } from "./lock.js";
@@ -46,7 +46,8 @@ let hasher: Promise<IHasher> | undefined;
 
 /** BLAKE3-256 of `bytes`, as 64 hex digits. One WebAssembly hasher serves the process. */
 export async function blake3Hex(bytes: Uint8Array): Promise<string> {
-  const h = await (hasher ??= createBLAKE3(256));
+  // Loaded on first use: most engine starts hash nothing.
+  const h = await (hasher ??= import("hash-wasm").then((m) => m.createBLAKE3(256)));
   // init/update/digest run synchronously: no other call can interleave with them.
   h.init();
   h.update(bytes);

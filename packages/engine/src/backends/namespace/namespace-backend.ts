@@ -19,6 +19,9 @@ import { sweepRelayDirs } from "./relay-listener.js";
 import { sandboxSeccompProgram } from "./seccomp.js";
 import { type SnapshotTools, findSnapshotTools } from "./snapshot-tools.js";
 import { SandboxUidAllocator } from "./uid.js";
+import { createHash } from "node:crypto";
+import { z } from "zod";
+import type { HostFacts } from "../../store/host-facts.js";
 
 export interface NamespaceBackendOptions {
   /** The bubblewrap binary. @default `bwrap` found on PATH or in the system directories */
@@ -31,6 +34,36 @@ export interface NamespaceBackendOptions {
   readonly tarPath?: string;
   /** A statically linked busybox, the shell of the restore step. @default `busybox` found like bwrap */
   readonly busyboxPath?: string;
+  /**
+   * Keeps the outcome of the probe's host commands (`bwrap --version`, the trial sandbox, finding
+   * the snapshot tools) between engine starts, reused while the binaries, the kernel, the boot
+   * and the user-namespace settings are unchanged. @default none: run at every probe
+   */
+  readonly facts?: HostFacts;
+}
+
+const RunOutcome = z.strictObject({ code: z.number().int().nullable(), output: z.string().max(4096) });
+const SnapshotToolsFact = z.strictObject({
+  tar: z.string().startsWith("/"),
+  tarLoader: z.string().startsWith("/"),
+  tarLibraries: z.array(z.string().startsWith("/")).max(256),
+  busybox: z.string().startsWith("/"),
+  unshare: z.string().startsWith("/").optional(),
+});
+
+/** Everything a trial sandbox's outcome depends on besides the binaries: kernel, boot, uid, settings, filter. */
+async function trialContext(): Promise<string> {
+  const read = (p: string): Promise<string> => readFile(p, "utf8").then((s) => s.trim(), () => "-");
+  const parts = await Promise.all([
+    read("/proc/sys/kernel/osrelease"),
+    read("/proc/sys/kernel/random/boot_id"),
+    read("/proc/sys/user/max_user_namespaces"),
+    read("/proc/sys/kernel/unprivileged_userns_clone"),
+    read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+    read("/proc/sys/kernel/yama/ptrace_scope"),
+  ]);
+  const filter = createHash("sha256").update(sandboxSeccompProgram()).digest("hex");
+  return JSON.stringify([process.geteuid?.() ?? -1, ...parts, filter]);
 }
 
 /**
@@ -108,12 +141,31 @@ export class NamespaceBackend implements Backend {
     const fresh = this.discover();
     this.setup = fresh;
     const host = await fresh;
+    const facts = this.options.facts;
+    const bwrap = host.bwrapPath;
     return probeNamespaceHost({
       isRoot: host.isRoot,
-      bwrapPath: host.bwrapPath,
+      bwrapPath: bwrap,
       setprivPath: host.setprivPath,
       cgroups: host.cgroups,
-      trySandbox: () => this.trySandbox(host),
+      trySandbox: async () =>
+        facts === undefined || bwrap === undefined
+          ? this.trySandbox(host)
+          : facts.fact({
+              key: `namespace-trial:${bwrap}:${host.setprivPath ?? ""}`,
+              files: [bwrap, ...(host.setprivPath !== undefined ? [host.setprivPath] : [])],
+              context: await trialContext(),
+              schema: RunOutcome,
+              compute: async () => ({ value: await this.trySandbox(host) }),
+              // A failed trial is tried again at the next probe: it may have been passing trouble.
+              keep: (outcome) => outcome.code === 0,
+            }),
+      ...(facts === undefined || bwrap === undefined
+        ? {}
+        : {
+            bwrapVersion: () =>
+              facts.fact({ key: `bwrap-version:${bwrap}`, files: [bwrap], schema: RunOutcome, compute: async () => ({ value: await runBounded([bwrap, "--version"], 10_000) }), keep: (r) => r.code === 0 }),
+          }),
       snapshotTools: () => this.snapshotTools(host.isRoot),
     });
   }
@@ -159,10 +211,30 @@ export class NamespaceBackend implements Backend {
   /** The snapshot tools, found once (single-flight; a failed search is retried next time). */
   private snapshotTools(isRoot: boolean): Promise<SnapshotTools> {
     if (this.tools === undefined) {
-      const pending = findSnapshotTools({
+      const paths = {
         ...(this.options.tarPath !== undefined ? { tarPath: this.options.tarPath } : {}),
         ...(this.options.busyboxPath !== undefined ? { busyboxPath: this.options.busyboxPath } : {}),
-      }, isRoot);
+      };
+      const facts = this.options.facts;
+      const find = async (): Promise<SnapshotTools> => {
+        if (facts === undefined) return findSnapshotTools(paths, isRoot);
+        const [tar, busybox] = await Promise.all([findExecutable("tar", paths.tarPath), findExecutable("busybox", paths.busyboxPath)]);
+        // Not found: the search itself says what is missing, and nothing is kept.
+        if (tar === undefined || busybox === undefined) return findSnapshotTools(paths, isRoot);
+        const found = await facts.fact({
+          key: `snapshot-tools:${isRoot}:${tar}:${busybox}`,
+          files: [tar, busybox],
+          context: process.env["PATH"] ?? "",
+          schema: SnapshotToolsFact,
+          compute: async () => {
+            const tools = await findSnapshotTools({ tarPath: tar, busyboxPath: busybox }, isRoot);
+            const value = { ...tools, tarLibraries: [...tools.tarLibraries], ...(tools.unshare !== undefined ? { unshare: tools.unshare } : {}) };
+            return { value, discovered: [tools.tarLoader, ...tools.tarLibraries, ...(tools.unshare !== undefined ? [tools.unshare] : [])] };
+          },
+        });
+        return { ...found, unshare: found.unshare };
+      };
+      const pending = find();
       this.tools = pending;
       pending.catch(() => {
         if (this.tools === pending) this.tools = undefined;

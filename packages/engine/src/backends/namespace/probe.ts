@@ -89,6 +89,8 @@ export interface ProbeInputs {
   readonly cgroups: CgroupSupport;
   /** Runs `bwrap --unshare-user --disable-userns ... /bin/sh -c 'exit 0'` the way launch would (as a sandbox uid when root). */
   readonly trySandbox: () => Promise<RunResult>;
+  /** Runs `bwrap --version`. @default runs it at every probe */
+  readonly bwrapVersion?: () => Promise<RunResult>;
   /** Finds the tools of filesystem snapshots; absent: no "snapshot" check. */
   readonly snapshotTools?: () => Promise<SnapshotTools>;
 }
@@ -105,7 +107,7 @@ export async function probeNamespaceHost(inputs: ProbeInputs): Promise<ProbeResu
   if (inputs.bwrapPath === undefined) {
     add("bwrap", false, "bubblewrap not found", "install bubblewrap 0.8 or newer (e.g. `apt-get install bubblewrap`)");
   } else {
-    const version = await runBounded([inputs.bwrapPath, "--version"], 10_000);
+    const version = await (inputs.bwrapVersion ?? (() => runBounded([inputs.bwrapPath!, "--version"], 10_000)))();
     const parsed = parseBwrapVersion(version.output);
     const setuid = ((await stat(inputs.bwrapPath)).mode & 0o4000) !== 0;
     const detail = `${parsed ? `bubblewrap ${parsed.join(".")}` : `unknown version ("${version.output.slice(0, 80)}")`} at ${inputs.bwrapPath}`;

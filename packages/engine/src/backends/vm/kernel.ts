@@ -11,6 +11,8 @@
  *
  * `root/current` names the digest of the kernel fetched last.
  */
+import { z } from "zod";
+import type { HostFacts } from "../../store/host-facts.js";
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
@@ -99,6 +101,8 @@ export function parseKernelPackage(depends: string): string {
   throw new InvalidArgumentError(`No versioned cloud kernel package in Depends "${depends}"`);
 }
 
+const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
+
 async function sha256File(path: string): Promise<string> {
   return createHash("sha256").update(await readFile(path)).digest("hex");
 }
@@ -122,7 +126,7 @@ function renderManifest(version: string, files: ReadonlyArray<{ path: string; sh
  * Opens a stored kernel and checks every file against its manifest and the kernel against
  * `digest`. Throws NotFoundError when absent, InternalError when the store is damaged.
  */
-export async function openGuestKernel(root: string, digest: string): Promise<GuestKernel> {
+export async function openGuestKernel(root: string, digest: string, facts?: HostFacts): Promise<GuestKernel> {
   const match = /^sha256:([0-9a-f]{64})$/.exec(digest);
   if (match === null) throw new InvalidArgumentError(`Invalid kernel digest "${digest}"`);
   const hex = match[1] as string;
@@ -139,7 +143,13 @@ export async function openGuestKernel(root: string, digest: string): Promise<Gue
   for (const line of lines) {
     const m = /^sha256:([0-9a-f]{64}) ([a-z0-9_./]+)$/.exec(line);
     if (m === null || m[2]?.includes("..")) throw new InternalError(`Guest kernel manifest line "${line}" is malformed`);
-    const actual = await sha256File(join(dir, m[2] as string)).catch(() => "missing");
+    const file = join(dir, m[2] as string);
+    const sum = (): Promise<string> => sha256File(file);
+    // Checked in full the first time; later, reused while the file's identity is unchanged.
+    const actual = await (facts === undefined
+      ? sum()
+      : facts.fact({ key: `sha256:${file}`, files: [file], schema: Sha256Hex, compute: async () => ({ value: await sum() }), keep: (v) => v === m[1] })
+    ).catch(() => "missing");
     if (actual !== m[1]) throw new InternalError(`Guest kernel file "${join(dir, m[2] as string)}" does not match its manifest`);
     if (m[2] === "vmlinuz" && actual !== hex) throw new InternalError(`Guest kernel in "${dir}" does not match digest "${digest}"`);
   }
@@ -265,10 +275,10 @@ export async function fetchGuestKernel(root: string): Promise<GuestKernel> {
 }
 
 /** The kernel named by `root/current` when it is intact and has every module the guest needs, else a freshly fetched one. */
-export async function ensureGuestKernel(root: string): Promise<GuestKernel> {
+export async function ensureGuestKernel(root: string, facts?: HostFacts): Promise<GuestKernel> {
   let stored: GuestKernel | undefined;
   try {
-    stored = await openGuestKernel(root, (await readFile(join(root, "current"), "utf8")).trim());
+    stored = await openGuestKernel(root, (await readFile(join(root, "current"), "utf8")).trim(), facts);
   } catch {
     stored = undefined;
   }

@@ -18,6 +18,7 @@
  *
  * Tier "vm-hardware" when /dev/kvm is usable, else "vm-emulated" (TCG).
  */
+import type { HostFacts } from "../../store/host-facts.js";
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import { chown, lstat, open, readFile, readdir, rm, stat, type FileHandle } from "node:fs/promises";
@@ -86,6 +87,11 @@ export interface VmBackendOptions {
   readonly kernel?: { readonly path: string; readonly modulesDir: string };
   /** bubblewrap, which jails QEMU. @default `bwrap` found on PATH or in the system directories */
   readonly bwrapPath?: string;
+  /**
+   * Keeps the sha256 of each stored guest kernel file between engine starts, reused while the
+   * file's identity is unchanged. @default none: every file is hashed at each probe and launch
+   */
+  readonly facts?: HostFacts;
   /** Deadline for a cold boot to reach a ready agent, ms. @default DEFAULT_BOOT_TIMEOUT_MS */
   readonly bootTimeoutMs?: number;
   /**
@@ -276,7 +282,7 @@ export class VmBackend implements Backend {
       const pending = (async () => {
         const store = join(this.options.cacheRoot, "kernel");
         const named = this.options.kernel;
-        const kernel = named ? await importGuestKernel(store, named.path, named.modulesDir) : await ensureGuestKernel(store);
+        const kernel = named ? await importGuestKernel(store, named.path, named.modulesDir) : await ensureGuestKernel(store, this.options.facts);
         const helper = await buildGuestHelper({ outRoot: join(this.options.cacheRoot, "guest-helper") });
         const initrd = await buildInitramfs({
           kernel,
@@ -337,7 +343,7 @@ export class VmBackend implements Backend {
   private async storedKernel(): Promise<GuestKernel | undefined> {
     const root = join(this.options.cacheRoot, "kernel");
     try {
-      return await openGuestKernel(root, (await readFile(join(root, "current"), "utf8")).trim());
+      return await openGuestKernel(root, (await readFile(join(root, "current"), "utf8")).trim(), this.options.facts);
     } catch {
       return undefined;
     }
