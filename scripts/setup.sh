@@ -36,9 +36,9 @@ npm ci --no-audit --no-fund --loglevel=error
 echo "==> building"
 npm run build --silent
 
-mvmctl() { node packages/cli/dist/main.js "$@"; }
-ln -sf "$PWD/packages/cli/dist/main.js" /usr/local/bin/mvmctl
-chmod +x packages/cli/dist/main.js
+mvmctl() { node packages/cli/bin/mvmctl.cjs "$@"; }
+ln -sf "$PWD/packages/cli/bin/mvmctl.cjs" /usr/local/bin/mvmctl
+chmod +x packages/cli/bin/mvmctl.cjs
 
 # QEMU runs as an unprivileged uid: hardware KVM is used only when that uid can open /dev/kvm.
 # udev gives it to group kvm (0660) on most hosts; a host without udev leaves it root-only.

@@ -16,7 +16,8 @@ import { DEFAULT_IMAGE } from "@mvm/engine";
 import { DaemonClient } from "@mvm/sdk";
 import { findDescendants, memoryKiB, peakRecorder, waitWriterStalled } from "./_test/writers.js";
 
-const MAIN = fileURLToPath(new URL("./main.js", import.meta.url));
+/** The shipped executable: the bundle, run with its code cache. */
+const MAIN = fileURLToPath(new URL("../bin/mvmctl.cjs", import.meta.url));
 const MiB = 1024 * 1024;
 /** Output per stream: the API's cap, so nothing is cut. */
 const STREAM_BYTES = 1024 * MiB;

@@ -1,5 +1,5 @@
 /**
- * End-to-end: the built mvmctl (dist/main.js) in a child process against the real engine,
+ * End-to-end: the built mvmctl (bin/mvmctl.cjs, the bundle) in a child process against the real engine,
  * embedded (--embedded), so every test is self-contained.
  */
 import { test } from "node:test";
@@ -11,7 +11,8 @@ import { fileURLToPath } from "node:url";
 import { DEFAULT_IMAGE } from "@mvm/engine";
 import { scratchDir } from "./_test/scratch.js";
 
-const MAIN = fileURLToPath(new URL("./main.js", import.meta.url));
+/** The shipped executable: the bundle, run with its code cache. */
+const MAIN = fileURLToPath(new URL("../bin/mvmctl.cjs", import.meta.url));
 const configDir = scratchDir("e2e");
 const EMPTY_CONFIG = join(configDir, "config.json");
 writeFileSync(EMPTY_CONFIG, "{}");

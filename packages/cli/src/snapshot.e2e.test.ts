@@ -13,7 +13,8 @@ import { fileURLToPath } from "node:url";
 import { cliEnv, skipWithoutImages } from "./_test/e2e-env.js";
 import { DEFAULT_IMAGE } from "@mvm/engine";
 
-const MAIN = fileURLToPath(new URL("./main.js", import.meta.url));
+/** The shipped executable: the bundle, run with its code cache. */
+const MAIN = fileURLToPath(new URL("../bin/mvmctl.cjs", import.meta.url));
 const skip = skipWithoutImages;
 
 interface Ran {

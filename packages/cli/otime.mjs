@@ -1,0 +1,11 @@
+import { performance } from "node:perf_hooks";
+const t0 = performance.now();
+const { openEngine } = await import("@mvm/engine");
+const t1 = performance.now();
+import { mkdtempSync } from "node:fs";
+const e = await openEngine({ stateDir: process.env.SD ?? mkdtempSync("/tmp/et-"), imagesDir: "/var/lib/mvm/images", backends: (process.env.BK ?? "namespace").split(",") });
+const t2 = performance.now();
+const h = await e.health();
+const t3 = performance.now();
+console.log(`import ${(t1-t0).toFixed(0)} open ${(t2-t1).toFixed(0)} health ${(t3-t2).toFixed(0)}`);
+await e.close();
