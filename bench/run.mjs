@@ -1,8 +1,13 @@
 #!/usr/bin/env node
-// mvm benchmarks. Prints one JSON document on stdout (progress on stderr) and writes it to
-// bench/results/latest.json. Every figure sits beside a baseline measured in the same run.
+// mvm benchmarks. Writes one JSON document with every figure to bench/results/latest.json and,
+// with --json, prints exactly that document on stdout (else a short summary); progress goes to
+// stderr. Every figure sits beside a baseline measured in the same run. Section names are
+// optional: none runs them all.
 //
 //   npm run bench                  # all
+//   npm run bench -- --json        # all, the JSON document on stdout (the repository's .npmrc
+//                                  # sends npm's own banner to stderr)
+//   node bench/run.mjs oneshot     # a whole `mvmctl run` process against srt and bwrap (bench/oneshot.mjs)
 //   node bench/run.mjs create exec # some
 //   node bench/run.mjs egress      # egress gateway (bench/egress.mjs); BENCH_EGRESS_MIB, BENCH_EGRESS_CONNECTS, BENCH_EGRESS_TUNNELS
 //   node bench/run.mjs admission   # admission overhead added to a create (bench/admission.mjs)
@@ -28,11 +33,21 @@ import { benchPause } from "./pause.mjs";
 import { benchStore } from "./store.mjs";
 import { benchSnapshotNs } from "./snapshot-ns.mjs";
 import { benchSnapshotVm } from "./snapshot-vm.mjs";
+import { benchOneshot } from "./oneshot.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
 const IMAGE = process.env.BENCH_IMAGE ?? "debian:bookworm+python3";
-const only = new Set(process.argv.slice(2));
+const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "egress", "admission", "audit", "pause", "store", "snapshot-ns", "snapshot-vm", "vm"];
+const args = process.argv.slice(2);
+const jsonOut = args.includes("--json");
+const only = new Set(args.filter((a) => a !== "--json"));
+for (const a of only) {
+  if (!SECTIONS.includes(a)) {
+    console.error(`bench: unknown ${a.startsWith("-") ? "flag" : "section"} ${JSON.stringify(a)}; usage: run.mjs [--json] [${SECTIONS.join("|")} ...]`);
+    process.exit(2);
+  }
+}
 const want = (name) => only.size === 0 || only.has(name);
 const log = (...a) => console.error("[bench]", ...a);
 
@@ -184,6 +199,10 @@ async function main() {
       log("srt", JSON.stringify(result.figures.srt));
     }
 
+    if (want("oneshot")) {
+      result.figures.oneshot = await benchOneshot({ log, summary, ratio, imagesDir, runs: RUNS, findSrt });
+    }
+
     if (want("egress")) {
       result.figures.egress = await benchEgress({ log, summary, ratio });
       if (!result.figures.egress.skipped) {
@@ -219,9 +238,27 @@ async function main() {
     await rm(stateDir, { recursive: true, force: true });
   }
   const out = JSON.stringify(result, null, 2);
-  console.log(out);
+  console.log(jsonOut ? out : summaryText(result.figures));
   await mkdir(new URL("./results/", import.meta.url), { recursive: true });
   await writeFile(new URL("./results/latest.json", import.meta.url), out + "\n");
+}
+
+/** One line per figure: its p50s and ratios, for a reader (the JSON has everything). */
+function summaryText(figures) {
+  const lines = [];
+  const walk = (path, v) => {
+    if (v === null || typeof v !== "object") return;
+    if (typeof v.p50 === "number") {
+      lines.push(`${path}: p50 ${v.p50}, p95 ${v.p95}${v.n ? ` (n=${v.n})` : ""}`);
+      return;
+    }
+    for (const [k, x] of Object.entries(v)) {
+      if (typeof x === "number" && /^ratio|^to[A-Z]/.test(k)) lines.push(`${path}.${k}: ${x}`);
+      else walk(`${path}.${k}`, x);
+    }
+  };
+  for (const [k, v] of Object.entries(figures)) walk(k, v);
+  return `${lines.join("\n")}\n(every figure: bench/results/latest.json; --json prints it here)`;
 }
 
 async function sandboxPssKiB(ids) {
