@@ -37,6 +37,8 @@ import {
   type SignedPlan,
   type SnapshotApiRequest,
   type SnapshotInfo,
+  type WarmPoolInfo,
+  type WarmPoolRequest,
   type Tier,
   type WriteFileOptions,
 } from "@mvm/protocol";
@@ -53,6 +55,7 @@ import { probesFor, type EngineCore } from "./capabilities/core.js";
 import * as files from "./capabilities/files.js";
 import * as images from "./capabilities/images.js";
 import * as network from "./capabilities/network.js";
+import * as pools from "./capabilities/pools.js";
 import * as processes from "./capabilities/processes.js";
 import * as sandboxes from "./capabilities/sandboxes.js";
 import * as snapshots from "./capabilities/snapshots.js";
@@ -182,6 +185,8 @@ export class Engine implements EngineApi {
       }),
       secrets: this.secrets,
       probes: new Map(),
+      pools: new Map(),
+      warm: new Set(),
       gate: undefined as unknown as AdmissionGate,
       commands: new Map(),
       createRequests: new Map(),
@@ -314,6 +319,14 @@ export class Engine implements EngineApi {
   }
 
   // Processes
+  // Warm pools
+  setWarmPool(request: WarmPoolRequest, options: CallOptions = {}): Promise<WarmPoolInfo> {
+    return sandboxes.setWarmPool(this.#core, request, options);
+  }
+  async listWarmPools(): Promise<WarmPoolInfo[]> {
+    return pools.listWarmPools(this.#core);
+  }
+
   exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options: CallOptions = {}): Promise<ExecStarted> {
     return processes.exec(this.#core, id, request, handlers, options);
   }
@@ -386,6 +399,7 @@ export class Engine implements EngineApi {
     const core = this.#core;
     core.closing ??= (async () => {
       clearInterval(this.#summaryTimer);
+      await pools.closePools(core);
       const errors: MvmError[] = [];
       await Promise.all([...core.live.values()].map((s) => s.stop("engine-exit").catch((err: unknown) => errors.push(toMvmError(err)))));
       await core.gateway.close().catch(() => {});

@@ -6,6 +6,7 @@
  */
 import {
   CleanupError,
+  InternalError,
   SandboxCrashedError,
   SandboxPausedError,
   UnsupportedCapabilityError,
@@ -75,7 +76,7 @@ export class LiveSandbox {
   readonly #client: AgentClient;
   readonly #env: z.infer<typeof Env>;
   readonly #procs = new Map<number, AgentProcess>();
-  readonly #lifetime: SandboxLifetime;
+  #lifetime: SandboxLifetime;
   readonly #onEnded: (s: LiveSandbox) => void;
   readonly #onPauseChange: StartOptions["onPauseChange"];
   /** Pauses and resumes run one at a time, in order. */
@@ -103,11 +104,7 @@ export class LiveSandbox {
     this.network = opts.network;
     this.#redactor = opts.redactor;
     this.#onPauseChange = opts.onPauseChange;
-    this.#lifetime = new SandboxLifetime(Date.parse(info.createdAt), Date.parse(info.expiresAt), info.onTtl ?? "kill", {
-      expire: () => void this.stop("expired").catch(() => {}),
-      // A TTL pause that fails ends the sandbox: it never runs on past its TTL.
-      pauseAtTtl: () => void this.pause("ttl", "spent").catch(() => void this.stop("expired").catch(() => {})),
-    });
+    this.#lifetime = this.#lifetimeOf(info);
     launched.exited.then(() => void this.stop("crashed").catch(() => {}));
     client.closed.then((err) => {
       this.#closeError ??= err;
@@ -115,6 +112,32 @@ export class LiveSandbox {
     });
     this.#heartbeatConfig = opts.heartbeat;
     this.#startHeartbeat();
+  }
+
+  #lifetimeOf(info: SandboxInfo): SandboxLifetime {
+    return new SandboxLifetime(Date.parse(info.createdAt), Date.parse(info.expiresAt), info.onTtl ?? "kill", {
+      expire: () => void this.stop("expired").catch(() => {}),
+      // A TTL pause that fails ends the sandbox: it never runs on past its TTL.
+      pauseAtTtl: () => void this.pause("ttl", "spent").catch(() => void this.stop("expired").catch(() => {})),
+    });
+  }
+
+  /** Resolves once the agent answers a request (its session is loaded), so the first real one waits for nothing. */
+  async warmUp(): Promise<void> {
+    this.#assertLive();
+    await this.#client.request("ping", {});
+  }
+
+  /**
+   * Hands a warm sandbox to the create that claimed it: `info` becomes the claimant's (labels,
+   * creation and expiry times, TTL behaviour, receipt), and the TTL runs from the claim.
+   */
+  claimed(info: SandboxInfo): void {
+    this.#assertLive();
+    if (this.#pausedAt !== undefined) throw new InternalError(`Warm sandbox "${this.info.id}" is paused and cannot be claimed`);
+    this.#lifetime.end();
+    this.info = { ...info, state: "running" };
+    this.#lifetime = this.#lifetimeOf(this.info);
   }
 
   #startHeartbeat(): void {

@@ -19,6 +19,7 @@ import type { NetworkEventsPage, SecretMeta } from "./api-responses.js";
 import type { NetworkPolicyJson } from "./network-policy.js";
 import type { SignedPlan } from "./plan.js";
 import type { ForkApiRequest, SnapshotApiRequest, SnapshotInfo } from "./snapshot-api.js";
+import type { WarmPoolInfo, WarmPoolRequest } from "./pool-api.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -145,6 +146,15 @@ export interface EngineApi {
   getSnapshot(ref: string, options?: CallOptions): Promise<SnapshotInfo>;
   /** Deletes a snapshot (its chunks go once no other snapshot uses them); NotFoundError when there is none. */
   deleteSnapshot(ref: string, options?: CallOptions): Promise<void>;
+
+  /**
+   * Keeps `size` sandboxes like `request.sandbox` started ahead of demand (size 0 removes the
+   * pool); a later create of the same workload claims one, under its own plan. Each pooled
+   * sandbox serves one create and is never reused.
+   * @throws InvalidArgumentError for a request that cannot be pooled (secrets, ports, a plan, a snapshot)
+   */
+  setWarmPool(request: WarmPoolRequest, options?: CallOptions): Promise<WarmPoolInfo>;
+  listWarmPools(options?: CallOptions): Promise<WarmPoolInfo[]>;
 
   exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted>;
   signalProcess(id: string, proc: number, signal: KillSignal, options?: CallOptions): Promise<void>;

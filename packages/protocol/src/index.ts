@@ -24,6 +24,7 @@ export type { StrictJsonFault, StrictJsonOptions } from "./json-strict.js";
 export { canonicalJson } from "./canonical.js";
 export * from "./api.js";
 export * from "./snapshot-api.js";
+export * from "./pool-api.js";
 export * from "./api-responses.js";
 export type * from "./engine-api.js";
 export { isPromiseLike } from "./promise-like.js";

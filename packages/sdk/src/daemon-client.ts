@@ -35,6 +35,8 @@ import {
   type SnapshotInfo,
   type SnapshotApiRequest,
   type ForkApiRequest,
+  type WarmPoolInfo,
+  type WarmPoolRequest,
   MAX_FORK_COUNT,
 } from "@mvm/protocol";
 import type { z } from "zod";
@@ -172,6 +174,17 @@ export class DaemonClient implements EngineApi {
     const ids = new Set(sandboxes.map((s) => s.id));
     if (ids.size !== sandboxes.length || ids.has(id)) throw new TransportError(`${describe} answered sandboxes that are not distinct new sandboxes`);
     return sandboxes;
+  }
+
+  /** Sets a warm pool (may build its image: no default deadline, like createSandbox). */
+  async setWarmPool(request: WarmPoolRequest, options: CallOptions = {}): Promise<WarmPoolInfo> {
+    const call = { method: "PUT", path: "/v1/pools", ...jsonBody(request) } as const;
+    return this.#progressStream("setWarmPool", options, call, wire.PoolStreamLine, (line) => (line as { pool: WarmPoolInfo }).pool);
+  }
+
+  async listWarmPools(options?: CallOptions): Promise<WarmPoolInfo[]> {
+    const r = await this.#json<{ pools: WarmPoolInfo[] }>("listWarmPools", options, { method: "GET", path: "/v1/pools" }, wire.WarmPoolList);
+    return r.pools;
   }
 
   async listSnapshots(options?: CallOptions): Promise<SnapshotInfo[]> {

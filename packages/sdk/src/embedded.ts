@@ -32,6 +32,8 @@ import {
   type SnapshotInfo,
   type ForkApiRequest,
   type SnapshotApiRequest,
+  type WarmPoolInfo,
+  type WarmPoolRequest,
 } from "@mvm/protocol";
 
 /** Loads the engine module; replaceable in tests. */
@@ -158,6 +160,12 @@ export class EmbeddedEngine implements EngineApi {
   }
   forkSandbox(id: string, request?: ForkApiRequest, options?: CallOptions): Promise<SandboxInfo[]> {
     return this.#engine.forkSandbox(id, request, options);
+  }
+  setWarmPool(request: WarmPoolRequest, options?: CallOptions): Promise<WarmPoolInfo> {
+    return this.#engine.setWarmPool(request, options);
+  }
+  listWarmPools(options?: CallOptions): Promise<WarmPoolInfo[]> {
+    return this.#engine.listWarmPools(options);
   }
   listSnapshots(options?: CallOptions): Promise<SnapshotInfo[]> {
     return this.#engine.listSnapshots(options);

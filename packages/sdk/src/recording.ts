@@ -41,6 +41,8 @@ import {
   ForkApiRequest as ForkApiRequestSchema,
   SnapshotApiRequest,
   SnapshotIdSchema,
+  WarmPoolRequest,
+  type WarmPoolInfo,
 } from "@mvm/protocol";
 
 /** The environment variable naming the file a recording is written to at exit. */
@@ -252,6 +254,32 @@ export class RecordingEngine implements EngineApi {
     const req = check(ForkApiRequestSchema, request, "fork options");
     if (entry.info.state !== "running") throw new NotFoundError(`Sandbox "${id}" is not running`);
     return Array.from({ length: req.count ?? 1 }, () => this.#add(entry.workload.request, { forkOf: id }));
+  }
+
+  /**
+   * Record mode keeps no sandboxes warm: the request is checked and the pool answered as set,
+   * with nothing ready or starting (a create is recorded the same with or without a pool).
+   */
+  async setWarmPool(request: WarmPoolRequest): Promise<WarmPoolInfo> {
+    const req = check(WarmPoolRequest, request, "warm pool");
+    const id = `pool_${randomBytes(8).toString("hex")}`;
+    const info: WarmPoolInfo = {
+      id,
+      size: req.size,
+      ready: 0,
+      starting: 0,
+      claimed: 0,
+      backend: req.sandbox.backend ?? "namespace",
+      tier: req.sandbox.backend === "vm" ? "vm-emulated" : "container",
+      image: { ref: req.sandbox.image ?? "default", digest: ZERO_DIGEST },
+      resources: { ...req.sandbox.resources },
+      workMiB: req.sandbox.workMiB ?? 1024,
+    };
+    return info;
+  }
+
+  async listWarmPools(): Promise<WarmPoolInfo[]> {
+    return [];
   }
 
   /** The snapshots taken while recording and not deleted; record mode sees no others. */

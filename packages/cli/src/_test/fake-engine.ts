@@ -33,6 +33,8 @@ import {
   type SnapshotInfo,
   type SnapshotApiRequest,
   type ForkApiRequest,
+  type WarmPoolInfo,
+  type WarmPoolRequest,
 } from "@mvm/protocol";
 
 export const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
@@ -220,6 +222,30 @@ export class FakeEngine implements EngineApi {
     const parent = this.#get(id);
     return Array.from({ length: request.count ?? 1 }, () => this.newSandbox({ labels: parent.labels }));
   }
+  readonly pools: WarmPoolInfo[] = [];
+  poolRequest: WarmPoolRequest | undefined;
+  async setWarmPool(request: WarmPoolRequest): Promise<WarmPoolInfo> {
+    this.calls.push("setWarmPool");
+    this.poolRequest = request;
+    const info: WarmPoolInfo = {
+      id: "pool_0123456789abcdef",
+      size: request.size,
+      ready: 0,
+      starting: request.size,
+      claimed: 0,
+      backend: request.sandbox.backend ?? "namespace",
+      tier: "container",
+      image: { ref: request.sandbox.image ?? "debian:bookworm", digest: `sha256:${"1".repeat(64)}` },
+      resources: { ...request.sandbox.resources },
+      workMiB: 1024,
+    };
+    this.pools.splice(0, this.pools.length, ...(request.size > 0 ? [info] : []));
+    return info;
+  }
+  async listWarmPools(): Promise<WarmPoolInfo[]> {
+    return [...this.pools];
+  }
+
   async listSnapshots(): Promise<SnapshotInfo[]> {
     this.calls.push("listSnapshots");
     return [...this.snapshots.values()];

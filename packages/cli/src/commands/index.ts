@@ -16,6 +16,7 @@ import { lsCommand } from "./ls.js";
 import { logsCommand, networkSetCommand, networkShowCommand } from "./network.js";
 import { secretLsCommand, secretRmCommand, secretSetCommand } from "./secret.js";
 import { runCommand } from "./run.js";
+import { poolLsCommand, poolSetCommand } from "./pool.js";
 import { planCommand } from "./plan.js";
 
 export const COMMANDS: readonly Command[] = [
@@ -34,6 +35,8 @@ export const COMMANDS: readonly Command[] = [
   snapshotInspectCommand,
   snapshotRmCommand,
   forkCommand,
+  poolSetCommand,
+  poolLsCommand,
   logsCommand,
   networkSetCommand,
   networkShowCommand,

@@ -53,6 +53,8 @@ export const AuditEventSchema = z.discriminatedUnion("type", [
     imageDigest: ImageDigest,
     backend: z.enum(["namespace", "vm"]),
   }),
+  /** A warm sandbox (started under a plan of intent pool:warm) handed to a create admitted under `planId`. */
+  z.strictObject({ type: z.literal("sandbox.claimed"), sandboxId: SandboxId, planId: OpaqueId, pool: z.string().regex(/^pool_[0-9a-f]{16}$/) }),
   z.strictObject({ type: z.literal("sandbox.killed"), sandboxId: SandboxId, by: z.enum(["caller", "engine", "oom", "crash"]) }),
   z.strictObject({ type: z.literal("sandbox.expired"), sandboxId: SandboxId, ttlSeconds: Count }),
   /** `by`: a caller's pause, or the TTL running out under `onTtl: "pause"`; `ttl`: whether the TTL runs on while paused. */

@@ -18,6 +18,7 @@ import type { LiveSandbox } from "../live-sandbox.js";
 import type { SecretStore } from "../secrets/store.js";
 import type { SandboxRecords } from "../state.js";
 import type { SnapshotStore } from "../store/snapshot-store.js";
+import type { WarmPool } from "./pools.js";
 import type { EngineOptions } from "../engine.js";
 
 export const DENY_ALL: NetworkPolicyJson = { version: 1, default: "deny", rules: [] };
@@ -48,12 +49,17 @@ export interface EngineCore {
   readonly endRecorded: Map<string, Promise<void>>;
   owner: { pid: number; startTime: string };
   closing: Promise<void> | undefined;
+  /** Warm pools by key (capabilities/pools.ts). */
+  readonly pools: Map<string, WarmPool>;
+  /** Pooled sandboxes not claimed yet: invisible to every call. */
+  readonly warm: Set<string>;
   /** The snapshot store, once opened (capabilities/snapshots.ts). */
   snapshots: SnapshotStore | undefined;
 }
 
 /** The live sandbox `id`; NotFoundError when it is unknown or has stopped. */
 export function liveSandbox(core: EngineCore, id: string): LiveSandbox {
+  if (core.warm.has(id)) throw new NotFoundError(`Sandbox "${id}" not found`);
   const s = core.live.get(id);
   if (s) return s;
   if (core.stopped.has(id)) throw new NotFoundError(`Sandbox "${id}" is not running (it ${core.stopped.get(id)!.endReason ?? "stopped"})`);

@@ -10,6 +10,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
   PauseApiRequest,
+  SandboxCrashedError,
   SYSTEM_TRUST_BUNDLE_PATH,
   SignedPlan,
   UnsupportedCapabilityError,
@@ -23,9 +24,11 @@ import {
   type ProgressEvent,
   type Resources,
   type SandboxInfo,
+  type WarmPoolInfo,
+  type WarmPoolRequest,
 } from "@mvm/protocol";
 import { callSignal } from "../_internal/signals.js";
-import { DEFAULT_PLAN_VALIDITY_MS } from "../admission/gate.js";
+import { DEFAULT_PLAN_VALIDITY_MS, type AdmittedRecord } from "../admission/gate.js";
 import { irFromCreateRequest } from "../admission/ir.js";
 import { sha256Hex, type AuditEvent } from "../audit/entry.js";
 import type { Backend, ProbeResult, RestoreSpec } from "../backends/types.js";
@@ -41,6 +44,8 @@ import { checkSecretHygiene } from "../secrets/warnings.js";
 import { DEFAULT_IMAGE, type PlanOptions } from "../engine.js";
 import { DENY_ALL, STOPPED_KEPT, STOPPED_NETWORKS_KEPT, assertOpen, liveSandbox, parse, probesFor, receiptFor, strictSecrets, type EngineCore } from "./core.js";
 import { networkSummary } from "./network.js";
+import * as pools from "./pools.js";
+import { memberEnded, poolKey, takeWarm, WARM_MEMBER_TTL_SECONDS, type WarmPool } from "./pools.js";
 
 /** The snapshot a create starts from: its digest (named by the IR) and, to create, its verified templates. */
 export interface FromSnapshot {
@@ -161,6 +166,8 @@ export async function createSandbox(core: EngineCore,
   request: CreateSandboxRequest,
   options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {},
   from?: FromSnapshot & { readonly restore: RestoreSpec },
+  /** Set when the sandbox is started for a warm pool: it is not claimed from one, and stays invisible. */
+  warmFor?: WarmPool,
 ): Promise<SandboxInfo> {
   assertOpen(core);
   const req = await parseCreate(core, request);
@@ -177,9 +184,22 @@ export async function createSandbox(core: EngineCore,
       hint: `${probe.pauseUnsupported.hint}; or create without onTtl "pause"`,
     });
   }
+  // A warm sandbox of the same workload serves the create, under the create's own plan.
+  const warm = from === undefined && warmFor === undefined ? takeWarm(core, poolKey(ir, backend, workMiB), (p) => startWarmMember(core, p)) : undefined;
   // Nothing boots before the plan is admitted and its admission is in the audit log.
-  const admitted = req.plan ? await core.gate.admit(req.plan, ir) : await core.gate.admitLive(ir);
-  signal?.throwIfAborted();
+  let admitted;
+  try {
+    admitted = req.plan ? await core.gate.admit(req.plan, ir) : await core.gate.admitLive(ir);
+    signal?.throwIfAborted();
+  } catch (err) {
+    // Out of its pool already: nobody else may have it.
+    if (warm !== undefined) await core.live.get(warm.id)?.stop("killed").catch(() => {});
+    throw err;
+  }
+  if (warm !== undefined) {
+    const claimed = await claimWarm(core, warm, req, admitted, { imageRef, imageDigest: image.digest, ttlSeconds, warnings });
+    if (claimed !== undefined) return claimed;
+  }
   const secrets = await resolveSecrets(req.secrets ?? {}, { store: core.secrets });
   const secretEnv = Object.fromEntries(secrets.map((s) => [s.envName, s.ref.posture === "env" ? s.value : s.placeholder]));
   const mediatedCount = secrets.filter((s) => s.ref.posture === "mediated").length;
@@ -267,6 +287,7 @@ export async function createSandbox(core: EngineCore,
     throw toMvmError(err);
   }
   core.live.set(id, sandbox);
+  if (warmFor !== undefined) core.warm.add(id);
   const { plan: _plan, ...settings } = req;
   core.createRequests.set(id, settings);
   if (admitted.plan.ir.command.kind === "argv") core.commands.set(id, admitted.plan.ir.command.argv);
@@ -296,6 +317,7 @@ async function parseCreate(core: EngineCore, request: CreateSandboxRequest): Pro
 }
 
 export function onEnded(core: EngineCore, sandbox: LiveSandbox): void {
+  memberEnded(core, sandbox.info.id, (p) => startWarmMember(core, p));
   core.live.delete(sandbox.info.id);
   core.commands.delete(sandbox.info.id);
   core.createRequests.delete(sandbox.info.id);
@@ -358,6 +380,7 @@ export async function resumeSandbox(core: EngineCore, id: string, options: CallO
 }
 
 export async function getSandbox(core: EngineCore, id: string): Promise<SandboxInfo> {
+  if (core.warm.has(id)) throw new NotFoundError(`Sandbox "${id}" not found`);
   const live = core.live.get(id);
   if (live) return live.info;
   const stopped = core.stopped.get(id);
@@ -366,10 +389,83 @@ export async function getSandbox(core: EngineCore, id: string): Promise<SandboxI
 }
 
 export async function listSandboxes(core: EngineCore): Promise<SandboxInfo[]> {
-  return [...core.live.values()].map((s) => s.info).filter((i) => i.state !== "stopped");
+  return [...core.live.values()].map((s) => s.info).filter((i) => i.state !== "stopped" && !core.warm.has(i.id));
+}
+
+/**
+ * Hands the warm sandbox taken for a create to it: the create's labels, TTL and command, a
+ * receipt naming its plan, and `sandbox.claimed` in the audit log. Undefined when the sandbox
+ * ended meanwhile (the create then starts its own, under the same admission).
+ */
+async function claimWarm(
+  core: EngineCore,
+  warm: { pool: WarmPool; id: string },
+  req: CreateSandboxRequest,
+  admitted: AdmittedRecord,
+  resolved: { imageRef: string; imageDigest: string; ttlSeconds: number; warnings: string[] },
+): Promise<SandboxInfo | undefined> {
+  const sandbox = core.live.get(warm.id);
+  if (sandbox === undefined || sandbox.info.state !== "running") return undefined;
+  const now = Date.now();
+  const { onTtl: _o, warnings: _w, ...kept } = sandbox.info;
+  sandbox.claimed({
+    ...kept,
+    image: { ref: resolved.imageRef, digest: resolved.imageDigest },
+    createdAt: new Date(now).toISOString(),
+    expiresAt: new Date(now + resolved.ttlSeconds * 1000).toISOString(),
+    labels: req.labels ?? {},
+    ...(req.onTtl === "pause" ? { onTtl: "pause" as const } : {}),
+    ...(resolved.warnings.length > 0 ? { warnings: resolved.warnings } : {}),
+    receipt: { planId: admitted.planId, auditEntryId: admitted.receipt.id },
+  });
+  const { plan: _plan, ...settings } = req;
+  core.createRequests.set(warm.id, settings);
+  if (admitted.plan.ir.command.kind === "argv") core.commands.set(warm.id, admitted.plan.ir.command.argv);
+  else core.commands.delete(warm.id);
+  try {
+    const entry = await core.gate.record({ type: "sandbox.claimed", sandboxId: warm.id, planId: admitted.planId, pool: warm.pool.id });
+    sandbox.info = { ...sandbox.info, receipt: { planId: admitted.planId, auditEntryId: entry.id } };
+  } catch (err) {
+    await sandbox.stop("killed").catch(() => {});
+    throw toMvmError(err);
+  }
+  return sandbox.info;
+}
+
+/** Starts one sandbox for `pool` and waits until its agent answers; returns its id. */
+async function startWarmMember(core: EngineCore, pool: WarmPool): Promise<string> {
+  const { command: _c, labels: _l, intent: _i, ttlSeconds: _t, ...request } = pool.request;
+  const info = await createSandbox(core, { ...request, ttlSeconds: WARM_MEMBER_TTL_SECONDS, intent: WARM_INTENT }, {}, undefined, pool);
+  const sandbox = core.live.get(info.id);
+  if (sandbox === undefined) throw new SandboxCrashedError(`Warm sandbox "${info.id}" ended as it started`);
+  try {
+    await sandbox.warmUp();
+  } catch (err) {
+    await sandbox.stop("killed").catch(() => {});
+    throw toMvmError(err);
+  }
+  return info.id;
+}
+
+/** The intent recorded in the plan of a sandbox started for a warm pool. */
+export const WARM_INTENT = "pool:warm";
+
+/** Sets a warm pool of this engine (see pools.ts). */
+export function setWarmPool(core: EngineCore, request: WarmPoolRequest, options: CallOptions = {}): Promise<WarmPoolInfo> {
+  return pools.setWarmPool(
+    core,
+    request,
+    async (req, o) => {
+      const { backend, probe, workMiB, imageRef, ir } = await prepare(core, parse(CreateSandboxRequest, req, "warm pool sandbox"), { signal: callSignal(o), onProgress: undefined }, undefined);
+      return { backend, probe, workMiB, imageRef, ir };
+    },
+    (p) => startWarmMember(core, p),
+    options,
+  );
 }
 
 export async function killSandbox(core: EngineCore, id: string): Promise<SandboxInfo> {
+  if (core.warm.has(id)) throw new NotFoundError(`Sandbox "${id}" not found`);
   const s = core.live.get(id);
   if (!s) {
     await core.endRecorded.get(id);

@@ -51,7 +51,7 @@ export const snapshotRoutes: readonly Route[] = [
  * Runs `work` and answers 201 with `json(result)`; with `Accept: application/x-ndjson`, answers
  * 200 at once and then one line, `{type: "result", ...result}` or `{type: "error", error}`.
  */
-async function answer<T extends object>(ctx: RouteContext, work: () => Promise<T>, json: (result: T) => unknown): Promise<void> {
+export async function answer<T extends object>(ctx: RouteContext, work: () => Promise<T>, json: (result: T) => unknown): Promise<void> {
   if (!wantsNdjson(ctx.req.headers.accept)) {
     sendJson(ctx.res, 201, json(await work()));
     return;

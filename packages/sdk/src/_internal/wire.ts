@@ -1,6 +1,6 @@
 /** The daemon's answer schemas (shared with the daemon through @mvm/protocol). */
 import { z } from "zod";
-import { ApiErrorBody, MAX_FORK_COUNT, ProgressEventSchema, SandboxInfo, SnapshotInfo } from "@mvm/protocol";
+import { ApiErrorBody, MAX_FORK_COUNT, ProgressEventSchema, SandboxInfo, SnapshotInfo, WarmPoolInfo } from "@mvm/protocol";
 
 export {
   BuildStreamLine,
@@ -22,6 +22,8 @@ export {
   SignedPlan,
   SnapshotInfo,
   SnapshotList,
+  WarmPoolInfo,
+  WarmPoolList,
 } from "@mvm/protocol";
 
 const StreamError = z.strictObject({ type: z.literal("error"), error: ApiErrorBody.shape.error });
@@ -38,5 +40,12 @@ export const SnapshotStreamLine = z.discriminatedUnion("type", [
 export const ForkStreamLine = z.discriminatedUnion("type", [
   StreamProgress,
   z.strictObject({ type: z.literal("result"), sandboxes: z.array(SandboxInfo).min(1).max(MAX_FORK_COUNT) }),
+  StreamError,
+]);
+
+/** Lines of the NDJSON answer to PUT /v1/pools. */
+export const PoolStreamLine = z.discriminatedUnion("type", [
+  StreamProgress,
+  z.strictObject({ type: z.literal("result"), pool: WarmPoolInfo }),
   StreamError,
 ]);

@@ -44,6 +44,8 @@ import {
   type SnapshotInfo,
   type SnapshotApiRequest,
   type ForkApiRequest,
+  type WarmPoolInfo,
+  type WarmPoolRequest,
 } from "@mvm/protocol";
 import { CHUNK, FakeProc, runProgram, type Entry, type FakeSandbox } from "./fake-process.js";
 
@@ -189,6 +191,29 @@ export class FakeEngine implements EngineApi {
     };
     this.snapshots.set(snapId, { info, files, request: sb.request });
     return info;
+  }
+
+  readonly pools: WarmPoolInfo[] = [];
+  async setWarmPool(request: WarmPoolRequest): Promise<WarmPoolInfo> {
+    const info: WarmPoolInfo = {
+      id: `pool_${createHash("sha256").update(JSON.stringify(request.sandbox)).digest("hex").slice(0, 16)}`,
+      size: request.size,
+      ready: request.size,
+      starting: 0,
+      claimed: 0,
+      backend: request.sandbox.backend ?? "namespace",
+      tier: "container",
+      image: { ref: request.sandbox.image ?? "debian:bookworm", digest: `sha256:${"1".repeat(64)}` },
+      resources: {},
+      workMiB: 1024,
+    };
+    const at = this.pools.findIndex((p) => p.id === info.id);
+    if (at >= 0) this.pools.splice(at, 1);
+    if (request.size > 0) this.pools.push(info);
+    return info;
+  }
+  async listWarmPools(): Promise<WarmPoolInfo[]> {
+    return [...this.pools];
   }
 
   /** New sandboxes with copies of the sandbox's files; aborting during a fork leaves none behind. */

@@ -28,6 +28,10 @@ export const auditEvent: fc.Arbitrary<AuditEvent> = fc.oneof(
     },
     { requiredKeys: ["type", "sandboxId", "imageDigest", "backend"], noNullPrototype: true },
   ),
+  fc.record(
+    { type: fc.constant("sandbox.claimed" as const), sandboxId, planId: opaqueId, pool: fc.stringMatching(/^pool_[0-9a-f]{16}$/) },
+    { noNullPrototype: true },
+  ),
   fc.record({ type: fc.constant("sandbox.killed" as const), sandboxId, by: fc.constantFrom("caller" as const, "engine" as const, "oom" as const, "crash" as const) }, { noNullPrototype: true }),
   fc.record({ type: fc.constant("sandbox.expired" as const), sandboxId, ttlSeconds: count }, { noNullPrototype: true }),
   fc.record(
