@@ -38,6 +38,9 @@ export const HealthInfoSchema = z.strictObject({
   backends: z.array(BackendReportSchema).max(16),
 });
 
+/** Answer of GET /v1/ping: the daemon answers, without probing anything. */
+export const PingSchema = z.strictObject({ version: z.string().max(64) });
+
 export const ImageInfoSchema = z.strictObject({
   digest: Sha256DigestSchema,
   refs: z.array(z.string().max(512)).max(4096),

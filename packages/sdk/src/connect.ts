@@ -2,7 +2,7 @@
  * Choosing the engine: a daemon on a Unix socket, or the engine embedded in this process.
  */
 import { existsSync } from "node:fs";
-import { TransportError, type CallOptions, type EngineApi } from "@mvm/protocol";
+import { NotFoundError, TransportError, type CallOptions, type EngineApi } from "@mvm/protocol";
 import { DaemonClient, type DaemonClientOptions } from "./daemon-client.js";
 import { openEmbeddedEngine, type EmbeddedEngine, type EngineImporter } from "./embedded.js";
 import { resolveSocketPath } from "./socket-path.js";
@@ -43,7 +43,7 @@ export interface ConnectDeps {
   uid?: number;
 }
 
-/** Deadline of the health probe that checks a daemon answers, in milliseconds. */
+/** Deadline of the ping that checks a daemon answers, in milliseconds. */
 const PROBE_TIMEOUT_MS = 5_000;
 
 /**
@@ -83,7 +83,11 @@ export async function selectEngine(options: ConnectEngineOptions, deps: ConnectD
   const probe: CallOptions = { timeoutMs: options.timeoutMs ?? PROBE_TIMEOUT_MS };
   if (options.signal !== undefined) probe.signal = options.signal;
   try {
-    await client.health(probe);
+    // A daemon older than /v1/ping answers NOT_FOUND to it: then its health says it is there.
+    await client.ping(probe).catch(async (err: unknown) => {
+      if (!(err instanceof NotFoundError)) throw err;
+      await client.health(probe);
+    });
     return client;
   } catch (err) {
     await client.close();

@@ -98,6 +98,11 @@ export class DaemonClient implements EngineApi {
     };
   }
 
+  /** Resolves when the daemon answers (it probes nothing): how connectEngine checks there is one. */
+  async ping(options?: CallOptions): Promise<{ version: string }> {
+    return this.#json("ping", options, { method: "GET", path: "/v1/ping" }, wire.PingSchema);
+  }
+
   health(options?: CallOptions): Promise<HealthInfo> {
     return this.#json("health", options, { method: "GET", path: "/v1/health" }, wire.HealthInfoSchema);
   }

@@ -1,4 +1,5 @@
 /** Routes for health, sandbox lifecycle, exec and processes. */
+import { ENGINE_VERSION } from "../engine.js";
 import {
   CreateSandboxRequest,
   PlanApiRequest,
@@ -26,6 +27,8 @@ export const MAX_STDIN_REQUEST_BYTES = 16 * 1024 * 1024;
 const MAX_EVENT_CHUNK_BYTES = 256 * 1024;
 
 export const sandboxRoutes: readonly Route[] = [
+  // That the daemon answers, cheaply: clients check it before their first call (health probes every backend).
+  { method: "GET", pattern: "/v1/ping", handler: async (ctx) => sendJson(ctx.res, 200, { version: ENGINE_VERSION }) },
   { method: "GET", pattern: "/v1/health", handler: async (ctx) => sendJson(ctx.res, 200, await ctx.engine.health({ signal: ctx.signal })) },
   { method: "POST", pattern: "/v1/sandboxes", handler: createSandbox },
   {

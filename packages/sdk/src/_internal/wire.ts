@@ -6,6 +6,7 @@ export {
   BuildStreamLine,
   CreateStreamLine,
   HealthInfoSchema,
+  PingSchema,
   ImageInfoSchema,
   ImageListSchema,
   ProgressEventSchema,
