@@ -8,7 +8,7 @@ import { Argv, Env, FileInfo, KillSignal, ProcessInfo, SandboxPath } from "./mes
 import { NetworkPolicySchema, PortSchema } from "./network-policy.js";
 import { SecretPosture, SecretsSpecSchema } from "./secret-ref.js";
 import { BackendName, MAX_PUBLISHED_PORTS, PortSpec, Sha256DigestSchema, Tier } from "./api-base.js";
-import { IntentSchema, SignedPlan } from "./plan.js";
+import { FunctionSpec, IntentSchema, SignedPlan } from "./plan.js";
 import { SnapshotRefSchema } from "./snapshot-api.js";
 import {
   MAX_EXEC_COMMAND_BYTES,
@@ -133,6 +133,8 @@ export const CreateSandboxRequest = z.strictObject({
   acknowledgeContainerTier: z.boolean().optional(),
   /** Refuse plain-text secrets in env instead of warning; the engine's own setting also applies. */
   strictSecrets: z.boolean().optional(),
+  /** The function this sandbox serves (id, wrapper format, limits), recorded in its plan. */
+  function: FunctionSpec.optional(),
   /**
    * Start from this snapshot (id or digest) instead of a fresh image: its files (and, on the VM
    * tier, its memory and running processes) come back. The image, backend and sizes are the

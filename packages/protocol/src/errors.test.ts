@@ -17,6 +17,7 @@ import {
   SnapshotMismatchError,
   SandboxCrashedError,
   SandboxPausedError,
+  FunctionError,
   TimeoutError,
   TransportError,
   UnsupportedCapabilityError,
@@ -44,6 +45,7 @@ const EXPECTED: Record<ErrorCode, abstract new (...args: never[]) => MvmError> =
   ALREADY_EXISTS: AlreadyExistsError,
   ABORTED: AbortedError,
   INTERNAL: InternalError,
+  FUNCTION_FAILED: FunctionError,
 };
 
 describe("error registry", () => {

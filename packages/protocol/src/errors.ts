@@ -21,6 +21,7 @@ export const ErrorCode = {
   AlreadyExists: "ALREADY_EXISTS",
   Aborted: "ABORTED",
   Internal: "INTERNAL",
+  FunctionFailed: "FUNCTION_FAILED",
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -153,6 +154,26 @@ export class CommandExitError<R = unknown> extends MvmError {
   }
 }
 
+/**
+ * A function call (`fn(...).remote()`) did not return a value: it threw, timed out, broke a
+ * wrapper limit, or its process died. `kind` says which (see docs/FUNCTIONS.md); `errorId` keys
+ * the operator log entry holding the full stack.
+ */
+export class FunctionError extends MvmError {
+  override readonly name = "FunctionError";
+  readonly code = ErrorCode.FunctionFailed;
+  readonly kind: string;
+  readonly errorId: string | undefined;
+  /** The function's stack, only in development mode. */
+  readonly functionStack: string | undefined;
+  constructor(message: string, options: MvmErrorOptions & { kind?: string; errorId?: string; functionStack?: string } = {}) {
+    super(message, options);
+    this.kind = options.kind ?? "failed";
+    this.errorId = options.errorId;
+    this.functionStack = options.functionStack;
+  }
+}
+
 type PlainErrorClass = new (message: string, options?: MvmErrorOptions) => MvmError;
 
 const CLASSES: Record<Exclude<ErrorCode, "COMMAND_EXIT">, PlainErrorClass> = {
@@ -171,6 +192,7 @@ const CLASSES: Record<Exclude<ErrorCode, "COMMAND_EXIT">, PlainErrorClass> = {
   ALREADY_EXISTS: AlreadyExistsError,
   ABORTED: AbortedError,
   INTERNAL: InternalError,
+  FUNCTION_FAILED: FunctionError,
 };
 
 /** Rebuilds the typed error from its wire form. Unknown codes become InternalError. */

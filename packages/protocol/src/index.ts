@@ -36,3 +36,7 @@ export * from "./secret-ref.js";
 export * from "./plan.js";
 export * from "./limits.js";
 export * from "./tier.js";
+export * from "./fn.js";
+export { FnCodecError, asCallPayload, decodeFnValue, encodeFnValue, scanMsgpack } from "./fn-codec.js";
+export type { FnCodecFault, FnCodecLimits } from "./fn-codec.js";
+export * from "./pool-api.js";

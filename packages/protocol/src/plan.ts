@@ -48,6 +48,23 @@ export const WorkloadCommand = z.discriminatedUnion("kind", [
 export type WorkloadCommand = z.infer<typeof WorkloadCommand>;
 
 /**
+ * The function a sandbox serves (`fn(...)`, docs/FUNCTIONS.md): its id, the call wrapper's payload
+ * format and the limits the wrapper applies. Recorded in the IR so a plan says which function
+ * runs and under which wrapper rules.
+ */
+export const FunctionSpec = z.strictObject({
+  id: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/),
+  format: z.enum(["json", "msgpack"]),
+  limits: z.strictObject({
+    maxInputBytes: z.number().int().min(1).max(256 * 1024 * 1024),
+    maxOutputBytes: z.number().int().min(1).max(256 * 1024 * 1024),
+    maxDepth: z.number().int().min(2).max(512),
+    invokeTimeoutMs: z.number().int().min(1).max(24 * 3600_000),
+  }),
+});
+export type FunctionSpec = z.infer<typeof FunctionSpec>;
+
+/**
  * A secret the workload may use: the environment variable it fills and where its value comes from
  * (a SecretRef: store, host environment or file; never the value). `ref.posture` "mediated": the
  * guest sees a placeholder and the gateway substitutes the value; "env": the value is handed over.
@@ -92,6 +109,8 @@ export const WorkloadIR = z
      * its content. Absent: a fresh image.
      */
     fromSnapshot: Sha256DigestSchema.optional(),
+    /** The function the sandbox serves, when it is a function's sandbox. */
+    function: FunctionSpec.optional(),
   })
   .check(
     z.refine((ir) => ir.envNames.every((n, i) => i === 0 || ir.envNames[i - 1]! < n), {
@@ -206,5 +225,6 @@ export function requestFromPlan(signed: SignedPlan, options: { env?: Record<stri
   if (ir.secrets.length > 0) request.secrets = Object.fromEntries(ir.secrets.map((s) => [s.name, s.ref]));
   if (ir.command.kind === "argv") request.command = ir.command.argv;
   if (ir.fromSnapshot !== undefined) request.fromSnapshot = ir.fromSnapshot;
+  if (ir.function !== undefined) request.function = ir.function;
   return request;
 }

@@ -78,6 +78,7 @@ export function irFromCreateRequest(request: CreateSandboxRequest, options: IrFr
     requiredTier,
     intent: options.intent ?? request.intent ?? DEFAULT_INTENT,
     ...(options.fromSnapshot !== undefined ? { fromSnapshot: options.fromSnapshot } : {}),
+    ...(request.function !== undefined ? { function: request.function } : {}),
   });
 }
 

@@ -33,6 +33,7 @@ export const HTTP_STATUS_BY_CODE: Record<ErrorCode, number> = {
   ALREADY_EXISTS: 409,
   ABORTED: 499,
   INTERNAL: 500,
+  FUNCTION_FAILED: 422,
 };
 
 /** Longest error message put on the wire, in UTF-16 code units (the schemas allow more). */
