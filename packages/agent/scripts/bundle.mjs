@@ -76,3 +76,11 @@ const embedSession = {
 
 await build({ ...common, format: "cjs", entryPoints: [mainEntry], outfile, plugins: [englishOnly, embedSession] });
 console.error(`bundle.mjs: wrote ${outfile} (${statSync(outfile).size} bytes)`);
+
+// The function-call wrapper (docs/FUNCTIONS.md), shipped beside the agent in its runtime.
+const fnEntry = `${pkgDir}dist/fn/wrapper-main.js`;
+const fnOutfile = outfile.replace(/agent\.cjs$/, "fn-wrapper.cjs");
+if (fnOutfile !== outfile) {
+  await build({ ...common, format: "cjs", entryPoints: [fnEntry], outfile: fnOutfile, plugins: [englishOnly] });
+  console.error(`bundle.mjs: wrote ${fnOutfile} (${statSync(fnOutfile).size} bytes)`);
+}

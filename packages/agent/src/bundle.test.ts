@@ -27,7 +27,8 @@ describe("bundled agent", () => {
     assert.equal(r.stdout, "from the bundle\n");
     assert.equal(r.exit.exitCode, 0);
     const listing = await d.call("listDir", { path: dir.path });
-    assert.deepEqual(listing.entries.map((e) => e.name), ["agent.cjs"]);
+    // The function-call wrapper (docs/FUNCTIONS.md) is bundled beside the agent.
+    assert.deepEqual(listing.entries.map((e) => e.name).sort(), ["agent.cjs", "fn-wrapper.cjs"]);
 
     // Quiesced mid-session, it carries on after the resume line and starts over after the start line.
     const sleeper = await d.exec(["/bin/sleep", "1000"]);

@@ -6,6 +6,7 @@
  *   bin/node                  0555  the host's Node.js binary
  *   lib/<soname>              0444  every shared library `ldd node` lists
  *   agent.cjs                 0444  the bundled agent
+ *   fn-wrapper.cjs            0444  the function-call wrapper (docs/FUNCTIONS.md), when built
  *   manifest.txt              0444  one line per file above: mode, size, sha256, path
  *
  * The directory is named by the sha256 of its manifest, built in a temporary directory and
@@ -18,7 +19,7 @@
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { chmod, lstat, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { InternalError, InvalidArgumentError } from "@mvm/protocol";
 import { LOADER_NAME, listSharedLibraries } from "./shared-libs.js";
@@ -35,6 +36,11 @@ const MANIFEST_HEADER = "mvm-agent-runtime v1";
 export interface AssembleAgentRuntimeOptions {
   /** Host path of the bundled agent (one ES module file). */
   readonly agentBundlePath: string;
+  /**
+   * Host path of the bundled function-call wrapper. @default `fn-wrapper.cjs` beside
+   * agentBundlePath, when that file exists
+   */
+  readonly fnWrapperPath?: string;
   /** Host path of the Node.js binary to ship. @default process.execPath */
   readonly nodeBinary?: string;
   /** Directory under which runtimes are kept, one subdirectory per digest. Created 0755 if missing. */
@@ -121,6 +127,10 @@ export async function assembleAgentRuntime(options: AssembleAgentRuntimeOptions)
     ...libs.libraries.map((lib) => ({ path: `lib/${lib.name}`, source: lib.path, mode: 0o444 })),
     { path: "agent.cjs", source: options.agentBundlePath, mode: 0o444 },
   ];
+  const fnWrapper = options.fnWrapperPath ?? join(dirname(options.agentBundlePath), "fn-wrapper.cjs");
+  if (options.fnWrapperPath !== undefined || (await lstat(fnWrapper).catch(() => undefined))?.isFile()) {
+    plan.push({ path: "fn-wrapper.cjs", source: fnWrapper, mode: 0o444 });
+  }
   const sum = (path: string): Promise<{ sha256: string; size: number }> =>
     facts === undefined
       ? hashFile(path)
