@@ -100,3 +100,12 @@ export type {
   WireError,
   WriteFileOptions,
 } from "@mvm/protocol";
+
+export { fn, MvmFunction, FunctionSession } from "./fn/function.js";
+export type { FunctionCallOptions, FunctionOptions, MapOptions } from "./fn/function.js";
+export { FunctionDefinitionError } from "./fn/bundle.js";
+export type { FunctionBundle } from "./fn/bundle.js";
+export { appendFnLog, readFnLog, fnLogDir, FN_LOG_DIR_ENV } from "./fn/operator-log.js";
+export type { FnLogEntry } from "./fn/operator-log.js";
+export { FunctionError, FnCodecError, FUNCTION_ID_PATTERN, DEFAULT_FN_LIMITS, checkFunctionId, looksLikeSecretArgName } from "@mvm/protocol";
+export type { FnFormat, FnLimits, FnMode, FnErrorKind } from "@mvm/protocol";

@@ -118,7 +118,7 @@ export interface SandboxCreateOptions extends Omit<CreateSandboxRequest, "networ
 /** Connection settings and cancellation of the other static calls. */
 export type SandboxConnectOptions = ConnectionOptions & CallOptions;
 
-const REQUEST_FIELDS = ["image", "backend", "ttlSeconds", "onTtl", "resources", "workMiB", "env", "labels", "ports", "intent", "command"] as const;
+const REQUEST_FIELDS = ["image", "backend", "ttlSeconds", "onTtl", "resources", "workMiB", "env", "labels", "ports", "intent", "command", "function"] as const;
 
 /** Options of {@link Sandbox.plan}. */
 export interface SandboxPlanOptions extends Omit<SandboxCreateOptions, "plan"> {
@@ -127,7 +127,7 @@ export interface SandboxPlanOptions extends Omit<SandboxCreateOptions, "plan"> {
 }
 
 /** The create request `options` describe, validated. With a plan, fields not given are the plan's. */
-function requestOf(options: SandboxCreateOptions): CreateSandboxRequest {
+export function requestOf(options: SandboxCreateOptions): CreateSandboxRequest {
   const request: Record<string, unknown> = options.plan ? { ...requestFromPlan(options.plan) } : {};
   for (const k of REQUEST_FIELDS) if (options[k] !== undefined) request[k] = options[k];
   const fromEnv = callerSettingsFromEnv(process.env);

@@ -9,6 +9,7 @@ import { extname } from "node:path";
 import type * as TS from "typescript";
 import { CreateSandboxRequest, NetworkPolicy, SecretRef } from "@mvm/protocol";
 import { readBoundedText } from "./_internal/bounded-file.js";
+import { functionRequestFields, type FunctionPlanOptions } from "./fn/function.js";
 
 export interface SourceLocation {
   /** 1-based. */
@@ -54,6 +55,8 @@ export const MAX_SOURCE_BYTES = 1024 * 1024;
 /** Options the SDK takes beside the request: how to connect, not what to run. */
 const CONNECTION_OPTIONS = new Set(["engine", "mode", "socketPath", "daemon", "engineOptions", "signal", "timeoutMs", "onProgress", "plan"]);
 const SDK_MODULES = new Set(["@mvm/sdk", "@mvm/protocol"]);
+/** Options of fn() that stay on the host: how calls stream, log and bundle, not what the sandbox is. */
+const FUNCTION_HOST_OPTIONS = ["errorMode", "dependencies", "resolveDir", "onStdout", "onStderr", "onWarning", "logDir"];
 const POLICY_METHODS = new Set(["allowHttps", "allowHttp", "allowTcp", "allowCidr"]);
 const SECRET_FACTORIES = new Set(["from", "fromEnv", "fromFile"]);
 
@@ -218,6 +221,10 @@ class Analyzer {
 
   #collectCreates(node: TS.Node): void {
     const ts = this.#ts;
+    if (ts.isCallExpression(node) && this.#isExport(node.expression, "fn")) {
+      this.#collectFunction(node);
+      return;
+    }
     if (ts.isCallExpression(node) && this.#sandboxOf(node, "snapshot") !== undefined) {
       const name = this.#boundName(node);
       if (name !== undefined) this.#snapshotVars.set(name, this.#at(node.getStart(this.#sf)));
@@ -249,6 +256,41 @@ class Analyzer {
     // `const sb = await Sandbox.create(...)`, `await using sb = …`: later calls on sb are its commands.
     const name = this.#boundName(node);
     if (name !== undefined) this.#sandboxVars.set(name, found);
+  }
+
+  /**
+   * `fn({ id, ... }, impl)`: the sandbox each call of the function gets, with the function spec
+   * (id, wrapper format, limits) its plan records. The implementation is not read.
+   */
+  #collectFunction(node: TS.CallExpression): void {
+    const ts = this.#ts;
+    const found: Found = { location: this.#at(node.getStart(this.#sf)), request: {}, commands: [], complete: true, forks: [] };
+    const arg = node.arguments[0];
+    const options = arg === undefined ? undefined : unwrap(ts, arg);
+    if (options === undefined || !ts.isObjectLiteralExpression(options)) {
+      this.#report(arg ?? node, "fn options are not an object literal: not read");
+      found.complete = false;
+      this.#found.push(found);
+      return;
+    }
+    const read = this.#object(options, "", found, new Set([...CONNECTION_OPTIONS, ...FUNCTION_HOST_OPTIONS]));
+    const { id, format, timeoutSeconds, limits, warm, ...rest } = read;
+    if (typeof id !== "string") {
+      this.#report(options, "fn option \"id\" is not a string literal: the function is not planned");
+      found.complete = false;
+      this.#found.push(found);
+      return;
+    }
+    try {
+      const plan = { id, ...(format !== undefined ? { format } : {}), ...(timeoutSeconds !== undefined ? { timeoutSeconds } : {}), ...(limits !== undefined ? { limits } : {}), ...(warm !== undefined ? { warm } : {}) } as FunctionPlanOptions;
+      const fields = functionRequestFields(plan);
+      const labels = (rest["labels"] ?? {}) as Record<string, string>;
+      found.request = { ttlSeconds: fields.ttlSeconds, ...rest, labels: { ...labels, ...fields.labels }, function: fields.function };
+    } catch (err) {
+      this.#report(options, `fn options: ${(err as Error).message}`);
+      found.complete = false;
+    }
+    this.#found.push(found);
   }
 
   /** `sb.fork()` / `sb.fork({ count: N })`: children started from sb's state when the script runs. */
