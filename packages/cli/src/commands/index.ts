@@ -18,6 +18,7 @@ import { secretLsCommand, secretRmCommand, secretSetCommand } from "./secret.js"
 import { runCommand } from "./run.js";
 import { poolLsCommand, poolSetCommand } from "./pool.js";
 import { planCommand } from "./plan.js";
+import { fnRunCommand } from "./fn.js";
 
 export const COMMANDS: readonly Command[] = [
   doctorCommand,
@@ -37,6 +38,7 @@ export const COMMANDS: readonly Command[] = [
   forkCommand,
   poolSetCommand,
   poolLsCommand,
+  fnRunCommand,
   logsCommand,
   networkSetCommand,
   networkShowCommand,

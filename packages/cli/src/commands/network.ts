@@ -2,13 +2,14 @@
  * `mvmctl network set|show ID`: the egress policy of a running sandbox, and
  * `mvmctl logs --network ID`: what the gateway allowed and denied for it.
  */
-import { NetworkPolicy, type NetworkEvent, type NetworkPolicyJson } from "@mvm/protocol";
+import { NetworkPolicy, checkFunctionId, type NetworkEvent, type NetworkPolicyJson } from "@mvm/protocol";
 import { defineCommand } from "../command.js";
-import { booleanFlag, sandboxIdArg } from "../flags.js";
+import { booleanFlag, sandboxIdArg, stringFlag } from "../flags.js";
 import { POLICY_FLAGS, policyFrom } from "../network-flags.js";
 import { printable } from "../text.js";
 import { UsageError } from "../usage-error.js";
 import { withEngine } from "./_lifetime.js";
+import { printFnLog } from "./fn.js";
 
 /** How often `logs --follow` asks for new events, ms. */
 const FOLLOW_INTERVAL_MS = 500;
@@ -96,22 +97,30 @@ export function formatNetworkEvent(event: NetworkEvent): string {
   return `${head}${tail}${event.reason ? `: ${printable(event.reason, 600)}` : ""}`;
 }
 
-export const logsCommand = defineCommand<{ id: string; follow: boolean }>({
+export const logsCommand = defineCommand<{ id: string; follow: boolean; fn?: string }>({
   name: "logs",
-  summary: "Show a sandbox's network events (what the egress gateway allowed and denied)",
-  usage: "--network ID [--follow]",
-  details: "With --json one JSON object {seq, event} is printed per line.",
+  summary: "Show a sandbox's network events, or a function's operator log",
+  usage: "--network ID [--follow] | --fn FUNCTION_ID",
+  details: "With --json one JSON object {seq, event} (network) or one operator log entry (fn) is printed per line.",
   flags: {
-    network: { type: "boolean", description: "Network events (required: the only log kind so far)" },
+    network: { type: "boolean", description: "Network events of sandbox ID (what the egress gateway allowed and denied)" },
     follow: { type: "boolean", short: "f", description: "Keep printing new events until the sandbox stops or mvmctl is interrupted" },
+    fn: { type: "string", valueName: "ID", description: "The operator log of function ID: its failed calls by errorId, with their stacks" },
   },
-  positionals: { min: 1, max: 1 },
+  positionals: { min: 0, max: 1 },
   connection: "daemon",
   parse: (raw) => {
-    if (!booleanFlag(raw, "network")) throw new UsageError("Say which log: --network", { hint: "mvmctl logs --network ID" });
+    const fnId = stringFlag(raw, "fn");
+    if (fnId !== undefined) {
+      if (raw.positionals.length > 0 || booleanFlag(raw, "network")) throw new UsageError("--fn takes no sandbox id and no --network", { hint: "mvmctl logs --fn add" });
+      return { id: "", follow: false, fn: checkFunctionId(fnId) };
+    }
+    if (!booleanFlag(raw, "network")) throw new UsageError("Say which log: --network or --fn", { hint: "mvmctl logs --network ID" });
+    if (raw.positionals.length !== 1) throw new UsageError("--network takes one sandbox id", { hint: "mvmctl logs --network ID" });
     return { id: sandboxIdArg(raw.positionals[0] ?? ""), follow: booleanFlag(raw, "follow") };
   },
-  async run(ctx, { id, follow }) {
+  async run(ctx, { id, follow, fn }) {
+    if (fn !== undefined) return printFnLog(ctx, fn);
     return withEngine(ctx, async (engine) => {
       let after = 0;
       for (;;) {
