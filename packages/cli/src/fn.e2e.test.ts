@@ -12,6 +12,7 @@ import { scratchDir } from "./_test/scratch.js";
 import { cliEnv, skipWithoutImages } from "./_test/e2e-env.js";
 
 const MAIN = fileURLToPath(new URL("./main.js", import.meta.url));
+const BUNDLED = fileURLToPath(new URL("../bin/mvmctl.cjs", import.meta.url));
 const SDK = fileURLToPath(new URL("../../sdk/dist/index.js", import.meta.url));
 
 test("mvmctl fn run prints the result; a failure names its errorId and logs --fn shows the stack", { skip: skipWithoutImages, timeout: 120_000 }, () => {
@@ -35,6 +36,11 @@ export const boom = fn({ id: "boom", backend: "namespace" }, () => { throw new E
   assert.equal(add.status, 0, add.stderr);
   assert.equal(add.stdout, "5\n");
   assert.match(add.stderr, /adding/);
+
+  // The shipped mvmctl (one CommonJS bundle) imports the file too.
+  const bundled = spawnSync(process.execPath, [BUNDLED, "--embedded", "fn", "run", `${file}#add`, "--", "[4, 5]"], { env, encoding: "utf8", timeout: 100_000 });
+  assert.equal(bundled.status, 0, bundled.stderr);
+  assert.equal(bundled.stdout, "9\n");
 
   const plain = mvmctl("--embedded", "fn", "run", `${file}#shoutIt`, "--backend", "namespace", "--", '["hi"]');
   assert.equal(plain.status, 0, plain.stderr);

@@ -7,7 +7,8 @@
  */
 import { extname, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { InvalidArgumentError, parseJsonStrict, type EngineApi } from "@mvm/protocol";
+import * as vm from "node:vm";
+import { InvalidArgumentError, UnsupportedCapabilityError, parseJsonStrict, type EngineApi } from "@mvm/protocol";
 import { defineCommand, type CommandContext } from "../command.js";
 import { booleanFlag, decimalFlag, stringFlag } from "../flags.js";
 import { UsageError } from "../usage-error.js";
@@ -60,12 +61,39 @@ interface Callable {
   call(args: unknown[], options: { engine: EngineApi; signal: AbortSignal; onStdout: (c: string) => unknown; onStderr: (c: string) => unknown }): Promise<unknown>;
 }
 
+/**
+ * A real dynamic import of the caller's file. The shipped mvmctl is one CommonJS bundle run by a
+ * vm.Script: there the bundler turns `import()` into `require()` (which loads neither ES modules
+ * nor TypeScript through the loader hooks), and code the script compiles has no dynamic-import
+ * callback. A function compiled with the main context's default loader has the real operator
+ * (Node prints an ExperimentalWarning for that option); from the unbundled modules a plain
+ * Function-compiled `import()` works and is tried first.
+ */
+async function importModule(specifier: string): Promise<Record<string, unknown>> {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-implied-eval
+    return await (new Function("specifier", "return import(specifier)") as (s: string) => Promise<Record<string, unknown>>)(specifier);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING") throw err;
+  }
+  const loader = (vm.constants as unknown as { USE_MAIN_CONTEXT_DEFAULT_LOADER?: symbol } | undefined)?.USE_MAIN_CONTEXT_DEFAULT_LOADER;
+  if (loader === undefined) throw new UnsupportedCapabilityError("This Node.js cannot import a file from the bundled mvmctl", { hint: "use Node.js 20.12 or later" });
+  const load = vm.compileFunction("return import(specifier)", ["specifier"], { importModuleDynamically: loader as never }) as (s: string) => Promise<Record<string, unknown>>;
+  return load(specifier);
+}
+
+function isFunctionObject(v: unknown): v is Callable {
+  const o = v as { call?: unknown; spec?: unknown; id?: unknown } | null;
+  return o !== null && typeof o === "object" && typeof o.call === "function" && typeof o.spec === "function" && typeof o.id === "string";
+}
+
 async function loadFunction(options: FnRunOptions): Promise<Callable> {
   if (TYPESCRIPT.has(extname(options.file))) await import("@mvm/sdk/ts-register");
-  const mod = (await import(pathToFileURL(resolve(options.file)).href)) as Record<string, unknown>;
+  const mod = await importModule(pathToFileURL(resolve(options.file)).href);
   const target = mod[options.exportName];
   const sdk = await import("@mvm/sdk");
-  if (target instanceof sdk.MvmFunction) return target as unknown as Callable;
+  // An fn(...) function, possibly from another copy of the SDK than mvmctl's own: by shape.
+  if (isFunctionObject(target)) return target;
   if (typeof target === "function") {
     return sdk.fn(
       {
