@@ -128,6 +128,25 @@ describe("fn() on the real engine (namespace backend)", { skip, timeout: 600_000
     assert.equal(existsSync(marker), false);
   });
 
+  it("a function cannot read its wrapper's memory (where the seal key is) or its stdin", async () => {
+    const peek = fn({ ...base(), id: "peek" }, () => {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const fs = require("node:fs") as typeof import("node:fs");
+      const tried: Record<string, string> = {};
+      for (const what of ["mem", "environ", "fd/0", "maps"]) {
+        try {
+          fs.readFileSync(`/proc/${process.ppid}/${what}`).subarray(0, 16);
+          tried[what] = "read";
+        } catch (e) {
+          tried[what] = (e as NodeJS.ErrnoException).code ?? "error";
+        }
+      }
+      return tried;
+    });
+    const tried = await peek.remote();
+    for (const [what, outcome] of Object.entries(tried)) assert.notEqual(outcome, "read", `the function read its wrapper's /proc/PID/${what}`);
+  });
+
   it("map runs 50 calls at concurrency 8 and yields every result in order", async () => {
     const add = fn({ ...base(), id: "add" }, (a: number, b: number) => a + b);
     const inputs = Array.from({ length: 50 }, (_, i) => [i, 1000] as [number, number]);
