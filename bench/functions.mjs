@@ -59,7 +59,8 @@ export async function benchFunctions({ log, summary, ratio, openEngine, imagesDi
   const engine = await openEngine({ stateDir, imagesDir, defaultTtlSeconds: 3600, backends: ["namespace"] });
   const base = { engine, image, backend: "namespace", onStdout: noop, onStderr: noop, logDir: join(stateDir, "fn-logs") };
   try {
-    const add = fn({ ...base, id: "bench-add" }, (a, b) => a + b);
+    // Pools are keyed by workload: the cold function's differs (one env var), so it never claims.
+    const add = fn({ ...base, id: "bench-add", env: { MVM_BENCH_COLD: "1" } }, (a, b) => a + b);
     const warmAdd = fn({ ...base, id: "bench-add-warm", warm: 2 }, (a, b) => a + b);
     const live = await engine.createSandbox({ backend: "namespace", image, ttlSeconds: 3600 });
     const session = await add.session();
