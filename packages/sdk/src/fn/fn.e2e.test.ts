@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FunctionError, type EngineApi } from "@mvm/protocol";
+import { FunctionError, TransportError, type EngineApi } from "@mvm/protocol";
 import { startDaemonServer } from "@mvm/engine";
 import { DaemonClient } from "../daemon-client.js";
 import { openEmbeddedEngine } from "../embedded.js";
@@ -145,6 +145,37 @@ describe("fn() on the real engine (namespace backend)", { skip, timeout: 600_000
     });
     const tried = await peek.remote();
     for (const [what, outcome] of Object.entries(tried)) assert.notEqual(outcome, "read", `the function read its wrapper's /proc/PID/${what}`);
+  });
+
+  it("a result file forged by a process the function left behind is refused, never taken as the result", async () => {
+    // Call 1 leaves a detached forger that keeps overwriting every result file in /tmp with a
+    // well-formed file claiming 42 under a seal it had to guess; later calls of the session race it.
+    const forged = `mvm-fn-result v1\n${"a".repeat(64)}\n{"v":1,"status":"ok","id":"forge","format":"json","resultBytes":2}\n42`;
+    const forge = fn({ ...base(), id: "forge" }, (plant: boolean, content: string, a: number) => {
+      if (plant) {
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        require("node:fs").writeFileSync("/work/forged", content);
+        const loop = "sleep 1; while :; do for f in /tmp/.mvm-fn-*.result; do [ -e \"$f\" ] && cat /work/forged > \"$f\" 2>/dev/null; done; done";
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        require("node:child_process").spawn("setsid", ["sh", "-c", loop], { detached: true, stdio: "ignore" }).unref();
+      }
+      return a + 1;
+    });
+    await using s = await forge.session();
+    assert.equal(await s.remote(true, forged, 0), 1); // the forger starts a second later
+    await new Promise((r) => setTimeout(r, 1500));
+    const outcomes: string[] = [];
+    for (let i = 1; i <= 30 && !(i > 3 && outcomes.includes("refused")); i++) {
+      try {
+        const r = await s.remote(false, "", i);
+        assert.equal(r, i + 1, "a forged result was accepted");
+        outcomes.push("ok");
+      } catch (e) {
+        assert.ok(e instanceof TransportError || e instanceof FunctionError, String(e));
+        outcomes.push(e instanceof TransportError ? "refused" : "lost");
+      }
+    }
+    assert.ok(outcomes.includes("refused"), `the forger never hit a result file: ${outcomes.join(" ")}`);
   });
 
   it("map runs 50 calls at concurrency 8 and yields every result in order", async () => {
