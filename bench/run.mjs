@@ -8,6 +8,7 @@
 //   npm run bench -- --json        # all, the JSON document on stdout (the repository's .npmrc
 //                                  # sends npm's own banner to stderr)
 //   node bench/run.mjs oneshot     # a whole `mvmctl run` process against srt and bwrap (bench/oneshot.mjs)
+//   node bench/run.mjs functions   # fn().remote cold and warm, map throughput (bench/functions.mjs); BENCH_FN_RUNS, BENCH_FN_MAP_CALLS
 //   node bench/run.mjs create exec # some
 //   node bench/run.mjs egress      # egress gateway (bench/egress.mjs); BENCH_EGRESS_MIB, BENCH_EGRESS_CONNECTS, BENCH_EGRESS_TUNNELS
 //   node bench/run.mjs admission   # admission overhead added to a create (bench/admission.mjs)
@@ -34,11 +35,12 @@ import { benchStore } from "./store.mjs";
 import { benchSnapshotNs } from "./snapshot-ns.mjs";
 import { benchSnapshotVm } from "./snapshot-vm.mjs";
 import { benchOneshot } from "./oneshot.mjs";
+import { benchFunctions } from "./functions.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
 const IMAGE = process.env.BENCH_IMAGE ?? "debian:bookworm+python3";
-const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "egress", "admission", "audit", "pause", "store", "snapshot-ns", "snapshot-vm", "vm"];
+const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "egress", "admission", "audit", "pause", "store", "snapshot-ns", "snapshot-vm", "vm"];
 const args = process.argv.slice(2);
 const jsonOut = args.includes("--json");
 const only = new Set(args.filter((a) => a !== "--json"));
@@ -200,7 +202,11 @@ async function main() {
     }
 
     if (want("oneshot")) {
-      result.figures.oneshot = await benchOneshot({ log, summary, ratio, imagesDir, runs: RUNS, findSrt });
+      result.figures.oneshot = await benchOneshot({ log, summary, ratio, imagesDir, runs: RUNS, findSrt, pools: true });
+    }
+
+    if (want("functions")) {
+      result.figures.functions = await benchFunctions({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
     }
 
     if (want("egress")) {
