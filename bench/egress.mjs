@@ -6,7 +6,7 @@
 //     the gateway's DNS lookup and its own connect), p50 added over direct (target <= 1 ms)
 //   - memory: gateway process heap+external growth per 100 idle concurrent tunnels
 // Plus the whole path from inside a namespace sandbox (agent relay + mux + gateway) for context.
-import { Worker } from "node:worker_threads";
+import { fork } from "node:child_process";
 import { performance } from "node:perf_hooks";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -26,13 +26,14 @@ function once(emitter, event) {
   });
 }
 
-/** The client side runs in a worker thread, as a sandbox's process would be: it does not share the gateway's event loop. */
+/** The client side runs in a child process, as a sandbox's process would: it shares neither the gateway's event loop nor its process. */
 class Client {
   constructor() {
-    this.worker = new Worker(new URL("./egress-client.mjs", import.meta.url));
+    this.child = fork(new URL("./egress-client.mjs", import.meta.url), [], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
     this.next = 1;
     this.waiting = new Map();
-    this.worker.on("message", (m) => {
+    this.exited = new Promise((resolve) => this.child.once("exit", resolve));
+    this.child.on("message", (m) => {
       const w = this.waiting.get(m.id);
       this.waiting.delete(m.id);
       if (m.error) w.reject(new Error(m.error));
@@ -43,11 +44,14 @@ class Client {
     const id = this.next++;
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { resolve, reject });
-      this.worker.postMessage({ id, op, ...args });
+      this.child.send({ id, op, ...args });
     });
   }
-  close() {
-    return this.worker.terminate();
+  async close() {
+    if (this.child.connected) this.child.send({ id: 0, op: "exit" });
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), 5000);
+    await this.exited;
+    clearTimeout(timer);
   }
 }
 
@@ -70,7 +74,7 @@ export async function benchEgress({ log, summary, ratio }) {
     await net.setDns("sink.bench.test", { A: [host.ip] });
     await net.setDns("echo.bench.test", { A: [host.ip] });
     const policy = NetworkPolicy.denyByDefault().allowTcp("sink.bench.test", 9000).allowTcp("echo.bench.test", 9001).toJSON();
-    gateway = new EgressGateway({ resolver: new EgressResolver({ servers: [net.dnsServer] }), maxConnectionsPerSandbox: TUNNELS + 10 });
+    gateway = new EgressGateway({ resolver: new EgressResolver({ servers: [net.dnsServer] }), testAllowance: net.testAllowance, maxConnectionsPerSandbox: TUNNELS + 10 });
     let events = 0;
     const sandbox = { id: "sbx_benchbenchbenchbench", policy: () => policy, secrets: [], event: () => void events++ };
     const front = createServer({ allowHalfOpen: true }, (s) => gateway.handle(s, sandbox));
@@ -132,7 +136,7 @@ export async function benchEgress({ log, summary, ratio }) {
       external: per100("external"),
       rss: per100("rss"),
       gcExposed: typeof global.gc === "function",
-      note: "heapUsed and external are the gateway's thread only (the clients run in a worker); rss is the whole process, clients included",
+      note: "the gateway's process only: the clients run in a child process",
     };
     log("egress memory", JSON.stringify(memory));
     return { throughput, connectLatency, memory, events };
@@ -152,7 +156,7 @@ export async function benchEgressSandbox({ log, summary, ratio, openEngine, imag
   const { NetworkPolicy } = await import("@mvm/protocol");
   const net = await startTestNetwork({ hosts: 1 });
   const stateDir = await mkdtemp(join(tmpdir(), "mvm-bench-egress-"));
-  const engine = await openEngine({ stateDir, imagesDir, backends: ["namespace"], egress: { dnsServers: [net.dnsServer] } });
+  const engine = await openEngine({ stateDir, imagesDir, backends: ["namespace"], egress: { dnsServers: [net.dnsServer], testAllowance: net.testAllowance } });
   try {
     const host = net.hosts[0];
     const sink = await net.startServer(0, "sink", { port: 9000 });
