@@ -55,6 +55,39 @@ class Client {
   }
 }
 
+/** Starts the agent's relay in a child process, connected to a host multiplexer whose streams go to `gateway`. */
+export async function startAgentRelay(gateway, sandbox) {
+  const { RelayMux } = await import("@mvm/protocol");
+  const dir = await mkdtemp(join(tmpdir(), "mvm-bench-relay-"));
+  const path = join(dir, "relay.sock");
+  let channel;
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    channel = socket;
+    const mux = new RelayMux(socket, socket, { role: "host" });
+    mux.on("stream", (stream) => gateway.handle(stream, sandbox));
+    mux.on("error", () => mux.close());
+    socket.on("error", () => mux.close());
+  });
+  server.listen(path);
+  await once(server, "listening");
+  const child = fork(new URL("./egress-agent.mjs", import.meta.url), [path], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  const { port } = await once(child, "message");
+  return {
+    port,
+    pid: child.pid,
+    async close() {
+      child.disconnect();
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+      await exited;
+      clearTimeout(timer);
+      channel?.destroy();
+      server.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 export async function benchEgress({ log, summary, ratio }) {
   const { testNetworkSupport, startTestNetwork } = await import(new URL("egress/_test-hosts.js", ENGINE_DIST).href);
   const support = testNetworkSupport();
@@ -102,6 +135,31 @@ export async function benchEgress({ log, summary, ratio }) {
     };
     log("egress throughput", JSON.stringify(throughput));
 
+    // The relay path without a sandbox: the agent's relay in its own process, over a Unix socket
+    // to a host multiplexer that hands its streams to the gateway.
+    const relayed = [];
+    const directAgain = [];
+    {
+      const agent = await startAgentRelay(gateway, sandbox);
+      try {
+        for (let i = 0; i < 5; i++) {
+          directAgain.push(await client.call("push", { target: sinkTarget, via: undefined, bytes: THROUGHPUT_MIB * MiB }));
+          relayed.push(await client.call("push", { target: sinkTarget, via: { port: agent.port }, bytes: THROUGHPUT_MIB * MiB }));
+        }
+      } finally {
+        await agent.close();
+      }
+    }
+    const relayThroughput = {
+      unit: "MiB/s",
+      mibPerRun: THROUGHPUT_MIB,
+      direct: summary(directAgain),
+      relay: summary(relayed),
+      ratioP50: ratio(summary(relayed).p50, summary(directAgain).p50),
+      note: "agent relay process -> Unix socket -> host multiplexer -> gateway; no sandbox",
+    };
+    log("egress relay throughput", JSON.stringify(relayThroughput));
+
     // Connect latency.
     const dConnect = [];
     const gConnect = [];
@@ -139,7 +197,7 @@ export async function benchEgress({ log, summary, ratio }) {
       note: "the gateway's process only: the clients run in a child process",
     };
     log("egress memory", JSON.stringify(memory));
-    return { throughput, connectLatency, memory, events };
+    return { throughput, relayThroughput, connectLatency, memory, events };
   } finally {
     for (const s of servers) s.close();
     await client.close();
