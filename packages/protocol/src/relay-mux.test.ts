@@ -244,10 +244,11 @@ describe("RelayMux", () => {
     let sentData = 0;
     let consumed = 0;
     let worst = -Infinity;
-    // Counts Data bytes as they go on the wire.
+    // Counts Data bytes as they go on the wire (a frame may be written as header and payload).
+    const wire = new RelayFrameDecoder("guest");
     const meter = new Transform({
       transform(chunk: Buffer, _enc, cb) {
-        if (chunk[0] === RelayFrameKind.Data) sentData += chunk.readUInt32BE(8);
+        for (const f of wire.push(chunk)) if (f.kind === RelayFrameKind.Data) sentData += f.payload.length;
         worst = Math.max(worst, sentData - consumed);
         cb(null, chunk);
       },
