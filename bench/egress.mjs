@@ -70,7 +70,11 @@ export async function startAgentRelay(gateway, sandbox) {
   });
   server.listen(path);
   await once(server, "listening");
-  const child = fork(new URL("./egress-agent.mjs", import.meta.url), [path], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  // The node options the engine starts a sandbox's agent with.
+  const { agentRuntimeCommand } = await import(new URL("runtime/agent-runtime.js", ENGINE_DIST).href);
+  const command = agentRuntimeCommand();
+  const execArgv = command.slice(command.findIndex((a) => a.endsWith("/bin/node")) + 1, command.findIndex((a) => a.endsWith("/agent.cjs")));
+  const child = fork(new URL("./egress-agent.mjs", import.meta.url), [path], { execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"] });
   const exited = new Promise((resolve) => child.once("exit", resolve));
   const { port } = await once(child, "message");
   return {
