@@ -9,6 +9,7 @@
 import { fork } from "node:child_process";
 import { performance } from "node:perf_hooks";
 import { mkdtemp, rm } from "node:fs/promises";
+import { readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServer } from "node:net";
@@ -24,6 +25,35 @@ function once(emitter, event) {
     emitter.once(event, resolve);
     emitter.once("error", reject);
   });
+}
+
+/** CPU time (user + system) a process has used so far, in ms, from /proc (10 ms resolution). */
+function processCpuMs(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+/**
+ * Runs `push` and returns its MiB/s plus the CPU it cost per GiB moved, in ms: this process (the
+ * gateway, the relay's host side) and each named child. CPU per GiB does not depend on how busy
+ * the machine is the way throughput does.
+ */
+async function measuredPush(push, bytes, children = {}) {
+  const before = Object.fromEntries(Object.entries(children).map(([k, pid]) => [k, processCpuMs(pid)]));
+  const c0 = process.cpuUsage();
+  const mibPerS = await push();
+  const own = process.cpuUsage(c0);
+  const perGiB = (ms) => Math.round((ms * 1024 * MiB) / bytes);
+  const cpu = { gateway: perGiB((own.user + own.system) / 1000) };
+  for (const [k, pid] of Object.entries(children)) cpu[k] = perGiB(processCpuMs(pid) - before[k]);
+  return { mibPerS, cpu };
+}
+
+/** p50 of each process's CPU per GiB over runs. */
+function cpuSummary(runs, summary) {
+  const out = { unit: "CPU ms per GiB moved" };
+  for (const k of Object.keys(runs[0].cpu)) out[k] = summary(runs.map((r) => r.cpu[k])).p50;
+  return out;
 }
 
 /** The client side runs in a child process, as a sandbox's process would: it shares neither the gateway's event loop nor its process. */
@@ -125,10 +155,16 @@ export async function benchEgress({ log, summary, ratio }) {
     // Throughput: alternate direct and gateway runs so drift hits both alike.
     const direct = [];
     const through = [];
+    const bytes = THROUGHPUT_MIB * MiB;
+    const clientPid = { client: client.child.pid };
+    const directRuns = [];
+    const throughRuns = [];
     for (let i = 0; i < 5; i++) {
-      direct.push(await client.call("push", { target: sinkTarget, via: undefined, bytes: THROUGHPUT_MIB * MiB }));
-      through.push(await client.call("push", { target: sinkTarget, via, bytes: THROUGHPUT_MIB * MiB }));
+      directRuns.push(await measuredPush(() => client.call("push", { target: sinkTarget, via: undefined, bytes }), bytes, clientPid));
+      throughRuns.push(await measuredPush(() => client.call("push", { target: sinkTarget, via, bytes }), bytes, clientPid));
     }
+    direct.push(...directRuns.map((r) => r.mibPerS));
+    through.push(...throughRuns.map((r) => r.mibPerS));
     const throughput = {
       unit: "MiB/s",
       mibPerRun: THROUGHPUT_MIB,
@@ -136,20 +172,24 @@ export async function benchEgress({ log, summary, ratio }) {
       gateway: summary(through),
       ratioP50: ratio(summary(through).p50, summary(direct).p50),
       target: "ratioP50 >= 0.8",
+      cpuDirect: cpuSummary(directRuns, summary),
+      cpuGateway: cpuSummary(throughRuns, summary),
     };
     log("egress throughput", JSON.stringify(throughput));
 
     // The relay path without a sandbox: the agent's relay in its own process, over a Unix socket
     // to a host multiplexer that hands its streams to the gateway.
     const relayed = [];
+    const relayRuns = [];
     const directAgain = [];
     {
       const agent = await startAgentRelay(gateway, sandbox);
       try {
         for (let i = 0; i < 5; i++) {
-          directAgain.push(await client.call("push", { target: sinkTarget, via: undefined, bytes: THROUGHPUT_MIB * MiB }));
-          relayed.push(await client.call("push", { target: sinkTarget, via: { port: agent.port }, bytes: THROUGHPUT_MIB * MiB }));
+          directAgain.push(await client.call("push", { target: sinkTarget, via: undefined, bytes }));
+          relayRuns.push(await measuredPush(() => client.call("push", { target: sinkTarget, via: { port: agent.port }, bytes }), bytes, { ...clientPid, agent: agent.pid }));
         }
+        relayed.push(...relayRuns.map((r) => r.mibPerS));
       } finally {
         await agent.close();
       }
@@ -160,6 +200,7 @@ export async function benchEgress({ log, summary, ratio }) {
       direct: summary(directAgain),
       relay: summary(relayed),
       ratioP50: ratio(summary(relayed).p50, summary(directAgain).p50),
+      cpuRelay: cpuSummary(relayRuns, summary),
       note: "agent relay process -> Unix socket -> host multiplexer -> gateway; no sandbox",
     };
     log("egress relay throughput", JSON.stringify(relayThroughput));
