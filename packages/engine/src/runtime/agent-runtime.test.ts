@@ -34,7 +34,7 @@ function hostCommand(dir: string): string[] {
 
 test("agentRuntimeCommand starts node through the shipped loader", () => {
   assert.deepEqual(agentRuntimeCommand(), [
-    "/.mvm/bin/ld-linux-x86-64.so.2", "--library-path", "/.mvm/lib", "/.mvm/bin/node", "--initial-old-space-size=64", "/.mvm/agent.cjs", "--channel", "stdio",
+    "/.mvm/bin/ld-linux-x86-64.so.2", "--library-path", "/.mvm/lib", "/.mvm/bin/node", "/.mvm/agent.cjs", "--channel", "stdio",
   ]);
   assert.deepEqual(agentRuntimeCommand({ relayPath: "/dev/mvm-relay" }).slice(-4), ["--channel", "stdio", "--relay", "/dev/mvm-relay"]);
 });

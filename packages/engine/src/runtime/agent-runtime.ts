@@ -64,15 +64,6 @@ export interface AgentCommandOptions {
 }
 
 /**
- * The agent's V8 heap starts with room for 64 MiB of old generation. Relayed bytes arrive in a
- * new 64 KiB buffer per socket read; with the default small start the buffers still queued when
- * a scavenge runs push the old generation over its limit every few MiB, and a full mark-compact
- * follows (about 90 per GiB relayed, half the agent's CPU). With this start they die in
- * scavenges; the agent's peak RSS grows by about 4 MiB (bench/egress.mjs, relay figure).
- */
-const AGENT_HEAP_FLAG = "--initial-old-space-size=64";
-
-/**
  * The argv that starts the agent inside a sandbox, reading frames on fd 0 and writing on fd 1,
  * and with `relayPath`, connecting its egress relay there (`--relay <path>`).
  * @example spawn(agentRuntimeCommand()[0], agentRuntimeCommand().slice(1))
@@ -83,7 +74,6 @@ export function agentRuntimeCommand(options: AgentCommandOptions = {}): readonly
     "--library-path",
     `${AGENT_MOUNT_POINT}/lib`,
     `${AGENT_MOUNT_POINT}/bin/node`,
-    AGENT_HEAP_FLAG,
     `${AGENT_MOUNT_POINT}/agent.cjs`,
     "--channel",
     "stdio",

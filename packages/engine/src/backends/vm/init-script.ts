@@ -76,7 +76,7 @@ function agentArgv(): string[] {
   const command = agentRuntimeCommand({ relayPath: GUEST_RELAY_PORT });
   const argv = [...command.map((arg) => (arg === "stdio" ? GUEST_AGENT_PORT : arg)), "--await-start"];
   for (const arg of argv) {
-    if (!/^[A-Za-z0-9_./-]+(=[0-9]+)?$/.test(arg)) throw new TypeError(`agent argument ${JSON.stringify(arg)} needs shell quoting`);
+    if (!/^[A-Za-z0-9_./-]+$/.test(arg)) throw new TypeError(`agent argument ${JSON.stringify(arg)} needs shell quoting`);
   }
   return argv;
 }
