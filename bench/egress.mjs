@@ -129,7 +129,9 @@ export async function startAgentRelay(gateway, sandbox) {
   });
   server.listen(path);
   await once(server, "listening");
-  // The node options the engine starts a sandbox's agent with.
+  // The node options the engine starts a sandbox's agent with. This agent loads only the relay,
+  // so its heap is smaller than a real agent's and V8 collects it more often: its CPU figure
+  // overstates what garbage collection costs the agent in a sandbox (see the from-sandbox figure).
   const { agentRuntimeCommand } = await import(new URL("runtime/agent-runtime.js", ENGINE_DIST).href);
   const command = agentRuntimeCommand();
   const execArgv = command.slice(command.findIndex((a) => a.endsWith("/bin/node")) + 1, command.findIndex((a) => a.endsWith("/agent.cjs")));
