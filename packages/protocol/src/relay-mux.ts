@@ -72,7 +72,10 @@ export type RelayStream = Duplex & { readonly relayId: number };
  * Multiplexes relay streams over `input`/`output`. Emits "stream" (stream, info) for each stream
  * the peer opens, "error" (RelayProtocolError or a channel error) when the channel fails, and
  * "close" once. On close the mux ends `output` and stops reading `input`; the owner closes the
- * underlying channel.
+ * underlying channel. A buffer written to a stream is passed to `output` by reference (a payload
+ * of 4 KiB or more follows its header as a separate write), so a writer must not change it
+ * afterwards; `input` chunks must not change after they are read either (a chunk that is exactly
+ * one frame becomes that frame's payload).
  *
  * @example
  * const mux = new RelayMux(socket, socket, { role: "guest" });
