@@ -1,7 +1,8 @@
-// The client side of bench/egress.mjs, in a worker thread: connects directly or through the
-// gateway (CONNECT), pushes bytes to a sink, or holds idle tunnels open.
+// The client side of bench/egress.mjs, a child process of the bench (so it shares neither the
+// gateway's event loop nor its process): connects directly or through the gateway (CONNECT),
+// pushes bytes to a sink, or holds idle tunnels open. Requests and answers travel over the IPC
+// channel of child_process.fork.
 import { connect } from "node:net";
-import { parentPort } from "node:worker_threads";
 import { performance } from "node:perf_hooks";
 
 const MiB = 1024 * 1024;
@@ -9,8 +10,16 @@ const held = [];
 
 function once(emitter, event) {
   return new Promise((resolve, reject) => {
-    emitter.once(event, resolve);
-    emitter.once("error", reject);
+    const onEvent = (v) => {
+      emitter.off("error", onError);
+      resolve(v);
+    };
+    const onError = (err) => {
+      emitter.off(event, onEvent);
+      reject(err);
+    };
+    emitter.once(event, onEvent);
+    emitter.once("error", onError);
   });
 }
 
@@ -70,7 +79,7 @@ async function push(target, viaGateway, bytes) {
 }
 
 
-parentPort.on("message", async (m) => {
+process.on("message", async (m) => {
   try {
     let result;
     if (m.op === "push") result = await push(m.target, m.via, m.bytes);
@@ -84,9 +93,12 @@ parentPort.on("message", async (m) => {
     } else if (m.op === "release") {
       for (const s of held.splice(0)) s.destroy();
       result = 0;
+    } else if (m.op === "exit") {
+      process.disconnect();
+      return;
     }
-    parentPort.postMessage({ id: m.id, result });
+    process.send({ id: m.id, result });
   } catch (err) {
-    parentPort.postMessage({ id: m.id, error: String(err?.message ?? err) });
+    process.send({ id: m.id, error: String(err?.message ?? err) });
   }
 });

@@ -187,9 +187,28 @@ class OutputGate extends Writable {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    this.#pass([chunk], callback);
+  }
+
+  /** A frame written as header and payload arrives here whole, in one call. */
+  override _writev(chunks: { chunk: Buffer }[], callback: (err?: Error | null) => void): void {
+    this.#pass(
+      chunks.map((c) => c.chunk),
+      callback,
+    );
+  }
+
+  #pass(chunks: Buffer[], callback: (err?: Error | null) => void): void {
     const go = (): void => {
       if (this.#discarded || this.channel.destroyed) return callback();
-      if (this.channel.write(chunk)) callback();
+      let ok = true;
+      if (chunks.length === 1) ok = this.channel.write(chunks[0]!);
+      else {
+        this.channel.cork();
+        for (const chunk of chunks) ok = this.channel.write(chunk);
+        this.channel.uncork();
+      }
+      if (ok) callback();
       else this.channel.once("drain", () => callback());
     };
     if (this.#held && !this.#discarded) this.#waiting = go;

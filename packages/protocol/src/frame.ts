@@ -116,16 +116,21 @@ export function decodeCredit(frame: Frame): number {
 /**
  * Incremental decoder. Feed it chunks as they arrive; it returns whole frames.
  * After it throws once, it stays failed: the caller must end the session.
+ *
+ * Each payload is copied once, into a buffer of exactly its length (never a shared pool) filled as
+ * its bytes arrive:
+ * payloads never alias the input.
  */
 export class FrameDecoder {
-  #chunks: Buffer[] = [];
-  #buffered = 0;
-  #need: { kind: FrameKind; stream: number; length: number } | undefined;
+  /** Header bytes received so far, when a header straddles chunks. */
+  readonly #headerBytes = Buffer.alloc(FRAME_HEADER_BYTES);
+  #headerFill = 0;
+  #need: { kind: FrameKind; stream: number; length: number; payload: Buffer; filled: number } | undefined;
   #failed: FrameError | undefined;
 
   /** Bytes held waiting for the rest of a frame; never more than MAX_FRAME_BYTES. */
   get bufferedBytes(): number {
-    return this.#buffered;
+    return this.#headerFill + (this.#need?.filled ?? 0);
   }
 
   push(chunk: Uint8Array): Frame[] {
@@ -134,8 +139,8 @@ export class FrameDecoder {
       return this.#push(chunk);
     } catch (err) {
       this.#failed = err instanceof FrameError ? err : new FrameError(String(err));
-      this.#chunks = [];
-      this.#buffered = 0;
+      this.#headerFill = 0;
+      this.#need = undefined;
       throw this.#failed;
     }
   }
@@ -143,51 +148,52 @@ export class FrameDecoder {
   /** Call at end of input: throws if a partial frame is pending. */
   end(): void {
     if (this.#failed) throw this.#failed;
-    if (this.#buffered > 0 || this.#need) {
-      this.#failed = new FrameError(`Truncated frame: ${this.#buffered} bytes pending at end of stream`);
+    if (this.#headerFill > 0 || this.#need) {
+      this.#failed = new FrameError(`Truncated frame: ${this.bufferedBytes} bytes pending at end of stream`);
       throw this.#failed;
     }
   }
 
-  #take(n: number): Buffer {
-    const all = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks, this.#buffered);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.#chunks = rest.length > 0 ? [rest] : [];
-    this.#buffered = rest.length;
-    return out;
-  }
-
   #push(chunk: Uint8Array): Frame[] {
     const frames: Frame[] = [];
-    let input = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    while (input.length > 0) {
-      const want = this.#need ? this.#need.length : FRAME_HEADER_BYTES;
-      const room = want - this.#buffered;
-      const piece = input.subarray(0, room);
-      input = input.subarray(piece.length);
-      this.#chunks.push(piece);
-      this.#buffered += piece.length;
-      if (this.#buffered < want) break;
-      if (!this.#need) {
-        const h = this.#take(FRAME_HEADER_BYTES);
-        const version = h.readUInt8(0);
-        const kind = h.readUInt8(1);
-        const reserved = h.readUInt16BE(2);
-        const stream = h.readUInt32BE(4);
-        const length = h.readUInt32BE(8);
-        checkHeader(version, kind, reserved, stream, length);
-        if (length === 0) {
-          frames.push({ kind: kind as FrameKind, stream, payload: new Uint8Array(0) });
-        } else {
-          this.#need = { kind: kind as FrameKind, stream, length };
-        }
-      } else {
-        const { kind, stream, length } = this.#need;
+    const input = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    let at = 0;
+    while (at < input.length) {
+      const need = this.#need;
+      if (need !== undefined) {
+        const n = Math.min(need.length - need.filled, input.length - at);
+        input.copy(need.payload, need.filled, at, at + n);
+        need.filled += n;
+        at += n;
+        if (need.filled < need.length) break;
         this.#need = undefined;
-        // Copy so a frame never pins a larger socket buffer.
-        frames.push({ kind, stream, payload: new Uint8Array(this.#take(length)) });
+        frames.push({ kind: need.kind, stream: need.stream, payload: new Uint8Array(need.payload.buffer, 0, need.length) });
+        continue;
       }
+      let h: Buffer;
+      let o: number;
+      if (this.#headerFill === 0 && input.length - at >= FRAME_HEADER_BYTES) {
+        h = input;
+        o = at;
+        at += FRAME_HEADER_BYTES;
+      } else {
+        const n = Math.min(FRAME_HEADER_BYTES - this.#headerFill, input.length - at);
+        input.copy(this.#headerBytes, this.#headerFill, at, at + n);
+        this.#headerFill += n;
+        at += n;
+        if (this.#headerFill < FRAME_HEADER_BYTES) break;
+        this.#headerFill = 0;
+        h = this.#headerBytes;
+        o = 0;
+      }
+      const version = h.readUInt8(o);
+      const kind = h.readUInt8(o + 1);
+      const reserved = h.readUInt16BE(o + 2);
+      const stream = h.readUInt32BE(o + 4);
+      const length = h.readUInt32BE(o + 8);
+      checkHeader(version, kind, reserved, stream, length);
+      if (length === 0) frames.push({ kind: kind as FrameKind, stream, payload: new Uint8Array(0) });
+      else this.#need = { kind: kind as FrameKind, stream, length, payload: Buffer.allocUnsafeSlow(length), filled: 0 };
     }
     return frames;
   }

@@ -97,16 +97,31 @@ function checkHeader(peer: RelayRole, kind: number, flags: number, reserved: num
 
 /** Encodes one frame. Throws RelayProtocolError if it would break the format. */
 export function encodeRelayFrame(kind: RelayFrameKind, stream: number, payload: Uint8Array = new Uint8Array(0)): Buffer {
-  if (!Number.isInteger(stream) || stream < 0 || stream > RELAY_MAX_STREAM_ID) throw new RelayProtocolError(`Bad relay stream id ${stream}`);
-  checkHeader(relayStreamOpener(stream), kind, 0, 0, stream, payload.byteLength);
   const out = Buffer.allocUnsafe(RELAY_FRAME_HEADER_BYTES + payload.byteLength);
+  writeRelayHeader(out, kind, stream, payload.byteLength);
+  out.set(payload, RELAY_FRAME_HEADER_BYTES);
+  return out;
+}
+
+/**
+ * Encodes only the header of a frame whose `length`-byte payload the caller sends right after it
+ * (so a large payload goes out without being copied). Throws RelayProtocolError if the frame
+ * would break the format.
+ */
+export function encodeRelayHeader(kind: RelayFrameKind, stream: number, length: number): Buffer {
+  const out = Buffer.allocUnsafe(RELAY_FRAME_HEADER_BYTES);
+  writeRelayHeader(out, kind, stream, length);
+  return out;
+}
+
+function writeRelayHeader(out: Buffer, kind: RelayFrameKind, stream: number, length: number): void {
+  if (!Number.isInteger(stream) || stream < 0 || stream > RELAY_MAX_STREAM_ID) throw new RelayProtocolError(`Bad relay stream id ${stream}`);
+  checkHeader(relayStreamOpener(stream), kind, 0, 0, stream, length);
   out.writeUInt8(kind, 0);
   out.writeUInt8(0, 1);
   out.writeUInt16BE(0, 2);
   out.writeUInt32BE(stream, 4);
-  out.writeUInt32BE(payload.byteLength, 8);
-  out.set(payload, RELAY_FRAME_HEADER_BYTES);
-  return out;
+  out.writeUInt32BE(length, 8);
 }
 
 /** A u32 BE payload (Credit). */
@@ -120,28 +135,35 @@ export function encodeU32(n: number): Buffer {
  * Incremental decoder of frames sent by `peer`. Validates each header before buffering its
  * payload, so it never holds more than RELAY_FRAME_HEADER_BYTES + RELAY_MAX_DATA_PAYLOAD bytes.
  * Once it throws it stays failed.
+ *
+ * Each payload is copied at most once: into a buffer of exactly its length (never a shared pool), filled as its bytes
+ * arrive. A payload that arrives in one chunk which holds nothing but that frame is handed on as
+ * a view of that chunk, uncopied; it pins no more than its own header. Payloads never share
+ * memory with a larger input chunk.
  */
 export class RelayFrameDecoder {
-  #chunks: Buffer[] = [];
-  #buffered = 0;
-  #header: { kind: RelayFrameKind; stream: number; length: number } | undefined;
+  /** Header bytes received so far, when a header straddles chunks. */
+  readonly #headerBytes = Buffer.alloc(RELAY_FRAME_HEADER_BYTES);
+  #headerFill = 0;
+  /** The frame whose payload is being received, and where its bytes go. */
+  #header: { kind: RelayFrameKind; stream: number; length: number; payload: Buffer; filled: number } | undefined;
   #failed: RelayProtocolError | undefined;
 
   constructor(private readonly peer: RelayRole) {}
 
   /** Bytes held for an incomplete frame. */
   get bufferedBytes(): number {
-    return this.#buffered + (this.#header ? RELAY_FRAME_HEADER_BYTES : 0);
+    return this.#headerFill + (this.#header ? RELAY_FRAME_HEADER_BYTES + this.#header.filled : 0);
   }
 
+  /** Decodes what `chunk` completes. A payload may be a view of `chunk`: do not modify it afterwards. */
   push(chunk: Uint8Array): RelayFrame[] {
     if (this.#failed) throw this.#failed;
     try {
       return this.#push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
     } catch (err) {
       this.#failed = err instanceof RelayProtocolError ? err : new RelayProtocolError(String(err), { cause: err });
-      this.#chunks = [];
-      this.#buffered = 0;
+      this.#headerFill = 0;
       this.#header = undefined;
       throw this.#failed;
     }
@@ -153,36 +175,50 @@ export class RelayFrameDecoder {
     if (this.bufferedBytes > 0) throw (this.#failed = new RelayProtocolError(`Truncated relay frame: ${this.bufferedBytes} bytes pending`));
   }
 
-  #take(n: number): Buffer {
-    const all = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks, this.#buffered);
-    this.#chunks = [];
-    this.#buffered = 0;
-    return all.subarray(0, n);
-  }
-
   #push(input: Buffer): RelayFrame[] {
     const frames: RelayFrame[] = [];
-    while (input.length > 0) {
-      const want = this.#header ? this.#header.length : RELAY_FRAME_HEADER_BYTES;
-      const piece = input.subarray(0, want - this.#buffered);
-      input = input.subarray(piece.length);
-      this.#chunks.push(piece);
-      this.#buffered += piece.length;
-      if (this.#buffered < want) break;
-      if (this.#header) {
-        const { kind, stream, length } = this.#header;
+    let at = 0;
+    while (at < input.length) {
+      const h = this.#header;
+      if (h !== undefined) {
+        const n = Math.min(h.length - h.filled, input.length - at);
+        input.copy(h.payload, h.filled, at, at + n);
+        h.filled += n;
+        at += n;
+        if (h.filled < h.length) break;
         this.#header = undefined;
-        // Copy so a frame never pins a larger socket buffer.
-        frames.push({ kind, stream, payload: Buffer.from(this.#take(length)) });
+        frames.push({ kind: h.kind, stream: h.stream, payload: h.payload });
         continue;
       }
-      const h = this.#take(RELAY_FRAME_HEADER_BYTES);
-      const kind = h.readUInt8(0);
-      const stream = h.readUInt32BE(4);
-      const length = h.readUInt32BE(8);
-      checkHeader(this.peer, kind, h.readUInt8(1), h.readUInt16BE(2), stream, length);
-      if (length === 0) frames.push({ kind: kind as RelayFrameKind, stream, payload: Buffer.alloc(0) });
-      else this.#header = { kind: kind as RelayFrameKind, stream, length };
+      let header: Buffer;
+      let headerStart: number;
+      if (this.#headerFill === 0 && input.length - at >= RELAY_FRAME_HEADER_BYTES) {
+        header = input;
+        headerStart = at;
+        at += RELAY_FRAME_HEADER_BYTES;
+      } else {
+        const n = Math.min(RELAY_FRAME_HEADER_BYTES - this.#headerFill, input.length - at);
+        input.copy(this.#headerBytes, this.#headerFill, at, at + n);
+        this.#headerFill += n;
+        at += n;
+        if (this.#headerFill < RELAY_FRAME_HEADER_BYTES) break;
+        this.#headerFill = 0;
+        header = this.#headerBytes;
+        headerStart = 0;
+      }
+      const kind = header.readUInt8(headerStart);
+      const stream = header.readUInt32BE(headerStart + 4);
+      const length = header.readUInt32BE(headerStart + 8);
+      checkHeader(this.peer, kind, header.readUInt8(headerStart + 1), header.readUInt16BE(headerStart + 2), stream, length);
+      if (length === 0) {
+        frames.push({ kind: kind as RelayFrameKind, stream, payload: Buffer.alloc(0) });
+      } else if (header === input && at + length === input.length && input.buffer.byteLength <= length + RELAY_FRAME_HEADER_BYTES) {
+        // The chunk is this one frame: its payload is a view that pins only the frame's own bytes.
+        frames.push({ kind: kind as RelayFrameKind, stream, payload: input.subarray(at) });
+        at = input.length;
+      } else {
+        this.#header = { kind: kind as RelayFrameKind, stream, length, payload: Buffer.allocUnsafeSlow(length), filled: 0 };
+      }
     }
     return frames;
   }

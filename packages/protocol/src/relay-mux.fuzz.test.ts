@@ -106,6 +106,27 @@ describe("RelayFrameDecoder (property)", () => {
   });
 });
 
+describe("RelayFrameDecoder payload memory (property)", () => {
+  it("returns the frames encoded, each payload pinning at most its own frame, whether chunks are views or own buffers", () => {
+    fc.assert(
+      fc.property(fc.array(guestFrame, { maxLength: 10 }), cuts, fc.boolean(), (frames, at, own) => {
+        const decoder = new RelayFrameDecoder("guest");
+        const got: Buffer[] = [];
+        const chunks = own ? frames.map((f) => Buffer.from(f)) : cut(Buffer.concat(frames), at);
+        for (const chunk of chunks) {
+          for (const f of decoder.push(chunk)) {
+            assert.ok(f.payload.buffer.byteLength <= f.payload.length + RELAY_FRAME_HEADER_BYTES, `a ${f.payload.length}-byte payload pins ${f.payload.buffer.byteLength} bytes`);
+            got.push(encodeRelayFrame(f.kind, f.stream, f.payload));
+          }
+        }
+        decoder.end();
+        assert.deepEqual(got, frames);
+      }),
+      { numRuns: RUNS },
+    );
+  });
+});
+
 describe("RelayMux (property)", () => {
   it("survives or fails once with RelayProtocolError on any frame sequence", async () => {
     await fc.assert(

@@ -10,6 +10,7 @@ import { PassThrough, Transform, Writable, type Duplex } from "node:stream";
 import {
   RELAY_FRAME_HEADER_BYTES,
   RELAY_MAX_DATA_PAYLOAD,
+  RelayFrameDecoder,
   RelayFrameKind,
   RelayMux,
   RelayProtocolError,
@@ -17,6 +18,7 @@ import {
   encodeRelayFrame,
   type RelayStreamInfo,
 } from "./relay-mux.js";
+import { encodeRelayHeader } from "./relay-frame.js";
 
 /** Two connected ends of a real Unix socket. */
 async function socketPair(): Promise<{ a: Socket; b: Socket; dispose(): void }> {
@@ -98,6 +100,48 @@ describe("relay frame format", () => {
     assert.throws(() => encodeRelayFrame(RelayFrameKind.Data, 0, Buffer.from([1])), RelayProtocolError);
     assert.throws(() => encodeRelayFrame(RelayFrameKind.Data, 1, Buffer.alloc(RELAY_MAX_DATA_PAYLOAD + 1)), RelayProtocolError);
     assert.throws(() => encodeRelayFrame(RelayFrameKind.Open, 1, Buffer.from([0, 80])), RelayProtocolError);
+    assert.throws(() => encodeRelayHeader(RelayFrameKind.Data, 1, RELAY_MAX_DATA_PAYLOAD + 1), RelayProtocolError);
+    assert.throws(() => encodeRelayHeader(RelayFrameKind.Data, 1, 0), RelayProtocolError);
+  });
+
+  it("encodes a header alone exactly as the head of the whole frame", () => {
+    const payload = randomBytes(5000);
+    assert.deepEqual(Buffer.concat([encodeRelayHeader(RelayFrameKind.Data, 7, payload.length), payload]), encodeRelayFrame(RelayFrameKind.Data, 7, payload));
+  });
+});
+
+describe("RelayFrameDecoder payload memory", () => {
+  const frame = (n: number, fill: number): Buffer => encodeRelayFrame(RelayFrameKind.Data, 1, Buffer.alloc(n, fill));
+
+  it("copies a payload that shares its chunk with other bytes into a buffer of exactly its length", () => {
+    const wire = Buffer.concat([frame(10_000, 1), frame(3, 2)]);
+    const frames = new RelayFrameDecoder("guest").push(wire);
+    assert.deepEqual(frames.map((f) => f.payload.length), [10_000, 3]);
+    for (const f of frames) {
+      assert.notEqual(f.payload.buffer, wire.buffer, "a payload never pins the larger chunk");
+      assert.equal(f.payload.buffer.byteLength, f.payload.length, "no shared pool either");
+    }
+    wire.fill(0);
+    assert.equal(frames[0]!.payload[9_999], 1);
+  });
+
+  it("assembles a payload split over many chunks into one buffer of its length", () => {
+    const wire = frame(RELAY_MAX_DATA_PAYLOAD, 7);
+    const d = new RelayFrameDecoder("guest");
+    const out = [];
+    for (let at = 0; at < wire.length; at += 1000) out.push(...d.push(Buffer.from(wire.subarray(at, at + 1000))));
+    assert.equal(out.length, 1);
+    assert.equal(out[0]!.payload.buffer.byteLength, RELAY_MAX_DATA_PAYLOAD);
+    assert.ok(out[0]!.payload.every((b) => b === 7));
+    assert.equal(d.bufferedBytes, 0);
+  });
+
+  it("hands on a payload uncopied only when its chunk holds nothing but that frame", () => {
+    const wire = Buffer.from(frame(8192, 3));
+    assert.equal(wire.buffer.byteLength, wire.length);
+    const [f] = new RelayFrameDecoder("guest").push(wire);
+    assert.equal(f!.payload.buffer, wire.buffer);
+    assert.equal(f!.payload.length, 8192);
   });
 });
 
@@ -200,10 +244,11 @@ describe("RelayMux", () => {
     let sentData = 0;
     let consumed = 0;
     let worst = -Infinity;
-    // Counts Data bytes as they go on the wire.
+    // Counts Data bytes as they go on the wire (a frame may be written as header and payload).
+    const wire = new RelayFrameDecoder("guest");
     const meter = new Transform({
       transform(chunk: Buffer, _enc, cb) {
-        if (chunk[0] === RelayFrameKind.Data) sentData += chunk.readUInt32BE(8);
+        for (const f of wire.push(chunk)) if (f.kind === RelayFrameKind.Data) sentData += f.payload.length;
         worst = Math.max(worst, sentData - consumed);
         cb(null, chunk);
       },

@@ -20,6 +20,7 @@ import {
   RelayProtocolError,
   RelayStreamResetError,
   encodeRelayFrame,
+  encodeRelayHeader,
   encodeU32,
   relayStreamOpener,
   sanitizeResetReason,
@@ -44,6 +45,11 @@ export type { RelayFrame, RelayRole } from "./relay-frame.js";
 
 /** Bytes queued on the output before the mux decides the peer has stopped reading. */
 const MAX_OUTPUT_BACKLOG_BYTES = 8 * 1024 * 1024;
+/** Payloads from this size on are written after their header rather than copied into one buffer. */
+const UNCOPIED_PAYLOAD_BYTES = 4096;
+
+/** One frame as written: a whole frame, or a header and the payload that follows it. */
+type OutFrame = Buffer | readonly [Buffer, Buffer];
 
 export interface RelayMuxOptions {
   /** Which end this is: the guest opens odd ids without a port, the host even ids with one. */
@@ -66,7 +72,10 @@ export type RelayStream = Duplex & { readonly relayId: number };
  * Multiplexes relay streams over `input`/`output`. Emits "stream" (stream, info) for each stream
  * the peer opens, "error" (RelayProtocolError or a channel error) when the channel fails, and
  * "close" once. On close the mux ends `output` and stops reading `input`; the owner closes the
- * underlying channel.
+ * underlying channel. A buffer written to a stream is passed to `output` by reference (a payload
+ * of 4 KiB or more follows its header as a separate write), so a writer must not change it
+ * afterwards; `input` chunks must not change after they are read either (a chunk that is exactly
+ * one frame becomes that frame's payload).
  *
  * @example
  * const mux = new RelayMux(socket, socket, { role: "guest" });
@@ -86,7 +95,7 @@ export class RelayMux extends EventEmitter {
   #peerCount = 0;
   #outputBlocked = false;
   /** Frames kept back while held (see `hold`), in order. */
-  #held: Buffer[] | undefined;
+  #held: OutFrame[] | undefined;
   #closed = false;
   readonly #onData = (chunk: Buffer): void => this.#receive(chunk);
   readonly #onEnd = (): void => {
@@ -204,7 +213,8 @@ export class RelayMux extends EventEmitter {
 
   #send(kind: RelayFrameKind, id: number, payload?: Buffer): void {
     if (this.#closed) return;
-    const frame = encodeRelayFrame(kind, id, payload);
+    const frame: OutFrame =
+      payload !== undefined && payload.length >= UNCOPIED_PAYLOAD_BYTES ? [encodeRelayHeader(kind, id, payload.length), payload] : encodeRelayFrame(kind, id, payload);
     if (this.#held !== undefined) {
       this.#held.push(frame);
       return;
@@ -212,8 +222,17 @@ export class RelayMux extends EventEmitter {
     this.#write(frame);
   }
 
-  #write(frame: Buffer): void {
-    if (!this.#output.write(frame)) this.#outputBlocked = true;
+  #write(frame: OutFrame): void {
+    let ok: boolean;
+    if (Buffer.isBuffer(frame)) ok = this.#output.write(frame);
+    else {
+      // Corked, the two writes reach the output together (one writev), never split by another frame.
+      this.#output.cork();
+      this.#output.write(frame[0]);
+      ok = this.#output.write(frame[1]);
+      this.#output.uncork();
+    }
+    if (!ok) this.#outputBlocked = true;
     if (this.#output.writableLength > MAX_OUTPUT_BACKLOG_BYTES) {
       const err = new RelayProtocolError(`The relay peer stopped reading: ${this.#output.writableLength} bytes queued`);
       this.#shutdown(err, err);
