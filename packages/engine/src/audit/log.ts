@@ -277,14 +277,16 @@ export class AuditLog {
 
   /** Resolves once every entry appended before the call is durable (fdatasync'ed). */
   async sync(): Promise<void> {
-    while (this.#failed === undefined) {
-      if (this.#flushing !== undefined) await this.#flushing;
-      else if (this.#queue.length > 0 || this.#unsyncedSeq > 0) {
-        this.#syncWanted = true;
-        this.#flushing = this.#flushLoop();
-      } else return;
+    for (;;) {
+      if (this.#flushing !== undefined) {
+        await this.#flushing;
+        continue;
+      }
+      if (this.#failed !== undefined) throw new InternalError(`Audit log "${this.path}" failed an earlier write or sync`, { cause: this.#failed });
+      if (this.#queue.length === 0 && this.#unsyncedSeq === 0) return;
+      this.#syncWanted = true;
+      this.#flushing = this.#flushLoop();
     }
-    throw new InternalError(`Audit log "${this.path}" failed an earlier write or sync`, { cause: this.#failed });
   }
 
   async #flushLoop(): Promise<void> {
