@@ -133,20 +133,8 @@ async function main() {
     }
 
     if (want("exec")) {
-      const sb = await engine.createSandbox({ acknowledgeContainerTier: true, image: IMAGE });
-      for (let i = 0; i < 20; i++) await execOnce(engine, sb.id, ["/bin/true"]);
-      const host = [];
-      const ours = [];
-      const n = Math.max(RUNS * 5, 200);
-      for (let i = 0; i < n; i++) {
-        host.push((await spawnTimed("/bin/true", [])).totalMs);
-        ours.push((await execOnce(engine, sb.id, ["/bin/true"])).totalMs);
-      }
-      await engine.killSandbox(sb.id);
-      const h = summary(host);
-      const o = summary(ours);
-      result.figures.execRoundTrip = { unit: "ms", mvm: o, baselineHostSpawn: h, ratioP50: ratio(o.p50, h.p50), ratioP99: ratio(o.p99, h.p99), target: "ratioP50 <= 1.3" };
-      log("exec", JSON.stringify(result.figures.execRoundTrip));
+      const { benchExec } = await import("./exec.mjs");
+      Object.assign(result.figures, await benchExec({ log, summary, ratio, spawnTimed, execOnce, engine, imagesDir, image: IMAGE, runs: RUNS }));
     }
 
     if (want("density")) {

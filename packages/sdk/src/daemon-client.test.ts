@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import { request } from "node:http";
+import { createServer as createNetServer, type Socket } from "node:net";
 import assert from "node:assert/strict";
 import {
   AbortedError,
@@ -309,4 +310,56 @@ test("a connection past the daemon's cap is a TransportError saying so", async (
     await server.close();
   });
   await assert.rejects(client.health(), (err: unknown) => err instanceof TransportError && /maximum of 0 connections/.test(err.message));
+});
+
+test("calls share a kept-alive connection; a reused one the daemon drops before answering is replaced once, a new one is not", async (t) => {
+  const socketPath = join(await scratchDir(t), "keep-alive.sock");
+  let connections = 0;
+  /** "answer" every request; "second": drop a connection at its second request; "all": drop at every request. */
+  let mode: "answer" | "second" | "all" = "answer";
+  const sockets = new Set<Socket>();
+  const server = createNetServer((socket) => {
+    connections++;
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => {});
+    let requests = 0;
+    let head = "";
+    socket.on("data", (chunk: Buffer) => {
+      head += chunk.toString("latin1");
+      for (let end = head.indexOf("\r\n\r\n"); end !== -1; end = head.indexOf("\r\n\r\n")) {
+        head = head.slice(end + 4);
+        requests++;
+        if (mode === "all" || (mode === "second" && requests === 2)) {
+          socket.destroy();
+          return;
+        }
+        const body = JSON.stringify({ version: "1", defaultBackend: null, backends: [] });
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+  t.after(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
+  const first = new DaemonClient({ socketPath });
+  for (let i = 0; i < 5; i++) await first.health();
+  assert.equal(connections, 1, "five calls in a row took more than one connection");
+  await first.close();
+
+  mode = "second";
+  const second = new DaemonClient({ socketPath });
+  await second.health();
+  await second.health(); // its kept connection is dropped unanswered: sent again on a new one
+  assert.equal(connections, 3);
+
+  mode = "all";
+  await assert.rejects(second.health(), TransportError);
+  assert.equal(connections, 4, "a call was sent more than twice");
+  await assert.rejects(second.health(), TransportError);
+  assert.equal(connections, 5, "a call on a new connection was sent again");
+  await second.close();
 });

@@ -67,6 +67,10 @@ export interface DaemonClientOptions {
 
 /** Largest stdin write sent in one request, in bytes; longer writes are split. */
 const STDIN_REQUEST_BYTES = 4 * 1024 * 1024;
+/** An idle connection is closed after this long, ms: well before the daemon's keep-alive timeout (5 s). */
+const IDLE_CONNECTION_MS = 2_000;
+/** Idle connections kept open for the next calls. */
+const MAX_IDLE_CONNECTIONS = 4;
 
 /**
  * An EngineApi backed by a running daemon (`mvmctl daemon`).
@@ -93,7 +97,10 @@ export class DaemonClient implements EngineApi {
     this.#maxLineBytes = options.maxLineBytes ?? 1024 * 1024;
     this.#target = {
       socketPath: options.socketPath,
-      agent: new Agent({ keepAlive: false }),
+      // Connections are kept for the next call: the daemon checks a connection's peer once, when
+      // it is accepted, so a fresh connection per call would cost that check every time. Idle
+      // ones are closed before the daemon's own 5 s keep-alive would close them under a request.
+      agent: new Agent({ keepAlive: true, timeout: IDLE_CONNECTION_MS, maxFreeSockets: MAX_IDLE_CONNECTIONS }),
       headersTimeoutMs: options.headersTimeoutMs ?? 60_000,
     };
   }

@@ -28,7 +28,7 @@ import {
   type WorkloadIR,
 } from "@mvm/protocol";
 import { loadOrCreateHostKey, type HostKey } from "../audit/keys.js";
-import { AuditLog, auditDir, type AuditReceipt } from "../audit/log.js";
+import { AuditLog, auditDir, type AppendOptions, type AuditReceipt } from "../audit/log.js";
 import type { AuditEvent } from "../audit/entry.js";
 import { admit, PlanRefusedError, PolicyRuleDeniedError, type AdmittedPlan } from "./admit.js";
 import { issuePlan } from "./plan.js";
@@ -220,9 +220,9 @@ export class AdmissionGate {
     return this.#admit(this.issue(ir, { validityMs: LIVE_PLAN_VALIDITY_MS, labels: { "mvm/mode": "live" } }), undefined);
   }
 
-  /** Appends an event; resolves once it is durable. */
-  record(event: AuditEvent): Promise<AuditReceipt> {
-    return this.audit.append(event);
+  /** Appends an event; resolves once it is durable, or with `{ wait: "written" }` once it is written (see AuditLog.append). */
+  record(event: AuditEvent, options?: AppendOptions): Promise<AuditReceipt> {
+    return this.audit.append(event, options);
   }
 
   async close(): Promise<void> {

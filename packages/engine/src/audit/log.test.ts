@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { loadOrCreateHostKey } from "./keys.js";
-import { AUDIT_FILE, AuditLog, AuditLogCorruptError } from "./log.js";
+import { AUDIT_FILE, AuditLog, AuditLogCorruptError, PIPELINED_SYNC_MS } from "./log.js";
 import { verifyAuditFile } from "./verify.js";
 import { selfIdentity } from "../store/lock.js";
 
@@ -31,7 +31,7 @@ after(async () => {
 });
 
 /** Spawns the writer fixture; `lines` collects its stdout lines as they arrive. */
-function startWriter(stateDir: string, mode: "burst" | "hold" | `${number}`): { child: ChildProcess; lines: string[]; exited: Promise<unknown> } {
+function startWriter(stateDir: string, mode: "burst" | "written" | "hold" | `${number}`): { child: ChildProcess; lines: string[]; exited: Promise<unknown> } {
   const child = spawn(process.execPath, [WRITER, stateDir, mode], { stdio: ["ignore", "pipe", "inherit"] });
   const lines: string[] = [];
   let partial = "";
@@ -91,6 +91,57 @@ describe("AuditLog", () => {
     assert.equal((await second.append(killed)).seq, 2);
     await second.close();
     assert.equal((await verifyAuditFile(join(dir, AUDIT_FILE), key.publicKey, { signatures: "all" })).ok, true);
+  });
+
+  it("resolves a default append only once its entry is synced", async () => {
+    const log = await AuditLog.open(freshDir(), { key });
+    const r = await log.append(killed);
+    assert.equal(log.stats().durableSeq, r.seq);
+    const both = await Promise.all([log.append(killed, { wait: "written" }), log.append(killed)]);
+    assert.equal(log.stats().durableSeq, both[1].seq);
+    await log.close();
+  });
+
+  it("resolves a pipelined append once its line is in the file; the next batch's one sync covers it, in order", async () => {
+    const dir = freshDir();
+    const log = await AuditLog.open(dir, { key });
+    const written = await log.append(killed, { wait: "written" });
+    assert.deepEqual([log.stats().syncs, log.stats().durableSeq], [0, 0]);
+    const lines = (await readFile(join(dir, AUDIT_FILE), "utf8")).split("\n").filter((l) => l !== "");
+    assert.equal(lines.length, 1);
+    assert.equal((JSON.parse(lines[0]!) as { seq: number; hash: string }).hash, written.hash);
+    const durable = await log.append(killed);
+    assert.equal(durable.seq, written.seq + 1);
+    assert.deepEqual([log.stats().syncs, log.stats().durableSeq], [1, durable.seq]);
+    await log.close();
+    assert.equal((await verifyAuditFile(join(dir, AUDIT_FILE), key.publicKey, { signatures: "all" })).ok, true);
+  });
+
+  it(`syncs a pipelined entry by itself ${PIPELINED_SYNC_MS} ms after its write when no other append comes`, async (t) => {
+    t.mock.timers.enable({ apis: ["setTimeout"] });
+    const log = await AuditLog.open(freshDir(), { key });
+    const written = await log.append(killed, { wait: "written" });
+    const turns = async (n: number): Promise<void> => {
+      for (let i = 0; i < n && log.stats().syncs === 0; i++) await new Promise((r) => setImmediate(r));
+    };
+    t.mock.timers.tick(PIPELINED_SYNC_MS - 1);
+    await turns(50);
+    assert.equal(log.stats().syncs, 0, "synced before its timer");
+    t.mock.timers.tick(1);
+    await turns(10_000);
+    assert.deepEqual([log.stats().syncs, log.stats().durableSeq], [1, written.seq]);
+    t.mock.timers.reset();
+    await log.close();
+  });
+
+  it("syncs pipelined entries on close, and sync() waits for them", async () => {
+    const log = await AuditLog.open(freshDir(), { key });
+    await log.append(killed, { wait: "written" });
+    await log.sync();
+    assert.deepEqual([log.stats().syncs, log.stats().durableSeq], [1, 1]);
+    await log.append(killed, { wait: "written" });
+    await log.close();
+    assert.deepEqual([log.stats().syncs, log.stats().durableSeq], [2, 2]);
   });
 
   it("rejects an event outside its schema and keeps working", async () => {
@@ -211,6 +262,20 @@ describe("AuditLog", () => {
     await log.append(killed);
     await log.close();
     assert.equal((await verifyAuditFile(path, hostKey.publicKey)).ok, true);
+  });
+
+  it("keeps every pipelined (written, not yet synced) entry through kill -9 of its writer", async () => {
+    const stateDir = freshDir();
+    const writer = startWriter(stateDir, "written");
+    await waitForLines(writer.child, writer.lines, (l) => l.length >= 2000);
+    writer.child.kill("SIGKILL");
+    await writer.exited;
+    assert.ok(!writer.lines.some((l) => l.startsWith("error")), writer.lines.find((l) => l.startsWith("error")));
+    const maxAcked = Math.max(...writer.lines.filter((l) => l !== "").map(Number));
+    const hostKey = await loadOrCreateHostKey(stateDir);
+    const result = await verifyAuditFile(join(stateDir, "audit", AUDIT_FILE), hostKey.publicKey, { signatures: "all" });
+    const entries = result.ok ? result.lastSeq : result.entries;
+    assert.ok(entries >= maxAcked, `acknowledged seq ${maxAcked} missing: file holds ${entries} good entries`);
   });
 
   it("refuses to extend a tail another writer tore, and continues once it is repaired", async () => {

@@ -15,6 +15,11 @@
  *
  * Durability: `append` resolves after the line is written and fdatasync'ed. Appends that arrive
  * while a sync is in flight form the next batch (group commit): one write and one sync per batch.
+ * An append with `{ wait: "written" }` (what an exec's `exec.finished` uses) resolves once its
+ * line is in the file, so it survives a crash of the engine; its fdatasync is pipelined: the next
+ * batch's sync covers it, and a timer syncs it at most PIPELINED_SYNC_MS later when no other
+ * append comes. Entries keep their order either way: an entry is durable only once every entry
+ * before it is.
  * One writer at a time, several writers per log: each batch is written under the writer lock
  * `<dir>/audit.log.lock` (writer-lock.ts), so engines sharing a state directory take turns. A
  * writer that finds the file changed since its own last write re-reads the tail and continues
@@ -70,11 +75,32 @@ export interface AuditLogOptions {
   now?: () => Date;
 }
 
+/**
+ * Longest time, ms, between the write of an entry appended with `{ wait: "written" }` and its
+ * fdatasync, when no other append comes first.
+ */
+export const PIPELINED_SYNC_MS = 5;
+
+/** How long an append waits. */
+export interface AppendOptions {
+  /**
+   * `"durable"`: until the entry is written and fdatasync'ed. `"written"`: until it is written
+   * (seq, hash and signature fixed, the line in the file, where a crash of this process cannot
+   * lose it); its fdatasync follows with the next batch, at most PIPELINED_SYNC_MS later.
+   * @default "durable"
+   */
+  wait?: "durable" | "written";
+}
+
 /** Group-commit figures since open. */
 export interface AuditLogStats {
   readonly entries: number;
   readonly batches: number;
   readonly maxBatch: number;
+  /** fdatasync calls made. */
+  readonly syncs: number;
+  /** The last seq this writer knows is durable (0 before the first sync). */
+  readonly durableSeq: number;
 }
 
 /** The log's tail is torn or fails its checks; `offset` is where the bad bytes start. Code INTERNAL. */
@@ -92,6 +118,8 @@ export class AuditLogCorruptError extends MvmError {
 
 interface Pending {
   event: AuditEvent;
+  /** Resolve only after the batch's fdatasync. */
+  durable: boolean;
   resolve(receipt: AuditReceipt): void;
   reject(err: unknown): void;
 }
@@ -118,7 +146,12 @@ export class AuditLog {
   #flushing: Promise<void> | undefined;
   #failed: unknown;
   #closed = false;
-  #stats = { entries: 0, batches: 0, maxBatch: 0 };
+  #stats = { entries: 0, batches: 0, maxBatch: 0, syncs: 0, durableSeq: 0 };
+  /** Entries this writer wrote whose fdatasync has not happened yet: the last one's seq, or 0. */
+  #unsyncedSeq = 0;
+  /** Set when the pipelined-sync timer fired: the flush loop syncs even with no entry queued. */
+  #syncWanted = false;
+  #syncTimer: NodeJS.Timeout | undefined;
 
   private constructor(path: string, fh: FileHandle, lock: AuditWriterLock, options: AuditLogOptions, tail: TailState) {
     this.path = path;
@@ -218,7 +251,7 @@ export class AuditLog {
    * @throws InternalError when the log is closed or an earlier write failed (the log then takes
    *   no more entries: its on-disk state is unknown until it is opened again).
    */
-  append(event: AuditEvent): Promise<AuditReceipt> {
+  append(event: AuditEvent, options: AppendOptions = {}): Promise<AuditReceipt> {
     if (this.#closed) return Promise.reject(new InternalError(`Audit log "${this.path}" is closed`));
     if (this.#failed !== undefined) {
       return Promise.reject(new InternalError(`Audit log "${this.path}" failed an earlier write and takes no more entries`, { cause: this.#failed }));
@@ -237,20 +270,40 @@ export class AuditLog {
       return Promise.reject(new InvalidArgumentError(`Audit event "${parsed.data.type}" is ${eventBytes} bytes: an entry holds at most ${MAX_ENTRY_BYTES - ENTRY_OVERHEAD_BYTES}`));
     }
     return new Promise((resolve, reject) => {
-      this.#queue.push({ event: parsed.data, resolve, reject });
+      this.#queue.push({ event: parsed.data, durable: options.wait !== "written", resolve, reject });
       this.#flushing ??= this.#flushLoop();
     });
+  }
+
+  /** Resolves once every entry appended before the call is durable (fdatasync'ed). */
+  async sync(): Promise<void> {
+    for (;;) {
+      if (this.#flushing !== undefined) {
+        await this.#flushing;
+        continue;
+      }
+      if (this.#failed !== undefined) throw new InternalError(`Audit log "${this.path}" failed an earlier write or sync`, { cause: this.#failed });
+      if (this.#queue.length === 0 && this.#unsyncedSeq === 0) return;
+      this.#syncWanted = true;
+      this.#flushing = this.#flushLoop();
+    }
   }
 
   async #flushLoop(): Promise<void> {
     // Let appends made in the same tick join the first batch.
     await Promise.resolve();
-    while (this.#queue.length > 0) {
+    while (this.#queue.length > 0 || this.#syncWanted) {
       const batch = this.#queue;
       this.#queue = [];
+      const mustSync = this.#syncWanted || batch.some((p) => p.durable);
+      this.#syncWanted = false;
+      if (batch.length === 0) {
+        await this.#syncWritten().catch(() => undefined);
+        continue;
+      }
       let receipts: AuditReceipt[];
       try {
-        receipts = await this.#writeBatch(batch);
+        receipts = await this.#writeBatch(batch, mustSync);
       } catch (err) {
         for (const p of batch) p.reject(err);
         continue;
@@ -259,12 +312,50 @@ export class AuditLog {
       this.#stats.batches++;
       this.#stats.maxBatch = Math.max(this.#stats.maxBatch, batch.length);
       batch.forEach((p, i) => p.resolve(receipts[i]!));
+      if (this.#unsyncedSeq > 0) this.#armSyncTimer();
     }
     this.#flushing = undefined;
   }
 
-  /** Under the writer lock: catch up with other writers, sign the batch onto the chain, write, sync. */
-  async #writeBatch(batch: readonly Pending[]): Promise<AuditReceipt[]> {
+  /** Syncs what this writer wrote without a sync, PIPELINED_SYNC_MS from now unless a batch's sync comes first. */
+  #armSyncTimer(): void {
+    this.#syncTimer ??= setTimeout(() => {
+      this.#syncTimer = undefined;
+      if (this.#unsyncedSeq === 0) return;
+      this.#syncWanted = true;
+      this.#flushing ??= this.#flushLoop();
+    }, PIPELINED_SYNC_MS);
+  }
+
+  /** fdatasync of entries written earlier; a failure fails the log (it takes no more entries). */
+  async #syncWritten(): Promise<void> {
+    const seq = this.#unsyncedSeq;
+    if (seq === 0 || this.#failed !== undefined) return;
+    try {
+      await this.#fh.datasync();
+    } catch (cause) {
+      this.#failed ??= cause;
+      throw new InternalError(`Cannot sync audit log "${this.path}"`, { cause });
+    }
+    this.#synced(seq);
+  }
+
+  /** Entries up to `seq` are durable. */
+  #synced(seq: number): void {
+    this.#stats.syncs++;
+    this.#stats.durableSeq = Math.max(this.#stats.durableSeq, seq);
+    if (this.#unsyncedSeq <= seq) {
+      this.#unsyncedSeq = 0;
+      clearTimeout(this.#syncTimer);
+      this.#syncTimer = undefined;
+    }
+  }
+
+  /**
+   * Under the writer lock: catch up with other writers, sign the batch onto the chain, write, and
+   * (when `sync`) fdatasync, which also covers every entry written before without one.
+   */
+  async #writeBatch(batch: readonly Pending[], sync: boolean): Promise<AuditReceipt[]> {
     if (this.#failed !== undefined) throw new InternalError(`Audit log "${this.path}" failed an earlier write and takes no more entries`, { cause: this.#failed });
     await this.#lock.acquire();
     try {
@@ -288,23 +379,27 @@ export class AuditLog {
         let written = 0;
         // The page-cache write is synchronous (cheaper than a thread-pool hop); the flush is not.
         while (written < data.length) written += writeSync(this.#fh.fd, data, written, data.length - written);
-        await this.#fh.datasync();
+        this.#tail = { nextSeq, prev, size: size + data.length };
+        if (sync) await this.#fh.datasync();
       } catch (cause) {
         this.#failed ??= cause;
         throw new InternalError(`Cannot append to audit log "${this.path}": write or sync failed`, { cause });
       }
-      this.#tail = { nextSeq, prev, size: size + data.length };
+      if (sync) this.#synced(nextSeq - 1);
+      else this.#unsyncedSeq = nextSeq - 1;
       return receipts;
     } finally {
       this.#lock.release();
     }
   }
 
-  /** Waits for appends in flight, closes the file and removes this writer's lock file. Idempotent. */
+  /** Waits for appends in flight, syncs what is not yet durable, closes the file and removes this writer's lock file. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#flushing;
+    await this.sync().catch(() => undefined);
+    clearTimeout(this.#syncTimer);
+    this.#syncTimer = undefined;
     try {
       await this.#fh.close();
     } finally {

@@ -28,37 +28,44 @@ export async function exec(core: EngineCore, id: string, request: ExecApiRequest
     { argv: req.argv, env: req.env ?? {}, exemptEnv: exempt },
     { strict: strictSecrets(core, req.strictSecrets) },
   ).map((w) => w.message);
-  // Write-ahead: the exec is in the audit log before the process starts.
+  // Write-ahead: exec.started is durable before the agent is asked to start the process. The
+  // end is recorded as exec.finished before the exit is reported: written (a crash of the engine
+  // keeps it), its fdatasync pipelined with the next audit batch (AuditLog.append, "written").
   const execId = `exe_${randomBytes(10).toString("hex")}`;
   await core.gate.record({ type: "exec.started", sandboxId: id, execId, argvDigest: argvDigest(req.argv), argc: req.argv.length });
   const t0 = Date.now();
+  const finishedWithoutExit = () =>
+    core.gate.record(
+      { type: "exec.finished", sandboxId: id, execId, exitCode: null, signal: null, timedOut: false, durationMs: Date.now() - t0 },
+      { wait: "written" },
+    );
   let started: ExecStarted;
   try {
     started = await sandbox.exec(req, handlers, options);
   } catch (err) {
-    const failed = core.gate.record({ type: "exec.finished", sandboxId: id, execId, exitCode: null, signal: null, timedOut: false, durationMs: Date.now() - t0 });
-    await failed.catch(() => {});
+    await finishedWithoutExit().catch(() => {});
     throw err;
   }
   const exit = started.exit.then(
     async (e) => {
-      const entry = await core.gate.record({
-        type: "exec.finished",
-        sandboxId: id,
-        execId,
-        exitCode: e.exitCode !== null && e.exitCode >= 0 && e.exitCode <= 255 ? e.exitCode : null,
-        signal: e.signal !== null && /^SIG[A-Z0-9]{1,10}$/.test(e.signal) ? e.signal : null,
-        timedOut: e.timedOut,
-        durationMs: Math.max(0, Math.round(e.durationMs)),
-      });
+      const entry = await core.gate.record(
+        {
+          type: "exec.finished",
+          sandboxId: id,
+          execId,
+          exitCode: e.exitCode !== null && e.exitCode >= 0 && e.exitCode <= 255 ? e.exitCode : null,
+          signal: e.signal !== null && /^SIG[A-Z0-9]{1,10}$/.test(e.signal) ? e.signal : null,
+          timedOut: e.timedOut,
+          durationMs: Math.max(0, Math.round(e.durationMs)),
+        },
+        { wait: "written" },
+      );
       const planId = sandbox.info.receipt?.planId;
       const receipt = { ...e.receipt, ...(planId ? { planId } : {}), auditEntryId: entry.id };
       return { ...e, receipt, ...(warnings.length > 0 ? { warnings } : {}) };
     },
     async (err: unknown) => {
-      await core.gate
-        .record({ type: "exec.finished", sandboxId: id, execId, exitCode: null, signal: null, timedOut: false, durationMs: Date.now() - t0 })
-        .catch(() => {});
+      await finishedWithoutExit().catch(() => {});
       throw err;
     },
   );

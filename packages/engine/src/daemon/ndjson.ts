@@ -14,14 +14,17 @@ export class NdjsonWriter {
     this.#res = res;
   }
 
-  /** Sends the status line and headers now. */
-  start(status = 200): void {
+  /**
+   * Sets the status line and headers and, with `flush` (the default), sends them now. Without it
+   * they go out with the first line, in the same write.
+   */
+  start(status = 200, flush = true): void {
     this.#res.writeHead(status, {
       "Content-Type": "application/x-ndjson",
       "Cache-Control": "no-store",
       "X-Content-Type-Options": "nosniff",
     });
-    this.#res.flushHeaders();
+    if (flush) this.#res.flushHeaders();
   }
 
   /** True while lines can still reach the client. */
@@ -56,8 +59,11 @@ export class NdjsonWriter {
     });
   }
 
-  end(): void {
-    if (this.open) this.#res.end();
+  /** Ends the answer, with `last` as its final line (in the same write as the end) when given. */
+  end(last?: unknown): void {
+    if (!this.open) return;
+    if (last === undefined) this.#res.end();
+    else this.#res.end(`${JSON.stringify(last)}\n`);
   }
 }
 

@@ -147,7 +147,9 @@ async function exec(ctx: RouteContext): Promise<void> {
   }
   const { proc, pid, exit } = started;
   exit.catch(() => {});
-  out.start();
+  // The headers go out with the `started` line, and the last line with the end: two writes for a
+  // command that prints nothing.
+  out.start(200, false);
   out.line({ type: "started", proc, pid });
   open(true);
 
@@ -162,19 +164,20 @@ async function exec(ctx: RouteContext): Promise<void> {
   };
   if (ctx.signal.aborted) onDisconnect();
   else ctx.signal.addEventListener("abort", onDisconnect, { once: true });
+  let last: ExecEvent | undefined;
   try {
     const outcome = await Promise.race([exit, gone]);
     ended = true;
-    if (outcome !== "gone") out.line({ type: "exit", exit: outcome });
+    if (outcome !== "gone") last = { type: "exit", exit: outcome };
   } catch (err) {
     ended = true;
     const wire = wireErrorOf(err);
-    out.line({ type: "error", error: { code: wire.code, message: wire.message } });
+    last = { type: "error", error: { code: wire.code, message: wire.message } };
   } finally {
     ctx.signal.removeEventListener("abort", onDisconnect);
     ctx.signal.removeEventListener("abort", onGone);
   }
-  out.end();
+  out.end(last);
 }
 
 async function signalProcess(ctx: RouteContext): Promise<void> {

@@ -1,6 +1,7 @@
 /**
- * HTTP/1.1 over the daemon's Unix socket: one connection per call, request bodies streamed with
- * back-pressure, and every failure reported through the call's scope as a typed error.
+ * HTTP/1.1 over the daemon's Unix socket: connections reused from call to call (the client's
+ * keep-alive agent), request bodies streamed with back-pressure, and every failure reported
+ * through the call's scope as a typed error. A response left unread drops its connection.
  */
 import { request as httpRequest, type Agent, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders } from "node:http";
 import { InvalidArgumentError, TimeoutError } from "@mvm/protocol";
@@ -31,9 +32,18 @@ export interface Exchange {
 /**
  * Sends a request and resolves at the response headers. A streamed body is written only as
  * fast as the socket drains, and writing stops when the daemon answers early (an error).
+ * A request with no body or a buffered one goes out on an idle kept-alive connection when there is
+ * one; when that connection turns out to be closed by the daemon before any answer (it hung up
+ * while idle), the request is sent once more on a new connection. A streamed body cannot be sent
+ * twice: it always gets a new connection.
  */
 export function send(target: HttpTarget, call: HttpCall): Promise<Exchange> {
+  return attempt(target, call, true);
+}
+
+function attempt(target: HttpTarget, call: HttpCall, mayRetry: boolean): Promise<Exchange> {
   const { scope } = call;
+  const replayable = call.body === undefined || call.body instanceof Uint8Array;
   return new Promise<Exchange>((resolve, reject) => {
     if (scope.signal.aborted) {
       reject(scope.signal.reason);
@@ -44,7 +54,7 @@ export function send(target: HttpTarget, call: HttpCall): Promise<Exchange> {
     let headersTimer: NodeJS.Timeout | undefined;
     const req = httpRequest({
       socketPath: target.socketPath,
-      agent: target.agent,
+      agent: replayable ? target.agent : false,
       method: call.method,
       path: call.path,
       headers: { ...call.headers },
@@ -60,7 +70,12 @@ export function send(target: HttpTarget, call: HttpCall): Promise<Exchange> {
     });
     req.on("error", (err) => {
       clearTimeout(headersTimer);
-      if (!responded) reject(sourceError ?? scope.fail(err));
+      if (responded) return;
+      if (mayRetry && replayable && req.reusedSocket && !scope.signal.aborted && (err as NodeJS.ErrnoException).code === "ECONNRESET") {
+        resolve(attempt(target, call, false));
+        return;
+      }
+      reject(sourceError ?? scope.fail(err));
     });
     req.on("finish", () => {
       if (responded) return;

@@ -1,6 +1,7 @@
 /**
- * Test fixture run as a child process: `node audit-writer.js <stateDir> burst|hold|<count>`.
+ * Test fixture run as a child process: `node audit-writer.js <stateDir> burst|written|hold|<count>`.
  * burst: appends events forever, 32 in flight, printing each acknowledged seq on its own line.
+ * written: the same, one at a time, each appended with `{ wait: "written" }` (acknowledged before its sync).
  * <count>: appends that many events, 8 in flight, printing each acknowledged seq, then exits 0.
  * hold: opens the log, appends one event, prints "ready" and waits to be killed.
  * On a failure it prints "error <code> <message>" and exits 3.
@@ -10,8 +11,8 @@ import { openStateAuditLog } from "../log.js";
 
 const [stateDir, mode] = process.argv.slice(2);
 const count = mode !== undefined && /^[0-9]+$/.test(mode) ? Number(mode) : undefined;
-if (stateDir === undefined || (mode !== "burst" && mode !== "hold" && count === undefined)) {
-  process.stderr.write("usage: audit-writer.js STATE_DIR burst|hold|COUNT\n");
+if (stateDir === undefined || (mode !== "burst" && mode !== "written" && mode !== "hold" && count === undefined)) {
+  process.stderr.write("usage: audit-writer.js STATE_DIR burst|written|hold|COUNT\n");
   process.exit(2);
 }
 
@@ -33,6 +34,11 @@ try {
     };
     await Promise.all(Array.from({ length: 8 }, worker));
     await log.close();
+  } else if (mode === "written") {
+    for (let i = 0; ; i++) {
+      const r = await log.append({ type: "exec.finished", sandboxId, execId: `ex_${i}`, exitCode: 0, signal: null, timedOut: false, durationMs: 1 }, { wait: "written" });
+      process.stdout.write(`${r.seq}\n`);
+    }
   } else {
     let n = 0;
     const worker = async (): Promise<never> => {
