@@ -11,6 +11,7 @@
 import { existsSync, statSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
+import { zodEnglishOnly } from "./zod-english-only.mjs";
 
 const pkgDir = fileURLToPath(new URL("..", import.meta.url));
 const mainEntry = `${pkgDir}dist/main.js`;
@@ -31,17 +32,6 @@ for (const entry of [mainEntry, sessionEntry]) {
   }
 }
 
-// zod's locale index pulls in every translation of its messages (more than half of the code).
-// The agent only reports messages in English, so the index is replaced by one exporting `en`.
-const englishOnly = {
-  name: "zod-english-only",
-  setup(b) {
-    b.onLoad({ filter: /[\\/]zod[\\/]v4[\\/]locales[\\/]index\.js$/ }, () => ({
-      contents: 'export { default as en } from "./en.js";\n',
-      loader: "js",
-    }));
-  },
-};
 
 const common = {
   bundle: true,
@@ -53,7 +43,7 @@ const common = {
   logLevel: "warning",
 };
 
-const session = await build({ ...common, format: "cjs", entryPoints: [sessionEntry], write: false, plugins: [englishOnly] });
+const session = await build({ ...common, format: "cjs", entryPoints: [sessionEntry], write: false, plugins: [zodEnglishOnly] });
 const sessionCode = session.outputFiles[0].text;
 
 // The module main.js gets for `import("./session.js")`: compiles the stored session code.
@@ -74,13 +64,13 @@ const embedSession = {
   },
 };
 
-await build({ ...common, format: "cjs", entryPoints: [mainEntry], outfile, plugins: [englishOnly, embedSession] });
+await build({ ...common, format: "cjs", entryPoints: [mainEntry], outfile, plugins: [zodEnglishOnly, embedSession] });
 console.error(`bundle.mjs: wrote ${outfile} (${statSync(outfile).size} bytes)`);
 
 // The function-call wrapper (docs/FUNCTIONS.md), shipped beside the agent in its runtime.
 const fnEntry = `${pkgDir}dist/fn/wrapper-main.js`;
 const fnOutfile = outfile.replace(/agent\.cjs$/, "fn-wrapper.cjs");
 if (fnOutfile !== outfile) {
-  await build({ ...common, format: "cjs", entryPoints: [fnEntry], outfile: fnOutfile, plugins: [englishOnly] });
+  await build({ ...common, format: "cjs", entryPoints: [fnEntry], outfile: fnOutfile, plugins: [zodEnglishOnly] });
   console.error(`bundle.mjs: wrote ${fnOutfile} (${statSync(fnOutfile).size} bytes)`);
 }

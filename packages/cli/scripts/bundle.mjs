@@ -14,6 +14,8 @@ import { readFile } from "node:fs/promises";
 import { dirname, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
+// mvmctl speaks English, like the agent.
+import { zodEnglishOnly } from "../../agent/scripts/zod-english-only.mjs";
 
 const pkgDir = fileURLToPath(new URL("..", import.meta.url));
 const distDir = `${pkgDir}dist`;
@@ -25,16 +27,6 @@ if (!existsSync(entry)) {
   process.exit(1);
 }
 
-// zod's locale index pulls in every translation of its messages; mvmctl speaks English.
-const englishOnly = {
-  name: "zod-english-only",
-  setup(b) {
-    b.onLoad({ filter: /[\\/]zod[\\/]v4[\\/]locales[\\/]index\.js$/ }, () => ({
-      contents: 'export { default as en } from "./en.js";\n',
-      loader: "js",
-    }));
-  },
-};
 
 // import.meta in the project's own modules: the module's dist URL, relative to the bundle.
 const moduleUrls = {
@@ -82,7 +74,7 @@ await build({
   legalComments: "none",
   logLevel: "warning",
   banner: { js: banner },
-  plugins: [englishOnly, moduleUrls],
+  plugins: [zodEnglishOnly, moduleUrls],
 });
 
 // The code cache: written by running the bundle once (a --help), so that the functions a start

@@ -288,12 +288,22 @@ export async function createSandbox(core: EngineCore,
   }
   core.live.set(id, sandbox);
   if (warmFor !== undefined) core.warm.add(id);
+  return handOver(core, sandbox, req, admitted, { type: "sandbox.created", sandboxId: id, planId: admitted.planId, imageDigest: image.digest, backend: backend.name });
+}
+
+/**
+ * Makes a started sandbox the create's: the request a fork repeats, the one command its plan
+ * allows, and `event` in the audit log, which its receipt then names. A failed record stops it.
+ */
+async function handOver(core: EngineCore, sandbox: LiveSandbox, req: CreateSandboxRequest, admitted: AdmittedRecord, event: AuditEvent): Promise<SandboxInfo> {
+  const id = sandbox.info.id;
   const { plan: _plan, ...settings } = req;
   core.createRequests.set(id, settings);
   if (admitted.plan.ir.command.kind === "argv") core.commands.set(id, admitted.plan.ir.command.argv);
+  else core.commands.delete(id);
   try {
-    const created = await core.gate.record({ type: "sandbox.created", sandboxId: id, planId: admitted.planId, imageDigest: image.digest, backend: backend.name });
-    sandbox.info = { ...sandbox.info, receipt: { planId: admitted.planId, auditEntryId: created.id } };
+    const entry = await core.gate.record(event);
+    sandbox.info = { ...sandbox.info, receipt: { planId: admitted.planId, auditEntryId: entry.id } };
   } catch (err) {
     await sandbox.stop("killed").catch(() => {});
     throw toMvmError(err);
@@ -418,18 +428,7 @@ async function claimWarm(
     ...(resolved.warnings.length > 0 ? { warnings: resolved.warnings } : {}),
     receipt: { planId: admitted.planId, auditEntryId: admitted.receipt.id },
   });
-  const { plan: _plan, ...settings } = req;
-  core.createRequests.set(warm.id, settings);
-  if (admitted.plan.ir.command.kind === "argv") core.commands.set(warm.id, admitted.plan.ir.command.argv);
-  else core.commands.delete(warm.id);
-  try {
-    const entry = await core.gate.record({ type: "sandbox.claimed", sandboxId: warm.id, planId: admitted.planId, pool: warm.pool.id });
-    sandbox.info = { ...sandbox.info, receipt: { planId: admitted.planId, auditEntryId: entry.id } };
-  } catch (err) {
-    await sandbox.stop("killed").catch(() => {});
-    throw toMvmError(err);
-  }
-  return sandbox.info;
+  return handOver(core, sandbox, req, admitted, { type: "sandbox.claimed", sandboxId: warm.id, planId: admitted.planId, pool: warm.pool.id });
 }
 
 /** Starts one sandbox for `pool` and waits until its agent answers; returns its id. */
