@@ -262,7 +262,9 @@ export function lifecycleSuite(backend: BackendName): void {
     });
 
     test("TTL expiry kills the sandbox and releases it", async () => {
-      const { id } = await create(t.engine, backend, { ttlSeconds: 1 });
+      // The TTL runs from before the launch: an emulated VM's launch may take most of a second
+      // on a busy host, and its footprint must be read before the TTL ends.
+      const { id } = await create(t.engine, backend, { ttlSeconds: backend === "vm" ? 5 : 1 });
       const fp = await hostFootprint(t.stateDir, id);
       assert.ok(await waitFor(async () => (await t.engine.getSandbox(id)).state === "stopped", 15_000));
       assert.equal((await t.engine.getSandbox(id)).endReason, "expired");
