@@ -98,11 +98,19 @@ export async function killIfSame(pid: number, startTime: string): Promise<boolea
  */
 export async function waitForExit(pid: number, startTime: string, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
-  for (;;) {
+  for (let attempt = 0; ; attempt++) {
     if (!(await isSameLiveProcess(pid, startTime))) return true;
     if (Date.now() >= deadline) return false;
-    await delay(10);
+    await delay(pollBackoffMs(attempt));
   }
+}
+
+/**
+ * How long to wait before the next look at something that usually happens within a few ms (a
+ * killed process exiting, a cgroup emptying): 1, 1, 2, 2, 4, 4, 8, 8, then 10 ms.
+ */
+export function pollBackoffMs(attempt: number): number {
+  return Math.min(10, 1 << Math.floor(attempt / 2));
 }
 
 /** The real uid of a process from /proc/PID/status, or undefined when it is gone. */

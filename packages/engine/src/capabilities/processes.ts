@@ -12,11 +12,17 @@ import {
 } from "@mvm/protocol";
 import { argvDigest } from "../audit/entry.js";
 import { checkSecretHygiene } from "../secrets/warnings.js";
+import type { LiveSandbox } from "../live-sandbox.js";
 import { liveSandbox, parse, strictSecrets, type EngineCore } from "./core.js";
 
 export async function exec(core: EngineCore, id: string, request: ExecApiRequest, handlers: ExecHandlers, options: CallOptions = {}): Promise<ExecStarted> {
+  return execIn(core, liveSandbox(core, id), request, handlers, options);
+}
+
+/** Exec in `sandbox`, found by the caller (a warm sandbox's warm-up finds its own). Audited like every exec. */
+export async function execIn(core: EngineCore, sandbox: LiveSandbox, request: ExecApiRequest, handlers: ExecHandlers, options: CallOptions = {}): Promise<ExecStarted> {
   const req = parse(ExecApiRequest, request, "exec request");
-  const sandbox = liveSandbox(core, id);
+  const id = sandbox.info.id;
   const command = core.commands.get(id);
   if (command !== undefined && canonicalJson(command) !== canonicalJson(req.argv)) {
     throw new PolicyDeniedError(`Sandbox "${id}" may only run the command its plan declares`, {

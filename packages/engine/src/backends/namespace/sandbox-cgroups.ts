@@ -8,7 +8,7 @@ import { access, mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { CleanupError, InternalError, TimeoutError, UnsupportedCapabilityError, type Resources } from "@mvm/protocol";
-import { sendSignal } from "../../_internal/proc.js";
+import { pollBackoffMs, sendSignal } from "../../_internal/proc.js";
 import type { CgroupController, CgroupHierarchy, CgroupSupport, FreezerStatus } from "./cgroups.js";
 
 /** One group of a sandbox. */
@@ -278,6 +278,7 @@ export class SandboxCgroups {
     for (const group of this.groups) {
       const killFile = join(group.dir, "cgroup.kill");
       const useKillFile = group.version === 2 && (await exists(killFile));
+      let attempt = 0;
       for (;;) {
         if (useKillFile) {
           await writeFile(killFile, "1", { flag: "w" }).catch((err: unknown) => {
@@ -292,7 +293,7 @@ export class SandboxCgroups {
         if (Date.now() >= deadline) {
           throw new CleanupError(`Cannot empty cgroup "${group.dir}": processes ${JSON.stringify(await this.members(group))} remain`);
         }
-        await delay(10);
+        await delay(pollBackoffMs(attempt++));
       }
     }
   }
@@ -301,7 +302,7 @@ export class SandboxCgroups {
   async remove(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (const group of this.groups) {
-      for (;;) {
+      for (let attempt = 0; ; attempt++) {
         try {
           await rmdir(group.dir);
           break;
@@ -311,7 +312,7 @@ export class SandboxCgroups {
           if (code !== "EBUSY" || Date.now() >= deadline) {
             throw new CleanupError(`Cannot remove cgroup "${group.dir}"`, { cause: err });
           }
-          await delay(10);
+          await delay(pollBackoffMs(attempt));
         }
       }
     }
