@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { parseCommandLine } from "./args.js";
+import { editDistance, nearest, parseCommandLine } from "./args.js";
 import { COMMANDS } from "./commands/index.js";
 import { UsageError } from "./usage-error.js";
 import { cli } from "./_test/test-io.js";
@@ -175,4 +175,34 @@ test("a usage error in --json mode also prints a JSON error on stdout", async ()
   assert.deepEqual(JSON.parse(r.stdout), {
     error: { code: "USAGE", message: 'Unknown option "--bogus" for "mvmctl ls"', hint: 'Run "mvmctl ls --help" for its usage' },
   });
+});
+
+test("a misspelt flag or command is answered with the nearest one; limits are stated in the flag's unit", async () => {
+  const flag = await cli(["run", "--memroy", "256", "--", "true"]);
+  assert.equal(flag.code, 2);
+  assert.match(flag.stderr, /^error: Unknown option "--memroy" for "mvmctl run"\nhint: Did you mean "--memory"\? Run "mvmctl run --help" for its usage\n/);
+  const prefix = await cli(["create", "--back", "namespace"]);
+  assert.match(prefix.stderr, /hint: Did you mean "--backend"\?/);
+  const far = await cli(["ls", "--zzzzzz"]);
+  assert.doesNotMatch(far.stderr, /Did you mean/);
+  const command = await cli(["snapsot", "ls"]);
+  assert.match(command.stderr, /^error: Unknown command "snapsot"\nhint: Did you mean "snapshot"\? Commands: /);
+  const small = await cli(["run", "--memory", "5", "--", "true"]);
+  assert.equal(small.code, 2);
+  assert.match(small.stderr, /^error: Invalid value "5" for --memory: --memory is in MiB, from 128 to 1048576 \(5 is below the minimum\)\n/);
+  const pids = await cli(["run", "--pids", "2000000", "--", "true"]);
+  assert.match(pids.stderr, /^error: Invalid value "2000000" for --pids: --pids is in processes and threads, from 8 to 1000000\n/);
+  const help = await cli(["run", "--help"]);
+  assert.match(help.stdout, /Memory limit in MiB, 128 to 1048576/);
+});
+
+test("nearest: one close name, or none when two are as close or none is", () => {
+  assert.equal(nearest("memroy", ["memory", "pids"]), "memory");
+  assert.equal(nearest("ttl", ["ttl", "tty"]), "ttl");
+  assert.equal(nearest("tt", ["ttl", "tty"]), undefined, "a prefix of two names names neither");
+  assert.equal(nearest("x", ["x1"]), undefined);
+  assert.equal(nearest("publsh", ["publish", "plan"]), "publish");
+  assert.equal(nearest("abcdef", ["uvwxyz"]), undefined);
+  assert.equal(editDistance("ab", "ba"), 1);
+  assert.equal(editDistance("", "abc"), 3);
 });

@@ -22,6 +22,41 @@ export type ParsedCommandLine =
 
 const helpHint = (name: string): string => `Run "mvmctl ${name} --help" for its usage`;
 
+/** Edit distance (insertions, deletions, substitutions, adjacent swaps) between two short words. */
+export function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let best = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) best = Math.min(best, d[i - 2]![j - 2]! + 1);
+      d[i]![j] = best;
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+/**
+ * The one name of `names` closest to `word` (a typo: at most a third of its letters off, two at
+ * most), or that `word` begins; undefined when none is close, or two are equally close.
+ */
+export function nearest(word: string, names: readonly string[]): string | undefined {
+  if (word.length < 2) return undefined;
+  const limit = Math.min(2, Math.floor(word.length / 3));
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  let tie = false;
+  for (const name of names) {
+    const distance = name.startsWith(word) ? 0.5 : editDistance(word, name);
+    if (distance < bestDistance) {
+      best = name;
+      bestDistance = distance;
+      tie = false;
+    } else if (distance === bestDistance) tie = true;
+  }
+  return best !== undefined && !tie && (bestDistance === 0.5 || bestDistance <= limit) ? best : undefined;
+}
+
 /** Parses global flags given before the command word; returns them and the index of the first other word. */
 function parseLeadingGlobals(argv: readonly string[]): { global: GlobalOptions; help: boolean; version: boolean; next: number } {
   const global: GlobalOptions = { json: false, socketPath: undefined, embedded: false };
@@ -76,10 +111,13 @@ export function parseCommandArgs(command: Command, args: readonly string[]): Raw
     if (token.kind === "option-terminator") continue;
     const spec = flags[token.name];
     if (spec === undefined) {
+      const near = nearest(token.name, Object.keys(flags));
       const hint =
-        command.trailingCommand && trailing === undefined
-          ? `Put the command to run after "--": mvmctl ${command.name} ${command.usage}`
-          : helpHint(command.name);
+        near !== undefined
+          ? `Did you mean "--${near}"? ${helpHint(command.name)}`
+          : command.trailingCommand && trailing === undefined
+            ? `Put the command to run after "--": mvmctl ${command.name} ${command.usage}`
+            : helpHint(command.name);
       throw new UsageError(`Unknown option "${token.rawName}" for "mvmctl ${command.name}"`, { hint });
     }
     if (spec.type === "boolean") {
@@ -122,7 +160,9 @@ export function parseCommandLine(argv: readonly string[], commands: readonly Com
   if (command === undefined) {
     const group = commands.filter((c) => c.name.startsWith(`${word} `));
     if (group.length === 0) {
-      throw new UsageError(`Unknown command "${word}"`, { hint: `Commands: ${commands.map((c) => c.name).join(", ")}` });
+      const near = nearest(word, [...new Set(commands.map((c) => c.name.split(" ")[0]!))]);
+      const list = `Commands: ${commands.map((c) => c.name).join(", ")}`;
+      throw new UsageError(`Unknown command "${word}"`, { hint: near !== undefined ? `Did you mean "${near}"? ${list}` : list });
     }
     const sub = rest[1];
     if (sub === undefined || sub === "--help" || sub === "-h") {

@@ -2,7 +2,7 @@
  * Flag tables shared by several commands, and the converters from flag strings to the typed
  * values of the engine API. Every converter throws UsageError naming the flag and the value.
  */
-import { CreateSandboxRequest, ExecApiRequest, SandboxIdSchema, SnapshotRefSchema, isSandboxPath } from "@mvm/protocol";
+import { CreateSandboxRequest, ExecApiRequest, Resources, SandboxIdSchema, SnapshotRefSchema, isSandboxPath } from "@mvm/protocol";
 import type { z } from "zod";
 import type { FlagSpec, RawArgs } from "./command.js";
 import { UsageError } from "./usage-error.js";
@@ -16,12 +16,25 @@ export const GLOBAL_FLAGS = {
   help: { type: "boolean", short: "h", description: "Show help" },
 } as const satisfies Record<string, FlagSpec>;
 
+/** The range of a resource limit, as the protocol's schema defines it. */
+function schemaRange(field: "memoryMiB" | "pids" | "cpus", unit: string): { min: number; max: number; unit: string } {
+  const n = Resources.shape[field].unwrap();
+  return { min: n.minValue ?? 0, max: n.maxValue ?? Number.MAX_SAFE_INTEGER, unit };
+}
+
+/** The limits a sandbox's resources may take (from the protocol's schema), in each flag's unit. */
+export const RESOURCE_RANGES = {
+  memoryMiB: schemaRange("memoryMiB", "MiB"),
+  pids: schemaRange("pids", "processes and threads"),
+  cpus: schemaRange("cpus", "cores"),
+} as const;
+
 /** Flags that shape a new sandbox. */
 export const SANDBOX_FLAGS = {
   image: { type: "string", valueName: "REF", description: "Image reference (default: the engine's default image)" },
-  memory: { type: "string", valueName: "MiB", description: "Memory limit in MiB" },
-  pids: { type: "string", valueName: "N", description: "Maximum number of processes and threads" },
-  cpus: { type: "string", valueName: "N", description: "CPU quota in cores, may be fractional (0.5)" },
+  memory: { type: "string", valueName: "MiB", description: `Memory limit in MiB, ${RESOURCE_RANGES.memoryMiB.min} to ${RESOURCE_RANGES.memoryMiB.max}` },
+  pids: { type: "string", valueName: "N", description: `Maximum number of processes and threads, ${RESOURCE_RANGES.pids.min} to ${RESOURCE_RANGES.pids.max}` },
+  cpus: { type: "string", valueName: "N", description: `CPU quota in cores, may be fractional (0.5), ${RESOURCE_RANGES.cpus.min} to ${RESOURCE_RANGES.cpus.max}` },
   ttl: { type: "string", valueName: "SECONDS", description: "Lifetime; the engine kills the sandbox after it" },
   "on-ttl": { type: "string", valueName: "ACTION", description: "At the end of the TTL: kill (default) or pause (state kept, killed after 7 days paused)" },
   backend: { type: "string", valueName: "NAME", description: "Backend: namespace or vm (default: the engine's MVM_DEFAULT_BACKEND, else its strongest usable tier)" },
@@ -63,6 +76,13 @@ export function booleanFlag(raw: RawArgs, name: string): boolean {
 
 function badValue(flag: string, value: string, why: string): UsageError {
   return new UsageError(`Invalid value "${value}" for --${flag}: ${why}`);
+}
+
+/** `value` when it lies in `range`, else a UsageError saying the range in the flag's unit. */
+function inRange(raw: RawArgs, flag: string, value: number | undefined, range: { min: number; max: number; unit: string }): number | undefined {
+  if (value === undefined || (value >= range.min && value <= range.max)) return value;
+  const given = stringFlag(raw, flag) ?? String(value);
+  throw badValue(flag, given, `--${flag} is in ${range.unit}, from ${range.min} to ${range.max}${value < range.min ? ` (${given} is below the minimum)` : ""}`);
 }
 
 /** A whole decimal number such as "512"; undefined when the flag is absent. */
@@ -146,9 +166,9 @@ const CREATE_FLAG_OF: Record<string, string> = {
 /** The create request described by the sandbox flags (and `--label`/`--env` when the command has them). */
 export function createRequestFrom(raw: RawArgs, extra: { labels?: Record<string, string> } = {}): CreateSandboxRequest {
   const resources: Record<string, number> = {};
-  const memoryMiB = integerFlag(raw, "memory");
-  const pids = integerFlag(raw, "pids");
-  const cpus = decimalFlag(raw, "cpus");
+  const memoryMiB = inRange(raw, "memory", integerFlag(raw, "memory"), RESOURCE_RANGES.memoryMiB);
+  const pids = inRange(raw, "pids", integerFlag(raw, "pids"), RESOURCE_RANGES.pids);
+  const cpus = inRange(raw, "cpus", decimalFlag(raw, "cpus"), RESOURCE_RANGES.cpus);
   if (memoryMiB !== undefined) resources["memoryMiB"] = memoryMiB;
   if (pids !== undefined) resources["pids"] = pids;
   if (cpus !== undefined) resources["cpus"] = cpus;
