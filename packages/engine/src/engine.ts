@@ -186,7 +186,7 @@ export class Engine implements EngineApi {
       secrets: this.secrets,
       probes: new Map(),
       pools: new Map(),
-      warm: new Set(),
+      warm: new Map(),
       gate: undefined as unknown as AdmissionGate,
       commands: new Map(),
       createRequests: new Map(),
@@ -243,7 +243,7 @@ export class Engine implements EngineApi {
     const core = this.#core;
     const reaped: string[] = [];
     for (const { id, record } of await core.records.scan()) {
-      if (core.live.has(id)) continue;
+      if (core.live.has(id) || core.warm.has(id)) continue;
       if (record && (await isAlive(record.owner))) continue;
       if (!record && (await recentlyCreated(core.records.sandboxDir(id)))) continue;
       if (record?.reap) {
@@ -401,7 +401,7 @@ export class Engine implements EngineApi {
       clearInterval(this.#summaryTimer);
       await pools.closePools(core);
       const errors: MvmError[] = [];
-      await Promise.all([...core.live.values()].map((s) => s.stop("engine-exit").catch((err: unknown) => errors.push(toMvmError(err)))));
+      await Promise.all([...core.live.values(), ...core.warm.values()].map((s) => s.stop("engine-exit").catch((err: unknown) => errors.push(toMvmError(err)))));
       await core.gateway.close().catch(() => {});
       await Promise.allSettled([...core.endRecorded.values()]);
       await core.gate.close();

@@ -51,15 +51,17 @@ export interface EngineCore {
   closing: Promise<void> | undefined;
   /** Warm pools by key (capabilities/pools.ts). */
   readonly pools: Map<string, WarmPool>;
-  /** Pooled sandboxes not claimed yet: invisible to every call. */
-  readonly warm: Set<string>;
+  /**
+   * Pooled sandboxes not claimed yet, kept apart from `live` so that no call finds them; a claim
+   * moves one to `live`.
+   */
+  readonly warm: Map<string, LiveSandbox>;
   /** The snapshot store, once opened (capabilities/snapshots.ts). */
   snapshots: SnapshotStore | undefined;
 }
 
 /** The live sandbox `id`; NotFoundError when it is unknown or has stopped. */
 export function liveSandbox(core: EngineCore, id: string): LiveSandbox {
-  if (core.warm.has(id)) throw new NotFoundError(`Sandbox "${id}" not found`);
   const s = core.live.get(id);
   if (s) return s;
   if (core.stopped.has(id)) throw new NotFoundError(`Sandbox "${id}" is not running (it ${core.stopped.get(id)!.endReason ?? "stopped"})`);

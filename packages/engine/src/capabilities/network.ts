@@ -30,7 +30,7 @@ export async function setNetworkPolicy(core: EngineCore, id: string, policy: Net
 }
 
 export async function networkEvents(core: EngineCore, id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
-  const network = core.warm.has(id) ? undefined : (core.live.get(id)?.network ?? core.stoppedNetworks.get(id));
+  const network = core.live.get(id)?.network ?? core.stoppedNetworks.get(id);
   if (!network) throw new NotFoundError(`Sandbox "${id}" not found`);
   return network.events(options.after ?? 0, options.limit);
 }

@@ -120,6 +120,9 @@ test("each warm sandbox serves one create; another workload never claims; a smal
     assert.deepEqual(await engine.listWarmPools(), []);
     for (let i = 0; i < 200 && backend.children.filter((c) => c.exitCode === null && c.signalCode === null).length > 2; i++) await delay(25);
     assert.equal(backend.children.filter((c) => c.exitCode === null && c.signalCode === null).length, 2, "only the two cold sandboxes still run");
+    const neverClaimed = backend.launches.map((l) => l.sandboxId).filter((id) => !seen.has(id) && id !== other.id && id !== bigger.id);
+    assert.ok(neverClaimed.length >= 3);
+    for (const id of neverClaimed) await assert.rejects(engine.getSandbox(id), NotFoundError, "a warm sandbox that ended unclaimed is not found either");
   } finally {
     await engine.close();
   }

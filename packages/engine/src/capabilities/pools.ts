@@ -51,6 +51,8 @@ export interface WarmPool {
   retryTimer: NodeJS.Timeout | undefined;
   /** Starts in flight, awaited when the engine closes. */
   readonly inflight: Set<Promise<void>>;
+  /** Starts one sandbox for the pool and resolves with its id once it is warm. */
+  readonly start: (pool: WarmPool) => Promise<string>;
 }
 
 /** What decides whether two creates start the same sandbox: everything but command, intent, TTL and labels. */
@@ -108,23 +110,19 @@ export async function setWarmPool(
   let pool = core.pools.get(key);
   if (req.size === 0) {
     if (pool !== undefined) await removePool(core, pool);
-    return infoOf(pool ?? newPool(key, sandbox, resolved), 0);
+    return infoOf(pool ?? newPool(key, sandbox, resolved, startMember), 0);
   }
   if (pool === undefined) {
     if (core.pools.size >= MAX_WARM_POOLS) {
       throw new InvalidArgumentError(`This engine already keeps ${MAX_WARM_POOLS} warm pools`, { hint: "Remove one (size 0) first" });
     }
-    pool = newPool(key, sandbox, resolved);
+    pool = newPool(key, sandbox, resolved, startMember);
     core.pools.set(key, pool);
   }
   pool.size = req.size;
   // A smaller pool lets its extra ready sandboxes go.
-  while (pool.ready.length > pool.size) {
-    const id = pool.ready.shift()!;
-    core.warm.delete(id);
-    void core.live.get(id)?.stop("killed").catch(() => {});
-  }
-  refill(core, pool, startMember);
+  while (pool.ready.length > pool.size) void core.warm.get(pool.ready.shift()!)?.stop("killed").catch(() => {});
+  refill(core, pool);
   return infoOf(pool);
 }
 
@@ -132,7 +130,7 @@ export function listWarmPools(core: EngineCore): WarmPoolInfo[] {
   return [...core.pools.values()].map((p) => infoOf(p));
 }
 
-function newPool(key: string, request: CreateSandboxRequest, r: Resolved): WarmPool {
+function newPool(key: string, request: CreateSandboxRequest, r: Resolved, start: WarmPool["start"]): WarmPool {
   const id = `pool_${key.slice(0, 16)}`;
   const { workMiB: _w, ...resources } = r.ir.resources;
   return {
@@ -155,6 +153,7 @@ function newPool(key: string, request: CreateSandboxRequest, r: Resolved): WarmP
     retryMs: RETRY_FIRST_MS,
     retryTimer: undefined,
     inflight: new Set(),
+    start,
   };
 }
 
@@ -173,24 +172,21 @@ async function removePool(core: EngineCore, pool: WarmPool): Promise<void> {
   core.pools.delete(pool.key);
   pool.size = 0;
   clearTimeout(pool.retryTimer);
-  const ids = pool.ready.splice(0);
-  for (const id of ids) core.warm.delete(id);
-  await Promise.all(ids.map((id) => core.live.get(id)?.stop("killed").catch(() => {})));
+  await Promise.all(pool.ready.splice(0).map((id) => core.warm.get(id)?.stop("killed").catch(() => {})));
 }
 
 /** Starts sandboxes until the pool has `size` ready or starting; failures back off and retry. */
-export function refill(core: EngineCore, pool: WarmPool, startMember: (pool: WarmPool) => Promise<string>): void {
+export function refill(core: EngineCore, pool: WarmPool): void {
   if (core.closing || pool.retryTimer !== undefined) return;
   while (core.pools.get(pool.key) === pool && pool.ready.length + pool.starting < pool.size) {
     pool.starting++;
-    const started: Promise<void> = startMember(pool).then(
+    const started: Promise<void> = pool.start(pool).then(
       (id) => {
         pool.starting--;
         pool.lastError = undefined;
         pool.retryMs = RETRY_FIRST_MS;
         if (core.closing || core.pools.get(pool.key) !== pool || pool.ready.length >= pool.size) {
-          core.warm.delete(id);
-          void core.live.get(id)?.stop("killed").catch(() => {});
+          void core.warm.get(id)?.stop("killed").catch(() => {});
           return;
         }
         pool.ready.push(id);
@@ -201,7 +197,7 @@ export function refill(core: EngineCore, pool: WarmPool, startMember: (pool: War
         if (core.closing || core.pools.get(pool.key) !== pool) return;
         pool.retryTimer = setTimeout(() => {
           pool.retryTimer = undefined;
-          refill(core, pool, startMember);
+          refill(core, pool);
         }, pool.retryMs);
         pool.retryTimer.unref();
         pool.retryMs = Math.min(RETRY_MAX_MS, pool.retryMs * 2);
@@ -222,32 +218,29 @@ export async function closePools(core: EngineCore): Promise<void> {
 
 /**
  * Takes a ready sandbox of the pool with `key` for a create, if there is one: it leaves the
- * pool (and the warm set) at once, so no other create can take it. The caller finishes the claim.
+ * pool's ready list at once, so no other create can take it. The caller finishes the claim
+ * (moving it from `core.warm` to `core.live`) or stops it.
  */
-export function takeWarm(core: EngineCore, key: string | undefined, startMember: (pool: WarmPool) => Promise<string>): { pool: WarmPool; id: string } | undefined {
-  if (key === undefined) return undefined;
-  const pool = core.pools.get(key);
+export function takeWarm(core: EngineCore, key: string | undefined): { pool: WarmPool; id: string } | undefined {
+  const pool = key === undefined ? undefined : core.pools.get(key);
   if (pool === undefined) return undefined;
   while (pool.ready.length > 0) {
     const id = pool.ready.shift()!;
-    core.warm.delete(id);
-    const sandbox = core.live.get(id);
-    if (sandbox === undefined || sandbox.info.state !== "running") continue;
+    if (core.warm.get(id)?.info.state !== "running") continue;
     pool.claimed++;
-    refill(core, pool, startMember);
+    refill(core, pool);
     return { pool, id };
   }
   return undefined;
 }
 
 /** A pooled sandbox ended before it was claimed (its TTL, a crash): the pool replaces it. */
-export function memberEnded(core: EngineCore, id: string, startMember: (pool: WarmPool) => Promise<string>): void {
-  if (!core.warm.delete(id)) return;
+export function memberEnded(core: EngineCore, id: string): void {
   for (const pool of core.pools.values()) {
     const at = pool.ready.indexOf(id);
     if (at >= 0) {
       pool.ready.splice(at, 1);
-      refill(core, pool, startMember);
+      refill(core, pool);
     }
   }
 }

@@ -188,7 +188,7 @@ export async function createSandbox(core: EngineCore,
     });
   }
   // A warm sandbox of the same workload serves the create, under the create's own plan.
-  const warm = from === undefined && warmFor === undefined ? takeWarm(core, poolKey(ir, backend, workMiB), (p) => startWarmMember(core, p)) : undefined;
+  const warm = from === undefined && warmFor === undefined && core.pools.size > 0 ? takeWarm(core, poolKey(ir, backend, workMiB)) : undefined;
   // Nothing boots before the plan is admitted and its admission is in the audit log.
   let admitted;
   try {
@@ -196,7 +196,7 @@ export async function createSandbox(core: EngineCore,
     signal?.throwIfAborted();
   } catch (err) {
     // Out of its pool already: nobody else may have it.
-    if (warm !== undefined) await core.live.get(warm.id)?.stop("killed").catch(() => {});
+    if (warm !== undefined) await core.warm.get(warm.id)?.stop("killed").catch(() => {});
     throw err;
   }
   if (warm !== undefined) {
@@ -289,8 +289,8 @@ export async function createSandbox(core: EngineCore,
     await core.records.remove(id);
     throw toMvmError(err);
   }
-  core.live.set(id, sandbox);
-  if (warmFor !== undefined) core.warm.add(id);
+  // A sandbox started for a pool is kept apart, where no call finds it, until a create claims it.
+  (warmFor !== undefined ? core.warm : core.live).set(id, sandbox);
   return handOver(core, sandbox, req, admitted, { type: "sandbox.created", sandboxId: id, planId: admitted.planId, imageDigest: image.digest, backend: backend.name });
 }
 
@@ -330,18 +330,23 @@ async function parseCreate(core: EngineCore, request: CreateSandboxRequest): Pro
 }
 
 export function onEnded(core: EngineCore, sandbox: LiveSandbox): void {
-  memberEnded(core, sandbox.info.id, (p) => startWarmMember(core, p));
-  core.live.delete(sandbox.info.id);
-  core.commands.delete(sandbox.info.id);
-  core.createRequests.delete(sandbox.info.id);
+  const id = sandbox.info.id;
+  // A warm sandbox that ends unclaimed stays out of every caller's sight; its pool replaces it.
+  const warm = core.warm.delete(id);
+  if (warm) memberEnded(core, id);
+  core.live.delete(id);
+  core.commands.delete(id);
+  core.createRequests.delete(id);
   const recorded = recordEnd(core, sandbox);
-  core.endRecorded.set(sandbox.info.id, recorded);
-  void recorded.finally(() => core.endRecorded.delete(sandbox.info.id));
-  core.stoppedNetworks.set(sandbox.info.id, sandbox.network);
-  if (core.stoppedNetworks.size > STOPPED_NETWORKS_KEPT) core.stoppedNetworks.delete(core.stoppedNetworks.keys().next().value!);
-  core.stopped.set(sandbox.info.id, sandbox.info);
-  if (core.stopped.size > STOPPED_KEPT) core.stopped.delete(core.stopped.keys().next().value!);
-  void core.records.remove(sandbox.info.id);
+  core.endRecorded.set(id, recorded);
+  void recorded.finally(() => core.endRecorded.delete(id));
+  if (!warm) {
+    core.stoppedNetworks.set(id, sandbox.network);
+    if (core.stoppedNetworks.size > STOPPED_NETWORKS_KEPT) core.stoppedNetworks.delete(core.stoppedNetworks.keys().next().value!);
+    core.stopped.set(id, sandbox.info);
+    if (core.stopped.size > STOPPED_KEPT) core.stopped.delete(core.stopped.keys().next().value!);
+  }
+  void core.records.remove(id);
 }
 
 /**
@@ -393,7 +398,6 @@ export async function resumeSandbox(core: EngineCore, id: string, options: CallO
 }
 
 export async function getSandbox(core: EngineCore, id: string): Promise<SandboxInfo> {
-  if (core.warm.has(id)) throw new NotFoundError(`Sandbox "${id}" not found`);
   const live = core.live.get(id);
   if (live) return live.info;
   const stopped = core.stopped.get(id);
@@ -402,7 +406,7 @@ export async function getSandbox(core: EngineCore, id: string): Promise<SandboxI
 }
 
 export async function listSandboxes(core: EngineCore): Promise<SandboxInfo[]> {
-  return [...core.live.values()].map((s) => s.info).filter((i) => i.state !== "stopped" && !core.warm.has(i.id));
+  return [...core.live.values()].map((s) => s.info).filter((i) => i.state !== "stopped");
 }
 
 /**
@@ -417,8 +421,10 @@ async function claimWarm(
   admitted: AdmittedRecord,
   resolved: { imageRef: string; imageDigest: string; ttlSeconds: number; warnings: string[] },
 ): Promise<SandboxInfo | undefined> {
-  const sandbox = core.live.get(warm.id);
+  const sandbox = core.warm.get(warm.id);
   if (sandbox === undefined || sandbox.info.state !== "running") return undefined;
+  core.warm.delete(warm.id);
+  core.live.set(warm.id, sandbox);
   const now = Date.now();
   const { onTtl: _o, warnings: _w, ...kept } = sandbox.info;
   sandbox.claimed({
@@ -438,7 +444,7 @@ async function claimWarm(
 async function startWarmMember(core: EngineCore, pool: WarmPool): Promise<string> {
   const { command: _c, labels: _l, intent: _i, ttlSeconds: _t, ...request } = pool.request;
   const info = await createSandbox(core, { ...request, ttlSeconds: WARM_MEMBER_TTL_SECONDS, intent: WARM_INTENT }, {}, undefined, pool);
-  const sandbox = core.live.get(info.id);
+  const sandbox = core.warm.get(info.id);
   if (sandbox === undefined) throw new SandboxCrashedError(`Warm sandbox "${info.id}" ended as it started`);
   try {
     await sandbox.warmUp();
@@ -477,7 +483,6 @@ export function setWarmPool(core: EngineCore, request: WarmPoolRequest, options:
 }
 
 export async function killSandbox(core: EngineCore, id: string): Promise<SandboxInfo> {
-  if (core.warm.has(id)) throw new NotFoundError(`Sandbox "${id}" not found`);
   const s = core.live.get(id);
   if (!s) {
     await core.endRecorded.get(id);
