@@ -6,18 +6,15 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { cliEnv, skipWithoutImages } from "./_test/e2e-env.js";
+import { MVMCTL, cliEnv, skipWithoutImages, startDaemon, type TestDaemon } from "./_test/e2e-env.js";
 import { DEFAULT_IMAGE } from "@mvm/engine";
 import { DaemonClient } from "@mvm/sdk";
 import { findDescendants, memoryKiB, peakRecorder, waitWriterStalled } from "./_test/writers.js";
 
-/** The shipped executable: the bundle, run with its code cache. */
-const MAIN = fileURLToPath(new URL("../bin/mvmctl.cjs", import.meta.url));
 const MiB = 1024 * 1024;
 /** Output per stream: the API's cap, so nothing is cut. */
 const STREAM_BYTES = 1024 * MiB;
@@ -29,34 +26,6 @@ const PEAK_LIMIT_KIB = 300 * 1024;
 const HELD_WRITE_LIMIT = 16 * MiB;
 
 const skip = skipWithoutImages;
-
-interface Daemon {
-  child: ChildProcess;
-  socketPath: string;
-  stop(): Promise<void>;
-}
-
-async function startDaemon(dir: string): Promise<Daemon> {
-  const socketPath = join(dir, "run", "d.sock");
-  const child = spawn(process.execPath, [MAIN, "daemon", "--socket", socketPath], { env: cliEnv(dir), stdio: ["ignore", "ignore", "pipe"] });
-  let seen = "";
-  const closed = new Promise<void>((resolve) => child.on("close", () => resolve()));
-  await new Promise<void>((resolve, reject) => {
-    child.stderr!.on("data", (c: Buffer) => {
-      if (seen.length < 64 * 1024) seen += c.toString();
-      if (seen.includes(`listening on ${socketPath}`)) resolve();
-    });
-    child.on("close", () => reject(new Error(`daemon exited before listening: ${seen}`)));
-  });
-  return {
-    child,
-    socketPath,
-    async stop() {
-      child.kill("SIGTERM");
-      await closed;
-    },
-  };
-}
 
 const ZEROS = Buffer.alloc(MiB);
 
@@ -84,14 +53,14 @@ test("2 GiB of exec output through the daemon to a consumer that pauses: bounded
   // Directly under the temporary directory: the engine's state must be searchable by the sandbox's uid.
   const dir = mkdtempSync(join(tmpdir(), "mvm-backpressure-"));
   chmodSync(dir, 0o711);
-  let daemon: Daemon | undefined;
+  let daemon: TestDaemon | undefined;
   let client: DaemonClient | undefined;
   t.after(async () => {
     await client?.close();
     await daemon?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
-  daemon = await startDaemon(dir);
+  daemon = await startDaemon(cliEnv(dir), join(dir, "run", "d.sock"));
   const daemonPid = daemon.child.pid!;
   const socketPath = daemon.socketPath;
   client = new DaemonClient({ socketPath });
@@ -128,7 +97,7 @@ test("2 GiB of exec output through the daemon to a consumer that pauses: bounded
 
   await t.test("mvmctl exec writes only as fast as its stdout and stderr are read", async (st) => {
     const peakFile = join(dir, "mvmctl.peak");
-    const cli = spawn(process.execPath, ["--require", peakRecorder(dir), MAIN, "--socket", socketPath, "exec", sb.id, "--", "/bin/sh", "-c", SCRIPT], {
+    const cli = spawn(process.execPath, ["--require", peakRecorder(dir), MVMCTL, "--socket", socketPath, "exec", sb.id, "--", "/bin/sh", "-c", SCRIPT], {
       env: { ...cliEnv(dir), MVM_TEST_PEAK_FILE: peakFile },
       stdio: ["pipe", "pipe", "pipe"],
     });

@@ -10,9 +10,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DEFAULT_IMAGE } from "@mvm/engine";
 import { scratchDir } from "./_test/scratch.js";
+import { MVMCTL } from "./_test/e2e-env.js";
 
-/** The shipped executable: the bundle, run with its code cache. */
-const MAIN = fileURLToPath(new URL("../bin/mvmctl.cjs", import.meta.url));
 const configDir = scratchDir("e2e");
 const EMPTY_CONFIG = join(configDir, "config.json");
 writeFileSync(EMPTY_CONFIG, "{}");
@@ -29,7 +28,7 @@ interface Ran {
 /** Runs the built mvmctl; `input` becomes its stdin (closed at once when absent). */
 function mvmctl(args: readonly string[], options: { input?: string; env?: Record<string, string> } = {}): Promise<Ran> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...BASE_ENV, ...options.env }, stdio: ["pipe", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [MVMCTL, ...args], { env: { ...BASE_ENV, ...options.env }, stdio: ["pipe", "pipe", "pipe"] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on("data", (c: Buffer) => out.push(c));
@@ -81,7 +80,7 @@ test("a bad MVM_DEFAULT_BACKEND is an error naming it, before any engine work", 
 
 test("mvmctl daemon serves ls and doctor on its socket and shuts down cleanly on SIGTERM", async () => {
   const socketPath = join(scratchDir("daemon"), "run", "d.sock");
-  const daemon = spawn(process.execPath, [MAIN, "daemon", "--socket", socketPath], { env: BASE_ENV, stdio: ["ignore", "pipe", "pipe"] });
+  const daemon = spawn(process.execPath, [MVMCTL, "daemon", "--socket", socketPath], { env: BASE_ENV, stdio: ["ignore", "pipe", "pipe"] });
   const exited = new Promise<{ code: number | null; stderr: string }>((resolve) => {
     const err: Buffer[] = [];
     daemon.stderr.on("data", (c: Buffer) => err.push(c));
@@ -118,7 +117,7 @@ test("mvmctl daemon serves ls and doctor on its socket and shuts down cleanly on
 
 /** Why the image-dependent tests cannot run here, or undefined when they can. */
 function imageSkipReason(): string | undefined {
-  const r = spawnSync(process.execPath, [MAIN, "image", "ls", "--embedded", "--json"], { env: BASE_ENV, encoding: "utf8", input: "" });
+  const r = spawnSync(process.execPath, [MVMCTL, "image", "ls", "--embedded", "--json"], { env: BASE_ENV, encoding: "utf8", input: "" });
   let images: { refs?: unknown }[] = [];
   try {
     images = JSON.parse(r.stdout) as { refs?: unknown }[];

@@ -5,16 +5,13 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { cliEnv, skipWithoutImages } from "./_test/e2e-env.js";
+import { MVMCTL, cliEnv, skipWithoutImages, startDaemon } from "./_test/e2e-env.js";
 import { DEFAULT_IMAGE } from "@mvm/engine";
 
-/** The shipped executable: the bundle, run with its code cache. */
-const MAIN = fileURLToPath(new URL("../bin/mvmctl.cjs", import.meta.url));
 const skip = skipWithoutImages;
 
 interface Ran {
@@ -25,7 +22,7 @@ interface Ran {
 
 function run(env: NodeJS.ProcessEnv, args: readonly string[]): Promise<Ran> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [MVMCTL, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on("data", (c: Buffer) => out.push(c));
@@ -33,26 +30,6 @@ function run(env: NodeJS.ProcessEnv, args: readonly string[]): Promise<Ran> {
     child.on("error", reject);
     child.on("close", (code) => resolve({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }));
   });
-}
-
-async function startDaemon(env: NodeJS.ProcessEnv, socketPath: string): Promise<{ child: ChildProcess; stop(): Promise<number | null> }> {
-  const child = spawn(process.execPath, [MAIN, "daemon", "--socket", socketPath], { env, stdio: ["ignore", "ignore", "pipe"] });
-  const closed = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
-  let seen = "";
-  await new Promise<void>((resolve, reject) => {
-    child.stderr!.on("data", (c: Buffer) => {
-      if (seen.length < 64 * 1024) seen += c.toString();
-      if (seen.includes(`listening on ${socketPath}`)) resolve();
-    });
-    child.on("close", () => reject(new Error(`daemon exited before listening: ${seen}`)));
-  });
-  return {
-    child,
-    async stop() {
-      child.kill("SIGTERM");
-      return closed;
-    },
-  };
 }
 
 test("snapshot create/ls/inspect/rm, create --from-snapshot and fork through a real daemon", { skip, timeout: 300_000 }, async () => {

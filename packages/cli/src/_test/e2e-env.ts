@@ -1,11 +1,16 @@
 /**
- * What the end-to-end tests that run `mvmctl` processes share: the host's image store (filled by
- * scripts/setup.sh), why the tests skip without it, and the environment that points a CLI at a
- * private state directory on the namespace backend.
+ * What the end-to-end tests that run `mvmctl` processes share: the shipped executable, the host's
+ * image store (filled by scripts/setup.sh), why the tests skip without it, the environment that
+ * points a CLI at a private state directory on the namespace backend, and a daemon started there.
  */
+import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { DEFAULT_IMAGE, defaultStateDir } from "@mvm/engine";
+
+/** The shipped executable: the bundle, run with its code cache. */
+export const MVMCTL = fileURLToPath(new URL("../../bin/mvmctl.cjs", import.meta.url));
 
 export const imagesDir = process.env["MVM_TEST_IMAGES_DIR"] ?? join(defaultStateDir(), "images");
 export const skipWithoutImages = existsSync(imagesDir) ? undefined : `no image store at ${imagesDir}: run scripts/setup.sh first (it builds ${DEFAULT_IMAGE})`;
@@ -22,5 +27,34 @@ export function cliEnv(dir: string): NodeJS.ProcessEnv {
     MVM_STATE_DIR: join(dir, "state"),
     MVM_IMAGES_DIR: imagesDir,
     MVM_VM_CACHE_DIR: process.env["MVM_TEST_VM_CACHE_DIR"] ?? join(defaultStateDir(), "vm"),
+  };
+}
+
+export interface TestDaemon {
+  readonly child: ChildProcess;
+  readonly socketPath: string;
+  /** SIGTERM, then its exit code once it has closed. */
+  stop(): Promise<number | null>;
+}
+
+/** Starts `mvmctl daemon` on `socketPath`; resolves once it says it listens. */
+export async function startDaemon(env: NodeJS.ProcessEnv, socketPath: string): Promise<TestDaemon> {
+  const child = spawn(process.execPath, [MVMCTL, "daemon", "--socket", socketPath], { env, stdio: ["ignore", "ignore", "pipe"] });
+  const closed = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+  let seen = "";
+  await new Promise<void>((resolve, reject) => {
+    child.stderr!.on("data", (c: Buffer) => {
+      if (seen.length < 64 * 1024) seen += c.toString();
+      if (seen.includes(`listening on ${socketPath}`)) resolve();
+    });
+    child.on("close", () => reject(new Error(`daemon exited before listening: ${seen}`)));
+  });
+  return {
+    child,
+    socketPath,
+    async stop() {
+      child.kill("SIGTERM");
+      return closed;
+    },
   };
 }

@@ -15,9 +15,8 @@ function describe(p: WarmPoolInfo): string {
   return `${p.id}: ${p.ready} of ${p.size} ready, ${p.starting} starting (${p.backend}, ${p.image.ref})${p.lastError !== undefined ? `; last start failed: ${p.lastError}` : ""}`;
 }
 
-const POOL_SANDBOX_FLAGS = Object.fromEntries(
-  Object.entries(SANDBOX_FLAGS).filter(([k]) => !["ttl", "on-ttl", "from-snapshot"].includes(k)),
-) as typeof SANDBOX_FLAGS;
+/** The sandbox flags that describe a workload a pool can keep: TTLs and snapshots come with each claim. */
+const { ttl: _ttl, "on-ttl": _onTtl, "from-snapshot": _fromSnapshot, ...POOL_SANDBOX_FLAGS } = SANDBOX_FLAGS;
 
 export interface PoolSetOptions {
   sandbox: CreateSandboxRequest;
