@@ -10,9 +10,8 @@
  * One JSON file, written atomically, read strictly; a damaged or foreign file is ignored and
  * rewritten. It lives in the engine's state directory, which only the engine's user may write.
  */
-import { stat } from "node:fs/promises";
+import { mkdir, stat } from "node:fs/promises";
 import { dirname } from "node:path";
-import { mkdir } from "node:fs/promises";
 import { parseJsonStrict } from "@mvm/protocol";
 import { z } from "zod";
 import { readSmallFile, writeFileAtomic } from "./atomic.js";

@@ -7,9 +7,12 @@
  * the engine runs as root, each sandbox runs as its own unprivileged host uid, so the uid inside
  * never maps to host root.
  */
+import { createHash } from "node:crypto";
 import { mkdtemp, open, readdir, readFile, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { z } from "zod";
+import type { HostFacts } from "../../store/host-facts.js";
 import type { Backend, LaunchSpec, LaunchedSandbox, ProbeResult, ReapRecord } from "../types.js";
 import { detectCgroups } from "./cgroups.js";
 import { type HostSetup, launchNamespaceSandbox } from "./launch.js";
@@ -19,9 +22,6 @@ import { sweepRelayDirs } from "./relay-listener.js";
 import { sandboxSeccompProgram } from "./seccomp.js";
 import { type SnapshotTools, findSnapshotTools } from "./snapshot-tools.js";
 import { SandboxUidAllocator } from "./uid.js";
-import { createHash } from "node:crypto";
-import { z } from "zod";
-import type { HostFacts } from "../../store/host-facts.js";
 
 export interface NamespaceBackendOptions {
   /** The bubblewrap binary. @default `bwrap` found on PATH or in the system directories */

@@ -11,8 +11,6 @@
  *
  * `root/current` names the digest of the kernel fetched last.
  */
-import { z } from "zod";
-import type { HostFacts } from "../../store/host-facts.js";
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
@@ -21,6 +19,8 @@ import { basename, join } from "node:path";
 import { promisify } from "node:util";
 import { InternalError, InvalidArgumentError, NotFoundError } from "@mvm/protocol";
 import { publishDir, removeDeadTemps, tempPathIn, writeFileAtomic } from "../../store/atomic.js";
+import { z } from "zod";
+import type { HostFacts } from "../../store/host-facts.js";
 
 const run = promisify(execFile);
 

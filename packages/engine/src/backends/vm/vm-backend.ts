@@ -18,7 +18,6 @@
  *
  * Tier "vm-hardware" when /dev/kvm is usable, else "vm-emulated" (TCG).
  */
-import type { HostFacts } from "../../store/host-facts.js";
 import { createHash } from "node:crypto";
 import { constants } from "node:fs";
 import { chown, lstat, open, readFile, readdir, rm, stat, type FileHandle } from "node:fs/promises";
@@ -48,6 +47,7 @@ import { sandboxSeccompProgram } from "../namespace/seccomp.js";
 import { type GuestKernel, ensureGuestKernel, importGuestKernel, openGuestKernel } from "./kernel.js";
 import { parseTscKhz, type VerityParams } from "./qemu.js";
 import { VmSandbox } from "./vm-sandbox.js";
+import type { HostFacts } from "../../store/host-facts.js";
 
 /** Memory for the sandbox's processes when it sets no limit, MiB. */
 export const DEFAULT_VM_MEMORY_MIB = 512;
