@@ -15,10 +15,10 @@ import {
   encodeFnResultFile,
   fnLimitsFromEnv,
   isFunctionId,
-  looksLikeSecretArgName,
   minFnLimits,
   parseFnRequestHeader,
 } from "./fn.js";
+import { looksSecretName } from "./secret-names.js";
 
 const key = (): string => randomBytes(32).toString("hex");
 
@@ -65,10 +65,10 @@ describe("function limits", () => {
 describe("secret-looking argument names", () => {
   it("are recognized as whole words in snake, camel and kebab case", () => {
     for (const n of ["token", "apiKey", "api_key", "API_KEY", "password", "db-password", "authToken", "privateKey", "bearer", "credentials", "secret"]) {
-      assert.ok(looksLikeSecretArgName(n), n);
+      assert.ok(looksSecretName(n), n);
     }
     for (const n of ["tokenizer", "a", "b", "keyboard", "secretary", "passwordless_hint_x", "count"]) {
-      assert.ok(!looksLikeSecretArgName(n), n);
+      assert.ok(!looksSecretName(n), n);
     }
   });
 

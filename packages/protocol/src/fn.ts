@@ -8,6 +8,7 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import * as z from "zod/mini";
 import { InvalidArgumentError, PolicyDeniedError, TransportError } from "./errors.js";
 import { parseJsonStrict } from "./json-strict.js";
+import { looksSecretName } from "./secret-names.js";
 
 /** A function id: a lower-case letter, then up to 62 lower-case letters, digits or hyphens. */
 export const FUNCTION_ID_PATTERN = /^[a-z][a-z0-9-]{0,62}$/;
@@ -128,22 +129,7 @@ export function minFnLimits(a: FnLimits, b: FnLimits): FnLimits {
   return out as unknown as FnLimits;
 }
 
-// ---- secret-looking argument names ----
-
-const SECRET_ARG_WORDS = /(^|_)(token|password|passwd|secret|api_?key|credential|bearer|private_?key|auth_?token)s?($|_)/;
-
-/**
- * Whether an argument name looks like it carries a secret (token, password, secret, api_key,
- * credential, bearer, private_key, auth_token as a whole word; camelCase and kebab-case are
- * split first). Secrets reach functions as SecretRefs, never as arguments.
- */
-export function looksLikeSecretArgName(name: string): boolean {
-  const snake = name
-    .replace(/([a-z0-9])([A-Z])/g, "$1_$2")
-    .replace(/[^A-Za-z0-9]+/g, "_")
-    .toLowerCase();
-  return SECRET_ARG_WORDS.test(snake);
-}
+// ---- secret-looking argument names (the rule is secret-names.ts) ----
 
 /**
  * Applies the secret-argument rule to `names`: each suspect is passed to `warn`, or, when
@@ -156,7 +142,7 @@ export function checkSecretArgNames(
   warn: (message: string) => void,
 ): void {
   for (const name of names) {
-    if (!looksLikeSecretArgName(name)) continue;
+    if (!looksSecretName(name)) continue;
     const message = `Argument "${name.slice(0, 64)}" of function "${functionId}" looks like a secret: pass a SecretRef through the sandbox's secrets instead`;
     if (strict) throw new PolicyDeniedError(message, { hint: "MVM_STRICT_SECRETS=1 refuses secret-named arguments" });
     warn(message);

@@ -107,5 +107,5 @@ export { FunctionDefinitionError } from "./fn/bundle.js";
 export type { FunctionBundle } from "./fn/bundle.js";
 export { appendFnLog, readFnLog, fnLogDir, FN_LOG_DIR_ENV } from "./fn/operator-log.js";
 export type { FnLogEntry } from "./fn/operator-log.js";
-export { FunctionError, FnCodecError, FUNCTION_ID_PATTERN, DEFAULT_FN_LIMITS, checkFunctionId, looksLikeSecretArgName } from "@mvm/protocol";
+export { FunctionError, FnCodecError, FUNCTION_ID_PATTERN, DEFAULT_FN_LIMITS, checkFunctionId, looksSecretName } from "@mvm/protocol";
 export type { FnFormat, FnLimits, FnMode, FnErrorKind } from "@mvm/protocol";

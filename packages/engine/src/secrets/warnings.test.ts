@@ -2,7 +2,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { PolicyDeniedError } from "@mvm/protocol";
-import { checkSecretHygiene, looksSecretName, nameWords, secretHygieneWarnings } from "./warnings.js";
+import { looksSecretName, nameWords } from "@mvm/protocol";
+import { checkSecretHygiene, secretHygieneWarnings } from "./warnings.js";
 
 test("names: whole words only; reference words do not warn", () => {
   const positives = [

@@ -3,14 +3,9 @@
  * plain text, so the caller can be told to pass a SecretRef. Heuristic and name-based; messages
  * name the env var, flag or argv index and never include a value.
  *
- * A name looks secret when one of its words (split at `_`, `-`, `.`, `:`, spaces and camelCase
- * humps, case-insensitive) is token(s), password(s), passwd, secret(s), apikey, credential(s) or
- * bearer, or two adjacent words are api+key, private+key or auth+token. Whole words only:
- * `TOKENIZER_PATH` does not match, `GH_TOKEN`, `TOKEN` and `apiKey` do. Names that also hold a
- * word saying the value is a reference (file, path, url, id, name, ...) do not warn:
- * `TOKEN_FILE=/run/x` is the recommended practice, not a leak, and `MAX_TOKENS=4096` is a setting.
+ * Which names look secret is protocol/src/secret-names.ts.
  */
-import { PolicyDeniedError, STRICT_SECRETS_ENV, envFlagOn } from "@mvm/protocol";
+import { PolicyDeniedError, STRICT_SECRETS_ENV, envFlagOn, looksSecretName } from "@mvm/protocol";
 
 /** One plain-text secret suspect. Never holds the value. */
 export interface SecretHygieneWarning {
@@ -29,36 +24,10 @@ export interface SecretHygieneInput {
   readonly exemptEnv?: ReadonlySet<string>;
 }
 
-const SECRET_WORDS = new Set([
-  "token", "tokens", "password", "passwords", "passwd", "secret", "secrets", "apikey", "credential", "credentials", "bearer",
-]);
-const SECRET_PAIRS = new Set(["api key", "private key", "auth token"]);
-// Words saying the value points at or describes a secret rather than being one.
-const REFERENCE_WORDS = new Set([
-  "file", "files", "path", "dir", "stdin", "fd", "env", "var", "prompt", "helper", "cmd", "command", "id", "name", "type",
-  "url", "uri", "endpoint", "ttl", "expiry", "expires", "length", "store", "manager", "max", "min", "limit", "count", "num", "size",
-]);
 const TRIVIAL_VALUES = new Set(["true", "false", "yes", "no", "none", "null", "on", "off"]);
 const ENV_ASSIGNMENT = /^([A-Za-z_][A-Za-z0-9_]*)=/;
 const HEADER = /^([A-Za-z0-9-]{1,64}):\s*\S/;
 const HINT = "pass it as a SecretRef";
-
-/** Lower-case words of a name: split at separators and camelCase humps. */
-export function nameWords(name: string): string[] {
-  return name
-    .replace(/([a-z0-9])([A-Z])/g, "$1 $2")
-    .replace(/([A-Z]+)([A-Z][a-z])/g, "$1 $2")
-    .split(/[^A-Za-z0-9]+/)
-    .filter((w) => w !== "")
-    .map((w) => w.toLowerCase());
-}
-
-/** Whether `name` (an env var, flag or header name) looks like it names a secret value. */
-export function looksSecretName(name: string): boolean {
-  const words = nameWords(name);
-  if (words[0] === "no" || words.some((w) => REFERENCE_WORDS.has(w))) return false;
-  return words.some((w, i) => SECRET_WORDS.has(w) || SECRET_PAIRS.has(`${w} ${words[i + 1] ?? ""}`));
-}
 
 /** Whether `value` could be a secret at all: not empty, short, a boolean or a `$VAR` reference. */
 function couldBeSecretValue(value: string): boolean {
