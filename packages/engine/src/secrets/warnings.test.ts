@@ -1,8 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { PolicyDeniedError } from "@mvm/protocol";
-import { looksSecretName, nameWords } from "@mvm/protocol";
+import { PolicyDeniedError, looksSecretName, nameWords } from "@mvm/protocol";
 import { checkSecretHygiene, secretHygieneWarnings } from "./warnings.js";
 
 test("names: whole words only; reference words do not warn", () => {
