@@ -31,5 +31,9 @@ for (const name of readdirSync(join(root, "scripts"))) {
   if (name.endsWith(".test.mjs") && (filters.length === 0 || filters.some((f) => p.includes(f)))) files.push(p);
 }
 files.sort();
-const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", ...files], { stdio: "inherit" });
+// TAP while tests run, then (second reporter) a summary of the failed cases, so the end of a
+// long log says which case failed.
+const reporters = ["--test-reporter=tap", "--test-reporter-destination=stdout"];
+reporters.push(`--test-reporter=${join(root, "scripts", "test-failures-reporter.mjs")}`, "--test-reporter-destination=stdout");
+const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", ...reporters, ...files], { stdio: "inherit" });
 process.exit(r.status ?? 1);
