@@ -186,9 +186,10 @@ export function lifecycleSuite(backend: BackendName): void {
         // namespace: 256 MiB for the sandbox's processes, and the memory limit adds the tmpfs
         // caps, which the file fills: an agent that buffered the stream would be OOM-killed, and
         // the transfer would fail. vm: /work is a disk, and the guest keeps 1184 MiB: with 256 MiB
-        // the transfer outlasted the sandbox's 600 s TTL under TCG.
+        // the transfer outlasted the sandbox's 600 s TTL under TCG. The case checks memory, not
+        // time: an hour's TTL keeps a slow, busy host from ending the sandbox mid-transfer.
         const memoryMiB = backend === "namespace" ? 256 : 1024 + 160;
-        const { id } = await create(t.engine, backend, { workMiB: 1100, resources: { memoryMiB } });
+        const { id } = await create(t.engine, backend, { workMiB: 1100, resources: { memoryMiB }, ttlSeconds: 3600 });
         const size = 1024 * 1024 * 1024;
         const chunk = randomBytes(1 << 20);
         const rssBefore = process.memoryUsage().rss;
