@@ -96,7 +96,9 @@ export function pauseSuite(backend: BackendName): void {
     });
 
     test("the TTL keeps running while paused: a paused sandbox expires and is released", async () => {
-      const sb = await t.engine.createSandbox({ backend, image: DEFAULT_IMAGE, ttlSeconds: 3 });
+      // The TTL runs from before the launch; an emulated VM's launch on a busy host can take most
+      // of 3 s, and the case needs the sandbox paused before it expires.
+      const sb = await t.engine.createSandbox({ backend, image: DEFAULT_IMAGE, ttlSeconds: backend === "vm" ? 15 : 3 });
       const fp = await hostFootprint(t.stateDir, sb.id);
       await t.engine.pauseSandbox(sb.id);
       assert.ok(await waitFor(async () => (await t.engine.getSandbox(sb.id)).state === "stopped", 30_000));
@@ -106,7 +108,7 @@ export function pauseSuite(backend: BackendName): void {
     });
 
     test(`{ ttl: "frozen" } keeps a paused sandbox alive past its TTL; resume restarts the remaining time`, async () => {
-      const sb = await t.engine.createSandbox({ backend, image: DEFAULT_IMAGE, ttlSeconds: 3 });
+      const sb = await t.engine.createSandbox({ backend, image: DEFAULT_IMAGE, ttlSeconds: backend === "vm" ? 15 : 3 });
       const paused = await t.engine.pauseSandbox(sb.id, { ttl: "frozen" });
       assert.equal(paused.pause?.ttl, "frozen");
       await delay(Date.parse(sb.expiresAt) - Date.now() + 1_000);
