@@ -62,6 +62,7 @@ const requests: Record<Op, object> = {
   ping: { t: "req", id: 11, op: "ping" },
   shutdown: { t: "req", id: 12, op: "shutdown" },
   quiesce: { t: "req", id: 13, op: "quiesce" },
+  resize: { t: "req", id: 14, op: "resize", proc: 1, cols: 80, rows: 24 },
 };
 const fileInfo = { name: "a.txt", type: "file", size: 3, mode: 0o644, mtimeMs: 1700000000000.5 };
 const results: Record<Op, object> = {
@@ -78,6 +79,7 @@ const results: Record<Op, object> = {
   ping: {},
   shutdown: {},
   quiesce: {},
+  resize: {},
 };
 
 describe("isSandboxPath / SandboxPath", () => {

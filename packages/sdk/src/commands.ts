@@ -11,6 +11,7 @@ import {
   type EngineApi,
   type ExecApiRequest,
   type ProcessInfo,
+  type PtySize,
 } from "@mvm/protocol";
 import { CallScope } from "./_internal/call-scope.js";
 import { callOptions } from "./_internal/call-options.js";
@@ -77,6 +78,18 @@ export interface StartOptions extends RunOptions {
   openStdin?: boolean;
   /** Let the process outlive this client's connection to a daemon. @default false */
   background?: boolean;
+  /**
+   * Run the command on a new pseudo-terminal of this size, in character cells (1 to 4096 each;
+   * docs/TERMINALS.md). Stdin stays open for raw terminal input ({@link CommandHandle.sendStdin}:
+   * "\x03" is Ctrl-C), everything the terminal shows arrives as stdout (stderr stays empty),
+   * and {@link CommandHandle.resize} changes the size. Terminal output includes the echo of
+   * the input and CR LF line ends.
+   * @default none: pipes
+   * @example
+   * const sh = await sb.commands.start(["bash"], { pty: { cols: 80, rows: 24 }, onStdout: (s) => process.stdout.write(s) });
+   * await sh.sendStdin("ls\r");
+   */
+  pty?: PtySize;
 }
 
 /** Commands of one sandbox. */
@@ -126,7 +139,8 @@ export class Commands {
     if (options.cwd !== undefined) request.cwd = options.cwd;
     if (options.killGraceMs !== undefined) request.killGraceMs = options.killGraceMs;
     if (options.background !== undefined) request.background = options.background;
-    if (options.openStdin === true || streamStdin) request.openStdin = true;
+    if (options.openStdin === true || streamStdin || options.pty !== undefined) request.openStdin = true;
+    if (options.pty !== undefined) request.pty = { cols: options.pty.cols, rows: options.pty.rows };
     if (stdin !== undefined && !streamStdin) request.stdinBase64 = Buffer.from(stdin).toString("base64");
     if (options.strictSecrets === true || envFlagOn(process.env[STRICT_SECRETS_ENV])) request.strictSecrets = true;
 

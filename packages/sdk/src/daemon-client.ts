@@ -26,6 +26,7 @@ import {
   type NetworkEventsPage,
   type NetworkPolicyJson,
   type ProcessInfo,
+  type PtySize,
   type SecretMeta,
   type ProgressEvent,
   type SandboxInfo,
@@ -267,6 +268,10 @@ export class DaemonClient implements EngineApi {
       await this.#empty("writeStdin", options, { method: "POST", path, headers, body });
       at += STDIN_REQUEST_BYTES;
     } while (at < data.byteLength);
+  }
+
+  resizePty(id: string, proc: number, size: PtySize, options?: CallOptions): Promise<void> {
+    return this.#empty("resizePty", options, { method: "POST", path: `${processPath(id, proc)}/resize`, ...jsonBody({ cols: size.cols, rows: size.rows }) });
   }
 
   async listProcesses(id: string, options?: CallOptions): Promise<ProcessInfo[]> {

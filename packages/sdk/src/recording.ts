@@ -336,6 +336,10 @@ export class RecordingEngine implements EngineApi {
     this.#get(id);
   }
 
+  async resizePty(id: string): Promise<void> {
+    this.#get(id);
+  }
+
   async listProcesses(id: string): Promise<ProcessInfo[]> {
     this.#get(id);
     return [];

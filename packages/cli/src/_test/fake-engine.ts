@@ -23,6 +23,7 @@ import {
   type ImageInfo,
   type KillSignal,
   type ProcessInfo,
+  type PtySize,
   type ProgressEvent,
   type SandboxInfo,
   type Sha256Digest,
@@ -287,6 +288,9 @@ export class FakeEngine implements EngineApi {
     const p = this.processes.at(-1);
     p?.signals.push(signal);
     p?.notify();
+  }
+  async resizePty(_id: string, _proc: number, size: PtySize): Promise<void> {
+    this.calls.push(`resizePty ${size.cols}x${size.rows}`);
   }
   async writeStdin(_id: string, _proc: number, data: Uint8Array | null): Promise<void> {
     const p = this.processes.at(-1);

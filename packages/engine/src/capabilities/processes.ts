@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import {
   ExecApiRequest,
   PolicyDeniedError,
+  PtySizeApiRequest,
   canonicalJson,
   type CallOptions,
   type ExecHandlers,
@@ -85,6 +86,11 @@ export async function signalProcess(core: EngineCore, id: string, proc: number, 
 
 export async function writeStdin(core: EngineCore, id: string, proc: number, data: Uint8Array | null): Promise<void> {
   await liveSandbox(core, id).writeStdin(proc, data);
+}
+
+export async function resizePty(core: EngineCore, id: string, proc: number, size: PtySizeApiRequest, options: CallOptions = {}): Promise<void> {
+  const { cols, rows } = parse(PtySizeApiRequest, size, "terminal size");
+  await liveSandbox(core, id).call("resize", { proc, cols, rows }, options);
 }
 
 export async function listProcesses(core: EngineCore, id: string, options: CallOptions = {}): Promise<ProcessInfo[]> {

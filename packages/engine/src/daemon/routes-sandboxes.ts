@@ -6,6 +6,7 @@ import {
   ExecApiRequest,
   MAX_EXEC_REQUEST_JSON_BYTES,
   SignalApiRequest,
+  PtySizeApiRequest,
   PauseApiRequest,
   type ExecEvent,
   type ExecStarted,
@@ -82,6 +83,7 @@ export const sandboxRoutes: readonly Route[] = [
   },
   { method: "POST", pattern: "/v1/sandboxes/:id/processes/:proc/signal", handler: signalProcess },
   { method: "POST", pattern: "/v1/sandboxes/:id/processes/:proc/stdin", handler: writeStdin },
+  { method: "POST", pattern: "/v1/sandboxes/:id/processes/:proc/resize", handler: resizePty },
 ];
 
 async function createSandbox(ctx: RouteContext): Promise<void> {
@@ -185,6 +187,15 @@ async function signalProcess(ctx: RouteContext): Promise<void> {
   const proc = procParam(ctx);
   const { signal } = await readJson(ctx.req, SignalApiRequest);
   await ctx.engine.signalProcess(id, proc, signal, { signal: ctx.signal });
+  sendNoContent(ctx.res);
+}
+
+/** Sets the window size of the process's terminal. */
+async function resizePty(ctx: RouteContext): Promise<void> {
+  const id = sandboxIdParam(ctx);
+  const proc = procParam(ctx);
+  const size = await readJson(ctx.req, PtySizeApiRequest);
+  await ctx.engine.resizePty(id, proc, size, { signal: ctx.signal });
   sendNoContent(ctx.res);
 }
 
