@@ -343,6 +343,9 @@ export class Engine implements EngineApi {
   resizePty(id: string, proc: number, size: PtySize, options: CallOptions = {}): Promise<void> {
     return processes.resizePty(this.#core, id, proc, size, options);
   }
+  connectProcess(id: string, proc: number, handlers: ExecHandlers, options: CallOptions = {}): Promise<ExecStarted> {
+    return processes.connectProcess(this.#core, id, proc, handlers, options);
+  }
 
   // Network and secrets
   setNetworkPolicy(id: string, policy: NetworkPolicyJson): Promise<SandboxInfo> {

@@ -230,6 +230,11 @@ export const SandboxInfo = z.strictObject({
 });
 export type SandboxInfo = z.infer<typeof SandboxInfo>;
 
+/** Output a process keeps for clients that attach later (`connectProcess`), in bytes, unless its exec says otherwise (256 KiB). */
+export const DEFAULT_PROCESS_BACKLOG_BYTES = 256 * 1024;
+/** Largest backlog an exec may ask for, in bytes (16 MiB). */
+export const MAX_PROCESS_BACKLOG_BYTES = 16 * 1024 * 1024;
+
 /** A terminal's size in character cells: an exec's `pty`, and the body of a resize. */
 export const PtySizeApiRequest = z.strictObject({
   cols: z.number().int().min(1).max(MAX_PTY_CELLS),
@@ -258,6 +263,11 @@ export const ExecApiRequest = z.strictObject({
    * input, and all terminal output arrives as stdout (stderr stays empty).
    */
   pty: PtySizeApiRequest.optional(),
+  /**
+   * The latest output kept for clients that attach later (`connectProcess`), in bytes, stdout
+   * and stderr together; 0 keeps none. @default 262144 (256 KiB)
+   */
+  backlogBytes: z.number().int().min(0).max(MAX_PROCESS_BACKLOG_BYTES).optional(),
 }).superRefine((req, ctx) => {
   const bytes = execCommandBytes(req.argv, req.env, req.cwd);
   if (bytes > MAX_EXEC_COMMAND_BYTES) ctx.addIssue({ code: "custom", path: ["argv"], message: execCommandIssue(bytes) });

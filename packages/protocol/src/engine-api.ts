@@ -166,6 +166,15 @@ export interface EngineApi {
    * @throws NotFoundError when the process is gone; InvalidArgumentError when it has no pty
    */
   resizePty(id: string, proc: number, size: PtySize, options?: CallOptions): Promise<void>;
+  /**
+   * Attaches to a running process, whoever started it: `handlers` get what it printed before,
+   * within its bounded backlog (`ExecApiRequest.backlogBytes`), then its live output, and `exit`
+   * settles with how it ended. An attached client never slows the process: one that falls more
+   * than 1 MiB behind is detached (`exit` rejects with TransportError). Aborting
+   * `options.signal` detaches; the process runs on.
+   * @throws NotFoundError when the sandbox has no such running process
+   */
+  connectProcess(id: string, proc: number, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted>;
 
   /**
    * Replaces the egress policy of a running sandbox. Open connections the new policy does not allow

@@ -189,6 +189,9 @@ export class EmbeddedEngine implements EngineApi {
   resizePty(id: string, proc: number, size: PtySize, options?: CallOptions): Promise<void> {
     return this.#engine.resizePty(id, proc, size, options);
   }
+  connectProcess(id: string, proc: number, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
+    return this.#engine.connectProcess(id, proc, handlers, options);
+  }
   listProcesses(id: string, options?: CallOptions): Promise<ProcessInfo[]> {
     return this.#engine.listProcesses(id, options);
   }

@@ -340,6 +340,11 @@ export class RecordingEngine implements EngineApi {
     this.#get(id);
   }
 
+  async connectProcess(id: string, proc: number): Promise<ExecStarted> {
+    this.#get(id);
+    throw new NotFoundError(`Process ${proc} not found in sandbox "${id}": record mode runs no processes`);
+  }
+
   async listProcesses(id: string): Promise<ProcessInfo[]> {
     this.#get(id);
     return [];

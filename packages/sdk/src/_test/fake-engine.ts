@@ -287,6 +287,13 @@ export class FakeEngine implements EngineApi {
     p.end({ signal });
   }
 
+  async connectProcess(id: string, proc: number, handlers: ExecHandlers): Promise<ExecStarted> {
+    const p = this.#sandbox(id).procs.get(proc);
+    if (p === undefined) throw new NotFoundError(`No process ${proc} in sandbox "${id}"`);
+    p.attached.push(handlers);
+    return { proc: p.proc, pid: p.pid, exit: p.exit };
+  }
+
   async resizePty(id: string, proc: number, size: PtySize): Promise<void> {
     const p = this.#sandbox(id).procs.get(proc);
     if (p === undefined) throw new NotFoundError(`No process ${proc} in sandbox "${id}"`);
