@@ -127,7 +127,9 @@ describe("mvmctl -it in a real terminal (tmux)", { skip, timeout: 300_000 }, () 
     });
 
     test("exec -it: keys in, screen out, exit code out; a failed command restores the terminal too", async (t) => {
-      const tmux = new Tmux(dir, sessionScript(dir, env, `${process.execPath} ${MVMCTL} exec -it ${sandboxId} -- /bin/sh`));
+      // Each terminal gets a directory (tmux socket, script, recorded modes) of its own.
+      const here = mkdtempSync(join(dir, "t-"));
+      const tmux = new Tmux(here, sessionScript(here, env, `${process.execPath} ${MVMCTL} exec -it ${sandboxId} -- /bin/sh`));
       t.after(() => tmux.kill());
       await tmux.waitFor(/^\$ ?$/m);
       tmux.type("echo hello-$((6*7))");
@@ -137,16 +139,17 @@ describe("mvmctl -it in a real terminal (tmux)", { skip, timeout: 300_000 }, () 
       tmux.send("Enter");
       await tmux.waitFor(/^DONE$/m);
       assert.match(tmux.screen(), /^EXIT=3$/m);
-      assert.equal(readFileSync(join(dir, "after"), "utf8"), readFileSync(join(dir, "before"), "utf8"));
+      assert.equal(readFileSync(join(here, "after"), "utf8"), readFileSync(join(here, "before"), "utf8"));
     });
 
     test("exec -it of a missing command fails with the terminal restored", async (t) => {
-      const tmux = new Tmux(dir, sessionScript(dir, env, `${process.execPath} ${MVMCTL} exec -it ${sandboxId} -- /no/such/command`));
+      const here = mkdtempSync(join(dir, "t-"));
+      const tmux = new Tmux(here, sessionScript(here, env, `${process.execPath} ${MVMCTL} exec -it ${sandboxId} -- /no/such/command`));
       t.after(() => tmux.kill());
       const screen = await tmux.waitFor(/^DONE$/m);
       assert.match(screen, /^EXIT=127$/m);
       assert.match(screen, /cannot execute "\/no\/such\/command"/);
-      assert.equal(readFileSync(join(dir, "after"), "utf8"), readFileSync(join(dir, "before"), "utf8"));
+      assert.equal(readFileSync(join(here, "after"), "utf8"), readFileSync(join(here, "before"), "utf8"));
     });
 
     test("ps lists a process started by another mvmctl; attach gets its earlier and live output; pkill ends it", async () => {

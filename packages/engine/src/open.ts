@@ -148,7 +148,8 @@ export async function openEngine(options: OpenEngineOptions = {}): Promise<Engin
     agentBundlePath: options.agentBundlePath ?? defaultAgentBundlePath(),
     outRoot: join(stateDir, "runtime"),
     facts,
-    ptyHelperPath: await ptyHelperIfBuildable(join(stateDir, "pty-helper")),
+    // Built once per source and compiler, beside the VM backend's guest helper in the shared cache.
+    ptyHelperPath: await ptyHelperIfBuildable(join(vmCacheDir, "pty-helper")),
   });
   const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, vmCacheDir: _v, vmKernel: _k, minimumTier: _m, ...rest } = options;
   return Engine.open({
