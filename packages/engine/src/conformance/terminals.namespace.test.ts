@@ -32,13 +32,25 @@ describe("terminals and reattach (namespace)", { skip, timeout: 180_000 }, () =>
   after(() => t?.close());
 
   test("a pty command sees a terminal of the asked size; output is one stream with CR LF", async () => {
-    const p = await start(t.engine, id, ["/bin/sh", "-c", "tty; stty size; echo err >&2; test -t 0 && echo stdin-is-tty"], { pty: { cols: 91, rows: 27 } });
+    const p = await start(t.engine, id, ["/bin/sh", "-c", "tty; stty size; echo err >&2; test -t 0 && echo stdin-is-tty; read x"], { pty: { cols: 91, rows: 27 } });
+    assert.ok(await waitFor(() => p.text().includes("stdin-is-tty\r\n")), JSON.stringify(p.text()));
+    await t.engine.writeStdin(id, p.proc, Buffer.from("\r"));
     const exit = await p.exit;
     assert.equal(exit.exitCode, 0);
     assert.match(p.text(), /^\/dev\/pts\/\d+\r\n27 91\r\n/);
     assert.match(p.text(), /err\r\n/);
     assert.match(p.text(), /stdin-is-tty\r\n/);
     assert.equal(exit.stderrBytes, 0);
+  });
+
+  test("the last output of a pty command that exits at once is never lost", {
+    todo: "seen once under heavy load: the output after the first lines of a command that exits right after writing was missing; cause not found yet (docs/TERMINALS.md)",
+  }, async () => {
+    for (let i = 0; i < 20; i++) {
+      const p = await start(t.engine, id, ["/bin/sh", "-c", "echo one; echo two; echo three"], { pty: { cols: 80, rows: 24 } });
+      await p.exit;
+      assert.equal(p.text(), "one\r\ntwo\r\nthree\r\n");
+    }
   });
 
   test("resize reaches the terminal; input is raw bytes; the exit code passes through", async () => {
