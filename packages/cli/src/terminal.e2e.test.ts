@@ -64,11 +64,10 @@ function sessionScript(dir: string, env: NodeJS.ProcessEnv, command: string): st
   return `${exports}\nstty -g > ${dir}/before\n${command}\necho "EXIT=$?"\nstty -g > ${dir}/after\necho DONE\nexec sleep 600\n`;
 }
 
-/** A fresh directory the sandbox's uid can pass through (state directories live in it); removed after the test. */
-function stateRoot(t: { after(fn: () => void): void } | undefined, prefix: string): string {
+/** A fresh directory the sandbox's uid can pass through (state directories live in it); the caller removes it. */
+function stateRoot(prefix: string): string {
   const dir = mkdtempSync(join(tmpdir(), `mvmctl-${prefix}-`));
   chmodSync(dir, 0o711);
-  t?.after(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
 }
 
@@ -76,10 +75,14 @@ const count = (text: string, pattern: RegExp): number => (text.match(new RegExp(
 
 describe("mvmctl -it in a real terminal (tmux)", { skip, timeout: 300_000 }, () => {
   test("run -it: tty, window size and resize, Ctrl-C to the command, exit code, terminal mode restored", async (t) => {
-    const dir = stateRoot(t, "tty-run");
+    // The tmux server goes first, then its directory (after hooks run in the order they were added).
+    const dir = stateRoot("tty-run");
     const env = { ...cliEnv(dir), PS1: "$ " };
     const tmux = new Tmux(dir, sessionScript(dir, env, `${process.execPath} ${MVMCTL} run --embedded -it -- /bin/sh`));
-    t.after(() => tmux.kill());
+    t.after(() => {
+      tmux.kill();
+      rmSync(dir, { recursive: true, force: true });
+    });
     await tmux.waitFor(/^\$ ?$/m);
     tmux.type("tty; stty size");
     tmux.send("Enter");
@@ -112,7 +115,7 @@ describe("mvmctl -it in a real terminal (tmux)", { skip, timeout: 300_000 }, () 
     let daemon: TestDaemon;
     let sandboxId: string;
     before(async () => {
-      dir = stateRoot(undefined, "tty-daemon");
+      dir = stateRoot("tty-daemon");
       // The daemon's socket directory is its own (0700).
       const run = join(dir, "run");
       mkdirSync(run, { mode: 0o700 });
