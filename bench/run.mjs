@@ -13,6 +13,7 @@
 //   node bench/run.mjs egress      # egress gateway (bench/egress.mjs); BENCH_EGRESS_MIB, BENCH_EGRESS_CONNECTS, BENCH_EGRESS_TUNNELS
 //   node bench/run.mjs admission   # admission overhead added to a create (bench/admission.mjs)
 //   node bench/run.mjs audit       # audit log append (durable) and verify rates (bench/audit.mjs); AUDIT_ENTRIES, AUDIT_CONCURRENCY
+//   node bench/run.mjs terminals   # pty exec start and keystroke echo against pipes (bench/terminals.mjs); BENCH_TERM_RUNS
 //   node bench/run.mjs pause       # pause/resume latency per backend (bench/pause.mjs); BENCH_PAUSE_RUNS, BENCH_PAUSE_BACKENDS
 //   node bench/run.mjs store       # snapshot store write/verify against raw BLAKE3, dedup (bench/store.mjs)
 //   node bench/run.mjs snapshot-ns # container-tier snapshot, restore and fork (bench/snapshot-ns.mjs)
@@ -31,6 +32,7 @@ import { benchEgress, benchEgressSandbox } from "./egress.mjs";
 import { benchAdmission } from "./admission.mjs";
 import { benchAudit } from "./audit.mjs";
 import { benchPause } from "./pause.mjs";
+import { benchTerminals } from "./terminals.mjs";
 import { benchStore } from "./store.mjs";
 import { benchSnapshotNs } from "./snapshot-ns.mjs";
 import { benchSnapshotVm } from "./snapshot-vm.mjs";
@@ -40,7 +42,7 @@ import { benchFunctions } from "./functions.mjs";
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
 const IMAGE = process.env.BENCH_IMAGE ?? "debian:bookworm+python3";
-const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "egress", "admission", "audit", "pause", "store", "snapshot-ns", "snapshot-vm", "vm"];
+const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "egress", "admission", "audit", "pause", "terminals", "store", "snapshot-ns", "snapshot-vm", "vm"];
 const args = process.argv.slice(2);
 const jsonOut = args.includes("--json");
 const only = new Set(args.filter((a) => a !== "--json"));
@@ -213,6 +215,9 @@ async function main() {
     }
     if (want("pause")) {
       result.figures.pause = await benchPause({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
+    }
+    if (want("terminals")) {
+      result.figures.terminals = await benchTerminals({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
     }
     if (want("store")) {
       result.figures.store = await benchStore();

@@ -3,7 +3,7 @@
  * the host's credit and the output cap; StdinSink writes host data into the child's stdin.
  */
 import type { Readable, Writable } from "node:stream";
-import { logError, type ErrorBody } from "./errors.js";
+import { errnoOf, logError, type ErrorBody } from "./errors.js";
 import type { InboundSink, InboundStream, OutboundSource, OutboundStream } from "./link.js";
 
 /** Bytes read ahead of the host's credit per output stream before the pipe is paused. */
@@ -50,7 +50,8 @@ export class OutputPump implements OutboundSource {
     pipe.on("end", () => this.#onEof());
     pipe.on("close", () => this.#onEof());
     pipe.on("error", (err) => {
-      logError("child output pipe failed", err);
+      // A terminal's master reads EIO once the last descriptor of its slave side is closed: its end.
+      if (errnoOf(err) !== "EIO") logError("child output pipe failed", err);
       this.#onEof();
     });
   }

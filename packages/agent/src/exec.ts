@@ -8,6 +8,8 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { stat } from "node:fs/promises";
+import { Readable } from "node:stream";
+import type { ReadStream as TtyReadStream } from "node:tty";
 import {
   DETACHED_PROC_BASE,
   InternalError,
@@ -23,6 +25,7 @@ import {
 import { boundMessage, describeErrno, errnoOf, fsError, logError, quote, toErrorBody } from "./errors.js";
 import { buildEnv, makeTmpDir, removeTmpDir, removeTmpDirSync } from "./exec-env.js";
 import { OutputPump, StdinSink } from "./exec-streams.js";
+import { openPty, ptyCommand, ptyInput, resizePty, type Pty } from "./pty.js";
 import type { InboundStream, Link } from "./link.js";
 
 /** Extra time, past killGraceMs, that output pipes may stay open after the leader exited. */
@@ -43,12 +46,18 @@ interface Proc {
   readonly stdinStream: InboundStream | undefined;
   readonly out: OutputPump;
   readonly err: OutputPump;
+  /** The pseudo-terminal's master side, for a command started with `pty`. */
+  readonly pty: { readonly fd: number; readonly stream: TtyReadStream } | undefined;
   exit: { code: number | null; signal: string | null; durationMs: number } | undefined;
   timedOut: boolean;
   killTimer: NodeJS.Timeout | undefined;
   timeoutTimer: NodeJS.Timeout | undefined;
   lingerTimer: NodeJS.Timeout | undefined;
   finalized: boolean;
+}
+
+function emptyReadable(): Readable {
+  return Readable.from([]);
 }
 
 /** Sends `signal` to every process of the group led by `pid`; a group that is gone is not an error. */
@@ -154,21 +163,27 @@ export class ProcessTable {
       throw new InternalError("The agent is shutting down");
     }
 
+    let pty: Pty | undefined;
     let child: ChildProcess;
     try {
-      child = spawn(req.argv[0]!, req.argv.slice(1), {
+      if (req.pty !== undefined) pty = await openPty(req.argv[0]!);
+      const [file, args] = pty !== undefined && req.pty !== undefined ? ptyCommand(req.argv, req.pty) : [req.argv[0]!, req.argv.slice(1)];
+      child = spawn(file, args, {
         cwd: req.cwd,
         env: buildEnv(req.env, tmpDir),
-        stdio: [req.stdin === null ? "ignore" : "pipe", "pipe", "pipe"],
+        // The helper replaces fds 0-2 with the terminal; fd 3 is the master it unlocks and closes.
+        stdio: pty !== undefined ? ["ignore", "ignore", "ignore", pty.fd] : [req.stdin === null ? "ignore" : "pipe", "pipe", "pipe"],
         detached: true,
       });
     } catch (e) {
+      pty?.close();
       release();
       await this.#dropTmpDir(tmpDir);
       throw e;
     }
     if (child.pid === undefined) {
       const spawnError = await new Promise<unknown>((resolve) => child.once("error", resolve));
+      pty?.close();
       release();
       await this.#dropTmpDir(tmpDir);
       throw await this.#spawnFailure(req, spawnError);
@@ -188,6 +203,7 @@ export class ProcessTable {
       stdinStream,
       out,
       err,
+      pty: pty === undefined ? undefined : { fd: pty.fd, stream: pty.open() },
       exit: undefined,
       timedOut: false,
       killTimer: undefined,
@@ -199,9 +215,15 @@ export class ProcessTable {
     this.#procs.set(p.id, p);
     child.on("error", (e) => logError(`process ${p.pid}`, e));
     child.once("exit", (code, signal) => this.#onExit(p, code, signal));
-    if (child.stdin) stdin.attach(child.stdin);
-    out.attach(child.stdout!);
-    err.attach(child.stderr!);
+    if (p.pty !== undefined) {
+      stdin.attach(ptyInput(p.pty.stream));
+      out.attach(p.pty.stream);
+      err.attach(emptyReadable());
+    } else {
+      if (child.stdin) stdin.attach(child.stdin);
+      out.attach(child.stdout!);
+      err.attach(child.stderr!);
+    }
     if (req.timeoutMs > 0) {
       p.timeoutTimer = setTimeout(() => {
         p.timedOut = true;
@@ -217,6 +239,16 @@ export class ProcessTable {
     if (!p || p.finalized) throw new NotFoundError(`Process ${req.proc} not found or already finished`);
     if (req.signal === "SIGTERM") this.#terminate(p);
     else killGroup(p.pid, req.signal satisfies KillSignal);
+    return {};
+  }
+
+  /** Sets the window size of a running command's pseudo-terminal. */
+  async resize(req: RequestOf<"resize">): Promise<ResultOf<"resize">> {
+    const p = this.#procs.get(req.proc);
+    if (!p || p.finalized) throw new NotFoundError(`Process ${req.proc} not found or already finished`);
+    if (p.pty === undefined) throw new InvalidArgumentError(`Process ${req.proc} has no terminal: start it with a pty`);
+    if (p.out.eof) throw new NotFoundError(`Process ${req.proc} has closed its terminal`);
+    await resizePty(p.pty.fd, req);
     return {};
   }
 
@@ -294,6 +326,7 @@ export class ProcessTable {
     killGroup(p.pid, "SIGKILL");
     p.stdin.close();
     p.stdinStream?.close();
+    p.pty?.stream.destroy();
     if (this.#procs.get(p.id) === p) this.#procs.delete(p.id);
     const exit = p.exit;
     // The exit belongs to this session's host, even if a new one takes over meanwhile.

@@ -11,6 +11,7 @@ export type Handler<O extends Op> = (req: RequestOf<O>, ctx: RequestContext) => 
 export const HANDLERS: { readonly [O in Exclude<Op, "shutdown" | "quiesce">]: Handler<O> } = {
   exec: (req, ctx) => ctx.procs.start(req),
   signal: (req, ctx) => ctx.procs.signal(req),
+  resize: (req, ctx) => ctx.procs.resize(req),
   listProcesses: (_req, ctx) => ctx.procs.list(),
   readFile,
   writeFile,

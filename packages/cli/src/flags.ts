@@ -58,6 +58,12 @@ export const EXEC_FLAGS = {
   timeout: { type: "string", valueName: "SECONDS", description: "Kill the command after this long; exit code 124" },
 } as const satisfies Record<string, FlagSpec>;
 
+/** `-i` and `-t` of `exec` and `run`, as `docker exec -it` has them (docs/TERMINALS.md). */
+export const TERMINAL_FLAGS = {
+  interactive: { type: "boolean", short: "i", description: "Forward stdin to the command, even from a terminal" },
+  tty: { type: "boolean", short: "t", description: "Run the command on a terminal in the sandbox (with -i: keys, Ctrl-C and window size pass through)" },
+} as const satisfies Record<string, FlagSpec>;
+
 /** The string value of a single-valued flag, or undefined when it was not given. */
 export function stringFlag(raw: RawArgs, name: string): string | undefined {
   const v = raw.values[name];

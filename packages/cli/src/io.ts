@@ -34,10 +34,26 @@ export interface ConnectRequest {
  */
 export type CliSignal = "SIGINT" | "SIGTERM" | "SIGHUP" | "SIGPIPE";
 
+/** mvmctl's own terminal, for `exec -t` / `run -t` (docs/TERMINALS.md). */
+export interface TerminalIo {
+  /** The window size of the terminal on stdout, or undefined when stdout is not one. */
+  size(): { cols: number; rows: number } | undefined;
+  /**
+   * Puts the terminal on stdin in raw mode (no echo, no line editing, Ctrl-C as a byte) and
+   * returns the function that restores it; that function may be called more than once. The
+   * mode is also restored when the process exits by any path Node sees.
+   */
+  enterRaw(): () => void;
+  /** Calls `handler` each time the window size changes (SIGWINCH) until the returned function is called. */
+  onResize(handler: () => void): () => void;
+}
+
 export interface CliIo {
   readonly stdout: OutStream;
   readonly stderr: OutStream;
   readonly stdin: InStream;
+  /** This process's terminal; absent where there is none to drive (tests, pipes). */
+  readonly terminal?: TerminalIo;
   readonly env: Readonly<Record<string, string | undefined>>;
   /** The effective uid, or undefined where there is none. */
   readonly uid: number | undefined;

@@ -5,7 +5,7 @@
  */
 import { homedir } from "node:os";
 import { isatty } from "node:tty";
-import type { CliIo, CliSignal, DaemonOptions, InStream, OutStream } from "./io.js";
+import type { CliIo, CliSignal, DaemonOptions, InStream, OutStream, TerminalIo } from "./io.js";
 
 async function serveDaemon(options: DaemonOptions): Promise<void> {
   const [{ openEngine, startDaemonServer }, { resolveSocketPath }] = await Promise.all([import("@mvm/engine"), import("@mvm/sdk")]);
@@ -106,12 +106,48 @@ function guardedStreams(): { stdout: OutStream; stderr: OutStream; onPipe: Set<(
   return { stdout, stderr, onPipe };
 }
 
+/** This process's terminal: raw mode on stdin, the window size of stdout, SIGWINCH. */
+function processTerminal(): TerminalIo {
+  return {
+    size() {
+      if (!process.stdout.isTTY) return undefined;
+      const [cols, rows] = process.stdout.getWindowSize();
+      return cols > 0 && rows > 0 ? { cols, rows } : undefined;
+    },
+    enterRaw() {
+      const stdin = process.stdin;
+      if (!stdin.isTTY) return () => {};
+      stdin.setRawMode(true);
+      let restored = false;
+      const restore = (): void => {
+        if (restored) return;
+        restored = true;
+        process.off("exit", restore);
+        try {
+          stdin.setRawMode(false);
+        } catch {
+          // stdin is already closed: the terminal's mode was restored with it.
+        }
+      };
+      process.on("exit", restore);
+      return restore;
+    },
+    onResize(handler) {
+      process.on("SIGWINCH", handler);
+      return () => {
+        process.off("SIGWINCH", handler);
+      };
+    },
+  };
+}
+
 export function processIo(): CliIo {
   const { stdout, stderr, onPipe } = guardedStreams();
   return {
     stdout,
     stderr,
     stdin: lazyStdin(),
+    terminal: processTerminal(),
     env: process.env,
     uid: typeof process.getuid === "function" ? process.getuid() : undefined,
     homeDir: homedir(),

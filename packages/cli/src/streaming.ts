@@ -64,10 +64,16 @@ export interface StreamedExec {
  * in JSON mode they are captured (bounded) into the result. An interrupt is forwarded to the
  * command as the same signal; a second one aborts the call, which kills the command.
  */
-export async function streamExec(ctx: CommandContext, engine: EngineApi, sandboxId: string, request: ExecApiRequest): Promise<StreamedExec> {
+export async function streamExec(
+  ctx: CommandContext,
+  engine: EngineApi,
+  sandboxId: string,
+  request: ExecApiRequest,
+  options: { readonly forwardStdin?: boolean } = {},
+): Promise<StreamedExec> {
   const { io, out } = ctx;
   const json = ctx.global.json;
-  const forwardStdin = io.stdin.isTTY !== true;
+  const forwardStdin = options.forwardStdin === true || io.stdin.isTTY !== true;
   const stdoutCapture = new Capture(JSON_CAPTURE_BYTES);
   const stderrCapture = new Capture(JSON_CAPTURE_BYTES);
   const fullRequest: ExecApiRequest = cliExecRequest(request, io.env);

@@ -30,6 +30,7 @@ import {
   type NetworkPolicyJson,
   type PauseApiRequest,
   type ProcessInfo,
+  type PtySize,
   type ProgressEvent,
   type Resources,
   type SandboxInfo,
@@ -338,6 +339,12 @@ export class Engine implements EngineApi {
   }
   listProcesses(id: string, options: CallOptions = {}): Promise<ProcessInfo[]> {
     return processes.listProcesses(this.#core, id, options);
+  }
+  resizePty(id: string, proc: number, size: PtySize, options: CallOptions = {}): Promise<void> {
+    return processes.resizePty(this.#core, id, proc, size, options);
+  }
+  connectProcess(id: string, proc: number, handlers: ExecHandlers, options: CallOptions = {}): Promise<ExecStarted> {
+    return processes.connectProcess(this.#core, id, proc, handlers, options);
   }
 
   // Network and secrets

@@ -389,9 +389,11 @@ export class LiveSandbox {
         timeoutMs: req.timeoutMs ?? 0,
         killGraceMs: req.killGraceMs ?? DEFAULT_KILL_GRACE_MS,
         maxOutputBytes: req.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES,
+        ...(req.pty !== undefined ? { pty: req.pty } : {}),
       },
       {
-        openStdin: stdinBytes !== undefined || req.openStdin === true,
+        // A terminal's input stays open for the process's life: keys are written as they come.
+        openStdin: stdinBytes !== undefined || req.openStdin === true || req.pty !== undefined,
         output: {
           onStdout: stdout.write,
           onStderr: stderr.write,
@@ -412,7 +414,7 @@ export class LiveSandbox {
       const stdin = proc.stdin;
       void (async () => {
         await stdin.write(stdinBytes);
-        if (!req.openStdin) await stdin.end();
+        if (!req.openStdin && req.pty === undefined) await stdin.end();
       })().catch(() => {});
     }
     const onAbort = () => {

@@ -22,6 +22,7 @@ import type { Backend } from "./backends/types.js";
 import { NamespaceBackend } from "./backends/namespace/namespace-backend.js";
 import { VmBackend } from "./backends/vm/vm-backend.js";
 import { assembleAgentRuntime } from "./runtime/agent-runtime.js";
+import { ptyHelperIfBuildable } from "./runtime/pty-helper.js";
 import { HostFacts } from "./store/host-facts.js";
 
 /** The standard backends, strongest isolation first. */
@@ -147,6 +148,8 @@ export async function openEngine(options: OpenEngineOptions = {}): Promise<Engin
     agentBundlePath: options.agentBundlePath ?? defaultAgentBundlePath(),
     outRoot: join(stateDir, "runtime"),
     facts,
+    // Built once per source and compiler, beside the VM backend's guest helper in the shared cache.
+    ptyHelperPath: await ptyHelperIfBuildable(join(vmCacheDir, "pty-helper")),
   });
   const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, vmCacheDir: _v, vmKernel: _k, minimumTier: _m, ...rest } = options;
   return Engine.open({

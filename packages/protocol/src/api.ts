@@ -4,7 +4,7 @@
  */
 import { z } from "zod";
 import { ERROR_CODES, type ErrorCode } from "./errors.js";
-import { Argv, Env, FileInfo, KillSignal, ProcessInfo, SandboxPath } from "./messages.js";
+import { Argv, Env, FileInfo, KillSignal, MAX_PTY_CELLS, ProcessInfo, SandboxPath } from "./messages.js";
 import { NetworkPolicySchema, PortSchema } from "./network-policy.js";
 import { SecretPosture, SecretsSpecSchema } from "./secret-ref.js";
 import { BackendName, MAX_PUBLISHED_PORTS, PortSpec, Sha256DigestSchema, Tier } from "./api-base.js";
@@ -230,6 +230,18 @@ export const SandboxInfo = z.strictObject({
 });
 export type SandboxInfo = z.infer<typeof SandboxInfo>;
 
+/** Output a process keeps for clients that attach later (`connectProcess`), in bytes, unless its exec says otherwise (256 KiB). */
+export const DEFAULT_PROCESS_BACKLOG_BYTES = 256 * 1024;
+/** Largest backlog an exec may ask for, in bytes (16 MiB). */
+export const MAX_PROCESS_BACKLOG_BYTES = 16 * 1024 * 1024;
+
+/** A terminal's size in character cells: an exec's `pty`, and the body of a resize. */
+export const PtySizeApiRequest = z.strictObject({
+  cols: z.number().int().min(1).max(MAX_PTY_CELLS),
+  rows: z.number().int().min(1).max(MAX_PTY_CELLS),
+});
+export type PtySizeApiRequest = z.infer<typeof PtySizeApiRequest>;
+
 export const ExecApiRequest = z.strictObject({
   argv: Argv,
   env: z.optional(Env),
@@ -246,6 +258,16 @@ export const ExecApiRequest = z.strictObject({
   background: z.boolean().optional(),
   /** Refuse plain-text secrets in argv or env instead of warning; the engine's own setting also applies. */
   strictSecrets: z.boolean().optional(),
+  /**
+   * Run on a pseudo-terminal of this size (docs/TERMINALS.md): stdin stays open for raw terminal
+   * input, and all terminal output arrives as stdout (stderr stays empty).
+   */
+  pty: PtySizeApiRequest.optional(),
+  /**
+   * The latest output kept for clients that attach later (`connectProcess`), in bytes, stdout
+   * and stderr together; 0 keeps none. @default 262144 (256 KiB)
+   */
+  backlogBytes: z.number().int().min(0).max(MAX_PROCESS_BACKLOG_BYTES).optional(),
 }).superRefine((req, ctx) => {
   const bytes = execCommandBytes(req.argv, req.env, req.cwd);
   if (bytes > MAX_EXEC_COMMAND_BYTES) ctx.addIssue({ code: "custom", path: ["argv"], message: execCommandIssue(bytes) });

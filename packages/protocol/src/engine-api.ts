@@ -14,7 +14,7 @@ import type {
   Tier,
   Sha256Digest,
 } from "./api.js";
-import type { FileInfo, KillSignal, ProcessInfo } from "./messages.js";
+import type { FileInfo, KillSignal, ProcessInfo, PtySize } from "./messages.js";
 import type { NetworkEventsPage, SecretMeta } from "./api-responses.js";
 import type { NetworkPolicyJson } from "./network-policy.js";
 import type { SignedPlan } from "./plan.js";
@@ -161,6 +161,20 @@ export interface EngineApi {
   /** Writes to a process's stdin (it must have been started with `openStdin`); `null` closes stdin. */
   writeStdin(id: string, proc: number, data: Uint8Array | null, options?: CallOptions): Promise<void>;
   listProcesses(id: string, options?: CallOptions): Promise<ProcessInfo[]>;
+  /**
+   * Sets the window size of a process started with `pty`; its foreground process group gets SIGWINCH.
+   * @throws NotFoundError when the process is gone; InvalidArgumentError when it has no pty
+   */
+  resizePty(id: string, proc: number, size: PtySize, options?: CallOptions): Promise<void>;
+  /**
+   * Attaches to a running process, whoever started it: `handlers` get what it printed before,
+   * within its bounded backlog (`ExecApiRequest.backlogBytes`), then its live output, and `exit`
+   * settles with how it ended. An attached client never slows the process: one that falls more
+   * than 1 MiB behind is detached (`exit` rejects with TransportError). Aborting
+   * `options.signal` detaches; the process runs on.
+   * @throws NotFoundError when the sandbox has no such running process
+   */
+  connectProcess(id: string, proc: number, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted>;
 
   /**
    * Replaces the egress policy of a running sandbox. Open connections the new policy does not allow

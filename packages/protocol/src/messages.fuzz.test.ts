@@ -60,6 +60,7 @@ const results: { [O in Op]: fc.Arbitrary<object> } = {
   ping: empty,
   shutdown: empty,
   quiesce: empty,
+  resize: empty,
 };
 
 const abort = fc.record({ t: fc.constant("abort"), stream: streamId, error: errorBody });
@@ -78,8 +79,15 @@ const hostToAgent = fc.oneof(
         timeoutMs: fc.integer({ min: 0, max: 7 * 24 * 3600 * 1000 }),
         killGraceMs: fc.integer({ min: 0, max: 60_000 }),
         maxOutputBytes: size,
+        pty: fc.option(fc.record({ cols: fc.integer({ min: 1, max: 4096 }), rows: fc.integer({ min: 1, max: 4096 }) }), { nil: undefined }),
       })
-      .map(({ streams: [a, b, c], withStdin, ...rest }) => ({ ...rest, stdin: withStdin ? a! : null, stdout: b!, stderr: c! })),
+      .map(({ streams: [a, b, c], withStdin, pty, ...rest }) => ({
+        ...rest,
+        stdin: withStdin || pty !== undefined ? a! : null,
+        stdout: b!,
+        stderr: c!,
+        ...(pty !== undefined ? { pty } : {}),
+      })),
   ),
   req("signal", fc.record({ proc: u32, signal: fc.constantFrom(...SIGNALS) })),
   req("listProcesses", empty),
@@ -93,6 +101,7 @@ const hostToAgent = fc.oneof(
   req("ping", empty),
   req("shutdown", empty),
   req("quiesce", empty),
+  req("resize", fc.record({ proc: u32, cols: fc.integer({ min: 1, max: 4096 }), rows: fc.integer({ min: 1, max: 4096 }) })),
   abort,
 );
 

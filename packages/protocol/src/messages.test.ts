@@ -16,8 +16,10 @@ import {
   MAX_DIR_ENTRIES,
   MAX_PATH_LENGTH,
   MAX_REQUEST_ID,
+  MAX_PTY_CELLS,
   ProcessInfo,
   Request,
+  ResizeRequest,
   Results,
   SandboxPath,
   SignalRequest,
@@ -62,6 +64,7 @@ const requests: Record<Op, object> = {
   ping: { t: "req", id: 11, op: "ping" },
   shutdown: { t: "req", id: 12, op: "shutdown" },
   quiesce: { t: "req", id: 13, op: "quiesce" },
+  resize: { t: "req", id: 14, op: "resize", proc: 1, cols: 80, rows: 24 },
 };
 const fileInfo = { name: "a.txt", type: "file", size: 3, mode: 0o644, mtimeMs: 1700000000000.5 };
 const results: Record<Op, object> = {
@@ -78,6 +81,7 @@ const results: Record<Op, object> = {
   ping: {},
   shutdown: {},
   quiesce: {},
+  resize: {},
 };
 
 describe("isSandboxPath / SandboxPath", () => {
@@ -145,6 +149,18 @@ describe("Argv", () => {
 });
 
 describe("requests", () => {
+  it("exec with a pty: a size of 1 to MAX_PTY_CELLS cells each way, and a stdin stream", () => {
+    const withStdin = { ...exec, stdin: 3 };
+    assert.ok(ok(ExecRequest, { ...withStdin, pty: { cols: 80, rows: 24 } }));
+    assert.ok(ok(ExecRequest, { ...withStdin, pty: { cols: MAX_PTY_CELLS, rows: 1 } }));
+    assert.ok(!ok(ExecRequest, { ...withStdin, pty: { cols: MAX_PTY_CELLS + 1, rows: 24 } }));
+    assert.ok(!ok(ExecRequest, { ...withStdin, pty: { cols: 0, rows: 24 } }));
+    assert.ok(!ok(ExecRequest, { ...withStdin, pty: { cols: 80, rows: 2.5 } }));
+    assert.ok(!ok(ExecRequest, { ...withStdin, pty: { cols: 80, rows: 24, x: 1 } }));
+    assert.ok(!ok(ExecRequest, { ...exec, pty: { cols: 80, rows: 24 } }), "a pty without stdin");
+    assert.ok(!ok(ResizeRequest, { t: "req", id: 1, op: "resize", proc: 1, cols: 80, rows: MAX_PTY_CELLS + 1 }));
+  });
+
   for (const [op, req] of Object.entries(requests)) {
     it(`accepts a valid ${op} request and rejects it with an extra field`, () => {
       assert.ok(ok(Request, req), op);

@@ -62,6 +62,15 @@ export const Argv = z
   .array(z.string().check(z.maxLength(MAX_ARGUMENT_CHARS), z.refine((a) => !a.includes("\0"), { message: "must not contain NUL" })))
   .check(z.minLength(1), z.maxLength(MAX_ARGV_ITEMS), z.refine((a) => a[0] !== "", { message: "argv[0] must not be empty" }));
 
+/** Largest terminal width or height, in character cells. */
+export const MAX_PTY_CELLS = 4096;
+/** A terminal's size in character cells. */
+export const PtySize = z.strictObject({
+  cols: z.int().check(z.minimum(1), z.maximum(MAX_PTY_CELLS)),
+  rows: z.int().check(z.minimum(1), z.maximum(MAX_PTY_CELLS)),
+});
+export type PtySize = z.infer<typeof PtySize>;
+
 export const SIGNALS = ["SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGSTOP", "SIGCONT"] as const;
 export const KillSignal = z.enum(SIGNALS);
 export type KillSignal = z.infer<typeof KillSignal>;
@@ -102,12 +111,20 @@ export const ExecRequest = req("exec", {
   killGraceMs: z.int().check(z.minimum(0), z.maximum(60_000)),
   /** Per-stream cap on forwarded output; bytes past it are drained and dropped. */
   maxOutputBytes: z.int().check(z.minimum(0), z.maximum(Number.MAX_SAFE_INTEGER)),
+  /**
+   * Run the command on a new pseudo-terminal of this size: its terminal output (stdout and stderr
+   * together) comes on `stdout`, `stdin` carries raw terminal input, and `stderr` only ends.
+   */
+  pty: z.optional(PtySize),
 }).check(
   z.refine((r) => r.stdout !== r.stderr && r.stdin !== r.stdout && r.stdin !== r.stderr, {
     message: "stdin, stdout and stderr need distinct stream ids",
   }),
+  z.refine((r) => r.pty === undefined || r.stdin !== null, { message: "a pty needs a stdin stream" }),
 );
 export const SignalRequest = req("signal", { proc: RequestId, signal: KillSignal });
+/** Sets the window size of a process's pseudo-terminal (it must have been started with `pty`). */
+export const ResizeRequest = req("resize", { proc: RequestId, cols: PtySize.shape.cols, rows: PtySize.shape.rows });
 export const ListProcessesRequest = req("listProcesses", {});
 export const ReadFileRequest = req("readFile", {
   path: SandboxPath,
@@ -150,6 +167,7 @@ export const Request = z.discriminatedUnion("op", [
   PingRequest,
   ShutdownRequest,
   QuiesceRequest,
+  ResizeRequest,
 ]);
 export type Request = z.infer<typeof Request>;
 export type Op = Request["op"];
@@ -194,6 +212,7 @@ export const Results = {
   ping: empty,
   shutdown: empty,
   quiesce: empty,
+  resize: empty,
 } satisfies Record<Op, z.ZodMiniType>;
 export type ResultOf<O extends Op> = z.infer<(typeof Results)[O]>;
 

@@ -10,6 +10,7 @@ import {
   type EngineApi,
   type ExitInfo,
   type KillSignal,
+  type PtySize,
   type Receipt,
 } from "@mvm/protocol";
 import type { OutputBuffer } from "./_internal/output.js";
@@ -124,6 +125,19 @@ export class CommandHandle {
   async sendStdin(data: string | Uint8Array, options?: CallOptions): Promise<void> {
     this.#requireStdin();
     await this.#engine.writeStdin(this.#sandboxId, this.proc, toBytes(data), options);
+  }
+
+  /**
+   * Sets the window size of the process's terminal (start it with `pty`); its foreground
+   * process group gets SIGWINCH.
+   * @param size columns and rows, each 1 to 4096 character cells
+   * @throws InvalidArgumentError when the process has no terminal; NotFoundError once it ended
+   * @example
+   * const p = await sb.commands.start(["bash"], { pty: { cols: 80, rows: 24 } });
+   * await p.resize({ cols: 120, rows: 40 });
+   */
+  async resize(size: PtySize, options?: CallOptions): Promise<void> {
+    await this.#engine.resizePty(this.#sandboxId, this.proc, size, options);
   }
 
   /**

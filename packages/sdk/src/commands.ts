@@ -4,13 +4,16 @@
 import {
   AbortedError,
   InvalidArgumentError,
+  NotFoundError,
   STRICT_SECRETS_ENV,
   envFlagOn,
   isPromiseLike,
   type CallOptions,
   type EngineApi,
   type ExecApiRequest,
+  type KillSignal,
   type ProcessInfo,
+  type PtySize,
 } from "@mvm/protocol";
 import { CallScope } from "./_internal/call-scope.js";
 import { callOptions } from "./_internal/call-options.js";
@@ -77,6 +80,36 @@ export interface StartOptions extends RunOptions {
   openStdin?: boolean;
   /** Let the process outlive this client's connection to a daemon. @default false */
   background?: boolean;
+  /**
+   * Run the command on a new pseudo-terminal of this size, in character cells (1 to 4096 each;
+   * docs/TERMINALS.md). Stdin stays open for raw terminal input ({@link CommandHandle.sendStdin}:
+   * "\x03" is Ctrl-C), everything the terminal shows arrives as stdout (stderr stays empty),
+   * and {@link CommandHandle.resize} changes the size. Terminal output includes the echo of
+   * the input and CR LF line ends.
+   * @default none: pipes
+   * @example
+   * const sh = await sb.commands.start(["bash"], { pty: { cols: 80, rows: 24 }, onStdout: (s) => process.stdout.write(s) });
+   * await sh.sendStdin("ls\r");
+   */
+  pty?: PtySize;
+  /**
+   * Latest output the engine keeps for clients that attach later ({@link Commands.connect}), in
+   * bytes, stdout and stderr together (0 to 16 MiB; 0 keeps none).
+   * @default 262144 (256 KiB)
+   */
+  backlogBytes?: number;
+}
+
+/** Options of {@link Commands.connect}. */
+export interface ConnectOptions extends CallOptions {
+  /** Called with each piece of stdout (the backlog first), decoded as UTF-8; a returned promise holds this client's stream. */
+  onStdout?: (chunk: string) => unknown;
+  /** Called with each piece of stderr, like `onStdout`. */
+  onStderr?: (chunk: string) => unknown;
+  /** Output kept per stream by this handle, in bytes. @default 16777216 (16 MiB) */
+  maxOutputBytes?: number;
+  /** Make {@link CommandHandle.wait} throw CommandExitError on a non-zero exit. @default true */
+  check?: boolean;
 }
 
 /** Commands of one sandbox. */
@@ -126,7 +159,9 @@ export class Commands {
     if (options.cwd !== undefined) request.cwd = options.cwd;
     if (options.killGraceMs !== undefined) request.killGraceMs = options.killGraceMs;
     if (options.background !== undefined) request.background = options.background;
-    if (options.openStdin === true || streamStdin) request.openStdin = true;
+    if (options.openStdin === true || streamStdin || options.pty !== undefined) request.openStdin = true;
+    if (options.pty !== undefined) request.pty = { cols: options.pty.cols, rows: options.pty.rows };
+    if (options.backlogBytes !== undefined) request.backlogBytes = options.backlogBytes;
     if (stdin !== undefined && !streamStdin) request.stdinBase64 = Buffer.from(stdin).toString("base64");
     if (options.strictSecrets === true || envFlagOn(process.env[STRICT_SECRETS_ENV])) request.strictSecrets = true;
 
@@ -209,6 +244,77 @@ export class Commands {
    */
   list(options?: CallOptions): Promise<ProcessInfo[]> {
     return this.#engine.listProcesses(this.#sandboxId, options);
+  }
+
+  /**
+   * Attaches to a running process by pid, whoever started it (another client, another
+   * program): the handle gets what the process printed before, within the backlog its exec kept
+   * (256 KiB by default, `backlogBytes`), then its live output, and `wait()` its exit. Aborting
+   * `signal` detaches this client only; `kill()` on the handle still ends the process.
+   * @throws NotFoundError when no running process of the sandbox has this pid
+   * @example
+   * const [p] = await sb.commands.list();
+   * const h = await sb.commands.connect(p.pid, { onStdout: (s) => process.stdout.write(s) });
+   * await h.wait();
+   */
+  async connect(pid: number, options: ConnectOptions = {}): Promise<CommandHandle> {
+    const found = await this.#byPid(pid, options);
+    const stdout = new OutputBuffer(options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES, options.onStdout);
+    const stderr = new OutputBuffer(options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES, options.onStderr);
+    const call: CallOptions = options.signal !== undefined ? { signal: options.signal } : {};
+    const started = await this.#engine.connectProcess(this.#sandboxId, found.proc, { onStdout: (c) => stdout.push(c), onStderr: (c) => stderr.push(c) }, call);
+    const end = (): void => {
+      stdout.end();
+      stderr.end();
+    };
+    const result = started.exit.then(
+      (exit) => {
+        end();
+        return toResult(exit, stdout, stderr);
+      },
+      (err: unknown) => {
+        end();
+        throw err;
+      },
+    );
+    return new CommandHandle({
+      engine: this.#engine,
+      sandboxId: this.#sandboxId,
+      argv: found.argv,
+      proc: started.proc,
+      pid: started.pid,
+      stdout,
+      stderr,
+      result,
+      check: options.check ?? true,
+      stdinOpen: true,
+    });
+  }
+
+  /**
+   * Sends `killSignal` to the running process with this pid (its whole process group), whoever
+   * started it. Resolves false when no running process has this pid.
+   * @param killSignal @default "SIGKILL"
+   * @example
+   * await sb.commands.kill(pid);
+   */
+  async kill(pid: number, killSignal: KillSignal = "SIGKILL", options?: CallOptions): Promise<boolean> {
+    const found = (await this.list(options)).find((p) => p.pid === pid);
+    if (found === undefined) return false;
+    try {
+      await this.#engine.signalProcess(this.#sandboxId, found.proc, killSignal, options);
+      return true;
+    } catch (err) {
+      if (err instanceof NotFoundError) return false;
+      throw err;
+    }
+  }
+
+  async #byPid(pid: number, options: CallOptions): Promise<ProcessInfo> {
+    if (!Number.isSafeInteger(pid) || pid < 1) throw new InvalidArgumentError(`Invalid pid "${pid}": expected a positive integer`);
+    const found = (await this.list(options)).find((p) => p.pid === pid);
+    if (found === undefined) throw new NotFoundError(`No running process with pid ${pid} in sandbox "${this.#sandboxId}"`);
+    return found;
   }
 
   /** Streams large stdin after the start; a process that ends early simply stops reading. */

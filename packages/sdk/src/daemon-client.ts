@@ -26,6 +26,7 @@ import {
   type NetworkEventsPage,
   type NetworkPolicyJson,
   type ProcessInfo,
+  type PtySize,
   type SecretMeta,
   type ProgressEvent,
   type SandboxInfo,
@@ -267,6 +268,39 @@ export class DaemonClient implements EngineApi {
       await this.#empty("writeStdin", options, { method: "POST", path, headers, body });
       at += STDIN_REQUEST_BYTES;
     } while (at < data.byteLength);
+  }
+
+  /** Attaches to a running process: one NDJSON stream, like exec's; leaving it only detaches. */
+  async connectProcess(id: string, proc: number, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
+    const scope = this.#open("connectProcess", options, false);
+    let following = false;
+    let events: AsyncGenerator<unknown, void, undefined> | undefined;
+    try {
+      const ex = await this.#send(scope, { method: "POST", path: `${processPath(id, proc)}/connect` });
+      if (!isSuccess(ex)) throw await errorFrom(ex, scope, this.#maxJsonBytes);
+      events = ndjsonValues(ex, scope, this.#maxLineBytes);
+      const first = await events.next();
+      if (first.done === true) throw new TransportError(`${scope.describe} ended its stream before attaching`);
+      const event = validate<ExecEvent>(ExecEvent, first.value, scope);
+      if (event.type === "error") throw fromWire(event.error);
+      if (event.type !== "started") throw new TransportError(`${scope.describe} sent "${event.type}" before "started"`);
+      if (event.proc !== proc) throw new TransportError(`${scope.describe} attached to process ${event.proc}, not ${proc}`);
+      following = true;
+      const exit = followExec(events, handlers, scope).finally(() => this.#done(scope));
+      exit.catch(() => {});
+      return { proc: event.proc, pid: event.pid, exit };
+    } catch (err) {
+      throw scope.fail(err);
+    } finally {
+      if (!following) {
+        await events?.return();
+        this.#done(scope);
+      }
+    }
+  }
+
+  resizePty(id: string, proc: number, size: PtySize, options?: CallOptions): Promise<void> {
+    return this.#empty("resizePty", options, { method: "POST", path: `${processPath(id, proc)}/resize`, ...jsonBody({ cols: size.cols, rows: size.rows }) });
   }
 
   async listProcesses(id: string, options?: CallOptions): Promise<ProcessInfo[]> {

@@ -24,6 +24,7 @@ import {
   type KillSignal,
   type PauseApiRequest,
   type ProcessInfo,
+  type PtySize,
   type ProgressEvent,
   type SandboxInfo,
   type WriteFileOptions,
@@ -184,6 +185,12 @@ export class EmbeddedEngine implements EngineApi {
   }
   writeStdin(id: string, proc: number, data: Uint8Array | null, options?: CallOptions): Promise<void> {
     return this.#engine.writeStdin(id, proc, data, options);
+  }
+  resizePty(id: string, proc: number, size: PtySize, options?: CallOptions): Promise<void> {
+    return this.#engine.resizePty(id, proc, size, options);
+  }
+  connectProcess(id: string, proc: number, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
+    return this.#engine.connectProcess(id, proc, handlers, options);
   }
   listProcesses(id: string, options?: CallOptions): Promise<ProcessInfo[]> {
     return this.#engine.listProcesses(id, options);

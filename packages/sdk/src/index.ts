@@ -7,7 +7,7 @@ export type { SandboxCreateOptions, SandboxConnectOptions, SandboxForkOptions, S
 export { Snapshot } from "./snapshot.js";
 export type { SnapshotConnectOptions, SnapshotRef } from "./snapshot.js";
 export { Commands, CommandHandle, commandFailed, DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_MAX_OUTPUT_BYTES } from "./commands.js";
-export type { CommandResult, RunOptions, StartOptions } from "./commands.js";
+export type { CommandResult, ConnectOptions, RunOptions, StartOptions } from "./commands.js";
 export { Files, DEFAULT_MAX_READ_BYTES } from "./files.js";
 export { SandboxNetworkApi } from "./network.js";
 export type { NetworkEventsOptions } from "./network.js";

@@ -336,6 +336,15 @@ export class RecordingEngine implements EngineApi {
     this.#get(id);
   }
 
+  async resizePty(id: string): Promise<void> {
+    this.#get(id);
+  }
+
+  async connectProcess(id: string, proc: number): Promise<ExecStarted> {
+    this.#get(id);
+    throw new NotFoundError(`Process ${proc} not found in sandbox "${id}": record mode runs no processes`);
+  }
+
   async listProcesses(id: string): Promise<ProcessInfo[]> {
     this.#get(id);
     return [];

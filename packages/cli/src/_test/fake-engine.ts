@@ -23,6 +23,7 @@ import {
   type ImageInfo,
   type KillSignal,
   type ProcessInfo,
+  type PtySize,
   type ProgressEvent,
   type SandboxInfo,
   type Sha256Digest,
@@ -98,6 +99,10 @@ export function exitInfo(sandboxId: string, partial: Partial<ExitInfo> = {}): Ex
 
 export class FakeEngine implements EngineApi {
   readonly calls: string[] = [];
+  /** What listProcesses answers (and which processes connectProcess finds). */
+  listed: ProcessInfo[] = [];
+  /** What an attached client sees: the script writes through the handlers and returns the exit. */
+  attachScript: (handlers: ExecHandlers) => Promise<Partial<ExitInfo>> = async () => ({});
   readonly sandboxes = new Map<string, SandboxInfo>();
   readonly snapshots = new Map<string, SnapshotInfo>();
   readonly files = new Map<string, Uint8Array>();
@@ -288,6 +293,15 @@ export class FakeEngine implements EngineApi {
     p?.signals.push(signal);
     p?.notify();
   }
+  async connectProcess(id: string, proc: number, handlers: ExecHandlers): Promise<ExecStarted> {
+    this.calls.push(`connectProcess ${proc}`);
+    const found = this.listed.find((p) => p.proc === proc);
+    if (found === undefined) throw new NotFoundError(`Process ${proc} not found in sandbox "${id}"`);
+    return { proc, pid: found.pid, exit: this.attachScript(handlers).then((partial) => exitInfo(id, partial)) };
+  }
+  async resizePty(_id: string, _proc: number, size: PtySize): Promise<void> {
+    this.calls.push(`resizePty ${size.cols}x${size.rows}`);
+  }
   async writeStdin(_id: string, _proc: number, data: Uint8Array | null): Promise<void> {
     const p = this.processes.at(-1);
     if (p === undefined) throw new NotFoundError("No process");
@@ -296,7 +310,7 @@ export class FakeEngine implements EngineApi {
     p.notify();
   }
   async listProcesses(): Promise<ProcessInfo[]> {
-    return [];
+    return this.listed;
   }
   async readFile(id: string, path: string): Promise<FileReadStream> {
     this.calls.push("readFile");

@@ -19,6 +19,7 @@ import { runCommand } from "./run.js";
 import { poolLsCommand, poolSetCommand } from "./pool.js";
 import { planCommand } from "./plan.js";
 import { fnRunCommand } from "./fn.js";
+import { attachCommand, pkillCommand, psCommand } from "./processes.js";
 
 export const COMMANDS: readonly Command[] = [
   doctorCommand,
@@ -27,6 +28,9 @@ export const COMMANDS: readonly Command[] = [
   createCommand,
   lsCommand,
   execCommand,
+  psCommand,
+  attachCommand,
+  pkillCommand,
   cpCommand,
   killCommand,
   pauseCommand,

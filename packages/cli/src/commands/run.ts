@@ -9,8 +9,9 @@ import { UsageError } from "../usage-error.js";
 import { noticeChosenTier } from "../tier.js";
 import { cliCreateRequest } from "../tier-warning.js";
 import { isImageWork } from "../progress.js";
-import { EXEC_FLAGS, SANDBOX_FLAGS, createRequestFrom, execRequestFrom, integerFlag, stringFlag } from "../flags.js";
+import { EXEC_FLAGS, SANDBOX_FLAGS, TERMINAL_FLAGS, booleanFlag, createRequestFrom, execRequestFrom, integerFlag, stringFlag } from "../flags.js";
 import { streamExec, type ExecJsonResult } from "../streaming.js";
+import { checkTerminalUse, streamTerminal } from "../terminal.js";
 import { killCreated, withEngine, withRelease } from "./_lifetime.js";
 
 export interface RunOptions {
@@ -24,6 +25,10 @@ export interface RunOptions {
   planIndex: number | undefined;
   validForSeconds: number | undefined;
   raw: RawArgs;
+  /** `-i`: forward stdin even from a terminal. */
+  interactive: boolean;
+  /** `-t`: run on a terminal in the sandbox. */
+  tty: boolean;
 }
 
 /** Flags of the commands that plan or admit plans. */
@@ -57,8 +62,9 @@ export const runCommand = defineCommand<RunOptions>({
   details:
     "Output is streamed live. Stdin is forwarded when it is not a terminal. mvmctl exits with the\n" +
     "command's exit code: 124 when it ran past --timeout, 128+N when signal N killed it.\n" +
-    "An interrupt (Ctrl-C) is passed to the command; a second one kills it.",
-  flags: { ...SANDBOX_FLAGS, ...EXEC_FLAGS, ...PLAN_FLAGS },
+    "An interrupt (Ctrl-C) is passed to the command; a second one kills it.\n" +
+    "-it runs it on a terminal, like docker run -it: mvmctl run -it -- bash",
+  flags: { ...SANDBOX_FLAGS, ...EXEC_FLAGS, ...PLAN_FLAGS, ...TERMINAL_FLAGS },
   positionals: { min: 0, max: 0 },
   trailingCommand: true,
   connection: "auto",
@@ -67,6 +73,8 @@ export const runCommand = defineCommand<RunOptions>({
     const modeFlag = stringFlag(raw, "mode") ?? "live";
     if (modeFlag !== "live" && modeFlag !== "plan") throw new UsageError(`Invalid value "${modeFlag}" for --mode: expected live or plan`);
     const mode: RunOptions["mode"] = modeFlag;
+    const interactive = booleanFlag(raw, "interactive");
+    const tty = booleanFlag(raw, "tty");
     const planFile = stringFlag(raw, "plan");
     const planIndex = integerFlag(raw, "plan-index");
     const validForSeconds = integerFlag(raw, "valid-for");
@@ -77,7 +85,7 @@ export const runCommand = defineCommand<RunOptions>({
     if (planFile !== undefined) {
       if (mode === "plan") throw new UsageError("--plan runs a plan; --mode plan makes one: use one of them");
       refuseWorkloadFlagsWithPlan(raw);
-      return { mode, create: undefined, exec: argv.length > 0 ? execRequestFrom(raw, argv) : undefined, planFile, planIndex, validForSeconds, raw };
+      return { mode, create: undefined, exec: argv.length > 0 ? execRequestFrom(raw, argv) : undefined, planFile, planIndex, validForSeconds, raw, interactive, tty };
     }
     if (planIndex !== undefined) throw new UsageError("--plan-index only applies with --plan");
     const create = createRequestFrom(raw);
@@ -90,7 +98,7 @@ export const runCommand = defineCommand<RunOptions>({
     if (create.ttlSeconds === undefined && exec.timeoutMs !== undefined) {
       create.ttlSeconds = Math.min(7 * 24 * 3600, Math.max(600, Math.ceil(exec.timeoutMs / 1000) + 60));
     }
-    return { mode, create, exec, planFile, planIndex, validForSeconds, raw };
+    return { mode, create, exec, planFile, planIndex, validForSeconds, raw, interactive, tty };
   },
   async run(ctx, options) {
     if (options.mode === "plan") {
@@ -121,6 +129,7 @@ export const runCommand = defineCommand<RunOptions>({
     }
     const request = cliCreateRequest(create!, ctx.io.env);
     const command = exec!;
+    if (options.tty) checkTerminalUse(ctx, options);
     const warning = await ctx.tierWarning();
     return withEngine(ctx, async (engine) => {
       const progress = ctx.out.progress(isImageWork);
@@ -134,9 +143,16 @@ export const runCommand = defineCommand<RunOptions>({
       for (const w of sandbox.warnings ?? []) ctx.out.note(`warning: ${w}`);
       for (const p of sandbox.ports ?? []) ctx.out.note(`port ${p.guest} published on 127.0.0.1:${p.host}`);
       warning.notice(sandbox.tier, sandbox.backend);
+      if (options.tty) {
+        return withRelease(
+          ctx,
+          () => streamTerminal(ctx, engine, sandbox.id, command, options),
+          () => killCreated(engine, sandbox.id),
+        );
+      }
       const result = await withRelease(
         ctx,
-        () => streamExec(ctx, engine, sandbox.id, command),
+        () => streamExec(ctx, engine, sandbox.id, command, { forwardStdin: options.interactive }),
         () => killCreated(engine, sandbox.id),
       );
       if (result.json !== undefined) {

@@ -6,6 +6,7 @@ import {
   ExecApiRequest,
   MAX_EXEC_REQUEST_JSON_BYTES,
   SignalApiRequest,
+  PtySizeApiRequest,
   PauseApiRequest,
   type ExecEvent,
   type ExecStarted,
@@ -82,6 +83,8 @@ export const sandboxRoutes: readonly Route[] = [
   },
   { method: "POST", pattern: "/v1/sandboxes/:id/processes/:proc/signal", handler: signalProcess },
   { method: "POST", pattern: "/v1/sandboxes/:id/processes/:proc/stdin", handler: writeStdin },
+  { method: "POST", pattern: "/v1/sandboxes/:id/processes/:proc/resize", handler: resizePty },
+  { method: "POST", pattern: "/v1/sandboxes/:id/processes/:proc/connect", handler: connectProcess },
 ];
 
 async function createSandbox(ctx: RouteContext): Promise<void> {
@@ -185,6 +188,53 @@ async function signalProcess(ctx: RouteContext): Promise<void> {
   const proc = procParam(ctx);
   const { signal } = await readJson(ctx.req, SignalApiRequest);
   await ctx.engine.signalProcess(id, proc, signal, { signal: ctx.signal });
+  sendNoContent(ctx.res);
+}
+
+/**
+ * Attaches to a running process and streams it as NDJSON, like exec: `started`, then the
+ * backlog and live output as `stdout`/`stderr` (base64), then `exit` or `error`. A client that
+ * leaves only detaches: the process runs on.
+ */
+async function connectProcess(ctx: RouteContext): Promise<void> {
+  const id = sandboxIdParam(ctx);
+  const proc = procParam(ctx);
+  const out = new NdjsonWriter(ctx.res);
+  let open!: (streaming: boolean) => void;
+  const opened = new Promise<boolean>((resolve) => (open = resolve));
+  const forward = (type: "stdout" | "stderr") => async (chunk: Uint8Array): Promise<void> => {
+    if (!(await opened)) return;
+    for (let at = 0; at < chunk.byteLength; at += MAX_EVENT_CHUNK_BYTES) {
+      const piece = chunk.subarray(at, at + MAX_EVENT_CHUNK_BYTES);
+      await out.send({ type, data: Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength).toString("base64") } satisfies ExecEvent);
+    }
+  };
+  let started: ExecStarted;
+  try {
+    started = await ctx.engine.connectProcess(id, proc, { onStdout: forward("stdout"), onStderr: forward("stderr") }, { signal: ctx.signal });
+  } catch (err) {
+    open(false);
+    throw err;
+  }
+  out.start(200, false);
+  out.line({ type: "started", proc: started.proc, pid: started.pid });
+  open(true);
+  let last: ExecEvent | undefined;
+  try {
+    last = { type: "exit", exit: await started.exit };
+  } catch (err) {
+    const wire = wireErrorOf(err);
+    last = { type: "error", error: { code: wire.code, message: wire.message } };
+  }
+  out.end(last);
+}
+
+/** Sets the window size of the process's terminal. */
+async function resizePty(ctx: RouteContext): Promise<void> {
+  const id = sandboxIdParam(ctx);
+  const proc = procParam(ctx);
+  const size = await readJson(ctx.req, PtySizeApiRequest);
+  await ctx.engine.resizePty(id, proc, size, { signal: ctx.signal });
   sendNoContent(ctx.res);
 }
 

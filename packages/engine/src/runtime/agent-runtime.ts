@@ -7,6 +7,7 @@
  *   lib/<soname>              0444  every shared library `ldd node` lists
  *   agent.cjs                 0444  the bundled agent
  *   fn-wrapper.cjs            0444  the function-call wrapper (docs/FUNCTIONS.md), when built
+ *   bin/mvm-pty               0555  the terminal helper (docs/TERMINALS.md), when it could be built
  *   manifest.txt              0444  one line per file above: mode, size, sha256, path
  *
  * The directory is named by the sha256 of its manifest, built in a temporary directory and
@@ -41,6 +42,8 @@ export interface AssembleAgentRuntimeOptions {
    * agentBundlePath, when that file exists
    */
   readonly fnWrapperPath?: string;
+  /** Host path of the static terminal helper (`runtime/pty-helper.ts`). @default none: no terminals */
+  readonly ptyHelperPath?: string | undefined;
   /** Host path of the Node.js binary to ship. @default process.execPath */
   readonly nodeBinary?: string;
   /** Directory under which runtimes are kept, one subdirectory per digest. Created 0755 if missing. */
@@ -131,6 +134,7 @@ export async function assembleAgentRuntime(options: AssembleAgentRuntimeOptions)
   if (options.fnWrapperPath !== undefined || (await lstat(fnWrapper).catch(() => undefined))?.isFile()) {
     plan.push({ path: "fn-wrapper.cjs", source: fnWrapper, mode: 0o444 });
   }
+  if (options.ptyHelperPath !== undefined) plan.push({ path: "bin/mvm-pty", source: options.ptyHelperPath, mode: 0o555 });
   const sum = (path: string): Promise<{ sha256: string; size: number }> =>
     facts === undefined
       ? hashFile(path)

@@ -36,6 +36,7 @@ import {
   type ImageInfo,
   type KillSignal,
   type ProcessInfo,
+  type PtySize,
   type ProgressEvent,
   type SandboxInfo,
   type Sha256Digest,
@@ -72,6 +73,8 @@ export class FakeEngine implements EngineApi {
   /** Bytes received so far by writes under /sink/. */
   sinkBytes = 0;
   closed = false;
+  /** Terminal resizes, in order. */
+  readonly resizes: Array<{ proc: number; cols: number; rows: number }> = [];
   #pid = 100;
 
   async health(): Promise<HealthInfo> {
@@ -282,6 +285,20 @@ export class FakeEngine implements EngineApi {
   #signal(id: string, p: FakeProc, signal: KillSignal): void {
     this.events.emit("signal", { id, proc: p.proc, signal });
     p.end({ signal });
+  }
+
+  async connectProcess(id: string, proc: number, handlers: ExecHandlers): Promise<ExecStarted> {
+    const p = this.#sandbox(id).procs.get(proc);
+    if (p === undefined) throw new NotFoundError(`No process ${proc} in sandbox "${id}"`);
+    p.attached.push(handlers);
+    return { proc: p.proc, pid: p.pid, exit: p.exit };
+  }
+
+  async resizePty(id: string, proc: number, size: PtySize): Promise<void> {
+    const p = this.#sandbox(id).procs.get(proc);
+    if (p === undefined) throw new NotFoundError(`No process ${proc} in sandbox "${id}"`);
+    if (p.request.pty === undefined) throw new InvalidArgumentError(`Process ${proc} has no terminal`);
+    this.resizes.push({ proc, ...size });
   }
 
   async writeStdin(id: string, proc: number, data: Uint8Array | null): Promise<void> {

@@ -19,6 +19,8 @@ export class FakeProc {
   stdoutTruncated = false;
   stderrTruncated = false;
   readonly startedAt = new Date();
+  /** Clients attached by connectProcess: they get output written after they attached. */
+  readonly attached: ExecHandlers[] = [];
   readonly settle: { resolve: (e: ExitInfo) => void; reject: (e: unknown) => void };
   readonly exit: Promise<ExitInfo>;
   constructor(
@@ -45,6 +47,7 @@ export class FakeProc {
     }
     if (bytes.byteLength === 0) return;
     const chunk = bytes;
+    for (const a of this.attached) void (stream === "stdout" ? a.onStdout?.(chunk) : a.onStderr?.(chunk));
     // As the engine does: one delivery at a time per stream, a handler's promise holds the next.
     if (stream === "stdout") {
       this.stdoutBytes += bytes.byteLength;
