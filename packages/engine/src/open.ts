@@ -149,7 +149,7 @@ export async function openEngine(options: OpenEngineOptions = {}): Promise<Engin
     outRoot: join(stateDir, "runtime"),
     facts,
     // Built once per source and compiler, beside the VM backend's guest helper in the shared cache.
-    ptyHelperPath: await ptyHelperIfBuildable(join(vmCacheDir, "pty-helper")),
+    ptyHelperPath: await ptyHelperIfBuildable(join(vmCacheDir, "pty-helper"), facts),
   });
   const { imagesDir: _i, agentBundlePath: _a, backends: _b, defaultBackend: _d, vmCacheDir: _v, vmKernel: _k, minimumTier: _m, ...rest } = options;
   return Engine.open({

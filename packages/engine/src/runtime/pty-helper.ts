@@ -5,9 +5,13 @@
  * no loader or libraries) and shipped in the agent runtime as `bin/mvm-pty`. Without a compiler
  * the runtime has no helper, and a `pty` exec fails with UnsupportedCapabilityError.
  */
+import { access, constants } from "node:fs/promises";
+import { isAbsolute, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { z } from "zod";
 import { buildCProgram, type CProgram } from "../_internal/c-program.js";
 import { isStaticElf } from "../backends/vm/guest-helper.js";
+import type { HostFacts } from "../store/host-facts.js";
 
 /** File name of the helper in its store directory and in the runtime's `bin/`. */
 export const PTY_HELPER_NAME = "mvm-pty";
@@ -40,11 +44,51 @@ export function buildPtyHelper(options: { readonly outRoot: string; readonly ccP
   });
 }
 
-/** The helper's path, or undefined when it cannot be built here (terminals are then unsupported). */
-export async function ptyHelperIfBuildable(outRoot: string): Promise<string | undefined> {
-  try {
-    return (await buildPtyHelper({ outRoot })).path;
-  } catch {
-    return undefined;
+/**
+ * The helper's path, or undefined when it cannot be built here (terminals are then unsupported).
+ * With `facts`, a build is kept between engine starts while the source, the `cc` that PATH finds
+ * and the built file are unchanged, so an engine start runs no compiler (not even `cc --version`).
+ */
+export async function ptyHelperIfBuildable(outRoot: string, facts?: HostFacts): Promise<string | undefined> {
+  const attempt = async (): Promise<string | undefined> => {
+    try {
+      return (await buildPtyHelper({ outRoot })).path;
+    } catch {
+      return undefined;
+    }
+  };
+  if (facts === undefined) return attempt();
+  // The compiler a build would run: the first `cc` on PATH. Its path is part of the context, so
+  // another PATH or another first `cc` is a new fact.
+  const path = process.env["PATH"] ?? "";
+  const cc = await firstExecutable("cc", path);
+  if (cc === undefined) return attempt();
+  const built = await facts.fact({
+    key: `pty-helper:${outRoot}`,
+    context: `${cc}\0${path}`,
+    files: [ptyHelperSourcePath(), cc],
+    schema: z.string().max(4096),
+    compute: async () => {
+      const found = await attempt();
+      return found === undefined ? { value: "" } : { value: found, discovered: [found] };
+    },
+    // Only a build is kept: a host where it failed is asked again at the next start.
+    keep: (value) => value !== "",
+  });
+  return built === "" ? undefined : built;
+}
+
+/** The first executable file named `name` in PATH's absolute directories, or undefined. */
+async function firstExecutable(name: string, path: string): Promise<string | undefined> {
+  for (const dir of path.split(":")) {
+    if (!isAbsolute(dir)) continue;
+    const candidate = join(dir, name);
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
   }
+  return undefined;
 }
