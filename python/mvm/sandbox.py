@@ -23,6 +23,39 @@ def _flag(name: str) -> bool:
     return os.environ.get(name) in ("1", "true")
 
 
+def request_from_plan(signed: Mapping[str, Any], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The create request a signed plan was made for (as the TypeScript ``requestFromPlan``):
+    what is sent with the plan to have it admitted. Environment values are not in a plan; pass them."""
+    try:
+        ir = signed["plan"]["ir"]
+        resources = dict(ir["resources"])
+        work_mib = resources.pop("workMiB", None)
+        request: dict[str, Any] = {
+            "image": ir["imageDigest"],
+            "backend": "namespace" if ir["requiredTier"] == "container" else "vm",
+            "ttlSeconds": ir["ttlSeconds"],
+            "resources": resources,
+            "network": ir["network"],
+            "ports": ir["ports"],
+            "intent": ir["intent"],
+            "plan": dict(signed),
+        }
+        if work_mib is not None:
+            request["workMiB"] = work_mib
+        for key in ("onTtl", "fromSnapshot", "function"):
+            if key in ir:
+                request[key] = ir[key]
+        if env is not None:
+            request["env"] = dict(env)
+        if ir["secrets"]:
+            request["secrets"] = {b["name"]: b["ref"] for b in ir["secrets"]}
+        if ir["command"]["kind"] == "argv":
+            request["command"] = ir["command"]["argv"]
+        return request
+    except (KeyError, TypeError) as e:
+        raise InvalidArgumentError(f"Invalid signed plan: no {e}") from None
+
+
 def create_request(
     *,
     image: str | None = None,
@@ -48,12 +81,11 @@ def create_request(
 ) -> dict[str, Any]:
     """The daemon's create request for these options (the same defaults from the environment as
     the TypeScript SDK: MVM_MINIMUM_TIER, MVM_ACK_CONTAINER_TIER, MVM_STRICT_SECRETS)."""
-    request: dict[str, Any] = {}
+    request: dict[str, Any] = {} if plan is None else request_from_plan(plan, env)
     simple = {
         "image": image, "backend": backend, "ttlSeconds": ttl_seconds, "workMiB": work_mib, "intent": intent,
         "onTtl": on_ttl, "command": None if command is None else list(command),
         "env": None if env is None else dict(env), "labels": None if labels is None else dict(labels),
-        "plan": None if plan is None else dict(plan),
     }
     request.update({k: v for k, v in simple.items() if v is not None})
     res = {k: v for k, v in (("memoryMiB", memory_mib), ("pids", pids), ("cpus", cpus)) if v is not None}
