@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -213,27 +214,31 @@ class Transport:
         #: Longest silence tolerated while an answer is awaited, in seconds.
         self.read_timeout = read_timeout
         self._idle: list[tuple[_UnixConnection, float]] = []
+        self._lock = threading.Lock()
         self._closed = False
 
     def _release(self, conn: _UnixConnection) -> None:
-        if self._closed or len(self._idle) >= 4:
-            conn.close()
-        else:
-            self._idle.append((conn, time.monotonic()))
+        with self._lock:
+            if not self._closed and len(self._idle) < 4:
+                self._idle.append((conn, time.monotonic()))
+                return
+        conn.close()
 
     def _take(self) -> _UnixConnection | None:
-        while self._idle:
-            conn, since = self._idle.pop()
-            if time.monotonic() - since < IDLE_REUSE_SECONDS:
-                return conn
-            conn.close()
+        with self._lock:
+            while self._idle:
+                conn, since = self._idle.pop()
+                if time.monotonic() - since < IDLE_REUSE_SECONDS:
+                    return conn
+                conn.close()
         return None
 
     def close(self) -> None:
-        self._closed = True
-        for conn, _ in self._idle:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
             conn.close()
-        self._idle.clear()
 
     def send(
         self,
