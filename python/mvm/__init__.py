@@ -27,6 +27,7 @@ from .errors import (
     UnsupportedCapabilityError,
     from_wire,
 )
+from .functions import Function, FunctionDefinitionError, FunctionSession, function
 from .policy import NetworkPolicy, SecretRef
 from .sandbox import Files, Sandbox, SandboxNetwork, Snapshot
 
@@ -44,6 +45,9 @@ __all__ = [
     "Commands",
     "DaemonClient",
     "Files",
+    "Function",
+    "FunctionDefinitionError",
+    "FunctionSession",
     "FunctionError",
     "InternalError",
     "InvalidArgumentError",
@@ -63,4 +67,5 @@ __all__ = [
     "UnsupportedCapabilityError",
     "default_socket_path",
     "from_wire",
+    "function",
 ]

@@ -138,6 +138,8 @@ class FunctionError(MvmError):
         super().__init__(message, hint=hint)
         self.kind = kind
         self.error_id = error_id
+        #: The function's stack, only in development mode.
+        self.function_stack: str | None = None
 
 
 _ALL: tuple[type[MvmError], ...] = (

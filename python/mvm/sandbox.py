@@ -78,6 +78,7 @@ def create_request(
     acknowledge_container_tier: bool | None = None,
     strict_secrets: bool | None = None,
     from_snapshot: str | Snapshot | None = None,
+    _function: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The daemon's create request for these options (the same defaults from the environment as
     the TypeScript SDK: MVM_MINIMUM_TIER, MVM_ACK_CONTAINER_TIER, MVM_STRICT_SECRETS)."""
@@ -111,6 +112,8 @@ def create_request(
         request["acknowledgeContainerTier"] = ack
     if strict_secrets or _flag("MVM_STRICT_SECRETS"):
         request["strictSecrets"] = True
+    if _function is not None:
+        request["function"] = dict(_function)
     if from_snapshot is not None:
         request["fromSnapshot"] = from_snapshot.id if isinstance(from_snapshot, Snapshot) else from_snapshot
     return request
