@@ -128,7 +128,14 @@ class CommandHandle:
             self._result = self._make_result(event["exit"])
         else:
             self._failure = TransportError(f'{self._ex.describe} sent "{kind}" after "started"')
-        self._ex.close(reuse=True)
+        # Reading to the stream's end lets its connection serve the next call.
+        try:
+            extra = next(self._events, None)
+        except MvmError:
+            extra = None
+        if extra is not None and self._failure is None:
+            self._failure = TransportError(f"{self._ex.describe} sent a line after the exit")
+        self._ex.close(reuse=extra is None)
         if self._failure is not None:
             raise self._failure
         return False
