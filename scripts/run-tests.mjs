@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Runs every compiled test file (packages/*/dist/**/*.test.js), and scripts/*.test.mjs, with Node's test runner.
 // Usage: node scripts/run-tests.mjs [substring-filter ...]
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 
@@ -45,7 +46,14 @@ if (files.length > 0) {
 if (runPython) {
   // Debian's python3 has python3-pytest (scripts/setup.sh); MVM_PYTHON names another interpreter.
   const python = process.env.MVM_PYTHON ?? (existsSync("/usr/bin/python3") ? "/usr/bin/python3" : "python3");
-  const r = spawnSync(python, ["-m", "pytest", "-q", "-p", "no:cacheprovider", join(root, "python", "tests")], { stdio: "inherit", cwd: join(root, "python") });
+  // A private base for pytest's temporary directories, removed afterwards (pytest keeps its own).
+  const basetemp = mkdtempSync(join(tmpdir(), "mvm-pytest-"));
+  const r = spawnSync(python, ["-m", "pytest", "-q", "-p", "no:cacheprovider", `--basetemp=${basetemp}`, join(root, "python", "tests")], {
+    stdio: "inherit",
+    cwd: join(root, "python"),
+    env: { ...process.env, PYTHONDONTWRITEBYTECODE: "1" },
+  });
+  rmSync(basetemp, { recursive: true, force: true });
   if (r.status !== 0) {
     console.log(`# python: pytest failed (exit ${r.status ?? r.signal ?? r.error}); see its summary above`);
     status ||= 1;

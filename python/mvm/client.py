@@ -47,7 +47,8 @@ def _files(sandbox_id: str, leaf: str, query: Mapping[str, str]) -> str:
 
 
 class DaemonClient:
-    """The daemon's HTTP API over its Unix socket (sync). Thread-safe for separate calls? No: use one per thread.
+    """The daemon's HTTP API over its Unix socket (sync). Calls from several threads at once are
+    safe: each takes its own connection (idle ones are kept for the next call).
 
     Example::
 

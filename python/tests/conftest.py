@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -41,16 +43,8 @@ class Daemon:
         self.env = env
 
 
-@pytest.fixture(scope="session")
-def daemon() -> Iterator[Daemon]:
-    if not MVMCTL.exists():
-        pytest.skip(f"no {MVMCTL}: run npm run build first")
-    if not os.path.isdir(IMAGES_DIR):
-        pytest.skip(f"no image store at {IMAGES_DIR}: run scripts/setup.sh first")
-    node = shutil.which("node")
-    assert node is not None, "node is needed to run the daemon"
-    base = Path(tempfile.mkdtemp(prefix="mvm-py-"))
-    base.chmod(0o755)  # the sandbox uid must reach the state directory below it
+def _start(base: Path, node: str) -> subprocess.Popen[bytes]:
+    """Starts `mvmctl daemon` under ``base``; returns once it listens."""
     run_dir = base / "run"
     run_dir.mkdir(mode=0o700)
     socket_path = str(run_dir / "d.sock")
@@ -63,16 +57,44 @@ def daemon() -> Iterator[Daemon]:
     while f"listening on {socket_path}".encode() not in seen:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
+            proc.wait()
             raise RuntimeError(f"daemon did not start: {seen.decode(errors='replace')}")
         chunk = proc.stderr.read(65536)
         if chunk:
             seen += chunk
         else:
             time.sleep(0.05)
+    os.set_blocking(proc.stderr.fileno(), True)
+    # Keep reading its log so a chatty daemon never blocks on a full pipe.
+    threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
+    return proc
+
+
+def _drain(stream: IO[bytes]) -> None:
+    while stream.read(65536):
+        pass
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[Daemon]:
+    if not MVMCTL.exists():
+        pytest.skip(f"no {MVMCTL}: run npm run build first")
+    if not os.path.isdir(IMAGES_DIR):
+        pytest.skip(f"no image store at {IMAGES_DIR}: run scripts/setup.sh first")
+    node = shutil.which("node")
+    assert node is not None, "node is needed to run the daemon"
+    base = Path(tempfile.mkdtemp(prefix="mvm-py-"))
+    base.chmod(0o755)  # the sandbox uid must reach the state directory below it
+    try:
+        proc = _start(base, node)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    socket_path = str(base / "run" / "d.sock")
     os.environ["MVM_DAEMON_SOCKET"] = socket_path
     os.environ["MVM_ACK_CONTAINER_TIER"] = "1"
     try:
-        yield Daemon(socket_path, proc, env)
+        yield Daemon(socket_path, proc, daemon_env(base))
     finally:
         proc.terminate()
         try:
