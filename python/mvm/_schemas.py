@@ -265,3 +265,20 @@ def signed_plan(v: Any, where: str) -> dict[str, Any]:
     _signed_plan_envelope(v, where)
     assert isinstance(v, dict)
     return v
+
+warm_pool_info = obj(
+    {
+        "id": string(21, pattern=r"pool_[0-9a-f]{16}"),
+        "size": integer(0, 16),
+        "ready": integer(0, 16),
+        "starting": integer(0, 16),
+        "claimed": integer(0),
+        "backend": backend,
+        "tier": tier,
+        "image": obj({"ref": string(512), "digest": digest}),
+        "resources": resources,
+        "workMiB": integer(),
+    },
+    {"lastError": string(1024)},
+)
+warm_pool_list = obj({"pools": array(warm_pool_info, 16)})

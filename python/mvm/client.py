@@ -329,6 +329,24 @@ class DaemonClient:
         return dict(self._t.progress("buildImage", "POST", "/v1/images/build", line, "image", timeout=self._timeout(timeout, DEFAULT_LONG_TIMEOUT), json_body=body, on_progress=on_progress))
 
 
+    def import_image(self, path: str, name: str, *, timeout: float | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Imports a host directory or tarball (read with the caller's own permissions) as image ``name``."""
+        line = s.progress_line("image", s.image_info)
+        return dict(self._t.progress("importImage", "POST", "/v1/images/import", line, "image", timeout=self._timeout(timeout, DEFAULT_LONG_TIMEOUT), json_body={"path": path, "name": name}, on_progress=on_progress))
+
+    def remove_image(self, ref: str, *, timeout: float | None = None) -> None:
+        self._empty("removeImage", "DELETE", with_query("/v1/images", {"ref": ref}), timeout)
+
+    # --- warm pools -------------------------------------------------------------------------
+    def set_warm_pool(self, sandbox: Mapping[str, Any], size: int, *, timeout: float | None = None) -> dict[str, Any]:
+        """Keeps ``size`` sandboxes of the create request ``sandbox`` started (0 removes the pool; docs/POOLS.md)."""
+        line = s.progress_line("pool", s.warm_pool_info)
+        return dict(self._t.progress("setWarmPool", "PUT", "/v1/pools", line, "pool", timeout=self._timeout(timeout, DEFAULT_LONG_TIMEOUT), json_body={"sandbox": dict(sandbox), "size": size}))
+
+    def list_warm_pools(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        return list(self._json("listWarmPools", "GET", "/v1/pools", s.warm_pool_list, timeout)["pools"])
+
+
 def _ref(value: str) -> str:
     from urllib.parse import quote
 

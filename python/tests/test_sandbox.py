@@ -148,3 +148,19 @@ def test_bad_options_are_typed_errors(daemon: Daemon) -> None:
         Sandbox.create(image="NOT A REF", ttl_seconds=60)
     with pytest.raises(InvalidArgumentError):
         Sandbox.create(ttl_seconds=0)
+
+
+def test_images_and_warm_pools(daemon: Daemon) -> None:
+    from mvm.sandbox import create_request
+
+    with DaemonClient() as client:
+        images = client.list_images()
+        assert any(IMAGE in i["refs"] for i in images)
+        request = create_request(image=IMAGE, backend="namespace", ttl_seconds=600, acknowledge_container_tier=True)
+        pool = client.set_warm_pool(request, 1)
+        assert pool["size"] == 1 and pool["id"].startswith("pool_")
+        assert [p["id"] for p in client.list_warm_pools()] == [pool["id"]]
+        assert client.set_warm_pool(request, 0)["size"] == 0
+        assert client.list_warm_pools() == []
+        with pytest.raises(NotFoundError):
+            client.remove_image("debian:no-such-suite")
