@@ -47,3 +47,4 @@ test("refinements and bounds survive", () => {
   assert.deepEqual(lenient.parse({ a: 1, b: 1 }), { a: 1 });
   assert.equal(lenientSchema(refined), lenient);
 });
+

@@ -3,10 +3,15 @@
  * that the daemon never sends what it did not mean to; a client of an older release reads them
  * through `lenientSchema`, so a newer daemon's added fields are dropped instead of failing the call.
  * Every known field keeps its type, bounds and refinements; requests stay strict.
+ *
+ * A signed plan is the exception: it goes back to the daemon to be admitted, and its signature
+ * covers every field, so within it unknown fields are kept (checked fields still checked).
  */
 import { z } from "zod";
+import { SignedPlan } from "./plan.js";
 
-const cache = new WeakMap<z.core.$ZodType, z.core.$ZodType>();
+type Mode = "strip" | "keep";
+const caches: Record<Mode, WeakMap<z.core.$ZodType, z.core.$ZodType>> = { strip: new WeakMap(), keep: new WeakMap() };
 
 /**
  * The same schema with every object, at any depth, accepting and dropping unknown keys.
@@ -15,11 +20,15 @@ const cache = new WeakMap<z.core.$ZodType, z.core.$ZodType>();
  * lenientSchema(SandboxInfo).parse({ ...info, addedLater: 1 }); // `addedLater` is dropped
  */
 export function lenientSchema<T extends z.core.$ZodType>(schema: T): T {
-  const known = cache.get(schema);
-  if (known !== undefined) return known as T;
-  const out = rebuild(schema);
-  cache.set(schema, out);
-  return out as T;
+  return lenient(schema, "strip") as T;
+}
+
+function lenient(schema: z.core.$ZodType, mode: Mode): z.core.$ZodType {
+  const known = caches[mode].get(schema);
+  if (known !== undefined) return known;
+  const out = rebuild(schema, schema === SignedPlan ? "keep" : mode);
+  caches[mode].set(schema, out);
+  return out;
 }
 
 type AnyDef = z.core.$ZodTypeDef & Record<string, unknown>;
@@ -29,14 +38,15 @@ function clone(schema: z.core.$ZodType, changes: Record<string, unknown>): z.cor
   return new schema._zod.constr(def) as z.core.$ZodType;
 }
 
-function rebuild(schema: z.core.$ZodType): z.core.$ZodType {
+function rebuild(schema: z.core.$ZodType, mode: Mode): z.core.$ZodType {
+  const lenientSchema = (inner: z.core.$ZodType): z.core.$ZodType => lenient(inner, mode);
   const def = schema._zod.def as AnyDef;
   switch (def.type) {
     case "object": {
       const shape: Record<string, z.core.$ZodType> = {};
       for (const [key, field] of Object.entries(def.shape as Record<string, z.core.$ZodType>)) shape[key] = lenientSchema(field);
-      // No catchall: unknown keys are stripped (zod's default for plain objects).
-      return clone(schema, { shape, catchall: undefined });
+      // No catchall: unknown keys are stripped (zod's default for plain objects); "keep": passed through.
+      return clone(schema, { shape, catchall: mode === "keep" ? z.unknown() : undefined });
     }
     case "array":
       return clone(schema, { element: lenientSchema(def.element as z.core.$ZodType) });
