@@ -163,3 +163,21 @@ def test_remote_map_session_in_real_sandboxes(daemon: Daemon) -> None:
     with pytest.raises(FunctionError) as e:
         boom.remote("/home/user/data.csv")
     assert e.value.kind == "raised" and "<path>" in e.value.message and e.value.error_id is not None
+
+
+def test_the_function_cannot_read_its_wrappers_memory(daemon: Daemon) -> None:
+    @mvm.function(timeout_seconds=30)
+    def peek() -> list[str]:
+        import os
+
+        out = []
+        for leaf in ("mem", "environ", "fd/0"):
+            try:
+                with open(f"/proc/{os.getppid()}/{leaf}", "rb") as f:
+                    f.read(1)
+                out.append("read")
+            except OSError as e:
+                out.append(type(e).__name__)
+        return out
+
+    assert peek.remote() == ["PermissionError", "PermissionError", "PermissionError"]
