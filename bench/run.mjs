@@ -9,6 +9,7 @@
 //                                  # sends npm's own banner to stderr)
 //   node bench/run.mjs oneshot     # a whole `mvmctl run` process against srt and bwrap (bench/oneshot.mjs)
 //   node bench/run.mjs functions   # fn().remote cold and warm, map throughput (bench/functions.mjs); BENCH_FN_RUNS, BENCH_FN_MAP_CALLS
+//   node bench/run.mjs python      # the Python SDK beside the TypeScript SDK on one daemon (bench/python.mjs); BENCH_PY_RUNS
 //   node bench/run.mjs create exec # some
 //   node bench/run.mjs egress      # egress gateway (bench/egress.mjs); BENCH_EGRESS_MIB, BENCH_EGRESS_CONNECTS, BENCH_EGRESS_TUNNELS
 //   node bench/run.mjs admission   # admission overhead added to a create (bench/admission.mjs)
@@ -38,11 +39,12 @@ import { benchSnapshotNs } from "./snapshot-ns.mjs";
 import { benchSnapshotVm } from "./snapshot-vm.mjs";
 import { benchOneshot } from "./oneshot.mjs";
 import { benchFunctions } from "./functions.mjs";
+import { benchPython } from "./python.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
 const IMAGE = process.env.BENCH_IMAGE ?? "debian:bookworm+python3";
-const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "egress", "admission", "audit", "pause", "terminals", "store", "snapshot-ns", "snapshot-vm", "vm"];
+const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "python", "egress", "admission", "audit", "pause", "terminals", "store", "snapshot-ns", "snapshot-vm", "vm"];
 const args = process.argv.slice(2);
 const jsonOut = args.includes("--json");
 const only = new Set(args.filter((a) => a !== "--json"));
@@ -199,6 +201,9 @@ async function main() {
       result.figures.functions = await benchFunctions({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
     }
 
+    if (want("python")) {
+      result.figures.python = await benchPython({ log, summary, ratio, imagesDir, image: IMAGE });
+    }
     if (want("egress")) {
       result.figures.egress = await benchEgress({ log, summary, ratio });
       if (!result.figures.egress.skipped) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Runs every compiled test file (packages/*/dist/**/*.test.js), and scripts/*.test.mjs, with Node's test runner.
 // Usage: node scripts/run-tests.mjs [substring-filter ...]
-import { readdirSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 
@@ -21,7 +22,9 @@ for (const pkg of readdirSync(join(root, "packages"))) {
     if (statSync(dist).isDirectory()) walk(dist);
   } catch {}
 }
-if (files.length === 0) {
+// The Python SDK's pytest suite runs with no filter, or a filter matching "python".
+const runPython = filters.length === 0 || filters.some((f) => "python".includes(f) || f.includes("python"));
+if (files.length === 0 && !runPython) {
   console.error("no test files found; run npm run build first");
   process.exit(1);
 }
@@ -35,5 +38,25 @@ files.sort();
 // long log says which case failed.
 const reporters = ["--test-reporter=tap", "--test-reporter-destination=stdout"];
 reporters.push(`--test-reporter=${join(root, "scripts", "test-failures-reporter.mjs")}`, "--test-reporter-destination=stdout");
-const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", ...reporters, ...files], { stdio: "inherit" });
-process.exit(r.status ?? 1);
+let status = 0;
+if (files.length > 0) {
+  const r = spawnSync(process.execPath, ["--test", "--test-concurrency=1", ...reporters, ...files], { stdio: "inherit" });
+  status = r.status ?? 1;
+}
+if (runPython) {
+  // Debian's python3 has python3-pytest (scripts/setup.sh); MVM_PYTHON names another interpreter.
+  const python = process.env.MVM_PYTHON ?? (existsSync("/usr/bin/python3") ? "/usr/bin/python3" : "python3");
+  // A private base for pytest's temporary directories, removed afterwards (pytest keeps its own).
+  const basetemp = mkdtempSync(join(tmpdir(), "mvm-pytest-"));
+  const r = spawnSync(python, ["-m", "pytest", "-q", "-p", "no:cacheprovider", `--basetemp=${basetemp}`, join(root, "python", "tests")], {
+    stdio: "inherit",
+    cwd: join(root, "python"),
+    env: { ...process.env, PYTHONDONTWRITEBYTECODE: "1" },
+  });
+  rmSync(basetemp, { recursive: true, force: true });
+  if (r.status !== 0) {
+    console.log(`# python: pytest failed (exit ${r.status ?? r.signal ?? r.error}); see its summary above`);
+    status ||= 1;
+  }
+}
+process.exit(status);

@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-PACKAGES=(bubblewrap mmdebstrap debian-archive-keyring util-linux uidmap busybox-static iproute2 python3 ca-certificates cryptsetup-bin e2fsprogs qemu-system-x86 cpio dmsetup gcc libc6-dev tmux)
+PACKAGES=(bubblewrap mmdebstrap debian-archive-keyring util-linux uidmap busybox-static iproute2 python3 ca-certificates cryptsetup-bin e2fsprogs qemu-system-x86 cpio dmsetup gcc libc6-dev python3-pip python3-setuptools python3-pytest python3-msgpack mypy tmux)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,6 +35,14 @@ echo "==> installing npm dependencies"
 npm ci --no-audit --no-fund --loglevel=error
 echo "==> building"
 npm run build --silent
+# The Python SDK is pure Python with no runtime dependencies: installed for the system python3
+# into /usr/local (pip's --break-system-packages only lifts Debian 12's guard; no Debian-managed
+# file is touched). Use a venv instead for a per-project copy (docs/PYTHON.md).
+echo "==> installing the Python SDK (python/)"
+pip_flags=(--quiet --no-deps --no-build-isolation --disable-pip-version-check)
+if python3 -m pip install --help | grep -q -- --break-system-packages; then pip_flags+=(--break-system-packages); fi
+python3 -m pip install "${pip_flags[@]}" ./python
+rm -rf python/build python/mvm.egg-info
 
 mvmctl() { node packages/cli/bin/mvmctl.cjs "$@"; }
 ln -sf "$PWD/packages/cli/bin/mvmctl.cjs" /usr/local/bin/mvmctl

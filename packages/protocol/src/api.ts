@@ -351,5 +351,8 @@ export const ImportImageApiRequest = z.strictObject({
   name: ImageRefSchema,
 });
 
+/** Body of POST /v1/images/build. */
+export const BuildImageApiRequest = z.strictObject({ ref: ImageRefSchema, force: z.boolean().optional() });
+
 /** Largest JSON answer the SDK buffers from the daemon, in bytes (requests: see limits.ts). */
 export const MAX_API_JSON_BYTES = 32 * 1024 * 1024;

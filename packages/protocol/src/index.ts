@@ -41,3 +41,5 @@ export * from "./fn.js";
 export { FnCodecError, asCallPayload, decodeFnValue, encodeFnValue, scanMsgpack } from "./fn-codec.js";
 export type { FnCodecFault, FnCodecLimits } from "./fn-codec.js";
 export * from "./pool-api.js";
+export { lenientSchema } from "./lenient.js";
+export { openApiDocument } from "./openapi.js";

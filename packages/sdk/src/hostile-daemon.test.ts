@@ -106,7 +106,7 @@ test("an NDJSON line that never ends is cut at the line cap", async (t) => {
 test("malformed and schema-breaking answers are TransportErrors", async (t) => {
   const bodies: Record<string, [number, string]> = {
     "/v1/health": [200, '{"version":'],
-    "/v1/images": [200, JSON.stringify({ images: [], extra: true })],
+    "/v1/images": [200, JSON.stringify({ images: {} })],
     [`/v1/sandboxes/${ID}`]: [404, JSON.stringify({ error: { code: "NOPE", message: "x" } })],
     "/v1/sandboxes": [200, JSON.stringify({ sandboxes: [{ id: ID }] })],
     [`/v1/sandboxes/${ID}/processes`]: [500, "<html>oops</html>"],
@@ -159,7 +159,7 @@ test("exec streams that break the protocol are TransportErrors", async (t) => {
     noexit: ['{"type":"started","proc":1,"pid":2}', '{"type":"stdout","data":"aGk="}'],
     early: ['{"type":"stdout","data":"aGk="}'],
     twice: ['{"type":"started","proc":1,"pid":2}', '{"type":"started","proc":1,"pid":2}'],
-    extra: ['{"type":"started","proc":1,"pid":2,"evil":true}'],
+    mistyped: ['{"type":"started","proc":"1","pid":2}'],
     midline: ['{"type":"started","proc":1,"pid":2}', '{"type":"std'],
   };
   let which = "";
@@ -177,7 +177,7 @@ test("exec streams that break the protocol are TransportErrors", async (t) => {
   await assert.rejects(run("noexit"), isTransport(/without "exit"/));
   await assert.rejects(run("early"), isTransport(/"stdout" before "started"/));
   await assert.rejects(run("twice"), isTransport(/"started" twice/));
-  await assert.rejects(run("extra"), isTransport(/invalid body/));
+  await assert.rejects(run("mistyped"), isTransport(/invalid body/));
   await assert.rejects(run("midline"), isTransport(/ends mid-line/));
 });
 
@@ -223,8 +223,8 @@ test("snapshot answers that are malformed, out of schema, oversized or the wrong
     t,
     (s) => {
       switch (mode) {
-        case "snapshot-extra":
-          return ndjson(s, [{ type: "result", snapshot: { ...snap, evil: true } }]);
+        case "snapshot-mistyped":
+          return ndjson(s, [{ type: "result", snapshot: { ...snap, source: 7 } }]);
         case "snapshot-bad-id":
           return ndjson(s, [{ type: "result", snapshot: { ...snap, id: "snap_../../etc" } }]);
         case "snapshot-negative":
@@ -242,8 +242,8 @@ test("snapshot answers that are malformed, out of schema, oversized or the wrong
           return ndjson(s, [{ type: "result", sandboxes: [] }]);
         case "fork-too-many":
           return ndjson(s, [{ type: "result", sandboxes: Array.from({ length: 17 }, () => kid(ID)) }]);
-        case "list-extra":
-          return answer(s, 200, JSON.stringify({ snapshots: [snap], more: 1 }));
+        case "list-mistyped":
+          return answer(s, 200, JSON.stringify({ snapshots: snap }));
         case "list-huge":
           return answer(s, 200, JSON.stringify({ snapshots: Array.from({ length: 2000 }, () => snap) }));
         case "get-label":
@@ -263,7 +263,7 @@ test("snapshot answers that are malformed, out of schema, oversized or the wrong
     mode = m;
     await assert.rejects(call(), isTransport(pattern), m);
   };
-  await as("snapshot-extra", take, /invalid body/);
+  await as("snapshot-mistyped", take, /invalid body/);
   await as("snapshot-bad-id", take, /invalid body/);
   await as("snapshot-negative", take, /invalid body/);
   await as("snapshot-no-result", take, /without a result/);
@@ -271,7 +271,7 @@ test("snapshot answers that are malformed, out of schema, oversized or the wrong
   await as("snapshot-huge-line", take, /NDJSON line longer than 1048576 bytes/);
   await as("fork-short", () => client.forkSandbox(ID, { count: 2 }), /invalid body/);
   await as("fork-too-many", () => client.forkSandbox(ID, { count: 2 }), /invalid body/);
-  await as("list-extra", () => client.listSnapshots(), /invalid body/);
+  await as("list-mistyped", () => client.listSnapshots(), /invalid body/);
   await as("list-huge", () => client.listSnapshots(), /over the limit of 262144/);
   await as("get-label", () => client.getSnapshot(snap.id), /invalid body/);
   mode = "get-other";
@@ -327,4 +327,18 @@ test("a snapshot answer for another sandbox than the one asked for is a Transpor
   });
   await assert.rejects(client.snapshotSandbox(ID, { retention: { manual: true } }), isTransport(/a snapshot of "sbx_b+", not of "sbx_a/));
   assert.equal((await client.snapshotSandbox(snap.source, { retention: { manual: true } })).id, snap.id);
+});
+
+test("a newer daemon's extra answer fields are accepted and dropped; a missing or mistyped field still fails", async (t) => {
+  let body = "";
+  const client = await hostile(t, (s) => answer(s, 200, body));
+  body = JSON.stringify({ ...HEALTH, addedLater: true, backends: [] });
+  assert.deepEqual(await client.health(), HEALTH);
+  body = JSON.stringify({ version: "1", backends: [] });
+  await assert.rejects(client.health(), isTransport(/invalid body at "defaultBackend"/));
+  body = JSON.stringify({ ...HEALTH, version: 1 });
+  await assert.rejects(client.health(), isTransport(/invalid body at "version"/));
+  body = JSON.stringify({ error: { code: "NOT_FOUND", message: "gone", addedLater: 1 } });
+  const errorClient = await hostile(t, (s) => answer(s, 404, body));
+  await assert.rejects(errorClient.health(), (err: unknown) => err instanceof NotFoundError && err.message === "gone");
 });

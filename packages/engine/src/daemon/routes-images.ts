@@ -1,13 +1,9 @@
 /** Routes for the image store. */
-import { ImageRefSchema, ImportImageApiRequest, type ProgressEvent } from "@mvm/protocol";
-import { z } from "zod";
+import { BuildImageApiRequest, ImageRefSchema, ImportImageApiRequest, type ProgressEvent } from "@mvm/protocol";
 import { check, readJson, requiredParam, sendJson, sendNoContent, wireErrorOf } from "./http-io.js";
 import { hostPathAsCaller } from "./host-read.js";
 import { NdjsonWriter, wantsNdjson } from "./ndjson.js";
 import type { Route, RouteContext } from "./router.js";
-
-/** Body of POST /v1/images/build. */
-export const BuildImageApiRequest = z.strictObject({ ref: ImageRefSchema, force: z.boolean().optional() });
 
 export const imageRoutes: readonly Route[] = [
   {

@@ -3,7 +3,7 @@
  * must be UTF-8 and match a strict schema, and error bodies rebuilt into typed errors.
  */
 import { z } from "zod";
-import { ApiErrorBody, TransportError, fromWire, type MvmError, type WireError } from "@mvm/protocol";
+import { ApiErrorBody, TransportError, fromWire, lenientSchema, type MvmError, type WireError } from "@mvm/protocol";
 import type { CallScope } from "./call-scope.js";
 import { release, type Exchange } from "./http.js";
 
@@ -46,11 +46,12 @@ export function parseJson(bytes: Uint8Array, scope: CallScope): unknown {
 }
 
 /**
- * Validates a value from the daemon. The parsed value is returned as `T`: JSON never holds
+ * Validates a value from the daemon. Unknown fields are dropped (a newer daemon may add some, see
+ * lenientSchema); every known field must match. The parsed value is returned as `T`: JSON never holds
  * `undefined`, so zod's `field?: X | undefined` and the API's `field?: X` describe the same data.
  */
 export function validate<T>(schema: z.core.$ZodType, value: unknown, scope: CallScope): T {
-  const r = z.safeParse(schema, value);
+  const r = z.safeParse(lenientSchema(schema), value);
   if (r.success) return r.data as T;
   const issue = r.error.issues[0];
   const where = issue && issue.path.length > 0 ? ` at "${issue.path.join(".").slice(0, 128)}"` : "";
@@ -68,7 +69,7 @@ export async function errorFrom(ex: Exchange, scope: CallScope, maxBytes: number
   } catch (err) {
     return new TransportError(`${scope.describe} answered status ${status} without a readable error body`, { cause: err });
   }
-  const r = ApiErrorBody.safeParse(body);
+  const r = lenientSchema(ApiErrorBody).safeParse(body);
   if (!r.success) return new TransportError(`${scope.describe} answered status ${status} with an invalid error body`, { cause: r.error });
   return fromWire(r.data.error as WireError);
 }
