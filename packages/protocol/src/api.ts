@@ -324,7 +324,7 @@ export const ImportImageApiRequest = z.strictObject({
     .string()
     .min(1)
     .max(MAX_PATH_LENGTH)
-    .regex(/^\//, { message: "must be an absolute path" })
+    .regex(/^(?:oci-layout:|docker-archive:)?\//, { message: "must be an absolute path, optionally after \"oci-layout:\" or \"docker-archive:\"" })
     .refine((p) => !p.includes("\0"), { message: "must not contain NUL" }),
   name: ImageRefSchema,
 });

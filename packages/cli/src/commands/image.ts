@@ -47,14 +47,14 @@ export const imageBuildCommand = defineCommand<{ ref: string; force: boolean }>(
 
 export const imageImportCommand = defineCommand<{ path: string; name: string }>({
   name: "image import",
-  summary: "Import a directory or a tar archive (plain or gzip) as an image",
-  usage: "PATH NAME",
+  summary: "Import a directory, a tar archive (plain or gzip) or an OCI image as an image",
+  usage: "PATH|oci-layout:DIR|docker-archive:FILE NAME",
   details:
     "Extraction is path-safe: absolute paths, '..' and links leaving the tree are refused, device nodes are dropped and setuid/setgid bits cleared. PATH is read by the engine (the daemon, or this process). With --json the image record is printed.",
   flags: {},
   positionals: { min: 2, max: 2 },
   connection: "auto",
-  parse: (raw) => ({ path: resolvePath(raw.positionals[0] ?? ""), name: imageRefArg(raw.positionals[1] ?? "") }),
+  parse: (raw) => ({ path: importSourceArg(raw.positionals[0] ?? ""), name: imageRefArg(raw.positionals[1] ?? "") }),
   async run(ctx, { path, name }) {
     return withEngine(ctx, async (engine) => {
       const progress = ctx.out.progress();
@@ -70,6 +70,12 @@ export const imageImportCommand = defineCommand<{ path: string; name: string }>(
     });
   },
 });
+
+/** `oci-layout:DIR` and `docker-archive:FILE` keep their prefix; the path after it is made absolute. */
+function importSourceArg(raw: string): string {
+  const m = /^(oci-layout|docker-archive):(.+)$/s.exec(raw);
+  return m ? `${m[1]}:${resolvePath(m[2]!)}` : resolvePath(raw);
+}
 
 export const imageLsCommand = defineCommand<Record<string, never>>({
   name: "image ls",

@@ -27,6 +27,7 @@ export async function importImage(core: EngineCore,
   const req = parse(ImportImageApiRequest, { path, name }, "image import");
   const signal = callSignal(options);
   const opts = { ...(options.onProgress ? { onProgress: options.onProgress } : {}), ...(signal ? { signal } : {}) };
+  if (/^(?:oci-layout|docker-archive):/.test(req.path)) return toImageInfo(await core.options.images.importOci(req.path, req.name, opts));
   const st = await stat(req.path).catch((err: unknown) => {
     throw new NotFoundError(`Cannot import "${req.path}": it does not exist`, { cause: err });
   });

@@ -13,7 +13,7 @@ import { createHash } from "node:crypto";
 import { chmod, lstat, mkdir, readdir, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
-import { InternalError, type Sha256Digest } from "@mvm/protocol";
+import { InternalError, Sha256DigestSchema, type Sha256Digest } from "@mvm/protocol";
 import { removeTree } from "./fs-util.js";
 import { readSmallFile } from "../store/atomic.js";
 import { FileLock, isAlive, parseOwnerTag, uniqueOwnedName } from "../store/lock.js";
@@ -24,7 +24,23 @@ export const ImageMeta = z.strictObject({
   /** ISO 8601 time the image was first stored. */
   createdAt: z.string().max(64),
   sizeBytes: z.number().int().nonnegative(),
-  source: z.strictObject({ kind: z.enum(["debian", "tar", "dir"]), detail: z.string().max(4096) }),
+  source: z.strictObject({ kind: z.enum(["debian", "tar", "dir", "oci-layout", "docker-archive", "registry"]), detail: z.string().max(4096) }),
+  /** What an OCI image was made from, and the defaults its config supplies. */
+  oci: z
+    .strictObject({
+      manifestDigest: Sha256DigestSchema.optional(),
+      configDigest: Sha256DigestSchema,
+      /** `REGISTRY/REPO:TAG` or `…@sha256:` as pulled. */
+      reference: z.string().max(1024).optional(),
+      defaults: z.strictObject({
+        user: z.string().max(256).optional(),
+        env: z.record(z.string().max(256), z.string().max(128 * 1024)).optional(),
+        workingDir: z.string().max(4096).optional(),
+        entrypoint: z.array(z.string().max(4096)).max(1024).optional(),
+        cmd: z.array(z.string().max(4096)).max(1024).optional(),
+      }),
+    })
+    .optional(),
 });
 export type ImageMeta = z.infer<typeof ImageMeta>;
 

@@ -28,8 +28,11 @@ import { FileLock } from "../store/lock.js";
 import { isSha256Digest, parseImageRef, parseLocalName, quote } from "./ref.js";
 import { readRefs, writeRefs, type RefsMap } from "./refs-index.js";
 import { TreeWriter, type TreeWriterLimits } from "./tree-writer.js";
+import { imageDefaults } from "./oci/documents.js";
+import { applyLayer } from "./oci/layer.js";
+import { resolveDockerArchive, resolveOciLayout, type ResolvedImage, type ResolveOptions } from "./oci/source.js";
 
-export type ImageSourceKind = "debian" | "tar" | "dir";
+export type ImageSourceKind = ImageMeta["source"]["kind"];
 
 export interface ImageRecord {
   /** `sha256:<hex>` of the image's canonical manifest. */
@@ -43,9 +46,13 @@ export interface ImageRecord {
   /** ISO 8601 time the image was first stored. */
   createdAt: string;
   source: { kind: ImageSourceKind; detail: string };
+  /** For an OCI image: its manifest and config digests, the reference pulled, its config's defaults. */
+  oci?: NonNullable<ImageMeta["oci"]>;
 }
 
 export interface ImageStoreOptions extends TreeWriterLimits {
+  /** Most bytes one OCI layer may expand to. @default 16 GiB */
+  maxLayerBytes?: number;
   /** Directory holding the host's apt sources. @default "/etc/apt" */
   aptDir?: string;
   /** Time between SIGTERM and SIGKILL when an mmdebstrap build is aborted. @default 10000 */
@@ -194,6 +201,84 @@ export class ImageStore {
     return this.#import(ref, { kind: "dir", detail: abs }, (w, o) => copyDir(abs, w, o), options, `${quote(abs)} as ${quote(ref)}`);
   }
 
+  /**
+   * Imports an OCI image as image `name`: `oci-layout:DIR` (an OCI image layout) or
+   * `docker-archive:FILE` (`docker save` output). The linux/amd64 image is chosen from an index;
+   * every document and layer is checked against its digest (layers also against the config's
+   * diff_ids) before it is applied; layers are applied in order with whiteouts honoured, by the
+   * same path rules as {@link importTar}. The config's user, env, working dir, entrypoint and cmd
+   * are recorded as the image's defaults.
+   * @throws OciImageError (an InvalidArgumentError with a `fault`) for a malformed or lying image;
+   *   UnsupportedCapabilityError for zstd layers; NotFoundError when the path does not exist.
+   */
+  async importOci(source: string, name: string, options: ProgressOptions & { reference?: string } = {}): Promise<ImageRecord> {
+    const ref = parseLocalName(name);
+    const m = /^(oci-layout|docker-archive):(\/.*)$/s.exec(source);
+    if (!m) throw new InvalidArgumentError(`Invalid image source ${quote(source)}: expected "oci-layout:/DIR" or "docker-archive:/FILE.tar"`);
+    const kind = m[1] as "oci-layout" | "docker-archive";
+    const abs = resolvePath(m[2]!);
+    await this.#mustExist(abs);
+    return this.#importResolved(ref, kind, abs, options, (stage, o) =>
+      kind === "oci-layout" ? resolveOciLayout(abs, stage, o) : resolveDockerArchive(abs, stage, o),
+    );
+  }
+
+  /**
+   * Imports an image that `resolve` reads into the private `stage` dir (a layout from a pull,
+   * a copied layout, an unpacked archive). Exposed for the registry pull.
+   */
+  async importResolved(
+    ref: string,
+    kind: "oci-layout" | "docker-archive" | "registry",
+    detail: string,
+    options: ProgressOptions & { reference?: string },
+    resolve: (stage: string, options: ResolveOptions) => Promise<ResolvedImage>,
+  ): Promise<ImageRecord> {
+    return this.#importResolved(parseLocalName(ref), kind, detail, options, resolve);
+  }
+
+  async #importResolved(
+    ref: string,
+    kind: "oci-layout" | "docker-archive" | "registry",
+    detail: string,
+    options: ProgressOptions & { reference?: string },
+    resolve: (stage: string, options: ResolveOptions) => Promise<ResolvedImage>,
+  ): Promise<ImageRecord> {
+    const stage = await this.#layout.newWorkDir();
+    try {
+      let oci: NonNullable<ImageMeta["oci"]> | undefined;
+      const what = `${kind}:${quote(detail)} as ${quote(ref)}`;
+      const maxBlobBytes = this.#options.maxBytes ?? 64 * 1024 ** 3;
+      const record = await this.#import(
+        ref,
+        { kind, detail },
+        async (writer, o) => {
+          const resolved = await resolve(join(stage, "s"), { maxBlobBytes, ...(o.signal ? { signal: o.signal } : {}) });
+          const defaults = imageDefaults(resolved.config, what);
+          oci = {
+            ...(resolved.manifestDigest ? { manifestDigest: resolved.manifestDigest } : {}),
+            configDigest: resolved.configDigest,
+            ...(options.reference !== undefined ? { reference: options.reference } : {}),
+            defaults,
+          };
+          for (const [i, layer] of resolved.layers.entries()) {
+            o.onBytes?.(i, resolved.layers.length);
+            await applyLayer(layer.path, layer.expected, writer, layer.what, {
+              ...(o.signal ? { signal: o.signal } : {}),
+              ...(this.#options.maxLayerBytes !== undefined ? { maxLayerBytes: this.#options.maxLayerBytes } : {}),
+            });
+          }
+        },
+        options,
+        what,
+        () => oci,
+      );
+      return record;
+    } finally {
+      await removeTree(stage).catch(() => undefined);
+    }
+  }
+
   /** Every stored image, oldest first. */
   async list(): Promise<ImageRecord[]> {
     const refs = await this.#readRefs();
@@ -261,7 +346,7 @@ export class ImageStore {
     if (meta === undefined) return undefined;
     const names = [...refs].filter(([, d]) => d === digest).map(([r]) => r).sort();
     const rootfsDir = join(this.#layout.blobDir(digest), "rootfs");
-    return { digest, refs: names, rootfsDir, sizeBytes: meta.sizeBytes, createdAt: meta.createdAt, source: meta.source };
+    return { digest, refs: names, rootfsDir, sizeBytes: meta.sizeBytes, createdAt: meta.createdAt, source: meta.source, ...(meta.oci ? { oci: meta.oci } : {}) };
   }
 
   async #import(
@@ -270,6 +355,7 @@ export class ImageStore {
     fill: (writer: TreeWriter, options: SourceOptions) => Promise<void>,
     options: ProgressOptions,
     what: string,
+    ociMeta: () => ImageMeta["oci"] = () => undefined,
   ): Promise<ImageRecord> {
     const { signal, onProgress } = options;
     const work = await this.#layout.newWorkDir();
@@ -298,7 +384,8 @@ export class ImageStore {
       if (writer.dropped > 0) onProgress?.({ phase: "unpack", message: `dropped ${writer.dropped} device node(s), FIFO(s) or socket(s)` });
       onProgress?.({ phase: "hash", message: "computing the image digest", fraction: 0.85 });
       const tree = await hashTree(rootfs, signal);
-      const meta: ImageMeta = { version: 1, createdAt: new Date().toISOString(), sizeBytes: tree.sizeBytes, source };
+      const oci = ociMeta();
+      const meta: ImageMeta = { version: 1, createdAt: new Date().toISOString(), sizeBytes: tree.sizeBytes, source, ...(oci ? { oci } : {}) };
       await writeFileAtomic(join(work, "manifest.json"), tree.manifestBytes);
       await writeFileAtomic(join(work, "image.json"), `${JSON.stringify(meta, null, 2)}\n`);
       await chmod(work, 0o755);
