@@ -37,7 +37,7 @@ export const ImageRefSchema = z
   .string()
   .min(1)
   .max(512)
-  .regex(/^[a-z0-9][a-z0-9._:+\-/]*$/, { message: "lowercase letters, digits and . _ : + - / only" });
+  .regex(/^[a-z0-9][a-z0-9._:+\-/]*(?:@sha256:[0-9a-f]{64})?$/, { message: "lowercase letters, digits and . _ : + - / only, optionally ending in @sha256:<hex>" });
 
 
 

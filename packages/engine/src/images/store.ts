@@ -30,6 +30,7 @@ import { readRefs, writeRefs, type RefsMap } from "./refs-index.js";
 import { TreeWriter, type TreeWriterLimits } from "./tree-writer.js";
 import { imageDefaults } from "./oci/documents.js";
 import { applyLayer } from "./oci/layer.js";
+import { parseRegistryRef, pinnedRef, pullToLayout } from "./oci/pull.js";
 import { resolveDockerArchive, resolveOciLayout, type ResolvedImage, type ResolveOptions } from "./oci/source.js";
 
 export type ImageSourceKind = ImageMeta["source"]["kind"];
@@ -277,6 +278,52 @@ export class ImageStore {
     } finally {
       await removeTree(stage).catch(() => undefined);
     }
+  }
+
+  /**
+   * Pulls `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:…` (linux/amd64) and stores it under that
+   * reference and under its pinned form `REGISTRY/REPO@sha256:<digest the tag resolved to>`.
+   * Every blob is verified by digest and size as it arrives, every layer against its diff_id
+   * before it is applied (see {@link importOci}).
+   * @throws InvalidArgumentError for a malformed reference; OciImageError for a lying image;
+   *   NotFoundError when the registry has no such tag or digest; TransportError for the network.
+   */
+  async pull(reference: string, options: ProgressOptions & { timeoutMs?: number; ca?: string } = {}): Promise<ImageRecord> {
+    const parsed = parseRegistryRef(reference);
+    const stage = await this.#layout.newWorkDir();
+    try {
+      const layout = join(stage, "layout");
+      options.onProgress?.({ phase: "resolve", message: `fetching ${reference}`, fraction: 0 });
+      const { manifestDigest, tagDigest } = await pullToLayout(parsed, layout, {
+        maxBlobBytes: this.#options.maxBytes ?? 64 * 1024 ** 3,
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+        ...(options.ca !== undefined ? { ca: options.ca } : {}),
+      });
+      const name = parsed.tag !== undefined ? `${parsed.registry}/${parsed.repository}:${parsed.tag}` : pinnedRef(parsed, tagDigest);
+      const record = await this.#importResolved(parseLocalName(name), "registry", reference, { ...options, reference: pinnedRef(parsed, tagDigest) }, (s, o) =>
+        resolveOciLayout(layout, s, { ...o, copyLayers: false }),
+      );
+      const pins = new Set([pinnedRef(parsed, tagDigest), pinnedRef(parsed, manifestDigest)]);
+      pins.delete(name);
+      for (const pin of pins) await this.#addRef(pin, record.digest);
+      return (await this.#record(record.digest, await this.#readRefs())) ?? record;
+    } finally {
+      await removeTree(stage).catch(() => undefined);
+    }
+  }
+
+  /** Points `ref` at a stored digest (replacing what it pointed at; that image goes when unreferenced). */
+  async #addRef(ref: string, digest: Sha256Digest): Promise<void> {
+    let trash: string | undefined;
+    await this.#layout.locked(async () => {
+      const refs = await readRefs(this.#layout.refsPath);
+      const previous = refs.get(ref);
+      refs.set(ref, digest);
+      await writeRefs(this.#layout.refsPath, refs);
+      if (previous !== undefined && previous !== digest && ![...refs.values()].includes(previous)) trash = await this.#layout.detach(previous);
+    });
+    if (trash) await removeTree(trash);
   }
 
   /** Every stored image, oldest first. */

@@ -49,6 +49,11 @@ export interface ResolveOptions {
   signal?: AbortSignal;
   /** Most bytes all layer blobs together may take. */
   maxBlobBytes: number;
+  /**
+   * Copy layer blobs into the staging dir while hashing them. Only a layout that is already
+   * private (a pull's) may skip it. @default true
+   */
+  copyLayers?: boolean;
 }
 
 /** Deepest chain of indexes followed to reach a manifest. */
@@ -84,8 +89,11 @@ export async function resolveOciLayout(dir: string, stageDir: string, options: R
     const compression = layerCompression(layer.mediaType, layerWhat);
     total += layer.size;
     if (total > options.maxBlobBytes) throw new OciImageError("too-large", `Cannot read ${what}: its layers take more than ${options.maxBlobBytes} bytes`);
-    const staged = join(stageDir, `${i}-${layer.digest.slice("sha256:".length)}`);
-    await stageBlob(dir, layer, staged, layerWhat, options.signal);
+    let staged = blobPath(dir, layer.digest);
+    if (options.copyLayers !== false) {
+      staged = join(stageDir, `${i}-${layer.digest.slice("sha256:".length)}`);
+      await stageBlob(dir, layer, staged, layerWhat, options.signal);
+    }
     layers.push({ path: staged, expected: { digest: layer.digest, size: layer.size, diffId: config.rootfs.diff_ids[i]!, compression }, what: layerWhat });
   }
   return { manifestDigest: descriptor.digest, configDigest: manifest.config.digest, config, layers };
