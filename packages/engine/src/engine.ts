@@ -387,6 +387,9 @@ export class Engine implements EngineApi {
   buildImage(ref: string, options: CallOptions & { force?: boolean; onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
     return images.buildImage(this.#core, ref, options);
   }
+  pullImage(reference: string, options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+    return images.pullImage(this.#core, reference, options);
+  }
   importImage(path: string, name: string, options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
     return images.importImage(this.#core, path, name, options);
   }

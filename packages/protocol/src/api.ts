@@ -329,5 +329,14 @@ export const ImportImageApiRequest = z.strictObject({
   name: ImageRefSchema,
 });
 
+/**
+ * Body of POST /v1/images/pull: `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:<hex>` (the registry
+ * host is required; no default registry is assumed).
+ */
+export const PullImageApiRequest = z.strictObject({
+  reference: z.string().min(3).max(1024).regex(/^[A-Za-z0-9][A-Za-z0-9._:@\-/]*$/, { message: "REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:<hex>" }),
+});
+export type PullImageApiRequest = z.infer<typeof PullImageApiRequest>;
+
 /** Largest JSON answer the SDK buffers from the daemon, in bytes (requests: see limits.ts). */
 export const MAX_API_JSON_BYTES = 32 * 1024 * 1024;

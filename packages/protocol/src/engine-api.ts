@@ -88,6 +88,8 @@ export interface ImageInfo {
   refs: string[];
   sizeBytes: number;
   createdAt: string;
+  /** For an OCI image: its manifest and config digests and the pinned reference it was pulled as. */
+  oci?: { manifestDigest?: Sha256Digest; configDigest: Sha256Digest; reference?: string };
 }
 
 export interface BackendReport {
@@ -206,6 +208,14 @@ export interface EngineApi {
     options?: CallOptions & { onProgress?: (event: ProgressEvent) => void },
   ): Promise<ImageInfo>;
   removeImage(ref: string, options?: CallOptions): Promise<void>;
+  /**
+   * Pulls the linux/amd64 image `REGISTRY/REPO:TAG` (or `@sha256:<hex>`) from an OCI registry
+   * into the engine's store. The tag is resolved to a digest, recorded, and the image stored also
+   * as `REGISTRY/REPO@sha256:<hex>`; every blob is verified by digest before it is applied.
+   * Plain http only for loopback registries. Token (Bearer) auth is not supported yet.
+   * @example const img = await engine.pullImage("registry.example:5000/team/app:1.0");
+   */
+  pullImage(reference: string, options?: CallOptions & { onProgress?: (event: ProgressEvent) => void }): Promise<ImageInfo>;
 
   /** Releases the client (SDK) or stops the engine and kills its sandboxes (embedded). */
   close(): Promise<void>;

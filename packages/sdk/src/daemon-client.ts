@@ -404,6 +404,11 @@ export class DaemonClient implements EngineApi {
     return this.#progressStream("importImage", options, call, wire.BuildStreamLine, (line) => (line as { image: ImageInfo }).image);
   }
 
+  pullImage(reference: string, options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+    const call = { method: "POST", path: "/v1/images/pull", ...jsonBody({ reference }) } as const;
+    return this.#progressStream("pullImage", options, call, wire.BuildStreamLine, (line) => (line as { image: ImageInfo }).image);
+  }
+
   removeImage(ref: string, options?: CallOptions): Promise<void> {
     return this.#empty("removeImage", options, { method: "DELETE", path: `/v1/images?${new URLSearchParams({ ref })}` });
   }

@@ -227,6 +227,10 @@ export class EmbeddedEngine implements EngineApi {
   listImages(options?: CallOptions): Promise<ImageInfo[]> {
     return this.#engine.listImages(options);
   }
+  pullImage(reference: string, options?: CallOptions & { onProgress?: (event: ProgressEvent) => void }): Promise<ImageInfo> {
+    return this.#engine.pullImage(reference, options);
+  }
+
   buildImage(ref: string, options?: CallOptions & { force?: boolean; onProgress?: (event: ProgressEvent) => void }): Promise<ImageInfo> {
     return this.#engine.buildImage(ref, options);
   }

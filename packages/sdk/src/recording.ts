@@ -412,6 +412,10 @@ export class RecordingEngine implements EngineApi {
     throw new UnsupportedCapabilityError(`${REFUSED}: no image is imported`);
   }
 
+  async pullImage(): Promise<ImageInfo> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no image is pulled`);
+  }
+
   async removeImage(): Promise<void> {
     throw new UnsupportedCapabilityError(`${REFUSED}: no image is removed`);
   }

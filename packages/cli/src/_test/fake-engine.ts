@@ -340,6 +340,11 @@ export class FakeEngine implements EngineApi {
     for (const e of this.progress) options?.onProgress?.(e);
     return { digest: DIGEST, refs: [ref], sizeBytes: 1, createdAt: "2025-01-01T00:00:00.000Z" };
   }
+  async pullImage(reference: string, options?: CallOptions & { onProgress?: (e: ProgressEvent) => void }): Promise<ImageInfo> {
+    this.calls.push(`pullImage ${reference}`);
+    for (const e of this.progress) options?.onProgress?.(e);
+    return { digest: DIGEST, refs: [reference], sizeBytes: 1, createdAt: "2025-01-01T00:00:00.000Z" };
+  }
   async importImage(path: string, name: string, options?: CallOptions & { onProgress?: (e: ProgressEvent) => void }): Promise<ImageInfo> {
     this.calls.push(`importImage ${path} ${name}`);
     for (const e of this.progress) options?.onProgress?.(e);

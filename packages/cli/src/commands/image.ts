@@ -77,6 +77,32 @@ function importSourceArg(raw: string): string {
   return m ? `${m[1]}:${resolvePath(m[2]!)}` : resolvePath(raw);
 }
 
+export const imagePullCommand = defineCommand<{ reference: string }>({
+  name: "image pull",
+  summary: "Pull an image from an OCI registry (linux/amd64), verified by digest",
+  usage: "REGISTRY/REPO:TAG|REGISTRY/REPO@sha256:DIGEST",
+  details:
+    "The registry host is required (no default registry). A tag is resolved to a digest once; the image is also stored as REGISTRY/REPO@sha256:DIGEST, the pinned form to use in create. Plain http only for loopback registries. With --json the image record is printed.",
+  flags: {},
+  positionals: { min: 1, max: 1 },
+  connection: "auto",
+  parse: (raw) => ({ reference: raw.positionals[0] ?? "" }),
+  async run(ctx, { reference }) {
+    return withEngine(ctx, async (engine) => {
+      const progress = ctx.out.progress();
+      let image: ImageInfo;
+      try {
+        image = await engine.pullImage(reference, { signal: ctx.signal, onProgress: (e) => progress.update(e) });
+      } finally {
+        progress.done();
+      }
+      ctx.out.human(`${image.digest}${image.oci?.reference !== undefined ? `  ${image.oci.reference}` : ""}\n`);
+      ctx.out.jsonResult(image);
+      return 0;
+    });
+  },
+});
+
 export const imageLsCommand = defineCommand<Record<string, never>>({
   name: "image ls",
   summary: "List images",

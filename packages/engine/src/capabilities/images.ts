@@ -1,8 +1,9 @@
 /** Images: list, build, import, remove. */
 import { stat } from "node:fs/promises";
-import { ImportImageApiRequest, NotFoundError, type CallOptions, type ImageInfo, type ProgressEvent } from "@mvm/protocol";
+import { ImportImageApiRequest, PullImageApiRequest, NotFoundError, type CallOptions, type Sha256Digest, type ImageInfo, type ProgressEvent } from "@mvm/protocol";
 import { callSignal } from "../_internal/signals.js";
 import { parse, type EngineCore } from "./core.js";
+import type { ImageRecord } from "../images/store.js";
 
 export async function listImages(core: EngineCore): Promise<ImageInfo[]> {
   const list = await core.options.images.list();
@@ -35,11 +36,23 @@ export async function importImage(core: EngineCore,
   return toImageInfo(rec);
 }
 
+export async function pullImage(core: EngineCore, reference: string, options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+  const req = parse(PullImageApiRequest, { reference }, "image pull");
+  const signal = callSignal(options);
+  const rec = await core.options.images.pull(req.reference, { ...(options.onProgress ? { onProgress: options.onProgress } : {}), ...(signal ? { signal } : {}) });
+  return toImageInfo(rec);
+}
+
 export async function removeImage(core: EngineCore, ref: string): Promise<void> {
   await core.options.images.remove(ref);
 }
 
 
-function toImageInfo(rec: { digest: string; refs: string[]; sizeBytes: number; createdAt: string }): ImageInfo {
-  return { digest: rec.digest as ImageInfo["digest"], refs: rec.refs, sizeBytes: rec.sizeBytes, createdAt: rec.createdAt };
+function toImageInfo(rec: ImageRecord): ImageInfo {
+  const info: ImageInfo = { digest: rec.digest, refs: rec.refs, sizeBytes: rec.sizeBytes, createdAt: rec.createdAt };
+  if (rec.oci) {
+    const { manifestDigest, configDigest, reference } = rec.oci;
+    info.oci = { configDigest: configDigest as Sha256Digest, ...(manifestDigest ? { manifestDigest: manifestDigest as Sha256Digest } : {}), ...(reference !== undefined ? { reference } : {}) };
+  }
+  return info;
 }

@@ -7,7 +7,7 @@
  * Every blob has at least one ref; a blob is detached (renamed into tmp) under the lock when its
  * last ref goes, and deleted after.
  */
-import { chmod, mkdir, rename } from "node:fs/promises";
+import { chmod, lstat, mkdir, rename } from "node:fs/promises";
 import { join, resolve as resolvePath } from "node:path";
 import {
   AbortedError,
@@ -31,7 +31,7 @@ import { TreeWriter, type TreeWriterLimits } from "./tree-writer.js";
 import { imageDefaults } from "./oci/documents.js";
 import { applyLayer } from "./oci/layer.js";
 import { parseRegistryRef, pinnedRef, pullToLayout } from "./oci/pull.js";
-import { resolveDockerArchive, resolveOciLayout, type ResolvedImage, type ResolveOptions } from "./oci/source.js";
+import { resolveDockerArchive, resolveOciArchive, resolveOciLayout, type ResolvedImage, type ResolveOptions } from "./oci/source.js";
 
 export type ImageSourceKind = ImageMeta["source"]["kind"];
 
@@ -203,7 +203,7 @@ export class ImageStore {
   }
 
   /**
-   * Imports an OCI image as image `name`: `oci-layout:DIR` (an OCI image layout) or
+   * Imports an OCI image as image `name`: `oci-layout:DIR` (an OCI image layout, or a tar of one) or
    * `docker-archive:FILE` (`docker save` output). The linux/amd64 image is chosen from an index;
    * every document and layer is checked against its digest (layers also against the config's
    * diff_ids) before it is applied; layers are applied in order with whiteouts honoured, by the
@@ -219,8 +219,9 @@ export class ImageStore {
     const kind = m[1] as "oci-layout" | "docker-archive";
     const abs = resolvePath(m[2]!);
     await this.#mustExist(abs);
+    const isDir = (await lstat(abs)).isDirectory();
     return this.#importResolved(ref, kind, abs, options, (stage, o) =>
-      kind === "oci-layout" ? resolveOciLayout(abs, stage, o) : resolveDockerArchive(abs, stage, o),
+      kind === "docker-archive" ? resolveDockerArchive(abs, stage, o) : isDir ? resolveOciLayout(abs, stage, o) : resolveOciArchive(abs, stage, o),
     );
   }
 

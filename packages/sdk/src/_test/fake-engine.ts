@@ -409,6 +409,11 @@ export class FakeEngine implements EngineApi {
     return { digest: DIGEST, refs: [ref], sizeBytes: 4321, createdAt: new Date(0).toISOString() };
   }
 
+  async pullImage(reference: string, options: CallOptions & { onProgress?: (e: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+    options.onProgress?.({ phase: "resolve", message: `fetching ${reference}`, fraction: 0.5 });
+    return { digest: DIGEST, refs: [reference], sizeBytes: 99, createdAt: new Date(0).toISOString() };
+  }
+
   async importImage(path: string, name: string, options: CallOptions & { onProgress?: (e: ProgressEvent) => void } = {}): Promise<ImageInfo> {
     if (!path.startsWith("/")) throw new InvalidArgumentError(`Import path "${path}" is not absolute`);
     options.onProgress?.({ phase: "unpack", message: `unpacking ${path}`, fraction: 0.5 });

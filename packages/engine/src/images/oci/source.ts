@@ -100,6 +100,22 @@ export async function resolveOciLayout(dir: string, stageDir: string, options: R
 }
 
 /**
+ * Unpacks a tar of an OCI layout into `workDir` (path-safely, bounded) and resolves it. The
+ * layout's `blobs/sha256` must be real directories of the archive, never links out of it.
+ */
+export async function resolveOciArchive(tarPath: string, workDir: string, options: ResolveOptions): Promise<ResolvedImage> {
+  const unpacked = join(workDir, "layout");
+  await mkdir(unpacked, { recursive: true, mode: 0o700 });
+  const writer = new TreeWriter(unpacked, { maxEntries: MAX_ARCHIVE_ENTRIES, maxBytes: options.maxBlobBytes }, options.signal);
+  await extractTar(tarPath, writer, options.signal ? { signal: options.signal } : {});
+  for (const dir of ["blobs", "blobs/sha256"]) {
+    const st = await lstat(join(unpacked, dir)).catch(() => undefined);
+    if (st?.isDirectory() !== true) throw new OciImageError("unsafe-entry", `Cannot read OCI layout archive ${quote(tarPath)}: ${quote(dir)} is not a directory of the archive`);
+  }
+  return resolveOciLayout(unpacked, join(workDir, "s"), { ...options, copyLayers: false });
+}
+
+/**
  * Unpacks a docker-archive into `workDir` (path-safely, bounded) and resolves its one image.
  * Layers are named by their diff_ids in the config, whose own digest must match its file name
  * when that name is a digest.
