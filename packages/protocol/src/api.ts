@@ -181,7 +181,28 @@ export const SandboxInfo = z.strictObject({
   state: SandboxState,
   backend: BackendName,
   tier: Tier,
-  image: z.strictObject({ ref: z.string().max(512), digest: Sha256DigestSchema }),
+  image: z.strictObject({
+    ref: z.string().max(512),
+    digest: Sha256DigestSchema,
+    /** For an OCI image: its manifest and config digests and the pinned reference it was pulled as. */
+    oci: z
+      .strictObject({ manifestDigest: Sha256DigestSchema.optional(), configDigest: Sha256DigestSchema, reference: z.string().max(1024).optional() })
+      .optional(),
+    /**
+     * What the image's config supplied where the create did not: environment variable names, the
+     * default exec working directory; and, recorded but not applied, its user, entrypoint and cmd
+     * (workloads always run as the sandbox's unprivileged user; a create's `command` is never implied).
+     */
+    fromImage: z
+      .strictObject({
+        envNames: z.array(z.string().max(256)).max(4096).optional(),
+        workingDir: z.string().max(1024).optional(),
+        user: z.string().max(256).optional(),
+        entrypoint: z.array(z.string().max(4096)).max(1024).optional(),
+        cmd: z.array(z.string().max(4096)).max(1024).optional(),
+      })
+      .optional(),
+  }),
   createdAt: z.string().max(64),
   expiresAt: z.string().max(64),
   /** Limits actually enforced; a field is absent when not limited. */
