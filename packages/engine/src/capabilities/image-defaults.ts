@@ -7,7 +7,10 @@
 import { lstat } from "node:fs/promises";
 import { posix } from "node:path";
 import type { SandboxInfo } from "@mvm/protocol";
+import { PolicyRuleDeniedError } from "../admission/admit.js";
+import { evaluateImagePolicy, type ImageFacts } from "../admission/policy.js";
 import type { ImageRecord } from "../images/store.js";
+import type { EngineCore } from "./core.js";
 
 export interface ImageApplied {
   /** The create's env with the image's entries beneath it (undefined when neither has any). */
@@ -38,6 +41,19 @@ export async function applyImageDefaults(imageRef: string, image: ImageRecord, r
   if (defaults.cmd !== undefined) fromImage.cmd = defaults.cmd;
   if (Object.keys(fromImage).length > 0) info.fromImage = fromImage;
   return { env, info };
+}
+
+/** The facts the policy's image rules judge. No image has a verified provenance record yet. */
+export function imageFacts(ref: string, image: ImageRecord): ImageFacts {
+  const reference = image.oci?.reference;
+  const registry = image.source.kind === "registry" && reference !== undefined ? reference.slice(0, reference.indexOf("/")) : undefined;
+  return { ref, ...(registry ? { registry } : {}), provenanceVerified: false };
+}
+
+/** @throws PolicyRuleDeniedError when the operator policy's image rules refuse the image */
+export async function checkImagePolicy(core: EngineCore, facts: ImageFacts): Promise<void> {
+  const decision = evaluateImagePolicy(facts, await core.gate.policy());
+  if (!decision.ok) throw new PolicyRuleDeniedError(decision.rule, `Image "${facts.ref}" denied by policy rule "${decision.rule}": ${decision.message}`);
 }
 
 /** True when every component of the absolute `path` is a real directory under `root` (no symlink followed). */

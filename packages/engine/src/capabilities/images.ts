@@ -4,6 +4,9 @@ import { ImportImageApiRequest, PullImageApiRequest, NotFoundError, type CallOpt
 import { callSignal } from "../_internal/signals.js";
 import { parse, type EngineCore } from "./core.js";
 import type { ImageRecord } from "../images/store.js";
+import { PolicyRuleDeniedError } from "../admission/admit.js";
+import { evaluatePullPolicy } from "../admission/policy.js";
+import { parseRegistryRef } from "../images/oci/pull.js";
 
 export async function listImages(core: EngineCore): Promise<ImageInfo[]> {
   const list = await core.options.images.list();
@@ -38,6 +41,9 @@ export async function importImage(core: EngineCore,
 
 export async function pullImage(core: EngineCore, reference: string, options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
   const req = parse(PullImageApiRequest, { reference }, "image pull");
+  const { registry } = parseRegistryRef(req.reference);
+  const decision = evaluatePullPolicy(registry, await core.gate.policy());
+  if (!decision.ok) throw new PolicyRuleDeniedError(decision.rule, `Pull of "${req.reference}" denied by policy rule "${decision.rule}": ${decision.message}`);
   const signal = callSignal(options);
   const rec = await core.options.images.pull(req.reference, { ...(options.onProgress ? { onProgress: options.onProgress } : {}), ...(signal ? { signal } : {}) });
   return toImageInfo(rec);
