@@ -99,7 +99,7 @@ export async function writeHandLayout(dir: string, layers: HandLayer[], options:
 /**
  * Builds `DIR/layout:t1` with umoci: layer 1 a static busybox with /etc/motd and /gone/f, layer 2
  * replacing /etc/motd and deleting /gone (a whiteout umoci writes itself); the config sets Env,
- * WorkingDir, User and Cmd.
+ * WorkingDir (/srv), User and Cmd.
  */
 export async function writeUmociLayout(dir: string): Promise<string> {
   const layout = join(dir, "layout");
@@ -114,10 +114,11 @@ export async function writeUmociLayout(dir: string): Promise<string> {
   for (const tool of ["sh", "cat", "ls", "env", "id", "pwd"]) execFileSync("ln", ["-s", "busybox", join(rootfs, "bin", tool)]);
   await mkdir(join(rootfs, "etc"), { recursive: true });
   await mkdir(join(rootfs, "gone"), { recursive: true });
+  await mkdir(join(rootfs, "srv"), { recursive: true });
   await writeFile(join(rootfs, "etc", "motd"), "v1\n");
   await writeFile(join(rootfs, "gone", "f"), "x\n");
   run("repack", "--image", `${layout}:t1`, bundle);
-  run("config", "--image", `${layout}:t1`, "--config.env", "FROM_IMAGE=yes", "--config.env", "PATH=/bin", "--config.workingdir", "/work", "--config.user", "1000", "--config.cmd", "sh");
+  run("config", "--image", `${layout}:t1`, "--config.env", "FROM_IMAGE=yes", "--config.env", "PATH=/bin", "--config.workingdir", "/srv", "--config.user", "1000", "--config.cmd", "sh");
   await rm(bundle, { recursive: true, force: true });
   run("unpack", "--rootless", "--image", `${layout}:t1`, bundle);
   await rm(join(rootfs, "gone"), { recursive: true, force: true });

@@ -205,7 +205,7 @@ describe("images made by real tools: umoci layout, skopeo docker-archive and reg
     await assert.rejects(lstat(join(rootfs, "gone")), { code: "ENOENT" });
     assert.ok((await lstat(join(rootfs, "bin/sh"))).isSymbolicLink());
     assert.deepEqual(fromLayout.oci?.defaults.env, { FROM_IMAGE: "yes", PATH: "/bin" });
-    assert.equal(fromLayout.oci?.defaults.workingDir, "/work");
+    assert.equal(fromLayout.oci?.defaults.workingDir, "/srv");
 
     const archive = join(tools, "img.tar");
     execFileSync(SKOPEO, ["copy", "--quiet", `oci:${layout}:t1`, `docker-archive:${archive}:t/one:1`], { stdio: "pipe" });
