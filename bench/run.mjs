@@ -14,6 +14,7 @@
 //   node bench/run.mjs admission   # admission overhead added to a create (bench/admission.mjs)
 //   node bench/run.mjs audit       # audit log append (durable) and verify rates (bench/audit.mjs); AUDIT_ENTRIES, AUDIT_CONCURRENCY
 //   node bench/run.mjs pause       # pause/resume latency per backend (bench/pause.mjs); BENCH_PAUSE_RUNS, BENCH_PAUSE_BACKENDS
+//   node bench/run.mjs oci         # OCI pull of a multi-layer image against skopeo copy to a dir, same run (bench/oci.mjs); BENCH_OCI_RUNS, BENCH_OCI_LAYERS, BENCH_OCI_LAYER_MIB
 //   node bench/run.mjs store       # snapshot store write/verify against raw BLAKE3, dedup (bench/store.mjs)
 //   node bench/run.mjs snapshot-ns # container-tier snapshot, restore and fork (bench/snapshot-ns.mjs)
 //   node bench/run.mjs snapshot-vm # VM-tier restore, memory per restored VM, snapshot, fork (bench/snapshot-vm.mjs)
@@ -32,6 +33,7 @@ import { benchAdmission } from "./admission.mjs";
 import { benchAudit } from "./audit.mjs";
 import { benchPause } from "./pause.mjs";
 import { benchStore } from "./store.mjs";
+import { benchOci } from "./oci.mjs";
 import { benchSnapshotNs } from "./snapshot-ns.mjs";
 import { benchSnapshotVm } from "./snapshot-vm.mjs";
 import { benchOneshot } from "./oneshot.mjs";
@@ -40,7 +42,7 @@ import { benchFunctions } from "./functions.mjs";
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
 const IMAGE = process.env.BENCH_IMAGE ?? "debian:bookworm+python3";
-const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "egress", "admission", "audit", "pause", "store", "snapshot-ns", "snapshot-vm", "vm"];
+const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "egress", "admission", "audit", "pause", "store", "oci", "snapshot-ns", "snapshot-vm", "vm"];
 const args = process.argv.slice(2);
 const jsonOut = args.includes("--json");
 const only = new Set(args.filter((a) => a !== "--json"));
@@ -216,6 +218,10 @@ async function main() {
     }
     if (want("store")) {
       result.figures.store = await benchStore();
+    }
+    if (want("oci")) {
+      result.figures.oci = await benchOci();
+      log("oci", JSON.stringify(result.figures.oci));
     }
     if (want("snapshot-ns")) {
       result.figures.snapshotNs = await benchSnapshotNs({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
