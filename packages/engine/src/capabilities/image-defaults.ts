@@ -50,9 +50,14 @@ export function imageFacts(ref: string, image: ImageRecord): ImageFacts {
   return { ref, ...(registry ? { registry } : {}), provenanceVerified: false };
 }
 
-/** @throws PolicyRuleDeniedError when the operator policy's image rules refuse the image */
+/**
+ * @throws PolicyRuleDeniedError when the operator policy's image rules refuse the image. A policy
+ * that cannot be read is left to admission, which refuses every workload under it and records why.
+ */
 export async function checkImagePolicy(core: EngineCore, facts: ImageFacts): Promise<void> {
-  const decision = evaluateImagePolicy(facts, await core.gate.policy());
+  const policy = await core.gate.policy().catch(() => undefined);
+  if (policy === undefined) return;
+  const decision = evaluateImagePolicy(facts, policy);
   if (!decision.ok) throw new PolicyRuleDeniedError(decision.rule, `Image "${facts.ref}" denied by policy rule "${decision.rule}": ${decision.message}`);
 }
 

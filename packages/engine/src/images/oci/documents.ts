@@ -247,7 +247,7 @@ export interface ImageDefaults {
 
 /**
  * Extracts the defaults the engine uses from a config. `Env` entries are `NAME=value`; an entry
- * without `=` or with a name that is not a portable variable name is refused.
+ * without `=`, with a name that is not a portable variable name, or named `__proto__` is refused.
  */
 export function imageDefaults(config: ImageConfig, what: string): ImageDefaults {
   const c = config.config ?? undefined;
@@ -263,10 +263,10 @@ export function imageDefaults(config: ImageConfig, what: string): ImageDefaults 
     for (const entry of c.Env) {
       const eq = entry.indexOf("=");
       const name = eq < 0 ? entry : entry.slice(0, eq);
-      if (eq <= 0 || !/^[A-Za-z_][A-Za-z0-9_]{0,255}$/.test(name) || entry.includes("\0")) {
+      if (eq <= 0 || !/^[A-Za-z_][A-Za-z0-9_]{0,255}$/.test(name) || name === "__proto__" || entry.includes("\0")) {
         throw new OciImageError("schema", `Cannot use ${what}: Env entry ${JSON.stringify(entry.slice(0, 100))} is not NAME=value`);
       }
-      if (name !== "__proto__") env[name] = entry.slice(eq + 1);
+      env[name] = entry.slice(eq + 1);
     }
     if (Object.keys(env).length > 0) out.env = env;
   }

@@ -92,6 +92,7 @@ describe("hostile OCI images are refused and leave nothing behind", () => {
   it("a manifest with an unknown field", () => refusedWith([{ entries: [file("a")] }], "schema", { manifestExtraField: true }));
   it("a config for another platform", () => refusedWith([{ entries: [file("a")] }], "platform", { os: "windows" }));
   it("an Env entry without =", () => refusedWith([{ entries: [file("a")] }], "schema", { env: ["NOEQUALS"] }));
+  it("an Env entry named __proto__", () => refusedWith([{ entries: [file("a")] }], "schema", { env: ["__proto__=x"] }));
   it("a media type that disagrees with the bytes", () => refusedWith([{ entries: [file("a")], compression: "none", declare: "gzip" }], "schema"));
   it("an uncompressed layer declared as one is applied", async () => {
     const rec = await importHand([{ entries: [file("a")], compression: "none" }]);
