@@ -15,6 +15,7 @@ import {
   InvalidArgumentError,
   MvmError,
   NotFoundError,
+  SnapshotMismatchError,
   type ProgressEvent,
   type Sha256Digest,
 } from "@mvm/protocol";
@@ -194,6 +195,18 @@ export class ImageStore {
     return this.#import(ref, { kind: "dir", detail: abs }, (w, o) => copyDir(abs, w, o), options, `${quote(abs)} as ${quote(ref)}`);
   }
 
+  /**
+   * Imports a tar that must make the image `digest` (a bundle's image): unpacked by the same
+   * rules as {@link importTar}, hashed, and stored under `name` only when its digest is
+   * `digest`; otherwise nothing is stored (`SnapshotMismatchError`).
+   */
+  async importExpected(path: string, digest: Sha256Digest, name: string, options: ProgressOptions = {}): Promise<ImageRecord> {
+    const ref = parseLocalName(name);
+    const abs = resolvePath(path);
+    await this.#mustExist(abs);
+    return this.#import(ref, { kind: "tar", detail: `bundle image ${digest}` }, (w, o) => extractTar(abs, w, o), options, `${quote(abs)} as ${quote(ref)}`, digest);
+  }
+
   /** Every stored image, oldest first. */
   async list(): Promise<ImageRecord[]> {
     const refs = await this.#readRefs();
@@ -270,6 +283,7 @@ export class ImageStore {
     fill: (writer: TreeWriter, options: SourceOptions) => Promise<void>,
     options: ProgressOptions,
     what: string,
+    expectDigest?: Sha256Digest,
   ): Promise<ImageRecord> {
     const { signal, onProgress } = options;
     const work = await this.#layout.newWorkDir();
@@ -298,6 +312,9 @@ export class ImageStore {
       if (writer.dropped > 0) onProgress?.({ phase: "unpack", message: `dropped ${writer.dropped} device node(s), FIFO(s) or socket(s)` });
       onProgress?.({ phase: "hash", message: "computing the image digest", fraction: 0.85 });
       const tree = await hashTree(rootfs, signal);
+      if (expectDigest !== undefined && tree.digest !== expectDigest) {
+        throw new SnapshotMismatchError(`Image ${expectDigest} does not match its files: they hash to ${tree.digest}`);
+      }
       const meta: ImageMeta = { version: 1, createdAt: new Date().toISOString(), sizeBytes: tree.sizeBytes, source };
       await writeFileAtomic(join(work, "manifest.json"), tree.manifestBytes);
       await writeFileAtomic(join(work, "image.json"), `${JSON.stringify(meta, null, 2)}\n`);
