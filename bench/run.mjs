@@ -18,6 +18,7 @@
 //   node bench/run.mjs store       # snapshot store write/verify against raw BLAKE3, dedup (bench/store.mjs)
 //   node bench/run.mjs snapshot-ns # container-tier snapshot, restore and fork (bench/snapshot-ns.mjs)
 //   node bench/run.mjs snapshot-vm # VM-tier restore, memory per restored VM, snapshot, fork (bench/snapshot-vm.mjs)
+//   node bench/run.mjs bundle      # bundle push/pull (file://, OCI registry) against plain copies and one-blob uploads (bench/bundle.mjs)
 //   node bench/run.mjs vm          # VM tier (bench/vm.mjs); BENCH_VM_COLD_RUNS, BENCH_VM_RESTORE_RUNS, BENCH_VM_IDLE
 //   BENCH_RUNS=50 BENCH_SANDBOXES=200 node bench/run.mjs
 import { spawn } from "node:child_process";
@@ -38,11 +39,12 @@ import { benchSnapshotNs } from "./snapshot-ns.mjs";
 import { benchSnapshotVm } from "./snapshot-vm.mjs";
 import { benchOneshot } from "./oneshot.mjs";
 import { benchFunctions } from "./functions.mjs";
+import { benchBundle } from "./bundle.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
 const IMAGE = process.env.BENCH_IMAGE ?? "debian:bookworm+python3";
-const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "egress", "admission", "audit", "pause", "store", "oci", "snapshot-ns", "snapshot-vm", "vm"];
+const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "egress", "admission", "audit", "pause", "store", "oci", "snapshot-ns", "snapshot-vm", "vm", "bundle"];
 const args = process.argv.slice(2);
 const jsonOut = args.includes("--json");
 const only = new Set(args.filter((a) => a !== "--json"));
@@ -225,6 +227,9 @@ async function main() {
     }
     if (want("snapshot-ns")) {
       result.figures.snapshotNs = await benchSnapshotNs({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
+    }
+    if (want("bundle")) {
+      result.figures.bundle = await benchBundle({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
     }
     if (want("snapshot-vm")) {
       result.figures.snapshotVm = await benchSnapshotVm({ log, summary });

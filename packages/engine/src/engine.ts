@@ -39,6 +39,10 @@ import {
   type SnapshotInfo,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type BundlePullInfo,
+  type BundlePushInfo,
+  type PullBundleRequest,
+  type PushBundleRequest,
   type Tier,
   type WriteFileOptions,
 } from "@mvm/protocol";
@@ -59,6 +63,7 @@ import * as pools from "./capabilities/pools.js";
 import * as processes from "./capabilities/processes.js";
 import * as sandboxes from "./capabilities/sandboxes.js";
 import * as snapshots from "./capabilities/snapshots.js";
+import * as bundles from "./capabilities/bundles.js";
 
 export const ENGINE_VERSION = "0.1.0";
 export const DEFAULT_IMAGE = "debian:bookworm+python3";
@@ -316,6 +321,14 @@ export class Engine implements EngineApi {
   }
   deleteSnapshot(ref: string): Promise<void> {
     return snapshots.deleteSnapshot(this.#core, ref);
+  }
+
+  // Bundles
+  pushBundle(request: PushBundleRequest, options: CallOptions = {}): Promise<BundlePushInfo> {
+    return bundles.pushBundle(this.#core, request, options);
+  }
+  pullBundle(request: PullBundleRequest, options: CallOptions = {}): Promise<BundlePullInfo> {
+    return bundles.pullBundle(this.#core, request, options);
   }
 
   // Processes

@@ -20,6 +20,7 @@ import type { NetworkPolicyJson } from "./network-policy.js";
 import type { SignedPlan } from "./plan.js";
 import type { ForkApiRequest, SnapshotApiRequest, SnapshotInfo } from "./snapshot-api.js";
 import type { WarmPoolInfo, WarmPoolRequest } from "./pool-api.js";
+import type { BundlePullInfo, BundlePushInfo, PullBundleRequest, PushBundleRequest } from "./bundle-api.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -157,6 +158,19 @@ export interface EngineApi {
    */
   setWarmPool(request: WarmPoolRequest, options?: CallOptions): Promise<WarmPoolInfo>;
   listWarmPools(options?: CallOptions): Promise<WarmPoolInfo[]>;
+
+  /**
+   * Packs a snapshot (with its image) or an image into a bundle at `request.destination` and
+   * returns its digest and the pinned source a pull takes.
+   * @throws NotFoundError when the source is not stored; InvalidArgumentError for a bad location
+   */
+  pushBundle(request: PushBundleRequest, options?: CallOptions): Promise<BundlePushInfo>;
+  /**
+   * Pulls a bundle pinned by digest: bundle.json, index, packs and chunks are each verified before
+   * anything is stored; a snapshot bundle becomes a snapshot of this host (signed by its key).
+   * @throws SnapshotMismatchError when anything fails verification (nothing is left behind)
+   */
+  pullBundle(request: PullBundleRequest, options?: CallOptions): Promise<BundlePullInfo>;
 
   exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted>;
   signalProcess(id: string, proc: number, signal: KillSignal, options?: CallOptions): Promise<void>;

@@ -34,6 +34,10 @@ import {
   type SnapshotApiRequest,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type BundlePullInfo,
+  type BundlePushInfo,
+  type PullBundleRequest,
+  type PushBundleRequest,
 } from "@mvm/protocol";
 
 /** Loads the engine module; replaceable in tests. */
@@ -166,6 +170,12 @@ export class EmbeddedEngine implements EngineApi {
   }
   listWarmPools(options?: CallOptions): Promise<WarmPoolInfo[]> {
     return this.#engine.listWarmPools(options);
+  }
+  pushBundle(request: PushBundleRequest, options?: CallOptions): Promise<BundlePushInfo> {
+    return this.#engine.pushBundle(request, options);
+  }
+  pullBundle(request: PullBundleRequest, options?: CallOptions): Promise<BundlePullInfo> {
+    return this.#engine.pullBundle(request, options);
   }
   listSnapshots(options?: CallOptions): Promise<SnapshotInfo[]> {
     return this.#engine.listSnapshots(options);

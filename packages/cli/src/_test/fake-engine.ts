@@ -35,6 +35,10 @@ import {
   type ForkApiRequest,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type BundlePullInfo,
+  type BundlePushInfo,
+  type PullBundleRequest,
+  type PushBundleRequest,
 } from "@mvm/protocol";
 
 export const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
@@ -244,6 +248,19 @@ export class FakeEngine implements EngineApi {
   }
   async listWarmPools(): Promise<WarmPoolInfo[]> {
     return [...this.pools];
+  }
+
+  readonly bundleRequests: (PushBundleRequest | PullBundleRequest)[] = [];
+  async pushBundle(request: PushBundleRequest): Promise<BundlePushInfo> {
+    this.calls.push("pushBundle");
+    this.bundleRequests.push(request);
+    const digest = `sha256:${"b".repeat(64)}` as const;
+    return { digest, uri: `${request.destination}@${digest}`, kind: request.source.startsWith("snap_") ? "snapshot" : "image", bytes: 1234, packs: 1, chunks: 2 };
+  }
+  async pullBundle(request: PullBundleRequest): Promise<BundlePullInfo> {
+    this.calls.push("pullBundle");
+    this.bundleRequests.push(request);
+    return { digest: `sha256:${"b".repeat(64)}`, kind: "image", image: { digest: `sha256:${"1".repeat(64)}`, refs: ["bundle-1111111111111111"] }, fetchedBytes: 1234, packsFetched: 1, packs: 1, chunksReused: 0 };
   }
 
   async listSnapshots(): Promise<SnapshotInfo[]> {

@@ -17,6 +17,7 @@ import { logsCommand, networkSetCommand, networkShowCommand } from "./network.js
 import { secretLsCommand, secretRmCommand, secretSetCommand } from "./secret.js";
 import { runCommand } from "./run.js";
 import { poolLsCommand, poolSetCommand } from "./pool.js";
+import { bundlePullCommand, bundlePushCommand } from "./bundle.js";
 import { planCommand } from "./plan.js";
 import { fnRunCommand } from "./fn.js";
 
@@ -38,6 +39,8 @@ export const COMMANDS: readonly Command[] = [
   forkCommand,
   poolSetCommand,
   poolLsCommand,
+  bundlePushCommand,
+  bundlePullCommand,
   fnRunCommand,
   logsCommand,
   networkSetCommand,

@@ -15,6 +15,7 @@ import {
   InvalidArgumentError,
   MvmError,
   NotFoundError,
+  SnapshotMismatchError,
   type ProgressEvent,
   type Sha256Digest,
 } from "@mvm/protocol";
@@ -327,6 +328,18 @@ export class ImageStore {
     if (trash) await removeTree(trash);
   }
 
+  /**
+   * Imports a tar that must make the image `digest` (a bundle's image): unpacked by the same
+   * rules as {@link importTar}, hashed, and stored under `name` only when its digest is
+   * `digest`; otherwise nothing is stored (`SnapshotMismatchError`).
+   */
+  async importExpected(path: string, digest: Sha256Digest, name: string, options: ProgressOptions = {}): Promise<ImageRecord> {
+    const ref = parseLocalName(name);
+    const abs = resolvePath(path);
+    await this.#mustExist(abs);
+    return this.#import(ref, { kind: "tar", detail: `bundle image ${digest}` }, (w, o) => extractTar(abs, w, o), options, `${quote(abs)} as ${quote(ref)}`, () => undefined, digest);
+  }
+
   /** Every stored image, oldest first. */
   async list(): Promise<ImageRecord[]> {
     const refs = await this.#readRefs();
@@ -404,6 +417,7 @@ export class ImageStore {
     options: ProgressOptions,
     what: string,
     ociMeta: () => ImageMeta["oci"] = () => undefined,
+    expectDigest?: Sha256Digest,
   ): Promise<ImageRecord> {
     const { signal, onProgress } = options;
     const work = await this.#layout.newWorkDir();
@@ -432,6 +446,9 @@ export class ImageStore {
       if (writer.dropped > 0) onProgress?.({ phase: "unpack", message: `dropped ${writer.dropped} device node(s), FIFO(s) or socket(s)` });
       onProgress?.({ phase: "hash", message: "computing the image digest", fraction: 0.85 });
       const tree = await hashTree(rootfs, signal);
+      if (expectDigest !== undefined && tree.digest !== expectDigest) {
+        throw new SnapshotMismatchError(`Image ${expectDigest} does not match its files: they hash to ${tree.digest}`);
+      }
       const oci = ociMeta();
       const meta: ImageMeta = { version: 1, createdAt: new Date().toISOString(), sizeBytes: tree.sizeBytes, source, ...(oci ? { oci } : {}) };
       await writeFileAtomic(join(work, "manifest.json"), tree.manifestBytes);
