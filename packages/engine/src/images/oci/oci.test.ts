@@ -237,3 +237,66 @@ describe("images made by real tools: umoci layout, skopeo docker-archive and reg
     await assertNothingLeft();
   });
 });
+
+describe("layers against a model of overlay semantics (property)", () => {
+  // Fixed kinds per path, so every generated image is well-formed: a and b are directories,
+  // the rest regular files; whiteouts and opaque markers name them.
+  const FILES = ["a/x", "a/y", "b/x", "z"];
+  const DIRS = ["a", "b"];
+  type Op = { kind: "file"; path: string } | { kind: "dir"; path: string } | { kind: "wh"; path: string } | { kind: "opq"; dir: string };
+  const op: fc.Arbitrary<Op> = fc.oneof(
+    fc.constantFrom(...FILES).map((path) => ({ kind: "file" as const, path })),
+    fc.constantFrom(...DIRS).map((path) => ({ kind: "dir" as const, path })),
+    fc.constantFrom(...FILES, ...DIRS).map((path) => ({ kind: "wh" as const, path })),
+    fc.constantFrom(...DIRS).map((dir) => ({ kind: "opq" as const, dir })),
+  );
+  const parentOf = (p: string): string => (p.includes("/") ? p.slice(0, p.lastIndexOf("/")) : "");
+  const withParents = (p: string): string[] => p.split("/").map((_, i, parts) => parts.slice(0, i + 1).join("/"));
+
+  /** What the tree should hold after the layers: whiteouts and opaque markers hide lower layers only. */
+  function model(layers: Op[][]): string[] {
+    const tree = new Set<string>();
+    for (const layer of layers) {
+      const touched = new Set<string>();
+      for (const o of layer) {
+        if (o.kind === "file" || o.kind === "dir") {
+          for (const p of withParents(o.path)) {
+            tree.add(p);
+            touched.add(p);
+          }
+        } else if (o.kind === "wh") {
+          if (touched.has(o.path)) continue;
+          for (const p of [...tree]) if (p === o.path || p.startsWith(`${o.path}/`)) tree.delete(p);
+        } else {
+          for (const p of [...tree]) if (p.startsWith(`${o.dir}/`) && !touched.has(withParents(p)[o.dir.split("/").length]!)) tree.delete(p);
+        }
+      }
+    }
+    return [...tree].sort();
+  }
+
+  const entryOf = (o: Op): HandLayer["entries"][number] =>
+    o.kind === "file" ? file(o.path) :
+    o.kind === "dir" ? { path: o.path, type: "dir" } :
+    o.kind === "wh" ? { path: `${parentOf(o.path) ? parentOf(o.path) + "/" : ""}.wh.${o.path.split("/").at(-1)}` } :
+    { path: `${o.dir}/.wh..wh..opq` };
+
+  it("whiteouts and opaque dirs give the tree the model says, whatever the order of entries", async () => {
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.array(op, { minLength: 1, maxLength: 8 }), { minLength: 1, maxLength: 4 }), async (layers) => {
+        const dir = join(base, `m${n++}`);
+        await writeHandLayout(dir, layers.map((l) => ({ entries: l.map(entryOf) })));
+        const rec = await store.importOci(`oci-layout:${dir}`, "model/img");
+        const got = (await readdir(rec.rootfsDir, { recursive: true }))
+          .map(String)
+          .filter((p) => !["proc", "dev", "sys", "work", "tmp", ".mvm"].includes(p.split("/")[0]!))
+          .sort();
+        assert.deepEqual(got, model(layers), JSON.stringify(layers));
+        await store.remove("model/img");
+        await rm(dir, { recursive: true, force: true });
+      }),
+      { numRuns: 60 },
+    );
+  });
+});
