@@ -46,7 +46,8 @@ export async function applyImageDefaults(imageRef: string, image: ImageRecord, r
 /** The facts the policy's image rules judge. No image has a verified provenance record yet. */
 export function imageFacts(ref: string, image: ImageRecord): ImageFacts {
   const reference = image.oci?.reference;
-  const registry = image.source.kind === "registry" && reference !== undefined ? reference.slice(0, reference.indexOf("/")) : undefined;
+  // Only a pull records a reference, and it always starts with its registry host.
+  const registry = reference !== undefined ? reference.slice(0, reference.indexOf("/")) : undefined;
   return { ref, ...(registry ? { registry } : {}), provenanceVerified: false };
 }
 

@@ -104,7 +104,11 @@ export class ImageStore {
     const parsed = parseImageRef(ref);
     const refs = await this.#readRefs();
     const digest = parsed.kind === "digest" ? parsed.digest : refs.get(parsed.ref);
-    return digest === undefined ? undefined : this.#record(digest, refs);
+    if (digest === undefined) return undefined;
+    const record = await this.#record(digest, refs);
+    if (record === undefined || parsed.kind === "digest") return record;
+    const oci = await this.#layout.readOciRef(digest, parsed.ref);
+    return oci === undefined ? record : { ...record, oci };
   }
 
   /**
@@ -227,19 +231,9 @@ export class ImageStore {
   }
 
   /**
-   * Imports an image that `resolve` reads into the private `stage` dir (a layout from a pull,
-   * a copied layout, an unpacked archive). Exposed for the registry pull.
+   * Imports an image that `resolve` reads into the private `stage` dir (a copied layout, an
+   * unpacked archive, a pull's layout), applying its layers and recording its OCI origin for `ref`.
    */
-  async importResolved(
-    ref: string,
-    kind: "oci-layout" | "docker-archive" | "registry",
-    detail: string,
-    options: ProgressOptions & { reference?: string },
-    resolve: (stage: string, options: ResolveOptions) => Promise<ResolvedImage>,
-  ): Promise<ImageRecord> {
-    return this.#importResolved(parseLocalName(ref), kind, detail, options, resolve);
-  }
-
   async #importResolved(
     ref: string,
     kind: "oci-layout" | "docker-archive" | "registry",
@@ -276,7 +270,9 @@ export class ImageStore {
         what,
         () => oci,
       );
-      return record;
+      if (oci === undefined) return record;
+      await this.#layout.writeOciRef(record.digest, ref, oci);
+      return { ...record, oci };
     } finally {
       await removeTree(stage).catch(() => undefined);
     }
@@ -303,13 +299,17 @@ export class ImageStore {
         ...(options.ca !== undefined ? { ca: options.ca } : {}),
       });
       const name = parsed.tag !== undefined ? `${parsed.registry}/${parsed.repository}:${parsed.tag}` : pinnedRef(parsed, tagDigest);
-      const record = await this.#importResolved(parseLocalName(name), "registry", reference, { ...options, reference: pinnedRef(parsed, tagDigest) }, (s, o) =>
+      const record = await this.#importResolved(parseLocalName(name, { allowPinned: true }), "registry", reference, { ...options, reference: pinnedRef(parsed, tagDigest) }, (s, o) =>
         resolveOciLayout(layout, s, { ...o, copyLayers: false }),
       );
       const pins = new Set([pinnedRef(parsed, tagDigest), pinnedRef(parsed, manifestDigest)]);
       pins.delete(name);
-      for (const pin of pins) await this.#addRef(pin, record.digest);
-      return (await this.#record(record.digest, await this.#readRefs())) ?? record;
+      for (const pin of pins) {
+        await this.#addRef(pin, record.digest);
+        if (record.oci) await this.#layout.writeOciRef(record.digest, pin, record.oci);
+      }
+      const refs = await this.#readRefs();
+      return { ...((await this.#record(record.digest, refs)) ?? record), ...(record.oci ? { oci: record.oci } : {}) };
     } finally {
       await removeTree(stage).catch(() => undefined);
     }

@@ -1,7 +1,8 @@
 /**
  * Strict, bounded parsers of the JSON documents an OCI image is made of: the image index (and
- * Docker's manifest list), the image manifest (OCI or Docker v2 schema 2), the image config, an
- * OCI layout's `oci-layout` marker and a docker-archive's `manifest.json`.
+ * Docker's manifest list) and the image manifest (OCI or Docker v2 schema 2), whose schemas are the
+ * registry client's (oci/manifest.ts), the image config, an OCI layout's `oci-layout` marker and a
+ * docker-archive's `manifest.json`.
  *
  * Every document is read with a byte cap, decoded by the strict JSON decoder (duplicate keys,
  * `__proto__` and deep nesting refused) and validated with a strict schema: a field the spec does
@@ -11,6 +12,18 @@
 import { z } from "zod";
 import { InvalidArgumentError, parseJsonStrict, type Sha256Digest } from "@mvm/protocol";
 import { describeIssue } from "../../admission/ir.js";
+import {
+  MEDIA_TYPE_DOCKER_LIST,
+  MEDIA_TYPE_DOCKER_MANIFEST,
+  MEDIA_TYPE_OCI_INDEX,
+  MEDIA_TYPE_OCI_MANIFEST,
+  OciDescriptorSchema,
+  OciIndexSchema,
+  OciManifestSchema,
+  type OciDescriptor,
+  type OciIndex,
+  type OciManifest,
+} from "../../oci/manifest.js";
 
 /** Most bytes of a manifest, an index, `index.json` or a docker-archive `manifest.json`. */
 export const MAX_OCI_DOCUMENT_BYTES = 4 * 1024 * 1024;
@@ -18,17 +31,13 @@ export const MAX_OCI_DOCUMENT_BYTES = 4 * 1024 * 1024;
 export const MAX_OCI_CONFIG_BYTES = 8 * 1024 * 1024;
 /** Most layers one image may have. */
 export const MAX_OCI_LAYERS = 256;
-/** Most manifests one index may list. */
-export const MAX_OCI_INDEX_ENTRIES = 1024;
 /** Deepest JSON nesting accepted in any OCI document. */
 const MAX_JSON_DEPTH = 32;
 
-export const MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json";
-export const MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
-export const MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json";
-export const MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json";
-export const MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json";
-export const MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json";
+const MEDIA_OCI_INDEX = MEDIA_TYPE_OCI_INDEX;
+const MEDIA_OCI_MANIFEST = MEDIA_TYPE_OCI_MANIFEST;
+const MEDIA_DOCKER_LIST = MEDIA_TYPE_DOCKER_LIST;
+const MEDIA_DOCKER_MANIFEST = MEDIA_TYPE_DOCKER_MANIFEST;
 
 /** Layer media types accepted, and the compression each one declares. */
 export const LAYER_MEDIA_TYPES = {
@@ -63,57 +72,14 @@ export class OciImageError extends InvalidArgumentError {
 }
 
 const Digest = z.string().regex(/^sha256:[0-9a-f]{64}$/, "a sha256 digest") as unknown as z.ZodType<Sha256Digest>;
-const MediaType = z
-  .string()
-  .max(255)
-  .regex(/^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$/, "a media type");
-const Annotations = z
-  .record(z.string().max(1024), z.string().max(64 * 1024))
-  .refine((m) => Object.keys(m).length <= 256, "at most 256 annotations");
-const Platform = z.strictObject({
-  architecture: z.string().max(64),
-  os: z.string().max(64),
-  "os.version": z.string().max(256).optional(),
-  "os.features": z.array(z.string().max(256)).max(64).optional(),
-  variant: z.string().max(64).optional(),
-  features: z.array(z.string().max(256)).max(64).optional(),
-});
 
-/** A content descriptor: a blob named by digest, with its size and media type. */
-export const Descriptor = z.strictObject({
-  mediaType: MediaType,
-  digest: Digest,
-  size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-  urls: z.array(z.string().max(2048)).max(16).optional(),
-  annotations: Annotations.optional(),
-  data: z.string().max(64 * 1024).optional(),
-  artifactType: MediaType.optional(),
-  platform: Platform.optional(),
-});
-export type Descriptor = z.infer<typeof Descriptor>;
-
-/** An OCI image index or a Docker manifest list. */
-export const ImageIndex = z.strictObject({
-  schemaVersion: z.literal(2),
-  mediaType: z.enum([MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST]).optional(),
-  artifactType: MediaType.optional(),
-  manifests: z.array(Descriptor).max(MAX_OCI_INDEX_ENTRIES),
-  subject: Descriptor.optional(),
-  annotations: Annotations.optional(),
-});
-export type ImageIndex = z.infer<typeof ImageIndex>;
-
-/** An OCI image manifest or a Docker v2 schema 2 manifest. */
-export const ImageManifest = z.strictObject({
-  schemaVersion: z.literal(2),
-  mediaType: z.enum([MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST]).optional(),
-  artifactType: MediaType.optional(),
-  config: Descriptor,
-  layers: z.array(Descriptor).max(MAX_OCI_LAYERS),
-  subject: Descriptor.optional(),
-  annotations: Annotations.optional(),
-});
-export type ImageManifest = z.infer<typeof ImageManifest>;
+/** A content descriptor, an image index (or Docker list), an image manifest (OCI or Docker v2.2): the registry client's schemas. */
+export const Descriptor = OciDescriptorSchema;
+export type Descriptor = OciDescriptor;
+export const ImageIndex = OciIndexSchema;
+export type ImageIndex = OciIndex;
+export const ImageManifest = OciManifestSchema;
+export type ImageManifest = OciManifest;
 
 const ShortString = z.string().max(4096);
 const StringList = z.array(ShortString).max(1024);
@@ -160,7 +126,7 @@ export const DockerArchiveEntry = z.strictObject({
   Config: z.string().min(1).max(512),
   RepoTags: z.array(z.string().max(512)).max(256).nullable().optional(),
   Layers: z.array(z.string().min(1).max(512)).max(MAX_OCI_LAYERS),
-  LayerSources: z.record(Digest, Descriptor).optional(),
+  LayerSources: z.record(z.string().regex(/^sha256:[0-9a-f]{64}$/), Descriptor).optional(),
 });
 /** A docker-archive's `manifest.json`: exactly one image is accepted. */
 export const DockerArchiveManifest = z.array(DockerArchiveEntry).min(1).max(1);

@@ -67,6 +67,19 @@ describe("OCI layers applied in order", () => {
     assert.match(rec.oci?.manifestDigest ?? "", /^sha256:/);
   });
 
+  it("two images with one tree share the blob, each ref keeping its own config's defaults", async () => {
+    const layers = [{ entries: [file("same")] }];
+    await writeHandLayout(join(base, "one"), layers, { env: ["WHO=one"] });
+    await writeHandLayout(join(base, "two"), layers, { env: ["WHO=two"], workingDir: "/" });
+    const one = await store.importOci(`oci-layout:${join(base, "one")}`, "t/one");
+    const two = await store.importOci(`oci-layout:${join(base, "two")}`, "t/two");
+    assert.equal(one.digest, two.digest);
+    assert.deepEqual(two.oci?.defaults.env, { WHO: "two" });
+    assert.deepEqual((await store.resolve("t/one"))?.oci?.defaults.env, { WHO: "one" });
+    assert.deepEqual((await store.resolve("t/two"))?.oci?.defaults, { env: { WHO: "two" }, workingDir: "/" });
+    assert.notEqual((await store.resolve("t/one"))?.oci?.configDigest, (await store.resolve("t/two"))?.oci?.configDigest);
+  });
+
   it("drops device nodes and clears setuid bits as a plain import does", async () => {
     const rec = await importHand([{ entries: [{ path: "dev0", type: "char" }, { path: "suid", mode: 0o4755, content: "s" }] }]);
     await assert.rejects(lstat(join(rec.rootfsDir, "dev0")), { code: "ENOENT" });
@@ -100,6 +113,12 @@ describe("hostile OCI images are refused and leave nothing behind", () => {
   });
   it("a zstd layer is an UnsupportedCapabilityError on this Node.js", async () => {
     await assert.rejects(importHand([{ entries: [file("a")], compression: "zstd" }]), UnsupportedCapabilityError);
+    await assertNothingLeft();
+  });
+  it("an import may not take a name reserved for pulls (…@sha256:)", async () => {
+    const dir = join(base, "hand");
+    await writeHandLayout(dir, [{ entries: [file("a")] }]);
+    await assert.rejects(store.importOci(`oci-layout:${dir}`, `reg.example/app@sha256:${"a".repeat(64)}`), InvalidArgumentError);
     await assertNothingLeft();
   });
   it("more entries than the store allows", async () => {

@@ -108,8 +108,8 @@ export async function pullToLayout(ref: RegistryRef, layoutDir: string, options:
   const manifest: ImageManifest = doc.manifest;
   const blobs = join(layoutDir, "blobs", "sha256");
   await mkdir(blobs, { recursive: true, mode: 0o700 });
-  const put = (d: Sha256Digest): string => join(blobs, d.slice("sha256:".length));
-  await writeFile(put(fetched.digest as Sha256Digest), fetched.bytes, { flag: "wx", mode: 0o600 });
+  const put = (d: string): string => join(blobs, d.slice("sha256:".length));
+  await writeFile(put(fetched.digest), fetched.bytes, { flag: "wx", mode: 0o600 });
   if (manifest.config.size > MAX_OCI_CONFIG_BYTES) throw new OciImageError("too-large", `Cannot pull ${what}: its config is ${manifest.config.size} bytes, over the limit of ${MAX_OCI_CONFIG_BYTES}`);
   await registry.getBlobToFile(manifest.config.digest, put(manifest.config.digest), { sizeBytes: manifest.config.size });
   let total = 0;

@@ -94,9 +94,9 @@ export async function resolveOciLayout(dir: string, stageDir: string, options: R
       staged = join(stageDir, `${i}-${layer.digest.slice("sha256:".length)}`);
       await stageBlob(dir, layer, staged, layerWhat, options.signal);
     }
-    layers.push({ path: staged, expected: { digest: layer.digest, size: layer.size, diffId: config.rootfs.diff_ids[i]!, compression }, what: layerWhat });
+    layers.push({ path: staged, expected: { digest: layer.digest as Sha256Digest, size: layer.size, diffId: config.rootfs.diff_ids[i]!, compression }, what: layerWhat });
   }
-  return { manifestDigest: descriptor.digest, configDigest: manifest.config.digest, config, layers };
+  return { manifestDigest: descriptor.digest as Sha256Digest, configDigest: manifest.config.digest as Sha256Digest, config, layers };
 }
 
 /**
@@ -144,7 +144,7 @@ export async function resolveDockerArchive(tarPath: string, workDir: string, opt
     const path = await fileInside(workDir, rel, what);
     const diffId = config.rootfs.diff_ids[i]!;
     const source = entry.LayerSources?.[diffId];
-    layers.push({ path, expected: { diffId, ...(source ? { digest: source.digest, size: source.size } : {}) }, what: layerWhat });
+    layers.push({ path, expected: { diffId, ...(source ? { digest: source.digest as Sha256Digest, size: source.size } : {}) }, what: layerWhat });
   }
   return { configDigest, config, layers };
 }
@@ -153,7 +153,7 @@ function sha256(bytes: Uint8Array): Sha256Digest {
   return `sha256:${createHash("sha256").update(bytes).digest("hex")}` as Sha256Digest;
 }
 
-function blobPath(dir: string, digest: Sha256Digest): string {
+function blobPath(dir: string, digest: string): string {
   return join(dir, "blobs", "sha256", digest.slice("sha256:".length));
 }
 
