@@ -16,9 +16,11 @@
 //   node bench/run.mjs audit       # audit log append (durable) and verify rates (bench/audit.mjs); AUDIT_ENTRIES, AUDIT_CONCURRENCY
 //   node bench/run.mjs terminals   # pty exec start and keystroke echo against pipes (bench/terminals.mjs); BENCH_TERM_RUNS
 //   node bench/run.mjs pause       # pause/resume latency per backend (bench/pause.mjs); BENCH_PAUSE_RUNS, BENCH_PAUSE_BACKENDS
+//   node bench/run.mjs oci         # OCI pull of a multi-layer image against skopeo copy to a dir, same run (bench/oci.mjs); BENCH_OCI_RUNS, BENCH_OCI_LAYERS, BENCH_OCI_LAYER_MIB
 //   node bench/run.mjs store       # snapshot store write/verify against raw BLAKE3, dedup (bench/store.mjs)
 //   node bench/run.mjs snapshot-ns # container-tier snapshot, restore and fork (bench/snapshot-ns.mjs)
 //   node bench/run.mjs snapshot-vm # VM-tier restore, memory per restored VM, snapshot, fork (bench/snapshot-vm.mjs)
+//   node bench/run.mjs bundle      # bundle push/pull (file://, OCI registry) against plain copies and one-blob uploads (bench/bundle.mjs)
 //   node bench/run.mjs vm          # VM tier (bench/vm.mjs); BENCH_VM_COLD_RUNS, BENCH_VM_RESTORE_RUNS, BENCH_VM_IDLE
 //   BENCH_RUNS=50 BENCH_SANDBOXES=200 node bench/run.mjs
 import { spawn } from "node:child_process";
@@ -35,16 +37,18 @@ import { benchAudit } from "./audit.mjs";
 import { benchPause } from "./pause.mjs";
 import { benchTerminals } from "./terminals.mjs";
 import { benchStore } from "./store.mjs";
+import { benchOci } from "./oci.mjs";
 import { benchSnapshotNs } from "./snapshot-ns.mjs";
 import { benchSnapshotVm } from "./snapshot-vm.mjs";
 import { benchOneshot } from "./oneshot.mjs";
 import { benchFunctions } from "./functions.mjs";
 import { benchPython } from "./python.mjs";
+import { benchBundle } from "./bundle.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
 const IMAGE = process.env.BENCH_IMAGE ?? "debian:bookworm+python3";
-const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "python", "egress", "admission", "audit", "pause", "terminals", "store", "snapshot-ns", "snapshot-vm", "vm"];
+const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "python", "egress", "admission", "audit", "pause", "terminals", "store", "oci", "snapshot-ns", "snapshot-vm", "vm", "bundle"];
 const args = process.argv.slice(2);
 const jsonOut = args.includes("--json");
 const only = new Set(args.filter((a) => a !== "--json"));
@@ -227,8 +231,15 @@ async function main() {
     if (want("store")) {
       result.figures.store = await benchStore();
     }
+    if (want("oci")) {
+      result.figures.oci = await benchOci();
+      log("oci", JSON.stringify(result.figures.oci));
+    }
     if (want("snapshot-ns")) {
       result.figures.snapshotNs = await benchSnapshotNs({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
+    }
+    if (want("bundle")) {
+      result.figures.bundle = await benchBundle({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
     }
     if (want("snapshot-vm")) {
       result.figures.snapshotVm = await benchSnapshotVm({ log, summary });

@@ -49,6 +49,17 @@ test("ls --json with no sandboxes prints []", async () => {
   assert.deepEqual(JSON.parse(r.stdout), []);
 });
 
+test("image pull --json prints ImageInfo; image import keeps an oci-layout: or docker-archive: prefix and makes the path absolute", async () => {
+  const engine = new FakeEngine();
+  const pull = await cli(["image", "pull", "--json", "reg.example:5000/team/app:1"], { engine });
+  ImageInfoJson.parse(JSON.parse(pull.stdout));
+  assert.ok(engine.calls.includes("pullImage reg.example:5000/team/app:1"));
+  await cli(["image", "import", "oci-layout:rel/dir", "t/one"], { engine });
+  await cli(["image", "import", "docker-archive:/abs/img.tar", "t/two"], { engine });
+  assert.ok(engine.calls.includes(`importImage oci-layout:${process.cwd()}/rel/dir t/one`), engine.calls.join("; "));
+  assert.ok(engine.calls.includes("importImage docker-archive:/abs/img.tar t/two"), engine.calls.join("; "));
+});
+
 test("image ls and image build --json print ImageInfo; image rm --json prints {removed}", async () => {
   const engine = new FakeEngine();
   const ls = await cli(["image", "ls", "--json"], { engine });

@@ -40,6 +40,10 @@ import {
   type SnapshotInfo,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type BundlePullInfo,
+  type BundlePushInfo,
+  type PullBundleRequest,
+  type PushBundleRequest,
   type Tier,
   type WriteFileOptions,
 } from "@mvm/protocol";
@@ -60,6 +64,7 @@ import * as pools from "./capabilities/pools.js";
 import * as processes from "./capabilities/processes.js";
 import * as sandboxes from "./capabilities/sandboxes.js";
 import * as snapshots from "./capabilities/snapshots.js";
+import * as bundles from "./capabilities/bundles.js";
 
 export const ENGINE_VERSION = "0.1.0";
 export const DEFAULT_IMAGE = "debian:bookworm+python3";
@@ -319,6 +324,14 @@ export class Engine implements EngineApi {
     return snapshots.deleteSnapshot(this.#core, ref);
   }
 
+  // Bundles
+  pushBundle(request: PushBundleRequest, options: CallOptions = {}): Promise<BundlePushInfo> {
+    return bundles.pushBundle(this.#core, request, options);
+  }
+  pullBundle(request: PullBundleRequest, options: CallOptions = {}): Promise<BundlePullInfo> {
+    return bundles.pullBundle(this.#core, request, options);
+  }
+
   // Processes
   // Warm pools
   setWarmPool(request: WarmPoolRequest, options: CallOptions = {}): Promise<WarmPoolInfo> {
@@ -393,6 +406,9 @@ export class Engine implements EngineApi {
   }
   buildImage(ref: string, options: CallOptions & { force?: boolean; onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
     return images.buildImage(this.#core, ref, options);
+  }
+  pullImage(reference: string, options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+    return images.pullImage(this.#core, reference, options);
   }
   importImage(path: string, name: string, options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
     return images.importImage(this.#core, path, name, options);

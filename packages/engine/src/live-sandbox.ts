@@ -385,7 +385,7 @@ export class LiveSandbox {
       {
         argv: req.argv,
         env: { ...this.#env, ...(req.env ?? {}) },
-        cwd: req.cwd ?? "/work",
+        cwd: req.cwd ?? this.info.image.fromImage?.workingDir ?? "/work",
         timeoutMs: req.timeoutMs ?? 0,
         killGraceMs: req.killGraceMs ?? DEFAULT_KILL_GRACE_MS,
         maxOutputBytes: req.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES,

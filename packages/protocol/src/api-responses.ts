@@ -46,6 +46,13 @@ export const ImageInfoSchema = z.strictObject({
   refs: z.array(z.string().max(512)).max(4096),
   sizeBytes: z.number().int().min(0),
   createdAt: z.string().max(64),
+  oci: z
+    .strictObject({
+      manifestDigest: Sha256DigestSchema.optional(),
+      configDigest: Sha256DigestSchema,
+      reference: z.string().max(1024).optional(),
+    })
+    .optional(),
 });
 
 export const SandboxListSchema = z.strictObject({ sandboxes: z.array(SandboxInfo).max(100_000) });

@@ -37,7 +37,7 @@ export const ImageRefSchema = z
   .string()
   .min(1)
   .max(512)
-  .regex(/^[a-z0-9][a-z0-9._:+\-/]*$/, { message: "lowercase letters, digits and . _ : + - / only" });
+  .regex(/^[a-z0-9][a-z0-9._:+\-/]*(?:@sha256:[0-9a-f]{64})?$/, { message: "lowercase letters, digits and . _ : + - / only, optionally ending in @sha256:<hex>" });
 
 
 
@@ -181,7 +181,28 @@ export const SandboxInfo = z.strictObject({
   state: SandboxState,
   backend: BackendName,
   tier: Tier,
-  image: z.strictObject({ ref: z.string().max(512), digest: Sha256DigestSchema }),
+  image: z.strictObject({
+    ref: z.string().max(512),
+    digest: Sha256DigestSchema,
+    /** For an OCI image: its manifest and config digests and the pinned reference it was pulled as. */
+    oci: z
+      .strictObject({ manifestDigest: Sha256DigestSchema.optional(), configDigest: Sha256DigestSchema, reference: z.string().max(1024).optional() })
+      .optional(),
+    /**
+     * What the image's config supplied where the create did not: environment variable names, the
+     * default exec working directory; and, recorded but not applied, its user, entrypoint and cmd
+     * (workloads always run as the sandbox's unprivileged user; a create's `command` is never implied).
+     */
+    fromImage: z
+      .strictObject({
+        envNames: z.array(z.string().max(256)).max(4096).optional(),
+        workingDir: z.string().max(1024).optional(),
+        user: z.string().max(256).optional(),
+        entrypoint: z.array(z.string().max(4096)).max(1024).optional(),
+        cmd: z.array(z.string().max(4096)).max(1024).optional(),
+      })
+      .optional(),
+  }),
   createdAt: z.string().max(64),
   expiresAt: z.string().max(64),
   /** Limits actually enforced; a field is absent when not limited. */
@@ -346,13 +367,22 @@ export const ImportImageApiRequest = z.strictObject({
     .string()
     .min(1)
     .max(MAX_PATH_LENGTH)
-    .regex(/^\//, { message: "must be an absolute path" })
+    .regex(/^(?:oci-layout:|docker-archive:)?\//, { message: "must be an absolute path, optionally after \"oci-layout:\" or \"docker-archive:\"" })
     .refine((p) => !p.includes("\0"), { message: "must not contain NUL" }),
   name: ImageRefSchema,
 });
 
 /** Body of POST /v1/images/build. */
 export const BuildImageApiRequest = z.strictObject({ ref: ImageRefSchema, force: z.boolean().optional() });
+
+/**
+ * Body of POST /v1/images/pull: `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:<hex>` (the registry
+ * host is required; no default registry is assumed).
+ */
+export const PullImageApiRequest = z.strictObject({
+  reference: z.string().min(3).max(1024).regex(/^[A-Za-z0-9][A-Za-z0-9._:@\-/]*$/, { message: "REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:<hex>" }),
+});
+export type PullImageApiRequest = z.infer<typeof PullImageApiRequest>;
 
 /** Largest JSON answer the SDK buffers from the daemon, in bytes (requests: see limits.ts). */
 export const MAX_API_JSON_BYTES = 32 * 1024 * 1024;

@@ -20,6 +20,7 @@ import type { NetworkPolicyJson } from "./network-policy.js";
 import type { SignedPlan } from "./plan.js";
 import type { ForkApiRequest, SnapshotApiRequest, SnapshotInfo } from "./snapshot-api.js";
 import type { WarmPoolInfo, WarmPoolRequest } from "./pool-api.js";
+import type { BundlePullInfo, BundlePushInfo, PullBundleRequest, PushBundleRequest } from "./bundle-api.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -88,6 +89,8 @@ export interface ImageInfo {
   refs: string[];
   sizeBytes: number;
   createdAt: string;
+  /** For an OCI image: its manifest and config digests and the pinned reference it was pulled as. */
+  oci?: { manifestDigest?: Sha256Digest; configDigest: Sha256Digest; reference?: string };
 }
 
 export interface BackendReport {
@@ -156,6 +159,19 @@ export interface EngineApi {
   setWarmPool(request: WarmPoolRequest, options?: CallOptions): Promise<WarmPoolInfo>;
   listWarmPools(options?: CallOptions): Promise<WarmPoolInfo[]>;
 
+  /**
+   * Packs a snapshot (with its image) or an image into a bundle at `request.destination` and
+   * returns its digest and the pinned source a pull takes.
+   * @throws NotFoundError when the source is not stored; InvalidArgumentError for a bad location
+   */
+  pushBundle(request: PushBundleRequest, options?: CallOptions): Promise<BundlePushInfo>;
+  /**
+   * Pulls a bundle pinned by digest: bundle.json, index, packs and chunks are each verified before
+   * anything is stored; a snapshot bundle becomes a snapshot of this host (signed by its key).
+   * @throws SnapshotMismatchError when anything fails verification (nothing is left behind)
+   */
+  pullBundle(request: PullBundleRequest, options?: CallOptions): Promise<BundlePullInfo>;
+
   exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted>;
   signalProcess(id: string, proc: number, signal: KillSignal, options?: CallOptions): Promise<void>;
   /** Writes to a process's stdin (it must have been started with `openStdin`); `null` closes stdin. */
@@ -220,6 +236,14 @@ export interface EngineApi {
     options?: CallOptions & { onProgress?: (event: ProgressEvent) => void },
   ): Promise<ImageInfo>;
   removeImage(ref: string, options?: CallOptions): Promise<void>;
+  /**
+   * Pulls the linux/amd64 image `REGISTRY/REPO:TAG` (or `@sha256:<hex>`) from an OCI registry
+   * into the engine's store. The tag is resolved to a digest, recorded, and the image stored also
+   * as `REGISTRY/REPO@sha256:<hex>`; every blob is verified by digest before it is applied.
+   * Plain http only for loopback registries. Token (Bearer) auth is not supported yet.
+   * @example const img = await engine.pullImage("registry.example:5000/team/app:1.0");
+   */
+  pullImage(reference: string, options?: CallOptions & { onProgress?: (event: ProgressEvent) => void }): Promise<ImageInfo>;
 
   /** Releases the client (SDK) or stops the engine and kills its sandboxes (embedded). */
   close(): Promise<void>;

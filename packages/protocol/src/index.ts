@@ -25,6 +25,7 @@ export { canonicalJson } from "./canonical.js";
 export * from "./api.js";
 export * from "./snapshot-api.js";
 export * from "./pool-api.js";
+export * from "./bundle-api.js";
 export { looksSecretName, nameWords } from "./secret-names.js";
 export * from "./api-responses.js";
 export type * from "./engine-api.js";

@@ -38,6 +38,10 @@ import {
   type ForkApiRequest,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type BundlePullInfo,
+  type BundlePushInfo,
+  type PullBundleRequest,
+  type PushBundleRequest,
   MAX_FORK_COUNT,
 } from "@mvm/protocol";
 import type { z } from "zod";
@@ -198,6 +202,18 @@ export class DaemonClient implements EngineApi {
   async listWarmPools(options?: CallOptions): Promise<WarmPoolInfo[]> {
     const r = await this.#json<{ pools: WarmPoolInfo[] }>("listWarmPools", options, { method: "GET", path: "/v1/pools" }, wire.WarmPoolList);
     return r.pools;
+  }
+
+  /** Pushes a bundle (reads the whole snapshot and image: no default deadline, like createSandbox). */
+  async pushBundle(request: PushBundleRequest, options: CallOptions = {}): Promise<BundlePushInfo> {
+    const call = { method: "POST", path: "/v1/bundles/push", ...jsonBody(request) } as const;
+    return this.#progressStream("pushBundle", options, call, wire.BundlePushStreamLine, (line) => (line as { bundle: BundlePushInfo }).bundle);
+  }
+
+  /** Pulls a bundle by digest (downloads and verifies: no default deadline). */
+  async pullBundle(request: PullBundleRequest, options: CallOptions = {}): Promise<BundlePullInfo> {
+    const call = { method: "POST", path: "/v1/bundles/pull", ...jsonBody(request) } as const;
+    return this.#progressStream("pullBundle", options, call, wire.BundlePullStreamLine, (line) => (line as { bundle: BundlePullInfo }).bundle);
   }
 
   async listSnapshots(options?: CallOptions): Promise<SnapshotInfo[]> {
@@ -436,6 +452,11 @@ export class DaemonClient implements EngineApi {
   ): Promise<ImageInfo> {
     const call = { method: "POST", path: "/v1/images/import", ...jsonBody({ path, name }) } as const;
     return this.#progressStream("importImage", options, call, wire.BuildStreamLine, (line) => (line as { image: ImageInfo }).image);
+  }
+
+  pullImage(reference: string, options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+    const call = { method: "POST", path: "/v1/images/pull", ...jsonBody({ reference }) } as const;
+    return this.#progressStream("pullImage", options, call, wire.BuildStreamLine, (line) => (line as { image: ImageInfo }).image);
   }
 
   removeImage(ref: string, options?: CallOptions): Promise<void> {

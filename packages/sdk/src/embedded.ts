@@ -35,6 +35,10 @@ import {
   type SnapshotApiRequest,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type BundlePullInfo,
+  type BundlePushInfo,
+  type PullBundleRequest,
+  type PushBundleRequest,
 } from "@mvm/protocol";
 
 /** Loads the engine module; replaceable in tests. */
@@ -168,6 +172,12 @@ export class EmbeddedEngine implements EngineApi {
   listWarmPools(options?: CallOptions): Promise<WarmPoolInfo[]> {
     return this.#engine.listWarmPools(options);
   }
+  pushBundle(request: PushBundleRequest, options?: CallOptions): Promise<BundlePushInfo> {
+    return this.#engine.pushBundle(request, options);
+  }
+  pullBundle(request: PullBundleRequest, options?: CallOptions): Promise<BundlePullInfo> {
+    return this.#engine.pullBundle(request, options);
+  }
   listSnapshots(options?: CallOptions): Promise<SnapshotInfo[]> {
     return this.#engine.listSnapshots(options);
   }
@@ -234,6 +244,10 @@ export class EmbeddedEngine implements EngineApi {
   listImages(options?: CallOptions): Promise<ImageInfo[]> {
     return this.#engine.listImages(options);
   }
+  pullImage(reference: string, options?: CallOptions & { onProgress?: (event: ProgressEvent) => void }): Promise<ImageInfo> {
+    return this.#engine.pullImage(reference, options);
+  }
+
   buildImage(ref: string, options?: CallOptions & { force?: boolean; onProgress?: (event: ProgressEvent) => void }): Promise<ImageInfo> {
     return this.#engine.buildImage(ref, options);
   }

@@ -6,6 +6,8 @@ export { Sandbox } from "./sandbox.js";
 export type { SandboxCreateOptions, SandboxConnectOptions, SandboxForkOptions, SandboxPlanOptions, SandboxSnapshotOptions } from "./sandbox.js";
 export { Snapshot } from "./snapshot.js";
 export type { SnapshotConnectOptions, SnapshotRef } from "./snapshot.js";
+export { Bundle } from "./bundle.js";
+export type { BundleConnectOptions, BundlePullOptions } from "./bundle.js";
 export { Commands, CommandHandle, commandFailed, DEFAULT_COMMAND_TIMEOUT_SECONDS, DEFAULT_MAX_OUTPUT_BYTES } from "./commands.js";
 export type { CommandResult, ConnectOptions, RunOptions, StartOptions } from "./commands.js";
 export { Files, DEFAULT_MAX_READ_BYTES } from "./files.js";

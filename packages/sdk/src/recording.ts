@@ -43,6 +43,8 @@ import {
   SnapshotIdSchema,
   WarmPoolRequest,
   type WarmPoolInfo,
+  type BundlePullInfo,
+  type BundlePushInfo,
 } from "@mvm/protocol";
 
 /** The environment variable naming the file a recording is written to at exit. */
@@ -421,8 +423,20 @@ export class RecordingEngine implements EngineApi {
     throw new UnsupportedCapabilityError(`${REFUSED}: no image is imported`);
   }
 
+  async pullImage(): Promise<ImageInfo> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no image is pulled`);
+  }
+
   async removeImage(): Promise<void> {
     throw new UnsupportedCapabilityError(`${REFUSED}: no image is removed`);
+  }
+
+  async pushBundle(): Promise<BundlePushInfo> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no bundle is pushed`);
+  }
+
+  async pullBundle(): Promise<BundlePullInfo> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no bundle is pulled`);
   }
 
   async close(): Promise<void> {}

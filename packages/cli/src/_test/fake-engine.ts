@@ -36,6 +36,10 @@ import {
   type ForkApiRequest,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type BundlePullInfo,
+  type BundlePushInfo,
+  type PullBundleRequest,
+  type PushBundleRequest,
 } from "@mvm/protocol";
 
 export const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
@@ -251,6 +255,19 @@ export class FakeEngine implements EngineApi {
     return [...this.pools];
   }
 
+  readonly bundleRequests: (PushBundleRequest | PullBundleRequest)[] = [];
+  async pushBundle(request: PushBundleRequest): Promise<BundlePushInfo> {
+    this.calls.push("pushBundle");
+    this.bundleRequests.push(request);
+    const digest = `sha256:${"b".repeat(64)}` as const;
+    return { digest, uri: `${request.destination}@${digest}`, kind: request.source.startsWith("snap_") ? "snapshot" : "image", bytes: 1234, packs: 1, chunks: 2 };
+  }
+  async pullBundle(request: PullBundleRequest): Promise<BundlePullInfo> {
+    this.calls.push("pullBundle");
+    this.bundleRequests.push(request);
+    return { digest: `sha256:${"b".repeat(64)}`, kind: "image", image: { digest: `sha256:${"1".repeat(64)}`, refs: ["bundle-1111111111111111"] }, fetchedBytes: 1234, packsFetched: 1, packs: 1, chunksReused: 0 };
+  }
+
   async listSnapshots(): Promise<SnapshotInfo[]> {
     this.calls.push("listSnapshots");
     return [...this.snapshots.values()];
@@ -353,6 +370,11 @@ export class FakeEngine implements EngineApi {
     this.calls.push(`buildImage ${ref}${options?.force ? " force" : ""}`);
     for (const e of this.progress) options?.onProgress?.(e);
     return { digest: DIGEST, refs: [ref], sizeBytes: 1, createdAt: "2025-01-01T00:00:00.000Z" };
+  }
+  async pullImage(reference: string, options?: CallOptions & { onProgress?: (e: ProgressEvent) => void }): Promise<ImageInfo> {
+    this.calls.push(`pullImage ${reference}`);
+    for (const e of this.progress) options?.onProgress?.(e);
+    return { digest: DIGEST, refs: [reference], sizeBytes: 1, createdAt: "2025-01-01T00:00:00.000Z" };
   }
   async importImage(path: string, name: string, options?: CallOptions & { onProgress?: (e: ProgressEvent) => void }): Promise<ImageInfo> {
     this.calls.push(`importImage ${path} ${name}`);

@@ -47,14 +47,14 @@ export const imageBuildCommand = defineCommand<{ ref: string; force: boolean }>(
 
 export const imageImportCommand = defineCommand<{ path: string; name: string }>({
   name: "image import",
-  summary: "Import a directory or a tar archive (plain or gzip) as an image",
-  usage: "PATH NAME",
+  summary: "Import a directory, a tar archive (plain or gzip) or an OCI image as an image",
+  usage: "PATH|oci-layout:DIR|docker-archive:FILE NAME",
   details:
     "Extraction is path-safe: absolute paths, '..' and links leaving the tree are refused, device nodes are dropped and setuid/setgid bits cleared. PATH is read by the engine (the daemon, or this process). With --json the image record is printed.",
   flags: {},
   positionals: { min: 2, max: 2 },
   connection: "auto",
-  parse: (raw) => ({ path: resolvePath(raw.positionals[0] ?? ""), name: imageRefArg(raw.positionals[1] ?? "") }),
+  parse: (raw) => ({ path: importSourceArg(raw.positionals[0] ?? ""), name: imageRefArg(raw.positionals[1] ?? "") }),
   async run(ctx, { path, name }) {
     return withEngine(ctx, async (engine) => {
       const progress = ctx.out.progress();
@@ -65,6 +65,38 @@ export const imageImportCommand = defineCommand<{ path: string; name: string }>(
         progress.done();
       }
       ctx.out.human(`${image.digest}\n`);
+      ctx.out.jsonResult(image);
+      return 0;
+    });
+  },
+});
+
+/** `oci-layout:DIR` and `docker-archive:FILE` keep their prefix; the path after it is made absolute. */
+function importSourceArg(raw: string): string {
+  const m = /^(oci-layout|docker-archive):(.+)$/s.exec(raw);
+  return m ? `${m[1]}:${resolvePath(m[2]!)}` : resolvePath(raw);
+}
+
+export const imagePullCommand = defineCommand<{ reference: string }>({
+  name: "image pull",
+  summary: "Pull an image from an OCI registry (linux/amd64), verified by digest",
+  usage: "REGISTRY/REPO:TAG|REGISTRY/REPO@sha256:DIGEST",
+  details:
+    "The registry host is required (no default registry). A tag is resolved to a digest once; the image is also stored as REGISTRY/REPO@sha256:DIGEST, the pinned form to use in create. Plain http only for loopback registries. With --json the image record is printed.",
+  flags: {},
+  positionals: { min: 1, max: 1 },
+  connection: "auto",
+  parse: (raw) => ({ reference: raw.positionals[0] ?? "" }),
+  async run(ctx, { reference }) {
+    return withEngine(ctx, async (engine) => {
+      const progress = ctx.out.progress();
+      let image: ImageInfo;
+      try {
+        image = await engine.pullImage(reference, { signal: ctx.signal, onProgress: (e) => progress.update(e) });
+      } finally {
+        progress.done();
+      }
+      ctx.out.human(`${image.digest}${image.oci?.reference !== undefined ? `  ${image.oci.reference}` : ""}\n`);
       ctx.out.jsonResult(image);
       return 0;
     });

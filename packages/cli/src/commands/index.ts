@@ -8,7 +8,7 @@ import { createCommand } from "./create.js";
 import { daemonCommand } from "./daemon.js";
 import { doctorCommand } from "./doctor.js";
 import { execCommand } from "./exec.js";
-import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
+import { imageBuildCommand, imageImportCommand, imageLsCommand, imagePullCommand, imageRmCommand } from "./image.js";
 import { killCommand } from "./kill.js";
 import { pauseCommand, resumeCommand } from "./pause.js";
 import { forkCommand, snapshotCreateCommand, snapshotInspectCommand, snapshotLsCommand, snapshotRmCommand } from "./snapshot.js";
@@ -17,6 +17,7 @@ import { logsCommand, networkSetCommand, networkShowCommand } from "./network.js
 import { secretLsCommand, secretRmCommand, secretSetCommand } from "./secret.js";
 import { runCommand } from "./run.js";
 import { poolLsCommand, poolSetCommand } from "./pool.js";
+import { bundlePullCommand, bundlePushCommand } from "./bundle.js";
 import { planCommand } from "./plan.js";
 import { fnRunCommand } from "./fn.js";
 import { attachCommand, pkillCommand, psCommand } from "./processes.js";
@@ -42,6 +43,8 @@ export const COMMANDS: readonly Command[] = [
   forkCommand,
   poolSetCommand,
   poolLsCommand,
+  bundlePushCommand,
+  bundlePullCommand,
   fnRunCommand,
   logsCommand,
   networkSetCommand,
@@ -51,6 +54,7 @@ export const COMMANDS: readonly Command[] = [
   secretRmCommand,
   imageBuildCommand,
   imageImportCommand,
+  imagePullCommand,
   imageLsCommand,
   imageRmCommand,
   auditVerifyCommand,

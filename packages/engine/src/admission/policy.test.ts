@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { InvalidArgumentError } from "@mvm/protocol";
-import { evaluatePolicy, loadPolicy, MAX_POLICY_FILE_BYTES, type OperatorPolicy } from "./policy.js";
+import { evaluateImagePolicy, evaluatePolicy, evaluatePullPolicy, loadPolicy, MAX_POLICY_FILE_BYTES, parsePolicy, type ImageFacts, type OperatorPolicy } from "./policy.js";
 import { DIGEST_A, DIGEST_B, RULE_CASES, arbIR } from "./_testing.js";
 
 const root = mkdtempSync(join(tmpdir(), "mvm-policy-test-"));
@@ -68,5 +68,40 @@ describe("operator policy", () => {
       });
     }
     await assert.rejects(loadPolicy(join(root, "missing.json")), /Cannot read policy file/);
+  });
+});
+
+describe("image rules of the operator policy", () => {
+  const hex = "a".repeat(64);
+  const policy = parsePolicy({ version: 1, requireDigestPinnedImages: true, allowedRegistries: ["reg.example:5000"], requireImageProvenance: true });
+  const facts = (ref: string, extra: Partial<ImageFacts> = {}): ImageFacts => ({ ref, provenanceVerified: true, ...extra });
+
+  it("refuses tags, names and debian refs when digests are required; accepts both pinned forms", () => {
+    for (const ref of ["debian:bookworm", "local/img", "reg.example:5000/app:1", `reg.example/app@sha256:${"a".repeat(63)}`]) {
+      const d = evaluateImagePolicy(facts(ref), policy);
+      assert.equal(d.ok ? "ok" : d.rule, "requireDigestPinnedImages", ref);
+    }
+    assert.deepEqual(evaluateImagePolicy(facts(`sha256:${hex}`), policy), { ok: true });
+    assert.deepEqual(evaluateImagePolicy(facts(`reg.example:5000/app@sha256:${hex}`, { registry: "reg.example:5000" }), policy), { ok: true });
+  });
+
+  it("refuses an image from a registry not listed, and a pull from one", () => {
+    const d = evaluateImagePolicy(facts(`evil.example/app@sha256:${hex}`, { registry: "evil.example" }), policy);
+    assert.equal(d.ok ? "ok" : d.rule, "allowedRegistries");
+    const p = evaluatePullPolicy("evil.example", policy);
+    assert.equal(p.ok ? "ok" : p.rule, "allowedRegistries");
+    assert.deepEqual(evaluatePullPolicy("reg.example:5000", policy), { ok: true });
+    assert.deepEqual(evaluatePullPolicy("anything.example", parsePolicy({ version: 1 })), { ok: true });
+  });
+
+  it("refuses an image without verified provenance when it is required", () => {
+    const d = evaluateImagePolicy(facts(`sha256:${hex}`, { provenanceVerified: false }), policy);
+    assert.equal(d.ok ? "ok" : d.rule, "requireImageProvenance");
+    assert.deepEqual(evaluateImagePolicy(facts("local/img", { provenanceVerified: false }), parsePolicy({ version: 1 })), { ok: true });
+  });
+
+  it("refuses a malformed registry name in the policy", () => {
+    assert.throws(() => parsePolicy({ version: 1, allowedRegistries: ["https://reg.example"] }), InvalidArgumentError);
+    assert.throws(() => parsePolicy({ version: 1, requireDigestPinnedImages: "yes" }), InvalidArgumentError);
   });
 });

@@ -37,6 +37,19 @@ export const OperatorPolicy = z.strictObject({
   forbidSnapshots: z.boolean().optional(),
   /** When true, no workload may start from a snapshot (create from one, or fork). */
   forbidRestores: z.boolean().optional(),
+  /**
+   * When true, a create must name its image by digest: `sha256:<hex>` or `REGISTRY/REPO@sha256:<hex>`
+   * (a plan always does). Tags, local names and `debian:` references are refused.
+   */
+  requireDigestPinnedImages: z.boolean().optional(),
+  /**
+   * Registries (`host` or `host:port`, exactly) images may be pulled from and run from. Pulls from
+   * others are refused; an image pulled from one no longer listed is refused at create. Images
+   * not pulled from a registry (builds, imports) are not affected by this rule.
+   */
+  allowedRegistries: z.array(z.string().min(1).max(261).regex(/^[a-z0-9.-]+(?::[0-9]{1,5})?$/)).max(1000).optional(),
+  /** When true, an image must carry a verified provenance record (from the builder); others are refused. */
+  requireImageProvenance: z.boolean().optional(),
 });
 export type OperatorPolicy = z.infer<typeof OperatorPolicy>;
 
@@ -52,7 +65,10 @@ export type PolicyRule =
   | "forbidEgress"
   | "forbidEnvSecrets"
   | "allowedIntents"
-  | "forbidRestores";
+  | "forbidRestores"
+  | "requireDigestPinnedImages"
+  | "allowedRegistries"
+  | "requireImageProvenance";
 
 export type PolicyDecision = { ok: true } | { ok: false; rule: PolicyRule; message: string };
 
@@ -94,6 +110,46 @@ export function evaluatePolicy(ir: WorkloadIR, policy: OperatorPolicy): PolicyDe
   }
   if (policy.forbidRestores === true && ir.fromSnapshot !== undefined) {
     return deny("forbidRestores", `the workload starts from snapshot "${ir.fromSnapshot}", and the policy forbids restores`);
+  }
+  return { ok: true };
+}
+
+/** What the engine knows about the image a create asks for, for the image rules of the policy. */
+export interface ImageFacts {
+  /** The image reference as the create (or its plan) names it. */
+  ref: string;
+  /** `host[:port]` of the registry the image was pulled from; absent for builds and imports. */
+  registry?: string;
+  /** True only when the image has a provenance record whose signature was verified. */
+  provenanceVerified: boolean;
+}
+
+/** True when `ref` names an image by digest. */
+export function isDigestPinned(ref: string): boolean {
+  return /^sha256:[0-9a-f]{64}$/.test(ref) || /^[^@]+@sha256:[0-9a-f]{64}$/.test(ref);
+}
+
+/**
+ * Checks an image against the policy's image rules (digest pinning, registries, provenance), in
+ * that order; the first broken is reported, as a value.
+ */
+export function evaluateImagePolicy(image: ImageFacts, policy: OperatorPolicy): PolicyDecision {
+  if (policy.requireDigestPinnedImages === true && !isDigestPinned(image.ref)) {
+    return deny("requireDigestPinnedImages", `image "${image.ref}" is not named by digest (sha256:<hex> or REGISTRY/REPO@sha256:<hex>)`);
+  }
+  if (policy.allowedRegistries !== undefined && image.registry !== undefined && !policy.allowedRegistries.includes(image.registry)) {
+    return deny("allowedRegistries", `image "${image.ref}" comes from registry "${image.registry}", which is not in the allowed list`);
+  }
+  if (policy.requireImageProvenance === true && !image.provenanceVerified) {
+    return deny("requireImageProvenance", `image "${image.ref}" has no verified provenance record`);
+  }
+  return { ok: true };
+}
+
+/** Checks a pull from `registry` against `allowedRegistries`. */
+export function evaluatePullPolicy(registry: string, policy: OperatorPolicy): PolicyDecision {
+  if (policy.allowedRegistries !== undefined && !policy.allowedRegistries.includes(registry)) {
+    return deny("allowedRegistries", `registry "${registry}" is not in the allowed list`);
   }
   return { ok: true };
 }

@@ -124,6 +124,16 @@ export const AuditEventSchema = z.discriminatedUnion("type", [
     digest: HexDigestSchema,
     by: z.enum(["caller", "retention", "engine"]),
   }),
+  /** A bundle made of a snapshot (`sourceDigest`: its manifest's) or an image (the image's digest). */
+  z.strictObject({ type: z.literal("bundle.pushed"), bundleDigest: HexDigestSchema, kind: z.enum(["snapshot", "image"]), sourceDigest: HexDigestSchema }),
+  /** A bundle pulled and verified: its image is stored, and for a snapshot bundle `snapshotId` is the new snapshot. */
+  z.strictObject({
+    type: z.literal("bundle.pulled"),
+    bundleDigest: HexDigestSchema,
+    kind: z.enum(["snapshot", "image"]),
+    imageDigest: HexDigestSchema,
+    snapshotId: SnapshotIdField.optional(),
+  }),
   z.strictObject({
     type: z.literal("policy.changed"),
     policyId: OpaqueId,

@@ -1,8 +1,12 @@
 /** Images: list, build, import, remove. */
 import { stat } from "node:fs/promises";
-import { ImportImageApiRequest, NotFoundError, type CallOptions, type ImageInfo, type ProgressEvent } from "@mvm/protocol";
+import { ImportImageApiRequest, PullImageApiRequest, NotFoundError, type CallOptions, type Sha256Digest, type ImageInfo, type ProgressEvent } from "@mvm/protocol";
 import { callSignal } from "../_internal/signals.js";
 import { parse, type EngineCore } from "./core.js";
+import type { ImageRecord } from "../images/store.js";
+import { PolicyRuleDeniedError } from "../admission/admit.js";
+import { evaluatePullPolicy } from "../admission/policy.js";
+import { parseRegistryRef } from "../images/oci/pull.js";
 
 export async function listImages(core: EngineCore): Promise<ImageInfo[]> {
   const list = await core.options.images.list();
@@ -27,10 +31,21 @@ export async function importImage(core: EngineCore,
   const req = parse(ImportImageApiRequest, { path, name }, "image import");
   const signal = callSignal(options);
   const opts = { ...(options.onProgress ? { onProgress: options.onProgress } : {}), ...(signal ? { signal } : {}) };
+  if (/^(?:oci-layout|docker-archive):/.test(req.path)) return toImageInfo(await core.options.images.importOci(req.path, req.name, opts));
   const st = await stat(req.path).catch((err: unknown) => {
     throw new NotFoundError(`Cannot import "${req.path}": it does not exist`, { cause: err });
   });
   const rec = st.isDirectory() ? await core.options.images.importDir(req.path, req.name, opts) : await core.options.images.importTar(req.path, req.name, opts);
+  return toImageInfo(rec);
+}
+
+export async function pullImage(core: EngineCore, reference: string, options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+  const req = parse(PullImageApiRequest, { reference }, "image pull");
+  const { registry } = parseRegistryRef(req.reference);
+  const decision = evaluatePullPolicy(registry, await core.gate.policy());
+  if (!decision.ok) throw new PolicyRuleDeniedError(decision.rule, `Pull of "${req.reference}" denied by policy rule "${decision.rule}": ${decision.message}`);
+  const signal = callSignal(options);
+  const rec = await core.options.images.pull(req.reference, { ...(options.onProgress ? { onProgress: options.onProgress } : {}), ...(signal ? { signal } : {}) });
   return toImageInfo(rec);
 }
 
@@ -39,6 +54,11 @@ export async function removeImage(core: EngineCore, ref: string): Promise<void> 
 }
 
 
-function toImageInfo(rec: { digest: string; refs: string[]; sizeBytes: number; createdAt: string }): ImageInfo {
-  return { digest: rec.digest as ImageInfo["digest"], refs: rec.refs, sizeBytes: rec.sizeBytes, createdAt: rec.createdAt };
+function toImageInfo(rec: ImageRecord): ImageInfo {
+  const info: ImageInfo = { digest: rec.digest, refs: rec.refs, sizeBytes: rec.sizeBytes, createdAt: rec.createdAt };
+  if (rec.oci) {
+    const { manifestDigest, configDigest, reference } = rec.oci;
+    info.oci = { configDigest: configDigest as Sha256Digest, ...(manifestDigest ? { manifestDigest: manifestDigest as Sha256Digest } : {}), ...(reference !== undefined ? { reference } : {}) };
+  }
+  return info;
 }

@@ -45,6 +45,7 @@ import { DEFAULT_IMAGE, type PlanOptions } from "../engine.js";
 import { DENY_ALL, STOPPED_KEPT, STOPPED_NETWORKS_KEPT, assertOpen, liveSandbox, parse, probesFor, receiptFor, strictSecrets, type EngineCore } from "./core.js";
 import { networkSummary } from "./network.js";
 import * as pools from "./pools.js";
+import { applyImageDefaults, checkImagePolicy, imageFacts } from "./image-defaults.js";
 import { execIn } from "./processes.js";
 import { AGENT_MOUNT_POINT } from "../runtime/agent-runtime.js";
 import { LOADER_NAME } from "../runtime/shared-libs.js";
@@ -136,19 +137,23 @@ async function prepare(core: EngineCore,
   const { backend, probe, defaulted, probes } = await chooseSandboxBackend(core, requested, req);
   const resources = effectiveResources(core, req.resources, probe, defaulted, probes);
   const imageRef = req.image ?? core.options.defaultImage ?? DEFAULT_IMAGE;
+  // Pinning is judged on the reference alone, before anything is built.
+  await checkImagePolicy(core, { ref: imageRef, provenanceVerified: true });
   const image = await core.options.images.ensure(imageRef, {
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
   });
   options.signal?.throwIfAborted();
+  await checkImagePolicy(core, imageFacts(imageRef, image));
+  const applied = await applyImageDefaults(imageRef, image, req.env);
   const ttlSeconds = req.ttlSeconds ?? core.options.defaultTtlSeconds ?? 600;
   const workMiB = req.workMiB ?? core.options.defaultWorkMiB ?? 1024;
   // The IR records what is enforced: limits and sizes after defaults, the tier of the backend chosen.
   const ir = irFromCreateRequest(
-    { ...req, resources, workMiB, ttlSeconds },
+    { ...req, ...(applied.env !== undefined ? { env: applied.env } : {}), resources, workMiB, ttlSeconds },
     { imageDigest: image.digest, requiredTier: probe.tier, ...(from !== undefined ? { fromSnapshot: from.digest } : {}) },
   );
-  return { backend, probe, resources, imageRef, image, ttlSeconds, workMiB, ir };
+  return { backend, probe, resources, imageRef, image, imageInfo: applied.info, env: applied.env, ttlSeconds, workMiB, ir };
 }
 
 /**
@@ -181,7 +186,7 @@ export async function createSandbox(core: EngineCore,
     { strict: strictSecrets(core, req.strictSecrets) },
   ).map((w) => w.message);
   if (req.fromSnapshot !== undefined && from === undefined) throw new InvalidArgumentError("A create from a snapshot is handled by the snapshot capability");
-  const { backend, probe, resources, imageRef, image, ttlSeconds, workMiB, ir } = await prepare(core, req, { signal, onProgress: options.onProgress }, from);
+  const { backend, probe, resources, imageRef, image, imageInfo, env, ttlSeconds, workMiB, ir } = await prepare(core, req, { signal, onProgress: options.onProgress }, from);
   if (req.onTtl === "pause" && probe.pauseUnsupported) {
     throw new UnsupportedCapabilityError(`Backend "${probe.backend}" cannot pause sandboxes on this host: ${probe.pauseUnsupported.reason}`, {
       hint: `${probe.pauseUnsupported.hint}; or create without onTtl "pause"`,
@@ -200,13 +205,13 @@ export async function createSandbox(core: EngineCore,
     throw err;
   }
   if (warm !== undefined) {
-    const claimed = await claimWarm(core, warm, req, admitted, { imageRef, imageDigest: image.digest, ttlSeconds, warnings });
+    const claimed = await claimWarm(core, warm, req, admitted, { imageInfo, ttlSeconds, warnings });
     if (claimed !== undefined) return claimed;
   }
   const secrets = await resolveSecrets(req.secrets ?? {}, { store: core.secrets });
   const secretEnv = Object.fromEntries(secrets.map((s) => [s.envName, s.ref.posture === "env" ? s.value : s.placeholder]));
   const mediatedCount = secrets.filter((s) => s.ref.posture === "mediated").length;
-  const sandboxEnv = { ...egressEnvironment({ trustBundle: mediatedCount > 0 }), ...(req.env ?? {}), ...secretEnv };
+  const sandboxEnv = { ...egressEnvironment({ trustBundle: mediatedCount > 0 }), ...(env ?? {}), ...secretEnv };
   const envProblem = sandboxEnvProblem(sandboxEnv);
   if (envProblem !== undefined) {
     throw new InvalidArgumentError(`Sandbox field "env" is invalid: ${envProblem} (env, secrets and egress variables together)`, {
@@ -220,7 +225,7 @@ export async function createSandbox(core: EngineCore,
     state: "starting",
     backend: backend.name,
     tier: probe.tier,
-    image: { ref: imageRef, digest: image.digest },
+    image: imageInfo,
     createdAt: new Date(now).toISOString(),
     expiresAt: new Date(now + ttlSeconds * 1000).toISOString(),
     resources,
@@ -419,7 +424,7 @@ async function claimWarm(
   warm: { pool: WarmPool; id: string },
   req: CreateSandboxRequest,
   admitted: AdmittedRecord,
-  resolved: { imageRef: string; imageDigest: string; ttlSeconds: number; warnings: string[] },
+  resolved: { imageInfo: SandboxInfo["image"]; ttlSeconds: number; warnings: string[] },
 ): Promise<SandboxInfo | undefined> {
   const sandbox = core.warm.get(warm.id);
   if (sandbox === undefined || sandbox.info.state !== "running") return undefined;
@@ -429,7 +434,7 @@ async function claimWarm(
   const { onTtl: _o, warnings: _w, ...kept } = sandbox.info;
   sandbox.claimed({
     ...kept,
-    image: { ref: resolved.imageRef, digest: resolved.imageDigest },
+    image: resolved.imageInfo,
     createdAt: new Date(now).toISOString(),
     expiresAt: new Date(now + resolved.ttlSeconds * 1000).toISOString(),
     labels: req.labels ?? {},

@@ -327,3 +327,8 @@ function info(core: EngineCore, snap: StoredSnapshot): SnapshotInfo {
   const { [RESOURCES_LABEL]: _r, ...labels } = out.labels;
   return { ...out, labels };
 }
+
+/** The API's view of a user snapshot (what `getSnapshot` answers), for other capabilities. */
+export function snapshotInfoOf(core: EngineCore, snap: StoredSnapshot): SnapshotInfo {
+  return info(core, snap);
+}

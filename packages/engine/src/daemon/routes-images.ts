@@ -1,5 +1,5 @@
 /** Routes for the image store. */
-import { BuildImageApiRequest, ImageRefSchema, ImportImageApiRequest, type ProgressEvent } from "@mvm/protocol";
+import { BuildImageApiRequest, ImageRefSchema, ImportImageApiRequest, PullImageApiRequest, type ProgressEvent } from "@mvm/protocol";
 import { check, readJson, requiredParam, sendJson, sendNoContent, wireErrorOf } from "./http-io.js";
 import { hostPathAsCaller } from "./host-read.js";
 import { NdjsonWriter, wantsNdjson } from "./ndjson.js";
@@ -13,6 +13,7 @@ export const imageRoutes: readonly Route[] = [
   },
   { method: "POST", pattern: "/v1/images/build", handler: buildImage },
   { method: "POST", pattern: "/v1/images/import", handler: importImage },
+  { method: "POST", pattern: "/v1/images/pull", handler: pullImage },
   {
     method: "DELETE",
     pattern: "/v1/images",
@@ -30,8 +31,9 @@ export const imageRoutes: readonly Route[] = [
  */
 async function importImage(ctx: RouteContext): Promise<void> {
   const body = await readJson(ctx.req, ImportImageApiRequest);
-  await using source = await hostPathAsCaller(body.path, ctx.peer, ctx.peerPrivileged, { signal: ctx.signal });
-  const { path } = source;
+  const prefix = /^(?:oci-layout|docker-archive):/.exec(body.path)?.[0] ?? "";
+  await using source = await hostPathAsCaller(body.path.slice(prefix.length), ctx.peer, ctx.peerPrivileged, { signal: ctx.signal });
+  const path = prefix + source.path;
   const { name } = body;
   if (!wantsNdjson(ctx.req.headers.accept)) {
     sendJson(ctx.res, 200, await ctx.engine.importImage(path, name, { signal: ctx.signal }));
@@ -42,6 +44,24 @@ async function importImage(ctx: RouteContext): Promise<void> {
   try {
     const onProgress = (event: ProgressEvent): void => out.line({ type: "progress", event });
     out.line({ type: "result", image: await ctx.engine.importImage(path, name, { signal: ctx.signal, onProgress }) });
+  } catch (err) {
+    out.line({ type: "error", error: wireErrorOf(err) });
+  }
+  out.end();
+}
+
+/** Pulls an image from a registry; streams progress like a build. */
+async function pullImage(ctx: RouteContext): Promise<void> {
+  const { reference } = await readJson(ctx.req, PullImageApiRequest);
+  if (!wantsNdjson(ctx.req.headers.accept)) {
+    sendJson(ctx.res, 200, await ctx.engine.pullImage(reference, { signal: ctx.signal }));
+    return;
+  }
+  const out = new NdjsonWriter(ctx.res);
+  out.start();
+  try {
+    const onProgress = (event: ProgressEvent): void => out.line({ type: "progress", event });
+    out.line({ type: "result", image: await ctx.engine.pullImage(reference, { signal: ctx.signal, onProgress }) });
   } catch (err) {
     out.line({ type: "error", error: wireErrorOf(err) });
   }

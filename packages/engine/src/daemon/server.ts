@@ -41,6 +41,7 @@ import { networkRoutes } from "./routes-network.js";
 import { sandboxRoutes } from "./routes-sandboxes.js";
 import { snapshotRoutes } from "./routes-snapshots.js";
 import { poolRoutes } from "./routes-pools.js";
+import { bundleRoutes } from "./routes-bundles.js";
 
 export interface DaemonServerOptions {
   /** The engine to serve. The server never closes it. */
@@ -88,7 +89,7 @@ export interface DaemonServer {
   close(): Promise<void>;
 }
 
-const ROUTES: readonly Route[] = [...sandboxRoutes, ...snapshotRoutes, ...poolRoutes, ...networkRoutes, ...fileRoutes, ...imageRoutes];
+const ROUTES: readonly Route[] = [...sandboxRoutes, ...snapshotRoutes, ...poolRoutes, ...networkRoutes, ...fileRoutes, ...imageRoutes, ...bundleRoutes];
 
 /** Longest socket path Linux accepts (sun_path is 108 bytes with the terminating NUL). */
 const MAX_SOCKET_PATH_BYTES = 107;

@@ -8,10 +8,16 @@ import { join } from "node:path";
 import type { ReadEntry } from "tar";
 import { AbortedError, InvalidArgumentError } from "@mvm/protocol";
 import { quote } from "./ref.js";
-import type { TreeWriter } from "./tree-writer.js";
+import { WHITEOUT_OPAQUE, WHITEOUT_PREFIX, type TreeWriter } from "./tree-writer.js";
 
 export interface SourceOptions {
   signal?: AbortSignal;
+  /**
+   * Treat the archive as an OCI image layer: `.wh.NAME` entries remove NAME from lower layers and
+   * `.wh..wh..opq` empties its directory of lower layers' entries; neither is written.
+   * @default false
+   */
+  layer?: boolean;
   /** Called as the source is read: bytes consumed so far and the source's total (tar only). */
   onBytes?: (readBytes: number, totalBytes: number) => void;
 }
@@ -25,11 +31,31 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
  * @throws InvalidArgumentError for a malformed archive or an entry the writer refuses.
  */
 export async function extractTar(tarPath: string, writer: TreeWriter, options: SourceOptions = {}): Promise<void> {
-  const { signal, onBytes } = options;
   const st = await stat(tarPath);
   if (!st.isFile()) throw new InvalidArgumentError(`Cannot import ${quote(tarPath)}: not a regular file`);
-
   const input = createReadStream(tarPath, { highWaterMark: 256 * 1024 });
+  try {
+    await extractTarStream(input, st.size, quote(tarPath), writer, options);
+  } finally {
+    input.destroy();
+  }
+}
+
+/**
+ * Streams a tar archive (plain or gzip, as `tar` detects) from `input` into `writer`, one entry
+ * at a time. `totalBytes` is only for progress (0 when unknown); `what` names the source in errors.
+ * The caller owns `input` and destroys it.
+ * @throws InvalidArgumentError for a malformed archive or an entry the writer refuses.
+ */
+export async function extractTarStream(
+  input: AsyncIterable<Buffer>,
+  totalBytes: number,
+  what: string,
+  writer: TreeWriter,
+  options: SourceOptions = {},
+): Promise<void> {
+  const { signal, onBytes } = options;
+  const layer = options.layer === true;
   // Loaded on first use: only image imports read tar archives.
   const { Parser } = await import("tar");
   const parser = new Parser({ strict: true, maxMetaEntrySize: MAX_META_ENTRY_BYTES });
@@ -58,7 +84,7 @@ export async function extractTar(tarPath: string, writer: TreeWriter, options: S
     fail(new InvalidArgumentError(`Cannot import entry ${quote(entry.path)}: unsupported tar entry type ${quote(String(entry.type))}`));
   });
   parser.on("error", (err: unknown) => {
-    fail(new InvalidArgumentError(`Cannot import ${quote(tarPath)}: not a readable tar archive: ${errorText(err)}`, { cause: err }));
+    fail(new InvalidArgumentError(`Cannot import ${what}: not a readable tar archive: ${errorText(err)}`, { cause: err }));
   });
   parser.on("drain", () => {
     drained = true;
@@ -74,10 +100,10 @@ export async function extractTar(tarPath: string, writer: TreeWriter, options: S
   const feed = async (): Promise<void> => {
     let readBytes = 0;
     try {
-      for await (const chunk of input as AsyncIterable<Buffer>) {
+      for await (const chunk of input) {
         if (failure !== undefined) return;
         readBytes += chunk.length;
-        onBytes?.(readBytes, st.size);
+        onBytes?.(readBytes, totalBytes);
         drained = false;
         if (parser.write(chunk)) drained = true;
         while (!drained && failure === undefined) await changed();
@@ -98,7 +124,7 @@ export async function extractTar(tarPath: string, writer: TreeWriter, options: S
         continue;
       }
       try {
-        await writeEntry(entry, writer);
+        await writeEntry(entry, writer, layer);
       } catch (err) {
         fail(err);
       }
@@ -109,13 +135,23 @@ export async function extractTar(tarPath: string, writer: TreeWriter, options: S
     await Promise.all([feed(), work()]);
   } finally {
     signal?.removeEventListener("abort", onAbort);
-    input.destroy();
     parser.removeAllListeners();
     parser.on("error", () => undefined);
   }
 }
 
-async function writeEntry(entry: ReadEntry, writer: TreeWriter): Promise<void> {
+async function writeEntry(entry: ReadEntry, writer: TreeWriter, layer: boolean): Promise<void> {
+  if (layer) {
+    const base = entry.path.replace(/\/+$/, "").split("/").at(-1) ?? "";
+    if (base.startsWith(WHITEOUT_PREFIX)) {
+      if (entry.type === "Directory" || entry.type === "GNUDumpDir") {
+        throw new InvalidArgumentError(`Cannot import entry ${quote(entry.path)}: a whiteout must not be a directory`);
+      }
+      await (base === WHITEOUT_OPAQUE ? writer.opaque(entry.path) : writer.whiteout(entry.path));
+      entry.resume();
+      return;
+    }
+  }
   const mtime = entry.mtime instanceof Date && Number.isFinite(entry.mtime.getTime()) ? entry.mtime : undefined;
   switch (entry.type) {
     case "File":

@@ -5,7 +5,8 @@
  *   <root>/refs.json                          refs → digest (atomic replace, see refs-index.ts)
  *   <root>/blobs/sha256/<hex>/rootfs/         the normalized tree (root-owned, dirs world-readable)
  *   <root>/blobs/sha256/<hex>/manifest.json   the canonical manifest; sha256 of its bytes is <hex>
- *   <root>/blobs/sha256/<hex>/image.json      createdAt, source, sizeBytes
+ *   <root>/blobs/sha256/<hex>/image.json      createdAt, source, sizeBytes (and `oci`: the first OCI image stored with this tree)
+ *   <root>/blobs/sha256/<hex>/oci-refs/<h>.json  per ref naming this tree: the OCI image it was made from
  *   <root>/tmp/<pid>-<start>-<rand>[-removed]  work dirs of running imports and builds, detached blobs
  *   <root>/locks/store.lock, build-<hash>.lock
  */
@@ -13,9 +14,9 @@ import { createHash } from "node:crypto";
 import { chmod, lstat, mkdir, readdir, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
-import { InternalError, type Sha256Digest } from "@mvm/protocol";
+import { InternalError, parseJsonStrict, Sha256DigestSchema, type Sha256Digest } from "@mvm/protocol";
 import { removeTree } from "./fs-util.js";
-import { readSmallFile } from "../store/atomic.js";
+import { readSmallFile, writeFileAtomic } from "../store/atomic.js";
 import { FileLock, isAlive, parseOwnerTag, uniqueOwnedName } from "../store/lock.js";
 import { readRefs, writeRefs } from "./refs-index.js";
 
@@ -24,9 +25,27 @@ export const ImageMeta = z.strictObject({
   /** ISO 8601 time the image was first stored. */
   createdAt: z.string().max(64),
   sizeBytes: z.number().int().nonnegative(),
-  source: z.strictObject({ kind: z.enum(["debian", "tar", "dir"]), detail: z.string().max(4096) }),
+  source: z.strictObject({ kind: z.enum(["debian", "tar", "dir", "oci-layout", "docker-archive", "registry"]), detail: z.string().max(4096) }),
+  /** What an OCI image was made from, and the defaults its config supplies. */
+  oci: z
+    .strictObject({
+      manifestDigest: Sha256DigestSchema.optional(),
+      configDigest: Sha256DigestSchema,
+      /** `REGISTRY/REPO:TAG` or `…@sha256:` as pulled. */
+      reference: z.string().max(1024).optional(),
+      defaults: z.strictObject({
+        user: z.string().max(256).optional(),
+        env: z.record(z.string().max(256), z.string().max(128 * 1024)).optional(),
+        workingDir: z.string().max(4096).optional(),
+        entrypoint: z.array(z.string().max(4096)).max(1024).optional(),
+        cmd: z.array(z.string().max(4096)).max(1024).optional(),
+      }),
+    })
+    .optional(),
 });
 export type ImageMeta = z.infer<typeof ImageMeta>;
+
+const OciRefRecord = z.strictObject({ ref: z.string().max(1024), oci: ImageMeta.shape.oci.unwrap() });
 
 const HEX_RE = /^[0-9a-f]{64}$/;
 /** Temp files of atomic writes and lock attempts: `<name>.<pid>-<start>-<rand>.(tmp|new|stale)`. */
@@ -91,6 +110,41 @@ export class StoreLayout {
     const dir = join(this.tmpDir, await uniqueOwnedName());
     await mkdir(dir, { mode: 0o711 });
     return dir;
+  }
+
+  /**
+   * The OCI record of `ref` when it names blob `digest`: two OCI images with the same tree share
+   * one blob, but each ref keeps the digests and config defaults of the image it was made from.
+   */
+  async readOciRef(digest: Sha256Digest, ref: string): Promise<ImageMeta["oci"]> {
+    let raw: Buffer;
+    try {
+      raw = await readSmallFile(this.#ociRefPath(digest, ref), 1024 * 1024);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw err;
+    }
+    const parsed = OciRefRecord.safeParse(parseJsonStrict(raw.toString("utf8")));
+    if (!parsed.success || parsed.data.ref !== ref) {
+      throw new InternalError(`Image ${digest} has a corrupt OCI record for ${JSON.stringify(ref)}`, { hint: `remove it: mvmctl image rm ${digest}` });
+    }
+    return parsed.data.oci;
+  }
+
+  /**
+   * Records the OCI origin of `ref` beside blob `digest` (replacing an earlier record of that
+   * ref), under the store lock; nothing when the blob has gone meanwhile.
+   */
+  async writeOciRef(digest: Sha256Digest, ref: string, oci: NonNullable<ImageMeta["oci"]>): Promise<void> {
+    await this.locked(async () => {
+      if (!(await exists(join(this.blobDir(digest), "image.json")))) return;
+      await mkdir(join(this.blobDir(digest), "oci-refs"), { recursive: true, mode: 0o755 });
+      await writeFileAtomic(this.#ociRefPath(digest, ref), `${JSON.stringify({ ref, oci })}\n`);
+    });
+  }
+
+  #ociRefPath(digest: Sha256Digest, ref: string): string {
+    return join(this.blobDir(digest), "oci-refs", `${createHash("sha256").update(ref).digest("hex").slice(0, 32)}.json`);
   }
 
   buildLockPath(ref: string): string {

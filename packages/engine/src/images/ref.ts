@@ -57,15 +57,19 @@ export function parseImageRef(input: string): ParsedImageRef {
 
 /**
  * Validates a name given to an imported image. `debian:` and `sha256:` are reserved: an import
- * must not pose as a built image or a digest.
+ * must not pose as a built image or a digest. Names ending in `@sha256:<hex>` are reserved for
+ * registry pulls (`allowPinned`), whose content is verified against that digest.
  * @throws InvalidArgumentError when the name is malformed or reserved.
  */
-export function parseLocalName(name: string): string {
+export function parseLocalName(name: string, options: { allowPinned?: boolean } = {}): string {
   const parsed = parseImageRef(name);
   if (parsed.kind !== "name") {
     throw new InvalidArgumentError(
       `Invalid image name ${quote(name)}: names starting with "debian:" or "sha256:" are reserved`,
     );
+  }
+  if (options.allowPinned !== true && parsed.ref.includes("@")) {
+    throw new InvalidArgumentError(`Invalid image name ${quote(name)}: names ending in "@sha256:<hex>" are given only by a registry pull`);
   }
   return parsed.ref;
 }

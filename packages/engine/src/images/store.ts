@@ -7,7 +7,7 @@
  * Every blob has at least one ref; a blob is detached (renamed into tmp) under the lock when its
  * last ref goes, and deleted after.
  */
-import { chmod, mkdir, rename } from "node:fs/promises";
+import { chmod, lstat, mkdir, rename } from "node:fs/promises";
 import { join, resolve as resolvePath } from "node:path";
 import {
   AbortedError,
@@ -15,6 +15,7 @@ import {
   InvalidArgumentError,
   MvmError,
   NotFoundError,
+  SnapshotMismatchError,
   type ProgressEvent,
   type Sha256Digest,
 } from "@mvm/protocol";
@@ -28,8 +29,12 @@ import { FileLock } from "../store/lock.js";
 import { isSha256Digest, parseImageRef, parseLocalName, quote } from "./ref.js";
 import { readRefs, writeRefs, type RefsMap } from "./refs-index.js";
 import { TreeWriter, type TreeWriterLimits } from "./tree-writer.js";
+import { imageDefaults } from "./oci/documents.js";
+import { applyLayer } from "./oci/layer.js";
+import { parseRegistryRef, pinnedRef, pullToLayout } from "./oci/pull.js";
+import { resolveDockerArchive, resolveOciArchive, resolveOciLayout, type ResolvedImage, type ResolveOptions } from "./oci/source.js";
 
-export type ImageSourceKind = "debian" | "tar" | "dir";
+export type ImageSourceKind = ImageMeta["source"]["kind"];
 
 export interface ImageRecord {
   /** `sha256:<hex>` of the image's canonical manifest. */
@@ -43,9 +48,13 @@ export interface ImageRecord {
   /** ISO 8601 time the image was first stored. */
   createdAt: string;
   source: { kind: ImageSourceKind; detail: string };
+  /** For an OCI image: its manifest and config digests, the reference pulled, its config's defaults. */
+  oci?: NonNullable<ImageMeta["oci"]>;
 }
 
 export interface ImageStoreOptions extends TreeWriterLimits {
+  /** Most bytes one OCI layer may expand to. @default 16 GiB */
+  maxLayerBytes?: number;
   /** Directory holding the host's apt sources. @default "/etc/apt" */
   aptDir?: string;
   /** Time between SIGTERM and SIGKILL when an mmdebstrap build is aborted. @default 10000 */
@@ -95,7 +104,11 @@ export class ImageStore {
     const parsed = parseImageRef(ref);
     const refs = await this.#readRefs();
     const digest = parsed.kind === "digest" ? parsed.digest : refs.get(parsed.ref);
-    return digest === undefined ? undefined : this.#record(digest, refs);
+    if (digest === undefined) return undefined;
+    const record = await this.#record(digest, refs);
+    if (record === undefined || parsed.kind === "digest") return record;
+    const oci = await this.#layout.readOciRef(digest, parsed.ref);
+    return oci === undefined ? record : { ...record, oci };
   }
 
   /**
@@ -194,6 +207,139 @@ export class ImageStore {
     return this.#import(ref, { kind: "dir", detail: abs }, (w, o) => copyDir(abs, w, o), options, `${quote(abs)} as ${quote(ref)}`);
   }
 
+  /**
+   * Imports an OCI image as image `name`: `oci-layout:DIR` (an OCI image layout, or a tar of one) or
+   * `docker-archive:FILE` (`docker save` output). The linux/amd64 image is chosen from an index;
+   * every document and layer is checked against its digest (layers also against the config's
+   * diff_ids) before it is applied; layers are applied in order with whiteouts honoured, by the
+   * same path rules as {@link importTar}. The config's user, env, working dir, entrypoint and cmd
+   * are recorded as the image's defaults.
+   * @throws OciImageError (an InvalidArgumentError with a `fault`) for a malformed or lying image;
+   *   UnsupportedCapabilityError for zstd layers; NotFoundError when the path does not exist.
+   */
+  async importOci(source: string, name: string, options: ProgressOptions & { reference?: string } = {}): Promise<ImageRecord> {
+    const ref = parseLocalName(name);
+    const m = /^(oci-layout|docker-archive):(\/.*)$/s.exec(source);
+    if (!m) throw new InvalidArgumentError(`Invalid image source ${quote(source)}: expected "oci-layout:/DIR" or "docker-archive:/FILE.tar"`);
+    const kind = m[1] as "oci-layout" | "docker-archive";
+    const abs = resolvePath(m[2]!);
+    await this.#mustExist(abs);
+    const isDir = (await lstat(abs)).isDirectory();
+    return this.#importResolved(ref, kind, abs, options, (stage, o) =>
+      kind === "docker-archive" ? resolveDockerArchive(abs, stage, o) : isDir ? resolveOciLayout(abs, stage, o) : resolveOciArchive(abs, stage, o),
+    );
+  }
+
+  /**
+   * Imports an image that `resolve` reads into the private `stage` dir (a copied layout, an
+   * unpacked archive, a pull's layout), applying its layers and recording its OCI origin for `ref`.
+   */
+  async #importResolved(
+    ref: string,
+    kind: "oci-layout" | "docker-archive" | "registry",
+    detail: string,
+    options: ProgressOptions & { reference?: string },
+    resolve: (stage: string, options: ResolveOptions) => Promise<ResolvedImage>,
+  ): Promise<ImageRecord> {
+    const stage = await this.#layout.newWorkDir();
+    try {
+      let oci: NonNullable<ImageMeta["oci"]> | undefined;
+      const what = `${kind}:${quote(detail)} as ${quote(ref)}`;
+      const maxBlobBytes = this.#options.maxBytes ?? 64 * 1024 ** 3;
+      const record = await this.#import(
+        ref,
+        { kind, detail },
+        async (writer, o) => {
+          const resolved = await resolve(join(stage, "s"), { maxBlobBytes, ...(o.signal ? { signal: o.signal } : {}) });
+          const defaults = imageDefaults(resolved.config, what);
+          oci = {
+            ...(resolved.manifestDigest ? { manifestDigest: resolved.manifestDigest } : {}),
+            configDigest: resolved.configDigest,
+            ...(options.reference !== undefined ? { reference: options.reference } : {}),
+            defaults,
+          };
+          for (const [i, layer] of resolved.layers.entries()) {
+            o.onBytes?.(i, resolved.layers.length);
+            await applyLayer(layer.path, layer.expected, writer, layer.what, {
+              ...(o.signal ? { signal: o.signal } : {}),
+              ...(this.#options.maxLayerBytes !== undefined ? { maxLayerBytes: this.#options.maxLayerBytes } : {}),
+            });
+          }
+        },
+        options,
+        what,
+        () => oci,
+      );
+      if (oci === undefined) return record;
+      await this.#layout.writeOciRef(record.digest, ref, oci);
+      return { ...record, oci };
+    } finally {
+      await removeTree(stage).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Pulls `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:…` (linux/amd64) and stores it under that
+   * reference and under its pinned form `REGISTRY/REPO@sha256:<digest the tag resolved to>`.
+   * Every blob is verified by digest and size as it arrives, every layer against its diff_id
+   * before it is applied (see {@link importOci}).
+   * @throws InvalidArgumentError for a malformed reference; OciImageError for a lying image;
+   *   NotFoundError when the registry has no such tag or digest; TransportError for the network.
+   */
+  async pull(reference: string, options: ProgressOptions & { timeoutMs?: number; ca?: string } = {}): Promise<ImageRecord> {
+    const parsed = parseRegistryRef(reference);
+    const stage = await this.#layout.newWorkDir();
+    try {
+      const layout = join(stage, "layout");
+      options.onProgress?.({ phase: "resolve", message: `fetching ${reference}`, fraction: 0 });
+      const { manifestDigest, tagDigest } = await pullToLayout(parsed, layout, {
+        maxBlobBytes: this.#options.maxBytes ?? 64 * 1024 ** 3,
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+        ...(options.ca !== undefined ? { ca: options.ca } : {}),
+      });
+      const name = parsed.tag !== undefined ? `${parsed.registry}/${parsed.repository}:${parsed.tag}` : pinnedRef(parsed, tagDigest);
+      const record = await this.#importResolved(parseLocalName(name, { allowPinned: true }), "registry", reference, { ...options, reference: pinnedRef(parsed, tagDigest) }, (s, o) =>
+        resolveOciLayout(layout, s, { ...o, copyLayers: false }),
+      );
+      const pins = new Set([pinnedRef(parsed, tagDigest), pinnedRef(parsed, manifestDigest)]);
+      pins.delete(name);
+      for (const pin of pins) {
+        await this.#addRef(pin, record.digest);
+        if (record.oci) await this.#layout.writeOciRef(record.digest, pin, record.oci);
+      }
+      const refs = await this.#readRefs();
+      return { ...((await this.#record(record.digest, refs)) ?? record), ...(record.oci ? { oci: record.oci } : {}) };
+    } finally {
+      await removeTree(stage).catch(() => undefined);
+    }
+  }
+
+  /** Points `ref` at a stored digest (replacing what it pointed at; that image goes when unreferenced). */
+  async #addRef(ref: string, digest: Sha256Digest): Promise<void> {
+    let trash: string | undefined;
+    await this.#layout.locked(async () => {
+      const refs = await readRefs(this.#layout.refsPath);
+      const previous = refs.get(ref);
+      refs.set(ref, digest);
+      await writeRefs(this.#layout.refsPath, refs);
+      if (previous !== undefined && previous !== digest && ![...refs.values()].includes(previous)) trash = await this.#layout.detach(previous);
+    });
+    if (trash) await removeTree(trash);
+  }
+
+  /**
+   * Imports a tar that must make the image `digest` (a bundle's image): unpacked by the same
+   * rules as {@link importTar}, hashed, and stored under `name` only when its digest is
+   * `digest`; otherwise nothing is stored (`SnapshotMismatchError`).
+   */
+  async importExpected(path: string, digest: Sha256Digest, name: string, options: ProgressOptions = {}): Promise<ImageRecord> {
+    const ref = parseLocalName(name);
+    const abs = resolvePath(path);
+    await this.#mustExist(abs);
+    return this.#import(ref, { kind: "tar", detail: `bundle image ${digest}` }, (w, o) => extractTar(abs, w, o), options, `${quote(abs)} as ${quote(ref)}`, () => undefined, digest);
+  }
+
   /** Every stored image, oldest first. */
   async list(): Promise<ImageRecord[]> {
     const refs = await this.#readRefs();
@@ -261,7 +407,7 @@ export class ImageStore {
     if (meta === undefined) return undefined;
     const names = [...refs].filter(([, d]) => d === digest).map(([r]) => r).sort();
     const rootfsDir = join(this.#layout.blobDir(digest), "rootfs");
-    return { digest, refs: names, rootfsDir, sizeBytes: meta.sizeBytes, createdAt: meta.createdAt, source: meta.source };
+    return { digest, refs: names, rootfsDir, sizeBytes: meta.sizeBytes, createdAt: meta.createdAt, source: meta.source, ...(meta.oci ? { oci: meta.oci } : {}) };
   }
 
   async #import(
@@ -270,6 +416,8 @@ export class ImageStore {
     fill: (writer: TreeWriter, options: SourceOptions) => Promise<void>,
     options: ProgressOptions,
     what: string,
+    ociMeta: () => ImageMeta["oci"] = () => undefined,
+    expectDigest?: Sha256Digest,
   ): Promise<ImageRecord> {
     const { signal, onProgress } = options;
     const work = await this.#layout.newWorkDir();
@@ -298,7 +446,11 @@ export class ImageStore {
       if (writer.dropped > 0) onProgress?.({ phase: "unpack", message: `dropped ${writer.dropped} device node(s), FIFO(s) or socket(s)` });
       onProgress?.({ phase: "hash", message: "computing the image digest", fraction: 0.85 });
       const tree = await hashTree(rootfs, signal);
-      const meta: ImageMeta = { version: 1, createdAt: new Date().toISOString(), sizeBytes: tree.sizeBytes, source };
+      if (expectDigest !== undefined && tree.digest !== expectDigest) {
+        throw new SnapshotMismatchError(`Image ${expectDigest} does not match its files: they hash to ${tree.digest}`);
+      }
+      const oci = ociMeta();
+      const meta: ImageMeta = { version: 1, createdAt: new Date().toISOString(), sizeBytes: tree.sizeBytes, source, ...(oci ? { oci } : {}) };
       await writeFileAtomic(join(work, "manifest.json"), tree.manifestBytes);
       await writeFileAtomic(join(work, "image.json"), `${JSON.stringify(meta, null, 2)}\n`);
       await chmod(work, 0o755);

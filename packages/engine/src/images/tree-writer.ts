@@ -11,13 +11,16 @@
  * - device nodes, FIFOs and sockets are dropped (counted in {@link TreeWriter.dropped});
  * - setuid, setgid (and, on files, sticky) bits are cleared; directories get at least `u+rwx`;
  * - ownership is never taken from the source: everything belongs to the writing process
- *   (root:root when the engine runs as root).
+ *   (root:root when the engine runs as root);
+ * - image layers (OCI) are applied in order: {@link TreeWriter.startLayer} begins one,
+ *   {@link TreeWriter.whiteout} and {@link TreeWriter.opaque} remove what lower layers wrote,
+ *   never what the current layer wrote, and never through a symlink.
  *
  * The tree must be private to the writer (a fresh directory under the store's tmp dir): the rules
  * are checked with lstat before each write and nobody else changes the tree in between.
  */
 import { constants as fsc } from "node:fs";
-import { lstat, link, mkdir, open, rm, symlink, unlink, lutimes, type FileHandle } from "node:fs/promises";
+import { lstat, link, mkdir, open, readdir, rm, symlink, unlink, lutimes, type FileHandle } from "node:fs/promises";
 import { posix } from "node:path";
 import { AbortedError, InvalidArgumentError } from "@mvm/protocol";
 import { quote } from "./ref.js";
@@ -32,6 +35,10 @@ export interface TreeWriterLimits {
 const DEFAULT_MAX_ENTRIES = 1_000_000;
 const DEFAULT_MAX_BYTES = 64 * 1024 ** 3;
 const MAX_LINK_TARGET_BYTES = 4095;
+/** Name prefix of an OCI whiteout entry. */
+export const WHITEOUT_PREFIX = ".wh.";
+/** Name of an OCI opaque-directory marker. */
+export const WHITEOUT_OPAQUE = ".wh..wh..opq";
 
 const FILE_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
 const DIR_FLAGS = fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW;
@@ -65,6 +72,8 @@ export class TreeWriter {
   readonly #dirs = new Set<string>();
   /** Directories whose final mode and mtime are applied by finish(). */
   readonly #pending = new Map<string, PendingDir>();
+  /** Paths (and their parents) written by the current layer: whiteouts never remove these. */
+  #layerTouched = new Set<string>();
 
   /** @param root an existing, empty, private directory: the image's `/`. */
   constructor(root: string, limits: TreeWriterLimits = {}, signal?: AbortSignal) {
@@ -77,6 +86,7 @@ export class TreeWriter {
   async directory(rawPath: string, mode: number, mtime?: Date): Promise<void> {
     const parts = this.#begin(rawPath);
     if (parts.length === 0) return; // the root keeps 0755
+    this.#touch(parts);
     const rel = parts.join("/");
     const abs = await this.#prepareParents(parts, rawPath);
     const existing = await lstatOrUndefined(abs);
@@ -96,6 +106,7 @@ export class TreeWriter {
   async file(rawPath: string, mode: number, data: AsyncIterable<Uint8Array>, size: number, mtime?: Date): Promise<void> {
     const parts = this.#begin(rawPath);
     if (parts.length === 0) throw unsafe(rawPath, "a file cannot replace the image root");
+    this.#touch(parts);
     if (this.bytesWritten + size > this.#maxBytes) {
       throw new InvalidArgumentError(`Cannot import entry ${quote(rawPath)}: the image would exceed ${this.#maxBytes} bytes`);
     }
@@ -121,6 +132,7 @@ export class TreeWriter {
   async symlink(rawPath: string, target: string, mtime?: Date): Promise<void> {
     const parts = this.#begin(rawPath);
     if (parts.length === 0) throw unsafe(rawPath, "a symbolic link cannot replace the image root");
+    this.#touch(parts);
     if (target.length === 0 || target.includes("\0") || Buffer.byteLength(target) > MAX_LINK_TARGET_BYTES) {
       throw unsafe(rawPath, `symbolic link target ${quote(target)} is empty, too long or contains NUL`);
     }
@@ -139,12 +151,62 @@ export class TreeWriter {
   async hardlink(rawPath: string, rawTarget: string): Promise<void> {
     const parts = this.#begin(rawPath);
     if (parts.length === 0) throw unsafe(rawPath, "a hard link cannot replace the image root");
+    this.#touch(parts);
     const targetParts = splitEntryPath(rawTarget, rawPath, "hard link target");
     if (targetParts.length === 0) throw unsafe(rawPath, "hard link target is the image root");
     const targetAbs = await this.#existingFile(targetParts, rawPath, rawTarget);
     if (targetParts.join("/") === parts.join("/")) return;
     const abs = await this.#prepareLeaf(parts, rawPath);
     await link(targetAbs, abs);
+  }
+
+  /** Begins the next image layer: whiteouts from now on may remove anything written before. */
+  startLayer(): void {
+    this.#layerTouched = new Set();
+  }
+
+  /**
+   * Applies a whiteout entry `DIR/.wh.NAME`: removes `DIR/NAME` (and everything below it) when a
+   * lower layer wrote it. A missing target is not an error; a target of `.`, `..` or empty, or a
+   * parent that is not a real directory, is refused.
+   */
+  async whiteout(rawPath: string): Promise<void> {
+    const parts = this.#begin(rawPath);
+    const marker = parts.at(-1) ?? "";
+    const name = marker.slice(WHITEOUT_PREFIX.length);
+    if (!marker.startsWith(WHITEOUT_PREFIX) || name === "" || name === "." || name === ".." || name === WHITEOUT_OPAQUE.slice(WHITEOUT_PREFIX.length)) {
+      throw unsafe(rawPath, `whiteout ${quote(marker)} names no entry it may remove`);
+    }
+    const target = [...parts.slice(0, -1), name];
+    const rel = target.join("/");
+    if (this.#layerTouched.has(rel)) return;
+    const abs = await this.#existingParent(target, rawPath);
+    if (abs === undefined || (await lstatOrUndefined(abs)) === undefined) return;
+    await this.#removeExisting(rel, abs);
+  }
+
+  /**
+   * Applies an opaque marker `DIR/.wh..wh..opq`: removes every entry of DIR that a lower layer
+   * wrote, keeping DIR itself and what the current layer put in it.
+   */
+  async opaque(rawPath: string): Promise<void> {
+    const parts = this.#begin(rawPath);
+    if (parts.at(-1) !== WHITEOUT_OPAQUE) throw unsafe(rawPath, "not an opaque whiteout");
+    const dirParts = parts.slice(0, -1);
+    const dirRel = dirParts.join("/");
+    let dirAbs = this.#root;
+    if (dirParts.length > 0) {
+      const abs = await this.#existingParent(dirParts, rawPath);
+      const st = abs === undefined ? undefined : await lstatOrUndefined(abs);
+      if (abs === undefined || st === undefined) return;
+      if (!st.isDirectory()) throw unsafe(rawPath, `${quote(dirRel)} is not a directory`);
+      dirAbs = abs;
+    }
+    for (const child of await readdir(dirAbs)) {
+      const rel = dirRel === "" ? child : `${dirRel}/${child}`;
+      if (this.#layerTouched.has(rel)) continue;
+      await this.#removeExisting(rel, posix.join(dirAbs, child));
+    }
   }
 
   /** Records a device node, FIFO or socket that was not written. */
@@ -192,6 +254,25 @@ export class TreeWriter {
       throw new InvalidArgumentError(`Cannot import entry ${quote(rawPath)}: the image would exceed ${this.#maxEntries} entries`);
     }
     return splitEntryPath(rawPath, rawPath, "path");
+  }
+
+  #touch(parts: readonly string[]): void {
+    for (let i = 1; i <= parts.length; i++) this.#layerTouched.add(parts.slice(0, i).join("/"));
+  }
+
+  /**
+   * The absolute path of `parts` when every parent exists as a real directory; undefined when a
+   * parent is missing. A parent that is a symlink or not a directory is refused.
+   */
+  async #existingParent(parts: readonly string[], rawPath: string): Promise<string | undefined> {
+    for (let i = 1; i < parts.length; i++) {
+      const rel = parts.slice(0, i).join("/");
+      if (this.#dirs.has(rel)) continue;
+      const st = await lstatOrUndefined(posix.join(this.#root, rel));
+      if (st === undefined) return undefined;
+      if (!st.isDirectory()) throw unsafe(rawPath, `${quote(rel)} is ${st.isSymbolicLink() ? "a symbolic link" : "not a directory"}; nothing is removed through it`);
+    }
+    return posix.join(this.#root, ...parts);
   }
 
   #checkAbort(): void {

@@ -253,6 +253,63 @@ export class SnapshotStore {
   }
 
   /**
+   * Runs `fn` as an operation that writes chunks no record names yet (a bundle pull): chunk
+   * removal waits while it runs, as it does for a create.
+   */
+  async withChunkWrites<T>(fn: () => Promise<T>): Promise<T> {
+    const busy = await this.#markBusy("create");
+    try {
+      return await fn();
+    } finally {
+      await unlink(busy).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Registers a snapshot whose manifest came from another host (a bundle), once its chunks are
+   * in the chunk store: every chunk of every part is read back and verified (BLAKE3 and length),
+   * then the manifest is signed with this host's key under a new record. Call it inside
+   * {@link withChunkWrites}, around the writes of those chunks.
+   * @throws SnapshotMismatchError when a chunk is missing or fails verification.
+   * @throws InvalidArgumentError for a bad retention or labels.
+   */
+  async adopt(input: { manifest: SnapshotManifest; source: string; retention: StoredRetention; labels: Readonly<Record<string, string>>; signal?: AbortSignal }): Promise<StoredSnapshot> {
+    const memory = input.manifest.blobs.ram !== undefined;
+    const id = newSnapshotId();
+    const draft = {
+      version: 1,
+      id,
+      digest: manifestDigest(input.manifest),
+      kind: "user",
+      source: input.source,
+      retention: input.retention,
+      memory,
+      labels: { ...input.labels },
+      lastUsedAt: new Date().toISOString(),
+    };
+    const checked = SnapshotRecordSchema.safeParse(draft);
+    if (!checked.success) {
+      const issue = checked.error.issues[0];
+      throw new InvalidArgumentError(`Cannot register snapshot: ${issue?.path.join(".") ?? ""} ${issue?.message ?? "invalid"}`.trim(), { cause: checked.error });
+    }
+    for (const part of partsOf(input.manifest)) {
+      input.signal?.throwIfAborted();
+      await verifyBlob(this.chunks, input.manifest.blobs[part]!);
+    }
+    const manifestWire = encodeSignedManifest(input.manifest, this.#privateKey);
+    const { manifest } = decodeSignedManifest(manifestWire, this.#publicKey);
+    if (manifestDigest(manifest) !== checked.data.digest) throw new SnapshotMismatchError("Snapshot manifest changed when it was signed");
+    const record = checked.data as SnapshotRecord;
+    await writeFileAtomic(join(this.root, "records", id), encodeRecord(record, manifestWire, this.#privateKey), 0o600, { tempDir: join(this.root, "tmp") });
+    return toStored(record, manifest);
+  }
+
+  /** Removes every chunk no record names, unless a create, build or pull is in progress. Returns how many went. */
+  async removeUnnamedChunks(): Promise<number> {
+    return (await this.#collectChunks()).removed;
+  }
+
+  /**
    * The snapshot named by id (`snap_…`) or digest (`sha256:…`), verified.
    * @throws NotFoundError when there is none.
    * @throws SnapshotMismatchError when its record or manifest fails verification.

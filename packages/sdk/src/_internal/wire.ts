@@ -1,6 +1,6 @@
 /** The daemon's answer schemas (shared with the daemon through @mvm/protocol). */
 import { z } from "zod";
-import { ApiErrorBody, MAX_FORK_COUNT, ProgressEventSchema, SandboxInfo, SnapshotInfo, WarmPoolInfo } from "@mvm/protocol";
+import { ApiErrorBody, BundlePullInfo, BundlePushInfo, MAX_FORK_COUNT, ProgressEventSchema, SandboxInfo, SnapshotInfo, WarmPoolInfo } from "@mvm/protocol";
 
 export {
   BuildStreamLine,
@@ -25,6 +25,8 @@ export {
   SnapshotList,
   WarmPoolInfo,
   WarmPoolList,
+  BundlePullInfo,
+  BundlePushInfo,
 } from "@mvm/protocol";
 
 const StreamError = z.strictObject({ type: z.literal("error"), error: ApiErrorBody.shape.error });
@@ -48,5 +50,19 @@ export const ForkStreamLine = z.discriminatedUnion("type", [
 export const PoolStreamLine = z.discriminatedUnion("type", [
   StreamProgress,
   z.strictObject({ type: z.literal("result"), pool: WarmPoolInfo }),
+  StreamError,
+]);
+
+/** Lines of the NDJSON answer to POST /v1/bundles/push. */
+export const BundlePushStreamLine = z.discriminatedUnion("type", [
+  StreamProgress,
+  z.strictObject({ type: z.literal("result"), bundle: BundlePushInfo }),
+  StreamError,
+]);
+
+/** Lines of the NDJSON answer to POST /v1/bundles/pull. */
+export const BundlePullStreamLine = z.discriminatedUnion("type", [
+  StreamProgress,
+  z.strictObject({ type: z.literal("result"), bundle: BundlePullInfo }),
   StreamError,
 ]);

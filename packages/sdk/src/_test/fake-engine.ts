@@ -47,6 +47,10 @@ import {
   type ForkApiRequest,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type BundlePullInfo,
+  type BundlePushInfo,
+  type PullBundleRequest,
+  type PushBundleRequest,
 } from "@mvm/protocol";
 import { CHUNK, FakeProc, runProgram, type Entry, type FakeSandbox } from "./fake-process.js";
 
@@ -217,6 +221,17 @@ export class FakeEngine implements EngineApi {
   }
   async listWarmPools(): Promise<WarmPoolInfo[]> {
     return [...this.pools];
+  }
+
+  readonly bundleRequests: (PushBundleRequest | PullBundleRequest)[] = [];
+  async pushBundle(request: PushBundleRequest): Promise<BundlePushInfo> {
+    this.bundleRequests.push(request);
+    const digest = `sha256:${"b".repeat(64)}` as const;
+    return { digest, uri: `${request.destination}@${digest}`, kind: request.source.startsWith("snap_") ? "snapshot" : "image", bytes: 1234, packs: 1, chunks: 2 };
+  }
+  async pullBundle(request: PullBundleRequest): Promise<BundlePullInfo> {
+    this.bundleRequests.push(request);
+    return { digest: `sha256:${"b".repeat(64)}`, kind: "image", image: { digest: `sha256:${"1".repeat(64)}`, refs: ["bundle-1111111111111111"] }, fetchedBytes: 1234, packsFetched: 1, packs: 1, chunksReused: 0 };
   }
 
   /** New sandboxes with copies of the sandbox's files; aborting during a fork leaves none behind. */
@@ -424,6 +439,11 @@ export class FakeEngine implements EngineApi {
     options.onProgress?.({ phase: "download", message: `fetching ${ref}`, fraction: 0.5 });
     options.onProgress?.({ phase: "hash", message: options.force ? "forced" : "cached" });
     return { digest: DIGEST, refs: [ref], sizeBytes: 4321, createdAt: new Date(0).toISOString() };
+  }
+
+  async pullImage(reference: string, options: CallOptions & { onProgress?: (e: ProgressEvent) => void } = {}): Promise<ImageInfo> {
+    options.onProgress?.({ phase: "resolve", message: `fetching ${reference}`, fraction: 0.5 });
+    return { digest: DIGEST, refs: [reference], sizeBytes: 99, createdAt: new Date(0).toISOString() };
   }
 
   async importImage(path: string, name: string, options: CallOptions & { onProgress?: (e: ProgressEvent) => void } = {}): Promise<ImageInfo> {

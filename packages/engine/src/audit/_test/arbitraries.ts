@@ -67,5 +67,16 @@ export const auditEvent: fc.Arbitrary<AuditEvent> = fc.oneof(
     deniedConnections: count,
     deniedHosts: fc.array(hostname, { maxLength: 16 }),
   }, { noNullPrototype: true }),
+  fc.record({ type: fc.constant("bundle.pushed" as const), bundleDigest: hex64, kind: fc.constantFrom("snapshot" as const, "image" as const), sourceDigest: hex64 }, { noNullPrototype: true }),
+  fc.record(
+    {
+      type: fc.constant("bundle.pulled" as const),
+      bundleDigest: hex64,
+      kind: fc.constantFrom("snapshot" as const, "image" as const),
+      imageDigest: hex64,
+      snapshotId: fc.stringMatching(/^snap_[a-z2-7]{20}$/),
+    },
+    { requiredKeys: ["type", "bundleDigest", "kind", "imageDigest"], noNullPrototype: true },
+  ),
   fc.record({ type: fc.constant("policy.changed" as const), policyId: opaqueId, previousDigest: fc.option(hex64, { nil: null }), policyDigest: hex64 }, { noNullPrototype: true }),
 );

@@ -1,0 +1,76 @@
+/**
+ * What an OCI image's config supplies to a sandbox where the create does not, and the record of
+ * it in the sandbox's info (and so its receipt): env entries the create does not set, the default
+ * working directory of execs (only when it is a real directory of the image), and, recorded but
+ * never applied, the image's user, entrypoint and cmd.
+ */
+import { lstat } from "node:fs/promises";
+import { posix } from "node:path";
+import type { SandboxInfo } from "@mvm/protocol";
+import { PolicyRuleDeniedError } from "../admission/admit.js";
+import { evaluateImagePolicy, type ImageFacts } from "../admission/policy.js";
+import type { ImageRecord } from "../images/store.js";
+import type { EngineCore } from "./core.js";
+
+export interface ImageApplied {
+  /** The create's env with the image's entries beneath it (undefined when neither has any). */
+  env: Record<string, string> | undefined;
+  /** `SandboxInfo.image` for this create. */
+  info: SandboxInfo["image"];
+}
+
+/** Longest image working directory applied as the exec default, in characters. */
+const MAX_WORKING_DIR_CHARS = 1024;
+
+export async function applyImageDefaults(imageRef: string, image: ImageRecord, requestEnv: Record<string, string> | undefined): Promise<ImageApplied> {
+  const info: SandboxInfo["image"] = { ref: imageRef, digest: image.digest };
+  if (image.oci === undefined) return { env: requestEnv, info };
+  const { manifestDigest, configDigest, reference, defaults } = image.oci;
+  info.oci = { configDigest, ...(manifestDigest ? { manifestDigest } : {}), ...(reference !== undefined ? { reference } : {}) };
+  const fromImage: NonNullable<SandboxInfo["image"]["fromImage"]> = {};
+  let env = requestEnv;
+  const imageEnv = Object.entries(defaults.env ?? {}).filter(([name]) => requestEnv?.[name] === undefined);
+  if (imageEnv.length > 0) {
+    env = { ...Object.fromEntries(imageEnv), ...(requestEnv ?? {}) };
+    fromImage.envNames = imageEnv.map(([name]) => name).sort();
+  }
+  const wd = defaults.workingDir;
+  if (wd !== undefined && wd.length <= MAX_WORKING_DIR_CHARS && (await isRealDir(image.rootfsDir, wd))) fromImage.workingDir = posix.normalize(wd);
+  if (defaults.user !== undefined) fromImage.user = defaults.user;
+  if (defaults.entrypoint !== undefined) fromImage.entrypoint = defaults.entrypoint;
+  if (defaults.cmd !== undefined) fromImage.cmd = defaults.cmd;
+  if (Object.keys(fromImage).length > 0) info.fromImage = fromImage;
+  return { env, info };
+}
+
+/** The facts the policy's image rules judge. No image has a verified provenance record yet. */
+export function imageFacts(ref: string, image: ImageRecord): ImageFacts {
+  const reference = image.oci?.reference;
+  // Only a pull records a reference, and it always starts with its registry host.
+  const registry = reference !== undefined ? reference.slice(0, reference.indexOf("/")) : undefined;
+  return { ref, ...(registry ? { registry } : {}), provenanceVerified: false };
+}
+
+/**
+ * @throws PolicyRuleDeniedError when the operator policy's image rules refuse the image. A policy
+ * that cannot be read is left to admission, which refuses every workload under it and records why.
+ */
+export async function checkImagePolicy(core: EngineCore, facts: ImageFacts): Promise<void> {
+  const policy = await core.gate.policy().catch(() => undefined);
+  if (policy === undefined) return;
+  const decision = evaluateImagePolicy(facts, policy);
+  if (!decision.ok) throw new PolicyRuleDeniedError(decision.rule, `Image "${facts.ref}" denied by policy rule "${decision.rule}": ${decision.message}`);
+}
+
+/** True when every component of the absolute `path` is a real directory under `root` (no symlink followed). */
+async function isRealDir(root: string, path: string): Promise<boolean> {
+  const parts = posix.normalize(path).split("/").filter((p) => p !== "");
+  if (parts.includes("..")) return false;
+  let abs = root;
+  for (const part of parts) {
+    abs = posix.join(abs, part);
+    const st = await lstat(abs).catch(() => undefined);
+    if (st?.isDirectory() !== true) return false;
+  }
+  return true;
+}
