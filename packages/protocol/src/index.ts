@@ -41,3 +41,5 @@ export * from "./fn.js";
 export { FnCodecError, asCallPayload, decodeFnValue, encodeFnValue, scanMsgpack } from "./fn-codec.js";
 export type { FnCodecFault, FnCodecLimits } from "./fn-codec.js";
 export * from "./pool-api.js";
+export { MAX_TREE_BYTES, MAX_TREE_ENTRIES, normalizeTarPath, readTar, tarEnd, tarHeader, tarPadding } from "./tar.js";
+export type { TarEntry, TarEntryType, TarLimits, TarReadEntry } from "./tar.js";
