@@ -41,6 +41,8 @@ import {
   type WarmPoolRequest,
   type Tier,
   type WriteFileOptions,
+  type TreeOptions,
+  type TreeWriteResult,
 } from "@mvm/protocol";
 import type { Backend } from "./backends/types.js";
 import { chooseDefault, parseTier, resolveConfiguredDefault, type ConfiguredDefault, type TierMinimum } from "./backend-choice.js";
@@ -53,6 +55,7 @@ import { SecretStore } from "./secrets/store.js";
 import { AdmissionGate } from "./admission/gate.js";
 import { probesFor, type EngineCore } from "./capabilities/core.js";
 import * as files from "./capabilities/files.js";
+import * as filesTree from "./capabilities/files-tree.js";
 import * as images from "./capabilities/images.js";
 import * as network from "./capabilities/network.js";
 import * as pools from "./capabilities/pools.js";
@@ -378,6 +381,12 @@ export class Engine implements EngineApi {
   }
   rename(id: string, from: string, to: string, options: CallOptions = {}): Promise<void> {
     return files.rename(this.#core, id, from, to, options);
+  }
+  writeTree(id: string, path: string, tar: AsyncIterable<Uint8Array>, options: TreeOptions = {}): Promise<TreeWriteResult> {
+    return filesTree.writeTree(this.#core, id, path, tar, options);
+  }
+  readTree(id: string, path: string, options: TreeOptions = {}): Promise<AsyncIterable<Uint8Array>> {
+    return filesTree.readTree(this.#core, id, path, options);
   }
 
   // Images

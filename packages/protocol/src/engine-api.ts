@@ -20,6 +20,7 @@ import type { NetworkPolicyJson } from "./network-policy.js";
 import type { SignedPlan } from "./plan.js";
 import type { ForkApiRequest, SnapshotApiRequest, SnapshotInfo } from "./snapshot-api.js";
 import type { WarmPoolInfo, WarmPoolRequest } from "./pool-api.js";
+import type { TreeOptions, TreeWriteResult } from "./tree-api.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -189,6 +190,20 @@ export interface EngineApi {
   mkdir(id: string, path: string, recursive: boolean, options?: CallOptions): Promise<void>;
   remove(id: string, path: string, recursive: boolean, options?: CallOptions): Promise<void>;
   rename(id: string, from: string, to: string, options?: CallOptions): Promise<void>;
+  /**
+   * Unpacks a tar stream (docs/FILES.md) into the directory `path`, creating it and any parents.
+   * Only regular files and directories are written; links, devices and FIFOs are counted in
+   * `skipped`. Each file is audited like a writeFile.
+   * @throws InvalidArgumentError for an unsafe or malformed archive, or one over the bounds
+   */
+  writeTree(id: string, path: string, tar: AsyncIterable<Uint8Array>, options?: TreeOptions): Promise<TreeWriteResult>;
+  /**
+   * The directory `path` and everything under it as a tar stream of files and directories
+   * (symlinks and special files are left out), paths relative to `path`. Iterate once; a failure
+   * midway ends the stream with an error, never with a complete-looking archive.
+   * @throws NotFoundError when `path` does not exist; InvalidArgumentError when it is not a directory
+   */
+  readTree(id: string, path: string, options?: TreeOptions): Promise<AsyncIterable<Uint8Array>>;
 
   listImages(options?: CallOptions): Promise<ImageInfo[]>;
   buildImage(

@@ -34,6 +34,8 @@ import {
   type SnapshotApiRequest,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type TreeOptions,
+  type TreeWriteResult,
 } from "@mvm/protocol";
 
 /** Loads the engine module; replaceable in tests. */
@@ -193,6 +195,12 @@ export class EmbeddedEngine implements EngineApi {
   }
   writeFile(id: string, path: string, data: Uint8Array | AsyncIterable<Uint8Array>, options?: WriteFileOptions): Promise<{ bytes: number; receipt?: AuditReceiptRef }> {
     return this.#engine.writeFile(id, path, data, options);
+  }
+  writeTree(id: string, path: string, tar: AsyncIterable<Uint8Array>, options?: TreeOptions): Promise<TreeWriteResult> {
+    return this.#engine.writeTree(id, path, tar, options);
+  }
+  readTree(id: string, path: string, options?: TreeOptions): Promise<AsyncIterable<Uint8Array>> {
+    return this.#engine.readTree(id, path, options);
   }
   listDir(id: string, path: string, options?: CallOptions): Promise<DirListingResult> {
     return this.#engine.listDir(id, path, options);

@@ -26,7 +26,8 @@ export type {
   SecretPosture,
   SecretRefJson,
 } from "@mvm/protocol";
-export type { ReadOptions, WriteData, WriteOptions, WriteResult } from "./files.js";
+export type { ManyFile, ReadOptions, WriteData, WriteOptions, WriteResult } from "./files.js";
+export { extractTarToDir, packLocalDir } from "./local-tree.js";
 
 export { analyzeSource, analyzeSourceText, MAX_SOURCE_BYTES } from "./static-analysis.js";
 export type { SourceLocation, StaticAnalysis, StaticDiagnostic, StaticFork, StaticWorkload } from "./static-analysis.js";

@@ -20,6 +20,11 @@ import {
   NetworkPolicySchema,
   NotFoundError,
   UnsupportedCapabilityError,
+  readTar,
+  tarEnd,
+  treeLimits,
+  type TreeOptions,
+  type TreeWriteResult,
   type CallOptions,
   type DirListingResult,
   type EngineApi,
@@ -376,6 +381,29 @@ export class RecordingEngine implements EngineApi {
     else for await (const chunk of data) bytes += chunk.byteLength;
     entry.workload.files.push({ path, bytes });
     return { bytes };
+  }
+
+  async writeTree(id: string, path: string, tar: AsyncIterable<Uint8Array>, options?: TreeOptions): Promise<TreeWriteResult> {
+    const entry = this.#get(id);
+    const result: TreeWriteResult = { files: 0, dirs: 0, bytes: 0, skipped: 0 };
+    for await (const { entry: e, body } of readTar(tar, treeLimits(options))) {
+      if (e.type === "file") {
+        let bytes = 0;
+        for await (const chunk of body) bytes += chunk.byteLength;
+        entry.workload.files.push({ path: path === "/" ? `/${e.path}` : `${path}/${e.path}`, bytes });
+        result.files += 1;
+        result.bytes += bytes;
+      } else if (e.type === "dir") result.dirs += 1;
+      else result.skipped += 1;
+    }
+    return result;
+  }
+
+  async readTree(id: string): Promise<AsyncIterable<Uint8Array>> {
+    this.#get(id);
+    return (async function* () {
+      yield tarEnd();
+    })();
   }
 
   async listDir(id: string): Promise<DirListingResult> {

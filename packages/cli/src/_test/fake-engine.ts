@@ -35,6 +35,7 @@ import {
   type ForkApiRequest,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type TreeWriteResult,
 } from "@mvm/protocol";
 
 export const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
@@ -317,6 +318,12 @@ export class FakeEngine implements EngineApi {
     const all = Buffer.concat(chunks);
     this.files.set(`${id}:${path}`, all);
     return { bytes: this.reportedWriteBytes ?? all.byteLength };
+  }
+  async writeTree(): Promise<TreeWriteResult> {
+    throw new UnsupportedCapabilityError("The fake engine holds no trees");
+  }
+  async readTree(): Promise<AsyncIterable<Uint8Array>> {
+    throw new UnsupportedCapabilityError("The fake engine holds no trees");
   }
   async listDir(): Promise<DirListingResult> {
     return { entries: [], truncated: false };

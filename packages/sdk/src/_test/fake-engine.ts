@@ -46,6 +46,7 @@ import {
   type ForkApiRequest,
   type WarmPoolInfo,
   type WarmPoolRequest,
+  type TreeWriteResult,
 } from "@mvm/protocol";
 import { CHUNK, FakeProc, runProgram, type Entry, type FakeSandbox } from "./fake-process.js";
 
@@ -350,6 +351,14 @@ export class FakeEngine implements EngineApi {
     if (sink) this.sinks.set(path, { bytes, sha256: hash.digest("hex") });
     else sb.files.set(path, { type: "file", data: Buffer.concat(kept), mode: options.mode ?? 0o644, mtimeMs: Date.now() });
     return { bytes };
+  }
+
+  async writeTree(): Promise<TreeWriteResult> {
+    throw new UnsupportedCapabilityError("The fake engine holds no trees");
+  }
+
+  async readTree(): Promise<AsyncIterable<Uint8Array>> {
+    throw new UnsupportedCapabilityError("The fake engine holds no trees");
   }
 
   async listDir(id: string, path: string): Promise<DirListingResult> {

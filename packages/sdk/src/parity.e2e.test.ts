@@ -1,0 +1,90 @@
+/**
+ * SDK parity features against the real engine (namespace backend), each embedded and through a
+ * daemon: directory and multi-file transfer.
+ */
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { InvalidArgumentError, NotFoundError, tarEnd, tarHeader, tarPadding } from "@mvm/protocol";
+import { Sandbox } from "./sandbox.js";
+import { IMAGE, openRealEngines, skipWithoutImage, type RealEngines } from "./_test/real-engines.js";
+
+let engines: RealEngines | undefined;
+const local = mkdtempSync(join(tmpdir(), "mvm-parity-local-"));
+
+describe("parity on the real engine", { skip: skipWithoutImage, timeout: 600_000 }, () => {
+  before(async () => {
+    engines = await openRealEngines("mvm-parity-");
+  });
+  after(async () => {
+    await engines?.close();
+    rmSync(local, { recursive: true, force: true });
+  });
+
+  for (const name of ["embedded", "daemon"] as const) {
+    const engineOf = () => {
+      const t = engines?.transports.find((x) => x.name === name);
+      assert.ok(t);
+      return t.engine;
+    };
+    const sh = async (sb: Sandbox, script: string): Promise<string> => (await sb.commands.run(["sh", "-c", script])).stdout;
+
+    it(`${name}: writeMany, uploadDir, downloadDir, readTar and writeTar`, async () => {
+      await using sb = await Sandbox.create({ engine: engineOf(), image: IMAGE, backend: "namespace", ttlSeconds: 300 });
+
+      const many = await sb.files.writeMany([
+        { path: "/work/m/a.txt", data: "alpha" },
+        { path: "/work/m/deep/b.bin", data: new Uint8Array([0, 1, 2, 255]) },
+        { path: "/work/m/run.sh", data: "#!/bin/sh\necho ran\n", mode: 0o755 },
+      ]);
+      assert.deepEqual(many, { files: 3, dirs: 0, bytes: 5 + 4 + 19, skipped: 0 });
+      assert.equal(await sh(sb, "cat /work/m/a.txt; od -An -tu1 /work/m/deep/b.bin | tr -s ' '; /work/m/run.sh"), "alpha 0 1 2 255\nran\n");
+      await assert.rejects(sb.files.writeMany([{ path: "work/rel", data: "x" }]), InvalidArgumentError);
+      await assert.rejects(sb.files.writeMany([{ path: "/work/../etc/x", data: "x" }]), InvalidArgumentError);
+
+      const src = join(local, `${name}-src`);
+      mkdirSync(join(src, "sub", "deeper"), { recursive: true });
+      writeFileSync(join(src, "top.txt"), "top");
+      writeFileSync(join(src, "sub", "deeper", "big.bin"), Buffer.alloc(300_000, 7));
+      writeFileSync(join(src, "long-" + "n".repeat(150)), "long name");
+      symlinkSync("/etc/passwd", join(src, "link"));
+      const up = await sb.files.uploadDir(src, "/work/up");
+      assert.deepEqual(up, { files: 3, dirs: 2, bytes: 3 + 300_000 + 9, skipped: 0 });
+      assert.equal(await sh(sb, "cat /work/up/top.txt; wc -c < /work/up/sub/deeper/big.bin; test -e /work/up/link || echo nolink"), "top300000\nnolink\n");
+
+      await sh(sb, "mkdir -p /work/out/d && echo guest > /work/out/d/g.txt && ln -s /etc/shadow /work/out/evil && printf x > /work/out/x");
+      const dest = join(local, `${name}-dest`);
+      const down = await sb.files.downloadDir("/work/out", dest);
+      assert.deepEqual(down, { files: 2, dirs: 1, bytes: 7, skipped: 0 });
+      assert.equal(readFileSync(join(dest, "d", "g.txt"), "utf8"), "guest\n");
+      assert.deepEqual(readdirSync(dest).sort(), ["d", "x"]);
+
+      const roundTrip = join(local, `${name}-round`);
+      await sb.files.downloadDir("/work/up", roundTrip);
+      assert.equal(statSync(join(roundTrip, "sub", "deeper", "big.bin")).size, 300_000);
+      assert.equal(readFileSync(join(roundTrip, "long-" + "n".repeat(150)), "utf8"), "long name");
+
+      const stream = await sb.files.readTar("/work/m");
+      let bytes = 0;
+      for await (const chunk of stream) bytes += chunk.byteLength;
+      assert.ok(bytes > 1024 && bytes % 512 === 0, String(bytes));
+
+      await assert.rejects(sb.files.readTar("/work/none"), NotFoundError);
+      await assert.rejects(sb.files.readTar("/work/m/a.txt"), InvalidArgumentError);
+      const hostile = Buffer.concat([tarHeader({ path: "ok.txt", type: "file", mode: 0o644, size: 1, mtimeMs: 0 }), Buffer.from("x"), tarPadding(1)]);
+      const evil = Buffer.from(hostile);
+      evil.write("../escape.txt\0", 0); // re-checksummed below
+      let sum = 0;
+      evil.fill(0x20, 148, 156);
+      for (let i = 0; i < 512; i++) sum += evil[i]!;
+      evil.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
+      await assert.rejects(sb.files.writeTar("/work/h", Buffer.concat([evil, tarEnd()])), (err: unknown) => err instanceof InvalidArgumentError && /\.\./.test(err.message));
+      await assert.rejects(sb.files.writeTar("/work/h", hostile), (err: unknown) => err instanceof InvalidArgumentError && /truncated/.test(err.message));
+      assert.equal(await sh(sb, "test -e /work/escape.txt && echo escaped || echo contained"), "contained\n");
+      await assert.rejects(sb.files.writeTar("/work/lim", Buffer.concat([hostile, tarEnd()]), { maxBytes: 0 }), /more than 0 bytes/);
+      assert.ok(!existsSync(join(local, "escape.txt")));
+    });
+  }
+});
