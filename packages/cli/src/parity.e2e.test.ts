@@ -73,4 +73,15 @@ describe("parity commands through a real daemon", { skip: skipWithoutImages, tim
     assert.notEqual(missing.code, 0);
     assert.match(missing.stderr, /nothing/);
   });
+
+  it("ttl sets when the sandbox ends; bad values say the range in seconds", async () => {
+    const before = Date.now();
+    const info = JSON.parse(await ok("--json", "ttl", id, "7200")) as { expiresAt: string };
+    assert.ok(Math.abs(Date.parse(info.expiresAt) - (before + 7_200_000)) < 10_000, info.expiresAt);
+    const bad = await mvmctl("ttl", id, "0");
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /1 to 604800/);
+    const audit = await ok("audit", "tail", "--json", "-n", "50");
+    assert.match(audit, /sandbox\.ttl_set/);
+  });
 });

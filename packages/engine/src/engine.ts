@@ -303,6 +303,9 @@ export class Engine implements EngineApi {
   resumeSandbox(id: string, options: CallOptions = {}): Promise<SandboxInfo> {
     return sandboxes.resumeSandbox(this.#core, id, options);
   }
+  setSandboxTimeout(id: string, ttlSeconds: number, options: CallOptions = {}): Promise<SandboxInfo> {
+    return sandboxes.setSandboxTimeout(this.#core, id, ttlSeconds, options);
+  }
 
   // Snapshots
   snapshotSandbox(id: string, request: SnapshotApiRequest, options: CallOptions = {}): Promise<SnapshotInfo> {

@@ -215,6 +215,15 @@ export class LiveSandbox {
     });
   }
 
+  /** Sets the TTL to end `ttlSeconds` from now (see SandboxLifetime.setTtl); runs in order with pauses and resumes. */
+  setTtl(ttlSeconds: number): Promise<void> {
+    return this.#serialized(async () => {
+      this.#assertLive();
+      this.#lifetime.setTtl(ttlSeconds * 1000);
+      this.#refreshPauseInfo("caller");
+    });
+  }
+
   /** Brings `info`'s state, expiresAt and pause fields up to date. */
   #refreshPauseInfo(by: "caller" | "ttl"): void {
     const { pause: previous, ...rest } = this.info;

@@ -133,6 +133,14 @@ export interface EngineApi {
   pauseSandbox(id: string, request?: PauseApiRequest, options?: CallOptions): Promise<SandboxInfo>;
   /** Thaws a paused sandbox; resuming a running one is a no-op. */
   resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo>;
+  /**
+   * Sets a live sandbox's TTL to end `ttlSeconds` from now (longer or shorter than before), within
+   * the bounds of a create (1 s to 7 days) and the operator policy's maxTtlSeconds. While paused
+   * with the TTL frozen, `ttlSeconds` becomes the time left at resume. Recorded in the audit log
+   * (`sandbox.ttl_set`).
+   * @throws InvalidArgumentError out of bounds; PolicyDeniedError over the operator's maximum
+   */
+  setSandboxTimeout(id: string, ttlSeconds: number, options?: CallOptions): Promise<SandboxInfo>;
 
   /**
    * Captures the sandbox's state into the host's snapshot store (the sandbox keeps running).

@@ -146,6 +146,10 @@ export class DaemonClient implements EngineApi {
     return this.#json("pauseSandbox", options, { method: "POST", path: `${sandboxPath(id)}/pause`, ...jsonBody(request) }, wire.SandboxInfo);
   }
 
+  setSandboxTimeout(id: string, ttlSeconds: number, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#json("setSandboxTimeout", options, { method: "POST", path: `${sandboxPath(id)}/timeout`, ...jsonBody({ ttlSeconds }) }, wire.SandboxInfo);
+  }
+
   resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
     return this.#json("resumeSandbox", options, { method: "POST", path: `${sandboxPath(id)}/resume`, ...jsonBody({}) }, wire.SandboxInfo);
   }

@@ -154,6 +154,9 @@ export class EmbeddedEngine implements EngineApi {
   pauseSandbox(id: string, request?: PauseApiRequest, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.pauseSandbox(id, request, options);
   }
+  setSandboxTimeout(id: string, ttlSeconds: number, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#engine.setSandboxTimeout(id, ttlSeconds, options);
+  }
   resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.resumeSandbox(id, options);
   }

@@ -1,6 +1,6 @@
 /**
  * SDK parity features against the real engine (namespace backend), each embedded and through a
- * daemon: directory and multi-file transfer.
+ * daemon: directory and multi-file transfer, setTimeout.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -85,6 +85,25 @@ describe("parity on the real engine", { skip: skipWithoutImage, timeout: 600_000
       assert.equal(await sh(sb, "test -e /work/escape.txt && echo escaped || echo contained"), "contained\n");
       await assert.rejects(sb.files.writeTar("/work/lim", Buffer.concat([hostile, tarEnd()]), { maxBytes: 0 }), /more than 0 bytes/);
       assert.ok(!existsSync(join(local, "escape.txt")));
+    });
+
+    it(`${name}: setTimeout extends and shortens a live sandbox's TTL, within bounds`, async () => {
+      const sb = await Sandbox.create({ engine: engineOf(), image: IMAGE, backend: "namespace", ttlSeconds: 60 });
+      try {
+        const before = Date.now();
+        const longer = await sb.setTimeout(3600);
+        assert.ok(Math.abs(Date.parse(longer.expiresAt) - (before + 3600_000)) < 5_000, longer.expiresAt);
+        assert.equal((await sb.refresh()).expiresAt, longer.expiresAt);
+        await assert.rejects(sb.setTimeout(0), InvalidArgumentError);
+        await assert.rejects(sb.setTimeout(7 * 24 * 3600 + 1), InvalidArgumentError);
+        await assert.rejects(sb.setTimeout(1.5), InvalidArgumentError);
+        await sb.setTimeout(1);
+        const deadline = Date.now() + 30_000;
+        while ((await sb.refresh()).state !== "stopped" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+        assert.equal((await sb.refresh()).state, "stopped");
+      } finally {
+        await sb.kill().catch(() => undefined);
+      }
     });
   }
 });

@@ -22,6 +22,8 @@ import {
   UnsupportedCapabilityError,
   readTar,
   tarEnd,
+  MAX_TTL_SECONDS,
+  SetTimeoutApiRequest,
   treeLimits,
   type TreeOptions,
   type TreeWriteResult,
@@ -215,6 +217,14 @@ export class RecordingEngine implements EngineApi {
   async pauseSandbox(id: string): Promise<SandboxInfo> {
     const entry = this.#get(id);
     if (entry.info.state === "running") entry.info = { ...entry.info, state: "paused" };
+    return entry.info;
+  }
+
+  async setSandboxTimeout(id: string, ttlSeconds: number): Promise<SandboxInfo> {
+    const entry = this.#get(id);
+    const req = SetTimeoutApiRequest.safeParse({ ttlSeconds });
+    if (!req.success) throw new InvalidArgumentError(`Invalid TTL: ${JSON.stringify(ttlSeconds)} (1 to ${MAX_TTL_SECONDS} seconds)`);
+    entry.info = { ...entry.info, expiresAt: new Date(Date.now() + req.data.ttlSeconds * 1000).toISOString() };
     return entry.info;
   }
 

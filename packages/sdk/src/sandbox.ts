@@ -307,6 +307,19 @@ export class Sandbox implements AsyncDisposable {
   }
 
   /**
+   * Sets the sandbox to end `ttlSeconds` from now, extending or shortening its TTL (1 s to 7 days,
+   * and at most the operator policy's maxTtlSeconds). While paused with the TTL frozen, it becomes
+   * the time left at resume. Recorded in the audit log as `sandbox.ttl_set`.
+   * @throws InvalidArgumentError out of bounds; PolicyDeniedError over the operator's maximum
+   * @example
+   * await sb.setTimeout(3600); // one more hour from now
+   */
+  async setTimeout(ttlSeconds: number, options?: CallOptions): Promise<SandboxInfo> {
+    this.#info = await this.#engine.setSandboxTimeout(this.id, ttlSeconds, options);
+    return this.#info;
+  }
+
+  /**
    * Lets a paused sandbox run again, from where it stopped. A TTL frozen by {@link pause} restarts
    * with the seconds it had left; one that ran out under `onTtl: "pause"` restarts in full.
    * Resuming a running sandbox is a no-op. Recorded in the audit log as `sandbox.resumed`.

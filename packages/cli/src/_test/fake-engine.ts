@@ -189,6 +189,13 @@ export class FakeEngine implements EngineApi {
     return paused;
   }
 
+  async setSandboxTimeout(id: string, ttlSeconds: number): Promise<SandboxInfo> {
+    this.calls.push(`setSandboxTimeout ${id} ${ttlSeconds}`);
+    const s = this.#get(id);
+    const changed: SandboxInfo = { ...s, expiresAt: new Date(Date.now() + ttlSeconds * 1000).toISOString() };
+    this.sandboxes.set(id, changed);
+    return changed;
+  }
   async resumeSandbox(id: string): Promise<SandboxInfo> {
     this.calls.push(`resumeSandbox ${id}`);
     const { pause: _pause, ...s } = this.#get(id);

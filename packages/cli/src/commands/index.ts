@@ -19,6 +19,7 @@ import { runCommand } from "./run.js";
 import { poolLsCommand, poolSetCommand } from "./pool.js";
 import { planCommand } from "./plan.js";
 import { fnRunCommand } from "./fn.js";
+import { ttlCommand } from "./ttl.js";
 
 export const COMMANDS: readonly Command[] = [
   doctorCommand,
@@ -31,6 +32,7 @@ export const COMMANDS: readonly Command[] = [
   killCommand,
   pauseCommand,
   resumeCommand,
+  ttlCommand,
   snapshotCreateCommand,
   snapshotLsCommand,
   snapshotInspectCommand,

@@ -65,6 +65,8 @@ export const AuditEventSchema = z.discriminatedUnion("type", [
     ttl: z.enum(["running", "frozen", "spent"]),
   }),
   z.strictObject({ type: z.literal("sandbox.resumed"), sandboxId: SandboxId, pausedMs: Count }),
+  /** A caller set the TTL of a live sandbox: it ends `ttlSeconds` after this entry (time left at resume when frozen). */
+  z.strictObject({ type: z.literal("sandbox.ttl_set"), sandboxId: SandboxId, ttlSeconds: Count }),
   z.strictObject({
     type: z.literal("exec.started"),
     sandboxId: SandboxId,

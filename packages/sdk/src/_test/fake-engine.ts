@@ -155,6 +155,12 @@ export class FakeEngine implements EngineApi {
     return sb.info;
   }
 
+  async setSandboxTimeout(id: string, ttlSeconds: number): Promise<SandboxInfo> {
+    const sb = this.#sandbox(id, true);
+    sb.info = { ...sb.info, expiresAt: new Date(Date.now() + ttlSeconds * 1000).toISOString() };
+    return sb.info;
+  }
+
   async resumeSandbox(id: string): Promise<SandboxInfo> {
     const sb = this.#sandbox(id, true);
     const { pause: _pause, ...rest } = sb.info;

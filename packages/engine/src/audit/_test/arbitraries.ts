@@ -44,6 +44,7 @@ export const auditEvent: fc.Arbitrary<AuditEvent> = fc.oneof(
     { noNullPrototype: true },
   ),
   fc.record({ type: fc.constant("sandbox.resumed" as const), sandboxId, pausedMs: count }, { noNullPrototype: true }),
+  fc.record({ type: fc.constant("sandbox.ttl_set" as const), sandboxId, ttlSeconds: count }, { noNullPrototype: true }),
   fc.record({ type: fc.constant("exec.started" as const), sandboxId, execId: opaqueId, argvDigest: hex64, argc: count }, { noNullPrototype: true }),
   fc.record({
     type: fc.constant("exec.finished" as const),
