@@ -74,6 +74,19 @@ describe("parity commands through a real daemon", { skip: skipWithoutImages, tim
     assert.match(missing.stderr, /nothing/);
   });
 
+  it("port --publish publishes a guest port on the live sandbox; port shows where it is reached", async () => {
+    const unpublished = await mvmctl("port", id, "9000");
+    assert.notEqual(unpublished.code, 0);
+    assert.match(unpublished.stderr, /not published/);
+    assert.match(unpublished.stderr, /--publish/);
+    const address = (await ok("port", "--publish", id, "9000")).trim();
+    assert.match(address, /^127\.0\.0\.1:[0-9]+$/);
+    assert.equal((await ok("port", id, "9000")).trim(), address);
+    const json = JSON.parse(await ok("--json", "port", id, "9000")) as { guest: number; host: number; address: string };
+    assert.deepEqual(json, { guest: 9000, host: Number(address.split(":")[1]), address });
+    assert.equal((await mvmctl("port", id, "70000")).code, 2);
+  });
+
   it("ttl sets when the sandbox ends; bad values say the range in seconds", async () => {
     const before = Date.now();
     const info = JSON.parse(await ok("--json", "ttl", id, "7200")) as { expiresAt: string };

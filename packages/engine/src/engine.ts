@@ -43,6 +43,7 @@ import {
   type WriteFileOptions,
   type TreeOptions,
   type TreeWriteResult,
+  type PortSpec,
 } from "@mvm/protocol";
 import type { Backend } from "./backends/types.js";
 import { chooseDefault, parseTier, resolveConfiguredDefault, type ConfiguredDefault, type TierMinimum } from "./backend-choice.js";
@@ -349,6 +350,9 @@ export class Engine implements EngineApi {
   // Network and secrets
   setNetworkPolicy(id: string, policy: NetworkPolicyJson): Promise<SandboxInfo> {
     return network.setNetworkPolicy(this.#core, id, policy);
+  }
+  publishPort(id: string, port: PortSpec): Promise<SandboxInfo> {
+    return network.publishPort(this.#core, id, port);
   }
   networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
     return network.networkEvents(this.#core, id, options);

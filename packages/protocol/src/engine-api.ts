@@ -17,6 +17,7 @@ import type {
 import type { FileInfo, KillSignal, ProcessInfo } from "./messages.js";
 import type { NetworkEventsPage, SecretMeta } from "./api-responses.js";
 import type { NetworkPolicyJson } from "./network-policy.js";
+import type { PortSpec } from "./api-base.js";
 import type { SignedPlan } from "./plan.js";
 import type { ForkApiRequest, SnapshotApiRequest, SnapshotInfo } from "./snapshot-api.js";
 import type { WarmPoolInfo, WarmPoolRequest } from "./pool-api.js";
@@ -176,6 +177,14 @@ export interface EngineApi {
    * are closed; the change is recorded as a network event.
    */
   setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo>;
+  /**
+   * Publishes a guest port of a running sandbox on a host loopback port (`port.host`, or one the
+   * kernel picks); the sandbox's `ports` then list it. Publishing a published guest port again
+   * is a no-op. A new publish is recorded in the audit log (`port.published`).
+   * @throws InvalidArgumentError over MAX_PUBLISHED_PORTS or when the host port is taken
+   * @throws AlreadyExistsError when the guest port is published on another host port
+   */
+  publishPort(id: string, port: PortSpec, options?: CallOptions): Promise<SandboxInfo>;
   /** Network events after sequence number `after` (default 0), at most `limit` (default and max 1000). */
   networkEvents(id: string, options?: CallOptions & { after?: number; limit?: number }): Promise<NetworkEventsPage>;
 

@@ -40,6 +40,7 @@ import {
   MAX_FORK_COUNT,
   TreeWriteResult,
   type TreeOptions,
+  type PortSpec,
 } from "@mvm/protocol";
 import type { z } from "zod";
 import { CallScope } from "./_internal/call-scope.js";
@@ -400,6 +401,10 @@ export class DaemonClient implements EngineApi {
 
   setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo> {
     return this.#json("setNetworkPolicy", options, { method: "PUT", path: `${sandboxPath(id)}/network/policy`, ...jsonBody(policy) }, wire.SandboxInfo);
+  }
+
+  publishPort(id: string, port: PortSpec, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#json("publishPort", options, { method: "POST", path: `${sandboxPath(id)}/ports`, ...jsonBody(port) }, wire.SandboxInfo);
   }
 
   networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {

@@ -36,6 +36,7 @@ import {
   type WarmPoolRequest,
   type TreeOptions,
   type TreeWriteResult,
+  type PortSpec,
 } from "@mvm/protocol";
 
 /** Loads the engine module; replaceable in tests. */
@@ -222,6 +223,9 @@ export class EmbeddedEngine implements EngineApi {
   }
   setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.setNetworkPolicy(id, policy, options);
+  }
+  publishPort(id: string, port: PortSpec, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#engine.publishPort(id, port, options);
   }
   networkEvents(id: string, options?: CallOptions & { after?: number; limit?: number }): Promise<NetworkEventsPage> {
     return this.#engine.networkEvents(id, options);

@@ -1,13 +1,13 @@
 /**
  * SDK parity features against the real engine (namespace backend), each embedded and through a
- * daemon: directory and multi-file transfer, setTimeout.
+ * daemon: directory and multi-file transfer, setTimeout, publishPort and getHost.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { InvalidArgumentError, NotFoundError, tarEnd, tarHeader, tarPadding } from "@mvm/protocol";
+import { AlreadyExistsError, InvalidArgumentError, NotFoundError, tarEnd, tarHeader, tarPadding } from "@mvm/protocol";
 import { Sandbox } from "./sandbox.js";
 import { IMAGE, openRealEngines, skipWithoutImage, type RealEngines } from "./_test/real-engines.js";
 
@@ -85,6 +85,28 @@ describe("parity on the real engine", { skip: skipWithoutImage, timeout: 600_000
       assert.equal(await sh(sb, "test -e /work/escape.txt && echo escaped || echo contained"), "contained\n");
       await assert.rejects(sb.files.writeTar("/work/lim", Buffer.concat([hostile, tarEnd()]), { maxBytes: 0 }), /more than 0 bytes/);
       assert.ok(!existsSync(join(local, "escape.txt")));
+    });
+
+    it(`${name}: publishPort on a live sandbox, and getHost`, async () => {
+      await using sb = await Sandbox.create({ engine: engineOf(), image: IMAGE, backend: "namespace", ttlSeconds: 300 });
+      await assert.rejects(sb.getHost(8000), NotFoundError);
+      const server = await sb.commands.start(["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", "/work"]);
+      await sb.files.write("/work/hello.txt", "hello from the guest");
+      const host = await sb.publishPort(8000);
+      assert.match(host, /^127\.0\.0\.1:[0-9]+$/);
+      assert.equal(await sb.getHost(8000), host);
+      assert.equal(await sb.publishPort(8000), host);
+      const taken = Number(host.split(":")[1]) === 1 ? 2 : 1;
+      await assert.rejects(sb.publishPort(8000, { hostPort: taken }), AlreadyExistsError);
+      let body = "";
+      const deadline = Date.now() + 20_000;
+      while (Date.now() < deadline) {
+        body = await fetch(`http://${host}/hello.txt`).then((r) => r.text(), () => "");
+        if (body !== "") break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.equal(body, "hello from the guest");
+      await server.kill();
     });
 
     it(`${name}: setTimeout extends and shortens a live sandbox's TTL, within bounds`, async () => {

@@ -362,6 +362,11 @@ export class RecordingEngine implements EngineApi {
     return entry.info;
   }
 
+  async publishPort(id: string): Promise<SandboxInfo> {
+    this.#get(id);
+    throw new UnsupportedCapabilityError(`${REFUSED}: no port is published`);
+  }
+
   async networkEvents(id: string): Promise<NetworkEventsPage> {
     this.#get(id);
     return { events: [], next: 0, dropped: 0 };

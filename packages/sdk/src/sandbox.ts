@@ -6,6 +6,7 @@ import {
   InvalidArgumentError,
   NetworkPolicy,
   NotFoundError,
+  TransportError,
   SecretRef,
   requestFromPlan,
   callerSettingsFromEnv,
@@ -304,6 +305,42 @@ export class Sandbox implements AsyncDisposable {
     const { ttl, ...call } = options;
     this.#info = await this.#engine.pauseSandbox(this.id, ttl !== undefined ? { ttl } : {}, call);
     return this.#info;
+  }
+
+  /**
+   * Where the guest port `port` is reached from the engine's host: `"127.0.0.1:HOSTPORT"`. The port
+   * must be published, at create (`ports`) or with {@link publishPort}.
+   * @throws NotFoundError when the port is not published
+   * @example
+   * await sb.commands.start(["python3", "-m", "http.server", "8000"]);
+   * const host = await sb.getHost(8000); // "127.0.0.1:39215"
+   * await fetch(`http://${host}/`);
+   */
+  async getHost(port: number, options?: CallOptions): Promise<string> {
+    const info = await this.refresh(options);
+    const found = info.ports?.find((p) => p.guest === port);
+    if (found === undefined) {
+      throw new NotFoundError(`Port ${port} of sandbox "${this.id}" is not published`, { hint: `Publish it with sandbox.publishPort(${port})` });
+    }
+    return `127.0.0.1:${found.host}`;
+  }
+
+  /**
+   * Publishes the guest port `port` of this running sandbox on a loopback port of the engine's
+   * host (`hostPort`, or one the kernel picks) and answers where it is reached, like
+   * {@link getHost}. Publishing a published port again answers the same address. Recorded in the
+   * audit log as `port.published`.
+   * @throws InvalidArgumentError when the sandbox already publishes 16 ports, or `hostPort` is taken
+   * @throws AlreadyExistsError when the port is published on a different host port
+   * @example
+   * const host = await sb.publishPort(3000);
+   */
+  async publishPort(port: number, options: CallOptions & { hostPort?: number } = {}): Promise<string> {
+    const { hostPort, ...call } = options;
+    this.#info = await this.#engine.publishPort(this.id, hostPort === undefined ? { guest: port } : { guest: port, host: hostPort }, call);
+    const found = this.#info.ports?.find((p) => p.guest === port);
+    if (found === undefined) throw new TransportError(`The engine did not list port ${port} of "${this.id}" after publishing it`);
+    return `127.0.0.1:${found.host}`;
   }
 
   /**

@@ -371,6 +371,14 @@ export class FakeEngine implements EngineApi {
     this.networkLog.set(id, log);
     return { ...info, network: { policy, revision: log.filter((e) => e.type === "policy-changed").length } };
   }
+  async publishPort(id: string, port: { guest: number; host?: number }): Promise<SandboxInfo> {
+    this.calls.push(`publishPort ${id} ${port.guest}`);
+    const s = this.#get(id);
+    const ports = s.ports ?? [];
+    const changed: SandboxInfo = ports.some((p) => p.guest === port.guest) ? s : { ...s, ports: [...ports, { guest: port.guest, host: port.host ?? 40000 + port.guest }] };
+    this.sandboxes.set(id, changed);
+    return changed;
+  }
   async networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
     await this.getSandbox(id);
     const after = options.after ?? 0;

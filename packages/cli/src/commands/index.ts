@@ -20,6 +20,7 @@ import { poolLsCommand, poolSetCommand } from "./pool.js";
 import { planCommand } from "./plan.js";
 import { fnRunCommand } from "./fn.js";
 import { ttlCommand } from "./ttl.js";
+import { portCommand } from "./port.js";
 
 export const COMMANDS: readonly Command[] = [
   doctorCommand,
@@ -33,6 +34,7 @@ export const COMMANDS: readonly Command[] = [
   pauseCommand,
   resumeCommand,
   ttlCommand,
+  portCommand,
   snapshotCreateCommand,
   snapshotLsCommand,
   snapshotInspectCommand,

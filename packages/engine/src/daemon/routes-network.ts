@@ -1,5 +1,5 @@
 /** Routes for a sandbox's egress policy and network events, and for the host's secret store. */
-import { InvalidArgumentError, NetworkPolicySchema, SECRET_NAME_PATTERN, SetSecretApiRequest } from "@mvm/protocol";
+import { InvalidArgumentError, NetworkPolicySchema, PortSpec, SECRET_NAME_PATTERN, SetSecretApiRequest } from "@mvm/protocol";
 import { readJson, sendJson, sendNoContent } from "./http-io.js";
 import { sandboxIdParam, type Route, type RouteContext } from "./router.js";
 
@@ -12,6 +12,15 @@ export const networkRoutes: readonly Route[] = [
       const id = sandboxIdParam(ctx);
       const policy = await readJson(ctx.req, NetworkPolicySchema);
       sendJson(ctx.res, 200, await ctx.engine.setNetworkPolicy(id, policy, { signal: ctx.signal }));
+    },
+  },
+  {
+    method: "POST",
+    pattern: "/v1/sandboxes/:id/ports",
+    handler: async (ctx) => {
+      const id = sandboxIdParam(ctx);
+      const port = await readJson(ctx.req, PortSpec);
+      sendJson(ctx.res, 200, await ctx.engine.publishPort(id, port, { signal: ctx.signal }));
     },
   },
   {

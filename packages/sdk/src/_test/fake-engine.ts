@@ -442,6 +442,13 @@ export class FakeEngine implements EngineApi {
     this.networkLog.set(id, log);
     return { ...info, network: { policy, revision: log.filter((e) => e.type === "policy-changed").length } };
   }
+  async publishPort(id: string, port: { guest: number; host?: number }): Promise<SandboxInfo> {
+    const sb = this.#sandbox(id, true);
+    const ports = sb.info.ports ?? [];
+    if (!ports.some((p) => p.guest === port.guest)) sb.info = { ...sb.info, ports: [...ports, { guest: port.guest, host: port.host ?? 40000 + port.guest }] };
+    return sb.info;
+  }
+
   async networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
     await this.getSandbox(id);
     const after = options.after ?? 0;
