@@ -21,6 +21,7 @@ import {
 } from "@mvm/protocol";
 import { callOptions } from "./_internal/call-options.js";
 import { extractTarToDir, packLocalDir } from "./local-tree.js";
+import { startWatch, type FileWatcher, type WatchOptions } from "./watch.js";
 
 /** Default cap of a read into memory (`text` or `bytes`), in bytes (64 MiB). */
 export const DEFAULT_MAX_READ_BYTES = 64 * 1024 * 1024;
@@ -191,6 +192,22 @@ export class Files {
    */
   rename(from: string, to: string, options?: CallOptions): Promise<void> {
     return this.#engine.rename(this.#sandboxId, from, to, options);
+  }
+
+  /**
+   * Watches a directory for changes (inotify, through a watcher process in the sandbox that runs as
+   * the workload's user). Resolves once watching; iterate the result for events, and close it (or
+   * leave the loop) to stop. Events not read yet are kept up to `maxQueuedEvents`; past that they
+   * are dropped and one `overflow` event says how many.
+   * @throws NotFoundError when `path` does not exist; InvalidArgumentError when it is not a directory
+   * @example
+   * await using watcher = await sb.files.watch("/work", { recursive: true });
+   * for await (const event of watcher) {
+   *   if (event.type === "create" && event.path.endsWith(".done")) break;
+   * }
+   */
+  watch(path: string, options: WatchOptions = {}): Promise<FileWatcher> {
+    return startWatch(this.#engine, this.#sandboxId, path, options);
   }
 
   /**

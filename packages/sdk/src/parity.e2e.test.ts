@@ -1,6 +1,6 @@
 /**
  * SDK parity features against the real engine (namespace backend), each embedded and through a
- * daemon: directory and multi-file transfer, setTimeout, publishPort and getHost.
+ * daemon: directory and multi-file transfer, setTimeout, publishPort and getHost, files.watch.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -107,6 +107,39 @@ describe("parity on the real engine", { skip: skipWithoutImage, timeout: 600_000
       }
       assert.equal(body, "hello from the guest");
       await server.kill();
+    });
+
+    it(`${name}: files.watch reports changes, bounds its queue and stops its watcher`, async () => {
+      await using sb = await Sandbox.create({ engine: engineOf(), image: IMAGE, backend: "namespace", ttlSeconds: 300 });
+      await sb.files.mkdir("/work/w/sub");
+      await assert.rejects(sb.files.watch("/work/none"), NotFoundError);
+      await assert.rejects(sb.files.watch("/work/w/../x"), InvalidArgumentError);
+      {
+        await using watcher = await sb.files.watch("/work/w", { recursive: true });
+        await sb.files.write("/work/w/sub/a.txt", "a");
+        await sh(sb, "rm /work/w/sub/a.txt");
+        const seen: string[] = [];
+        for await (const e of watcher) {
+          if (e.type === "overflow") continue;
+          seen.push(`${e.type} ${e.path}`);
+          if (e.type === "remove" && e.path === "/work/w/sub/a.txt") break;
+        }
+        assert.ok(seen.includes("create /work/w/sub/a.txt"), seen.join("\n"));
+        assert.equal(seen.at(-1), "remove /work/w/sub/a.txt");
+      }
+      const procs = async (): Promise<number> => (await sb.commands.list()).filter((p) => p.argv.includes("/.mvm/bin/node")).length;
+      assert.equal(await procs(), 0);
+
+      await using small = await sb.files.watch("/work/w", { maxQueuedEvents: 2 });
+      await sh(sb, "for i in $(seq 1 40); do : > /work/w/f$i; done");
+      const deadline = Date.now() + 20_000;
+      while (small.dropped === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const got: string[] = [];
+      for await (const e of small) {
+        got.push(e.type === "overflow" ? `overflow ${e.dropped > 0}` : e.type);
+        if (got.length === 3) break;
+      }
+      assert.deepEqual(got, ["create", "create", "overflow true"]);
     });
 
     it(`${name}: setTimeout extends and shortens a live sandbox's TTL, within bounds`, async () => {
