@@ -1,6 +1,7 @@
 /**
  * SDK parity features against the real engine (namespace backend), each embedded and through a
- * daemon: directory and multi-file transfer, setTimeout, publishPort and getHost, files.watch.
+ * daemon: directory and multi-file transfer, setTimeout, publishPort and getHost, files.watch,
+ * the named sandbox user.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -140,6 +141,18 @@ describe("parity on the real engine", { skip: skipWithoutImage, timeout: 600_000
         if (got.length === 3) break;
       }
       assert.deepEqual(got, ["create", "create", "overflow true"]);
+    });
+
+    it(`${name}: the workload has a name, a home and a shell`, async () => {
+      await using sb = await Sandbox.create({ engine: engineOf(), image: IMAGE, backend: "namespace", ttlSeconds: 300 });
+      const out = await sh(
+        sb,
+        'whoami; id -un; id -gn; echo "$HOME"; python3 -c "import getpass, os; print(getpass.getuser(), os.path.expanduser(\'~\'))"; ' +
+          "mkdir -p ~/.local/lib && touch ~/.local/lib/x && echo writable; getent passwd user | cut -d: -f6,7",
+      );
+      assert.equal(out, "user\nuser\nuser\n/home/user\nuser /home/user\nwritable\n/home/user:/bin/bash\n");
+      const site = await sb.commands.run(["python3", "-c", "import site; print(site.getusersitepackages())"]);
+      assert.match(site.stdout, /^\/home\/user\/\.local\/lib\/python3/);
     });
 
     it(`${name}: setTimeout extends and shortens a live sandbox's TTL, within bounds`, async () => {
