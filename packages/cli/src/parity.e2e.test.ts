@@ -87,6 +87,19 @@ describe("parity commands through a real daemon", { skip: skipWithoutImages, tim
     assert.equal((await mvmctl("port", id, "70000")).code, 2);
   });
 
+  it("logs shows the workload's output and the agent's log", async () => {
+    await ok("exec", id, "--", "sh", "-c", "echo hello-logs; echo oops >&2");
+    const human = await ok("logs", id);
+    assert.match(human, /^stdout\[[0-9]+\]: hello-logs$/m);
+    assert.match(human, /^stderr\[[0-9]+\]: oops$/m);
+    const last = (await ok("--json", "logs", "--source", "workload", "-n", "1", id)).trim().split("\n");
+    assert.equal(last.length, 1);
+    assert.deepEqual({ ...JSON.parse(last[0]!), time: undefined, proc: undefined }, { source: "workload", stream: "stderr", text: "oops", time: undefined, proc: undefined });
+    const bad = await mvmctl("logs", "--source", "kernel", id);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /agent or workload/);
+  });
+
   it("ttl sets when the sandbox ends; bad values say the range in seconds", async () => {
     const before = Date.now();
     const info = JSON.parse(await ok("--json", "ttl", id, "7200")) as { expiresAt: string };

@@ -44,6 +44,8 @@ import {
   type TreeOptions,
   type TreeWriteResult,
   type PortSpec,
+  type LogSource,
+  type SandboxLogs,
 } from "@mvm/protocol";
 import type { Backend } from "./backends/types.js";
 import { chooseDefault, parseTier, resolveConfiguredDefault, type ConfiguredDefault, type TierMinimum } from "./backend-choice.js";
@@ -57,6 +59,7 @@ import { AdmissionGate } from "./admission/gate.js";
 import { probesFor, type EngineCore } from "./capabilities/core.js";
 import * as files from "./capabilities/files.js";
 import * as filesTree from "./capabilities/files-tree.js";
+import * as logs from "./capabilities/logs.js";
 import * as images from "./capabilities/images.js";
 import * as network from "./capabilities/network.js";
 import * as pools from "./capabilities/pools.js";
@@ -350,6 +353,9 @@ export class Engine implements EngineApi {
   // Network and secrets
   setNetworkPolicy(id: string, policy: NetworkPolicyJson): Promise<SandboxInfo> {
     return network.setNetworkPolicy(this.#core, id, policy);
+  }
+  sandboxLogs(id: string, options: CallOptions & { source?: LogSource; tail?: number } = {}): Promise<SandboxLogs> {
+    return logs.sandboxLogs(this.#core, id, options);
   }
   publishPort(id: string, port: PortSpec): Promise<SandboxInfo> {
     return network.publishPort(this.#core, id, port);

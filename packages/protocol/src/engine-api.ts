@@ -22,6 +22,7 @@ import type { SignedPlan } from "./plan.js";
 import type { ForkApiRequest, SnapshotApiRequest, SnapshotInfo } from "./snapshot-api.js";
 import type { WarmPoolInfo, WarmPoolRequest } from "./pool-api.js";
 import type { TreeOptions, TreeWriteResult } from "./tree-api.js";
+import type { LogSource, SandboxLogs } from "./logs-api.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -185,6 +186,11 @@ export interface EngineApi {
    * @throws AlreadyExistsError when the guest port is published on another host port
    */
   publishPort(id: string, port: PortSpec, options?: CallOptions): Promise<SandboxInfo>;
+  /**
+   * The sandbox's logs: its agent's log and its workload's output (each bounded by the engine,
+   * secret values replaced), the last `tail` lines (default and at most MAX_LOG_LINES), oldest first.
+   */
+  sandboxLogs(id: string, options?: CallOptions & { source?: LogSource; tail?: number }): Promise<SandboxLogs>;
   /** Network events after sequence number `after` (default 0), at most `limit` (default and max 1000). */
   networkEvents(id: string, options?: CallOptions & { after?: number; limit?: number }): Promise<NetworkEventsPage>;
 

@@ -41,6 +41,8 @@ import {
   TreeWriteResult,
   type TreeOptions,
   type PortSpec,
+  SandboxLogs,
+  type LogSource,
 } from "@mvm/protocol";
 import type { z } from "zod";
 import { CallScope } from "./_internal/call-scope.js";
@@ -401,6 +403,14 @@ export class DaemonClient implements EngineApi {
 
   setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo> {
     return this.#json("setNetworkPolicy", options, { method: "PUT", path: `${sandboxPath(id)}/network/policy`, ...jsonBody(policy) }, wire.SandboxInfo);
+  }
+
+  sandboxLogs(id: string, options: CallOptions & { source?: LogSource; tail?: number } = {}): Promise<SandboxLogs> {
+    const query = new URLSearchParams();
+    if (options.source !== undefined) query.set("source", options.source);
+    if (options.tail !== undefined) query.set("tail", String(options.tail));
+    const qs = query.size > 0 ? `?${query}` : "";
+    return this.#json("sandboxLogs", options, { method: "GET", path: `${sandboxPath(id)}/logs${qs}` }, SandboxLogs);
   }
 
   publishPort(id: string, port: PortSpec, options?: CallOptions): Promise<SandboxInfo> {

@@ -37,6 +37,8 @@ import {
   type TreeOptions,
   type TreeWriteResult,
   type PortSpec,
+  type LogSource,
+  type SandboxLogs,
 } from "@mvm/protocol";
 
 /** Loads the engine module; replaceable in tests. */
@@ -223,6 +225,9 @@ export class EmbeddedEngine implements EngineApi {
   }
   setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.setNetworkPolicy(id, policy, options);
+  }
+  sandboxLogs(id: string, options?: CallOptions & { source?: LogSource; tail?: number }): Promise<SandboxLogs> {
+    return this.#engine.sandboxLogs(id, options);
   }
   publishPort(id: string, port: PortSpec, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.publishPort(id, port, options);

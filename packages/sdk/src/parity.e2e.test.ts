@@ -1,7 +1,7 @@
 /**
  * SDK parity features against the real engine (namespace backend), each embedded and through a
  * daemon: directory and multi-file transfer, setTimeout, publishPort and getHost, files.watch,
- * the named sandbox user.
+ * the named sandbox user, logs.
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -153,6 +153,30 @@ describe("parity on the real engine", { skip: skipWithoutImage, timeout: 600_000
       assert.equal(out, "user\nuser\nuser\n/home/user\nuser /home/user\nwritable\n/home/user:/bin/bash\n");
       const site = await sb.commands.run(["python3", "-c", "import site; print(site.getusersitepackages())"]);
       assert.match(site.stdout, /^\/home\/user\/\.local\/lib\/python3/);
+    });
+
+    it(`${name}: logs holds the agent's log and the workload's output, secret values replaced`, async () => {
+      const engine = engineOf();
+      await engine.setSecret(`parity-${name}`, `s3cr3t-${name}-value`, { hosts: ["parity.test"] });
+      await using sb = await Sandbox.create({
+        engine,
+        image: IMAGE,
+        backend: "namespace",
+        ttlSeconds: 300,
+        secrets: { KEY: { kind: "secret-ref", source: "store", name: `parity-${name}`, posture: "env" } },
+      });
+      const bg = await sb.commands.start(["sh", "-c", 'echo "from the background $KEY"; echo to-stderr >&2'], { background: true });
+      await bg.wait();
+      const all = await sb.logs();
+      const workload = all.lines.filter((l) => l.source === "workload");
+      assert.ok(workload.some((l) => l.stream === "stdout" && /^from the background mvm-placeholder-/.test(l.text)), JSON.stringify(workload));
+      assert.ok(workload.some((l) => l.stream === "stderr" && l.text === "to-stderr"));
+      assert.ok(!JSON.stringify(all).includes(`s3cr3t-${name}-value`));
+      const only = await sb.logs({ source: "workload", tail: 1 });
+      assert.equal(only.lines.length, 1);
+      assert.equal(only.truncated, true);
+      assert.ok((await sb.logs({ source: "agent" })).lines.every((l) => l.source === "agent"));
+      await engine.removeSecret(`parity-${name}`);
     });
 
     it(`${name}: setTimeout extends and shortens a live sandbox's TTL, within bounds`, async () => {

@@ -7,6 +7,8 @@ import {
   NetworkPolicy,
   NotFoundError,
   TransportError,
+  type LogSource,
+  type SandboxLogs,
   SecretRef,
   requestFromPlan,
   callerSettingsFromEnv,
@@ -305,6 +307,18 @@ export class Sandbox implements AsyncDisposable {
     const { ttl, ...call } = options;
     this.#info = await this.#engine.pauseSandbox(this.id, ttl !== undefined ? { ttl } : {}, call);
     return this.#info;
+  }
+
+  /**
+   * The sandbox's logs: what its agent wrote and what its commands printed (the engine keeps the
+   * last 1 MiB of command output), secret values replaced, oldest first.
+   * @param options.source only `agent` or only `workload` lines @default both
+   * @param options.tail at most this many of the last lines @default 10000
+   * @example
+   * for (const line of (await sb.logs({ source: "workload" })).lines) console.log(line.text);
+   */
+  logs(options: CallOptions & { source?: LogSource; tail?: number } = {}): Promise<SandboxLogs> {
+    return this.#engine.sandboxLogs(this.id, options);
   }
 
   /**

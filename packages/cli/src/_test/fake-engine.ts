@@ -36,6 +36,7 @@ import {
   type WarmPoolInfo,
   type WarmPoolRequest,
   type TreeWriteResult,
+  type SandboxLogs,
 } from "@mvm/protocol";
 
 export const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
@@ -370,6 +371,11 @@ export class FakeEngine implements EngineApi {
     log.push({ type: "policy-changed", time: new Date(0).toISOString(), rulesBefore: 0, rulesAfter: policy.rules.length, policy, closedConnections: 0 });
     this.networkLog.set(id, log);
     return { ...info, network: { policy, revision: log.filter((e) => e.type === "policy-changed").length } };
+  }
+  async sandboxLogs(id: string): Promise<SandboxLogs> {
+    this.calls.push(`sandboxLogs ${id}`);
+    this.#get(id);
+    return { lines: [{ source: "agent", text: "fake agent" }], truncated: false };
   }
   async publishPort(id: string, port: { guest: number; host?: number }): Promise<SandboxInfo> {
     this.calls.push(`publishPort ${id} ${port.guest}`);

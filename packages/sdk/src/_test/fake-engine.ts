@@ -47,6 +47,7 @@ import {
   type WarmPoolInfo,
   type WarmPoolRequest,
   type TreeWriteResult,
+  type SandboxLogs,
 } from "@mvm/protocol";
 import { CHUNK, FakeProc, runProgram, type Entry, type FakeSandbox } from "./fake-process.js";
 
@@ -442,6 +443,11 @@ export class FakeEngine implements EngineApi {
     this.networkLog.set(id, log);
     return { ...info, network: { policy, revision: log.filter((e) => e.type === "policy-changed").length } };
   }
+  async sandboxLogs(id: string): Promise<SandboxLogs> {
+    this.#sandbox(id, true);
+    return { lines: [{ source: "agent", text: "fake agent" }], truncated: false };
+  }
+
   async publishPort(id: string, port: { guest: number; host?: number }): Promise<SandboxInfo> {
     const sb = this.#sandbox(id, true);
     const ports = sb.info.ports ?? [];
