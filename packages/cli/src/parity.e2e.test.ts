@@ -30,11 +30,9 @@ function run(env: NodeJS.ProcessEnv, args: readonly string[]): Promise<Ran> {
 }
 
 describe("parity commands through a real daemon", { skip: skipWithoutImages, timeout: 300_000 }, () => {
-  // The sandbox's uid must be able to pass through the state directory's parents.
-  const dir = mkdtempSync(join(tmpdir(), "mvm-parity-e2e-"));
-  chmodSync(dir, 0o711);
-  const env = cliEnv(dir);
-  const socketPath = join(dir, "run", "d.sock");
+  let dir = "";
+  let env: NodeJS.ProcessEnv = {};
+  let socketPath = "";
   let daemon: TestDaemon | undefined;
   let id = "";
   const mvmctl = (...args: string[]): Promise<Ran> => run(env, ["--socket", socketPath, ...args]);
@@ -45,13 +43,18 @@ describe("parity commands through a real daemon", { skip: skipWithoutImages, tim
   };
 
   before(async () => {
+    // The sandbox's uid must be able to pass through the state directory's parents.
+    dir = mkdtempSync(join(tmpdir(), "mvm-parity-e2e-"));
+    chmodSync(dir, 0o711);
+    env = cliEnv(dir);
+    socketPath = join(dir, "run", "d.sock");
     daemon = await startDaemon(env, socketPath);
     id = (await ok("create", "--image", DEFAULT_IMAGE, "--ttl", "300")).trim();
   });
   after(async () => {
     if (id !== "") await mvmctl("kill", id);
     await daemon?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    if (dir !== "") rmSync(dir, { recursive: true, force: true });
   });
 
   it("cp -r copies a directory in and out; symlinks are skipped", async () => {

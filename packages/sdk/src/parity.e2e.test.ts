@@ -13,15 +13,16 @@ import { Sandbox } from "./sandbox.js";
 import { IMAGE, openRealEngines, skipWithoutImage, type RealEngines } from "./_test/real-engines.js";
 
 let engines: RealEngines | undefined;
-const local = mkdtempSync(join(tmpdir(), "mvm-parity-local-"));
+let local = "";
 
 describe("parity on the real engine", { skip: skipWithoutImage, timeout: 600_000 }, () => {
   before(async () => {
+    local = mkdtempSync(join(tmpdir(), "mvm-parity-local-"));
     engines = await openRealEngines("mvm-parity-");
   });
   after(async () => {
     await engines?.close();
-    rmSync(local, { recursive: true, force: true });
+    if (local !== "") rmSync(local, { recursive: true, force: true });
   });
 
   for (const name of ["embedded", "daemon"] as const) {
