@@ -13,6 +13,29 @@ export const BASELINE_ENV: Readonly<Record<string, string>> = {
   LANG: "C.UTF-8",
 };
 
+/** The sandbox user's home, used as HOME when the sandbox provides it (see {@link homeDir}). */
+export const USER_HOME = "/home/user";
+
+let home: string | undefined;
+
+/**
+ * HOME of every command: {@link USER_HOME} when it is a directory owned by the agent's own uid
+ * (the backend made it for the sandbox user), else /work. Decided once.
+ */
+export function homeDir(): string {
+  if (home === undefined) {
+    let owned = false;
+    try {
+      const st = lstatSync(USER_HOME);
+      owned = st.isDirectory() && st.uid === process.getuid?.();
+    } catch {
+      owned = false;
+    }
+    home = owned ? USER_HOME : (BASELINE_ENV["HOME"] ?? "/work");
+  }
+  return home;
+}
+
 /** Where fresh per-call temporary directories are created. */
 export const TMP_ROOT = "/tmp";
 
@@ -23,6 +46,7 @@ export const TMP_ROOT = "/tmp";
 export function buildEnv(requestEnv: Readonly<Record<string, string>>, tmpDir: string): Record<string, string> {
   const env: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const [k, v] of Object.entries(BASELINE_ENV)) env[k] = v;
+  env["HOME"] = homeDir();
   for (const [k, v] of Object.entries(requestEnv)) env[k] = v;
   env["TMPDIR"] = tmpDir;
   return env;

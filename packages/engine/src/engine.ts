@@ -46,6 +46,11 @@ import {
   type PushBundleRequest,
   type Tier,
   type WriteFileOptions,
+  type TreeOptions,
+  type TreeWriteResult,
+  type PortSpec,
+  type LogSource,
+  type SandboxLogs,
 } from "@mvm/protocol";
 import type { Backend } from "./backends/types.js";
 import { chooseDefault, parseTier, resolveConfiguredDefault, type ConfiguredDefault, type TierMinimum } from "./backend-choice.js";
@@ -58,6 +63,8 @@ import { SecretStore } from "./secrets/store.js";
 import { AdmissionGate } from "./admission/gate.js";
 import { probesFor, type EngineCore } from "./capabilities/core.js";
 import * as files from "./capabilities/files.js";
+import * as filesTree from "./capabilities/files-tree.js";
+import * as logs from "./capabilities/logs.js";
 import * as images from "./capabilities/images.js";
 import * as network from "./capabilities/network.js";
 import * as pools from "./capabilities/pools.js";
@@ -306,6 +313,9 @@ export class Engine implements EngineApi {
   resumeSandbox(id: string, options: CallOptions = {}): Promise<SandboxInfo> {
     return sandboxes.resumeSandbox(this.#core, id, options);
   }
+  setSandboxTimeout(id: string, ttlSeconds: number, options: CallOptions = {}): Promise<SandboxInfo> {
+    return sandboxes.setSandboxTimeout(this.#core, id, ttlSeconds, options);
+  }
 
   // Snapshots
   snapshotSandbox(id: string, request: SnapshotApiRequest, options: CallOptions = {}): Promise<SnapshotInfo> {
@@ -364,6 +374,12 @@ export class Engine implements EngineApi {
   setNetworkPolicy(id: string, policy: NetworkPolicyJson): Promise<SandboxInfo> {
     return network.setNetworkPolicy(this.#core, id, policy);
   }
+  sandboxLogs(id: string, options: CallOptions & { source?: LogSource; tail?: number } = {}): Promise<SandboxLogs> {
+    return logs.sandboxLogs(this.#core, id, options);
+  }
+  publishPort(id: string, port: PortSpec): Promise<SandboxInfo> {
+    return network.publishPort(this.#core, id, port);
+  }
   networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
     return network.networkEvents(this.#core, id, options);
   }
@@ -398,6 +414,12 @@ export class Engine implements EngineApi {
   }
   rename(id: string, from: string, to: string, options: CallOptions = {}): Promise<void> {
     return files.rename(this.#core, id, from, to, options);
+  }
+  writeTree(id: string, path: string, tar: AsyncIterable<Uint8Array>, options: TreeOptions = {}): Promise<TreeWriteResult> {
+    return filesTree.writeTree(this.#core, id, path, tar, options);
+  }
+  readTree(id: string, path: string, options: TreeOptions = {}): Promise<AsyncIterable<Uint8Array>> {
+    return filesTree.readTree(this.#core, id, path, options);
   }
 
   // Images

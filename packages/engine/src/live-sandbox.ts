@@ -32,6 +32,7 @@ import type { Backend, BackendSnapshot, LaunchedSandbox, LaunchSpec, ReapRecord,
 import { abortError, callSignal } from "./_internal/signals.js";
 import type { SandboxNetwork } from "./egress/sandbox-network.js";
 import type { Redactor } from "./secrets/redact.js";
+import { WorkloadLog } from "./workload-log.js";
 import { SandboxLifetime, type PauseTtl } from "./sandbox-lifetime.js";
 
 /** A pause or resume, as the engine records it in the audit log. */
@@ -87,6 +88,8 @@ export class LiveSandbox {
   /** Bumped when the heartbeat is suspended: a ping sent before then decides nothing. */
   #beatEpoch = 0;
   readonly network: SandboxNetwork;
+  /** The recent output of the sandbox's commands, redacted (what `logs` shows as the workload's). */
+  readonly workloadLog = new WorkloadLog();
   readonly #redactor: Redactor;
   #stopping: Promise<void> | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
@@ -212,6 +215,15 @@ export class LiveSandbox {
       this.#refreshPauseInfo("caller");
       this.#startHeartbeat();
       await this.#onPauseChange(this, { type: "sandbox.resumed", pausedMs: Math.max(0, Date.now() - since) });
+    });
+  }
+
+  /** Sets the TTL to end `ttlSeconds` from now (see SandboxLifetime.setTtl); runs in order with pauses and resumes. */
+  setTtl(ttlSeconds: number): Promise<void> {
+    return this.#serialized(async () => {
+      this.#assertLive();
+      this.#lifetime.setTtl(ttlSeconds * 1000);
+      this.#refreshPauseInfo("caller");
     });
   }
 
@@ -353,6 +365,11 @@ export class LiveSandbox {
   }
 
   /** The same error with every secret value in its message replaced by a placeholder. */
+  /** `text` with the sandbox's secret values replaced. */
+  redact(text: string): string {
+    return this.#redactor.empty ? text : this.#redactor.redactString(text);
+  }
+
   #redacted(err: unknown): unknown {
     if (this.#redactor.empty || !(err instanceof Error)) return err;
     const message = this.#redactor.redactString(err.message);
@@ -377,9 +394,15 @@ export class LiveSandbox {
     const oomBeforeRead = this.#launched.oomKills();
     oomBeforeRead.catch(() => {});
     const startedAt = new Date();
-    const stdout = redactedOutput(this.#redactor, (c) => handlers.onStdout?.(c));
-    const stderr = redactedOutput(this.#redactor, (c) => handlers.onStderr?.(c));
     let started: AgentProcess | undefined;
+    const stdout = redactedOutput(this.#redactor, (c) => {
+      this.workloadLog.add(started?.proc ?? 0, "stdout", c);
+      return handlers.onStdout?.(c);
+    });
+    const stderr = redactedOutput(this.#redactor, (c) => {
+      this.workloadLog.add(started?.proc ?? 0, "stderr", c);
+      return handlers.onStderr?.(c);
+    });
     let handlerFailedEarly = false;
     const proc = await this.#crashAware(this.#client.exec(
       {

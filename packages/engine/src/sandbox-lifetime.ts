@@ -17,8 +17,8 @@ export interface LifetimeHooks {
 }
 
 export class SandboxLifetime {
-  /** The TTL granted at create, ms. */
-  readonly #ttlMs: number;
+  /** The TTL granted at create (or last set), ms. */
+  #ttlMs: number;
   readonly #onTtl: "kill" | "pause";
   readonly #hooks: LifetimeHooks;
   #expiresAt: number;
@@ -73,6 +73,26 @@ export class SandboxLifetime {
     this.#pause = undefined;
     if (p.ttl === "running") return;
     this.#expiresAt = Date.now() + (p.ttl === "frozen" ? (p.remainingMs ?? 0) : this.#ttlMs);
+    this.#armTtl();
+  }
+
+  /**
+   * Sets the TTL to end `ttlMs` from now, which also becomes the TTL a spent pause's resume grants.
+   * Frozen: the time left at resume. Paused with the TTL running: the kill moves with it.
+   */
+  setTtl(ttlMs: number): void {
+    if (this.#ended) return;
+    this.#ttlMs = ttlMs;
+    const p = this.#pause;
+    if (p?.ttl === "frozen") {
+      p.remainingMs = ttlMs;
+      return;
+    }
+    if (p?.ttl === "spent") return;
+    this.#expiresAt = Date.now() + ttlMs;
+    if (p?.ttl === "running") {
+      p.killAt = this.#onTtl === "pause" ? this.#expiresAt + MAX_PAUSED_SECONDS * 1000 : this.#expiresAt;
+    }
     this.#armTtl();
   }
 

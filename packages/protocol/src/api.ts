@@ -339,6 +339,15 @@ export const ExecEvent = z.discriminatedUnion("type", [
 ]);
 export type ExecEvent = z.infer<typeof ExecEvent>;
 
+/** Longest TTL a sandbox may have, at create or set later, in seconds (7 days). */
+export const MAX_TTL_SECONDS = 7 * 24 * 3600;
+
+/** Body of POST /v1/sandboxes/:id/timeout: the sandbox ends `ttlSeconds` from now. */
+export const SetTimeoutApiRequest = z.strictObject({
+  ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS),
+});
+export type SetTimeoutApiRequest = z.infer<typeof SetTimeoutApiRequest>;
+
 /** Body of POST /v1/sandboxes/:id/pause. */
 export const PauseApiRequest = z.strictObject({
   /** `"running"`: the TTL keeps counting while paused; `"frozen"`: it stops until resume. @default "running" */

@@ -17,10 +17,13 @@ import type {
 import type { FileInfo, KillSignal, ProcessInfo, PtySize } from "./messages.js";
 import type { NetworkEventsPage, SecretMeta } from "./api-responses.js";
 import type { NetworkPolicyJson } from "./network-policy.js";
+import type { PortSpec } from "./api-base.js";
 import type { SignedPlan } from "./plan.js";
 import type { ForkApiRequest, SnapshotApiRequest, SnapshotInfo } from "./snapshot-api.js";
 import type { WarmPoolInfo, WarmPoolRequest } from "./pool-api.js";
 import type { BundlePullInfo, BundlePushInfo, PullBundleRequest, PushBundleRequest } from "./bundle-api.js";
+import type { TreeOptions, TreeWriteResult } from "./tree-api.js";
+import type { LogSource, SandboxLogs } from "./logs-api.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -135,6 +138,14 @@ export interface EngineApi {
   pauseSandbox(id: string, request?: PauseApiRequest, options?: CallOptions): Promise<SandboxInfo>;
   /** Thaws a paused sandbox; resuming a running one is a no-op. */
   resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo>;
+  /**
+   * Sets a live sandbox's TTL to end `ttlSeconds` from now (longer or shorter than before), within
+   * the bounds of a create (1 s to 7 days) and the operator policy's maxTtlSeconds. While paused
+   * with the TTL frozen, `ttlSeconds` becomes the time left at resume. Recorded in the audit log
+   * (`sandbox.ttl_set`).
+   * @throws InvalidArgumentError out of bounds; PolicyDeniedError over the operator's maximum
+   */
+  setSandboxTimeout(id: string, ttlSeconds: number, options?: CallOptions): Promise<SandboxInfo>;
 
   /**
    * Captures the sandbox's state into the host's snapshot store (the sandbox keeps running).
@@ -197,6 +208,19 @@ export interface EngineApi {
    * are closed; the change is recorded as a network event.
    */
   setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo>;
+  /**
+   * Publishes a guest port of a running sandbox on a host loopback port (`port.host`, or one the
+   * kernel picks); the sandbox's `ports` then list it. Publishing a published guest port again
+   * is a no-op. A new publish is recorded in the audit log (`port.published`).
+   * @throws InvalidArgumentError over MAX_PUBLISHED_PORTS or when the host port is taken
+   * @throws AlreadyExistsError when the guest port is published on another host port
+   */
+  publishPort(id: string, port: PortSpec, options?: CallOptions): Promise<SandboxInfo>;
+  /**
+   * The sandbox's logs: its agent's log and its workload's output (each bounded by the engine,
+   * secret values replaced), the last `tail` lines (default and at most MAX_LOG_LINES), oldest first.
+   */
+  sandboxLogs(id: string, options?: CallOptions & { source?: LogSource; tail?: number }): Promise<SandboxLogs>;
   /** Network events after sequence number `after` (default 0), at most `limit` (default and max 1000). */
   networkEvents(id: string, options?: CallOptions & { after?: number; limit?: number }): Promise<NetworkEventsPage>;
 
@@ -219,6 +243,20 @@ export interface EngineApi {
   mkdir(id: string, path: string, recursive: boolean, options?: CallOptions): Promise<void>;
   remove(id: string, path: string, recursive: boolean, options?: CallOptions): Promise<void>;
   rename(id: string, from: string, to: string, options?: CallOptions): Promise<void>;
+  /**
+   * Unpacks a tar stream (docs/FILES.md) into the directory `path`, creating it and any parents.
+   * Only regular files and directories are written; links, devices and FIFOs are counted in
+   * `skipped`. Each file is audited like a writeFile.
+   * @throws InvalidArgumentError for an unsafe or malformed archive, or one over the bounds
+   */
+  writeTree(id: string, path: string, tar: AsyncIterable<Uint8Array>, options?: TreeOptions): Promise<TreeWriteResult>;
+  /**
+   * The directory `path` and everything under it as a tar stream of files and directories
+   * (symlinks and special files are left out), paths relative to `path`. Iterate once; a failure
+   * midway ends the stream with an error, never with a complete-looking archive.
+   * @throws NotFoundError when `path` does not exist; InvalidArgumentError when it is not a directory
+   */
+  readTree(id: string, path: string, options?: TreeOptions): Promise<AsyncIterable<Uint8Array>>;
 
   listImages(options?: CallOptions): Promise<ImageInfo[]>;
   buildImage(

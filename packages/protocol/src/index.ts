@@ -44,3 +44,8 @@ export type { FnCodecFault, FnCodecLimits } from "./fn-codec.js";
 export * from "./pool-api.js";
 export { lenientSchema } from "./lenient.js";
 export { openApiDocument } from "./openapi.js";
+export { MAX_TREE_BYTES, MAX_TREE_ENTRIES, normalizeTarPath, readTar, tarEnd, tarHeader, tarPadding } from "./tar.js";
+export type { TarEntry, TarEntryType, TarLimits, TarReadEntry } from "./tar.js";
+export { TreeWriteResult, treeLimits } from "./tree-api.js";
+export type { TreeOptions } from "./tree-api.js";
+export { LogSource, MAX_LOG_LINES, MAX_LOG_LINE_CHARS, SandboxLogLine, SandboxLogs } from "./logs-api.js";

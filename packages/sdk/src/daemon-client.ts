@@ -43,6 +43,11 @@ import {
   type PullBundleRequest,
   type PushBundleRequest,
   MAX_FORK_COUNT,
+  TreeWriteResult,
+  type TreeOptions,
+  type PortSpec,
+  SandboxLogs,
+  type LogSource,
 } from "@mvm/protocol";
 import type { z } from "zod";
 import { CallScope } from "./_internal/call-scope.js";
@@ -147,6 +152,10 @@ export class DaemonClient implements EngineApi {
 
   pauseSandbox(id: string, request: PauseApiRequest = {}, options?: CallOptions): Promise<SandboxInfo> {
     return this.#json("pauseSandbox", options, { method: "POST", path: `${sandboxPath(id)}/pause`, ...jsonBody(request) }, wire.SandboxInfo);
+  }
+
+  setSandboxTimeout(id: string, ttlSeconds: number, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#json("setSandboxTimeout", options, { method: "POST", path: `${sandboxPath(id)}/timeout`, ...jsonBody({ ttlSeconds }) }, wire.SandboxInfo);
   }
 
   resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
@@ -384,6 +393,43 @@ export class DaemonClient implements EngineApi {
     return r.receipt ? { bytes: r.bytes, receipt: r.receipt } : { bytes: r.bytes };
   }
 
+  /** Streams the tar archive `tar` to the daemon, which unpacks it into `path`. */
+  writeTree(id: string, path: string, tar: AsyncIterable<Uint8Array>, options: TreeOptions = {}): Promise<TreeWriteResult> {
+    const call = { method: "PUT", path: filesPath(id, "tree", treeQuery(path, options)), headers: { "Content-Type": "application/x-tar" }, body: tar } as const;
+    return this.#json("writeTree", options, call, TreeWriteResult, false);
+  }
+
+  /**
+   * Opens the directory `path` as a tar stream. The body must be iterated (or returned early) to
+   * release the connection; a connection cut midway throws TransportError.
+   */
+  async readTree(id: string, path: string, options: TreeOptions = {}): Promise<AsyncIterable<Uint8Array>> {
+    const scope = this.#open("readTree", options, false);
+    let handedOver = false;
+    try {
+      const ex = await this.#send(scope, { method: "GET", path: filesPath(id, "tree", treeQuery(path, options)) });
+      if (!isSuccess(ex)) throw await errorFrom(ex, scope, this.#maxJsonBytes);
+      handedOver = true;
+      return this.#treeBody(ex, scope);
+    } catch (err) {
+      throw scope.fail(err);
+    } finally {
+      if (!handedOver) this.#done(scope);
+    }
+  }
+
+  async *#treeBody(ex: Exchange, scope: CallScope): AsyncGenerator<Uint8Array, void, undefined> {
+    try {
+      for await (const chunk of ex.res as AsyncIterable<Buffer>) yield chunk;
+      if (!ex.res.complete) throw new TransportError(`${scope.describe} ended the archive early`);
+    } catch (err) {
+      throw scope.fail(err);
+    } finally {
+      release(ex);
+      this.#done(scope);
+    }
+  }
+
   listDir(id: string, path: string, options?: CallOptions): Promise<DirListingResult> {
     return this.#json("listDir", options, { method: "GET", path: filesPath(id, "list", { path }) }, wire.DirListing);
   }
@@ -407,6 +453,18 @@ export class DaemonClient implements EngineApi {
 
   setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo> {
     return this.#json("setNetworkPolicy", options, { method: "PUT", path: `${sandboxPath(id)}/network/policy`, ...jsonBody(policy) }, wire.SandboxInfo);
+  }
+
+  sandboxLogs(id: string, options: CallOptions & { source?: LogSource; tail?: number } = {}): Promise<SandboxLogs> {
+    const query = new URLSearchParams();
+    if (options.source !== undefined) query.set("source", options.source);
+    if (options.tail !== undefined) query.set("tail", String(options.tail));
+    const qs = query.size > 0 ? `?${query}` : "";
+    return this.#json("sandboxLogs", options, { method: "GET", path: `${sandboxPath(id)}/logs${qs}` }, SandboxLogs);
+  }
+
+  publishPort(id: string, port: PortSpec, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#json("publishPort", options, { method: "POST", path: `${sandboxPath(id)}/ports`, ...jsonBody(port) }, wire.SandboxInfo);
   }
 
   networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
@@ -534,4 +592,11 @@ export class DaemonClient implements EngineApi {
       this.#done(scope);
     }
   }
+}
+
+function treeQuery(path: string, options: TreeOptions): Record<string, string> {
+  const query: Record<string, string> = { path };
+  if (options.maxEntries !== undefined) query.maxEntries = String(options.maxEntries);
+  if (options.maxBytes !== undefined) query.maxBytes = String(options.maxBytes);
+  return query;
 }

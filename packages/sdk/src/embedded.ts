@@ -39,6 +39,11 @@ import {
   type BundlePushInfo,
   type PullBundleRequest,
   type PushBundleRequest,
+  type TreeOptions,
+  type TreeWriteResult,
+  type PortSpec,
+  type LogSource,
+  type SandboxLogs,
 } from "@mvm/protocol";
 
 /** Loads the engine module; replaceable in tests. */
@@ -157,6 +162,9 @@ export class EmbeddedEngine implements EngineApi {
   pauseSandbox(id: string, request?: PauseApiRequest, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.pauseSandbox(id, request, options);
   }
+  setSandboxTimeout(id: string, ttlSeconds: number, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#engine.setSandboxTimeout(id, ttlSeconds, options);
+  }
   resumeSandbox(id: string, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.resumeSandbox(id, options);
   }
@@ -211,6 +219,12 @@ export class EmbeddedEngine implements EngineApi {
   writeFile(id: string, path: string, data: Uint8Array | AsyncIterable<Uint8Array>, options?: WriteFileOptions): Promise<{ bytes: number; receipt?: AuditReceiptRef }> {
     return this.#engine.writeFile(id, path, data, options);
   }
+  writeTree(id: string, path: string, tar: AsyncIterable<Uint8Array>, options?: TreeOptions): Promise<TreeWriteResult> {
+    return this.#engine.writeTree(id, path, tar, options);
+  }
+  readTree(id: string, path: string, options?: TreeOptions): Promise<AsyncIterable<Uint8Array>> {
+    return this.#engine.readTree(id, path, options);
+  }
   listDir(id: string, path: string, options?: CallOptions): Promise<DirListingResult> {
     return this.#engine.listDir(id, path, options);
   }
@@ -228,6 +242,12 @@ export class EmbeddedEngine implements EngineApi {
   }
   setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.setNetworkPolicy(id, policy, options);
+  }
+  sandboxLogs(id: string, options?: CallOptions & { source?: LogSource; tail?: number }): Promise<SandboxLogs> {
+    return this.#engine.sandboxLogs(id, options);
+  }
+  publishPort(id: string, port: PortSpec, options?: CallOptions): Promise<SandboxInfo> {
+    return this.#engine.publishPort(id, port, options);
   }
   networkEvents(id: string, options?: CallOptions & { after?: number; limit?: number }): Promise<NetworkEventsPage> {
     return this.#engine.networkEvents(id, options);

@@ -11,8 +11,17 @@ import {
   type EngineApi,
   type FileInfo,
   type AuditReceiptRef,
+  MAX_TREE_ENTRIES,
+  isSandboxPath,
+  tarEnd,
+  tarHeader,
+  tarPadding,
+  type TreeOptions,
+  type TreeWriteResult,
 } from "@mvm/protocol";
 import { callOptions } from "./_internal/call-options.js";
+import { extractTarToDir, packLocalDir } from "./local-tree.js";
+import { startWatch, type FileWatcher, type WatchOptions } from "./watch.js";
 
 /** Default cap of a read into memory (`text` or `bytes`), in bytes (64 MiB). */
 export const DEFAULT_MAX_READ_BYTES = 64 * 1024 * 1024;
@@ -44,6 +53,16 @@ export interface WriteResult {
   bytes: number;
   /** The plan of the sandbox and the audit entry recording this write. */
   receipt?: AuditReceiptRef;
+}
+
+/** One file of {@link Files.writeMany}. */
+export interface ManyFile {
+  /** Absolute, normalized path in the sandbox. */
+  path: string;
+  /** Contents: text (written as UTF-8) or bytes. */
+  data: string | Uint8Array;
+  /** Permission bits. @default 0o644 */
+  mode?: number;
 }
 
 /** Files of one sandbox. Paths are absolute and normalized (no `..`). */
@@ -174,6 +193,113 @@ export class Files {
   rename(from: string, to: string, options?: CallOptions): Promise<void> {
     return this.#engine.rename(this.#sandboxId, from, to, options);
   }
+
+  /**
+   * Watches a directory for changes (inotify, through a watcher process in the sandbox that runs as
+   * the workload's user). Resolves once watching; iterate the result for events, and close it (or
+   * leave the loop) to stop. Events not read yet are kept up to `maxQueuedEvents`; past that they
+   * are dropped and one `overflow` event says how many.
+   * @throws NotFoundError when `path` does not exist; InvalidArgumentError when it is not a directory
+   * @example
+   * await using watcher = await sb.files.watch("/work", { recursive: true });
+   * for await (const event of watcher) {
+   *   if (event.type === "create" && event.path.endsWith(".done")) break;
+   * }
+   */
+  watch(path: string, options: WatchOptions = {}): Promise<FileWatcher> {
+    return startWatch(this.#engine, this.#sandboxId, path, options);
+  }
+
+  /**
+   * Writes many files in one call (one tar stream on the wire), creating parent directories.
+   * Each file is audited like {@link Files.write}.
+   * @throws InvalidArgumentError for a path that is not absolute and normalized, or a bad mode
+   * @example
+   * await sb.files.writeMany([
+   *   { path: "/work/a.py", data: "print(1)" },
+   *   { path: "/work/run.sh", data: "#!/bin/sh\necho hi\n", mode: 0o755 },
+   * ]);
+   */
+  async writeMany(files: readonly ManyFile[], options: CallOptions = {}): Promise<TreeWriteResult> {
+    if (files.length > MAX_TREE_ENTRIES) throw new InvalidArgumentError(`Cannot write ${files.length} files in one call: the limit is ${MAX_TREE_ENTRIES}`);
+    const encoded = files.map((f) => {
+      if (typeof f.path !== "string" || !isSandboxPath(f.path) || f.path === "/") {
+        throw new InvalidArgumentError(`Invalid sandbox path: ${JSON.stringify(String(f.path).slice(0, 200))}`, { hint: "Paths are absolute, without '.' or '..' segments" });
+      }
+      const mode = f.mode ?? 0o644;
+      if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) throw new InvalidArgumentError(`Invalid file mode for "${f.path}": ${JSON.stringify(mode)}`);
+      const data = typeof f.data === "string" ? new TextEncoder().encode(f.data) : f.data;
+      if (!(data instanceof Uint8Array)) throw new InvalidArgumentError(`File data for "${f.path}" must be a string or Uint8Array`);
+      return { path: f.path.slice(1), data, mode };
+    });
+    async function* tar(): AsyncGenerator<Uint8Array> {
+      const now = Date.now();
+      for (const f of encoded) {
+        yield tarHeader({ path: f.path, type: "file", mode: f.mode, size: f.data.byteLength, mtimeMs: now });
+        yield f.data;
+        yield tarPadding(f.data.byteLength);
+      }
+      yield tarEnd();
+    }
+    return this.#engine.writeTree(this.#sandboxId, "/", tar(), callOptions(options));
+  }
+
+  /**
+   * Unpacks a tar archive (a stream or bytes) into the directory `path`, made when missing. Only
+   * files and directories are written; links and special files are counted in `skipped`.
+   * @throws InvalidArgumentError for an unsafe or malformed archive (absolute paths, "..", truncated)
+   * @example
+   * await sb.files.writeTar("/work/src", createReadStream("src.tar"));
+   */
+  writeTar(path: string, tar: WriteData, options: TreeOptions = {}): Promise<TreeWriteResult> {
+    const source = toSource(tar);
+    return this.#engine.writeTree(this.#sandboxId, path, source instanceof Uint8Array ? once(source) : source, treeOptions(options));
+  }
+
+  /**
+   * The directory `path` and everything under it as a tar stream (files and directories; links
+   * are left out), read from the sandbox only as fast as it is consumed.
+   * @throws NotFoundError when `path` does not exist; InvalidArgumentError when it is not a directory
+   * @example
+   * await pipeline(Readable.fromWeb(await sb.files.readTar("/work/out")), createWriteStream("out.tar"));
+   */
+  async readTar(path: string, options: TreeOptions = {}): Promise<ReadableStream<Uint8Array>> {
+    const tar = await this.#engine.readTree(this.#sandboxId, path, treeOptions(options));
+    return toReadableStream(tar[Symbol.asyncIterator]());
+  }
+
+  /**
+   * Copies the local directory `localDir` into the sandbox directory `path` (symlinks are not
+   * followed and not copied).
+   * @example
+   * await sb.files.uploadDir("./project", "/work/project");
+   */
+  uploadDir(localDir: string, path: string, options: TreeOptions = {}): Promise<TreeWriteResult> {
+    return this.#engine.writeTree(this.#sandboxId, path, packLocalDir(localDir, options).tar, treeOptions(options));
+  }
+
+  /**
+   * Copies the sandbox directory `path` into the local directory `localDir` (made when missing).
+   * Path-safe: nothing lands outside `localDir` or passes through a symlink there, whatever the
+   * sandbox sends.
+   * @example
+   * await sb.files.downloadDir("/work/out", "./out");
+   */
+  async downloadDir(path: string, localDir: string, options: TreeOptions = {}): Promise<TreeWriteResult> {
+    const tar = await this.#engine.readTree(this.#sandboxId, path, treeOptions(options));
+    return extractTarToDir(tar, localDir, options);
+  }
+}
+
+function treeOptions(options: TreeOptions): TreeOptions {
+  const out: TreeOptions = callOptions(options);
+  if (options.maxEntries !== undefined) out.maxEntries = options.maxEntries;
+  if (options.maxBytes !== undefined) out.maxBytes = options.maxBytes;
+  return out;
+}
+
+async function* once(data: Uint8Array): AsyncGenerator<Uint8Array> {
+  yield data;
 }
 
 /** A pull-based stream: the next chunk is fetched only when the reader asks for it. */

@@ -28,7 +28,10 @@ export type {
   SecretPosture,
   SecretRefJson,
 } from "@mvm/protocol";
-export type { ReadOptions, WriteData, WriteOptions, WriteResult } from "./files.js";
+export type { ManyFile, ReadOptions, WriteData, WriteOptions, WriteResult } from "./files.js";
+export { extractTarToDir, packLocalDir } from "./local-tree.js";
+export { FileWatcher, DEFAULT_MAX_QUEUED_EVENTS } from "./watch.js";
+export type { WatchEvent, WatchOptions } from "./watch.js";
 
 export { analyzeSource, analyzeSourceText, MAX_SOURCE_BYTES } from "./static-analysis.js";
 export type { SourceLocation, StaticAnalysis, StaticDiagnostic, StaticFork, StaticWorkload } from "./static-analysis.js";

@@ -20,6 +20,14 @@ import {
   NetworkPolicySchema,
   NotFoundError,
   UnsupportedCapabilityError,
+  readTar,
+  tarEnd,
+  MAX_TTL_SECONDS,
+  SetTimeoutApiRequest,
+  treeLimits,
+  type TreeOptions,
+  type SandboxLogs,
+  type TreeWriteResult,
   type CallOptions,
   type DirListingResult,
   type EngineApi,
@@ -215,6 +223,14 @@ export class RecordingEngine implements EngineApi {
     return entry.info;
   }
 
+  async setSandboxTimeout(id: string, ttlSeconds: number): Promise<SandboxInfo> {
+    const entry = this.#get(id);
+    const req = SetTimeoutApiRequest.safeParse({ ttlSeconds });
+    if (!req.success) throw new InvalidArgumentError(`Invalid TTL: ${JSON.stringify(ttlSeconds)} (1 to ${MAX_TTL_SECONDS} seconds)`);
+    entry.info = { ...entry.info, expiresAt: new Date(Date.now() + req.data.ttlSeconds * 1000).toISOString() };
+    return entry.info;
+  }
+
   async resumeSandbox(id: string): Promise<SandboxInfo> {
     const entry = this.#get(id);
     if (entry.info.state === "paused") entry.info = { ...entry.info, state: "running" };
@@ -358,6 +374,16 @@ export class RecordingEngine implements EngineApi {
     return entry.info;
   }
 
+  async sandboxLogs(id: string): Promise<SandboxLogs> {
+    this.#get(id);
+    return { lines: [], truncated: false };
+  }
+
+  async publishPort(id: string): Promise<SandboxInfo> {
+    this.#get(id);
+    throw new UnsupportedCapabilityError(`${REFUSED}: no port is published`);
+  }
+
   async networkEvents(id: string): Promise<NetworkEventsPage> {
     this.#get(id);
     return { events: [], next: 0, dropped: 0 };
@@ -387,6 +413,29 @@ export class RecordingEngine implements EngineApi {
     else for await (const chunk of data) bytes += chunk.byteLength;
     entry.workload.files.push({ path, bytes });
     return { bytes };
+  }
+
+  async writeTree(id: string, path: string, tar: AsyncIterable<Uint8Array>, options?: TreeOptions): Promise<TreeWriteResult> {
+    const entry = this.#get(id);
+    const result: TreeWriteResult = { files: 0, dirs: 0, bytes: 0, skipped: 0 };
+    for await (const { entry: e, body } of readTar(tar, treeLimits(options))) {
+      if (e.type === "file") {
+        let bytes = 0;
+        for await (const chunk of body) bytes += chunk.byteLength;
+        entry.workload.files.push({ path: path === "/" ? `/${e.path}` : `${path}/${e.path}`, bytes });
+        result.files += 1;
+        result.bytes += bytes;
+      } else if (e.type === "dir") result.dirs += 1;
+      else result.skipped += 1;
+    }
+    return result;
+  }
+
+  async readTree(id: string): Promise<AsyncIterable<Uint8Array>> {
+    this.#get(id);
+    return (async function* () {
+      yield tarEnd();
+    })();
   }
 
   async listDir(id: string): Promise<DirListingResult> {

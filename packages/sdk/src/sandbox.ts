@@ -6,6 +6,9 @@ import {
   InvalidArgumentError,
   NetworkPolicy,
   NotFoundError,
+  TransportError,
+  type LogSource,
+  type SandboxLogs,
   SecretRef,
   requestFromPlan,
   callerSettingsFromEnv,
@@ -303,6 +306,67 @@ export class Sandbox implements AsyncDisposable {
   async pause(options: CallOptions & { ttl?: "running" | "frozen" } = {}): Promise<SandboxInfo> {
     const { ttl, ...call } = options;
     this.#info = await this.#engine.pauseSandbox(this.id, ttl !== undefined ? { ttl } : {}, call);
+    return this.#info;
+  }
+
+  /**
+   * The sandbox's logs: what its agent wrote and what its commands printed (the engine keeps the
+   * last 1 MiB of command output), secret values replaced, oldest first.
+   * @param options.source only `agent` or only `workload` lines @default both
+   * @param options.tail at most this many of the last lines @default 10000
+   * @example
+   * for (const line of (await sb.logs({ source: "workload" })).lines) console.log(line.text);
+   */
+  logs(options: CallOptions & { source?: LogSource; tail?: number } = {}): Promise<SandboxLogs> {
+    return this.#engine.sandboxLogs(this.id, options);
+  }
+
+  /**
+   * Where the guest port `port` is reached from the engine's host: `"127.0.0.1:HOSTPORT"`. The port
+   * must be published, at create (`ports`) or with {@link publishPort}.
+   * @throws NotFoundError when the port is not published
+   * @example
+   * await sb.commands.start(["python3", "-m", "http.server", "8000"]);
+   * const host = await sb.getHost(8000); // "127.0.0.1:39215"
+   * await fetch(`http://${host}/`);
+   */
+  async getHost(port: number, options?: CallOptions): Promise<string> {
+    const info = await this.refresh(options);
+    const found = info.ports?.find((p) => p.guest === port);
+    if (found === undefined) {
+      throw new NotFoundError(`Port ${port} of sandbox "${this.id}" is not published`, { hint: `Publish it with sandbox.publishPort(${port})` });
+    }
+    return `127.0.0.1:${found.host}`;
+  }
+
+  /**
+   * Publishes the guest port `port` of this running sandbox on a loopback port of the engine's
+   * host (`hostPort`, or one the kernel picks) and answers where it is reached, like
+   * {@link getHost}. Publishing a published port again answers the same address. Recorded in the
+   * audit log as `port.published`.
+   * @throws InvalidArgumentError when the sandbox already publishes 16 ports, or `hostPort` is taken
+   * @throws AlreadyExistsError when the port is published on a different host port
+   * @example
+   * const host = await sb.publishPort(3000);
+   */
+  async publishPort(port: number, options: CallOptions & { hostPort?: number } = {}): Promise<string> {
+    const { hostPort, ...call } = options;
+    this.#info = await this.#engine.publishPort(this.id, hostPort === undefined ? { guest: port } : { guest: port, host: hostPort }, call);
+    const found = this.#info.ports?.find((p) => p.guest === port);
+    if (found === undefined) throw new TransportError(`The engine did not list port ${port} of "${this.id}" after publishing it`);
+    return `127.0.0.1:${found.host}`;
+  }
+
+  /**
+   * Sets the sandbox to end `ttlSeconds` from now, extending or shortening its TTL (1 s to 7 days,
+   * and at most the operator policy's maxTtlSeconds). While paused with the TTL frozen, it becomes
+   * the time left at resume. Recorded in the audit log as `sandbox.ttl_set`.
+   * @throws InvalidArgumentError out of bounds; PolicyDeniedError over the operator's maximum
+   * @example
+   * await sb.setTimeout(3600); // one more hour from now
+   */
+  async setTimeout(ttlSeconds: number, options?: CallOptions): Promise<SandboxInfo> {
+    this.#info = await this.#engine.setSandboxTimeout(this.id, ttlSeconds, options);
     return this.#info;
   }
 

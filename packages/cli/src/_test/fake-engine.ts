@@ -40,6 +40,8 @@ import {
   type BundlePushInfo,
   type PullBundleRequest,
   type PushBundleRequest,
+  type TreeWriteResult,
+  type SandboxLogs,
 } from "@mvm/protocol";
 
 export const DIGEST = `sha256:${"ab".repeat(32)}` as Sha256Digest;
@@ -197,6 +199,13 @@ export class FakeEngine implements EngineApi {
     return paused;
   }
 
+  async setSandboxTimeout(id: string, ttlSeconds: number): Promise<SandboxInfo> {
+    this.calls.push(`setSandboxTimeout ${id} ${ttlSeconds}`);
+    const s = this.#get(id);
+    const changed: SandboxInfo = { ...s, expiresAt: new Date(Date.now() + ttlSeconds * 1000).toISOString() };
+    this.sandboxes.set(id, changed);
+    return changed;
+  }
   async resumeSandbox(id: string): Promise<SandboxInfo> {
     this.calls.push(`resumeSandbox ${id}`);
     const { pause: _pause, ...s } = this.#get(id);
@@ -349,6 +358,12 @@ export class FakeEngine implements EngineApi {
     this.files.set(`${id}:${path}`, all);
     return { bytes: this.reportedWriteBytes ?? all.byteLength };
   }
+  async writeTree(): Promise<TreeWriteResult> {
+    throw new UnsupportedCapabilityError("The fake engine holds no trees");
+  }
+  async readTree(): Promise<AsyncIterable<Uint8Array>> {
+    throw new UnsupportedCapabilityError("The fake engine holds no trees");
+  }
   async listDir(): Promise<DirListingResult> {
     return { entries: [], truncated: false };
   }
@@ -392,6 +407,19 @@ export class FakeEngine implements EngineApi {
     log.push({ type: "policy-changed", time: new Date(0).toISOString(), rulesBefore: 0, rulesAfter: policy.rules.length, policy, closedConnections: 0 });
     this.networkLog.set(id, log);
     return { ...info, network: { policy, revision: log.filter((e) => e.type === "policy-changed").length } };
+  }
+  async sandboxLogs(id: string): Promise<SandboxLogs> {
+    this.calls.push(`sandboxLogs ${id}`);
+    this.#get(id);
+    return { lines: [{ source: "agent", text: "fake agent" }], truncated: false };
+  }
+  async publishPort(id: string, port: { guest: number; host?: number }): Promise<SandboxInfo> {
+    this.calls.push(`publishPort ${id} ${port.guest}`);
+    const s = this.#get(id);
+    const ports = s.ports ?? [];
+    const changed: SandboxInfo = ports.some((p) => p.guest === port.guest) ? s : { ...s, ports: [...ports, { guest: port.guest, host: port.host ?? 40000 + port.guest }] };
+    this.sandboxes.set(id, changed);
+    return changed;
   }
   async networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
     await this.getSandbox(id);

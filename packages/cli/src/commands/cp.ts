@@ -1,6 +1,7 @@
 /**
  * `mvmctl cp SRC DST`: copy one file into or out of a sandbox, streamed in both directions so
  * memory stays bounded whatever the file's size. `-` on the local side means stdin or stdout.
+ * `-r` copies a directory as one tar stream, unpacked path-safely on the receiving side.
  */
 import { randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
@@ -18,7 +19,9 @@ import {
   isSandboxPath,
   type EngineApi,
 } from "@mvm/protocol";
+import { extractTarToDir, packLocalDir } from "@mvm/sdk";
 import { defineCommand, type CommandContext } from "../command.js";
+import { booleanFlag } from "../flags.js";
 import { UsageError } from "../usage-error.js";
 import { withEngine } from "./_lifetime.js";
 
@@ -26,12 +29,16 @@ export type CpEndpoint = { kind: "sandbox"; sandboxId: string; path: string } | 
 export interface CpOptions {
   from: CpEndpoint;
   to: CpEndpoint;
+  recursive: boolean;
 }
-/** `cp --json` output. */
+/** `cp --json` output; `files`, `dirs` and `skipped` only with `-r`. */
 export interface CpJsonResult {
   from: string;
   to: string;
   bytes: number;
+  files?: number;
+  dirs?: number;
+  skipped?: number;
 }
 
 const REMOTE = /^(sbx_[a-z2-7]{20}):(.*)$/s;
@@ -154,15 +161,46 @@ async function upload(ctx: CommandContext, engine: EngineApi, from: string, to: 
   return sent;
 }
 
+/**
+ * `cp -r`: the source directory's contents land in DST (made when missing), like `cp -r SRC/. DST`.
+ */
+async function copyTree(ctx: CommandContext, engine: EngineApi, from: CpEndpoint, to: CpEndpoint): Promise<Omit<CpJsonResult, "from" | "to">> {
+  const call = { signal: ctx.signal };
+  if (from.kind === "local" && to.kind === "sandbox") {
+    if (from.path === "-") throw new UsageError('"-" cannot be copied with -r', { hint: "Name a directory" });
+    try {
+      if (!(await stat(from.path)).isDirectory()) throw new InvalidArgumentError(`Cannot copy "${from.path}" with -r: not a directory`);
+    } catch (err) {
+      if (err instanceof MvmError) throw err;
+      throw localError(err, from.path, "read");
+    }
+    const packed = packLocalDir(from.path, call);
+    const written = await engine.writeTree(to.sandboxId, to.path, packed.tar, call);
+    return { ...written, skipped: written.skipped + packed.tally.skipped };
+  }
+  if (from.kind === "sandbox" && to.kind === "local") {
+    if (to.path === "-") throw new UsageError('"-" cannot receive a directory', { hint: "Name a local directory" });
+    const tar = await engine.readTree(from.sandboxId, from.path, call);
+    try {
+      return await extractTarToDir(tar, to.path, call);
+    } catch (err) {
+      if (err instanceof MvmError) throw err;
+      throw localError(err, to.path, "write");
+    }
+  }
+  throw new UsageError("One side of mvmctl cp must be in a sandbox");
+}
+
 export const cpCommand = defineCommand<CpOptions>({
   name: "cp",
-  summary: "Copy a file into or out of a sandbox",
+  summary: "Copy a file or directory into or out of a sandbox",
   usage: "SRC DST",
   details:
     'Exactly one of SRC and DST is "ID:/path" in a sandbox. "-" as the local side means stdin or\n' +
     "stdout. A directory as DST receives the file under its own name. With --json\n" +
-    "{from, to, bytes} is printed.",
-  flags: {},
+    "{from, to, bytes} is printed. With -r SRC is a directory whose contents are copied into DST\n" +
+    "(made when missing), carried as one tar stream; symlinks and special files are skipped.",
+  flags: { recursive: { type: "boolean", short: "r", description: "Copy a directory and everything under it" } },
   positionals: { min: 2, max: 2 },
   connection: "daemon",
   parse(raw) {
@@ -174,13 +212,18 @@ export const cpCommand = defineCommand<CpOptions>({
         { hint: 'Write the sandbox side as ID:/path, e.g. "mvmctl cp ./in.txt sbx_…:/work/in.txt"' },
       );
     }
-    return { from, to };
+    return { from, to, recursive: booleanFlag(raw, "recursive") };
   },
-  async run(ctx, { from, to }) {
+  async run(ctx, { from, to, recursive }) {
     if (ctx.global.json && to.kind === "local" && to.path === "-") {
       throw new UsageError('Options "--json" and "-" as DST exclude each other: both write stdout', { hint: "Name a destination file" });
     }
     return withEngine(ctx, async (engine) => {
+      if (recursive) {
+        const tally = await copyTree(ctx, engine, from, to);
+        ctx.out.jsonResult({ from: describe(from), to: describe(to), ...tally } satisfies CpJsonResult);
+        return 0;
+      }
       const bytes =
         from.kind === "sandbox" && to.kind === "local"
           ? await download(ctx, engine, from, to.path)

@@ -21,6 +21,8 @@ import { bundlePullCommand, bundlePushCommand } from "./bundle.js";
 import { planCommand } from "./plan.js";
 import { fnRunCommand } from "./fn.js";
 import { attachCommand, pkillCommand, psCommand } from "./processes.js";
+import { ttlCommand } from "./ttl.js";
+import { portCommand } from "./port.js";
 
 export const COMMANDS: readonly Command[] = [
   doctorCommand,
@@ -36,6 +38,8 @@ export const COMMANDS: readonly Command[] = [
   killCommand,
   pauseCommand,
   resumeCommand,
+  ttlCommand,
+  portCommand,
   snapshotCreateCommand,
   snapshotLsCommand,
   snapshotInspectCommand,

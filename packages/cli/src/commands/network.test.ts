@@ -109,8 +109,11 @@ test("network set replaces the policy and says so; logs --network prints each ev
   assert.match(logs.stdout, /DENIED +https evil\.example:443 via connect: no rule allows it/);
   const json = await cli(["logs", "--network", info.id, "--json"], { engine });
   assert.deepEqual(json.stdout.trim().split("\n").map((l) => (JSON.parse(l) as { seq: number }).seq), [1, 2]);
-  const noKind = await cli(["logs", info.id], { engine });
-  assert.equal(noKind.code, 2);
+  const sandboxLogs = await cli(["logs", info.id], { engine });
+  assert.equal(sandboxLogs.code, 0, sandboxLogs.stderr);
+  assert.equal(sandboxLogs.stdout, "agent: fake agent\n");
+  const noId = await cli(["logs"], { engine });
+  assert.equal(noId.code, 2);
   const deny = await cli(["network", "set", info.id, "--deny-all"], { engine });
   assert.equal(deny.stdout, "deny all egress\n");
 });

@@ -1,8 +1,8 @@
 /**
- * `mvmctl network set|show ID`: the egress policy of a running sandbox, and
- * `mvmctl logs --network ID`: what the gateway allowed and denied for it.
+ * `mvmctl network set|show ID`: the egress policy of a running sandbox, and `mvmctl logs`: the
+ * sandbox's agent and workload logs, or with --network what the gateway allowed and denied for it.
  */
-import { NetworkPolicy, checkFunctionId, type NetworkEvent, type NetworkPolicyJson } from "@mvm/protocol";
+import { MAX_LOG_LINES, MAX_LOG_LINE_CHARS, NetworkPolicy, checkFunctionId, type LogSource, type NetworkEvent, type NetworkPolicyJson } from "@mvm/protocol";
 import { defineCommand } from "../command.js";
 import { booleanFlag, sandboxIdArg, stringFlag } from "../flags.js";
 import { POLICY_FLAGS, policyFrom } from "../network-flags.js";
@@ -97,12 +97,17 @@ export function formatNetworkEvent(event: NetworkEvent): string {
   return `${head}${tail}${event.reason ? `: ${printable(event.reason, 600)}` : ""}`;
 }
 
-export const logsCommand = defineCommand<{ id: string; follow: boolean; fn?: string }>({
+export const logsCommand = defineCommand<{ id: string; follow: boolean; fn?: string; sandbox?: { source?: LogSource; tail?: number } }>({
   name: "logs",
-  summary: "Show a sandbox's network events, or a function's operator log",
-  usage: "--network ID [--follow] | --fn FUNCTION_ID",
-  details: "With --json one JSON object {seq, event} (network) or one operator log entry (fn) is printed per line.",
+  summary: "Show a sandbox's logs, its network events, or a function's operator log",
+  usage: "ID [--source agent|workload] [-n N] | --network ID [--follow] | --fn FUNCTION_ID",
+  details:
+    "Without --network or --fn: the sandbox's agent log and its commands' recent output (the last 1 MiB), secret values " +
+    "replaced. With --json one JSON object per line: {source, stream?, proc?, time?, text} (logs), {seq, event} (network) " +
+    "or one operator log entry (fn).",
   flags: {
+    source: { type: "string", valueName: "SOURCE", description: "Only agent or only workload lines" },
+    tail: { type: "string", short: "n", valueName: "N", description: "Only the last N lines (default and at most 10000)" },
     network: { type: "boolean", description: "Network events of sandbox ID (what the egress gateway allowed and denied)" },
     follow: { type: "boolean", short: "f", description: "Keep printing new events until the sandbox stops or mvmctl is interrupted" },
     fn: { type: "string", valueName: "ID", description: "The operator log of function ID: its failed calls by errorId, with their stacks" },
@@ -115,12 +120,40 @@ export const logsCommand = defineCommand<{ id: string; follow: boolean; fn?: str
       if (raw.positionals.length > 0 || booleanFlag(raw, "network")) throw new UsageError("--fn takes no sandbox id and no --network", { hint: "mvmctl logs --fn add" });
       return { id: "", follow: false, fn: checkFunctionId(fnId) };
     }
-    if (!booleanFlag(raw, "network")) throw new UsageError("Say which log: --network or --fn", { hint: "mvmctl logs --network ID" });
+    if (!booleanFlag(raw, "network")) {
+      if (raw.positionals.length !== 1) throw new UsageError("mvmctl logs takes one sandbox id", { hint: "mvmctl logs ID" });
+      if (booleanFlag(raw, "follow")) throw new UsageError("--follow works with --network only", { hint: "mvmctl logs --network --follow ID" });
+      const source = stringFlag(raw, "source");
+      if (source !== undefined && source !== "agent" && source !== "workload") {
+        throw new UsageError(`Invalid value "${source.slice(0, 32)}" for --source: expected agent or workload`);
+      }
+      const tailRaw = stringFlag(raw, "tail");
+      const tail = tailRaw === undefined ? undefined : /^[0-9]{1,5}$/.test(tailRaw) ? Number(tailRaw) : Number.NaN;
+      if (tail !== undefined && !(tail >= 1 && tail <= MAX_LOG_LINES)) {
+        throw new UsageError(`Invalid value "${String(tailRaw).slice(0, 32)}" for -n: expected 1 to ${MAX_LOG_LINES} lines`);
+      }
+      return {
+        id: sandboxIdArg(raw.positionals[0] ?? ""),
+        follow: false,
+        sandbox: { ...(source !== undefined ? { source } : {}), ...(tail !== undefined ? { tail } : {}) },
+      };
+    }
     if (raw.positionals.length !== 1) throw new UsageError("--network takes one sandbox id", { hint: "mvmctl logs --network ID" });
     return { id: sandboxIdArg(raw.positionals[0] ?? ""), follow: booleanFlag(raw, "follow") };
   },
-  async run(ctx, { id, follow, fn }) {
+  async run(ctx, { id, follow, fn, sandbox }) {
     if (fn !== undefined) return printFnLog(ctx, fn);
+    if (sandbox !== undefined) {
+      return withEngine(ctx, async (engine) => {
+        const logs = await engine.sandboxLogs(id, { ...sandbox, signal: ctx.signal });
+        for (const line of logs.lines) {
+          if (ctx.global.json) ctx.io.stdout.write(`${JSON.stringify(line)}\n`);
+          else ctx.out.human(`${line.source === "agent" ? "agent" : `${line.stream ?? "out"}[${line.proc ?? 0}]`}: ${printable(line.text, MAX_LOG_LINE_CHARS + 16)}\n`);
+        }
+        if (logs.truncated) ctx.out.note("note: older lines were dropped (the engine keeps the last 1 MiB of output and 256 KiB of agent log)");
+        return 0;
+      });
+    }
     return withEngine(ctx, async (engine) => {
       let after = 0;
       for (;;) {

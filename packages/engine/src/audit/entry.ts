@@ -65,6 +65,10 @@ export const AuditEventSchema = z.discriminatedUnion("type", [
     ttl: z.enum(["running", "frozen", "spent"]),
   }),
   z.strictObject({ type: z.literal("sandbox.resumed"), sandboxId: SandboxId, pausedMs: Count }),
+  /** A caller set the TTL of a live sandbox: it ends `ttlSeconds` after this entry (time left at resume when frozen). */
+  z.strictObject({ type: z.literal("sandbox.ttl_set"), sandboxId: SandboxId, ttlSeconds: Count }),
+  /** A guest port published on a live sandbox (ports published at create are in its plan). */
+  z.strictObject({ type: z.literal("port.published"), sandboxId: SandboxId, guest: z.int().min(1).max(65535), host: z.int().min(1).max(65535) }),
   z.strictObject({
     type: z.literal("exec.started"),
     sandboxId: SandboxId,

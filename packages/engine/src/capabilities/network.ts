@@ -2,6 +2,7 @@
 import {
   NetworkPolicySchema,
   NotFoundError,
+  PortSpec,
   canonicalJson,
   type CallOptions,
   type NetworkEventsPage,
@@ -26,6 +27,19 @@ export async function setNetworkPolicy(core: EngineCore, id: string, policy: Net
   });
   const receipt = receiptFor(sandbox.info, entry);
   sandbox.info = { ...sandbox.info, network: sandbox.network.summary(), ...(receipt ? { receipt } : {}) };
+  return sandbox.info;
+}
+
+/** Publishes a guest port of a live sandbox on host loopback; a new publish is recorded as `port.published`. */
+export async function publishPort(core: EngineCore, id: string, port: PortSpec): Promise<SandboxInfo> {
+  const spec = parse(PortSpec, port, "port");
+  const sandbox = liveSandbox(core, id);
+  const published = await sandbox.network.publish(spec);
+  sandbox.info = { ...sandbox.info, ports: sandbox.network.publishedPorts() };
+  if (!published.added) return sandbox.info;
+  const entry = await core.gate.record({ type: "port.published", sandboxId: id, guest: published.guest, host: published.host });
+  const receipt = receiptFor(sandbox.info, entry);
+  if (receipt) sandbox.info = { ...sandbox.info, receipt };
   return sandbox.info;
 }
 

@@ -10,6 +10,8 @@ import {
   InvalidArgumentError,
   NotFoundError,
   PauseApiRequest,
+  PolicyDeniedError,
+  SetTimeoutApiRequest,
   SandboxCrashedError,
   SYSTEM_TRUST_BUNDLE_PATH,
   SignedPlan,
@@ -392,6 +394,21 @@ export async function pauseSandbox(core: EngineCore, id: string, request: PauseA
   callSignal(options)?.throwIfAborted();
   const sandbox = liveSandbox(core, id);
   await sandbox.pause("caller", req.ttl ?? "running");
+  return sandbox.info;
+}
+
+export async function setSandboxTimeout(core: EngineCore, id: string, ttlSeconds: number, options: CallOptions = {}): Promise<SandboxInfo> {
+  const req = parse(SetTimeoutApiRequest, { ttlSeconds }, "timeout");
+  callSignal(options)?.throwIfAborted();
+  const sandbox = liveSandbox(core, id);
+  const policy = await core.gate.policy();
+  if (policy.maxTtlSeconds !== undefined && req.ttlSeconds > policy.maxTtlSeconds) {
+    throw new PolicyDeniedError(`Cannot set the TTL of "${id}" to ${req.ttlSeconds} s: the operator policy allows at most ${policy.maxTtlSeconds} s (maxTtlSeconds)`);
+  }
+  await sandbox.setTtl(req.ttlSeconds);
+  const entry = await core.gate.record({ type: "sandbox.ttl_set", sandboxId: id, ttlSeconds: req.ttlSeconds });
+  const receipt = receiptFor(sandbox.info, entry);
+  if (receipt) sandbox.info = { ...sandbox.info, receipt };
   return sandbox.info;
 }
 

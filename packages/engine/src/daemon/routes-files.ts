@@ -7,6 +7,7 @@ import {
   MkdirApiRequest,
   RenameApiRequest,
   SandboxPath,
+  type TreeOptions,
   type WriteFileOptions,
 } from "@mvm/protocol";
 import {
@@ -66,7 +67,54 @@ export const fileRoutes: readonly Route[] = [
       sendNoContent(ctx.res);
     },
   },
+  { method: "GET", pattern: `${FILES}/tree`, handler: readTree },
+  { method: "PUT", pattern: `${FILES}/tree`, handler: writeTree },
 ];
+
+/** `maxEntries` and `maxBytes` from the query, when given (the engine clamps them to the protocol's maximum). */
+function treeOptions(ctx: RouteContext): TreeOptions {
+  const options: TreeOptions = { signal: ctx.signal };
+  for (const name of ["maxEntries", "maxBytes"] as const) {
+    const raw = ctx.query.get(name);
+    if (raw === null) continue;
+    if (!/^[0-9]{1,16}$/.test(raw)) throw new InvalidArgumentError(`Query parameter "${name}" must be a non-negative integer, not "${raw.slice(0, 32)}"`);
+    options[name] = Number(raw);
+  }
+  return options;
+}
+
+/**
+ * Streams the directory as a tar body (chunked: its length is not known ahead). A failure midway
+ * cuts the connection, so the client sees an archive without its end marker and refuses it.
+ */
+async function readTree(ctx: RouteContext): Promise<void> {
+  const id = sandboxIdParam(ctx);
+  const path = pathParam(ctx);
+  const tar = await ctx.engine.readTree(id, path, treeOptions(ctx));
+  ctx.res.writeHead(200, { "Content-Type": "application/x-tar", "Cache-Control": "no-store" });
+  try {
+    for await (const chunk of tar) {
+      if (ctx.signal.aborted) break;
+      if (!ctx.res.write(chunk)) await once(ctx.res, "drain", { signal: ctx.signal });
+    }
+  } catch {
+    ctx.res.destroy();
+    return;
+  }
+  if (ctx.signal.aborted) ctx.res.destroy();
+  else ctx.res.end();
+}
+
+/** Receives a tar body and unpacks it into the directory; answers the counts. */
+async function writeTree(ctx: RouteContext): Promise<void> {
+  const id = sandboxIdParam(ctx);
+  const path = pathParam(ctx);
+  const body = bodyChunks(ctx.req);
+  const result = await ctx.engine.writeTree(id, path, body.chunks, treeOptions(ctx)).catch((err: unknown) => {
+    throw body.stalled() ?? err;
+  });
+  sendJson(ctx.res, 200, result);
+}
 
 function pathParam(ctx: RouteContext, name = "path"): string {
   return check(SandboxPath, requiredParam(ctx.query, name), `Query parameter "${name}"`);

@@ -1,5 +1,5 @@
 /** Routes for a sandbox's egress policy and network events, and for the host's secret store. */
-import { InvalidArgumentError, NetworkPolicySchema, SECRET_NAME_PATTERN, SetSecretApiRequest } from "@mvm/protocol";
+import { InvalidArgumentError, LogSource, NetworkPolicySchema, PortSpec, SECRET_NAME_PATTERN, SetSecretApiRequest } from "@mvm/protocol";
 import { readJson, sendJson, sendNoContent } from "./http-io.js";
 import { sandboxIdParam, type Route, type RouteContext } from "./router.js";
 
@@ -12,6 +12,35 @@ export const networkRoutes: readonly Route[] = [
       const id = sandboxIdParam(ctx);
       const policy = await readJson(ctx.req, NetworkPolicySchema);
       sendJson(ctx.res, 200, await ctx.engine.setNetworkPolicy(id, policy, { signal: ctx.signal }));
+    },
+  },
+  {
+    method: "GET",
+    pattern: "/v1/sandboxes/:id/logs",
+    handler: async (ctx) => {
+      const id = sandboxIdParam(ctx);
+      const source = ctx.query.get("source");
+      const tail = ctx.query.get("tail");
+      if (source !== null && !LogSource.safeParse(source).success) throw new InvalidArgumentError(`Query parameter "source" must be agent or workload, not "${source.slice(0, 32)}"`);
+      if (tail !== null && !/^[0-9]{1,9}$/.test(tail)) throw new InvalidArgumentError(`Query parameter "tail" must be a whole number, not "${tail.slice(0, 32)}"`);
+      sendJson(
+        ctx.res,
+        200,
+        await ctx.engine.sandboxLogs(id, {
+          signal: ctx.signal,
+          ...(source !== null ? { source: source as LogSource } : {}),
+          ...(tail !== null ? { tail: Number(tail) } : {}),
+        }),
+      );
+    },
+  },
+  {
+    method: "POST",
+    pattern: "/v1/sandboxes/:id/ports",
+    handler: async (ctx) => {
+      const id = sandboxIdParam(ctx);
+      const port = await readJson(ctx.req, PortSpec);
+      sendJson(ctx.res, 200, await ctx.engine.publishPort(id, port, { signal: ctx.signal }));
     },
   },
   {

@@ -8,6 +8,7 @@ import {
   SignalApiRequest,
   PtySizeApiRequest,
   PauseApiRequest,
+  SetTimeoutApiRequest,
   type ExecEvent,
   type ExecStarted,
   type ProgressEvent,
@@ -72,6 +73,15 @@ export const sandboxRoutes: readonly Route[] = [
       const id = sandboxIdParam(ctx);
       await readJson(ctx.req, EmptyBody);
       sendJson(ctx.res, 200, await ctx.engine.resumeSandbox(id, { signal: ctx.signal }));
+    },
+  },
+  {
+    method: "POST",
+    pattern: "/v1/sandboxes/:id/timeout",
+    handler: async (ctx) => {
+      const id = sandboxIdParam(ctx);
+      const body = await readJson(ctx.req, SetTimeoutApiRequest);
+      sendJson(ctx.res, 200, await ctx.engine.setSandboxTimeout(id, body.ttlSeconds, { signal: ctx.signal }));
     },
   },
   { method: "POST", pattern: "/v1/sandboxes/:id/exec", handler: exec },

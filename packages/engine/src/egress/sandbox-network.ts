@@ -8,8 +8,10 @@
 import { createServer, type Server, type Socket } from "node:net";
 import type { Duplex } from "node:stream";
 import {
+  AlreadyExistsError,
   InvalidArgumentError,
   MAX_NETWORK_EVENTS_PAGE,
+  MAX_PUBLISHED_PORTS,
   RelayMux,
   type NetworkEvent,
   type NetworkEventsPage,
@@ -58,6 +60,8 @@ export class SandboxNetwork {
   #mux: RelayMux | undefined;
   readonly #servers: { guest: number; host: number; server: Server }[] = [];
   readonly #portSockets = new Set<Socket>();
+  /** Live publishes run one at a time. */
+  #publishing: Promise<unknown> = Promise.resolve();
   #closed = false;
 
   private constructor(options: SandboxNetworkOptions) {
@@ -151,6 +155,39 @@ export class SandboxNetwork {
       closedConnections,
     });
     return { closedConnections };
+  }
+
+  /**
+   * Publishes a guest port on a running sandbox: a host loopback port that reaches it (`port.host`,
+   * or one the kernel picks). Publishing a published guest port again answers its host port.
+   * @throws InvalidArgumentError when the sandbox already publishes MAX_PUBLISHED_PORTS ports or the host port is taken
+   * @throws AlreadyExistsError when the guest port is published on a different host port
+   */
+  publish(port: PortSpec): Promise<{ guest: number; host: number; added: boolean }> {
+    const step = async (): Promise<{ guest: number; host: number; added: boolean }> => {
+      if (this.#closed) throw new InvalidArgumentError(`Sandbox "${this.sandboxId}" has stopped: its ports cannot change`);
+      const known = this.#servers.find((s) => s.guest === port.guest);
+      if (known !== undefined) {
+        if (port.host !== undefined && port.host !== known.host) {
+          throw new AlreadyExistsError(`Guest port ${port.guest} of sandbox "${this.sandboxId}" is already published on host port ${known.host}`);
+        }
+        return { guest: known.guest, host: known.host, added: false };
+      }
+      if (this.#servers.length >= MAX_PUBLISHED_PORTS) {
+        throw new InvalidArgumentError(`Sandbox "${this.sandboxId}" already publishes ${MAX_PUBLISHED_PORTS} ports, the most one sandbox may`);
+      }
+      await this.#publish(port);
+      const added = this.#servers.at(-1) as { guest: number; host: number; server: Server };
+      if (this.#closed) {
+        // Closed while the port was being bound: close() did not see this server.
+        await new Promise<void>((resolve) => added.server.close(() => resolve()));
+        throw new InvalidArgumentError(`Sandbox "${this.sandboxId}" stopped while port ${port.guest} was being published`);
+      }
+      return { guest: added.guest, host: added.host, added: true };
+    };
+    const next = this.#publishing.then(step, step);
+    this.#publishing = next.catch(() => undefined);
+    return next;
   }
 
   publishedPorts(): { guest: number; host: number }[] {

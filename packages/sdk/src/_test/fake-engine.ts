@@ -51,6 +51,8 @@ import {
   type BundlePushInfo,
   type PullBundleRequest,
   type PushBundleRequest,
+  type TreeWriteResult,
+  type SandboxLogs,
 } from "@mvm/protocol";
 import { CHUNK, FakeProc, runProgram, type Entry, type FakeSandbox } from "./fake-process.js";
 
@@ -158,6 +160,12 @@ export class FakeEngine implements EngineApi {
       const now = new Date().toISOString();
       sb.info = { ...sb.info, state: "paused", pause: { since: now, by: "caller", ttl: request.ttl ?? "running", killAt: sb.info.expiresAt } };
     }
+    return sb.info;
+  }
+
+  async setSandboxTimeout(id: string, ttlSeconds: number): Promise<SandboxInfo> {
+    const sb = this.#sandbox(id, true);
+    sb.info = { ...sb.info, expiresAt: new Date(Date.now() + ttlSeconds * 1000).toISOString() };
     return sb.info;
   }
 
@@ -384,6 +392,14 @@ export class FakeEngine implements EngineApi {
     return { bytes };
   }
 
+  async writeTree(): Promise<TreeWriteResult> {
+    throw new UnsupportedCapabilityError("The fake engine holds no trees");
+  }
+
+  async readTree(): Promise<AsyncIterable<Uint8Array>> {
+    throw new UnsupportedCapabilityError("The fake engine holds no trees");
+  }
+
   async listDir(id: string, path: string): Promise<DirListingResult> {
     const sb = this.#sandbox(id);
     this.#dir(sb, path);
@@ -464,6 +480,18 @@ export class FakeEngine implements EngineApi {
     this.networkLog.set(id, log);
     return { ...info, network: { policy, revision: log.filter((e) => e.type === "policy-changed").length } };
   }
+  async sandboxLogs(id: string): Promise<SandboxLogs> {
+    this.#sandbox(id, true);
+    return { lines: [{ source: "agent", text: "fake agent" }], truncated: false };
+  }
+
+  async publishPort(id: string, port: { guest: number; host?: number }): Promise<SandboxInfo> {
+    const sb = this.#sandbox(id, true);
+    const ports = sb.info.ports ?? [];
+    if (!ports.some((p) => p.guest === port.guest)) sb.info = { ...sb.info, ports: [...ports, { guest: port.guest, host: port.host ?? 40000 + port.guest }] };
+    return sb.info;
+  }
+
   async networkEvents(id: string, options: CallOptions & { after?: number; limit?: number } = {}): Promise<NetworkEventsPage> {
     await this.getSandbox(id);
     const after = options.after ?? 0;

@@ -44,6 +44,11 @@ export const auditEvent: fc.Arbitrary<AuditEvent> = fc.oneof(
     { noNullPrototype: true },
   ),
   fc.record({ type: fc.constant("sandbox.resumed" as const), sandboxId, pausedMs: count }, { noNullPrototype: true }),
+  fc.record({ type: fc.constant("sandbox.ttl_set" as const), sandboxId, ttlSeconds: count }, { noNullPrototype: true }),
+  fc.record(
+    { type: fc.constant("port.published" as const), sandboxId, guest: fc.integer({ min: 1, max: 65535 }), host: fc.integer({ min: 1, max: 65535 }) },
+    { noNullPrototype: true },
+  ),
   fc.record({ type: fc.constant("exec.started" as const), sandboxId, execId: opaqueId, argvDigest: hex64, argc: count }, { noNullPrototype: true }),
   fc.record({
     type: fc.constant("exec.finished" as const),

@@ -38,6 +38,11 @@ export interface BwrapArgsOptions {
   readonly restoreShellFd?: number;
   /** What runs inside. @default agentRuntimeCommand({ relayPath: NAMESPACE_RELAY_PATH }) */
   readonly command?: readonly string[];
+  /**
+   * The sandbox user's identity (identity.ts): host files bound read-only over /etc/passwd and
+   * /etc/group, and whether /home gets a tmpfs (tmpMiB) holding /home/user.
+   */
+  readonly identity?: { readonly passwd?: string; readonly group?: string; readonly home: boolean };
 }
 
 export interface TrustBundleFds {
@@ -59,8 +64,9 @@ const MiB = 1024 * 1024;
  * bundle, /run), bytes. tmpfs pages are charged to the memory cgroup of the process that writes them, so the
  * sandbox's memory limit adds this sum to `memoryMiB` (see limitWrites in sandbox-cgroups.ts).
  */
-export function tmpfsCapBytes(options: { readonly workMiB: number; readonly tmpMiB: number; readonly trustBundle: boolean }): number {
-  return (options.workMiB + options.tmpMiB) * MiB + DEV_SHM_BYTES + (options.trustBundle ? RUN_TMPFS_BYTES : 0);
+export function tmpfsCapBytes(options: { readonly workMiB: number; readonly tmpMiB: number; readonly trustBundle: boolean; readonly home?: boolean }): number {
+  const home = options.home === true ? options.tmpMiB * MiB : 0;
+  return (options.workMiB + options.tmpMiB) * MiB + DEV_SHM_BYTES + (options.trustBundle ? RUN_TMPFS_BYTES : 0) + home;
 }
 
 /**
@@ -132,6 +138,7 @@ function bwrapOptions(options: BwrapArgsOptions): string[] {
     ...(options.restoreShellFd !== undefined
       ? ["--dir", RESTORE_SHELL_DIR, "--symlink", `/proc/self/fd/${options.restoreShellFd}`, RESTORE_SHELL_PATH]
       : []),
+    ...identityArgs(options),
     "--ro-bind", options.agentDir, AGENT_MOUNT_POINT,
     // connect() needs no write access to the mount: a read-only bind of the socket is enough.
     "--ro-bind", options.relaySocketPath, NAMESPACE_RELAY_PATH,
@@ -145,6 +152,17 @@ function bwrapOptions(options: BwrapArgsOptions): string[] {
   ];
   if (options.statusFd !== undefined) args.push("--json-status-fd", String(options.statusFd));
   args.push("--seccomp", String(options.seccompFd));
+  return args;
+}
+
+/** The sandbox user's passwd and group copies, and its home on a tmpfs at /home. */
+function identityArgs(options: BwrapArgsOptions): string[] {
+  const id = options.identity;
+  if (id === undefined) return [];
+  const args: string[] = [];
+  if (id.passwd !== undefined) args.push("--ro-bind", id.passwd, "/etc/passwd");
+  if (id.group !== undefined) args.push("--ro-bind", id.group, "/etc/group");
+  if (id.home) args.push("--size", String(options.tmpMiB * MiB), "--tmpfs", "/home", "--perms", "0755", "--dir", "/home/user");
   return args;
 }
 

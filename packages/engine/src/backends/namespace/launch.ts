@@ -47,6 +47,7 @@ import {
 } from "./snapshot-restore.js";
 import type { SnapshotTools } from "./snapshot-tools.js";
 import type { SandboxUidAllocator } from "./uid.js";
+import { imageHasHome, prepareIdentity } from "./identity.js";
 
 /** What the backend found on the host, resolved once. */
 export interface HostSetup {
@@ -262,7 +263,8 @@ async function launchSandbox(
   const image = await checkImage(spec, host.isRoot, relayParent);
   aborted(spec, signal);
 
-  const tmpfsBytes = tmpfsCapBytes({ workMiB: spec.workMiB, tmpMiB: spec.tmpMiB, trustBundle: spec.trustBundlePem !== undefined });
+  const home = await imageHasHome(spec.rootfsDir);
+  const tmpfsBytes = tmpfsCapBytes({ workMiB: spec.workMiB, tmpMiB: spec.tmpMiB, trustBundle: spec.trustBundlePem !== undefined, home });
   const cgroups = await SandboxCgroups.create(host.cgroups, spec.sandboxId, spec.resources, tmpfsBytes);
   let uid: number | undefined;
   let relay: RelayListener | undefined;
@@ -279,6 +281,7 @@ async function launchSandbox(
     aborted(spec, signal);
     relay = await RelayListener.open({ sandboxId: spec.sandboxId, parentDir: relayParent, ...(uid !== undefined ? { hostUid: uid } : {}) });
     log = await CappedLog.open(spec.agentLogPath);
+    const identity = await prepareIdentity(spec.rootfsDir, relay.dir);
     const seccompPath = join(spec.stateDir, "seccomp.bpf");
     await writeFile(seccompPath, sandboxSeccompProgram(), { mode: 0o600 });
     const systemTrustBundle = image.systemTrustBundle && spec.trustBundlePem !== undefined;
@@ -288,6 +291,7 @@ async function launchSandbox(
         seccompFd: SECCOMP_FD,
         statusFd: STATUS_FD,
         relaySocketPath: relay.path,
+        identity,
         ...(spec.trustBundlePem !== undefined
           ? { trustBundle: { fd: TRUST_BUNDLE_FD, ...(systemTrustBundle ? { systemFd: SYSTEM_TRUST_BUNDLE_FD } : {}) } }
           : {}),

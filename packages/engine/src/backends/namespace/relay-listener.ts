@@ -50,9 +50,16 @@ export function isRelayDir(dir: string): boolean {
   return isAbsolute(dir) && normalize(dir) === dir && dir !== "/" && RELAY_DIR_NAME.test(basename(dir));
 }
 
-/** Removes a relay directory and its socket, whoever made them; "already gone" is not an error. */
+/**
+ * Files the launcher may add to the relay directory: the sandbox user's passwd and group copies
+ * (identity.ts), which bubblewrap, running as the sandbox's host uid, must be able to open.
+ */
+export const RELAY_DIR_EXTRA_FILES: readonly string[] = ["passwd", "group"];
+
+/** Removes a relay directory, its socket and extra files, whoever made them; "already gone" is not an error. */
 export async function removeRelayDir(dir: string): Promise<void> {
   await unlink(join(dir, RELAY_SOCKET_NAME)).catch(ignoreMissing);
+  for (const name of RELAY_DIR_EXTRA_FILES) await unlink(join(dir, name)).catch(ignoreMissing);
   await rmdir(dir).catch(ignoreMissing);
 }
 
