@@ -97,17 +97,20 @@ describe("apt sources", () => {
 
 describe("mmdebstrap command line", () => {
   const mirrors = ["deb http://deb.debian.org/debian bookworm main"];
-  test("as root: mode root inside private mount and pid namespaces", () => {
-    const argv = mmdebstrapArgv({ suite: "bookworm", packages: ["busybox", "python3"], outputTar: "/s/out.tar", mirrors, asRoot: true });
-    assert.deepEqual(argv.slice(0, 9), ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--", "mmdebstrap"]);
-    assert.ok(argv.includes("--mode=root"));
+  test("always mode unshare, never mode root; proxy and kept archives when asked", () => {
+    const argv = mmdebstrapArgv({ suite: "bookworm", packages: ["busybox", "python3"], outputTar: "/s/out.tar", mirrors, proxyUrl: "http://127.0.0.1:3142", keepDebsDir: "/b/debs" });
+    assert.equal(argv[0], "mmdebstrap");
+    assert.ok(argv.includes("--mode=unshare"));
+    assert.ok(!argv.some((a) => a.includes("--mode=root")));
+    assert.ok(argv.includes('--aptopt=Acquire::http::Proxy "http://127.0.0.1:3142"'));
+    assert.ok(argv.includes("--customize-hook=sync-out /var/cache/apt/archives /b/debs"));
     assert.ok(argv.includes("--variant=minbase"));
     assert.ok(argv.includes("--format=tar"));
     assert.ok(argv.includes("--include=busybox,python3"));
     assert.deepEqual(argv.slice(-3), ["bookworm", "/s/out.tar", mirrors[0]]);
   });
-  test("unprivileged: mode unshare, no wrapper, no --include without packages", () => {
-    const argv = mmdebstrapArgv({ suite: "bookworm", packages: [], outputTar: "/s/out.tar", mirrors, asRoot: false });
+  test("no proxy, no kept archives, no --include without packages", () => {
+    const argv = mmdebstrapArgv({ suite: "bookworm", packages: [], outputTar: "/s/out.tar", mirrors });
     assert.equal(argv[0], "mmdebstrap");
     assert.ok(argv.includes("--mode=unshare"));
     assert.ok(!argv.some((a) => a.startsWith("--include")));
