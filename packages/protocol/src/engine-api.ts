@@ -20,6 +20,7 @@ import type { NetworkPolicyJson } from "./network-policy.js";
 import type { SignedPlan } from "./plan.js";
 import type { ForkApiRequest, SnapshotApiRequest, SnapshotInfo } from "./snapshot-api.js";
 import type { WarmPoolInfo, WarmPoolRequest } from "./pool-api.js";
+import type { ImageInspect } from "./image-provenance.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -206,6 +207,12 @@ export interface EngineApi {
     options?: CallOptions & { onProgress?: (event: ProgressEvent) => void },
   ): Promise<ImageInfo>;
   removeImage(ref: string, options?: CallOptions): Promise<void>;
+  /**
+   * One stored image in full: its record, where it came from and its build provenance, whose
+   * signature and image digest are checked on every call (`provenance.status`).
+   * @throws NotFoundError when nothing is stored under `ref`.
+   */
+  inspectImage(ref: string, options?: CallOptions): Promise<ImageInspect>;
 
   /** Releases the client (SDK) or stops the engine and kills its sandboxes (embedded). */
   close(): Promise<void>;

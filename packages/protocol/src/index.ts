@@ -41,3 +41,4 @@ export * from "./fn.js";
 export { FnCodecError, asCallPayload, decodeFnValue, encodeFnValue, scanMsgpack } from "./fn-codec.js";
 export type { FnCodecFault, FnCodecLimits } from "./fn-codec.js";
 export * from "./pool-api.js";
+export * from "./image-provenance.js";

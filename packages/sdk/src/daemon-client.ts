@@ -21,6 +21,7 @@ import {
   type FileReadStream,
   type HealthInfo,
   type ImageInfo,
+  type ImageInspect,
   type KillSignal,
   type PauseApiRequest,
   type NetworkEventsPage,
@@ -402,6 +403,10 @@ export class DaemonClient implements EngineApi {
   ): Promise<ImageInfo> {
     const call = { method: "POST", path: "/v1/images/import", ...jsonBody({ path, name }) } as const;
     return this.#progressStream("importImage", options, call, wire.BuildStreamLine, (line) => (line as { image: ImageInfo }).image);
+  }
+
+  inspectImage(ref: string, options?: CallOptions): Promise<ImageInspect> {
+    return this.#json<ImageInspect>("inspectImage", options, { method: "GET", path: `/v1/images/inspect?${new URLSearchParams({ ref })}` }, wire.ImageInspectSchema);
   }
 
   removeImage(ref: string, options?: CallOptions): Promise<void> {

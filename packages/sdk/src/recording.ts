@@ -30,6 +30,7 @@ import {
   type FileReadStream,
   type HealthInfo,
   type ImageInfo,
+  type ImageInspect,
   type NetworkEventsPage,
   type NetworkPolicyJson,
   type ProcessInfo,
@@ -414,6 +415,10 @@ export class RecordingEngine implements EngineApi {
 
   async removeImage(): Promise<void> {
     throw new UnsupportedCapabilityError(`${REFUSED}: no image is removed`);
+  }
+
+  async inspectImage(): Promise<ImageInspect> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no image is inspected`);
   }
 
   async close(): Promise<void> {}

@@ -8,7 +8,7 @@ import { createCommand } from "./create.js";
 import { daemonCommand } from "./daemon.js";
 import { doctorCommand } from "./doctor.js";
 import { execCommand } from "./exec.js";
-import { imageBuildCommand, imageImportCommand, imageLsCommand, imageRmCommand } from "./image.js";
+import { imageBuildCommand, imageImportCommand, imageInspectCommand, imageLsCommand, imageRmCommand } from "./image.js";
 import { killCommand } from "./kill.js";
 import { pauseCommand, resumeCommand } from "./pause.js";
 import { forkCommand, snapshotCreateCommand, snapshotInspectCommand, snapshotLsCommand, snapshotRmCommand } from "./snapshot.js";
@@ -49,6 +49,7 @@ export const COMMANDS: readonly Command[] = [
   imageImportCommand,
   imageLsCommand,
   imageRmCommand,
+  imageInspectCommand,
   auditVerifyCommand,
   auditTailCommand,
   auditShowCommand,

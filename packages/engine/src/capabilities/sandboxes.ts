@@ -30,6 +30,7 @@ import {
 import { callSignal } from "../_internal/signals.js";
 import { DEFAULT_PLAN_VALIDITY_MS, type AdmittedRecord } from "../admission/gate.js";
 import { irFromCreateRequest } from "../admission/ir.js";
+import { verifyProvenance } from "../images/provenance.js";
 import { sha256Hex, type AuditEvent } from "../audit/entry.js";
 import type { Backend, ProbeResult, RestoreSpec } from "../backends/types.js";
 import { checkTier, chooseBackend, strictestMinimum } from "../backend-choice.js";
@@ -144,9 +145,16 @@ async function prepare(core: EngineCore,
   const ttlSeconds = req.ttlSeconds ?? core.options.defaultTtlSeconds ?? 600;
   const workMiB = req.workMiB ?? core.options.defaultWorkMiB ?? 1024;
   // The IR records what is enforced: limits and sizes after defaults, the tier of the backend chosen.
+  // A build provenance record that does not verify is left out; a policy requiring one refuses then.
+  const provenance = await verifyProvenance(core.stateDir, image.digest, { imagesDir: core.options.images.root, publicKey: core.gate.publicKey, checkManifest: false }).catch(() => undefined);
   const ir = irFromCreateRequest(
     { ...req, resources, workMiB, ttlSeconds },
-    { imageDigest: image.digest, requiredTier: probe.tier, ...(from !== undefined ? { fromSnapshot: from.digest } : {}) },
+    {
+      imageDigest: image.digest,
+      requiredTier: probe.tier,
+      ...(from !== undefined ? { fromSnapshot: from.digest } : {}),
+      ...(provenance !== undefined ? { imageProvenance: provenance.digest } : {}),
+    },
   );
   return { backend, probe, resources, imageRef, image, ttlSeconds, workMiB, ir };
 }

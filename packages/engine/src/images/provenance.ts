@@ -16,14 +16,27 @@
 import { createHash, sign, verify, type KeyObject } from "node:crypto";
 import { join } from "node:path";
 import { z } from "zod";
-import { AdmissionError, InvalidArgumentError, NotFoundError, Sha256DigestSchema, canonicalJson, parseJsonStrict, type Sha256Digest } from "@mvm/protocol";
+import {
+  AdmissionError,
+  BuildProvenanceSchema,
+  IMAGE_PROVENANCE_VERSION,
+  InstalledPackage,
+  InvalidArgumentError,
+  MAX_PROVENANCE_PACKAGES,
+  NotFoundError,
+  Sha256DigestSchema,
+  canonicalJson,
+  parseJsonStrict,
+  type BuildProvenance,
+  type Sha256Digest,
+} from "@mvm/protocol";
 import { keyIdOf } from "../admission/plan.js";
 import { hostKeyPath, loadHostKey } from "../audit/keys.js";
 import { readSmallFile, writeFileAtomic } from "../store/atomic.js";
 import { digestOf } from "./digest.js";
 import { isSha256Digest, quote } from "./ref.js";
 
-export const PROVENANCE_VERSION = 1;
+export const PROVENANCE_VERSION = IMAGE_PROVENANCE_VERSION;
 /** Bytes signed = this prefix + canonical JSON of the provenance. */
 export const PROVENANCE_SIGNATURE_DOMAIN = "mvm.image-provenance.v1\n";
 export const PROVENANCE_FILE = "provenance.json";
@@ -31,36 +44,13 @@ export const PROVENANCE_FILE = "provenance.json";
 export const MAX_PROVENANCE_BYTES = 4 * 1024 * 1024;
 /** Largest dpkg status database read from a built tree, in bytes. */
 export const MAX_DPKG_STATUS_BYTES = 32 * 1024 * 1024;
+/** Largest image manifest read to check it against its digest, in bytes. */
+const MAX_MANIFEST_BYTES = 512 * 1024 * 1024;
 /** Most installed packages recorded. */
-export const MAX_INSTALLED_PACKAGES = 20_000;
+export const MAX_INSTALLED_PACKAGES = MAX_PROVENANCE_PACKAGES;
 
-const PackageName = z.string().regex(/^[a-z0-9][a-z0-9+.-]{0,99}$/);
-const DebVersion = z.string().regex(/^[A-Za-z0-9.+~:-]{1,128}$/);
-const Arch = z.string().regex(/^[a-z0-9-]{1,32}$/);
-const Printable = (max: number) => z.string().min(1).max(max).regex(/^[\x20-\x7e]+$/);
-
-export const InstalledPackage = z.strictObject({ package: PackageName, version: DebVersion, architecture: Arch });
-export type InstalledPackage = z.infer<typeof InstalledPackage>;
-
-export const BuildProvenanceSchema = z.strictObject({
-  version: z.literal(PROVENANCE_VERSION),
-  /** The image this build produced. */
-  imageDigest: Sha256DigestSchema,
-  /** The canonical reference built, e.g. `debian:bookworm+python3`. */
-  ref: Printable(600),
-  suite: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/),
-  /** Packages the reference asked for, sorted. */
-  packages: z.array(PackageName).max(64),
-  /** Every package installed in the image, with the version the mirror served, sorted by name. */
-  installed: z.array(InstalledPackage).max(MAX_INSTALLED_PACKAGES),
-  /** The apt lines mmdebstrap was given. */
-  mirrors: z.array(Printable(1024)).min(1).max(16),
-  sourceDateEpoch: z.number().int().nonnegative(),
-  mmdebstrap: z.strictObject({ version: Printable(64), variant: z.literal("minbase"), mode: z.literal("unshare") }),
-  /** Who ran the build: the build user in the builder boundary, or the engine's own unprivileged uid. */
-  builder: z.strictObject({ boundary: z.enum(["netns-unshare", "none"]), user: Printable(64), uid: z.number().int().min(1) }),
-});
-export type BuildProvenance = z.infer<typeof BuildProvenanceSchema>;
+export { BuildProvenanceSchema, InstalledPackage };
+export type { BuildProvenance };
 
 const ProvenanceFileSchema = z.strictObject({
   provenance: z.unknown(),
@@ -166,13 +156,15 @@ export interface VerifyProvenanceOptions {
   imagesDir?: string;
   /** Key to check the signature with. @default the host key in `<stateDir>/keys` */
   publicKey?: KeyObject;
+  /** Re-hash the stored manifest against `imageDigest`. @default true */
+  checkManifest?: boolean;
 }
 
 /**
  * Checks that image `imageDigest` in a state directory's image store was built here: its
  * provenance record exists, is well formed, is signed by the host key, names this image, and the
- * image's stored manifest still hashes to `imageDigest`. (Recomputing the tree itself is
- * `ImageStore.verify`.)
+ * image's stored manifest still hashes to `imageDigest` (unless `checkManifest` is false).
+ * Recomputing the tree itself is `ImageStore.verify`.
  * @returns the verified record and its digest.
  * @throws InvalidArgumentError for a malformed digest; NotFoundError when the image or its
  *   provenance record is not there (imported images have none); AdmissionError when the record
@@ -182,11 +174,13 @@ export interface VerifyProvenanceOptions {
 export async function verifyProvenance(stateDir: string, imageDigest: string, options: VerifyProvenanceOptions = {}): Promise<VerifiedProvenance> {
   if (!isSha256Digest(imageDigest)) throw new InvalidArgumentError(`Invalid image digest ${quote(imageDigest)}: expected "sha256:" and 64 lowercase hex digits`);
   const blobDir = join(options.imagesDir ?? join(stateDir, "images"), "blobs", "sha256", imageDigest.slice("sha256:".length));
-  const manifest = await readSmallFile(join(blobDir, "manifest.json"), 1024 * 1024 * 1024).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === "ENOENT") throw new NotFoundError(`Image ${imageDigest} not found`);
-    throw err;
-  });
-  if (digestOf(manifest) !== imageDigest) throw new AdmissionError(`Image ${imageDigest}: its stored manifest no longer hashes to its digest`);
+  if (options.checkManifest !== false) {
+    const manifest = await readSmallFile(join(blobDir, "manifest.json"), MAX_MANIFEST_BYTES).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") throw new NotFoundError(`Image ${imageDigest} not found`);
+      throw err;
+    });
+    if (digestOf(manifest) !== imageDigest) throw new AdmissionError(`Image ${imageDigest}: its stored manifest no longer hashes to its digest`);
+  }
   const bytes = await readSmallFile(join(blobDir, PROVENANCE_FILE), MAX_PROVENANCE_BYTES).catch((err: NodeJS.ErrnoException) => {
     if (err.code === "ENOENT") {
       throw new NotFoundError(`Image ${imageDigest} has no provenance record`, { hint: "only images built on this host (mvmctl image build) have one" });
