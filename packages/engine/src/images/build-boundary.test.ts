@@ -14,6 +14,8 @@ import { buildPolicy, mirrorEndpoints } from "./builder.js";
 import { findBuildUser } from "./build-user.js";
 import { PROVENANCE_FILE, verifyProvenance } from "./provenance.js";
 import { ImageStore } from "./store.js";
+import { inspectImage } from "../capabilities/images.js";
+import type { EngineCore } from "../capabilities/core.js";
 
 const isRoot = process.getuid?.() === 0;
 
@@ -145,10 +147,17 @@ describe("real builds in the builder boundary", { skip: isRoot ? false : "needs 
     assert.equal(rebuilt.digest, rec.digest, "two builds of one reference from one mirror state give one digest");
     assert.equal((await verifyProvenance(root, rec.digest)).digest, checked.digest, "and one provenance record");
 
+    const core = { stateDir: root, options: { images: store } } as unknown as EngineCore;
+    const inspected = await inspectImage(core, "debian:bookworm+mvm-probe");
+    assert.equal(inspected.provenance.status, "verified");
+    assert.equal(inspected.provenance.status === "verified" && inspected.provenance.digest, checked.digest);
+
     const file = join(root, "images/blobs/sha256", rec.digest.slice(7), PROVENANCE_FILE);
     const original = await readFile(file, "utf8");
     await writeFile(file, original.replace('"version":"1.0"', '"version":"1.1"'));
     await assert.rejects(verifyProvenance(root, rec.digest), (err: unknown) => err instanceof AdmissionError && /bad signature/.test(err.message));
+    const tampered = await inspectImage(core, rec.digest);
+    assert.equal(tampered.provenance.status, "invalid");
     await writeFile(file, original);
     await assert.rejects(verifyProvenance(root, `sha256:${"0".repeat(64)}`), NotFoundError);
 
