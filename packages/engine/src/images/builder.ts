@@ -122,6 +122,7 @@ export class BuildBoundary implements AsyncDisposable {
     const { user } = options;
     const buildDir = await mkdtemp(join(options.buildRoot ?? "/var/tmp", "mvm-build-"));
     let server: Server | undefined;
+    let gateway: EgressGateway | undefined;
     try {
       // `tmp/` becomes the build's /tmp (mmdebstrap makes its chroot there, partly from inside its
       // user namespace): sticky and world-writable like /tmp, reachable only through the 0711 dir.
@@ -130,7 +131,7 @@ export class BuildBoundary implements AsyncDisposable {
       await chown(buildDir, user.uid, user.gid);
       await chmod(buildDir, 0o711);
       const policy = buildPolicy(options.mirrorLines);
-      const gateway = new EgressGateway({
+      gateway = new EgressGateway({
         resolver: new EgressResolver(),
         ...(options.testAllowance ? { testAllowance: options.testAllowance } : {}),
         ...(options.mirrorAddresses ? { vouchedAddresses: options.mirrorAddresses } : {}),
@@ -149,16 +150,18 @@ export class BuildBoundary implements AsyncDisposable {
         },
       };
       const socketPath = join(buildDir, "proxy.sock");
-      server = createServer((conn) => gateway.handle(conn, sandbox));
+      const gw = gateway;
+      server = createServer((conn) => gw.handle(conn, sandbox));
       await new Promise<void>((resolve, reject) => {
         server?.once("error", reject);
         server?.listen(socketPath, () => resolve());
       });
       await chown(socketPath, user.uid, user.gid);
       const hidden = await hiddenPaths([resolvePath(options.stateDir), ...HIDDEN_HOST_PATHS], [buildDir, PROXY_JS, process.execPath]);
-      return new BuildBoundary(buildDir, server, gateway, hidden, user, denied);
+      return new BuildBoundary(buildDir, server, gw, hidden, user, denied);
     } catch (err) {
       server?.close();
+      await gateway?.close();
       await rm(buildDir, { recursive: true, force: true });
       throw err;
     }
@@ -208,8 +211,9 @@ export class BuildBoundary implements AsyncDisposable {
 
   /** Stops the gateway and removes the build dir. */
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     await this.#gateway.close();
+    await closed;
     await rm(this.buildDir, { recursive: true, force: true });
   }
 }
