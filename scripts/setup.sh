@@ -57,10 +57,33 @@ if [ -c /dev/kvm ] && { [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd
   chmod 0660 /dev/kvm
 fi
 
+# Debian image builds run as this unprivileged user (mmdebstrap --mode=unshare), never as root.
+# It needs subordinate uid and gid ranges of 65536 ids that overlap no other user's.
+BUILD_USER=mvm-build
+if ! getent passwd "$BUILD_USER" >/dev/null; then
+  echo "==> creating the image build user ($BUILD_USER)"
+  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$BUILD_USER"
+fi
+for f in /etc/subuid /etc/subgid; do
+  touch "$f"
+  if ! awk -F: -v u="$BUILD_USER" '$1 == u && $3 >= 65536 { found = 1 } END { exit !found }' "$f"; then
+    start=$(awk -F: 'BEGIN { m = 100000 } NF == 3 && $2 + $3 > m { m = $2 + $3 } END { print m }' /etc/subuid /etc/subgid)
+    echo "==> giving $BUILD_USER the ids $start-$((start + 65535)) in $f"
+    if [ "$f" = /etc/subuid ]; then usermod --add-subuids "$start-$((start + 65535))" "$BUILD_USER"; else usermod --add-subgids "$start-$((start + 65535))" "$BUILD_USER"; fi
+  fi
+done
+
 echo "==> checking the host"
 mvmctl doctor || true
-echo "==> building the default image (debian:bookworm+python3)"
-mvmctl image build debian:bookworm+python3
+echo "==> building the default image (debian:bookworm+python3), keeping its .deb files for the build tests"
+force=()
+[ -n "$(ls /var/cache/mvm/debs 2>/dev/null)" ] || force=(--force)
+# Builds reach the mirror only through the egress gateway, whose address floor refuses private and
+# special addresses. A mirror this host reaches on such an address (a LAN apt cache, or a name
+# /etc/hosts pins) is vouched for here, by the addresses this host resolves its mirror hosts to.
+mirror_hosts=$(grep -rhoE 'https?://[A-Za-z0-9.-]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | sed -E 's#https?://##' | sort -u || true)
+vouched=$(for h in $mirror_hosts; do getent ahosts "$h" | awk '{ print $1 }'; done | sort -u | paste -sd, -)
+MVM_BUILD_MIRROR_ADDRESSES="$vouched" MVM_KEEP_DEBS_DIR=/var/cache/mvm/debs mvmctl image build "${force[@]}" debian:bookworm+python3
 echo "==> running a sandbox on the container tier"
 MVM_ACK_CONTAINER_TIER=1 mvmctl run --backend namespace -- python3 -c 'import os, platform; print("hello from sandbox, uid", os.getuid(), "kernel", platform.release())'
 echo "==> running a sandbox on the default tier (the first VM sandbox fetches the guest kernel and saves a booted VM)"

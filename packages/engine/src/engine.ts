@@ -24,6 +24,7 @@ import {
   type ForkApiRequest,
   type HealthInfo,
   type ImageInfo,
+  type ImageInspect,
   type KillSignal,
   type MvmError,
   type NetworkEventsPage,
@@ -437,6 +438,9 @@ export class Engine implements EngineApi {
   }
   removeImage(ref: string): Promise<void> {
     return images.removeImage(this.#core, ref);
+  }
+  inspectImage(ref: string): Promise<ImageInspect> {
+    return images.inspectImage(this.#core, ref);
   }
 
   /** Kills every sandbox of this engine and releases their resources. */

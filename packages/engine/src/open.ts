@@ -143,7 +143,14 @@ export async function openEngine(options: OpenEngineOptions = {}): Promise<Engin
   );
   const minimumTier = configuredMinimumTier(options.minimumTier);
   await mkdir(stateDir, { recursive: true, mode: 0o711 });
-  const images = await ImageStore.open(options.imagesDir ?? process.env["MVM_IMAGES_DIR"] ?? join(stateDir, "images"));
+  const keepDebsDir = process.env["MVM_KEEP_DEBS_DIR"];
+  const mirrorAddresses = (process.env["MVM_BUILD_MIRROR_ADDRESSES"] ?? "").split(",").map((a) => a.trim()).filter(Boolean);
+  // Builds sign provenance with this state dir's host key, and never see this state dir.
+  const images = await ImageStore.open(options.imagesDir ?? process.env["MVM_IMAGES_DIR"] ?? join(stateDir, "images"), {
+    stateDir,
+    ...(keepDebsDir ? { keepDebsDir } : {}),
+    ...(mirrorAddresses.length > 0 ? { buildMirrorAddresses: mirrorAddresses } : {}),
+  });
   const runtime = await assembleAgentRuntime({
     agentBundlePath: options.agentBundlePath ?? defaultAgentBundlePath(),
     outRoot: join(stateDir, "runtime"),

@@ -24,6 +24,7 @@ import type { WarmPoolInfo, WarmPoolRequest } from "./pool-api.js";
 import type { BundlePullInfo, BundlePushInfo, PullBundleRequest, PushBundleRequest } from "./bundle-api.js";
 import type { TreeOptions, TreeWriteResult } from "./tree-api.js";
 import type { LogSource, SandboxLogs } from "./logs-api.js";
+import type { ImageInspect } from "./image-provenance.js";
 
 export interface CallOptions {
   /** Cancels the call. Aborting an exec that is not `background` kills the process. */
@@ -282,6 +283,12 @@ export interface EngineApi {
    * @example const img = await engine.pullImage("registry.example:5000/team/app:1.0");
    */
   pullImage(reference: string, options?: CallOptions & { onProgress?: (event: ProgressEvent) => void }): Promise<ImageInfo>;
+  /**
+   * One stored image in full: its record, where it came from and its build provenance, whose
+   * signature and image digest are checked on every call (`provenance.status`).
+   * @throws NotFoundError when nothing is stored under `ref`.
+   */
+  inspectImage(ref: string, options?: CallOptions): Promise<ImageInspect>;
 
   /** Releases the client (SDK) or stops the engine and kills its sandboxes (embedded). */
   close(): Promise<void>;

@@ -49,3 +49,4 @@ export type { TarEntry, TarEntryType, TarLimits, TarReadEntry } from "./tar.js";
 export { TreeWriteResult, treeLimits } from "./tree-api.js";
 export type { TreeOptions } from "./tree-api.js";
 export { LogSource, MAX_LOG_LINES, MAX_LOG_LINE_CHARS, SandboxLogLine, SandboxLogs } from "./logs-api.js";
+export * from "./image-provenance.js";

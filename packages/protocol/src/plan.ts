@@ -111,6 +111,11 @@ export const WorkloadIR = z
     fromSnapshot: Sha256DigestSchema.optional(),
     /** The function the sandbox serves, when it is a function's sandbox. */
     function: FunctionSpec.optional(),
+    /**
+     * The image's build provenance, when it has a record signed by this host: the sha256 of the
+     * record's canonical JSON (see docs/BUILDS.md). Absent: an imported image, or no valid record.
+     */
+    imageProvenance: Sha256DigestSchema.optional(),
   })
   .check(
     z.refine((ir) => ir.envNames.every((n, i) => i === 0 || ir.envNames[i - 1]! < n), {

@@ -21,6 +21,7 @@ import {
   type FileReadStream,
   type HealthInfo,
   type ImageInfo,
+  type ImageInspect,
   type KillSignal,
   type PauseApiRequest,
   type NetworkEventsPage,
@@ -515,6 +516,10 @@ export class DaemonClient implements EngineApi {
   pullImage(reference: string, options: CallOptions & { onProgress?: (event: ProgressEvent) => void } = {}): Promise<ImageInfo> {
     const call = { method: "POST", path: "/v1/images/pull", ...jsonBody({ reference }) } as const;
     return this.#progressStream("pullImage", options, call, wire.BuildStreamLine, (line) => (line as { image: ImageInfo }).image);
+  }
+
+  inspectImage(ref: string, options?: CallOptions): Promise<ImageInspect> {
+    return this.#json<ImageInspect>("inspectImage", options, { method: "GET", path: `/v1/images/inspect?${new URLSearchParams({ ref })}` }, wire.ImageInspectSchema);
   }
 
   removeImage(ref: string, options?: CallOptions): Promise<void> {

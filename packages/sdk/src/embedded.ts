@@ -21,6 +21,7 @@ import {
   type FileReadStream,
   type HealthInfo,
   type ImageInfo,
+  type ImageInspect,
   type KillSignal,
   type PauseApiRequest,
   type ProcessInfo,
@@ -280,6 +281,9 @@ export class EmbeddedEngine implements EngineApi {
   }
   removeImage(ref: string, options?: CallOptions): Promise<void> {
     return this.#engine.removeImage(ref, options);
+  }
+  inspectImage(ref: string, options?: CallOptions): Promise<ImageInspect> {
+    return this.#engine.inspectImage(ref, options);
   }
 
   /** Stops the engine and kills its sandboxes. The next embedded connection opens a new engine. Idempotent. */

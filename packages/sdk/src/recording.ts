@@ -38,6 +38,7 @@ import {
   type FileReadStream,
   type HealthInfo,
   type ImageInfo,
+  type ImageInspect,
   type NetworkEventsPage,
   type NetworkPolicyJson,
   type ProcessInfo,
@@ -486,6 +487,10 @@ export class RecordingEngine implements EngineApi {
 
   async pullBundle(): Promise<BundlePullInfo> {
     throw new UnsupportedCapabilityError(`${REFUSED}: no bundle is pulled`);
+  }
+
+  async inspectImage(): Promise<ImageInspect> {
+    throw new UnsupportedCapabilityError(`${REFUSED}: no image is inspected`);
   }
 
   async close(): Promise<void> {}

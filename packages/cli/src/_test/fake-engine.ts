@@ -21,6 +21,7 @@ import {
   type FileReadStream,
   type HealthInfo,
   type ImageInfo,
+  type ImageInspect,
   type KillSignal,
   type ProcessInfo,
   type PtySize,
@@ -441,6 +442,32 @@ export class FakeEngine implements EngineApi {
 
   async removeImage(ref: string): Promise<void> {
     this.calls.push(`removeImage ${ref}`);
+  }
+  async inspectImage(ref: string): Promise<ImageInspect> {
+    this.calls.push(`inspectImage ${ref}`);
+    const image = this.images.find((i) => i.refs.includes(ref) || i.digest === ref);
+    if (!image) throw new NotFoundError(`Image "${ref}" not found`);
+    return {
+      ...image,
+      source: { kind: "debian", detail: "mmdebstrap --variant=minbase --mode=unshare bookworm +python3" },
+      provenance: {
+        status: "verified",
+        digest: `sha256:${"b".repeat(64)}`,
+        keyId: `sha256:${"c".repeat(64)}`,
+        record: {
+          version: 1,
+          imageDigest: image.digest,
+          ref: "debian:bookworm+python3",
+          suite: "bookworm",
+          packages: ["python3"],
+          installed: [{ package: "python3", version: "3.11.2-1+b1", architecture: "amd64" }],
+          mirrors: ["deb http://deb.debian.org/debian bookworm main"],
+          sourceDateEpoch: 1686355200,
+          mmdebstrap: { version: "1.3.5", variant: "minbase", mode: "unshare" },
+          builder: { boundary: "netns-unshare", user: "mvm-build", uid: 999 },
+        },
+      },
+    };
   }
   async close(): Promise<void> {
     this.closed = true;

@@ -141,3 +141,44 @@ export const imageRmCommand = defineCommand<{ ref: string }>({
     });
   },
 });
+
+export const imageInspectCommand = defineCommand<{ ref: string }>({
+  name: "image inspect",
+  summary: "Show an image, where it came from and its build provenance (signature checked)",
+  usage: "REF",
+  details:
+    "Built images carry a provenance record signed with the host key: suite, requested and installed packages with their versions, mirror, SOURCE_DATE_EPOCH, mmdebstrap version, who built it, and the image digest. Its signature and digest are checked on every call. With --json the whole inspection is printed. Exit status 1 when the record does not check out.",
+  flags: {},
+  positionals: { min: 1, max: 1 },
+  connection: "auto",
+  parse: (raw) => ({ ref: imageRefArg(raw.positionals[0] ?? "") }),
+  async run(ctx, { ref }) {
+    return withEngine(ctx, async (engine) => {
+      const image = await engine.inspectImage(ref, { signal: ctx.signal });
+      ctx.out.jsonResult(image);
+      const lines = [
+        `digest:     ${image.digest}`,
+        `refs:       ${image.refs.join(", ") || "-"}`,
+        `size:       ${formatBytes(image.sizeBytes)}`,
+        `created:    ${image.createdAt}`,
+        `source:     ${image.source.kind}: ${image.source.detail}`,
+      ];
+      const p = image.provenance;
+      if (p.status === "none") lines.push("provenance: none (not built on this host)");
+      else if (p.status === "invalid") lines.push(`provenance: INVALID: ${p.reason}`);
+      else {
+        const r = p.record;
+        lines.push(
+          `provenance: ${p.digest} (signature verified, key ${p.keyId.slice(0, "sha256:".length + 16)}…)`,
+          `  built:    ${r.ref} from suite ${r.suite}, SOURCE_DATE_EPOCH=${r.sourceDateEpoch}, mmdebstrap ${r.mmdebstrap.version} (--mode=${r.mmdebstrap.mode})`,
+          `  builder:  ${r.builder.user} (uid ${r.builder.uid}), boundary ${r.builder.boundary}`,
+          ...r.mirrors.map((m) => `  mirror:   ${m}`),
+          `  packages: ${r.installed.length} installed`,
+          ...r.installed.map((i) => `    ${i.package} ${i.version} ${i.architecture}`),
+        );
+      }
+      ctx.out.human(`${lines.join("\n")}\n`);
+      return p.status === "invalid" ? 1 : 0;
+    });
+  },
+});

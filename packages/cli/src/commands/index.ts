@@ -8,7 +8,7 @@ import { createCommand } from "./create.js";
 import { daemonCommand } from "./daemon.js";
 import { doctorCommand } from "./doctor.js";
 import { execCommand } from "./exec.js";
-import { imageBuildCommand, imageImportCommand, imageLsCommand, imagePullCommand, imageRmCommand } from "./image.js";
+import { imageBuildCommand, imageImportCommand, imageInspectCommand, imageLsCommand, imagePullCommand, imageRmCommand } from "./image.js";
 import { killCommand } from "./kill.js";
 import { pauseCommand, resumeCommand } from "./pause.js";
 import { forkCommand, snapshotCreateCommand, snapshotInspectCommand, snapshotLsCommand, snapshotRmCommand } from "./snapshot.js";
@@ -61,6 +61,7 @@ export const COMMANDS: readonly Command[] = [
   imagePullCommand,
   imageLsCommand,
   imageRmCommand,
+  imageInspectCommand,
   auditVerifyCommand,
   auditTailCommand,
   auditShowCommand,

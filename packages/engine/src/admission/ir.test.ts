@@ -105,3 +105,13 @@ describe("workload IR", () => {
     );
   });
 });
+
+describe("workload IR image provenance", () => {
+  it("names the image's provenance digest when given one, and nothing otherwise", () => {
+    const provenance = `sha256:${"e".repeat(64)}`;
+    const ir = irFromCreateRequest({ image: "debian:bookworm", ttlSeconds: 600 }, { imageDigest: DIGEST_A, imageProvenance: provenance });
+    assert.equal(ir.imageProvenance, provenance);
+    assert.equal(irFromCreateRequest({ image: "debian:bookworm", ttlSeconds: 600 }, { imageDigest: DIGEST_A }).imageProvenance, undefined);
+    assert.throws(() => parseWorkloadIR({ ...ir, imageProvenance: "sha256:nothex" }), InvalidArgumentError);
+  });
+});

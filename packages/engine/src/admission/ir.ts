@@ -43,6 +43,8 @@ export interface IrFromCreateOptions {
   defaultTtlSeconds?: number;
   /** The digest of the snapshot the workload starts from (its manifest's sha256), when it does. */
   fromSnapshot?: string;
+  /** The digest of the image's verified build provenance record, when it has one. */
+  imageProvenance?: string;
 }
 
 /**
@@ -78,6 +80,7 @@ export function irFromCreateRequest(request: CreateSandboxRequest, options: IrFr
     requiredTier,
     intent: options.intent ?? request.intent ?? DEFAULT_INTENT,
     ...(options.fromSnapshot !== undefined ? { fromSnapshot: options.fromSnapshot } : {}),
+    ...(options.imageProvenance !== undefined ? { imageProvenance: options.imageProvenance } : {}),
     ...(request.function !== undefined ? { function: request.function } : {}),
   });
 }

@@ -43,12 +43,15 @@ export async function applyImageDefaults(imageRef: string, image: ImageRecord, r
   return { env, info };
 }
 
-/** The facts the policy's image rules judge. No image has a verified provenance record yet. */
-export function imageFacts(ref: string, image: ImageRecord): ImageFacts {
+/**
+ * The facts the policy's image rules judge; `provenanceVerified` is whether the image's build
+ * provenance record verified against the host key (images/provenance.ts `verifyProvenance`).
+ */
+export function imageFacts(ref: string, image: ImageRecord, provenanceVerified: boolean): ImageFacts {
   const reference = image.oci?.reference;
   // Only a pull records a reference, and it always starts with its registry host.
   const registry = reference !== undefined ? reference.slice(0, reference.indexOf("/")) : undefined;
-  return { ref, ...(registry ? { registry } : {}), provenanceVerified: false };
+  return { ref, ...(registry ? { registry } : {}), provenanceVerified };
 }
 
 /**

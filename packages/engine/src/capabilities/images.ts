@@ -1,6 +1,7 @@
 /** Images: list, build, import, remove. */
 import { stat } from "node:fs/promises";
-import { ImportImageApiRequest, PullImageApiRequest, NotFoundError, type CallOptions, type Sha256Digest, type ImageInfo, type ProgressEvent } from "@mvm/protocol";
+import { ImportImageApiRequest, PullImageApiRequest, MvmError, NotFoundError, type CallOptions, type Sha256Digest, type ImageInfo, type ImageInspect, type ImageProvenanceStatus, type ProgressEvent } from "@mvm/protocol";
+import { verifyProvenance } from "../images/provenance.js";
 import { callSignal } from "../_internal/signals.js";
 import { parse, type EngineCore } from "./core.js";
 import type { ImageRecord } from "../images/store.js";
@@ -53,6 +54,21 @@ export async function removeImage(core: EngineCore, ref: string): Promise<void> 
   await core.options.images.remove(ref);
 }
 
+export async function inspectImage(core: EngineCore, ref: string): Promise<ImageInspect> {
+  const images = core.options.images;
+  const rec = await images.resolve(ref);
+  if (!rec) throw new NotFoundError(`Image ${JSON.stringify(ref.slice(0, 200))} not found`, { hint: "list stored images with: mvmctl image ls" });
+  let provenance: ImageProvenanceStatus;
+  try {
+    const checked = await verifyProvenance(core.stateDir, rec.digest, { imagesDir: images.root });
+    provenance = { status: "verified", digest: checked.digest, keyId: checked.keyId, record: checked.provenance };
+  } catch (err) {
+    if (err instanceof NotFoundError) provenance = { status: "none" };
+    else if (err instanceof MvmError) provenance = { status: "invalid", reason: err.message.slice(0, 1024) };
+    else throw err;
+  }
+  return { ...toImageInfo(rec), source: rec.source, provenance };
+}
 
 function toImageInfo(rec: ImageRecord): ImageInfo {
   const info: ImageInfo = { digest: rec.digest, refs: rec.refs, sizeBytes: rec.sizeBytes, createdAt: rec.createdAt };

@@ -32,6 +32,7 @@ import {
 import { callSignal } from "../_internal/signals.js";
 import { DEFAULT_PLAN_VALIDITY_MS, type AdmittedRecord } from "../admission/gate.js";
 import { irFromCreateRequest } from "../admission/ir.js";
+import { verifyProvenance } from "../images/provenance.js";
 import { sha256Hex, type AuditEvent } from "../audit/entry.js";
 import type { Backend, ProbeResult, RestoreSpec } from "../backends/types.js";
 import { checkTier, chooseBackend, strictestMinimum } from "../backend-choice.js";
@@ -146,14 +147,22 @@ async function prepare(core: EngineCore,
     ...(options.signal ? { signal: options.signal } : {}),
   });
   options.signal?.throwIfAborted();
-  await checkImagePolicy(core, imageFacts(imageRef, image));
+  // A build provenance record that does not verify is left out of the IR, and counts as none for
+  // a policy that requires one.
+  const provenance = await verifyProvenance(core.stateDir, image.digest, { imagesDir: core.options.images.root, publicKey: core.gate.publicKey, checkManifest: false }).catch(() => undefined);
+  await checkImagePolicy(core, imageFacts(imageRef, image, provenance !== undefined));
   const applied = await applyImageDefaults(imageRef, image, req.env);
   const ttlSeconds = req.ttlSeconds ?? core.options.defaultTtlSeconds ?? 600;
   const workMiB = req.workMiB ?? core.options.defaultWorkMiB ?? 1024;
   // The IR records what is enforced: limits and sizes after defaults, the tier of the backend chosen.
   const ir = irFromCreateRequest(
     { ...req, ...(applied.env !== undefined ? { env: applied.env } : {}), resources, workMiB, ttlSeconds },
-    { imageDigest: image.digest, requiredTier: probe.tier, ...(from !== undefined ? { fromSnapshot: from.digest } : {}) },
+    {
+      imageDigest: image.digest,
+      requiredTier: probe.tier,
+      ...(from !== undefined ? { fromSnapshot: from.digest } : {}),
+      ...(provenance !== undefined ? { imageProvenance: provenance.digest } : {}),
+    },
   );
   return { backend, probe, resources, imageRef, image, imageInfo: applied.info, env: applied.env, ttlSeconds, workMiB, ir };
 }

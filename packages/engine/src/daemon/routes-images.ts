@@ -12,6 +12,14 @@ export const imageRoutes: readonly Route[] = [
     handler: async (ctx) => sendJson(ctx.res, 200, { images: await ctx.engine.listImages({ signal: ctx.signal }) }),
   },
   { method: "POST", pattern: "/v1/images/build", handler: buildImage },
+  {
+    method: "GET",
+    pattern: "/v1/images/inspect",
+    handler: async (ctx) => {
+      const ref = check(ImageRefSchema, requiredParam(ctx.query, "ref"), 'Query parameter "ref"');
+      sendJson(ctx.res, 200, await ctx.engine.inspectImage(ref, { signal: ctx.signal }));
+    },
+  },
   { method: "POST", pattern: "/v1/images/import", handler: importImage },
   { method: "POST", pattern: "/v1/images/pull", handler: pullImage },
   {

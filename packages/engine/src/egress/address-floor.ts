@@ -125,10 +125,28 @@ export function floorReason(ip: string, options: FloorOptions = {}): string | un
   return special === undefined ? undefined : specialReason(text, bytes, special, host);
 }
 
+/**
+ * Single addresses an operator vouches for (image builds: a Debian mirror or apt cache on a
+ * private or special address). Each is let through as a /32 or /128; the host's own addresses
+ * stay refused. Only the engine's configuration sets it, never a sandbox's policy.
+ * @throws InvalidArgumentError when an entry is not an IP address
+ */
+export function operatorAddressPrefixes(addresses: readonly string[] | undefined): readonly Prefix[] {
+  return (addresses ?? []).map((address) => {
+    const parsed = parseIp(address);
+    if (parsed === undefined) throw new InvalidArgumentError(`Invalid vouched address "${address.slice(0, MAX_QUOTED_CHARS)}": not an IP address`);
+    const prefix = parseCidrOrUndefined(`${ipText(parsed.bytes)}/${parsed.family === 4 ? 32 : 128}`);
+    if (prefix === undefined) throw new InvalidArgumentError(`Invalid vouched address "${address.slice(0, MAX_QUOTED_CHARS)}"`);
+    return prefix;
+  });
+}
+
 /** Options of {@link AddressFloor}. */
 export interface AddressFloorOptions {
   /** Test-only; see {@link TestAllowance}. */
   readonly testAllowance?: TestAllowance;
+  /** Operator-vouched single addresses; see {@link operatorAddressPrefixes}. */
+  readonly vouchedAddresses?: readonly string[];
   /** Reads the host's network. @default readHostNetwork */
   readonly readHost?: () => HostNetwork;
   /** Oldest host snapshot a refusal may be judged on, in milliseconds. @default 1000 */
@@ -156,7 +174,7 @@ export class AddressFloor {
 
   /** @throws InvalidArgumentError when the test allowance is invalid (see {@link testAllowancePrefixes}) */
   constructor(options: AddressFloorOptions = {}) {
-    this.#allowance = testAllowancePrefixes(options.testAllowance);
+    this.#allowance = [...testAllowancePrefixes(options.testAllowance), ...operatorAddressPrefixes(options.vouchedAddresses)];
     this.#readHost = options.readHost ?? (() => readHostNetwork());
     this.#maxAgeMs = options.maxSnapshotAgeMs ?? 1000;
     this.#now = options.now ?? (() => performance.now());

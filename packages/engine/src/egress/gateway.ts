@@ -44,6 +44,11 @@ export interface GatewayOptions {
    * egress tests reach their test hosts (see {@link TestAllowance}). No policy can name it.
    */
   readonly testAllowance?: TestAllowance;
+  /**
+   * Single addresses the operator vouches for, let through the floor (the host's own addresses
+   * excepted). Image builds only: the address of a configured Debian mirror or apt cache.
+   */
+  readonly vouchedAddresses?: readonly string[];
   /** Deadline for dialling a destination, and for each handshake phase, in milliseconds. @default 10000 */
   readonly connectTimeoutMs?: number;
   /** Extra roots trusted for intercepted upstream TLS (PEM). */
@@ -88,7 +93,10 @@ export class EgressGateway {
     this.#upstreamCa = options.upstreamCa;
     if (options.addressCheckForTests !== undefined) this.#addressCheck = options.addressCheckForTests;
     else {
-      const floor = new AddressFloor(options.testAllowance === undefined ? {} : { testAllowance: options.testAllowance });
+      const floor = new AddressFloor({
+        ...(options.testAllowance === undefined ? {} : { testAllowance: options.testAllowance }),
+        ...(options.vouchedAddresses === undefined ? {} : { vouchedAddresses: options.vouchedAddresses }),
+      });
       this.#addressCheck = (ip) => floor.reason(ip);
     }
     this.#http = new HttpFront(

@@ -2,11 +2,11 @@
  * Building `debian:` images with mmdebstrap: the host's apt mirror, the command line, progress
  * parsing and the process lifetime (abort kills the whole tree).
  *
- * As root, mmdebstrap runs `--mode=root` inside `unshare --mount --pid --fork --kill-child`: every
- * mount it makes lives in a private mount namespace and every process it starts in a private pid
- * namespace, so both vanish with it, however it ends. Otherwise it runs `--mode=unshare`.
+ * mmdebstrap always runs `--mode=unshare`, never as host root: as an engine running as root, it
+ * runs as the build user inside the builder boundary (builder.ts); otherwise as the engine's own
+ * unprivileged uid. A wrapper argv (the boundary's) may be put in front of it.
  */
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { AbortedError, AdmissionError, type ProgressEvent } from "@mvm/protocol";
@@ -119,8 +119,10 @@ export interface MmdebstrapPlan {
   packages: readonly string[];
   outputTar: string;
   mirrors: readonly string[];
-  /** True when running as root: `--mode=root` inside private mount and pid namespaces. */
-  asRoot: boolean;
+  /** HTTP proxy apt must use for every download (the builder boundary's forwarder). */
+  proxyUrl?: string;
+  /** Directory (outside the chroot) the downloaded .deb files are copied to before cleanup. */
+  keepDebsDir?: string;
 }
 
 /**
@@ -135,14 +137,27 @@ export function mmdebstrapArgv(plan: MmdebstrapPlan): string[] {
   const args = [
     "mmdebstrap",
     "--variant=minbase",
-    `--mode=${plan.asRoot ? "root" : "unshare"}`,
+    "--mode=unshare",
     "--format=tar",
     '--aptopt=Acquire::Retries "3"',
     `--customize-hook=${HOST_FILES_HOOK}`,
   ];
+  if (plan.proxyUrl !== undefined) {
+    args.push(`--aptopt=Acquire::http::Proxy "${plan.proxyUrl}"`, `--aptopt=Acquire::https::Proxy "${plan.proxyUrl}"`);
+  }
+  if (plan.keepDebsDir !== undefined) {
+    // The downloaded archives stay in the chroot until the customize phase, are copied out, then
+    // removed, so the image is the same with or without keeping them.
+    args.push(
+      "--skip=essential/unlink",
+      '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
+      `--customize-hook=sync-out /var/cache/apt/archives ${plan.keepDebsDir}`,
+      '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
+    );
+  }
   if (plan.packages.length > 0) args.push(`--include=${plan.packages.join(",")}`);
   args.push(plan.suite, plan.outputTar, ...plan.mirrors);
-  return plan.asRoot ? ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--", ...args] : args;
+  return args;
 }
 
 const STEPS: readonly [RegExp, string, number][] = [
@@ -173,10 +188,16 @@ export interface RunOptions {
   ref: string;
   /** Private directory for mmdebstrap's own temp files (TMPDIR). */
   workDir: string;
+  /** Working directory of the process. @default workDir */
+  cwd?: string;
   onProgress?: (event: ProgressEvent) => void;
   signal?: AbortSignal;
   /** Time between SIGTERM and SIGKILL of the process group on abort. @default 10000 */
   killGraceMs?: number;
+  /** Puts a wrapper in front of mmdebstrap's argv (the builder boundary). */
+  wrap?: (argv: string[]) => string[];
+  /** HOME of the build. @default "/root" */
+  home?: string;
 }
 
 const MAX_LINE_CHARS = 4096;
@@ -190,19 +211,25 @@ const TAIL_LINES = 40;
 export async function runMmdebstrap(plan: MmdebstrapPlan, options: RunOptions): Promise<void> {
   const { signal, onProgress } = options;
   if (signal?.aborted) throw new AbortedError(`Build of image ${quote(options.ref)} aborted`, { cause: signal.reason });
-  const [command, ...args] = mmdebstrapArgv(plan);
+  const argv = mmdebstrapArgv(plan);
+  const [command, ...args] = options.wrap ? options.wrap(argv) : argv;
   const env: NodeJS.ProcessEnv = {
     PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
     LC_ALL: "C.UTF-8",
-    HOME: "/root",
+    HOME: options.home ?? "/root",
     TMPDIR: options.workDir,
     SOURCE_DATE_EPOCH: String(DEBIAN_SOURCE_DATE_EPOCH),
   };
-  for (const key of ["http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"]) {
-    const value = process.env[key];
-    if (value !== undefined) env[key] = value;
+  if (plan.proxyUrl !== undefined) {
+    env["http_proxy"] = plan.proxyUrl;
+    env["https_proxy"] = plan.proxyUrl;
+  } else {
+    for (const key of ["http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"]) {
+      const value = process.env[key];
+      if (value !== undefined) env[key] = value;
+    }
   }
-  const child = spawn(command as string, args, { cwd: options.workDir, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(command as string, args, { cwd: options.cwd ?? options.workDir, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
 
   const tail: string[] = [];
   let partial = "";
@@ -270,4 +297,14 @@ export async function runMmdebstrap(plan: MmdebstrapPlan, options: RunOptions): 
       hint: "check that the package names exist in the suite and that the mirror is reachable",
     });
   }
+}
+
+/** mmdebstrap's version, e.g. "1.3.5", from `mmdebstrap --version`; "unknown" when it cannot tell. */
+export async function mmdebstrapVersion(): Promise<string> {
+  return new Promise((resolve) => {
+    execFile("mmdebstrap", ["--version"], { timeout: 10_000, maxBuffer: 4096 }, (err, stdout) => {
+      const m = /^mmdebstrap ([0-9A-Za-z.+~-]{1,64})\s*$/.exec(String(stdout).trim());
+      resolve(err || !m?.[1] ? "unknown" : m[1]);
+    });
+  });
 }

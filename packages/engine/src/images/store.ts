@@ -7,10 +7,13 @@
  * Every blob has at least one ref; a blob is detached (renamed into tmp) under the lock when its
  * last ref goes, and deleted after.
  */
-import { chmod, lstat, mkdir, rename } from "node:fs/promises";
-import { join, resolve as resolvePath } from "node:path";
+import { chmod, chown, copyFile, lstat, mkdir, readdir, rename } from "node:fs/promises";
+import type { KeyObject } from "node:crypto";
+import { userInfo } from "node:os";
+import { dirname, join, resolve as resolvePath } from "node:path";
 import {
   AbortedError,
+  AdmissionError,
   InternalError,
   InvalidArgumentError,
   MvmError,
@@ -19,7 +22,13 @@ import {
   type ProgressEvent,
   type Sha256Digest,
 } from "@mvm/protocol";
-import { DEBIAN_SOURCE_DATE_EPOCH, mirrorLinesFor, readHostAptSources, runMmdebstrap } from "./debian.js";
+import { loadOrCreateHostKey } from "../audit/keys.js";
+import type { TestAllowance } from "../egress/address-floor.js";
+import { BuildBoundary } from "./builder.js";
+import { DEFAULT_BUILD_USER, findBuildUser } from "./build-user.js";
+import { DEBIAN_SOURCE_DATE_EPOCH, mirrorLinesFor, mmdebstrapVersion, readHostAptSources, runMmdebstrap, type MmdebstrapPlan, type RunOptions } from "./debian.js";
+import { PROVENANCE_VERSION, readInstalledPackages, writeProvenance, type BuildProvenance } from "./provenance.js";
+import { assertKnownSuite } from "./suites.js";
 import { hashTree, InvalidTreeError } from "./digest.js";
 import { copyDir, extractTar, type SourceOptions } from "./extract.js";
 import { removeTree } from "./fs-util.js";
@@ -59,6 +68,29 @@ export interface ImageStoreOptions extends TreeWriterLimits {
   aptDir?: string;
   /** Time between SIGTERM and SIGKILL when an mmdebstrap build is aborted. @default 10000 */
   buildKillGraceMs?: number;
+  /**
+   * The engine's state directory: hidden from builds, and where the host key that signs build
+   * provenance lives (`<stateDir>/keys`). @default the store root's parent directory
+   */
+  stateDir?: string;
+  /** Signs build provenance. @default the host key of `stateDir` (created when absent) */
+  provenanceKey?: KeyObject;
+  /** Account builds run as when the engine runs as root. @default "mvm-build" */
+  buildUser?: string;
+  /** Directory holding passwd, subuid and subgid. @default "/etc" */
+  etcDir?: string;
+  /** apt lines (`deb [opts] URI SUITE COMPONENT…`) builds use instead of the host's sources. */
+  debianMirrors?: readonly string[];
+  /** Where each build copies the .deb files it downloaded (e.g. /var/cache/mvm/debs). */
+  keepDebsDir?: string;
+  /**
+   * Addresses of the Debian mirror the operator vouches for: builds' egress may reach them although
+   * the address floor refuses private and special addresses (a LAN apt cache, a mirror behind a
+   * documentation address). Never the host's own addresses.
+   */
+  buildMirrorAddresses?: readonly string[];
+  /** Test-only: lets builds' egress reach test hosts in 198.18.0.0/15 (see egress/address-floor.ts). */
+  buildTestAllowance?: TestAllowance;
 }
 
 export interface ProgressOptions {
@@ -140,6 +172,7 @@ export class ImageStore {
     if (parsed.kind !== "debian") {
       throw new InvalidArgumentError(`Cannot build image ${quote(ref)}: only "debian:<suite>[+pkg…]" references can be built`);
     }
+    assertKnownSuite(parsed.suite);
     const { signal, onProgress } = options;
     if (!options.force) {
       const found = await this.resolve(parsed.ref);
@@ -152,33 +185,89 @@ export class ImageStore {
         const found = await this.resolve(parsed.ref);
         if (found) return found;
       }
-      const mirrors = mirrorLinesFor(parsed.suite, await readHostAptSources(this.#options.aptDir));
+      const mirrors = this.#options.debianMirrors !== undefined ? [...this.#options.debianMirrors] : mirrorLinesFor(parsed.suite, await readHostAptSources(this.#options.aptDir));
+      const plan: MmdebstrapPlan = { suite: parsed.suite, packages: parsed.packages, outputTar: "", mirrors };
+      const run: RunOptions = {
+        ref: parsed.ref,
+        workDir: "",
+        ...(signal ? { signal } : {}),
+        ...(onProgress ? { onProgress: scaled(onProgress, 0, 0.8) } : {}),
+        ...(this.#options.buildKillGraceMs !== undefined ? { killGraceMs: this.#options.buildKillGraceMs } : {}),
+      };
+      let builder: BuildProvenance["builder"];
+      let boundary: BuildBoundary | undefined;
       const work = await this.#layout.newWorkDir();
       let failed = true;
       try {
-        const mmWork = join(work, "mmdebstrap");
-        await mkdir(mmWork, { mode: 0o711 });
-        const outputTar = join(work, "rootfs.tar");
-        const asRoot = process.getuid?.() === 0;
-        await runMmdebstrap(
-          { suite: parsed.suite, packages: parsed.packages, outputTar, mirrors, asRoot },
-          {
-            ref: parsed.ref,
-            workDir: mmWork,
-            ...(signal ? { signal } : {}),
-            ...(onProgress ? { onProgress: scaled(onProgress, 0, 0.8) } : {}),
-            ...(this.#options.buildKillGraceMs !== undefined ? { killGraceMs: this.#options.buildKillGraceMs } : {}),
-          },
-        );
-        const detail = `mmdebstrap --variant=minbase ${parsed.suite}${parsed.packages.length ? ` +${parsed.packages.join(",")}` : ""}; SOURCE_DATE_EPOCH=${DEBIAN_SOURCE_DATE_EPOCH}; ${mirrors.join("; ")}`;
+        if (process.getuid?.() === 0) {
+          const user = await findBuildUser(this.#options.buildUser ?? DEFAULT_BUILD_USER, this.#options.etcDir);
+          boundary = await BuildBoundary.open({
+            user,
+            mirrorLines: mirrors,
+            stateDir: this.#stateDir,
+            ...(this.#options.buildTestAllowance ? { testAllowance: this.#options.buildTestAllowance } : {}),
+            ...(this.#options.buildMirrorAddresses ? { mirrorAddresses: this.#options.buildMirrorAddresses } : {}),
+            ...(onProgress ? { onDenied: (target: string, reason: string) => onProgress({ phase: "build", message: `egress denied: ${target}: ${reason}` }) } : {}),
+          });
+          builder = { boundary: "netns-unshare", user: user.name, uid: user.uid };
+          plan.outputTar = join(boundary.buildDir, "rootfs.tar");
+          plan.proxyUrl = boundary.proxyUrl;
+          run.workDir = "/tmp";
+          run.cwd = boundary.buildDir;
+          run.home = boundary.buildDir;
+          const wrapper = boundary;
+          run.wrap = (argv) => wrapper.wrap(argv);
+          if (this.#options.keepDebsDir !== undefined) {
+            plan.keepDebsDir = join(boundary.buildDir, "debs");
+            await mkdir(plan.keepDebsDir, { mode: 0o755 });
+            await chown(plan.keepDebsDir, user.uid, user.gid);
+          }
+        } else {
+          const me = userInfo();
+          builder = { boundary: "none", user: me.username, uid: me.uid };
+          run.workDir = join(work, "mmdebstrap");
+          await mkdir(run.workDir, { mode: 0o711 });
+          plan.outputTar = join(work, "rootfs.tar");
+          if (this.#options.keepDebsDir !== undefined) {
+            plan.keepDebsDir = join(work, "debs");
+            await mkdir(plan.keepDebsDir, { mode: 0o755 });
+          }
+        }
+        try {
+          await runMmdebstrap(plan, run);
+        } catch (err) {
+          const denied = boundary?.denied ?? [];
+          if (!(err instanceof AdmissionError) || denied.length === 0) throw err;
+          throw new AdmissionError(`${err.message}; the build's egress was denied: ${denied.slice(-3).join("; ")}`, {
+            cause: err,
+            hint: "builds reach only the configured mirror's hosts; if the mirror is on a private or special address, vouch for it with MVM_BUILD_MIRROR_ADDRESSES=<ip>[,<ip>…]",
+          });
+        }
+        if (plan.keepDebsDir !== undefined && this.#options.keepDebsDir !== undefined) await keepDebs(plan.keepDebsDir, this.#options.keepDebsDir);
+        const detail = `mmdebstrap --variant=minbase --mode=unshare ${parsed.suite}${parsed.packages.length ? ` +${parsed.packages.join(",")}` : ""}; SOURCE_DATE_EPOCH=${DEBIAN_SOURCE_DATE_EPOCH}; ${mirrors.join("; ")}`;
+        const outputTar = plan.outputTar;
         const record = await this.#import(parsed.ref, { kind: "debian", detail }, (w, o) => extractTar(outputTar, w, o), {
           ...options,
           ...(onProgress ? { onProgress: scaled(onProgress, 0.8, 1) } : {}),
         }, `image ${quote(parsed.ref)}`);
+        const provenance: BuildProvenance = {
+          version: PROVENANCE_VERSION,
+          imageDigest: record.digest,
+          ref: parsed.ref,
+          suite: parsed.suite,
+          packages: [...parsed.packages],
+          installed: await readInstalledPackages(record.rootfsDir),
+          mirrors,
+          sourceDateEpoch: DEBIAN_SOURCE_DATE_EPOCH,
+          mmdebstrap: { version: await mmdebstrapVersion(), variant: "minbase", mode: "unshare" },
+          builder,
+        };
+        await writeProvenance(this.#layout.blobDir(record.digest), provenance, await this.#provenanceKey());
         failed = false;
         return record;
       } finally {
         await cleanup(work, failed);
+        if (boundary) await boundary.close();
       }
     } finally {
       await lock.release();
@@ -398,6 +487,14 @@ export class ImageStore {
     }
   }
 
+  get #stateDir(): string {
+    return this.#options.stateDir ?? dirname(this.root);
+  }
+
+  async #provenanceKey(): Promise<KeyObject> {
+    return this.#options.provenanceKey ?? (await loadOrCreateHostKey(this.#stateDir)).privateKey;
+  }
+
   async #readRefs(): Promise<RefsMap> {
     return readRefs(this.#layout.refsPath);
   }
@@ -492,6 +589,20 @@ export class ImageStore {
 
   async #mustExist(abs: string): Promise<void> {
     if (!(await exists(abs))) throw new NotFoundError(`Cannot import ${quote(abs)}: no such file or directory`);
+  }
+}
+
+/** A .deb file name as apt writes it into its archives directory. */
+const DEB_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9+.~_%-]{0,250}\.deb$/;
+
+/** Copies the regular .deb files a build left in `from` (the build user's dir) into `to`. */
+async function keepDebs(from: string, to: string): Promise<void> {
+  await mkdir(to, { recursive: true, mode: 0o755 });
+  for (const name of await readdir(from)) {
+    if (!DEB_NAME_RE.test(name)) continue;
+    const st = await lstat(join(from, name));
+    if (!st.isFile()) continue;
+    await copyFile(join(from, name), join(to, name));
   }
 }
 

@@ -8,6 +8,7 @@ export {
   HealthInfoSchema,
   PingSchema,
   ImageInfoSchema,
+  ImageInspectSchema,
   ImageListSchema,
   ProgressEventSchema,
   SandboxListSchema,

@@ -34,6 +34,7 @@ import {
   type FileReadStream,
   type HealthInfo,
   type ImageInfo,
+  type ImageInspect,
   type KillSignal,
   type ProcessInfo,
   type PtySize,
@@ -512,6 +513,12 @@ export class FakeEngine implements EngineApi {
 
   async removeImage(ref: string): Promise<void> {
     if (ref !== "debian:bookworm+python3") throw new NotFoundError(`No image "${ref}"`);
+  }
+
+  async inspectImage(ref: string): Promise<ImageInspect> {
+    if (ref !== "debian:bookworm+python3") throw new NotFoundError(`No image "${ref}"`);
+    const [image] = await this.listImages();
+    return { ...image!, source: { kind: "debian", detail: "mmdebstrap" }, provenance: { status: "none" } };
   }
 
   async close(): Promise<void> {
