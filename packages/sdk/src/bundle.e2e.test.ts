@@ -10,6 +10,7 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openEngine } from "@mvm/engine";
+import { InvalidArgumentError } from "@mvm/protocol";
 import { registrySkipReason, startRegistry } from "@mvm/engine/testing";
 import { Bundle } from "./bundle.js";
 import { EmbeddedEngine } from "./embedded.js";
@@ -47,7 +48,7 @@ test("a snapshot restores on another engine from a bundle, through file:// and a
       const engineB = new EmbeddedEngine(await openEngine({ stateDir, imagesDir: join(stateDir, "images"), defaultBackend: "namespace" }));
       engines.push(engineB);
       assert.deepEqual(await engineB.listImages(), [], "the second engine starts with no image");
-      await assert.rejects(Bundle.pull(uri, { engine: engineB }), /retention/);
+      await assert.rejects(Bundle.pull(uri, { engine: engineB }), (err: Error) => err instanceof InvalidArgumentError && /retention/.test(err.message));
       const pulled = await Bundle.pull(uri, { engine: engineB, retention: { ttlSeconds: 3600 } });
       assert.equal(pulled.kind, "snapshot");
       assert.ok(pulled.snapshot !== undefined);
