@@ -9,9 +9,11 @@ import assert from "node:assert/strict";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { openEngine } from "@mvm/engine";
+import { InvalidArgumentError } from "@mvm/protocol";
 import { registrySkipReason, startRegistry } from "@mvm/engine/testing";
 import { Bundle } from "./bundle.js";
-import { openEmbeddedEngine } from "./embedded.js";
+import { EmbeddedEngine } from "./embedded.js";
 import { Sandbox } from "./sandbox.js";
 
 const IMAGES = process.env["MVM_TEST_IMAGES_DIR"] ?? "/var/lib/mvm/images";
@@ -24,7 +26,8 @@ test("a snapshot restores on another engine from a bundle, through file:// and a
   // The sandbox's uid must be able to pass through the state directories' parents.
   chmodSync(root, 0o711);
   const hostA = join(root, "a");
-  const engineA = await openEmbeddedEngine({ engineOptions: { stateDir: hostA, imagesDir: IMAGES, defaultBackend: "namespace" } });
+  // Two engines in one process, each its own (openEmbeddedEngine would share one).
+  const engineA = new EmbeddedEngine(await openEngine({ stateDir: hostA, imagesDir: IMAGES, defaultBackend: "namespace" }));
   const registry = await startRegistry();
   const engines = [engineA];
   try {
@@ -42,12 +45,15 @@ test("a snapshot restores on another engine from a bundle, through file:// and a
     }
     for (const [n, uri] of uris.entries()) {
       const stateDir = join(root, `b${n}`);
-      const engineB = await openEmbeddedEngine({ engineOptions: { stateDir, imagesDir: join(stateDir, "images"), defaultBackend: "namespace" } });
+      const engineB = new EmbeddedEngine(await openEngine({ stateDir, imagesDir: join(stateDir, "images"), defaultBackend: "namespace" }));
       engines.push(engineB);
-      await assert.rejects(Bundle.pull(uri, { engine: engineB }), /retention/);
+      assert.deepEqual(await engineB.listImages(), [], "the second engine starts with no image");
+      await assert.rejects(Bundle.pull(uri, { engine: engineB }), (err: Error) => err instanceof InvalidArgumentError && /retention/.test(err.message));
       const pulled = await Bundle.pull(uri, { engine: engineB, retention: { ttlSeconds: 3600 } });
       assert.equal(pulled.kind, "snapshot");
       assert.ok(pulled.snapshot !== undefined);
+      assert.equal(pulled.packsFetched, pulled.packs, "a fresh host fetches every pack");
+      assert.equal(pulled.chunksReused, 0);
       await using copy = await Sandbox.create({ engine: engineB, fromSnapshot: pulled.snapshot.id, ttlSeconds: 120 });
       assert.equal(await sh(copy, "cat /work/state"), "carried\n", uri);
       assert.match(await sh(copy, "cd /work && sha256sum -c blob.sum"), /blob: OK/);

@@ -16,6 +16,7 @@ import {
 } from "@mvm/protocol";
 import { join } from "node:path";
 import { startDaemonServer } from "@mvm/engine";
+import { Bundle } from "./bundle.js";
 import { DaemonClient } from "./daemon-client.js";
 import { FakeEngine } from "./_test/fake-engine.js";
 import { nextEvent, scratchDir, startFakeDaemon } from "./_test/harness.js";
@@ -362,4 +363,23 @@ test("calls share a kept-alive connection; a reused one the daemon drops before 
   await assert.rejects(second.health(), TransportError);
   assert.equal(connections, 5, "a call on a new connection was sent again");
   await second.close();
+});
+
+test("bundle push and pull go through the daemon and come back checked; Bundle.push/pull take a Snapshot or a source", async (t) => {
+  const dir = await scratchDir(t);
+  const engine = new FakeEngine();
+  const server = await startDaemonServer({ engine, socketPath: join(dir, "run", "mvmd.sock") });
+  const client = new DaemonClient({ socketPath: server.socketPath });
+  t.after(async () => {
+    await client.close();
+    await server.close();
+  });
+  const pushed = await Bundle.push("debian:bookworm", "file:///srv/bundles", { engine: client });
+  assert.equal(pushed.uri, `file:///srv/bundles@sha256:${"b".repeat(64)}`);
+  const pulled = await Bundle.pull(pushed.uri, { engine: client, retention: { ttlSeconds: 600 } });
+  assert.equal(pulled.image.refs[0], "bundle-1111111111111111");
+  assert.deepEqual(engine.bundleRequests, [
+    { source: "debian:bookworm", destination: "file:///srv/bundles" },
+    { source: pushed.uri, retention: { ttlSeconds: 600 } },
+  ]);
 });

@@ -2,7 +2,7 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { cp, mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { NotFoundError, SnapshotMismatchError, canonicalJson, parseJsonStrict } from "@mvm/protocol";
+import { InvalidArgumentError, NotFoundError, SnapshotMismatchError, canonicalJson, parseJsonStrict } from "@mvm/protocol";
 import { materialize } from "../store/blobs.js";
 import type { ChunkId } from "../store/chunks.js";
 import { sha256Of, type BundleIndex, type BundleJson } from "./format.js";
@@ -201,6 +201,16 @@ describe("bundles through a file:// directory", () => {
     await mkdir(join(dir, "blobs", "sha256"), { recursive: true });
     await writeFile(blobPath(dir, digest), big);
     await assertRefused("b-big", `file://${dir}@${digest}`, /over the/);
+  });
+
+  it("refuses a snapshot bundle pulled without a retention, before fetching a pack", async () => {
+    const b = await newHost(parent, "b-noretention");
+    const source = parseBundleSource(pushed.uri);
+    await assert.rejects(
+      pullBundle({ digest: source.digest, reader: bundleReader(source.location), snapshots: b.snapshots, images: b.images, tmpRoot: b.tmpRoot }),
+      (err: Error) => err instanceof InvalidArgumentError && /retention/.test(err.message),
+    );
+    assert.deepEqual(await hostState(b), EMPTY);
   });
 
   it("leaves the pushed directory with blobs only", async () => {

@@ -32,7 +32,7 @@ import { z } from "zod";
 import { SnapshotMismatchError, Sha256DigestSchema, canonicalJson, parseJsonStrict, type Sha256Digest } from "@mvm/protocol";
 import { BlobRefSchema, chunkLength, type BlobRef } from "../store/blobs.js";
 import { CHUNK_SIZE, isChunkId, type ChunkId } from "../store/chunks.js";
-import { SnapshotManifestSchema, manifestDigest, type SnapshotManifest } from "../store/manifest.js";
+import { SnapshotManifestSchema, manifestDigest } from "../store/manifest.js";
 
 export const BUNDLE_MEDIA_TYPE = "application/vnd.mvm.bundle.v1+json";
 export const BUNDLE_VERSION = 1;
@@ -204,4 +204,3 @@ export function encodeIndex(index: BundleIndex): { bytes: Buffer; digest: Sha256
   return { bytes, digest: sha256Of(bytes) };
 }
 
-export type { SnapshotManifest };

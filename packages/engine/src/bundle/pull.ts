@@ -19,7 +19,7 @@
  */
 import { mkdir, open, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { SnapshotMismatchError, type Sha256Digest } from "@mvm/protocol";
+import { InvalidArgumentError, SnapshotMismatchError, type Sha256Digest } from "@mvm/protocol";
 import type { ImageRecord, ImageStore } from "../images/store.js";
 import { materialize } from "../store/blobs.js";
 import type { ChunkId } from "../store/chunks.js";
@@ -68,7 +68,7 @@ export async function pullBundle(input: PullInput): Promise<PullResult> {
   const bundleBytes = await reader.readCapped(input.digest, MAX_BUNDLE_JSON_BYTES);
   const bundle = decodeBundleJson(bundleBytes, input.digest);
   if (bundle.kind === "snapshot" && input.retention === undefined) {
-    throw new SnapshotMismatchError("A snapshot bundle needs a retention for the snapshot it makes");
+    throw new InvalidArgumentError(`Bundle ${input.digest} holds a snapshot: the pull needs a retention for it`, { hint: "pass { retention: { ttlSeconds } } or { retention: { manual: true } } (mvmctl: --ttl SECONDS or --keep)" });
   }
   const indexBytes = await reader.readExact(bundle.index);
   const index = decodeIndex(indexBytes, bundle);

@@ -114,7 +114,24 @@ async function writeImageTar(image: ImageRecord, path: string, signal: AbortSign
   if (tree.digest !== image.digest) throw new SnapshotMismatchError(`Image ${image.digest} does not match its files: they hash to ${tree.digest}`);
   const manifest = parseJsonStrict(tree.manifestBytes.toString("utf8")) as { entries: { path: string }[] };
   const paths = manifest.entries.map((e) => `./${e.path}`);
-  await createTar({ file: path, cwd: image.rootfsDir, portable: true, noDirRecurse: true, mtime: new Date(0), strict: true }, paths.length === 0 ? ["."] : paths);
+  await createTar(
+    {
+      file: path,
+      cwd: image.rootfsDir,
+      noDirRecurse: true,
+      mtime: new Date(0),
+      strict: true,
+      // Modes exactly as stored (tar's "portable" mode would clear group and other write bits, and
+      // the image digest covers modes); owners and times the same on every host.
+      onWriteEntry: (entry) => {
+        if (entry.stat === undefined) return;
+        const stat = Object.create(entry.stat) as NonNullable<typeof entry.stat>;
+        Object.assign(stat, { uid: 0, gid: 0, atime: new Date(0), ctime: new Date(0) });
+        entry.stat = stat;
+      },
+    },
+    paths.length === 0 ? ["."] : paths,
+  );
 }
 
 /** Cuts an open file into chunks, registering each non-zero one as read from the file. */

@@ -1,10 +1,11 @@
 /**
  * Test helpers: a "host" is a state directory with its own key pair, snapshot store and image
- * store, as two engines on two machines would have. `seedSnapshot` makes an image and a
- * container-tier snapshot of it (a /work archive part with data, zeros and a short tail).
+ * store, as two engines on two machines would have. `seedImage` makes a small image (with a
+ * world-writable sticky directory and a group-writable file); `seedSnapshot` makes a
+ * container-tier snapshot of an image (a /work archive part with data, zeros and a short tail).
  */
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ImageStore, type ImageRecord } from "../../images/store.js";
@@ -45,6 +46,12 @@ export async function seedImage(host: TestHost, name: string, extra = ""): Promi
     await writeFile(join(src, "etc/hostname"), `bundle-test${extra}\n`);
     await writeFile(join(src, "usr/bin/tool"), randomBytes(3 * 1024 * 1024 + 77), { mode: 0o755 });
     await symlink("usr/bin", join(src, "bin"));
+    // Group and other write bits are part of the image digest: a sticky world-writable dir and a
+    // group-writable file must arrive as they are.
+    await mkdir(join(src, "var/tmp"));
+    await chmod(join(src, "var/tmp"), 0o1777);
+    await writeFile(join(src, "var/shared"), "rw for the group\n");
+    await chmod(join(src, "var/shared"), 0o664);
     return await host.images.importDir(src, name);
   } finally {
     await rm(src, { recursive: true, force: true });
