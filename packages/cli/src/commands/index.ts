@@ -19,6 +19,7 @@ import { runCommand } from "./run.js";
 import { poolLsCommand, poolSetCommand } from "./pool.js";
 import { planCommand } from "./plan.js";
 import { fnRunCommand } from "./fn.js";
+import { mcpCommand } from "./mcp.js";
 
 export const COMMANDS: readonly Command[] = [
   doctorCommand,
@@ -54,4 +55,5 @@ export const COMMANDS: readonly Command[] = [
   auditShowCommand,
   auditPubkeyCommand,
   daemonCommand,
+  mcpCommand,
 ];
