@@ -9,6 +9,8 @@ export class BudgetedText {
   readonly #headMax: number;
   readonly #tailMax: number;
   #head = "";
+  /** Set once anything went to the tail: later text never goes into the head. */
+  #headClosed = false;
   #headBytes = 0;
   #tail: string[] = [];
   #tailBytes = 0;
@@ -19,6 +21,11 @@ export class BudgetedText {
     this.#tailMax = Math.floor(budgetBytes / 2);
   }
 
+  /** Bytes the tail may keep: the budget less what the head holds (at least half the budget). */
+  get #tailRoom(): number {
+    return this.#headMax + this.#tailMax - this.#headBytes;
+  }
+
   /** Bytes seen so far (UTF-8). */
   get totalBytes(): number {
     return this.#totalBytes;
@@ -27,7 +34,7 @@ export class BudgetedText {
   push(chunk: string): void {
     const bytes = Buffer.byteLength(chunk);
     this.#totalBytes += bytes;
-    if (this.#headBytes < this.#headMax) {
+    if (!this.#headClosed) {
       const room = this.#headMax - this.#headBytes;
       if (bytes <= room) {
         this.#head += chunk;
@@ -38,14 +45,15 @@ export class BudgetedText {
       this.#head += part;
       this.#headBytes += Buffer.byteLength(part);
       chunk = chunk.slice(part.length);
+      this.#headClosed = true;
     }
     this.#tail.push(chunk);
     this.#tailBytes += Buffer.byteLength(chunk);
-    while (this.#tail.length > 1 && this.#tailBytes - Buffer.byteLength(this.#tail[0]!) >= this.#tailMax) {
+    while (this.#tail.length > 1 && this.#tailBytes - Buffer.byteLength(this.#tail[0]!) >= this.#tailRoom) {
       this.#tailBytes -= Buffer.byteLength(this.#tail.shift()!);
     }
-    if (this.#tail.length === 1 && this.#tailBytes > this.#tailMax * 2) {
-      const only = utf8Suffix(this.#tail[0]!, this.#tailMax);
+    if (this.#tail.length === 1 && this.#tailBytes > this.#tailRoom * 2) {
+      const only = utf8Suffix(this.#tail[0]!, this.#tailRoom);
       this.#tail = [only];
       this.#tailBytes = Buffer.byteLength(only);
     }
@@ -53,7 +61,7 @@ export class BudgetedText {
 
   /** The kept text, with a note where bytes were cut. `label` names the stream in the note. */
   text(label: string): string {
-    const tail = utf8Suffix(this.#tail.join(""), this.#tailMax);
+    const tail = utf8Suffix(this.#tail.join(""), this.#tailRoom);
     const kept = this.#headBytes + Buffer.byteLength(tail);
     const cut = this.#totalBytes - kept;
     if (cut <= 0) return this.#head + tail;
