@@ -9,6 +9,7 @@
 //                                  # sends npm's own banner to stderr)
 //   node bench/run.mjs oneshot     # a whole `mvmctl run` process against srt and bwrap (bench/oneshot.mjs)
 //   node bench/run.mjs functions   # fn().remote cold and warm, map throughput (bench/functions.mjs); BENCH_FN_RUNS, BENCH_FN_MAP_CALLS
+//   node bench/run.mjs mcp         # MCP run_code round trip against the SDK's commands.run (bench/mcp.mjs)
 //   node bench/run.mjs create exec # some
 //   node bench/run.mjs egress      # egress gateway (bench/egress.mjs); BENCH_EGRESS_MIB, BENCH_EGRESS_CONNECTS, BENCH_EGRESS_TUNNELS
 //   node bench/run.mjs admission   # admission overhead added to a create (bench/admission.mjs)
@@ -36,11 +37,12 @@ import { benchSnapshotNs } from "./snapshot-ns.mjs";
 import { benchSnapshotVm } from "./snapshot-vm.mjs";
 import { benchOneshot } from "./oneshot.mjs";
 import { benchFunctions } from "./functions.mjs";
+import { benchMcp } from "./mcp.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
 const IMAGE = process.env.BENCH_IMAGE ?? "debian:bookworm+python3";
-const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "egress", "admission", "audit", "pause", "store", "snapshot-ns", "snapshot-vm", "vm"];
+const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "mcp", "egress", "admission", "audit", "pause", "store", "snapshot-ns", "snapshot-vm", "vm"];
 const args = process.argv.slice(2);
 const jsonOut = args.includes("--json");
 const only = new Set(args.filter((a) => a !== "--json"));
@@ -195,6 +197,10 @@ async function main() {
 
     if (want("functions")) {
       result.figures.functions = await benchFunctions({ log, summary, ratio, openEngine, imagesDir, image: IMAGE });
+    }
+
+    if (want("mcp")) {
+      result.figures.mcp = await benchMcp({ log, summary, ratio, imagesDir, image: IMAGE, runs: RUNS });
     }
 
     if (want("egress")) {

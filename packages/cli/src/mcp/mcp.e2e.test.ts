@@ -155,7 +155,6 @@ describe("mvmctl mcp", { skip: skipWithoutImages, timeout: 600_000 }, () => {
     );
     assert.match(textOf(slow), /tick 5/);
     assert.ok(progress.some((m) => m.startsWith("running:")), progress.join("|"));
-    assert.match(progress.at(-1) ?? "", /^finished: exit code 0/);
 
     // The config can only be narrowed.
     const refusals: Array<[Record<string, unknown>, RegExp]> = [

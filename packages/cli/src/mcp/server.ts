@@ -14,7 +14,6 @@ import {
   PolicyDeniedError,
   type EngineApi,
   type ProgressEvent,
-  type SandboxInfo,
 } from "@mvm/protocol";
 import { Sandbox } from "@mvm/sdk";
 import { VERSION } from "../version.js";
@@ -90,6 +89,8 @@ type Extra = {
 class Progress {
   #count = 0;
   #last = 0;
+  /** Notifications go out one after another, in the order reported. */
+  #sent: Promise<void> = Promise.resolve();
   constructor(private readonly extra: Extra) {}
 
   /** Sends `message` unless one went out within PROGRESS_INTERVAL_MS (`force`: always); resolves once it is sent. */
@@ -100,7 +101,9 @@ class Progress {
     if (!force && now - this.#last < PROGRESS_INTERVAL_MS) return Promise.resolve();
     this.#last = now;
     this.#count++;
-    return this.extra.sendNotification({ method: "notifications/progress", params: { progressToken: token, progress: this.#count, message: message.slice(0, 512) } }).catch(() => {});
+    const params = { progressToken: token, progress: this.#count, message: message.slice(0, 512) };
+    this.#sent = this.#sent.then(() => this.extra.sendNotification({ method: "notifications/progress", params }).catch(() => {}));
+    return this.#sent;
   }
 }
 
@@ -126,17 +129,24 @@ export function createMcpSession(engine: EngineApi, config: McpConfig): McpSessi
   const owned = new Set<string>();
   const closing = new AbortController();
 
+  /** Sandboxes this session has checked (labels never change, ids are never reused): no lookup per call. */
+  const checked = new Map<string, Sandbox>();
+
   /** A sandbox the MCP server made; any other is NotFoundError, as if it did not exist. */
   async function mcpSandbox(id: string, signal: AbortSignal): Promise<Sandbox> {
-    let info: SandboxInfo;
+    const known = checked.get(id);
+    if (known !== undefined) return known;
+    let sb: Sandbox;
     try {
-      info = await engine.getSandbox(id, { signal });
+      sb = await Sandbox.connect(id, { engine, signal });
     } catch (err) {
       if (err instanceof NotFoundError) throw new NotFoundError(`Sandbox "${id}" not found among the MCP server's sandboxes`);
       throw err;
     }
-    if (info.labels[MCP_LABEL] !== "1") throw new NotFoundError(`Sandbox "${id}" not found among the MCP server's sandboxes`);
-    return Sandbox.connect(id, { engine, signal });
+    if (sb.info.labels[MCP_LABEL] !== "1") throw new NotFoundError(`Sandbox "${id}" not found among the MCP server's sandboxes`);
+    if (checked.size >= 1024) checked.clear();
+    checked.set(id, sb);
+    return sb;
   }
 
   function budgetOf(asked: number | undefined): number {
@@ -208,6 +218,7 @@ export function createMcpSession(engine: EngineApi, config: McpConfig): McpSessi
       onProgress: (e: ProgressEvent) => void progress.report(`${e.phase}: ${e.message}`),
     });
     if (a.keep !== true) owned.add(info.id);
+    checked.set(info.id, await Sandbox.connect(info.id, { engine }));
     if (closing.signal.aborted) await killQuietly(info.id);
     const rules = request.network?.rules.length ?? 0;
     return text(
@@ -260,6 +271,7 @@ export function createMcpSession(engine: EngineApi, config: McpConfig): McpSessi
     await mcpSandbox(a.sandboxId, extra.signal);
     const info = await engine.killSandbox(a.sandboxId, { signal: extra.signal });
     owned.delete(a.sandboxId);
+    checked.delete(a.sandboxId);
     return text(`sandbox ${info.id} is ${info.state}`);
   });
 
