@@ -23,6 +23,7 @@ import { fnRunCommand } from "./fn.js";
 import { attachCommand, pkillCommand, psCommand } from "./processes.js";
 import { ttlCommand } from "./ttl.js";
 import { portCommand } from "./port.js";
+import { mcpCommand } from "./mcp.js";
 
 export const COMMANDS: readonly Command[] = [
   doctorCommand,
@@ -67,4 +68,5 @@ export const COMMANDS: readonly Command[] = [
   auditShowCommand,
   auditPubkeyCommand,
   daemonCommand,
+  mcpCommand,
 ];
