@@ -40,8 +40,12 @@ npm run build --silent
 # file is touched). Use a venv instead for a per-project copy (docs/PYTHON.md).
 echo "==> installing the Python SDK (python/)"
 pip_flags=(--quiet --no-deps --no-build-isolation --disable-pip-version-check)
-if python3 -m pip install --help | grep -q -- --break-system-packages; then pip_flags+=(--break-system-packages); fi
-python3 -m pip install "${pip_flags[@]}" ./python
+# Debian's own interpreter, which the apt packages above serve (pytest, msgpack, mypy, wheel), even
+# when another python3 (pyenv, a venv) comes first on PATH.
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
+if "$py" -m pip install --help | grep -q -- --break-system-packages; then pip_flags+=(--break-system-packages); fi
+"$py" -m pip install "${pip_flags[@]}" ./python
 rm -rf python/build python/mvm.egg-info
 
 mvmctl() { node packages/cli/bin/mvmctl.cjs "$@"; }
