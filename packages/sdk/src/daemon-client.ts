@@ -252,31 +252,8 @@ export class DaemonClient implements EngineApi {
    * which kills a process that is not `background`. A handler that throws ends the call the same way,
    * and `exit` rejects with what it threw.
    */
-  async exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
-    const scope = this.#open("exec", options, false);
-    let following = false;
-    let events: AsyncGenerator<unknown, void, undefined> | undefined;
-    try {
-      const ex = await this.#send(scope, { method: "POST", path: `${sandboxPath(id)}/exec`, ...jsonBody(request) });
-      if (!isSuccess(ex)) throw await errorFrom(ex, scope, this.#maxJsonBytes);
-      events = ndjsonValues(ex, scope, this.#maxLineBytes);
-      const first = await events.next();
-      if (first.done === true) throw new TransportError(`${scope.describe} ended its stream before the process started`);
-      const event = validate<ExecEvent>(ExecEvent, first.value, scope);
-      if (event.type === "error") throw fromWire(event.error);
-      if (event.type !== "started") throw new TransportError(`${scope.describe} sent "${event.type}" before "started"`);
-      following = true;
-      const exit = followExec(events, handlers, scope).finally(() => this.#done(scope));
-      exit.catch(() => {});
-      return { proc: event.proc, pid: event.pid, exit };
-    } catch (err) {
-      throw scope.fail(err);
-    } finally {
-      if (!following) {
-        await events?.return();
-        this.#done(scope);
-      }
-    }
+  exec(id: string, request: ExecApiRequest, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
+    return this.#followProcess("exec", options, { method: "POST", path: `${sandboxPath(id)}/exec`, ...jsonBody(request) }, handlers, "before the process started");
   }
 
   signalProcess(id: string, proc: number, signal: KillSignal, options?: CallOptions): Promise<void> {
@@ -297,20 +274,35 @@ export class DaemonClient implements EngineApi {
   }
 
   /** Attaches to a running process: one NDJSON stream, like exec's; leaving it only detaches. */
-  async connectProcess(id: string, proc: number, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
-    const scope = this.#open("connectProcess", options, false);
+  connectProcess(id: string, proc: number, handlers: ExecHandlers, options?: CallOptions): Promise<ExecStarted> {
+    return this.#followProcess("connectProcess", options, { method: "POST", path: `${processPath(id, proc)}/connect` }, handlers, "before attaching", proc);
+  }
+
+  /**
+   * Sends `call`, whose answer is a process's NDJSON event stream: resolves on its "started" event
+   * (which must name `proc` when given), and follows the rest into `handlers` until `exit` settles.
+   */
+  async #followProcess(
+    name: string,
+    options: CallOptions | undefined,
+    call: Omit<HttpCall, "scope">,
+    handlers: ExecHandlers,
+    beforeWhat: string,
+    proc?: number,
+  ): Promise<ExecStarted> {
+    const scope = this.#open(name, options, false);
     let following = false;
     let events: AsyncGenerator<unknown, void, undefined> | undefined;
     try {
-      const ex = await this.#send(scope, { method: "POST", path: `${processPath(id, proc)}/connect` });
+      const ex = await this.#send(scope, call);
       if (!isSuccess(ex)) throw await errorFrom(ex, scope, this.#maxJsonBytes);
       events = ndjsonValues(ex, scope, this.#maxLineBytes);
       const first = await events.next();
-      if (first.done === true) throw new TransportError(`${scope.describe} ended its stream before attaching`);
+      if (first.done === true) throw new TransportError(`${scope.describe} ended its stream ${beforeWhat}`);
       const event = validate<ExecEvent>(ExecEvent, first.value, scope);
       if (event.type === "error") throw fromWire(event.error);
       if (event.type !== "started") throw new TransportError(`${scope.describe} sent "${event.type}" before "started"`);
-      if (event.proc !== proc) throw new TransportError(`${scope.describe} attached to process ${event.proc}, not ${proc}`);
+      if (proc !== undefined && event.proc !== proc) throw new TransportError(`${scope.describe} attached to process ${event.proc}, not ${proc}`);
       following = true;
       const exit = followExec(events, handlers, scope).finally(() => this.#done(scope));
       exit.catch(() => {});
