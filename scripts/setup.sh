@@ -86,7 +86,7 @@ force=()
 # special addresses. A mirror this host reaches on such an address (a LAN apt cache, or a name
 # /etc/hosts pins) is vouched for here, by the addresses this host resolves its mirror hosts to.
 mirror_hosts=$(grep -rhoE 'https?://[A-Za-z0-9.-]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | sed -E 's#https?://##' | sort -u || true)
-vouched=$(for h in $mirror_hosts; do getent ahosts "$h" | awk '{ print $1 }'; done | sort -u | paste -sd, -)
+vouched=$(for h in $mirror_hosts; do getent ahosts "$h" || true; done | awk '{ print $1 }' | sort -u | paste -sd, -)
 MVM_BUILD_MIRROR_ADDRESSES="$vouched" MVM_KEEP_DEBS_DIR=/var/cache/mvm/debs mvmctl image build "${force[@]}" debian:bookworm+python3
 echo "==> running a sandbox on the container tier"
 MVM_ACK_CONTAINER_TIER=1 mvmctl run --backend namespace -- python3 -c 'import os, platform; print("hello from sandbox, uid", os.getuid(), "kernel", platform.release())'

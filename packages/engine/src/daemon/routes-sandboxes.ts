@@ -138,15 +138,7 @@ async function exec(ctx: RouteContext): Promise<void> {
   const out = new NdjsonWriter(ctx.res);
   // Output waits for the `started` line, then for the client to read: the engine takes the next
   // chunk (and the agent gets credit) only once this one is on its way, so nothing piles up here.
-  let open!: (streaming: boolean) => void;
-  const opened = new Promise<boolean>((resolve) => (open = resolve));
-  const forward = (type: "stdout" | "stderr") => async (chunk: Uint8Array): Promise<void> => {
-    if (!(await opened)) return;
-    for (let at = 0; at < chunk.byteLength; at += MAX_EVENT_CHUNK_BYTES) {
-      const piece = chunk.subarray(at, at + MAX_EVENT_CHUNK_BYTES);
-      await out.send({ type, data: Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength).toString("base64") } satisfies ExecEvent);
-    }
-  };
+  const { open, forward } = outputForwarder(out);
 
   try {
     started = await ctx.engine.exec(id, request, { onStdout: forward("stdout"), onStderr: forward("stderr") }, {
@@ -202,14 +194,11 @@ async function signalProcess(ctx: RouteContext): Promise<void> {
 }
 
 /**
- * Attaches to a running process and streams it as NDJSON, like exec: `started`, then the
- * backlog and live output as `stdout`/`stderr` (base64), then `exit` or `error`. A client that
- * leaves only detaches: the process runs on.
+ * Output events of one process stream: `forward(type)` sends each chunk as base64 `stdout`/`stderr`
+ * events (pieces of at most MAX_EVENT_CHUNK_BYTES) once `open(true)` is called after the `started`
+ * line, each awaiting the client's read; after `open(false)` chunks are dropped.
  */
-async function connectProcess(ctx: RouteContext): Promise<void> {
-  const id = sandboxIdParam(ctx);
-  const proc = procParam(ctx);
-  const out = new NdjsonWriter(ctx.res);
+function outputForwarder(out: NdjsonWriter): { open: (streaming: boolean) => void; forward: (type: "stdout" | "stderr") => (chunk: Uint8Array) => Promise<void> } {
   let open!: (streaming: boolean) => void;
   const opened = new Promise<boolean>((resolve) => (open = resolve));
   const forward = (type: "stdout" | "stderr") => async (chunk: Uint8Array): Promise<void> => {
@@ -219,6 +208,19 @@ async function connectProcess(ctx: RouteContext): Promise<void> {
       await out.send({ type, data: Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength).toString("base64") } satisfies ExecEvent);
     }
   };
+  return { open, forward };
+}
+
+/**
+ * Attaches to a running process and streams it as NDJSON, like exec: `started`, then the
+ * backlog and live output as `stdout`/`stderr` (base64), then `exit` or `error`. A client that
+ * leaves only detaches: the process runs on.
+ */
+async function connectProcess(ctx: RouteContext): Promise<void> {
+  const id = sandboxIdParam(ctx);
+  const proc = procParam(ctx);
+  const out = new NdjsonWriter(ctx.res);
+  const { open, forward } = outputForwarder(out);
   let started: ExecStarted;
   try {
     started = await ctx.engine.connectProcess(id, proc, { onStdout: forward("stdout"), onStderr: forward("stderr") }, { signal: ctx.signal });
