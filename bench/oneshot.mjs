@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 // One-shot figures for bench/run.mjs ("oneshot"): a whole `mvmctl run --backend namespace -- true`
 // process, spawn to exit, the way a user meets it, beside whole-process baselines in the same run,
 // interleaved so that drift in the machine's load falls on every series alike:
@@ -8,6 +9,7 @@
 // keeping sandboxes of this shape warm. Every mvmctl series gets one unmeasured run first (which
 // fills the engine's host-facts cache, as any first run on a host does).
 import { spawn } from "node:child_process";
+import { realpathSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -129,3 +131,9 @@ export async function benchOneshot({ log, summary, ratio, imagesDir, runs, findS
   }
 }
 
+
+// Run directly (`./bench/oneshot.mjs`): the oneshot section of bench/run.mjs, with its arguments.
+if (process.argv[1] !== undefined && new URL(import.meta.url).pathname === realpathSync(process.argv[1])) {
+  const run = spawn(process.execPath, [new URL("./run.mjs", import.meta.url).pathname, "oneshot", ...process.argv.slice(2)], { stdio: "inherit" });
+  run.on("exit", (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+}
