@@ -35,6 +35,12 @@ export const HIDDEN_HOST_PATHS: readonly string[] = ["/root", "/home", "/var/lib
 const WRAPPER = `set -eu
 uid=$1 gid=$2 node=$3 proxy=$4 sock=$5 port=$6 ready=$7 tmp=$8 n=$9
 shift 9
+# Node and the forwarder are bound into the build dir first, so hiding paths and the private /tmp
+# cannot take them away (a checkout under /tmp or /root), and the build user needs no access to
+# the paths they came from.
+bd=\${tmp%/tmp}
+: > "$bd/node"; mount --bind "$node" "$bd/node"; node=$bd/node
+: > "$bd/proxy.mjs"; mount --bind "$proxy" "$bd/proxy.mjs"; proxy=$bd/proxy.mjs
 while [ "$n" -gt 0 ]; do mount -t tmpfs -o mode=0755,size=64k,nosuid,nodev,noexec mvm-hidden "$1"; shift; n=$((n - 1)); done
 mount --bind "$tmp" /tmp
 ip link set lo up
@@ -157,7 +163,7 @@ export class BuildBoundary implements AsyncDisposable {
         server?.listen(socketPath, () => resolve());
       });
       await chown(socketPath, user.uid, user.gid);
-      const hidden = await hiddenPaths([resolvePath(options.stateDir), ...HIDDEN_HOST_PATHS], [buildDir, PROXY_JS, process.execPath]);
+      const hidden = await hiddenPaths([resolvePath(options.stateDir), ...HIDDEN_HOST_PATHS], [buildDir]);
       return new BuildBoundary(buildDir, server, gw, hidden, user, denied);
     } catch (err) {
       server?.close();
