@@ -121,6 +121,10 @@ async function writeImageTar(image: ImageRecord, path: string, signal: AbortSign
       noDirRecurse: true,
       mtime: new Date(0),
       strict: true,
+      // One entry at a time. With the default of 4 in flight, a push once stopped for good right
+      // after the header of a hard-linked file (its body never written, every stream idle) while
+      // other work ran; entries taken in order cannot race on the hard-link cache.
+      jobs: 1,
       // Modes exactly as stored (tar's "portable" mode would clear group and other write bits, and
       // the image digest covers modes); owners and times the same on every host.
       onWriteEntry: (entry) => {
