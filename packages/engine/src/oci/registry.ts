@@ -132,12 +132,8 @@ export class OciRegistry {
     return contentLength(res, `HEAD ${url}`);
   }
 
-  /**
-   * Fetches blob `digest` into memory; it must be exactly `sizeBytes` long and hash to `digest`.
-   * @throws NotFoundError when the registry does not have it; TransportError when it is larger,
-   *   shorter or does not verify.
-   */
-  async getBlob(digest: OciDigest, options: { sizeBytes: number }): Promise<Buffer> {
+  /** Sends GET for blob `digest`; answers only a 200, whose body the caller reads. */
+  async #getBlobResponse(digest: OciDigest) {
     checkDigest(digest);
     const url = this.#url(`blobs/${digest}`);
     const res = await this.#send("GET", url);
@@ -146,6 +142,16 @@ export class OciRegistry {
       throw new NotFoundError(`Blob ${digest} is not in ${this.origin}/${this.repository}`);
     }
     if (res.status !== 200) throw await statusError(res, `GET ${url}`);
+    return { res, url };
+  }
+
+  /**
+   * Fetches blob `digest` into memory; it must be exactly `sizeBytes` long and hash to `digest`.
+   * @throws NotFoundError when the registry does not have it; TransportError when it is larger,
+   *   shorter or does not verify.
+   */
+  async getBlob(digest: OciDigest, options: { sizeBytes: number }): Promise<Buffer> {
+    const { res, url } = await this.#getBlobResponse(digest);
     const bytes = await readBody(res, options.sizeBytes, `GET ${url}`);
     if (bytes.byteLength !== options.sizeBytes) throw new TransportError(`Blob ${digest}: ${bytes.byteLength} bytes arrived, ${options.sizeBytes} expected`);
     const actual = sha256Digest(bytes);
@@ -159,14 +165,7 @@ export class OciRegistry {
    * @throws NotFoundError, TransportError
    */
   async getBlobToFile(digest: OciDigest, path: string, options: { sizeBytes: number }): Promise<void> {
-    checkDigest(digest);
-    const url = this.#url(`blobs/${digest}`);
-    const res = await this.#send("GET", url);
-    if (res.status === 404) {
-      res.discard();
-      throw new NotFoundError(`Blob ${digest} is not in ${this.origin}/${this.repository}`);
-    }
-    if (res.status !== 200) throw await statusError(res, `GET ${url}`);
+    const { res, url } = await this.#getBlobResponse(digest);
     await streamVerified(res, path, digest, options.sizeBytes, `GET ${url}`);
   }
 
