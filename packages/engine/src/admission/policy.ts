@@ -120,8 +120,11 @@ export interface ImageFacts {
   ref: string;
   /** `host[:port]` of the registry the image was pulled from; absent for builds and imports. */
   registry?: string;
-  /** True only when the image has a provenance record whose signature was verified. */
-  provenanceVerified: boolean;
+  /**
+   * True only when the image has a provenance record whose signature was verified; absent before
+   * the image is resolved (the provenance rule is then left for the check after it).
+   */
+  provenanceVerified?: boolean;
 }
 
 /** True when `ref` names an image by digest. */
@@ -137,10 +140,10 @@ export function evaluateImagePolicy(image: ImageFacts, policy: OperatorPolicy): 
   if (policy.requireDigestPinnedImages === true && !isDigestPinned(image.ref)) {
     return deny("requireDigestPinnedImages", `image "${image.ref}" is not named by digest (sha256:<hex> or REGISTRY/REPO@sha256:<hex>)`);
   }
-  if (policy.allowedRegistries !== undefined && image.registry !== undefined && !policy.allowedRegistries.includes(image.registry)) {
+  if (image.registry !== undefined && !registryAllowed(image.registry, policy)) {
     return deny("allowedRegistries", `image "${image.ref}" comes from registry "${image.registry}", which is not in the allowed list`);
   }
-  if (policy.requireImageProvenance === true && !image.provenanceVerified) {
+  if (policy.requireImageProvenance === true && image.provenanceVerified === false) {
     return deny("requireImageProvenance", `image "${image.ref}" has no verified provenance record`);
   }
   return { ok: true };
@@ -148,10 +151,12 @@ export function evaluateImagePolicy(image: ImageFacts, policy: OperatorPolicy): 
 
 /** Checks a pull from `registry` against `allowedRegistries`. */
 export function evaluatePullPolicy(registry: string, policy: OperatorPolicy): PolicyDecision {
-  if (policy.allowedRegistries !== undefined && !policy.allowedRegistries.includes(registry)) {
-    return deny("allowedRegistries", `registry "${registry}" is not in the allowed list`);
-  }
+  if (!registryAllowed(registry, policy)) return deny("allowedRegistries", `registry "${registry}" is not in the allowed list`);
   return { ok: true };
+}
+
+function registryAllowed(registry: string, policy: OperatorPolicy): boolean {
+  return policy.allowedRegistries === undefined || policy.allowedRegistries.includes(registry);
 }
 
 function deny(rule: PolicyRule, message: string): PolicyDecision {

@@ -8,7 +8,7 @@ import { lstat } from "node:fs/promises";
 import { posix } from "node:path";
 import type { SandboxInfo } from "@mvm/protocol";
 import { PolicyRuleDeniedError } from "../admission/admit.js";
-import { evaluateImagePolicy, type ImageFacts } from "../admission/policy.js";
+import { evaluateImagePolicy, type ImageFacts, type OperatorPolicy } from "../admission/policy.js";
 import type { ImageRecord } from "../images/store.js";
 import type { EngineCore } from "./core.js";
 
@@ -55,11 +55,15 @@ export function imageFacts(ref: string, image: ImageRecord, provenanceVerified: 
 }
 
 /**
- * @throws PolicyRuleDeniedError when the operator policy's image rules refuse the image. A policy
- * that cannot be read is left to admission, which refuses every workload under it and records why.
+ * The operator policy for the image rules, read once per create; undefined when it cannot be
+ * read, which is left to admission (it refuses every workload under it and records why).
  */
-export async function checkImagePolicy(core: EngineCore, facts: ImageFacts): Promise<void> {
-  const policy = await core.gate.policy().catch(() => undefined);
+export async function imagePolicy(core: EngineCore): Promise<OperatorPolicy | undefined> {
+  return core.gate.policy().catch(() => undefined);
+}
+
+/** @throws PolicyRuleDeniedError when the policy's image rules refuse the image. */
+export function checkImagePolicy(policy: OperatorPolicy | undefined, facts: ImageFacts): void {
   if (policy === undefined) return;
   const decision = evaluateImagePolicy(facts, policy);
   if (!decision.ok) throw new PolicyRuleDeniedError(decision.rule, `Image "${facts.ref}" denied by policy rule "${decision.rule}": ${decision.message}`);

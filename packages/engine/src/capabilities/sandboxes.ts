@@ -48,7 +48,7 @@ import { DEFAULT_IMAGE, type PlanOptions } from "../engine.js";
 import { DENY_ALL, STOPPED_KEPT, STOPPED_NETWORKS_KEPT, assertOpen, liveSandbox, parse, probesFor, receiptFor, strictSecrets, type EngineCore } from "./core.js";
 import { networkSummary } from "./network.js";
 import * as pools from "./pools.js";
-import { applyImageDefaults, checkImagePolicy, imageFacts } from "./image-defaults.js";
+import { applyImageDefaults, checkImagePolicy, imageFacts, imagePolicy } from "./image-defaults.js";
 import { execIn } from "./processes.js";
 import { AGENT_MOUNT_POINT } from "../runtime/agent-runtime.js";
 import { LOADER_NAME } from "../runtime/shared-libs.js";
@@ -140,8 +140,9 @@ async function prepare(core: EngineCore,
   const { backend, probe, defaulted, probes } = await chooseSandboxBackend(core, requested, req);
   const resources = effectiveResources(core, req.resources, probe, defaulted, probes);
   const imageRef = req.image ?? core.options.defaultImage ?? DEFAULT_IMAGE;
-  // Pinning is judged on the reference alone, before anything is built.
-  await checkImagePolicy(core, { ref: imageRef, provenanceVerified: true });
+  // Pinning is judged on the reference alone, before anything is built; the rest once it is resolved.
+  const policy = await imagePolicy(core);
+  checkImagePolicy(policy, { ref: imageRef });
   const image = await core.options.images.ensure(imageRef, {
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
@@ -150,7 +151,7 @@ async function prepare(core: EngineCore,
   // A build provenance record that does not verify is left out of the IR, and counts as none for
   // a policy that requires one.
   const provenance = await verifyProvenance(core.stateDir, image.digest, { imagesDir: core.options.images.root, publicKey: core.gate.publicKey, checkManifest: false }).catch(() => undefined);
-  await checkImagePolicy(core, imageFacts(imageRef, image, provenance !== undefined));
+  checkImagePolicy(policy, imageFacts(imageRef, image, provenance !== undefined));
   const applied = await applyImageDefaults(imageRef, image, req.env);
   const ttlSeconds = req.ttlSeconds ?? core.options.defaultTtlSeconds ?? 600;
   const workMiB = req.workMiB ?? core.options.defaultWorkMiB ?? 1024;
