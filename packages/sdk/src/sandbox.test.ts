@@ -8,25 +8,12 @@ import {
   NotFoundError,
   SandboxPausedError,
   TimeoutError,
-  type EngineApi,
 } from "@mvm/protocol";
 import { Sandbox } from "./sandbox.js";
 import type { CommandResult } from "./commands.js";
 import { resetSharedEngines } from "./connect.js";
 import { FakeEngine } from "./_test/fake-engine.js";
-import { nextEvent, startFakeDaemon, type TestContextLike } from "./_test/harness.js";
-
-/** The Sandbox API runs over the daemon (full transport) and directly on an in-process engine. */
-const VIAS = ["daemon", "in-process"] as const;
-
-async function engineVia(t: TestContextLike, via: (typeof VIAS)[number]): Promise<{ engine: EngineApi; fake: FakeEngine }> {
-  if (via === "daemon") {
-    const d = await startFakeDaemon(t);
-    return { engine: d.client, fake: d.engine };
-  }
-  const fake = new FakeEngine();
-  return { engine: fake, fake };
-}
+import { nextEvent, startFakeDaemon, VIAS, engineVia } from "./_test/harness.js";
 
 for (const via of VIAS) {
   test(`[${via}] pause and resume: the state and TTL mode round-trip, a paused sandbox refuses exec with SandboxPausedError`, async (t) => {

@@ -10,24 +10,12 @@ import {
   NotFoundError,
   PolicyDeniedError,
   UnsupportedCapabilityError,
-  type EngineApi,
   type SandboxId,
 } from "@mvm/protocol";
 import { Sandbox } from "./sandbox.js";
 import { Snapshot } from "./snapshot.js";
 import { FakeEngine } from "./_test/fake-engine.js";
-import { startFakeDaemon, type TestContextLike } from "./_test/harness.js";
-
-const VIAS = ["daemon", "in-process"] as const;
-
-async function engineVia(t: TestContextLike, via: (typeof VIAS)[number]): Promise<{ engine: EngineApi; fake: FakeEngine }> {
-  if (via === "daemon") {
-    const d = await startFakeDaemon(t);
-    return { engine: d.client, fake: d.engine };
-  }
-  const fake = new FakeEngine();
-  return { engine: fake, fake };
-}
+import { startFakeDaemon, VIAS, engineVia } from "./_test/harness.js";
 
 for (const via of VIAS) {
   test(`[${via}] snapshot, create fromSnapshot by id, digest and object, list, get and delete`, async (t) => {

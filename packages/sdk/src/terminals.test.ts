@@ -4,21 +4,9 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { CommandExitError, InvalidArgumentError, NotFoundError, type EngineApi, type ExecApiRequest } from "@mvm/protocol";
+import { CommandExitError, InvalidArgumentError, NotFoundError, type ExecApiRequest } from "@mvm/protocol";
 import { Sandbox } from "./sandbox.js";
-import { FakeEngine } from "./_test/fake-engine.js";
-import { nextEvent, startFakeDaemon, type TestContextLike } from "./_test/harness.js";
-
-const VIAS = ["daemon", "in-process"] as const;
-
-async function engineVia(t: TestContextLike, via: (typeof VIAS)[number]): Promise<{ engine: EngineApi; fake: FakeEngine }> {
-  if (via === "daemon") {
-    const d = await startFakeDaemon(t);
-    return { engine: d.client, fake: d.engine };
-  }
-  const fake = new FakeEngine();
-  return { engine: fake, fake };
-}
+import { nextEvent, VIAS, engineVia } from "./_test/harness.js";
 
 for (const via of VIAS) {
   test(`[${via}] a pty start asks for the size with stdin open; resize reaches the engine; a pipe process cannot be resized`, async (t) => {

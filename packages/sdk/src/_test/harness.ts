@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 // The daemon server is engine code: transport tests use it through the engine's public entry point.
 import { startDaemonServer } from "@mvm/engine";
+import type { EngineApi } from "@mvm/protocol";
 import { DaemonClient, type DaemonClientOptions } from "../daemon-client.js";
 import { FakeEngine } from "./fake-engine.js";
 
@@ -55,4 +56,17 @@ export function nextEvent<T>(engine: FakeEngine, name: string, match: (e: T) => 
     };
     engine.events.on(name, on);
   });
+}
+
+/** The two ways the SDK's cases reach an engine: over the daemon (full transport), or in-process. */
+export const VIAS = ["daemon", "in-process"] as const;
+
+/** A fake engine reached `via` the daemon or directly; `fake` is the engine behind it either way. */
+export async function engineVia(t: TestContextLike, via: (typeof VIAS)[number]): Promise<{ engine: EngineApi; fake: FakeEngine }> {
+  if (via === "daemon") {
+    const d = await startFakeDaemon(t);
+    return { engine: d.client, fake: d.engine };
+  }
+  const fake = new FakeEngine();
+  return { engine: fake, fake };
 }
