@@ -4,30 +4,11 @@
  */
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DEFAULT_IMAGE } from "@mvm/engine";
-import { MVMCTL, cliEnv, skipWithoutImages, startDaemon, type TestDaemon } from "./_test/e2e-env.js";
-
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function run(env: NodeJS.ProcessEnv, args: readonly string[]): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MVMCTL, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (c: Buffer) => out.push(c));
-    child.stderr.on("data", (c: Buffer) => err.push(c));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }));
-  });
-}
+import { cliEnv, run, skipWithoutImages, startDaemon, type Ran, type TestDaemon } from "./_test/e2e-env.js";
 
 describe("parity commands through a real daemon", { skip: skipWithoutImages, timeout: 300_000 }, () => {
   let dir = "";

@@ -5,32 +5,13 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { MVMCTL, cliEnv, skipWithoutImages, startDaemon } from "./_test/e2e-env.js";
+import { cliEnv, run, skipWithoutImages, startDaemon, type Ran } from "./_test/e2e-env.js";
 import { DEFAULT_IMAGE } from "@mvm/engine";
 
 const skip = skipWithoutImages;
-
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function run(env: NodeJS.ProcessEnv, args: readonly string[]): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MVMCTL, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (c: Buffer) => out.push(c));
-    child.stderr.on("data", (c: Buffer) => err.push(c));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }));
-  });
-}
 
 test("snapshot create/ls/inspect/rm, create --from-snapshot and fork through a real daemon", { skip, timeout: 300_000 }, async () => {
   // The sandbox's uid must be able to pass through the state directory's parents.

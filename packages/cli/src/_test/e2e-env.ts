@@ -58,3 +58,23 @@ export async function startDaemon(env: NodeJS.ProcessEnv, socketPath: string): P
     },
   };
 }
+
+/** What a finished `mvmctl` run printed, and its exit code. */
+export interface Ran {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the shipped `mvmctl` with `args` in `env` (no stdin) to its end. */
+export function run(env: NodeJS.ProcessEnv, args: readonly string[]): Promise<Ran> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MVMCTL, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on("data", (c: Buffer) => out.push(c));
+    child.stderr.on("data", (c: Buffer) => err.push(c));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() }));
+  });
+}
