@@ -11,50 +11,56 @@ export const WORKLOAD_LOG_BYTES = 1024 * 1024;
 interface Chunk {
   proc: number;
   stream: "stdout" | "stderr";
-  time: string;
-  text: string;
+  /** When it arrived, in ms since the epoch. */
+  time: number;
+  bytes: Buffer;
 }
 
+/**
+ * Output is kept as bytes and decoded only when the log is read: adding a chunk, which happens on
+ * every piece of every command's output, is a copy into the window and nothing more.
+ */
 export class WorkloadLog {
   readonly #chunks: Chunk[] = [];
   readonly #maxBytes: number;
   #bytes = 0;
   #dropped = false;
-  readonly #decoders = new Map<string, InstanceType<typeof TextDecoder>>();
 
   constructor(maxBytes = WORKLOAD_LOG_BYTES) {
     this.#maxBytes = maxBytes;
   }
 
-  /** Keeps `chunk` (decoded as UTF-8, a character split across chunks kept whole), dropping the oldest over the bound. */
+  /** Keeps a copy of `chunk` (its last `maxBytes` when larger), dropping the oldest output over the bound. */
   add(proc: number, stream: "stdout" | "stderr", chunk: Uint8Array): void {
-    const key = `${proc}:${stream}`;
-    let decoder = this.#decoders.get(key);
-    if (decoder === undefined) {
-      if (this.#decoders.size >= 256) this.#decoders.clear();
-      decoder = new TextDecoder("utf-8");
-      this.#decoders.set(key, decoder);
-    }
+    if (chunk.byteLength === 0) return;
     const tail = chunk.byteLength > this.#maxBytes ? chunk.subarray(chunk.byteLength - this.#maxBytes) : chunk;
     if (tail !== chunk) this.#dropped = true;
-    const text = decoder.decode(tail, { stream: true });
-    if (text === "") return;
-    this.#chunks.push({ proc, stream, time: new Date().toISOString(), text });
+    this.#chunks.push({ proc, stream, time: Date.now(), bytes: Buffer.from(tail) });
     this.#bytes += tail.byteLength;
     while (this.#bytes > this.#maxBytes && this.#chunks.length > 1) {
       const old = this.#chunks.shift() as Chunk;
-      this.#bytes -= Buffer.byteLength(old.text);
+      this.#bytes -= old.bytes.byteLength;
       this.#dropped = true;
     }
   }
 
-  /** The kept output as lines (a chunk's text split at newlines), oldest first. */
+  /**
+   * The kept output as lines (a chunk's text split at newlines), oldest first. Each command's
+   * stream is decoded in order, so a character split across its chunks stays whole.
+   */
   lines(): { lines: SandboxLogLine[]; truncated: boolean } {
     const lines: SandboxLogLine[] = [];
+    const decoders = new Map<string, InstanceType<typeof TextDecoder>>();
     for (const c of this.#chunks) {
-      const parts = c.text.split("\n");
+      const key = `${c.proc}:${c.stream}`;
+      let decoder = decoders.get(key);
+      if (decoder === undefined) decoders.set(key, (decoder = new TextDecoder("utf-8")));
+      const text = decoder.decode(c.bytes, { stream: true });
+      if (text === "") continue;
+      const parts = text.split("\n");
       if (parts.at(-1) === "") parts.pop();
-      for (const part of parts) lines.push({ source: "workload", stream: c.stream, proc: c.proc, time: c.time, text: cut(part) });
+      const time = new Date(c.time).toISOString();
+      for (const part of parts) lines.push({ source: "workload", stream: c.stream, proc: c.proc, time, text: cut(part) });
     }
     return { lines, truncated: this.#dropped };
   }
