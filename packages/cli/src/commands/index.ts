@@ -24,6 +24,8 @@ import { attachCommand, pkillCommand, psCommand } from "./processes.js";
 import { ttlCommand } from "./ttl.js";
 import { portCommand } from "./port.js";
 import { mcpCommand } from "./mcp.js";
+import { serveCommand } from "./serve.js";
+import { apikeyCreateCommand, apikeyLsCommand, apikeyRmCommand } from "./apikey.js";
 
 export const COMMANDS: readonly Command[] = [
   doctorCommand,
@@ -69,4 +71,8 @@ export const COMMANDS: readonly Command[] = [
   auditPubkeyCommand,
   daemonCommand,
   mcpCommand,
+  serveCommand,
+  apikeyCreateCommand,
+  apikeyLsCommand,
+  apikeyRmCommand,
 ];
