@@ -8,20 +8,22 @@
  * when the path cannot be watched. The host trusts none of it: see watch.ts.
  */
 export function guestWatch(root: string, recursive: boolean): void {
+  // No named inner functions: a bundler that keeps names (esbuild keepNames) wraps them in a
+  // helper that does not exist where this source runs.
   const fs = require("node:fs") as typeof import("node:fs");
   const path = require("node:path") as typeof import("node:path");
-  const out = (value: unknown): void => {
-    process.stdout.write(`${JSON.stringify(value)}\n`);
-  };
-  const fail = (err: unknown): never => {
-    out({ error: String((err as { code?: unknown } | undefined)?.code ?? "EIO").slice(0, 32) });
-    process.exit(2);
-  };
+  const events = [
+    (value: unknown): void => void process.stdout.write(`${JSON.stringify(value)}\n`),
+    (err: unknown): never => {
+      process.stdout.write(`${JSON.stringify({ error: String((err as { code?: unknown } | undefined)?.code ?? "EIO").slice(0, 32) })}\n`);
+      process.exit(2);
+    },
+  ] as const;
   try {
-    if (!fs.statSync(root).isDirectory()) fail({ code: "ENOTDIR" });
+    if (!fs.statSync(root).isDirectory()) events[1]({ code: "ENOTDIR" });
     const watcher = fs.watch(root, { recursive, encoding: "utf8" }, (kind, name) => {
       if (name === null) {
-        out({ type: "overflow" });
+        events[0]({ type: "overflow" });
         return;
       }
       let type = kind === "change" ? "write" : "remove";
@@ -33,13 +35,13 @@ export function guestWatch(root: string, recursive: boolean): void {
           // gone: a removal (or the old name of a rename)
         }
       }
-      out({ type, name });
+      events[0]({ type, name });
     });
-    watcher.on("error", fail);
+    watcher.on("error", (err) => events[1](err));
   } catch (err) {
-    fail(err);
+    events[1](err);
   }
-  out({ ready: true });
+  events[0]({ ready: true });
 }
 
 /** Argv that runs {@link guestWatch} on `root` through the agent runtime (mounted read-only at /.mvm). */
