@@ -11,6 +11,7 @@
 //   node bench/run.mjs functions   # fn().remote cold and warm, map throughput (bench/functions.mjs); BENCH_FN_RUNS, BENCH_FN_MAP_CALLS
 //   node bench/run.mjs python      # the Python SDK beside the TypeScript SDK on one daemon (bench/python.mjs); BENCH_PY_RUNS
 //   node bench/run.mjs mcp         # MCP run_code round trip against the SDK's commands.run (bench/mcp.mjs)
+//   node bench/run.mjs e2b         # the e2b SDK's commands.run through mvmctl serve --e2b against the SDK's (bench/e2b.mjs)
 //   node bench/run.mjs create exec # some
 //   node bench/run.mjs egress      # egress gateway (bench/egress.mjs); BENCH_EGRESS_MIB, BENCH_EGRESS_CONNECTS, BENCH_EGRESS_TUNNELS
 //   node bench/run.mjs admission   # admission overhead added to a create (bench/admission.mjs)
@@ -46,11 +47,12 @@ import { benchFunctions } from "./functions.mjs";
 import { benchPython } from "./python.mjs";
 import { benchBundle } from "./bundle.mjs";
 import { benchMcp } from "./mcp.mjs";
+import { benchE2b } from "./e2b.mjs";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const SANDBOXES = Number(process.env.BENCH_SANDBOXES ?? 200);
 const IMAGE = process.env.BENCH_IMAGE ?? "debian:bookworm+python3";
-const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "python", "mcp", "egress", "admission", "audit", "pause", "terminals", "store", "oci", "snapshot-ns", "snapshot-vm", "vm", "bundle"];
+const SECTIONS = ["create", "exec", "density", "srt", "oneshot", "functions", "python", "mcp", "e2b", "egress", "admission", "audit", "pause", "terminals", "store", "oci", "snapshot-ns", "snapshot-vm", "vm", "bundle"];
 const args = process.argv.slice(2);
 const jsonOut = args.includes("--json");
 const only = new Set(args.filter((a) => a !== "--json"));
@@ -213,6 +215,10 @@ async function main() {
 
     if (want("mcp")) {
       result.figures.mcp = await benchMcp({ log, summary, ratio, imagesDir, image: IMAGE, runs: RUNS });
+    }
+
+    if (want("e2b")) {
+      result.figures.e2b = await benchE2b({ log, summary, ratio, imagesDir, image: IMAGE, runs: RUNS });
     }
 
     if (want("egress")) {

@@ -145,8 +145,8 @@ export class ServerStream {
 
   constructor(res: ServerResponse) {
     this.#res = res;
+    // The headers leave with the first message (one write, not two).
     res.writeHead(200, { "content-type": "application/connect+json" });
-    res.flushHeaders();
   }
 
   get closed(): boolean {
@@ -160,11 +160,12 @@ export class ServerStream {
     }
   }
 
-  /** Ends the stream, with `error` in the end-stream message when given. */
-  end(error?: unknown): void {
+  /** Ends the stream, with `error` in the end-stream message when given, after `last` when given (one write). */
+  end(error?: unknown, last?: unknown): void {
     if (this.closed) return;
     this.#ended = true;
     const e = error === undefined ? undefined : toConnectError(error);
-    this.#res.end(envelope(2, e === undefined ? {} : { error: { code: e.code, message: e.message } }));
+    const tail = envelope(2, e === undefined ? {} : { error: { code: e.code, message: e.message } });
+    this.#res.end(last === undefined ? tail : Buffer.concat([envelope(0, last), tail]));
   }
 }

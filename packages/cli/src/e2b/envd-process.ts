@@ -186,8 +186,7 @@ export class ProcessService {
       await stream.send({ event: { start: { pid: started.pid } } });
       const exit = await started.exit;
       this.table.forget(call.sandboxId, started.pid);
-      await stream.send(endEvent(exit));
-      stream.end();
+      stream.end(undefined, endEvent(exit));
     } catch (err) {
       stream.end(detach.signal.aborted && !call.signal.aborted ? new ConnectError("canceled", "Detached") : err);
     } finally {

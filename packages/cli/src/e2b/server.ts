@@ -91,6 +91,23 @@ function checkUser(req: IncomingMessage, query?: URLSearchParams): void {
   }
 }
 
+/** A set that forgets its oldest member past `max`. */
+class BoundedSet {
+  readonly #items = new Set<string>();
+  constructor(readonly max: number) {}
+  has(item: string): boolean {
+    return this.#items.has(item);
+  }
+  add(item: string): void {
+    if (this.#items.has(item)) return;
+    if (this.#items.size >= this.max) this.#items.delete(this.#items.values().next().value!);
+    this.#items.add(item);
+  }
+  delete(item: string): void {
+    this.#items.delete(item);
+  }
+}
+
 /** Starts the server; resolves once it listens. */
 export async function startE2bServer(options: E2bServerOptions): Promise<E2bServer> {
   const { engine, stateDir, secret } = options;
@@ -99,6 +116,7 @@ export async function startE2bServer(options: E2bServerOptions): Promise<E2bServ
   const filesystem = new FilesystemService();
   const stopping = new AbortController();
   let inFlight = 0;
+  const known = new BoundedSet(4096);
 
   const unary: Record<string, Unary> = {
     "/process.Process/List": (c, m) => processes.list(c, m),
@@ -210,9 +228,13 @@ export async function startE2bServer(options: E2bServerOptions): Promise<E2bServ
     if (!/^[A-Za-z0-9_-]{1,128}$/.test(sandboxId) || !accessTokenMatches(secret, sandboxId, header(req, "x-access-token"))) {
       return sendJson(res, 401, { code: 401, message: "Invalid access token" });
     }
-    if ((await control.isOurs(sandboxId, signal)) === undefined) {
+    // Whether a sandbox was made through this API never changes (its labels are fixed), so it is
+    // looked up once; whether it still lives is the engine's answer to each call, and /health's.
+    if ((url.pathname === "/health" || !known.has(sandboxId)) && (await control.isOurs(sandboxId, signal)) === undefined) {
+      known.delete(sandboxId);
       return sendJson(res, 502, { sandboxId, message: "The sandbox was not found", code: 502 });
     }
+    known.add(sandboxId);
     const timeout = Number(header(req, "connect-timeout-ms") ?? "");
     const keepalive = Number(header(req, "keepalive-ping-interval") ?? "");
     const call: EnvdCall = {
