@@ -103,6 +103,63 @@ describe("mvmctl serve --e2b with the e2b SDK", { skip: skipWithoutImages, timeo
     await assert.rejects(Sandbox.getInfo("sbx_doesnotexist", opts), NotFoundError);
   });
 
+  test("the wire: bounds, strict bodies, tokens, and calls that are not served fail fast", async () => {
+    const post = (path: string, body: string, headers: Record<string, string> = {}) => fetch(`${url}${path}`, { method: "POST", body, headers: { "x-api-key": apiKey, "content-type": "application/json", ...headers } });
+    assert.equal((await fetch(`${url}/v2/sandboxes`)).status, 401);
+    assert.equal((await post("/v2/sandboxes", "{")).status, 400);
+    assert.equal((await post("/v2/sandboxes", JSON.stringify({ templateID: "base", surprise: 1 }))).status, 400);
+    assert.equal((await post("/v2/sandboxes", JSON.stringify({ templateID: "base", templateID2: "x".repeat(400_000) }))).status, 413);
+    assert.equal((await post("/v2/sandboxes", JSON.stringify({ templateID: "base", allow_internet_access: true }))).status, 400);
+    assert.equal((await post("/v2/sandboxes", JSON.stringify({ templateID: "base", timeout: 999_999 }))).status, 400);
+    const paused = await post("/sandboxes/sbx_x/pause", "{}");
+    assert.equal(paused.status, 501);
+    assert.match(((await paused.json()) as { message: string }).message, /not supported/);
+
+    const sbx = await Sandbox.create("base", opts);
+    try {
+      const envd = (path: string, body: string, headers: Record<string, string>) =>
+        fetch(`${url}${path}`, { method: "POST", body, headers: { "e2b-sandbox-id": sbx.sandboxId, "x-access-token": (sbx as unknown as { envdAccessToken: string }).envdAccessToken, ...headers } });
+      // a unary call with the wrong codec, a stream without an envelope, an unknown field, client streaming
+      const wrongCodec = await envd("/process.Process/List", "{}", { "content-type": "application/proto" });
+      assert.equal(wrongCodec.status, 400);
+      assert.equal(((await wrongCodec.json()) as { code: string }).code, "invalid_argument");
+      const noEnvelope = Buffer.from(await (await envd("/process.Process/Start", "{}", { "content-type": "application/connect+json" })).arrayBuffer());
+      assert.equal(noEnvelope.readUInt8(0), 2);
+      assert.match(noEnvelope.subarray(5).toString(), /invalid_argument/);
+      const unknownField = await envd("/filesystem.Filesystem/Stat", JSON.stringify({ path: "/work", extra: 1 }), { "content-type": "application/json" });
+      assert.equal(unknownField.status, 400);
+      const tooBig = await envd("/filesystem.Filesystem/Stat", JSON.stringify({ path: "x".repeat(13 * 1024 * 1024) }), { "content-type": "application/json" });
+      assert.equal(tooBig.status, 429);
+      const streamInput = await envd("/process.Process/StreamInput", "", { "content-type": "application/connect+json" });
+      assert.equal(streamInput.status, 501);
+      assert.equal(((await streamInput.json()) as { code: string }).code, "unimplemented");
+      // a sandbox this API did not make is not reachable through it, even with its token
+      const { readFileSync } = await import("node:fs");
+      const { accessTokenFor } = await import("./apikeys.js");
+      const secret = readFileSync(join(env.MVM_STATE_DIR!, "e2b", "token.key"));
+      const { DaemonClient } = await import("@mvm/sdk");
+      const engine = new DaemonClient({ socketPath: env.MVM_DAEMON_SOCKET! });
+      try {
+        const other = await engine.createSandbox({ image: DEFAULT_IMAGE, backend: "namespace", ttlSeconds: 120 });
+        try {
+          const res = await fetch(`${url}/health`, { headers: { "e2b-sandbox-id": other.id, "x-access-token": accessTokenFor(secret, other.id) } });
+          assert.equal(res.status, 502);
+          assert.equal(await Sandbox.kill(other.id, opts), false);
+        } finally {
+          await engine.killSandbox(other.id);
+        }
+      } finally {
+        await engine.close();
+      }
+    } finally {
+      await sbx.kill();
+    }
+    // a non-loopback address needs --allow-remote
+    const remote = await run(env, ["serve", "--e2b", "--host", "0.0.0.0", "--port", "0"]);
+    assert.equal(remote.code, 2);
+    assert.match(remote.stderr, /allow-remote/);
+  });
+
   test("create, commands, files, pty, watch, timeout, list and kill", async () => {
     const sbx = await Sandbox.create("base", { ...opts, timeoutMs: 120_000, metadata: { purpose: "e2e" } });
     try {

@@ -61,7 +61,7 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 /** The E2B error body for what a handler threw. */
 function apiError(err: unknown): { status: number; message: string } {
   if (err instanceof ApiError) return { status: err.status, message: err.message };
-  if (err instanceof ConnectError) return { status: CONNECT_STATUS[err.code], message: err.message };
+  if (err instanceof ConnectError) return { status: err.code === "resource_exhausted" ? 413 : CONNECT_STATUS[err.code], message: err.message };
   if (err instanceof ZodError) return { status: 400, message: `Invalid request: ${err.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ").slice(0, 1000)}` };
   if (err instanceof NotFoundError) return { status: 404, message: err.message };
   if (err instanceof InvalidArgumentError) return { status: 400, message: err.message };
