@@ -317,6 +317,8 @@ export async function startE2bServer(options: E2bServerOptions): Promise<E2bServ
       else res.destroy();
     });
   });
+  // Streams may run long (requestTimeout off); idle connections and slow headers are bounded.
+  server.maxConnections = 2 * MAX_CONCURRENT_REQUESTS;
   server.requestTimeout = 0;
   server.headersTimeout = 30_000;
   server.listen(options.port, options.host);
