@@ -124,16 +124,36 @@ function keepalive(stream: ServerStream, seconds: number | undefined, message: u
 export class ProcessService {
   readonly table = new ProcessTable();
 
-  async #resolve(call: EnvdCall, selector: z.infer<typeof Selector>): Promise<{ proc: number; pid: number; pty: boolean }> {
+  async #resolve(call: EnvdCall, selector: z.infer<typeof Selector>, verify = false): Promise<{ proc: number; pid: number; pty: boolean }> {
     const pid = "pid" in selector ? selector.pid : this.table.pidOfTag(call.sandboxId, selector.tag);
     if (pid === undefined) throw new ConnectError("not_found", `No process with tag "${"tag" in selector ? selector.tag.slice(0, 64) : ""}"`);
     const known = this.table.get(call.sandboxId, pid);
+    // A process this server started is addressed directly; the engine answers NotFound once it is gone.
+    if (known !== undefined && !verify) return { proc: known.proc, pid, pty: known.pty };
     const running = (await call.engine.listProcesses(call.sandboxId, { signal: call.signal })).find((p) => p.pid === pid);
     if (running === undefined) {
       this.table.forget(call.sandboxId, pid);
       throw new ConnectError("not_found", `No running process with pid ${pid}`);
     }
-    return { proc: running.proc, pid, pty: known?.pty ?? false };
+    if (known !== undefined && known.proc === running.proc) return { proc: running.proc, pid, pty: known.pty };
+    if (known !== undefined) this.table.forget(call.sandboxId, pid);
+    return { proc: running.proc, pid, pty: false };
+  }
+
+  /**
+   * Runs `fn` on the selected process. A remembered process is addressed directly; when the engine
+   * no longer knows it (it ended unwatched, and its pid may have been reused) it is forgotten and
+   * looked up again by pid.
+   */
+  async #onProcess<T>(call: EnvdCall, selector: z.infer<typeof Selector>, fn: (found: { proc: number; pid: number; pty: boolean }) => Promise<T>): Promise<T> {
+    const found = await this.#resolve(call, selector);
+    try {
+      return await fn(found);
+    } catch (err) {
+      if (!(err instanceof NotFoundError) || this.table.get(call.sandboxId, found.pid) === undefined) throw err;
+      this.table.forget(call.sandboxId, found.pid);
+      return fn(await this.#resolve(call, "pid" in selector ? selector : { pid: found.pid }));
+    }
   }
 
   /** `Start`: runs the process and streams its start, output and end. */
@@ -159,7 +179,7 @@ export class ProcessService {
   /** `Connect`: attaches to a running process; its backlog first, then live output and its end. */
   async connect(call: EnvdCall, raw: unknown, stream: ServerStream): Promise<void> {
     const msg = ConnectRequest.parse(raw);
-    const found = await this.#resolve(call, msg.process);
+    const found = await this.#resolve(call, msg.process, true);
     const tag = this.table.tagOf(call.sandboxId, found.pid);
     await this.#stream(call, stream, found.pty, tag, (handlers, signal) => call.engine.connectProcess(call.sandboxId, found.proc, handlers, { signal }));
   }
@@ -210,18 +230,19 @@ export class ProcessService {
   /** `SendInput`: bytes to the process's stdin (or its terminal). */
   async sendInput(call: EnvdCall, raw: unknown): Promise<unknown> {
     const msg = SendInputRequest.parse(raw);
-    const found = await this.#resolve(call, msg.process);
     const input = msg.input ?? {};
     const data = "stdin" in input ? input.stdin : "pty" in input ? input.pty : "";
-    if (data.length > 0) await call.engine.writeStdin(call.sandboxId, found.proc, Buffer.from(data, "base64"), { signal: call.signal });
+    if (data.length > 0) {
+      const bytes = Buffer.from(data, "base64");
+      await this.#onProcess(call, msg.process, (found) => call.engine.writeStdin(call.sandboxId, found.proc, bytes, { signal: call.signal }));
+    }
     return {};
   }
 
   /** `CloseStdin`: ends the process's stdin. */
   async closeStdin(call: EnvdCall, raw: unknown): Promise<unknown> {
     const msg = CloseStdinRequest.parse(raw);
-    const found = await this.#resolve(call, msg.process);
-    await call.engine.writeStdin(call.sandboxId, found.proc, null, { signal: call.signal });
+    await this.#onProcess(call, msg.process, (found) => call.engine.writeStdin(call.sandboxId, found.proc, null, { signal: call.signal }));
     return {};
   }
 
@@ -231,25 +252,20 @@ export class ProcessService {
     const signal: KillSignal | undefined =
       msg.signal === "SIGNAL_SIGKILL" || msg.signal === 9 ? "SIGKILL" : msg.signal === "SIGNAL_SIGTERM" || msg.signal === 15 ? "SIGTERM" : undefined;
     if (signal === undefined) throw new ConnectError("invalid_argument", "A signal is required: SIGTERM or SIGKILL");
-    const found = await this.#resolve(call, msg.process);
-    try {
-      await call.engine.signalProcess(call.sandboxId, found.proc, signal, { signal: call.signal });
-    } catch (err) {
-      if (err instanceof NotFoundError) throw new ConnectError("not_found", `No running process with pid ${found.pid}`);
-      throw err;
-    }
+    await this.#onProcess(call, msg.process, (found) => call.engine.signalProcess(call.sandboxId, found.proc, signal, { signal: call.signal }));
     return {};
   }
 
   /** `Update`: resizes the process's terminal. */
   async update(call: EnvdCall, raw: unknown): Promise<unknown> {
     const msg = UpdateRequest.parse(raw);
-    const found = await this.#resolve(call, msg.process);
     if (msg.pty?.size !== undefined) {
       const cols = msg.pty.size.cols ?? 0;
       const rows = msg.pty.size.rows ?? 0;
       if (cols < 1 || rows < 1) throw new ConnectError("invalid_argument", `Invalid PTY size ${cols}x${rows}: both must be 1 to 4096`);
-      await call.engine.resizePty(call.sandboxId, found.proc, { cols, rows }, { signal: call.signal });
+      await this.#onProcess(call, msg.process, (found) => call.engine.resizePty(call.sandboxId, found.proc, { cols, rows }, { signal: call.signal }));
+    } else {
+      await this.#resolve(call, msg.process);
     }
     return {};
   }
