@@ -25,7 +25,7 @@ import {
 import { sharedEngine } from "../connect.js";
 import { Sandbox, requestOf, type SandboxCreateOptions } from "../sandbox.js";
 import { bundleFunction, type FunctionBundle } from "./bundle.js";
-import { invokeIn, type InvokeSettings } from "./invoke.js";
+import { invokeIn, prestartedWrapper, type InvokeSettings } from "./invoke.js";
 
 /** Options of {@link fn}. */
 export interface FunctionOptions extends Omit<SandboxCreateOptions, "command" | "intent" | "plan" | "fromSnapshot" | "timeoutMs" | "signal" | "function"> {
@@ -121,6 +121,8 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
   readonly #warn: (message: string) => void;
   /** The warm pool, set once per engine. */
   readonly #pools = new WeakMap<EngineApi, Promise<WarmPoolInfo>>();
+  /** Sandboxes of finished calls being destroyed (a call answers before its sandbox's kill ends). */
+  readonly #disposing = new Set<Promise<void>>();
 
   /** @internal Use {@link fn}. */
   constructor(options: FunctionOptions, impl: Impl) {
@@ -208,11 +210,24 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
     }
   }
 
-  /** Removes this function's warm pool from its engine (its ready sandboxes are stopped). */
+  /**
+   * Removes this function's warm pool from its engine (its ready sandboxes are stopped), and
+   * waits until the sandboxes of finished calls are destroyed ({@link settled}).
+   */
   async coolDown(options: { engine?: EngineApi } = {}): Promise<void> {
     const engine = options.engine ?? (await sharedEngine(this.#options));
     this.#pools.delete(engine);
     await engine.setWarmPool({ sandbox: requestOf(this.sandboxOptions()), size: 0 });
+    await this.settled();
+  }
+
+  /**
+   * Resolves when the sandbox of every call that has answered is destroyed. A call answers as
+   * soon as its result is read and verified; its sandbox's kill (already asked for) ends after.
+   * @example await add.remote(2, 3); await add.settled(); // no sandbox of add runs now
+   */
+  async settled(): Promise<void> {
+    while (this.#disposing.size > 0) await Promise.all([...this.#disposing]);
   }
 
   /** Sets the pool of this function's workload to `warm` sandboxes, once per engine. */
@@ -263,9 +278,14 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
         ...(options.onStderr ? { onStderr: options.onStderr } : {}),
       };
       const call: CallOptions = options.signal ? { signal: options.signal } : {};
-      return (await invokeIn(sb, settings, args, {}, { ...call, disposable: true })) as Awaited<R>;
+      // A sandbox of this function's pool has the wrapper waiting already (only before its first call).
+      const prestarted = this.warm > 0 ? await prestartedWrapper(sb, call) : undefined;
+      return (await invokeIn(sb, settings, args, {}, { ...call, disposable: true, ...(prestarted !== undefined ? { prestarted } : {}) })) as Awaited<R>;
     } finally {
-      await this.#dispose(sb);
+      // The kill is asked for now and ends after the answer; settled() waits for it.
+      const disposed = this.#dispose(sb);
+      this.#disposing.add(disposed);
+      void disposed.finally(() => this.#disposing.delete(disposed));
     }
   }
 
