@@ -20,6 +20,7 @@ import {
   type FnLimits,
   type FnMode,
   type FunctionSpec,
+  type ProcessInfo,
   MAX_WARM_POOL_SIZE,
 } from "@mvm/protocol";
 import { sharedEngine } from "../connect.js";
@@ -333,7 +334,9 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
    */
   async session(options: FunctionCallOptions = {}): Promise<FunctionSession<A, R>> {
     const sb = await this.#acquire(options);
-    return new FunctionSession<A, R>(sb, this.#settings, (a) => this.#checkArgs(a), () => this.#dispose(sb));
+    // Looked for before any call ran in the sandbox; the session's first call takes it.
+    const prestarted = this.warm > 0 ? await prestartedWrapper(sb, options.signal ? { signal: options.signal } : {}).catch(() => undefined) : undefined;
+    return new FunctionSession<A, R>(sb, this.#settings, (a) => this.#checkArgs(a), () => this.#dispose(sb), prestarted);
   }
 
   /** What the sandbox's plan records of this function: id, wrapper format and limits. */
@@ -358,6 +361,8 @@ export class FunctionSession<A extends unknown[] = unknown[], R = unknown> imple
     private readonly settings: InvokeSettings,
     private readonly checkArgs: (args: readonly unknown[]) => void,
     private readonly stop: () => Promise<void>,
+    /** The wrapper the engine pre-started in the sandbox (a warm pool's), for the first call only. */
+    private prestarted?: ProcessInfo,
   ) {}
 
   /** Calls the function in the session's sandbox. */
@@ -369,7 +374,10 @@ export class FunctionSession<A extends unknown[] = unknown[], R = unknown> imple
   async call(args: A, options: CallOptions = {}): Promise<Awaited<R>> {
     if (this.#closed) throw new InvalidArgumentError(`The session of function "${this.settings.id}" is closed`);
     this.checkArgs(args);
-    return (await invokeIn(this.sandbox, this.settings, args, {}, options)) as Awaited<R>;
+    // Taken before the call starts: only the first call of the session may use it.
+    const prestarted = this.prestarted;
+    this.prestarted = undefined;
+    return (await invokeIn(this.sandbox, this.settings, args, {}, { ...options, ...(prestarted !== undefined ? { prestarted } : {}) })) as Awaited<R>;
   }
 
   /** Destroys the sandbox (single-flight). */
