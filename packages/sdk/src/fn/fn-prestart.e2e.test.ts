@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FN_WRAPPER_COMMAND, FunctionError, parseJsonStrict, type EngineApi } from "@mvm/protocol";
+import { FN_WRAPPER_COMMAND, FunctionError, parseJsonStrict, type EngineApi, type ProcessInfo } from "@mvm/protocol";
 import { openEmbeddedEngine } from "../embedded.js";
 import { Sandbox } from "../sandbox.js";
 import { fn, type FunctionOptions } from "./function.js";
@@ -29,6 +29,9 @@ describe("fn() calls through the pre-started wrapper of a warm pool", { skip, ti
   let logDir: string;
   /** Every stdin write the SDK sent through the engine, in order. */
   const stdinWrites: Uint8Array[] = [];
+  /** Every process list the SDK asked for, in order. */
+  const lists: ProcessInfo[][] = [];
+  const wrapperPids = (from: number): number[] => lists.slice(from).flatMap((l) => l.filter((p) => isWrapper(p.argv)).map((p) => p.pid));
   const base = (): Omit<FunctionOptions, "id"> => ({ engine, image: IMAGE, backend: "namespace", logDir, onStdout: () => {}, onStderr: () => {} });
 
   before(async () => {
@@ -39,6 +42,13 @@ describe("fn() calls through the pre-started wrapper of a warm pool", { skip, ti
     engine = new Proxy(real, {
       get(target, key) {
         const value = Reflect.get(target, key) as unknown;
+        if (key === "listProcesses") {
+          return async (...args: unknown[]) => {
+            const procs = await (target.listProcesses as (...a: unknown[]) => Promise<ProcessInfo[]>)(...args);
+            lists.push(procs);
+            return procs;
+          };
+        }
         if (key === "writeStdin") {
           return (id: string, proc: number, data: Uint8Array | null, options?: unknown) => {
             if (data !== null) stdinWrites.push(data);
@@ -106,18 +116,19 @@ describe("fn() calls through the pre-started wrapper of a warm pool", { skip, ti
       } catch {
         // closed
       }
-      return { n, uptime: process.uptime(), tried, seen: seen.join("\n"), env: JSON.stringify(process.env) };
+      return { n, ppid: process.ppid, tried, seen: seen.join("\n"), env: JSON.stringify(process.env) };
     });
     assert.equal((await probe.warmUp()).ready, 2);
     try {
       // The pool's wrappers (and their children) start now; the calls come a good while later.
       await new Promise((r) => setTimeout(r, 1500));
       const before = stdinWrites.length;
+      const listed = lists.length;
       const a = await probe.remote(1);
       const b = await probe.remote(2);
       assert.deepEqual([a.n, b.n], [1, 2]);
-      // The function's process was started before its call (pre-started), not by it.
-      assert.ok(a.uptime > 1 && b.uptime > 1, `uptimes ${a.uptime} ${b.uptime}: not the pre-started processes`);
+      // Each call ran in the wrapper the pool started (listed right after the claim, before the call).
+      assert.deepEqual([a.ppid, b.ppid], wrapperPids(listed), "a call did not run in its pre-started wrapper");
       // Two requests, each with its own fresh key.
       const keys = stdinWrites.slice(before).map((w) => {
         const line = Buffer.from(w).subarray(0, Buffer.from(w).indexOf(0x0a)).toString("utf8");
@@ -181,14 +192,16 @@ describe("fn() calls through the pre-started wrapper of a warm pool", { skip, ti
   });
 
   it("a session's first call uses the pre-started wrapper and later calls start their own; each is a fresh process", async () => {
-    const pid = fn({ ...base(), id: "pre-session", warm: 1 }, (n: number) => ({ n, pid: process.pid, uptime: process.uptime() }));
+    const pid = fn({ ...base(), id: "pre-session", warm: 1 }, (n: number) => ({ n, pid: process.pid, ppid: process.ppid }));
     await pid.warmUp();
-    await new Promise((r) => setTimeout(r, 1200));
     try {
       await using s = await pid.session();
+      const [wrapper] = (await s.sandbox.commands.list()).filter((p) => isWrapper(p.argv));
+      assert.ok(wrapper !== undefined, "no pre-started wrapper in the claimed sandbox");
       const a = await s.remote(1);
       const b = await s.remote(2);
-      assert.ok(a.uptime > 1, `first call uptime ${a.uptime}: not the pre-started process`);
+      assert.equal(a.ppid, wrapper.pid, "the first call did not run in the pre-started wrapper");
+      assert.notEqual(b.ppid, wrapper.pid);
       assert.notEqual(a.pid, b.pid);
       // No wrapper waits in the session's sandbox after its first call.
       assert.deepEqual((await s.sandbox.commands.list()).filter((p) => isWrapper(p.argv)), []);

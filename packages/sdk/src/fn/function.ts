@@ -270,8 +270,19 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
 
   /** {@link remote} with an explicit argument list, cancellation, and optionally another engine. */
   async call(args: A, options: FunctionCallOptions = {}): Promise<Awaited<R>> {
-    this.#checkArgs(args);
-    const sb = await this.#acquire(options);
+    return this.#call(args, options);
+  }
+
+  /** One call; `disposing` gets the destruction of its sandbox, which ends after the answer. */
+  async #call(args: A, options: FunctionCallOptions, disposing?: (done: Promise<void>) => void): Promise<Awaited<R>> {
+    let sb: Sandbox;
+    try {
+      this.#checkArgs(args);
+      sb = await this.#acquire(options);
+    } catch (err) {
+      disposing?.(Promise.resolve()); // no sandbox to destroy
+      throw err;
+    }
     try {
       const settings = {
         ...this.#settings,
@@ -287,6 +298,7 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
       const disposed = this.#dispose(sb);
       this.#disposing.add(disposed);
       void disposed.finally(() => this.#disposing.delete(disposed));
+      disposing?.(disposed);
     }
   }
 
@@ -310,9 +322,13 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
     const start = (): void => {
       const i = next++;
       if (i >= items.length) return;
-      const p = this.call(items[i]!, { signal });
+      // A slot is free once the call's sandbox is destroyed: at most `concurrency` sandboxes at once.
+      let done!: (d: Promise<void>) => void;
+      const disposed = new Promise<Promise<void>>((resolve) => (done = resolve));
+      const p = this.#call(items[i]!, { signal }, done);
       results[i] = p;
-      slots.push(p.then(start, start));
+      slots.push(disposed.then((d) => d).then(start, start));
+      void p.catch(() => undefined); // observed in order below
     };
     try {
       for (let k = 0; k < Math.min(concurrency, items.length); k++) start();
