@@ -191,6 +191,16 @@ describe("fn() calls through the pre-started wrapper of a warm pool", { skip, ti
     }
   });
 
+  it("map at concurrency 1 and 2 yields every result, in order, though each call answers before its sandbox is destroyed", async () => {
+    const add = fn({ ...base(), id: "pre-map" }, (a: number, b: number) => a + b);
+    for (const concurrency of [1, 2]) {
+      const got: number[] = [];
+      for await (const r of add.map([[1, 2], [3, 4], [5, 6]] as [number, number][], { concurrency })) got.push(r);
+      assert.deepEqual(got, [3, 7, 11]);
+    }
+    await add.settled();
+  });
+
   it("a session's first call uses the pre-started wrapper and later calls start their own; each is a fresh process", async () => {
     const pid = fn({ ...base(), id: "pre-session", warm: 1 }, (n: number) => ({ n, pid: process.pid, ppid: process.ppid }));
     await pid.warmUp();

@@ -318,7 +318,8 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
     const items = [...argsList];
     const results: Promise<Awaited<R>>[] = new Array(items.length);
     let next = 0;
-    const slots: Promise<void>[] = [];
+    // Slots still running (a call answers before its slot frees, so settled ones must not stay in the race).
+    const slots = new Set<Promise<void>>();
     const start = (): void => {
       const i = next++;
       if (i >= items.length) return;
@@ -327,13 +328,17 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
       const disposed = new Promise<Promise<void>>((resolve) => (done = resolve));
       const p = this.#call(items[i]!, { signal }, done);
       results[i] = p;
-      slots.push(disposed.then((d) => d).then(start, start));
+      const slot: Promise<void> = disposed.then(
+        () => void (slots.delete(slot), start()),
+        () => void (slots.delete(slot), start()),
+      );
+      slots.add(slot);
       void p.catch(() => undefined); // observed in order below
     };
     try {
       for (let k = 0; k < Math.min(concurrency, items.length); k++) start();
       for (let i = 0; i < items.length; i++) {
-        while (results[i] === undefined) await Promise.race(slots);
+        while (results[i] === undefined) await Promise.race([...slots]);
         yield await results[i]!;
       }
     } finally {
