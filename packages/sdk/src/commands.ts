@@ -258,7 +258,11 @@ export class Commands {
    * await h.wait();
    */
   async connect(pid: number, options: ConnectOptions = {}): Promise<CommandHandle> {
-    const found = await this.#byPid(pid, options);
+    return this.attach(await this.#byPid(pid, options), options);
+  }
+
+  /** @internal {@link connect} to a process the caller found in {@link list} already (one round trip less). */
+  async attach(found: ProcessInfo, options: ConnectOptions = {}): Promise<CommandHandle> {
     const stdout = new OutputBuffer(options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES, options.onStdout);
     const stderr = new OutputBuffer(options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES, options.onStderr);
     const call: CallOptions = options.signal !== undefined ? { signal: options.signal } : {};

@@ -12,7 +12,7 @@
  * uid cannot read its memory or ptrace it. Whatever the function writes, wherever, it cannot
  * produce a file that carries a valid seal.
  */
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { closeSync, constants, openSync, readFileSync, writeSync } from "node:fs";
 import {
@@ -146,13 +146,34 @@ function launcher(argv: readonly string[]): string[] {
   return [process.execPath];
 }
 
-/** Runs the child and turns what happens into an outcome. */
-function runCall(req: FnRequestHeader, limits: FnLimits, code: Buffer, payload: Buffer, selfPath: string, argv: readonly string[]): Promise<Outcome> {
+/** The function's process, spawned before the request is read; what happened to it so far. */
+interface Spawned {
+  readonly child: ChildProcess;
+  error?: Error;
+  exited?: { code: number | null; signal: NodeJS.Signals | null };
+}
+
+/**
+ * Spawns the function's process at once, so that its Node loads while the wrapper waits for (and
+ * checks) the request. It runs only the trusted child entry until the task arrives on its stdin;
+ * it never sees the request header (the key). A wrapper that serves no call kills it.
+ */
+function spawnChild(selfPath: string, argv: readonly string[]): Spawned {
   const [cmd, ...pre] = launcher(argv);
   const child = spawn(cmd!, [...pre, selfPath, "--child"], {
     stdio: ["pipe", "inherit", "inherit", "pipe"],
     env: process.env,
   });
+  const spawned: Spawned = { child };
+  child.on("error", (err) => (spawned.error ??= err));
+  child.on("exit", (code, signal) => (spawned.exited ??= { code, signal }));
+  child.stdin!.on("error", () => {}); // a child that exits early closes its stdin; its report says why
+  return spawned;
+}
+
+/** Runs the call in the (pre-spawned) child and turns what happens into an outcome. */
+function runCall(req: FnRequestHeader, limits: FnLimits, code: Buffer, payload: Buffer, spawned: Spawned): Promise<Outcome> {
+  const { child } = spawned;
   const task = {
     format: req.format,
     id: req.id,
@@ -162,7 +183,6 @@ function runCall(req: FnRequestHeader, limits: FnLimits, code: Buffer, payload: 
     maxInputBytes: limits.maxInputBytes,
     maxOutputBytes: limits.maxOutputBytes,
   };
-  child.stdin!.on("error", () => {}); // a child that exits early closes its stdin; its report says why
   child.stdin!.end(Buffer.concat([Buffer.from(`${JSON.stringify(task)}\n`), code, payload]));
   const cap = limits.maxOutputBytes + REPORT_SLACK_BYTES;
   const channel = child.stdio[CHILD_RESULT_FD] as NodeJS.ReadableStream;
@@ -203,8 +223,8 @@ function runCall(req: FnRequestHeader, limits: FnLimits, code: Buffer, payload: 
       ended = true;
       decide();
     });
-    child.on("error", (err) => finish(errorOutcome(req.id, "crashed", `The function's process could not start: ${err.message}`)));
-    child.on("exit", (code, signal) => {
+    const failed = (err: Error): void => finish(errorOutcome(req.id, "crashed", `The function's process could not start: ${err.message}`));
+    const onExit = (code: number | null, signal: NodeJS.Signals | null): void => {
       exited = { code, signal };
       // Output the function left in its descendants does not hold the call open.
       setTimeout(() => {
@@ -212,7 +232,12 @@ function runCall(req: FnRequestHeader, limits: FnLimits, code: Buffer, payload: 
         decide();
       }, 200).unref();
       decide();
-    });
+    };
+    // It may have failed or ended already, while the request was read.
+    if (spawned.error !== undefined) failed(spawned.error);
+    else child.on("error", failed);
+    if (spawned.exited !== undefined) onExit(spawned.exited.code, spawned.exited.signal);
+    else child.on("exit", onExit);
   });
 }
 
@@ -257,22 +282,26 @@ export async function runWrapper(selfPath: string, argv: readonly string[]): Pro
     process.stderr.write(`mvm-fn-wrapper: ${err instanceof Error ? err.message : String(err)}\n`);
     return WRAPPER_EXIT.usage;
   }
+  const spawned = spawnChild(selfPath, argv);
   let read: Awaited<ReturnType<typeof readRequest>>;
   try {
     read = await readRequest(envLimits ?? DEFAULT_FN_LIMITS);
   } catch (err) {
+    spawned.child.kill("SIGKILL");
     process.stderr.write(`mvm-fn-wrapper: bad request: ${sanitizeMessage(err instanceof Error ? err.message : String(err))}\n`);
     return WRAPPER_EXIT.usage;
   }
   const { req, limits } = read;
   let outcome: Outcome;
   if ("tooLarge" in read) {
+    spawned.child.kill("SIGKILL");
     outcome = errorOutcome(req.id, "input-too-large", `The payload is past the ${limits.maxInputBytes}-byte input limit`);
   } else {
     try {
       asCallPayload(decodeFnValue(read.payload, req.format, { maxBytes: limits.maxInputBytes, maxDepth: limits.maxDepth }));
-      outcome = await runCall(req, limits, read.code, read.payload, selfPath, argv);
+      outcome = await runCall(req, limits, read.code, read.payload, spawned);
     } catch (err) {
+      spawned.child.kill("SIGKILL");
       const kind = err instanceof FnCodecError && err.fault === "too-large" ? "input-too-large" : "bad-input";
       outcome = errorOutcome(req.id, kind, err instanceof Error ? err.message : String(err));
     }

@@ -55,7 +55,10 @@ export interface WarmPool {
   readonly start: (pool: WarmPool) => Promise<string>;
 }
 
-/** What decides whether two creates start the same sandbox: everything but command, intent, TTL and labels. */
+/**
+ * What decides whether two creates start the same sandbox: everything but command, intent, TTL and
+ * labels, and whether it is a function's (its sandboxes have the call wrapper pre-started).
+ */
 export function poolKey(ir: WorkloadIR, backend: Backend, workMiB: number): string | undefined {
   if (ir.secrets.length > 0 || ir.ports.length > 0 || ir.fromSnapshot !== undefined) return undefined;
   return sha256Hex(
@@ -67,6 +70,9 @@ export function poolKey(ir: WorkloadIR, backend: Backend, workMiB: number): stri
       resources: ir.resources,
       network: ir.network,
       workMiB,
+      // A function's pool pre-starts the call wrapper in each sandbox (sandboxes.ts): only creates
+      // of a function claim one, so no other workload finds a wrapper it did not start.
+      ...(ir.function !== undefined ? { prestart: "fn-wrapper" } : {}),
     }),
   );
 }

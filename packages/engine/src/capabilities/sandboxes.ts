@@ -7,6 +7,8 @@ import { lstat, open as openFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
   CreateSandboxRequest,
+  FN_LIMIT_ENV,
+  FN_WRAPPER_COMMAND,
   InvalidArgumentError,
   NotFoundError,
   PauseApiRequest,
@@ -487,12 +489,48 @@ async function startWarmMember(core: EngineCore, pool: WarmPool): Promise<string
     await execIn(core, sandbox, { argv: WARM_UP_ARGV, cwd: "/", timeoutMs: 10_000, maxOutputBytes: 4096 }, {})
       .then((w) => w.exit)
       .catch(() => undefined);
+    // Best effort too: a sandbox without it serves a call through an exec of the wrapper, as a cold one does.
+    if (pool.request.function !== undefined) await prestartFnWrapper(core, sandbox, pool.request.function).catch(() => undefined);
   } catch (err) {
     await sandbox.stop("killed").catch(() => {});
     throw toMvmError(err);
   }
   return info.id;
 }
+
+/**
+ * Pre-starts the call wrapper in a warm sandbox of a function's pool (docs/FUNCTIONS.md, "Warm
+ * pools"): the wrapper (and the function's process it spawns at once) load Node and wait on stdin
+ * for the one call they will serve. The claimant finds it in the sandbox's process list, attaches,
+ * writes the request (with the call's fresh key) to its stdin and waits for its exit. It is the
+ * engine's code from the read-only runtime, started before any claimant's code ran, audited as any
+ * exec; it serves at most one call (the wrapper reads one request, then exits) and ends with the
+ * sandbox. Its own command limit covers the wait before a claim as well as the call.
+ */
+async function prestartFnWrapper(core: EngineCore, sandbox: LiveSandbox, spec: NonNullable<CreateSandboxRequest["function"]>): Promise<void> {
+  const env: Record<string, string> = {};
+  for (const key of ["maxInputBytes", "maxOutputBytes", "maxDepth", "invokeTimeoutMs"] as const) {
+    const [name, factor] = FN_LIMIT_ENV[key];
+    env[name] = String(Math.ceil(spec.limits[key] / factor));
+  }
+  await execIn(
+    core,
+    sandbox,
+    {
+      argv: [...FN_WRAPPER_COMMAND],
+      cwd: "/work",
+      env,
+      openStdin: true,
+      background: true,
+      timeoutMs: (WARM_MEMBER_TTL_SECONDS + FN_PRESTART_GRACE_SECONDS) * 1000 + spec.limits.invokeTimeoutMs,
+      maxOutputBytes: spec.limits.maxOutputBytes,
+    },
+    {},
+  );
+}
+
+/** What a pre-started wrapper's command limit adds to the warm TTL and the invoke timeout. */
+const FN_PRESTART_GRACE_SECONDS = 60;
 
 /** What a warm sandbox runs before it is claimed: the agent runtime's dynamic loader, `--version`. */
 const WARM_UP_ARGV = [`${AGENT_MOUNT_POINT}/bin/${LOADER_NAME}`, "--version"];

@@ -197,7 +197,8 @@ describe("fn() on the real engine (namespace backend)", { skip, timeout: 600_000
       const pool = await add.warmUp();
       assert.equal(pool.claimed - warmed.claimed, 2);
       assert.equal(pool.ready, 2);
-      // Each claimed sandbox was destroyed after its call: none of the function's sandboxes runs.
+      // Each claimed sandbox was destroyed after its call (a call answers first): none of the function's sandboxes runs.
+      await add.settled();
       const running = (await engine.listSandboxes()).filter((x) => x.labels["fn.id"] === "warm-add" && x.state !== "stopped");
       assert.deepEqual(running, []);
     } finally {

@@ -20,12 +20,13 @@ import {
   type FnLimits,
   type FnMode,
   type FunctionSpec,
+  type ProcessInfo,
   MAX_WARM_POOL_SIZE,
 } from "@mvm/protocol";
 import { sharedEngine } from "../connect.js";
 import { Sandbox, requestOf, type SandboxCreateOptions } from "../sandbox.js";
 import { bundleFunction, type FunctionBundle } from "./bundle.js";
-import { invokeIn, type InvokeSettings } from "./invoke.js";
+import { invokeIn, prestartedWrapper, type InvokeSettings } from "./invoke.js";
 
 /** Options of {@link fn}. */
 export interface FunctionOptions extends Omit<SandboxCreateOptions, "command" | "intent" | "plan" | "fromSnapshot" | "timeoutMs" | "signal" | "function"> {
@@ -121,6 +122,8 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
   readonly #warn: (message: string) => void;
   /** The warm pool, set once per engine. */
   readonly #pools = new WeakMap<EngineApi, Promise<WarmPoolInfo>>();
+  /** Sandboxes of finished calls being destroyed (a call answers before its sandbox's kill ends). */
+  readonly #disposing = new Set<Promise<void>>();
 
   /** @internal Use {@link fn}. */
   constructor(options: FunctionOptions, impl: Impl) {
@@ -208,11 +211,24 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
     }
   }
 
-  /** Removes this function's warm pool from its engine (its ready sandboxes are stopped). */
+  /**
+   * Removes this function's warm pool from its engine (its ready sandboxes are stopped), and
+   * waits until the sandboxes of finished calls are destroyed ({@link settled}).
+   */
   async coolDown(options: { engine?: EngineApi } = {}): Promise<void> {
     const engine = options.engine ?? (await sharedEngine(this.#options));
     this.#pools.delete(engine);
     await engine.setWarmPool({ sandbox: requestOf(this.sandboxOptions()), size: 0 });
+    await this.settled();
+  }
+
+  /**
+   * Resolves when the sandbox of every call that has answered is destroyed. A call answers as
+   * soon as its result is read and verified; its sandbox's kill (already asked for) ends after.
+   * @example await add.remote(2, 3); await add.settled(); // no sandbox of add runs now
+   */
+  async settled(): Promise<void> {
+    while (this.#disposing.size > 0) await Promise.all([...this.#disposing]);
   }
 
   /** Sets the pool of this function's workload to `warm` sandboxes, once per engine. */
@@ -254,8 +270,19 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
 
   /** {@link remote} with an explicit argument list, cancellation, and optionally another engine. */
   async call(args: A, options: FunctionCallOptions = {}): Promise<Awaited<R>> {
-    this.#checkArgs(args);
-    const sb = await this.#acquire(options);
+    return this.#call(args, options);
+  }
+
+  /** One call; `disposing` gets the destruction of its sandbox, which ends after the answer. */
+  async #call(args: A, options: FunctionCallOptions, disposing?: (done: Promise<void>) => void): Promise<Awaited<R>> {
+    let sb: Sandbox;
+    try {
+      this.#checkArgs(args);
+      sb = await this.#acquire(options);
+    } catch (err) {
+      disposing?.(Promise.resolve()); // no sandbox to destroy
+      throw err;
+    }
     try {
       const settings = {
         ...this.#settings,
@@ -263,9 +290,15 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
         ...(options.onStderr ? { onStderr: options.onStderr } : {}),
       };
       const call: CallOptions = options.signal ? { signal: options.signal } : {};
-      return (await invokeIn(sb, settings, args, {}, { ...call, disposable: true })) as Awaited<R>;
+      // A sandbox of this function's pool has the wrapper waiting already (only before its first call).
+      const prestarted = this.warm > 0 ? await prestartedWrapper(sb, call) : undefined;
+      return (await invokeIn(sb, settings, args, {}, { ...call, disposable: true, ...(prestarted !== undefined ? { prestarted } : {}) })) as Awaited<R>;
     } finally {
-      await this.#dispose(sb);
+      // The kill is asked for now and ends after the answer; settled() waits for it.
+      const disposed = this.#dispose(sb);
+      this.#disposing.add(disposed);
+      void disposed.finally(() => this.#disposing.delete(disposed));
+      disposing?.(disposed);
     }
   }
 
@@ -285,18 +318,27 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
     const items = [...argsList];
     const results: Promise<Awaited<R>>[] = new Array(items.length);
     let next = 0;
-    const slots: Promise<void>[] = [];
+    // Slots still running (a call answers before its slot frees, so settled ones must not stay in the race).
+    const slots = new Set<Promise<void>>();
     const start = (): void => {
       const i = next++;
       if (i >= items.length) return;
-      const p = this.call(items[i]!, { signal });
+      // A slot is free once the call's sandbox is destroyed: at most `concurrency` sandboxes at once.
+      let done!: (d: Promise<void>) => void;
+      const disposed = new Promise<Promise<void>>((resolve) => (done = resolve));
+      const p = this.#call(items[i]!, { signal }, done);
       results[i] = p;
-      slots.push(p.then(start, start));
+      const slot: Promise<void> = disposed.then(
+        () => void (slots.delete(slot), start()),
+        () => void (slots.delete(slot), start()),
+      );
+      slots.add(slot);
+      void p.catch(() => undefined); // observed in order below
     };
     try {
       for (let k = 0; k < Math.min(concurrency, items.length); k++) start();
       for (let i = 0; i < items.length; i++) {
-        while (results[i] === undefined) await Promise.race(slots);
+        while (results[i] === undefined) await Promise.race([...slots]);
         yield await results[i]!;
       }
     } finally {
@@ -313,7 +355,9 @@ export class MvmFunction<A extends unknown[] = unknown[], R = unknown> {
    */
   async session(options: FunctionCallOptions = {}): Promise<FunctionSession<A, R>> {
     const sb = await this.#acquire(options);
-    return new FunctionSession<A, R>(sb, this.#settings, (a) => this.#checkArgs(a), () => this.#dispose(sb));
+    // Looked for before any call ran in the sandbox; the session's first call takes it.
+    const prestarted = this.warm > 0 ? await prestartedWrapper(sb, options.signal ? { signal: options.signal } : {}).catch(() => undefined) : undefined;
+    return new FunctionSession<A, R>(sb, this.#settings, (a) => this.#checkArgs(a), () => this.#dispose(sb), prestarted);
   }
 
   /** What the sandbox's plan records of this function: id, wrapper format and limits. */
@@ -338,6 +382,8 @@ export class FunctionSession<A extends unknown[] = unknown[], R = unknown> imple
     private readonly settings: InvokeSettings,
     private readonly checkArgs: (args: readonly unknown[]) => void,
     private readonly stop: () => Promise<void>,
+    /** The wrapper the engine pre-started in the sandbox (a warm pool's), for the first call only. */
+    private prestarted?: ProcessInfo,
   ) {}
 
   /** Calls the function in the session's sandbox. */
@@ -349,7 +395,10 @@ export class FunctionSession<A extends unknown[] = unknown[], R = unknown> imple
   async call(args: A, options: CallOptions = {}): Promise<Awaited<R>> {
     if (this.#closed) throw new InvalidArgumentError(`The session of function "${this.settings.id}" is closed`);
     this.checkArgs(args);
-    return (await invokeIn(this.sandbox, this.settings, args, {}, options)) as Awaited<R>;
+    // Taken before the call starts: only the first call of the session may use it.
+    const prestarted = this.prestarted;
+    this.prestarted = undefined;
+    return (await invokeIn(this.sandbox, this.settings, args, {}, { ...options, ...(prestarted !== undefined ? { prestarted } : {}) })) as Awaited<R>;
   }
 
   /** Destroys the sandbox (single-flight). */

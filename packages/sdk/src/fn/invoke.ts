@@ -22,7 +22,9 @@ import {
   type FnLimits,
   type FnMode,
   type FnRequestHeader,
+  type ProcessInfo,
 } from "@mvm/protocol";
+import type { CommandResult } from "../command-handle.js";
 import type { Sandbox } from "../sandbox.js";
 import type { FunctionBundle } from "./bundle.js";
 import { appendFnLog } from "./operator-log.js";
@@ -53,6 +55,43 @@ function limitsEnv(limits: FnLimits): Record<string, string> {
 }
 
 /**
+ * The process of the call wrapper the engine pre-started in a sandbox just claimed from a function's
+ * warm pool (docs/FUNCTIONS.md, "Warm pools"), or undefined (a cold sandbox, or its pre-start did
+ * not run). Only for a sandbox no call has run in yet: before the first call, nothing but the
+ * agent and the engine's own commands ran in it, so the process is the engine's wrapper, waiting
+ * for its one call. Never look for it after a call (a function could leave a look-alike behind).
+ */
+export async function prestartedWrapper(sb: Sandbox, call: CallOptions = {}): Promise<ProcessInfo | undefined> {
+  const procs = await sb.commands.list(call);
+  const wrappers = procs.filter((p) => p.argv.length === FN_WRAPPER_COMMAND.length && p.argv.every((a, i) => a === FN_WRAPPER_COMMAND[i]));
+  return wrappers.length === 1 ? wrappers[0] : undefined;
+}
+
+/**
+ * One call through a pre-started wrapper: attach to it (its output streams to the caller's
+ * handlers), write the request on its stdin, close it, and wait for its exit.
+ */
+async function runPrestarted(
+  sb: Sandbox,
+  wrapper: ProcessInfo,
+  stdin: Uint8Array,
+  options: CallOptions & { maxOutputBytes: number; onStdout?: (chunk: string) => unknown; onStderr?: (chunk: string) => unknown },
+): Promise<CommandResult> {
+  const call: CallOptions = options.signal ? { signal: options.signal } : {};
+  const handle = await sb.commands.attach(wrapper, { ...options, check: false });
+  try {
+    await handle.sendStdin(stdin, call);
+    await handle.closeStdin(call);
+  } catch (err) {
+    if (!handle.exited) {
+      await handle.kill("SIGKILL").catch(() => false);
+      throw err;
+    }
+  }
+  return handle.wait();
+}
+
+/**
  * Calls the function in `sb` with `args` (and `kwargs`, empty for JavaScript callers). Resolves
  * with the decoded result.
  * @throws InvalidArgumentError (FnCodecError) when the arguments break a payload rule;
@@ -64,7 +103,7 @@ export async function invokeIn(
   s: InvokeSettings,
   args: readonly unknown[],
   kwargs: Readonly<Record<string, unknown>>,
-  options: CallOptions & { keepResultFile?: boolean; disposable?: boolean } = {},
+  options: CallOptions & { keepResultFile?: boolean; disposable?: boolean; prestarted?: ProcessInfo } = {},
 ): Promise<unknown> {
   const call: CallOptions = {};
   if (options.signal) call.signal = options.signal;
@@ -85,17 +124,23 @@ export async function invokeIn(
     limits: s.limits,
   };
   const stdin = Buffer.concat([Buffer.from(`${JSON.stringify(header)}\n`), code, payload]);
-  const run = await sb.commands.run([...FN_WRAPPER_COMMAND], {
-    ...call,
-    stdin,
-    cwd: "/work",
-    env: limitsEnv(s.limits),
-    timeoutSeconds: Math.ceil(s.limits.invokeTimeoutMs / 1000) + COMMAND_GRACE_SECONDS,
-    check: false,
+  const output = {
     maxOutputBytes: s.limits.maxOutputBytes,
     ...(s.onStdout ? { onStdout: s.onStdout } : {}),
     ...(s.onStderr ? { onStderr: s.onStderr } : {}),
-  });
+  };
+  const run =
+    options.prestarted !== undefined
+      ? await runPrestarted(sb, options.prestarted, stdin, { ...call, ...output })
+      : await sb.commands.run([...FN_WRAPPER_COMMAND], {
+          ...call,
+          ...output,
+          stdin,
+          cwd: "/work",
+          env: limitsEnv(s.limits),
+          timeoutSeconds: Math.ceil(s.limits.invokeTimeoutMs / 1000) + COMMAND_GRACE_SECONDS,
+          check: false,
+        });
   if ((sb.engine as { transport?: string }).transport === "record") {
     throw new UnsupportedCapabilityError(`Record mode runs no function: the sandbox of "${s.id}" and its wrapper call are recorded, no result exists`);
   }
