@@ -20,6 +20,15 @@ describe("the init script", () => {
     assert.ok(has(new RegExp(`^\\$bb chown \\$uid:\\$uid /newroot${GUEST_RELAY_PORT} && \\$bb chmod 0600 /newroot${GUEST_RELAY_PORT} \\|\\| fail`)));
   });
 
+  it("gives the new root a devpts instance of its own (terminals) before the agent starts", () => {
+    const mount = lines.findIndex((line) => line.startsWith("$bb mount -t devpts "));
+    assert.ok(mount >= 0);
+    assert.match(lines[mount]!, /-o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts \/newroot\/dev\/pts \|\| fail /);
+    assert.ok(lines.includes(`$bb ln -s pts/ptmx /newroot/dev/ptmx || fail "cannot add /dev/ptmx"`));
+    assert.ok(mount < lines.findIndex((line) => line.includes("/.mvm/agent.cjs")));
+    assert.ok(!script.includes("/dev/console /newroot"), "the console never enters the new root");
+  });
+
   it("starts the agent with its channel and relay ports", () => {
     const agent = lines.find((line) => line.includes("/.mvm/agent.cjs"));
     assert.ok(agent !== undefined);

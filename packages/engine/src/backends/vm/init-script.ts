@@ -8,9 +8,9 @@
  *    from the root hashes on the kernel command line, `panic_on_corruption`: one bad block read
  *    and the kernel panics, which QEMU turns into an exit) and mounts them read-only at /newroot
  *    and /newroot/.mvm; mounts the writable per-sandbox disk at /newroot/work, a size-capped
- *    tmpfs at /newroot/tmp and a /dev holding only harmless devices and the agent's two ports
- *    (channel and relay, both owned by the agent's uid, mode 0600); every mount of the new root
- *    is nosuid and nodev;
+ *    tmpfs at /newroot/tmp and a /dev holding only harmless devices, the agent's two ports
+ *    (channel and relay, both owned by the agent's uid, mode 0600) and a devpts instance of its
+ *    own at /dev/pts (never the console's); every mount of the new root is nosuid and nodev;
  * 3. hardens kernel-wide knobs (no module loading from here on, no kexec, no unprivileged bpf,
  *    perf or userfaultfd, no user namespaces), brings up the loopback interface (the only one:
  *    egress goes through the relay port), and makes a cgroup for the sandbox;
@@ -59,6 +59,9 @@ export const MAX_TRUST_PAYLOAD_BYTES = Math.ceil(MAX_TRUST_BUNDLE_BYTES / 3) * 4
 export const ROOT_DISK_LABEL = "mvm-root";
 export const AGENT_DISK_LABEL = "mvm-agent";
 export const WORK_DISK_LABEL = "mvm-work";
+
+/** Group of new terminals' slave sides in the guest's devpts: `tty` in Debian-family images. */
+export const GUEST_TTY_GID = 5;
 
 /** Paths inside the initramfs. */
 export const GUEST_HELPER_PATH = "/bin/mvm-guest";
@@ -211,6 +214,11 @@ $bb chown $uid:$uid /newroot${GUEST_AGENT_PORT} && $bb chmod 0600 /newroot${GUES
 $bb cp -a "$relay" /newroot${GUEST_RELAY_PORT} || fail "cannot add the relay port to /dev"
 $bb chown $uid:$uid /newroot${GUEST_RELAY_PORT} && $bb chmod 0600 /newroot${GUEST_RELAY_PORT} || fail "cannot hand the relay port to the agent"
 $bb ln -s /proc/self/fd /newroot/dev/fd
+# Terminals: a devpts instance of the sandbox's own (newinstance), so the new root sees only the
+# terminals its agent opens; /dev/ptmx leads to this instance's multiplexer.
+$bb mkdir -m 0755 /newroot/dev/pts || fail "cannot make /dev/pts"
+$bb mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=${GUEST_TTY_GID},nosuid,noexec devpts /newroot/dev/pts || fail "cannot mount /dev/pts"
+$bb ln -s pts/ptmx /newroot/dev/ptmx || fail "cannot add /dev/ptmx"
 
 ${GUEST_SYSCTLS.map(([k, v]) => `$bb sysctl -q -w ${k}=${v} >/dev/null || fail "cannot set ${k}"`).join("\n")}
 
