@@ -2,7 +2,7 @@
  * Conformance suite: terminals and reattach (docs/TERMINALS.md), in an embedded engine, run by
  * every backend in one sandbox (terminals.namespace.test.ts, terminals.vm.test.ts): a command on
  * a pseudo-terminal (its size, resize, Ctrl-C as a byte, exit code, the sandbox's own devpts),
- * and attaching to a running process from a second consumer (backlog, then live output;
+ * the sandbox user a shell sees (name, home, login shell), and attaching to a running process from a second consumer (backlog, then live output;
  * bounded; a detach leaves the process running).
  */
 import { after, before, describe, test } from "node:test";
@@ -84,6 +84,20 @@ export function terminalsSuite(backend: BackendName): void {
       const dev = await start(t.engine, id, ["/bin/sh", "-c", "ls -A /dev | tr '\\n' ' '; test -e /dev/console && echo has-console; true"]);
       await dev.exit;
       assert.doesNotMatch(dev.text(), /has-console|\b(ttyS?\d+|hvc\d+|vcs\w*|console)\b/, dev.text());
+    });
+
+    test("the workload has a name, a home and a shell; the image's user database is not written", async () => {
+      const script =
+        'whoami; id -un; id -gn; echo "$HOME"; python3 -c "import getpass, os; print(getpass.getuser(), os.path.expanduser(\'~\'))"; ' +
+        "mkdir -p ~/.local/lib && touch ~/.local/lib/x && echo writable; getent passwd user | cut -d: -f6,7; " +
+        "python3 -c 'import site; print(site.getusersitepackages())'; (echo x >> /etc/passwd) 2>/dev/null || echo passwd-read-only";
+      const p = await start(t.engine, id, ["/bin/sh", "-c", script]);
+      assert.equal((await p.exit).exitCode, 0, p.text());
+      assert.match(p.text(), /^user\nuser\nuser\n\/home\/user\nuser \/home\/user\nwritable\n\/home\/user:\/bin\/bash\n\/home\/user\/\.local\/lib\/python3[^\n]*\npasswd-read-only\n$/);
+      // A login shell on a terminal knows its user too.
+      const login = await start(t.engine, id, ["/bin/bash", "-lc", "echo \"$(id -un)@$(hostname):$HOME\""], { pty: { cols: 80, rows: 24 } });
+      await login.exit;
+      assert.equal(login.text(), "user@sandbox:/home/user\r\n");
     });
 
     test("resize of a process without a terminal is InvalidArgumentError; of an unknown one NotFoundError", async () => {
