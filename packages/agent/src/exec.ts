@@ -25,7 +25,7 @@ import {
 import { boundMessage, describeErrno, errnoOf, fsError, logError, quote, toErrorBody } from "./errors.js";
 import { buildEnv, makeTmpDir, removeTmpDir, removeTmpDirSync } from "./exec-env.js";
 import { OutputPump, StdinSink } from "./exec-streams.js";
-import { openPty, ptyCommand, ptyInput, resizePty, type Pty } from "./pty.js";
+import { openPty, ptyCommand, ptyInput, ptyOutput, resizePty, type Pty } from "./pty.js";
 import type { InboundStream, Link } from "./link.js";
 
 /** Extra time, past killGraceMs, that output pipes may stay open after the leader exited. */
@@ -217,7 +217,7 @@ export class ProcessTable {
     child.once("exit", (code, signal) => this.#onExit(p, code, signal));
     if (p.pty !== undefined) {
       stdin.attach(ptyInput(p.pty.stream));
-      out.attach(p.pty.stream);
+      out.attach(ptyOutput(p.pty.stream, p.pty.fd));
       err.attach(emptyReadable());
     } else {
       if (child.stdin) stdin.attach(child.stdin);

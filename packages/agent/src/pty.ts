@@ -7,10 +7,10 @@
  * Resizing runs the helper again on the master (`mvm-pty resize`).
  */
 import { spawn } from "node:child_process";
-import { closeSync, constants, openSync } from "node:fs";
+import { closeSync, constants, openSync, readSync } from "node:fs";
 import { access } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { Writable } from "node:stream";
+import { PassThrough, Writable, type Readable } from "node:stream";
 import { ReadStream as TtyReadStream } from "node:tty";
 import { InternalError, UnsupportedCapabilityError, type PtySize } from "@mvm/protocol";
 import { boundMessage, describeErrno, errnoOf, quote } from "./errors.js";
@@ -19,6 +19,10 @@ import { boundMessage, describeErrno, errnoOf, quote } from "./errors.js";
 const MAX_HELPER_STDERR = 1024;
 /** Longest a resize may take before it is reported as failed. */
 const RESIZE_TIMEOUT_MS = 10_000;
+/** Most bytes read from the master after libuv reported its end (see {@link ptyOutput}). */
+export const MAX_PTY_DRAIN_BYTES = 1024 * 1024;
+/** Size of one read of that drain: the kernel hands out at most its 4 KiB line buffer a read. */
+const DRAIN_READ_BYTES = 64 * 1024;
 
 /** The helper, beside the running agent bundle: `/.mvm/bin/mvm-pty` in a sandbox. */
 export function ptyHelperPath(): string {
@@ -69,6 +73,53 @@ export async function openPty(command: string): Promise<Pty> {
 /** The file and arguments that run `argv` on the terminal whose master is passed as fd 3. */
 export function ptyCommand(argv: readonly string[], size: PtySize): [string, string[]] {
   return [ptyHelperPath(), ["exec", String(size.cols), String(size.rows), "--", ...argv]];
+}
+
+/**
+ * The terminal's output, as a stream that ends only after everything the command wrote was read.
+ *
+ * libuv (under Node's tty stream) reports the end of a stream when the poll says "hang up" right
+ * after a read that did not fill its buffer, taking the short read to mean nothing is left. On a
+ * terminal master a read returns at most what the line discipline holds (4 KiB), and the kernel
+ * moves the rest of the command's output into it only after that read: so when the command wrote
+ * and exited at once, libuv ended the stream with that output still in the kernel, and it was
+ * lost (seen as the last lines of a short command missing, or everything after the first 4 KiB).
+ * At that end this reads the master synchronously until the kernel says EIO (nothing left; the
+ * slave side is closed, so a read returns data or EIO at once), at most MAX_PTY_DRAIN_BYTES, and
+ * only then ends. An EIO error from the stream itself comes from a read that found nothing left.
+ */
+export function ptyOutput(master: TtyReadStream, fd: number): Readable {
+  const out = new PassThrough();
+  master.pipe(out, { end: false });
+  master.once("end", () => {
+    // The stream has not closed its descriptor yet: 'end' comes before its own teardown.
+    if (!master.destroyed) for (const chunk of drainMaster(fd)) out.write(chunk);
+    out.end();
+  });
+  master.on("error", (err) => {
+    if (errnoOf(err) === "EIO") out.end();
+    else out.destroy(err);
+  });
+  return out;
+}
+
+/** What the kernel still holds on a master whose slave side is closed; stops at EIO, EAGAIN or the bound. */
+export function drainMaster(fd: number, maxBytes = MAX_PTY_DRAIN_BYTES): Buffer[] {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  while (total < maxBytes) {
+    const buf = Buffer.allocUnsafe(Math.min(DRAIN_READ_BYTES, maxBytes - total));
+    let n: number;
+    try {
+      n = readSync(fd, buf, 0, buf.length, null);
+    } catch {
+      break;
+    }
+    if (n <= 0) break;
+    chunks.push(buf.subarray(0, n));
+    total += n;
+  }
+  return chunks;
 }
 
 /**

@@ -5,10 +5,11 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, readdirSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DEFAULT_IMAGE } from "@mvm/engine";
-import { cliEnv, run, skipWithoutImages, startDaemon, type Ran, type TestDaemon } from "./_test/e2e-env.js";
+import { MVMCTL, cliEnv, run, skipWithoutImages, startDaemon, type Ran, type TestDaemon } from "./_test/e2e-env.js";
 
 describe("parity commands through a real daemon", { skip: skipWithoutImages, timeout: 300_000 }, () => {
   let dir = "";
@@ -82,6 +83,49 @@ describe("parity commands through a real daemon", { skip: skipWithoutImages, tim
     const bad = await mvmctl("logs", "--source", "kernel", id);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /agent or workload/);
+  });
+
+  it("logs -f prints new workload lines once each as they come, secret values replaced; it ends with the sandbox, or at Ctrl-C", async () => {
+    const secret = spawnSync(process.execPath, [MVMCTL, "--socket", socketPath, "secret", "set", "follow-key", "--host", "follow.test"], { env, input: "f0ll0w-s3cr3t-value", encoding: "utf8" });
+    assert.equal(secret.status, 0, secret.stderr);
+    const sbx = (await ok("create", "--image", DEFAULT_IMAGE, "--ttl", "300", "--secret-env", "KEY=follow-key")).trim();
+    await ok("exec", sbx, "--", "sh", "-c", "echo before-follow");
+    const follow = (...args: string[]) => {
+      const child = spawn(process.execPath, [MVMCTL, "--socket", socketPath, "logs", "-f", ...args, sbx], { env, stdio: ["ignore", "pipe", "pipe"] });
+      const state = { out: "", err: "", exit: new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code))) };
+      child.stdout.on("data", (c: Buffer) => (state.out += c.toString()));
+      child.stderr.on("data", (c: Buffer) => (state.err += c.toString()));
+      return { child, state };
+    };
+    const until = async (cond: () => boolean, what: string): Promise<void> => {
+      const deadline = Date.now() + 30_000;
+      while (!cond()) {
+        if (Date.now() > deadline) assert.fail(`never: ${what}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    };
+    const a = follow("--source", "workload");
+    const b = follow();
+    // What was there before the follow started, then each new line once.
+    await until(() => a.state.out.includes("before-follow") && b.state.out.includes("before-follow"), "the earlier output");
+    await ok("exec", sbx, "--", "sh", "-c", 'echo "live-one $KEY"; echo live-two >&2');
+    await until(() => a.state.out.includes("live-two"), `the live lines: ${a.state.out}`);
+    await ok("exec", sbx, "--", "sh", "-c", "echo live-three");
+    await until(() => a.state.out.includes("live-three") && b.state.out.includes("live-three"), "the next line");
+    const workload = a.state.out.split("\n").filter((l) => l !== "");
+    assert.deepEqual(workload.map((l) => l.replace(/^(stdout|stderr)\[\d+\]: /, "$1: ").replace(/mvm-placeholder-\S+/, "PLACEHOLDER")), [
+      "stdout: before-follow",
+      "stdout: live-one PLACEHOLDER",
+      "stderr: live-two",
+      "stdout: live-three",
+    ]);
+    assert.ok(!a.state.out.includes("f0ll0w-s3cr3t-value") && !b.state.out.includes("f0ll0w-s3cr3t-value"));
+
+    // Ctrl-C stops a follow (exit 0); the sandbox's end stops the other.
+    b.child.kill("SIGINT");
+    assert.equal(await b.state.exit, 0, b.state.err);
+    await ok("kill", sbx);
+    assert.equal(await a.state.exit, 0, a.state.err);
   });
 
   it("ttl sets when the sandbox ends; bad values say the range in seconds", async () => {

@@ -155,6 +155,82 @@ describe("mvmctl -it in a real terminal (tmux)", { skip, timeout: 300_000 }, () 
       assert.equal(readFileSync(join(here, "after"), "utf8"), readFileSync(join(here, "before"), "utf8"));
     });
 
+    test("attach -it drives a terminal process started elsewhere: its screen, keys, window size; Ctrl-P Ctrl-Q detaches with the terminal restored", async (t) => {
+      // A shell on a sandbox terminal whose input no one forwards (-t alone), started by another mvmctl.
+      const runner = spawn(process.execPath, [MVMCTL, "exec", "-t", sandboxId, "--", "/bin/sh", "-c", "echo started-$((2*3)); exec /bin/sh"], { env, stdio: ["ignore", "pipe", "pipe"] });
+      const runnerExit = new Promise<number | null>((resolve) => runner.on("close", (code) => resolve(code)));
+      t.after(() => runner.kill("SIGKILL"));
+      let ran = "";
+      runner.stdout.on("data", (c: Buffer) => (ran += c.toString()));
+      while (!ran.includes("started-6")) await new Promise((resolve) => setTimeout(resolve, 50));
+      const ps = JSON.parse(execFileSync(process.execPath, [MVMCTL, "--json", "ps", sandboxId], { env, encoding: "utf8" })) as { pid: number; argv: string[] }[];
+      const found = ps.find((p) => p.argv.includes("echo started-$((2*3)); exec /bin/sh"));
+      assert.ok(found, JSON.stringify(ps));
+
+      const here = mkdtempSync(join(dir, "t-"));
+      const tmux = new Tmux(here, sessionScript(here, env, `${process.execPath} ${MVMCTL} attach -it ${sandboxId} ${found.pid}`), { cols: 90, rows: 33 });
+      t.after(() => tmux.kill());
+      // The backlog first: what the shell printed before anyone attached.
+      await tmux.waitFor(/^started-6/m);
+      tmux.type("stty size; echo typed-$((6*7))");
+      tmux.send("Enter");
+      await tmux.waitFor(/^33 90\s*\n(.*\n)?typed-42\s*$/m);
+      tmux.send("C-c");
+      await tmux.waitFor(/\^C/);
+      tmux.send("C-p", "C-q");
+      const screen = await tmux.waitFor(/^DONE$/m);
+      assert.match(screen, /^EXIT=0$/m);
+      assert.match(screen, /detached \(Ctrl-P Ctrl-Q\); process \d+ runs on/);
+      assert.equal(readFileSync(join(here, "after"), "utf8"), readFileSync(join(here, "before"), "utf8"), "the terminal mode was not restored");
+      // Ctrl-C went to the shell as a key and the detach left it running: attach again and end it.
+      assert.ok((JSON.parse(execFileSync(process.execPath, [MVMCTL, "--json", "ps", sandboxId], { env, encoding: "utf8" })) as { pid: number }[]).some((p) => p.pid === found.pid));
+      const again = mkdtempSync(join(dir, "t-"));
+      const tmux2 = new Tmux(again, sessionScript(again, env, `${process.execPath} ${MVMCTL} attach -it ${sandboxId} ${found.pid}`));
+      t.after(() => tmux2.kill());
+      await tmux2.waitFor(/typed-42/);
+      tmux2.type("exit 4");
+      tmux2.send("Enter");
+      await tmux2.waitFor(/^DONE$/m);
+      assert.match(tmux2.screen(), /^EXIT=4$/m);
+      assert.equal(await runnerExit, 4);
+    });
+
+    test("attach forwards stdin to a pipe process; the end of its input leaves the process's stdin open; -t on it is a usage error", async (t) => {
+      const runner = spawn(process.execPath, [MVMCTL, "exec", "-i", sandboxId, "--", "/bin/sh", "-c", "echo cat-ready; exec cat"], { env, stdio: ["pipe", "pipe", "pipe"] });
+      const runnerExit = new Promise<number | null>((resolve) => runner.on("close", (code) => resolve(code)));
+      t.after(() => runner.kill("SIGKILL"));
+      let ran = "";
+      runner.stdout.on("data", (c: Buffer) => (ran += c.toString()));
+      while (!ran.includes("cat-ready")) await new Promise((resolve) => setTimeout(resolve, 50));
+      const ps = JSON.parse(execFileSync(process.execPath, [MVMCTL, "--json", "ps", sandboxId], { env, encoding: "utf8" })) as { pid: number; argv: string[] }[];
+      const found = ps.find((p) => p.argv.includes("echo cat-ready; exec cat"));
+      assert.ok(found, JSON.stringify(ps));
+
+      const attach = spawn(process.execPath, [MVMCTL, "attach", sandboxId, String(found.pid)], { env, stdio: ["pipe", "pipe", "pipe"] });
+      const attachExit = new Promise<number | null>((resolve) => attach.on("close", (code) => resolve(code)));
+      let seen = "";
+      let noted = "";
+      attach.stdout.on("data", (c: Buffer) => (seen += c.toString()));
+      attach.stderr.on("data", (c: Buffer) => (noted += c.toString()));
+      while (!seen.includes("cat-ready")) await new Promise((resolve) => setTimeout(resolve, 50));
+      attach.stdin.end("from-attach\n");
+      // Both clients see cat's echo of the attached client's input.
+      while (!ran.includes("from-attach") || !seen.includes("from-attach")) await new Promise((resolve) => setTimeout(resolve, 50));
+      // The attached client's input ended; the starter still writes to the same, still open stdin.
+      runner.stdin.write("from-starter\n");
+      while (!seen.includes("from-starter")) await new Promise((resolve) => setTimeout(resolve, 50));
+      attach.kill("SIGINT");
+      assert.equal(await attachExit, 0, noted);
+      assert.match(noted, /detached \(SIGINT\)/);
+
+      const tty = spawnSync(process.execPath, [MVMCTL, "attach", "-t", sandboxId, String(found.pid)], { env, encoding: "utf8" });
+      assert.equal(tty.status, 2);
+      assert.match(tty.stderr, /-it needs a terminal on stdin/);
+      runner.stdin.end();
+      assert.equal(await runnerExit, 0);
+      assert.equal(ran, "cat-ready\nfrom-attach\nfrom-starter\n");
+    });
+
     test("ps lists a process started by another mvmctl; attach gets its earlier and live output; pkill ends it", async () => {
       const runner = spawn(process.execPath, [MVMCTL, "exec", sandboxId, "--", "/bin/sh", "-c", "echo first; while :; do sleep 0.2; echo tick; done"], {
         env,

@@ -375,7 +375,7 @@ export class Engine implements EngineApi {
   setNetworkPolicy(id: string, policy: NetworkPolicyJson): Promise<SandboxInfo> {
     return network.setNetworkPolicy(this.#core, id, policy);
   }
-  sandboxLogs(id: string, options: CallOptions & { source?: LogSource; tail?: number } = {}): Promise<SandboxLogs> {
+  sandboxLogs(id: string, options: CallOptions & { source?: LogSource; tail?: number; after?: string } = {}): Promise<SandboxLogs> {
     return logs.sandboxLogs(this.#core, id, options);
   }
   publishPort(id: string, port: PortSpec): Promise<SandboxInfo> {

@@ -32,4 +32,26 @@ describe("WorkloadLog", () => {
     huge.add(1, "stdout", Buffer.alloc(1000, 0x62));
     assert.equal(huge.lines().lines[0]!.text.length, 64);
   });
+
+  it("a cursor (seq) gives only what arrived after it, and says when some of that was dropped", () => {
+    const log = new WorkloadLog(64);
+    log.add(1, "stdout", Buffer.from("one\n"));
+    const first = log.lines();
+    assert.deepEqual(first.lines.map((l) => l.text), ["one"]);
+    assert.equal(log.lines(first.seq).lines.length, 0);
+    log.add(1, "stdout", Buffer.from("two\n"));
+    log.add(2, "stderr", Buffer.from("three\n"));
+    const second = log.lines(first.seq);
+    assert.deepEqual(second.lines.map((l) => `${l.proc} ${l.text}`), ["1 two", "2 three"]);
+    assert.equal(second.truncated, false);
+    // More than the window arrives before the next read: the reader is told.
+    for (let i = 0; i < 20; i++) log.add(1, "stdout", Buffer.from(`line ${i}\n`));
+    const third = log.lines(second.seq);
+    assert.equal(third.truncated, true);
+    assert.equal(third.lines.at(-1)?.text, "line 19");
+    assert.equal(log.lines(third.seq).truncated, false);
+    // One chunk larger than the window is kept as its tail and marked.
+    log.add(1, "stdout", Buffer.alloc(100, 0x61));
+    assert.equal(log.lines(third.seq).truncated, true);
+  });
 });

@@ -9,8 +9,12 @@ import { MAX_LOG_LINE_CHARS, type SandboxLogLine } from "@mvm/protocol";
 export const WORKLOAD_LOG_BYTES = 1024 * 1024;
 
 interface Chunk {
+  /** Its place in the order output arrived: 1, 2, 3, ... */
+  seq: number;
   proc: number;
   stream: "stdout" | "stderr";
+  /** Whether only its last bytes were kept (it was larger than the whole window). */
+  cut: boolean;
   /** When it arrived, in ms since the epoch. */
   time: number;
   bytes: Buffer;
@@ -25,6 +29,8 @@ export class WorkloadLog {
   readonly #maxBytes: number;
   #bytes = 0;
   #dropped = false;
+  /** Sequence number of the latest chunk added (0: none yet). */
+  #seq = 0;
 
   constructor(maxBytes = WORKLOAD_LOG_BYTES) {
     this.#maxBytes = maxBytes;
@@ -35,7 +41,7 @@ export class WorkloadLog {
     if (chunk.byteLength === 0) return;
     const tail = chunk.byteLength > this.#maxBytes ? chunk.subarray(chunk.byteLength - this.#maxBytes) : chunk;
     if (tail !== chunk) this.#dropped = true;
-    this.#chunks.push({ proc, stream, time: Date.now(), bytes: Buffer.from(tail) });
+    this.#chunks.push({ seq: ++this.#seq, proc, stream, cut: tail !== chunk, time: Date.now(), bytes: Buffer.from(tail) });
     this.#bytes += tail.byteLength;
     while (this.#bytes > this.#maxBytes && this.#chunks.length > 1) {
       const old = this.#chunks.shift() as Chunk;
@@ -46,9 +52,12 @@ export class WorkloadLog {
 
   /**
    * The kept output as lines (a chunk's text split at newlines), oldest first. Each command's
-   * stream is decoded in order, so a character split across its chunks stays whole.
+   * stream is decoded in order, so a character split across its chunks stays whole. With
+   * `afterSeq` (a `seq` of an earlier answer), only output that arrived after that answer, and
+   * `truncated` says whether some of it was dropped before it could be read. `seq` marks where
+   * this answer ends.
    */
-  lines(): { lines: SandboxLogLine[]; truncated: boolean } {
+  lines(afterSeq?: number): { lines: SandboxLogLine[]; truncated: boolean; seq: number } {
     const lines: SandboxLogLine[] = [];
     const decoders = new Map<string, InstanceType<typeof TextDecoder>>();
     for (const c of this.#chunks) {
@@ -56,13 +65,15 @@ export class WorkloadLog {
       let decoder = decoders.get(key);
       if (decoder === undefined) decoders.set(key, (decoder = new TextDecoder("utf-8")));
       const text = decoder.decode(c.bytes, { stream: true });
-      if (text === "") continue;
+      if (text === "" || (afterSeq !== undefined && c.seq <= afterSeq)) continue;
       const parts = text.split("\n");
       if (parts.at(-1) === "") parts.pop();
       const time = new Date(c.time).toISOString();
       for (const part of parts) lines.push({ source: "workload", stream: c.stream, proc: c.proc, time, text: cut(part) });
     }
-    return { lines, truncated: this.#dropped };
+    const oldest = this.#chunks[0]?.seq ?? this.#seq + 1;
+    const truncated = afterSeq === undefined ? this.#dropped : oldest > afterSeq + 1 || this.#chunks.some((c) => c.seq > afterSeq && c.cut);
+    return { lines, truncated, seq: this.#seq };
   }
 }
 

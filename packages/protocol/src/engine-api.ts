@@ -220,8 +220,9 @@ export interface EngineApi {
   /**
    * The sandbox's logs: its agent's log and its workload's output (each bounded by the engine,
    * secret values replaced), the last `tail` lines (default and at most MAX_LOG_LINES), oldest first.
+   * With `after` (an earlier answer's `next`), only the lines that arrived since that answer.
    */
-  sandboxLogs(id: string, options?: CallOptions & { source?: LogSource; tail?: number }): Promise<SandboxLogs>;
+  sandboxLogs(id: string, options?: CallOptions & { source?: LogSource; tail?: number; after?: string }): Promise<SandboxLogs>;
   /** Network events after sequence number `after` (default 0), at most `limit` (default and max 1000). */
   networkEvents(id: string, options?: CallOptions & { after?: number; limit?: number }): Promise<NetworkEventsPage>;
 

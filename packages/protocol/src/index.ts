@@ -48,5 +48,5 @@ export { MAX_TREE_BYTES, MAX_TREE_ENTRIES, normalizeTarPath, readTar, tarEnd, ta
 export type { TarEntry, TarEntryType, TarLimits, TarReadEntry } from "./tar.js";
 export { TreeWriteResult, treeLimits } from "./tree-api.js";
 export type { TreeOptions } from "./tree-api.js";
-export { LogSource, MAX_LOG_LINES, MAX_LOG_LINE_CHARS, SandboxLogLine, SandboxLogs } from "./logs-api.js";
+export { LogCursor, LogSource, MAX_LOG_LINES, MAX_LOG_LINE_CHARS, SandboxLogLine, SandboxLogs } from "./logs-api.js";
 export * from "./image-provenance.js";

@@ -26,9 +26,21 @@ export const SandboxLogLine = z.strictObject({
 });
 export type SandboxLogLine = z.infer<typeof SandboxLogLine>;
 
+/**
+ * Where a logs answer ends, to ask for what came after it (`after`): `<workload seq>.<agent log
+ * offset>`, two decimal numbers. Opaque to callers; valid for the sandbox that answered it.
+ */
+export const LogCursor = z.string().regex(/^[0-9]{1,15}\.[0-9]{1,15}$/, "expected a cursor of a previous logs answer");
+export type LogCursor = z.infer<typeof LogCursor>;
+
 export const SandboxLogs = z.strictObject({
   lines: z.array(SandboxLogLine).max(MAX_LOG_LINES),
-  /** True when older lines were dropped (by the engine's bounds or `tail`). */
+  /**
+   * True when lines were dropped (by the engine's bounds or `tail`); with `after`, when some of
+   * what came after the cursor was dropped before this answer.
+   */
   truncated: z.boolean(),
+  /** Pass as `after` to get only the lines that arrive after this answer (`logs --follow`). */
+  next: LogCursor.optional(),
 });
 export type SandboxLogs = z.infer<typeof SandboxLogs>;

@@ -448,10 +448,11 @@ export class DaemonClient implements EngineApi {
     return this.#json("setNetworkPolicy", options, { method: "PUT", path: `${sandboxPath(id)}/network/policy`, ...jsonBody(policy) }, wire.SandboxInfo);
   }
 
-  sandboxLogs(id: string, options: CallOptions & { source?: LogSource; tail?: number } = {}): Promise<SandboxLogs> {
+  sandboxLogs(id: string, options: CallOptions & { source?: LogSource; tail?: number; after?: string } = {}): Promise<SandboxLogs> {
     const query = new URLSearchParams();
     if (options.source !== undefined) query.set("source", options.source);
     if (options.tail !== undefined) query.set("tail", String(options.tail));
+    if (options.after !== undefined) query.set("after", options.after);
     const qs = query.size > 0 ? `?${query}` : "";
     return this.#json("sandboxLogs", options, { method: "GET", path: `${sandboxPath(id)}/logs${qs}` }, SandboxLogs);
   }

@@ -244,7 +244,7 @@ export class EmbeddedEngine implements EngineApi {
   setNetworkPolicy(id: string, policy: NetworkPolicyJson, options?: CallOptions): Promise<SandboxInfo> {
     return this.#engine.setNetworkPolicy(id, policy, options);
   }
-  sandboxLogs(id: string, options?: CallOptions & { source?: LogSource; tail?: number }): Promise<SandboxLogs> {
+  sandboxLogs(id: string, options?: CallOptions & { source?: LogSource; tail?: number; after?: string }): Promise<SandboxLogs> {
     return this.#engine.sandboxLogs(id, options);
   }
   publishPort(id: string, port: PortSpec, options?: CallOptions): Promise<SandboxInfo> {

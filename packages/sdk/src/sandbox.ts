@@ -314,10 +314,11 @@ export class Sandbox implements AsyncDisposable {
    * last 1 MiB of command output), secret values replaced, oldest first.
    * @param options.source only `agent` or only `workload` lines @default both
    * @param options.tail at most this many of the last lines @default 10000
+   * @param options.after only what arrived after an earlier answer: that answer's `next`
    * @example
    * for (const line of (await sb.logs({ source: "workload" })).lines) console.log(line.text);
    */
-  logs(options: CallOptions & { source?: LogSource; tail?: number } = {}): Promise<SandboxLogs> {
+  logs(options: CallOptions & { source?: LogSource; tail?: number; after?: string } = {}): Promise<SandboxLogs> {
     return this.#engine.sandboxLogs(this.id, options);
   }
 

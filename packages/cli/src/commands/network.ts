@@ -1,9 +1,10 @@
 /**
  * `mvmctl network set|show ID`: the egress policy of a running sandbox, and `mvmctl logs`: the
- * sandbox's agent and workload logs, or with --network what the gateway allowed and denied for it.
+ * sandbox's agent and workload logs (`--follow`: as they come), or with --network what the gateway
+ * allowed and denied for it.
  */
-import { MAX_LOG_LINES, MAX_LOG_LINE_CHARS, NetworkPolicy, checkFunctionId, type LogSource, type NetworkEvent, type NetworkPolicyJson } from "@mvm/protocol";
-import { defineCommand } from "../command.js";
+import { AbortedError, MAX_LOG_LINES, MAX_LOG_LINE_CHARS, NetworkPolicy, checkFunctionId, type EngineApi, type LogSource, type NetworkEvent, type NetworkPolicyJson } from "@mvm/protocol";
+import { defineCommand, type CommandContext } from "../command.js";
 import { booleanFlag, sandboxIdArg, stringFlag } from "../flags.js";
 import { POLICY_FLAGS, policyFrom } from "../network-flags.js";
 import { printable } from "../text.js";
@@ -100,16 +101,16 @@ export function formatNetworkEvent(event: NetworkEvent): string {
 export const logsCommand = defineCommand<{ id: string; follow: boolean; fn?: string; sandbox?: { source?: LogSource; tail?: number } }>({
   name: "logs",
   summary: "Show a sandbox's logs, its network events, or a function's operator log",
-  usage: "ID [--source agent|workload] [-n N] | --network ID [--follow] | --fn FUNCTION_ID",
+  usage: "ID [--source agent|workload] [-n N] [--follow] | --network ID [--follow] | --fn FUNCTION_ID",
   details:
     "Without --network or --fn: the sandbox's agent log and its commands' recent output (the last 1 MiB), secret values " +
-    "replaced. With --json one JSON object per line: {source, stream?, proc?, time?, text} (logs), {seq, event} (network) " +
+    "replaced; with -f new lines are printed as they come until the sandbox ends or mvmctl is interrupted. With --json one JSON object per line: {source, stream?, proc?, time?, text} (logs), {seq, event} (network) " +
     "or one operator log entry (fn).",
   flags: {
     source: { type: "string", valueName: "SOURCE", description: "Only agent or only workload lines" },
     tail: { type: "string", short: "n", valueName: "N", description: "Only the last N lines (default and at most 10000)" },
     network: { type: "boolean", description: "Network events of sandbox ID (what the egress gateway allowed and denied)" },
-    follow: { type: "boolean", short: "f", description: "Keep printing new events until the sandbox stops or mvmctl is interrupted" },
+    follow: { type: "boolean", short: "f", description: "Keep printing new lines (or network events) until the sandbox stops or mvmctl is interrupted" },
     fn: { type: "string", valueName: "ID", description: "The operator log of function ID: its failed calls by errorId, with their stacks" },
   },
   positionals: { min: 0, max: 1 },
@@ -122,7 +123,6 @@ export const logsCommand = defineCommand<{ id: string; follow: boolean; fn?: str
     }
     if (!booleanFlag(raw, "network")) {
       if (raw.positionals.length !== 1) throw new UsageError("mvmctl logs takes one sandbox id", { hint: "mvmctl logs ID" });
-      if (booleanFlag(raw, "follow")) throw new UsageError("--follow works with --network only", { hint: "mvmctl logs --network --follow ID" });
       const source = stringFlag(raw, "source");
       if (source !== undefined && source !== "agent" && source !== "workload") {
         throw new UsageError(`Invalid value "${source.slice(0, 32)}" for --source: expected agent or workload`);
@@ -134,7 +134,7 @@ export const logsCommand = defineCommand<{ id: string; follow: boolean; fn?: str
       }
       return {
         id: sandboxIdArg(raw.positionals[0] ?? ""),
-        follow: false,
+        follow: booleanFlag(raw, "follow"),
         sandbox: { ...(source !== undefined ? { source } : {}), ...(tail !== undefined ? { tail } : {}) },
       };
     }
@@ -145,13 +145,18 @@ export const logsCommand = defineCommand<{ id: string; follow: boolean; fn?: str
     if (fn !== undefined) return printFnLog(ctx, fn);
     if (sandbox !== undefined) {
       return withEngine(ctx, async (engine) => {
-        const logs = await engine.sandboxLogs(id, { ...sandbox, signal: ctx.signal });
-        for (const line of logs.lines) {
-          if (ctx.global.json) ctx.io.stdout.write(`${JSON.stringify(line)}\n`);
-          else ctx.out.human(`${line.source === "agent" ? "agent" : `${line.stream ?? "out"}[${line.proc ?? 0}]`}: ${printable(line.text, MAX_LOG_LINE_CHARS + 16)}\n`);
+        // An interrupt ends a follow as the sandbox's end does: what came so far was printed.
+        const stop = new AbortController();
+        const restore = follow ? ctx.onInterrupt((signal) => stop.abort(new AbortedError(`Interrupted by ${signal}`))) : () => {};
+        const signal = AbortSignal.any([ctx.signal, stop.signal]);
+        try {
+          return await printSandboxLogs(ctx, engine, id, sandbox, follow, signal);
+        } catch (err) {
+          if (stop.signal.aborted) return 0;
+          throw err;
+        } finally {
+          restore();
         }
-        if (logs.truncated) ctx.out.note("note: older lines were dropped (the engine keeps the last 1 MiB of output and 256 KiB of agent log)");
-        return 0;
       });
     }
     return withEngine(ctx, async (engine) => {
@@ -172,3 +177,65 @@ export const logsCommand = defineCommand<{ id: string; follow: boolean; fn?: str
     });
   },
 });
+
+/** Prints the sandbox's logs; with `follow` then new lines as they come, until the sandbox ends or `signal` fires. */
+async function printSandboxLogs(
+  ctx: CommandContext,
+  engine: EngineApi,
+  id: string,
+  sandbox: { source?: LogSource; tail?: number },
+  follow: boolean,
+  signal: AbortSignal,
+): Promise<number> {
+  let request: { source?: LogSource; tail?: number; after?: string } = sandbox;
+  for (;;) {
+    const logs = await engine.sandboxLogs(id, { ...request, signal }).catch(async (err: unknown) => {
+      // A sandbox that ended between two reads ends the follow; anything else is an error.
+      if (request.after !== undefined && !signal.aborted && !(await isRunning(engine, id, signal))) return undefined;
+      throw err;
+    });
+    if (logs === undefined) return 0;
+    for (const line of logs.lines) {
+      if (ctx.global.json) ctx.io.stdout.write(`${JSON.stringify(line)}\n`);
+      else ctx.out.human(`${line.source === "agent" ? "agent" : `${line.stream ?? "out"}[${line.proc ?? 0}]`}: ${printable(line.text, MAX_LOG_LINE_CHARS + 16)}\n`);
+    }
+    if (logs.truncated) {
+      ctx.out.note(
+        request.after === undefined
+          ? "note: older lines were dropped (the engine keeps the last 1 MiB of output and 256 KiB of agent log)"
+          : "note: some lines were dropped before they could be shown (the output came faster than it was followed)",
+      );
+    }
+    if (!follow || signal.aborted) return 0;
+    if (logs.next === undefined) {
+      ctx.out.note("note: this engine cannot follow logs (its answers carry no cursor)");
+      return 0;
+    }
+    request = { ...(sandbox.source !== undefined ? { source: sandbox.source } : {}), after: logs.next };
+    if (logs.lines.length > 0) continue;
+    if (!(await isRunning(engine, id, signal))) return 0;
+    if (!(await sleep(FOLLOW_INTERVAL_MS, signal))) return 0;
+  }
+}
+
+/** Whether sandbox `id` still runs (or is paused): false once it stopped or is gone. */
+async function isRunning(engine: EngineApi, id: string, signal: AbortSignal): Promise<boolean> {
+  const info = await engine.getSandbox(id, { signal }).catch(() => undefined);
+  return info !== undefined && info.state !== "stopped";
+}
+
+/** Waits `ms`; false when `signal` fired first. */
+function sleep(ms: number, signal: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve(false);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve(true);
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}

@@ -1,13 +1,13 @@
 /**
  * The running processes of one sandbox, from any client (docs/TERMINALS.md):
- * `mvmctl ps ID` lists them, `mvmctl attach ID PID` follows one (what it printed before, within
- * its backlog, then live output; mvmctl exits with its exit code), `mvmctl pkill ID PID` signals one.
+ * `mvmctl ps ID` lists them, `mvmctl attach ID PID` attaches to one (what it printed before,
+ * within its backlog, then live output; stdin forwarded; `-it` drives its terminal; mvmctl exits
+ * with its exit code; attach.ts), `mvmctl pkill ID PID` signals one.
  */
-import { AbortedError, KillSignal, NotFoundError, SIGNALS, type EngineApi, type ProcessInfo } from "@mvm/protocol";
+import { KillSignal, NotFoundError, SIGNALS, type EngineApi, type ProcessInfo } from "@mvm/protocol";
+import { attachProcess, type AttachMode } from "../attach.js";
 import { defineCommand, type CommandContext } from "../command.js";
-import { exitCodeOf } from "../exit-code.js";
-import { sandboxIdArg, stringFlag } from "../flags.js";
-import type { OutStream } from "../io.js";
+import { booleanFlag, sandboxIdArg, stringFlag } from "../flags.js";
 import { formatTable, printable } from "../text.js";
 import { UsageError } from "../usage-error.js";
 import { withEngine } from "./_lifetime.js";
@@ -48,42 +48,34 @@ export const psCommand = defineCommand<{ sandboxId: string }>({
   },
 });
 
-export const attachCommand = defineCommand<{ sandboxId: string; pid: number }>({
+export const attachCommand = defineCommand<{ sandboxId: string; pid: number } & AttachMode>({
   name: "attach",
-  summary: "Follow a running process of a sandbox: its earlier output, then live",
-  usage: "ID PID",
+  summary: "Attach to a running process of a sandbox: its earlier output, then live, and your input",
+  usage: "[-i] [-t] [--no-stdin] ID PID",
   details:
     "Prints what the process printed before (within the backlog its exec kept, 256 KiB by default),\n" +
-    "then its live output, and exits with its exit code. An interrupt (Ctrl-C) detaches: the\n" +
-    "process runs on. Stop it with mvmctl pkill.",
-  flags: {},
+    "then its live output, writes mvmctl's stdin to the process's stdin, and exits with its exit\n" +
+    "code. The end of mvmctl's input does not close the process's stdin. An interrupt (Ctrl-C)\n" +
+    "detaches: the process runs on (stop it with mvmctl pkill).\n" +
+    "-it on a process started on a terminal (exec -it, commands.start with pty) drives that terminal\n" +
+    "like exec -it: raw keys (Ctrl-C goes to the process), the window size follows yours, and\n" +
+    "Ctrl-P Ctrl-Q detaches.",
+  flags: {
+    interactive: { type: "boolean", short: "i", description: "Forward stdin (the default; with -t reads like exec -it)" },
+    tty: { type: "boolean", short: "t", description: "Drive the process's terminal from yours: raw keys, window size; Ctrl-P Ctrl-Q detaches" },
+    "no-stdin": { type: "boolean", description: "Follow the output only; do not forward stdin" },
+  },
   positionals: { min: 2, max: 2 },
   connection: "daemon",
-  parse: (raw) => ({ sandboxId: sandboxIdArg(raw.positionals[0] ?? ""), pid: pidArg(raw.positionals[1] ?? "") }),
-  async run(ctx, { sandboxId, pid }) {
+  parse(raw) {
+    const noStdin = booleanFlag(raw, "no-stdin");
+    if (noStdin && booleanFlag(raw, "interactive")) throw new UsageError("-i and --no-stdin contradict each other", { hint: "Give one of them" });
+    if (noStdin && booleanFlag(raw, "tty")) throw new UsageError("-t needs stdin: it cannot be combined with --no-stdin");
+    return { sandboxId: sandboxIdArg(raw.positionals[0] ?? ""), pid: pidArg(raw.positionals[1] ?? ""), stdin: !noStdin, tty: booleanFlag(raw, "tty") };
+  },
+  async run(ctx, { sandboxId, pid, ...mode }) {
     if (ctx.global.json) throw new UsageError("attach streams output: --json is not supported");
-    return withEngine(ctx, async (engine) => {
-      const found = await findProcess(ctx, engine, sandboxId, pid);
-      const detach = new AbortController();
-      const restore = ctx.onInterrupt((signal) => detach.abort(new AbortedError(`Detached by ${signal}`)));
-      try {
-        const started = await engine.connectProcess(
-          sandboxId,
-          found.proc,
-          { onStdout: (chunk) => passOn(ctx.io.stdout, chunk), onStderr: (chunk) => passOn(ctx.io.stderr, chunk) },
-          { signal: detach.signal },
-        );
-        try {
-          return exitCodeOf(await started.exit);
-        } catch (err) {
-          if (!detach.signal.aborted) throw err;
-          ctx.out.note(`mvmctl: detached; process ${pid} runs on`);
-          return 0;
-        }
-      } finally {
-        restore();
-      }
-    });
+    return withEngine(ctx, async (engine) => attachProcess(ctx, engine, sandboxId, await findProcess(ctx, engine, sandboxId, pid), mode));
   },
 });
 
@@ -111,8 +103,3 @@ export const pkillCommand = defineCommand<{ sandboxId: string; pid: number; sign
     });
   },
 });
-
-function passOn(stream: OutStream, chunk: Uint8Array): Promise<void> | undefined {
-  if (stream.write(chunk)) return;
-  return stream.drained?.();
-}

@@ -66,8 +66,8 @@ export function lifecycleSuite(backend: BackendName): void {
       delete process.env["MVM_TEST_HOST_ONLY"];
       assert.doesNotMatch(r.stdout, /MVM_TEST_HOST_ONLY/);
       assert.match(r.stdout, /^GREETING=hi there$/m);
-      // The namespace backend gives the sandbox user a home (docs/FILES.md); the VM backend does not yet.
-      assert.match(r.stdout, backend === "namespace" ? /^HOME=\/home\/user$/m : /^HOME=\/work$/m);
+      // Every backend gives the sandbox user a home (docs/FILES.md).
+      assert.match(r.stdout, /^HOME=\/home\/user$/m);
       assert.match(r.stdout, /^\/work$/m);
     });
 

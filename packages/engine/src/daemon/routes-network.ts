@@ -1,5 +1,5 @@
 /** Routes for a sandbox's egress policy and network events, and for the host's secret store. */
-import { InvalidArgumentError, LogSource, NetworkPolicySchema, PortSpec, SECRET_NAME_PATTERN, SetSecretApiRequest } from "@mvm/protocol";
+import { InvalidArgumentError, LogCursor, LogSource, NetworkPolicySchema, PortSpec, SECRET_NAME_PATTERN, SetSecretApiRequest } from "@mvm/protocol";
 import { readJson, sendJson, sendNoContent } from "./http-io.js";
 import { sandboxIdParam, type Route, type RouteContext } from "./router.js";
 
@@ -23,6 +23,8 @@ export const networkRoutes: readonly Route[] = [
       const tail = ctx.query.get("tail");
       if (source !== null && !LogSource.safeParse(source).success) throw new InvalidArgumentError(`Query parameter "source" must be agent or workload, not "${source.slice(0, 32)}"`);
       if (tail !== null && !/^[0-9]{1,9}$/.test(tail)) throw new InvalidArgumentError(`Query parameter "tail" must be a whole number, not "${tail.slice(0, 32)}"`);
+      const after = ctx.query.get("after");
+      if (after !== null && !LogCursor.safeParse(after).success) throw new InvalidArgumentError(`Query parameter "after" must be the "next" of an earlier logs answer, not "${after.slice(0, 40)}"`);
       sendJson(
         ctx.res,
         200,
@@ -30,6 +32,7 @@ export const networkRoutes: readonly Route[] = [
           signal: ctx.signal,
           ...(source !== null ? { source: source as LogSource } : {}),
           ...(tail !== null ? { tail: Number(tail) } : {}),
+          ...(after !== null ? { after } : {}),
         }),
       );
     },

@@ -20,6 +20,29 @@ describe("the init script", () => {
     assert.ok(has(new RegExp(`^\\$bb chown \\$uid:\\$uid /newroot${GUEST_RELAY_PORT} && \\$bb chmod 0600 /newroot${GUEST_RELAY_PORT} \\|\\| fail`)));
   });
 
+  it("gives the new root a devpts instance of its own (terminals) before the agent starts", () => {
+    const mount = lines.findIndex((line) => line.startsWith("$bb mount -t devpts "));
+    assert.ok(mount >= 0);
+    assert.match(lines[mount]!, /-o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts \/newroot\/dev\/pts \|\| fail /);
+    assert.ok(lines.includes(`$bb ln -s pts/ptmx /newroot/dev/ptmx || fail "cannot add /dev/ptmx"`));
+    assert.ok(mount < lines.findIndex((line) => line.includes("/.mvm/agent.cjs")));
+    assert.ok(!script.includes("/dev/console /newroot"), "the console never enters the new root");
+  });
+
+  it("adds the sandbox user through read-only binds of copies, never writing the image, and gives it a home", () => {
+    assert.ok(has(/^  add_entry passwd "user:x:\$uid:\$uid:user:\/home\/user:\$user_shell" \|\| fail /));
+    assert.ok(has(/^  add_entry group "user:x:\$uid:" \|\| fail /));
+    assert.ok(script.includes('$bb mount -o bind "/identity/$1" "/newroot/etc/$1" &&'));
+    assert.ok(script.includes('$bb mount -o remount,bind,ro,nosuid,nodev,noexec "/newroot/etc/$1"'));
+    assert.ok(!/> *"?\/newroot\/etc/.test(script), "nothing is written under the image's /etc");
+    // Only a regular file, not through a symlink, at most 1 MiB, is read.
+    assert.ok(script.includes('[ -d /newroot/etc ] && [ ! -L /newroot/etc ] && [ -f "$1" ] && [ ! -L "$1" ] &&'));
+    assert.ok(has(/^  \$bb mount -t tmpfs -o nosuid,nodev,size=16m,mode=0755 tmpfs \/newroot\/home &&$/));
+    assert.ok(script.includes("{ [ -z \"$home_tmpfs\" ] || $bb mount -o remount,nosuid,nodev,size=$4m /newroot/home; }"), "the home grows with the /tmp limit");
+    const user = lines.findIndex((line) => line.startsWith("  add_entry passwd"));
+    assert.ok(user < lines.findIndex((line) => line.includes("/.mvm/agent.cjs")));
+  });
+
   it("starts the agent with its channel and relay ports", () => {
     const agent = lines.find((line) => line.includes("/.mvm/agent.cjs"));
     assert.ok(agent !== undefined);

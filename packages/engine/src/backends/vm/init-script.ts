@@ -8,9 +8,11 @@
  *    from the root hashes on the kernel command line, `panic_on_corruption`: one bad block read
  *    and the kernel panics, which QEMU turns into an exit) and mounts them read-only at /newroot
  *    and /newroot/.mvm; mounts the writable per-sandbox disk at /newroot/work, a size-capped
- *    tmpfs at /newroot/tmp and a /dev holding only harmless devices and the agent's two ports
- *    (channel and relay, both owned by the agent's uid, mode 0600); every mount of the new root
- *    is nosuid and nodev;
+ *    tmpfs at /newroot/tmp and a /dev holding only harmless devices, the agent's two ports
+ *    (channel and relay, both owned by the agent's uid, mode 0600) and a devpts instance of its
+ *    own at /dev/pts (never the console's); adds the sandbox user (`user`, home /home/user on a
+ *    tmpfs at /home) to copies of /etc/passwd and /etc/group bound read-only over the image's
+ *    when they lack its uid; every mount of the new root is nosuid and nodev;
  * 3. hardens kernel-wide knobs (no module loading from here on, no kexec, no unprivileged bpf,
  *    perf or userfaultfd, no user namespaces), brings up the loopback interface (the only one:
  *    egress goes through the relay port), and makes a cgroup for the sandbox;
@@ -59,6 +61,15 @@ export const MAX_TRUST_PAYLOAD_BYTES = Math.ceil(MAX_TRUST_BUNDLE_BYTES / 3) * 4
 export const ROOT_DISK_LABEL = "mvm-root";
 export const AGENT_DISK_LABEL = "mvm-agent";
 export const WORK_DISK_LABEL = "mvm-work";
+
+/** Group of new terminals' slave sides in the guest's devpts: `tty` in Debian-family images. */
+export const GUEST_TTY_GID = 5;
+
+/** Name and home of the sandbox user the init adds to images without an entry for its uid (as the namespace tier does). */
+export const SANDBOX_USER = "user";
+export const SANDBOX_HOME = "/home/user";
+/** Largest image /etc/passwd or /etc/group the init copies to add the user, bytes. */
+export const MAX_IDENTITY_DB_BYTES = 1024 * 1024;
 
 /** Paths inside the initramfs. */
 export const GUEST_HELPER_PATH = "/bin/mvm-guest";
@@ -211,6 +222,47 @@ $bb chown $uid:$uid /newroot${GUEST_AGENT_PORT} && $bb chmod 0600 /newroot${GUES
 $bb cp -a "$relay" /newroot${GUEST_RELAY_PORT} || fail "cannot add the relay port to /dev"
 $bb chown $uid:$uid /newroot${GUEST_RELAY_PORT} && $bb chmod 0600 /newroot${GUEST_RELAY_PORT} || fail "cannot hand the relay port to the agent"
 $bb ln -s /proc/self/fd /newroot/dev/fd
+# Terminals: a devpts instance of the sandbox's own (newinstance), so the new root sees only the
+# terminals its agent opens; /dev/ptmx leads to this instance's multiplexer.
+$bb mkdir -m 0755 /newroot/dev/pts || fail "cannot make /dev/pts"
+$bb mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=${GUEST_TTY_GID},nosuid,noexec devpts /newroot/dev/pts || fail "cannot mount /dev/pts"
+$bb ln -s pts/ptmx /newroot/dev/ptmx || fail "cannot add /dev/ptmx"
+
+# The sandbox user: when the image's /etc/passwd (/etc/group) has no entry for the uid (gid), the
+# new root sees a copy with "${SANDBOX_USER}" added, bind-mounted read-only over the image's file
+# (the image disk is never written); a tmpfs at /home holds ${SANDBOX_HOME}, owned by the user.
+# image_db FILE: FILE is a regular file of at most ${MAX_IDENTITY_DB_BYTES} bytes, no symlink on the way.
+image_db() {
+  [ -d /newroot/etc ] && [ ! -L /newroot/etc ] && [ -f "$1" ] && [ ! -L "$1" ] &&
+    [ "$($bb wc -c < "$1")" -le ${MAX_IDENTITY_DB_BYTES} ]
+}
+# has_id FILE ID: some entry's third field is exactly ID.
+has_id() {
+  $bb awk -F: -v id="$2" '($3 "") == (id "") { found = 1 } END { exit !found }' "$1"
+}
+# add_entry NAME ENTRY: the image's /etc/NAME plus ENTRY on a line of its own, over /etc/NAME.
+add_entry() {
+  $bb mkdir -p -m 0755 /identity &&
+  { $bb cat "/newroot/etc/$1" && if [ -s "/newroot/etc/$1" ] && [ -n "$($bb tail -c 1 "/newroot/etc/$1")" ]; then echo; fi &&
+    echo "$2"; } > "/identity/$1" &&
+  $bb chmod 0644 "/identity/$1" &&
+  $bb mount -o bind "/identity/$1" "/newroot/etc/$1" &&
+  $bb mount -o remount,bind,ro,nosuid,nodev,noexec "/newroot/etc/$1"
+}
+user_shell=/bin/sh
+[ -e /newroot/bin/bash ] && user_shell=/bin/bash
+if image_db /newroot/etc/passwd && ! has_id /newroot/etc/passwd $uid; then
+  add_entry passwd "${SANDBOX_USER}:x:$uid:$uid:${SANDBOX_USER}:${SANDBOX_HOME}:$user_shell" || fail "cannot add the sandbox user to /etc/passwd"
+fi
+if image_db /newroot/etc/group && ! has_id /newroot/etc/group $uid; then
+  add_entry group "${SANDBOX_USER}:x:$uid:" || fail "cannot add the sandbox user to /etc/group"
+fi
+home_tmpfs=
+if [ -d /newroot/home ] && [ ! -L /newroot/home ]; then
+  $bb mount -t tmpfs -o nosuid,nodev,size=16m,mode=0755 tmpfs /newroot/home &&
+    $bb mkdir -m 0755 /newroot${SANDBOX_HOME} && $bb chown $uid:$uid /newroot${SANDBOX_HOME} || fail "cannot make ${SANDBOX_HOME}"
+  home_tmpfs=1
+fi
 
 ${GUEST_SYSCTLS.map(([k, v]) => `$bb sysctl -q -w ${k}=${v} >/dev/null || fail "cannot set ${k}"`).join("\n")}
 
@@ -245,7 +297,8 @@ do_limits() {
   case "$4" in ''|*[!0-9]*) return 1 ;; esac
   case "$3" in max) cpu="max 100000" ;; ''|*[!0-9]*) return 1 ;; *) cpu="$3 100000" ;; esac
   limit memory.max "$1" && limit pids.max "$2" && echo "$cpu" > $cg/sandbox/cpu.max &&
-    $bb mount -o remount,nosuid,nodev,size=$4m /newroot/tmp
+    $bb mount -o remount,nosuid,nodev,size=$4m /newroot/tmp &&
+    { [ -z "$home_tmpfs" ] || $bb mount -o remount,nosuid,nodev,size=$4m /newroot/home; }
 }
 do_start() {
   do_seed "$1" && do_clock "$2" && do_limits "$3" "$4" "$5" "$6"

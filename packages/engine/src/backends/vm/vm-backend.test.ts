@@ -79,9 +79,9 @@ describe("VmBackend", { timeout: 600_000 }, () => {
       // The image and the runtime are read-only; /work is writable.
       const ro = await run(client, ["/bin/sh", "-c", "touch /bin/x 2>/dev/null && echo writable || echo ro; touch /work/x && echo work-ok"]);
       assert.equal(ro.stdout, "ro\nwork-ok\n");
-      // Only the harmless devices and the agent's two ports (channel and relay) are in /dev.
+      // Only the harmless devices, the sandbox's own terminals (ptmx, pts) and the agent's two ports (channel and relay) are in /dev.
       const dev = await run(client, ["/bin/ls", "/dev"]);
-      assert.deepEqual(dev.stdout.trim().split("\n").sort(), ["fd", "full", "null", "random", "tty", "urandom", "vport0p1", "vport0p3", "zero"]);
+      assert.deepEqual(dev.stdout.trim().split("\n").sort(), ["fd", "full", "null", "ptmx", "pts", "random", "tty", "urandom", "vport0p1", "vport0p3", "zero"]);
       // The agent cannot gain privileges: no_new_privs is set and no capability is held.
       const status = await run(client, ["/bin/sh", "-c", "grep -E '^(NoNewPrivs|CapEff|CapPrm):' /proc/self/status"]);
       assert.equal(status.stdout, "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n");
