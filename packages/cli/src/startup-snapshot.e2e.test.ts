@@ -6,9 +6,10 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync, type SpawnSyncReturns } from "node:child_process";
+import { spawn, spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { chmodSync, cpSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { parseJsonStrict } from "@mvm/protocol";
 import { cliEnv, MVMCTL, skipWithoutImages } from "./_test/e2e-env.js";
 import { scratchDir } from "./_test/scratch.js";
 
@@ -106,4 +107,37 @@ test("a run through the snapshot gives the workload's output and exit code", { s
   assert.equal(snap.run.status, 7, snap.run.stderr);
   assert.equal(snap.run.stdout, "out\n");
   assert.match(ownStderr(snap.run), /^err$/m);
+});
+
+test("a daemon and a client both started from the snapshot serve a run (HTTP loaded on first use)", { skip: skipWithoutBlob ?? skipWithoutImages }, async () => {
+  const dir = scratchDir("snapshot-daemon");
+  chmodSync(dirname(dir), 0o711);
+  chmodSync(dir, 0o711);
+  const env = cliEnv(dir);
+  const sockets = join(dir, "sockets");
+  mkdirSync(sockets, { mode: 0o700 });
+  const socketPath = join(sockets, "d.sock");
+  // The executable itself, as a user starts it: the daemon runs from the snapshot too.
+  const daemon = spawn(MVMCTL, ["daemon", "--socket", socketPath], { env, stdio: ["ignore", "ignore", "pipe"] });
+  const closed = new Promise<number | null>((resolve) => daemon.on("close", (code) => resolve(code)));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      let seen = "";
+      daemon.stderr.on("data", (c: Buffer) => {
+        if (seen.length < 64 * 1024) seen += c.toString();
+        if (seen.includes(`listening on ${socketPath}`)) resolve();
+      });
+      daemon.on("close", () => reject(new Error(`daemon exited before listening: ${seen}`)));
+    });
+    const r = traced(MVMCTL, ["--socket", socketPath, "run", "--backend", "namespace", "--", "sh", "-c", "echo through; exit 5"], env);
+    assert.match(r.exec, /--snapshot-blob /);
+    assert.equal(r.run.status, 5, r.run.stderr);
+    assert.equal(r.run.stdout, "through\n");
+    const ls = traced(MVMCTL, ["--socket", socketPath, "--json", "ls"], env);
+    assert.equal(ls.run.status, 0, ls.run.stderr);
+    assert.deepEqual(parseJsonStrict(ls.run.stdout), []);
+  } finally {
+    daemon.kill("SIGTERM");
+    assert.equal(await closed, 0);
+  }
 });
