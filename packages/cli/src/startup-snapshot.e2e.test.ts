@@ -133,6 +133,8 @@ test("a daemon and a client both started from the snapshot serve a run (HTTP loa
     assert.match(r.exec, /--snapshot-blob /);
     assert.equal(r.run.status, 5, r.run.stderr);
     assert.equal(r.run.stdout, "through\n");
+    // Modules loaded after deserialization load quietly (no snapshot-builder warnings).
+    assert.doesNotMatch(ownStderr(r.run), /Warning|snapshot/i);
     const ls = traced(MVMCTL, ["--socket", socketPath, "--json", "ls"], env);
     assert.equal(ls.run.status, 0, ls.run.stderr);
     assert.deepEqual(parseJsonStrict(ls.run.stdout), []);
