@@ -7,7 +7,10 @@
 // mvmctl is measured embedded (its own engine in the process) and against a daemon started here
 // (its own state directory and socket), and, when the engine has warm pools, against a daemon
 // keeping sandboxes of this shape warm. Every mvmctl series gets one unmeasured run first (which
-// fills the engine's host-facts cache, as any first run on a host does).
+// fills the engine's host-facts cache, as any first run on a host does). mvmctl is started as the
+// executable (bin/mvmctl.cjs, which runs Node with mvmctl's startup snapshot when it fits); the
+// warm-pool series and a bare `mvmctl --help` are measured again with the snapshot turned off
+// (MVM_CLI_NO_SNAPSHOT=1: Node runs the bundle with its code cache, as before the snapshot).
 import { spawn } from "node:child_process";
 import { realpathSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -83,7 +86,9 @@ export async function benchOneshot({ log, summary, ratio, imagesDir, runs, findS
     const run = ["run", "--backend", "namespace", "--", "true"];
     const series = {
       bwrapNode: () => timed("bwrap", ["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", process.execPath, "-e", "0"], process.env),
-      mvmctlEmbedded: () => timed(process.execPath, [MVMCTL, "--embedded", ...run], envFor("embedded")),
+      mvmctlEmbedded: () => timed(MVMCTL, ["--embedded", ...run], envFor("embedded")),
+      mvmctlHelp: () => timed(MVMCTL, ["--help"], envFor("help")),
+      mvmctlHelpNoSnapshot: () => timed(MVMCTL, ["--help"], { ...envFor("help"), MVM_CLI_NO_SNAPSHOT: "1" }),
     };
     const srt = await findSrt();
     if (srt) series.srt = () => timed(srt, ["true"], process.env);
@@ -91,13 +96,14 @@ export async function benchOneshot({ log, summary, ratio, imagesDir, runs, findS
     await mkdir(join(root, "sockets"), { mode: 0o700 });
     const daemonSocket = join(root, "sockets", "daemon.sock");
     daemons.push(await startDaemon(envFor("daemon"), daemonSocket));
-    series.mvmctlDaemon = () => timed(process.execPath, [MVMCTL, "--socket", daemonSocket, ...run], envFor("daemon"));
+    series.mvmctlDaemon = () => timed(MVMCTL, ["--socket", daemonSocket, ...run], envFor("daemon"));
 
     if (pools) {
       const pooledSocket = join(root, "sockets", "pooled.sock");
       daemons.push(await startDaemon(envFor("pooled"), pooledSocket));
       await timed(process.execPath, [MVMCTL, "--socket", pooledSocket, "pool", "set", "--backend", "namespace", "--size", "2"], envFor("pooled"));
-      series.mvmctlDaemonWarmPool = () => timed(process.execPath, [MVMCTL, "--socket", pooledSocket, ...run], envFor("pooled"));
+      series.mvmctlDaemonWarmPool = () => timed(MVMCTL, ["--socket", pooledSocket, ...run], envFor("pooled"));
+      series.mvmctlDaemonWarmPoolNoSnapshot = () => timed(MVMCTL, ["--socket", pooledSocket, ...run], { ...envFor("pooled"), MVM_CLI_NO_SNAPSHOT: "1" });
     }
 
     for (const [name, once] of Object.entries(series)) {
@@ -120,6 +126,11 @@ export async function benchOneshot({ log, summary, ratio, imagesDir, runs, findS
       command: "mvmctl run --backend namespace -- true",
       ...s,
       ratios: Object.fromEntries(Object.keys(s).filter((k) => k.startsWith("mvmctl")).map((k) => [k, vs(k)])),
+      // What the startup snapshot saves, same run: with it against without it.
+      snapshot: {
+        helpP50: ratio(s.mvmctlHelp.p50, s.mvmctlHelpNoSnapshot.p50),
+        ...(s.mvmctlDaemonWarmPoolNoSnapshot ? { warmPoolP50: ratio(s.mvmctlDaemonWarmPool.p50, s.mvmctlDaemonWarmPoolNoSnapshot.p50) } : {}),
+      },
       ...(srt ? {} : { srtSkipped: "@anthropic-ai/sandbox-runtime is not installed (npm i -g @anthropic-ai/sandbox-runtime, or set SRT_BIN)" }),
       target: "toSrtP50 <= 0.5 and toBwrapNodeP50 <= 1.5",
     };

@@ -1,4 +1,30 @@
-#!/usr/bin/env node
+#!/bin/sh
+":" /*mvm-launcher
+# Started as an executable, this file is a shell script first: it runs Node with mvmctl's startup
+# snapshot (dist/mvmctl.blob, written by scripts/bundle.mjs) when the snapshot fits this Node and
+# this directory, and otherwise runs itself with Node as below. Run as `node mvmctl.cjs`, all of
+# this is a comment. MVM_CLI_NO_SNAPSHOT=1 turns the snapshot off.
+f=$0
+while [ -L "$f" ]; do
+  l=$(readlink "$f")
+  case $l in /*) f=$l ;; *) f=${f%/*}/$l ;; esac
+done
+case $f in *[/]*) ;; *) f=./$f ;; esac
+d=${f%/*}/../dist
+n=
+o=$IFS
+IFS=:
+for p in $PATH; do
+  if [ -f "${p:-.}/node" ] && [ -x "${p:-.}/node" ]; then n=${p:-.}/node; break; fi
+done
+IFS=$o
+if [ -z "$MVM_CLI_NO_SNAPSHOT" ] && [ -n "$n" ] && [ -f "$d/mvmctl.blob" ] && [ -f "$d/mvmctl.blob.node" ] &&
+  { read -r built && read -r dist; } < "$d/mvmctl.blob.node" &&
+  [ "$n" -ef "$built" ] && [ "$d" -ef "$dist" ] && ! [ "$n" -nt "$d/mvmctl.blob.node" ] && ! [ "$n" -ot "$d/mvmctl.blob.node" ]; then
+  exec "$n" --snapshot-blob "$d/mvmctl.blob" "$f" "$@"
+fi
+exec node "$f" "$@"
+*/
 // mvmctl. Runs dist/mvmctl.cjs, the CLI bundled into one file (scripts/bundle.mjs), compiled with
 // V8's code cache dist/mvmctl.cjs.v8cache when V8 accepts it; without a bundle, the compiled
 // modules (dist/main.js).

@@ -3,14 +3,18 @@
 // CommonJS file, dist/mvmctl.cjs, and writes V8's code cache of it, dist/mvmctl.cjs.v8cache.
 // bin/mvmctl.cjs runs the bundle with that cache: Node then neither resolves and reads some 300
 // module files nor parses them at each start, which is most of what a short command costs.
+// Then it writes a V8 startup snapshot of the bundle after its evaluation, dist/mvmctl.blob (see
+// writeStartupSnapshot below): started as an executable, bin/mvmctl.cjs hands that to Node, which
+// then evaluates no module at all.
 // Usage: node packages/cli/scripts/bundle.mjs
 //
 // The modules find files beside themselves through import.meta.url (the agent bundle, the C
 // sources of the host helpers, package.json); in the bundle each such use is given the URL the
 // module has in dist/, computed from the bundle's own location, so the same files are found.
 import { spawnSync } from "node:child_process";
-import { existsSync, rmSync, statSync } from "node:fs";
+import { existsSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
+import { builtinModules } from "node:module";
 import { dirname, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -90,3 +94,89 @@ if (run.status !== 0) {
   process.exit(1);
 }
 console.error(`bundle.mjs: wrote ${outfile} (${statSync(outfile).size} bytes) and its code cache (${existsSync(cacheFile) ? statSync(cacheFile).size : 0} bytes)`);
+
+await writeStartupSnapshot();
+
+/**
+ * The startup snapshot: Node's heap after evaluating the bundle, with runMain as the function a
+ * start runs (node --build-snapshot, v8.startupSnapshot). The entry wraps the bundle like
+ * bin/mvmctl.cjs does, with three things Node 20's snapshot builder needs: node:http, node:https and
+ * node:http2 are loaded on first use (a loaded HTTP parser cannot be serialized), node:module's
+ * builtinModules is filled in (the builder leaves it out), and Array.prototype.toSorted, absent
+ * while building (present again after deserialization), is lent for the build only. Beside the
+ * blob, dist/mvmctl.blob.node names the Node binary that built it and the dist directory whose
+ * paths are in it, with that binary's mtime: the launcher uses the blob only when all three match
+ * (Node refuses a blob from another build). A failure here leaves no blob, and mvmctl starts the
+ * usual way.
+ */
+async function writeStartupSnapshot() {
+  const blob = `${distDir}/mvmctl.blob`;
+  const stamp = `${blob}.node`;
+  const entryFile = `${distDir}/mvmctl.snapshot-entry.cjs`;
+  rmSync(blob, { force: true });
+  rmSync(stamp, { force: true });
+  const source = await readFile(outfile, "utf8");
+  const entry = `"use strict";
+const __mvmFile = ${JSON.stringify(outfile)};
+const __mvmDir = ${JSON.stringify(distDir)};
+const __mvmModule = require("node:module");
+if (!Array.isArray(__mvmModule.builtinModules)) __mvmModule.builtinModules = ${JSON.stringify(builtinModules)};
+const __mvmDeferred = new Map([["http", undefined], ["https", undefined], ["http2", undefined]]);
+function __mvmDefer(id) {
+  let mod;
+  const load = () => (mod ??= require(id));
+  return new Proxy({}, {
+    get: (_t, k) => Reflect.get(load(), k),
+    has: (_t, k) => Reflect.has(load(), k),
+    ownKeys: () => Reflect.ownKeys(load()),
+    getOwnPropertyDescriptor: (_t, k) => {
+      const d = Reflect.getOwnPropertyDescriptor(load(), k);
+      return d === undefined ? undefined : { ...d, configurable: true };
+    },
+  });
+}
+function __mvmRequire(id) {
+  const bare = id.startsWith("node:") ? id.slice(5) : id;
+  if (__mvmDeferred.has(bare)) {
+    if (__mvmDeferred.get(bare) === undefined) __mvmDeferred.set(bare, __mvmDefer(\`node:\${bare}\`));
+    return __mvmDeferred.get(bare);
+  }
+  if (id.startsWith("node:") || __mvmModule.builtinModules.includes(id)) return require(id);
+  return __mvmModule.createRequire(__mvmFile)(id);
+}
+const __mvmLent = typeof Array.prototype.toSorted === "function" ? undefined : "toSorted";
+if (__mvmLent !== undefined) {
+  Object.defineProperty(Array.prototype, __mvmLent, { configurable: true, writable: true, value: function (compare) { return Array.prototype.slice.call(this).sort(compare); } });
+}
+const __mvmMod = { exports: {} };
+(function (exports, require, module, __filename, __dirname) {${source}\n})(__mvmMod.exports, __mvmRequire, __mvmMod, __mvmFile, __mvmDir);
+if (__mvmLent !== undefined) delete Array.prototype[__mvmLent];
+require("node:v8").startupSnapshot.setDeserializeMainFunction(() => {
+  __mvmMod.exports.runMain(process.argv.slice(2));
+});
+`;
+  writeFileSync(entryFile, entry);
+  const built = spawnSync(process.execPath, ["--snapshot-blob", blob, "--build-snapshot", entryFile], {
+    stdio: ["ignore", "ignore", "pipe"],
+    encoding: "utf8",
+    timeout: 120_000,
+  });
+  rmSync(entryFile, { force: true });
+  if (built.status !== 0 || !existsSync(blob)) {
+    rmSync(blob, { force: true });
+    const why = (built.stderr ?? "").split("\n").filter((l) => l !== "" && !l.includes("Warning") && !l.startsWith("It may") && !l.startsWith("To request") && !l.startsWith("(Use")).slice(0, 5).join("\n");
+    console.error(`bundle.mjs: no startup snapshot (mvmctl starts without it): ${built.status ?? built.signal}\n${why}`);
+    return;
+  }
+  const node = realpathSync(process.execPath);
+  writeFileSync(stamp, `${node}\n${realpathSync(distDir)}\n`);
+  // The binary's mtime to the nanosecond (touch -r), which the launcher compares with test -nt/-ot.
+  const touched = spawnSync("touch", ["-r", node, stamp], { stdio: "ignore" });
+  if (touched.status !== 0) {
+    rmSync(blob, { force: true });
+    rmSync(stamp, { force: true });
+    console.error("bundle.mjs: no startup snapshot (mvmctl starts without it): touch -r failed");
+    return;
+  }
+  console.error(`bundle.mjs: wrote the startup snapshot ${blob} (${statSync(blob).size} bytes) for ${node}`);
+}
