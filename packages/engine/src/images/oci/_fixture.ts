@@ -127,3 +127,38 @@ export async function writeUmociLayout(dir: string): Promise<string> {
   await rm(bundle, { recursive: true, force: true });
   return layout;
 }
+
+/** What {@link writeUmociUserLayout} puts in the image's config. */
+export interface UmociUserImage {
+  user: string;
+  entrypoint?: string[];
+  cmd?: string[];
+}
+
+/**
+ * Builds `DIR/<name>:t1` with umoci, an image of one tag only: a static busybox, an /etc/passwd
+ * with root and `app` (uid 4321, group 4322) and an /etc/group, and the config's User,
+ * Entrypoint and Cmd from `image`.
+ */
+export async function writeUmociUserLayout(dir: string, name: string, image: UmociUserImage): Promise<string> {
+  const layout = join(dir, name);
+  const bundle = join(dir, `${name}-bundle`);
+  const run = (...args: string[]): void => void execFileSync(UMOCI, args, { stdio: "pipe" });
+  run("init", "--layout", layout);
+  run("new", "--image", `${layout}:t1`);
+  run("unpack", "--rootless", "--image", `${layout}:t1`, bundle);
+  const rootfs = join(bundle, "rootfs");
+  await mkdir(join(rootfs, "bin"), { recursive: true });
+  await cp("/bin/busybox", join(rootfs, "bin", "busybox"));
+  for (const tool of ["sh", "id", "echo", "pwd"]) execFileSync("ln", ["-s", "busybox", join(rootfs, "bin", tool)]);
+  for (const d of ["etc", "proc", "dev", "work", "tmp", ".mvm"]) await mkdir(join(rootfs, d), { recursive: true });
+  await writeFile(join(rootfs, "etc", "passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:4321:4322:app:/work:/bin/sh\n");
+  await writeFile(join(rootfs, "etc", "group"), "root:x:0:\napp:x:4322:\nextra:x:4400:\n");
+  run("repack", "--image", `${layout}:t1`, bundle);
+  const config = ["--config.user", image.user, "--config.env", "PATH=/bin"];
+  for (const e of image.entrypoint ?? []) config.push("--config.entrypoint", e);
+  for (const c of image.cmd ?? []) config.push("--config.cmd", c);
+  run("config", "--image", `${layout}:t1`, ...config);
+  await rm(bundle, { recursive: true, force: true });
+  return layout;
+}
