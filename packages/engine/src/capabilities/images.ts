@@ -8,6 +8,7 @@ import type { ImageRecord } from "../images/store.js";
 import { PolicyRuleDeniedError } from "../admission/admit.js";
 import { evaluatePullPolicy } from "../admission/policy.js";
 import { recordImageRefusal } from "./image-defaults.js";
+import { loadRegistryCredentials } from "../oci/auth.js";
 import { parseRegistryRef } from "../images/oci/pull.js";
 
 export async function listImages(core: EngineCore): Promise<ImageInfo[]> {
@@ -50,7 +51,12 @@ export async function pullImage(core: EngineCore, reference: string, options: Ca
     throw new PolicyRuleDeniedError(decision.rule, `Pull of "${req.reference}" denied by policy rule "${decision.rule}": ${decision.message}`);
   }
   const signal = callSignal(options);
-  const rec = await core.options.images.pull(req.reference, { ...(options.onProgress ? { onProgress: options.onProgress } : {}), ...(signal ? { signal } : {}) });
+  const credentials = await loadRegistryCredentials(registry, { stateDir: core.stateDir });
+  const rec = await core.options.images.pull(req.reference, {
+    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    ...(signal ? { signal } : {}),
+    ...(credentials !== undefined ? { credentials } : {}),
+  });
   return toImageInfo(rec);
 }
 
