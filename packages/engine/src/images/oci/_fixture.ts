@@ -12,6 +12,7 @@ import { buildTar, type TarEntrySpec } from "../_tar-fixture.js";
 
 export const UMOCI = "/usr/bin/umoci";
 export const SKOPEO = "/usr/bin/skopeo";
+export const ZSTD = "/usr/bin/zstd";
 
 export function toolSkipReason(...tools: string[]): string | undefined {
   const missing = tools.filter((t) => !existsSync(t));
@@ -30,8 +31,13 @@ export interface HandLayer {
   lieDiffId?: boolean;
   /** Declare a wrong size in the manifest. */
   lieSize?: boolean;
-  /** Compress with this (zstd is faked by its magic number). @default "gzip" */
-  compression?: "gzip" | "none" | "zstd";
+  /**
+   * Compress with this: `zstd` with Debian's zstd CLI (reading stdin, so the frame's window is
+   * not shrunk to the input's size; `zstdArgs` adds options), `fake-zstd` the zstd magic number
+   * followed by the plain tar. @default "gzip"
+   */
+  compression?: "gzip" | "none" | "zstd" | "fake-zstd";
+  zstdArgs?: string[];
   /** Declare this compression in the media type instead of the real one. */
   declare?: "gzip" | "none";
 }
@@ -62,12 +68,16 @@ export async function writeHandLayout(dir: string, layers: HandLayer[], options:
   for (const layer of layers) {
     const tar = buildTar(layer.entries);
     const c = layer.compression ?? "gzip";
-    const blob = c === "gzip" ? gzipSync(tar) : c === "zstd" ? Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), tar]) : tar;
+    const blob =
+      c === "gzip" ? gzipSync(tar)
+      : c === "zstd" ? execFileSync(ZSTD, ["-q", "-c", ...(layer.zstdArgs ?? [])], { input: tar, maxBuffer: 1024 ** 3 })
+      : c === "fake-zstd" ? Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), tar])
+      : tar;
     const digest = await put(blob);
     if (layer.tamperBlob) await writeFile(join(blobs, digest.slice(7)), Buffer.concat([blob.subarray(0, blob.length - 1), Buffer.from([blob.at(-1)! ^ 1])]));
     diffIds.push(layer.lieDiffId ? sha256(Buffer.from("lie")) : sha256(tar));
     const declared = layer.declare ?? c;
-    const mediaType = declared === "gzip" ? "application/vnd.oci.image.layer.v1.tar+gzip" : declared === "zstd" ? "application/vnd.oci.image.layer.v1.tar+zstd" : "application/vnd.oci.image.layer.v1.tar";
+    const mediaType = declared === "gzip" ? "application/vnd.oci.image.layer.v1.tar+gzip" : declared === "zstd" || declared === "fake-zstd" ? "application/vnd.oci.image.layer.v1.tar+zstd" : "application/vnd.oci.image.layer.v1.tar";
     descs.push({ mediaType, digest, size: blob.length + (layer.lieSize ? 1 : 0) });
   }
   if (options.extraDiffId) diffIds.push(sha256(Buffer.from("extra")));
