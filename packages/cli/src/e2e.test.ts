@@ -47,7 +47,7 @@ test("mvmctl --version and --help run from the built file", async () => {
   assert.match(v.stdout, /^mvmctl \d+\.\d+\.\d+\n$/);
   const h = await mvmctl(["run", "--help"]);
   assert.equal(h.code, 0);
-  assert.match(h.stdout, /^Usage: mvmctl run \[flags\] -- CMD/m);
+  assert.match(h.stdout, /^Usage: mvmctl run \[flags\] \[-- CMD/m);
 });
 
 test("a usage error exits 2 with error and hint lines", async () => {

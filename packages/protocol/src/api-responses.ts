@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { ApiErrorBody, AuditReceiptRef, BackendName, SandboxInfo, Sha256DigestSchema, Tier } from "./api.js";
 import { MAX_SECRET_REF_HOSTS, MAX_SECRET_VALUE_BYTES } from "./limits.js";
+import { ImageOciInfoSchema } from "./image-provenance.js";
 import { NetworkEventSchema } from "./network-event.js";
 
 export const ProgressEventSchema = z.strictObject({
@@ -46,13 +47,7 @@ export const ImageInfoSchema = z.strictObject({
   refs: z.array(z.string().max(512)).max(4096),
   sizeBytes: z.number().int().min(0),
   createdAt: z.string().max(64),
-  oci: z
-    .strictObject({
-      manifestDigest: Sha256DigestSchema.optional(),
-      configDigest: Sha256DigestSchema,
-      reference: z.string().max(1024).optional(),
-    })
-    .optional(),
+  oci: ImageOciInfoSchema.optional(),
 });
 
 export const SandboxListSchema = z.strictObject({ sandboxes: z.array(SandboxInfo).max(100_000) });

@@ -190,8 +190,8 @@ export const SandboxInfo = z.strictObject({
       .optional(),
     /**
      * What the image's config supplied where the create did not: environment variable names, the
-     * default exec working directory; and, recorded but not applied, its user, entrypoint and cmd
-     * (workloads always run as the sandbox's unprivileged user; a create's `command` is never implied).
+     * default exec working directory, the user workloads run as (never root); and, recorded, its
+     * entrypoint and cmd (a create's `command` is never implied from them; `mvmctl run` uses them).
      */
     fromImage: z
       .strictObject({

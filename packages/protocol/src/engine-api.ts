@@ -93,8 +93,20 @@ export interface ImageInfo {
   refs: string[];
   sizeBytes: number;
   createdAt: string;
-  /** For an OCI image: its manifest and config digests and the pinned reference it was pulled as. */
-  oci?: { manifestDigest?: Sha256Digest; configDigest: Sha256Digest; reference?: string };
+  /**
+   * For an OCI image: its manifest and config digests, the pinned reference it was pulled as, and
+   * its config's user, entrypoint and cmd (see {@link imageCommand}).
+   */
+  oci?: { manifestDigest?: Sha256Digest; configDigest: Sha256Digest; reference?: string; user?: string; entrypoint?: string[]; cmd?: string[] };
+}
+
+/**
+ * The argv an OCI image's config runs for a command line `argv`, as docker does: the entrypoint
+ * followed by `argv`, or by the image's cmd when `argv` is empty. Undefined when that is empty.
+ */
+export function imageCommand(oci: { entrypoint?: readonly string[] | undefined; cmd?: readonly string[] | undefined } | undefined, argv: readonly string[]): string[] | undefined {
+  const out = [...(oci?.entrypoint ?? []), ...(argv.length > 0 ? argv : (oci?.cmd ?? []))];
+  return out.length > 0 ? out : undefined;
 }
 
 export interface BackendReport {

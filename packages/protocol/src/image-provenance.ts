@@ -61,12 +61,23 @@ export const ImageProvenanceStatus = z.discriminatedUnion("status", [
 ]);
 export type ImageProvenanceStatus = z.infer<typeof ImageProvenanceStatus>;
 
+/** What an OCI image records: its digests, the pinned reference it was pulled as, its config's user, entrypoint and cmd. */
+export const ImageOciInfoSchema = z.strictObject({
+  manifestDigest: Sha256DigestSchema.optional(),
+  configDigest: Sha256DigestSchema,
+  reference: z.string().max(1024).optional(),
+  user: z.string().max(256).optional(),
+  entrypoint: z.array(z.string().max(4096)).max(1024).optional(),
+  cmd: z.array(z.string().max(4096)).max(1024).optional(),
+});
+
 /** Answer of GET /v1/images/inspect?ref=REF. */
 export const ImageInspectSchema = z.strictObject({
   digest: Sha256DigestSchema,
   refs: z.array(z.string().max(512)).max(4096),
   sizeBytes: z.number().int().min(0),
   createdAt: z.string().max(64),
+  oci: ImageOciInfoSchema.optional(),
   source: z.strictObject({ kind: z.enum(["debian", "tar", "dir", "oci-layout", "docker-archive", "registry"]), detail: z.string().max(4096) }),
   provenance: ImageProvenanceStatus,
 });

@@ -29,6 +29,7 @@ export * from "./bundle-api.js";
 export { looksSecretName, nameWords } from "./secret-names.js";
 export * from "./api-responses.js";
 export type * from "./engine-api.js";
+export { imageCommand } from "./engine-api.js";
 export { isPromiseLike } from "./promise-like.js";
 export * from "./network-policy.js";
 export * from "./network-event.js";

@@ -15,6 +15,7 @@ export { SandboxNetworkApi } from "./network.js";
 export type { NetworkEventsOptions } from "./network.js";
 export { MAX_FORK_COUNT, MAX_SNAPSHOT_TTL_SECONDS } from "@mvm/protocol";
 export { NetworkPolicy, SecretRef, requestFromPlan, CONTAINER_TIER_CAVEATS, TIER_ORDER, callerSettingsFromEnv, tierAtLeast } from "@mvm/protocol";
+export { imageCommand } from "@mvm/protocol";
 export type { CallerSettings } from "@mvm/protocol";
 export type {
   ConnectionEvent,

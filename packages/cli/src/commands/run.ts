@@ -2,7 +2,7 @@
  * `mvmctl run`: create a sandbox, run one command in it with live output, kill the sandbox,
  * exit with the command's exit code.
  */
-import { requestFromPlan, type CreateSandboxRequest, type ExecApiRequest, type SandboxInfo } from "@mvm/protocol";
+import { imageCommand, NotFoundError, requestFromPlan, type CreateSandboxRequest, type EngineApi, type ExecApiRequest, type SandboxInfo } from "@mvm/protocol";
 import { defineCommand, type FlagSpec, type RawArgs } from "../command.js";
 import { describePlan, planText, readPlanFile } from "../plan-file.js";
 import { UsageError } from "../usage-error.js";
@@ -29,6 +29,30 @@ export interface RunOptions {
   interactive: boolean;
   /** `-t`: run on a terminal in the sandbox. */
   tty: boolean;
+  /**
+   * With `--image`: the command line as given (maybe empty), run through the image's OCI
+   * entrypoint and cmd once the engine has said what they are (see {@link imageCommand}).
+   */
+  imageArgv?: readonly string[];
+}
+
+/**
+ * Sets the run's command from the OCI config of its image, as docker does: the entrypoint, then
+ * the given argv or else the image's cmd. An image without a config (or not stored yet) leaves
+ * the argv as given, which must then name a command.
+ */
+async function applyImageCommand(engine: EngineApi, options: RunOptions, signal: AbortSignal): Promise<void> {
+  if (options.imageArgv === undefined || options.create?.image === undefined) return;
+  const info = await engine.inspectImage(options.create.image, { signal }).catch((err: unknown) => {
+    if (err instanceof NotFoundError) return undefined;
+    throw err;
+  });
+  const argv = imageCommand(info?.oci, options.imageArgv) ?? [];
+  if (argv.length === 0) {
+    throw new UsageError(`Missing the command to run: image "${options.create.image}" names none`, { hint: 'Put it after "--", e.g. "-- /bin/echo hi"' });
+  }
+  options.exec = execRequestFrom(options.raw, argv);
+  options.create.command = [...argv];
 }
 
 /** Flags of the commands that plan or admit plans. */
@@ -58,12 +82,14 @@ export interface RunJsonResult extends ExecJsonResult {
 export const runCommand = defineCommand<RunOptions>({
   name: "run",
   summary: "Run one command in a new sandbox, then kill the sandbox",
-  usage: "[flags] -- CMD [ARGS...]",
+  usage: "[flags] [-- CMD [ARGS...]]",
   details:
     "Output is streamed live. Stdin is forwarded when it is not a terminal. mvmctl exits with the\n" +
     "command's exit code: 124 when it ran past --timeout, 128+N when signal N killed it.\n" +
     "An interrupt (Ctrl-C) is passed to the command; a second one kills it.\n" +
-    "-it runs it on a terminal, like docker run -it: mvmctl run -it -- bash",
+    "-it runs it on a terminal, like docker run -it: mvmctl run -it -- bash\n" +
+    "With an OCI image, the command runs after the image's entrypoint, and without one the image's\n" +
+    "entrypoint and cmd run, as with docker run IMAGE.",
   flags: { ...SANDBOX_FLAGS, ...EXEC_FLAGS, ...PLAN_FLAGS, ...TERMINAL_FLAGS },
   positionals: { min: 0, max: 0 },
   trailingCommand: true,
@@ -89,21 +115,25 @@ export const runCommand = defineCommand<RunOptions>({
     }
     if (planIndex !== undefined) throw new UsageError("--plan-index only applies with --plan");
     const create = createRequestFrom(raw);
-    const exec = execRequestFrom(raw, argv);
+    // With an image, its OCI entrypoint and cmd may complete the command (applyImageCommand).
+    const fromImage = create.image !== undefined && create.fromSnapshot === undefined;
+    const exec = fromImage && argv.length === 0 ? undefined : execRequestFrom(raw, argv);
     // The plan of a one-shot run names its command: the sandbox may run nothing else.
-    create.command = [...exec.argv];
+    if (exec !== undefined) create.command = [...exec.argv];
     const intent = stringFlag(raw, "intent");
     if (intent !== undefined) create.intent = intent;
     // A one-shot sandbox lives as long as its command may run (plus a minute), unless --ttl says otherwise.
-    if (create.ttlSeconds === undefined && exec.timeoutMs !== undefined) {
-      create.ttlSeconds = Math.min(7 * 24 * 3600, Math.max(600, Math.ceil(exec.timeoutMs / 1000) + 60));
+    const timeoutMs = (exec ?? execRequestFrom(raw, ["-"])).timeoutMs;
+    if (create.ttlSeconds === undefined && timeoutMs !== undefined) {
+      create.ttlSeconds = Math.min(7 * 24 * 3600, Math.max(600, Math.ceil(timeoutMs / 1000) + 60));
     }
-    return { mode, create, exec, planFile, planIndex, validForSeconds, raw, interactive, tty };
+    return { mode, create, exec, planFile, planIndex, validForSeconds, raw, interactive, tty, ...(fromImage ? { imageArgv: [...argv] } : {}) };
   },
   async run(ctx, options) {
     if (options.mode === "plan") {
       return withEngine(ctx, async (engine) => {
         const progress = ctx.out.progress(isImageWork);
+        await applyImageCommand(engine, options, ctx.signal);
         let signed;
         try {
           const call = { signal: ctx.signal, onProgress: (e: Parameters<typeof progress.update>[0]) => progress.update(e) };
@@ -127,11 +157,16 @@ export const runCommand = defineCommand<RunOptions>({
         exec = execRequestFrom(options.raw, planned.argv);
       }
     }
-    const request = cliCreateRequest(create!, ctx.io.env);
-    const command = exec!;
     if (options.tty) checkTerminalUse(ctx, options);
     const warning = await ctx.tierWarning();
     return withEngine(ctx, async (engine) => {
+      if (options.planFile === undefined) {
+        await applyImageCommand(engine, options, ctx.signal);
+        create = options.create;
+        exec = options.exec;
+      }
+      const request = cliCreateRequest(create!, ctx.io.env);
+      const command = exec!;
       const progress = ctx.out.progress(isImageWork);
       let sandbox: SandboxInfo;
       try {

@@ -138,6 +138,18 @@ export const AuditEventSchema = z.discriminatedUnion("type", [
     imageDigest: HexDigestSchema,
     snapshotId: SnapshotIdField.optional(),
   }),
+  /**
+   * An image refused by one of the operator policy's image rules, at a create (or its plan) or at
+   * a pull: the rule, sha256 of the reference as given (names are not free text here), and the
+   * image's digest once it was resolved.
+   */
+  z.strictObject({
+    type: z.literal("image.refused"),
+    rule: z.enum(["requireDigestPinnedImages", "allowedRegistries", "requireImageProvenance"]),
+    at: z.enum(["create", "pull"]),
+    refDigest: HexDigestSchema,
+    imageDigest: HexDigestSchema.optional(),
+  }),
   z.strictObject({
     type: z.literal("policy.changed"),
     policyId: OpaqueId,

@@ -53,6 +53,12 @@ export interface LaunchSpec {
    */
   readonly trustBundlePem?: string;
   /**
+   * The uid and gid (inside the sandbox, never 0) the agent and workloads run as, from the image's
+   * config; absent: the backend's default sandbox user. A backend that cannot run as this identity
+   * throws UnsupportedCapabilityError.
+   */
+  readonly user?: { readonly uid: number; readonly gid: number };
+  /**
    * Start from a snapshot instead of a fresh image state. The engine has checked the snapshot's
    * shape against this spec and verified every part; the paths are engine-owned read-only
    * templates that the backend copies (never writes, never hands to the guest writable).

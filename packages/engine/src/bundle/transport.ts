@@ -6,6 +6,7 @@
  * `<base>/blobs/sha256/<hex>`; an OCI registry keeps them as blobs of the repository, bundle.json
  * as the config of an artifact manifest whose layers are the index and the packs.
  */
+import type { RegistryCredentials } from "../oci/auth.js";
 import { createHash } from "node:crypto";
 import { constants as fsc } from "node:fs";
 import { copyFile, mkdir, open, rename, rm } from "node:fs/promises";
@@ -50,7 +51,10 @@ export interface BundleWriter {
 }
 
 /** Options of readers and writers. */
-export interface TransportOptions extends HttpOptions {}
+export interface TransportOptions extends HttpOptions {
+  /** Credentials for an OCI registry (oci/auth.ts); never used by the file and https transports. */
+  readonly credentials?: RegistryCredentials;
+}
 
 function hexOf(digest: string): string {
   if (!/^sha256:[0-9a-f]{64}$/.test(digest)) throw new InvalidArgumentError(`Invalid digest: ${JSON.stringify(digest.slice(0, 80))}`);

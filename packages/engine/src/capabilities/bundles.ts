@@ -20,7 +20,8 @@ import { callSignal } from "../_internal/signals.js";
 import { pullBundle as pull } from "../bundle/pull.js";
 import { pushBundle as push } from "../bundle/push.js";
 import { bundleReader, bundleWriter } from "../bundle/transport.js";
-import { parseBundleDestination, parseBundleSource } from "../bundle/uri.js";
+import { parseBundleDestination, parseBundleSource, type BundleLocation } from "../bundle/uri.js";
+import { loadRegistryCredentials, type RegistryCredentials } from "../oci/auth.js";
 import type { ImageRecord } from "../images/store.js";
 import { isAlive, parseOwnerTag } from "../store/lock.js";
 import type { SnapshotStore, StoredSnapshot } from "../store/snapshot-store.js";
@@ -65,6 +66,13 @@ async function resolveSource(core: EngineCore, source: string): Promise<{ snapsh
   return { image };
 }
 
+/** `{ credentials }` for an OCI registry location that has an entry in the credentials file, else `{}`. */
+async function registryCredentials(core: EngineCore, location: BundleLocation): Promise<{ credentials?: RegistryCredentials }> {
+  if (location.kind !== "oci") return {};
+  const credentials = await loadRegistryCredentials(new URL(location.origin).host, { stateDir: core.stateDir });
+  return credentials !== undefined ? { credentials } : {};
+}
+
 export async function pushBundle(core: EngineCore, request: PushBundleRequest, options: CallOptions = {}): Promise<BundlePushInfo> {
   assertOpen(core);
   const req = parse(PushBundleRequest, request, "bundle push");
@@ -75,7 +83,7 @@ export async function pushBundle(core: EngineCore, request: PushBundleRequest, o
     image,
     ...(snapshot === undefined ? {} : { snapshot }),
     chunks: store(core).chunks,
-    writer: bundleWriter(destination, signal ? { signal } : {}),
+    writer: bundleWriter(destination, { ...(signal ? { signal } : {}), ...(await registryCredentials(core, destination)) }),
     tmpRoot: await tmpRoot(core),
     ...(signal ? { signal } : {}),
   });
@@ -90,7 +98,7 @@ export async function pullBundle(core: EngineCore, request: PullBundleRequest, o
   const signal = callSignal(options);
   const result = await pull({
     digest: source.digest,
-    reader: bundleReader(source.location, signal ? { signal } : {}),
+    reader: bundleReader(source.location, { ...(signal ? { signal } : {}), ...(await registryCredentials(core, source.location)) }),
     snapshots: store(core),
     images: core.options.images,
     ...(req.retention === undefined ? {} : { retention: req.retention }),

@@ -7,6 +7,8 @@ import { parse, type EngineCore } from "./core.js";
 import type { ImageRecord } from "../images/store.js";
 import { PolicyRuleDeniedError } from "../admission/admit.js";
 import { evaluatePullPolicy } from "../admission/policy.js";
+import { recordImageRefusal } from "./image-defaults.js";
+import { loadRegistryCredentials } from "../oci/auth.js";
 import { parseRegistryRef } from "../images/oci/pull.js";
 
 export async function listImages(core: EngineCore): Promise<ImageInfo[]> {
@@ -44,9 +46,17 @@ export async function pullImage(core: EngineCore, reference: string, options: Ca
   const req = parse(PullImageApiRequest, { reference }, "image pull");
   const { registry } = parseRegistryRef(req.reference);
   const decision = evaluatePullPolicy(registry, await core.gate.policy());
-  if (!decision.ok) throw new PolicyRuleDeniedError(decision.rule, `Pull of "${req.reference}" denied by policy rule "${decision.rule}": ${decision.message}`);
+  if (!decision.ok) {
+    await recordImageRefusal(core, decision.rule, "pull", req.reference);
+    throw new PolicyRuleDeniedError(decision.rule, `Pull of "${req.reference}" denied by policy rule "${decision.rule}": ${decision.message}`);
+  }
   const signal = callSignal(options);
-  const rec = await core.options.images.pull(req.reference, { ...(options.onProgress ? { onProgress: options.onProgress } : {}), ...(signal ? { signal } : {}) });
+  const credentials = await loadRegistryCredentials(registry, { stateDir: core.stateDir });
+  const rec = await core.options.images.pull(req.reference, {
+    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    ...(signal ? { signal } : {}),
+    ...(credentials !== undefined ? { credentials } : {}),
+  });
   return toImageInfo(rec);
 }
 
@@ -73,8 +83,11 @@ export async function inspectImage(core: EngineCore, ref: string): Promise<Image
 function toImageInfo(rec: ImageRecord): ImageInfo {
   const info: ImageInfo = { digest: rec.digest, refs: rec.refs, sizeBytes: rec.sizeBytes, createdAt: rec.createdAt };
   if (rec.oci) {
-    const { manifestDigest, configDigest, reference } = rec.oci;
+    const { manifestDigest, configDigest, reference, defaults } = rec.oci;
     info.oci = { configDigest: configDigest as Sha256Digest, ...(manifestDigest ? { manifestDigest: manifestDigest as Sha256Digest } : {}), ...(reference !== undefined ? { reference } : {}) };
+    if (defaults.user !== undefined) info.oci.user = defaults.user;
+    if (defaults.entrypoint !== undefined) info.oci.entrypoint = [...defaults.entrypoint];
+    if (defaults.cmd !== undefined) info.oci.cmd = [...defaults.cmd];
   }
   return info;
 }

@@ -144,7 +144,7 @@ async function prepare(core: EngineCore,
   const imageRef = req.image ?? core.options.defaultImage ?? DEFAULT_IMAGE;
   // Pinning is judged on the reference alone, before anything is built; the rest once it is resolved.
   const policy = await imagePolicy(core);
-  checkImagePolicy(policy, { ref: imageRef });
+  await checkImagePolicy(core, policy, { ref: imageRef });
   const image = await core.options.images.ensure(imageRef, {
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
@@ -153,7 +153,7 @@ async function prepare(core: EngineCore,
   // A build provenance record that does not verify is left out of the IR, and counts as none for
   // a policy that requires one.
   const provenance = await verifyProvenance(core.stateDir, image.digest, { imagesDir: core.options.images.root, publicKey: core.gate.publicKey, checkManifest: false }).catch(() => undefined);
-  checkImagePolicy(policy, imageFacts(imageRef, image, provenance !== undefined));
+  await checkImagePolicy(core, policy, imageFacts(imageRef, image, provenance !== undefined), image.digest);
   const applied = await applyImageDefaults(imageRef, image, req.env);
   const ttlSeconds = req.ttlSeconds ?? core.options.defaultTtlSeconds ?? 600;
   const workMiB = req.workMiB ?? core.options.defaultWorkMiB ?? 1024;
@@ -167,7 +167,7 @@ async function prepare(core: EngineCore,
       ...(provenance !== undefined ? { imageProvenance: provenance.digest } : {}),
     },
   );
-  return { backend, probe, resources, imageRef, image, imageInfo: applied.info, env: applied.env, ttlSeconds, workMiB, ir };
+  return { backend, probe, resources, imageRef, image, imageInfo: applied.info, env: applied.env, user: applied.user, ttlSeconds, workMiB, ir };
 }
 
 /**
@@ -200,7 +200,7 @@ export async function createSandbox(core: EngineCore,
     { strict: strictSecrets(core, req.strictSecrets) },
   ).map((w) => w.message);
   if (req.fromSnapshot !== undefined && from === undefined) throw new InvalidArgumentError("A create from a snapshot is handled by the snapshot capability");
-  const { backend, probe, resources, imageRef, image, imageInfo, env, ttlSeconds, workMiB, ir } = await prepare(core, req, { signal, onProgress: options.onProgress }, from);
+  const { backend, probe, resources, imageRef, image, imageInfo, env, user, ttlSeconds, workMiB, ir } = await prepare(core, req, { signal, onProgress: options.onProgress }, from);
   if (req.onTtl === "pause" && probe.pauseUnsupported) {
     throw new UnsupportedCapabilityError(`Backend "${probe.backend}" cannot pause sandboxes on this host: ${probe.pauseUnsupported.reason}`, {
       hint: `${probe.pauseUnsupported.hint}; or create without onTtl "pause"`,
@@ -288,6 +288,7 @@ export async function createSandbox(core: EngineCore,
         resources,
         agentLogPath: join(dir, "agent.log"),
         ...(trustBundlePem !== undefined ? { trustBundlePem } : {}),
+        ...(user !== undefined ? { user } : {}),
         ...(from !== undefined ? { restore: from.restore } : {}),
       },
       helloTimeoutMs: core.options.helloTimeoutMs ?? HELLO_TIMEOUT_MS[probe.tier],

@@ -7,6 +7,7 @@
  * Every blob has at least one ref; a blob is detached (renamed into tmp) under the lock when its
  * last ref goes, and deleted after.
  */
+import type { RegistryCredentials } from "../oci/auth.js";
 import { chmod, chown, copyFile, lstat, mkdir, readdir, rename } from "node:fs/promises";
 import type { KeyObject } from "node:crypto";
 import { userInfo } from "node:os";
@@ -375,7 +376,7 @@ export class ImageStore {
    * @throws InvalidArgumentError for a malformed reference; OciImageError for a lying image;
    *   NotFoundError when the registry has no such tag or digest; TransportError for the network.
    */
-  async pull(reference: string, options: ProgressOptions & { timeoutMs?: number; ca?: string } = {}): Promise<ImageRecord> {
+  async pull(reference: string, options: ProgressOptions & { timeoutMs?: number; ca?: string; credentials?: RegistryCredentials } = {}): Promise<ImageRecord> {
     const parsed = parseRegistryRef(reference);
     const stage = await this.#layout.newWorkDir();
     try {
@@ -386,6 +387,7 @@ export class ImageStore {
         ...(options.signal ? { signal: options.signal } : {}),
         ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
         ...(options.ca !== undefined ? { ca: options.ca } : {}),
+        ...(options.credentials !== undefined ? { credentials: options.credentials } : {}),
       });
       const name = parsed.tag !== undefined ? `${parsed.registry}/${parsed.repository}:${parsed.tag}` : pinnedRef(parsed, tagDigest);
       const record = await this.#importResolved(parseLocalName(name, { allowPinned: true }), "registry", reference, { ...options, reference: pinnedRef(parsed, tagDigest) }, (s, o) =>

@@ -11,11 +11,13 @@
  *   {@link MAX_OCI_MANIFEST_BYTES}, blobs at the size the caller expects (their descriptor's);
  * - redirects are followed only within the registry's origin; plain http only on loopback.
  *
- * Authentication: anonymous only (a registry that answers 401 fails with a TransportError).
+ * Authentication: anonymous until a 401; then HTTP basic or the bearer-token flow with the
+ * credentials given (auth.ts says where they may be sent). A 401 that persists is a TransportError.
  */
 import { createHash } from "node:crypto";
 import { open, rm, stat } from "node:fs/promises";
 import { InvalidArgumentError, NotFoundError, TransportError } from "@mvm/protocol";
+import { RegistryAuth, type RegistryCredentials } from "./auth.js";
 import { checkOrigin, readBody, responseHeader, send, statusError, type HttpOptions, type HttpResponse } from "./http.js";
 import { MAX_OCI_MANIFEST_BYTES, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST, OciDigestSchema, type OciDigest } from "./manifest.js";
 
@@ -60,6 +62,8 @@ export interface OciRegistryOptions extends HttpOptions {
   readonly repository: string;
   /** Blobs larger than this are uploaded in chunks of this size, in bytes. @default 64 MiB */
   readonly uploadChunkBytes?: number;
+  /** Credentials for basic auth or a token realm; absent: anonymous (a token realm may still issue anonymous tokens). */
+  readonly credentials?: RegistryCredentials;
 }
 
 /** A manifest as fetched: its bytes, its media type and its digest (verified). */
@@ -85,6 +89,7 @@ export class OciRegistry {
   readonly repository: string;
   readonly #http: HttpOptions;
   readonly #chunkBytes: number;
+  readonly #auth: RegistryAuth;
 
   constructor(options: OciRegistryOptions) {
     this.origin = checkOrigin(options.origin);
@@ -98,6 +103,7 @@ export class OciRegistry {
       ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
       ...(options.signal === undefined ? {} : { signal: options.signal }),
     };
+    this.#auth = new RegistryAuth(this.origin, options.credentials, this.#http);
   }
 
   #url(path: string): string {
@@ -105,10 +111,21 @@ export class OciRegistry {
   }
 
   async #send(method: "GET" | "HEAD" | "PUT" | "POST" | "PATCH", url: string, extra: { headers?: Record<string, string>; body?: Uint8Array | { path: string; start: number; length: number } } = {}): Promise<HttpResponse> {
-    const res = await send({ ...this.#http, method, url, ...extra });
+    const request = (authorization: string | undefined) =>
+      send({ ...this.#http, method, url, ...extra, headers: { ...extra.headers, ...(authorization !== undefined ? { authorization } : {}) } });
+    let authorization = this.#auth.header(url);
+    let res = await request(authorization);
+    // One more try per new authorization a 401 asks for (a token of a wider scope, say).
+    for (let attempt = 0; res.status === 401 && attempt < 2; attempt++) {
+      const next = await this.#auth.challenge(res, url, authorization);
+      if (next === undefined) break;
+      res.discard();
+      authorization = next;
+      res = await request(authorization);
+    }
     if (res.status === 401 || res.status === 403) {
       const err = await statusError(res, `${method} ${url}`);
-      throw new TransportError(err.message, { hint: "only anonymous access to registries is supported" });
+      throw new TransportError(err.message, { hint: "the registry refused access: check its entry in the registry credentials file (registry-auth.json, or MVM_REGISTRY_AUTH_FILE)" });
     }
     return res;
   }

@@ -83,5 +83,15 @@ export const auditEvent: fc.Arbitrary<AuditEvent> = fc.oneof(
     },
     { requiredKeys: ["type", "bundleDigest", "kind", "imageDigest"], noNullPrototype: true },
   ),
+  fc.record(
+    {
+      type: fc.constant("image.refused" as const),
+      rule: fc.constantFrom("requireDigestPinnedImages" as const, "allowedRegistries" as const, "requireImageProvenance" as const),
+      at: fc.constantFrom("create" as const, "pull" as const),
+      refDigest: hex64,
+      imageDigest: hex64,
+    },
+    { requiredKeys: ["type", "rule", "at", "refDigest"], noNullPrototype: true },
+  ),
   fc.record({ type: fc.constant("policy.changed" as const), policyId: opaqueId, previousDigest: fc.option(hex64, { nil: null }), policyDigest: hex64 }, { noNullPrototype: true }),
 );

@@ -43,6 +43,8 @@ export interface BwrapArgsOptions {
    * /etc/group, and whether /home gets a tmpfs (tmpMiB) holding /home/user.
    */
   readonly identity?: { readonly passwd?: string; readonly group?: string; readonly home: boolean };
+  /** uid and gid inside the sandbox (from the image's config); default SANDBOX_UID and SANDBOX_GID. Never 0. */
+  readonly user?: { readonly uid: number; readonly gid: number };
 }
 
 export interface TrustBundleFds {
@@ -147,8 +149,8 @@ function bwrapOptions(options: BwrapArgsOptions): string[] {
     "--remount-ro", "/dev",
     ...trustBundleArgs(options.trustBundle),
     "--chdir", "/work",
-    "--uid", String(SANDBOX_UID),
-    "--gid", String(SANDBOX_GID),
+    "--uid", String(options.user?.uid ?? SANDBOX_UID),
+    "--gid", String(options.user?.gid ?? SANDBOX_GID),
   ];
   if (options.statusFd !== undefined) args.push("--json-status-fd", String(options.statusFd));
   args.push("--seccomp", String(options.seccompFd));

@@ -60,21 +60,22 @@ export async function imageHasHome(rootfsDir: string): Promise<boolean> {
  * world-readable: bubblewrap opens them as that uid. An image whose /etc/passwd or /etc/group is
  * missing (or not a regular file) keeps it: there is no mount point to bind over.
  */
-export async function prepareIdentity(rootfsDir: string, dir: string): Promise<IdentityFiles> {
+export async function prepareIdentity(rootfsDir: string, dir: string, user: { readonly uid: number; readonly gid: number } = { uid: SANDBOX_UID, gid: SANDBOX_GID }): Promise<IdentityFiles> {
+  const { uid, gid } = user;
   const passwd = await readImageFile(rootfsDir, "etc/passwd");
   const group = await readImageFile(rootfsDir, "etc/group");
   const shell = (await lstat(join(rootfsDir, "bin/bash")).catch(() => undefined)) !== undefined ? "/bin/bash" : "/bin/sh";
   const out: { passwd?: string; group?: string; home: boolean } = { home: await imageHasHome(rootfsDir) };
-  const needPasswd = passwd !== undefined && !hasId(passwd, SANDBOX_UID);
-  const needGroup = group !== undefined && !hasId(group, SANDBOX_GID);
+  const needPasswd = passwd !== undefined && !hasId(passwd, uid);
+  const needGroup = group !== undefined && !hasId(group, gid);
   if (!needPasswd && !needGroup) return out;
   if (needPasswd) {
     out.passwd = join(dir, "passwd");
-    await writeFile(out.passwd, withEntry(passwd, `${SANDBOX_USER}:x:${SANDBOX_UID}:${SANDBOX_GID}:${SANDBOX_USER}:${SANDBOX_HOME}:${shell}`), { mode: 0o644 });
+    await writeFile(out.passwd, withEntry(passwd, `${SANDBOX_USER}:x:${uid}:${gid}:${SANDBOX_USER}:${SANDBOX_HOME}:${shell}`), { mode: 0o644 });
   }
   if (needGroup) {
     out.group = join(dir, "group");
-    await writeFile(out.group, withEntry(group, `${SANDBOX_USER}:x:${SANDBOX_GID}:`), { mode: 0o644 });
+    await writeFile(out.group, withEntry(group, `${SANDBOX_USER}:x:${gid}:`), { mode: 0o644 });
   }
   return out;
 }

@@ -281,7 +281,7 @@ async function launchSandbox(
     aborted(spec, signal);
     relay = await RelayListener.open({ sandboxId: spec.sandboxId, parentDir: relayParent, ...(uid !== undefined ? { hostUid: uid } : {}) });
     log = await CappedLog.open(spec.agentLogPath);
-    const identity = await prepareIdentity(spec.rootfsDir, relay.dir);
+    const identity = await prepareIdentity(spec.rootfsDir, relay.dir, spec.user);
     const seccompPath = join(spec.stateDir, "seccomp.bpf");
     await writeFile(seccompPath, sandboxSeccompProgram(), { mode: 0o600 });
     const systemTrustBundle = image.systemTrustBundle && spec.trustBundlePem !== undefined;

@@ -509,6 +509,13 @@ export class VmBackend implements Backend {
       if (signal?.aborted) throw new AbortedError(`Launch of "${spec.sandboxId}" aborted`, { cause: signal.reason });
     };
     checkAbort();
+    const guestUid = this.options.guestUid ?? 1000;
+    // The guest's agent uid is fixed per backend (its saved boots are shared by every sandbox of a shape).
+    if (spec.user !== undefined && (spec.user.uid !== guestUid || spec.user.gid !== guestUid)) {
+      throw new UnsupportedCapabilityError(`Cannot run sandbox "${spec.sandboxId}" as the image's user ${spec.user.uid}:${spec.user.gid}: the vm backend runs workloads as ${guestUid}:${guestUid} only`, {
+        hint: `Use the namespace backend for this image, or an image whose user is ${guestUid}`,
+      });
+    }
     if (spec.trustBundlePem !== undefined && spec.restore === undefined) await checkTrustBundle(spec, spec.trustBundlePem);
     const p = await this.prepare(spec, host);
     checkAbort();

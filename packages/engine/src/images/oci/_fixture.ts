@@ -12,6 +12,7 @@ import { buildTar, type TarEntrySpec } from "../_tar-fixture.js";
 
 export const UMOCI = "/usr/bin/umoci";
 export const SKOPEO = "/usr/bin/skopeo";
+export const ZSTD = "/usr/bin/zstd";
 
 export function toolSkipReason(...tools: string[]): string | undefined {
   const missing = tools.filter((t) => !existsSync(t));
@@ -30,8 +31,13 @@ export interface HandLayer {
   lieDiffId?: boolean;
   /** Declare a wrong size in the manifest. */
   lieSize?: boolean;
-  /** Compress with this (zstd is faked by its magic number). @default "gzip" */
-  compression?: "gzip" | "none" | "zstd";
+  /**
+   * Compress with this: `zstd` with Debian's zstd CLI (reading stdin, so the frame's window is
+   * not shrunk to the input's size; `zstdArgs` adds options), `fake-zstd` the zstd magic number
+   * followed by the plain tar. @default "gzip"
+   */
+  compression?: "gzip" | "none" | "zstd" | "fake-zstd";
+  zstdArgs?: string[];
   /** Declare this compression in the media type instead of the real one. */
   declare?: "gzip" | "none";
 }
@@ -62,12 +68,16 @@ export async function writeHandLayout(dir: string, layers: HandLayer[], options:
   for (const layer of layers) {
     const tar = buildTar(layer.entries);
     const c = layer.compression ?? "gzip";
-    const blob = c === "gzip" ? gzipSync(tar) : c === "zstd" ? Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), tar]) : tar;
+    const blob =
+      c === "gzip" ? gzipSync(tar)
+      : c === "zstd" ? execFileSync(ZSTD, ["-q", "-c", ...(layer.zstdArgs ?? [])], { input: tar, maxBuffer: 1024 ** 3 })
+      : c === "fake-zstd" ? Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), tar])
+      : tar;
     const digest = await put(blob);
     if (layer.tamperBlob) await writeFile(join(blobs, digest.slice(7)), Buffer.concat([blob.subarray(0, blob.length - 1), Buffer.from([blob.at(-1)! ^ 1])]));
     diffIds.push(layer.lieDiffId ? sha256(Buffer.from("lie")) : sha256(tar));
     const declared = layer.declare ?? c;
-    const mediaType = declared === "gzip" ? "application/vnd.oci.image.layer.v1.tar+gzip" : declared === "zstd" ? "application/vnd.oci.image.layer.v1.tar+zstd" : "application/vnd.oci.image.layer.v1.tar";
+    const mediaType = declared === "gzip" ? "application/vnd.oci.image.layer.v1.tar+gzip" : declared === "zstd" || declared === "fake-zstd" ? "application/vnd.oci.image.layer.v1.tar+zstd" : "application/vnd.oci.image.layer.v1.tar";
     descs.push({ mediaType, digest, size: blob.length + (layer.lieSize ? 1 : 0) });
   }
   if (options.extraDiffId) diffIds.push(sha256(Buffer.from("extra")));
@@ -124,6 +134,41 @@ export async function writeUmociLayout(dir: string): Promise<string> {
   await rm(join(rootfs, "gone"), { recursive: true, force: true });
   await writeFile(join(rootfs, "etc", "motd"), "v2\n");
   run("repack", "--image", `${layout}:t1`, bundle);
+  await rm(bundle, { recursive: true, force: true });
+  return layout;
+}
+
+/** What {@link writeUmociUserLayout} puts in the image's config. */
+export interface UmociUserImage {
+  user: string;
+  entrypoint?: string[];
+  cmd?: string[];
+}
+
+/**
+ * Builds `DIR/<name>:t1` with umoci, an image of one tag only: a static busybox, an /etc/passwd
+ * with root and `app` (uid 4321, group 4322) and an /etc/group, and the config's User,
+ * Entrypoint and Cmd from `image`.
+ */
+export async function writeUmociUserLayout(dir: string, name: string, image: UmociUserImage): Promise<string> {
+  const layout = join(dir, name);
+  const bundle = join(dir, `${name}-bundle`);
+  const run = (...args: string[]): void => void execFileSync(UMOCI, args, { stdio: "pipe" });
+  run("init", "--layout", layout);
+  run("new", "--image", `${layout}:t1`);
+  run("unpack", "--rootless", "--image", `${layout}:t1`, bundle);
+  const rootfs = join(bundle, "rootfs");
+  await mkdir(join(rootfs, "bin"), { recursive: true });
+  await cp("/bin/busybox", join(rootfs, "bin", "busybox"));
+  for (const tool of ["sh", "id", "echo", "pwd"]) execFileSync("ln", ["-s", "busybox", join(rootfs, "bin", tool)]);
+  for (const d of ["etc", "proc", "dev", "work", "tmp", ".mvm"]) await mkdir(join(rootfs, d), { recursive: true });
+  await writeFile(join(rootfs, "etc", "passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:4321:4322:app:/work:/bin/sh\n");
+  await writeFile(join(rootfs, "etc", "group"), "root:x:0:\napp:x:4322:\nextra:x:4400:\n");
+  run("repack", "--image", `${layout}:t1`, bundle);
+  const config = ["--config.user", image.user, "--config.env", "PATH=/bin"];
+  for (const e of image.entrypoint ?? []) config.push("--config.entrypoint", e);
+  for (const c of image.cmd ?? []) config.push("--config.cmd", c);
+  run("config", "--image", `${layout}:t1`, ...config);
   await rm(bundle, { recursive: true, force: true });
   return layout;
 }

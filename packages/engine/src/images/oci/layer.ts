@@ -5,18 +5,19 @@
  * digest (when the source has one) and have the declared size, and its uncompressed bytes must
  * hash to the config's diff_id, within the decompressed-size cap. Only then is it read again and
  * applied through {@link TreeWriter} with whiteouts honoured. Compression is told by the bytes
- * themselves (gzip or none); a declared media type that disagrees is refused; zstd is refused
- * with UnsupportedCapabilityError while Node.js has no zstd decoder.
+ * themselves (gzip, zstd or none); a declared media type that disagrees is refused. zstd is
+ * decoded by fzstd behind a frame scanner that bounds its memory (zstd.ts).
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { open } from "node:fs/promises";
 import { pipeline, Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
-import { UnsupportedCapabilityError, type Sha256Digest } from "@mvm/protocol";
+import type { Sha256Digest } from "@mvm/protocol";
 import { extractTarStream } from "../extract.js";
 import type { TreeWriter } from "../tree-writer.js";
 import { OciImageError, type LayerCompression } from "./documents.js";
+import { zstdDecompress } from "./zstd.js";
 
 /** Most uncompressed bytes one layer may expand to. @default 16 GiB */
 export const DEFAULT_MAX_LAYER_BYTES = 16 * 1024 ** 3;
@@ -55,13 +56,8 @@ export async function sniffCompression(path: string): Promise<LayerCompression> 
   }
 }
 
-async function compressionOf(path: string, expected: LayerExpectation, what: string): Promise<"gzip" | "none"> {
+async function compressionOf(path: string, expected: LayerExpectation, what: string): Promise<LayerCompression> {
   const actual = await sniffCompression(path);
-  if (actual === "zstd") {
-    throw new UnsupportedCapabilityError(`Cannot apply ${what}: zstd-compressed layers need a zstd decoder, which this Node.js (${process.version}) does not have`, {
-      hint: "convert the image to gzip layers, e.g. skopeo copy --dest-compress-format gzip",
-    });
-  }
   if (expected.compression !== undefined && expected.compression !== actual) {
     throw new OciImageError("schema", `Cannot apply ${what}: its media type says ${expected.compression}, its bytes are ${actual === "none" ? "uncompressed" : actual}`);
   }
@@ -69,7 +65,7 @@ async function compressionOf(path: string, expected: LayerExpectation, what: str
 }
 
 /** The layer's uncompressed bytes, counted against the cap as they are produced. */
-async function* uncompressed(path: string, compression: "gzip" | "none", maxBytes: number, what: string, onRaw?: (chunk: Buffer) => void): AsyncGenerator<Buffer> {
+async function* uncompressed(path: string, compression: LayerCompression, maxBytes: number, what: string, onRaw?: (chunk: Buffer) => void): AsyncGenerator<Buffer> {
   const raw = createReadStream(path, { highWaterMark: 256 * 1024 });
   const gunzip = compression === "gzip" ? createGunzip() : undefined;
   try {
@@ -80,7 +76,9 @@ async function* uncompressed(path: string, compression: "gzip" | "none", maxByte
       }
     })();
     let source: AsyncIterable<Buffer> = counted;
-    if (gunzip) {
+    if (compression === "zstd") {
+      source = zstdDecompress(counted, maxBytes, what);
+    } else if (gunzip) {
       pipeline(Readable.from(counted), gunzip, () => undefined);
       source = gunzip;
     }
@@ -107,7 +105,7 @@ async function* uncompressed(path: string, compression: "gzip" | "none", maxByte
 /**
  * Checks a layer blob against its digest, size and diff_id without writing anything.
  * @throws OciImageError (`digest-mismatch`, `size-mismatch`, `diff-id-mismatch`, `too-large`,
- *   `schema`); UnsupportedCapabilityError for zstd.
+ *   `schema`); UnsupportedCapabilityError for a zstd frame over the decoder's window limit.
  */
 export async function verifyLayer(path: string, expected: LayerExpectation, what: string, options: LayerOptions = {}): Promise<void> {
   const compression = await compressionOf(path, expected, what);

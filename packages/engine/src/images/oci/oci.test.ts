@@ -10,7 +10,7 @@ import { ImageStore, type ImageStoreOptions } from "../store.js";
 import { registrySkipReason, startRegistry, type TestRegistry } from "../../oci/_test/registry.js";
 import { DockerArchiveManifest, ImageConfig, ImageIndex, ImageManifest, OciImageError, parseOciDocument, selectPlatform, type OciFault } from "./documents.js";
 import { parseRegistryRef } from "./pull.js";
-import { SKOPEO, sha256, toolSkipReason, UMOCI, writeHandLayout, writeUmociLayout, type HandLayer, type HandLayoutOptions } from "./_fixture.js";
+import { SKOPEO, sha256, toolSkipReason, UMOCI, writeHandLayout, writeUmociLayout, ZSTD, type HandLayer, type HandLayoutOptions } from "./_fixture.js";
 
 let base: string;
 let store: ImageStore;
@@ -111,8 +111,30 @@ describe("hostile OCI images are refused and leave nothing behind", () => {
     const rec = await importHand([{ entries: [file("a")], compression: "none" }]);
     assert.equal(await readFile(join(rec.rootfsDir, "a"), "utf8"), "x");
   });
-  it("a zstd layer is an UnsupportedCapabilityError on this Node.js", async () => {
-    await assert.rejects(importHand([{ entries: [file("a")], compression: "zstd" }]), UnsupportedCapabilityError);
+  it("zstd layers made by the zstd CLI apply; garbage, a --long window and a bomb over the cap are refused, leaving nothing", { skip: toolSkipReason(ZSTD) }, async () => {
+    const big = Buffer.alloc(3 * 1024 * 1024, "z");
+    const rec = await importHand([
+      { entries: [{ path: "d", type: "dir" }, file("d/a", "first"), { path: "big", content: big }], compression: "zstd", zstdArgs: ["-19"] },
+      { entries: [file("d/.wh.a"), file("d/b", "second")], compression: "zstd", zstdArgs: ["--check"] },
+    ]);
+    assert.equal(await readFile(join(rec.rootfsDir, "d/b"), "utf8"), "second");
+    await assert.rejects(lstat(join(rec.rootfsDir, "d/a")), { code: "ENOENT" });
+    assert.equal((await stat(join(rec.rootfsDir, "big"))).size, big.length);
+    // The same tree through gzip layers has the same digest.
+    await freshStore();
+    const gz = await importHand([
+      { entries: [{ path: "d", type: "dir" }, file("d/a", "first"), { path: "big", content: big }] },
+      { entries: [file("d/.wh.a"), file("d/b", "second")] },
+    ]);
+    assert.equal(gz.digest, rec.digest);
+    await rm(join(base, "store"), { recursive: true, force: true });
+    await freshStore();
+    await assert.rejects(importHand([{ entries: [file("a")], compression: "fake-zstd" }]), (e: unknown) => e instanceof OciImageError && e.fault === "schema" && /not readable zstd/.test(e.message));
+    await assertNothingLeft();
+    await assert.rejects(importHand([{ entries: [file("a")], compression: "zstd", zstdArgs: ["--long=27"] }]), (e: unknown) => e instanceof UnsupportedCapabilityError && /window/.test(e.message));
+    await assertNothingLeft();
+    await freshStore({ maxLayerBytes: 1024 * 1024 });
+    await assert.rejects(importHand([{ entries: [{ path: "zeros", content: big }], compression: "zstd" }]), (e: unknown) => e instanceof OciImageError && e.fault === "too-large");
     await assertNothingLeft();
   });
   it("an import may not take a name reserved for pulls (…@sha256:)", async () => {
@@ -248,6 +270,21 @@ describe("images made by real tools: umoci layout, skopeo docker-archive and reg
     assert.equal(byDigest.digest, pulled.digest);
     assert.deepEqual(await readdir(join(base, "store", "tmp")), []);
     assert.deepEqual(await readdir(join(base, "store2", "tmp")), []);
+  });
+
+  it("skopeo's zstd layers (pushed to the registry and written to a layout) give the same tree as its gzip ones", async () => {
+    const fromLayout = await store.importOci(`oci-layout:${layout}`, "t/gzip");
+    const zlayout = join(tools, "zstd-layout");
+    execFileSync(SKOPEO, ["copy", "--quiet", "--dest-compress-format", "zstd", "--dest-compress", `oci:${layout}:t1`, `oci:${zlayout}:z1`], { stdio: "pipe" });
+    const index = JSON.parse(await readFile(join(zlayout, "index.json"), "utf8")) as { manifests: { digest: string }[] };
+    const manifest = JSON.parse(await readFile(join(zlayout, "blobs", "sha256", index.manifests[0]!.digest.slice(7)), "utf8")) as { layers: { mediaType: string }[] };
+    assert.ok(manifest.layers.every((l) => l.mediaType.endsWith("+zstd")), JSON.stringify(manifest.layers));
+    const fromZstd = await store.importOci(`oci-layout:${zlayout}`, "t/zstd");
+    assert.equal(fromZstd.digest, fromLayout.digest);
+    const host = reg.origin.replace(/^http:\/\//, "");
+    execFileSync(SKOPEO, ["copy", "--quiet", "--dest-tls-verify=false", `oci:${zlayout}:z1`, `docker://${host}/t/zstd:1`], { stdio: "pipe" });
+    const other = await ImageStore.open(join(base, "store3"));
+    assert.equal((await other.pull(`${host}/t/zstd:1`)).digest, fromLayout.digest);
   });
 
   it("a pull of a tag the registry lacks is NotFoundError and leaves nothing", async () => {

@@ -7,6 +7,7 @@
  * Plain http is used only for loopback registries (the client refuses it elsewhere); everything
  * else is https.
  */
+import type { RegistryCredentials } from "../../oci/auth.js";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { InvalidArgumentError, type Sha256Digest } from "@mvm/protocol";
@@ -77,6 +78,8 @@ export interface PullToLayoutOptions {
   timeoutMs?: number;
   /** Trusted CA certificates (PEM) for an https registry. */
   ca?: string;
+  /** Credentials for the registry (oci/auth.ts). */
+  credentials?: RegistryCredentials;
 }
 
 /**
@@ -93,6 +96,7 @@ export async function pullToLayout(ref: RegistryRef, layoutDir: string, options:
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     ...(options.ca !== undefined ? { ca: options.ca } : {}),
+    ...(options.credentials !== undefined ? { credentials: options.credentials } : {}),
   });
   const what = `${ref.registry}/${ref.repository}`;
   const first = await registry.getManifest(ref.digest ?? ref.tag!);

@@ -40,6 +40,13 @@ export interface StartRegistryOptions {
   readonly tls?: { readonly keyPem: string; readonly certPem: string };
   /** How long to wait for the registry to answer `/v2/`, in milliseconds. @default 15000 */
   readonly startTimeoutMs?: number;
+  /**
+   * Require authentication: `htpasswd` (the file's text, bcrypt entries) for HTTP basic, or
+   * `token` for the bearer-token flow (tokens signed by the key of `rootCertPem`'s certificate).
+   */
+  readonly auth?:
+    | { readonly htpasswd: string }
+    | { readonly token: { readonly realm: string; readonly service: string; readonly issuer: string; readonly rootCertPem: string } };
 }
 
 async function freePort(): Promise<number> {
@@ -85,6 +92,14 @@ async function startOnce(options: StartRegistryOptions): Promise<TestRegistry> {
     "http:",
     `  addr: 127.0.0.1:${port}`,
   ];
+  if (options.auth !== undefined && "htpasswd" in options.auth) {
+    await writeFile(join(dir, "htpasswd"), options.auth.htpasswd, { mode: 0o600 });
+    lines.splice(lines.indexOf("http:"), 0, "auth:", "  htpasswd:", "    realm: mvm-test", `    path: ${join(dir, "htpasswd")}`);
+  } else if (options.auth !== undefined) {
+    const t = options.auth.token;
+    await writeFile(join(dir, "token-root.pem"), t.rootCertPem);
+    lines.splice(lines.indexOf("http:"), 0, "auth:", "  token:", `    realm: ${t.realm}`, `    service: ${t.service}`, `    issuer: ${t.issuer}`, `    rootcertbundle: ${join(dir, "token-root.pem")}`);
+  }
   if (options.tls !== undefined) {
     await writeFile(join(dir, "key.pem"), options.tls.keyPem, { mode: 0o600 });
     await writeFile(join(dir, "cert.pem"), options.tls.certPem);
