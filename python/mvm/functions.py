@@ -293,7 +293,7 @@ class Function(Generic[P, R]):
     def create_request(self) -> dict[str, Any]:
         """The daemon's create request for this function's sandboxes (its warm pool keeps the same)."""
         spec = {"id": self.id, "format": self.format, "limits": {k: self.limits[k] for k in ("maxInputBytes", "maxOutputBytes", "maxDepth", "invokeTimeoutMs")}}
-        options: dict[str, Any] = {"image": self.image, "ttl_seconds": max(60, -(-self.limits["invokeTimeoutMs"] // 1000) + 60), "labels": {"fn.id": self.id}}
+        options: dict[str, Any] = {"image": self.image, "ttl_seconds": max(60, int(self.limits["invokeTimeoutMs"] / 1000) + 60), "labels": {"fn.id": self.id}}
         if self.network is not None:
             options["network"] = self.network
         if self.secrets is not None:
