@@ -225,7 +225,11 @@ def _limits(given: Any) -> dict[str, int]:
             raise Refused("bad-request", f"limit {k} out of range")
         name, factor = LIMIT_ENV[k]
         env = os.environ.get(name)
-        if env is not None and env.isdigit() and int(env) > 0:
+        if env:
+            # As the TypeScript wrapper's fnLimitsFromEnv: a positive decimal integer (ASCII digits)
+            # within the limit's range, or the call is refused.
+            if re.fullmatch(r"[1-9][0-9]{0,11}", env) is None or not MINIMA.get(k, 1) <= int(env) * factor <= CEILINGS[k]:
+                raise Refused("bad-request", f"{name} must be a positive integer within its limit")
             v = min(v, int(env) * factor)
         out[k] = v
     return out
