@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-PACKAGES=(bubblewrap mmdebstrap debian-archive-keyring util-linux uidmap busybox-static iproute2 python3 ca-certificates cryptsetup-bin e2fsprogs qemu-system-x86 cpio dmsetup gcc libc6-dev docker-registry umoci skopeo zstd openssl python3-pip python3-setuptools python3-pytest python3-msgpack mypy tmux)
+PACKAGES=(bubblewrap mmdebstrap debian-archive-keyring util-linux uidmap busybox-static iproute2 python3 ca-certificates cryptsetup-bin e2fsprogs qemu-system-x86 cpio dmsetup gcc libc6-dev docker-registry umoci skopeo zstd openssl python3-pip python3-setuptools python3-pytest python3-msgpack python3-hypothesis mypy tmux)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -42,10 +42,17 @@ CEILINGS = {
     "invokeTimeoutMs": 86_400_000, "sessionStartTimeoutMs": 3_600_000, "sessionStopTimeoutMs": 3_600_000,
 }
 MINIMA = {"maxDepth": 2}
+#: Largest integer magnitude a payload may hold (JavaScript's Number.MAX_SAFE_INTEGER).
+MAX_SAFE_INTEGER = 2**53 - 1
 
 
 class CodecError(ValueError):
-    """A value that breaks a payload rule; ``kind`` is the rule."""
+    """A value that breaks a payload rule; ``kind`` is the rule, named as the TypeScript codec's
+    fault: too-large, depth, duplicate-key, proto-key, non-finite, type or syntax."""
+
+    def __init__(self, message: str, kind: str = "type") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 # --- the value codec (both sides) ------------------------------------------------------------
@@ -53,19 +60,19 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out or k == "__proto__":
-            raise CodecError(f"key {k[:64]!r} twice or reserved")
+            raise CodecError(f"key {k[:64]!r} twice or reserved", "proto-key" if k == "__proto__" else "duplicate-key")
         out[k] = v
     return out
 
 
 def _no_constant(name: str) -> Any:
-    raise CodecError(f"{name} is not allowed")
+    raise CodecError(f"{name} is not allowed", "syntax")
 
 
 def _float(text: str) -> float:
     f = float(text)
     if not math.isfinite(f):
-        raise CodecError("a number overflows to infinity")
+        raise CodecError("a number overflows to infinity", "non-finite")
     return f
 
 
@@ -74,23 +81,23 @@ def check_value(v: Any, max_depth: int, depth: int = 1, msgpack: bool = False) -
     if v is None or isinstance(v, (bool, str)):
         return
     if isinstance(v, int):
-        if abs(v) > 2**53:
-            raise CodecError("an integer beyond 2^53")
+        if abs(v) > MAX_SAFE_INTEGER:
+            raise CodecError("an integer beyond 2^53 - 1", "type")
         return
     if isinstance(v, float):
         if not math.isfinite(v):
-            raise CodecError("NaN or infinity")
+            raise CodecError("NaN or infinity", "non-finite")
         return
     if isinstance(v, bytes) and msgpack:
         return
     if isinstance(v, (list, tuple, dict)):
         if depth > max_depth:
-            raise CodecError(f"nesting deeper than {max_depth}")
+            raise CodecError(f"nesting deeper than {max_depth}", "depth")
         items = v.values() if isinstance(v, dict) else v
         if isinstance(v, dict):
             for k in v:
                 if not isinstance(k, str) or k == "__proto__":
-                    raise CodecError("a map key that is not a string, or __proto__")
+                    raise CodecError("a map key that is not a string, or __proto__", "proto-key" if k == "__proto__" else "type")
         for item in items:
             check_value(item, max_depth, depth + 1, msgpack)
         return
@@ -106,13 +113,13 @@ def encode_value(v: Any, fmt: str, max_bytes: int, max_depth: int) -> bytes:
 
         data = msgpack.packb(v, use_bin_type=True)
     if len(data) > max_bytes:
-        raise CodecError(f"{len(data)} bytes encoded, over the limit of {max_bytes}")
+        raise CodecError(f"{len(data)} bytes encoded, over the limit of {max_bytes}", "too-large")
     return bytes(data)
 
 
 def decode_value(data: bytes, fmt: str, max_bytes: int, max_depth: int) -> Any:
     if len(data) > max_bytes:
-        raise CodecError(f"{len(data)} bytes, over the limit of {max_bytes}")
+        raise CodecError(f"{len(data)} bytes, over the limit of {max_bytes}", "too-large")
     try:
         if fmt == "json":
             _json_depth(data, max_depth)
@@ -124,7 +131,7 @@ def decode_value(data: bytes, fmt: str, max_bytes: int, max_depth: int) -> Any:
     except CodecError:
         raise
     except (ValueError, TypeError, RecursionError) as e:
-        raise CodecError(f"not a valid {fmt} value: {type(e).__name__}") from None
+        raise CodecError(f"not a valid {fmt} value: {type(e).__name__}", "syntax") from None
     check_value(v, max_depth, msgpack=fmt == "msgpack")
     return v
 
@@ -150,7 +157,7 @@ def _json_depth(data: bytes, max_depth: int) -> None:
         elif b in (0x5B, 0x7B):
             depth += 1
             if depth > max_depth:
-                raise CodecError(f"nesting deeper than {max_depth}")
+                raise CodecError(f"nesting deeper than {max_depth}", "depth")
         elif b in (0x5D, 0x7D):
             depth -= 1
 
@@ -218,7 +225,11 @@ def _limits(given: Any) -> dict[str, int]:
             raise Refused("bad-request", f"limit {k} out of range")
         name, factor = LIMIT_ENV[k]
         env = os.environ.get(name)
-        if env is not None and env.isdigit() and int(env) > 0:
+        if env:
+            # As the TypeScript wrapper's fnLimitsFromEnv: a positive decimal integer (ASCII digits)
+            # within the limit's range, or the call is refused.
+            if re.fullmatch(r"[1-9][0-9]{0,11}", env) is None or not MINIMA.get(k, 1) <= int(env) * factor <= CEILINGS[k]:
+                raise Refused("bad-request", f"{name} must be a positive integer within its limit")
             v = min(v, int(env) * factor)
         out[k] = v
     return out

@@ -21,6 +21,8 @@ import re
 import secrets
 import sys
 import textwrap
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,9 +30,10 @@ from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import _fn_wrapper as codec
+from .client import DaemonClient, default_socket_path
 from .errors import FunctionError, InvalidArgumentError, NotFoundError, PolicyDeniedError, TransportError
 from .policy import NetworkPolicy, SecretRef
-from .sandbox import Sandbox
+from .sandbox import Sandbox, create_request
 
 __all__ = ["Function", "FunctionDefinitionError", "FunctionSession", "function", "looks_secret_name"]
 
@@ -39,6 +42,8 @@ R = TypeVar("R")
 
 _WRAPPER_SOURCE = Path(codec.__file__).read_text(encoding="utf-8")
 _COMMAND_GRACE_SECONDS = 5
+#: Most sandboxes one warm pool keeps (packages/protocol's MAX_WARM_POOL_SIZE).
+MAX_WARM = 16
 _DEFAULT_LIMITS = {
     "maxInputBytes": 16 << 20, "maxOutputBytes": 16 << 20, "maxDepth": 64,
     "invokeTimeoutMs": 60_000, "sessionStartTimeoutMs": 60_000, "sessionStopTimeoutMs": 30_000,
@@ -253,7 +258,7 @@ class Function(Generic[P, R]):
 
     def __init__(self, fn: Callable[P, R], *, id: str | None, image: str, timeout_seconds: float, format: str, mode: str,
                  network: NetworkPolicy | None, secrets: Mapping[str, SecretRef] | None, dependencies: Sequence[str],
-                 strict_secrets: bool, memory_mib: int | None, socket_path: str | None) -> None:
+                 strict_secrets: bool, memory_mib: int | None, socket_path: str | None, warm: int = 0) -> None:
         self.fn = fn
         self.id = id or fn.__name__.replace("_", "-").lower()
         if codec.FUNCTION_ID.fullmatch(self.id) is None:
@@ -266,6 +271,14 @@ class Function(Generic[P, R]):
         if mode not in ("production", "development"):
             raise FunctionDefinitionError(f'Invalid mode "{mode}"')
         self.format, self.mode = format, mode
+        if isinstance(warm, bool) or not isinstance(warm, int) or not 0 <= warm <= MAX_WARM:
+            raise FunctionDefinitionError(f'Invalid warm {warm!r} of function "{self.id}": expected an integer from 0 to {MAX_WARM}')
+        if warm and secrets:
+            raise FunctionDefinitionError(f'Function "{self.id}" cannot be warm: a sandbox with secrets cannot be pooled (docs/POOLS.md)',
+                                          hint="drop warm=, or the secrets")
+        self.warm = warm
+        self._pools: dict[str, dict[str, Any]] = {}
+        self._pool_lock = threading.Lock()
         self.strict = _strict_secrets(strict_secrets)
         _secret_names(inspect.signature(fn).parameters, f'Function "{self.id}" has parameters', self.strict)
         self.export, self.code = _bundle(fn, dependencies)
@@ -277,17 +290,71 @@ class Function(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
-    def _create(self) -> Sandbox:
+    def create_request(self) -> dict[str, Any]:
+        """The daemon's create request for this function's sandboxes (its warm pool keeps the same)."""
         spec = {"id": self.id, "format": self.format, "limits": {k: self.limits[k] for k in ("maxInputBytes", "maxOutputBytes", "maxDepth", "invokeTimeoutMs")}}
-        options: dict[str, Any] = {"image": self.image, "ttl_seconds": max(60, int(self.limits["invokeTimeoutMs"] / 1000) + 60)}
+        options: dict[str, Any] = {"image": self.image, "ttl_seconds": max(60, int(self.limits["invokeTimeoutMs"] / 1000) + 60), "labels": {"fn.id": self.id}}
         if self.network is not None:
             options["network"] = self.network
         if self.secrets is not None:
             options["secrets"] = self.secrets
         if self.memory_mib is not None:
             options["memory_mib"] = self.memory_mib
-        sb = Sandbox.create(socket_path=self.socket_path, timeout=self.limits["sessionStartTimeoutMs"] / 1000, **options, _function=spec)
-        return sb
+        return create_request(**options, _function=spec)
+
+    def _create(self) -> Sandbox:
+        """A sandbox for one call or session: with ``warm``, the pool is set first and the create
+        claims a ready sandbox of it (the daemon matches the workload), or starts one when none is ready."""
+        if self.warm:
+            self._set_pool()
+        request = self.create_request()
+        client = DaemonClient(self.socket_path)
+        try:
+            return Sandbox(client, client.create_sandbox(request, timeout=self.limits["sessionStartTimeoutMs"] / 1000))
+        except BaseException:
+            client.close()
+            raise
+
+    def _set_pool(self) -> dict[str, Any]:
+        """Sets this function's pool on its daemon to ``warm`` sandboxes, once per daemon socket."""
+        socket = self.socket_path or default_socket_path()
+        with self._pool_lock:
+            info = self._pools.get(socket)
+            if info is None:
+                with DaemonClient(self.socket_path) as client:
+                    info = client.set_warm_pool(self.create_request(), self.warm)
+                self._pools[socket] = info
+            return info
+
+    def warm_up(self, *, timeout_seconds: float | None = None) -> dict[str, Any]:
+        """Sets this function's warm pool on its daemon (once per daemon) and returns the pool's
+        state once ``warm`` sandboxes are ready, when the pool reports a failed start
+        (``lastError``), or when ``timeout_seconds`` (default: the session start timeout, 60 s) passes.
+
+        Example::
+
+            add.warm_up()   # the next add.remote() claims a started sandbox
+        """
+        if not self.warm:
+            raise InvalidArgumentError(f'Function "{self.id}" has no warm pool: define it with warm=N')
+        pool_id = self._set_pool()["id"]
+        deadline = time.monotonic() + (self.limits["sessionStartTimeoutMs"] / 1000 if timeout_seconds is None else timeout_seconds)
+        with DaemonClient(self.socket_path) as client:
+            while True:
+                info = next((p for p in client.list_warm_pools() if p["id"] == pool_id), None)
+                if info is None:
+                    raise InvalidArgumentError(f'The warm pool of function "{self.id}" was removed')
+                if info["ready"] >= info["size"] or "lastError" in info or time.monotonic() >= deadline:
+                    return info
+                time.sleep(0.05)
+
+    def cool_down(self) -> None:
+        """Removes this function's warm pool from its daemon (its ready sandboxes are stopped)."""
+        socket = self.socket_path or default_socket_path()
+        with self._pool_lock:
+            self._pools.pop(socket, None)
+            with DaemonClient(self.socket_path) as client:
+                client.set_warm_pool(self.create_request(), 0)
 
     def call_in(self, sb: Sandbox, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         """One call in a running sandbox (the host's half of the wrapper contract)."""
@@ -387,6 +454,7 @@ def function(
     strict_secrets: bool = False,
     memory_mib: int | None = None,
     socket_path: str | None = None,
+    warm: int = 0,
 ) -> Callable[[Callable[P, R]], Function[P, R]]:
     """Marks a function to run in sandboxes.
 
@@ -397,10 +465,15 @@ def function(
             return a + b
 
         add.remote(2, 3)   # 5, computed in a sandbox
+
+    ``warm=N`` (0 to 16) keeps N sandboxes of the function's workload started in the daemon's
+    warm pools (docs/POOLS.md): the first call (or ``add.warm_up()``) sets the pool, and each
+    call's create claims a ready sandbox, which serves that call or session only and is destroyed
+    after it. ``add.cool_down()`` removes the pool. A warm function cannot have ``secrets``.
     """
 
     def wrap(fn: Callable[P, R]) -> Function[P, R]:
         return Function(fn, id=id, image=image, timeout_seconds=timeout_seconds, format=format, mode=mode, network=network,
-                        secrets=secrets, dependencies=dependencies, strict_secrets=strict_secrets, memory_mib=memory_mib, socket_path=socket_path)
+                        secrets=secrets, dependencies=dependencies, strict_secrets=strict_secrets, memory_mib=memory_mib, socket_path=socket_path, warm=warm)
 
     return wrap

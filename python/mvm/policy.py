@@ -122,8 +122,8 @@ class SecretRef:
             raise InvalidArgumentError(f'Invalid secret name "{name[:128]}": 1 to 128 of [a-z0-9._-], starting with [a-z0-9]')
         if source == "env" and _ENV_NAME.fullmatch(name) is None:
             raise InvalidArgumentError(f'Invalid environment variable name "{name[:128]}"')
-        if source == "file" and not name.startswith("/"):
-            raise InvalidArgumentError(f'Invalid secret file "{name[:128]}": must be an absolute path')
+        if source == "file" and (len(name) < 2 or not name.startswith("/") or "\0" in name):
+            raise InvalidArgumentError(f'Invalid secret file "{name[:128]}": must be an absolute path of 2 to 4096 characters, without NUL')
         self.source = source
         self.name = name
         self.posture = posture

@@ -22,7 +22,7 @@ from .functions import _DEFAULT_LIMITS
 from .policy import NetworkPolicy, SecretRef
 from .sandbox import create_request
 
-__all__ = ["analyze", "plan_file"]
+__all__ = ["analyze", "analyze_main", "plan_file"]
 
 MAX_SOURCE_BYTES = 8 * 1024 * 1024
 _CREATE_OPTIONS = {
@@ -175,7 +175,8 @@ class _Finder(ast.NodeVisitor):
                 fid = str(opts.get("id") or node.name.replace("_", "-").lower())
                 limits = dict(_DEFAULT_LIMITS, invokeTimeoutMs=max(1, round(float(opts.get("timeout_seconds", 60)) * 1000)))
                 w.function = {"id": fid, "format": opts.get("format", "json"), "limits": {k: limits[k] for k in ("maxInputBytes", "maxOutputBytes", "maxDepth", "invokeTimeoutMs")}}
-                w.options = {"image": opts.get("image", "debian:bookworm+python3"), "ttl_seconds": max(60, int(limits["invokeTimeoutMs"] / 1000) + 60)}
+                w.options = {"image": opts.get("image", "debian:bookworm+python3"), "ttl_seconds": max(60, int(limits["invokeTimeoutMs"] / 1000) + 60),
+                             "labels": {"fn.id": fid}}
                 for key in ("network", "secrets", "memory_mib"):
                     if key in opts:
                         w.options[key] = opts[key]
@@ -252,3 +253,32 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.write(f"wrote {len(bundle['workloads'])} plan(s) to {args.out}\n")
     sys.stdout.write(text)
     return 1 if skipped else 0
+
+
+def analyze_main(argv: Sequence[str]) -> int:
+    """``python3 -m mvm analyze FILE``: the declarations of a script as JSON on stdout, for
+    ``mvmctl plan FILE.py``, which plans them with its own engine. One object:
+    ``{"workloads": [{"location", "complete", "commands", "request"?}], "diagnostics": [...]}``
+    (``request``, the create request, only when ``complete``), or ``{"error": {"code", "message"}}``
+    with exit code 2. Contacts no daemon; the script is never imported."""
+    import sys
+
+    if len(argv) != 1:
+        sys.stderr.write("usage: python3 -m mvm analyze FILE\n")
+        return 2
+    path = argv[0]
+    try:
+        workloads, diagnostics = analyze(path)
+        out: list[dict[str, Any]] = []
+        for w in workloads:
+            entry: dict[str, Any] = {"location": {"line": w.line, "column": w.column}, "complete": w.complete, "commands": w.commands}
+            if w.complete:
+                entry["request"] = create_request(**w.options, _function=w.function)
+            out.append(entry)
+    except (InvalidArgumentError, OSError, TypeError, ValueError) as e:
+        code = "NOT_FOUND" if isinstance(e, FileNotFoundError) else "INVALID_ARGUMENT"
+        message = f'Cannot read "{path}": {e.strerror}' if isinstance(e, OSError) and e.strerror else str(e)
+        sys.stdout.write(json.dumps({"error": {"code": code, "message": message}}) + "\n")
+        return 2
+    sys.stdout.write(canonical_json({"workloads": out, "diagnostics": diagnostics}) + "\n")
+    return 0

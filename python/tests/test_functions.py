@@ -181,3 +181,49 @@ def test_the_function_cannot_read_its_wrappers_memory(daemon: Daemon) -> None:
         return out
 
     assert peek.remote() == ["PermissionError", "PermissionError", "PermissionError"]
+
+
+def test_warm_is_checked_at_definition() -> None:
+    for bad in (-1, 17, True, 1.5):
+        with pytest.raises(FunctionDefinitionError, match="Invalid warm"):
+
+            @mvm.function(warm=bad)  # type: ignore[arg-type]
+            def f() -> int:
+                return 1
+
+    with pytest.raises(FunctionDefinitionError, match="cannot be warm"):
+
+        @mvm.function(warm=1, secrets={"KEY": mvm.SecretRef("k")})
+        def g() -> int:
+            return 1
+
+    @mvm.function()
+    def cold() -> int:
+        return 1
+
+    with pytest.raises(mvm.InvalidArgumentError, match="no warm pool"):
+        cold.warm_up()
+
+
+def test_warm_calls_claim_ready_sandboxes_of_the_functions_pool(daemon: Daemon) -> None:
+    @mvm.function(timeout_seconds=30, id="py-warm-add", warm=2)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    client = mvm.DaemonClient(daemon.socket_path)
+    try:
+        warmed = add.warm_up()
+        assert warmed["ready"] == 2 and warmed["size"] == 2 and "lastError" not in warmed
+        assert add.remote(1, 2) == 3
+        with add.session() as s:
+            assert s.call(3, 4) == 7
+        # Both were served by claims; the pool started replacements (a claimed sandbox never returns).
+        pool = add.warm_up()
+        assert pool["id"] == warmed["id"] and pool["claimed"] - warmed["claimed"] == 2 and pool["ready"] == 2
+        # Each claimed sandbox was destroyed after its call or session.
+        running = [x for x in client.list_sandboxes() if x["labels"].get("fn.id") == "py-warm-add" and x["state"] != "stopped"]
+        assert running == []
+    finally:
+        add.cool_down()
+        assert all(p["id"] != warmed["id"] for p in client.list_warm_pools())
+        client.close()

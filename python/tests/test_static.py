@@ -66,3 +66,22 @@ def test_plan_cli_writes_a_bundle_mvmctl_reads(tmp_path: Path, daemon: Daemon) -
     ids = subprocess.run(["node", "-e", check, str(reader), str(out)], capture_output=True, text=True, timeout=60)
     assert ids.returncode == 0, ids.stderr
     assert ids.stdout.split() == [w["plan"]["plan"]["planId"] for w in bundle["workloads"]]
+
+
+def test_analyze_cli_prints_the_declarations_for_mvmctl(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    app = tmp_path / "app.py"
+    app.write_text(APP.format(marker=str(marker)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    r = subprocess.run([sys.executable, "-m", "mvm", "analyze", str(app)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists()
+    answer = json.loads(r.stdout)
+    assert set(answer) == {"workloads", "diagnostics"}
+    assert [w["complete"] for w in answer["workloads"]] == [True, True, False]
+    first, fn, rest = answer["workloads"]
+    assert first["request"]["ttlSeconds"] == 300 and first["request"]["secrets"]["API_KEY"]["name"] == "py-static-key"
+    assert fn["request"]["function"]["id"] == "add" and fn["request"]["labels"] == {"fn.id": "add"}
+    assert "request" not in rest
+    missing = subprocess.run([sys.executable, "-m", "mvm", "analyze", str(tmp_path / "absent.py")], capture_output=True, text=True, env=env, timeout=60)
+    assert missing.returncode == 2 and json.loads(missing.stdout)["error"]["code"] == "NOT_FOUND"

@@ -20,6 +20,7 @@ import { describePlan, planText, type PlanBundle } from "../plan-file.js";
 import { UsageError } from "../usage-error.js";
 import { withEngine } from "./_lifetime.js";
 import { cliCreateRequest } from "../tier-warning.js";
+import { analyzePython, pythonInterpreter } from "./plan-python.js";
 
 export interface PlanCommandOptions {
   file: string;
@@ -27,6 +28,7 @@ export interface PlanCommandOptions {
   out: string | undefined;
   validForSeconds: number | undefined;
   recordTimeoutSeconds: number;
+  python: string | undefined;
 }
 
 interface Found {
@@ -45,6 +47,8 @@ export const planCommand = defineCommand<PlanCommandOptions>({
   details:
     "--mode static (default) reads Sandbox.create({...}) declarations from TS/JS source without\n" +
     "running it; a declaration whose options are not literal values is reported and not planned.\n" +
+    "A Python script (.py) is read by the mvm Python package's static analysis (ast; never imported),\n" +
+    "run with --python, else $MVM_PYTHON, else /usr/bin/python3 (docs/PYTHON.md).\n" +
     "--mode record runs the script (JavaScript, or TypeScript with types erased) with a recording SDK transport that boots nothing.\n" +
     "The plans are printed for review and, with --out, written as a bundle that\n" +
     "`mvmctl create|run --plan FILE [--plan-index N]` admits (each plan once, within its validity).",
@@ -53,6 +57,7 @@ export const planCommand = defineCommand<PlanCommandOptions>({
     out: { type: "string", short: "o", valueName: "FILE", description: "Write the plan bundle (canonical JSON, mode 0600) to FILE" },
     "valid-for": { type: "string", valueName: "SECONDS", description: "How long the plans may be used (default 3600, at most 86400)" },
     "record-timeout": { type: "string", valueName: "SECONDS", description: "With --mode record: stop the script after this long (default 300)" },
+    python: { type: "string", valueName: "PATH", description: "For a .py script: the Python with the mvm package (default: $MVM_PYTHON, else /usr/bin/python3)" },
   },
   positionals: { min: 1, max: 1 },
   connection: "auto",
@@ -66,18 +71,33 @@ export const planCommand = defineCommand<PlanCommandOptions>({
     const recordTimeoutSeconds = integerFlag(raw, "record-timeout") ?? 300;
     if (recordTimeoutSeconds < 1) throw new UsageError("--record-timeout must be at least 1 second");
     const file = raw.positionals[0]!;
+    if (mode === "record" && extname(file) === ".py") {
+      throw new UsageError("--mode record runs JavaScript or TypeScript; a Python script is planned statically", { hint: "Drop --mode record" });
+    }
     if (mode === "record" && !RECORDABLE.has(extname(file))) {
       throw new UsageError(`--mode record runs JavaScript or TypeScript (.js, .mjs, .cjs, .ts, .mts), not "${extname(file) || file}"`, {
         hint: "Compile the script to one of those first, or use --mode static, which reads the source without running it",
       });
     }
-    return { file, mode, out: stringFlag(raw, "out"), validForSeconds, recordTimeoutSeconds };
+    return { file, mode, out: stringFlag(raw, "out"), validForSeconds, recordTimeoutSeconds, python: stringFlag(raw, "python") };
   },
   async run(ctx, options) {
     const diagnostics: PlanBundle["diagnostics"] = [];
     let found: Found[];
     let skipped = 0;
-    if (options.mode === "static") {
+    if (options.mode === "static" && extname(options.file) === ".py") {
+      const analysis = await analyzePython(options.file, { python: pythonInterpreter(options.python, ctx.io.env), env: ctx.io.env, signal: ctx.signal });
+      diagnostics.push(...analysis.diagnostics);
+      found = [];
+      for (const w of analysis.workloads) {
+        if (w.request === undefined) {
+          skipped++;
+          ctx.out.note(`${options.file}:${w.location.line}:${w.location.column}: not planned: its options are not all literal values (see the diagnostics)`);
+          continue;
+        }
+        found.push({ location: w.location, request: w.request, commands: w.commands });
+      }
+    } else if (options.mode === "static") {
       const { analyzeSource } = await import("@mvm/sdk");
       const analysis = await analyzeSource(options.file);
       diagnostics.push(...analysis.diagnostics);
