@@ -79,6 +79,17 @@ describe("function payload codec", () => {
     assert.equal(fault(() => dec(new Uint8Array([0x22, 0xff, 0x22]))), "syntax");
   });
 
+  it("json: refuses integers past 2^53 - 1 and a byte order mark; floats and digits in strings pass", () => {
+    const dec = (s: string | Uint8Array) => decodeFnValue(typeof s === "string" ? Buffer.from(s) : s, "json", LIMITS);
+    assert.equal(fault(() => dec("[[9007199254740992], {}]")), "type");
+    assert.equal(fault(() => dec('[[], {"n": -100000000000000000000}]')), "type");
+    assert.equal(fault(() => dec(new Uint8Array([0xef, 0xbb, 0xbf, 0x5b, 0x5d]))), "syntax");
+    assert.equal(fault(() => encodeFnValue([[2 ** 53], {}], "json", LIMITS)), "type");
+    assert.deepEqual(decodeFnValue(encodeFnValue([[2 ** 53, 1e20], {}], "msgpack", LIMITS), "msgpack", LIMITS), [[2 ** 53, 1e20], {}]);
+    assert.deepEqual(dec('[[9007199254740991, -9007199254740991, 1e20, 100000000000000000000.5, 12345678901234567890e-3], {}]'), [[9007199254740991, -9007199254740991, 1e20, 100000000000000000000.5, 12345678901234567.89], {}]);
+    assert.deepEqual(dec('[["100000000000000000000", "a\\\\"], {"100000000000000000000": 1}]'), [["100000000000000000000", "a\\"], { "100000000000000000000": 1 }]);
+  });
+
   it("json: refuses bytes", () => {
     assert.equal(fault(() => encodeFnValue(new Uint8Array(2), "json", LIMITS)), "type");
   });

@@ -42,6 +42,9 @@ function checkValue(v: unknown, depth: number, limits: FnCodecLimits, bytesAllow
   if (v === null || typeof v === "boolean" || typeof v === "string" || v === undefined) return;
   if (typeof v === "number") {
     if (!Number.isFinite(v)) throw new FnCodecError("non-finite", `${String(v)} at ${where(path)} cannot be sent: only finite numbers can`);
+    // JSON writes such a number as an integer literal the other side refuses (it cannot be
+    // exact); msgpack sends it as a float.
+    if (!bytesAllowed && Number.isInteger(v) && !Number.isSafeInteger(v)) throw new FnCodecError("type", `${String(v)} at ${where(path)} is an integer past 2^53 - 1: JSON cannot carry it exactly (use format "msgpack" or a string)`);
     return;
   }
   if (typeof v !== "object") throw new FnCodecError("type", `A ${typeof v} at ${where(path)} cannot be sent`);
@@ -64,6 +67,34 @@ function checkValue(v: unknown, depth: number, limits: FnCodecLimits, bytesAllow
     checkValue((v as Record<string, unknown>)[key], depth + 1, limits, bytesAllowed, `${path}.${key}`);
   }
   if (Object.getOwnPropertySymbols(v).length > 0) throw new FnCodecError("type", `Symbol keys at ${where(path)} cannot be sent`);
+}
+
+/**
+ * Refuses integer literals in JSON text past ±(2^53 − 1): JSON.parse would round them to a
+ * nearby double, so the value received would not be the value sent (msgpack's scanner refuses the
+ * same integers). A literal with a fraction or an exponent is a float and stays allowed. `text` is
+ * valid JSON, so outside strings a `-` or a digit starts a number.
+ */
+function checkIntegerLiterals(text: string): void {
+  const length = text.length;
+  for (let at = 0; at < length; at++) {
+    const c = text.charCodeAt(at);
+    if (c === 0x22) {
+      for (at++; at < length && text.charCodeAt(at) !== 0x22; at++) if (text.charCodeAt(at) === 0x5c) at++;
+    } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      const start = at;
+      if (c === 0x2d) at++;
+      while (at < length && text.charCodeAt(at) >= 0x30 && text.charCodeAt(at) <= 0x39) at++;
+      const next = text.charCodeAt(at);
+      if (next === 0x2e || next === 0x65 || next === 0x45) {
+        while (at < length && /[0-9eE+.-]/.test(text[at]!)) at++;
+      } else if (at - start > 15) {
+        const v = BigInt(text.slice(start, at));
+        if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) throw new FnCodecError("type", "An integer is past 2^53 - 1 and would lose its value");
+      }
+      at--;
+    }
+  }
 }
 
 /** Finds non-finite numbers JSON.parse made from huge literals (1e400 is Infinity). */
@@ -102,6 +133,9 @@ export function decodeFnValue(bytes: Uint8Array, format: FnFormat, limits: FnCod
     } catch {
       throw new FnCodecError("syntax", "Payload is not UTF-8");
     }
+    // TextDecoder drops a leading byte order mark; JSON has none, so a payload that starts with
+    // one is refused as the other side's decoder would refuse it.
+    if (bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) throw new FnCodecError("syntax", "Payload starts with a byte order mark");
     let value: unknown;
     try {
       value = parseJsonStrict(text, { maxDepth: limits.maxDepth });
@@ -111,6 +145,7 @@ export function decodeFnValue(bytes: Uint8Array, format: FnFormat, limits: FnCod
       throw new FnCodecError(fault, `Payload refused: ${err.detail}`);
     }
     checkFiniteParsed(value, "");
+    checkIntegerLiterals(text);
     return value;
   }
   scanMsgpack(bytes, limits.maxDepth);
