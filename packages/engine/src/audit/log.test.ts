@@ -102,7 +102,9 @@ describe("AuditLog", () => {
     await log.close();
   });
 
-  it("resolves a pipelined append once its line is in the file; the next batch's one sync covers it, in order", async () => {
+  it("resolves a pipelined append once its line is in the file; the next batch's one sync covers it, in order", async (t) => {
+    // The pipelined entry's own sync timer must not fire in between on a slow machine.
+    t.mock.timers.enable({ apis: ["setTimeout"] });
     const dir = freshDir();
     const log = await AuditLog.open(dir, { key });
     const written = await log.append(killed, { wait: "written" });
@@ -113,6 +115,7 @@ describe("AuditLog", () => {
     const durable = await log.append(killed);
     assert.equal(durable.seq, written.seq + 1);
     assert.deepEqual([log.stats().syncs, log.stats().durableSeq], [1, durable.seq]);
+    t.mock.timers.reset();
     await log.close();
     assert.equal((await verifyAuditFile(join(dir, AUDIT_FILE), key.publicKey, { signatures: "all" })).ok, true);
   });
