@@ -24,14 +24,14 @@ for (const pkg of readdirSync(join(root, "packages"))) {
 }
 // The Python SDK's pytest suite runs with no filter, or a filter matching "python".
 const runPython = filters.length === 0 || filters.some((f) => "python".includes(f) || f.includes("python"));
-if (files.length === 0 && !runPython) {
-  console.error("no test files found; run npm run build first");
-  process.exit(1);
-}
 // The repository's own scripts (dependency audit, …) have tests beside them too.
 for (const name of readdirSync(join(root, "scripts"))) {
   const p = join(root, "scripts", name);
   if (name.endsWith(".test.mjs") && (filters.length === 0 || filters.some((f) => p.includes(f)))) files.push(p);
+}
+if (files.length === 0 && !runPython) {
+  console.error("no test files found; run npm run build first");
+  process.exit(1);
 }
 files.sort();
 // TAP while tests run, then (second reporter) a summary of the failed cases, so the end of a

@@ -118,6 +118,26 @@ describe("tar codec", () => {
     await bad(new Uint8Array(100), /truncated/);
   });
 
+  it("refuses compressed streams, oversized metadata and names that are not UTF-8; reads an empty tree", async () => {
+    const bad = async (bytes: Uint8Array, pattern: RegExp): Promise<void> => {
+      await assert.rejects(readAll(cut(bytes, [300])), (err: unknown) => err instanceof InvalidArgumentError && pattern.test(err.message));
+    };
+    const one = archive([{ entry: { path: "a", type: "file", mode: 0o644, size: 1, mtimeMs: 0 }, body: Buffer.from("x") }]);
+    await bad(execFileSync("gzip", ["-c"], { input: one }), /compressed/);
+    // A pax record over 64 KiB: a path of 70,000 bytes.
+    const longPath = archive([{ entry: { path: "p/".repeat(35_000) + "f", type: "file", mode: 0o644, size: 0, mtimeMs: 0 }, body: new Uint8Array(0) }]);
+    await bad(longPath, /metadata record is \d+ bytes, over the limit/);
+    // A ustar name with a byte that is not UTF-8 (checksum fixed after the edit).
+    const latin1 = Buffer.from(archive([{ entry: { path: "caf_", type: "file", mode: 0o644, size: 0, mtimeMs: 0 }, body: new Uint8Array(0) }]));
+    latin1[3] = 0xe9;
+    latin1.fill(0x20, 148, 156);
+    let sum = 0;
+    for (const x of latin1.subarray(0, 512)) sum += x;
+    latin1.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148, "latin1");
+    await bad(latin1, /not UTF-8/);
+    assert.deepEqual(await readAll(cut(tarEnd(), [1])), []);
+  });
+
   it("normalizes paths and skips a body the caller does not read", async () => {
     const bytes = archive([
       { entry: { path: "./a//b", type: "file", mode: 0o644, size: 3, mtimeMs: 0 }, body: Buffer.from("abc") },

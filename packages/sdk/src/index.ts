@@ -110,6 +110,7 @@ export type {
 export { fn, MvmFunction, FunctionSession } from "./fn/function.js";
 export type { FunctionCallOptions, FunctionOptions, MapOptions } from "./fn/function.js";
 export { FunctionDefinitionError } from "./fn/bundle.js";
+export { MissingPackageError } from "./_internal/optional-package.js";
 export type { FunctionBundle } from "./fn/bundle.js";
 export { appendFnLog, readFnLog, fnLogDir, FN_LOG_DIR_ENV } from "./fn/operator-log.js";
 export type { FnLogEntry } from "./fn/operator-log.js";

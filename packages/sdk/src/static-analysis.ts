@@ -9,6 +9,7 @@ import { extname } from "node:path";
 import type * as TS from "typescript";
 import { CreateSandboxRequest, NetworkPolicy, SecretRef } from "@mvm/protocol";
 import { readBoundedText } from "./_internal/bounded-file.js";
+import { importOptional } from "./_internal/optional-package.js";
 import { functionRequestFields, type FunctionPlanOptions } from "./fn/function.js";
 
 export interface SourceLocation {
@@ -66,7 +67,8 @@ type Value = unknown;
 
 /**
  * Reads the sandbox declarations of a source file without running it.
- * @throws NotFoundError when the file does not exist; InvalidArgumentError when it is too large
+ * @throws NotFoundError when the file does not exist; InvalidArgumentError when it is too large;
+ *   MissingPackageError when the optional package `typescript` is not installed
  * @example
  * const { workloads, diagnostics } = await analyzeSource("agent.ts");
  */
@@ -77,7 +79,7 @@ export async function analyzeSource(path: string, options: { maxBytes?: number }
 
 /** {@link analyzeSource} on text in memory; `fileName`'s extension picks the syntax (TS, TSX, JS). */
 export async function analyzeSourceText(text: string, fileName: string): Promise<StaticAnalysis> {
-  const ts = ((await import("typescript")) as unknown as { default: typeof TS }).default;
+  const ts = await importOptional<typeof TS>("typescript", "Static analysis of a source file");
   return new Analyzer(ts, text, fileName).run();
 }
 

@@ -10,13 +10,11 @@
  * (`globalThis`) or one of CommonJS's (`require`, `module`, `exports`, `__filename`, `__dirname`).
  */
 import { createHash } from "node:crypto";
-import { createRequire } from "node:module";
 import { builtinModules } from "node:module";
 import type * as TS from "typescript";
 import type * as Esbuild from "esbuild";
 import { InvalidArgumentError } from "@mvm/protocol";
-
-const load = createRequire(import.meta.url);
+import { requireOptional } from "../_internal/optional-package.js";
 
 /** A function that cannot be shipped to a sandbox as written. */
 export class FunctionDefinitionError extends InvalidArgumentError {
@@ -114,7 +112,8 @@ function packageOf(spec: string): string {
 /**
  * Bundles `impl` for function `id`. Throws FunctionDefinitionError when the source cannot be
  * read back (native or bound functions), when it uses host names it does not define, or when it
- * requires a package not listed in `dependencies` (or one esbuild cannot resolve).
+ * requires a package not listed in `dependencies` (or one esbuild cannot resolve); MissingPackageError
+ * when the optional package `typescript` or `esbuild` is not installed.
  */
 export function bundleFunction(id: string, impl: (...args: never[]) => unknown, options: BundleOptions = {}): FunctionBundle {
   if (typeof impl !== "function") throw new FunctionDefinitionError(id, `Function "${id}" needs an implementation, got ${typeof impl}`);
@@ -123,7 +122,7 @@ export function bundleFunction(id: string, impl: (...args: never[]) => unknown, 
     throw new FunctionDefinitionError(id, `Cannot ship function "${id}": its source is not available (a native or bound function)`);
   }
   if (/^class[\s{]/.test(source)) throw new FunctionDefinitionError(id, `Cannot ship function "${id}": it is a class, not a function`);
-  const ts = load("typescript") as typeof TS;
+  const ts = requireOptional<typeof TS>("typescript", "Shipping a function to a sandbox (fn)");
   const mod = moduleText(ts, source);
   if (!mod) throw new FunctionDefinitionError(id, `Cannot ship function "${id}": its source does not parse as a function`);
   const { free, params, imports } = freeNames(ts, mod.sf);
@@ -147,7 +146,7 @@ export function bundleFunction(id: string, impl: (...args: never[]) => unknown, 
       });
     }
   }
-  const esbuild = load("esbuild") as typeof Esbuild;
+  const esbuild = requireOptional<typeof Esbuild>("esbuild", "Bundling a function for a sandbox (fn)");
   let code: string;
   try {
     const out = esbuild.buildSync({
