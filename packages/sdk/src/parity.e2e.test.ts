@@ -103,7 +103,8 @@ describe("parity on the real engine", { skip: skipWithoutImage, timeout: 600_000
       let body = "";
       const deadline = Date.now() + 20_000;
       while (Date.now() < deadline) {
-        body = await fetch(`http://${host}/hello.txt`).then((r) => r.text(), () => "");
+        // Each try is bounded: a slow first answer under load is retried, never waited on for good.
+        body = await fetch(`http://${host}/hello.txt`, { signal: AbortSignal.timeout(5_000) }).then((r) => r.text(), () => "");
         if (body !== "") break;
         await new Promise((r) => setTimeout(r, 200));
       }
