@@ -10,8 +10,7 @@
 import { AbortedError, InvalidArgumentError, NotFoundError, type EngineApi, type ExitInfo, type ProcessInfo } from "@mvm/protocol";
 import type { CommandContext } from "./command.js";
 import { exitCodeOf } from "./exit-code.js";
-import type { OutStream } from "./io.js";
-import { checkTerminalUse } from "./terminal.js";
+import { checkTerminalUse, passOn } from "./terminal.js";
 import { UsageError } from "./usage-error.js";
 
 /** Largest piece of input sent in one write, in bytes. */
@@ -112,11 +111,6 @@ export async function attachProcess(ctx: CommandContext, engine: EngineApi, sand
     stopResize();
     restoreInterrupt();
   }
-}
-
-function passOn(stream: OutStream, chunk: Uint8Array): Promise<void> | undefined {
-  if (stream.write(chunk)) return;
-  return stream.drained?.();
 }
 
 /**

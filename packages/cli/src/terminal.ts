@@ -100,7 +100,8 @@ export async function streamTerminal(ctx: CommandContext, engine: EngineApi, san
   }
 }
 
-function passOn(stream: OutStream, chunk: Uint8Array): Promise<void> | undefined {
+/** Writes a chunk to mvmctl's output; when the stream is full, the promise of its drain. */
+export function passOn(stream: OutStream, chunk: Uint8Array): Promise<void> | undefined {
   if (stream.write(chunk)) return;
   return stream.drained?.();
 }
