@@ -6,31 +6,11 @@
 //   e2b.run.sdkTrueMs @mvm/sdk commands.run(["true"])  (what the shell costs, for reference)
 // Target: ratioP50 <= 1.3 (issue 16).
 import { spawn } from "node:child_process";
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { performance } from "node:perf_hooks";
 import { Sandbox as E2bSandbox } from "e2b";
 import { Sandbox } from "@mvm/sdk";
-
-const MVMCTL = fileURLToPath(new URL("../packages/cli/bin/mvmctl.cjs", import.meta.url));
-
-/** Spawns `mvmctl ARGS` and resolves with the first match of `pattern` in its stderr. */
-function startAndWait(env, args, pattern) {
-  const child = spawn(process.execPath, [MVMCTL, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
-  const closed = new Promise((resolve) => child.on("close", resolve));
-  const ready = new Promise((resolve, reject) => {
-    let seen = "";
-    child.stderr.on("data", (c) => {
-      if (seen.length < 65536) seen += c;
-      const m = pattern.exec(seen);
-      if (m) resolve(m);
-    });
-    child.once("close", () => reject(new Error(`mvmctl ${args[0]} exited early: ${seen}`)));
-  });
-  return { child, closed, ready };
-}
+import { MVMCTL, startBenchDaemon, startMvmctl } from "./_daemon.mjs";
 
 function runOnce(env, args) {
   return new Promise((resolve, reject) => {
@@ -43,29 +23,18 @@ function runOnce(env, args) {
 }
 
 export async function benchE2b({ log, summary, ratio, imagesDir, image, runs }) {
-  const dir = await mkdtemp(join(tmpdir(), "mvm-bench-e2b-"));
-  await chmod(dir, 0o711);
-  await mkdir(join(dir, "run"), { mode: 0o700 });
-  const socketPath = join(dir, "run", "mvmd.sock");
-  await writeFile(join(dir, "config.json"), "{}");
-  await writeFile(join(dir, "e2b.json"), JSON.stringify({ templates: { base: image }, backend: "namespace" }));
-  const env = {
-    ...process.env,
-    MVM_CONFIG: join(dir, "config.json"),
-    MVM_STATE_DIR: join(dir, "state"),
-    MVM_IMAGES_DIR: imagesDir,
-    MVM_ACK_CONTAINER_TIER: "1",
-    MVM_DEFAULT_BACKEND: "namespace",
-    MVM_DAEMON_SOCKET: socketPath,
-  };
-  const daemon = startAndWait(env, ["daemon", "--socket", socketPath], /listening on/);
+  const daemon = await startBenchDaemon({
+    prefix: "mvm-bench-e2b-",
+    imagesDir,
+    files: { "e2b.json": JSON.stringify({ templates: { base: image }, backend: "namespace" }) },
+  });
+  const { dir, env, socketPath } = daemon;
   let server;
   let sbx;
   let native;
   try {
-    await daemon.ready;
     const apiKey = (await runOnce(env, ["apikey", "create", "--name", "bench"])).trim();
-    server = startAndWait(env, ["serve", "--e2b", "--port", "0", "--config", join(dir, "e2b.json")], /envd on (http:\/\/127\.0\.0\.1:\d+)/);
+    server = startMvmctl(env, ["serve", "--e2b", "--port", "0", "--config", join(dir, "e2b.json")], /envd on (http:\/\/127\.0\.0\.1:\d+)/);
     const url = (await server.ready)[1];
     const opts = { apiKey, apiUrl: url, sandboxUrl: url };
     sbx = await E2bSandbox.create("base", opts);
@@ -110,8 +79,6 @@ export async function benchE2b({ log, summary, ratio, imagesDir, image, runs }) 
       server.child.kill("SIGTERM");
       await server.closed;
     }
-    daemon.child.kill("SIGTERM");
-    await daemon.closed;
-    await rm(dir, { recursive: true, force: true });
+    await daemon.stop();
   }
 }

@@ -4,48 +4,23 @@
 //   mcpRunCode.python  run_code {language: "python", code: "print(1)"} vs commands.run(["python3", "-"], {stdin})
 //   mcpRunCode.shell   run_code {language: "shell", code: "true"}      vs commands.run(["/bin/sh", "-s"], {stdin})
 // Target: ratioP50 <= 1.3 (issue 16).
-import { spawn } from "node:child_process";
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { performance } from "node:perf_hooks";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { Sandbox } from "@mvm/sdk";
-
-const MVMCTL = fileURLToPath(new URL("../packages/cli/bin/mvmctl.cjs", import.meta.url));
+import { MVMCTL, startBenchDaemon } from "./_daemon.mjs";
 
 export async function benchMcp({ log, summary, ratio, imagesDir, image, runs }) {
-  const dir = await mkdtemp(join(tmpdir(), "mvm-bench-mcp-"));
-  await chmod(dir, 0o711);
-  await mkdir(join(dir, "run"), { mode: 0o700 });
-  const socketPath = join(dir, "run", "mvmd.sock");
-  await writeFile(join(dir, "config.json"), "{}");
-  await writeFile(join(dir, "mcp.json"), JSON.stringify({ images: [image], backend: "namespace", outputBudgetBytes: 16384 }));
-  const env = {
-    ...process.env,
-    MVM_CONFIG: join(dir, "config.json"),
-    MVM_STATE_DIR: join(dir, "state"),
-    MVM_IMAGES_DIR: imagesDir,
-    MVM_ACK_CONTAINER_TIER: "1",
-    MVM_DEFAULT_BACKEND: "namespace",
-    MVM_DAEMON_SOCKET: socketPath,
-    MVM_MCP_CONFIG: join(dir, "mcp.json"),
-  };
-  const daemon = spawn(process.execPath, [MVMCTL, "daemon", "--socket", socketPath], { env, stdio: ["ignore", "ignore", "pipe"] });
-  const daemonClosed = new Promise((resolve) => daemon.on("close", resolve));
+  const daemon = await startBenchDaemon({
+    prefix: "mvm-bench-mcp-",
+    imagesDir,
+    files: { "mcp.json": JSON.stringify({ images: [image], backend: "namespace", outputBudgetBytes: 16384 }) },
+    extraEnv: (dir) => ({ MVM_MCP_CONFIG: `${dir}/mcp.json` }),
+  });
+  const { env, socketPath } = daemon;
   let client;
   let native;
   try {
-    await new Promise((resolve, reject) => {
-      let seen = "";
-      daemon.stderr.on("data", (c) => {
-        seen += c;
-        if (seen.includes("listening on")) resolve();
-      });
-      daemon.once("close", () => reject(new Error(`bench daemon exited early: ${seen}`)));
-    });
     client = new Client({ name: "mvm-bench", version: "1.0.0" });
     await client.connect(new StdioClientTransport({ command: process.execPath, args: [MVMCTL, "mcp"], env, stderr: "ignore" }));
     const created = await client.callTool({ name: "create_sandbox", arguments: {} });
@@ -87,8 +62,6 @@ export async function benchMcp({ log, summary, ratio, imagesDir, image, runs }) 
     return out;
   } finally {
     await client?.close().catch(() => {});
-    daemon.kill("SIGTERM");
-    await daemonClosed;
-    await rm(dir, { recursive: true, force: true });
+    await daemon.stop();
   }
 }

@@ -5,34 +5,15 @@
 //
 //   node bench/run.mjs python      # BENCH_PY_RUNS (default 20), MVM_PYTHON (default /usr/bin/python3)
 import { spawn } from "node:child_process";
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { performance } from "node:perf_hooks";
+import { startBenchDaemon } from "./_daemon.mjs";
 import { Sandbox } from "@mvm/sdk";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-
-async function startDaemon(dir, imagesDir) {
-  const runDir = join(dir, "run");
-  await mkdir(runDir, { mode: 0o700 });
-  const socketPath = join(runDir, "d.sock");
-  await writeFile(join(dir, "config.json"), "{}");
-  const env = { ...process.env, MVM_CONFIG: join(dir, "config.json"), MVM_STATE_DIR: join(dir, "state"), MVM_IMAGES_DIR: imagesDir, MVM_DEFAULT_BACKEND: "namespace", MVM_ACK_CONTAINER_TIER: "1" };
-  const child = spawn(process.execPath, [join(ROOT, "packages/cli/bin/mvmctl.cjs"), "daemon", "--socket", socketPath], { env, stdio: ["ignore", "ignore", "pipe"] });
-  let seen = "";
-  await new Promise((resolve, reject) => {
-    child.stderr.on("data", (c) => {
-      seen += c;
-      if (seen.includes(`listening on ${socketPath}`)) resolve();
-    });
-    child.on("exit", () => reject(new Error(`daemon exited: ${seen}`)));
-  });
-  return { child, socketPath };
-}
 
 /** A long-lived Python driver: one command line in, one JSON line out. */
 function pythonDriver(python, socketPath, image) {
@@ -62,9 +43,7 @@ function pythonDriver(python, socketPath, image) {
 export async function benchPython({ log, summary, ratio, imagesDir, image }) {
   const runs = Number(process.env.BENCH_PY_RUNS ?? 20);
   const python = process.env.MVM_PYTHON ?? (existsSync("/usr/bin/python3") ? "/usr/bin/python3" : "python3");
-  const dir = await mkdtemp(join(tmpdir(), "mvm-bench-py-"));
-  await chmod(dir, 0o755);
-  const daemon = await startDaemon(dir, imagesDir);
+  const daemon = await startBenchDaemon({ prefix: "mvm-bench-py-", imagesDir });
   const conn = { socketPath: daemon.socketPath, mode: "daemon", backend: "namespace", acknowledgeContainerTier: true };
   const py = pythonDriver(python, daemon.socketPath, image);
   try {
@@ -128,8 +107,6 @@ export async function benchPython({ log, summary, ratio, imagesDir, image }) {
     };
   } finally {
     await py.close().catch(() => {});
-    daemon.child.kill("SIGTERM");
-    await new Promise((r) => daemon.child.on("exit", r));
-    await rm(dir, { recursive: true, force: true });
+    await daemon.stop();
   }
 }
