@@ -4,6 +4,7 @@
  */
 import { defineCommand } from "../command.js";
 import { booleanFlag, integerFlag, stringFlag } from "../flags.js";
+import { isLoopbackHost } from "../loopback.js";
 import { UsageError } from "../usage-error.js";
 import { withEngine } from "./_lifetime.js";
 
@@ -43,11 +44,11 @@ export const serveCommand = defineCommand<ServeOptions>({
   },
   async run(ctx, options) {
     // The server's modules load only for this command.
-    const { isLoopback, startE2bServer } = await import("../e2b/server.js");
+    const { startE2bServer } = await import("../e2b/server.js");
     const { defaultE2bConfig, loadE2bConfig } = await import("../e2b/config.js");
     const { loadTokenSecret } = await import("../e2b/apikeys.js");
     const { DEFAULT_IMAGE, defaultStateDir } = await import("@mvm/engine");
-    if (!isLoopback(options.host) && !options.allowRemote) {
+    if (!isLoopbackHost(options.host) && !options.allowRemote) {
       throw new UsageError(`--host "${options.host}" is not a loopback address`, { hint: "add --allow-remote to listen there anyway, behind TLS" });
     }
     const config = options.config === undefined ? defaultE2bConfig(DEFAULT_IMAGE) : await loadE2bConfig(options.config);

@@ -27,10 +27,6 @@ export const MAX_UPLOAD_BYTES = 256 * 1024 * 1024;
 /** Most requests served at once (streams included). */
 export const MAX_CONCURRENT_REQUESTS = 512;
 
-/** Whether `host` is a loopback address. */
-export function isLoopback(host: string): boolean {
-  return host === "localhost" || host === "::1" || /^127(\.\d{1,3}){3}$/.test(host);
-}
 
 export interface E2bServerOptions {
   engine: EngineApi;

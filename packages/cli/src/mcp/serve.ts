@@ -10,6 +10,7 @@ import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js"
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import { InvalidArgumentError, parseJsonStrict, type EngineApi } from "@mvm/protocol";
+import { isLoopbackHost } from "../loopback.js";
 import type { McpConfig } from "./config.js";
 import { createMcpSession, type McpSession } from "./server.js";
 
@@ -35,10 +36,6 @@ export async function serveMcpStdio(engine: EngineApi, config: McpConfig, io: { 
   await session.close();
 }
 
-/** Whether `host` names a loopback address (the only places the HTTP transport listens). */
-export function isLoopbackHost(host: string): boolean {
-  return host === "localhost" || host === "::1" || /^127(\.\d{1,3}){3}$/.test(host);
-}
 
 /** Checks a token the operator set: long enough, printable, no spaces. */
 export function checkToken(token: string): string {
