@@ -8,7 +8,7 @@
  * `python3` on PATH. Its answer is read as untrusted input: stdout is size-bounded, parsed with
  * the strict decoder and checked by a strict schema; the process has a deadline.
  */
-import { spawn } from "node:child_process";
+import { execFile, type ExecFileException } from "node:child_process";
 import { existsSync } from "node:fs";
 import { z } from "zod";
 import {
@@ -99,43 +99,24 @@ export async function analyzePython(
   const hint = 'Install the mvm package (`/usr/bin/python3 -m pip install ./python`, see docs/PYTHON.md) or name an interpreter that has it with --python or MVM_PYTHON';
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(options.env)) if (v !== undefined) env[k] = v;
-  const child = spawn(python, ["-P", "-c", PROBE, file], { env, stdio: ["ignore", "pipe", "pipe"] });
-  const out: Buffer[] = [];
-  let outBytes = 0;
-  let tooLarge = false;
-  let errTail = "";
-  child.stdout.on("data", (chunk: Buffer) => {
-    outBytes += chunk.length;
-    if (outBytes > MAX_PYTHON_ANALYSIS_BYTES) {
-      tooLarge = true;
-      child.kill("SIGKILL");
-    } else out.push(chunk);
+  // execFile caps each stream at maxBuffer (then kills the child) and enforces the timeout.
+  const ran = await new Promise<{ error: ExecFileException | null; stdout: Buffer; stderr: Buffer }>((done) => {
+    execFile(
+      python,
+      ["-P", "-c", PROBE, file],
+      { env, encoding: "buffer", maxBuffer: MAX_PYTHON_ANALYSIS_BYTES, timeout: PYTHON_ANALYSIS_TIMEOUT_MS, killSignal: "SIGKILL", signal },
+      (error, stdout, stderr) => done({ error, stdout, stderr }),
+    );
   });
-  child.stderr.on("data", (chunk: Buffer) => {
-    errTail = (errTail + chunk.toString("utf8")).slice(-2048);
-  });
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    child.kill("SIGKILL");
-  }, PYTHON_ANALYSIS_TIMEOUT_MS);
-  const onAbort = () => child.kill("SIGKILL");
-  signal.addEventListener("abort", onAbort, { once: true });
-  let code: number | null;
-  try {
-    code = await new Promise<number | null>((done, fail) => {
-      child.once("error", fail);
-      child.once("close", (c) => done(c));
-    });
-  } catch (cause) {
-    throw new UnsupportedCapabilityError(`Cannot plan "${file}": cannot run Python "${python}": ${(cause as Error).message}`, { cause, hint });
-  } finally {
-    clearTimeout(timer);
-    signal.removeEventListener("abort", onAbort);
-  }
+  const { error } = ran;
+  const errTail = ran.stderr.subarray(-2048).toString("utf8");
   if (signal.aborted) throw new AbortedError(`Planning "${file}" was interrupted`);
-  if (timedOut) throw new TimeoutError(`The Python analyzer took longer than ${PYTHON_ANALYSIS_TIMEOUT_MS / 1000} s on "${file}"`);
-  if (tooLarge) throw new TransportError(`The Python analyzer's answer for "${file}" is larger than ${MAX_PYTHON_ANALYSIS_BYTES} bytes`);
+  if (error?.code === "ERR_CHILD_PROCESS_STDIO_MAXBUFFER") throw new TransportError(`The Python analyzer's answer for "${file}" is larger than ${MAX_PYTHON_ANALYSIS_BYTES} bytes`);
+  if (error?.killed === true && error.code === null) throw new TimeoutError(`The Python analyzer took longer than ${PYTHON_ANALYSIS_TIMEOUT_MS / 1000} s on "${file}"`);
+  if (error && typeof error.code === "string") {
+    throw new UnsupportedCapabilityError(`Cannot plan "${file}": cannot run Python "${python}": ${error.message}`, { cause: error, hint });
+  }
+  const code = error ? (typeof error.code === "number" ? error.code : null) : 0;
   if (code === NO_PACKAGE) throw new UnsupportedCapabilityError(`Cannot plan "${file}": Python "${python}" has no mvm package`, { hint });
   if (code === NO_ENTRY_POINT) {
     throw new UnsupportedCapabilityError(`Cannot plan "${file}": the mvm package of Python "${python}" is older than this mvmctl (it has no mvm.static.analyze_main)`, { hint });
@@ -143,13 +124,13 @@ export async function analyzePython(
   if (code !== 0 && code !== 2) {
     throw new TransportError(`The Python analyzer failed on "${file}" (exit ${code ?? "by a signal"}): ${errTail.trim().split("\n").slice(-1)[0] ?? ""}`);
   }
-  if (outBytes === 0) {
+  if (ran.stdout.byteLength === 0) {
     const last = errTail.trim().split("\n").slice(-1)[0] ?? "";
     throw new UnsupportedCapabilityError(`Cannot plan "${file}": Python "${python}" gave no analysis (exit ${code ?? "by a signal"})${last ? `: ${last}` : ""}`, { hint });
   }
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(Buffer.concat(out));
+    text = new TextDecoder("utf-8", { fatal: true }).decode(ran.stdout);
   } catch (cause) {
     throw new TransportError(`The Python analyzer's answer for "${file}" is not UTF-8`, { cause });
   }
